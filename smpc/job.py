@@ -1,0 +1,50 @@
+"""What a node hands its MPC party process, and what the party hands back.
+
+A `PartyJob` holds the validated query, the dataset schema (for the result's cell layout), the
+node's *local summary* (counts, fixed-point sums, order keys: never rows) and the network
+addresses of all parties. It travels as JSON on the party process's standard input; the
+`PartyOutcome` comes back as JSON on its standard output.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tessera.schemas import DatasetSchema
+
+
+class LocalSummary(BaseModel):
+    """One party's private input to the protocol, laid out per result cell.
+
+    `counts[c]` is the number of rows in cell c; `moments[name][c]` a fixed-point sum
+    (integer, scaled by 2**FRAC_BITS) such as Σx or Σx²; `extremes[c]` the order key of the
+    local minimum or maximum (a sentinel when the cell is empty here).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    counts: list[int]
+    moments: dict[str, list[int]] = {}
+    extremes: list[int] | None = None
+
+
+class PartyJob(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    query: dict[str, Any]
+    dataset_schema: DatasetSchema = Field(alias="schema")
+    summary: LocalSummary
+    party_id: int = Field(ge=0)
+    parties: list[tuple[str, int]] = Field(min_length=1)
+    min_count_floor: int = Field(0, ge=0)
+    timeout_s: float = Field(60.0, gt=0)
+
+
+class PartyOutcome(BaseModel):
+    """The opened, pooled result (identical at every party) and how it was obtained."""
+
+    result: dict[str, Any]
+    min_count_applied: int
+    seconds: float

@@ -1,0 +1,1 @@
+"""The `tessera` command line: one entry point, sub-commands per role."""

@@ -1,0 +1,28 @@
+"""`tessera`: the single command-line entry point.
+
+Sub-command modules import the outer layers (api, node_agent, smpc) inside their commands, so
+`tessera --help` stays fast and a missing optional dependency only affects its own command.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from tessera.cli import admin, coordinator, demo, node, simulate
+
+app = typer.Typer(
+    name="tessera",
+    help="Pooled statistics across hospitals by secure multi-party computation.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("demo")(demo.demo)
+app.command("simulate")(simulate.simulate)
+app.add_typer(coordinator.app, name="coordinator")
+app.add_typer(node.app, name="node")
+app.add_typer(admin.app, name="admin")
+
+
+if __name__ == "__main__":
+    app()

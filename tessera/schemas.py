@@ -1,0 +1,165 @@
+"""Message schemas shared by the coordinator, the node agent and the libraries.
+
+These are the JSON shapes that cross a process or site boundary. Nothing here holds a patient
+row: a `DatasetSchema` describes columns (names, types, categorical levels, declared bounds),
+never values.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Name = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")]
+ColumnType = Literal["float", "integer", "boolean", "categorical"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ColumnSpec(Strict):
+    """One declared column of a dataset.
+
+    `levels` lists a categorical column's levels (as strings, in the order results use);
+    `min`/`max` are declared bounds for numeric columns (values outside are a data error at the
+    node, and the bounds later calibrate differential privacy).
+    """
+
+    name: Name
+    type: ColumnType
+    levels: list[str] | None = None
+    min: float | None = None
+    max: float | None = None
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _levels_for_categoricals(self) -> ColumnSpec:
+        if self.type == "categorical":
+            if not self.levels:
+                raise ValueError(f"categorical column {self.name!r} needs its levels")
+            if len(set(self.levels)) != len(self.levels):
+                raise ValueError(f"categorical column {self.name!r} has repeated levels")
+        elif self.levels is not None:
+            raise ValueError(f"only categorical columns have levels ({self.name!r} is {self.type})")
+        if self.type in ("categorical", "boolean") and (self.min is not None or self.max is not None):
+            raise ValueError(f"bounds apply to numeric columns only ({self.name!r})")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"column {self.name!r}: min > max")
+        return self
+
+    @property
+    def is_numeric(self) -> bool:
+        return self.type in ("float", "integer", "boolean")
+
+    def group_levels(self) -> list[str]:
+        """The levels a `group_by` on this column produces (categorical or boolean)."""
+        if self.type == "categorical":
+            assert self.levels is not None
+            return list(self.levels)
+        if self.type == "boolean":
+            return ["False", "True"]
+        raise ValueError(f"column {self.name!r} ({self.type}) cannot be grouped by")
+
+
+class DatasetSchema(Strict):
+    """The declared schema of a dataset as a node registers it: columns, never rows."""
+
+    columns: list[ColumnSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> DatasetSchema:
+        names = [c.name for c in self.columns]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"repeated column names: {', '.join(dupes)}")
+        return self
+
+    def column(self, name: str) -> ColumnSpec | None:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        return None
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+
+class NodePolicySummary(Strict):
+    """What a node publishes of its policy so the coordinator can plan (the node still decides)."""
+
+    min_count: int = Field(0, ge=0)
+    allowed_statistics: list[str] | None = None  # None: every statistic
+
+
+# ---- node <-> coordinator task messages -------------------------------------------------
+
+TaskStatus = Literal["pending", "accepted", "running", "done", "refused", "failed", "cancelled"]
+QueryStatus = Literal["pending", "running", "succeeded", "failed"]
+
+
+class NodeHello(Strict):
+    """Sent by a node agent when it starts: its version and published policy."""
+
+    agent_version: str
+    policy: NodePolicySummary = NodePolicySummary()
+
+
+class TaskOut(BaseModel):
+    """A task as a node receives it: its share of the work for one query."""
+
+    id: int
+    query_id: int
+    party_id: int
+    n_parties: int
+    dataset: str
+    query: dict[str, Any]
+    deadline: datetime
+
+
+class TaskAccept(Strict):
+    """A node accepts a task and says where its MPC party will listen."""
+
+    mpc_host: str
+    mpc_port: int = Field(ge=1, le=65535)
+
+
+class PartyAddress(BaseModel):
+    party_id: int
+    node: str
+    host: str
+    port: int
+
+
+class TaskStart(BaseModel):
+    """Answer to a node waiting for the go: all parties accepted (start) or not yet."""
+
+    start: bool
+    status: QueryStatus
+    parties: list[PartyAddress] = []
+    deadline: datetime | None = None
+
+
+class TaskRefusal(Strict):
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class TaskProgress(Strict):
+    stage: str = Field(min_length=1, max_length=64)
+    message: str = Field("", max_length=2000)
+
+
+class TaskResult(Strict):
+    """A party's opened, pooled result: the same for every party of a successful run."""
+
+    result: dict[str, Any]
+    min_count_applied: int = Field(ge=0)
+    seconds: float = Field(ge=0)
+
+
+class TaskFailure(Strict):
+    code: str = Field(min_length=1, max_length=64)
+    message: str = Field(min_length=1, max_length=2000)
