@@ -8,13 +8,37 @@ A library: it imports no web, database or HTTP code, and only the MPC party proc
 - `run_party(job)`: run one party of the protocol in its own process;
 - `simulate(query, frames)`: the whole protocol, one process per frame, on loopback;
 - `reference(query, frame, schema)`: the plaintext oracle on pooled data (tests and demo).
+
+Names are imported on first use so that the party process, which needs neither pandas nor the
+simulator, starts quickly.
 """
 
-from smpc.job import LocalSummary, PartyJob, PartyOutcome
-from smpc.query import STATISTICS, check_query, parse_query
-from smpc.runner import run_party
-from smpc.simulate import simulate
-from smpc.statistics import SUPPORTED, local_summary, prepare, reference
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from smpc.job import LocalSummary, PartyJob, PartyOutcome
+    from smpc.query import STATISTICS, check_query, parse_query
+    from smpc.runner import run_party
+    from smpc.simulation import simulate
+    from smpc.statistics import SUPPORTED, local_summary, prepare, reference
+
+_HOMES = {
+    "LocalSummary": "smpc.job",
+    "PartyJob": "smpc.job",
+    "PartyOutcome": "smpc.job",
+    "STATISTICS": "smpc.query",
+    "check_query": "smpc.query",
+    "parse_query": "smpc.query",
+    "run_party": "smpc.runner",
+    "simulate": "smpc.simulation",
+    "SUPPORTED": "smpc.statistics",
+    "local_summary": "smpc.statistics",
+    "prepare": "smpc.statistics",
+    "reference": "smpc.statistics",
+}
 
 __all__ = [
     "STATISTICS",
@@ -30,3 +54,9 @@ __all__ = [
     "run_party",
     "simulate",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'smpc' has no attribute {name!r}")
+    return getattr(importlib.import_module(_HOMES[name]), name)

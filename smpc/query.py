@@ -278,7 +278,7 @@ def _check_value(spec: ColumnSpec, op: str, value: Any) -> None:
                 {"column": spec.name},
             )
     else:
-        if any(isinstance(v, str) or isinstance(v, bool) for v in values):
+        if any(isinstance(v, str | bool) for v in values):
             raise QueryInvalid(
                 f"where: numeric column {spec.name!r} compares with numbers",
                 {"column": spec.name},

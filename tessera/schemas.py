@@ -44,7 +44,9 @@ class ColumnSpec(Strict):
                 raise ValueError(f"categorical column {self.name!r} has repeated levels")
         elif self.levels is not None:
             raise ValueError(f"only categorical columns have levels ({self.name!r} is {self.type})")
-        if self.type in ("categorical", "boolean") and (self.min is not None or self.max is not None):
+        if self.type in ("categorical", "boolean") and (
+            self.min is not None or self.max is not None
+        ):
             raise ValueError(f"bounds apply to numeric columns only ({self.name!r})")
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"column {self.name!r}: min > max")

@@ -1,0 +1,57 @@
+"""How local summaries become integers for secret sharing, and back.
+
+Everything a party secret-shares is an integer:
+
+- counts, as they are;
+- moments (Σx, Σx²), as fixed-point integers ``round(v · 2**FRAC_BITS)`` in a 128-bit secure
+  integer type. Each party rounds its *local* sum once (error ≤ 2**-41 per party), so the pooled
+  sum is exact to about 1e-12 whatever the number of rows. The pooled value must satisfy
+  |v| < 2**(MOMENT_BITS - FRAC_BITS - 2) ≈ 3.9e25 (e.g. Σx² of 10⁷ rows with |x| ≤ 10⁹);
+- extremes, as *order keys*: the IEEE-754 bits of a float64 mapped to a signed 64-bit integer
+  whose order is the order of the floats. Minimum and maximum are therefore exact, for any
+  finite value, not rounded to a fixed-point grid.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from fractions import Fraction
+
+FRAC_BITS = 40
+MOMENT_BITS = 128
+KEY_BITS = 66  # order keys span [-2**63, 2**63); comparisons need a little headroom
+MOMENT_LIMIT = 2 ** (MOMENT_BITS - FRAC_BITS - 2)
+
+MIN_SENTINEL = 2**63 - 1  # an empty cell's local minimum: above every real key
+MAX_SENTINEL = -(2**63)  # an empty cell's local maximum: below every real key
+
+_SIGN = 1 << 63
+_MAGNITUDE = _SIGN - 1
+
+
+def encode_moment(value: float) -> int:
+    """Fixed-point integer of a local sum; raises OverflowError outside the supported range."""
+    if not math.isfinite(value) or abs(value) >= MOMENT_LIMIT:
+        raise OverflowError(
+            f"a local sum of {value:.6g} is outside the secure fixed-point range "
+            f"(|sum| < {float(MOMENT_LIMIT):.3g})"
+        )
+    return round(math.ldexp(value, FRAC_BITS))
+
+
+def decode_moment(value: int) -> Fraction:
+    return Fraction(value, 1 << FRAC_BITS)
+
+
+def order_key(value: float) -> int:
+    """Signed 64-bit integer with the same order as the float (exact, invertible)."""
+    bits = struct.unpack("<q", struct.pack("<d", float(value)))[0]
+    return bits if bits >= 0 else -(bits & _MAGNITUDE) - 1
+
+
+def from_order_key(key: int) -> float:
+    bits = key if key >= 0 else (-(key + 1)) | _SIGN
+    if bits >= _SIGN:
+        bits -= 1 << 64
+    return float(struct.unpack("<d", struct.pack("<q", bits))[0])

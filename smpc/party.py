@@ -1,0 +1,103 @@
+"""One MPC party as its own process: ``python -m smpc.party`` with a `PartyJob` on stdin.
+
+MPyC parses `sys.argv` when `mpyc.runtime` is imported, so the runtime's options (party id,
+addresses, no logging) are placed in `sys.argv` here before that import. The party listens only
+on its own address (MPyC by itself would bind every interface). The outcome is written to
+stdout as one line ``TESSERA-OUTCOME {json}``; failures as ``TESSERA-ERROR {json}`` and exit 1.
+
+The process imports its libraries *before* reading the job, so a launcher can start it ahead
+of time and keep it waiting on stdin: the protocol then starts in milliseconds, not 0.4 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import sys
+import time
+import traceback
+from typing import Any
+
+OUTCOME = "TESSERA-OUTCOME "
+ERROR = "TESSERA-ERROR "
+
+
+def _mpyc_argv(job: Any) -> list[str]:
+    argv = ["tessera-party", "-I", str(job.party_id), "--no-log"]
+    for host, port in job.parties:
+        argv += ["-P", f"{host}:{port}"]
+    return argv
+
+
+async def _run(mpc: Any, job: Any) -> dict[str, Any]:
+    from smpc.protocol import combine_cells
+    from smpc.statistics import prepare, statistic_for
+
+    query = prepare(job.query, job.dataset_schema)
+    statistic = statistic_for(query, job.dataset_schema)
+    host = job.parties[job.party_id][0]
+    loop = mpc._loop
+    loop.create_server = functools.partial(loop.create_server, host=host)
+    started = time.perf_counter()
+    await mpc.start()
+    try:
+        opened = await combine_cells(mpc, statistic, job)
+    except BaseException:
+        for peer in mpc.parties:
+            if peer.pid != mpc.pid and peer.protocol is not None:
+                peer.protocol.close_connection()
+        raise
+    await mpc.shutdown()
+    return {
+        "result": statistic.finish(opened),
+        "min_count_applied": opened.threshold,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def _preload() -> None:
+    """Import everything but `mpyc.runtime` before the job arrives (a warm process waits here)."""
+    import gmpy2  # noqa: F401
+    import mpyc.asyncoro
+    import mpyc.finfields
+    import mpyc.sectypes
+    import mpyc.thresha  # noqa: F401
+    import numpy  # noqa: F401
+
+    import smpc.protocol
+    import smpc.statistics  # noqa: F401
+
+
+def main() -> int:
+    from smpc.job import PartyJob
+
+    _preload()
+    try:
+        job = PartyJob.model_validate_json(sys.stdin.read())
+    except Exception as exc:
+        print(ERROR + json.dumps({"code": "invalid_request", "message": str(exc)}), flush=True)
+        return 1
+    sys.argv = _mpyc_argv(job)
+    try:
+        from mpyc.runtime import mpc
+
+        outcome = mpc.run(asyncio.wait_for(_run(mpc, job), timeout=job.timeout_s))
+    except TimeoutError:
+        message = f"party {job.party_id} timed out after {job.timeout_s:.0f} s"
+        print(ERROR + json.dumps({"code": "timeout", "message": message}), flush=True)
+        return 1
+    except Exception as exc:
+        from tessera.errors import TesseraError
+
+        code = exc.code if isinstance(exc, TesseraError) else "protocol_failed"
+        traceback.print_exc(file=sys.stderr)
+        message = f"party {job.party_id}: {type(exc).__name__}: {exc}"
+        print(ERROR + json.dumps({"code": code, "message": message}), flush=True)
+        return 1
+    print(OUTCOME + json.dumps(outcome), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""The secure part: pool the parties' summaries, apply `min_count` inside MPC, open the rest.
+
+Runs inside a party process with an MPyC runtime `mpc` already started. Steps (all parties in
+lock step, each a constant number of rounds, independent of the number of rows):
+
+1. every party inputs its policy floor; the floors are opened (they are public policy) and the
+   threshold is T = max(query.min_count, every floor), so no query can lower a node's floor;
+2. every party inputs its per-cell counts; the pooled counts are summed locally on shares;
+3. if T > 0, the comparison `pooled >= T` is computed on shares and only its bit is opened;
+4. for released cells only: the pooled counts and moments are opened, and the extremes are
+   combined with m − 1 vectorised secure comparisons before only the winner is opened;
+5. the overall count is opened only if no cell was suppressed.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+from typing import Any
+
+import numpy as np
+
+from smpc.encoding import KEY_BITS, MOMENT_BITS, decode_moment, from_order_key
+from smpc.job import PartyJob
+from smpc.statistics.base import Opened, SecureStatistic
+
+
+def _array(secure_type: Any, values: list[int]) -> Any:
+    return secure_type.array(np.array(values, dtype=object))
+
+
+def _pooled(mpc: Any, secure_type: Any, values: list[int]) -> Any:
+    shares = mpc.input(_array(secure_type, values))
+    return functools.reduce(operator.add, shares)
+
+
+async def combine_cells(mpc: Any, statistic: SecureStatistic, job: PartyJob) -> Opened:
+    """The shared cell protocol behind count, sum, mean, variance, min, max and histogram."""
+    secint = mpc.SecInt(KEY_BITS)
+    summary = job.summary
+    size = statistic.layout.size
+    if len(summary.counts) != size:
+        raise ValueError(f"local summary has {len(summary.counts)} cells, layout needs {size}")
+
+    floors = await mpc.output(mpc.input(secint(job.min_count_floor)))
+    threshold = max([statistic.query.min_count or 0, *(int(f) for f in floors)])
+
+    counts = _pooled(mpc, secint, summary.counts)
+    if threshold > 0:
+        flags = await mpc.output(counts >= threshold)
+        released = [bool(int(f)) for f in np.asarray(flags).ravel()]
+    else:
+        released = [True] * size
+    open_cells = np.flatnonzero(released)
+
+    opened = Opened(threshold=threshold, released=released, counts=[None] * size)
+    if open_cells.size:
+        values = await mpc.output(counts[open_cells])
+        for c, v in zip(open_cells, np.asarray(values).ravel(), strict=True):
+            opened.counts[c] = int(v)
+
+    if statistic.moments:
+        secmoment = mpc.SecInt(MOMENT_BITS)
+        for name in statistic.moments:
+            pooled = _pooled(mpc, secmoment, summary.moments[name])
+            column: list[Any] = [None] * size
+            if open_cells.size:
+                values = await mpc.output(pooled[open_cells])
+                for c, v in zip(open_cells, np.asarray(values).ravel(), strict=True):
+                    column[c] = decode_moment(int(v))
+            opened.moments[name] = column
+
+    if statistic.extreme is not None:
+        assert summary.extremes is not None
+        shares = mpc.input(_array(secint, summary.extremes))
+        opened.extremes = [None] * size
+        if open_cells.size:
+            pick = mpc.np_minimum if statistic.extreme == "min" else mpc.np_maximum
+            best = functools.reduce(pick, [s[open_cells] for s in shares])
+            values = await mpc.output(best)
+            for c, v in zip(open_cells, np.asarray(values).ravel(), strict=True):
+                opened.extremes[c] = from_order_key(int(v))
+
+    if all(released):
+        opened.total = int(await mpc.output(mpc.sum(list(counts)) if size > 1 else counts[0]))
+    return opened

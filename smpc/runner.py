@@ -1,0 +1,144 @@
+"""Run one MPC party in a child process and collect its outcome.
+
+A fresh OS process per protocol run keeps MPyC's global runtime state out of the caller (the
+node agent or `simulate`), lets a stuck protocol be killed cleanly, and starts in about 0.3 s
+(the child imports numpy and MPyC, not pandas), or in milliseconds when a warm process from
+`WarmParties` is waiting.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import subprocess
+import sys
+import threading
+from typing import Any
+
+from smpc.job import PartyJob, PartyOutcome
+from smpc.party import ERROR, OUTCOME
+from tessera.errors import ERRORS_BY_CODE, ProtocolFailed, TesseraError
+
+
+def _spawn() -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "smpc.party"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+class WarmParties:
+    """Party processes started ahead of time, waiting on stdin with their imports done.
+
+    `take()` hands out a warm process (or a fresh one when none is ready); `refill_soon()`,
+    called when a run ends, starts replacements; the pool grows to the largest number taken at once, up to `limit`. Idle
+    processes exit by themselves when their parent dies (stdin closes).
+    """
+
+    def __init__(self, limit: int = 8) -> None:
+        self.limit = limit
+        self._idle: list[subprocess.Popen[str]] = []
+        self._lock = threading.Lock()
+        self._want = 1
+        atexit.register(self.close)
+
+    def take(self, count: int = 1) -> list[subprocess.Popen[str]]:
+        with self._lock:
+            self._want = min(self.limit, max(self._want, count))
+            alive = [p for p in self._idle if p.poll() is None]
+            taken, self._idle = alive[:count], alive[count:]
+        taken += [_spawn() for _ in range(count - len(taken))]
+        return taken
+
+    def refill_soon(self) -> None:
+        """Start replacements in the background (after a run, not during it: they compete
+        for the CPU while importing)."""
+        threading.Thread(target=self._refill, daemon=True).start()
+
+    def _refill(self) -> None:
+        with self._lock:
+            missing = self._want - len(self._idle)
+            self._idle += [_spawn() for _ in range(max(missing, 0))]
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for proc in idle:
+            proc.kill()
+            proc.communicate()
+
+
+_pool: WarmParties | None = None
+_pool_lock = threading.Lock()
+
+
+def warm_parties() -> WarmParties:
+    """The process-wide pool, created on first use."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = WarmParties()
+        return _pool
+
+
+def start_parties(jobs: list[PartyJob]) -> list[subprocess.Popen[str]]:
+    """Hand each job to a (warm) party process; returns at once."""
+    procs = warm_parties().take(len(jobs))
+    for proc, job in zip(procs, jobs, strict=True):
+        _hand_over(proc, job)
+    return procs
+
+
+def start_party(job: PartyJob) -> subprocess.Popen[str]:
+    """Launch one party (from the warm pool) and hand it its job (non-blocking)."""
+    return start_parties([job])[0]
+
+
+def _hand_over(proc: subprocess.Popen[str], job: PartyJob) -> None:
+    assert proc.stdin is not None
+    proc.stdin.write(job.model_dump_json(by_alias=True))
+    proc.stdin.close()
+    proc.stdin = None  # handed over; `communicate` must not touch it again
+
+
+def wait_party(proc: subprocess.Popen[str], job: PartyJob) -> PartyOutcome:
+    """Wait for a started party; kill it past its deadline (plus a grace second)."""
+    try:
+        stdout, stderr = proc.communicate(timeout=job.timeout_s + 1.0)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise ProtocolFailed(
+            f"party {job.party_id} did not finish within {job.timeout_s:.0f} s",
+            {"party_id": job.party_id},
+        ) from None
+    finally:
+        warm_parties().refill_soon()
+    return _outcome(stdout, stderr, proc.returncode, job)
+
+
+def _outcome(stdout: str, stderr: str, returncode: int, job: PartyJob) -> PartyOutcome:
+    for line in reversed(stdout.splitlines()):
+        if line.startswith(OUTCOME) and returncode == 0:
+            return PartyOutcome.model_validate_json(line[len(OUTCOME) :])
+        if line.startswith(ERROR):
+            body: dict[str, Any] = json.loads(line[len(ERROR) :])
+            cls = ERRORS_BY_CODE.get(body.get("code", ""), ProtocolFailed)
+            if cls is TesseraError:
+                cls = ProtocolFailed
+            error = cls(body.get("message", "party failed"), {"party_id": job.party_id})
+            error.code = body.get("code", error.code)
+            raise error
+    tail = stderr.strip().splitlines()[-1:] or ["no output"]
+    raise ProtocolFailed(
+        f"party {job.party_id} exited with status {returncode}: {tail[0]}",
+        {"party_id": job.party_id},
+    )
+
+
+def run_party(job: PartyJob) -> PartyOutcome:
+    """Run one party of the protocol to the end (blocking); raise `ProtocolFailed` if it fails."""
+    return wait_party(start_party(job), job)

@@ -1,0 +1,93 @@
+"""`simulate`: the real protocol on one machine, one MPyC party process per data frame.
+
+Each frame plays one hospital: its local summary is computed here, handed to its own party
+process, and the parties talk over loopback TCP on free ports. The result is what every party
+opened (they must agree). It is the library's test harness and a statistician's sandbox.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Sequence
+from contextlib import closing
+from typing import Any
+
+import pandas as pd
+
+from smpc.frames import infer_schema
+from smpc.job import PartyJob
+from smpc.runner import start_parties, wait_party
+from smpc.statistics import local_summary, prepare
+from tessera.errors import ProtocolFailed, QueryInvalid
+from tessera.schemas import DatasetSchema
+
+MAX_PARTIES = 16
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """Distinct ports that were free a moment ago (the OS picks them)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            with closing(s):
+                pass
+
+
+def simulate(
+    query: dict[str, Any],
+    parties: Sequence[pd.DataFrame],
+    schema: DatasetSchema | None = None,
+    *,
+    min_count_floors: Sequence[int] | None = None,
+    timeout_s: float = 60.0,
+) -> dict[str, Any]:
+    """Run `query` by MPC over `parties` (one frame each) and return the pooled result.
+
+    `schema` defaults to one inferred from the frames (categorical levels: the sorted union
+    of values seen). `min_count_floors` plays each party's policy floor.
+    """
+    if not 1 <= len(parties) <= MAX_PARTIES:
+        raise QueryInvalid(f"simulate needs 1 to {MAX_PARTIES} data frames, got {len(parties)}")
+    if schema is None:
+        schema = infer_schema(parties)
+    parsed = prepare(query, schema)
+    floors = list(min_count_floors or [0] * len(parties))
+    if len(floors) != len(parties):
+        raise QueryInvalid("give one min_count floor per party")
+    summaries = [local_summary(parsed, frame, schema) for frame in parties]
+    addresses = [("127.0.0.1", port) for port in free_ports(len(parties))]
+    jobs = [
+        PartyJob(
+            query=parsed.to_json(),
+            schema=schema,
+            summary=summary,
+            party_id=i,
+            parties=addresses,
+            min_count_floor=floors[i],
+            timeout_s=timeout_s,
+        )
+        for i, summary in enumerate(summaries)
+    ]
+    procs = start_parties(jobs)
+    outcomes, errors = [], []
+    for proc, job in zip(procs, jobs, strict=True):
+        try:
+            outcomes.append(wait_party(proc, job))
+        except ProtocolFailed as exc:
+            errors.append(exc)
+            for other in procs:
+                if other.poll() is None:
+                    other.kill()
+    if errors:
+        raise errors[0]
+    results = {json.dumps(o.result, sort_keys=True) for o in outcomes}
+    if len(results) != 1:
+        raise ProtocolFailed("the parties opened different results", {"results": sorted(results)})
+    return outcomes[0].result

@@ -1,0 +1,188 @@
+"""`SecureStatistic`: the shape every statistic takes.
+
+A statistic says what each party computes locally (`local_input`: counts, fixed-point sums and
+order keys per result cell, never rows), the MPC part (`compute`: by default the shared
+`smpc.protocol.combine_cells`, which pools, applies `min_count` inside MPC and opens only
+released cells), the plaintext post-processing of what was opened (`finish`), and a plaintext
+oracle on pooled data (`reference`) that the tests compare against.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+from smpc.cells import CellLayout
+from smpc.encoding import MAX_SENTINEL, MIN_SENTINEL, encode_moment, order_key
+from smpc.job import LocalSummary
+from smpc.query import QueryBase
+from tessera.errors import QueryInvalid
+from tessera.schemas import DatasetSchema
+
+
+@dataclass
+class Opened:
+    """What the protocol opened: nothing about a suppressed cell but the fact of suppression."""
+
+    threshold: int
+    released: list[bool]
+    counts: list[int | None]
+    moments: dict[str, list[Fraction | None]] = field(default_factory=dict)
+    extremes: list[float | None] = field(default_factory=list)
+    total: int | None = None  # all cells' count; opened only when no cell is suppressed
+
+
+def number(value: float | Fraction | None) -> float | None:
+    """A JSON-safe float (None for missing or not-a-number)."""
+    if value is None:
+        return None
+    out = float(value)
+    return out if math.isfinite(out) else None
+
+
+class SecureStatistic:
+    """Base class; subclasses set `name` and the class attributes, and write `cell_values`."""
+
+    name: ClassVar[str]
+    moments: ClassVar[tuple[str, ...]] = ()  # fixed-point sums shared per cell: "sum", "sumsq"
+    extreme: ClassVar[Literal["min", "max"] | None] = None
+    value_column: ClassVar[bool] = True  # reads `query.column`
+
+    def __init__(self, query: QueryBase, schema: DatasetSchema) -> None:
+        self.query = query
+        self.schema = schema
+        self.layout = CellLayout.build(list(query.group_by), schema, self.bins())
+        self.validate()
+
+    # ---- layout and validation ---------------------------------------------------------
+
+    def bins(self) -> int:
+        return 1
+
+    def validate(self) -> None:
+        """Checks beyond `smpc.query.check_query` (which has run already)."""
+
+    @property
+    def column(self) -> str | None:
+        return getattr(self.query, "column", None) if self.value_column else None
+
+    # ---- local part ----------------------------------------------------------------------
+
+    def rows(self, frame: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+        """This party's rows that enter the statistic, and each one's cell index."""
+        from smpc.frames import conform, select
+
+        data = conform(frame, self.schema, self.query.referenced_columns())
+        mask = select(data, self.query.where, self.schema)
+        if self.column is not None:
+            mask &= data[self.column].notna()
+        data = data[mask]
+        cells = self.layout.group_codes(data) * self.layout.bins
+        within = cells >= 0
+        if self.layout.bins > 1:
+            bin_index = self.bin_index(data)
+            within &= bin_index >= 0
+            cells = cells + bin_index
+        return data[within], cells[within]
+
+    def bin_index(self, data: pd.DataFrame) -> np.ndarray:
+        raise NotImplementedError
+
+    def local_input(self, frame: pd.DataFrame) -> LocalSummary:
+        """What this party secret-shares: per cell a count, the moments, an extreme."""
+        data, cells = self.rows(frame)
+        size = self.layout.size
+        counts = np.bincount(cells, minlength=size)
+        summary = LocalSummary(counts=[int(c) for c in counts])
+        if not self.moments and self.extreme is None:
+            return summary
+        assert self.column is not None
+        values = data[self.column].to_numpy(dtype=float)
+        order = np.argsort(cells, kind="stable")
+        starts = np.searchsorted(cells[order], np.arange(size + 1))
+        per_cell = [values[order[starts[c] : starts[c + 1]]] for c in range(size)]
+        try:
+            for moment in self.moments:
+                power = {"sum": 1, "sumsq": 2}[moment]
+                summary.moments[moment] = [encode_moment(math.fsum(v**power)) for v in per_cell]
+        except OverflowError as exc:
+            raise QueryInvalid(f"{self.name} of {self.column!r}: {exc}") from None
+        if self.extreme == "min":
+            summary.extremes = [order_key(v.min()) if len(v) else MIN_SENTINEL for v in per_cell]
+        elif self.extreme == "max":
+            summary.extremes = [order_key(v.max()) if len(v) else MAX_SENTINEL for v in per_cell]
+        return summary
+
+    # ---- after the protocol -------------------------------------------------------------
+
+    def cell_values(self, opened: Opened, cell: int) -> dict[str, Any]:
+        """The statistic's result keys for one released cell (without "n")."""
+        raise NotImplementedError
+
+    def empty_values(self) -> dict[str, Any]:
+        """The result keys of a suppressed cell: every value null."""
+        raise NotImplementedError
+
+    def finish(self, opened: Opened) -> dict[str, Any]:
+        """The result in DESIGN.md's shape, from what was opened."""
+        entries = []
+        for g in range(len(self.layout.groups)):
+            entries.append(self.group_result(opened, g))
+        if not self.layout.group_columns:
+            return {"n": opened.total, **{k: v for k, v in entries[0].items() if k != "n"}}
+        groups = [{"group": self.layout.group_label(g), **e} for g, e in enumerate(entries)]
+        return {"n": opened.total, "groups": groups}
+
+    def group_result(self, opened: Opened, g: int) -> dict[str, Any]:
+        if opened.released[g]:
+            return {"n": opened.counts[g], **self.cell_values(opened, g)}
+        return {"n": None, **self.empty_values()}
+
+    # ---- plaintext oracle ---------------------------------------------------------------
+
+    def reference(self, frame: pd.DataFrame, min_count: int = 0) -> dict[str, Any]:
+        """The same result computed in plaintext on pooled rows with pandas/numpy (tests only)."""
+        from smpc.frames import conform, select
+
+        data = conform(frame, self.schema, self.query.referenced_columns())
+        data = data[select(data, self.query.where, self.schema)]
+        if self.column is not None:
+            data = data[data[self.column].notna()]
+        entries = []
+        for levels in self.layout.groups:
+            sub = data
+            for name, level in zip(self.layout.group_columns, levels, strict=True):
+                spec = self.schema.column(name)
+                assert spec is not None
+                if spec.type == "boolean":
+                    sub = sub[sub[name] == (1.0 if level == "True" else 0.0)]
+                else:
+                    sub = sub[sub[name] == level]
+            entries.append(self.reference_group(sub, min_count))
+        suppressed = any(self.reference_suppressed(e) for e in entries)
+        total = None if suppressed else sum(self.reference_count(e) for e in entries)
+        if not self.layout.group_columns:
+            return {**entries[0], "n": total}
+        groups = [{"group": self.layout.group_label(g), **e} for g, e in enumerate(entries)]
+        return {"n": total, "groups": groups}
+
+    def reference_group(self, sub: pd.DataFrame, min_count: int) -> dict[str, Any]:
+        if len(sub) < min_count:
+            return {"n": None, **self.empty_values()}
+        return {"n": len(sub), **self.reference_values(sub)}
+
+    def reference_values(self, sub: pd.DataFrame) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def reference_suppressed(self, entry: dict[str, Any]) -> bool:
+        return entry["n"] is None
+
+    def reference_count(self, entry: dict[str, Any]) -> int:
+        return int(entry["n"])

@@ -1,0 +1,31 @@
+"""`count`: the number of rows meeting `where`, pooled over parties (per group with `group_by`).
+
+Each party shares its row count per group; the pooled counts are compared with the disclosure
+threshold inside MPC, and only counts at or above it are opened.
+
+Reveals: the pooled count of each released group, and which groups are suppressed (below
+`min_count`); the overall `n` only when no group is suppressed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+from smpc.statistics.base import Opened, SecureStatistic
+
+
+class Count(SecureStatistic):
+    name = "count"
+    value_column = False
+
+    def cell_values(self, opened: Opened, cell: int) -> dict[str, Any]:
+        return {"count": opened.counts[cell]}
+
+    def empty_values(self) -> dict[str, Any]:
+        return {"count": None}
+
+    def reference_values(self, sub: pd.DataFrame) -> dict[str, Any]:
+        return {"count": len(sub)}

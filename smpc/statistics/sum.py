@@ -1,0 +1,31 @@
+"""`sum`: the pooled sum of a numeric column over rows meeting `where` (missing values skipped).
+
+Each party shares its row count and its local Σx (fixed point, 2⁻⁴⁰ resolution) per group;
+both are pooled inside MPC and opened only for groups at or above `min_count`.
+
+Reveals: per released group the pooled n and Σx; which groups are suppressed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+from smpc.statistics.base import Opened, SecureStatistic, number
+
+
+class Sum(SecureStatistic):
+    name = "sum"
+    moments = ("sum",)
+
+    def cell_values(self, opened: Opened, cell: int) -> dict[str, Any]:
+        return {"sum": number(opened.moments["sum"][cell])}
+
+    def empty_values(self) -> dict[str, Any]:
+        return {"sum": None}
+
+    def reference_values(self, sub: pd.DataFrame) -> dict[str, Any]:
+        assert self.column is not None
+        return {"sum": float(sub[self.column].sum())}
