@@ -22,6 +22,7 @@ from smpc.statistics import local_summary, prepare
 from tessera.errors import ProtocolFailed, QueryInvalid
 from tessera.schemas import DatasetSchema
 
+MIN_PARTIES = 3
 MAX_PARTIES = 16
 
 
@@ -53,8 +54,11 @@ def simulate(
     `schema` defaults to one inferred from the frames (categorical levels: the sorted union
     of values seen). `min_count_floors` plays each party's policy floor.
     """
-    if not 1 <= len(parties) <= MAX_PARTIES:
-        raise QueryInvalid(f"simulate needs 1 to {MAX_PARTIES} data frames, got {len(parties)}")
+    if not MIN_PARTIES <= len(parties) <= MAX_PARTIES:
+        raise QueryInvalid(
+            f"simulate needs {MIN_PARTIES} to {MAX_PARTIES} data frames (an honest majority "
+            f"needs at least 3 parties), got {len(parties)}"
+        )
     if schema is None:
         schema = infer_schema(parties)
     parsed = prepare(query, schema)

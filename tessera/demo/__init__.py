@@ -1,0 +1,1 @@
+"""The bundled demo: deterministic paediatric cohorts for three hospitals, and `tessera demo`."""

@@ -1,0 +1,126 @@
+"""The query language: every statistic validates, bad queries name their problem."""
+
+from __future__ import annotations
+
+import pytest
+
+from smpc import SUPPORTED, parse_query, prepare
+from smpc.query import STATISTICS
+from tessera.errors import QueryInvalid
+from tessera.schemas import ColumnSpec, DatasetSchema
+
+SCHEMA = DatasetSchema(
+    columns=[
+        ColumnSpec(name="age", type="integer", min=0, max=215),
+        ColumnSpec(name="weight", type="float"),
+        ColumnSpec(name="sex", type="categorical", levels=["F", "M"]),
+        ColumnSpec(name="icu", type="boolean"),
+        ColumnSpec(name="time", type="float"),
+    ]
+)
+
+EVERY_STATISTIC = {
+    "count": {},
+    "sum": {"column": "weight"},
+    "mean": {"column": "weight"},
+    "variance": {"column": "weight"},
+    "min": {"column": "weight"},
+    "max": {"column": "weight"},
+    "quantile": {"column": "weight", "q": [0.25, 0.5]},
+    "histogram": {"column": "age", "bins": [0, 12, 60, 216]},
+    "crosstab": {"rows": "sex", "columns": "icu"},
+    "correlation": {"columns": ["age", "weight"]},
+    "linear_regression": {"outcome": "weight", "predictors": ["age"]},
+    "logistic_regression": {"outcome": "icu", "predictors": ["age"]},
+    "kaplan_meier": {"time": "time", "event": "icu", "group": "sex"},
+    "ttest": {"column": "weight", "group": "sex"},
+    "chi2": {"rows": "sex", "columns": "icu"},
+}
+
+
+def test_the_catalogue_covers_the_design() -> None:
+    assert set(EVERY_STATISTIC) == set(STATISTICS)
+
+
+@pytest.mark.parametrize("statistic", sorted(EVERY_STATISTIC))
+def test_every_statistic_of_the_language_validates(statistic: str) -> None:
+    query = parse_query({"statistic": statistic, "dataset": "d", **EVERY_STATISTIC[statistic]})
+    assert query.statistic == statistic  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("statistic", sorted(set(STATISTICS) - set(SUPPORTED)))
+def test_statistics_not_built_yet_are_refused_clearly(statistic: str) -> None:
+    raw = {"statistic": statistic, "dataset": "d", **EVERY_STATISTIC[statistic]}
+    with pytest.raises(QueryInvalid, match=f"{statistic}' is not supported yet"):
+        prepare(raw, SCHEMA)
+
+
+@pytest.mark.parametrize("statistic", SUPPORTED)
+def test_supported_statistics_pass_against_the_schema(statistic: str) -> None:
+    prepare({"statistic": statistic, "dataset": "d", **EVERY_STATISTIC[statistic]}, SCHEMA)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"dataset": "d"}, "names no 'statistic'"),
+        ({"statistic": "median", "dataset": "d"}, "unknown statistic 'median'"),
+        ({"statistic": "mean", "dataset": "d"}, "column: Field required"),
+        ({"statistic": "count"}, "dataset: Field required"),
+        ({"statistic": "count", "dataset": "d", "colour": 1}, "colour: Extra inputs"),
+        ({"statistic": "count", "dataset": "d", "where": [["age", "~", 1]]}, "where"),
+        ({"statistic": "count", "dataset": "d", "where": [["age", ">"]]}, "triple"),
+        ({"statistic": "count", "dataset": "d", "where": [["age", "in", 3]]}, "needs a list"),
+        ({"statistic": "count", "dataset": "d", "min_count": -1}, "min_count"),
+        ({"statistic": "histogram", "dataset": "d", "column": "age", "bins": [3, 1]}, "increasing"),
+        ({"statistic": "quantile", "dataset": "d", "column": "age", "q": [1.5]}, "[0, 1]"),
+        ({"statistic": "count", "dataset": "d", "dp": {"epsilon": -1}}, "epsilon"),
+        ("count", "JSON object"),
+    ],
+)
+def test_malformed_queries_say_what_is_wrong(raw: object, message: str) -> None:
+    with pytest.raises(QueryInvalid) as info:
+        parse_query(raw)
+    assert message in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"statistic": "mean", "column": "height"}, "unknown column 'height'"),
+        ({"statistic": "mean", "column": "sex"}, "'sex' is categorical, not numeric"),
+        ({"statistic": "count", "group_by": ["age"]}, "only categorical or boolean"),
+        ({"statistic": "count", "where": [["sex", "==", "X"]]}, "'X' is not a level of 'sex'"),
+        ({"statistic": "count", "where": [["sex", ">", "F"]]}, "does not apply to categorical"),
+        ({"statistic": "count", "where": [["age", ">", "ten"]]}, "compares with numbers"),
+        ({"statistic": "count", "where": [["icu", ">", 0]]}, "boolean column"),
+        ({"statistic": "count", "dp": {"epsilon": 1.0}}, "not supported yet"),
+    ],
+)
+def test_queries_are_checked_against_the_schema(raw: dict, message: str) -> None:
+    with pytest.raises(QueryInvalid) as info:
+        prepare({"dataset": "d", **raw}, SCHEMA)
+    assert message in info.value.message
+
+
+def test_a_query_round_trips_through_json() -> None:
+    raw = {
+        "statistic": "mean",
+        "dataset": "d",
+        "column": "weight",
+        "where": [["age", ">=", 24], ["sex", "in", ["F"]]],
+        "group_by": ["icu"],
+        "min_count": 5,
+    }
+    query = parse_query(raw)
+    assert parse_query(query.to_json()) == query
+    assert query.to_json()["where"] == raw["where"]
+
+
+def test_schemas_reject_inconsistent_columns() -> None:
+    with pytest.raises(ValueError, match="needs its levels"):
+        ColumnSpec(name="sex", type="categorical")
+    with pytest.raises(ValueError, match="repeated column names"):
+        DatasetSchema(columns=[ColumnSpec(name="a", type="float")] * 2)
+    with pytest.raises(ValueError, match="min > max"):
+        ColumnSpec(name="a", type="float", min=3, max=1)
