@@ -34,8 +34,9 @@ class WarmParties:
     """Party processes started ahead of time, waiting on stdin with their imports done.
 
     `take()` hands out a warm process (or a fresh one when none is ready); `refill_soon()`,
-    called when a run ends, starts replacements; the pool grows to the largest number taken at once, up to `limit`. Idle
-    processes exit by themselves when their parent dies (stdin closes).
+    called when a run ends, starts replacements. The pool grows to the largest number taken at
+    once, up to `limit`. Idle processes exit by themselves when their parent dies (stdin
+    closes).
     """
 
     def __init__(self, limit: int = 8) -> None:

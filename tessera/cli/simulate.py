@@ -64,6 +64,7 @@ def simulate(
             schema = DatasetSchema.model_validate(read_json(schema_file, "schema"))
         except ValueError as exc:
             raise InvalidRequest(f"invalid schema in {schema_file}: {exc}") from None
-    result = run(query, frames, schema, min_count_floors=[min_count_floor] * len(frames),
-                 timeout_s=timeout)  # fmt: skip
+    result = run(
+        query, frames, schema, min_count_floors=[min_count_floor] * len(frames), timeout_s=timeout
+    )
     typer.echo(json.dumps(result, indent=2))

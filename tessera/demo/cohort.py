@@ -63,10 +63,20 @@ def cohort(hospital: DemoHospital) -> pd.DataFrame:
     height = np.clip(height * rng.normal(1.0, 0.04, n), 30, 210)
     weight = np.where(years < 2, 3.4 + 5.5 * years, 12 + 2.6 * (years - 2) + 0.2 * years**2 / 4)
     weight = np.clip(weight * rng.lognormal(0.0, 0.12, n) + boys * 0.4, 0.5, 150)
-    severity = pd.Series(diagnosis).map(
-        {"cardiac": 1.6, "infectious": 0.6, "neurological": 1.1, "oncology": 1.9,
-         "respiratory": 0.8, "other": 0.5}  # fmt: skip
-    ).to_numpy()
+    severity = (
+        pd.Series(diagnosis)
+        .map(
+            {
+                "cardiac": 1.6,
+                "infectious": 0.6,
+                "neurological": 1.1,
+                "oncology": 1.9,
+                "respiratory": 0.8,
+                "other": 0.5,
+            }
+        )
+        .to_numpy()
+    )
     stay = rng.poisson(2.0 + 3.0 * severity) + (rng.random(n) < 0.05) * rng.integers(10, 60, n)
     icu = rng.random(n) < 0.04 + 0.08 * severity
     readmitted = rng.random(n) < 0.05 + 0.05 * severity + 0.05 * icu

@@ -6,6 +6,8 @@ across 3, 5 and 7 parties. Tolerance 1e-6 relative for estimates, exact for coun
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -26,7 +28,7 @@ def randhie() -> pd.DataFrame:
             [data.hlthp == 1, data.hlthf == 1, data.hlthg == 1],
             ["poor", "fair", "good"],
             "excellent",
-        ),  # fmt: skip
+        ),
         idp=data.idp.astype(bool),
     )
 
@@ -35,7 +37,7 @@ def split(frame: pd.DataFrame, parties: int) -> list[pd.DataFrame]:
     """Uneven contiguous shares: party i holds a share proportional to i + 1."""
     weights = np.arange(1, parties + 1)
     cuts = [0, *(np.cumsum(weights) / weights.sum() * len(frame)).astype(int)]
-    return [frame.iloc[a:b].reset_index(drop=True) for a, b in zip(cuts[:-1], cuts[1:])]
+    return [frame.iloc[a:b].reset_index(drop=True) for a, b in itertools.pairwise(cuts)]
 
 
 @pytest.mark.parametrize("parties", [3, 5])
@@ -48,7 +50,7 @@ def test_moments_match_pandas(randhie: pd.DataFrame, parties: int) -> None:
             "dataset": "hie",
             "column": "disea",
             "where": [["lncoins", ">", 2]],
-        },  # fmt: skip
+        },
         frames,
     )
     assert result["n"] == len(rows)
@@ -80,10 +82,12 @@ def test_grouped_mean_and_count_match_pandas(randhie: pd.DataFrame) -> None:
 @pytest.mark.parametrize("parties", [3, 7])
 def test_min_and_max_are_exact(randhie: pd.DataFrame, parties: int) -> None:
     frames = split(randhie, parties)
-    low = simulate({"statistic": "min", "dataset": "hie", "column": "lpi",
-                    "where": [["lpi", ">", 0]]}, frames)  # fmt: skip
-    high = simulate({"statistic": "max", "dataset": "hie", "column": "disea",
-                     "group_by": ["health"]}, frames)  # fmt: skip
+    low = simulate(
+        {"statistic": "min", "dataset": "hie", "column": "lpi", "where": [["lpi", ">", 0]]}, frames
+    )
+    high = simulate(
+        {"statistic": "max", "dataset": "hie", "column": "disea", "group_by": ["health"]}, frames
+    )
     assert low["min"] == randhie.lpi[randhie.lpi > 0].min()
     expected = randhie.groupby("health").disea.max()
     assert {g["group"]["health"]: g["max"] for g in high["groups"]} == expected.to_dict()
@@ -99,7 +103,7 @@ def test_histogram_with_suppression_inside_mpc(randhie: pd.DataFrame) -> None:
             "column": "mdvis",
             "bins": bins,
             "min_count": 100,
-        },  # fmt: skip
+        },
         frames,
     )
     counts, _ = np.histogram(randhie.mdvis, bins=bins)
@@ -126,8 +130,16 @@ def test_small_groups_are_suppressed_and_the_node_floor_wins(randhie: pd.DataFra
     assert shown["poor"] is None
     assert result["n"] is None
 
-    small = simulate({"statistic": "mean", "dataset": "hie", "column": "mdvis",
-                      "where": [["health", "==", "poor"]], "min_count": floor}, frames)  # fmt: skip
+    small = simulate(
+        {
+            "statistic": "mean",
+            "dataset": "hie",
+            "column": "mdvis",
+            "where": [["health", "==", "poor"]],
+            "min_count": floor,
+        },
+        frames,
+    )
     assert small == {"n": None, "mean": None}
 
 
@@ -140,7 +152,7 @@ def test_a_party_without_matching_rows_and_an_absent_level(randhie: pd.DataFrame
             "dataset": "hie",
             "column": "disea",
             "where": [["health", "==", "poor"]],
-        },  # fmt: skip
+        },
         frames,
     )
     pooled = pd.concat(frames)
@@ -157,8 +169,10 @@ def test_a_constant_column_has_zero_variance(randhie: pd.DataFrame) -> None:
 
 def test_empty_selection_gives_nulls_not_numbers(randhie: pd.DataFrame) -> None:
     frames = split(randhie, 3)
-    result = simulate({"statistic": "mean", "dataset": "hie", "column": "mdvis",
-                       "where": [["mdvis", ">", 1000]]}, frames)  # fmt: skip
+    result = simulate(
+        {"statistic": "mean", "dataset": "hie", "column": "mdvis", "where": [["mdvis", ">", 1000]]},
+        frames,
+    )
     assert result == {"n": 0, "mean": None}
 
 
@@ -169,12 +183,14 @@ def test_bad_queries_fail_before_any_party_starts(randhie: pd.DataFrame) -> None
     with pytest.raises(QueryInvalid, match="at least 3 parties"):
         simulate({"statistic": "count", "dataset": "hie"}, frames[:2])
     with pytest.raises(QueryInvalid, match="same columns"):
-        simulate({"statistic": "count", "dataset": "hie"}, [frames[0], frames[1].drop(
-            columns="idp"), frames[2]])  # fmt: skip
+        simulate(
+            {"statistic": "count", "dataset": "hie"},
+            [frames[0], frames[1].drop(columns="idp"), frames[2]],
+        )
 
 
 def test_a_party_that_cannot_run_fails_the_protocol(randhie: pd.DataFrame) -> None:
     frames = split(randhie.head(300), 3)
-    with pytest.raises(ProtocolFailed, match="did not finish|timed out"):
+    with pytest.raises(ProtocolFailed, match=r"did not finish|timed out"):
         # a timeout too short to even connect: every party is stopped, none hangs
         simulate({"statistic": "count", "dataset": "hie"}, frames, timeout_s=0.001)

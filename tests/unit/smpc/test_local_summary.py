@@ -41,7 +41,7 @@ def test_grouped_counts_and_moments_match_pandas(frame: pd.DataFrame) -> None:
             "column": "x",
             "group_by": ["sex", "dx"],
             "where": [["age", ">=", 24]],
-        },  # fmt: skip
+        },
         schema,
     )
     summary = local_summary(query, frame, schema)
@@ -78,7 +78,7 @@ def test_extremes_are_exact_and_empty_cells_send_a_sentinel(frame: pd.DataFrame)
             "column": "x",
             "group_by": ["flag"],
             "where": [["sex", "==", "F"], ["flag", "==", True]],
-        },  # fmt: skip
+        },
         schema,
     )
     summary = local_summary(query, frame, schema)
