@@ -6,7 +6,7 @@ Everything a party secret-shares is an integer:
 - moments (Σx, Σx²), as fixed-point integers ``round(v · 2**FRAC_BITS)`` in a 128-bit secure
   integer type. Each party rounds its *local* sum once (error ≤ 2**-41 per party), so the pooled
   sum is exact to about 1e-12 whatever the number of rows. The pooled value must satisfy
-  |v| < 2**(MOMENT_BITS - FRAC_BITS - 2) ≈ 3.9e25 (e.g. Σx² of 10⁷ rows with |x| ≤ 10⁹);
+  |v| < 2**(MOMENT_BITS - FRAC_BITS - 2) ≈ 7.7e25 (e.g. Σx² of 10⁷ rows with |x| ≤ 2·10⁹);
 - extremes, as *order keys*: the IEEE-754 bits of a float64 mapped to a signed 64-bit integer
   whose order is the order of the floats. Minimum and maximum are therefore exact, for any
   finite value, not rounded to a fixed-point grid.

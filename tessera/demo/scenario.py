@@ -1,0 +1,251 @@
+"""`tessera demo`: three hospitals answer a statistician's queries by real MPC, end to end.
+
+The demo starts a coordinator (SQLite in a temporary directory) and three node agents as
+separate processes, each with its own bundled cohort (CSV at hospital A, Parquet at B, an SQL
+table at C). It then acts as a statistician through the REST API and prints every pooled result
+beside the plaintext answer on the pooled demo data. The plaintext side exists only because the
+demo data is synthetic and all on this machine: in a real network nobody can compute it.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from tessera.demo.cohort import DATASET, HOSPITALS, cohorts, schema
+from tessera.demo.network import DataSource, Network, NodeSpec
+
+NODE_MIN_COUNT = 5
+REL_TOL = 1e-6
+
+QUERIES: list[tuple[str, dict[str, Any]]] = [
+    ("Patients in the pooled cohort", {"statistic": "count"}),
+    (
+        "Mean weight (kg) of children aged 2 years or more",
+        {"statistic": "mean", "column": "weight_kg", "where": [["age_months", ">=", 24]]},
+    ),
+    (
+        "Length of stay (days) of girls: mean, variance, std",
+        {"statistic": "variance", "column": "length_of_stay_days", "where": [["sex", "==", "F"]]},
+    ),
+    (
+        "Youngest age (months) in ICU",
+        {"statistic": "min", "column": "age_months", "where": [["icu_admission", "==", True]]},
+    ),
+    ("Longest stay (days)", {"statistic": "max", "column": "length_of_stay_days"}),
+    (
+        "Age (months) histogram, cells under 40 suppressed",
+        {
+            "statistic": "histogram",
+            "column": "age_months",
+            "bins": [0, 1, 12, 24, 60, 120, 180, 216],
+            "min_count": 40,
+        },
+    ),
+    (
+        "ICU admissions by diagnosis group and sex, groups under 15 suppressed",
+        {
+            "statistic": "count",
+            "where": [["icu_admission", "==", True]],
+            "group_by": ["diagnosis_group", "sex"],
+            "min_count": 15,
+        },
+    ),
+    (
+        "Mean length of stay by diagnosis group",
+        {"statistic": "mean", "column": "length_of_stay_days", "group_by": ["diagnosis_group"]},
+    ),
+]
+
+
+@dataclass
+class Comparison:
+    key: str
+    secure: Any
+    plain: Any
+
+    @property
+    def match(self) -> bool:
+        a, b = self.secure, self.plain
+        if isinstance(a, int | float) and isinstance(b, int | float):
+            return math.isclose(a, b, rel_tol=REL_TOL, abs_tol=1e-9)
+        return bool(a == b)
+
+
+def flatten(result: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """("groups[sex=F].mean", value) pairs for a readable, comparable table."""
+    if isinstance(result, dict):
+        for key, value in result.items():
+            if key == "groups":
+                for entry in value:
+                    label = ",".join(f"{k}={v}" for k, v in entry["group"].items())
+                    rest = {k: v for k, v in entry.items() if k != "group"}
+                    yield from flatten(rest, f"{prefix}[{label}].")
+            else:
+                yield from flatten(value, f"{prefix}{key}")
+    elif isinstance(result, list) and result and not isinstance(result[0], dict):
+        if prefix.endswith("edges"):
+            yield prefix, result
+        else:
+            for i, value in enumerate(result):
+                yield f"{prefix}[{i}]", value
+    else:
+        yield prefix.rstrip("."), result
+
+
+def compare(secure: dict[str, Any], plain: dict[str, Any]) -> list[Comparison]:
+    a, b = dict(flatten(secure)), dict(flatten(plain))
+    return [Comparison(k, a.get(k), b.get(k)) for k in dict.fromkeys([*a, *b])]
+
+
+def show(value: Any) -> str:
+    if value is None:
+        return "suppressed"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, list):
+        return "[" + ", ".join(show(v) for v in value) + "]"
+    return str(value)
+
+
+def write_sources(root: Path) -> list[NodeSpec]:
+    """Each demo hospital's data in a different kind of source."""
+    import sqlalchemy
+
+    frames = cohorts()
+    declared = schema()
+    specs = []
+    for hospital, kind in zip(HOSPITALS, ["csv", "parquet", "sql"], strict=True):
+        frame = frames[hospital.name]
+        if kind == "csv":
+            path = root / f"{hospital.name}.csv"
+            frame.to_csv(path, index=False)
+            source = DataSource(DATASET, "csv", declared, path=str(path))
+        elif kind == "parquet":
+            path = root / f"{hospital.name}.parquet"
+            frame.to_parquet(path, index=False)
+            source = DataSource(DATASET, "parquet", declared, path=str(path))
+        else:
+            url = f"sqlite:///{root / (hospital.name + '.db')}"
+            engine = sqlalchemy.create_engine(url)
+            with engine.begin() as conn:
+                frame.to_sql("admissions", conn, index=False)
+            engine.dispose()
+            source = DataSource(DATASET, "sql", declared, url=url, table="admissions")
+        org = hospital.name.replace("hospital_", "Hospital ").upper()
+        specs.append(NodeSpec(hospital.name, org, [source], min_count=NODE_MIN_COUNT))
+    return specs
+
+
+def build_network(root: Path, say: Callable[[str], None]) -> tuple[Network, Any, int]:
+    """Start everything and set up a study; returns the network, a researcher client, study."""
+    from tessera.client import TesseraClient
+
+    specs = write_sources(root)
+    net = Network(root)
+    try:
+        net.start_coordinator()
+        say(f"coordinator   {net.url}  (SQLite in {root})")
+        admin = TesseraClient(net.url)
+        admin.login("admin", net.admin_password)
+        org_ids = []
+        for spec in specs:
+            org = admin.create_organisation(spec.organisation)
+            org_ids.append(org["id"])
+            node = admin.create_node(spec.name, org["id"])
+            net.start_node(spec, node["api_key"])
+            rows = len(cohorts()[spec.name])
+            say(f"node agent    {spec.name:<11} {rows:>5} rows  ({spec.datasets[0].source})")
+        password = "demo-" + net.admin_password
+        admin.create_user("statistician", password, role="researcher")
+        study = admin.create_study(
+            "rare-disease-pilot",
+            description="Demo study across three paediatric hospitals",
+            organisation_ids=org_ids,
+            datasets=[DATASET],
+            members=["statistician"],
+        )
+        wait_for_datasets(admin, study["id"], len(specs), net)
+        researcher = TesseraClient(net.url)
+        researcher.login("statistician", password)
+        return net, researcher, study["id"]
+    except BaseException:
+        net.stop()
+        raise
+
+
+def wait_for_datasets(client: Any, study_id: int, count: int, net: Network) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for proc in net.nodes.values():
+            if not proc.alive():
+                raise RuntimeError(f"node {proc.name} exited:\n{proc.tail()}")
+        listing = client.study_datasets(study_id)
+        entries = listing if isinstance(listing, list) else listing.get("datasets", [])
+        for entry in entries:
+            if entry.get("name") == DATASET and len(entry.get("nodes", [])) >= count:
+                return
+        time.sleep(0.2)
+    raise RuntimeError("the node agents did not register their datasets within 60 s")
+
+
+def run_demo(keep: bool = False, say: Callable[[str], None] = print) -> bool:
+    """Run the demo; True if every pooled result matches the plaintext answer."""
+    pooled = pd.concat(cohorts().values(), ignore_index=True)
+    declared = schema()
+    root = Path(tempfile.mkdtemp(prefix="tessera-demo-"))
+    started = time.perf_counter()
+    try:
+        net, client, study_id = build_network(root, say)
+        try:
+            ready = time.perf_counter() - started
+            say(f"study         #{study_id}, statistician logged in; ready in {ready:.1f} s\n")
+            all_match = run_queries(client, study_id, pooled, declared, say)
+        finally:
+            net.stop()
+    finally:
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
+    outcome = "all pooled results match" if all_match else "MISMATCHES found"
+    say(f"{outcome}; total {time.perf_counter() - started:.1f} s; every process stopped")
+    if keep:
+        say(f"logs and data kept in {root}")
+    return all_match
+
+
+def run_queries(
+    client: Any, study_id: int, pooled: pd.DataFrame, declared: Any, say: Callable[[str], None]
+) -> bool:
+    from smpc import reference
+
+    all_match = True
+    for title, body in QUERIES:
+        query = {"dataset": DATASET, **body}
+        t0 = time.perf_counter()
+        submitted = client.submit_query(study_id, query)
+        done = client.wait_query(submitted["id"], timeout=60)
+        seconds = time.perf_counter() - t0
+        say(f"== {title}  ({seconds:.2f} s, query #{done['id']}, {done['status']})")
+        if done["status"] != "succeeded":
+            say(f"   failed: {done.get('error')}")
+            all_match = False
+            continue
+        applied = done.get("min_count_applied") or NODE_MIN_COUNT
+        plain = reference(query, pooled, declared, min_count=applied)
+        rows = compare(done["result"], plain)
+        width = max(len(r.key) for r in rows)
+        say(f"   {'result':<{width}}  {'pooled by MPC':>16}  {'plaintext':>16}")
+        for r in rows:
+            verdict = "match" if r.match else "MISMATCH"
+            say(f"   {r.key:<{width}}  {show(r.secure):>16}  {show(r.plain):>16}  {verdict}")
+            all_match &= r.match
+        say("")
+    return all_match
