@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -72,7 +73,7 @@ def _boolean_number(value: object) -> float:
     return 1.0 if bool(value) else 0.0
 
 
-def _comparable(spec: ColumnSpec, value: object) -> object:
+def _comparable(spec: ColumnSpec, value: object) -> Any:
     if spec.type == "categorical":
         return _level_text(value)
     if spec.type == "boolean":

@@ -70,7 +70,7 @@ def simulate(
     jobs = [
         PartyJob(
             query=parsed.to_json(),
-            schema=schema,
+            dataset_schema=schema,
             summary=summary,
             party_id=i,
             parties=addresses,

@@ -10,7 +10,7 @@ Reveals: per released group the pooled n and the extreme value; which groups are
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -20,7 +20,7 @@ from smpc.statistics.base import Opened, SecureStatistic, number
 
 class Min(SecureStatistic):
     name = "min"
-    extreme = "min"
+    extreme: ClassVar[Literal["min", "max"] | None] = "min"
 
     def cell_values(self, opened: Opened, cell: int) -> dict[str, Any]:
         return {self.name: number(opened.extremes[cell])}

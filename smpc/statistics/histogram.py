@@ -41,7 +41,8 @@ class Histogram(SecureStatistic):
     def group_result(self, opened: Opened, g: int) -> dict[str, Any]:
         cells = range(g * self.layout.bins, (g + 1) * self.layout.bins)
         counts = [opened.counts[c] if opened.released[c] else None for c in cells]
-        n = None if any(c is None for c in counts) else sum(counts)  # type: ignore[misc]
+        shown = [c for c in counts if c is not None]
+        n = sum(shown) if len(shown) == len(counts) else None
         return {"n": n, "edges": list(self.query.bins), "counts": counts}
 
     def reference_group(self, sub: pd.DataFrame, min_count: int) -> dict[str, Any]:

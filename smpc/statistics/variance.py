@@ -12,6 +12,7 @@ suppressed.
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ class Variance(SecureStatistic):
         mean = s / n
         if n < 2:
             return {"mean": number(mean), "variance": None, "std": None}
-        variance = max((q - s * s / n) / (n - 1), 0)
+        variance = max((q - s * s / n) / (n - 1), Fraction(0))
         return {
             "mean": number(mean),
             "variance": number(variance),
