@@ -1,0 +1,26 @@
+"""`tessera demo` as a new user runs it: exits 0, every pooled result matches plaintext."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tessera.demo.scenario import QUERIES
+
+
+def test_the_demo_runs_end_to_end_and_everything_matches() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "tessera.cli.main", "demo"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
+    assert "MISMATCH" not in out
+    assert out.count("succeeded") == len(QUERIES)
+    assert "all pooled results match" in out
+    assert "suppressed" in out, "the histogram and group queries show suppression"
+    assert "every process stopped" in out
+    for hospital in ("hospital_a", "hospital_b", "hospital_c"):
+        assert hospital in out
