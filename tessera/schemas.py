@@ -99,7 +99,7 @@ class NodePolicySummary(Strict):
 
 # ---- node <-> coordinator task messages -------------------------------------------------
 
-TaskStatus = Literal["pending", "accepted", "running", "done", "refused", "failed", "cancelled"]
+TaskStatus = Literal["pending", "offered", "accepted", "running", "done", "refused", "failed", "cancelled"]
 QueryStatus = Literal["pending", "running", "succeeded", "failed"]
 
 

@@ -1,0 +1,62 @@
+"""`create_app(settings)`: the coordinator's FastAPI application."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from api import errors
+from api.db import Database
+from api.migrate import upgrade
+from api.notify import Notifier
+from api.routes import accounts, nodes, operations, studies
+from api.scheduler import sweep_forever
+from api.services.accounts import ensure_admin
+from api.settings import CoordinatorSettings
+
+log = logging.getLogger("tessera.coordinator")
+
+
+def create_app(settings: CoordinatorSettings | None = None) -> FastAPI:
+    settings = settings or CoordinatorSettings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        database = Database(settings.database_url)
+        upgrade(database.engine)
+        if settings.bootstrap_admin_username and settings.bootstrap_admin_password:
+            with database.session() as db:
+                ensure_admin(
+                    db,
+                    settings.bootstrap_admin_username,
+                    settings.bootstrap_admin_password.get_secret_value(),
+                )
+        notifier = Notifier()
+        notifier.bind(asyncio.get_running_loop())
+        app.state.db, app.state.notifier = database, notifier
+        sweeper = asyncio.create_task(sweep_forever(database, notifier, settings.sweep_interval_s))
+        log.info("coordinator ready (database: %s)", database.engine.url.render_as_string())
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+            database.dispose()
+
+    app = FastAPI(
+        title="Tessera coordinator",
+        version="0.1.0",
+        description="Schedules secure multi-party statistics across hospitals; publishes only "
+        "pooled, disclosure-checked results.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    errors.install(app)
+    for module in (operations, accounts, nodes, studies):
+        app.include_router(module.router, prefix="/api/v1")
+    return app

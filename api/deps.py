@@ -1,0 +1,82 @@
+"""Dependency aliases that keep routes short: `SessionDep`, `CurrentUser`, `AdminUser`,
+`CurrentNode`, `SettingsDep`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from api.db import Database
+from api.models import Node, User
+from api.notify import Notifier
+from api.security import KEY_PREFIX, read_token
+from api.services import accounts, network
+from api.settings import CoordinatorSettings
+from tessera.errors import Forbidden, Unauthorized
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def get_settings(request: Request) -> CoordinatorSettings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+def get_notifier(request: Request) -> Notifier:
+    return request.app.state.notifier  # type: ignore[no-any-return]
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    database: Database = request.app.state.db
+    with database.session() as db:
+        yield db
+
+
+SettingsDep = Annotated[CoordinatorSettings, Depends(get_settings)]
+NotifierDep = Annotated[Notifier, Depends(get_notifier)]
+SessionDep = Annotated[Session, Depends(get_session)]
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def _token(credentials: HTTPAuthorizationCredentials | None) -> str:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise Unauthorized("authentication required: send 'Authorization: Bearer <token>'")
+    return credentials.credentials
+
+
+def current_user(db: SessionDep, settings: SettingsDep, credentials: Credentials) -> User:
+    token = _token(credentials)
+    if token.startswith(KEY_PREFIX):
+        raise Forbidden("node API keys cannot use user routes")
+    user = accounts.get_user(db, read_token(token, settings.jwt_secret.get_secret_value()))
+    if user is None:
+        raise Unauthorized("the user of this token no longer exists")
+    db.commit()  # end the read transaction: long-polls must not hold a connection
+    return user
+
+
+CurrentUser = Annotated[User, Depends(current_user)]
+
+
+def admin_user(user: CurrentUser) -> User:
+    if user.role != "admin":
+        raise Forbidden("this needs the admin role")
+    return user
+
+
+AdminUser = Annotated[User, Depends(admin_user)]
+
+
+def current_node(db: SessionDep, credentials: Credentials) -> Node:
+    token = _token(credentials)
+    if not token.startswith(KEY_PREFIX):
+        raise Forbidden("this route is for node agents (node API key)")
+    node = network.authenticate_node(db, token)
+    db.commit()  # last_seen_at; and no lock or connection is held while a long-poll waits
+    return node
+
+
+CurrentNode = Annotated[Node, Depends(current_node)]

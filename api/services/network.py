@@ -1,0 +1,122 @@
+"""Organisations, nodes (enrolment, API keys, hello) and the dataset schemas nodes register."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api import audit
+from api.models import Dataset, Node, Organisation, utcnow
+from api.security import api_key_matches, new_api_key, split_api_key
+from tessera.errors import Conflict, NotFound, Unauthorized
+from tessera.schemas import DatasetSchema, NodeHello
+
+
+def create_organisation(db: Session, name: str, actor: str) -> Organisation:
+    if db.scalars(select(Organisation).where(Organisation.name == name)).first():
+        raise Conflict(f"organisation {name!r} exists already", {"name": name})
+    org = Organisation(name=name)
+    db.add(org)
+    db.flush()
+    audit.record(db, actor, "organisation.created", f"organisation:{name}")
+    return org
+
+
+def list_organisations(db: Session) -> list[Organisation]:
+    return list(db.scalars(select(Organisation).order_by(Organisation.id)))
+
+
+def organisation_view(org: Organisation) -> dict[str, Any]:
+    return {"id": org.id, "name": org.name, "created_at": org.created_at}
+
+
+def create_node(db: Session, name: str, organisation_id: int, actor: str) -> tuple[Node, str]:
+    """Enrol a node; returns it and its API key (shown once, stored hashed)."""
+    if db.get(Organisation, organisation_id) is None:
+        raise NotFound(f"no organisation {organisation_id}", {"organisation_id": organisation_id})
+    if db.scalars(select(Node).where(Node.name == name)).first():
+        raise Conflict(f"node {name!r} exists already", {"name": name})
+    key_id, key, key_hash = new_api_key()
+    node = Node(
+        name=name, organisation_id=organisation_id, api_key_id=key_id, api_key_hash=key_hash
+    )
+    db.add(node)
+    db.flush()
+    audit.record(db, actor, "node.created", f"node:{name}", organisation_id=organisation_id)
+    return node, key
+
+
+def rotate_key(db: Session, node_id: int, actor: str) -> tuple[Node, str]:
+    node = db.get(Node, node_id)
+    if node is None:
+        raise NotFound(f"no node {node_id}", {"node_id": node_id})
+    node.api_key_id, key, node.api_key_hash = new_api_key()
+    audit.record(db, actor, "node.key_rotated", f"node:{node.name}")
+    return node, key
+
+
+def authenticate_node(db: Session, key: str) -> Node:
+    parts = split_api_key(key)
+    node = None
+    if parts is not None:
+        node = db.scalars(select(Node).where(Node.api_key_id == parts[0])).first()
+    if node is None or parts is None or not api_key_matches(node.api_key_hash, parts[1]):
+        raise Unauthorized("invalid node API key")
+    node.last_seen_at = utcnow()
+    return node
+
+
+def list_nodes(db: Session) -> list[Node]:
+    return list(db.scalars(select(Node).order_by(Node.id)))
+
+
+def node_view(node: Node) -> dict[str, Any]:
+    return {
+        "id": node.id,
+        "name": node.name,
+        "organisation_id": node.organisation_id,
+        "agent_version": node.agent_version,
+        "policy": node.policy,
+        "last_seen_at": node.last_seen_at,
+        "created_at": node.created_at,
+    }
+
+
+def hello(db: Session, node: Node, message: NodeHello) -> Node:
+    node.agent_version = message.agent_version
+    node.policy = message.policy.model_dump()
+    audit.record(
+        db,
+        f"node:{node.name}",
+        "node.hello",
+        f"node:{node.name}",
+        agent_version=message.agent_version,
+        policy=node.policy,
+    )
+    return node
+
+
+def register_dataset(db: Session, node: Node, name: str, schema: DatasetSchema) -> Dataset:
+    """Register or replace a node's declared schema for a dataset (columns, never rows)."""
+    dataset = db.scalars(
+        select(Dataset).where(Dataset.node_id == node.id, Dataset.name == name)
+    ).first()
+    body = schema.model_dump(mode="json", exclude_none=True)
+    if dataset is None:
+        dataset = Dataset(node_id=node.id, name=name, schema=body)
+        db.add(dataset)
+    elif dataset.schema == body:
+        return dataset
+    else:
+        dataset.schema = body
+    db.flush()
+    audit.record(
+        db,
+        f"node:{node.name}",
+        "dataset.registered",
+        f"dataset:{name}",
+        columns=[c.name for c in schema.columns],
+    )
+    return dataset
