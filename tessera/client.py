@@ -1,0 +1,133 @@
+"""A small synchronous Python client of the coordinator's REST API (researchers, admins).
+
+Errors come back as the `tessera.errors` exception the coordinator named.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+
+from tessera.errors import ProtocolFailed, TesseraError, error_from_dict
+
+
+class TesseraClient:
+    def __init__(self, base_url: str, token: str | None = None, timeout: float = 40.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self._http = httpx.Client(base_url=f"{self.base_url}/api/v1", timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> TesseraClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        try:
+            response = self._http.request(method, path, headers=headers, **kwargs)
+        except httpx.HTTPError as exc:
+            raise ProtocolFailed(
+                f"cannot reach the coordinator at {self.base_url}: {exc}"
+            ) from None
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+            except ValueError:
+                body = {"error": {"code": "error", "message": response.text[:200]}}
+            error = error_from_dict(body)
+            if type(error) is TesseraError:
+                error.http_status = response.status_code
+            raise error
+        return response.json() if response.content else None
+
+    # ---- auth and administration --------------------------------------------------------
+
+    def login(self, username: str, password: str) -> None:
+        body = self._call("POST", "/auth/token", data={"username": username, "password": password})
+        self.token = body["access_token"]
+
+    def me(self) -> dict[str, Any]:
+        return self._call("GET", "/users/me")  # type: ignore[no-any-return]
+
+    def create_user(
+        self,
+        username: str,
+        password: str,
+        role: str = "researcher",
+        organisation_id: int | None = None,
+    ) -> dict[str, Any]:
+        return self._call(
+            "POST",
+            "/users",
+            json={  # type: ignore[no-any-return]
+                "username": username,
+                "password": password,
+                "role": role,
+                "organisation_id": organisation_id,
+            },
+        )
+
+    def create_organisation(self, name: str) -> dict[str, Any]:
+        return self._call("POST", "/organisations", json={"name": name})  # type: ignore[no-any-return]
+
+    def create_node(self, name: str, organisation_id: int) -> dict[str, Any]:
+        """Enrol a node; the answer's `api_key` is shown this once."""
+        return self._call(
+            "POST",
+            "/nodes",
+            json={  # type: ignore[no-any-return]
+                "name": name,
+                "organisation_id": organisation_id,
+            },
+        )
+
+    def create_study(
+        self,
+        name: str,
+        description: str = "",
+        organisation_ids: list[int] = (),  # type: ignore[assignment]
+        datasets: list[str] = (),
+        members: list[int | str] = (),
+    ) -> dict[str, Any]:  # type: ignore[assignment]
+        return self._call(
+            "POST",
+            "/studies",
+            json={  # type: ignore[no-any-return]
+                "name": name,
+                "description": description,
+                "organisation_ids": list(organisation_ids),
+                "datasets": list(datasets),
+                "members": list(members),
+            },
+        )
+
+    def study_datasets(self, study_id: int) -> list[dict[str, Any]]:
+        return self._call("GET", f"/studies/{study_id}/datasets")  # type: ignore[no-any-return]
+
+    def audit_verify(self) -> dict[str, Any]:
+        return self._call("GET", "/audit/verify")  # type: ignore[no-any-return]
+
+    # ---- queries --------------------------------------------------------------------------
+
+    def submit_query(self, study_id: int, query: dict[str, Any]) -> dict[str, Any]:
+        return self._call("POST", f"/studies/{study_id}/queries", json=query)  # type: ignore[no-any-return]
+
+    def get_query(self, query_id: int, wait: float | None = None) -> dict[str, Any]:
+        params = {"wait": wait} if wait else {}
+        return self._call("GET", f"/queries/{query_id}", params=params)  # type: ignore[no-any-return]
+
+    def wait_query(self, query_id: int, timeout: float = 120.0) -> dict[str, Any]:
+        """Long-poll until the query succeeded or failed (or `timeout` seconds passed)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            view = self.get_query(query_id, wait=max(0.0, min(25.0, left)))
+            if view["status"] in ("succeeded", "failed") or left <= 0:
+                return view
