@@ -117,12 +117,20 @@ class NodeAgent:
                 thread.start()
                 self._threads.append(thread)
             self._threads = [t for t in self._threads if t.is_alive()]
-        for thread in self._threads:
-            thread.join(timeout=5)
-        self.client.close()
+        self.shutdown()
 
     def stop(self) -> None:
+        """Ask `run` to return (from another thread or a signal handler)."""
         self.stopping.set()
+
+    def shutdown(self, grace_s: float = 5.0) -> None:
+        """Give tasks in flight a moment to report, then close the connection."""
+        self.stopping.set()
+        deadline = time.monotonic() + grace_s
+        for thread in self._threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        self.client.close()
+        log.info("node agent stopped")
 
     # ---- one task -------------------------------------------------------------------------
 

@@ -35,7 +35,10 @@ def token(
     form: Annotated[OAuth2PasswordRequestForm, Depends()], db: SessionDep, settings: SettingsDep
 ) -> dict[str, Any]:
     """Exchange a username and password (form fields) for a bearer token."""
-    user = accounts.authenticate(db, form.username, form.password)
+    try:
+        user = accounts.authenticate(db, form.username, form.password)
+    finally:
+        db.commit()  # the audit record of a failed login must survive the 401
     secret = settings.jwt_secret.get_secret_value()
     return {
         "access_token": issue_token(user.id, secret, settings.token_ttl_s),
@@ -59,6 +62,7 @@ def create_user(body: NewUser, admin: AdminUser, db: SessionDep) -> dict[str, An
         body.organisation_id,
         actor=f"user:{admin.username}",
     )
+    db.commit()
     return accounts.user_view(user)
 
 
@@ -70,6 +74,7 @@ def list_users(_: AdminUser, db: SessionDep) -> list[dict[str, Any]]:
 @router.post("/organisations", status_code=status.HTTP_201_CREATED, tags=["organisations"])
 def create_organisation(body: NewOrganisation, admin: AdminUser, db: SessionDep) -> dict[str, Any]:
     org = network.create_organisation(db, body.name, actor=f"user:{admin.username}")
+    db.commit()
     return network.organisation_view(org)
 
 

@@ -41,6 +41,7 @@ class NewNode(BaseModel):
 def create_node(body: NewNode, admin: AdminUser, db: SessionDep) -> dict[str, Any]:
     """Enrol a node. The API key is in this answer only: hand it to the hospital's operator."""
     node, key = network.create_node(db, body.name, body.organisation_id, f"user:{admin.username}")
+    db.commit()
     return {**network.node_view(node), "api_key": key}
 
 
@@ -52,6 +53,7 @@ def list_nodes(_: AdminUser, db: SessionDep) -> list[dict[str, Any]]:
 @router.post("/nodes/{node_id}/rotate-key", tags=["nodes"])
 def rotate_key(node_id: int, admin: AdminUser, db: SessionDep) -> dict[str, Any]:
     node, key = network.rotate_key(db, node_id, f"user:{admin.username}")
+    db.commit()
     return {**network.node_view(node), "api_key": key}
 
 
@@ -62,7 +64,9 @@ def node_me(node: CurrentNode) -> dict[str, Any]:
 
 @router.post("/nodes/me/hello", tags=["node agent"])
 def hello(body: NodeHello, node: CurrentNode, db: SessionDep) -> dict[str, Any]:
-    return network.node_view(network.hello(db, node, body))
+    view = network.node_view(network.hello(db, node, body))
+    db.commit()
+    return view
 
 
 @router.put("/nodes/me/datasets/{name}", tags=["node agent"])
@@ -70,6 +74,7 @@ def register_dataset(
     name: Name, body: DatasetSchema, node: CurrentNode, db: SessionDep, notifier: NotifierDep
 ) -> dict[str, Any]:
     dataset = network.register_dataset(db, node, name, body)
+    db.commit()
     return {"name": dataset.name, "node": node.name, "schema": dataset.schema}
 
 
@@ -152,6 +157,7 @@ def fail(
 @router.post("/tasks/{task_id}/progress", tags=["node agent"])
 def progress(task_id: int, body: TaskProgress, node: CurrentNode, db: SessionDep) -> dict[str, Any]:
     queries.progress(db, node, task_id, body.stage, body.message)
+    db.commit()
     return {"status": "ok"}
 
 

@@ -57,6 +57,7 @@ def create_study(body: NewStudy, admin: AdminUser, db: SessionDep) -> dict[str, 
         body.members,
         f"user:{admin.username}",
     )
+    db.commit()
     return studies.study_view(db, study)
 
 
@@ -79,6 +80,7 @@ def add_member(study_id: int, body: MemberRef, admin: AdminUser, db: SessionDep)
 
         raise InvalidRequest("give user_id or username")
     studies.add_member(db, study, ref, f"user:{admin.username}")
+    db.commit()
     return studies.study_view(db, study)
 
 
@@ -88,6 +90,7 @@ def add_organisation(
 ) -> dict[str, Any]:
     study = studies.visible_study(db, study_id, admin)
     studies.add_organisation(db, study, body.organisation_id, f"user:{admin.username}")
+    db.commit()
     return studies.study_view(db, study)
 
 
@@ -97,6 +100,7 @@ def add_dataset(
 ) -> dict[str, Any]:
     study = studies.visible_study(db, study_id, admin)
     studies.add_dataset(db, study, body.name, f"user:{admin.username}")
+    db.commit()
     return studies.study_view(db, study)
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import typer
 
+from tessera.cli.errors import reports_errors
 
+
+@reports_errors
 def demo(
     keep: bool = typer.Option(False, "--keep", help="Keep the temporary folder (logs, data)."),
 ) -> None:

@@ -28,10 +28,14 @@ def run(config: Path = ConfigOption) -> None:
 
     def stop(*_: Any) -> None:
         agent.stop()
+        raise KeyboardInterrupt  # interrupts a long-poll in progress
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    agent.run()
+    try:
+        agent.run()
+    except KeyboardInterrupt:
+        agent.shutdown()
 
 
 @app.command("check")

@@ -205,10 +205,13 @@ class Network:
         return proc
 
     def stop(self) -> None:
-        for proc in self.nodes.values():
+        """SIGTERM every process at once, then wait for each (SIGKILL after 10 s)."""
+        procs = [*self.nodes.values(), *([self.coordinator] if self.coordinator else [])]
+        for proc in procs:
+            if proc.alive():
+                proc.popen.send_signal(signal.SIGTERM)
+        for proc in procs:
             proc.stop()
-        if self.coordinator is not None:
-            self.coordinator.stop()
 
     def __enter__(self) -> Network:
         return self
