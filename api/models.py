@@ -132,6 +132,7 @@ class Task(Base):
     status: Mapped[str] = mapped_column(String(16), default="pending")
     mpc_host: Mapped[str | None] = mapped_column(String(255))
     mpc_port: Mapped[int | None] = mapped_column(Integer)
+    mpc_certificate: Mapped[str | None] = mapped_column(Text)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     min_count_applied: Mapped[int | None] = mapped_column(Integer)
     seconds: Mapped[float | None] = mapped_column()

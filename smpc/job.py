@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from smpc.tls import PartyTLS
 from tessera.schemas import DatasetSchema
 
 
@@ -40,6 +41,7 @@ class PartyJob(BaseModel):
     parties: list[tuple[str, int]] = Field(min_length=1)
     min_count_floor: int = Field(0, ge=0)
     timeout_s: float = Field(60.0, gt=0)
+    tls: PartyTLS | None = None  # None only for trusted local runs (tests, benchmarks)
 
 
 class PartyOutcome(BaseModel):

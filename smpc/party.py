@@ -14,9 +14,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import os
 import sys
+import tempfile
 import time
 import traceback
+from pathlib import Path
 from typing import Any
 
 OUTCOME = "TESSERA-OUTCOME "
@@ -25,6 +28,8 @@ ERROR = "TESSERA-ERROR "
 
 def _mpyc_argv(job: Any) -> list[str]:
     argv = ["tessera-party", "-I", str(job.party_id), "--no-log"]
+    if job.tls is not None:
+        argv.append("--ssl")
     for host, port in job.parties:
         argv += ["-P", f"{host}:{port}"]
     return argv
@@ -58,6 +63,9 @@ async def _run(mpc: Any, job: Any) -> dict[str, Any]:
 
 def _preload() -> None:
     """Import everything but `mpyc.runtime` before the job arrives (a warm process waits here)."""
+    import ssl  # noqa: F401
+
+    import cryptography.x509  # noqa: F401
     import gmpy2  # noqa: F401
     import mpyc.asyncoro
     import mpyc.finfields
@@ -79,7 +87,13 @@ def main() -> int:
         print(ERROR + json.dumps({"code": "invalid_request", "message": str(exc)}), flush=True)
         return 1
     sys.argv = _mpyc_argv(job)
+    workspace = tempfile.TemporaryDirectory(prefix="tessera-party-")
     try:
+        if job.tls is not None:
+            from smpc.tls import install
+
+            install(job.tls, job.party_id, Path(workspace.name))
+            os.chdir(workspace.name)  # MPyC reads .config/ relative to the working directory
         from mpyc.runtime import mpc
 
         outcome = mpc.run(asyncio.wait_for(_run(mpc, job), timeout=job.timeout_s))
@@ -95,6 +109,8 @@ def main() -> int:
         message = f"party {job.party_id}: {type(exc).__name__}: {exc}"
         print(ERROR + json.dumps({"code": code, "message": message}), flush=True)
         return 1
+    finally:
+        workspace.cleanup()
     print(OUTCOME + json.dumps(outcome), flush=True)
     return 0
 

@@ -19,6 +19,7 @@ from smpc.frames import infer_schema
 from smpc.job import PartyJob
 from smpc.runner import start_parties, wait_party
 from smpc.statistics import local_summary, prepare
+from smpc.tls import PartyTLS, new_identity
 from tessera.errors import ProtocolFailed, QueryInvalid
 from tessera.schemas import DatasetSchema
 
@@ -48,11 +49,13 @@ def simulate(
     *,
     min_count_floors: Sequence[int] | None = None,
     timeout_s: float = 60.0,
+    tls: bool = True,
 ) -> dict[str, Any]:
     """Run `query` by MPC over `parties` (one frame each) and return the pooled result.
 
     `schema` defaults to one inferred from the frames (categorical levels: the sorted union
-    of values seen). `min_count_floors` plays each party's policy floor.
+    of values seen). `min_count_floors` plays each party's policy floor. With `tls` (the
+    default) the parties authenticate each other with fresh per-run certificates, as nodes do.
     """
     if not MIN_PARTIES <= len(parties) <= MAX_PARTIES:
         raise QueryInvalid(
@@ -67,6 +70,8 @@ def simulate(
         raise QueryInvalid("give one min_count floor per party")
     summaries = [local_summary(parsed, frame, schema) for frame in parties]
     addresses = [("127.0.0.1", port) for port in free_ports(len(parties))]
+    identities = [new_identity(i) for i in range(len(parties))] if tls else []
+    certificates = [cert for _, cert in identities]
     jobs = [
         PartyJob(
             query=parsed.to_json(),
@@ -76,6 +81,7 @@ def simulate(
             parties=addresses,
             min_count_floor=floors[i],
             timeout_s=timeout_s,
+            tls=PartyTLS(key_pem=identities[i][0], certificates=certificates) if tls else None,
         )
         for i, summary in enumerate(summaries)
     ]

@@ -99,7 +99,9 @@ class NodePolicySummary(Strict):
 
 # ---- node <-> coordinator task messages -------------------------------------------------
 
-TaskStatus = Literal["pending", "offered", "accepted", "running", "done", "refused", "failed", "cancelled"]
+TaskStatus = Literal[
+    "pending", "offered", "accepted", "running", "done", "refused", "failed", "cancelled"
+]
 QueryStatus = Literal["pending", "running", "succeeded", "failed"]
 
 
@@ -125,8 +127,11 @@ class TaskOut(BaseModel):
 class TaskAccept(Strict):
     """A node accepts a task and says where its MPC party will listen."""
 
-    mpc_host: str
+    mpc_host: str = Field(min_length=1, max_length=255)
     mpc_port: int = Field(ge=1, le=65535)
+    mpc_certificate: str | None = Field(
+        None, max_length=8192, description="PEM certificate of this run's MPC identity"
+    )
 
 
 class PartyAddress(BaseModel):
@@ -134,6 +139,7 @@ class PartyAddress(BaseModel):
     node: str
     host: str
     port: int
+    certificate: str | None = None
 
 
 class TaskStart(BaseModel):

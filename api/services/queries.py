@@ -230,6 +230,7 @@ def accept(db: Session, node: Node, task_id: int, body: TaskAccept) -> str:
     if task.status not in ("pending", "offered"):
         raise Conflict(f"task {task_id} is {task.status}, it cannot be accepted again")
     task.status, task.mpc_host, task.mpc_port = "accepted", body.mpc_host, body.mpc_port
+    task.mpc_certificate = body.mpc_certificate
     audit.record(
         db, f"node:{node.name}", "task.accepted", f"query:{query.id}", party_id=task.party_id
     )
@@ -264,7 +265,11 @@ def start_info(db: Session, node: Node, task_id: int) -> TaskStart:
         deadline=aware(query.deadline),
         parties=[
             PartyAddress(
-                party_id=t.party_id, node=name, host=t.mpc_host or "", port=t.mpc_port or 0
+                party_id=t.party_id,
+                node=name,
+                host=t.mpc_host or "",
+                port=t.mpc_port or 0,
+                certificate=t.mpc_certificate,
             )
             for t, name in parties
         ],
