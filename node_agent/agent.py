@@ -2,74 +2,89 @@
 
 Each task runs in its own thread, so queries can overlap; each gets its own MPC port from the
 node's range. What leaves the node: its declared schemas and policy summary (at start), its
-accept/refuse decisions, and the *opened pooled* result of each protocol. The local summary
-goes only to the node's own party process, on its standard input.
+accept/refuse decisions (with the reason), progress notes, failure codes, and the *opened
+pooled* result of each protocol. The local summary goes only to the node's own party process
+(on its standard input); rows never leave the process that read them.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import fcntl
 import logging
-import socket
+import signal
 import threading
 import time
-from contextlib import closing
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import FrameType
+from typing import IO, TYPE_CHECKING, Any
 
 from node_agent.audit_log import AuditLog
 from node_agent.config import NodeSettings
-from node_agent.coordinator_client import CoordinatorClient
+from node_agent.coordinator_client import AgentStopping, Backoff, CoordinatorClient
 from node_agent.datasets import DatasetCache
-from node_agent.policy import refusal
+from node_agent.policy import Policy
+from node_agent.ports import PortPool
 from tessera import __version__
-from tessera.errors import Conflict, TesseraError
-from tessera.schemas import NodeHello, TaskAccept, TaskOut, TaskResult
+from tessera.errors import ConfigInvalid, Conflict, ProtocolFailed, TesseraError, Unauthorized
+from tessera.schemas import NodeHello, TaskAccept, TaskOut, TaskResult, TaskStart
+
+if TYPE_CHECKING:
+    from smpc import LocalSummary, PartyJob, PartyOutcome
 
 log = logging.getLogger("tessera.node")
 
+PartyRunner = Callable[["PartyJob"], "PartyOutcome"]
 
-class PortPool:
-    """MPC listen ports from the node's range, one per task in flight."""
 
-    def __init__(self, host: str, low: int, high: int) -> None:
-        self.host, self.low, self.high = host, low, high
-        self._busy: set[int] = set()
-        self._lock = threading.Lock()
+class _Interrupted(BaseException):
+    """Raised in the main thread by SIGTERM/SIGINT to cut a long-poll short."""
 
-    def take(self) -> int:
-        with self._lock:
-            for port in range(self.low, self.high + 1):
-                if port not in self._busy and self._bindable(port):
-                    self._busy.add(port)
-                    return port
-        raise TesseraError(f"no free MPC port in {self.low}-{self.high}")
 
-    def release(self, port: int) -> None:
-        with self._lock:
-            self._busy.discard(port)
+def _event(level: int, event: str, message: str, *args: Any, **fields: Any) -> None:
+    log.log(level, message, *args, extra={"event": event, "fields": fields})
 
-    def _bindable(self, port: int) -> bool:
-        with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind((self.host, port))
-            except OSError:
-                return False
-        return True
+
+@dataclass
+class _Prepared:
+    query: dict[str, Any]
+    dataset: Any
+    summary: LocalSummary
+    key_pem: str = ""  # this run's TLS key: only ever handed to our own party process
+    certificate: str = ""
+
+
+def _seconds(since: float) -> float:
+    return round(time.perf_counter() - since, 3)
 
 
 class NodeAgent:
-    def __init__(self, settings: NodeSettings) -> None:
+    """One hospital's agent. `run()` blocks until `stop()` (or SIGTERM/SIGINT)."""
+
+    def __init__(
+        self,
+        settings: NodeSettings,
+        client: CoordinatorClient | None = None,
+        run_party: PartyRunner | None = None,
+    ) -> None:
         self.settings = settings
         self.stopping = threading.Event()
-        self.client = CoordinatorClient(
-            settings.coordinator_url, settings.api_key.get_secret_value(), self.stopping
+        self._reconnected = threading.Event()
+        self.client = client or CoordinatorClient(
+            settings.coordinator_url, settings.key, self.stopping
         )
+        self.client.on_reconnect = self._reconnected.set
+        self._run_party = run_party
+        self.policy = Policy(settings.policy, settings.datasets)
         self.cache = DatasetCache()
         self.ports = PortPool(settings.mpc_host, *settings.port_range)
-        self.audit = AuditLog(settings.work_dir / "audit.jsonl")
+        self.audit: AuditLog | None = None
+        self.registered = threading.Event()
         self._seen: set[int] = set()
-        self._threads: list[threading.Thread] = []
+        self._threads: dict[int, threading.Thread] = {}
+        self._lock_file: IO[str] | None = None
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -78,96 +93,194 @@ class NodeAgent:
         return {ds.name: len(self.cache.get(ds)) for ds in self.settings.datasets}
 
     def register(self) -> None:
-        self.client.hello(
-            NodeHello(agent_version=__version__, policy=self.settings.policy.summary())
-        )
-        for ds in self.settings.datasets:
+        """Say hello (version, policy summary) and register every dataset the policy serves."""
+        started = time.perf_counter()
+        self.client.hello(NodeHello(agent_version=__version__, policy=self.policy.summary()))
+        served = [ds for ds in self.settings.datasets if self.policy.serves(ds.name)]
+        for ds in served:
             self.client.register_dataset(ds.name, ds.schema_)
-        log.info(
-            "registered with %s: datasets %s",
-            self.settings.coordinator_url,
-            ", ".join(d.name for d in self.settings.datasets),
+        self._reconnected.clear()
+        self.registered.set()
+        _event(
+            logging.INFO,
+            "node.registered",
+            "registered with %s as %s: dataset(s) %s, min_count %d (%.2f s)",
+            self.client.base_url,
+            self.settings.name,
+            ", ".join(d.name for d in served) or "none",
+            self.policy.min_count,
+            _seconds(started),
+            datasets=[d.name for d in served],
+            seconds=_seconds(started),
         )
 
-    def run(self) -> None:
-        """Serve until `stop()`; re-registers after the coordinator comes back."""
-        self.check_datasets()
-        self.register()
-        healthy = True
+    def run(self, install_signal_handlers: bool = True) -> None:
+        """Serve until `stop()`. Registers at start and again after the coordinator was
+        unreachable (it may have lost state); rides out outages with backoff."""
+        restore = self._install_signals() if install_signal_handlers else {}
+        try:
+            self._claim_work_dir()
+            self.audit = AuditLog(self.settings.audit_path)
+            rows = self.check_datasets()
+            _event(
+                logging.INFO,
+                "node.starting",
+                "node %s starting: %s",
+                self.settings.name,
+                ", ".join(f"{name} ({n} rows)" for name, n in rows.items()),
+                node=self.settings.name,
+            )
+            self.register()
+            self._serve()
+        except (_Interrupted, AgentStopping):
+            pass
+        finally:
+            self.shutdown()
+            for sig, handler in restore.items():
+                signal.signal(sig, handler)
+
+    def _serve(self) -> None:
+        backoff = Backoff()
         while not self.stopping.is_set():
             try:
-                tasks = self.client.tasks(self.settings.poll_wait_s)
-                if not healthy:
+                if self._reconnected.is_set():
                     self.register()
-                    healthy = True
-            except TesseraError as exc:
+                tasks = self.client.tasks(self.settings.poll_wait_s)
+                backoff.reset()
+            except (AgentStopping, Unauthorized):
                 if self.stopping.is_set():
-                    break
-                log.warning("polling for tasks failed: %s", exc.message)
-                healthy = False
-                self.stopping.wait(1.0)
+                    return
+                raise
+            except TesseraError as exc:
+                delay = backoff.next_delay()
+                _event(
+                    logging.WARNING,
+                    "poll.failed",
+                    "polling for tasks failed (%s: %s); again in %.1f s",
+                    exc.code,
+                    exc.message,
+                    delay,
+                    code=exc.code,
+                )
+                self.stopping.wait(delay)
                 continue
             for task in tasks:
-                if task.id in self._seen:
-                    continue
-                self._seen.add(task.id)
-                thread = threading.Thread(
-                    target=self.handle, args=(task,), daemon=True, name=f"task-{task.id}"
-                )
-                thread.start()
-                self._threads.append(thread)
-            self._threads = [t for t in self._threads if t.is_alive()]
-        self.shutdown()
+                if task.id not in self._seen:
+                    self._seen.add(task.id)
+                    self._start_task(task)
+
+    def _start_task(self, task: TaskOut) -> None:
+        thread = threading.Thread(
+            target=self.handle, args=(task,), daemon=True, name=f"task-{task.id}"
+        )
+        self._threads = {k: t for k, t in self._threads.items() if t.is_alive()}
+        self._threads[task.id] = thread
+        thread.start()
 
     def stop(self) -> None:
-        """Ask `run` to return (from another thread or a signal handler)."""
+        """Ask `run` to return (safe from another thread)."""
         self.stopping.set()
 
-    def shutdown(self, grace_s: float = 5.0) -> None:
-        """Give tasks in flight a moment to report, then close the connection."""
+    def shutdown(self, grace_s: float = 10.0) -> None:
+        """Stop polling; let protocols in flight finish for up to `grace_s`; close."""
         self.stopping.set()
         deadline = time.monotonic() + grace_s
-        for thread in self._threads:
+        for thread in list(self._threads.values()):
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        left = [t.name for t in self._threads.values() if t.is_alive()]
         self.client.close()
-        log.info("node agent stopped")
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+        _event(
+            logging.INFO,
+            "node.stopped",
+            "node agent stopped" + (f" ({len(left)} task(s) abandoned)" if left else ""),
+            abandoned=left,
+        )
+
+    def _install_signals(self) -> dict[int, Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def interrupt(signum: int, frame: FrameType | None) -> None:
+            first = not self.stopping.is_set()
+            self.stop()
+            if first:
+                _event(logging.INFO, "node.stopping", "stopping (%s)", signal.Signals(signum).name)
+                raise _Interrupted
+
+        return {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def _claim_work_dir(self) -> None:
+        """One agent per work_dir: two would fork the audit chain."""
+        work_dir = self.settings.work_dir
+        try:
+            work_dir.mkdir(parents=True, exist_ok=True)
+            lock = (work_dir / "agent.lock").open("w")
+        except OSError as exc:
+            raise ConfigInvalid(f"work_dir {work_dir}: {exc.strerror}") from None
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise ConfigInvalid(
+                f"work_dir {work_dir} is in use by another node agent (agent.lock)"
+            ) from None
+        self._lock_file = lock
 
     # ---- one task -------------------------------------------------------------------------
 
     def handle(self, task: TaskOut) -> None:
+        """Refuse, or prepare, accept, wait for the go, run the party and post the result."""
         started = time.perf_counter()
-        statistic = task.query.get("statistic")
-        subject = {
-            "task": task.id,
-            "query": task.query_id,
-            "statistic": statistic,
-            "dataset": task.dataset,
-        }
-        self.audit.record("task.received", **subject)
-        log.info(
-            "task %s (query %s, %s on %s): received",
+        statistic = str(task.query.get("statistic"))
+        ids = {"task": task.id, "query": task.query_id}
+        subject = {**ids, "statistic": statistic, "dataset": task.dataset}
+        self._audit("task.received", "received", party_id=task.party_id, **subject)
+        _event(
+            logging.INFO,
+            "task.received",
+            "task %d (query %d): %s on %s, party %d of %d",
             task.id,
             task.query_id,
             statistic,
             task.dataset,
+            task.party_id,
+            task.n_parties,
+            **subject,
         )
-        reason = refusal(self.settings, task.dataset, task.query)
+        reason = self.policy.decide(task)
         if reason is not None:
-            self.audit.record("task.refused", reason=reason, **subject)
-            log.info("task %s: refused (%s)", task.id, reason)
-            self._quietly(self.client.reject, task.id, reason)
+            self._audit("task.refused", "refused", reason=reason, **subject)
+            _event(logging.INFO, "task.refused", "task %d: refused: %s", task.id, reason, **ids)
+            self._tell("reject", task.id, reason)
             return
-        port = None
+        port: int | None = None
         try:
-            job = self._prepare(task)
+            prepared = self._prepare(task)
             port = self.ports.take()
-            self.client.accept(task.id, TaskAccept(mpc_host=self.settings.mpc_host, mpc_port=port))
-            self.audit.record("task.accepted", **subject)
+            accept = TaskAccept(
+                mpc_host=self.settings.mpc_host,
+                mpc_port=port,
+                mpc_certificate=prepared.certificate,
+            )
+            self.client.accept(task.id, accept)
+            self._audit("task.accepted", "accepted", mpc_port=port, **subject)
+            _event(
+                logging.INFO,
+                "task.accepted",
+                "task %d: accepted, MPC port %d (%.2f s)",
+                task.id,
+                port,
+                _seconds(started),
+                port=port,
+                seconds=_seconds(started),
+                **ids,
+            )
             start = self._wait_for_start(task)
-            if start is None:
-                return
-            self.client.progress(task.id, "mpc", f"party {task.party_id} of {task.n_parties}")
-            outcome = self._run_party(task, job, start)
+            self._tell("progress", task.id, "mpc", f"party {task.party_id} of {task.n_parties}")
+            outcome = self._party(task, prepared, start)
             self.client.result(
                 task.id,
                 TaskResult(
@@ -176,93 +289,156 @@ class NodeAgent:
                     seconds=outcome.seconds,
                 ),
             )
-            self.audit.record(
-                "result.opened", min_count_applied=outcome.min_count_applied, **subject
+            self._audit(
+                "result.opened", "succeeded", min_count_applied=outcome.min_count_applied, **subject
             )
-            log.info(
-                "task %s: done in %.2f s (protocol %.2f s)",
+            _event(
+                logging.INFO,
+                "task.done",
+                "task %d: done in %.2f s (protocol %.2f s, min_count %d)",
                 task.id,
-                time.perf_counter() - started,
+                _seconds(started),
                 outcome.seconds,
+                outcome.min_count_applied,
+                seconds=_seconds(started),
+                protocol_seconds=round(outcome.seconds, 3),
+                **ids,
             )
         except Conflict as exc:
-            self.audit.record("task.abandoned", reason=exc.message, **subject)
-            log.info("task %s: abandoned (%s)", task.id, exc.message)
+            # The query is over (another node refused or failed, or the deadline passed).
+            self._audit("task.abandoned", "abandoned", reason=exc.message, **subject)
+            _event(logging.INFO, "task.abandoned", "task %d: %s", task.id, exc.message, **ids)
         except TesseraError as exc:
-            self.audit.record("task.failed", code=exc.code, reason=exc.message, **subject)
-            log.warning("task %s: failed (%s: %s)", task.id, exc.code, exc.message)
-            self._quietly(self.client.fail, task.id, exc.code, exc.message)
+            self._failed(task, subject, exc.code, exc.message, started)
         except Exception as exc:  # never let a task thread die silently
-            log.exception("task %s: unexpected error", task.id)
-            self._quietly(self.client.fail, task.id, "node_error", type(exc).__name__)
+            log.exception("task %d: unexpected %s", task.id, type(exc).__name__)
+            self._failed(task, subject, "node_error", f"node error: {type(exc).__name__}", started)
         finally:
             if port is not None:
                 self.ports.release(port)
 
-    def _prepare(self, task: TaskOut) -> tuple[dict, object, object]:
+    def _failed(
+        self, task: TaskOut, subject: dict[str, Any], code: str, message: str, started: float
+    ) -> None:
+        self._audit("task.failed", "failed", code=code, reason=message, **subject)
+        _event(
+            logging.WARNING,
+            "task.failed",
+            "task %d: failed after %.2f s (%s: %s)",
+            task.id,
+            _seconds(started),
+            code,
+            message,
+            task=task.id,
+            query=task.query_id,
+            code=code,
+            seconds=_seconds(started),
+        )
+        self._tell("fail", task.id, code, message)
+
+    def _prepare(self, task: TaskOut) -> _Prepared:
+        """Parse and check the query, compute the local summary (on the cached frame), and
+        make this run's TLS identity (a fresh key; its certificate goes with the acceptance)."""
         from smpc import local_summary, prepare
+        from smpc.tls import new_identity
 
         ds = self.settings.dataset(task.dataset)
-        assert ds is not None
+        assert ds is not None  # the policy refused unknown datasets
         query = prepare(task.query, ds.schema_)
         summary = local_summary(query, self.cache.get(ds), ds.schema_)
-        return query.to_json(), ds.schema_, summary
+        key_pem, certificate = new_identity(task.party_id)
+        return _Prepared(query.to_json(), ds, summary, key_pem, certificate)
 
-    def _wait_for_start(self, task: TaskOut):  # type: ignore[no-untyped-def]
-        while not self.stopping.is_set():
+    def _wait_for_start(self, task: TaskOut) -> TaskStart:
+        """Long-poll for the go until every party accepted; `Conflict` if the query failed."""
+        while True:
+            if self.stopping.is_set():
+                raise ProtocolFailed("the node agent is stopping")
             left = (task.deadline - datetime.now(UTC)).total_seconds()
             if left <= 0:
-                raise TesseraError("the query's deadline passed before all nodes accepted")
+                raise ProtocolFailed("the query's deadline passed before every node accepted")
             start = self.client.start(task.id, min(left, self.settings.poll_wait_s))
             if start.start:
                 return start
-        return None
 
-    def _run_party(self, task: TaskOut, job: tuple, start):  # type: ignore[no-untyped-def]
+    def _party(self, task: TaskOut, prepared: _Prepared, start: TaskStart) -> PartyOutcome:
         from smpc import PartyJob, run_party
+        from smpc.tls import PartyTLS
 
-        query, schema, summary = job
         deadline = start.deadline or task.deadline
-        timeout = max(1.0, (deadline - datetime.now(UTC)).total_seconds())
-        addresses = [(p.host, p.port) for p in sorted(start.parties, key=lambda p: p.party_id)]
-        return run_party(
-            PartyJob(
-                query=query,
-                schema=schema,
-                summary=summary,
-                party_id=task.party_id,
-                parties=addresses,
-                min_count_floor=self.settings.policy.min_count,
-                timeout_s=timeout,
+        timeout = (deadline - datetime.now(UTC)).total_seconds()
+        if timeout <= 0:
+            raise ProtocolFailed("the query's deadline passed before the protocol started")
+        parties = sorted(start.parties, key=lambda p: p.party_id)
+        if [p.party_id for p in parties] != list(range(task.n_parties)):
+            raise ProtocolFailed("the coordinator's party list does not match the task")
+        if parties[task.party_id].certificate != prepared.certificate:
+            raise ProtocolFailed("the coordinator relayed another certificate for this node")
+        unsigned = [p.node for p in parties if not p.certificate]
+        if unsigned:
+            raise ProtocolFailed(
+                f"party node(s) {', '.join(unsigned)} sent no TLS certificate; this node runs "
+                "MPC only over mutually authenticated TLS"
             )
+        job = PartyJob(
+            query=prepared.query,
+            schema=prepared.dataset.schema_,
+            summary=prepared.summary,
+            party_id=task.party_id,
+            parties=[(p.host, p.port) for p in parties],
+            min_count_floor=self.policy.min_count,
+            timeout_s=timeout,
+            tls=PartyTLS(
+                key_pem=prepared.key_pem,
+                certificates=[p.certificate or "" for p in parties],
+            ),
         )
+        return (self._run_party or run_party)(job)
 
-    @staticmethod
-    def _quietly(call, *args) -> None:  # type: ignore[no-untyped-def]
+    def _audit(self, action: str, outcome: str, **fields: Any) -> None:
+        if self.audit is not None:
+            self.audit.record(action, outcome, node=self.settings.name, **fields)
+
+    def _tell(self, what: str, task_id: int, *args: Any) -> None:
+        """Report to the coordinator; a failure to report is logged, not raised."""
         try:
-            call(*args)
+            getattr(self.client, what)(task_id, *args)
         except TesseraError as exc:
-            log.warning("could not tell the coordinator: %s", exc.message)
-
-
-def configure_logging(fmt: str) -> None:
-    class JsonFormatter(logging.Formatter):
-        def format(self, record: logging.LogRecord) -> str:
-            return json.dumps(
-                {
-                    "at": self.formatTime(record),
-                    "level": record.levelname,
-                    "logger": record.name,
-                    "event": record.getMessage(),
-                }
+            _event(
+                logging.WARNING,
+                "coordinator.unreported",
+                "task %d: could not %s: %s",
+                task_id,
+                what,
+                exc.message,
+                task=task_id,
             )
 
-    handler = logging.StreamHandler()
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+@contextlib.contextmanager
+def running(agent: NodeAgent, timeout: float = 30.0) -> Iterator[NodeAgent]:
+    """Run `agent` in a background thread until the block ends (tests, embedding)."""
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            agent.run(install_signal_handlers=False)
+        except BaseException as exc:  # reported when the block ends
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, name="node-agent", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not agent.registered.is_set():
+            if not thread.is_alive():
+                raise errors[0] if errors else RuntimeError("the node agent stopped")
+            if time.monotonic() > deadline:
+                raise TimeoutError("the node agent did not register in time")
+            time.sleep(0.02)
+        yield agent
+    finally:
+        agent.stop()
+        thread.join(timeout)
+    if errors:
+        raise errors[0]

@@ -1,5 +1,11 @@
-"""The node's configuration: a TOML file (`tessera node run --config node.toml`), with
-`TESSERA_*` environment variables overriding top-level keys (e.g. `TESSERA_API_KEY`)."""
+"""The node's configuration: a TOML file (`tessera node run --config node.toml`).
+
+Environment variables `TESSERA_<KEY>` override the file's top-level keys (`TESSERA_API_KEY`,
+`TESSERA_COORDINATOR_URL`, ...) and `TESSERA_POLICY__<KEY>` the policy's (the policy can only
+be set, not widened behind the steward's back: an override is as visible as the file). Paths
+in the file (dataset `path`, relative SQLite URLs, `work_dir`, `api_key_file`) are resolved
+against the file's folder. See docs/node-agent.md for the full reference.
+"""
 
 from __future__ import annotations
 
@@ -8,40 +14,70 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from tessera.errors import ConfigInvalid
 from tessera.schemas import ColumnSpec, DatasetSchema, Name, NodePolicySummary
 
+ENV_PREFIX = "TESSERA_"
+
 
 class DatasetConfig(BaseModel):
-    """One named dataset: where its rows are, and its declared schema."""
+    """One named dataset: where its rows are, and its declared schema (the only columns read)."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: Name
     source: Literal["csv", "parquet", "sql"]
     path: Path | None = None
-    url: SecretStr | None = None  # may hold database credentials
+    url: SecretStr | None = None  # may hold database credentials: never logged
     table: str | None = None
+    delimiter: str = Field(",", min_length=1, max_length=1)
+    reload_after_s: float = Field(600.0, gt=0)
     columns: list[ColumnSpec] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _location(self) -> DatasetConfig:
-        if self.source in ("csv", "parquet") and self.path is None:
-            raise ValueError(f"dataset {self.name!r}: a {self.source} source needs 'path'")
-        if self.source == "sql" and (self.url is None or not self.table):
-            raise ValueError(f"dataset {self.name!r}: an sql source needs 'url' and 'table'")
-        DatasetSchema(columns=self.columns)
+        if self.source in ("csv", "parquet"):
+            if self.path is None:
+                raise ValueError(f"a {self.source} source needs 'path'")
+            if self.url is not None or self.table is not None:
+                raise ValueError(f"a {self.source} source takes 'path', not 'url' or 'table'")
+        else:
+            if self.url is None or not self.table:
+                raise ValueError("an sql source needs 'url' (a SQLAlchemy URL) and 'table'")
+            if self.path is not None:
+                raise ValueError("an sql source takes 'url' and 'table', not 'path'")
+        DatasetSchema(columns=self.columns)  # repeated column names
         return self
 
     @property
     def schema_(self) -> DatasetSchema:
         return DatasetSchema(columns=self.columns)
 
+    def describe(self) -> str:
+        """Where the rows are, for logs and `tessera node check` (no credentials)."""
+        if self.source == "sql":
+            assert self.url is not None
+            from sqlalchemy.engine import make_url
+
+            safe = make_url(self.url.get_secret_value()).render_as_string(hide_password=True)
+            return f"sql table {self.table!r} at {safe}"
+        return f"{self.source} file {self.path}"
+
 
 class PolicyConfig(BaseModel):
-    """The hospital's rules. Authoritative: the node refuses what they forbid."""
+    """The hospital's rules. Authoritative: the node refuses what they forbid, whatever the
+    coordinator says."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -49,19 +85,37 @@ class PolicyConfig(BaseModel):
     allowed_statistics: list[str] | None = None
     allowed_datasets: list[str] | None = None
 
+    @field_validator("allowed_statistics")
+    @classmethod
+    def _known_statistics(cls, value: list[str] | None) -> list[str] | None:
+        from smpc.query import STATISTICS
+
+        unknown = [s for s in value or [] if s not in STATISTICS]
+        if unknown:
+            raise ValueError(
+                f"unknown statistic(s) {', '.join(map(repr, unknown))}; "
+                f"known: {', '.join(STATISTICS)}"
+            )
+        return value
+
     def summary(self) -> NodePolicySummary:
         return NodePolicySummary(
             min_count=self.min_count, allowed_statistics=self.allowed_statistics
         )
 
 
-class NodeSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class NodeSettings(BaseSettings):
+    """Everything one node agent process needs. Build with `NodeSettings.load(path)`."""
 
-    name: str
-    coordinator_url: str
-    api_key: SecretStr
-    mpc_host: str = "127.0.0.1"
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid"
+    )
+
+    name: str = Field(min_length=1, max_length=64)
+    coordinator_url: str = Field(pattern=r"^https?://\S+$")
+    api_key: SecretStr | None = None
+    api_key_file: Path | None = None
+    mpc_host: str = Field("127.0.0.1", min_length=1)
     mpc_ports: str = "21000-21099"
     work_dir: Path = Path(".")
     poll_wait_s: float = Field(25.0, gt=0, le=120)
@@ -69,55 +123,163 @@ class NodeSettings(BaseModel):
     policy: PolicyConfig = PolicyConfig()
     datasets: list[DatasetConfig] = Field(min_length=1)
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's values come in as init arguments; the environment overrides them.
+        return (env_settings, init_settings)
+
+    @field_validator("mpc_ports", mode="before")
+    @classmethod
+    def _port_range(cls, value: Any) -> Any:
+        text = str(value).strip() if isinstance(value, int | str) else value
+        if isinstance(text, str):
+            low, high = _parse_range(text)
+            if not 1024 <= low <= high <= 65535:
+                raise ValueError(f"{text!r} must be a range like 21000-21099 within 1024-65535")
+        return text
+
     @model_validator(mode="after")
     def _checks(self) -> NodeSettings:
-        low, high = self.port_range
-        if not 1024 <= low <= high <= 65535:
-            raise ValueError(f"mpc_ports {self.mpc_ports!r} must be a range like 21000-21099")
         names = [d.name for d in self.datasets]
-        if len(set(names)) != len(names):
-            raise ValueError("dataset names must be unique")
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"dataset name(s) used twice: {', '.join(dupes)}")
+        if self.api_key is None:
+            if self.api_key_file is None:
+                raise ValueError(f"no API key: set api_key, api_key_file or {ENV_PREFIX}API_KEY")
+            try:
+                key = self.api_key_file.read_text().strip()
+            except OSError as exc:
+                raise ValueError(
+                    f"api_key_file {self.api_key_file} cannot be read: {exc.strerror}"
+                ) from None
+            if not key:
+                raise ValueError(f"api_key_file {self.api_key_file} is empty")
+            self.api_key = SecretStr(key)
         return self
 
     @property
     def port_range(self) -> tuple[int, int]:
-        try:
-            low, _, high = self.mpc_ports.partition("-")
-            return int(low), int(high or low)
-        except ValueError:
-            raise ValueError(
-                f"mpc_ports {self.mpc_ports!r} is not a range like 21000-21099"
-            ) from None
+        return _parse_range(self.mpc_ports)
+
+    @property
+    def key(self) -> str:
+        """The API key (sent to the coordinator in a header; never logged)."""
+        assert self.api_key is not None
+        return self.api_key.get_secret_value()
+
+    @property
+    def audit_path(self) -> Path:
+        return self.work_dir / "audit.jsonl"
 
     def dataset(self, name: str) -> DatasetConfig | None:
         return next((d for d in self.datasets if d.name == name), None)
 
     @classmethod
     def load(cls, path: Path) -> NodeSettings:
+        """Read, resolve and validate a node's TOML file; `ConfigInvalid` names file, key and
+        problem."""
         try:
             raw: dict[str, Any] = tomllib.loads(path.read_text())
         except FileNotFoundError:
             raise ConfigInvalid(f"configuration file not found: {path}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigInvalid(f"cannot read configuration file {path}: {exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigInvalid(f"{path} is not valid TOML: {exc}") from None
-        for key in ("name", "coordinator_url", "api_key", "mpc_host", "mpc_ports", "work_dir"):
-            env = os.environ.get(f"TESSERA_{key.upper()}")
-            if env:
-                raw[key] = env
-        base = path.resolve().parent
-        for ds in raw.get("datasets", []) if isinstance(raw.get("datasets"), list) else []:
-            if isinstance(ds, dict) and ds.get("path") and not Path(ds["path"]).is_absolute():
-                ds["path"] = str(base / ds["path"])
-        if raw.get("work_dir") and not Path(raw["work_dir"]).is_absolute():
-            raw["work_dir"] = str(base / raw["work_dir"])
-        raw.setdefault("work_dir", str(base))
+        _resolve_paths(raw, path.resolve().parent)
         try:
-            return cls.model_validate(raw)
+            return cls(**raw)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            message = str(first["msg"]).removeprefix("Value error, ")
-            raise ConfigInvalid(
-                f"{path}: {where}: {message}" if where else f"{path}: {message}",
-                {"errors": len(exc.errors())},
-            ) from None
+            raise ConfigInvalid(_explain(path, raw, exc), {"errors": exc.error_count()}) from None
+
+
+def _parse_range(text: str) -> tuple[int, int]:
+    low, sep, high = text.partition("-")
+    try:
+        return int(low), int(high if sep else low)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a port range like 21000-21099") from None
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
+    """Relative paths in the file are relative to the file, not to the current directory."""
+
+    def absolute(value: Any) -> Any:
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+            return str(base / value)
+        return value
+
+    raw["work_dir"] = absolute(raw.get("work_dir", "."))
+    if "api_key_file" in raw:
+        raw["api_key_file"] = absolute(raw["api_key_file"])
+    datasets = raw.get("datasets")
+    for ds in datasets if isinstance(datasets, list) else []:
+        if not isinstance(ds, dict):
+            continue
+        if "path" in ds:
+            ds["path"] = absolute(ds["path"])
+        if isinstance(ds.get("url"), str):
+            ds["url"] = _resolve_sqlite(ds["url"], base)
+
+
+def _resolve_sqlite(url: str, base: Path) -> str:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return url  # reported by the dataset's validation when it is used
+    database = parsed.database
+    if (
+        parsed.get_backend_name() == "sqlite"
+        and database
+        and database != ":memory:"
+        and not database.startswith("file:")
+        and not Path(database).is_absolute()
+    ):
+        return parsed.set(database=str(base / database)).render_as_string(hide_password=False)
+    return url
+
+
+def _explain(path: Path, raw: dict[str, Any], exc: ValidationError) -> str:
+    """One line: the file, the first offending key (dataset names instead of indexes), why."""
+    first = exc.errors()[0]
+    loc = list(first["loc"])
+    where: list[str] = []
+    node: Any = raw
+    for part in loc:
+        if isinstance(part, int) and isinstance(node, list):
+            item = node[part] if part < len(node) else None
+            label = item.get("name") if isinstance(item, dict) else None
+            where[-1] = f"{where[-1]}[{label!r}]" if label else f"{where[-1]}[{part}]"
+            node = item
+        else:
+            where.append(str(part))
+            node = node.get(part) if isinstance(node, dict) else None
+    message = str(first["msg"]).removeprefix("Value error, ")
+    if first["type"] == "missing":
+        message = "required key is missing"
+    elif first["type"] == "extra_forbidden":
+        message = "unknown key"
+    key = ".".join(where)
+    names: list[str] = []
+    for part in loc:
+        if not isinstance(part, str):
+            break
+        names.append(part)
+        env = (ENV_PREFIX + "__".join(names)).upper()
+        if env in os.environ:
+            key += f" (from {env})"
+            break
+    more = exc.error_count() - 1
+    tail = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    return f"{path}: {key}: {message}{tail}" if key else f"{path}: {message}{tail}"

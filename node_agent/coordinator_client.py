@@ -1,8 +1,9 @@
 """The node's HTTP client of the coordinator: outbound requests only, retried with backoff.
 
-Connection errors and 5xx answers are retried with exponential backoff and jitter (capped at
-10 s), so a node rides out a coordinator restart. 4xx answers are the coordinator's word and
-come back as `tessera.errors` exceptions. The API key is sent, never logged.
+Connection errors and 5xx answers are retried with exponential backoff and full jitter (capped
+at 10 s) until the call succeeds or the agent stops, so a node rides out a coordinator restart.
+4xx answers are the coordinator's word and come back as the `tessera.errors` exception it
+named. The API key goes in a header and is never logged; neither are request bodies.
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ from __future__ import annotations
 import logging
 import random
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 
-from tessera.errors import TesseraError, error_from_dict
+from tessera.errors import TesseraError, Unauthorized, error_from_dict
 from tessera.schemas import (
     DatasetSchema,
     NodeHello,
@@ -28,43 +30,129 @@ from tessera.schemas import (
 )
 
 log = logging.getLogger("tessera.node")
+
+FIRST_BACKOFF_S = 0.2
 MAX_BACKOFF_S = 10.0
 
 
+class CoordinatorUnreachable(TesseraError):
+    """The coordinator did not answer (connection error or 5xx) and the call was not retried."""
+
+    code = "coordinator_unreachable"
+    http_status = 503
+
+
+class AgentStopping(TesseraError):
+    """A retry was cut short because the agent is stopping."""
+
+    code = "node_stopping"
+    http_status = 503
+
+
+class Backoff:
+    """Exponential backoff with full jitter: waits in [d/2, d] with d = 0.2, 0.4, ... <= 10 s."""
+
+    def __init__(
+        self,
+        first: float = FIRST_BACKOFF_S,
+        cap: float = MAX_BACKOFF_S,
+        rng: Callable[[float, float], float] = random.uniform,
+    ) -> None:
+        self.first, self.cap, self._rng = first, cap, rng
+        self.attempt = 0
+
+    def next_delay(self) -> float:
+        ceiling = min(self.cap, self.first * 2**self.attempt)
+        self.attempt += 1
+        return self._rng(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
 class CoordinatorClient:
-    def __init__(self, base_url: str, api_key: str, stop: threading.Event | None = None) -> None:
+    """Typed calls of the coordinator's node API (`/api/v1`, node API key auth).
+
+    `on_reconnect` is called (once) after a call succeeds that had to be retried because the
+    coordinator was unreachable: the agent then registers again. `transport` and `backoff`
+    are for tests.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        stop: threading.Event | None = None,
+        connect_timeout_s: float = 5.0,
+        read_timeout_s: float = 30.0,
+        on_reconnect: Callable[[], None] | None = None,
+        transport: httpx.BaseTransport | None = None,
+        backoff: Callable[[], Backoff] = Backoff,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._read_timeout_s = read_timeout_s
         self._http = httpx.Client(
-            base_url=base_url.rstrip("/") + "/api/v1",
+            base_url=self.base_url + "/api/v1",
             headers={"Authorization": f"Bearer {api_key}"},
-            timeout=httpx.Timeout(10.0, read=70.0),
+            timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s),
+            transport=transport,
         )
         self._stop = stop or threading.Event()
+        self.on_reconnect = on_reconnect
+        self.retries = 0
+        self._backoff = backoff
+        self._connect_timeout_s = connect_timeout_s
 
     def close(self) -> None:
         self._http.close()
 
-    def _call(self, method: str, path: str, retry: bool = True, **kwargs: Any) -> Any:
-        delay = 0.2
+    def _call(
+        self, method: str, path: str, retry: bool = True, wait: float = 0.0, **kwargs: Any
+    ) -> Any:
+        backoff = self._backoff()
+        timeout = (
+            httpx.Timeout(self._read_timeout_s + wait, connect=self._connect_timeout_s)
+            if wait
+            else None
+        )
+        if timeout is not None:
+            kwargs["timeout"] = timeout
         while True:
             try:
                 response = self._http.request(method, path, **kwargs)
                 if response.status_code < 500:
                     break
-                problem = f"coordinator answered {response.status_code}"
+                problem = f"it answered {response.status_code}"
             except httpx.HTTPError as exc:
                 problem = f"{type(exc).__name__}"
-            if not retry or self._stop.is_set():
-                raise TesseraError(f"coordinator unreachable: {problem}")
-            log.warning("%s %s: %s; retrying in %.1f s", method, path, problem, delay)
-            if self._stop.wait(delay * random.uniform(0.5, 1.0)):
-                raise TesseraError("node agent stopping")
-            delay = min(delay * 2, MAX_BACKOFF_S)
+            if self._stop.is_set():
+                raise AgentStopping(f"coordinator unreachable ({problem}) while stopping")
+            if not retry:
+                raise CoordinatorUnreachable(f"coordinator unreachable: {problem}")
+            delay = backoff.next_delay()
+            self.retries += 1
+            log.warning(
+                "coordinator unreachable (%s %s: %s); retrying in %.1f s",
+                method,
+                path,
+                problem,
+                delay,
+                extra={"event": "coordinator.retry", "fields": {"delay_s": round(delay, 2)}},
+            )
+            if self._stop.wait(delay):
+                raise AgentStopping("node agent stopping")
+        if backoff.attempt and self.on_reconnect is not None:
+            log.info("coordinator reachable again", extra={"event": "coordinator.back"})
+            self.on_reconnect()
         if response.status_code >= 400:
-            raise error_from_dict(response.json())
-        return response.json()
+            raise _error(response)
+        return response.json() if response.content else None
+
+    # ---- registration ---------------------------------------------------------------------
 
     def hello(self, message: NodeHello) -> dict[str, Any]:
-        return self._call("POST", "/nodes/me/hello", json=message.model_dump(mode="json"))  # type: ignore[no-any-return]
+        body = self._call("POST", "/nodes/me/hello", json=message.model_dump(mode="json"))
+        return dict(body or {})
 
     def register_dataset(self, name: str, schema: DatasetSchema) -> None:
         self._call(
@@ -73,27 +161,50 @@ class CoordinatorClient:
             json=schema.model_dump(mode="json", exclude_none=True),
         )
 
-    def tasks(self, wait: float) -> list[TaskOut]:
-        body = self._call("GET", "/nodes/me/tasks", params={"wait": wait})
-        return [TaskOut.model_validate(t) for t in body]
+    # ---- tasks ----------------------------------------------------------------------------
+
+    def tasks(self, wait: float, retry: bool = True) -> list[TaskOut]:
+        """New tasks for this node; a long-poll of up to `wait` seconds (`[]` if none)."""
+        body = self._call("GET", "/nodes/me/tasks", retry=retry, wait=wait, params={"wait": wait})
+        return [TaskOut.model_validate(t) for t in body or []]
 
     def accept(self, task_id: int, body: TaskAccept) -> None:
-        self._call("POST", f"/tasks/{task_id}/accept", json=body.model_dump())
+        self._call("POST", f"/tasks/{task_id}/accept", json=body.model_dump(exclude_none=True))
 
     def start(self, task_id: int, wait: float) -> TaskStart:
-        body = self._call("GET", f"/tasks/{task_id}/start", params={"wait": wait})
+        """Wait up to `wait` seconds for the go; `Conflict` if the query is over."""
+        body = self._call("GET", f"/tasks/{task_id}/start", wait=wait, params={"wait": wait})
         return TaskStart.model_validate(body)
 
     def reject(self, task_id: int, reason: str) -> None:
-        self._call("POST", f"/tasks/{task_id}/reject", json=TaskRefusal(reason=reason).model_dump())
+        body = TaskRefusal(reason=reason[:2000]).model_dump()
+        self._call("POST", f"/tasks/{task_id}/reject", json=body)
 
     def progress(self, task_id: int, stage: str, message: str = "") -> None:
-        body = TaskProgress(stage=stage, message=message).model_dump()
+        """Best effort: not retried (a lost progress note must not hold up the protocol)."""
+        body = TaskProgress(stage=stage[:64], message=message[:2000]).model_dump()
         self._call("POST", f"/tasks/{task_id}/progress", retry=False, json=body)
 
     def result(self, task_id: int, body: TaskResult) -> None:
         self._call("POST", f"/tasks/{task_id}/result", json=body.model_dump(mode="json"))
 
     def fail(self, task_id: int, code: str, message: str) -> None:
-        body = TaskFailure(code=code[:64], message=message[:2000]).model_dump()
+        body = TaskFailure(code=code[:64] or "error", message=message[:2000] or code).model_dump()
         self._call("POST", f"/tasks/{task_id}/fail", json=body)
+
+
+def _error(response: httpx.Response) -> TesseraError:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return error_from_dict(body)
+    if response.status_code == 401:
+        return Unauthorized("the coordinator did not accept this node's API key")
+    detail = body.get("detail") if isinstance(body, dict) else None
+    error = TesseraError(
+        f"coordinator answered {response.status_code}" + (f": {detail}" if detail else "")
+    )
+    error.http_status = response.status_code
+    return error

@@ -1,124 +1,223 @@
-"""Data sources: CSV, Parquet, SQL tables. Loaded once per file version, checked against the
-declared schema, and kept in memory (only the declared columns)."""
+"""Data sources: CSV and Parquet files, SQL tables (any SQLAlchemy URL).
+
+A dataset is read once per file version (modification time and size; an SQL table is re-read
+after `reload_after_s`), checked against its declared schema, and kept in memory with only the
+declared columns, typed: categoricals as strings (levels), booleans as pandas ``boolean``,
+integers as nullable ``Int64``, floats as ``float64``; missing values stay missing.
+
+Error messages name the dataset, the column, the problem, how many rows and the first row
+number, never a value: they end up in logs and, for a task, at the coordinator.
+"""
 
 from __future__ import annotations
 
 import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from node_agent.config import DatasetConfig
 from tessera.errors import ConfigInvalid
 
+_TRUTH = {
+    "true": True, "t": True, "yes": True, "1": True, "1.0": True,
+    "false": False, "f": False, "no": False, "0": False, "0.0": False,
+}  # fmt: skip
 
-def _version(ds: DatasetConfig) -> Any:
-    if ds.source == "sql":
-        return None  # databases change without a file stamp; see DatasetCache.get(refresh=...)
+
+def _fail(ds: DatasetConfig, message: str, column: str | None = None) -> ConfigInvalid:
+    where = f"dataset {ds.name!r}" + (f", column {column!r}" if column else "")
+    details: dict[str, Any] = {"dataset": ds.name}
+    if column:
+        details["column"] = column
+    return ConfigInvalid(f"{where}: {message}", details)
+
+
+# ---- reading --------------------------------------------------------------------------------
+
+
+def read_source(ds: DatasetConfig) -> pd.DataFrame:
+    """The declared columns that the source has (untyped); `check_frame` does the rest."""
+    declared = [c.name for c in ds.columns]
+    try:
+        if ds.source == "csv":
+            categorical = {c.name: "string" for c in ds.columns if c.type == "categorical"}
+            return pd.read_csv(
+                ds.path,  # type: ignore[arg-type]
+                sep=ds.delimiter,
+                usecols=lambda c: c in declared,
+                dtype=categorical,  # "01" stays "01", not 1
+            )
+        if ds.source == "parquet":
+            import pyarrow.parquet as pq
+
+            present = set(pq.read_schema(ds.path).names)  # type: ignore[arg-type]
+            return pd.read_parquet(ds.path, columns=[c for c in declared if c in present])
+        return _read_table(ds, declared)
+    except ConfigInvalid:
+        raise
+    except FileNotFoundError:
+        raise _fail(ds, f"file not found: {ds.path}") from None
+    except Exception as exc:
+        # The exception text of a driver can quote a URL: keep only its kind.
+        raise _fail(
+            ds, f"cannot read its {ds.source} source ({ds.describe()}): {type(exc).__name__}"
+        ) from None
+
+
+def _read_table(ds: DatasetConfig, declared: list[str]) -> pd.DataFrame:
+    import sqlalchemy
+
+    assert ds.url is not None and ds.table is not None
+    engine = sqlalchemy.create_engine(ds.url.get_secret_value())
+    try:
+        schema, _, name = ds.table.rpartition(".")
+        try:
+            table = sqlalchemy.Table(
+                name, sqlalchemy.MetaData(), schema=schema or None, autoload_with=engine
+            )
+        except sqlalchemy.exc.NoSuchTableError:
+            raise _fail(ds, f"no table {ds.table!r} ({ds.describe()})") from None
+        columns = [table.c[c] for c in declared if c in table.c]
+        if not columns:
+            return pd.DataFrame()
+        with engine.connect() as conn:
+            return pd.read_sql(sqlalchemy.select(*columns), conn)
+    finally:
+        engine.dispose()
+
+
+# ---- checking -------------------------------------------------------------------------------
+
+
+def _first_row(bad: pd.Series) -> int:
+    return int(np.flatnonzero(bad.to_numpy(dtype=bool))[0]) + 1
+
+
+def _rows(bad: pd.Series) -> str:
+    count = int(bad.sum())
+    return f"{count} row{'s' if count > 1 else ''} (first: data row {_first_row(bad)})"
+
+
+def _as_text(series: pd.Series) -> pd.Series:
+    if pd.api.types.is_float_dtype(series.dtype):
+        present = series.dropna()
+        if (present == present.round()).all():
+            series = series.astype("Int64")
+    text = series.astype("string").str.strip()
+    return text.astype(object).where(text.notna(), None)
+
+
+def _as_boolean(series: pd.Series) -> tuple[pd.Series, pd.Series]:
+    if pd.api.types.is_bool_dtype(series.dtype):
+        typed = series.astype("boolean")
+        return typed, pd.Series(False, index=series.index)
+    text = series.astype("string").str.strip().str.lower()
+    typed = text.map(_TRUTH).astype("boolean")
+    return typed, typed.isna() & series.notna()
+
+
+def check_frame(ds: DatasetConfig, frame: pd.DataFrame) -> pd.DataFrame:
+    """The declared columns, typed; `ConfigInvalid` naming the first column that breaks the
+    declared schema (missing, wrong type, unknown level, outside the declared bounds)."""
+    missing = [c.name for c in ds.columns if c.name not in frame.columns]
+    if missing:
+        raise _fail(ds, f"declared column(s) missing from the data: {', '.join(missing)}")
+    frame = frame.reset_index(drop=True)
+    out: dict[str, pd.Series] = {}
+    for col in ds.columns:
+        series = frame[col.name]
+        if col.type == "categorical":
+            text = _as_text(series)
+            levels = list(col.levels or [])
+            bad = text.notna() & ~text.isin(levels)
+            if bad.any():
+                raise _fail(ds, f"{_rows(bad)} not among the declared levels {levels}", col.name)
+            out[col.name] = text
+        elif col.type == "boolean":
+            typed, bad = _as_boolean(series)
+            if bad.any():
+                raise _fail(ds, f"{_rows(bad)} not true/false (or 1/0, yes/no)", col.name)
+            out[col.name] = typed
+        else:
+            numeric = pd.to_numeric(series, errors="coerce")
+            bad = numeric.isna() & series.notna()
+            if bad.any():
+                raise _fail(ds, f"{_rows(bad)} not numeric in a {col.type} column", col.name)
+            numeric = numeric.astype("float64")
+            if col.type == "integer":
+                bad = numeric.notna() & (numeric != numeric.round())
+                if bad.any():
+                    raise _fail(ds, f"{_rows(bad)} not whole numbers", col.name)
+            if col.min is not None and (bad := numeric < col.min).any():
+                raise _fail(ds, f"{_rows(bad)} below the declared minimum {col.min:g}", col.name)
+            if col.max is not None and (bad := numeric > col.max).any():
+                raise _fail(ds, f"{_rows(bad)} above the declared maximum {col.max:g}", col.name)
+            out[col.name] = numeric.astype("Int64") if col.type == "integer" else numeric
+    return pd.DataFrame(out)
+
+
+def load(ds: DatasetConfig) -> pd.DataFrame:
+    """Read and check a dataset (no cache)."""
+    return check_frame(ds, read_source(ds))
+
+
+# ---- the cache ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Entry:
+    version: Any
+    loaded_at: float
+    frame: pd.DataFrame
+
+
+def file_version(ds: DatasetConfig) -> tuple[str, int, int]:
+    """What identifies a file's content cheaply: its path, modification time (ns) and size."""
     assert ds.path is not None
     try:
         stat = Path(ds.path).stat()
     except FileNotFoundError:
-        raise ConfigInvalid(f"dataset {ds.name!r}: file not found: {ds.path}") from None
-    return (stat.st_mtime_ns, stat.st_size)
-
-
-def read_source(ds: DatasetConfig) -> pd.DataFrame:
-    columns = [c.name for c in ds.columns]
-    try:
-        if ds.source == "csv":
-            frame = pd.read_csv(ds.path, usecols=lambda c: c in columns)
-        elif ds.source == "parquet":
-            frame = pd.read_parquet(ds.path)
-        else:
-            import sqlalchemy
-
-            assert ds.url is not None and ds.table is not None
-            engine = sqlalchemy.create_engine(ds.url.get_secret_value())
-            try:
-                table = sqlalchemy.Table(ds.table, sqlalchemy.MetaData(), autoload_with=engine)
-                with engine.connect() as conn:
-                    frame = pd.read_sql(sqlalchemy.select(table), conn)
-            finally:
-                engine.dispose()
-    except ConfigInvalid:
-        raise
-    except Exception as exc:
-        raise ConfigInvalid(
-            f"dataset {ds.name!r}: cannot read its {ds.source} source: {type(exc).__name__}: {exc}"
-        ) from None
-    return check_frame(ds, frame)
-
-
-def check_frame(ds: DatasetConfig, frame: pd.DataFrame) -> pd.DataFrame:
-    """The declared columns, typed; a clear error naming the first column that breaks the schema."""
-    missing = [c.name for c in ds.columns if c.name not in frame.columns]
-    if missing:
-        raise ConfigInvalid(
-            f"dataset {ds.name!r}: declared column(s) missing from the data: {', '.join(missing)}"
-        )
-    out = {}
-    for col in ds.columns:
-        series = frame[col.name]
-        where = f"dataset {ds.name!r}, column {col.name!r}"
-        if col.type == "categorical":
-            text = series.astype("object").where(series.notna(), None)
-            text = text.map(
-                lambda v: (
-                    v
-                    if v is None
-                    else (str(int(v)) if isinstance(v, float) and v.is_integer() else str(v))
-                )
-            )
-            unknown = sorted(set(text.dropna()) - set(col.levels or []))
-            if unknown:
-                raise ConfigInvalid(f"{where}: value(s) {unknown[:5]} are not declared levels")
-            out[col.name] = text
-        elif col.type == "boolean":
-            mapped = series.map(_boolean)
-            if (mapped.isna() & series.notna()).any():
-                raise ConfigInvalid(f"{where}: values must be true/false (or 1/0)")
-            out[col.name] = mapped.map({True: 1.0, False: 0.0}).astype("float64")
-        else:
-            numeric = pd.to_numeric(series, errors="coerce")
-            if (numeric.isna() & series.notna()).any():
-                raise ConfigInvalid(f"{where}: non-numeric values in a {col.type} column")
-            if col.type == "integer" and ((numeric.dropna() % 1) != 0).any():
-                raise ConfigInvalid(f"{where}: non-integer values in an integer column")
-            if col.min is not None and (numeric < col.min).any():
-                raise ConfigInvalid(f"{where}: values below the declared minimum {col.min}")
-            if col.max is not None and (numeric > col.max).any():
-                raise ConfigInvalid(f"{where}: values above the declared maximum {col.max}")
-            out[col.name] = numeric.astype("float64")
-    return pd.DataFrame(out)
-
-
-def _boolean(value: Any) -> Any:
-    if value is None or (isinstance(value, float) and value != value):
-        return None
-    if isinstance(value, str):
-        return {"true": True, "1": True, "false": False, "0": False}.get(value.strip().lower())
-    if value in (0, 1, True, False):
-        return bool(value)
-    return None
+        raise _fail(ds, f"file not found: {ds.path}") from None
+    return str(ds.path), stat.st_mtime_ns, stat.st_size
 
 
 class DatasetCache:
-    """Frames by dataset name, re-read only when the file changes (SQL: on `refresh`)."""
+    """Checked frames by dataset, re-read only when the file changes (an SQL table: when older
+    than its `reload_after_s`). Tasks on one dataset wait for one read; datasets read in
+    parallel. `reads` counts actual reads of a source."""
 
-    def __init__(self) -> None:
-        self._frames: dict[str, tuple[Any, pd.DataFrame]] = {}
-        self._lock = threading.Lock()
+    def __init__(self, clock: Any = time.monotonic) -> None:
+        self._clock = clock
+        self._entries: dict[str, _Entry] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
         self.reads = 0
 
-    def get(self, ds: DatasetConfig, refresh: bool = False) -> pd.DataFrame:
-        version = _version(ds)
-        with self._lock:
-            cached = self._frames.get(ds.name)
-            if cached is not None and cached[0] == version and not refresh:
-                return cached[1]
-            frame = read_source(ds)
-            self.reads += 1
-            self._frames[ds.name] = (version, frame)
+    def _lock(self, name: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(name, threading.Lock())
+
+    def get(self, ds: DatasetConfig) -> pd.DataFrame:
+        with self._lock(ds.name):
+            version = file_version(ds) if ds.source != "sql" else None
+            entry = self._entries.get(ds.name)
+            now = self._clock()
+            fresh = entry is not None and (
+                ds.source != "sql" or now - entry.loaded_at < ds.reload_after_s
+            )
+            if entry is not None and fresh and entry.version == version:
+                return entry.frame
+            frame = load(ds)
+            with self._guard:
+                self.reads += 1
+            self._entries[ds.name] = _Entry(version, now, frame)
             return frame
+
+    def forget(self, name: str) -> None:
+        with self._lock(name):
+            self._entries.pop(name, None)

@@ -1,29 +1,62 @@
-"""The node's own decision on a task. The coordinator plans with the published policy summary,
-but only this decides: a task the policy forbids is refused with the reason."""
+"""The node's own decision on a task.
+
+The coordinator plans with the policy summary a node publishes, but only the node decides: a
+task its policy forbids is refused with the reason, whatever the coordinator says. The floor
+`min_count` goes into every party job; the protocol applies the largest floor of all parties
+and the query's own `min_count`, so no query can lower it.
+"""
 
 from __future__ import annotations
 
-from typing import Any
-
-from node_agent.config import NodeSettings
+from node_agent.config import DatasetConfig, PolicyConfig
 from tessera.errors import QueryInvalid
+from tessera.schemas import NodePolicySummary, TaskOut
+
+MIN_PARTIES = 3  # Shamir sharing with an honest majority: t < m/2 needs m >= 3 for t >= 1
 
 
-def refusal(settings: NodeSettings, dataset: str, query: dict[str, Any]) -> str | None:
-    """None if the task may run; otherwise the reason to refuse it."""
-    from smpc import prepare
+class Policy:
+    def __init__(self, config: PolicyConfig, datasets: list[DatasetConfig]) -> None:
+        self.config = config
+        self._datasets = {d.name: d for d in datasets}
 
-    policy = settings.policy
-    ds = settings.dataset(dataset)
-    if ds is None:
-        return f"dataset {dataset!r} is not served by this node"
-    if policy.allowed_datasets is not None and dataset not in policy.allowed_datasets:
-        return f"policy does not allow queries on dataset {dataset!r}"
-    statistic = query.get("statistic")
-    if policy.allowed_statistics is not None and statistic not in policy.allowed_statistics:
-        return f"policy does not allow {statistic!r} queries"
-    try:
-        prepare(query, ds.schema_)
-    except QueryInvalid as exc:
-        return f"query invalid against this node's declared schema: {exc.message}"
-    return None
+    @property
+    def min_count(self) -> int:
+        """The disclosure floor this node imposes on every result it takes part in."""
+        return self.config.min_count
+
+    def summary(self) -> NodePolicySummary:
+        """What the coordinator may know of the policy, to plan (it does not decide)."""
+        return self.config.summary()
+
+    def serves(self, dataset: str) -> bool:
+        """Whether the node offers this dataset at all (only those are registered)."""
+        allowed = self.config.allowed_datasets
+        return dataset in self._datasets and (allowed is None or dataset in allowed)
+
+    def decide(self, task: TaskOut) -> str | None:
+        """None if the task may run; otherwise the reason to refuse it (sent to the
+        coordinator, so it names the rule, never data)."""
+        from smpc import prepare
+
+        statistic = task.query.get("statistic")
+        allowed = self.config.allowed_statistics
+        if allowed is not None and statistic not in allowed:
+            return f"policy does not allow {statistic!r} queries (allowed: {', '.join(allowed)})"
+        ds = self._datasets.get(task.dataset)
+        if ds is None:
+            return f"dataset {task.dataset!r} is not served by this node"
+        if not self.serves(task.dataset):
+            return f"policy does not allow queries on dataset {task.dataset!r}"
+        if task.query.get("dataset", task.dataset) != task.dataset:
+            return "the task's dataset and its query's dataset differ"
+        if task.n_parties < MIN_PARTIES:
+            return (
+                f"{task.n_parties} part{'y' if task.n_parties == 1 else 'ies'}: secure "
+                f"computation needs at least {MIN_PARTIES} to keep this node's summary secret"
+            )
+        try:
+            prepare(task.query, ds.schema_)
+        except QueryInvalid as exc:
+            return f"query invalid against this node's declared schema: {exc.message}"
+        return None

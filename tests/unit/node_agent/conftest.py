@@ -51,8 +51,12 @@ class Configs:
         )
 
     @staticmethod
-    def dataset(source: str = "csv", where: str = 'path = "cohort.csv"', name: str = "cohort",
-                columns: str = COLUMNS_TOML) -> str:
+    def dataset(
+        source: str = "csv",
+        where: str = 'path = "cohort.csv"',
+        name: str = "cohort",
+        columns: str = COLUMNS_TOML,
+    ) -> str:
         return f'[[datasets]]\nname = "{name}"\nsource = "{source}"\n{where}\n{columns}\n'
 
     def write(self, text: str, name: str = "node.toml") -> Path:

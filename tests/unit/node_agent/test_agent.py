@@ -1,0 +1,343 @@
+"""The task loop with a fake coordinator and a fake party: what is sent, refused, audited."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from node_agent.agent import NodeAgent, running
+from tessera.errors import Conflict, ProtocolFailed, Unauthorized
+from tessera.schemas import PartyAddress, TaskAccept, TaskOut, TaskResult, TaskStart
+
+
+class FakeCoordinator:
+    """Plays the coordinator's node API in memory and records every call the agent makes."""
+
+    base_url = "http://coordinator.test"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.queue: list[TaskOut] = []
+        self.accepted: dict[int, TaskAccept] = {}
+        self.start_error: Exception | None = None
+        self.not_yet = 1  # start answers "not yet" this many times per task
+        self.poll_error: Exception | None = None
+        self.on_reconnect = None
+        self.lock = threading.Lock()
+
+    def _record(self, name: str, *args: Any) -> None:
+        with self.lock:
+            self.calls.append((name, args))
+
+    def names(self) -> list[str]:
+        return [name for name, _ in self.calls]
+
+    def hello(self, message: Any) -> dict[str, Any]:
+        self._record("hello", message)
+        return {}
+
+    def register_dataset(self, name: str, schema: Any) -> None:
+        self._record("register_dataset", name)
+
+    def tasks(self, wait: float) -> list[TaskOut]:
+        if self.poll_error is not None:
+            raise self.poll_error
+        with self.lock:
+            tasks, self.queue = self.queue, []
+        if not tasks:
+            time.sleep(0.01)
+        return tasks
+
+    def accept(self, task_id: int, body: TaskAccept) -> None:
+        self._record("accept", task_id, body)
+        self.accepted[task_id] = body
+
+    def start(self, task_id: int, wait: float) -> TaskStart:
+        self._record("start", task_id)
+        if self.start_error is not None:
+            raise self.start_error
+        if self.not_yet > 0:
+            self.not_yet -= 1
+            return TaskStart(start=False, status="pending")
+        mine = self.accepted[task_id]
+        peers = [
+            PartyAddress(
+                party_id=i,
+                node=f"peer-{i}",
+                host="127.0.0.1",
+                port=30000 + i,
+                certificate=f"CERT-{i}",
+            )
+            for i in range(3)
+        ]
+        peers[1] = PartyAddress(
+            party_id=1,
+            node="node-a",
+            host=mine.mpc_host,
+            port=mine.mpc_port,
+            certificate=mine.mpc_certificate,
+        )
+        return TaskStart(
+            start=True,
+            status="running",
+            parties=list(reversed(peers)),
+            deadline=datetime.now(UTC) + timedelta(seconds=30),
+        )
+
+    def reject(self, task_id: int, reason: str) -> None:
+        self._record("reject", task_id, reason)
+
+    def progress(self, task_id: int, stage: str, message: str = "") -> None:
+        self._record("progress", task_id, stage)
+
+    def result(self, task_id: int, body: TaskResult) -> None:
+        self._record("result", task_id, body)
+
+    def fail(self, task_id: int, code: str, message: str) -> None:
+        self._record("fail", task_id, code, message)
+
+    def close(self) -> None:
+        self._record("close")
+
+
+class FakeParty:
+    """Stands in for `smpc.run_party`: records the job, answers a fixed outcome."""
+
+    def __init__(self, error: Exception | None = None, hold: threading.Event | None = None):
+        self.jobs: list[Any] = []
+        self.error = error
+        self.hold = hold
+
+    def __call__(self, job: Any) -> Any:
+        from smpc import PartyOutcome
+
+        self.jobs.append(job)
+        if self.hold is not None:
+            self.hold.wait(10)
+        if self.error is not None:
+            raise self.error
+        return PartyOutcome(result={"count": 42, "n": 42}, min_count_applied=7, seconds=0.25)
+
+
+def make_task(task_id: int = 11, query: dict[str, Any] | None = None) -> TaskOut:
+    return TaskOut(
+        id=task_id,
+        query_id=5,
+        party_id=1,
+        n_parties=3,
+        dataset="cohort",
+        query={"dataset": "cohort", **(query or {"statistic": "count"})},
+        deadline=datetime.now(UTC) + timedelta(seconds=30),
+    )
+
+
+@pytest.fixture
+def node(configs):  # type: ignore[no-untyped-def]
+    configs.cohort().to_csv(configs.root / "cohort.csv", index=False)
+
+    def build(policy: str = "min_count = 7", party: FakeParty | None = None):  # type: ignore[no-untyped-def]
+        text = configs.node_toml(configs.dataset(), policy=policy)
+        text = text.replace('"21000-21009"', f'"{free_range()}"')
+        settings = configs.settings(text)
+        fake = FakeCoordinator()
+        agent = NodeAgent(settings, client=fake, run_party=party or FakeParty())  # type: ignore[arg-type]
+        return agent, fake
+
+    return build
+
+
+def free_range() -> str:
+    """Ten ports starting at one the system just handed out, as text."""
+    import socket
+    from contextlib import closing
+
+    with closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        low = min(s.getsockname()[1], 65000)
+    return f"{low}-{low + 9}"
+
+
+def audit_actions(agent: NodeAgent) -> list[tuple[str, str]]:
+    lines = agent.settings.audit_path.read_text().splitlines()
+    return [(e["action"], e["outcome"]) for e in map(json.loads, lines)]
+
+
+def test_a_task_runs_and_only_the_opened_result_is_sent(node) -> None:
+    party = FakeParty()
+    agent, fake = node(party=party)
+    with running(agent):
+        fake.queue.append(make_task())
+        deadline = time.monotonic() + 10
+        while "result" not in fake.names() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    assert fake.names()[:3] == ["hello", "register_dataset", "accept"]
+    assert fake.names()[3:] == ["start", "start", "progress", "result", "close"]
+    [job] = party.jobs
+    low, high = agent.settings.port_range
+    accepted = fake.accepted[11]
+    assert low <= accepted.mpc_port <= high and accepted.mpc_host == "127.0.0.1"
+    assert accepted.mpc_certificate and "BEGIN CERTIFICATE" in accepted.mpc_certificate
+    assert job.party_id == 1
+    assert job.parties == [
+        ("127.0.0.1", 30000),
+        ("127.0.0.1", accepted.mpc_port),
+        ("127.0.0.1", 30002),
+    ]
+    assert job.min_count_floor == 7
+    assert 25 < job.timeout_s <= 30
+    assert job.summary.counts == [6]
+    assert job.tls.certificates == ["CERT-0", accepted.mpc_certificate, "CERT-2"]
+    assert "PRIVATE KEY" in job.tls.key_pem
+    result = next(args for name, args in fake.calls if name == "result")
+    assert result == (
+        11,
+        TaskResult(result={"count": 42, "n": 42}, min_count_applied=7, seconds=0.25),
+    )
+    sent = json.dumps([repr(args) for _, args in fake.calls])
+    assert "PRIVATE KEY" not in sent and "counts" not in sent  # key and summary stay home
+    assert agent.ports.in_use == frozenset()
+    assert audit_actions(agent) == [
+        ("task.received", "received"),
+        ("task.accepted", "accepted"),
+        ("result.opened", "succeeded"),
+    ]
+
+
+def test_a_refused_task_is_rejected_with_the_rule(node) -> None:
+    agent, fake = node(policy='allowed_statistics = ["count"]')
+    agent.handle(make_task(query={"statistic": "mean", "column": "weight"}))
+    assert fake.calls == [("reject", (11, "policy does not allow 'mean' queries (allowed: count)"))]
+
+
+def test_an_invalid_query_is_refused_not_run(node) -> None:
+    agent, fake = node()
+    agent.handle(make_task(query={"statistic": "mean", "column": "height"}))
+    [(name, (_, reason))] = fake.calls
+    assert name == "reject" and "unknown column 'height'" in reason
+
+
+def test_a_query_that_failed_elsewhere_is_abandoned_quietly(node) -> None:
+    agent, fake = node()
+    fake.start_error = Conflict("query 5 is over: node b refused")
+    agent.handle(make_task())
+    assert fake.names() == ["accept", "start"]
+    assert agent.ports.in_use == frozenset()
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "message"),
+    [
+        (
+            ProtocolFailed("party 1 did not finish within 30 s"),
+            "protocol_failed",
+            "party 1 did not finish within 30 s",
+        ),
+        (RuntimeError("secret detail 123.4"), "node_error", "node error: RuntimeError"),
+    ],
+)
+def test_a_failing_party_is_reported_with_its_code(node, error, code, message) -> None:
+    agent, fake = node(party=FakeParty(error=error))
+    agent.handle(make_task())
+    assert fake.calls[-1] == ("fail", (11, code, message))
+    assert agent.ports.in_use == frozenset()
+
+
+def test_data_that_broke_its_schema_fails_the_task_without_values(node, configs) -> None:
+    agent, fake = node()
+    broken = configs.cohort()
+    broken.loc[2, "weight"] = 999.0
+    broken.to_csv(configs.root / "cohort.csv", index=False)
+    agent.handle(make_task(query={"statistic": "mean", "column": "weight"}))
+    [(name, (_, code, message))] = fake.calls
+    assert (name, code) == ("fail", "config_invalid")
+    assert message == (
+        "dataset 'cohort', column 'weight': 1 row (first: data row 3) above the declared "
+        "maximum 200"
+    )
+
+
+def test_a_missing_certificate_stops_the_run(node) -> None:
+    agent, fake = node()
+    fake.not_yet = 0
+    original = fake.start
+
+    def without_certificates(task_id: int, wait: float) -> TaskStart:
+        answer = original(task_id, wait)
+        answer.parties[0].certificate = None
+        return answer
+
+    fake.start = without_certificates  # type: ignore[method-assign]
+    agent.handle(make_task())
+    name, (_, code, message) = fake.calls[-1]
+    assert (name, code) == ("fail", "protocol_failed")
+    assert "sent no TLS certificate" in message
+
+
+def test_overlapping_tasks_get_their_own_ports(node) -> None:
+    hold = threading.Event()
+    agent, fake = node(party=FakeParty(hold=hold))
+    threads = [threading.Thread(target=agent.handle, args=(make_task(i),)) for i in (1, 2, 3)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 10
+    while len(agent.ports.in_use) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len({a.mpc_port for a in fake.accepted.values()}) == 3
+    hold.set()
+    for t in threads:
+        t.join(10)
+    assert fake.names().count("result") == 3
+    assert agent.ports.in_use == frozenset()
+
+
+def test_the_cached_frame_serves_every_task(node) -> None:
+    agent, _ = node()
+    for i in range(4):
+        agent.handle(make_task(i))
+    assert agent.cache.reads == 1
+
+
+def test_it_registers_again_after_an_outage(node) -> None:
+    agent, fake = node()
+    with running(agent):
+        assert fake.names().count("hello") == 1
+        fake.on_reconnect()  # what the client does once a retried call got through
+        deadline = time.monotonic() + 5
+        while fake.names().count("hello") < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert fake.names().count("hello") == 2
+    assert fake.names().count("register_dataset") == 2
+
+
+def test_a_revoked_key_stops_the_agent(node) -> None:
+    agent, fake = node()
+    fake.poll_error = Unauthorized("invalid API key")
+    with pytest.raises(Unauthorized), running(agent):
+        time.sleep(0.5)  # the agent stops by itself; the block's end reports why
+
+
+def test_a_second_agent_on_the_same_work_dir_is_refused(node) -> None:
+    from tessera.errors import ConfigInvalid
+
+    first, _ = node()
+    second, _ = node()
+    second.settings = first.settings
+    with running(first), pytest.raises(ConfigInvalid, match="is in use by another node agent"):
+        second.run(install_signal_handlers=False)
+
+
+def test_a_bad_dataset_stops_the_agent_before_it_registers(node, configs) -> None:
+    from tessera.errors import ConfigInvalid
+
+    pd.DataFrame({"age": [1]}).to_csv(configs.root / "cohort.csv", index=False)
+    agent, fake = node()
+    with pytest.raises(ConfigInvalid, match="missing from the data: sex, weight, icu"):
+        agent.run(install_signal_handlers=False)
+    assert "hello" not in fake.names()

@@ -1,0 +1,92 @@
+"""The node's hash-chained audit log: it verifies, and any edit is found at its line."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+
+import pytest
+
+from node_agent.audit_log import GENESIS, AuditLog, verify
+from tessera.errors import ConfigInvalid
+
+
+def filled(tmp_path, n: int = 4) -> AuditLog:
+    log = AuditLog(tmp_path / "audit.jsonl")
+    for i in range(n):
+        log.record("task.received", "received", task=i, query=10 + i, statistic="count")
+    return log
+
+
+def lines(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_entries_chain_and_verify(tmp_path) -> None:
+    log = filled(tmp_path)
+    entries = lines(log.path)
+    assert len(entries) == 4
+    assert entries[0]["prev_hash"] == GENESIS
+    assert all(b["prev_hash"] == a["hash"] for a, b in itertools.pairwise(entries))
+    assert {"at", "action", "outcome", "task", "query", "statistic"} <= set(entries[0])
+    report = verify(log.path)
+    assert report.ok and report.entries == 4 and report.last_hash == entries[-1]["hash"]
+
+
+def test_a_reopened_log_continues_the_chain(tmp_path) -> None:
+    first = filled(tmp_path, 2)
+    again = AuditLog(first.path)
+    assert again.last_hash == first.last_hash and again.entries == 2
+    again.record("task.refused", "refused", task=9, reason="policy")
+    assert verify(first.path).entries == 3
+
+
+@pytest.mark.parametrize(
+    ("tamper", "line", "problem"),
+    [
+        (lambda e: e[1].update(outcome="refused"), 2, "hash does not match its content"),
+        (lambda e: e.pop(1), 2, "prev_hash does not match the line before"),
+        (lambda e: e.insert(0, e.pop(2)), 1, "prev_hash does not match the line before"),
+    ],
+)
+def test_tampering_is_found_at_its_line(tmp_path, tamper, line, problem) -> None:
+    log = filled(tmp_path)
+    entries = lines(log.path)
+    tamper(entries)
+    log.path.write_text("".join(json.dumps(e) + "\n" for e in entries))
+    report = verify(log.path)
+    assert not report.ok
+    assert report.first_bad_line == line and report.problem == problem
+
+
+def test_a_torn_line_is_reported_and_the_agent_will_not_append(tmp_path) -> None:
+    log = filled(tmp_path, 2)
+    with log.path.open("a") as f:
+        f.write('{"at": "2026-01-01", "act')
+    report = verify(log.path)
+    assert (report.ok, report.first_bad_line, report.problem) == (
+        False,
+        3,
+        "not a complete audit entry",
+    )
+    with pytest.raises(ConfigInvalid, match="fails verification at line 3"):
+        AuditLog(log.path)
+
+
+def test_audit_verify_command(configs, tmp_path) -> None:
+    settings = configs.settings(configs.node_toml(configs.dataset()))
+    log = filled(tmp_path)
+    assert log.path == settings.audit_path
+    argv = [sys.executable, "-m", "tessera.cli.main", "node", "audit-verify", "--config"]
+    done = subprocess.run([*argv, str(configs.root / "node.toml")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["entries"] == 4
+
+    text = log.path.read_text().replace('"statistic": "count"', '"statistic": "mean"', 1)
+    log.path.write_text(text)
+    done = subprocess.run([*argv, str(configs.root / "node.toml")], capture_output=True, text=True)
+    assert done.returncode == 1
+    report = json.loads(done.stdout)
+    assert report["ok"] is False and report["first_bad_line"] == 1

@@ -1,0 +1,130 @@
+"""The coordinator client: typed calls, Tessera errors, retries with capped backoff."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+
+from node_agent.coordinator_client import (
+    MAX_BACKOFF_S,
+    AgentStopping,
+    Backoff,
+    CoordinatorClient,
+    CoordinatorUnreachable,
+)
+from tessera.errors import Conflict, PolicyDenied, TesseraError, Unauthorized
+from tessera.schemas import NodeHello, TaskAccept, TaskResult
+
+KEY = "node-key-do-not-log"
+
+
+class Coordinator:
+    """A scripted transport: answers in order, records every request."""
+
+    def __init__(self, *answers) -> None:  # type: ignore[no-untyped-def]
+        self.answers = list(answers)
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def client(coordinator: Coordinator, **kwargs) -> CoordinatorClient:  # type: ignore[no-untyped-def]
+    return CoordinatorClient(
+        "http://coordinator.test/",
+        KEY,
+        transport=httpx.MockTransport(coordinator),
+        backoff=lambda: Backoff(first=0.001, cap=0.004),
+        **kwargs,
+    )
+
+
+def ok(body) -> httpx.Response:  # type: ignore[no-untyped-def]
+    return httpx.Response(200, json=body)
+
+
+def test_calls_carry_the_key_and_the_typed_bodies() -> None:
+    task = {
+        "id": 4,
+        "query_id": 2,
+        "party_id": 1,
+        "n_parties": 3,
+        "dataset": "cohort",
+        "query": {"statistic": "count", "dataset": "cohort"},
+        "deadline": datetime.now(UTC).isoformat(),
+    }
+    coordinator = Coordinator(ok({"name": "a"}), ok([task]), ok({"status": "accepted"}))
+    c = client(coordinator)
+    c.hello(NodeHello(agent_version="1"))
+    [received] = c.tasks(wait=5)
+    c.accept(received.id, TaskAccept(mpc_host="127.0.0.1", mpc_port=21000))
+
+    hello, poll, accept = coordinator.requests
+    assert hello.url.path == "/api/v1/nodes/me/hello"
+    assert hello.headers["authorization"] == f"Bearer {KEY}"
+    assert poll.url.path == "/api/v1/nodes/me/tasks" and poll.url.params["wait"] == "5"
+    assert received.id == 4 and received.query["statistic"] == "count"
+    assert accept.url.path == "/api/v1/tasks/4/accept"
+    assert accept.content == b'{"mpc_host":"127.0.0.1","mpc_port":21000}'
+
+
+def test_errors_come_back_as_the_tessera_error_named() -> None:
+    body = {"error": {"code": "conflict", "message": "query 2 is over", "details": {}}}
+    c = client(Coordinator(httpx.Response(409, json=body)))
+    with pytest.raises(Conflict, match="query 2 is over"):
+        c.start(4, wait=1)
+    body = {"error": {"code": "policy_denied", "message": "no", "details": {}}}
+    with pytest.raises(PolicyDenied):
+        client(Coordinator(httpx.Response(403, json=body))).reject(4, "x")
+    with pytest.raises(Unauthorized, match="did not accept this node's API key"):
+        client(Coordinator(httpx.Response(401, text="nope"))).tasks(wait=0)
+    with pytest.raises(TesseraError, match="coordinator answered 404: Not Found"):
+        client(Coordinator(httpx.Response(404, json={"detail": "Not Found"}))).tasks(wait=0)
+
+
+def test_connection_errors_and_5xx_are_retried_then_it_reconnects(caplog) -> None:
+    caplog.set_level(logging.DEBUG)
+    down = httpx.ConnectError("refused")
+    coordinator = Coordinator(down, down, httpx.Response(502), ok([]))
+    reconnected = []
+    c = client(coordinator, on_reconnect=lambda: reconnected.append(True))
+    assert c.tasks(wait=1) == []
+    assert len(coordinator.requests) == 4 and c.retries == 3
+    assert reconnected == [True]
+    assert "retrying in" in caplog.text
+    assert KEY not in caplog.text
+
+
+def test_no_retry_when_asked_or_when_stopping() -> None:
+    down = httpx.ConnectError("refused")
+    with pytest.raises(CoordinatorUnreachable, match="coordinator unreachable: ConnectError"):
+        client(Coordinator(down)).progress(1, "mpc")
+    import threading
+
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(AgentStopping):
+        client(Coordinator(down), stop=stop).result(
+            1, TaskResult(result={"count": 3}, min_count_applied=5, seconds=0.1)
+        )
+
+
+def test_backoff_doubles_with_jitter_up_to_the_cap() -> None:
+    highest = Backoff(rng=lambda low, high: high)
+    lowest = Backoff(rng=lambda low, high: low)
+    ceilings = [highest.next_delay() for _ in range(10)]
+    assert ceilings[:4] == pytest.approx([0.2, 0.4, 0.8, 1.6])
+    assert max(ceilings) == MAX_BACKOFF_S == 10.0
+    assert [lowest.next_delay() for _ in range(10)][-1] == 5.0
+    real = Backoff()
+    delays = [real.next_delay() for _ in range(20)]
+    assert all(0.1 <= d <= 10.0 for d in delays)
+    real.reset()
+    assert real.next_delay() <= 0.2

@@ -1,0 +1,85 @@
+"""The node's own decision: what its policy forbids is refused, with the rule as the reason."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from node_agent.policy import Policy
+from tessera.schemas import TaskOut
+
+
+def task(query: dict[str, Any], dataset: str = "cohort", n_parties: int = 3) -> TaskOut:
+    return TaskOut(
+        id=7,
+        query_id=3,
+        party_id=1,
+        n_parties=n_parties,
+        dataset=dataset,
+        query={"dataset": dataset, **query},
+        deadline=datetime.now(UTC) + timedelta(seconds=60),
+    )
+
+
+def policy(configs, policy_toml: str = "", extra: str = "") -> Policy:
+    text = configs.node_toml(
+        configs.dataset() + extra + configs.dataset(where='path = "b.csv"', name="labs"),
+        policy=policy_toml,
+    )
+    settings = configs.settings(text)
+    return Policy(settings.policy, settings.datasets)
+
+
+def test_an_allowed_valid_query_runs(configs) -> None:
+    p = policy(configs, "min_count = 8")
+    assert p.decide(task({"statistic": "mean", "column": "weight"})) is None
+    assert p.decide(task({"statistic": "count", "where": [["sex", "==", "F"]]})) is None
+    assert p.min_count == 8
+    assert p.summary().min_count == 8
+
+
+def test_a_statistic_the_policy_does_not_allow_is_refused(configs) -> None:
+    p = policy(configs, 'allowed_statistics = ["count"]')
+    assert p.decide(task({"statistic": "count"})) is None
+    assert p.decide(task({"statistic": "mean", "column": "weight"})) == (
+        "policy does not allow 'mean' queries (allowed: count)"
+    )
+    assert p.summary().allowed_statistics == ["count"]
+
+
+def test_datasets_the_node_does_not_serve_or_allow(configs) -> None:
+    p = policy(configs, 'allowed_datasets = ["cohort"]')
+    assert p.decide(task({"statistic": "count"}, dataset="genomes")) == (
+        "dataset 'genomes' is not served by this node"
+    )
+    assert p.decide(task({"statistic": "count"}, dataset="labs")) == (
+        "policy does not allow queries on dataset 'labs'"
+    )
+    assert p.serves("cohort") and not p.serves("labs") and not p.serves("genomes")
+
+
+def test_a_query_invalid_against_our_declared_schema_is_refused(configs) -> None:
+    p = policy(configs)
+    reason = p.decide(task({"statistic": "mean", "column": "height"}))
+    assert reason == (
+        "query invalid against this node's declared schema: unknown column 'height' in dataset "
+        "'cohort'"
+    )
+    reason = p.decide(task({"statistic": "count", "where": [["sex", "==", "X"]]}))
+    assert reason is not None and "'X' is not a level of 'sex'" in reason
+    reason = p.decide(task({"statistic": "mean", "column": "sex"}))
+    assert reason is not None and "not numeric" in reason
+
+
+def test_a_mismatched_dataset_is_refused(configs) -> None:
+    t = task({"statistic": "count"})
+    t.query["dataset"] = "labs"
+    assert policy(configs).decide(t) == "the task's dataset and its query's dataset differ"
+
+
+@pytest.mark.parametrize("n_parties", [1, 2])
+def test_too_few_parties_to_keep_a_summary_secret(configs, n_parties) -> None:
+    reason = policy(configs).decide(task({"statistic": "count"}, n_parties=n_parties))
+    assert reason is not None and "needs at least 3" in reason
