@@ -76,7 +76,7 @@ def bench_simulate(frames: list[pd.DataFrame], repeats: int) -> dict[str, list[f
             t0 = time.perf_counter()
             simulate(query, frames, declared)
             out[name].append(time.perf_counter() - t0)
-            time.sleep(0.6)  # let the warm pool refill, as between real queries
+            time.sleep(1.5)  # let the warm pool refill, as between real queries
     return out
 
 
@@ -128,7 +128,7 @@ def bench_rest(frames: list[pd.DataFrame], repeats: int) -> dict[str, list[float
                     t0 = time.perf_counter()
                     run(query)
                     out[name].append(time.perf_counter() - t0)
-                    time.sleep(0.6)
+                    time.sleep(1.5)
             return out
         finally:
             net.stop()
