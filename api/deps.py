@@ -22,11 +22,11 @@ _bearer = HTTPBearer(auto_error=False)
 
 
 def get_settings(request: Request) -> CoordinatorSettings:
-    return request.app.state.settings  # type: ignore[no-any-return]
+    return request.app.state.settings
 
 
 def get_notifier(request: Request) -> Notifier:
-    return request.app.state.notifier  # type: ignore[no-any-return]
+    return request.app.state.notifier
 
 
 def get_session(request: Request) -> Iterator[Session]:

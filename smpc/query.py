@@ -54,6 +54,7 @@ class DPSpec(BaseModel):
 class QueryBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    statistic: str
     dataset: Name
     where: list[Condition] = []
     group_by: list[Name] = Field(default_factory=list, max_length=4)
@@ -287,7 +288,7 @@ def _check_value(spec: ColumnSpec, op: str, value: Any) -> None:
 
 def check_query(query: QueryBase, schema: DatasetSchema, supported: tuple[str, ...]) -> None:
     """Check a parsed query against a dataset schema, or raise `QueryInvalid` naming the problem."""
-    statistic = query.statistic  # type: ignore[attr-defined]
+    statistic = query.statistic
     if statistic not in supported:
         raise QueryInvalid(
             f"statistic {statistic!r} is not supported yet",

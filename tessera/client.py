@@ -6,6 +6,7 @@ Errors come back as the `tessera.errors` exception the coordinator named.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
@@ -28,7 +29,7 @@ class TesseraClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:  # JSON
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         try:
             response = self._http.request(method, path, headers=headers, **kwargs)
@@ -54,7 +55,7 @@ class TesseraClient:
         self.token = body["access_token"]
 
     def me(self) -> dict[str, Any]:
-        return self._call("GET", "/users/me")  # type: ignore[no-any-return]
+        return self._call("GET", "/users/me")
 
     def create_user(
         self,
@@ -66,7 +67,7 @@ class TesseraClient:
         return self._call(
             "POST",
             "/users",
-            json={  # type: ignore[no-any-return]
+            json={
                 "username": username,
                 "password": password,
                 "role": role,
@@ -75,14 +76,14 @@ class TesseraClient:
         )
 
     def create_organisation(self, name: str) -> dict[str, Any]:
-        return self._call("POST", "/organisations", json={"name": name})  # type: ignore[no-any-return]
+        return self._call("POST", "/organisations", json={"name": name})
 
     def create_node(self, name: str, organisation_id: int) -> dict[str, Any]:
         """Enrol a node; the answer's `api_key` is shown this once."""
         return self._call(
             "POST",
             "/nodes",
-            json={  # type: ignore[no-any-return]
+            json={
                 "name": name,
                 "organisation_id": organisation_id,
             },
@@ -92,14 +93,14 @@ class TesseraClient:
         self,
         name: str,
         description: str = "",
-        organisation_ids: list[int] = (),  # type: ignore[assignment]
-        datasets: list[str] = (),
-        members: list[int | str] = (),
-    ) -> dict[str, Any]:  # type: ignore[assignment]
+        organisation_ids: Sequence[int] = (),
+        datasets: Sequence[str] = (),
+        members: Sequence[int | str] = (),
+    ) -> dict[str, Any]:
         return self._call(
             "POST",
             "/studies",
-            json={  # type: ignore[no-any-return]
+            json={
                 "name": name,
                 "description": description,
                 "organisation_ids": list(organisation_ids),
@@ -109,19 +110,19 @@ class TesseraClient:
         )
 
     def study_datasets(self, study_id: int) -> list[dict[str, Any]]:
-        return self._call("GET", f"/studies/{study_id}/datasets")  # type: ignore[no-any-return]
+        return self._call("GET", f"/studies/{study_id}/datasets")
 
     def audit_verify(self) -> dict[str, Any]:
-        return self._call("GET", "/audit/verify")  # type: ignore[no-any-return]
+        return self._call("GET", "/audit/verify")
 
     # ---- queries --------------------------------------------------------------------------
 
     def submit_query(self, study_id: int, query: dict[str, Any]) -> dict[str, Any]:
-        return self._call("POST", f"/studies/{study_id}/queries", json=query)  # type: ignore[no-any-return]
+        return self._call("POST", f"/studies/{study_id}/queries", json=query)
 
     def get_query(self, query_id: int, wait: float | None = None) -> dict[str, Any]:
         params = {"wait": wait} if wait else {}
-        return self._call("GET", f"/queries/{query_id}", params=params)  # type: ignore[no-any-return]
+        return self._call("GET", f"/queries/{query_id}", params=params)
 
     def wait_query(self, query_id: int, timeout: float = 120.0) -> dict[str, Any]:
         """Long-poll until the query succeeded or failed (or `timeout` seconds passed)."""

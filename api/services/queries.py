@@ -87,7 +87,7 @@ def submit(db: Session, study: Study, user: User, raw: Any, settings: Coordinato
         )
     schema = _agreed_schema(query, registered)
     check_query(query, schema, SUPPORTED)
-    statistic = query.statistic  # type: ignore[attr-defined]
+    statistic = query.statistic
     for node, _ in registered:
         allowed = (node.policy or {}).get("allowed_statistics")
         if allowed is not None and statistic not in allowed:
@@ -252,7 +252,7 @@ def start_info(db: Session, node: Node, task_id: int) -> TaskStart:
     db.refresh(query)
     _refuse_if_over(query)
     if query.status != "running":
-        return TaskStart(start=False, status="pending")  # type: ignore[arg-type]
+        return TaskStart(start=False, status="pending")
     parties = db.execute(
         select(Task, Node.name)
         .join(Node, Node.id == Task.node_id)

@@ -33,7 +33,7 @@ def prepare(raw: dict[str, Any] | QueryBase, schema: DatasetSchema) -> QueryBase
 
 
 def statistic_for(query: QueryBase, schema: DatasetSchema) -> SecureStatistic:
-    return REGISTRY[query.statistic](query, schema)  # type: ignore[attr-defined]
+    return REGISTRY[query.statistic](query, schema)
 
 
 def local_summary(query: QueryBase, frame: pd.DataFrame, schema: DatasetSchema) -> LocalSummary:
