@@ -1,10 +1,12 @@
 """`NodeAgent`: register, long-poll for tasks, decide, compute the local summary, run the party.
 
 Each task runs in its own thread, so queries can overlap; each gets its own MPC port from the
-node's range. What leaves the node: its declared schemas and policy summary (at start), its
-accept/refuse decisions (with the reason), progress notes, failure codes, and the *opened
-pooled* result of each protocol. The local summary goes only to the node's own party process
-(on its standard input); rows never leave the process that read them.
+node's range and a fresh TLS identity (key and self-signed certificate, `smpc.tls`). What
+leaves the node: its declared schemas and policy summary (at start), its accept/refuse
+decisions (with the reason), the MPC address and certificate of each run, progress notes,
+failure codes, and the *opened pooled* result of each protocol. The local summary and the TLS
+key go only to the node's own party process (on its standard input); rows never leave the
+process that read them.
 """
 
 from __future__ import annotations
@@ -403,6 +405,8 @@ class NodeAgent:
         """Report to the coordinator; a failure to report is logged, not raised."""
         try:
             getattr(self.client, what)(task_id, *args)
+        except Conflict as exc:  # the query ended meanwhile: nothing left to tell
+            _event(logging.INFO, "task.over", "task %d: %s", task_id, exc.message, task=task_id)
         except TesseraError as exc:
             _event(
                 logging.WARNING,
