@@ -109,16 +109,3 @@ def create_study(
             db, name, description, organisation_id, dataset, list(member), ACTOR
         )
         typer.echo(json.dumps(studies.study_view(db, study), default=str, indent=2))
-
-
-@app.command("audit-verify")
-@reports_errors
-def audit_verify(config: Path | None = ConfigOption) -> None:
-    """Check the coordinator's audit hash chain; exit 1 if it was tampered with."""
-    from api import audit
-
-    with _db(config) as db:
-        report = audit.verify(db)
-    typer.echo(json.dumps(report))
-    if not report["ok"]:
-        raise typer.Exit(1)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from tessera.cli import admin, coordinator, demo, node, simulate
+from tessera.cli import admin, audit, coordinator, demo, node, simulate
 
 app = typer.Typer(
     name="tessera",
@@ -22,6 +22,7 @@ app.command("simulate")(simulate.simulate)
 app.add_typer(coordinator.app, name="coordinator")
 app.add_typer(node.app, name="node")
 app.add_typer(admin.app, name="admin")
+app.add_typer(audit.app, name="audit")
 
 
 if __name__ == "__main__":
