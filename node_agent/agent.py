@@ -86,6 +86,8 @@ class NodeAgent:
         self.registered = threading.Event()
         self._seen: set[int] = set()
         self._threads: dict[int, threading.Thread] = {}
+        self._waiting: set[int] = set()  # accepted tasks waiting for the start signal
+        self._waiting_lock = threading.Lock()
         self._lock_file: IO[str] | None = None
 
     # ---- lifecycle ------------------------------------------------------------------------
@@ -184,8 +186,14 @@ class NodeAgent:
         self.stopping.set()
 
     def shutdown(self, grace_s: float = 10.0) -> None:
-        """Stop polling; let protocols in flight finish for up to `grace_s`; close."""
+        """Stop polling; fail the tasks still waiting for their start signal (their queries
+        then fail at once, not at their deadline); let protocols in flight finish for up to
+        `grace_s`; close."""
         self.stopping.set()
+        with self._waiting_lock:
+            waiting, self._waiting = sorted(self._waiting), set()
+        for task_id in waiting:
+            self._tell("fail", task_id, "node_stopping", "the node agent stopped")
         deadline = time.monotonic() + grace_s
         for thread in list(self._threads.values()):
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
@@ -353,15 +361,28 @@ class NodeAgent:
 
     def _wait_for_start(self, task: TaskOut) -> TaskStart:
         """Long-poll for the go until every party accepted; `Conflict` if the query failed."""
-        while True:
-            if self.stopping.is_set():
-                raise ProtocolFailed("the node agent is stopping")
-            left = (task.deadline - datetime.now(UTC)).total_seconds()
-            if left <= 0:
-                raise ProtocolFailed("the query's deadline passed before every node accepted")
-            start = self.client.start(task.id, min(left, self.settings.poll_wait_s))
-            if start.start:
-                return start
+        with self._waiting_lock:
+            self._waiting.add(task.id)
+        try:
+            while True:
+                with self._waiting_lock:
+                    told = task.id not in self._waiting  # `shutdown` failed it already
+                if told:
+                    raise Conflict("the node agent stopped before the protocol")
+                if self.stopping.is_set():
+                    raise ProtocolFailed("the node agent is stopping")
+                left = (task.deadline - datetime.now(UTC)).total_seconds()
+                if left <= 0:
+                    raise ProtocolFailed("the query's deadline passed before every node accepted")
+                start = self.client.start(task.id, min(left, self.settings.poll_wait_s))
+                if start.start:
+                    with self._waiting_lock:
+                        if task.id not in self._waiting:  # failed by `shutdown` meanwhile
+                            raise Conflict("the node agent stopped before the protocol")
+                    return start
+        finally:
+            with self._waiting_lock:
+                self._waiting.discard(task.id)
 
     def _party(self, task: TaskOut, prepared: _Prepared, start: TaskStart) -> PartyOutcome:
         from smpc import PartyJob, run_party

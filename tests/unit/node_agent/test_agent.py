@@ -27,6 +27,7 @@ class FakeCoordinator:
         self.accepted: dict[int, TaskAccept] = {}
         self.start_error: Exception | None = None
         self.not_yet = 1  # start answers "not yet" this many times per task
+        self.start_wait_s = 0.0
         self.poll_error: Exception | None = None
         self.on_reconnect = None
         self.lock = threading.Lock()
@@ -64,6 +65,7 @@ class FakeCoordinator:
             raise self.start_error
         if self.not_yet > 0:
             self.not_yet -= 1
+            time.sleep(self.start_wait_s)
             return TaskStart(start=False, status="pending")
         mine = self.accepted[task_id]
         peers = [
@@ -341,3 +343,17 @@ def test_a_bad_dataset_stops_the_agent_before_it_registers(node, configs) -> Non
     with pytest.raises(ConfigInvalid, match="missing from the data: sex, weight, icu"):
         agent.run(install_signal_handlers=False)
     assert "hello" not in fake.names()
+
+
+def test_stopping_fails_the_tasks_still_waiting_for_their_start(node) -> None:
+    agent, fake = node()
+    fake.not_yet, fake.start_wait_s = 1000, 0.05
+    with running(agent):
+        fake.queue.append(make_task())
+        deadline = time.monotonic() + 10
+        while "start" not in fake.names() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    fails = [args for name, args in fake.calls if name == "fail"]
+    assert fails == [(11, "node_stopping", "the node agent stopped")]
+    assert "result" not in fake.names()
+    assert fake.names()[-1] == "close"
