@@ -279,6 +279,7 @@ def test_pooled_count_and_mean_equal_pandas_on_the_pooled_rows(world: World) -> 
         text = world.agents[name].text()
         assert "mrn" not in text and "PRIVATE KEY" not in text
         assert str(world.frames[name]["mrn"].iloc[0]) not in text
+    world.agents["node-c"].wait_for('"event": "task.done"', count=2, timeout=10)
     lines = world.agents["node-c"].text().splitlines()  # log_format = "json"
     events = [json.loads(line) for line in lines if line.startswith("{")]
     assert len(events) >= len(lines) - 2
