@@ -405,7 +405,7 @@ class NodeAgent:
             )
         job = PartyJob(
             query=prepared.query,
-            schema=prepared.dataset.schema_,
+            dataset_schema=prepared.dataset.schema_,
             summary=prepared.summary,
             party_id=task.party_id,
             parties=[(p.host, p.port) for p in parties],

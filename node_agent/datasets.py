@@ -45,9 +45,10 @@ def read_source(ds: DatasetConfig) -> pd.DataFrame:
     declared = [c.name for c in ds.columns]
     try:
         if ds.source == "csv":
+            assert ds.path is not None
             categorical = {c.name: "string" for c in ds.columns if c.type == "categorical"}
             return pd.read_csv(
-                ds.path,  # type: ignore[arg-type]
+                ds.path,
                 sep=ds.delimiter,
                 usecols=lambda c: c in declared,
                 dtype=categorical,  # "01" stays "01", not 1
@@ -55,7 +56,8 @@ def read_source(ds: DatasetConfig) -> pd.DataFrame:
         if ds.source == "parquet":
             import pyarrow.parquet as pq
 
-            present = set(pq.read_schema(ds.path).names)  # type: ignore[arg-type]
+            assert ds.path is not None
+            present = set(pq.read_schema(ds.path).names)
             return pd.read_parquet(ds.path, columns=[c for c in declared if c in present])
         return _read_table(ds, declared)
     except ConfigInvalid:
