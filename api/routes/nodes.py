@@ -7,11 +7,12 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Request, status
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import AdminUser, CurrentNode, NotifierDep, SessionDep
-from api.models import Node
-from api.notify import RECHECK_S
+from api.models import Node, Task
+from api.notify import RECHECK_S, Notifier
 from api.services import network, queries
 from tessera.schemas import (
     DatasetSchema,
@@ -71,7 +72,7 @@ def hello(body: NodeHello, node: CurrentNode, db: SessionDep) -> dict[str, Any]:
 
 @router.put("/nodes/me/datasets/{name}", tags=["node agent"])
 def register_dataset(
-    name: Name, body: DatasetSchema, node: CurrentNode, db: SessionDep, notifier: NotifierDep
+    name: Name, body: DatasetSchema, node: CurrentNode, db: SessionDep
 ) -> dict[str, Any]:
     dataset = network.register_dataset(db, node, name, body)
     db.commit()
@@ -110,8 +111,7 @@ def accept(
     task_id: int, body: TaskAccept, node: CurrentNode, db: SessionDep, notifier: NotifierDep
 ) -> dict[str, Any]:
     task_status = queries.accept(db, node, task_id, body)
-    db.commit()
-    notifier.notify(f"query:{_query_of(db, task_id)}")
+    _commit_and_wake(db, notifier, task_id)
     return {"status": task_status}
 
 
@@ -139,8 +139,7 @@ def reject(
     task_id: int, body: TaskRefusal, node: CurrentNode, db: SessionDep, notifier: NotifierDep
 ) -> dict[str, Any]:
     queries.reject(db, node, task_id, body.reason)
-    db.commit()
-    notifier.notify(f"query:{_query_of(db, task_id)}")
+    _commit_and_wake(db, notifier, task_id)
     return {"status": "refused"}
 
 
@@ -149,8 +148,7 @@ def fail(
     task_id: int, body: TaskFailure, node: CurrentNode, db: SessionDep, notifier: NotifierDep
 ) -> dict[str, Any]:
     queries.fail(db, node, task_id, body)
-    db.commit()
-    notifier.notify(f"query:{_query_of(db, task_id)}")
+    _commit_and_wake(db, notifier, task_id)
     return {"status": "failed"}
 
 
@@ -166,13 +164,16 @@ def result(
     task_id: int, body: TaskResult, node: CurrentNode, db: SessionDep, notifier: NotifierDep
 ) -> dict[str, Any]:
     queries.post_result(db, node, task_id, body)
-    db.commit()
-    notifier.notify(f"query:{_query_of(db, task_id)}")
+    _commit_and_wake(db, notifier, task_id)
     return {"status": "done"}
 
 
-def _query_of(db: Any, task_id: int) -> int:
-    from api.models import Task
-
+def _query_of(db: Session, task_id: int) -> int:
     task = db.get(Task, task_id)
     return task.query_id if task is not None else 0
+
+
+def _commit_and_wake(db: Session, notifier: Notifier, task_id: int) -> None:
+    """Commit a task's change, then wake everyone long-polling on its query."""
+    db.commit()
+    notifier.notify(f"query:{_query_of(db, task_id)}")
