@@ -81,7 +81,7 @@ class NodeAgent:
         self._run_party = run_party
         self.policy = Policy(settings.policy, settings.datasets)
         self.cache = DatasetCache()
-        self.ports = PortPool(settings.mpc_host, *settings.port_range)
+        self.ports = PortPool(settings.listen_host, *settings.port_range)
         self.audit: AuditLog | None = None
         self.registered = threading.Event()
         self._seen: set[int] = set()
@@ -408,7 +408,11 @@ class NodeAgent:
             dataset_schema=prepared.dataset.schema_,
             summary=prepared.summary,
             party_id=task.party_id,
-            parties=[(p.host, p.port) for p in parties],
+            # Our own entry is where our party listens; the others', where we reach them.
+            parties=[
+                (self.settings.listen_host if p.party_id == task.party_id else p.host, p.port)
+                for p in parties
+            ],
             min_count_floor=self.policy.min_count,
             timeout_s=timeout,
             tls=PartyTLS(

@@ -116,6 +116,7 @@ class NodeSettings(BaseSettings):
     api_key: SecretStr | None = None
     api_key_file: Path | None = None
     mpc_host: str = Field("127.0.0.1", min_length=1)
+    mpc_bind_host: str | None = None  # where the party listens, if not at mpc_host (NAT, LB)
     mpc_ports: str = "21000-21099"
     work_dir: Path = Path(".")
     poll_wait_s: float = Field(25.0, gt=0, le=120)
@@ -168,6 +169,11 @@ class NodeSettings(BaseSettings):
     @property
     def port_range(self) -> tuple[int, int]:
         return _parse_range(self.mpc_ports)
+
+    @property
+    def listen_host(self) -> str:
+        """The local address the node's MPC party binds (`mpc_bind_host`, else `mpc_host`)."""
+        return self.mpc_bind_host or self.mpc_host
 
     @property
     def key(self) -> str:

@@ -52,7 +52,8 @@ class PortPool:
                 if exc.errno in (errno.EADDRINUSE, errno.EACCES):
                     return False
                 raise ConfigInvalid(
-                    f"mpc_host {self.host!r}: cannot listen there ({exc.strerror}); it must be "
-                    "an address of this machine"
+                    f"cannot listen on {self.host!r} ({exc.strerror}): mpc_host must be an "
+                    "address of this machine, or set mpc_bind_host (e.g. 0.0.0.0) when the "
+                    "other parties reach this node through another address"
                 ) from None
         return True

@@ -143,8 +143,8 @@ def make_task(task_id: int = 11, query: dict[str, Any] | None = None) -> TaskOut
 def node(configs):  # type: ignore[no-untyped-def]
     configs.cohort().to_csv(configs.root / "cohort.csv", index=False)
 
-    def build(policy: str = "min_count = 7", party: FakeParty | None = None):  # type: ignore[no-untyped-def]
-        text = configs.node_toml(configs.dataset(), policy=policy)
+    def build(policy: str = "min_count = 7", party: FakeParty | None = None, top: str = ""):  # type: ignore[no-untyped-def]
+        text = configs.node_toml(configs.dataset(), policy=policy, top=top)
         text = text.replace('"21000-21009"', f'"{free_range()}"')
         settings = configs.settings(text)
         fake = FakeCoordinator()
@@ -357,3 +357,15 @@ def test_stopping_fails_the_tasks_still_waiting_for_their_start(node) -> None:
     assert fails == [(11, "node_stopping", "the node agent stopped")]
     assert "result" not in fake.names()
     assert fake.names()[-1] == "close"
+
+
+def test_behind_nat_it_advertises_mpc_host_and_listens_on_mpc_bind_host(node) -> None:
+    party = FakeParty()
+    agent, fake = node(party=party, top='mpc_host = "192.0.2.7"\nmpc_bind_host = "127.0.0.1"')
+    fake.not_yet = 0
+    agent.handle(make_task())
+    accepted = fake.accepted[11]
+    assert accepted.mpc_host == "192.0.2.7"
+    [job] = party.jobs
+    assert job.parties[1] == ("127.0.0.1", accepted.mpc_port)
+    assert fake.names()[-1] == "result"
