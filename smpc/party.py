@@ -77,6 +77,15 @@ def _preload() -> None:
     import smpc.statistics  # noqa: F401
 
 
+def _timed_out(job: Any, _: BaseException) -> int:
+    message = (
+        f"party {job.party_id} timed out after {job.timeout_s:.0f} s waiting for the other "
+        "parties (one did not connect or stopped answering)"
+    )
+    print(ERROR + json.dumps({"code": "timeout", "message": message}), flush=True)
+    return 1
+
+
 def main() -> int:
     from smpc.job import PartyJob
 
@@ -97,10 +106,12 @@ def main() -> int:
         from mpyc.runtime import mpc
 
         outcome = mpc.run(asyncio.wait_for(_run(mpc, job), timeout=job.timeout_s))
-    except TimeoutError:
-        message = f"party {job.party_id} timed out after {job.timeout_s:.0f} s"
-        print(ERROR + json.dumps({"code": "timeout", "message": message}), flush=True)
-        return 1
+    except (TimeoutError, asyncio.CancelledError) as exc:
+        return _timed_out(job, exc)
+    except RuntimeError as exc:
+        if "Event loop stopped before Future completed" not in str(exc):
+            raise
+        return _timed_out(job, exc)
     except Exception as exc:
         from tessera.errors import TesseraError
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -20,6 +21,18 @@ from smpc.party import ERROR, OUTCOME
 from tessera.errors import ERRORS_BY_CODE, ProtocolFailed, TesseraError
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: on Linux, get SIGKILL when the parent dies, so a party never
+    outlives a killed node agent (elsewhere it ends at its own deadline)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _spawn() -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "smpc.party"],
@@ -27,6 +40,7 @@ def _spawn() -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
     )
 
 
