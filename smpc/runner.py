@@ -58,6 +58,8 @@ class WarmParties:
         self._idle: list[subprocess.Popen[str]] = []
         self._lock = threading.Lock()
         self._want = 1
+        self._wake = threading.Event()
+        self._refiller: threading.Thread | None = None
         atexit.register(self.close)
 
     def take(self, count: int = 1) -> list[subprocess.Popen[str]]:
@@ -71,12 +73,24 @@ class WarmParties:
     def refill_soon(self) -> None:
         """Start replacements in the background (after a run, not during it: they compete
         for the CPU while importing)."""
-        threading.Thread(target=self._refill, daemon=True).start()
-
-    def _refill(self) -> None:
         with self._lock:
-            missing = self._want - len(self._idle)
-            self._idle += [_spawn() for _ in range(max(missing, 0))]
+            if self._refiller is None:
+                # One long-lived thread spawns every warm process: on Linux a child's
+                # parent-death signal fires when the *thread* that forked it ends.
+                self._refiller = threading.Thread(
+                    target=self._refill_forever, daemon=True, name="warm-parties"
+                )
+                self._refiller.start()
+        self._wake.set()
+
+    def _refill_forever(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            with self._lock:
+                self._idle = [p for p in self._idle if p.poll() is None]
+                missing = self._want - len(self._idle)
+                self._idle += [_spawn() for _ in range(max(missing, 0))]
 
     def close(self) -> None:
         with self._lock:
