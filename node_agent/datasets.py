@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from node_agent.config import DatasetConfig
-from tessera.errors import ConfigInvalid
+from tessera.errors import ConfigInvalid, DataInvalid
 
 _TRUTH = {
     "true": True, "t": True, "yes": True, "1": True, "1.0": True,
@@ -29,12 +29,12 @@ _TRUTH = {
 }  # fmt: skip
 
 
-def _fail(ds: DatasetConfig, message: str, column: str | None = None) -> ConfigInvalid:
+def _fail(ds: DatasetConfig, message: str, column: str | None = None) -> DataInvalid:
     where = f"dataset {ds.name!r}" + (f", column {column!r}" if column else "")
     details: dict[str, Any] = {"dataset": ds.name}
     if column:
         details["column"] = column
-    return ConfigInvalid(f"{where}: {message}", details)
+    return DataInvalid(f"{where}: {message}", details)
 
 
 # ---- reading --------------------------------------------------------------------------------

@@ -91,6 +91,13 @@ class ConfigInvalid(TesseraError):
     http_status = 500
 
 
+class DataInvalid(ConfigInvalid):
+    """A node's data that breaks its declared schema (the message never quotes a value)."""
+
+    code = "data_invalid"
+    http_status = 422
+
+
 ERRORS_BY_CODE: dict[str, type[TesseraError]] = {
     cls.code: cls
     for cls in (
@@ -105,6 +112,7 @@ ERRORS_BY_CODE: dict[str, type[TesseraError]] = {
         Forbidden,
         ProtocolFailed,
         ConfigInvalid,
+        DataInvalid,
     )
 }
 

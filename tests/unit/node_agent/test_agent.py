@@ -258,7 +258,7 @@ def test_data_that_broke_its_schema_fails_the_task_without_values(node, configs)
     broken.to_csv(configs.root / "cohort.csv", index=False)
     agent.handle(make_task(query={"statistic": "mean", "column": "weight"}))
     [(name, (_, code, message))] = fake.calls
-    assert (name, code) == ("fail", "config_invalid")
+    assert (name, code) == ("fail", "data_invalid")
     assert message == (
         "dataset 'cohort', column 'weight': 1 row (first: data row 3) above the declared "
         "maximum 200"

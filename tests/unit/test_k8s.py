@@ -1,0 +1,49 @@
+"""The Kubernetes manifests hold together: the node's config loads, ports and probes match."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from node_agent.config import NodeSettings
+
+K8S = Path(__file__).resolve().parents[2] / "k8s"
+
+
+def documents(name: str) -> dict[str, dict]:
+    return {
+        d["kind"] + "/" + d["metadata"]["name"]: d
+        for d in yaml.safe_load_all((K8S / name).read_text())
+    }
+
+
+def test_the_node_config_map_is_a_valid_node_configuration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = documents("node-agent.yaml")
+    config = tmp_path / "node.toml"
+    config.write_text(docs["ConfigMap/tessera-node-config"]["data"]["node.toml"])
+    monkeypatch.setenv("TESSERA_API_KEY", "tn_0123456789abcdef.secret")
+    settings = NodeSettings.load(config)
+    low, high = settings.port_range
+    service_ports = {p["port"] for p in docs["Service/tessera-node-mpc"]["spec"]["ports"]}
+    assert service_ports == set(range(low, high + 1))
+    container = docs["Deployment/tessera-node"]["spec"]["template"]["spec"]["containers"][0]
+    assert {p["containerPort"] for p in container["ports"]} == service_ports
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert str(settings.work_dir) in mounts and not mounts[str(settings.work_dir)].get("readOnly")
+
+
+def test_the_coordinator_probes_point_at_real_routes() -> None:
+    from api import create_app
+
+    routes = set(create_app().openapi()["paths"])
+    container = documents("coordinator.yaml")["Deployment/tessera-coordinator"]["spec"]["template"][
+        "spec"
+    ]["containers"][0]
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["path"] in routes
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["TESSERA_ENVIRONMENT"] == "production"
