@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -10,12 +9,13 @@ from pydantic import SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tessera.errors import ConfigInvalid
+from tessera.settings import ENV_PREFIX, read_toml
 
 DEV_JWT_SECRET = "tessera-local-development-only"
 
 
 class CoordinatorSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TESSERA_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
     environment: Literal["local", "production"] = "local"
     database_url: str = "sqlite:///./tessera.db"
@@ -46,14 +46,7 @@ class CoordinatorSettings(BaseSettings):
     @classmethod
     def load(cls, path: Path | None = None, **overrides: Any) -> CoordinatorSettings:
         """Settings from a TOML file (if given), then environment variables, then overrides."""
-        values: dict[str, Any] = {}
-        if path is not None:
-            try:
-                values = tomllib.loads(path.read_text())
-            except FileNotFoundError:
-                raise ConfigInvalid(f"configuration file not found: {path}") from None
-            except tomllib.TOMLDecodeError as exc:
-                raise ConfigInvalid(f"{path} is not valid TOML: {exc}") from None
+        values = read_toml(path) if path is not None else {}
         try:
             env = cls()
             merged = {**values, **env.model_dump(exclude_unset=True), **overrides}

@@ -10,7 +10,6 @@ against the file's folder. See docs/node-agent.md for the full reference.
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,8 +26,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from tessera.errors import ConfigInvalid
 from tessera.schemas import ColumnSpec, DatasetSchema, Name, NodePolicySummary
-
-ENV_PREFIX = "TESSERA_"
+from tessera.settings import ENV_PREFIX, read_toml
 
 
 class DatasetConfig(BaseModel):
@@ -192,14 +190,7 @@ class NodeSettings(BaseSettings):
     def load(cls, path: Path) -> NodeSettings:
         """Read, resolve and validate a node's TOML file; `ConfigInvalid` names file, key and
         problem."""
-        try:
-            raw: dict[str, Any] = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigInvalid(f"configuration file not found: {path}") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigInvalid(f"cannot read configuration file {path}: {exc}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigInvalid(f"{path} is not valid TOML: {exc}") from None
+        raw = read_toml(path)
         _resolve_paths(raw, path.resolve().parent)
         try:
             return cls(**raw)
