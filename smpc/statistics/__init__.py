@@ -11,6 +11,7 @@ from smpc.job import LocalSummary
 from smpc.query import QueryBase, check_query, parse_query
 from smpc.statistics.base import Opened, SecureStatistic
 from smpc.statistics.count import Count
+from smpc.statistics.crosstab import Crosstab
 from smpc.statistics.extrema import Max, Min
 from smpc.statistics.histogram import Histogram
 from smpc.statistics.mean import Mean
@@ -19,7 +20,7 @@ from smpc.statistics.variance import Variance
 from tessera.schemas import DatasetSchema
 
 REGISTRY: dict[str, type[SecureStatistic]] = {
-    cls.name: cls for cls in (Count, Sum, Mean, Variance, Min, Max, Histogram)
+    cls.name: cls for cls in (Count, Sum, Mean, Variance, Min, Max, Histogram, Crosstab)
 }
 SUPPORTED: tuple[str, ...] = tuple(REGISTRY)
 

@@ -54,6 +54,7 @@ class SecureStatistic:
     moments: ClassVar[tuple[str, ...]] = ()  # fixed-point sums shared per cell: "sum", "sumsq"
     extreme: ClassVar[Literal["min", "max"] | None] = None
     value_column: ClassVar[bool] = True  # reads `query.column`
+    binned: ClassVar[bool] = False  # cells within a group come from `bin_index`
 
     def __init__(self, query: QueryBase, schema: DatasetSchema) -> None:
         self.query = query
@@ -86,7 +87,7 @@ class SecureStatistic:
         data = data[mask]
         cells = self.layout.group_codes(data) * self.layout.bins
         within = cells >= 0
-        if self.layout.bins > 1:
+        if self.binned:
             bin_index = self.bin_index(data)
             within &= bin_index >= 0
             cells = cells + bin_index

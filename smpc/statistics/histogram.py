@@ -24,6 +24,7 @@ from smpc.statistics.base import Opened, SecureStatistic
 
 class Histogram(SecureStatistic):
     name = "histogram"
+    binned = True
     query: HistogramQuery
 
     def bins(self) -> int:

@@ -1,0 +1,98 @@
+"""`crosstab`: pooled counts of every (row level, column level) pair of two categorical columns.
+
+Levels come from the declared schema (booleans: `False`, `True`), so every site has the same
+table even where a level is absent locally. Each party shares its count per cell; every cell is
+compared with `min_count` inside MPC and only released cells are opened; a suppressed cell is
+`null`. A table's `n` (and the overall `n`) is opened only when none of its cells is
+suppressed, so that no suppressed cell can be recovered by subtraction. With `group_by`, one
+table per group.
+
+Cost: one secure comparison per cell when `min_count` > 0; independent of rows.
+
+Reveals: the pooled count of each released cell; which cells are suppressed; n where safe.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from smpc.cells import CellLayout
+from smpc.query import CrosstabQuery
+from smpc.statistics.base import Opened, SecureStatistic
+from tessera.errors import QueryInvalid
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from tessera.schemas import DatasetSchema
+
+
+class Crosstab(SecureStatistic):
+    name = "crosstab"
+    value_column = False
+    binned = True
+    query: CrosstabQuery
+
+    def __init__(self, query: CrosstabQuery, schema: DatasetSchema) -> None:
+        super().__init__(query, schema)
+        axes = [*query.group_by, query.rows, query.columns]
+        self.table = CellLayout.build([query.rows, query.columns], schema)
+        self.cells = CellLayout.build(axes, schema)
+        self.layout = CellLayout.build(list(query.group_by), schema, self.table.size)
+
+    def validate(self) -> None:
+        q = self.query
+        if q.rows == q.columns:
+            raise QueryInvalid("crosstab: rows and columns must be different columns")
+        for name in (q.rows, q.columns):
+            spec = self.schema.column(name)
+            assert spec is not None
+            if spec.type not in ("categorical", "boolean"):
+                raise QueryInvalid(
+                    f"crosstab: column {name!r} is {spec.type}; rows and columns must be "
+                    "categorical or boolean",
+                    {"column": name},
+                )
+            if name in q.group_by:
+                raise QueryInvalid(f"crosstab: {name!r} is both an axis and a group_by column")
+
+    def bin_index(self, data: pd.DataFrame) -> Any:
+        return self.table.group_codes(data)
+
+    def group_result(self, opened: Opened, g: int) -> dict[str, Any]:
+        size = self.table.size
+        flat = [
+            opened.counts[c] if opened.released[c] else None
+            for c in range(g * size, (g + 1) * size)
+        ]
+        return self._table(flat)
+
+    def _table(self, flat: list[int | None]) -> dict[str, Any]:
+        row_levels, column_levels = (list(levels) for levels in self.table.levels)
+        width = len(column_levels)
+        counts = [flat[i * width : (i + 1) * width] for i in range(len(row_levels))]
+        shown = [c for c in flat if c is not None]
+        n = sum(shown) if len(shown) == len(flat) else None
+        return {"n": n, "row_levels": row_levels, "column_levels": column_levels, "counts": counts}
+
+    def reference_group(self, sub: pd.DataFrame, min_count: int) -> dict[str, Any]:
+        q = self.query
+        flat: list[int | None] = []
+        for row_level, column_level in self.table.groups:
+            hit = _level_mask(sub, q.rows, row_level, self.schema) & _level_mask(
+                sub, q.columns, column_level, self.schema
+            )
+            count = int(hit.sum())
+            flat.append(count if count >= min_count else None)
+        return self._table(flat)
+
+    def reference_count(self, entry: dict[str, Any]) -> int:
+        return sum(sum(row) for row in entry["counts"])
+
+
+def _level_mask(frame: pd.DataFrame, column: str, level: str, schema: DatasetSchema) -> Any:
+    spec = schema.column(column)
+    assert spec is not None
+    if spec.type == "boolean":
+        return frame[column] == (1.0 if level == "True" else 0.0)
+    return frame[column] == level

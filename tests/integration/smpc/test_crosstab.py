@@ -1,0 +1,92 @@
+"""`crosstab` by MPC equals `pandas.crosstab` on the pooled rows; small cells never opened."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from smpc import prepare, simulate
+from smpc.frames import infer_schema
+from tessera.errors import QueryInvalid
+
+
+@pytest.fixture(scope="module")
+def hie() -> pd.DataFrame:
+    from statsmodels.datasets import randhie
+
+    d = randhie.load_pandas().data
+    health = np.select(
+        [d.hlthp == 1, d.hlthf == 1, d.hlthg == 1], ["poor", "fair", "good"], "excellent"
+    )
+    return d.assign(health=health, idp=d.idp.astype(bool), physlm=d.physlm > 0)
+
+
+def parts(frame: pd.DataFrame, cuts: list[int]) -> list[pd.DataFrame]:
+    edges = [0, *cuts, len(frame)]
+    return [frame.iloc[a:b] for a, b in itertools.pairwise(edges)]
+
+
+def test_crosstab_equals_pandas(hie: pd.DataFrame) -> None:
+    frames = parts(hie, [3000, 11000, 12500, 17000])
+    result = simulate(
+        {"statistic": "crosstab", "dataset": "h", "rows": "health", "columns": "idp"}, frames
+    )
+    expected = pd.crosstab(hie.health, hie.idp)
+    assert result["row_levels"] == ["excellent", "fair", "good", "poor"]
+    assert result["column_levels"] == ["False", "True"]
+    assert result["counts"] == expected.to_numpy().tolist()
+    assert result["n"] == len(hie)
+
+
+def test_small_cells_are_suppressed_and_n_hidden(hie: pd.DataFrame) -> None:
+    frames = parts(hie, [5000, 12000])
+    result = simulate(
+        {
+            "statistic": "crosstab",
+            "dataset": "h",
+            "rows": "health",
+            "columns": "idp",
+            "min_count": 100,
+        },
+        frames,
+    )
+    expected = pd.crosstab(hie.health, hie.idp).to_numpy()
+    assert result["counts"] == [[int(c) if c >= 100 else None for c in row] for row in expected]
+    assert result["counts"][3][1] is None and result["n"] is None
+
+
+def test_crosstab_per_group_with_a_filter(hie: pd.DataFrame) -> None:
+    frames = parts(hie, [6000, 13000])
+    result = simulate(
+        {
+            "statistic": "crosstab",
+            "dataset": "h",
+            "rows": "idp",
+            "columns": "physlm",
+            "group_by": ["health"],
+            "where": [["mdvis", ">", 0]],
+        },
+        frames,
+    )
+    rows = hie[hie.mdvis > 0]
+    for entry in result["groups"]:
+        sub = rows[rows.health == entry["group"]["health"]]
+        expected = pd.crosstab(sub.idp, sub.physlm).reindex(
+            index=[False, True], columns=[False, True], fill_value=0
+        )
+        assert entry["counts"] == expected.to_numpy().tolist()
+        assert entry["n"] == len(sub)
+    assert result["n"] == len(rows)
+
+
+def test_axes_must_be_two_distinct_categorical_columns(hie: pd.DataFrame) -> None:
+    schema = infer_schema([hie])
+    with pytest.raises(QueryInvalid, match="must be different"):
+        prepare({"statistic": "crosstab", "dataset": "h", "rows": "idp", "columns": "idp"}, schema)
+    with pytest.raises(QueryInvalid, match="'mdvis' is integer; rows and columns must be"):
+        prepare(
+            {"statistic": "crosstab", "dataset": "h", "rows": "mdvis", "columns": "idp"}, schema
+        )
