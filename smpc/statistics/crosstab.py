@@ -1,7 +1,7 @@
 """`crosstab`: pooled counts of every (row level, column level) pair of two categorical columns.
 
-Levels come from the declared schema (booleans: `False`, `True`), so every site has the same
-table even where a level is absent locally. Each party shares its count per cell; every cell is
+Levels come from the declared schema (booleans: `False`, `True`), sorted, so every site has
+the same table even where a level is absent locally. Each party shares its count per cell; every cell is
 compared with `min_count` inside MPC and only released cells are opened; a suppressed cell is
 `null`. A table's `n` (and the overall `n`) is opened only when none of its cells is
 suppressed, so that no suppressed cell can be recovered by subtraction. With `group_by`, one
@@ -35,9 +35,11 @@ class Crosstab(SecureStatistic):
 
     def __init__(self, query: CrosstabQuery, schema: DatasetSchema) -> None:
         super().__init__(query, schema)
-        axes = [*query.group_by, query.rows, query.columns]
-        self.table = CellLayout.build([query.rows, query.columns], schema)
-        self.cells = CellLayout.build(axes, schema)
+        declared = CellLayout.build([query.rows, query.columns], schema)
+        # DESIGN.md: crosstab levels are sorted (whatever order the schema declares them in)
+        self.table = CellLayout(
+            declared.group_columns, tuple(tuple(sorted(v)) for v in declared.levels)
+        )
         self.layout = CellLayout.build(list(query.group_by), schema, self.table.size)
 
     def validate(self) -> None:
