@@ -3,9 +3,9 @@
 Levels come from the declared schema (booleans: `False`, `True`), sorted, so every site has
 the same table even where a level is absent locally. Each party shares its count per cell;
 every cell is compared with `min_count` inside MPC and only released cells are opened; a
-suppressed cell is `null`. A table's `n` (and the overall `n`) is opened only when none of its cells is
-suppressed, so that no suppressed cell can be recovered by subtraction. With `group_by`, one
-table per group.
+suppressed cell is `null`. A table's `n` (and the overall `n`) is opened only when none of its
+cells is suppressed, so that no suppressed cell can be recovered by subtraction. With
+`group_by`, one table per group.
 
 Cost: one secure comparison per cell when `min_count` > 0; independent of rows.
 
