@@ -138,11 +138,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 k and 100 k rows, 3 nodes only")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--nodes", type=int, nargs="+", help="node counts (default 3 5)")
+    parser.add_argument("--rows", type=int, nargs="+", help="rows per node (default 1e3 1e5 1e6)")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "query_latency.json")
     args = parser.parse_args()
 
-    sizes = [1_000, 100_000] if args.quick else [1_000, 100_000, 1_000_000]
-    node_counts = [3] if args.quick else [3, 5]
+    sizes = args.rows or ([1_000, 100_000] if args.quick else [1_000, 100_000, 1_000_000])
+    node_counts = args.nodes or ([3] if args.quick else [3, 5])
     rows_out = []
     header = (
         f"{'nodes':>5} {'rows/node':>10} {'query':<10} {'REST p50':>9} {'REST p95':>9} "
