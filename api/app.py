@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from sqlalchemy.exc import IntegrityError
 
 from api import errors
 from api.db import Database
@@ -29,12 +30,15 @@ def create_app(settings: CoordinatorSettings | None = None) -> FastAPI:
         database = Database(settings.database_url)
         upgrade(database.engine)
         if settings.bootstrap_admin_username and settings.bootstrap_admin_password:
-            with database.session() as db:
-                ensure_admin(
-                    db,
-                    settings.bootstrap_admin_username,
-                    settings.bootstrap_admin_password.get_secret_value(),
-                )
+            try:
+                with database.session() as db:
+                    ensure_admin(
+                        db,
+                        settings.bootstrap_admin_username,
+                        settings.bootstrap_admin_password.get_secret_value(),
+                    )
+            except IntegrityError:
+                pass  # another replica created the administrator at the same moment
         notifier = Notifier()
         notifier.bind(asyncio.get_running_loop())
         app.state.db, app.state.notifier = database, notifier

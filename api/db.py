@@ -1,4 +1,10 @@
-"""Engine and sessions, built per app from settings (nothing at import time)."""
+"""Engine and sessions, built per app from settings (nothing at import time).
+
+Concurrency: every change to a query takes its row lock (`api.services.queries.lock_query`),
+and every audit append takes the chain lock (`api.audit`). On PostgreSQL those are row locks and an advisory lock; on
+SQLite, which locks the whole database, both become "take the write lock now" (`write_lock`), so
+that what is read next is the latest committed state and no other writer runs until commit.
+"""
 
 from __future__ import annotations
 
@@ -6,27 +12,45 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
 def make_engine(url: str) -> Engine:
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
-    if url.startswith("sqlite"):
+    sqlite = url.startswith("sqlite")
+    if sqlite:
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
     engine = create_engine(url, **kwargs)
-    if url.startswith("sqlite"):
+    if sqlite:
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute("PRAGMA synchronous=NORMAL")  # durable at each WAL checkpoint
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 
     return engine
+
+
+def is_sqlite(db: Session) -> bool:
+    return db.get_bind().dialect.name == "sqlite"
+
+
+def write_lock(db: Session) -> None:
+    """SQLite only: hold the database's write lock from now until the transaction ends.
+
+    The driver opens a transaction lazily, before the first write; an UPDATE that matches no
+    row is such a write. Reads before it may be stale, reads after it are not.
+    """
+    if is_sqlite(db):
+        db.execute(text("UPDATE audit_events SET id = id WHERE 0 = 1"))
 
 
 class Database:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -35,6 +35,9 @@ def get_session(request: Request) -> Iterator[Session]:
         yield db
 
 
+WaitParam = Query(
+    0.0, ge=0, description="Long-poll: seconds to wait for news (capped at long_poll_max_s)."
+)
 SettingsDep = Annotated[CoordinatorSettings, Depends(get_settings)]
 NotifierDep = Annotated[Notifier, Depends(get_notifier)]
 SessionDep = Annotated[Session, Depends(get_session)]

@@ -3,18 +3,59 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, get_args
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from tessera.schemas import QueryStatus, TaskStatus
+
+ROLES = ("admin", "researcher", "steward")
+QUERY_STATUSES: tuple[str, ...] = get_args(QueryStatus)
+TASK_STATUSES: tuple[str, ...] = get_args(TaskStatus)
+
+
+def one_of(column: str, values: tuple[str, ...]) -> str:
+    """A CHECK constraint's condition: `column` holds one of `values`."""
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC in and out, on every backend (SQLite keeps no zone: it is UTC)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: the coordinator stores timezone-aware UTC only")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 class Base(DeclarativeBase):
-    type_annotation_map = {datetime: DateTime(timezone=True), dict[str, Any]: JSON}
+    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON}
 
 
 class Organisation(Base):
@@ -27,6 +68,7 @@ class Organisation(Base):
 
 class User(Base):
     __tablename__ = "users"
+    __table_args__ = (CheckConstraint(one_of("role", ROLES), name="ck_users_role"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     username: Mapped[str] = mapped_column(String(64), unique=True)
@@ -99,6 +141,7 @@ class StudyDataset(Base):
 
 class Query(Base):
     __tablename__ = "queries"
+    __table_args__ = (CheckConstraint(one_of("status", QUERY_STATUSES), name="ck_queries_status"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"))
@@ -124,6 +167,7 @@ class Task(Base):
     """One node's part in one query: its party id, its MPC address, its opened result."""
 
     __tablename__ = "tasks"
+    __table_args__ = (CheckConstraint(one_of("status", TASK_STATUSES), name="ck_tasks_status"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     query_id: Mapped[int] = mapped_column(ForeignKey("queries.id"), index=True)
@@ -138,8 +182,8 @@ class Task(Base):
     seconds: Mapped[float | None] = mapped_column()
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
-    stage: Mapped[str | None] = mapped_column(String(64))
-    stage_message: Mapped[str | None] = mapped_column(Text)
+    progress_stage: Mapped[str | None] = mapped_column(String(64))
+    progress_message: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     query: Mapped[Query] = relationship(back_populates="tasks")
@@ -155,7 +199,7 @@ class AuditEvent(Base):
     at: Mapped[datetime] = mapped_column(default=utcnow)
     actor: Mapped[str] = mapped_column(String(100))
     action: Mapped[str] = mapped_column(String(64))
-    subject: Mapped[str] = mapped_column(String(200))
+    subject: Mapped[str] = mapped_column(Text)
     details: Mapped[dict[str, Any]] = mapped_column(JSON)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64), unique=True)

@@ -1,7 +1,8 @@
 """The sweeper: fails queries that missed their deadline, every `sweep_interval_s`.
 
-Safe with several coordinator replicas: each overdue query is locked (skipping rows another
-replica holds) and re-checked before it is failed.
+Safe with several coordinator replicas: each overdue query is failed by a conditional update in
+its own transaction (`queries.expire`), so exactly one replica fails it and writes its audit
+event; the others find it already failed.
 """
 
 from __future__ import annotations
@@ -21,15 +22,21 @@ log = logging.getLogger("tessera.coordinator")
 async def sweep_forever(database: Database, notifier: Notifier, interval: float) -> None:
     while True:
         try:
-            failed = await run_in_threadpool(_sweep_once, database)
-            for query_id, node_ids in failed:
-                log.info("query %s failed: deadline passed", query_id)
+            for query_id, node_ids in await run_in_threadpool(sweep_once, database):
                 notifier.notify(f"query:{query_id}", *(f"node:{n}" for n in node_ids))
         except Exception:  # the sweeper must outlive a database hiccup
             log.exception("sweep failed; retrying")
         await asyncio.sleep(interval)
 
 
-def _sweep_once(database: Database) -> list[tuple[int, list[int]]]:
+def sweep_once(database: Database) -> list[tuple[int, list[int]]]:
+    """Fail every overdue query; returns each one's id and its nodes' ids (to wake)."""
     with database.session() as db:
-        return [(q.id, queries.node_ids(q)) for q in queries.sweep(db)]
+        overdue = queries.overdue_queries(db)
+    failed = []
+    for query_id in overdue:
+        with database.session() as db:
+            query = queries.expire(db, query_id)
+            if query is not None:
+                failed.append((query_id, [t.node_id for t in query.tasks]))
+    return failed

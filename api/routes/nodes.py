@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from fastapi import APIRouter, Query, Request, status
+from fastapi import APIRouter, Request, status
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import AdminUser, CurrentNode, NotifierDep, SessionDep
+from api.db import Database
+from api.deps import AdminUser, CurrentNode, NotifierDep, SessionDep, WaitParam
 from api.models import Node, Task
-from api.notify import RECHECK_S, Notifier
+from api.notify import Notifier, long_poll
 from api.services import network, queries
 from tessera.schemas import (
     DatasetSchema,
@@ -28,7 +29,6 @@ from tessera.schemas import (
 )
 
 router = APIRouter()
-WaitParam = Query(0.0, ge=0, description="Long-poll: seconds to wait for news (capped).")
 
 
 class NewNode(BaseModel):
@@ -79,19 +79,6 @@ def register_dataset(
     return {"name": dataset.name, "node": node.name, "schema": dataset.schema}
 
 
-async def _long_poll(request: Request, wait: float, topic: str, check: Any) -> Any:
-    """Call `check` (in a worker thread, own DB session) until it answers or `wait` runs out."""
-    settings = request.app.state.settings
-    notifier = request.app.state.notifier
-    deadline = time.monotonic() + min(wait, settings.long_poll_max_s)
-    while True:
-        answer = await run_in_threadpool(check)
-        left = deadline - time.monotonic()
-        if answer is not None or left <= 0 or await request.is_disconnected():
-            return answer
-        await notifier.wait(topic, min(left, RECHECK_S))
-
-
 @router.get("/nodes/me/tasks", tags=["node agent"])
 async def my_tasks(request: Request, node: CurrentNode, wait: float = WaitParam) -> list[TaskOut]:
     """This node's new tasks; with `wait`, a long-poll that answers as soon as one arrives."""
@@ -103,16 +90,17 @@ async def my_tasks(request: Request, node: CurrentNode, wait: float = WaitParam)
             tasks = queries.offer_tasks(db, me)
         return tasks or None
 
-    return await _long_poll(request, wait, f"node:{node_id}", check) or []
+    return await long_poll(request, wait, f"node:{node_id}", check) or []
 
 
 @router.post("/tasks/{task_id}/accept", tags=["node agent"])
 def accept(
     task_id: int, body: TaskAccept, node: CurrentNode, db: SessionDep, notifier: NotifierDep
 ) -> dict[str, Any]:
-    task_status = queries.accept(db, node, task_id, body)
+    """Accept a task, giving this run's MPC address (and certificate); 409 if the query is over."""
+    queries.accept(db, node, task_id, body)
     _commit_and_wake(db, notifier, task_id)
-    return {"status": task_status}
+    return {"status": "accepted"}
 
 
 @router.get("/tasks/{task_id}/start", tags=["node agent"])
@@ -121,8 +109,7 @@ async def start(
 ) -> TaskStart:
     """Long-poll for the go: every party's address once all nodes accepted; 409 if failed."""
     node_id = node.id
-    with request.app.state.db.session() as db:
-        query_id = _query_of(db, task_id)
+    query_id = await run_in_threadpool(_query_of, request.app.state.db, task_id)
 
     def check() -> TaskStart | None:
         with request.app.state.db.session() as db:
@@ -130,7 +117,7 @@ async def start(
             info = queries.start_info(db, me, task_id)
         return info if info.start else None
 
-    answer = await _long_poll(request, wait, f"query:{query_id}", check)
+    answer = await long_poll(request, wait, f"query:{query_id}", check)
     return answer or TaskStart(start=False, status="pending")
 
 
@@ -168,12 +155,14 @@ def result(
     return {"status": "done"}
 
 
-def _query_of(db: Session, task_id: int) -> int:
-    task = db.get(Task, task_id)
-    return task.query_id if task is not None else 0
+def _query_of(database: Database, task_id: int) -> int:
+    with database.session() as db:
+        query_id = db.scalar(select(Task.query_id).where(Task.id == task_id))
+    return query_id or 0
 
 
 def _commit_and_wake(db: Session, notifier: Notifier, task_id: int) -> None:
     """Commit a task's change, then wake everyone long-polling on its query."""
+    query_id = db.scalar(select(Task.query_id).where(Task.id == task_id))
     db.commit()
-    notifier.notify(f"query:{_query_of(db, task_id)}")
+    notifier.notify(f"query:{query_id}")

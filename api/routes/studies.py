@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from fastapi import APIRouter, Body, Query, Request, status
+from fastapi import APIRouter, Body, Request, status
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.concurrency import run_in_threadpool
 
-from api.deps import AdminUser, CurrentUser, NotifierDep, SessionDep, SettingsDep
-from api.notify import RECHECK_S
+from api.deps import AdminUser, CurrentUser, NotifierDep, SessionDep, SettingsDep, WaitParam
+from api.notify import long_poll
 from api.services import queries, studies
+from tessera.errors import InvalidRequest
 from tessera.schemas import Name
 
 router = APIRouter()
@@ -76,9 +75,7 @@ def add_member(study_id: int, body: MemberRef, admin: AdminUser, db: SessionDep)
     study = studies.visible_study(db, study_id, admin)
     ref = body.user_id if body.user_id is not None else body.username
     if ref is None:
-        from tessera.errors import InvalidRequest
-
-        raise InvalidRequest("give user_id or username")
+        raise InvalidRequest("give user_id or username", {"fields": ["user_id", "username"]})
     studies.add_member(db, study, ref, f"user:{admin.username}")
     db.commit()
     return studies.study_view(db, study)
@@ -135,8 +132,9 @@ def submit_query(
     study = studies.visible_study(db, study_id, user)
     query = queries.submit(db, study, user, body, settings)
     view = queries.query_view(db, query)
+    nodes = queries.node_ids(db, query.id)
     db.commit()
-    notifier.notify(*(f"node:{n}" for n in queries.node_ids(query)))
+    notifier.notify(*(f"node:{n}" for n in nodes))
     return view
 
 
@@ -148,21 +146,16 @@ def list_queries(study_id: int, user: CurrentUser, db: SessionDep) -> list[dict[
 
 @router.get("/queries/{query_id}", tags=["queries"])
 async def get_query(
-    request: Request, query_id: int, user: CurrentUser, wait: float = Query(0.0, ge=0)
+    request: Request, query_id: int, user: CurrentUser, wait: float = WaitParam
 ) -> dict[str, Any]:
     """A query's status, per-node progress and, once succeeded, its result. With `wait`, a
     long-poll that answers as soon as the query ends."""
     database = request.app.state.db
-    settings = request.app.state.settings
-    deadline = time.monotonic() + min(wait, settings.long_poll_max_s)
+    last: dict[str, Any] = {}
 
-    def view() -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
         with database.session() as db:
-            return queries.query_view(db, queries.visible_query(db, query_id, user))
+            last.update(queries.query_view(db, queries.visible_query(db, query_id, user)))
+        return dict(last) if last["status"] in queries.TERMINAL else None
 
-    while True:
-        answer = await run_in_threadpool(view)
-        left = deadline - time.monotonic()
-        if answer["status"] in queries.TERMINAL or left <= 0 or await request.is_disconnected():
-            return answer
-        await request.app.state.notifier.wait(f"query:{query_id}", min(left, RECHECK_S))
+    return await long_poll(request, wait, f"query:{query_id}", check) or last

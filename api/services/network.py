@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -12,6 +13,8 @@ from api.models import Dataset, Node, Organisation, utcnow
 from api.security import api_key_matches, new_api_key, split_api_key
 from tessera.errors import Conflict, NotFound, Unauthorized
 from tessera.schemas import DatasetSchema, NodeHello
+
+SEEN_RESOLUTION = timedelta(seconds=5)
 
 
 def create_organisation(db: Session, name: str, actor: str) -> Organisation:
@@ -64,7 +67,9 @@ def authenticate_node(db: Session, key: str) -> Node:
         node = db.scalars(select(Node).where(Node.api_key_id == parts[0])).first()
     if node is None or parts is None or not api_key_matches(node.api_key_hash, parts[1]):
         raise Unauthorized("invalid node API key")
-    node.last_seen_at = utcnow()
+    now = utcnow()
+    if node.last_seen_at is None or now - node.last_seen_at > SEEN_RESOLUTION:
+        node.last_seen_at = now  # not on every request: a write each long-poll is needless
     return node
 
 

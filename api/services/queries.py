@@ -1,24 +1,28 @@
 """Queries and their tasks: validation, scheduling, the accept/start/result protocol, timeouts.
 
 A query becomes one task per participating node. It is `pending` until every node accepted,
-`running` once the start signal went out, and ends `succeeded` (all parties posted identical
-results: the one stored) or `failed` (a refusal, an error, a disagreement or a missed deadline:
-nothing stored). Every change takes a row lock on the query, so concurrent node requests (and
-several coordinator replicas) see one order of events.
+`running` once the last acceptance arrived (the start signal goes out), and ends `succeeded`
+(all parties posted identical results: the one stored) or `failed` (a refusal, an error, a
+disagreement or a missed deadline: nothing stored).
+
+Every change to a query or its tasks happens under the query's lock (`lock_query`), so
+concurrent node requests, and several coordinator replicas, see one order of events. Deadlines
+are enforced by conditional updates (`expire`): whichever replica's sweeper gets there first
+fails the query, the others find nothing to do.
 """
 
 from __future__ import annotations
 
-import json
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from api import audit
-from api.models import Node, Query, Study, Task, User, utcnow
-from api.services.studies import dataset_nodes
+from api.db import write_lock
+from api.models import Node, Query, Study, StudyDataset, Task, User, utcnow
+from api.services.studies import dataset_nodes, is_member
 from api.settings import CoordinatorSettings
 from tessera.errors import Conflict, NotFound, PolicyDenied
 from tessera.schemas import (
@@ -34,11 +38,11 @@ from tessera.schemas import (
 MIN_PARTIES = 3
 TERMINAL = ("succeeded", "failed")
 OPEN_TASK = ("pending", "offered", "accepted", "running")
+NOT_ACCEPTED = ("pending", "offered")
 
 
-def aware(moment: datetime) -> datetime:
-    """SQLite hands timestamps back without their zone; they are UTC."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+def _nodes_phrase(names: list[str]) -> str:
+    return f"node {names[0]}" if len(names) == 1 else f"nodes {', '.join(names)}"
 
 
 # ---- submission ------------------------------------------------------------------------
@@ -47,36 +51,43 @@ def aware(moment: datetime) -> datetime:
 def _agreed_schema(query: Any, registered: list[tuple[Node, Any]]) -> DatasetSchema:
     """The schema all nodes agree on for the columns the query reads, or 409 naming the split."""
     schemas = [(node, DatasetSchema.model_validate(ds.schema)) for node, ds in registered]
-    first = schemas[0][1]
     for name in query.referenced_columns():
         specs = [(node.name, s.column(name)) for node, s in schemas]
         missing = [n for n, spec in specs if spec is None]
         if missing and len(missing) < len(specs):
             raise Conflict(
-                f"column {name!r} of dataset {query.dataset!r} is not declared by node(s) "
-                f"{', '.join(missing)}",
+                f"column {name!r} of dataset {query.dataset!r} is not declared by "
+                f"{_nodes_phrase(missing)}",
                 {"column": name, "nodes": missing},
             )
-        declared = {(spec.type, tuple(spec.levels or ())) for _, spec in specs if spec is not None}
+        declared: dict[str, list[str]] = {}
+        for node_name, spec in specs:
+            if spec is not None:
+                kind = spec.type + (f" {spec.levels}" if spec.levels else "")
+                declared.setdefault(kind, []).append(node_name)
         if len(declared) > 1:
+            split = "; ".join(f"{_nodes_phrase(n)}: {kind}" for kind, n in declared.items())
             raise Conflict(
                 f"the nodes declare column {name!r} of dataset {query.dataset!r} differently "
-                "(type or levels)",
-                {"column": name, "nodes": [n for n, _ in specs]},
+                f"({split})",
+                {"column": name, "declared": declared},
             )
-    return first
+    return schemas[0][1]
 
 
 def submit(db: Session, study: Study, user: User, raw: Any, settings: CoordinatorSettings) -> Query:
+    """Validate a query and schedule it: one task per participating node, party ids in node-id
+    order. Raises `QueryInvalid` (422), `NotFound` (dataset not in the study), `Conflict` (too
+    few nodes, schemas disagree) or `PolicyDenied` (a node's published policy)."""
     from smpc.query import check_query, parse_query
-    from smpc.statistics import SUPPORTED
+    from smpc.statistics import SUPPORTED, statistic_for
 
     query = parse_query(raw)
-    datasets = {d for d in _study_datasets(db, study)}
+    datasets = study_datasets(db, study)
     if query.dataset not in datasets:
         raise NotFound(
             f"dataset {query.dataset!r} is not part of study {study.name!r}",
-            {"dataset": query.dataset, "datasets": sorted(datasets)},
+            {"dataset": query.dataset, "datasets": datasets},
         )
     registered = dataset_nodes(db, study, query.dataset)
     if len(registered) < MIN_PARTIES:
@@ -87,6 +98,7 @@ def submit(db: Session, study: Study, user: User, raw: Any, settings: Coordinato
         )
     schema = _agreed_schema(query, registered)
     check_query(query, schema, SUPPORTED)
+    statistic_for(query, schema)  # the statistic's own checks, as every node will run them
     statistic = query.statistic
     for node, _ in registered:
         allowed = (node.policy or {}).get("allowed_statistics")
@@ -125,15 +137,18 @@ def submit(db: Session, study: Study, user: User, raw: Any, settings: Coordinato
     return record
 
 
-def _study_datasets(db: Session, study: Study) -> list[str]:
-    from api.models import StudyDataset
-
-    return list(db.scalars(select(StudyDataset.name).where(StudyDataset.study_id == study.id)))
+def study_datasets(db: Session, study: Study) -> list[str]:
+    return list(
+        db.scalars(
+            select(StudyDataset.name)
+            .where(StudyDataset.study_id == study.id)
+            .order_by(StudyDataset.name)
+        )
+    )
 
 
 def visible_query(db: Session, query_id: int, user: User) -> Query:
-    from api.services.studies import is_member
-
+    """The query if the user may read it (admin, or a member of its study); 404 otherwise."""
     query = db.get(Query, query_id)
     if query is None or not (user.role == "admin" or is_member(db, query.study_id, user.id)):
         raise NotFound(f"no query {query_id}", {"query_id": query_id})
@@ -163,7 +178,7 @@ def query_view(db: Session, query: Query) -> dict[str, Any]:
                 "node": name,
                 "party_id": t.party_id,
                 "status": t.status,
-                "stage": t.stage,
+                "stage": t.progress_stage,
                 "error": t.error_message,
             }
             for t, name in tasks
@@ -178,78 +193,117 @@ def list_queries(db: Session, study: Study) -> list[Query]:
     return list(db.scalars(select(Query).where(Query.study_id == study.id).order_by(Query.id)))
 
 
-# ---- the node side ----------------------------------------------------------------------
+def node_ids(db: Session, query_id: int) -> list[int]:
+    return list(db.scalars(select(Task.node_id).where(Task.query_id == query_id)))
 
 
-def offer_tasks(db: Session, node: Node) -> list[TaskOut]:
-    """Pending tasks of this node whose query still waits for acceptance; marks them offered."""
-    rows = db.execute(
-        select(Task, Query)
-        .join(Query, Query.id == Task.query_id)
-        .where(Task.node_id == node.id, Task.status == "pending", Query.status == "pending")
-        .order_by(Task.id)
+# ---- locking ----------------------------------------------------------------------------
+
+
+def lock_query(db: Session, query_id: int) -> Query:
+    """The query and its tasks as last committed, locked until this transaction ends."""
+    write_lock(db)
+    query = db.scalars(
+        select(Query)
+        .where(Query.id == query_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one()
+    db.scalars(
+        select(Task).where(Task.query_id == query_id).execution_options(populate_existing=True)
     ).all()
-    out = []
-    for task, query in rows:
-        n_parties = len(query.tasks)
-        task.status = "offered"
-        out.append(
-            TaskOut(
-                id=task.id,
-                query_id=query.id,
-                party_id=task.party_id,
-                n_parties=n_parties,
-                dataset=query.dataset,
-                query=query.query,
-                deadline=aware(query.deadline),
-            )
-        )
-    return out
+    return query
 
 
-def _locked_task(db: Session, node: Node, task_id: int) -> tuple[Task, Query]:
+def _own_task(db: Session, node: Node, task_id: int) -> Task:
+    """A node's own task; another node's is 404, as if it did not exist."""
     task = db.get(Task, task_id)
     if task is None or task.node_id != node.id:
         raise NotFound(f"no task {task_id}", {"task_id": task_id})
-    query = db.scalars(select(Query).where(Query.id == task.query_id).with_for_update()).one()
-    db.refresh(task)
-    return task, query
+    return task
+
+
+def _locked_task(db: Session, node: Node, task_id: int) -> tuple[Task, Query]:
+    task = _own_task(db, node, task_id)
+    return task, lock_query(db, task.query_id)
 
 
 def _refuse_if_over(query: Query) -> None:
     if query.status in TERMINAL:
         reason = query.error_message or f"query {query.id} has {query.status}"
         raise Conflict(
-            f"query {query.id} is over: {reason}", {"query_id": query.id, "status": query.status}
+            f"query {query.id} is over: {reason}",
+            {"query_id": query.id, "status": query.status, "code": query.error_code},
         )
 
 
-def accept(db: Session, node: Node, task_id: int, body: TaskAccept) -> str:
+# ---- the node side ----------------------------------------------------------------------
+
+
+def offer_tasks(db: Session, node: Node) -> list[TaskOut]:
+    """This node's new tasks (pending, their query still waiting for acceptance). Each task is
+    offered once: taking it marks it `offered`, under its query's lock, so two concurrent polls
+    never both get it."""
+    candidates = db.execute(
+        select(Task.id, Task.query_id)
+        .join(Query, Query.id == Task.query_id)
+        .where(Task.node_id == node.id, Task.status == "pending", Query.status == "pending")
+        .order_by(Task.id)
+    ).all()
+    out = []
+    for task_id, query_id in candidates:
+        query = lock_query(db, query_id)
+        task = next(t for t in query.tasks if t.id == task_id)
+        if task.status != "pending" or query.status != "pending":
+            continue
+        task.status = "offered"
+        out.append(
+            TaskOut(
+                id=task.id,
+                query_id=query.id,
+                party_id=task.party_id,
+                n_parties=len(query.tasks),
+                dataset=query.dataset,
+                query=query.query,
+                deadline=query.deadline,
+            )
+        )
+    db.flush()
+    return out
+
+
+def accept(db: Session, node: Node, task_id: int, body: TaskAccept) -> None:
+    """Record the node's acceptance and MPC address; the last acceptance starts the query."""
     task, query = _locked_task(db, node, task_id)
     _refuse_if_over(query)
-    if task.status not in ("pending", "offered"):
-        raise Conflict(f"task {task_id} is {task.status}, it cannot be accepted again")
+    if task.status not in NOT_ACCEPTED:
+        raise Conflict(
+            f"task {task_id} is {task.status}; it cannot be accepted again",
+            {"task_id": task_id, "status": task.status},
+        )
+    if utcnow() > query.accept_deadline:
+        raise Conflict(
+            f"query {query.id} is past its acceptance deadline",
+            {"query_id": query.id, "status": query.status},
+        )
     task.status, task.mpc_host, task.mpc_port = "accepted", body.mpc_host, body.mpc_port
     task.mpc_certificate = body.mpc_certificate
     audit.record(
         db, f"node:{node.name}", "task.accepted", f"query:{query.id}", party_id=task.party_id
     )
-    db.flush()
     if all(t.status == "accepted" for t in query.tasks):
         query.status, query.started_at = "running", utcnow()
         for t in query.tasks:
             t.status = "running"
         audit.record(db, "system", "query.started", f"query:{query.id}")
-    return task.status
+    db.flush()
 
 
 def start_info(db: Session, node: Node, task_id: int) -> TaskStart:
-    task = db.get(Task, task_id)
-    if task is None or task.node_id != node.id:
-        raise NotFound(f"no task {task_id}", {"task_id": task_id})
-    query = db.get(Query, task.query_id)
+    """The go (every party's address, ordered by party id) once the query runs; 409 once over."""
+    task = _own_task(db, node, task_id)
+    query = db.get(Query, task.query_id, populate_existing=True)
     assert query is not None
-    db.refresh(query)
     _refuse_if_over(query)
     if query.status != "running":
         return TaskStart(start=False, status="pending")
@@ -262,7 +316,7 @@ def start_info(db: Session, node: Node, task_id: int) -> TaskStart:
     return TaskStart(
         start=True,
         status="running",
-        deadline=aware(query.deadline),
+        deadline=query.deadline,
         parties=[
             PartyAddress(
                 party_id=t.party_id,
@@ -277,15 +331,16 @@ def start_info(db: Session, node: Node, task_id: int) -> TaskStart:
 
 
 def fail_query(db: Session, query: Query, code: str, message: str, actor: str = "system") -> None:
-    """End a query as failed: no result is kept, open tasks are cancelled."""
+    """End a locked query as failed: no result is kept, open tasks are cancelled."""
     if query.status in TERMINAL:
         return
     query.status, query.error_code, query.error_message = "failed", code, message
-    query.result, query.finished_at = None, utcnow()
+    query.result, query.min_count_applied, query.finished_at = None, None, utcnow()
     for t in query.tasks:
         if t.status in OPEN_TASK:
             t.status = "cancelled"
     audit.record(db, actor, "query.failed", f"query:{query.id}", code=code, message=message)
+    db.flush()
 
 
 def reject(db: Session, node: Node, task_id: int, reason: str) -> None:
@@ -312,33 +367,34 @@ def fail(db: Session, node: Node, task_id: int, body: TaskFailure) -> None:
 
 
 def progress(db: Session, node: Node, task_id: int, stage: str, message: str) -> None:
-    task = db.get(Task, task_id)
-    if task is None or task.node_id != node.id:
-        raise NotFound(f"no task {task_id}", {"task_id": task_id})
-    task.stage, task.stage_message = stage, message
-
-
-def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    task, query = _locked_task(db, node, task_id)
+    _refuse_if_over(query)
+    task.progress_stage, task.progress_message = stage, message
+    db.flush()
 
 
 def post_result(db: Session, node: Node, task_id: int, body: TaskResult) -> None:
+    """Store a party's opened result; once every party reported, compare them all: the query
+    succeeds with the result only if all are identical (canonical JSON)."""
     task, query = _locked_task(db, node, task_id)
     _refuse_if_over(query)
     if task.status != "running":
-        raise Conflict(f"task {task_id} is {task.status}; only a running task takes a result")
+        raise Conflict(
+            f"task {task_id} is {task.status}; only a running task takes a result",
+            {"task_id": task_id, "status": task.status},
+        )
     task.status, task.result = "done", body.result
     task.min_count_applied, task.seconds = body.min_count_applied, body.seconds
     db.flush()
     if any(t.status != "done" for t in query.tasks):
         return
-    opened = {_canonical([t.result, t.min_count_applied]) for t in query.tasks}
+    opened = {audit.canonical([t.result, t.min_count_applied]) for t in query.tasks}
     if len(opened) != 1:
         fail_query(
             db,
             query,
             "results_disagree",
-            "the parties opened different results; nothing was stored",
+            f"the {len(query.tasks)} parties opened different results; nothing was stored",
         )
         return
     query.status, query.result = "succeeded", body.result
@@ -346,37 +402,59 @@ def post_result(db: Session, node: Node, task_id: int, body: TaskResult) -> None
     audit.record(
         db, "system", "result.opened", f"query:{query.id}", min_count_applied=body.min_count_applied
     )
+    db.flush()
 
 
 # ---- deadlines --------------------------------------------------------------------------
 
 
-def sweep(db: Session, now: datetime | None = None) -> list[Query]:
-    """Fail every query past its deadline, naming the nodes it waited for."""
+def _overdue(now: datetime) -> Any:
+    return or_(
+        and_(Query.status == "pending", Query.accept_deadline < now),
+        and_(Query.status == "running", Query.deadline < now),
+    )
+
+
+def overdue_queries(db: Session, now: datetime | None = None) -> list[int]:
+    """Ids of the queries past a deadline (`expire` each, in its own transaction)."""
+    return list(db.scalars(select(Query.id).where(_overdue(now or utcnow())).order_by(Query.id)))
+
+
+def expire(db: Session, query_id: int, now: datetime | None = None) -> Query | None:
+    """Fail one query if it is still past its deadline, naming the nodes it waited for.
+
+    The status change is a conditional update, so of several sweepers (replicas) exactly one
+    wins; the others, and a sweeper that lost to the last node's answer, get None.
+    """
     now = now or utcnow()
-    overdue = db.scalars(
-        select(Query)
-        .where(
-            ((Query.status == "pending") & (Query.accept_deadline < now))
-            | ((Query.status == "running") & (Query.deadline < now))
+    for phase, deadline in (("pending", Query.accept_deadline), ("running", Query.deadline)):
+        claimed = db.execute(
+            update(Query)
+            .where(Query.id == query_id, Query.status == phase, deadline < now)
+            .values(status="failed", error_code="timeout", result=None, finished_at=now)
+            .execution_options(synchronize_session=False)
         )
-        .with_for_update(skip_locked=True)
-    ).all()
-    for query in overdue:
-        if query.status == "pending":
-            late = [t for t in query.tasks if t.status in ("pending", "offered")]
-            seconds = (aware(query.accept_deadline) - aware(query.created_at)).total_seconds()
-            what = f"did not accept within {seconds:.0f} s"
-        else:
-            late = [t for t in query.tasks if t.status == "running"]
-            seconds = (aware(query.deadline) - aware(query.created_at)).total_seconds()
-            what = f"did not report a result within {seconds:.0f} s"
-        names = ", ".join(t.node.name for t in late) or "no node"
-        for t in late:
-            t.error_code, t.error_message = "timeout", what
-        fail_query(db, query, "timeout", f"node(s) {names} {what}")
-    return list(overdue)
-
-
-def node_ids(query: Query) -> list[int]:
-    return [t.node_id for t in query.tasks]
+        if claimed.rowcount == 1:  # type: ignore[attr-defined]
+            break
+    else:
+        return None
+    query = lock_query(db, query_id)  # the update holds the lock already; this reads afresh
+    if phase == "pending":
+        late = [t for t in query.tasks if t.status in NOT_ACCEPTED]
+        seconds = (query.accept_deadline - query.created_at).total_seconds()
+        what = f"did not accept within {seconds:g} s"
+    else:
+        late = [t for t in query.tasks if t.status in ("accepted", "running")]
+        seconds = (query.deadline - query.created_at).total_seconds()
+        what = f"did not report a result within {seconds:g} s"
+    names = [t.node.name for t in late]
+    message = f"{_nodes_phrase(names)} {what}" if names else f"the query {what}"
+    for t in late:
+        t.error_code, t.error_message = "timeout", what
+    query.error_message = message
+    for t in query.tasks:
+        if t.status in OPEN_TASK:
+            t.status = "cancelled"
+    audit.record(db, "system", "query.failed", f"query:{query.id}", code="timeout", message=message)
+    db.flush()
+    return query
