@@ -64,11 +64,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error(
-            "unhandled error on %s %s: %s",
-            request.method,
-            request.url.path,
-            type(exc).__name__,
-            exc_info=exc,
-        )
+        # The server logs the traceback once more after this handler; the client gets no
+        # detail of it, not even the exception's text (it may quote data).
+        log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path)
         return JSONResponse(_body("internal_error", "internal error; see the coordinator log"), 500)

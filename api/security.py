@@ -7,6 +7,7 @@ constant time. A key reads `tn_<key id>.<secret>`: the id finds the row, the sec
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import secrets
@@ -25,6 +26,12 @@ KEY_PREFIX = "tn_"
 
 def hash_password(password: str) -> str:
     return _hasher.hash(password)
+
+
+@functools.cache
+def dummy_hash() -> str:
+    """A hash to verify against when the user does not exist (same time as a wrong password)."""
+    return _hasher.hash(secrets.token_urlsafe(16))
 
 
 def verify_password(password_hash: str, password: str) -> bool:

@@ -1,17 +1,32 @@
-"""The coordinator's settings: environment variables `TESSERA_*` or a TOML file."""
+"""The coordinator's settings: environment variables `TESSERA_*` or a TOML file.
+
+Precedence, lowest first: defaults, the TOML file, environment variables, explicit overrides
+(command-line options). In `production` the development JWT secret, a short one, and a
+placeholder bootstrap administrator password are refused.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from tessera.errors import ConfigInvalid
 from tessera.settings import ENV_PREFIX, read_toml
 
 DEV_JWT_SECRET = "tessera-local-development-only"
+PLACEHOLDER_PASSWORDS = frozenset(
+    {"admin", "administrator", "changeme", "change-me", "changethis", "password", "tessera"}
+)
+MIN_PRODUCTION_PASSWORD = 12
+
+
+def _describe(error: Any) -> str:
+    field = ".".join(str(p) for p in error["loc"])
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{field}: {message}" if field else message
 
 
 class CoordinatorSettings(BaseSettings):
@@ -20,36 +35,54 @@ class CoordinatorSettings(BaseSettings):
     environment: Literal["local", "production"] = "local"
     database_url: str = "sqlite:///./tessera.db"
     jwt_secret: SecretStr = SecretStr(DEV_JWT_SECRET)
-    token_ttl_s: int = 3600
+    token_ttl_s: int = Field(3600, gt=0)
     bootstrap_admin_username: str | None = None
     bootstrap_admin_password: SecretStr | None = None
-    accept_timeout_s: float = 30.0
-    query_timeout_s: float = 120.0
-    long_poll_max_s: float = 30.0
-    sweep_interval_s: float = 0.5
+    accept_timeout_s: float = Field(30.0, gt=0)
+    query_timeout_s: float = Field(120.0, gt=0)
+    long_poll_max_s: float = Field(30.0, ge=0)
+    sweep_interval_s: float = Field(0.5, gt=0)
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = Field(8000, ge=1, le=65535)
     log_format: Literal["text", "json"] = "text"
 
     @model_validator(mode="after")
-    def _no_default_secrets_in_production(self) -> CoordinatorSettings:
+    def _coherent_and_no_default_secrets_in_production(self) -> CoordinatorSettings:
+        if self.query_timeout_s < self.accept_timeout_s:
+            raise ValueError("query_timeout_s cannot be shorter than accept_timeout_s")
+        password = self.bootstrap_admin_password
+        secret = password.get_secret_value() if password is not None else None
+        if secret is not None and len(secret) < 8:
+            raise ValueError("the bootstrap admin password needs at least 8 characters")
         if self.environment == "production":
             if self.jwt_secret.get_secret_value() == DEV_JWT_SECRET:
                 raise ValueError("set TESSERA_JWT_SECRET: the default is for local use only")
             if len(self.jwt_secret.get_secret_value()) < 32:
                 raise ValueError("TESSERA_JWT_SECRET must be at least 32 characters")
-        password = self.bootstrap_admin_password
-        if password is not None and len(password.get_secret_value()) < 8:
-            raise ValueError("the bootstrap admin password needs at least 8 characters")
+            if secret is not None and (
+                secret.lower() in PLACEHOLDER_PASSWORDS
+                or secret == self.bootstrap_admin_username
+                or len(secret) < MIN_PRODUCTION_PASSWORD
+            ):
+                raise ValueError(
+                    "set TESSERA_BOOTSTRAP_ADMIN_PASSWORD to a real password (at least "
+                    f"{MIN_PRODUCTION_PASSWORD} characters, not a placeholder) in production"
+                )
         return self
 
     @classmethod
     def load(cls, path: Path | None = None, **overrides: Any) -> CoordinatorSettings:
-        """Settings from a TOML file (if given), then environment variables, then overrides."""
+        """Settings from a TOML file (if given), then environment variables, then overrides;
+        `ConfigInvalid` (one line naming the problem) if they do not make valid settings."""
         values = read_toml(path) if path is not None else {}
+        environment = EnvSettingsSource(cls)()
         try:
-            env = cls()
-            merged = {**values, **env.model_dump(exclude_unset=True), **overrides}
-            return cls.model_validate(merged)
-        except ValueError as exc:
-            raise ConfigInvalid(f"invalid coordinator settings: {exc}") from None
+            return cls.model_validate({**values, **environment, **overrides})
+        except ValidationError as exc:
+            problems = "; ".join(_describe(e) for e in exc.errors())
+            raise ConfigInvalid(f"invalid coordinator settings: {problems}") from None
+
+    @classmethod
+    def from_toml(cls, path: Path | str) -> CoordinatorSettings:
+        """Settings from a TOML file, environment variables overriding it."""
+        return cls.load(Path(path))

@@ -25,12 +25,13 @@ ACTOR = "cli:admin"
 @contextmanager
 def _db(config: Path | None) -> Iterator[Any]:
     from api.db import Database
-    from api.migrate import upgrade
+    from api.migrate import check_and_upgrade
     from api.settings import CoordinatorSettings
 
-    database = Database(CoordinatorSettings.load(config).database_url)
+    url = CoordinatorSettings.load(config).database_url
+    check_and_upgrade(url)
+    database = Database(url)
     try:
-        upgrade(database.engine)
         with database.session() as db:
             yield db
     finally:

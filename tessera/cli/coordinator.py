@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import typer
@@ -19,19 +18,25 @@ def serve(
     host: str | None = typer.Option(None, help="Listen address (default 127.0.0.1)."),
     port: int | None = typer.Option(None, help="Listen port (default 8000)."),
 ) -> None:
-    """Serve the REST API (settings: --config FILE and TESSERA_* environment variables)."""
+    """Serve the REST API (settings: --config FILE and TESSERA_* environment variables).
+
+    Migrations are applied on start; the log has one line per event, never a secret.
+    """
     import uvicorn
 
     from api import create_app
+    from api.logs import configure_logging
+    from api.migrate import check_and_upgrade
     from api.settings import CoordinatorSettings
 
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     settings = CoordinatorSettings.load(config, **overrides)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(settings.log_format)
+    check_and_upgrade(settings.database_url)  # a bad URL is one line, not a traceback
     uvicorn.run(
         create_app(settings),
         host=settings.host,
         port=settings.port,
-        log_level="info",
+        log_config=None,
         access_log=False,
     )
