@@ -1,0 +1,154 @@
+"""The application in process: settings, the error handler's last resort, migrations."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from fastapi.testclient import TestClient
+
+from api import CoordinatorSettings, create_app
+from api.audit import verify
+from api.db import Database
+from api.migrate import upgrade
+from api.models import Base
+from api.services import accounts, network
+from tessera.errors import ConfigInvalid
+
+from .conftest import Backend
+
+SECRET = "s" * 40
+
+
+# ---- settings ---------------------------------------------------------------------------
+
+
+def test_settings_come_from_a_toml_file_and_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "coordinator.toml"
+    config.write_text('database_url = "sqlite:///x.db"\nport = 9000\naccept_timeout_s = 5\n')
+    monkeypatch.setenv("TESSERA_PORT", "9100")
+    settings = CoordinatorSettings.from_toml(config)
+    assert settings.database_url == "sqlite:///x.db" and settings.accept_timeout_s == 5
+    assert settings.port == 9100, "the environment overrides the file"
+    assert CoordinatorSettings.load(config, port=9200).port == 9200, "options override both"
+    with pytest.raises(ConfigInvalid, match="not found"):
+        CoordinatorSettings.from_toml(tmp_path / "missing.toml")
+    monkeypatch.delenv("TESSERA_PORT")
+    config.write_text("port = 'many'\n")
+    with pytest.raises(ConfigInvalid, match="port: Input should be a valid integer"):
+        CoordinatorSettings.from_toml(config)
+
+
+def test_production_refuses_default_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TESSERA_ENVIRONMENT", "production")
+    with pytest.raises(ConfigInvalid, match="TESSERA_JWT_SECRET"):
+        CoordinatorSettings.load()
+    with pytest.raises(ConfigInvalid, match="at least 32 characters"):
+        CoordinatorSettings.load(jwt_secret="short")
+    for weak in ("changethis", "admin-password"[:11], "Password"):
+        with pytest.raises(ConfigInvalid, match="BOOTSTRAP_ADMIN_PASSWORD"):
+            CoordinatorSettings.load(
+                jwt_secret=SECRET, bootstrap_admin_username="admin", bootstrap_admin_password=weak
+            )
+    fine = CoordinatorSettings.load(
+        jwt_secret=SECRET,
+        bootstrap_admin_username="admin",
+        bootstrap_admin_password="a long and real password",
+    )
+    assert fine.environment == "production"
+    assert SECRET not in repr(fine) and "a long and real password" not in repr(fine)
+    monkeypatch.setenv("TESSERA_ENVIRONMENT", "local")
+    assert CoordinatorSettings.load().jwt_secret.get_secret_value()  # the dev default, locally
+    with pytest.raises(ConfigInvalid, match="query_timeout_s"):
+        CoordinatorSettings.load(accept_timeout_s=60, query_timeout_s=30)
+
+
+# ---- errors -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    settings = CoordinatorSettings(
+        database_url=f"sqlite:///{tmp_path / 'c.db'}",
+        jwt_secret=SECRET,
+        bootstrap_admin_username="admin",
+        bootstrap_admin_password="admin-password",
+    )
+    app = create_app(settings)
+
+    @app.get("/api/v1/boom")
+    def boom() -> None:
+        raise RuntimeError("patient 123 weighs 42 kg")  # what a bug might quote
+
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+def test_a_bug_is_500_without_its_details(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR):
+        response = client.get("/api/v1/boom")
+    assert response.status_code == 500
+    assert response.json() == {
+        "error": {
+            "code": "internal_error",
+            "message": "internal error; see the coordinator log",
+            "details": {},
+        }
+    }
+    assert "patient" not in response.text and "Traceback" not in response.text
+    assert "unhandled RuntimeError on GET /api/v1/boom" in caplog.text
+
+
+def test_the_bootstrap_admin_exists_once(client: TestClient) -> None:
+    token = client.post(
+        "/api/v1/auth/token", data={"username": "admin", "password": "admin-password"}
+    ).json()["access_token"]
+    me = client.get("/api/v1/users/me", headers={"Authorization": f"Bearer {token}"}).json()
+    assert me["role"] == "admin" and me["username"] == "admin"
+
+
+# ---- migrations -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def database_url(backend: Backend) -> str:
+    return backend.new_database()
+
+
+def test_the_migrations_build_exactly_the_models(database_url: str) -> None:
+    engine = sqlalchemy.create_engine(database_url)
+    try:
+        upgrade(engine)
+        upgrade(engine)  # idempotent
+        with engine.connect() as conn:
+            differences = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    finally:
+        engine.dispose()
+    assert differences == []
+
+
+def test_upgrading_keeps_the_data_and_the_audit_chain(database_url: str) -> None:
+    database = Database(database_url)
+    try:
+        upgrade(database.engine, "0002")
+        with database.session() as db:
+            org = network.create_organisation(db, "Hospital A", "test")
+            network.create_node(db, "node-a", org.id, "test")
+            accounts.create_user(db, "alice", "alice-password", "researcher", actor="test")
+        upgrade(database.engine)
+        with database.session() as db:
+            assert verify(db) == {"ok": True, "entries": 3, "first_bad_id": None}
+            assert accounts.authenticate(db, "alice", "alice-password").username == "alice"
+        with pytest.raises(sqlalchemy.exc.IntegrityError), database.session() as db:
+            db.execute(sqlalchemy.text("UPDATE users SET role = 'superuser'"))
+    finally:
+        database.dispose()
