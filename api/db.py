@@ -1,9 +1,10 @@
 """Engine and sessions, built per app from settings (nothing at import time).
 
 Concurrency: every change to a query takes its row lock (`api.services.queries.lock_query`),
-and every audit append takes the chain lock (`api.audit`). On PostgreSQL those are row locks and an advisory lock; on
-SQLite, which locks the whole database, both become "take the write lock now" (`write_lock`), so
-that what is read next is the latest committed state and no other writer runs until commit.
+and every audit append takes the chain lock (`api.audit`). On PostgreSQL those are a row lock
+and an advisory lock; on SQLite, which locks the whole database, both become "take the write
+lock now" (`write_lock`), so that what is read next is the latest committed state and no other
+writer runs until commit.
 """
 
 from __future__ import annotations

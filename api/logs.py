@@ -22,9 +22,10 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        if getattr(record, "event", None):
-            entry["event"] = record.event
-            entry.update(getattr(record, "fields", None) or {})
+        event = getattr(record, "event", None)
+        if event:
+            entry["event"] = event
+            entry["details"] = getattr(record, "fields", None) or {}
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
