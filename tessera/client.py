@@ -79,7 +79,7 @@ class TesseraClient:
         return self._call("POST", "/organisations", json={"name": name})
 
     def create_node(self, name: str, organisation_id: int) -> dict[str, Any]:
-        """Enrol a node; the answer's `api_key` is shown this once."""
+        """Enrol a node; the answer (the node) carries its `api_key`, shown this once."""
         return self._call(
             "POST",
             "/nodes",
@@ -109,23 +109,48 @@ class TesseraClient:
             },
         )
 
+    def rotate_node_key(self, node_id: int) -> dict[str, Any]:
+        """A new API key for the node (in the answer's `api_key`); the old one stops working."""
+        return self._call("POST", f"/nodes/{node_id}/rotate-key")
+
+    def studies(self) -> list[dict[str, Any]]:
+        """Every study (admin), or those this user is a member of."""
+        return self._call("GET", "/studies")
+
+    def add_study_member(self, study_id: int, user: int | str) -> dict[str, Any]:
+        """Add a member by user id or username; returns the study."""
+        body = {"user_id": user} if isinstance(user, int) else {"username": user}
+        return self._call("POST", f"/studies/{study_id}/members", json=body)
+
     def study_datasets(self, study_id: int) -> list[dict[str, Any]]:
+        """Per dataset of the study: the nodes that registered it, their schemas, whether the
+        schemas agree."""
         return self._call("GET", f"/studies/{study_id}/datasets")
 
+    def audit(self, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+        return self._call("GET", "/audit", params={"limit": limit, "offset": offset})
+
     def audit_verify(self) -> dict[str, Any]:
+        """`{"ok", "entries", "first_bad_id"}`: the coordinator walks its audit hash chain."""
         return self._call("GET", "/audit/verify")
 
     # ---- queries --------------------------------------------------------------------------
 
     def submit_query(self, study_id: int, query: dict[str, Any]) -> dict[str, Any]:
+        """Submit a query (docs/queries.md); returns its view, status `pending`."""
         return self._call("POST", f"/studies/{study_id}/queries", json=query)
 
+    def study_queries(self, study_id: int) -> list[dict[str, Any]]:
+        return self._call("GET", f"/studies/{study_id}/queries")
+
     def get_query(self, query_id: int, wait: float | None = None) -> dict[str, Any]:
+        """The query's view; with `wait`, long-poll up to that many seconds for its end."""
         params = {"wait": wait} if wait else {}
         return self._call("GET", f"/queries/{query_id}", params=params)
 
     def wait_query(self, query_id: int, timeout: float = 120.0) -> dict[str, Any]:
-        """Long-poll until the query succeeded or failed (or `timeout` seconds passed)."""
+        """Long-poll until the query succeeded or failed; after `timeout` seconds, its view as
+        it is (check `status`)."""
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()

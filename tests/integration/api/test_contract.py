@@ -154,13 +154,13 @@ def test_admin_manages_users_organisations_and_nodes(setup: Setup) -> None:
 def test_a_rotated_key_replaces_the_old_one(setup: Setup) -> None:
     node = setup.nodes[0]
     node_id = node.ok("GET", "/nodes/me")["id"]
-    rotated = setup.admin._call("POST", f"/nodes/{node_id}/rotate-key")
+    rotated = setup.admin.rotate_node_key(node_id)
     assert rotated["api_key"].startswith("tn_") and rotated["api_key"] != node.key
     assert node.call("GET", "/nodes/me").status_code == 401
     node.key = rotated["api_key"]
     assert node.ok("GET", "/nodes/me")["name"] == node.name
     with pytest.raises(NotFound):
-        setup.admin._call("POST", "/nodes/987654/rotate-key")
+        setup.admin.rotate_node_key(987654)
 
 
 def test_duplicates_conflict_and_unknowns_are_404(setup: Setup) -> None:
@@ -198,8 +198,8 @@ def test_studies_are_visible_to_their_members_only(setup: Setup) -> None:
     outsider_name = f"otto{setup.n}"
     setup.admin.create_user(outsider_name, "outsider-pw", role="researcher")
     outsider = logged_in(setup.url, outsider_name, "outsider-pw")
-    assert setup.study_id not in {s["id"] for s in outsider._call("GET", "/studies")}
-    assert setup.study_id in {s["id"] for s in setup.researcher._call("GET", "/studies")}
+    assert setup.study_id not in {s["id"] for s in outsider.studies()}
+    assert setup.study_id in {s["id"] for s in setup.researcher.studies()}
     for path in ("", "/datasets", "/queries"):
         with pytest.raises(NotFound, match=f"no study {setup.study_id}"):
             outsider._call("GET", f"/studies/{setup.study_id}{path}")
@@ -210,9 +210,7 @@ def test_studies_are_visible_to_their_members_only(setup: Setup) -> None:
         outsider.get_query(query["id"])
     assert setup.admin.get_query(query["id"])["id"] == query["id"]
 
-    added = setup.admin._call(
-        "POST", f"/studies/{setup.study_id}/members", json={"username": outsider_name}
-    )
+    added = setup.admin.add_study_member(setup.study_id, outsider_name)
     assert outsider_name in added["members"]
     assert outsider.get_query(query["id"])["id"] == query["id"]
     with pytest.raises(Forbidden):
@@ -417,14 +415,14 @@ def test_the_audit_chain_verifies_and_detects_tampering(
         TesseraClient(setup.url).login(setup.researcher_name, "not-the-password")
     report = setup.admin.audit_verify()
     assert report["ok"] is True and report["entries"] >= 10 and report["first_bad_id"] is None
-    events = setup.admin._call("GET", "/audit", params={"limit": 1000})
+    events = setup.admin.audit(limit=1000)
     actions = {e["action"] for e in events}
     expected = {"user.created", "node.created", "dataset.registered", "study.created"}
     assert expected | {"query.submitted", "login", "login.failed", "node.hello"} <= actions
     failed = [e for e in events if e["action"] == "login.failed"][-1]
     assert failed["subject"] == f"user:{setup.researcher_name}" and failed["details"] == {}
     assert "not-the-password" not in str(events)
-    page = setup.admin._call("GET", "/audit", params={"limit": 2, "offset": 1})
+    page = setup.admin.audit(limit=2, offset=1)
     assert [e["id"] for e in page] == [events[1]["id"], events[2]["id"]]
     victim = events[2]
     engine = sqlalchemy.create_engine(coordinator.database_url)

@@ -77,9 +77,9 @@ def test_a_query_runs_when_every_node_accepts_and_all_results_agree(setup: Setup
     assert done["result"] == RESULT and done["min_count_applied"] == 5
     assert [(t["status"], t["stage"]) for t in done["tasks"]] == [("done", "mpc")] * 3
     assert done["started_at"] and done["finished_at"] >= done["started_at"] >= done["created_at"]
-    listed = setup.researcher._call("GET", f"/studies/{setup.study_id}/queries")
+    listed = setup.researcher.study_queries(setup.study_id)
     assert [q["id"] for q in listed] == [query["id"]] and listed[0]["status"] == "succeeded"
-    audit = setup.admin._call("GET", "/audit", params={"limit": 1000})
+    audit = setup.admin.audit(limit=1000)
     ours = [e["action"] for e in audit if e["subject"] == f"query:{query['id']}"]
     assert ours == ["query.submitted"] + ["task.accepted"] * 3 + [
         "query.started",
