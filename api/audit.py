@@ -85,6 +85,23 @@ def record(db: Session, actor: str, action: str, subject: str, **details: Any) -
     return event
 
 
+def events(db: Session, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+    """A page of the log, oldest first, each event with its hash."""
+    page = db.scalars(select(AuditEvent).order_by(AuditEvent.id).offset(offset).limit(limit))
+    return [
+        {
+            "id": e.id,
+            "at": e.at,
+            "actor": e.actor,
+            "action": e.action,
+            "subject": e.subject,
+            "details": e.details,
+            "hash": e.hash,
+        }
+        for e in page
+    ]
+
+
 def verify(db: Session) -> dict[str, Any]:
     """Walk the chain: `{"ok", "entries" (events that verified), "first_bad_id"}`."""
     prev = GENESIS

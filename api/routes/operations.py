@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import logging
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import PlainTextResponse
-from sqlalchemy import func, select, text
+from fastapi.responses import JSONResponse, PlainTextResponse
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 
 from api import audit
 from api.deps import AdminUser, SessionDep
-from api.models import AuditEvent, Node, Task, utcnow
-from api.models import Query as QueryRow
+from api.services.metrics import prometheus_text
+
+log = logging.getLogger("tessera.coordinator")
 
 router = APIRouter()
 
@@ -22,32 +24,23 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", tags=["operations"])
-def readyz(request: Request) -> dict[str, str]:
-    with request.app.state.db.session() as db:
-        db.execute(text("SELECT 1"))
+@router.get("/readyz", tags=["operations"], responses={503: {"description": "not ready"}})
+def readyz(request: Request) -> Any:
+    """Ready when the database answers."""
+    try:
+        with request.app.state.db.session() as db:
+            db.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        log.warning("not ready: the database does not answer (%s)", type(exc).__name__)
+        error = {"code": "not_ready", "message": "the database does not answer", "details": {}}
+        return JSONResponse({"error": error}, 503)
     return {"status": "ready"}
 
 
 @router.get("/metrics", response_class=PlainTextResponse, tags=["operations"])
 def metrics(_: AdminUser, db: SessionDep) -> str:
-    """Prometheus text format."""
-    lines = ["# TYPE tessera_queries gauge"]
-    for state, count in db.execute(select(QueryRow.status, func.count()).group_by(QueryRow.status)):
-        lines.append(f'tessera_queries{{status="{state}"}} {count}')
-    lines.append("# TYPE tessera_tasks gauge")
-    for state, count in db.execute(select(Task.status, func.count()).group_by(Task.status)):
-        lines.append(f'tessera_tasks{{status="{state}"}} {count}')
-    recent = utcnow() - timedelta(minutes=1)
-    seen = db.scalar(select(func.count()).select_from(Node).where(Node.last_seen_at >= recent))
-    total = db.scalar(select(func.count()).select_from(Node))
-    lines += [
-        "# TYPE tessera_nodes_seen_last_minute gauge",
-        f"tessera_nodes_seen_last_minute {seen}",
-        "# TYPE tessera_nodes gauge",
-        f"tessera_nodes {total}",
-    ]
-    return "\n".join(lines) + "\n"
+    """Prometheus text format: queries and tasks by status, nodes seen in the last minute."""
+    return prometheus_text(db)
 
 
 @router.get("/audit", tags=["audit"])
@@ -57,19 +50,8 @@ def audit_log(
     limit: int = Query(100, ge=1, le=1000),
     offset: int = Query(0, ge=0),
 ) -> list[dict[str, Any]]:
-    events = db.scalars(select(AuditEvent).order_by(AuditEvent.id).offset(offset).limit(limit))
-    return [
-        {
-            "id": e.id,
-            "at": e.at,
-            "actor": e.actor,
-            "action": e.action,
-            "subject": e.subject,
-            "details": e.details,
-            "hash": e.hash,
-        }
-        for e in events
-    ]
+    """The audit log, oldest first."""
+    return audit.events(db, limit, offset)
 
 
 @router.get("/audit/verify", tags=["audit"])

@@ -108,6 +108,19 @@ def test_a_bug_is_500_without_its_details(
     assert "unhandled RuntimeError on GET /api/v1/boom" in caplog.text
 
 
+def test_not_ready_without_a_database(client: TestClient) -> None:
+    assert client.get("/api/v1/readyz").json() == {"status": "ready"}
+    working = client.app.state.db  # type: ignore[attr-defined]
+    client.app.state.db = Database("postgresql+psycopg://nobody@127.0.0.1:1/none")  # type: ignore[attr-defined]
+    try:
+        response = client.get("/api/v1/readyz")
+    finally:
+        client.app.state.db.dispose()  # type: ignore[attr-defined]
+        client.app.state.db = working  # type: ignore[attr-defined]
+    assert response.status_code == 503 and response.json()["error"]["code"] == "not_ready"
+    assert client.get("/api/v1/healthz").json() == {"status": "ok"}
+
+
 def test_the_bootstrap_admin_exists_once(client: TestClient) -> None:
     token = client.post(
         "/api/v1/auth/token", data={"username": "admin", "password": "admin-password"}

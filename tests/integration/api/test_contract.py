@@ -447,3 +447,5 @@ def test_metrics_count_queries_tasks_and_nodes(setup: Setup) -> None:
     assert seen and int(seen.group(1)) >= 3
     assert re.search(r'^tessera_queries\{status="pending"\} [1-9]\d*$', metrics.text, re.M)
     assert re.search(r'^tessera_tasks\{status="pending"\} [1-9]\d*$', metrics.text, re.M)
+    for status in ("pending", "running", "succeeded", "failed"):
+        assert re.search(rf'^tessera_queries\{{status="{status}"\}} \d+$', metrics.text, re.M)
