@@ -21,7 +21,8 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
 def make_engine(url: str) -> Engine:
-    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    # hide_parameters: a database error in the log never quotes a bound value
+    kwargs: dict[str, Any] = {"pool_pre_ping": True, "hide_parameters": True}
     sqlite = url.startswith("sqlite")
     if sqlite:
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}

@@ -55,7 +55,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON}
+    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON(none_as_null=True)}
 
 
 class Organisation(Base):
@@ -87,7 +87,7 @@ class Node(Base):
     api_key_id: Mapped[str] = mapped_column(String(32), unique=True)
     api_key_hash: Mapped[str] = mapped_column(String(64))
     agent_version: Mapped[str | None] = mapped_column(String(64))
-    policy: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    policy: Mapped[dict[str, Any] | None] = mapped_column()
     last_seen_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -103,7 +103,7 @@ class Dataset(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(64))
-    schema: Mapped[dict[str, Any]] = mapped_column(JSON)
+    schema: Mapped[dict[str, Any]] = mapped_column()
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     node: Mapped[Node] = relationship()
@@ -148,11 +148,11 @@ class Query(Base):
     submitted_by: Mapped[int] = mapped_column(ForeignKey("users.id"))
     dataset: Mapped[str] = mapped_column(String(64))
     statistic: Mapped[str] = mapped_column(String(32))
-    query: Mapped[dict[str, Any]] = mapped_column(JSON)
+    query: Mapped[dict[str, Any]] = mapped_column()
     status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
-    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    result: Mapped[dict[str, Any] | None] = mapped_column()
     min_count_applied: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column()
@@ -177,7 +177,7 @@ class Task(Base):
     mpc_host: Mapped[str | None] = mapped_column(String(255))
     mpc_port: Mapped[int | None] = mapped_column(Integer)
     mpc_certificate: Mapped[str | None] = mapped_column(Text)
-    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    result: Mapped[dict[str, Any] | None] = mapped_column()
     min_count_applied: Mapped[int | None] = mapped_column(Integer)
     seconds: Mapped[float | None] = mapped_column()
     error_code: Mapped[str | None] = mapped_column(String(64))
@@ -200,6 +200,6 @@ class AuditEvent(Base):
     actor: Mapped[str] = mapped_column(String(100))
     action: Mapped[str] = mapped_column(String(64))
     subject: Mapped[str] = mapped_column(Text)
-    details: Mapped[dict[str, Any]] = mapped_column(JSON)
+    details: Mapped[dict[str, Any]] = mapped_column()
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64), unique=True)

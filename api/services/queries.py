@@ -330,15 +330,21 @@ def start_info(db: Session, node: Node, task_id: int) -> TaskStart:
     )
 
 
+def _close_tasks(query: Query) -> None:
+    """A failed query's open tasks are cancelled, and no party's opened result is kept."""
+    for t in query.tasks:
+        t.result = None
+        if t.status in OPEN_TASK:
+            t.status = "cancelled"
+
+
 def fail_query(db: Session, query: Query, code: str, message: str, actor: str = "system") -> None:
     """End a locked query as failed: no result is kept, open tasks are cancelled."""
     if query.status in TERMINAL:
         return
     query.status, query.error_code, query.error_message = "failed", code, message
     query.result, query.min_count_applied, query.finished_at = None, None, utcnow()
-    for t in query.tasks:
-        if t.status in OPEN_TASK:
-            t.status = "cancelled"
+    _close_tasks(query)
     audit.record(db, actor, "query.failed", f"query:{query.id}", code=code, message=message)
     db.flush()
 
@@ -452,9 +458,7 @@ def expire(db: Session, query_id: int, now: datetime | None = None) -> Query | N
     for t in late:
         t.error_code, t.error_message = "timeout", what
     query.error_message = message
-    for t in query.tasks:
-        if t.status in OPEN_TASK:
-            t.status = "cancelled"
+    _close_tasks(query)
     audit.record(db, "system", "query.failed", f"query:{query.id}", code="timeout", message=message)
     db.flush()
     return query

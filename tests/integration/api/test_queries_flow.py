@@ -8,10 +8,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import sqlalchemy
 
 from tessera.client import TesseraClient
 
-from .conftest import Setup
+from .conftest import Coordinator, Setup
 
 COUNT = {"statistic": "count"}
 RESULT = {"n": 10, "count": 10}
@@ -122,7 +123,7 @@ def test_an_empty_long_poll_waits_then_answers_nothing(setup: Setup) -> None:
     assert view["status"] == "pending"
 
 
-def test_disagreeing_results_store_nothing(setup: Setup) -> None:
+def test_disagreeing_results_store_nothing(setup: Setup, coordinator: Coordinator) -> None:
     query = setup.submit(COUNT)
     tasks = setup.accept_all()
     for i, (node, task) in enumerate(zip(setup.nodes, tasks, strict=True)):
@@ -131,6 +132,21 @@ def test_disagreeing_results_store_nothing(setup: Setup) -> None:
     assert done["status"] == "failed" and done["result"] is None
     assert done["min_count_applied"] is None
     assert done["error"]["code"] == "results_disagree"
+    engine = sqlalchemy.create_engine(coordinator.database_url)
+    with engine.connect() as conn:
+        stored = conn.execute(
+            sqlalchemy.text("SELECT result FROM queries WHERE id = :id"), {"id": query["id"]}
+        ).scalar_one()
+        kept = (
+            conn.execute(
+                sqlalchemy.text("SELECT result FROM tasks WHERE query_id = :id"),
+                {"id": query["id"]},
+            )
+            .scalars()
+            .all()
+        )
+    engine.dispose()
+    assert stored is None and kept == [None, None, None], "no party's result is kept either"
 
 
 def test_results_agree_whatever_their_key_order(setup: Setup) -> None:
