@@ -7,7 +7,8 @@ A library: it imports no web, database or HTTP code, and only the MPC party proc
 - `local_summary(query, frame, schema)`: what one party secret-shares (never rows);
 - `run_party(job)`: run one party of the protocol in its own process;
 - `simulate(query, frames)`: the whole protocol, one process per frame, on loopback;
-- `reference(query, frame, schema)`: the plaintext oracle on pooled data (tests and demo).
+- `reference(query, frame, schema)`: the plaintext oracle on pooled data (tests and demo);
+- `disclosure(query, schema)`: what a query would reveal and the ε it would spend (dry runs).
 
 Names are imported on first use so that the party process, which needs neither pandas nor the
 simulator, starts quickly.
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from smpc.query import STATISTICS, check_query, parse_query
     from smpc.runner import run_party
     from smpc.simulation import simulate
-    from smpc.statistics import SUPPORTED, local_summary, prepare, reference
+    from smpc.statistics import SUPPORTED, disclosure, local_summary, prepare, reference
 
 _HOMES = {
     "LocalSummary": "smpc.job",
@@ -35,6 +36,7 @@ _HOMES = {
     "run_party": "smpc.runner",
     "simulate": "smpc.simulation",
     "SUPPORTED": "smpc.statistics",
+    "disclosure": "smpc.statistics",
     "local_summary": "smpc.statistics",
     "prepare": "smpc.statistics",
     "reference": "smpc.statistics",
@@ -47,6 +49,7 @@ __all__ = [
     "PartyJob",
     "PartyOutcome",
     "check_query",
+    "disclosure",
     "local_summary",
     "parse_query",
     "prepare",

@@ -8,8 +8,11 @@ addresses of all parties. It travels as JSON on the party process's standard inp
 
 from __future__ import annotations
 
+import base64
+import io
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from smpc.tls import PartyTLS
@@ -21,7 +24,13 @@ class LocalSummary(BaseModel):
 
     `counts[c]` is the number of rows in cell c; `moments[name][c]` a fixed-point sum
     (integer, scaled by 2**FRAC_BITS) such as Σx or Σx²; `extremes[c]` the order key of the
-    local minimum or maximum (a sentinel when the cell is empty here).
+    local minimum or maximum (a sentinel when the cell is empty here). `vectors` holds a
+    statistic's own integer inputs (e.g. a fixed-point Gram matrix, per-time event counts).
+
+    `rows` is for the few protocols that iterate over this party's own rows (logistic
+    regression, quantiles): base64 of a float64 `.npy` matrix of the *selected* rows and only the
+    columns the statistic reads. It is handed to this node's own party process and is never
+    sent anywhere else; the party process never secret-shares or opens it, only summaries of it.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -29,6 +38,20 @@ class LocalSummary(BaseModel):
     counts: list[int]
     moments: dict[str, list[int]] = {}
     extremes: list[int] | None = None
+    vectors: dict[str, list[int]] = {}
+    rows: str | None = None
+
+    @staticmethod
+    def pack_rows(matrix: np.ndarray) -> str:
+        buffer = io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(matrix, dtype=np.float64), allow_pickle=False)
+        return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+    def unpack_rows(self) -> np.ndarray:
+        if self.rows is None:
+            raise ValueError("this statistic's local summary carries no rows")
+        data = base64.b64decode(self.rows.encode("ascii"))
+        return np.asarray(np.load(io.BytesIO(data), allow_pickle=False), dtype=np.float64)
 
 
 class PartyJob(BaseModel):

@@ -36,7 +36,6 @@ def _mpyc_argv(job: Any) -> list[str]:
 
 
 async def _run(mpc: Any, job: Any) -> dict[str, Any]:
-    from smpc.protocol import combine_cells
     from smpc.statistics import prepare, statistic_for
 
     query = prepare(job.query, job.dataset_schema)
@@ -47,7 +46,7 @@ async def _run(mpc: Any, job: Any) -> dict[str, Any]:
     started = time.perf_counter()
     await mpc.start()
     try:
-        opened = await combine_cells(mpc, statistic, job)
+        opened = await statistic.compute(mpc, job)
     except BaseException:
         for peer in mpc.parties:
             if peer.pid != mpc.pid and peer.protocol is not None:

@@ -54,11 +54,28 @@ def reference(
     return statistic_for(parsed, schema).reference(frame, threshold)
 
 
+def disclosure(raw: dict[str, Any] | QueryBase, schema: DatasetSchema) -> dict[str, Any]:
+    """What running `raw` would reveal, without running it (the dry run's answer).
+
+    Raises `QueryInvalid` for a query the schema or the library would refuse.
+    """
+    query = prepare(raw, schema)
+    cls = REGISTRY[query.statistic]
+    return {
+        "statistic": query.statistic,
+        "reveals": cls.reveals(),
+        "intermediates": cls.intermediates,
+        "epsilon": query.dp.epsilon if query.dp else 0.0,
+        "delta": query.dp.delta if query.dp else 0.0,
+    }
+
+
 __all__ = [
     "REGISTRY",
     "SUPPORTED",
     "Opened",
     "SecureStatistic",
+    "disclosure",
     "local_summary",
     "prepare",
     "reference",

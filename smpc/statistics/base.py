@@ -10,6 +10,8 @@ oracle on pooled data (`reference`) that the tests compare against.
 from __future__ import annotations
 
 import math
+import re
+import sys
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -21,7 +23,7 @@ if TYPE_CHECKING:
 
 from smpc.cells import CellLayout
 from smpc.encoding import MAX_SENTINEL, MIN_SENTINEL, encode_moment, order_key
-from smpc.job import LocalSummary
+from smpc.job import LocalSummary, PartyJob
 from smpc.query import QueryBase
 from tessera.errors import QueryInvalid
 from tessera.schemas import DatasetSchema
@@ -48,9 +50,14 @@ def number(value: float | Fraction | None) -> float | None:
 
 
 class SecureStatistic:
-    """Base class; subclasses set `name` and the class attributes, and write `cell_values`."""
+    """Base class; subclasses set `name` and the class attributes, and write `cell_values`.
+
+    Statistics that are not a table of cells (regressions, correlation, tests, survival,
+    quantiles) override `local_input`, `compute`, `finish` and `reference` as a whole.
+    """
 
     name: ClassVar[str]
+    intermediates: ClassVar[str] = ""  # what the protocol opens besides the output, if anything
     moments: ClassVar[tuple[str, ...]] = ()  # fixed-point sums shared per cell: "sum", "sumsq"
     extreme: ClassVar[Literal["min", "max"] | None] = None
     value_column: ClassVar[bool] = True  # reads `query.column`
@@ -121,6 +128,21 @@ class SecureStatistic:
             summary.extremes = [order_key(v.max()) if len(v) else MAX_SENTINEL for v in per_cell]
         return summary
 
+    # ---- the secure part (inside a party process, MPyC runtime started) ------------------
+
+    async def compute(self, mpc: Any, job: PartyJob) -> Any:
+        """Run the protocol; return what was opened (an object with a `threshold` attribute)."""
+        from smpc.protocol import combine_cells
+
+        return await combine_cells(mpc, self, job)
+
+    @classmethod
+    def reveals(cls) -> str:
+        """The module docstring's `Reveals:` paragraph: what the protocol opens, in words."""
+        doc = sys.modules[cls.__module__].__doc__ or ""
+        match = re.search(r"^Reveals:(.*?)(?:\n\s*\n|\Z)", doc, re.S | re.M)
+        return " ".join(match.group(1).split()) if match else ""
+
     # ---- after the protocol -------------------------------------------------------------
 
     def cell_values(self, opened: Opened, cell: int) -> dict[str, Any]:
@@ -131,7 +153,7 @@ class SecureStatistic:
         """The result keys of a suppressed cell: every value null."""
         raise NotImplementedError
 
-    def finish(self, opened: Opened) -> dict[str, Any]:
+    def finish(self, opened: Any) -> dict[str, Any]:
         """The result in DESIGN.md's shape, from what was opened."""
         entries = []
         for g in range(len(self.layout.groups)):
