@@ -29,9 +29,24 @@ def _array(secure_type: Any, values: list[int]) -> Any:
     return secure_type.array(np.array(values, dtype=object))
 
 
-def _pooled(mpc: Any, secure_type: Any, values: list[int]) -> Any:
+def pooled(mpc: Any, secure_type: Any, values: list[int]) -> Any:
+    """Every party inputs its vector; the sum is computed on shares (nothing is opened)."""
     shares = mpc.input(_array(secure_type, values))
     return functools.reduce(operator.add, shares)
+
+
+async def agree_threshold(mpc: Any, job: PartyJob, query_min_count: int | None) -> int:
+    """T = max(the query's min_count, every party's policy floor); the floors are public policy."""
+    floors = await mpc.output(mpc.input(mpc.SecInt(KEY_BITS)(job.min_count_floor)))
+    return max([query_min_count or 0, *(int(f) for f in floors)])
+
+
+async def release(mpc: Any, counts: Any, threshold: int) -> list[bool]:
+    """Which pooled counts reach the threshold: compared inside MPC, only the bits opened."""
+    if threshold <= 0:
+        return [True] * len(counts)
+    flags = await mpc.output(counts >= threshold)
+    return [bool(int(f)) for f in np.asarray(flags).ravel()]
 
 
 async def combine_cells(mpc: Any, statistic: SecureStatistic, job: PartyJob) -> Opened:
@@ -42,15 +57,9 @@ async def combine_cells(mpc: Any, statistic: SecureStatistic, job: PartyJob) -> 
     if len(summary.counts) != size:
         raise ValueError(f"local summary has {len(summary.counts)} cells, layout needs {size}")
 
-    floors = await mpc.output(mpc.input(secint(job.min_count_floor)))
-    threshold = max([statistic.query.min_count or 0, *(int(f) for f in floors)])
-
-    counts = _pooled(mpc, secint, summary.counts)
-    if threshold > 0:
-        flags = await mpc.output(counts >= threshold)
-        released = [bool(int(f)) for f in np.asarray(flags).ravel()]
-    else:
-        released = [True] * size
+    threshold = await agree_threshold(mpc, job, statistic.query.min_count)
+    counts = pooled(mpc, secint, summary.counts)
+    released = await release(mpc, counts, threshold)
     open_cells = np.flatnonzero(released)
 
     opened = Opened(threshold=threshold, released=released, counts=[None] * size)
@@ -62,10 +71,10 @@ async def combine_cells(mpc: Any, statistic: SecureStatistic, job: PartyJob) -> 
     if statistic.moments:
         secmoment = mpc.SecInt(MOMENT_BITS)
         for name in statistic.moments:
-            pooled = _pooled(mpc, secmoment, summary.moments[name])
+            sums = pooled(mpc, secmoment, summary.moments[name])
             column: list[Any] = [None] * size
             if open_cells.size:
-                values = await mpc.output(pooled[open_cells])
+                values = await mpc.output(sums[open_cells])
                 for c, v in zip(open_cells, np.asarray(values).ravel(), strict=True):
                     column[c] = decode_moment(int(v))
             opened.moments[name] = column
