@@ -140,6 +140,12 @@ class TesseraClient:
         """Submit a query (docs/queries.md); returns its view, status `pending`."""
         return self._call("POST", f"/studies/{study_id}/queries", json=query)
 
+    def dry_run_query(self, study_id: int, query: dict[str, Any]) -> dict[str, Any]:
+        """Check a query as submission would, without submitting it: the nodes that would take
+        part, `min_count_applied`, what it `reveals`, its `epsilon` and `delta`. An invalid
+        query raises the error its submission would."""
+        return self._call("POST", f"/studies/{study_id}/queries/dry-run", json=query)
+
     def study_queries(self, study_id: int) -> list[dict[str, Any]]:
         return self._call("GET", f"/studies/{study_id}/queries")
 

@@ -138,6 +138,22 @@ def submit_query(
     return view
 
 
+@router.post("/studies/{study_id}/queries/dry-run", tags=["queries"])
+def dry_run_query(
+    study_id: int,
+    user: CurrentUser,
+    db: SessionDep,
+    body: Any = Body(..., examples=[{"statistic": "mean", "dataset": "cohort", "column": "x"}]),
+) -> dict[str, Any]:
+    """Check a query as submission would, and say what running it would reveal, which nodes
+    would take part and the threshold they would apply; nothing is created. An invalid query
+    gets the very error its submission would."""
+    study = studies.visible_study(db, study_id, user)
+    answer = queries.dry_run(db, study, user, body)
+    db.commit()
+    return answer
+
+
 @router.get("/studies/{study_id}/queries", tags=["queries"])
 def list_queries(study_id: int, user: CurrentUser, db: SessionDep) -> list[dict[str, Any]]:
     study = studies.visible_study(db, study_id, user)

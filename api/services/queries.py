@@ -13,16 +13,17 @@ fails the query, the others find nothing to do.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from api import audit
 from api.db import write_lock
-from api.models import Node, Query, Study, StudyDataset, Task, User, utcnow
-from api.services.studies import dataset_nodes, is_member
+from api.models import Dataset, Node, Query, Study, StudyDataset, Task, User, utcnow
+from api.services.studies import dataset_nodes, is_member, study_nodes
 from api.settings import CoordinatorSettings
 from tessera.errors import Conflict, NotFound, PolicyDenied
 from tessera.schemas import (
@@ -34,6 +35,9 @@ from tessera.schemas import (
     TaskResult,
     TaskStart,
 )
+
+if TYPE_CHECKING:
+    from smpc.query import QueryBase
 
 MIN_PARTIES = 3
 TERMINAL = ("succeeded", "failed")
@@ -75,10 +79,29 @@ def _agreed_schema(query: Any, registered: list[tuple[Node, Any]]) -> DatasetSch
     return schemas[0][1]
 
 
-def submit(db: Session, study: Study, user: User, raw: Any, settings: CoordinatorSettings) -> Query:
-    """Validate a query and schedule it: one task per participating node, party ids in node-id
-    order. Raises `QueryInvalid` (422), `NotFound` (dataset not in the study), `Conflict` (too
-    few nodes, schemas disagree) or `PolicyDenied` (a node's published policy)."""
+@dataclass(frozen=True)
+class Plan:
+    """A query that passed every check the coordinator can make, and the nodes that would run
+    it, in party order (what a submission schedules and a dry run describes)."""
+
+    query: QueryBase
+    schema: DatasetSchema
+    registered: list[tuple[Node, Dataset]]
+
+    @property
+    def nodes(self) -> list[Node]:
+        return [node for node, _ in self.registered]
+
+    def min_count_applied(self) -> int:
+        """The threshold every party will apply: the query's, raised to each node's floor."""
+        floors = [int((node.policy or {}).get("min_count") or 0) for node in self.nodes]
+        return max([self.query.min_count or 0, *floors])
+
+
+def plan(db: Session, study: Study, raw: Any) -> Plan:
+    """Validate a query as submission does, without scheduling it. Raises `QueryInvalid` (422),
+    `NotFound` (dataset not in the study), `Conflict` (too few nodes, schemas disagree) or
+    `PolicyDenied` (a node's published policy)."""
     from smpc.query import check_query, parse_query
     from smpc.statistics import SUPPORTED, statistic_for
 
@@ -107,6 +130,14 @@ def submit(db: Session, study: Study, user: User, raw: Any, settings: Coordinato
                 f"node {node.name} does not allow {statistic!r} queries",
                 {"node": node.name, "allowed": allowed},
             )
+    return Plan(query, schema, registered)
+
+
+def submit(db: Session, study: Study, user: User, raw: Any, settings: CoordinatorSettings) -> Query:
+    """Validate a query (`plan`) and schedule it: one task per participating node, party ids in
+    node-id order."""
+    planned = plan(db, study, raw)
+    query, registered, statistic = planned.query, planned.registered, planned.query.statistic
     now = utcnow()
     record = Query(
         study_id=study.id,
@@ -135,6 +166,55 @@ def submit(db: Session, study: Study, user: User, raw: Any, settings: Coordinato
     )
     db.flush()
     return record
+
+
+def dry_run(db: Session, study: Study, user: User, raw: Any) -> dict[str, Any]:
+    """What submitting `raw` would do, and what it would reveal, without creating anything:
+    the same checks as `submit` (and the same errors), then the nodes of the study with whether
+    each would take part, the threshold every party would apply, and the disclosure the
+    statistic declares. Recorded in the audit log as `query.dry_run`."""
+    from smpc import disclosure
+
+    planned = plan(db, study, raw)
+    reveals = disclosure(planned.query, planned.schema)
+    taking_part = {node.id for node in planned.nodes}
+    nodes = []
+    for node in study_nodes(db, study):
+        takes_part = node.id in taking_part
+        reason = None if takes_part else f"has not registered dataset {planned.query.dataset!r}"
+        nodes.append(
+            {
+                "id": node.id,
+                "name": node.name,
+                "organisation": node.organisation.name,
+                "takes_part": takes_part,
+                "reason": reason,
+            }
+        )
+    answer = {
+        "valid": True,
+        "statistic": planned.query.statistic,
+        "dataset": planned.query.dataset,
+        "query": planned.query.to_json(),
+        "nodes": nodes,
+        "parties": len(planned.nodes),
+        "min_count_applied": planned.min_count_applied(),
+        "reveals": reveals["reveals"],
+        "intermediates": reveals["intermediates"],
+        "epsilon": reveals["epsilon"],
+        "delta": reveals["delta"],
+    }
+    audit.record(
+        db,
+        f"user:{user.username}",
+        "query.dry_run",
+        f"study:{study.name}",
+        statistic=planned.query.statistic,
+        dataset=planned.query.dataset,
+        nodes=[n.name for n in planned.nodes],
+    )
+    db.flush()
+    return answer
 
 
 def study_datasets(db: Session, study: Study) -> list[str]:

@@ -144,6 +144,18 @@ def dataset_nodes(db: Session, study: Study, name: str) -> list[tuple[Node, Data
     return [(node, dataset) for node, dataset in rows]
 
 
+def study_nodes(db: Session, study: Study) -> list[Node]:
+    """Every node of the study's organisations, in node-id order."""
+    return list(
+        db.scalars(
+            select(Node)
+            .join(StudyOrganisation, StudyOrganisation.organisation_id == Node.organisation_id)
+            .where(StudyOrganisation.study_id == study.id)
+            .order_by(Node.id)
+        )
+    )
+
+
 def datasets_view(db: Session, study: Study) -> list[dict[str, Any]]:
     out = []
     for name in study_view(db, study)["datasets"]:
