@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from tessera.cli import admin, audit, coordinator, demo, node, simulate
+from tessera.cli import admin, audit, coordinator, demo, node, query, simulate
 
 app = typer.Typer(
     name="tessera",
@@ -23,6 +23,7 @@ app.add_typer(coordinator.app, name="coordinator")
 app.add_typer(node.app, name="node")
 app.add_typer(admin.app, name="admin")
 app.add_typer(audit.app, name="audit")
+app.add_typer(query.app, name="query")
 
 
 if __name__ == "__main__":
