@@ -89,6 +89,7 @@ class Node(Base):
     agent_version: Mapped[str | None] = mapped_column(String(64))
     policy: Mapped[dict[str, Any] | None] = mapped_column()
     last_seen_at: Mapped[datetime | None] = mapped_column()
+    budget_reported_at: Mapped[datetime | None] = mapped_column()  # its last ledger report
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     organisation: Mapped[Organisation] = relationship()
@@ -188,6 +189,25 @@ class Task(Base):
 
     query: Mapped[Query] = relationship(back_populates="tasks")
     node: Mapped[Node] = relationship()
+
+
+class NodeBudget(Base):
+    """What one study spent of a node's differential-privacy budget on one dataset, as the
+    node last reported it (the node's own ledger is authoritative; the limits are in its
+    published policy)."""
+
+    __tablename__ = "node_budgets"
+
+    node_id: Mapped[int] = mapped_column(
+        ForeignKey("nodes.id", ondelete="CASCADE"), primary_key=True
+    )
+    study_id: Mapped[int] = mapped_column(
+        ForeignKey("studies.id", ondelete="CASCADE"), primary_key=True
+    )
+    dataset: Mapped[str] = mapped_column(String(64), primary_key=True)
+    epsilon_spent: Mapped[float] = mapped_column()
+    delta_spent: Mapped[float] = mapped_column()
+    charges: Mapped[int] = mapped_column(Integer)
 
 
 class AuditEvent(Base):

@@ -4,9 +4,13 @@ Each task runs in its own thread, so queries can overlap; each gets its own MPC 
 node's range and a fresh TLS identity (key and self-signed certificate, `smpc.tls`). What
 leaves the node: its declared schemas and policy summary (at start), its accept/refuse
 decisions (with the reason), the MPC address and certificate of each run, progress notes,
-failure codes, and the *opened pooled* result of each protocol. The local summary and the TLS
-key go only to the node's own party process (on its standard input); rows never leave the
-process that read them.
+failure codes, the *opened pooled* result of each protocol, and its privacy ledger (epsilon and
+delta spent per study and dataset). The local summary and the TLS key go only to the node's own
+party process (on its standard input); rows never leave the process that read them.
+
+A query with `dp` is charged to its study's privacy budget when the node accepts it, and
+refused if that would exceed the budget (`node_agent.budget`); after each charge the whole
+ledger is sent to the coordinator, one report at a time, from a thread of its own.
 """
 
 from __future__ import annotations
@@ -24,17 +28,26 @@ from types import FrameType
 from typing import IO, TYPE_CHECKING, Any
 
 from node_agent.audit_log import AuditLog
+from node_agent.budget import PrivacyLedger
 from node_agent.config import NodeSettings
 from node_agent.coordinator_client import AgentStopping, Backoff, CoordinatorClient
 from node_agent.datasets import DatasetCache
 from node_agent.policy import Policy
 from node_agent.ports import PortPool
 from tessera import __version__
-from tessera.errors import ConfigInvalid, Conflict, ProtocolFailed, TesseraError, Unauthorized
+from tessera.errors import (
+    BudgetExceeded,
+    ConfigInvalid,
+    Conflict,
+    ProtocolFailed,
+    TesseraError,
+    Unauthorized,
+)
 from tessera.schemas import NodeHello, TaskAccept, TaskOut, TaskResult, TaskStart
 
 if TYPE_CHECKING:
     from smpc import LocalSummary, PartyJob, PartyOutcome
+    from smpc.query import DPSpec
 
 log = logging.getLogger("tessera.node")
 
@@ -56,6 +69,7 @@ class _Prepared:
     summary: LocalSummary
     key_pem: str = ""  # this run's TLS key: only ever handed to our own party process
     certificate: str = ""
+    dp: DPSpec | None = None
 
 
 def _seconds(since: float) -> float:
@@ -89,6 +103,11 @@ class NodeAgent:
         self._waiting: set[int] = set()  # accepted tasks waiting for the start signal
         self._waiting_lock = threading.Lock()
         self._lock_file: IO[str] | None = None
+        self._ledger: PrivacyLedger | None = None
+        self._ledger_lock = threading.Lock()
+        self._report_lock = threading.Lock()  # one budget report at a time, in order
+        self._budget_changed = threading.Event()
+        self._reporter: threading.Thread | None = None
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -103,6 +122,7 @@ class NodeAgent:
         served = [ds for ds in self.settings.datasets if self.policy.serves(ds.name)]
         for ds in served:
             self.client.register_dataset(ds.name, ds.schema_)
+        self._budget_changed.set()  # the coordinator may have lost our last report
         self._reconnected.clear()
         self.registered.set()
         _event(
@@ -125,6 +145,7 @@ class NodeAgent:
         try:
             self._claim_work_dir()
             self.audit = AuditLog(self.settings.audit_path)
+            self.ledger  # noqa: B018 -- open it now: an unusable ledger stops the start
             rows = self.check_datasets()
             _event(
                 logging.INFO,
@@ -135,6 +156,10 @@ class NodeAgent:
                 node=self.settings.name,
             )
             self.register()
+            self._reporter = threading.Thread(
+                target=self._report_budget_changes, daemon=True, name="budget-reporter"
+            )
+            self._reporter.start()
             self._serve()
         except (_Interrupted, AgentStopping):
             pass
@@ -198,6 +223,8 @@ class NodeAgent:
         for thread in list(self._threads.values()):
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
         left = [t.name for t in self._threads.values() if t.is_alive()]
+        if self._reporter is not None:
+            self._reporter.join(timeout=1.0)
         self.client.close()
         if self._lock_file is not None:
             self._lock_file.close()
@@ -239,6 +266,92 @@ class NodeAgent:
             ) from None
         self._lock_file = lock
 
+    # ---- privacy budget -------------------------------------------------------------------
+
+    @property
+    def ledger(self) -> PrivacyLedger:
+        """The privacy ledger in `work_dir` (opened on first use)."""
+        with self._ledger_lock:
+            if self._ledger is None:
+                self._ledger = PrivacyLedger(self.settings.ledger_path)
+            return self._ledger
+
+    def report_budget(self) -> None:
+        """Send the whole ledger (`PUT /nodes/me/budget`). Reports go one at a time, each
+        read when it is sent, so the last to arrive is the latest."""
+        with self._report_lock:
+            self.client.report_budget(self.ledger.report())
+
+    def _report_budget_changes(self) -> None:
+        """After each charge, report the ledger; a lost report is made good by the next one
+        (or by registering again)."""
+        while not self.stopping.is_set():
+            if not self._budget_changed.wait(0.2):
+                continue
+            self._budget_changed.clear()
+            try:
+                self.report_budget()
+            except AgentStopping:
+                return
+            except TesseraError as exc:
+                _event(
+                    logging.WARNING,
+                    "budget.unreported",
+                    "could not report the privacy ledger: %s",
+                    exc.message,
+                    code=exc.code,
+                )
+
+    def _charge(self, task: TaskOut, dp: DPSpec, subject: dict[str, Any]) -> BudgetExceeded | None:
+        """Charge a DP query to its study's budget on the dataset, or say why not."""
+        limit = self.policy.dp_budget(task.dataset)
+        if limit is None or task.study_id is None:  # refused by the policy before this
+            return BudgetExceeded("no differential-privacy budget applies to this task")
+        try:
+            spent = self.ledger.charge(
+                task.study_id,
+                task.dataset,
+                dp.epsilon,
+                dp.delta,
+                limit,
+                task_id=task.id,
+                query_id=task.query_id,
+            )
+        except BudgetExceeded as exc:
+            return exc
+        self._audit(
+            "budget.charged",
+            "charged",
+            epsilon=dp.epsilon,
+            delta=dp.delta,
+            epsilon_spent=float(spent.epsilon),
+            delta_spent=float(spent.delta),
+            epsilon_limit=limit.epsilon,
+            delta_limit=limit.delta,
+            **subject,
+        )
+        _event(
+            logging.INFO,
+            "budget.charged",
+            "task %d: charged epsilon %g, delta %g to study %d on %s (spent %g of %g, delta %g "
+            "of %g)",
+            task.id,
+            dp.epsilon,
+            dp.delta,
+            task.study_id,
+            task.dataset,
+            float(spent.epsilon),
+            limit.epsilon,
+            float(spent.delta),
+            limit.delta,
+            task=task.id,
+            query=task.query_id,
+            study=task.study_id,
+            dataset=task.dataset,
+        )
+        self._budget_changed.set()
+        return None
+
     # ---- one task -------------------------------------------------------------------------
 
     def handle(self, task: TaskOut) -> None:
@@ -246,7 +359,7 @@ class NodeAgent:
         started = time.perf_counter()
         statistic = str(task.query.get("statistic"))
         ids = {"task": task.id, "query": task.query_id}
-        subject = {**ids, "statistic": statistic, "dataset": task.dataset}
+        subject = {**ids, "study": task.study_id, "statistic": statistic, "dataset": task.dataset}
         self._audit("task.received", "received", party_id=task.party_id, **subject)
         _event(
             logging.INFO,
@@ -262,13 +375,16 @@ class NodeAgent:
         )
         reason = self.policy.decide(task)
         if reason is not None:
-            self._audit("task.refused", "refused", reason=reason, **subject)
-            _event(logging.INFO, "task.refused", "task %d: refused: %s", task.id, reason, **ids)
-            self._tell("reject", task.id, reason)
+            self._refuse(task, subject, reason)
             return
         port: int | None = None
         try:
             prepared = self._prepare(task)
+            if prepared.dp is not None:
+                over = self._charge(task, prepared.dp, subject)
+                if over is not None:
+                    self._refuse(task, subject, over.message, **over.details)
+                    return
             port = self.ports.take()
             accept = TaskAccept(
                 mpc_host=self.settings.mpc_host,
@@ -327,6 +443,12 @@ class NodeAgent:
             if port is not None:
                 self.ports.release(port)
 
+    def _refuse(self, task: TaskOut, subject: dict[str, Any], reason: str, **fields: Any) -> None:
+        ids = {"task": task.id, "query": task.query_id}
+        self._audit("task.refused", "refused", reason=reason, **{**fields, **subject})
+        _event(logging.INFO, "task.refused", "task %d: refused: %s", task.id, reason, **ids)
+        self._tell("reject", task.id, reason)
+
     def _failed(
         self, task: TaskOut, subject: dict[str, Any], code: str, message: str, started: float
     ) -> None:
@@ -357,7 +479,7 @@ class NodeAgent:
         query = prepare(task.query, ds.schema_)
         summary = local_summary(query, self.cache.get(ds), ds.schema_)
         key_pem, certificate = new_identity(task.party_id)
-        return _Prepared(query.to_json(), ds, summary, key_pem, certificate)
+        return _Prepared(query.to_json(), ds, summary, key_pem, certificate, query.dp)
 
     def _wait_for_start(self, task: TaskOut) -> TaskStart:
         """Long-poll for the go until every party accepted; `Conflict` if the query failed."""

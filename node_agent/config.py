@@ -25,7 +25,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from tessera.errors import ConfigInvalid
-from tessera.schemas import ColumnSpec, DatasetSchema, Name, NodePolicySummary
+from tessera.schemas import ColumnSpec, DatasetSchema, DPBudget, Name, NodePolicySummary
 from tessera.settings import ENV_PREFIX, read_toml
 
 
@@ -82,6 +82,24 @@ class PolicyConfig(BaseModel):
     min_count: int = Field(5, ge=0)
     allowed_statistics: list[str] | None = None
     allowed_datasets: list[str] | None = None
+    # Differential privacy: what each study may spend on each dataset (sums of the queries'
+    # epsilon and delta). No budget: every query with `dp` is refused.
+    dp_epsilon_budget: float | None = Field(None, ge=0, allow_inf_nan=False)
+    dp_delta_budget: float | None = Field(None, ge=0, lt=1)
+    dp_budgets: dict[str, DPBudget] = {}  # a dataset's own budget per study, instead
+
+    @model_validator(mode="after")
+    def _delta_needs_epsilon(self) -> PolicyConfig:
+        if self.dp_delta_budget is not None and self.dp_epsilon_budget is None:
+            raise ValueError("dp_delta_budget needs dp_epsilon_budget")
+        return self
+
+    @property
+    def dp_budget(self) -> DPBudget | None:
+        """The default budget of one study on one dataset (None: DP queries are refused)."""
+        if self.dp_epsilon_budget is None:
+            return None
+        return DPBudget(epsilon=self.dp_epsilon_budget, delta=self.dp_delta_budget or 0.0)
 
     @field_validator("allowed_statistics")
     @classmethod
@@ -98,7 +116,10 @@ class PolicyConfig(BaseModel):
 
     def summary(self) -> NodePolicySummary:
         return NodePolicySummary(
-            min_count=self.min_count, allowed_statistics=self.allowed_statistics
+            min_count=self.min_count,
+            allowed_statistics=self.allowed_statistics,
+            dp_budget=self.dp_budget,
+            dp_dataset_budgets=dict(self.dp_budgets),
         )
 
 
@@ -150,6 +171,11 @@ class NodeSettings(BaseSettings):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"dataset name(s) used twice: {', '.join(dupes)}")
+        unknown = sorted(set(self.policy.dp_budgets) - set(names))
+        if unknown:
+            raise ValueError(
+                f"policy.dp_budgets names dataset(s) not declared here: {', '.join(unknown)}"
+            )
         if self.api_key is None:
             if self.api_key_file is None:
                 raise ValueError(f"no API key: set api_key, api_key_file or {ENV_PREFIX}API_KEY")
@@ -182,6 +208,11 @@ class NodeSettings(BaseSettings):
     @property
     def audit_path(self) -> Path:
         return self.work_dir / "audit.jsonl"
+
+    @property
+    def ledger_path(self) -> Path:
+        """The privacy budget ledger (SQLite): what each study spent on each dataset."""
+        return self.work_dir / "budget.sqlite3"
 
     def dataset(self, name: str) -> DatasetConfig | None:
         return next((d for d in self.datasets if d.name == name), None)

@@ -19,6 +19,7 @@ import httpx
 from tessera.errors import TesseraError, Unauthorized, error_from_dict
 from tessera.schemas import (
     DatasetSchema,
+    NodeBudgetReport,
     NodeHello,
     TaskAccept,
     TaskFailure,
@@ -160,6 +161,10 @@ class CoordinatorClient:
             f"/nodes/me/datasets/{name}",
             json=schema.model_dump(mode="json", exclude_none=True),
         )
+
+    def report_budget(self, report: NodeBudgetReport) -> None:
+        """Publish the whole privacy ledger (it replaces the coordinator's copy)."""
+        self._call("PUT", "/nodes/me/budget", json=report.model_dump(mode="json"))
 
     # ---- tasks ----------------------------------------------------------------------------
 

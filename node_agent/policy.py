@@ -3,14 +3,16 @@
 The coordinator plans with the policy summary a node publishes, but only the node decides: a
 task its policy forbids is refused with the reason, whatever the coordinator says. The floor
 `min_count` goes into every party job; the protocol applies the largest floor of all parties
-and the query's own `min_count`, so no query can lower it.
+and the query's own `min_count`, so no query can lower it. A query with `dp` needs a privacy
+budget for its dataset (none configured: refused); the spend itself is charged against the
+ledger when the node accepts (`node_agent.budget`).
 """
 
 from __future__ import annotations
 
 from node_agent.config import DatasetConfig, PolicyConfig
 from tessera.errors import QueryInvalid
-from tessera.schemas import NodePolicySummary, TaskOut
+from tessera.schemas import DPBudget, NodePolicySummary, TaskOut
 
 MIN_PARTIES = 3  # Shamir sharing with an honest majority: t < m/2 needs m >= 3 for t >= 1
 
@@ -28,6 +30,10 @@ class Policy:
     def summary(self) -> NodePolicySummary:
         """What the coordinator may know of the policy, to plan (it does not decide)."""
         return self.config.summary()
+
+    def dp_budget(self, dataset: str) -> DPBudget | None:
+        """What each study may spend on `dataset` (epsilon, delta); None: no DP query on it."""
+        return self.config.summary().dp_limit(dataset)
 
     def serves(self, dataset: str) -> bool:
         """Whether the node offers this dataset at all (only those are registered)."""
@@ -50,6 +56,14 @@ class Policy:
             return f"policy does not allow queries on dataset {task.dataset!r}"
         if task.query.get("dataset", task.dataset) != task.dataset:
             return "the task's dataset and its query's dataset differ"
+        if task.query.get("dp") is not None:
+            if self.dp_budget(task.dataset) is None:
+                return (
+                    f"this node has no differential-privacy budget for dataset {task.dataset!r} "
+                    "(policy.dp_epsilon_budget): it takes part in no query with 'dp'"
+                )
+            if task.study_id is None:
+                return "the task names no study, so its privacy spend cannot be charged"
         if task.n_parties < MIN_PARTIES:
             return (
                 f"{task.n_parties} part{'y' if task.n_parties == 1 else 'ies'}: secure "

@@ -127,6 +127,12 @@ class TesseraClient:
         schemas agree."""
         return self._call("GET", f"/studies/{study_id}/datasets")
 
+    def study_budget(self, study_id: int) -> dict[str, Any]:
+        """The study's differential-privacy budget per dataset: each node's epsilon and delta
+        limit, spent and remaining (as the node last reported, with `reported_at`), and what
+        the network has left (the least of its nodes)."""
+        return self._call("GET", f"/studies/{study_id}/budget")
+
     def audit(self, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
         return self._call("GET", "/audit", params={"limit": limit, "offset": offset})
 

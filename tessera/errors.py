@@ -77,6 +77,13 @@ class Forbidden(TesseraError):
     http_status = 403
 
 
+class BudgetExceeded(Conflict):
+    """A differential-privacy query would spend more epsilon or delta than a node has left."""
+
+    code = "budget_exceeded"
+    http_status = 409
+
+
 class ProtocolFailed(TesseraError):
     """An MPC protocol run did not complete: a party refused, crashed, timed out or disagreed."""
 
@@ -110,6 +117,7 @@ ERRORS_BY_CODE: dict[str, type[TesseraError]] = {
         Conflict,
         Unauthorized,
         Forbidden,
+        BudgetExceeded,
         ProtocolFailed,
         ConfigInvalid,
         DataInvalid,

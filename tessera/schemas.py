@@ -90,11 +90,25 @@ class DatasetSchema(Strict):
         return [c.name for c in self.columns]
 
 
+class DPBudget(Strict):
+    """A differential-privacy budget: the most epsilon and delta that the queries of one study
+    may spend, summed, on one dataset at one node (basic sequential composition)."""
+
+    epsilon: float = Field(ge=0, allow_inf_nan=False)
+    delta: float = Field(0.0, ge=0, lt=1)
+
+
 class NodePolicySummary(Strict):
     """What a node publishes of its policy so the coordinator can plan (the node still decides)."""
 
     min_count: int = Field(0, ge=0)
     allowed_statistics: list[str] | None = None  # None: every statistic
+    dp_budget: DPBudget | None = None  # per study and dataset; None: no DP query is accepted
+    dp_dataset_budgets: dict[str, DPBudget] = {}  # a dataset's own budget, instead of dp_budget
+
+    def dp_limit(self, dataset: str) -> DPBudget | None:
+        """The budget of each study on `dataset`; None if this node accepts no DP query on it."""
+        return self.dp_dataset_budgets.get(dataset, self.dp_budget)
 
 
 # ---- node <-> coordinator task messages -------------------------------------------------
@@ -117,6 +131,7 @@ class TaskOut(BaseModel):
 
     id: int
     query_id: int
+    study_id: int | None = None  # None from a coordinator that predates privacy budgets
     party_id: int
     n_parties: int
     dataset: str
@@ -171,3 +186,23 @@ class TaskResult(Strict):
 class TaskFailure(Strict):
     code: str = Field(min_length=1, max_length=64)
     message: str = Field(min_length=1, max_length=2000)
+
+
+# ---- privacy budget -----------------------------------------------------------------------
+
+
+class BudgetSpent(Strict):
+    """What a node's ledger holds for one study and dataset: epsilon and delta spent so far."""
+
+    study_id: int
+    dataset: Name
+    epsilon_spent: float = Field(ge=0, allow_inf_nan=False)
+    delta_spent: float = Field(ge=0, allow_inf_nan=False)
+    charges: int = Field(ge=0)
+
+
+class NodeBudgetReport(Strict):
+    """A node's whole privacy ledger (`PUT /nodes/me/budget`): it replaces the last report.
+    The limits are in the node's policy summary (its hello)."""
+
+    entries: list[BudgetSpent] = Field(default_factory=list, max_length=100_000)

@@ -14,10 +14,11 @@ from api.db import Database
 from api.deps import AdminUser, CurrentNode, NotifierDep, SessionDep, WaitParam
 from api.models import Node, Task
 from api.notify import Notifier, long_poll
-from api.services import network, queries
+from api.services import budget, network, queries
 from tessera.schemas import (
     DatasetSchema,
     Name,
+    NodeBudgetReport,
     NodeHello,
     TaskAccept,
     TaskFailure,
@@ -77,6 +78,15 @@ def register_dataset(
     dataset = network.register_dataset(db, node, name, body)
     db.commit()
     return {"name": dataset.name, "node": node.name, "schema": dataset.schema}
+
+
+@router.put("/nodes/me/budget", tags=["node agent"])
+def report_budget(body: NodeBudgetReport, node: CurrentNode, db: SessionDep) -> dict[str, Any]:
+    """The node's whole privacy ledger (epsilon and delta spent per study and dataset); it
+    replaces the last report."""
+    answer = budget.report(db, node, body)
+    db.commit()
+    return answer
 
 
 @router.get("/nodes/me/tasks", tags=["node agent"])

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import AdminUser, CurrentUser, NotifierDep, SessionDep, SettingsDep, WaitParam
 from api.notify import long_poll
-from api.services import queries, studies
+from api.services import budget, queries, studies
 from tessera.errors import InvalidRequest
 from tessera.schemas import Name
 
@@ -105,6 +105,13 @@ def add_dataset(
 def study_datasets(study_id: int, user: CurrentUser, db: SessionDep) -> list[dict[str, Any]]:
     """Each dataset of the study: which nodes registered it, their declared schemas."""
     return studies.datasets_view(db, studies.visible_study(db, study_id, user))
+
+
+@router.get("/studies/{study_id}/budget", tags=["studies"])
+def study_budget(study_id: int, user: CurrentUser, db: SessionDep) -> dict[str, Any]:
+    """Per dataset of the study, each node's differential-privacy budget: limit, spent and
+    remaining epsilon and delta, as the node last reported; and the least remaining of all."""
+    return budget.study_budget(db, studies.visible_study(db, study_id, user))
 
 
 @router.post("/studies/{study_id}/queries", status_code=status.HTTP_201_CREATED, tags=["queries"])

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from api import audit
 from api.db import write_lock
 from api.models import Dataset, Node, Query, Study, StudyDataset, Task, User, utcnow
+from api.services import budget
 from api.services.studies import dataset_nodes, is_member, study_nodes
 from api.settings import CoordinatorSettings
 from tessera.errors import Conflict, NotFound, PolicyDenied
@@ -118,6 +119,10 @@ def plan(db: Session, study: Study, raw: Any) -> Plan:
             f"MPC needs at least {MIN_PARTIES} parties; {len(registered)} node(s) of this study "
             f"registered dataset {query.dataset!r}",
             {"nodes": [n.name for n, _ in registered]},
+        )
+    if query.dp is not None:
+        budget.check_affordable(
+            db, study, query.dataset, query.dp.epsilon, query.dp.delta, [n for n, _ in registered]
         )
     schema = _agreed_schema(query, registered)
     check_query(query, schema, SUPPORTED)
@@ -341,6 +346,7 @@ def offer_tasks(db: Session, node: Node) -> list[TaskOut]:
             TaskOut(
                 id=task.id,
                 query_id=query.id,
+                study_id=query.study_id,
                 party_id=task.party_id,
                 n_parties=len(query.tasks),
                 dataset=query.dataset,

@@ -11,12 +11,13 @@ import sqlalchemy
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
 
-from api import CoordinatorSettings, create_app
+from api import CoordinatorSettings, audit, create_app
 from api.audit import verify
 from api.db import Database
 from api.migrate import upgrade
-from api.models import Base
+from api.models import Base, utcnow
 from api.services import accounts, network
 from tessera.errors import ConfigInvalid
 
@@ -149,17 +150,30 @@ def test_the_migrations_build_exactly_the_models(database_url: str) -> None:
     assert differences == []
 
 
+def add_node_as_of_0003(db: Session, name: str, organisation_id: int) -> None:
+    """Enrol a node in a database of revision 0003 (the model has columns added since)."""
+    db.execute(
+        sqlalchemy.text(
+            "INSERT INTO nodes (name, organisation_id, api_key_id, api_key_hash, created_at) "
+            "VALUES (:name, :org, :key_id, :key_hash, :at)"
+        ),
+        {"name": name, "org": organisation_id, "key_id": name, "key_hash": "x", "at": utcnow()},
+    )
+    audit.record(db, "test", "node.created", f"node:{name}", organisation_id=organisation_id)
+
+
 def test_upgrading_keeps_the_data_and_the_audit_chain(database_url: str) -> None:
     database = Database(database_url)
     try:
         upgrade(database.engine, "0002")
         with database.session() as db:
             org = network.create_organisation(db, "Hospital A", "test")
-            network.create_node(db, "node-a", org.id, "test")
+            add_node_as_of_0003(db, "node-a", org.id)
             accounts.create_user(db, "alice", "alice-password", "researcher", actor="test")
         upgrade(database.engine)
         with database.session() as db:
             assert verify(db) == {"ok": True, "entries": 3, "first_bad_id": None}
+            assert [n.name for n in network.list_nodes(db)] == ["node-a"]
             assert accounts.authenticate(db, "alice", "alice-password").username == "alice"
         with pytest.raises(sqlalchemy.exc.IntegrityError), database.session() as db:
             db.execute(sqlalchemy.text("UPDATE users SET role = 'superuser'"))

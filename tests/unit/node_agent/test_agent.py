@@ -12,8 +12,16 @@ import pandas as pd
 import pytest
 
 from node_agent.agent import NodeAgent, running
-from tessera.errors import Conflict, ProtocolFailed, Unauthorized
-from tessera.schemas import PartyAddress, TaskAccept, TaskOut, TaskResult, TaskStart
+from tessera.errors import Conflict, ProtocolFailed, TesseraError, Unauthorized
+from tessera.schemas import (
+    BudgetSpent,
+    NodeBudgetReport,
+    PartyAddress,
+    TaskAccept,
+    TaskOut,
+    TaskResult,
+    TaskStart,
+)
 
 
 class FakeCoordinator:
@@ -29,6 +37,7 @@ class FakeCoordinator:
         self.not_yet = 1  # start answers "not yet" this many times per task
         self.start_wait_s = 0.0
         self.poll_error: Exception | None = None
+        self.report_error: Exception | None = None
         self.on_reconnect = None
         self.lock = threading.Lock()
 
@@ -45,6 +54,14 @@ class FakeCoordinator:
 
     def register_dataset(self, name: str, schema: Any) -> None:
         self._record("register_dataset", name)
+
+    def report_budget(self, report: Any) -> None:
+        self._record("report_budget", report)
+        if self.report_error is not None:
+            raise self.report_error
+
+    def budget_reports(self) -> list[Any]:
+        return [args[0] for name, args in self.calls if name == "report_budget"]
 
     def tasks(self, wait: float) -> list[TaskOut]:
         if self.poll_error is not None:
@@ -131,6 +148,7 @@ def make_task(task_id: int = 11, query: dict[str, Any] | None = None) -> TaskOut
     return TaskOut(
         id=task_id,
         query_id=5,
+        study_id=9,
         party_id=1,
         n_parties=3,
         dataset="cohort",
@@ -176,11 +194,15 @@ def test_a_task_runs_and_only_the_opened_result_is_sent(node) -> None:
     with running(agent):
         fake.queue.append(make_task())
         deadline = time.monotonic() + 10
-        while "result" not in fake.names() and time.monotonic() < deadline:
+        while not ("result" in fake.names() and fake.budget_reports()):
+            if time.monotonic() > deadline:
+                break
             time.sleep(0.01)
 
-    assert fake.names()[:3] == ["hello", "register_dataset", "accept"]
-    assert fake.names()[3:] == ["start", "start", "progress", "result", "close"]
+    names = [n for n in fake.names() if n != "report_budget"]  # sent from its own thread
+    assert names[:3] == ["hello", "register_dataset", "accept"]
+    assert names[3:] == ["start", "start", "progress", "result", "close"]
+    assert fake.budget_reports() == [NodeBudgetReport(entries=[])]
     [job] = party.jobs
     low, high = agent.settings.port_range
     accepted = fake.accepted[11]
@@ -369,3 +391,148 @@ def test_behind_nat_it_advertises_mpc_host_and_listens_on_mpc_bind_host(node) ->
     [job] = party.jobs
     assert job.parties[1] == ("127.0.0.1", accepted.mpc_port)
     assert fake.names()[-1] == "result"
+
+
+# ---- differential privacy: the budget ----------------------------------------------------
+
+
+@pytest.fixture
+def dp_supported(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let queries with `dp` through smpc's checks, which refuse them until the noise exists:
+    what is tested here is the node's ledger, not the noise."""
+    import smpc.statistics
+
+    original = smpc.statistics.check_query
+
+    def without_dp(query: Any, schema: Any, supported: Any) -> None:
+        original(query.model_copy(update={"dp": None}), schema, supported)
+
+    monkeypatch.setattr(smpc.statistics, "check_query", without_dp)
+
+
+def dp_task(task_id: int, epsilon: float, delta: float = 0.0) -> TaskOut:
+    return make_task(task_id, {"statistic": "count", "dp": {"epsilon": epsilon, "delta": delta}})
+
+
+def wait_for(condition: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_a_dp_query_is_charged_when_accepted_and_the_ledger_reported(node, dp_supported) -> None:
+    agent, fake = node(policy="dp_epsilon_budget = 1.0\ndp_delta_budget = 1e-6")
+    with running(agent):
+        fake.queue.append(dp_task(11, 0.25, 1e-7))
+        wait_for(lambda: "result" in fake.names() and len(fake.budget_reports()) == 2)
+    assert fake.budget_reports() == [
+        NodeBudgetReport(entries=[]),  # at registration
+        NodeBudgetReport(
+            entries=[
+                BudgetSpent(
+                    study_id=9, dataset="cohort", epsilon_spent=0.25, delta_spent=1e-7, charges=1
+                )
+            ]
+        ),
+    ]
+    assert audit_actions(agent) == [
+        ("task.received", "received"),
+        ("budget.charged", "charged"),
+        ("task.accepted", "accepted"),
+        ("result.opened", "succeeded"),
+    ]
+    charged = json.loads(agent.settings.audit_path.read_text().splitlines()[1])
+    assert {k: charged[k] for k in ("study", "dataset", "task", "query")} == {
+        "study": 9,
+        "dataset": "cohort",
+        "task": 11,
+        "query": 5,
+    }
+    assert (charged["epsilon"], charged["epsilon_spent"], charged["epsilon_limit"]) == (
+        0.25,
+        0.25,
+        1.0,
+    )
+
+
+def test_an_over_budget_dp_task_is_refused_naming_what_is_left(node, dp_supported) -> None:
+    agent, fake = node(policy="dp_epsilon_budget = 1.0")
+    with running(agent):
+        fake.queue.append(dp_task(11, 0.6))
+        wait_for(lambda: "result" in fake.names())
+        fake.queue.append(dp_task(12, 0.6))
+        wait_for(lambda: "reject" in fake.names())
+    [(task_id, reason)] = [args for name, args in fake.calls if name == "reject"]
+    assert task_id == 12
+    assert reason == (
+        "the query's epsilon 0.6, delta 0 would exceed the differential-privacy budget of study "
+        "9 on dataset 'cohort': remaining epsilon 0.4, delta 0 (of epsilon 1, delta 0 per study)"
+    )
+    assert 12 not in fake.accepted
+    assert audit_actions(agent)[-2:] == [("task.received", "received"), ("task.refused", "refused")]
+    refused = json.loads(agent.settings.audit_path.read_text().splitlines()[-1])
+    assert (refused["reason"], refused["epsilon_remaining"], refused["study"]) == (reason, 0.4, 9)
+
+    # The spending survives a restart of the agent: the same work_dir refuses again.
+    again, fake_again = node(policy="dp_epsilon_budget = 1.0")
+    again.settings = agent.settings
+    again.handle(dp_task(13, 0.5))
+    [(name, (_, reason))] = fake_again.calls
+    assert name == "reject" and "remaining epsilon 0.4," in reason
+    again.handle(dp_task(14, 0.4))
+    assert fake_again.names()[-1] == "result"
+
+
+def test_a_study_has_its_own_budget(node, dp_supported) -> None:
+    agent, fake = node(policy="dp_epsilon_budget = 0.5")
+    agent.handle(dp_task(11, 0.5))
+    other_study = dp_task(12, 0.5).model_copy(update={"study_id": 10})
+    agent.handle(other_study)
+    assert fake.names().count("result") == 2 and "reject" not in fake.names()
+    agent.handle(dp_task(13, 0.5))
+    assert fake.names()[-1] == "reject"
+
+
+def test_a_dp_query_is_refused_where_no_budget_is_set(node) -> None:
+    agent, fake = node()
+    agent.handle(dp_task(11, 0.1))
+    assert fake.calls == [
+        (
+            "reject",
+            (
+                11,
+                "this node has no differential-privacy budget for dataset 'cohort' "
+                "(policy.dp_epsilon_budget): it takes part in no query with 'dp'",
+            ),
+        )
+    ]
+    assert not agent.settings.ledger_path.exists() or agent.ledger.entries() == []
+
+
+def test_a_dp_task_without_its_study_is_refused(node) -> None:
+    agent, fake = node(policy="dp_epsilon_budget = 1.0")
+    agent.handle(dp_task(11, 0.1).model_copy(update={"study_id": None}))
+    [(name, (_, reason))] = fake.calls
+    assert (name, reason) == (
+        "reject",
+        "the task names no study, so its privacy spend cannot be charged",
+    )
+
+
+def test_a_dp_query_that_fails_after_acceptance_is_not_refunded(node, dp_supported) -> None:
+    agent, fake = node(
+        policy="dp_epsilon_budget = 1.0", party=FakeParty(error=ProtocolFailed("peer vanished"))
+    )
+    agent.handle(dp_task(11, 0.75))
+    assert fake.calls[-1] == ("fail", (11, "protocol_failed", "peer vanished"))
+    assert float(agent.ledger.spent(9, "cohort").epsilon) == 0.75
+
+
+def test_a_budget_report_the_coordinator_refuses_does_not_stop_the_node(node, caplog) -> None:
+    agent, fake = node()
+    fake.report_error = TesseraError("coordinator answered 404")
+    with running(agent):
+        fake.queue.append(make_task())
+        wait_for(lambda: "result" in fake.names())
+    assert fake.names().count("report_budget") == 1 and "result" in fake.names()
+    assert "could not report the privacy ledger: coordinator answered 404" in caplog.text

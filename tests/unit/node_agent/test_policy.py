@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from node_agent.policy import Policy
-from tessera.schemas import TaskOut
+from tessera.schemas import DPBudget, TaskOut
 
 
 def task(query: dict[str, Any], dataset: str = "cohort", n_parties: int = 3) -> TaskOut:
@@ -83,3 +83,25 @@ def test_a_mismatched_dataset_is_refused(configs) -> None:
 def test_too_few_parties_to_keep_a_summary_secret(configs, n_parties) -> None:
     reason = policy(configs).decide(task({"statistic": "count"}, n_parties=n_parties))
     assert reason is not None and "needs at least 3" in reason
+
+
+def test_a_dp_budget_per_study_with_a_dataset_of_its_own(configs) -> None:
+    p = policy(
+        configs,
+        "dp_epsilon_budget = 1.0\ndp_delta_budget = 1e-6\n[policy.dp_budgets.labs]\nepsilon = 3",
+    )
+    assert p.dp_budget("cohort") == DPBudget(epsilon=1.0, delta=1e-6)
+    assert p.dp_budget("labs") == DPBudget(epsilon=3.0, delta=0.0), "delta defaults to 0"
+    summary = p.summary()
+    assert summary.dp_budget == DPBudget(epsilon=1.0, delta=1e-6)
+    assert summary.dp_dataset_budgets == {"labs": DPBudget(epsilon=3.0)}
+
+
+def test_without_a_budget_no_dp_query_is_taken(configs) -> None:
+    p = policy(configs, "[policy.dp_budgets.labs]\nepsilon = 2")
+    assert p.summary().dp_budget is None and p.dp_budget("cohort") is None
+    assert p.decide(task({"statistic": "count", "dp": {"epsilon": 0.5}})) == (
+        "this node has no differential-privacy budget for dataset 'cohort' "
+        "(policy.dp_epsilon_budget): it takes part in no query with 'dp'"
+    )
+    assert p.decide(task({"statistic": "count"})) is None, "other queries are unaffected"

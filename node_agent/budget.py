@@ -1,0 +1,207 @@
+"""The node's differential-privacy budget: a ledger of what each study spent on each dataset.
+
+A query with `dp` spends its epsilon and delta at every node that takes part. The node's policy
+sets what one study may spend on one dataset (`policy.dp_epsilon_budget` and `dp_delta_budget`,
+or the dataset's own entry in `policy.dp_budgets`). Spending composes by basic sequential
+composition: what a study spent on a dataset is the sum of its queries' epsilon, and the sum
+of their delta.
+
+A query is charged when this node accepts its task, before its party runs, and is never
+refunded: once the node has accepted, its party may take part in opening a noisy result even
+if the run fails afterwards (a peer that crashed after the output was opened, a result that
+never reached the coordinator), so the conservative assumption is that the loss happened.
+
+The ledger is `work_dir/budget.sqlite3` (the standard library's sqlite3). A charge is one
+transaction that takes the database's write lock (`BEGIN IMMEDIATE`), sums what was spent,
+compares the sum with the limit and appends the charge: concurrent charges, from task threads
+or from another process on the same file, never overspend, and a crash leaves the whole charge
+or none of it. Amounts are kept as the exact decimals the queries gave (`tessera.privacy`).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+from tessera.errors import BudgetExceeded, ConfigInvalid
+from tessera.privacy import ZERO, exact, left, text
+from tessera.schemas import BudgetSpent, DPBudget, NodeBudgetReport
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_S = 30.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS charges (
+    id INTEGER PRIMARY KEY,
+    at TEXT NOT NULL,
+    study_id INTEGER NOT NULL,
+    dataset TEXT NOT NULL,
+    epsilon TEXT NOT NULL,
+    delta TEXT NOT NULL,
+    task_id INTEGER,
+    query_id INTEGER
+);
+CREATE INDEX IF NOT EXISTS charges_by_study_dataset ON charges (study_id, dataset);
+"""
+
+
+@dataclass(frozen=True)
+class Spent:
+    """What one study spent on one dataset at this node, over `charges` queries."""
+
+    study_id: int
+    dataset: str
+    epsilon: Decimal = ZERO
+    delta: Decimal = ZERO
+    charges: int = 0
+
+    def remaining(self, limit: DPBudget) -> tuple[Decimal, Decimal]:
+        """Epsilon and delta left under `limit` (never below zero)."""
+        return left(limit.epsilon, self.epsilon), left(limit.delta, self.delta)
+
+    def to_message(self) -> BudgetSpent:
+        return BudgetSpent(
+            study_id=self.study_id,
+            dataset=self.dataset,
+            epsilon_spent=float(self.epsilon),
+            delta_spent=float(self.delta),
+            charges=self.charges,
+        )
+
+
+class PrivacyLedger:
+    """The spend per (study, dataset), persisted in SQLite; safe to share between threads."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with self._transaction() as conn:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if version > SCHEMA_VERSION:
+                    raise ConfigInvalid(
+                        f"privacy ledger {path} was written by a newer node agent "
+                        f"(schema {version}); run that version",
+                        {"path": str(path)},
+                    )
+                for statement in filter(str.strip, _SCHEMA.split(";")):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except (sqlite3.DatabaseError, OSError) as exc:
+            raise ConfigInvalid(
+                f"privacy ledger {path} cannot be used: {exc}; keep it as evidence, and do not "
+                "start the node without it (its spending would be forgotten)",
+                {"path": str(path)},
+            ) from None
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, holding SQLite's write lock from its first statement."""
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        with closing(conn):
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def charge(
+        self,
+        study_id: int,
+        dataset: str,
+        epsilon: float,
+        delta: float,
+        limit: DPBudget,
+        *,
+        task_id: int | None = None,
+        query_id: int | None = None,
+    ) -> Spent:
+        """Spend `epsilon` and `delta` of the study's budget on `dataset`, or raise
+        `BudgetExceeded` (naming what is left) and spend nothing. Returns the spend after it."""
+        eps, dlt = exact(epsilon), exact(delta)
+        with self._transaction() as conn:
+            before = _spent(conn, study_id, dataset)
+            left_eps, left_dlt = before.remaining(limit)
+            if eps > left_eps or dlt > left_dlt:
+                raise BudgetExceeded(
+                    f"the query's epsilon {text(eps)}, delta {text(dlt)} would exceed the "
+                    f"differential-privacy budget of study {study_id} on dataset {dataset!r}: "
+                    f"remaining epsilon {text(left_eps)}, delta {text(left_dlt)} (of "
+                    f"epsilon {text(limit.epsilon)}, delta {text(limit.delta)} "
+                    "per study)",
+                    {
+                        "study_id": study_id,
+                        "dataset": dataset,
+                        "epsilon": float(eps),
+                        "delta": float(dlt),
+                        "epsilon_remaining": float(left_eps),
+                        "delta_remaining": float(left_dlt),
+                        "epsilon_limit": limit.epsilon,
+                        "delta_limit": limit.delta,
+                    },
+                )
+            conn.execute(
+                "INSERT INTO charges (at, study_id, dataset, epsilon, delta, task_id, query_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    datetime.now(UTC).isoformat(),
+                    study_id,
+                    dataset,
+                    str(eps),
+                    str(dlt),
+                    task_id,
+                    query_id,
+                ),
+            )
+        return Spent(
+            study_id, dataset, before.epsilon + eps, before.delta + dlt, before.charges + 1
+        )
+
+    def spent(self, study_id: int, dataset: str) -> Spent:
+        with self._transaction() as conn:
+            return _spent(conn, study_id, dataset)
+
+    def entries(self) -> list[Spent]:
+        """Every (study, dataset) with at least one charge, in study then dataset order."""
+        with self._transaction() as conn:
+            rows = conn.execute(
+                "SELECT study_id, dataset, epsilon, delta FROM charges "
+                "ORDER BY study_id, dataset, id"
+            ).fetchall()
+        totals: dict[tuple[int, str], Spent] = {}
+        for study_id, dataset, eps, dlt in rows:
+            was = totals.get((study_id, dataset), Spent(study_id, dataset))
+            totals[study_id, dataset] = Spent(
+                study_id,
+                dataset,
+                was.epsilon + Decimal(eps),
+                was.delta + Decimal(dlt),
+                was.charges + 1,
+            )
+        return list(totals.values())
+
+    def report(self) -> NodeBudgetReport:
+        """The whole ledger, as the node publishes it to the coordinator."""
+        return NodeBudgetReport(entries=[s.to_message() for s in self.entries()])
+
+
+def _spent(conn: sqlite3.Connection, study_id: int, dataset: str) -> Spent:
+    rows = conn.execute(
+        "SELECT epsilon, delta FROM charges WHERE study_id = ? AND dataset = ?",
+        (study_id, dataset),
+    ).fetchall()
+    return Spent(
+        study_id,
+        dataset,
+        sum((Decimal(e) for e, _ in rows), ZERO),
+        sum((Decimal(d) for _, d in rows), ZERO),
+        len(rows),
+    )
