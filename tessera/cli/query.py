@@ -97,9 +97,7 @@ def study_id(client: Any, study: str) -> int:
 def read_query(path: Path) -> dict[str, Any]:
     query = read_json(path, "query")
     if not isinstance(query, dict):
-        raise InvalidRequest(
-            f"query file {path} must hold a JSON object, not {type(query).__name__}"
-        )
+        raise InvalidRequest(f"query file {path} must hold a JSON object {{...}}")
     return query
 
 
