@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -56,6 +57,52 @@ def check(config: Path = ConfigOption) -> None:
     policy = settings.policy
     allowed = ", ".join(policy.allowed_statistics) if policy.allowed_statistics else "all"
     typer.echo(f"policy: min_count {policy.min_count}, statistics: {allowed}")
+    typer.echo(f"privacy budget: {_budget_text(policy.dp_budget, policy.dp_budgets)}")
+
+
+def _budget_text(default: Any, per_dataset: dict[str, Any]) -> str:
+    """The policy's privacy budgets in a line: the default, then each dataset's own."""
+    from tessera.privacy import text
+
+    def amounts(budget: Any) -> str:
+        return f"epsilon {text(budget.epsilon)}, delta {text(budget.delta)}"
+
+    own = [f"{name}: {amounts(b)} per study" for name, b in sorted(per_dataset.items())]
+    if default is None:
+        return "; ".join([*own, "none elsewhere"]) if own else "none (queries with dp are refused)"
+    return "; ".join([f"{amounts(default)} per study and dataset", *own])
+
+
+@app.command("budget")
+@reports_errors
+def budget(config: Path = ConfigOption) -> None:
+    """Print the privacy ledger (work_dir/budget.sqlite3): per study and dataset, the epsilon
+    and delta spent, the limit and what is left. Local: nothing is sent."""
+    from node_agent.budget import PrivacyLedger, Spent
+    from node_agent.config import NodeSettings
+
+    settings = NodeSettings.load(config)
+    path = settings.ledger_path
+    spent: list[Spent] = PrivacyLedger(path).entries() if path.exists() else []
+    limits = settings.policy.summary()
+    entries = []
+    for s in spent:
+        limit = limits.dp_limit(s.dataset)
+        left_eps, left_dlt = s.remaining(limit) if limit else (0, 0)
+        entries.append(
+            {
+                "study_id": s.study_id,
+                "dataset": s.dataset,
+                "charges": s.charges,
+                "epsilon_spent": float(s.epsilon),
+                "epsilon_limit": limit.epsilon if limit else None,
+                "epsilon_remaining": float(left_eps),
+                "delta_spent": float(s.delta),
+                "delta_limit": limit.delta if limit else None,
+                "delta_remaining": float(left_dlt),
+            }
+        )
+    typer.echo(json.dumps({"path": str(path), "entries": entries}))
 
 
 @app.command("audit-verify")

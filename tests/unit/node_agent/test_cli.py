@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -32,6 +33,7 @@ def test_check_reports_every_dataset_without_a_coordinator(configs) -> None:
     assert lines[0].startswith("cohort: 6 rows, 4 columns, 2 missing values; schema ok (csv file")
     assert lines[1].startswith("labs: 6 rows, 4 columns, 2 missing values; schema ok (parquet")
     assert lines[2] == "policy: min_count 9, statistics: all"
+    assert lines[3] == "privacy budget: none (queries with dp are refused)"
 
 
 def test_check_names_the_broken_column_in_one_line(configs) -> None:
@@ -47,7 +49,60 @@ def test_check_names_the_broken_column_in_one_line(configs) -> None:
     assert "unknown" not in done.stderr
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["check"], ["audit-verify"]])
+def test_budget_prints_the_ledger_with_limits_and_what_is_left(configs) -> None:
+    from node_agent.budget import PrivacyLedger
+    from tessera.schemas import DPBudget
+
+    text = configs.node_toml(
+        configs.dataset() + configs.dataset(where='path = "labs.csv"', name="labs"),
+        top='work_dir = "state"',
+        policy="dp_epsilon_budget = 1.0\ndp_delta_budget = 1e-6\n"
+        "[policy.dp_budgets.labs]\nepsilon = 2",
+    )
+    path = configs.write(text)
+    empty = node("budget", "--config", str(path))
+    assert empty.returncode == 0, empty.stderr
+    ledger = configs.root / "state" / "budget.sqlite3"
+    assert json.loads(empty.stdout) == {"path": str(ledger), "entries": []}
+    assert not ledger.exists(), "reading the ledger does not create it"
+
+    PrivacyLedger(ledger).charge(4, "cohort", 0.25, 1e-7, DPBudget(epsilon=1.0, delta=1e-6))
+    PrivacyLedger(ledger).charge(4, "labs", 0.5, 0.0, DPBudget(epsilon=2.0))
+    done = node("budget", "--config", str(path))
+    assert json.loads(done.stdout)["entries"] == [
+        {
+            "study_id": 4,
+            "dataset": "cohort",
+            "charges": 1,
+            "epsilon_spent": 0.25,
+            "epsilon_limit": 1.0,
+            "epsilon_remaining": 0.75,
+            "delta_spent": 1e-7,
+            "delta_limit": 1e-6,
+            "delta_remaining": 9e-7,
+        },
+        {
+            "study_id": 4,
+            "dataset": "labs",
+            "charges": 1,
+            "epsilon_spent": 0.5,
+            "epsilon_limit": 2.0,
+            "epsilon_remaining": 1.5,
+            "delta_spent": 0.0,
+            "delta_limit": 0.0,
+            "delta_remaining": 0.0,
+        },
+    ]
+    configs.cohort().to_csv(configs.root / "cohort.csv", index=False)
+    configs.cohort().to_csv(configs.root / "labs.csv", index=False)
+    checked = node("check", "--config", str(path))
+    assert checked.stdout.splitlines()[-1] == (
+        "privacy budget: epsilon 1, delta 0.000001 per study and dataset; "
+        "labs: epsilon 2, delta 0 per study"
+    )
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["check"], ["budget"], ["audit-verify"]])
 def test_help(command) -> None:
     done = node(*command, "--help")
     assert done.returncode == 0, done.stderr
