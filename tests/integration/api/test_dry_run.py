@@ -67,6 +67,38 @@ def test_the_query_min_count_and_a_node_without_the_dataset(setup: Setup) -> Non
     )
 
 
+DP_MEAN = {**MEAN, "dp": {"epsilon": 0.5, "delta": 1e-6}}
+
+
+def test_a_dp_query_without_budgets_is_refused_as_its_submission_would_be(setup: Setup) -> None:
+    with pytest.raises(PolicyDenied) as dry:
+        dry_run(setup, DP_MEAN)
+    with pytest.raises(PolicyDenied) as submitted:
+        setup.researcher.submit_query(setup.study_id, DP_MEAN)
+    assert "differential-privacy budget" in dry.value.message
+    assert (dry.value.message, dry.value.details) == (
+        submitted.value.message,
+        submitted.value.details,
+    )
+
+
+def test_a_dp_query_reports_the_epsilon_and_delta_it_would_spend(setup: Setup) -> None:
+    for node in setup.nodes:
+        node.ok(
+            "POST",
+            "/nodes/me/hello",
+            json={"agent_version": "t", "policy": {"dp_budget": {"epsilon": 2, "delta": 1e-5}}},
+        )
+    try:
+        answer = dry_run(setup, DP_MEAN)
+    except QueryInvalid as exc:
+        if "not supported yet" not in exc.message:
+            raise
+        pytest.skip(f"smpc has no DP mechanism for a mean yet: {exc.message}")
+    assert (answer["epsilon"], answer["delta"]) == (0.5, 1e-6)
+    assert setup.researcher.study_queries(setup.study_id) == []
+
+
 def test_invalid_queries_get_the_error_submission_gives(setup: Setup) -> None:
     with pytest.raises(QueryInvalid, match="unknown column 'bmi'"):
         dry_run(setup, {"statistic": "mean", "dataset": DATASET, "column": "bmi"})
