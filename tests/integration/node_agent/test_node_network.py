@@ -199,7 +199,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         admin = TesseraClient(net.url)
         admin.login("admin", net.admin_password)
         specs = [
-            ("node-a", "csv", "min_count = 5", cohort(300, 1)),
+            ("node-a", "csv", "min_count = 5\ndp_epsilon_budget = 2.0", cohort(300, 1)),
             ("node-b", "parquet", "min_count = 5", cohort(200, 2)),
             ("node-c", "sql", "min_count = 8", cohort(150, 3)),
             ("node-d", "csv", 'min_count = 5\nallowed_statistics = ["count"]', cohort(120, 4)),
@@ -307,6 +307,22 @@ def test_a_node_enforces_its_own_policy(world: World) -> None:
     allowed = world.run({"statistic": "count"}, world.restricted_study)
     assert allowed["status"] == "succeeded", allowed
     assert allowed["result"]["count"] == len(world.pooled("node-a", "node-b", "node-d"))
+
+
+def test_each_node_reports_its_privacy_budget(world: World) -> None:
+    deadline = time.monotonic() + 10
+    while True:
+        [admissions] = world.researcher.study_budget(world.study)["datasets"]
+        nodes = {n["node"]: n for n in admissions["nodes"]}
+        if all(n["reported_at"] for n in nodes.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert all(n["reported_at"] for n in nodes.values()), "each ledger is sent at registration"
+    assert list(nodes) == ["node-a", "node-b", "node-c"]
+    assert (nodes["node-a"]["epsilon_limit"], nodes["node-a"]["epsilon_remaining"]) == (2.0, 2.0)
+    assert nodes["node-b"]["epsilon_limit"] is None and admissions["epsilon_remaining"] == 0.0
+    with pytest.raises(PolicyDenied, match="nodes node-b, node-c have no differential-privacy"):
+        world.submit({"statistic": "count", "dp": {"epsilon": 0.5}})
 
 
 def test_a_node_killed_after_accepting_fails_the_query_and_the_restarted_node_serves(
