@@ -14,13 +14,25 @@ from smpc.statistics.count import Count
 from smpc.statistics.crosstab import Crosstab
 from smpc.statistics.extrema import Max, Min
 from smpc.statistics.histogram import Histogram
+from smpc.statistics.linear_regression import LinearRegression
 from smpc.statistics.mean import Mean
 from smpc.statistics.sum import Sum
 from smpc.statistics.variance import Variance
 from tessera.schemas import DatasetSchema
 
 REGISTRY: dict[str, type[SecureStatistic]] = {
-    cls.name: cls for cls in (Count, Sum, Mean, Variance, Min, Max, Histogram, Crosstab)
+    cls.name: cls
+    for cls in (
+        Count,
+        Sum,
+        Mean,
+        Variance,
+        Min,
+        Max,
+        Histogram,
+        Crosstab,
+        LinearRegression,
+    )
 }
 SUPPORTED: tuple[str, ...] = tuple(REGISTRY)
 

@@ -1,0 +1,160 @@
+"""Exact rational arithmetic on secret-shared integers, and opening a ratio and nothing else.
+
+The statistics that solve equations or divide (regressions, correlation, Welch's t, χ²) work
+on the parties' pooled fixed-point integers in a large prime field, where addition and
+multiplication are exact and division by a nonzero value is multiplication by its field inverse:
+
+- `exact_type(mpc, bits)` is a secure integer type over a Mersenne prime field 2**e − 1 (a known
+  prime, so no prime search at run time) large enough for values of `bits` bits;
+- `gauss_jordan` is fraction-free (Bareiss) Gauss–Jordan elimination of [G | B] for a symmetric
+  positive semi-definite G: every intermediate is a minor of the input, so it is an exact
+  integer and stays within Hadamard's bound; it ends with det(G)·I | adj(G)·B;
+- `open_ratios` opens a list of fractions num_i / den. A secret uniformly random field element
+  r, unknown to every party, masks them: the parties open r·den and r·num_i and recover each
+  num_i / den mod p, and from it the fraction itself by rational reconstruction (possible when
+  |num|·den < p/2). The opened pair (r·num_i, r·den) is a uniformly random point on the line
+  through (num_i, den), so it reveals the ratio and nothing else about num_i or den.
+
+Costs: one elimination step is three vectorised multiplications of a p × c array and one
+secure reciprocal (one round each); fields of thousands of bits make each multiplication a
+few microseconds of big-integer arithmetic per party.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+
+from tessera.errors import QueryInvalid
+
+MERSENNE_EXPONENTS = (521, 607, 1279, 2203, 2281, 3217, 4253, 4423, 9689, 9941, 11213, 19937)
+LARGEST_FIELD_BITS = MERSENNE_EXPONENTS[-1]
+
+
+def field_exponent(bits: int) -> int:
+    """The smallest Mersenne exponent e with 2**e − 1 > 2**(bits + 1)."""
+    for e in MERSENNE_EXPONENTS:
+        if e >= bits + 2:
+            return e
+    raise QueryInvalid(
+        f"the computation needs a {bits}-bit field, more than the largest supported "
+        f"({LARGEST_FIELD_BITS} bits); use fewer columns or predictors",
+        {"field_bits": bits},
+    )
+
+
+def exact_type(mpc: Any, bits: int, compare_bits: int = 0) -> Any:
+    """A secure integer type whose field holds any integer of `bits` bits exactly.
+
+    `compare_bits` is the bit length of values this type must compare (`<`, signs); it must
+    leave room for MPyC's statistical security parameter below the field size.
+    """
+    e = field_exponent(max(bits, compare_bits + mpc.options.sec_param + 2))
+    length = compare_bits or e - mpc.options.sec_param - 2
+    return mpc.SecInt(length, p=(1 << e) - 1)
+
+
+def rational(value: int, modulus: int) -> Fraction:
+    """The fraction num/den ≡ value (mod modulus) with |num|, den ≤ sqrt(modulus / 2)."""
+    bound = math.isqrt(modulus // 2)
+    r0, r1 = modulus, value % modulus
+    s0, s1 = 0, 1
+    while r1 > bound:
+        q = r0 // r1
+        r0, r1 = r1, r0 - q * r1
+        s0, s1 = s1, s0 - q * s1
+    if s1 == 0 or abs(s1) > bound:
+        raise ArithmeticError("no small fraction for this residue: the field is too small")
+    return Fraction(r1, s1)
+
+
+async def open_ratios(
+    mpc: Any, numerators: Sequence[Any], denominator: Any
+) -> list[Fraction] | None:
+    """Open num_i / den for every numerator, masked by one secret random factor.
+
+    Returns None if den is zero (then nothing else is learnt: every masked value is zero or
+    uniformly random).
+    """
+    stype = type(denominator)
+    mask = mpc._random(stype)
+    masked = await mpc.output([mask * denominator, *(mask * x for x in numerators)])
+    p = stype.field.order
+    den = int(masked[0]) % p
+    if den == 0:
+        return None
+    inverse = pow(den, -1, p)
+    return [rational(int(v) * inverse % p, p) for v in masked[1:]]
+
+
+async def open_ratio_pairs(
+    mpc: Any, numerators: Sequence[Any], denominators: Sequence[Any]
+) -> list[Fraction | None]:
+    """Open num_i / den_i, each pair under its own secret random mask (None where den_i = 0)."""
+    if not numerators:
+        return []
+    stype = type(denominators[0])
+    masks = mpc._randoms(stype, len(numerators))
+    products = [m * x for m, x in zip(masks, [*numerators], strict=True)]
+    products += [m * d for m, d in zip(masks, [*denominators], strict=True)]
+    masked = await mpc.output(products)
+    p = stype.field.order
+    k = len(numerators)
+    out: list[Fraction | None] = []
+    for num, den in zip(masked[:k], masked[k:], strict=True):
+        d = int(den) % p
+        out.append(None if d == 0 else rational(int(num) * pow(d, -1, p) % p, p))
+    return out
+
+
+class Collinear(Exception):
+    """Column `index` of a Gram matrix is (nearly) a linear combination of the earlier ones."""
+
+    def __init__(self, index: int, tolerance: float | None) -> None:
+        super().__init__(index, tolerance)
+        self.index = index
+        self.tolerance = tolerance
+
+
+def hadamard_bits(size: int, entry_bits: int) -> int:
+    """Bits of any minor of a size × size integer matrix with |entries| < 2**entry_bits."""
+    return math.ceil(size * (entry_bits + math.log2(max(size, 1)) / 2)) + 1
+
+
+async def gauss_jordan(
+    mpc: Any, matrix: Any, size: int, tolerance: float = 1e-10
+) -> tuple[Any, list[float]]:
+    """Fraction-free Gauss–Jordan on the secure array `matrix` = [G | B], G size × size PSD.
+
+    Returns the final array [det(G)·I | adj(G)·B] and the opened tolerances: before pivot k,
+    the ratio d_k / (d_(k−1) · G_kk) = 1 − R² of column k regressed on columns 0..k−1 (in the
+    uncentred Gram sense), which lies in (0, 1]. A tolerance below `tolerance` (or a zero
+    diagonal entry) raises `Collinear(k)`: the design is singular, or too close to it for the
+    fixed-point inputs to determine a solution.
+    """
+    diagonal = [matrix[k, k] for k in range(size)]
+    tolerances: list[float] = []
+    previous: Any = None
+    for k in range(size):
+        pivot = matrix[k, k]
+        scaled_diagonal = diagonal[k] if previous is None else previous * diagonal[k]
+        ratio = await open_ratios(mpc, [pivot], scaled_diagonal)
+        if ratio is None or ratio[0] < tolerance:
+            raise Collinear(k, None if ratio is None else float(ratio[0]))
+        tolerances.append(float(ratio[0]))
+        row = matrix[k, :]
+        column = matrix[:, k]
+        updated = matrix * pivot - mpc.np_outer(column, row)
+        if previous is not None:
+            updated = updated * mpc.reciprocal(previous)
+        matrix = mpc.np_update(updated, k, row)  # the pivot row stays as it was
+        previous = pivot
+    return matrix, tolerances
+
+
+def to_field_array(stype: Any, values: np.ndarray | Sequence[int]) -> Any:
+    return stype.array(np.array(values, dtype=object))

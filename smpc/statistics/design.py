@@ -1,0 +1,108 @@
+"""Design matrices and Gram matrices: the shared local part of correlation and the regressions.
+
+A *term* is one column of the design: a numeric or boolean column as it is, or, for a
+categorical column, one indicator per level except the first in schema order (treatment
+coding, named ``column[level]`` as patsy and statsmodels formulas do). Rows with a missing
+value in any column the statistic reads are dropped (listwise deletion), at every party alike.
+
+Each party computes its local Gram matrix ZᵀZ of Z = [1, terms…] per group in float64 and
+rounds each entry once to the 2⁻⁴⁰ fixed-point grid, so the pooled matrix is exact to about
+1e-12 relative per entry whatever the number of rows. A local entry must satisfy
+|entry| < 2**60 ≈ 1.2e18 (for example Σx² over 10⁶ rows with |x| < 10⁶); larger values are
+refused with a clear error asking to rescale the column.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from smpc.encoding import FRAC_BITS
+from tessera.errors import QueryInvalid
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from tessera.schemas import DatasetSchema
+
+LOCAL_ENTRY_BITS = 60  # |a local Gram entry| < 2**60 in value units
+MAX_PARTY_BITS = 4  # at most 16 parties
+ENTRY_BITS = LOCAL_ENTRY_BITS + MAX_PARTY_BITS + FRAC_BITS  # a pooled, scaled Gram entry
+SCALE = 1 << FRAC_BITS
+
+
+@dataclass(frozen=True)
+class Term:
+    name: str
+    column: str
+    level: str | None = None  # the indicator of this categorical level
+
+
+def terms(schema: DatasetSchema, columns: list[str], statistic: str) -> list[Term]:
+    out: list[Term] = []
+    for name in columns:
+        spec = schema.column(name)
+        assert spec is not None
+        if spec.type == "categorical":
+            levels = spec.group_levels()
+            if len(levels) < 2:
+                raise QueryInvalid(
+                    f"{statistic}: categorical column {name!r} has fewer than two levels",
+                    {"column": name},
+                )
+            out += [Term(f"{name}[{level}]", name, level) for level in levels[1:]]
+        else:
+            out.append(Term(name, name))
+    return out
+
+
+def design(data: pd.DataFrame, columns: list[Term], constant: bool = True) -> np.ndarray:
+    """The float64 design matrix [1, terms…] of already selected, complete rows."""
+    parts: list[np.ndarray] = [np.ones(len(data))] if constant else []
+    for term in columns:
+        if term.level is None:
+            parts.append(data[term.column].to_numpy(dtype=float))
+        else:
+            parts.append((data[term.column] == term.level).to_numpy(dtype=float))
+    return np.column_stack(parts) if parts else np.empty((len(data), 0))
+
+
+def triangle_size(k: int) -> int:
+    return k * (k + 1) // 2
+
+
+def encode_gram(matrix: np.ndarray, statistic: str, names: list[str]) -> list[int]:
+    """The upper triangle (row-major, diagonal included) as fixed-point integers."""
+    k = matrix.shape[0]
+    out: list[int] = []
+    limit = float(1 << LOCAL_ENTRY_BITS)
+    for i in range(k):
+        for j in range(i, k):
+            v = float(matrix[i, j])
+            if not math.isfinite(v) or abs(v) >= limit:
+                raise QueryInvalid(
+                    f"{statistic}: the values of {names[j]!r} are too large for the secure "
+                    f"fixed-point range (a local sum of products reached {v:.3g}, the limit "
+                    f"is {limit:.3g}); rescale the column",
+                    {"column": names[j]},
+                )
+            out.append(round(math.ldexp(v, FRAC_BITS)))
+    return out
+
+
+def symmetric_index(k: int) -> np.ndarray:
+    """Indices into the upper-triangle vector that rebuild the full k × k matrix."""
+    index = np.zeros((k, k), dtype=np.int64)
+    position = 0
+    for i in range(k):
+        for j in range(i, k):
+            index[i, j] = index[j, i] = position
+            position += 1
+    return index
+
+
+def complete_rows(data: pd.DataFrame, columns: list[str]) -> Any:
+    return data[columns].notna().all(axis=1).to_numpy()

@@ -1,0 +1,160 @@
+"""`GramStatistic`: statistics computed from the pooled Gram matrix of [1, columns…] per group.
+
+Each party secret-shares, per group, its row count and the upper triangle of its fixed-point
+Gram matrix (see `smpc.statistics.design`). Inside MPC the counts are pooled and compared with
+the threshold T (only the comparison bit is opened; a group below T reveals nothing else); for
+released groups the group's n is opened and its Gram matrix is pooled, as a secret, in an exact
+prime field large enough for everything the statistic computes from it. Subclasses then compute
+and open only their outputs (`smpc.exact`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from smpc.encoding import KEY_BITS
+from smpc.job import LocalSummary, PartyJob
+from smpc.statistics.base import SecureStatistic
+from smpc.statistics.design import (
+    Term,
+    complete_rows,
+    design,
+    encode_gram,
+    symmetric_index,
+    terms,
+    triangle_size,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+@dataclass
+class GroupOutcome:
+    n: int | None  # None: suppressed
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GramOpened:
+    threshold: int
+    groups: list[GroupOutcome]
+
+
+class GramStatistic(SecureStatistic):
+    """Base for correlation and linear regression (and the local part of logistic regression)."""
+
+    value_column = False
+    constant: ClassVar[bool] = True
+
+    # ---- what the design is -------------------------------------------------------------
+
+    def design_columns(self) -> list[str]:
+        """The query's columns that become terms, in order (outcome last for regressions)."""
+        raise NotImplementedError
+
+    @property
+    def terms(self) -> list[Term]:
+        return terms(self.schema, self.design_columns(), self.name)
+
+    @property
+    def names(self) -> list[str]:
+        return (["const"] if self.constant else []) + [t.name for t in self.terms]
+
+    def selected(self, frame: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+        """This party's complete selected rows and each one's group index."""
+        from smpc.frames import conform, select
+
+        data = conform(frame, self.schema, self.query.referenced_columns())
+        mask = select(data, self.query.where, self.schema)
+        mask &= complete_rows(data, self.query.statistic_columns())
+        data = data[mask]
+        groups = self.layout.group_codes(data)
+        keep = groups >= 0
+        return data[keep], groups[keep]
+
+    # ---- local part ---------------------------------------------------------------------
+
+    def local_input(self, frame: pd.DataFrame) -> LocalSummary:
+        data, groups = self.selected(frame)
+        z = design(data, self.terms, self.constant)
+        size = len(self.layout.groups)
+        counts = np.bincount(groups, minlength=size)
+        gram: list[int] = []
+        for g in range(size):
+            rows = z[groups == g]
+            gram += encode_gram(rows.T @ rows, self.name, self.names)
+        return LocalSummary(counts=[int(c) for c in counts], vectors={"gram": gram})
+
+    # ---- the secure part ----------------------------------------------------------------
+
+    def field_bits(self) -> int:
+        """Bits of the largest |numerator| · denominator the statistic opens."""
+        raise NotImplementedError
+
+    async def compute(self, mpc: Any, job: PartyJob) -> GramOpened:
+        from smpc.exact import exact_type
+        from smpc.protocol import agree_threshold, pooled, release
+
+        threshold = await agree_threshold(mpc, job, self.query.min_count)
+        size = len(self.layout.groups)
+        counts = pooled(mpc, mpc.SecInt(KEY_BITS), job.summary.counts)
+        released = await release(mpc, counts, threshold)
+        shown = [g for g in range(size) if released[g]]
+        outcomes = [GroupOutcome(None) for _ in range(size)]
+        if not shown:
+            return GramOpened(threshold, outcomes)
+        opened_counts = await mpc.output(counts[np.array(shown)])
+        for g, n in zip(shown, np.asarray(opened_counts).ravel(), strict=True):
+            outcomes[g].n = int(n)
+        stype = exact_type(mpc, self.field_bits(), self.compare_bits())
+        k = len(self.names)
+        width = triangle_size(k)
+        gram = pooled(mpc, stype, job.summary.vectors["gram"])
+        index = symmetric_index(k)
+        for g in shown:
+            matrix = gram[g * width : (g + 1) * width][index.ravel()].reshape(k, k)
+            outcomes[g].values = await self.solve(mpc, stype, matrix, outcomes[g].n or 0)
+        return GramOpened(threshold, outcomes)
+
+    def compare_bits(self) -> int:
+        return 0
+
+    async def solve(self, mpc: Any, stype: Any, matrix: Any, n: int) -> dict[str, Any]:
+        """Compute and open one group's outputs from its pooled, secret Gram matrix."""
+        raise NotImplementedError
+
+    # ---- after the protocol -------------------------------------------------------------
+
+    def finish(self, opened: GramOpened) -> dict[str, Any]:
+        entries = []
+        for outcome in opened.groups:
+            if outcome.n is None:
+                entries.append({"n": None, **self.empty_values()})
+            else:
+                entries.append({"n": outcome.n, **outcome.values})
+        return self.assemble(entries)
+
+    def assemble(self, entries: list[dict[str, Any]]) -> dict[str, Any]:
+        suppressed = any(e["n"] is None for e in entries)
+        total = None if suppressed else sum(int(e["n"]) for e in entries)
+        if not self.layout.group_columns:
+            return {**entries[0], "n": total}
+        groups = [{"group": self.layout.group_label(g), **e} for g, e in enumerate(entries)]
+        return {"n": total, "groups": groups}
+
+    # ---- plaintext oracle ---------------------------------------------------------------
+
+    def reference(self, frame: pd.DataFrame, min_count: int = 0) -> dict[str, Any]:
+        data, groups = self.selected(frame)
+        entries = []
+        for g in range(len(self.layout.groups)):
+            sub = data[groups == g]
+            if len(sub) < min_count:
+                entries.append({"n": None, **self.empty_values()})
+            else:
+                entries.append({"n": len(sub), **self.reference_values(sub)})
+        return self.assemble(entries)

@@ -1,0 +1,172 @@
+"""`linear_regression`: ordinary least squares, as statsmodels OLS with a constant named "const".
+
+Each party shares its fixed-point Gram matrix of Z = [1, predictors…, outcome] per group
+(`smpc.statistics.gram`). Inside MPC, in an exact prime field, the normal equations are solved
+without opening the Gram matrix: fraction-free Gauss–Jordan on [XᵀX | Xᵀy | I] yields
+det(XᵀX), adj(XᵀX)·Xᵀy and adj(XᵀX), from which, still as secrets,
+
+- the coefficients β_j = (adj·Xᵀy)_j / det,
+- the residual sum of squares times det, q = det·yᵀy − (Xᵀy)ᵀ·adj·Xᵀy,
+- the squared standard errors SE_j² = q · adj_jj / (det² · (n − p)),
+- R² = 1 − RSS / TSS with RSS/TSS = n·q / (det · (n·yᵀy − (Σy)²)).
+
+Only these ratios are opened, each masked by a secret random factor (`smpc.exact`); p-values
+come from Student's t with n − p degrees of freedom, as statsmodels. Categorical predictors
+enter as treatment-coded indicators named ``column[level]``; rows with a missing value are
+dropped. A singular (or numerically singular) design is refused, naming the first predictor
+that is a linear combination of the constant and the predictors before it.
+
+Cost: local O(rows · p²); secure O(p³) multiplications in a field of about 4·p·104 bits
+(p = predictors + 1), p + 4 rounds, independent of rows and nearly of parties. Limits: at most
+about 45 predictors (the field grows with p; beyond that the query is refused), local sums of
+products below 2**60, n − p ≥ 1.
+
+Reveals: per released group n, the coefficients, their standard errors and R² (p-values follow
+from them); which groups are suppressed. Intermediate: each predictor's tolerance (1 − R² of
+that column on the constant and the earlier predictors, uncentred), used to refuse singular
+designs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from smpc.exact import Collinear, gauss_jordan, hadamard_bits, open_ratios
+from smpc.query import LinearRegressionQuery
+from smpc.statistics.base import number
+from smpc.statistics.design import ENTRY_BITS, SCALE
+from smpc.statistics.gram import GramStatistic
+from tessera.errors import QueryInvalid
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+class LinearRegression(GramStatistic):
+    name = "linear_regression"
+    intermediates = (
+        "each predictor's tolerance: 1 − R² of that column regressed (uncentred) on the "
+        "constant and the predictors before it, used to refuse a singular design"
+    )
+    query: LinearRegressionQuery
+
+    def validate(self) -> None:
+        q = self.query
+        outcome = self.schema.column(q.outcome)
+        assert outcome is not None
+        if not outcome.is_numeric and outcome.type != "boolean":
+            raise QueryInvalid(
+                f"linear_regression: outcome {q.outcome!r} is {outcome.type}, not numeric",
+                {"column": q.outcome},
+            )
+        if q.outcome in q.predictors:
+            raise QueryInvalid("linear_regression: the outcome is also a predictor")
+        if len(set(q.predictors)) != len(q.predictors):
+            raise QueryInvalid("linear_regression: a predictor is listed twice")
+        self.field_bits()  # refuses a design too large for the supported fields
+
+    def design_columns(self) -> list[str]:
+        return [*self.query.predictors, self.query.outcome]
+
+    @property
+    def coefficient_names(self) -> list[str]:
+        return self.names[:-1]
+
+    def field_bits(self) -> int:
+        from smpc.exact import field_exponent
+
+        p = len(self.coefficient_names)
+        det = hadamard_bits(p, ENTRY_BITS)
+        adj = hadamard_bits(p - 1, ENTRY_BITS)
+        q = det + ENTRY_BITS + p.bit_length() + 2
+        se = (q + adj + 45) + (2 * det + ENTRY_BITS + 1)
+        r2 = (q + ENTRY_BITS) + (det + 2 * ENTRY_BITS + 2)
+        bits = max(se, r2, 2 * det + 2) + 8
+        field_exponent(bits)
+        return bits
+
+    async def solve(self, mpc: Any, stype: Any, matrix: Any, n: int) -> dict[str, Any]:
+        import numpy as np
+
+        names = self.coefficient_names
+        p = len(names)
+        if n <= p:
+            return self.too_few(n, p)
+        gram = matrix[:p, :p]
+        xty = matrix[:p, p : p + 1]
+        yty = matrix[p, p]
+        sum_y = matrix[0, p]
+        n_scaled = matrix[0, 0]
+        identity = stype.array(np.eye(p, dtype=object))
+        augmented = mpc.np_hstack((gram, xty, identity))
+        try:
+            reduced, _ = await gauss_jordan(mpc, augmented, p)
+        except Collinear as exc:
+            raise QueryInvalid(
+                f"linear_regression: the design is singular: {names[exc.index]!r} is (nearly) a "
+                "linear combination of the constant and the predictors before it; remove it",
+                {"term": names[exc.index], "tolerance": exc.tolerance},
+            ) from None
+        det = reduced[0, 0]
+        adj_xty = reduced[:, p]
+        q = det * yty - mpc.sum([xty[j, 0] * adj_xty[j] for j in range(p)])
+        beta = await open_ratios(mpc, [adj_xty[j] for j in range(p)], det)
+        assert beta is not None
+        se_num = [q * reduced[j, p + 1 + j] * SCALE for j in range(p)]
+        se_sq = await open_ratios(mpc, se_num, det * det * (n_scaled - p * SCALE))
+        assert se_sq is not None
+        tss = n_scaled * yty - sum_y * sum_y
+        ratio = await open_ratios(mpc, [n_scaled * q], det * tss)
+        return self.values(beta, se_sq, None if ratio is None else 1 - ratio[0], n)
+
+    def too_few(self, n: int, p: int) -> dict[str, Any]:
+        if not self.layout.group_columns:
+            raise QueryInvalid(
+                f"linear_regression: {n} rows match, more than {p} (the number of "
+                "coefficients) are needed",
+                {"n": n, "coefficients": p},
+            )
+        return self.empty_values()
+
+    def values(self, beta: list[Any], se_sq: list[Any], r2: Any, n: int) -> dict[str, Any]:
+        from scipy import stats
+
+        names = self.coefficient_names
+        df = n - len(names)
+        out: dict[str, Any] = {"coefficients": {}, "std_errors": {}, "p_values": {}}
+        for name, b, s2 in zip(names, beta, se_sq, strict=True):
+            se = float(s2) ** 0.5 if s2 is not None and s2 >= 0 else None
+            out["coefficients"][name] = number(b)
+            out["std_errors"][name] = number(se)
+            if se is None or se == 0:
+                out["p_values"][name] = None
+            else:
+                out["p_values"][name] = number(2 * stats.t.sf(abs(float(b)) / se, df))
+        out["r_squared"] = number(r2)
+        return out
+
+    def empty_values(self) -> dict[str, Any]:
+        names = self.coefficient_names
+        return {
+            "coefficients": dict.fromkeys(names),
+            "std_errors": dict.fromkeys(names),
+            "p_values": dict.fromkeys(names),
+            "r_squared": None,
+        }
+
+    def reference_values(self, sub: pd.DataFrame) -> dict[str, Any]:
+        import statsmodels.api as sm
+
+        from smpc.statistics.design import design
+
+        z = design(sub, self.terms, constant=True)
+        names = self.coefficient_names
+        if len(sub) <= len(names):
+            return self.too_few(len(sub), len(names))
+        fit = sm.OLS(z[:, -1], z[:, :-1]).fit()
+        return {
+            "coefficients": {k: number(v) for k, v in zip(names, fit.params, strict=True)},
+            "std_errors": {k: number(v) for k, v in zip(names, fit.bse, strict=True)},
+            "p_values": {k: number(v) for k, v in zip(names, fit.pvalues, strict=True)},
+            "r_squared": number(fit.rsquared),
+        }
