@@ -10,6 +10,11 @@ lock step, each a constant number of rounds, independent of the number of rows):
 4. for released cells only: the pooled counts and moments are opened, and the extremes are
    combined with m − 1 vectorised secure comparisons before only the winner is opened;
 5. the overall count is opened only if no cell was suppressed.
+
+With `dp` (`combine_noisy_cells`), discrete Laplace noise drawn inside MPC (`smpc.dp`) is added
+to every pooled count and Σx on shares before step 3, so the threshold is compared with the
+*noisy* count, only noisy values are opened, and the overall count is the sum of the released
+noisy counts (nothing else is opened). Released noisy counts are reported as max(0, ñ).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from smpc.dp import COMPARE_BITS, discrete_laplace
 from smpc.encoding import KEY_BITS, MOMENT_BITS, decode_moment, from_order_key
 from smpc.job import PartyJob
 from smpc.statistics.base import Opened, SecureStatistic
@@ -51,6 +57,8 @@ async def release(mpc: Any, counts: Any, threshold: int) -> list[bool]:
 
 async def combine_cells(mpc: Any, statistic: SecureStatistic, job: PartyJob) -> Opened:
     """The shared cell protocol behind count, sum, mean, variance, min, max and histogram."""
+    if statistic.query.dp is not None:
+        return await combine_noisy_cells(mpc, statistic, job)
     secint = mpc.SecInt(KEY_BITS)
     summary = job.summary
     size = statistic.layout.size
@@ -92,4 +100,52 @@ async def combine_cells(mpc: Any, statistic: SecureStatistic, job: PartyJob) -> 
 
     if all(released):
         opened.total = int(await mpc.output(mpc.sum(list(counts)) if size > 1 else counts[0]))
+    return opened
+
+
+async def noisy_release(mpc: Any, counts: Any, threshold: int) -> list[bool]:
+    """Which noisy counts reach the threshold (compared inside MPC, only the bits opened)."""
+    if threshold <= 0:
+        return [True] * len(counts)
+    below = mpc.np_sgn(counts - min(threshold, 1 << (COMPARE_BITS - 3)), l=COMPARE_BITS, LT=True)
+    return [not int(f) for f in np.asarray(await mpc.output(below)).ravel()]
+
+
+async def combine_noisy_cells(mpc: Any, statistic: SecureStatistic, job: PartyJob) -> Opened:
+    """The cell protocol with `dp`: noise on every pooled count (and Σx) before anything opens.
+
+    Opens the release bits of the noisy counts, then the released noisy counts and noisy sums;
+    never a noiseless value, never the noise.
+    """
+    secint = mpc.SecInt(MOMENT_BITS)
+    summary = job.summary
+    size = statistic.layout.size
+    if len(summary.counts) != size:
+        raise ValueError(f"local summary has {len(summary.counts)} cells, layout needs {size}")
+    plan = statistic.noise
+    names = list(plan)  # "count", then "sum" if the statistic has one
+    noise = discrete_laplace(mpc, secint, [plan[name] for name in names for _ in range(size)])
+
+    threshold = await agree_threshold(mpc, job, statistic.query.min_count)
+    values = {"count": pooled(mpc, secint, summary.counts)}
+    if "sum" in plan:
+        values["sum"] = pooled(mpc, secint, summary.moments["sum"])
+    noisy = {name: values[name] + noise[k * size : (k + 1) * size] for k, name in enumerate(names)}
+    released = await noisy_release(mpc, noisy["count"], threshold)
+    open_cells = np.flatnonzero(released)
+
+    opened = Opened(threshold=threshold, released=released, counts=[None] * size)
+    column: list[Any] = [None] * size
+    if open_cells.size:
+        shown = await mpc.output(noisy["count"][open_cells])
+        for c, v in zip(open_cells, np.asarray(shown).ravel(), strict=True):
+            opened.counts[c] = max(0, int(v))
+        if "sum" in noisy:
+            shown = await mpc.output(noisy["sum"][open_cells])
+            for c, v in zip(open_cells, np.asarray(shown).ravel(), strict=True):
+                column[c] = decode_moment(int(v))
+    if "sum" in noisy:
+        opened.moments["sum"] = column
+    if all(released):
+        opened.total = sum(c for c in opened.counts if c is not None)
     return opened

@@ -3,6 +3,8 @@
 Every statistic of DESIGN.md validates here, including those whose secure protocol is not built
 yet; `check_query` rejects those with a clear "not supported yet" error, and checks a query
 against a dataset's declared schema (columns exist, have the right type, levels are known).
+A query with `dp` is accepted for the statistics of `smpc.dp.DP_STATISTICS` only, and a dp
+sum or mean only on a column with declared bounds (booleans are bounded by [0, 1]).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
+from smpc.dp import DP_STATISTICS, column_bounds
 from tessera.errors import QueryInvalid
 from tessera.schemas import ColumnSpec, DatasetSchema, Name
 
@@ -294,8 +297,12 @@ def check_query(query: QueryBase, schema: DatasetSchema, supported: tuple[str, .
             f"statistic {statistic!r} is not supported yet",
             {"statistic": statistic, "supported": list(supported)},
         )
-    if query.dp is not None:
-        raise QueryInvalid("differential privacy ('dp') is not supported yet", {"field": "dp"})
+    if query.dp is not None and statistic not in DP_STATISTICS:
+        raise QueryInvalid(
+            f"differential privacy ('dp') is available for {', '.join(DP_STATISTICS)}; "
+            f"not for {statistic!r}",
+            {"field": "dp", "statistic": statistic, "supported": list(DP_STATISTICS)},
+        )
     for name in query.referenced_columns():
         if schema.column(name) is None:
             raise QueryInvalid(
@@ -323,4 +330,11 @@ def check_query(query: QueryBase, schema: DatasetSchema, supported: tuple[str, .
         ):
             raise QueryInvalid(
                 f"{statistic}: column {name!r} is {spec.type}, not numeric", {"column": name}
+            )
+        if query.dp is not None and statistic in ("sum", "mean") and column_bounds(spec) is None:
+            raise QueryInvalid(
+                f"dp {statistic} of {name!r} needs the column's bounds: declare finite 'min' and "
+                f"'max' for {name!r} in the dataset schema (they set the noise's sensitivity, "
+                "and values are clipped to them)",
+                {"column": name, "field": "dp"},
             )

@@ -5,6 +5,12 @@ order keys per result cell, never rows), the MPC part (`compute`: by default the
 `smpc.protocol.combine_cells`, which pools, applies `min_count` inside MPC and opens only
 released cells), the plaintext post-processing of what was opened (`finish`), and a plaintext
 oracle on pooled data (`reference`) that the tests compare against.
+
+With `dp` (count, sum, mean, histogram, crosstab; see `smpc.dp`), `noise` holds the noisy
+values per cell and the ε each spends, `local_input` clips the column to its declared bounds
+and rounds each row to the fixed-point grid, `finish` adds the result's `dp` entry, and
+`reference` returns the exact, noiseless result on the clipped data (`min_count` applied to
+the exact counts) with the same `dp` entry, so tests can compare the error with the scale.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 from smpc.cells import CellLayout
+from smpc.dp import NoiseSpec, column_bounds, describe, grid_sum, noise_plan
 from smpc.encoding import MAX_SENTINEL, MIN_SENTINEL, encode_moment, order_key
 from smpc.job import LocalSummary, PartyJob
 from smpc.query import QueryBase
@@ -68,6 +75,9 @@ class SecureStatistic:
         self.schema = schema
         self.layout = CellLayout.build(list(query.group_by), schema, self.bins())
         self.validate()
+        self.noise: dict[str, NoiseSpec] = {}
+        if query.dp is not None:
+            self.noise = noise_plan(query.dp.epsilon, self.moments, self.clip_bounds)
 
     # ---- layout and validation ---------------------------------------------------------
 
@@ -80,6 +90,14 @@ class SecureStatistic:
     @property
     def column(self) -> str | None:
         return getattr(self.query, "column", None) if self.value_column else None
+
+    @property
+    def clip_bounds(self) -> tuple[float, float] | None:
+        """With `dp` on a sum or mean: the declared bounds the values are clipped to."""
+        if self.query.dp is None or self.column is None or not self.moments:
+            return None
+        spec = self.schema.column(self.column)
+        return column_bounds(spec) if spec is not None else None
 
     # ---- local part ----------------------------------------------------------------------
 
@@ -113,9 +131,17 @@ class SecureStatistic:
             return summary
         assert self.column is not None
         values = data[self.column].to_numpy(dtype=float)
+        if self.clip_bounds is not None:
+            values = np.clip(values, *self.clip_bounds)
         order = np.argsort(cells, kind="stable")
         starts = np.searchsorted(cells[order], np.arange(size + 1))
         per_cell = [values[order[starts[c] : starts[c + 1]]] for c in range(size)]
+        if self.noise:  # each clipped row on the grid: the sum's sensitivity is exact
+            try:
+                summary.moments["sum"] = [grid_sum(v) for v in per_cell]
+            except OverflowError as exc:
+                raise QueryInvalid(f"{self.name} of {self.column!r}: {exc}") from None
+            return summary
         try:
             for moment in self.moments:
                 power = {"sum": 1, "sumsq": 2}[moment]
@@ -159,9 +185,17 @@ class SecureStatistic:
         for g in range(len(self.layout.groups)):
             entries.append(self.group_result(opened, g))
         if not self.layout.group_columns:
-            return {"n": opened.total, **{k: v for k, v in entries[0].items() if k != "n"}}
-        groups = [{"group": self.layout.group_label(g), **e} for g, e in enumerate(entries)]
-        return {"n": opened.total, "groups": groups}
+            out = {"n": opened.total, **{k: v for k, v in entries[0].items() if k != "n"}}
+        else:
+            groups = [{"group": self.layout.group_label(g), **e} for g, e in enumerate(entries)]
+            out = {"n": opened.total, "groups": groups}
+        return self.with_dp(out)
+
+    def with_dp(self, result: dict[str, Any]) -> dict[str, Any]:
+        """The result with its `dp` entry (what noise was applied), if the query has `dp`."""
+        if self.query.dp is None:
+            return result
+        return {**result, "dp": describe(self.query.dp.epsilon, self.query.dp.delta, self.noise)}
 
     def group_result(self, opened: Opened, g: int) -> dict[str, Any]:
         if opened.released[g]:
@@ -178,6 +212,9 @@ class SecureStatistic:
         data = data[select(data, self.query.where, self.schema)]
         if self.column is not None:
             data = data[data[self.column].notna()]
+        if self.clip_bounds is not None:
+            assert self.column is not None
+            data = data.assign(**{self.column: data[self.column].clip(*self.clip_bounds)})
         entries = []
         for levels in self.layout.groups:
             sub = data
@@ -192,9 +229,9 @@ class SecureStatistic:
         suppressed = any(self.reference_suppressed(e) for e in entries)
         total = None if suppressed else sum(self.reference_count(e) for e in entries)
         if not self.layout.group_columns:
-            return {**entries[0], "n": total}
+            return self.with_dp({**entries[0], "n": total})
         groups = [{"group": self.layout.group_label(g), **e} for g, e in enumerate(entries)]
-        return {"n": total, "groups": groups}
+        return self.with_dp({"n": total, "groups": groups})
 
     def reference_group(self, sub: pd.DataFrame, min_count: int) -> dict[str, Any]:
         if len(sub) < min_count:

@@ -3,8 +3,13 @@
 Each party shares its row count per group; the pooled counts are compared with the disclosure
 threshold inside MPC, and only counts at or above it are opened.
 
-Reveals: the pooled count of each released group, and which groups are suppressed (below
-`min_count`); the overall `n` only when no group is suppressed.
+With `dp`: each group's pooled count gets discrete Laplace noise of scale 1/ε inside MPC
+(`smpc.dp`); groups are disjoint, so the whole result spends ε once. `min_count` is applied
+to the noisy counts, released counts are max(0, noisy count), and n is the sum of released
+counts.
+
+Reveals: the pooled (with `dp`: noisy) count of each released group, and which groups are
+suppressed (below `min_count`); the overall `n` only when no group is suppressed.
 """
 
 from __future__ import annotations

@@ -6,7 +6,13 @@ are not counted. Each party shares its count per (group, bin) cell. Every cell i
 the group's `n` (and the overall `n`) is opened only when none of its cells is suppressed, so
 that no suppressed cell can be recovered by subtraction.
 
-Reveals: the pooled count of each released cell; which cells are suppressed; n where safe.
+With `dp`: each cell's pooled count gets discrete Laplace noise of scale 1/ε inside MPC
+(`smpc.dp`); cells are disjoint, so the whole result spends ε once. `min_count` is applied
+to the noisy counts, released counts are max(0, noisy count), and n is the sum of released
+counts.
+
+Reveals: the pooled (with `dp`: noisy) count of each released cell; which cells are
+suppressed; n where safe.
 """
 
 from __future__ import annotations

@@ -4,12 +4,18 @@ Each party shares its row count and local Σx per group. The pooled n and Σx ar
 released groups and the mean is Σx / n, computed exactly on the opened rationals. Opening Σx
 reveals nothing beyond the result: Σx = n · mean.
 
-Reveals: per released group the pooled n and mean (equivalently Σx); which groups are
-suppressed.
+With `dp`: the count and Σx (of values clipped to the declared bounds) each get discrete Laplace
+noise of ε/2 inside MPC (`smpc.dp`); the mean is the noisy Σx over the noisy n, computed after
+opening (post-processing, no further ε) and clamped into the bounds; it is null when the noisy
+n is 0.
+
+Reveals: per released group the pooled n and mean (equivalently Σx), noisy with `dp`; which
+groups are suppressed.
 """
 
 from __future__ import annotations
 
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -27,7 +33,11 @@ class Mean(SecureStatistic):
         total = opened.moments["sum"][cell]
         if not n or total is None:
             return {"mean": None}
-        return {"mean": number(total / n)}
+        mean = total / n
+        if self.clip_bounds is not None:  # dp: post-processing of the noisy values
+            lo, hi = self.clip_bounds
+            mean = min(max(mean, Fraction(lo)), Fraction(hi))
+        return {"mean": number(mean)}
 
     def empty_values(self) -> dict[str, Any]:
         return {"mean": None}

@@ -3,7 +3,10 @@
 Each party shares its row count and its local Σx (fixed point, 2⁻⁴⁰ resolution) per group;
 both are pooled inside MPC and opened only for groups at or above `min_count`.
 
-Reveals: per released group the pooled n and Σx; which groups are suppressed.
+With `dp`: the count and Σx (of values clipped to the declared bounds) each get discrete Laplace
+noise of ε/2 inside MPC (`smpc.dp`); only the noisy values are opened.
+
+Reveals: per released group the pooled n and Σx, noisy with `dp`; which groups are suppressed.
 """
 
 from __future__ import annotations

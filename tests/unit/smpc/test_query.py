@@ -94,13 +94,39 @@ def test_malformed_queries_say_what_is_wrong(raw: object, message: str) -> None:
         ({"statistic": "count", "where": [["sex", ">", "F"]]}, "does not apply to categorical"),
         ({"statistic": "count", "where": [["age", ">", "ten"]]}, "compares with numbers"),
         ({"statistic": "count", "where": [["icu", ">", 0]]}, "boolean column"),
-        ({"statistic": "count", "dp": {"epsilon": 1.0}}, "not supported yet"),
+        (
+            {"statistic": "variance", "column": "weight", "dp": {"epsilon": 1.0}},
+            "available for count, sum, mean, histogram, crosstab; not for 'variance'",
+        ),
+        (
+            {"statistic": "mean", "column": "weight", "dp": {"epsilon": 1.0}},
+            "dp mean of 'weight' needs the column's bounds",
+        ),
+        (
+            {"statistic": "sum", "column": "weight", "dp": {"epsilon": 1.0}},
+            "declare finite 'min' and 'max' for 'weight'",
+        ),
     ],
 )
 def test_queries_are_checked_against_the_schema(raw: dict, message: str) -> None:
     with pytest.raises(QueryInvalid) as info:
         prepare({"dataset": "d", **raw}, SCHEMA)
     assert message in info.value.message
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"statistic": "count", "group_by": ["sex"], "where": [["age", ">", 2]]},
+        {"statistic": "mean", "column": "age"},
+        {"statistic": "sum", "column": "icu", "group_by": ["sex"]},  # booleans: [0, 1]
+        {"statistic": "histogram", "column": "weight", "bins": [0, 10, 100]},  # no bounds needed
+        {"statistic": "crosstab", "rows": "sex", "columns": "icu"},
+    ],
+)
+def test_dp_queries_of_the_five_statistics_pass(raw: dict) -> None:
+    query = prepare({"dataset": "d", "dp": {"epsilon": 0.5, "delta": 1e-6}, **raw}, SCHEMA)
+    assert query.dp is not None and query.dp.epsilon == 0.5
 
 
 def test_a_query_round_trips_through_json() -> None:
