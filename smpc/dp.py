@@ -90,6 +90,7 @@ COMPARE_BITS = 84  # noisy counts and thresholds (capped at 2^81) fit in 84-bit 
 GRID = Fraction(1, 1 << FRAC_BITS)
 COIN_BITS = 32  # the small secure type of the coins (random bits there are cheap)
 CHUNK_BITS = 24  # digits summed in the small type before conversion (|sum| < 2^24)
+COIN_BATCH = 4096  # coins drawn at once (about 300 000 random bits in memory)
 
 
 def column_bounds(spec: ColumnSpec) -> tuple[float, float] | None:
@@ -313,20 +314,26 @@ def biased_coins(mpc: Any, sectype: Any, thresholds: np.ndarray, precision: int)
     n = len(thresholds)
     limits = np.asarray(thresholds, dtype=object) - 1
     shifts = np.arange(precision - 1, -1, -1)
-    public = np.right_shift.outer(limits, shifts).T & 1  # (precision, n), most significant first
 
     @asyncoro.mpc_coro
     async def coins():  # type: ignore[no-untyped-def]  # MPyC reads a return annotation
         await asyncoro.returnType((sectype.array, True, (n,)))
         field = sectype.field
-        bits = (await mpc.np_random_bits(field, (precision + 1) * n)).value
-        sign_bit = bits[-n:]
-        secret = bits[: precision * n].reshape((precision, n))
-        xor = public + secret - ((public * secret) << 1)
-        above = np.cumsum(np.vstack((np.zeros((1, n), dtype=object), xor)), axis=0)
-        sign = (sign_bit << 1) - 1
-        terms = sign - np.vstack((public - secret, np.ones((1, n), dtype=object))) + 3 * above
-        zero = await mpc.np_is_zero_public(mpc.np_prod(sectype.array(field.array(terms)), axis=0))
-        return field.array(np.where(zero, sign_bit, 1 - sign_bit))
+        out = []
+        for start in range(0, n, COIN_BATCH):  # batches one after the other: bounded memory
+            c = limits[start : start + COIN_BATCH]
+            k = len(c)
+            public = np.right_shift.outer(c, shifts).T & 1  # (precision, k), most significant first
+            bits = (await mpc.np_random_bits(field, (precision + 1) * k)).value
+            sign_bit = bits[-k:]
+            secret = bits[: precision * k].reshape((precision, k))
+            xor = public + secret - ((public * secret) << 1)
+            above = np.cumsum(np.vstack((np.zeros((1, k), dtype=object), xor)), axis=0)
+            sign = (sign_bit << 1) - 1
+            terms = sign - np.vstack((public - secret, np.ones((1, k), dtype=object))) + 3 * above
+            product = mpc.np_prod(sectype.array(field.array(terms)), axis=0)
+            zero = await mpc.np_is_zero_public(product)
+            out.append(np.where(zero, sign_bit, 1 - sign_bit))
+        return field.array(np.concatenate(out))
 
     return coins()
