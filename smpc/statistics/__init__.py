@@ -10,13 +10,17 @@ if TYPE_CHECKING:
 from smpc.job import LocalSummary
 from smpc.query import QueryBase, check_query, parse_query
 from smpc.statistics.base import Opened, SecureStatistic
+from smpc.statistics.chi2 import Chi2
+from smpc.statistics.correlation import Correlation
 from smpc.statistics.count import Count
 from smpc.statistics.crosstab import Crosstab
 from smpc.statistics.extrema import Max, Min
 from smpc.statistics.histogram import Histogram
 from smpc.statistics.linear_regression import LinearRegression
+from smpc.statistics.logistic_regression import LogisticRegression
 from smpc.statistics.mean import Mean
 from smpc.statistics.sum import Sum
+from smpc.statistics.ttest import TTest
 from smpc.statistics.variance import Variance
 from tessera.schemas import DatasetSchema
 
@@ -32,6 +36,10 @@ REGISTRY: dict[str, type[SecureStatistic]] = {
         Histogram,
         Crosstab,
         LinearRegression,
+        LogisticRegression,
+        Correlation,
+        TTest,
+        Chi2,
     )
 }
 SUPPORTED: tuple[str, ...] = tuple(REGISTRY)

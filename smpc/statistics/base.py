@@ -48,6 +48,14 @@ class Opened:
     total: int | None = None  # all cells' count; opened only when no cell is suppressed
 
 
+@dataclass
+class PerGroup:
+    """What a per-group protocol opened: the threshold and one entry per group (None: hidden)."""
+
+    threshold: int
+    groups: list[Any]
+
+
 def number(value: float | Fraction | None) -> float | None:
     """A JSON-safe float (None for missing or not-a-number)."""
     if value is None:

@@ -1,0 +1,184 @@
+"""`ttest`: Welch's two-sample t-test, as `scipy.stats.ttest_ind(a, b, equal_var=False)`.
+
+`group` is a column with exactly two levels; `a` is the first level in schema order
+(booleans: False, then True), so the statistic is positive when a's mean is larger. Each
+party shares, per (group_by group × level), its row count, Σx and Σx² (fixed point). Inside MPC
+the counts are compared with max(min_count, 2) and only the comparison bits are opened; for a
+group where both levels pass, everything else is computed on secrets in an exact prime field
+(`smpc.exact`) from n, Σx, Σx² of each level:
+
+    t² = (Σx_a·n_b − Σx_b·n_a)²·D_a·D_b / ((n_a·n_b)²·(A_a·D_b + A_b·D_a)),
+    df = (A_a·D_b + A_b·D_a)²·(n_a − 1)(n_b − 1) / (A_a²·D_b²·(n_b − 1) + A_b²·D_a²·(n_a − 1)),
+
+with A = n·Σx² − (Σx)² and D = n²(n − 1); t² and df are opened as masked ratios and the sign
+of t by one secure comparison; the p-value follows from t and df (Student's t, two-sided).
+Both levels constant: t is undefined and reported as null.
+
+Cost: two secure comparisons per group and a constant number of rounds, independent of rows.
+Limits: |Σx²| of a party below about 7.7e25 (the fixed-point range); n below 2**30.
+
+Reveals: per reported group t, df, the p-value and n = n_a + n_b; which groups are not
+reported (a level below max(min_count, 2) rows).
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from smpc.encoding import FRAC_BITS, KEY_BITS, MOMENT_BITS
+from smpc.job import PartyJob
+from smpc.query import TTestQuery
+from smpc.statistics.base import PerGroup, SecureStatistic, number
+from tessera.errors import QueryInvalid
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+COUNT_BITS = 30
+SUM_BITS = MOMENT_BITS + 4  # pooled over at most 16 parties
+
+
+class TTest(SecureStatistic):
+    name = "ttest"
+    moments = ("sum", "sumsq")
+    binned = True
+    query: TTestQuery
+
+    def bins(self) -> int:
+        return 2
+
+    def validate(self) -> None:
+        q = self.query
+        spec = self.schema.column(q.group)
+        column = self.schema.column(q.column)
+        assert spec is not None and column is not None
+        if not column.is_numeric:
+            raise QueryInvalid(f"ttest: column {q.column!r} is {column.type}, not numeric")
+        if spec.type not in ("categorical", "boolean") or len(spec.group_levels()) != 2:
+            raise QueryInvalid(
+                f"ttest: group column {q.group!r} must be boolean or categorical with exactly "
+                "two levels",
+                {"column": q.group},
+            )
+        if q.group in q.group_by:
+            raise QueryInvalid(f"ttest: {q.group!r} is both the group and a group_by column")
+
+    @property
+    def levels(self) -> list[str]:
+        spec = self.schema.column(self.query.group)
+        assert spec is not None
+        return spec.group_levels()
+
+    def bin_index(self, data: pd.DataFrame) -> np.ndarray:
+        from smpc.cells import CellLayout
+
+        return CellLayout.build([self.query.group], self.schema).group_codes(data)
+
+    # ---- the secure part ----------------------------------------------------------------
+
+    async def compute(self, mpc: Any, job: PartyJob) -> PerGroup:
+        from smpc.exact import exact_type, open_ratios
+        from smpc.protocol import agree_threshold, pooled, release
+
+        threshold = await agree_threshold(mpc, job, self.query.min_count)
+        summary = job.summary
+        groups = len(self.layout.groups)
+        counts = pooled(mpc, mpc.SecInt(KEY_BITS), summary.counts)
+        passes = await release(mpc, counts, max(threshold, 2))
+        reported = [passes[2 * g] and passes[2 * g + 1] for g in range(groups)]
+        outcome = PerGroup(threshold, [None] * groups)
+        if not any(reported):
+            return outcome
+        s_bits = SUM_BITS
+        a_bits = 2 * s_bits + 1
+        d_bits = 3 * COUNT_BITS
+        df_bits = 2 * (2 * a_bits + 2 * d_bits + 2) + 2 * COUNT_BITS + 4
+        stype = exact_type(mpc, df_bits + 16, s_bits + COUNT_BITS + 2)
+        n = pooled(mpc, stype, summary.counts)
+        s = pooled(mpc, stype, summary.moments["sum"])
+        q = pooled(mpc, stype, summary.moments["sumsq"])
+        scale = 1 << FRAC_BITS
+        for g in range(groups):
+            if not reported[g]:
+                continue
+            a, b = 2 * g, 2 * g + 1
+            n_a, n_b = n[a], n[b]
+            a_a = q[a] * n_a * scale - s[a] * s[a]
+            a_b = q[b] * n_b * scale - s[b] * s[b]
+            d_a = n_a * n_a * (n_a - 1)
+            d_b = n_b * n_b * (n_b - 1)
+            diff = s[a] * n_b - s[b] * n_a
+            spread = a_a * d_b + a_b * d_a
+            t2 = await open_ratios(mpc, [diff * diff * d_a * d_b], (n_a * n_b) ** 2 * spread)
+            df = await open_ratios(
+                mpc,
+                [spread * spread * (n_a - 1) * (n_b - 1)],
+                a_a * a_a * d_b * d_b * (n_b - 1) + a_b * a_b * d_a * d_a * (n_a - 1),
+            )
+            sign = int(await mpc.output(mpc.sgn(diff, l=s_bits + COUNT_BITS + 2)))
+            total = int(await mpc.output(n_a + n_b))
+            outcome.groups[g] = {
+                "n": total,
+                "t2": None if t2 is None else t2[0],
+                "sign": sign,
+                "df": None if df is None else df[0],
+            }
+        return outcome
+
+    # ---- after the protocol -------------------------------------------------------------
+
+    @staticmethod
+    def _values(t: float | None, df: Fraction | float | None) -> dict[str, Any]:
+        from scipy import stats
+
+        if t is None or df is None:
+            return {"statistic": None, "p_value": None, "df": number(df)}
+        p = 2 * stats.t.sf(abs(t), float(df))
+        return {"statistic": number(t), "p_value": number(p), "df": number(df)}
+
+    def finish(self, opened: PerGroup) -> dict[str, Any]:
+        entries = []
+        for item in opened.groups:
+            if item is None:
+                entries.append({"n": None, **self.empty_values()})
+                continue
+            t = None if item["t2"] is None else item["sign"] * float(item["t2"]) ** 0.5
+            entries.append({"n": item["n"], **self._values(t, item["df"])})
+        return self._assemble(entries)
+
+    def _assemble(self, entries: list[dict[str, Any]]) -> dict[str, Any]:
+        suppressed = any(e["n"] is None for e in entries)
+        total = None if suppressed else sum(int(e["n"]) for e in entries)
+        if not self.layout.group_columns:
+            return {**entries[0], "n": total}
+        groups = [{"group": self.layout.group_label(g), **e} for g, e in enumerate(entries)]
+        return {"n": total, "groups": groups}
+
+    def empty_values(self) -> dict[str, Any]:
+        return {"statistic": None, "p_value": None, "df": None}
+
+    def reference(self, frame: pd.DataFrame, min_count: int = 0) -> dict[str, Any]:
+        from scipy import stats
+
+        data, cells = self.rows(frame)
+        values = data[self.query.column].to_numpy(dtype=float)
+        entries = []
+        for g in range(len(self.layout.groups)):
+            a, b = values[cells == 2 * g], values[cells == 2 * g + 1]
+            if min(len(a), len(b)) < max(min_count, 2):
+                entries.append({"n": None, **self.empty_values()})
+                continue
+            with np.errstate(invalid="ignore", divide="ignore"):
+                fit = stats.ttest_ind(a, b, equal_var=False)
+            statistic = float(fit.statistic)
+            df = float(fit.df)
+            entries.append(
+                {
+                    "n": len(a) + len(b),
+                    **self._values(statistic if np.isfinite(statistic) else None, df),
+                }
+            )
+        return self._assemble(entries)
