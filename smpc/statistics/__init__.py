@@ -19,6 +19,7 @@ from smpc.statistics.histogram import Histogram
 from smpc.statistics.linear_regression import LinearRegression
 from smpc.statistics.logistic_regression import LogisticRegression
 from smpc.statistics.mean import Mean
+from smpc.statistics.quantile import Quantile
 from smpc.statistics.sum import Sum
 from smpc.statistics.ttest import TTest
 from smpc.statistics.variance import Variance
@@ -36,6 +37,7 @@ REGISTRY: dict[str, type[SecureStatistic]] = {
         Histogram,
         Crosstab,
         LinearRegression,
+        Quantile,
         LogisticRegression,
         Correlation,
         TTest,

@@ -73,8 +73,8 @@ def test_simulate_prints_the_pooled_result(tmp_path: Path, files: list[Path]) ->
             "compares with numbers",
         ),
         (
-            {"statistic": "quantile", "dataset": "demo", "column": "age_months", "q": [0.5]},
-            "not supported yet",
+            {"statistic": "quantile", "dataset": "demo", "column": "age_months", "q": [1.5]},
+            "must lie in [0, 1]",
         ),
     ],
 )
