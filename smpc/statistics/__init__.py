@@ -16,6 +16,7 @@ from smpc.statistics.count import Count
 from smpc.statistics.crosstab import Crosstab
 from smpc.statistics.extrema import Max, Min
 from smpc.statistics.histogram import Histogram
+from smpc.statistics.kaplan_meier import KaplanMeier
 from smpc.statistics.linear_regression import LinearRegression
 from smpc.statistics.logistic_regression import LogisticRegression
 from smpc.statistics.mean import Mean
@@ -38,6 +39,7 @@ REGISTRY: dict[str, type[SecureStatistic]] = {
         Crosstab,
         LinearRegression,
         Quantile,
+        KaplanMeier,
         LogisticRegression,
         Correlation,
         TTest,

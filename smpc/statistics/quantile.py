@@ -30,8 +30,8 @@ integers of about log2(n) + 2 bits, plus one local binary search per cut point a
 (O(log rows)). Independent of the number of rows but for the local sort (O(rows·log rows)).
 Each round is a few network round trips: between hospitals, latency dominates.
 
-Numeric limits: exact for every finite float64 (and ±inf); missing values are skipped. At most
-99 levels q per query.
+Numeric limits: exact for every finite float64 (an infinite quantile is reported as null: JSON
+has no infinity); missing values are skipped. At most 99 levels q per query.
 
 Reveals: per released group the pooled n and each requested quantile (exact data values);
 which groups are suppressed (below `min_count`); the overall n only when no group is.
@@ -100,6 +100,10 @@ class QuantileOpened(Opened):
 
 class Quantile(SecureStatistic):
     name = "quantile"
+    intermediates = (
+        "the search's comparison bits, each [quantile ≤ a public cut point], all determined by "
+        "the quantiles themselves"
+    )
     query: QuantileQuery
 
     # ---- local part ----------------------------------------------------------------------

@@ -291,11 +291,11 @@ def test_study_datasets_show_schemas_and_whether_they_agree(setup: Setup) -> Non
         ('{"statistic": "count", "dataset": "cohort", "min_count": "x"}', 422, "query_invalid", ""),
         ('{"statistic": "count", "dataset": "elsewhere"}', 404, "not_found", "not part of study"),
         (
-            '{"statistic": "kaplan_meier", "dataset": "cohort", "time": "age_months", '
+            '{"statistic": "kaplan_meier", "dataset": "cohort", "time": "weight_kg", '
             '"event": "icu_admission"}',
             422,
             "query_invalid",
-            "not supported yet",
+            "must be an integer column",
         ),
         ("[1, 2]", 422, "query_invalid", "JSON object"),
     ],

@@ -15,7 +15,7 @@ SCHEMA = DatasetSchema(
         ColumnSpec(name="weight", type="float"),
         ColumnSpec(name="sex", type="categorical", levels=["F", "M"]),
         ColumnSpec(name="icu", type="boolean"),
-        ColumnSpec(name="time", type="float"),
+        ColumnSpec(name="time", type="integer", min=0, max=3650),
     ]
 )
 

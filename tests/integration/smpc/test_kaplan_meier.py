@@ -1,0 +1,196 @@
+"""`kaplan_meier` by MPC equals lifelines on the pooled rows (curves and log-rank test).
+
+Data shipped with lifelines: Walton's flies (163 rows, two groups), Rossi's recidivism data
+(432 rows, weeks 1–52, 322 censored at week 52), the NCCTG lung cancer data (228 rows, four
+ECOG groups, one of a single patient) and the German breast cancer study (686 rows, days
+8–2659, three tumour grades), split unevenly across 3 and 5 parties. Times and numbers at risk
+are exact; survival estimates and log-rank statistics within 1e-6 relative.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from smpc import reference, simulate
+from tessera.schemas import ColumnSpec, DatasetSchema
+
+REL = 1e-6
+
+
+def split(frame: pd.DataFrame, parties: int) -> list[pd.DataFrame]:
+    """Uneven contiguous shares: party i holds a share proportional to i + 1."""
+    weights = np.arange(1, parties + 1)
+    cuts = [0, *(np.cumsum(weights) / weights.sum() * len(frame)).astype(int)]
+    return [frame.iloc[a:b].reset_index(drop=True) for a, b in itertools.pairwise(cuts)]
+
+
+def schema(time: str, high: int, event: str, groups: dict[str, list[str]]) -> DatasetSchema:
+    return DatasetSchema(
+        columns=[
+            ColumnSpec(name=time, type="integer", min=0, max=high),
+            ColumnSpec(name=event, type="integer", min=0, max=1),
+            *(ColumnSpec(name=g, type="categorical", levels=lv) for g, lv in groups.items()),
+        ]
+    )
+
+
+def assert_same(result: dict, expected: dict) -> None:
+    """Counts, times and numbers at risk exactly; estimates to REL."""
+    assert result["n"] == expected["n"]
+    assert list(result["groups"]) == list(expected["groups"])
+    for name, curve in result["groups"].items():
+        want = expected["groups"][name]
+        assert (curve["n"], curve["time"], curve["at_risk"]) == (
+            want["n"],
+            want["time"],
+            want["at_risk"],
+        ), name
+        if want["survival"] is None:
+            assert curve["survival"] is None
+        else:
+            assert curve["survival"] == pytest.approx(want["survival"], rel=REL, abs=1e-12)
+    for key in ("statistic", "p_value"):
+        want = expected["logrank"][key]
+        assert result["logrank"][key] == (None if want is None else pytest.approx(want, rel=REL))
+    assert result["logrank"]["df"] == expected["logrank"]["df"]
+
+
+def test_two_groups_equal_lifelines_across_three_parties() -> None:
+    from lifelines import KaplanMeierFitter
+    from lifelines.datasets import load_waltons
+    from lifelines.statistics import logrank_test
+
+    flies = load_waltons()
+    result = simulate(
+        {"statistic": "kaplan_meier", "dataset": "w", "time": "T", "event": "E", "group": "group"},
+        split(flies, 3),
+        schema("T", 80, "E", {"group": ["control", "miR-137"]}),
+    )
+    assert result["n"] == len(flies)
+    for name, curve in result["groups"].items():
+        rows = flies[flies.group == name]
+        fitter = KaplanMeierFitter().fit(rows["T"], rows["E"])
+        assert curve["n"] == len(rows)
+        assert curve["time"] == fitter.event_table.index.astype(int).tolist()
+        assert curve["at_risk"] == fitter.event_table["at_risk"].tolist()
+        assert curve["survival"] == pytest.approx(
+            fitter.survival_function_.iloc[:, 0].tolist(), rel=REL
+        )
+    control, treated = (flies[flies.group == g] for g in ("control", "miR-137"))
+    test = logrank_test(control["T"], treated["T"], control["E"], treated["E"])
+    assert result["logrank"]["statistic"] == pytest.approx(test.test_statistic, rel=REL)
+    assert result["logrank"]["p_value"] == pytest.approx(test.p_value, rel=REL)
+    assert result["logrank"]["df"] == 1
+
+
+def test_truncated_curves_keep_the_whole_logrank_across_five_parties() -> None:
+    """min_count 10 truncates both curves; the log-rank test still uses every row."""
+    from lifelines.datasets import load_rossi
+    from lifelines.statistics import logrank_test
+
+    rossi = load_rossi().assign(fin=lambda d: d.fin.map({0: "no", 1: "yes"}))
+    declared = schema("week", 52, "arrest", {"fin": ["no", "yes"]})
+    query = {
+        "statistic": "kaplan_meier",
+        "dataset": "rossi",
+        "time": "week",
+        "event": "arrest",
+        "group": "fin",
+        "min_count": 10,
+    }
+    frames = split(rossi, 5)
+    result = simulate(query, frames, declared)
+    assert_same(result, reference(query, rossi, declared))
+    assert all(r >= 10 for curve in result["groups"].values() for r in curve["at_risk"])
+    no, yes = (rossi[rossi.fin == level] for level in ("no", "yes"))
+    test = logrank_test(no.week, yes.week, no.arrest, yes.arrest)
+    assert result["logrank"]["statistic"] == pytest.approx(test.test_statistic, rel=REL)
+
+
+def test_a_node_floor_suppresses_a_small_group_and_the_rest_are_compared() -> None:
+    """ECOG 3 has one patient: party 1's floor of 5 (above the query's 2) suppresses it;
+    the multivariate log-rank test compares ECOG 0, 1 and 2, with truncated tails."""
+    from lifelines.datasets import load_lung
+    from lifelines.statistics import multivariate_logrank_test
+
+    lung = load_lung().rename(columns={"ph.ecog": "ecog"})[["time", "status", "ecog"]]
+    declared = schema("time", 1100, "status", {"ecog": ["0", "1", "2", "3"]})
+    query = {
+        "statistic": "kaplan_meier",
+        "dataset": "lung",
+        "time": "time",
+        "event": "status",
+        "group": "ecog",
+        "min_count": 2,
+    }
+    result = simulate(query, split(lung, 3), declared, min_count_floors=[0, 5, 0])
+    assert_same(result, reference(query, lung, declared, min_count=5))
+    assert result["n"] is None
+    assert result["groups"]["3"] == {"n": None, "time": None, "survival": None, "at_risk": None}
+    compared = lung[lung.ecog.isin([0, 1, 2])]
+    test = multivariate_logrank_test(compared.time, compared.ecog, compared.status)
+    assert result["logrank"]["statistic"] == pytest.approx(test.test_statistic, rel=REL)
+    assert result["logrank"]["df"] == 2
+
+
+def test_an_empty_site_and_a_level_absent_at_another() -> None:
+    """Party 0 has no grade I tumour, party 2 no row matching `where`; grid of 2 701 days."""
+    from lifelines.datasets import load_gbsg2
+
+    gbsg = load_gbsg2()[["time", "cens", "tgrade", "age"]]
+    declared = DatasetSchema(
+        columns=[
+            *schema("time", 2700, "cens", {"tgrade": ["I", "II", "III"]}).columns,
+            ColumnSpec(name="age", type="integer", min=0, max=120),
+        ]
+    )
+    frames = [
+        gbsg[gbsg.tgrade != "I"].iloc[:150],
+        gbsg.iloc[150:500],
+        gbsg.iloc[500:].assign(age=30),
+    ]
+    query = {
+        "statistic": "kaplan_meier",
+        "dataset": "gbsg2",
+        "time": "time",
+        "event": "cens",
+        "group": "tgrade",
+        "where": [["age", ">", 40]],
+        "min_count": 3,
+    }
+    result = simulate(query, frames, declared)
+    pooled = pd.concat(frames)
+    assert_same(result, reference(query, pooled, declared))
+    assert result["n"] == int((pooled.age > 40).sum())
+    assert result["logrank"]["df"] == 2
+
+
+def test_one_group_has_no_logrank_test_and_no_events_no_statistic() -> None:
+    from lifelines.datasets import load_waltons
+
+    flies = load_waltons()
+    single = schema("T", 80, "E", {"group": ["control"]})
+    control = flies[flies.group == "control"]
+    query = {"statistic": "kaplan_meier", "dataset": "w", "time": "T", "event": "E"}
+    result = simulate({**query, "group": "group"}, split(control, 3), single)
+    assert_same(result, reference({**query, "group": "group"}, control, single))
+    assert list(result["groups"]) == ["control"]
+    assert result["logrank"] == {"statistic": None, "p_value": None, "df": None}
+
+    censored = flies.assign(E=0)
+    declared = schema("T", 80, "E", {"group": ["control", "miR-137"]})
+    result = simulate({**query, "group": "group"}, split(censored, 3), declared)
+    assert_same(result, reference({**query, "group": "group"}, censored, declared))
+    assert result["groups"]["control"]["survival"] == [1.0] * len(
+        result["groups"]["control"]["time"]
+    )
+    assert result["logrank"]["statistic"] is None  # no event: the covariance is zero
+
+    ungrouped = simulate(query, split(flies, 3), declared)
+    assert list(ungrouped["groups"]) == ["all"]
+    assert ungrouped["groups"]["all"]["n"] == len(flies)
+    assert ungrouped["logrank"]["statistic"] is None
