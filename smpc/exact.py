@@ -111,6 +111,23 @@ async def open_ratio_pairs(
     return out
 
 
+async def open_ratio_arrays(mpc: Any, numerators: Any, denominators: Any) -> list[Fraction | None]:
+    """`open_ratio_pairs` for two secure 1-D arrays of equal length (one round, vectorised)."""
+    size = numerators.shape[0]
+    if size == 0:
+        return []
+    stype = type(denominators).sectype
+    masks = mpc.np_fromlist(mpc._randoms(stype, size))
+    masked = await mpc.output(mpc.np_hstack((masks * numerators, masks * denominators)))
+    p = stype.field.order
+    values = [int(v) for v in np.asarray(masked).ravel()]
+    out: list[Fraction | None] = []
+    for num, den in zip(values[:size], values[size:], strict=True):
+        d = den % p
+        out.append(None if d == 0 else rational(num * pow(d, -1, p) % p, p))
+    return out
+
+
 class Collinear(Exception):
     """Column `index` of a Gram matrix is (nearly) a linear combination of the earlier ones."""
 
@@ -126,32 +143,43 @@ def hadamard_bits(size: int, entry_bits: int) -> int:
 
 
 async def gauss_jordan(
-    mpc: Any, matrix: Any, size: int, tolerance: float = 1e-10
+    mpc: Any, matrix: Any, size: int, tolerance_bound: float = 1e-10
 ) -> tuple[Any, list[float]]:
     """Fraction-free Gauss–Jordan on the secure array `matrix` = [G | B], G size × size PSD.
 
     Returns the final array [det(G)·I | adj(G)·B] and the opened tolerances: before pivot k,
     the ratio d_k / (d_(k−1) · G_kk) = 1 − R² of column k regressed on columns 0..k−1 (in the
-    uncentred Gram sense), which lies in (0, 1]. A tolerance below `tolerance` (or a zero
+    uncentred Gram sense), which lies in (0, 1]. A tolerance below `tolerance_bound` (or a zero
     diagonal entry) raises `Collinear(k)`: the design is singular, or too close to it for the
     fixed-point inputs to determine a solution.
     """
+    stype = type(matrix).sectype
+    p = stype.field.order
     diagonal = [matrix[k, k] for k in range(size)]
     tolerances: list[float] = []
+    inverse: Any = None  # the previous pivot's inverse, kept secret
     previous: Any = None
     for k in range(size):
         pivot = matrix[k, k]
-        scaled_diagonal = diagonal[k] if previous is None else previous * diagonal[k]
-        ratio = await open_ratios(mpc, [pivot], scaled_diagonal)
-        if ratio is None or ratio[0] < tolerance:
-            raise Collinear(k, None if ratio is None else float(ratio[0]))
-        tolerances.append(float(ratio[0]))
+        scaled_diagonal = diagonal[k] if inverse is None else previous * diagonal[k]
+        # One round: the masked pivot and masked d_(k-1)·G_kk give the tolerance, and the
+        # masked pivot with the (secret) mask gives the pivot's inverse for the next step.
+        mask = mpc._random(stype)
+        opened = await mpc.output([mask * pivot, mask * scaled_diagonal])
+        u, w = (int(v) % p for v in opened)
+        if u == 0 or w == 0:
+            raise Collinear(k, 0.0 if w else None)
+        tolerance = rational(u * pow(w, -1, p) % p, p)
+        if tolerance < tolerance_bound:
+            raise Collinear(k, float(tolerance))
+        tolerances.append(float(tolerance))
         row = matrix[k, :]
         column = matrix[:, k]
         updated = matrix * pivot - mpc.np_outer(column, row)
-        if previous is not None:
-            updated = updated * mpc.reciprocal(previous)
+        if inverse is not None:
+            updated = updated * inverse
         matrix = mpc.np_update(updated, k, row)  # the pivot row stays as it was
+        inverse = mask * stype.field(pow(u, -1, p))
         previous = pivot
     return matrix, tolerances
 

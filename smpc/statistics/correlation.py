@@ -10,7 +10,7 @@ column are null (numpy gives NaN): that the column is constant is revealed, noth
 
 Cost: local O(rows · k²); secure O(k²) multiplications and k(k−1)/2 comparisons of ~210-bit
 values, a constant number of rounds. Limits: at most 50 columns; local sums of products below
-2**60.
+2**50 ≈ 1.1e15.
 
 Reveals: per released group n and the correlation matrix; which columns are constant; which
 groups are suppressed.
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from smpc.exact import open_ratio_pairs
+from smpc.exact import open_ratio_arrays
 from smpc.query import CorrelationQuery
 from smpc.statistics.base import number
 from smpc.statistics.design import ENTRY_BITS
@@ -57,30 +57,30 @@ class Correlation(GramStatistic):
         return 2 * ENTRY_BITS + 2
 
     def field_bits(self) -> int:
-        return 4 * self.co_moment_bits() + 16
+        return 4 * self.co_moment_bits() + 16  # C² and C_jj·C_kk, a masked ratio
 
     def compare_bits(self) -> int:
         return self.co_moment_bits()
 
-    async def solve(self, mpc: Any, stype: Any, matrix: Any, n: int) -> dict[str, Any]:
+    async def solve(self, mpc: Any, matrix: Any, n: int, compare: Any = None) -> dict[str, Any]:
         k = len(self.query.columns)
-        sums = matrix[0, 1:]
-        co = matrix[1:, 1:] * matrix[0, 0] - mpc.np_outer(sums, sums)
-        flat = co.reshape(-1)
         pairs = [(j, m) for j in range(k) for m in range(j + 1, k)]
-        diagonal = [flat[j * k + j] for j in range(k)]
-        numerators: list[Any] = list(diagonal)
-        denominators: list[Any] = list(diagonal)
-        for j, m in pairs:
-            c = flat[j * k + m]
-            numerators.append(c * c)
-            denominators.append(diagonal[j] * diagonal[m])
-        ratios = await open_ratio_pairs(mpc, numerators, denominators)
+        diagonal = np.array([j * k + j for j in range(k)])
+        first = np.array([j * k + j for j, _ in pairs], dtype=np.int64)
+        second = np.array([m * k + m for _, m in pairs], dtype=np.int64)
+        upper = np.array([j * k + m for j, m in pairs], dtype=np.int64)
+        co = self.co_moments(mpc, matrix).reshape(-1)
+        squared = co[upper] * co[upper] if pairs else None
+        numerators = co[diagonal] if not pairs else mpc.np_hstack((co[diagonal], squared))
+        denominators = co[diagonal]
+        if pairs:
+            denominators = mpc.np_hstack((denominators, co[first] * co[second]))
+        ratios = await open_ratio_arrays(mpc, numerators, denominators)
         signs: list[int] = []
         if pairs:
-            index = np.array([j * k + m for j, m in pairs])
-            opened = await mpc.output(mpc.np_sgn(flat[index], l=self.compare_bits()))
-            signs = [int(s) for s in np.asarray(opened).ravel()]
+            assert compare is not None
+            opened = await mpc.output(mpc.np_sgn(self.co_moments(mpc, compare).reshape(-1)[upper]))
+            signs = [int(v) for v in np.asarray(opened).ravel()]
         result: list[list[float | None]] = [[None] * k for _ in range(k)]
         for j in range(k):
             result[j][j] = None if ratios[j] is None else 1.0
@@ -88,6 +88,12 @@ class Correlation(GramStatistic):
             value = None if r2 is None else sign * math.sqrt(float(r2))
             result[j][m] = result[m][j] = number(value)
         return {"columns": list(self.query.columns), "matrix": result}
+
+    @staticmethod
+    def co_moments(mpc: Any, matrix: Any) -> Any:
+        """C = n·S − s·sᵀ from the Gram matrix of [1, x…] (all in the same secret scale)."""
+        sums = matrix[0, 1:]
+        return matrix[1:, 1:] * matrix[0, 0] - mpc.np_outer(sums, sums)
 
     def empty_values(self) -> dict[str, Any]:
         k = len(self.query.columns)

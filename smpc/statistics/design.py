@@ -8,7 +8,7 @@ value in any column the statistic reads are dropped (listwise deletion), at ever
 Each party computes its local Gram matrix ZᵀZ of Z = [1, terms…] per group in float64 and
 rounds each entry once to the 2⁻⁴⁰ fixed-point grid, so the pooled matrix is exact to about
 1e-12 relative per entry whatever the number of rows. A local entry must satisfy
-|entry| < 2**60 ≈ 1.2e18 (for example Σx² over 10⁶ rows with |x| < 10⁶); larger values are
+|entry| < 2**50 ≈ 1.1e15 (for example Σx² over 10⁶ rows with |x| < 3·10⁴); larger values are
 refused with a clear error asking to rescale the column.
 """
 
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from tessera.schemas import DatasetSchema
 
-LOCAL_ENTRY_BITS = 60  # |a local Gram entry| < 2**60 in value units
+LOCAL_ENTRY_BITS = 50  # |a local Gram entry| < 2**50 ≈ 1.1e15 in value units
 MAX_PARTY_BITS = 4  # at most 16 parties
 ENTRY_BITS = LOCAL_ENTRY_BITS + MAX_PARTY_BITS + FRAC_BITS  # a pooled, scaled Gram entry
 SCALE = 1 << FRAC_BITS

@@ -110,21 +110,28 @@ class GramStatistic(SecureStatistic):
         opened_counts = await mpc.output(counts[np.array(shown)])
         for g, n in zip(shown, np.asarray(opened_counts).ravel(), strict=True):
             outcomes[g].n = int(n)
-        stype = exact_type(mpc, self.field_bits(), self.compare_bits())
+        stype = exact_type(mpc, self.field_bits())
         k = len(self.names)
         width = triangle_size(k)
+        index = symmetric_index(k).ravel()
         gram = pooled(mpc, stype, job.summary.vectors["gram"])
-        index = symmetric_index(k)
+        small = None
+        if self.compare_bits():  # the same matrix in a small field, for cheap comparisons
+            small = pooled(mpc, mpc.SecInt(self.compare_bits()), job.summary.vectors["gram"])
         for g in shown:
-            matrix = gram[g * width : (g + 1) * width][index.ravel()].reshape(k, k)
-            outcomes[g].values = await self.solve(mpc, stype, matrix, outcomes[g].n or 0)
+            piece = slice(g * width, (g + 1) * width)
+            matrix = gram[piece][index].reshape(k, k)
+            compare = None if small is None else small[piece][index].reshape(k, k)
+            outcomes[g].values = await self.solve(mpc, matrix, outcomes[g].n or 0, compare)
         return GramOpened(threshold, outcomes)
 
     def compare_bits(self) -> int:
+        """Bit length of values the statistic compares (0: none); compared in a small field."""
         return 0
 
-    async def solve(self, mpc: Any, stype: Any, matrix: Any, n: int) -> dict[str, Any]:
-        """Compute and open one group's outputs from its pooled, secret Gram matrix."""
+    async def solve(self, mpc: Any, matrix: Any, n: int, compare: Any = None) -> dict[str, Any]:
+        """Compute and open one group's outputs from its pooled, secret Gram matrix (and the
+        same matrix in the small comparison field when `compare_bits` asks for one)."""
         raise NotImplementedError
 
     # ---- after the protocol -------------------------------------------------------------

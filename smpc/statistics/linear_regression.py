@@ -19,7 +19,7 @@ that is a linear combination of the constant and the predictors before it.
 Cost: local O(rows · p²); secure O(p³) multiplications in a field of about 4·p·104 bits
 (p = predictors + 1), p + 4 rounds, independent of rows and nearly of parties. Limits: at most
 about 45 predictors (the field grows with p; beyond that the query is refused), local sums of
-products below 2**60, n − p ≥ 1.
+products below 2**50 ≈ 1.1e15, n − p ≥ 1.
 
 Reveals: per released group n, the coefficients, their standard errors and R² (p-values follow
 from them); which groups are suppressed. Intermediate: each predictor's tolerance (1 − R² of
@@ -85,7 +85,7 @@ class LinearRegression(GramStatistic):
         field_exponent(bits)
         return bits
 
-    async def solve(self, mpc: Any, stype: Any, matrix: Any, n: int) -> dict[str, Any]:
+    async def solve(self, mpc: Any, matrix: Any, n: int, compare: Any = None) -> dict[str, Any]:
         import numpy as np
 
         names = self.coefficient_names
@@ -97,7 +97,7 @@ class LinearRegression(GramStatistic):
         yty = matrix[p, p]
         sum_y = matrix[0, p]
         n_scaled = matrix[0, 0]
-        identity = stype.array(np.eye(p, dtype=object))
+        identity = type(matrix).sectype.array(np.eye(p, dtype=object))
         augmented = mpc.np_hstack((gram, xty, identity))
         try:
             reduced, _ = await gauss_jordan(mpc, augmented, p)

@@ -80,7 +80,7 @@ class TTest(SecureStatistic):
     # ---- the secure part ----------------------------------------------------------------
 
     async def compute(self, mpc: Any, job: PartyJob) -> PerGroup:
-        from smpc.exact import exact_type, open_ratios
+        from smpc.exact import exact_type, open_ratio_arrays
         from smpc.protocol import agree_threshold, pooled, release
 
         threshold = await agree_threshold(mpc, job, self.query.min_count)
@@ -96,35 +96,39 @@ class TTest(SecureStatistic):
         a_bits = 2 * s_bits + 1
         d_bits = 3 * COUNT_BITS
         df_bits = 2 * (2 * a_bits + 2 * d_bits + 2) + 2 * COUNT_BITS + 4
-        stype = exact_type(mpc, df_bits + 16, s_bits + COUNT_BITS + 2)
+        stype = exact_type(mpc, df_bits + 16)
+        small = mpc.SecInt(s_bits + COUNT_BITS + 2)  # for the sign of t: cheap comparisons
+        shown = np.array([g for g in range(groups) if reported[g]])
+        a, b = 2 * shown, 2 * shown + 1
+        n_small = pooled(mpc, small, summary.counts)
+        s_small = pooled(mpc, small, summary.moments["sum"])
+        sign_of = s_small[a] * n_small[b] - s_small[b] * n_small[a]
+        signs = await mpc.output(mpc.np_sgn(sign_of))
         n = pooled(mpc, stype, summary.counts)
         s = pooled(mpc, stype, summary.moments["sum"])
         q = pooled(mpc, stype, summary.moments["sumsq"])
         scale = 1 << FRAC_BITS
-        for g in range(groups):
-            if not reported[g]:
-                continue
-            a, b = 2 * g, 2 * g + 1
-            n_a, n_b = n[a], n[b]
-            a_a = q[a] * n_a * scale - s[a] * s[a]
-            a_b = q[b] * n_b * scale - s[b] * s[b]
-            d_a = n_a * n_a * (n_a - 1)
-            d_b = n_b * n_b * (n_b - 1)
-            diff = s[a] * n_b - s[b] * n_a
-            spread = a_a * d_b + a_b * d_a
-            t2 = await open_ratios(mpc, [diff * diff * d_a * d_b], (n_a * n_b) ** 2 * spread)
-            df = await open_ratios(
-                mpc,
-                [spread * spread * (n_a - 1) * (n_b - 1)],
-                a_a * a_a * d_b * d_b * (n_b - 1) + a_b * a_b * d_a * d_a * (n_a - 1),
-            )
-            sign = int(await mpc.output(mpc.sgn(diff, l=s_bits + COUNT_BITS + 2)))
-            total = int(await mpc.output(n_a + n_b))
+        n_a, n_b = n[a], n[b]
+        a_a = q[a] * n_a * scale - s[a] * s[a]
+        a_b = q[b] * n_b * scale - s[b] * s[b]
+        d_a = n_a * n_a * (n_a - 1)
+        d_b = n_b * n_b * (n_b - 1)
+        diff = s[a] * n_b - s[b] * n_a
+        spread = a_a * d_b + a_b * d_a
+        n_ab = n_a * n_b
+        t2 = await open_ratio_arrays(mpc, diff * diff * d_a * d_b, n_ab * n_ab * spread)
+        df = await open_ratio_arrays(
+            mpc,
+            spread * spread * (n_a - 1) * (n_b - 1),
+            a_a * a_a * d_b * d_b * (n_b - 1) + a_b * a_b * d_a * d_a * (n_a - 1),
+        )
+        totals = await mpc.output(n_a + n_b)
+        for i, g in enumerate(shown):
             outcome.groups[g] = {
-                "n": total,
-                "t2": None if t2 is None else t2[0],
-                "sign": sign,
-                "df": None if df is None else df[0],
+                "n": int(np.asarray(totals).ravel()[i]),
+                "t2": t2[i],
+                "sign": int(np.asarray(signs).ravel()[i]),
+                "df": df[i],
             }
         return outcome
 

@@ -1,0 +1,351 @@
+"""Regressions, correlation and tests by MPC against statsmodels, numpy and scipy on real data.
+
+Data that ships inside packages: scikit-learn's diabetes study (442 patients, unscaled), the
+RAND Health Insurance Experiment (statsmodels `randhie`, 20 190 rows) and Spector & Mazzeo's
+teaching-method data (statsmodels `spector`, 32 rows). Each is split unevenly across 3 and 5
+parties. Tolerance: 1e-6 relative for estimates, 1e-4 for the standard errors of iterative
+fits, exact for counts.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import statsmodels.api as sm
+from scipy import stats
+
+from smpc import reference, simulate
+from smpc.frames import infer_schema
+from tessera.errors import ProtocolFailed, QueryInvalid
+
+REL = 1e-6
+
+
+def split(frame: pd.DataFrame, parties: int) -> list[pd.DataFrame]:
+    """Uneven contiguous shares: party i holds a share proportional to i + 1."""
+    weights = np.arange(1, parties + 1)
+    cuts = [0, *(np.cumsum(weights) / weights.sum() * len(frame)).astype(int)]
+    return [frame.iloc[a:b].reset_index(drop=True) for a, b in itertools.pairwise(cuts)]
+
+
+def close(actual: Any, expected: Any, rel: float = REL, path: str = "result") -> None:
+    """Recursive comparison: numbers to `rel` (absolute 1e-12 near zero), the rest exactly."""
+    if isinstance(expected, dict):
+        assert isinstance(actual, dict) and set(actual) == set(expected), path
+        for key in expected:
+            close(actual[key], expected[key], rel, f"{path}.{key}")
+    elif isinstance(expected, list):
+        assert isinstance(actual, list) and len(actual) == len(expected), path
+        for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
+            close(a, e, rel, f"{path}[{i}]")
+    elif isinstance(expected, float):
+        assert actual is not None, path
+        assert math.isclose(actual, expected, rel_tol=rel, abs_tol=1e-12), (path, actual, expected)
+    else:
+        assert actual == expected, (path, actual, expected)
+
+
+@pytest.fixture(scope="module")
+def diabetes() -> pd.DataFrame:
+    from sklearn.datasets import load_diabetes
+
+    data = load_diabetes(as_frame=True, scaled=False).frame
+    return data.assign(sex=np.where(data["sex"] == 1, "female", "male"))
+
+
+@pytest.fixture(scope="module")
+def randhie() -> pd.DataFrame:
+    from statsmodels.datasets import randhie
+
+    data = randhie.load_pandas().data
+    return data.assign(
+        health=np.select(
+            [data.hlthp == 1, data.hlthf == 1, data.hlthg == 1],
+            ["poor", "fair", "good"],
+            "excellent",
+        ),
+        chronic=np.where(data.disea > 10, "yes", "no"),
+        visited=(data.mdvis > 0).astype(int),
+    )
+
+
+# ---- linear regression ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("parties", [3, 5])
+def test_linear_regression_matches_statsmodels_ols(diabetes: pd.DataFrame, parties: int) -> None:
+    predictors = ["age", "bmi", "bp", "s1", "s2", "s5"]
+    query = {
+        "statistic": "linear_regression",
+        "dataset": "diabetes",
+        "outcome": "target",
+        "predictors": predictors,
+    }
+    result = simulate(query, split(diabetes, parties))
+    fit = sm.OLS(diabetes["target"], sm.add_constant(diabetes[predictors])).fit()
+    assert result["n"] == len(diabetes)
+    close(result["coefficients"], dict(fit.params))
+    close(result["std_errors"], dict(fit.bse))
+    close(result["p_values"], dict(fit.pvalues))
+    close(result["r_squared"], fit.rsquared)
+
+
+def test_linear_regression_categorical_predictor_and_where(randhie: pd.DataFrame) -> None:
+    query = {
+        "statistic": "linear_regression",
+        "dataset": "hie",
+        "outcome": "mdvis",
+        "predictors": ["lncoins", "physlm", "health"],
+        "where": [["disea", ">", 5]],
+    }
+    frames = split(randhie, 3)
+    result = simulate(query, frames)
+    rows = randhie[randhie.disea > 5]
+    design = pd.DataFrame(
+        {
+            "const": 1.0,
+            "lncoins": rows.lncoins,
+            "physlm": rows.physlm,
+            **{
+                f"health[{lv}]": (rows.health == lv).astype(float)
+                for lv in ["fair", "good", "poor"]
+            },
+        }
+    )
+    fit = sm.OLS(rows.mdvis, design).fit()
+    assert result["n"] == len(rows)
+    close(result["coefficients"], dict(fit.params))
+    close(result["std_errors"], dict(fit.bse))
+
+
+def test_linear_regression_group_by_with_suppression_and_floor(randhie: pd.DataFrame) -> None:
+    query = {
+        "statistic": "linear_regression",
+        "dataset": "hie",
+        "outcome": "mdvis",
+        "predictors": ["lncoins", "physlm"],
+        "group_by": ["health"],
+        "min_count": 10,
+    }
+    frames = split(randhie, 3)
+    # a node's floor of 400 wins over the query's 10: "poor" (302 rows) is suppressed
+    result = simulate(query, frames, min_count_floors=[0, 400, 0])
+    schema = infer_schema(frames)
+    expected = reference(query, randhie, schema, min_count=400)
+    assert result["n"] is None  # a group is suppressed, so the total is not opened
+    by_level = {g["group"]["health"]: g for g in result["groups"]}
+    assert by_level["poor"]["n"] is None and by_level["poor"]["coefficients"]["const"] is None
+    close(result, expected)
+
+
+def test_linear_regression_singular_design_is_refused(diabetes: pd.DataFrame) -> None:
+    data = diabetes.assign(bmi2=diabetes["bmi"] * 2.0)
+    query = {
+        "statistic": "linear_regression",
+        "dataset": "diabetes",
+        "outcome": "target",
+        "predictors": ["age", "bmi", "bmi2"],
+    }
+    with pytest.raises((ProtocolFailed, QueryInvalid), match="bmi2.*linear combination"):
+        simulate(query, split(data, 3))
+
+
+def test_linear_regression_constant_predictor_is_refused(diabetes: pd.DataFrame) -> None:
+    data = diabetes.assign(one=3.0)
+    query = {
+        "statistic": "linear_regression",
+        "dataset": "diabetes",
+        "outcome": "target",
+        "predictors": ["bmi", "one"],
+    }
+    with pytest.raises((ProtocolFailed, QueryInvalid), match="'one'.*linear combination"):
+        simulate(query, split(data, 3))
+
+
+def test_linear_regression_party_with_no_matching_rows(diabetes: pd.DataFrame) -> None:
+    frames = split(diabetes.sort_values("age").reset_index(drop=True), 3)
+    cut = float(frames[0]["age"].max())  # party 0 holds only the youngest: none match
+    query = {
+        "statistic": "linear_regression",
+        "dataset": "diabetes",
+        "outcome": "target",
+        "predictors": ["bmi", "bp"],
+        "where": [["age", ">", cut]],
+    }
+    result = simulate(query, frames)
+    rows = diabetes[diabetes.age > cut]
+    fit = sm.OLS(rows.target, sm.add_constant(rows[["bmi", "bp"]])).fit()
+    assert result["n"] == len(rows)
+    close(result["coefficients"], dict(fit.params))
+
+
+# ---- logistic regression --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("parties", [3, 5])
+def test_logistic_regression_matches_statsmodels_logit(randhie: pd.DataFrame, parties: int) -> None:
+    predictors = ["lncoins", "idp", "lpi", "fmde", "physlm", "disea"]
+    query = {
+        "statistic": "logistic_regression",
+        "dataset": "hie",
+        "outcome": "visited",
+        "predictors": predictors,
+    }
+    result = simulate(query, split(randhie, parties))
+    fit = sm.Logit(randhie.visited, sm.add_constant(randhie[predictors])).fit(
+        method="newton", disp=False
+    )
+    assert result["n"] == len(randhie)
+    close(result["coefficients"], dict(fit.params))
+    close(result["std_errors"], dict(fit.bse), rel=1e-4)
+    close(result["p_values"], dict(fit.pvalues), rel=1e-4)
+    assert abs(result["iterations"] - fit.mle_retvals["iterations"]) <= 1
+
+
+def test_logistic_regression_small_sample_spector() -> None:
+    from statsmodels.datasets import spector
+
+    data = spector.load_pandas().data
+    query = {
+        "statistic": "logistic_regression",
+        "dataset": "spector",
+        "outcome": "GRADE",
+        "predictors": ["GPA", "TUCE", "PSI"],
+    }
+    result = simulate(query, split(data, 3))
+    fit = sm.Logit(data.GRADE, sm.add_constant(data[["GPA", "TUCE", "PSI"]])).fit(disp=False)
+    close(result["coefficients"], dict(fit.params))
+    close(result["std_errors"], dict(fit.bse), rel=1e-4)
+
+
+def test_logistic_regression_perfect_separation_is_refused() -> None:
+    x = np.linspace(-3, 3, 60)
+    data = pd.DataFrame({"x": x, "y": (x > 0).astype(int)})
+    query = {
+        "statistic": "logistic_regression",
+        "dataset": "d",
+        "outcome": "y",
+        "predictors": ["x"],
+    }
+    with pytest.raises((ProtocolFailed, QueryInvalid), match="converge|singular"):
+        simulate(query, split(data, 3))
+
+
+def test_logistic_regression_refuses_a_non_binary_outcome(diabetes: pd.DataFrame) -> None:
+    query = {
+        "statistic": "logistic_regression",
+        "dataset": "diabetes",
+        "outcome": "target",
+        "predictors": ["bmi"],
+    }
+    with pytest.raises(QueryInvalid, match="values other than 0 and 1"):
+        simulate(query, split(diabetes, 3))
+
+
+# ---- correlation ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("parties", [3, 5])
+def test_correlation_matches_numpy(diabetes: pd.DataFrame, parties: int) -> None:
+    columns = ["age", "bmi", "bp", "s1", "s5", "target"]
+    query = {"statistic": "correlation", "dataset": "diabetes", "columns": columns}
+    result = simulate(query, split(diabetes, parties))
+    expected = np.corrcoef(diabetes[columns].to_numpy(dtype=float), rowvar=False)
+    assert result["columns"] == columns and result["n"] == len(diabetes)
+    close(result["matrix"], expected.tolist())
+
+
+def test_correlation_constant_column_is_null_and_groups(diabetes: pd.DataFrame) -> None:
+    data = diabetes.assign(flat=1.5)
+    frames = split(data, 3)
+    query = {
+        "statistic": "correlation",
+        "dataset": "diabetes",
+        "columns": ["bmi", "flat", "bp"],
+        "group_by": ["sex"],
+    }
+    result = simulate(query, frames)
+    for group in result["groups"]:
+        rows = data[data.sex == group["group"]["sex"]]
+        matrix = group["matrix"]
+        assert matrix[1] == [None, None, None] and matrix[0][1] is None
+        close(matrix[0][2], float(np.corrcoef(rows.bmi, rows.bp)[0, 1]))
+        assert matrix[0][0] == 1.0
+    close(result, reference(query, data, infer_schema(frames)))
+
+
+# ---- Welch's t-test -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("parties", [3, 5])
+def test_ttest_matches_scipy_welch(diabetes: pd.DataFrame, parties: int) -> None:
+    query = {"statistic": "ttest", "dataset": "diabetes", "column": "bmi", "group": "sex"}
+    result = simulate(query, split(diabetes, parties))
+    female = diabetes.bmi[diabetes.sex == "female"]
+    male = diabetes.bmi[diabetes.sex == "male"]
+    fit = stats.ttest_ind(female, male, equal_var=False)
+    assert result["n"] == len(diabetes)
+    close(result["statistic"], float(fit.statistic))
+    close(result["p_value"], float(fit.pvalue))
+    close(result["df"], float(fit.df))
+
+
+def test_ttest_group_by_level_absent_at_one_site(randhie: pd.DataFrame) -> None:
+    frames = split(randhie, 3)
+    frames[0] = frames[0][frames[0].health != "poor"].reset_index(drop=True)
+    pooled = pd.concat(frames, ignore_index=True)
+    query = {
+        "statistic": "ttest",
+        "dataset": "hie",
+        "column": "mdvis",
+        "group": "chronic",
+        "group_by": ["health"],
+    }
+    schema = infer_schema([randhie])
+    result = simulate(query, frames, schema=schema)
+    close(result, reference(query, pooled, schema))
+    poor = pooled[pooled.health == "poor"]
+    fit = stats.ttest_ind(
+        poor.mdvis[poor.chronic == "no"], poor.mdvis[poor.chronic == "yes"], equal_var=False
+    )
+    (entry,) = [g for g in result["groups"] if g["group"]["health"] == "poor"]
+    close(entry["statistic"], float(fit.statistic))
+
+
+def test_ttest_needs_a_two_level_group(randhie: pd.DataFrame) -> None:
+    query = {"statistic": "ttest", "dataset": "hie", "column": "mdvis", "group": "health"}
+    with pytest.raises(QueryInvalid, match="exactly two levels"):
+        simulate(query, split(randhie, 3))
+
+
+# ---- chi-square test of independence --------------------------------------------------------
+
+
+@pytest.mark.parametrize("parties", [3, 5])
+def test_chi2_matches_scipy(randhie: pd.DataFrame, parties: int) -> None:
+    query = {"statistic": "chi2", "dataset": "hie", "rows": "health", "columns": "chronic"}
+    result = simulate(query, split(randhie, parties))
+    table = pd.crosstab(randhie.health, randhie.chronic)
+    fit = stats.chi2_contingency(table.to_numpy(), correction=False)
+    assert result["n"] == len(randhie) and result["df"] == 3
+    close(result["statistic"], float(fit.statistic))
+    close(result["p_value"], float(fit.pvalue))
+
+
+def test_chi2_with_an_empty_level_is_not_tested(randhie: pd.DataFrame) -> None:
+    frames = split(randhie, 3)
+    query = {
+        "statistic": "chi2",
+        "dataset": "hie",
+        "rows": "health",
+        "columns": "chronic",
+        "where": [["health", "!=", "poor"]],
+    }
+    result = simulate(query, frames)
+    assert result == {"n": None, "statistic": None, "p_value": None, "df": None}
+    assert result == reference(query, randhie, infer_schema(frames))
