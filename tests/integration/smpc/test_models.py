@@ -151,7 +151,7 @@ def test_linear_regression_singular_design_is_refused(diabetes: pd.DataFrame) ->
         "outcome": "target",
         "predictors": ["age", "bmi", "bmi2"],
     }
-    with pytest.raises((ProtocolFailed, QueryInvalid), match="bmi2.*linear combination"):
+    with pytest.raises((ProtocolFailed, QueryInvalid), match=r"bmi2.*linear combination"):
         simulate(query, split(data, 3))
 
 
@@ -163,7 +163,7 @@ def test_linear_regression_constant_predictor_is_refused(diabetes: pd.DataFrame)
         "outcome": "target",
         "predictors": ["bmi", "one"],
     }
-    with pytest.raises((ProtocolFailed, QueryInvalid), match="'one'.*linear combination"):
+    with pytest.raises((ProtocolFailed, QueryInvalid), match=r"'one'.*linear combination"):
         simulate(query, split(data, 3))
 
 
@@ -232,7 +232,7 @@ def test_logistic_regression_perfect_separation_is_refused() -> None:
         "outcome": "y",
         "predictors": ["x"],
     }
-    with pytest.raises((ProtocolFailed, QueryInvalid), match="converge|singular"):
+    with pytest.raises((ProtocolFailed, QueryInvalid), match=r"converge|singular"):
         simulate(query, split(data, 3))
 
 
