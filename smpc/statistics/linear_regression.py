@@ -16,10 +16,10 @@ enter as treatment-coded indicators named ``column[level]``; rows with a missing
 dropped. A singular (or numerically singular) design is refused, naming the first predictor
 that is a linear combination of the constant and the predictors before it.
 
-Cost: local O(rows · p²); secure O(p³) multiplications in a field of about 4·p·104 bits
-(p = predictors + 1), p + 4 rounds, independent of rows and nearly of parties. Limits: at most
-about 45 predictors (the field grows with p; beyond that the query is refused), local sums of
-products below 2**50 ≈ 1.1e15, n − p ≥ 1.
+Cost: local O(rows · p²); secure O(p³) multiplications in a Mersenne field of about
+4·p·94 bits (p = terms + 1: 4 423 bits up to 10 terms, 9 689 up to 23, 19 937 beyond), p + 4
+rounds, independent of rows and nearly of parties. Limits: at most 50 predictors (the query
+model's cap), local sums of products below 2**50 ≈ 1.1e15, n − p ≥ 1.
 
 Reveals: per released group n, the coefficients, their standard errors and R² (p-values follow
 from them); which groups are suppressed. Intermediate: each predictor's tolerance (1 − R² of
