@@ -63,6 +63,41 @@ QUERIES: list[tuple[str, dict[str, Any]]] = [
         "Mean length of stay by diagnosis group",
         {"statistic": "mean", "column": "length_of_stay_days", "group_by": ["diagnosis_group"]},
     ),
+    (
+        "Weight (kg): median and quartiles",
+        {"statistic": "quantile", "column": "weight_kg", "q": [0.25, 0.5, 0.75]},
+    ),
+    (
+        "Correlation of age, weight, height and length of stay",
+        {
+            "statistic": "correlation",
+            "columns": ["age_months", "weight_kg", "height_cm", "length_of_stay_days"],
+        },
+    ),
+    (
+        "Length of stay on age, ICU admission and diagnosis group (OLS)",
+        {
+            "statistic": "linear_regression",
+            "outcome": "length_of_stay_days",
+            "predictors": ["age_months", "icu_admission", "diagnosis_group"],
+        },
+    ),
+    (
+        "ICU admission on age, weight and diagnosis group (logistic)",
+        {
+            "statistic": "logistic_regression",
+            "outcome": "icu_admission",
+            "predictors": ["age_months", "weight_kg", "diagnosis_group"],
+        },
+    ),
+    (
+        "Length of stay, girls vs boys (Welch's t-test)",
+        {"statistic": "ttest", "column": "length_of_stay_days", "group": "sex"},
+    ),
+    (
+        "Diagnosis group vs 30-day readmission (chi-square)",
+        {"statistic": "chi2", "rows": "diagnosis_group", "columns": "readmitted_30d"},
+    ),
 ]
 
 
@@ -90,13 +125,14 @@ def flatten(result: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
                     rest = {k: v for k, v in entry.items() if k != "group"}
                     yield from flatten(rest, f"{prefix}[{label}].")
             else:
-                yield from flatten(value, f"{prefix}{key}")
+                yield from flatten(value, f"{prefix}{key}.")
     elif isinstance(result, list) and result and not isinstance(result[0], dict):
-        if prefix.endswith("edges"):
-            yield prefix, result
+        name = prefix.rstrip(".")
+        if name.endswith(("edges", "levels", "columns")):
+            yield name, result
         else:
             for i, value in enumerate(result):
-                yield f"{prefix}[{i}]", value
+                yield from flatten(value, f"{name}[{i}].")
     else:
         yield prefix.rstrip("."), result
 
