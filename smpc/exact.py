@@ -23,6 +23,7 @@ few microseconds of big-integer arithmetic per party.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any
@@ -55,6 +56,8 @@ def exact_type(mpc: Any, bits: int, compare_bits: int = 0) -> Any:
     """
     e = field_exponent(max(bits, compare_bits + mpc.options.sec_param + 2))
     length = compare_bits or e - mpc.options.sec_param - 2
+    if sys.get_int_max_str_digits() and sys.get_int_max_str_digits() < 7000:
+        sys.set_int_max_str_digits(7000)  # MPyC names the type after the prime, in decimal
     return mpc.SecInt(length, p=(1 << e) - 1)
 
 

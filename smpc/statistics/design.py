@@ -32,6 +32,7 @@ LOCAL_ENTRY_BITS = 50  # |a local Gram entry| < 2**50 ≈ 1.1e15 in value units
 MAX_PARTY_BITS = 4  # at most 16 parties
 ENTRY_BITS = LOCAL_ENTRY_BITS + MAX_PARTY_BITS + FRAC_BITS  # a pooled, scaled Gram entry
 SCALE = 1 << FRAC_BITS
+MAX_TERMS = 20  # the secure solver's practical limit on a regression's terms (see docs/queries)
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,15 @@ def terms(schema: DatasetSchema, columns: list[str], statistic: str) -> list[Ter
         else:
             out.append(Term(name, name))
     return out
+
+
+def check_terms(columns: list[Term], statistic: str) -> None:
+    if len(columns) > MAX_TERMS:
+        raise QueryInvalid(
+            f"{statistic}: {len(columns)} terms (a categorical predictor counts one per level "
+            f"but the first); the secure solver supports at most {MAX_TERMS}",
+            {"terms": len(columns), "max_terms": MAX_TERMS},
+        )
 
 
 def design(data: pd.DataFrame, columns: list[Term], constant: bool = True) -> np.ndarray:

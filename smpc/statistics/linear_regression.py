@@ -17,9 +17,10 @@ dropped. A singular (or numerically singular) design is refused, naming the firs
 that is a linear combination of the constant and the predictors before it.
 
 Cost: local O(rows · p²); secure O(p³) multiplications in a Mersenne field of about
-4·p·94 bits (p = terms + 1: 4 423 bits up to 10 terms, 9 689 up to 23, 19 937 beyond), p + 4
-rounds, independent of rows and nearly of parties. Limits: at most 50 predictors (the query
-model's cap), local sums of products below 2**50 ≈ 1.1e15, n − p ≥ 1.
+4·p·94 bits (p = terms + 1: 4 423 bits up to 10 terms, 9 689 up to 20), p + 4 rounds,
+independent of rows and nearly of parties. Limits: at most 20 terms (a categorical predictor
+counts one per level but the first; beyond that the big-field arithmetic takes minutes),
+local sums of products below 2**50 ≈ 1.1e15, n − p ≥ 1.
 
 Reveals: per released group n, the coefficients, their standard errors and R² (p-values follow
 from them); which groups are suppressed. Intermediate: each predictor's tolerance (1 − R² of
@@ -34,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from smpc.exact import Collinear, gauss_jordan, hadamard_bits, open_ratios
 from smpc.query import LinearRegressionQuery
 from smpc.statistics.base import number
-from smpc.statistics.design import ENTRY_BITS, SCALE
+from smpc.statistics.design import ENTRY_BITS, SCALE, check_terms
 from smpc.statistics.gram import GramStatistic
 from tessera.errors import QueryInvalid
 
@@ -63,7 +64,7 @@ class LinearRegression(GramStatistic):
             raise QueryInvalid("linear_regression: the outcome is also a predictor")
         if len(set(q.predictors)) != len(q.predictors):
             raise QueryInvalid("linear_regression: a predictor is listed twice")
-        self.field_bits()  # refuses a design too large for the supported fields
+        check_terms(self.terms, self.name)
 
     def design_columns(self) -> list[str]:
         return [*self.query.predictors, self.query.outcome]

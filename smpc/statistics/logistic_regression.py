@@ -22,9 +22,9 @@ published β̂ on the pooled data; each is a function of the pooled Hessian and 
 previous iterate (aggregates over all hospitals), never of one hospital's data alone.
 
 Cost per iteration: local O(rows · p²); secure O(p³) multiplications in a Mersenne field of
-about 2·p·94 bits (3 217 bits up to 10 terms, 4 423 up to 21, 9 941 up to 50), p + 1 rounds;
-typically 4–8 iterations. Limits: at most 50 predictors; local sums of products below
-2**50 ≈ 1.1e15.
+about 2·p·94 bits (3 217 bits up to 10 terms, 4 423 up to 20), p + 1 rounds; typically 4–8
+iterations. Limits: at most 20 terms (a categorical predictor counts one per level but the
+first); local sums of products below 2**50 ≈ 1.1e15.
 
 Reveals: per released group n, the coefficients, standard errors (p-values follow) and the
 number of iterations; which groups are suppressed. Intermediates: every Newton iterate β_k
@@ -42,7 +42,14 @@ from smpc.exact import Collinear, gauss_jordan, hadamard_bits, open_ratios
 from smpc.job import LocalSummary, PartyJob
 from smpc.query import LogisticRegressionQuery
 from smpc.statistics.base import number
-from smpc.statistics.design import ENTRY_BITS, SCALE, design, encode_gram, symmetric_index
+from smpc.statistics.design import (
+    ENTRY_BITS,
+    SCALE,
+    check_terms,
+    design,
+    encode_gram,
+    symmetric_index,
+)
 from smpc.statistics.gram import GramOpened, GramStatistic, GroupOutcome
 from tessera.errors import QueryInvalid
 
@@ -83,9 +90,7 @@ class LogisticRegression(GramStatistic):
             raise QueryInvalid("logistic_regression: the outcome is also a predictor")
         if len(set(q.predictors)) != len(q.predictors):
             raise QueryInvalid("logistic_regression: a predictor is listed twice")
-        from smpc.exact import field_exponent
-
-        field_exponent(self.field_bits())
+        check_terms(self.terms, self.name)
 
     def design_columns(self) -> list[str]:
         return list(self.query.predictors)

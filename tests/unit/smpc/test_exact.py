@@ -111,3 +111,12 @@ def test_logistic_local_summary_keeps_rows_for_its_own_party() -> None:
     rows = summary.unpack_rows()
     assert rows.shape == (3, 4)  # group code, const, x, y
     assert math.isclose(rows[:, 2].sum(), 4.5)
+
+
+@pytest.mark.parametrize("statistic", ["linear_regression", "logistic_regression"])
+def test_regressions_refuse_more_terms_than_the_solver_supports(statistic: str) -> None:
+    columns = [f"x{i}" for i in range(21)]
+    frame = pd.DataFrame({**{c: [0.0, 1.0] for c in columns}, "y": [0, 1]})
+    query = {"statistic": statistic, "dataset": "d", "outcome": "y", "predictors": columns}
+    with pytest.raises(QueryInvalid, match="at most 20"):
+        prepare(query, infer_schema([frame]))
