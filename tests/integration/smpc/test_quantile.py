@@ -15,6 +15,7 @@ import pytest
 
 from smpc import reference, simulate
 from smpc.frames import infer_schema
+from smpc.statistics.quantile import inverted_cdf_rank, split_bits
 
 LEVELS = [0, 0.01, 0.1, 0.25, 1 / 3, 0.5, 0.9, 0.975, 1]
 
@@ -139,3 +140,20 @@ def test_a_single_row_and_an_empty_group() -> None:
         "n": 1,
         "quantiles": {"0.0": 4.25, "0.5": 4.25, "1.0": 4.25},
     }
+
+
+def test_many_groups_search_one_bit_a_round(diabetes: pd.DataFrame) -> None:
+    """10 groups × 13 levels: over 85 (group, rank) items, so the search halves each round."""
+    data = diabetes.assign(band=pd.qcut(diabetes.bp, 10, labels=[f"b{i}" for i in range(10)]))
+    data = data.assign(band=data.band.astype(str))
+    levels = [*LEVELS, 0.05, 0.6, 0.75, 0.8]
+    sizes = data.band.value_counts()
+    items = sum(len({inverted_cdf_rank(int(n), q) for q in levels}) for n in sizes)
+    assert split_bits(items) == 1
+    query = {"statistic": "quantile", "dataset": "d", "column": "s1", "q": levels}
+    result = simulate({**query, "group_by": ["band"]}, split(data, 3))
+    assert len(result["groups"]) == 10
+    for entry in result["groups"]:
+        sub = data[data.band == entry["group"]["band"]]
+        assert entry["n"] == len(sub)
+        assert entry["quantiles"] == expected(sub.s1, levels)
