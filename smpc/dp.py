@@ -30,13 +30,14 @@ values (`convert`) and combined there (no interaction).
 
 Parameters, for a noisy value that spends ε_s with sensitivity Δ (L = ⌈log₂(1 + e^ε_s)⌉):
 
-- B, the digits per geometric: the least B with α^(2ᴮ) ≤ 2^−(66 + L) (the tail cut);
-- K, the bits per coin: K = 65 + L + ⌈log₂ B⌉ (coin probabilities rounded to 2⁻ᴷ);
+- B, the digits per geometric: the least B with α^(2ᴮ) ≤ 2^−(67 + L) (the tail cut);
+- K, the bits per coin: K = 66 + L + ⌈log₂ B⌉ (coin probabilities rounded to 2⁻ᴷ);
+- the coins' field has order p > 2^(K+32) (a coin's zero test errs with probability < 1/p);
 - the query is refused (QueryInvalid) when B > `MAX_NOISE_BITS`, i.e. when ε is so small
   that the noise would not fit the secure integer range.
 
 Exactness, the δ-like slack of the implementation: the truncated, rounded sampler is within
-total variation η ≤ 2·α^(2ᴮ) + 2B · 2^−(K+1) ≤ 2^−(64+L) of the exact discrete Laplace, so a
+total variation η ≤ 2·α^(2ᴮ) + 2B·2^−(K+1) + 2B/p ≤ 2^−(64+L) of the exact discrete Laplace, so a
 noisy value is (ε_s, (1 + e^ε_s)·η)-DP with (1 + e^ε_s)·η ≤ 2⁻⁶⁴. A neighbouring dataset
 changes at most two noisy values (a mean's count and sum), so the implementation is
 (ε, 2⁻⁶³)-DP where the ideal mechanism is pure ε-DP. That 2⁻⁶³ ≈ 1.1e-19 is not drawn from
@@ -62,7 +63,7 @@ with a result is b = Δ/ε_s in the result's units, the scale of the Laplace dis
 the discrete one approximates (standard deviation √(2α)/(1 − α) ≈ √2·b).
 
 Cost: 2B coins per noisy value, each K + 1 random bits and K secure multiplications in
-⌈log₂(K + 1)⌉ rounds, all vectorised: a count at ε = 1 takes 12 coins of K = 70 bits, the sum
+⌈log₂(K + 1)⌉ rounds, all vectorised: a count at ε = 1 takes 12 coins of K = 71 bits, the sum
 of a column bounded by 100 at ε/2 = 0.5 about 2·55 coins.
 """
 
@@ -88,7 +89,7 @@ SLACK_BITS = 64  # each noisy value is (ε_s, 2^-SLACK_BITS)-DP; see the module 
 MAX_NOISE_BITS = 80  # |noise| < 2^80 grid units: counts stay far inside the secure range
 COMPARE_BITS = 84  # noisy counts and thresholds (capped at 2^81) fit in 84-bit comparisons
 GRID = Fraction(1, 1 << FRAC_BITS)
-COIN_BITS = 32  # the small secure type of the coins (random bits there are cheap)
+COIN_BITS = 32  # the coins' secure type has max(COIN_BITS, K) bits (a field above 2^(K+32))
 CHUNK_BITS = 24  # digits summed in the small type before conversion (|sum| < 2^24)
 COIN_BATCH = 4096  # coins drawn at once (about 300 000 random bits in memory)
 
@@ -148,7 +149,7 @@ class NoiseSpec:
         with localcontext() as ctx:
             ctx.prec = 60
             rate = Decimal(self.epsilon) / Decimal(self.sensitivity)  # -ln α
-            need = Decimal(SLACK_BITS + 2 + self._slack) * Decimal(2).ln()  # -ln(tail)
+            need = Decimal(SLACK_BITS + 3 + self._slack) * Decimal(2).ln()  # -ln(tail)
             b = max(1, math.ceil(math.log2(float(need / rate))))
             while rate * (1 << b) < need:
                 b += 1
@@ -166,7 +167,7 @@ class NoiseSpec:
     @cached_property
     def precision(self) -> int:
         """K: random bits per coin (coin probabilities are rounded to multiples of 2^-K)."""
-        return SLACK_BITS + 1 + self._slack + math.ceil(math.log2(self.bits))
+        return SLACK_BITS + 2 + self._slack + math.ceil(math.log2(self.bits))
 
     def thresholds(self, precision: int) -> list[int]:
         """cᵢ = round(pᵢ · 2^precision) for each digit i: coin i is 1 iff r < cᵢ."""
@@ -234,7 +235,7 @@ def discrete_laplace(mpc: Any, sectype: Any, specs: Sequence[NoiseSpec]) -> Any:
     if not specs:
         return sectype.array(np.zeros(0, dtype=object))
     precision = max(s.precision for s in specs)
-    small = mpc.SecInt(COIN_BITS)
+    small = mpc.SecInt(max(COIN_BITS, precision))  # field order > 2^(K+32): see `biased_coins`
     kinds = {s: s.thresholds(precision) for s in dict.fromkeys(specs)}
     members = {s: [j for j, t in enumerate(specs) if t == s] for s in kinds}
     thresholds = np.concatenate(
@@ -307,7 +308,9 @@ def biased_coins(mpc: Any, sectype: Any, thresholds: np.ndarray, precision: int)
     r ≤ c' when s = 1, and iff r > c' when s = −1. Only that zero test g is opened, and
     g = coin ⊕ [s = −1] is a uniform bit independent of the coin; then coin = g ? b : 1 − b
     where s = 2b − 1. Cost per coin: precision + 1 random bits and `precision` secure
-    multiplications (in ⌈log₂(precision + 1)⌉ rounds), one opened bit.
+    multiplications (in ⌈log₂(precision + 1)⌉ rounds), one opened bit. The zero test (MPyC's
+    `np_is_zero_public`) masks the product with a random field element, which is zero, and the
+    coin wrong, with probability 1/p: the caller picks a field with p > 2^(precision + 32).
     """
     from mpyc import asyncoro
 

@@ -89,7 +89,7 @@ def test_noise_is_discrete_laplace_on_the_count_and_the_sum_grids() -> None:
     b = fine.sensitivity / fine.epsilon
     assert all(isinstance(v, int) and abs(v) < 2**fine.bits for v in large)
     assert abs(x.mean()) <= 5 * math.sqrt(2) * b / math.sqrt(len(x))
-    assert 0.3 < x.var() / (2 * b * b) < 3
+    assert 0.15 < x.var() / (2 * b * b) < 5  # each side fails with probability < 1e-5
     odd = sum(v % 2 for v in large)
     assert 5 <= odd <= 35, "the lowest digit must be a fair-ish coin"
 
