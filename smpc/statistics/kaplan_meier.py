@@ -240,9 +240,10 @@ class KaplanMeier(SecureStatistic):
         for key in ("at_risk", "events"):
             if len(summary.vectors.get(key, ())) != size * grid:
                 raise ValueError(f"local summary's {key!r} does not fit {size} groups × {grid}")
+        from smpc.protocol import agree_threshold
+
         secint = mpc.SecInt(SECURE_BITS)
-        floors = await mpc.output(mpc.input(secint(job.min_count_floor)))
-        threshold = max([self.query.min_count or 0, *(int(f) for f in floors)])
+        threshold = await agree_threshold(mpc, job, self.query.min_count)
         work = ((threshold - 1) * size + 1) * grid
         if size > 1 and threshold > 1 and work > MAX_TAIL_WORK:
             raise QueryInvalid(

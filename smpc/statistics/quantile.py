@@ -125,17 +125,12 @@ class Quantile(SecureStatistic):
         summary = job.summary
         if len(summary.counts) != size:
             raise ValueError(f"local summary has {len(summary.counts)} groups, layout needs {size}")
-        secint = mpc.SecInt(KEY_BITS)
+        from smpc.protocol import agree_threshold, pooled, release
 
-        floors = await mpc.output(mpc.input(secint(job.min_count_floor)))
-        threshold = max([self.query.min_count or 0, *(int(f) for f in floors)])
-        shares = mpc.input(secint.array(np.array(summary.counts, dtype=object)))
-        counts = functools.reduce(operator.add, shares)
-        if threshold > 0:
-            flags = await mpc.output(counts >= threshold)
-            released = [bool(int(f)) for f in np.asarray(flags).ravel()]
-        else:
-            released = [True] * size
+        secint = mpc.SecInt(KEY_BITS)
+        threshold = await agree_threshold(mpc, job, self.query.min_count)
+        counts = pooled(mpc, secint, summary.counts)
+        released = await release(mpc, counts, threshold)
         opened = QuantileOpened(threshold=threshold, released=released, counts=[None] * size)
         shown = np.flatnonzero(released)
         if shown.size:
