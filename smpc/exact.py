@@ -147,14 +147,17 @@ def hadamard_bits(size: int, entry_bits: int) -> int:
 
 async def gauss_jordan(
     mpc: Any, matrix: Any, size: int, tolerance_bound: float = 1e-10
-) -> tuple[Any, list[float]]:
+) -> tuple[Any, Any, list[float]]:
     """Fraction-free Gauss–Jordan on the secure array `matrix` = [G | B], G size × size PSD.
 
-    Returns the final array [det(G)·I | adj(G)·B] and the opened tolerances: before pivot k,
-    the ratio d_k / (d_(k−1) · G_kk) = 1 − R² of column k regressed on columns 0..k−1 (in the
-    uncentred Gram sense), which lies in (0, 1]. A tolerance below `tolerance_bound` (or a zero
-    diagonal entry) raises `Collinear(k)`: the design is singular, or too close to it for the
+    Returns det(G), adj(G)·B (secret) and the opened tolerances: before pivot k, the ratio
+    d_k / (d_(k−1) · G_kk) = 1 − R² of column k regressed on columns 0..k−1 (in the uncentred
+    Gram sense), which lies in (0, 1]. A tolerance below `tolerance_bound` (or a zero diagonal
+    entry) raises `Collinear(k)`: the design is singular, or too close to it for the
     fixed-point inputs to determine a solution.
+
+    Step k only reads column k of the left block again, so each step drops the column it has
+    eliminated: the work is about size² · (size/2 + B's width) products in all.
     """
     stype = type(matrix).sectype
     p = stype.field.order
@@ -163,7 +166,7 @@ async def gauss_jordan(
     inverse: Any = None  # the previous pivot's inverse, kept secret
     previous: Any = None
     for k in range(size):
-        pivot = matrix[k, k]
+        pivot = matrix[k, 0]  # column 0 is always the current pivot column
         scaled_diagonal = diagonal[k] if inverse is None else previous * diagonal[k]
         # One round: the masked pivot and masked d_(k-1)·G_kk give the tolerance, and the
         # masked pivot with the (secret) mask gives the pivot's inverse for the next step.
@@ -176,15 +179,15 @@ async def gauss_jordan(
         if tolerance < tolerance_bound:
             raise Collinear(k, float(tolerance))
         tolerances.append(float(tolerance))
-        row = matrix[k, :]
-        column = matrix[:, k]
-        updated = matrix * pivot - mpc.np_outer(column, row)
+        row = matrix[k, 1:]
+        column = matrix[:, 0]
+        updated = matrix[:, 1:] * pivot - mpc.np_outer(column, row)
         if inverse is not None:
             updated = updated * inverse
         matrix = mpc.np_update(updated, k, row)  # the pivot row stays as it was
         inverse = mask * stype.field(pow(u, -1, p))
         previous = pivot
-    return matrix, tolerances
+    return previous, matrix, tolerances
 
 
 def to_field_array(stype: Any, values: np.ndarray | Sequence[int]) -> Any:

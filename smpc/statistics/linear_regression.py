@@ -101,19 +101,18 @@ class LinearRegression(GramStatistic):
         identity = type(matrix).sectype.array(np.eye(p, dtype=object))
         augmented = mpc.np_hstack((gram, xty, identity))
         try:
-            reduced, _ = await gauss_jordan(mpc, augmented, p)
+            det, reduced, _ = await gauss_jordan(mpc, augmented, p)
         except Collinear as exc:
             raise QueryInvalid(
                 f"linear_regression: the design is singular: {names[exc.index]!r} is (nearly) a "
                 "linear combination of the constant and the predictors before it; remove it",
                 {"term": names[exc.index], "tolerance": exc.tolerance},
             ) from None
-        det = reduced[0, 0]
-        adj_xty = reduced[:, p]
+        adj_xty = reduced[:, 0]
         q = det * yty - mpc.sum([xty[j, 0] * adj_xty[j] for j in range(p)])
         beta = await open_ratios(mpc, [adj_xty[j] for j in range(p)], det)
         assert beta is not None
-        se_num = [q * reduced[j, p + 1 + j] * SCALE for j in range(p)]
+        se_num = [q * reduced[j, 1 + j] * SCALE for j in range(p)]
         se_sq = await open_ratios(mpc, se_num, det * det * (n_scaled - p * SCALE))
         assert se_sq is not None
         tss = n_scaled * yty - sum_y * sum_y

@@ -159,10 +159,11 @@ class LogisticRegression(GramStatistic):
         h = total[:width][symmetric_index(p).ravel()].reshape(p, p)
         return h, total[width:]
 
-    async def _eliminate(self, mpc: Any, augmented: Any) -> Any:
+    async def _eliminate(self, mpc: Any, augmented: Any) -> tuple[Any, Any]:
+        """det(H) and adj(H)·B for `augmented` = [H | B]."""
         p = len(self.names)
         try:
-            reduced, _ = await gauss_jordan(mpc, augmented, p)
+            det, reduced, _ = await gauss_jordan(mpc, augmented, p)
         except Collinear as exc:
             name = self.names[exc.index]
             raise QueryInvalid(
@@ -171,15 +172,15 @@ class LogisticRegression(GramStatistic):
                 "probabilities are all 0 or 1); remove it",
                 {"term": name, "tolerance": exc.tolerance},
             ) from None
-        return reduced
+        return det, reduced
 
     async def fit(self, mpc: Any, stype: Any, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
         p = len(self.names)
         beta = np.zeros(p)
         for iteration in range(1, MAX_ITERATIONS + 1):
             h, score = await self._pooled_system(mpc, stype, x, y, beta)
-            reduced = await self._eliminate(mpc, mpc.np_hstack((h, score.reshape(p, 1))))
-            step = await open_ratios(mpc, [reduced[j, p] for j in range(p)], reduced[0, 0])
+            det, reduced = await self._eliminate(mpc, mpc.np_hstack((h, score.reshape(p, 1))))
+            step = await open_ratios(mpc, [reduced[j, 0] for j in range(p)], det)
             assert step is not None
             delta = np.array([float(v) for v in step])
             beta = beta + delta
@@ -188,9 +189,9 @@ class LogisticRegression(GramStatistic):
             if np.all(np.abs(delta) <= TOLERANCE):
                 h, _ = await self._pooled_system(mpc, stype, x, y, beta)
                 identity = stype.array(np.eye(p, dtype=object))
-                reduced = await self._eliminate(mpc, mpc.np_hstack((h, identity)))
-                diagonal = [reduced[j, p + j] * SCALE for j in range(p)]
-                variances = await open_ratios(mpc, diagonal, reduced[0, 0])
+                det, reduced = await self._eliminate(mpc, mpc.np_hstack((h, identity)))
+                diagonal = [reduced[j, j] * SCALE for j in range(p)]
+                variances = await open_ratios(mpc, diagonal, det)
                 assert variances is not None
                 return self.values(beta, [float(v) for v in variances], iteration)
         raise QueryInvalid(
