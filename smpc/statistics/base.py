@@ -205,6 +205,16 @@ class SecureStatistic:
             return result
         return {**result, "dp": describe(self.query.dp.epsilon, self.query.dp.delta, self.noise)}
 
+    def assemble(self, entries: list[dict[str, Any]]) -> dict[str, Any]:
+        """One entry per group (each with its "n") → the result; the total n only when no
+        group is suppressed (otherwise it would give a suppressed group away by subtraction)."""
+        suppressed = any(e["n"] is None for e in entries)
+        total = None if suppressed else sum(int(e["n"]) for e in entries)
+        if not self.layout.group_columns:
+            return {**entries[0], "n": total}
+        groups = [{"group": self.layout.group_label(g), **e} for g, e in enumerate(entries)]
+        return {"n": total, "groups": groups}
+
     def group_result(self, opened: Opened, g: int) -> dict[str, Any]:
         if opened.released[g]:
             return {"n": opened.counts[g], **self.cell_values(opened, g)}

@@ -125,15 +125,7 @@ class Chi2(Crosstab):
                 entries.append({"n": None, **self.empty_values()})
             else:
                 entries.append({"n": item["n"], **self._values(float(item["statistic"]))})
-        return self._assemble(entries)
-
-    def _assemble(self, entries: list[dict[str, Any]]) -> dict[str, Any]:
-        suppressed = any(e["n"] is None for e in entries)
-        total = None if suppressed else sum(int(e["n"]) for e in entries)
-        if not self.layout.group_columns:
-            return {**entries[0], "n": total}
-        groups = [{"group": self.layout.group_label(g), **e} for g, e in enumerate(entries)]
-        return {"n": total, "groups": groups}
+        return self.assemble(entries)
 
     def empty_values(self) -> dict[str, Any]:
         return {"statistic": None, "p_value": None, "df": None}
@@ -155,4 +147,4 @@ class Chi2(Crosstab):
                 continue
             fit = stats.chi2_contingency(table, correction=False)
             entries.append({"n": int(table.sum()), **self._values(float(fit.statistic))})
-        return self._assemble(entries)
+        return self.assemble(entries)

@@ -145,14 +145,6 @@ class GramStatistic(SecureStatistic):
                 entries.append({"n": outcome.n, **outcome.values})
         return self.assemble(entries)
 
-    def assemble(self, entries: list[dict[str, Any]]) -> dict[str, Any]:
-        suppressed = any(e["n"] is None for e in entries)
-        total = None if suppressed else sum(int(e["n"]) for e in entries)
-        if not self.layout.group_columns:
-            return {**entries[0], "n": total}
-        groups = [{"group": self.layout.group_label(g), **e} for g, e in enumerate(entries)]
-        return {"n": total, "groups": groups}
-
     # ---- plaintext oracle ---------------------------------------------------------------
 
     def reference(self, frame: pd.DataFrame, min_count: int = 0) -> dict[str, Any]:

@@ -151,15 +151,7 @@ class TTest(SecureStatistic):
                 continue
             t = None if item["t2"] is None else item["sign"] * float(item["t2"]) ** 0.5
             entries.append({"n": item["n"], **self._values(t, item["df"])})
-        return self._assemble(entries)
-
-    def _assemble(self, entries: list[dict[str, Any]]) -> dict[str, Any]:
-        suppressed = any(e["n"] is None for e in entries)
-        total = None if suppressed else sum(int(e["n"]) for e in entries)
-        if not self.layout.group_columns:
-            return {**entries[0], "n": total}
-        groups = [{"group": self.layout.group_label(g), **e} for g, e in enumerate(entries)]
-        return {"n": total, "groups": groups}
+        return self.assemble(entries)
 
     def empty_values(self) -> dict[str, Any]:
         return {"statistic": None, "p_value": None, "df": None}
@@ -185,4 +177,4 @@ class TTest(SecureStatistic):
                     **self._values(statistic if np.isfinite(statistic) else None, df),
                 }
             )
-        return self._assemble(entries)
+        return self.assemble(entries)
