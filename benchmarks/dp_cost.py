@@ -49,7 +49,7 @@ MIX = (0.15, 0.25, 0.15, 0.15, 0.2, 0.1)
 
 def coins(query: dict[str, Any]) -> int:
     statistic = statistic_for(prepare(query, schema()), schema())
-    per_cell = sum(2 * spec.bits for spec in statistic.noise.values())
+    per_cell = sum(2 * (spec.bits - spec.fair_digits) for spec in statistic.noise.values())
     return per_cell * statistic.layout.size
 
 

@@ -28,16 +28,28 @@ one vectorised pass, in a small secure type (`COIN_BITS`: cheap random bits); th
 digit sums, in chunks of `CHUNK_BITS` digits, are converted to the 128-bit type of the pooled
 values (`convert`) and combined there (no interaction).
 
+Fair low digits (sums only). On the 2⁻⁴⁰ grid Δ is huge (2⁴⁶ for a column bounded by 100) and
+the low digits' pᵢ are within 2⁻²⁰ of ½, yet each would cost a K-bit coin. The sampler draws
+the h lowest digits as plain fair random bits instead, with 2ʰ ≤ Δ/2¹⁰ (`FAIR_MARGIN_BITS`;
+h = 0 for counts), and calibrates α = exp(−ε/(Δ + 2ʰ − 1)). Then X = 2ʰ·Q + U with Q geometric
+of ratio α^(2ʰ) and U uniform on [0, 2ʰ), and P(X = x + d) ≥ α^(d + 2ʰ − 1)·P(X = x) for all
+x, d ≥ 0; hence P(Z = z + d) / P(Z = z) lies in [e^−ε, e^ε] for |d| ≤ Δ (sum over Y, resp. X,
+term by term): still pure ε-DP, on the fine grid, with a noise scale at most 2⁻¹⁰ wider. (Z is
+a discrete Laplace on the grid 2ʰ·ℤ plus a triangular dither of width 2ʰ.) This halves the
+coins of a sum to about a third.
+
 Parameters, for a noisy value that spends ε_s with sensitivity Δ (L = ⌈log₂(1 + e^ε_s)⌉):
 
-- B, the digits per geometric: the least B with α^(2ᴮ) ≤ 2^−(67 + L) (the tail cut);
+- h, the fair low digits: the largest h with 2ʰ ≤ Δ/2¹⁰, or 0;
+- B, the digits per geometric: the least B with α^(2ᴮ) ≤ 2^−(67 + L) (the tail cut), of which
+  B − h are biased coins;
 - K, the bits per coin: K = 66 + L + ⌈log₂ B⌉ (coin probabilities rounded to 2⁻ᴷ);
 - the coins' field has order p > 2^(K+32) (a coin's zero test errs with probability < 1/p);
 - the query is refused (QueryInvalid) when B > `MAX_NOISE_BITS`, i.e. when ε is so small
   that the noise would not fit the secure integer range.
 
 Exactness, the δ-like slack of the implementation: the truncated, rounded sampler is within
-total variation η ≤ 2·α^(2ᴮ) + 2B·2^−(K+1) + 2B/p ≤ 2^−(64+L) of the exact discrete Laplace, so a
+total variation η ≤ 2·α^(2ᴮ) + 2B·2^−(K+1) + 2B/p ≤ 2^−(64+L) of the ideal law, so a
 noisy value is (ε_s, (1 + e^ε_s)·η)-DP with (1 + e^ε_s)·η ≤ 2⁻⁶⁴. A neighbouring dataset
 changes at most two noisy values (a mean's count and sum), so the implementation is
 (ε, 2⁻⁶³)-DP where the ideal mechanism is pure ε-DP. That 2⁻⁶³ ≈ 1.1e-19 is not drawn from
@@ -59,12 +71,13 @@ parallel: the whole table, every group of a `group_by` and every bin included, s
 Post-processing (no further ε): `min_count` compares the *noisy* count with the threshold
 inside MPC; released counts are reported as max(0, ñ) and `n` is the sum of released counts;
 a mean is the noisy Σx over the noisy n, clamped into [min, max]. The `noise_scale` reported
-with a result is b = Δ/ε_s in the result's units, the scale of the Laplace distribution that
-the discrete one approximates (standard deviation √(2α)/(1 − α) ≈ √2·b).
+with a result is b = (Δ + 2ʰ − 1)/ε_s in the result's units (Δ/ε_s for counts), the scale of
+the Laplace distribution the noise approximates (standard deviation √(2α)/(1 − α) ≈ √2·b).
 
-Cost: 2B coins per noisy value, each K + 1 random bits and K secure multiplications in
-⌈log₂(K + 1)⌉ rounds, all vectorised: a count at ε = 1 takes 12 coins of K = 71 bits, the sum
-of a column bounded by 100 at ε/2 = 0.5 about 2·55 coins.
+Cost: 2(B − h) coins per noisy value, each K + 1 random bits and K secure multiplications in
+⌈log₂(K + 1)⌉ rounds, plus 2h fair random bits, all vectorised: a count at ε = 1 takes 12
+coins of K = 71 bits; the Σx of a column bounded by 100 at ε/2 = 0.5 takes 2·18 coins and 72
+fair bits.
 """
 
 from __future__ import annotations
@@ -90,6 +103,7 @@ MAX_NOISE_BITS = 80  # |noise| < 2^80 grid units: counts stay far inside the sec
 COMPARE_BITS = 84  # noisy counts and thresholds (capped at 2^81) fit in 84-bit comparisons
 GRID = Fraction(1, 1 << FRAC_BITS)
 COIN_BITS = 32  # the coins' secure type has max(COIN_BITS, K) bits (a field above 2^(K+32))
+FAIR_MARGIN_BITS = 10  # fair low digits widen the noise by at most 2^-10 of its scale
 CHUNK_BITS = 24  # digits summed in the small type before conversion (|sum| < 2^24)
 COIN_BATCH = 4096  # coins drawn at once (about 300 000 random bits in memory)
 
@@ -139,6 +153,16 @@ class NoiseSpec:
         self.bits  # noqa: B018  # refuses (QueryInvalid) an ε too small for the secure range
 
     @cached_property
+    def fair_digits(self) -> int:
+        """h: the low digits drawn as fair bits, 2^h ≤ Δ / 2^FAIR_MARGIN_BITS (0 for counts)."""
+        return max(0, self.sensitivity.bit_length() - 1 - FAIR_MARGIN_BITS)
+
+    @cached_property
+    def width(self) -> int:
+        """Δ + 2^h − 1: the shift the noise's law is calibrated for (Δ itself when h = 0)."""
+        return self.sensitivity + (1 << self.fair_digits) - 1
+
+    @cached_property
     def _slack(self) -> int:
         """L = ⌈log₂(1 + e^ε)⌉: the extra bits that keep (1 + e^ε)·η below 2^-64."""
         return math.ceil(self.epsilon / math.log(2) + math.log2(1 + math.exp(-self.epsilon)))
@@ -148,7 +172,7 @@ class NoiseSpec:
         """B: binary digits per geometric variable (the tail beyond 2^B is cut)."""
         with localcontext() as ctx:
             ctx.prec = 60
-            rate = Decimal(self.epsilon) / Decimal(self.sensitivity)  # -ln α
+            rate = Decimal(self.epsilon) / Decimal(self.width)  # -ln α
             need = Decimal(SLACK_BITS + 3 + self._slack) * Decimal(2).ln()  # -ln(tail)
             b = max(1, math.ceil(math.log2(float(need / rate))))
             while rate * (1 << b) < need:
@@ -170,12 +194,12 @@ class NoiseSpec:
         return SLACK_BITS + 2 + self._slack + math.ceil(math.log2(self.bits))
 
     def thresholds(self, precision: int) -> list[int]:
-        """cᵢ = round(pᵢ · 2^precision) for each digit i: coin i is 1 iff r < cᵢ."""
+        """cᵢ = round(pᵢ · 2^precision) for each biased digit i ≥ h: coin i is 1 iff r < cᵢ."""
         out = []
         with localcontext() as ctx:
             ctx.prec = precision // 3 + 40
-            rate = Decimal(self.epsilon) / Decimal(self.sensitivity)
-            for i in range(self.bits):
+            rate = Decimal(self.epsilon) / Decimal(self.width)
+            for i in range(self.fair_digits, self.bits):
                 a = (-(rate * (1 << i))).exp()
                 p = a / (1 + a)
                 out.append(int((p * (1 << precision)).to_integral_value(ROUND_HALF_EVEN)))
@@ -183,18 +207,24 @@ class NoiseSpec:
 
     @property
     def alpha(self) -> float:
-        return math.exp(-self.epsilon / self.sensitivity)
+        return math.exp(-self.epsilon / self.width)
 
     @property
     def scale(self) -> float:
-        """b = Δ/ε in the result's units (the Laplace scale that the noise approximates)."""
-        return float(self.sensitivity * self.unit) / self.epsilon
+        """b = (Δ + 2^h − 1)/ε in the result's units (the Laplace scale the noise approximates)."""
+        return float(self.width * self.unit) / self.epsilon
 
     @property
     def variance(self) -> float:
-        """Variance of the (untruncated) noise in the result's units: 2α/(1 − α)² · unit²."""
-        a = self.alpha
-        return 2 * a / (-math.expm1(-self.epsilon / self.sensitivity)) ** 2 * float(self.unit) ** 2
+        """Variance of the (untruncated) noise in the result's units.
+
+        2·Var(X) with X = 2^h·Q + U: Q geometric of ratio β = α^(2^h), U uniform on [0, 2^h);
+        2α/(1 − α)² when h = 0.
+        """
+        step = 1 << self.fair_digits
+        beta = math.exp(-self.epsilon * step / self.width)
+        geometric = beta / (-math.expm1(-self.epsilon * step / self.width)) ** 2
+        return 2 * (step**2 * geometric + (step**2 - 1) / 12) * float(self.unit) ** 2
 
 
 def noise_plan(
@@ -242,19 +272,21 @@ def discrete_laplace(mpc: Any, sectype: Any, specs: Sequence[NoiseSpec]) -> Any:
         [np.tile(np.array(t + t, dtype=object), len(members[s])) for s, t in kinds.items()]
     )
     coins = biased_coins(mpc, small, thresholds, precision)
-    chunks, shapes, start = [], [], 0
+    fair_total = sum(2 * s.fair_digits * len(members[s]) for s in kinds)
+    fair = mpc.np_random_bits(small, fair_total) if fair_total else small.array(np.zeros(0))
+    chunks, shapes, start, fair_start = [], [], 0, 0
     for s, t in kinds.items():
-        digits, width = len(t), 2 * len(t)
-        n_chunks = -(-digits // CHUNK_BITS)
-        weights = np.zeros((width, n_chunks), dtype=object)
-        for i in range(digits):
-            weights[i, i // CHUNK_BITS] = 1 << (i % CHUNK_BITS)  # X
-            weights[digits + i, i // CHUNK_BITS] = -(1 << (i % CHUNK_BITS))  # −Y
-        count = len(members[s]) * width
-        block = coins[start : start + count].reshape((len(members[s]), width))
-        chunks.append((block @ weights).reshape(-1))
-        shapes.append((len(members[s]), n_chunks))
-        start += count
+        rows, h = len(members[s]), s.fair_digits
+        n_chunks = -(-s.bits // CHUNK_BITS)
+        block = coins[start : start + rows * 2 * len(t)].reshape((rows, 2 * len(t)))
+        chunk = block @ _digit_weights(range(h, s.bits), n_chunks)
+        start += rows * 2 * len(t)
+        if h:
+            bits = fair[fair_start : fair_start + rows * 2 * h].reshape((rows, 2 * h))
+            chunk = chunk + bits @ _digit_weights(range(h), n_chunks)
+            fair_start += rows * 2 * h
+        chunks.append(chunk.reshape(-1))
+        shapes.append((rows, n_chunks))
     flat = mpc.np_concatenate(chunks) if len(chunks) > 1 else chunks[0]
     big = convert(mpc, flat, sectype)
     samples, at = [], 0
@@ -265,6 +297,15 @@ def discrete_laplace(mpc: Any, sectype: Any, specs: Sequence[NoiseSpec]) -> Any:
     noise = mpc.np_concatenate(samples) if len(samples) > 1 else samples[0]
     order = np.argsort(np.concatenate([np.array(members[s]) for s in kinds]), kind="stable")
     return noise[order]
+
+
+def _digit_weights(digits: range, n_chunks: int) -> np.ndarray:
+    """Public weights taking [X's digits, Y's digits] to the chunks of X − Y (CHUNK_BITS each)."""
+    weights = np.zeros((2 * len(digits), n_chunks), dtype=object)
+    for k, i in enumerate(digits):
+        weights[k, i // CHUNK_BITS] = 1 << (i % CHUNK_BITS)
+        weights[len(digits) + k, i // CHUNK_BITS] = -(1 << (i % CHUNK_BITS))
+    return weights
 
 
 def convert(mpc: Any, values: Any, sectype: Any) -> Any:

@@ -64,16 +64,46 @@ def test_the_sampler_is_within_the_documented_slack_of_the_discrete_laplace(
     assert tv > 0  # the bound is about a real (truncated, rounded) sampler
 
 
+def implemented_log_pmf(spec: NoiseSpec) -> np.ndarray:
+    """log P(X = x), x in [0, 2^B), of one geometric as the sampler draws it (float64)."""
+    k = spec.precision
+    x = np.arange(2**spec.bits)
+    log_p = np.full(len(x), -spec.fair_digits * math.log(2))  # fair low digits
+    for i, c in enumerate(spec.thresholds(k), start=spec.fair_digits):
+        q = c / 2**k
+        log_p += np.where((x >> i) & 1, math.log(q), math.log1p(-q))
+    return log_p
+
+
+def test_fair_low_digits_keep_the_noise_epsilon_dp() -> None:
+    """With h fair low digits the law is a staircase; calibrated to Δ + 2^h − 1 it is ε-DP."""
+    from scipy.signal import fftconvolve
+
+    spec = NoiseSpec(4.0, 4096)
+    assert (spec.fair_digits, spec.width) == (2, 4099)
+    px = np.exp(implemented_log_pmf(spec) - implemented_log_pmf(spec).max())
+    pz = fftconvolve(px, px[::-1])  # Z = X − Y
+    worst = 0.0
+    for d in (1, 3, 4, 5, 2048, 4095, 4096):
+        a, b = pz[:-d], pz[d:]
+        seen = (a > 1e-10 * pz.max()) & (b > 1e-10 * pz.max())
+        worst = max(worst, float(np.max(np.maximum(a[seen] / b[seen], b[seen] / a[seen]))))
+    assert worst <= math.exp(spec.epsilon) * (1 + 1e-5)
+    assert worst >= math.exp(spec.epsilon) * 0.99  # the bound is attained: the test can fail
+
+
 def test_parameters_follow_the_docstring() -> None:
     spec = NoiseSpec(1.0, 1)
-    assert (spec.bits, spec.precision) == (6, 71)  # α^64 ≈ 2^-92 ≤ 2^-69 < α^32 ≈ 2^-46
+    assert (spec.bits, spec.precision, spec.fair_digits) == (6, 71, 0)  # α^64 ≤ 2^-69 < α^32
     big = NoiseSpec(0.5, sum_sensitivity((0.0, 100.0)), GRID)  # a mean's Σx, x in [0, 100]
-    rate = big.epsilon / big.sensitivity
+    assert big.fair_digits == 36 and 2**36 <= big.sensitivity / 2**10 < 2**37
+    rate = big.epsilon / big.width
     slack = math.ceil(math.log2(1 + math.exp(0.5)))
     assert 2**big.bits * rate >= (67 + slack) * math.log(2) > 2 ** (big.bits - 1) * rate
-    assert big.scale == pytest.approx(200.0)
-    assert big.variance == pytest.approx(2 * 200.0**2, rel=1e-6)  # ≈ 2b² on a fine grid
+    assert 200.0 < big.scale < 200.0 * (1 + 2**-10)  # widened by at most 2^-10
+    assert big.variance == pytest.approx(2 * big.scale**2, rel=1e-6)  # ≈ 2b² on a fine grid
     thresholds = big.thresholds(big.precision)
+    assert len(thresholds) == big.bits - 36  # only the high digits are biased coins
     assert all(0 < c < 2 ** (big.precision - 1) for c in thresholds)
     assert thresholds == sorted(thresholds, reverse=True)  # higher digits are rarer
 
@@ -87,7 +117,7 @@ def test_sensitivity_of_a_clipped_sum_is_exact_on_the_grid() -> None:
 def test_epsilon_splits_between_count_and_sum() -> None:
     plan = noise_plan(1.0, ("sum",), (0.0, 10.0))
     assert {k: s.epsilon for k, s in plan.items()} == {"count": 0.5, "sum": 0.5}
-    assert plan["sum"].unit == GRID and plan["sum"].scale == pytest.approx(20.0)
+    assert plan["sum"].unit == GRID and plan["sum"].scale == pytest.approx(20.0, rel=2**-10)
     assert {k: s.epsilon for k, s in noise_plan(1.0, (), None).items()} == {"count": 1.0}
 
 
@@ -126,5 +156,5 @@ def test_reference_of_a_dp_query_is_the_noiseless_clipped_result() -> None:
         "delta": 0.0,
         "mechanism": "discrete_laplace",
         "epsilon_split": {"count": 1.0, "sum": 1.0},
-        "noise_scale": {"count": 1.0, "sum": pytest.approx(10.0)},
+        "noise_scale": {"count": 1.0, "sum": pytest.approx(10.0, rel=2**-10)},
     }
