@@ -33,9 +33,9 @@ _MAGNITUDE = _SIGN - 1
 def encode_moment(value: float) -> int:
     """Fixed-point integer of a local sum; raises OverflowError outside the supported range."""
     if not math.isfinite(value) or abs(value) >= MOMENT_LIMIT:
-        raise OverflowError(
-            f"a local sum of {value:.6g} is outside the secure fixed-point range "
-            f"(|sum| < {float(MOMENT_LIMIT):.3g})"
+        raise OverflowError(  # the limit only: never a hospital's own sum in a message
+            f"a local sum is outside the secure fixed-point range (|sum| < "
+            f"{float(MOMENT_LIMIT):.3g}); rescale the column"
         )
     return round(math.ldexp(value, FRAC_BITS))
 

@@ -93,10 +93,12 @@ def encode_gram(matrix: np.ndarray, statistic: str, names: list[str]) -> list[in
         for j in range(i, k):
             v = float(matrix[i, j])
             if not math.isfinite(v) or abs(v) >= limit:
+                # The message names the limit, never this hospital's own sum (it may be sent
+                # to the coordinator as the node's reason).
                 raise QueryInvalid(
                     f"{statistic}: the values of {names[j]!r} are too large for the secure "
-                    f"fixed-point range (a local sum of products reached {v:.3g}, the limit "
-                    f"is {limit:.3g}); rescale the column",
+                    f"fixed-point range (a local sum of products must stay below {limit:.3g}); "
+                    "rescale the column",
                     {"column": names[j]},
                 )
             out.append(round(math.ldexp(v, FRAC_BITS)))
