@@ -210,6 +210,22 @@ class NodeBudget(Base):
     charges: Mapped[int] = mapped_column(Integer)
 
 
+class NodeDatasetBudget(Base):
+    """What all studies together spent of a node's differential-privacy budget on one dataset,
+    as the node last reported it (for the node's optional total over studies; it counts
+    studies this coordinator may not know)."""
+
+    __tablename__ = "node_dataset_budgets"
+
+    node_id: Mapped[int] = mapped_column(
+        ForeignKey("nodes.id", ondelete="CASCADE"), primary_key=True
+    )
+    dataset: Mapped[str] = mapped_column(String(64), primary_key=True)
+    epsilon_spent: Mapped[float] = mapped_column()
+    delta_spent: Mapped[float] = mapped_column()
+    charges: Mapped[int] = mapped_column(Integer)
+
+
 class AuditEvent(Base):
     """Append-only, hash-chained: hash = sha256(prev_hash + canonical JSON of the event)."""
 

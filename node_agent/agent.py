@@ -9,7 +9,8 @@ delta spent per study and dataset). The local summary and the TLS key go only to
 party process (on its standard input); rows never leave the process that read them.
 
 A query with `dp` is charged to its study's privacy budget when the node accepts it, and
-refused if that would exceed the budget (`node_agent.budget`); after each charge the whole
+refused if that would exceed the budget, or the dataset's total over all studies where the
+policy sets one (`node_agent.budget`); after each charge the whole
 ledger is sent to the coordinator, one report at a time, from a thread of its own.
 """
 
@@ -303,8 +304,10 @@ class NodeAgent:
                 )
 
     def _charge(self, task: TaskOut, dp: DPSpec, subject: dict[str, Any]) -> BudgetExceeded | None:
-        """Charge a DP query to its study's budget on the dataset, or say why not."""
+        """Charge a DP query to its study's budget on the dataset (and to the dataset's total
+        over all studies, if the policy sets one), or say why not."""
         limit = self.policy.dp_budget(task.dataset)
+        total = self.policy.dp_total(task.dataset)
         if limit is None or task.study_id is None:  # refused by the policy before this
             return BudgetExceeded("no differential-privacy budget applies to this task")
         try:
@@ -314,11 +317,20 @@ class NodeAgent:
                 dp.epsilon,
                 dp.delta,
                 limit,
+                total,
                 task_id=task.id,
                 query_id=task.query_id,
             )
         except BudgetExceeded as exc:
             return exc
+        over_studies: dict[str, Any] = {}
+        if total is not None and spent.dataset_total is not None:
+            over_studies = {
+                "dataset_epsilon_spent": float(spent.dataset_total.epsilon),
+                "dataset_delta_spent": float(spent.dataset_total.delta),
+                "dataset_epsilon_total": total.epsilon,
+                "dataset_delta_total": total.delta,
+            }
         self._audit(
             "budget.charged",
             "charged",
@@ -328,6 +340,7 @@ class NodeAgent:
             delta_spent=float(spent.delta),
             epsilon_limit=limit.epsilon,
             delta_limit=limit.delta,
+            **over_studies,
             **subject,
         )
         _event(
@@ -348,6 +361,7 @@ class NodeAgent:
             query=task.query_id,
             study=task.study_id,
             dataset=task.dataset,
+            **over_studies,
         )
         self._budget_changed.set()
         return None

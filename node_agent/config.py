@@ -25,7 +25,14 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from tessera.errors import ConfigInvalid
-from tessera.schemas import ColumnSpec, DatasetSchema, DPBudget, Name, NodePolicySummary
+from tessera.schemas import (
+    ColumnSpec,
+    DatasetSchema,
+    DPBudget,
+    DPTotal,
+    Name,
+    NodePolicySummary,
+)
 from tessera.settings import ENV_PREFIX, read_toml
 
 
@@ -73,6 +80,34 @@ class DatasetConfig(BaseModel):
         return f"{self.source} file {self.path}"
 
 
+class DatasetDPConfig(BaseModel):
+    """A dataset's own differential-privacy limits (`[policy.dp_budgets.NAME]`).
+
+    `epsilon` and `delta` are what each study may spend on it, instead of the policy's
+    `dp_epsilon_budget` and `dp_delta_budget` (delta 0 unless given; neither given: the
+    policy's). `epsilon_total` and `delta_total` cap all studies together on it, each instead
+    of the policy's `dp_epsilon_total` / `dp_delta_total` (absent: the policy's, if any)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epsilon: float | None = Field(None, ge=0, allow_inf_nan=False)
+    delta: float | None = Field(None, ge=0, lt=1)
+    epsilon_total: float | None = Field(None, ge=0, allow_inf_nan=False)
+    delta_total: float | None = Field(None, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _delta_needs_epsilon(self) -> DatasetDPConfig:
+        if self.delta is not None and self.epsilon is None:
+            raise ValueError("delta needs epsilon (the budget of each study on this dataset)")
+        return self
+
+    def budget(self) -> DPBudget | None:
+        """This dataset's own budget per study; None: the policy's default applies."""
+        if self.epsilon is None:
+            return None
+        return DPBudget(epsilon=self.epsilon, delta=self.delta or 0.0)
+
+
 class PolicyConfig(BaseModel):
     """The hospital's rules. Authoritative: the node refuses what they forbid, whatever the
     coordinator says."""
@@ -86,7 +121,10 @@ class PolicyConfig(BaseModel):
     # epsilon and delta). No budget: every query with `dp` is refused.
     dp_epsilon_budget: float | None = Field(None, ge=0, allow_inf_nan=False)
     dp_delta_budget: float | None = Field(None, ge=0, lt=1)
-    dp_budgets: dict[str, DPBudget] = {}  # a dataset's own budget per study, instead
+    # Optional caps on all studies together, per dataset (absent: each study's budget only).
+    dp_epsilon_total: float | None = Field(None, ge=0, allow_inf_nan=False)
+    dp_delta_total: float | None = Field(None, ge=0, lt=1)
+    dp_budgets: dict[str, DatasetDPConfig] = {}  # a dataset's own limits, instead
 
     @model_validator(mode="after")
     def _delta_needs_epsilon(self) -> PolicyConfig:
@@ -100,6 +138,20 @@ class PolicyConfig(BaseModel):
         if self.dp_epsilon_budget is None:
             return None
         return DPBudget(epsilon=self.dp_epsilon_budget, delta=self.dp_delta_budget or 0.0)
+
+    @property
+    def dp_total(self) -> DPTotal | None:
+        """The default cap on all studies together on one dataset (None: no such cap)."""
+        if self.dp_epsilon_total is None and self.dp_delta_total is None:
+            return None
+        return DPTotal(epsilon=self.dp_epsilon_total, delta=self.dp_delta_total)
+
+    def _dataset_total(self, own: DatasetDPConfig) -> DPTotal | None:
+        epsilon = own.epsilon_total if own.epsilon_total is not None else self.dp_epsilon_total
+        delta = own.delta_total if own.delta_total is not None else self.dp_delta_total
+        if epsilon is None and delta is None:
+            return None
+        return DPTotal(epsilon=epsilon, delta=delta)
 
     @field_validator("allowed_statistics")
     @classmethod
@@ -119,7 +171,18 @@ class PolicyConfig(BaseModel):
             min_count=self.min_count,
             allowed_statistics=self.allowed_statistics,
             dp_budget=self.dp_budget,
-            dp_dataset_budgets=dict(self.dp_budgets),
+            dp_dataset_budgets={
+                name: budget
+                for name, own in self.dp_budgets.items()
+                if (budget := own.budget()) is not None
+            },
+            dp_total=self.dp_total,
+            dp_dataset_totals={
+                name: total
+                for name, own in self.dp_budgets.items()
+                if (own.epsilon_total is not None or own.delta_total is not None)
+                and (total := self._dataset_total(own)) is not None
+            },
         )
 
 

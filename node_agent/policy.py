@@ -5,14 +5,15 @@ task its policy forbids is refused with the reason, whatever the coordinator say
 `min_count` goes into every party job; the protocol applies the largest floor of all parties
 and the query's own `min_count`, so no query can lower it. A query with `dp` needs a privacy
 budget for its dataset (none configured: refused); the spend itself is charged against the
-ledger when the node accepts (`node_agent.budget`).
+ledger when the node accepts (`node_agent.budget`), within the study's budget and, where the
+policy sets one, the dataset's total over all studies.
 """
 
 from __future__ import annotations
 
 from node_agent.config import DatasetConfig, PolicyConfig
 from tessera.errors import QueryInvalid
-from tessera.schemas import DPBudget, NodePolicySummary, TaskOut
+from tessera.schemas import DPBudget, DPTotal, NodePolicySummary, TaskOut
 
 MIN_PARTIES = 3  # Shamir sharing with an honest majority: t < m/2 needs m >= 3 for t >= 1
 
@@ -34,6 +35,11 @@ class Policy:
     def dp_budget(self, dataset: str) -> DPBudget | None:
         """What each study may spend on `dataset` (epsilon, delta); None: no DP query on it."""
         return self.config.summary().dp_limit(dataset)
+
+    def dp_total(self, dataset: str) -> DPTotal | None:
+        """What all studies together may spend on `dataset`; None: no cap besides each
+        study's own budget."""
+        return self.config.summary().dp_total_limit(dataset)
 
     def serves(self, dataset: str) -> bool:
         """Whether the node offers this dataset at all (only those are registered)."""

@@ -98,6 +98,21 @@ class DPBudget(Strict):
     delta: float = Field(0.0, ge=0, lt=1)
 
 
+class DPTotal(Strict):
+    """A cap on what all studies together may spend on one dataset at one node, on top of each
+    study's own `DPBudget`. An amount left None is not capped across studies (each study's
+    budget still bounds it)."""
+
+    epsilon: float | None = Field(None, ge=0, allow_inf_nan=False)
+    delta: float | None = Field(None, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _caps_something(self) -> DPTotal:
+        if self.epsilon is None and self.delta is None:
+            raise ValueError("a total over all studies caps epsilon, delta or both")
+        return self
+
+
 class NodePolicySummary(Strict):
     """What a node publishes of its policy so the coordinator can plan (the node still decides)."""
 
@@ -105,10 +120,16 @@ class NodePolicySummary(Strict):
     allowed_statistics: list[str] | None = None  # None: every statistic
     dp_budget: DPBudget | None = None  # per study and dataset; None: no DP query is accepted
     dp_dataset_budgets: dict[str, DPBudget] = {}  # a dataset's own budget, instead of dp_budget
+    dp_total: DPTotal | None = None  # per dataset, over all studies; None: no such cap
+    dp_dataset_totals: dict[str, DPTotal] = {}  # a dataset's own total, instead of dp_total
 
     def dp_limit(self, dataset: str) -> DPBudget | None:
         """The budget of each study on `dataset`; None if this node accepts no DP query on it."""
         return self.dp_dataset_budgets.get(dataset, self.dp_budget)
+
+    def dp_total_limit(self, dataset: str) -> DPTotal | None:
+        """The cap on all studies together on `dataset`; None if there is none."""
+        return self.dp_dataset_totals.get(dataset, self.dp_total)
 
 
 # ---- node <-> coordinator task messages -------------------------------------------------
@@ -201,8 +222,19 @@ class BudgetSpent(Strict):
     charges: int = Field(ge=0)
 
 
+class DatasetSpent(Strict):
+    """What all studies together spent on one dataset at a node (for its total over studies)."""
+
+    dataset: Name
+    epsilon_spent: float = Field(ge=0, allow_inf_nan=False)
+    delta_spent: float = Field(ge=0, allow_inf_nan=False)
+    charges: int = Field(ge=0)
+
+
 class NodeBudgetReport(Strict):
     """A node's whole privacy ledger (`PUT /nodes/me/budget`): it replaces the last report.
-    The limits are in the node's policy summary (its hello)."""
+    `dataset_totals` sums every study the node has charged, including studies this coordinator
+    does not know. The limits are in the node's policy summary (its hello)."""
 
     entries: list[BudgetSpent] = Field(default_factory=list, max_length=100_000)
+    dataset_totals: list[DatasetSpent] = Field(default_factory=list, max_length=10_000)

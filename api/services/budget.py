@@ -6,8 +6,14 @@ query would spend more than its study has left there. The coordinator keeps what
 last reported, to show members what is left and to refuse up front a query that some node
 would refuse anyway. The limits come from each node's published policy (its hello), the
 spending from its ledger reports (`PUT /nodes/me/budget`, at every registration and after every
-charge). A query must be accepted by every node, so what the network has left for a study on a
-dataset is the least that any of its nodes has left.
+charge). A node may also cap what all studies together spend on a dataset (its total); a query
+must fit both that and the study's own budget at the node. A query must be accepted by every
+node, so what the network has left for a study on a dataset is the least that any of its nodes
+has available.
+
+A study's members see a node's total over all studies only where the node caps it: what other
+studies spent is theirs, and is shown only as much as this study needs to know what it can
+spend.
 """
 
 from __future__ import annotations
@@ -20,11 +26,11 @@ from sqlalchemy.orm import Session
 
 from api import audit
 from api.db import write_lock
-from api.models import Node, NodeBudget, Study, utcnow
+from api.models import Node, NodeBudget, NodeDatasetBudget, Study, utcnow
 from api.services.studies import dataset_nodes, study_view
 from tessera.errors import BudgetExceeded, InvalidRequest, PolicyDenied
 from tessera.privacy import exact, left, text
-from tessera.schemas import DPBudget, NodeBudgetReport, NodePolicySummary
+from tessera.schemas import DPBudget, DPTotal, NodeBudgetReport, NodePolicySummary
 
 
 def report(db: Session, node: Node, body: NodeBudgetReport) -> dict[str, Any]:
@@ -38,6 +44,13 @@ def report(db: Session, node: Node, body: NodeBudgetReport) -> dict[str, Any]:
             "each study and dataset may appear once in a budget report",
             {"repeated": [{"study_id": s, "dataset": d} for s, d in repeated]},
         )
+    names = [t.dataset for t in body.dataset_totals]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise InvalidRequest(
+            "each dataset may appear once in a budget report's dataset_totals",
+            {"repeated": twice},
+        )
     write_lock(db)
     db.scalars(select(Node).where(Node.id == node.id).with_for_update()).one()
     studies = {e.study_id for e in body.entries}
@@ -48,8 +61,16 @@ def report(db: Session, node: Node, body: NodeBudgetReport) -> dict[str, Any]:
         for b in db.scalars(select(NodeBudget).where(NodeBudget.node_id == node.id))
     }
     after = {(e.study_id, e.dataset): (e.epsilon_spent, e.delta_spent, e.charges) for e in kept}
-    if after != before:
+    totals_before = {
+        t.dataset: (t.epsilon_spent, t.delta_spent, t.charges)
+        for t in db.scalars(select(NodeDatasetBudget).where(NodeDatasetBudget.node_id == node.id))
+    }
+    totals_after = {
+        t.dataset: (t.epsilon_spent, t.delta_spent, t.charges) for t in body.dataset_totals
+    }
+    if after != before or totals_after != totals_before:
         db.execute(delete(NodeBudget).where(NodeBudget.node_id == node.id))
+        db.execute(delete(NodeDatasetBudget).where(NodeDatasetBudget.node_id == node.id))
         db.add_all(
             NodeBudget(
                 node_id=node.id,
@@ -61,12 +82,23 @@ def report(db: Session, node: Node, body: NodeBudgetReport) -> dict[str, Any]:
             )
             for e in kept
         )
+        db.add_all(
+            NodeDatasetBudget(
+                node_id=node.id,
+                dataset=t.dataset,
+                epsilon_spent=t.epsilon_spent,
+                delta_spent=t.delta_spent,
+                charges=t.charges,
+            )
+            for t in body.dataset_totals
+        )
         audit.record(
             db,
             f"node:{node.name}",
             "node.budget_reported",
             f"node:{node.name}",
             entries=[e.model_dump() for e in kept],
+            dataset_totals=[t.model_dump() for t in body.dataset_totals],
         )
     node.budget_reported_at = utcnow()
     db.flush()
@@ -74,12 +106,23 @@ def report(db: Session, node: Node, body: NodeBudgetReport) -> dict[str, Any]:
     return {"entries": len(kept), "ignored_study_ids": ignored}
 
 
-def _limit(node: Node, dataset: str) -> DPBudget | None:
-    """The node's budget per study on `dataset`, from its published policy (None: no DP)."""
+def _policy(node: Node) -> NodePolicySummary | None:
     try:
-        return NodePolicySummary.model_validate(node.policy or {}).dp_limit(dataset)
+        return NodePolicySummary.model_validate(node.policy or {})
     except ValidationError:
         return None
+
+
+def _limit(node: Node, dataset: str) -> DPBudget | None:
+    """The node's budget per study on `dataset`, from its published policy (None: no DP)."""
+    policy = _policy(node)
+    return policy.dp_limit(dataset) if policy else None
+
+
+def _total(node: Node, dataset: str) -> DPTotal | None:
+    """The node's cap on all studies together on `dataset` (None: none)."""
+    policy = _policy(node)
+    return policy.dp_total_limit(dataset) if policy else None
 
 
 def _spent(db: Session, study: Study, dataset: str) -> dict[int, NodeBudget]:
@@ -89,36 +132,88 @@ def _spent(db: Session, study: Study, dataset: str) -> dict[int, NodeBudget]:
     return {row.node_id: row for row in rows}
 
 
-def _node_view(node: Node, limit: DPBudget | None, row: NodeBudget | None) -> dict[str, Any]:
+def _dataset_spent(db: Session, dataset: str) -> dict[int, NodeDatasetBudget]:
+    rows = db.scalars(select(NodeDatasetBudget).where(NodeDatasetBudget.dataset == dataset))
+    return {row.node_id: row for row in rows}
+
+
+def _total_view(total: DPTotal | None, row: NodeDatasetBudget | None) -> dict[str, Any] | None:
+    """The dataset's total over all studies at a node; None where the node caps none."""
+    if total is None:
+        return None
     eps_spent, dlt_spent = (row.epsilon_spent, row.delta_spent) if row else (0.0, 0.0)
+    return {
+        "epsilon_limit": total.epsilon,
+        "epsilon_spent": eps_spent,
+        "epsilon_remaining": None
+        if total.epsilon is None
+        else float(left(total.epsilon, eps_spent)),
+        "delta_limit": total.delta,
+        "delta_spent": dlt_spent,
+        "delta_remaining": None if total.delta is None else float(left(total.delta, dlt_spent)),
+        "charges": row.charges if row else 0,
+    }
+
+
+def _node_view(
+    node: Node,
+    limit: DPBudget | None,
+    row: NodeBudget | None,
+    total: DPTotal | None = None,
+    total_row: NodeDatasetBudget | None = None,
+) -> dict[str, Any]:
+    eps_spent, dlt_spent = (row.epsilon_spent, row.delta_spent) if row else (0.0, 0.0)
+    eps_left = float(left(limit.epsilon, eps_spent)) if limit else 0.0
+    dlt_left = float(left(limit.delta, dlt_spent)) if limit else 0.0
+    over_studies = _total_view(total, total_row)
+    eps_available, dlt_available = eps_left, dlt_left
+    if over_studies is not None:
+        if over_studies["epsilon_remaining"] is not None:
+            eps_available = min(eps_available, over_studies["epsilon_remaining"])
+        if over_studies["delta_remaining"] is not None:
+            dlt_available = min(dlt_available, over_studies["delta_remaining"])
     return {
         "node": node.name,
         "epsilon_limit": limit.epsilon if limit else None,
         "epsilon_spent": eps_spent,
-        "epsilon_remaining": float(left(limit.epsilon, eps_spent)) if limit else 0.0,
+        "epsilon_remaining": eps_left,
         "delta_limit": limit.delta if limit else None,
         "delta_spent": dlt_spent,
-        "delta_remaining": float(left(limit.delta, dlt_spent)) if limit else 0.0,
+        "delta_remaining": dlt_left,
         "charges": row.charges if row else 0,
+        "dataset_total": over_studies,
+        "epsilon_available": eps_available,
+        "delta_available": dlt_available,
         "reported_at": node.budget_reported_at,
     }
 
 
+def _views(db: Session, study: Study, dataset: str, nodes: list[Node]) -> list[dict[str, Any]]:
+    spent, totals = _spent(db, study, dataset), _dataset_spent(db, dataset)
+    return [
+        _node_view(
+            node,
+            _limit(node, dataset),
+            spent.get(node.id),
+            _total(node, dataset),
+            totals.get(node.id),
+        )
+        for node in nodes
+    ]
+
+
 def study_budget(db: Session, study: Study) -> dict[str, Any]:
-    """Per dataset of the study: each node's limit, spend and what is left, and what the
-    network has left (the least of its nodes)."""
+    """Per dataset of the study: each node's limit, spend and what is left (of the study's
+    budget, and of the dataset's total over all studies where the node caps it), and what the
+    network has available (the least of its nodes)."""
     datasets = []
     for name in study_view(db, study)["datasets"]:
-        spent = _spent(db, study, name)
-        nodes = [
-            _node_view(node, _limit(node, name), spent.get(node.id))
-            for node, _ in dataset_nodes(db, study, name)
-        ]
+        nodes = _views(db, study, name, [node for node, _ in dataset_nodes(db, study, name)])
         datasets.append(
             {
                 "dataset": name,
-                "epsilon_remaining": min((n["epsilon_remaining"] for n in nodes), default=None),
-                "delta_remaining": min((n["delta_remaining"] for n in nodes), default=None),
+                "epsilon_remaining": min((n["epsilon_available"] for n in nodes), default=None),
+                "delta_remaining": min((n["delta_available"] for n in nodes), default=None),
                 "nodes": nodes,
             }
         )
@@ -142,18 +237,14 @@ def check_affordable(
             {"nodes": without, "dataset": dataset},
         )
     eps, dlt = exact(epsilon), exact(delta)
-    spent = _spent(db, study, dataset)
     short = []
-    for node in nodes:
-        view = _node_view(node, _limit(node, dataset), spent.get(node.id))
+    for view in _views(db, study, dataset, nodes):
         if eps > exact(view["epsilon_remaining"]) or dlt > exact(view["delta_remaining"]):
-            short.append(view)
+            short.append({**view, "limit": "study"})
+        elif eps > exact(view["epsilon_available"]) or dlt > exact(view["delta_available"]):
+            short.append({**view, "limit": "dataset_total"})
     if short:
-        left_text = "; ".join(
-            f"node {v['node']}: epsilon {text(v['epsilon_remaining'])}, "
-            f"delta {text(v['delta_remaining'])}"
-            for v in short
-        )
+        left_text = "; ".join(_short_text(v) for v in short)
         raise BudgetExceeded(
             f"the query's epsilon {text(eps)}, delta {text(dlt)} exceeds what study "
             f"{study.name!r} has left of the differential-privacy budget on dataset {dataset!r} "
@@ -165,11 +256,35 @@ def check_affordable(
                 "nodes": [
                     {
                         "node": v["node"],
-                        "epsilon_remaining": v["epsilon_remaining"],
-                        "delta_remaining": v["delta_remaining"],
+                        "limit": v["limit"],
+                        "epsilon_remaining": v[_which(v, "epsilon")],
+                        "delta_remaining": v[_which(v, "delta")],
                         "reported_at": v["reported_at"].isoformat() if v["reported_at"] else None,
                     }
                     for v in short
                 ],
             },
         )
+
+
+def _which(view: dict[str, Any], amount: str) -> str:
+    """The key of what is left of the limit that binds: the study's, or what is available."""
+    return f"{amount}_remaining" if view["limit"] == "study" else f"{amount}_available"
+
+
+def _short_text(view: dict[str, Any]) -> str:
+    """'node a: epsilon 0.2, delta 0' (the study's budget) or, where the dataset's total over
+    all studies is what is short, 'node a: epsilon 0.2 of the dataset's total over all studies'
+    (only the amounts it caps)."""
+    if view["limit"] == "study":
+        return (
+            f"node {view['node']}: epsilon {text(view['epsilon_remaining'])}, "
+            f"delta {text(view['delta_remaining'])}"
+        )
+    total = view["dataset_total"]
+    amounts = ", ".join(
+        f"{name} {text(total[f'{name}_remaining'])}"
+        for name in ("epsilon", "delta")
+        if total[f"{name}_remaining"] is not None
+    )
+    return f"node {view['node']}: {amounts} of the dataset's total over all studies"

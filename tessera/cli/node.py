@@ -57,33 +57,55 @@ def check(config: Path = ConfigOption) -> None:
     policy = settings.policy
     allowed = ", ".join(policy.allowed_statistics) if policy.allowed_statistics else "all"
     typer.echo(f"policy: min_count {policy.min_count}, statistics: {allowed}")
-    typer.echo(f"privacy budget: {_budget_text(policy.dp_budget, policy.dp_budgets)}")
+    summary = policy.summary()
+    typer.echo(f"privacy budget: {_budget_text(summary.dp_budget, summary.dp_dataset_budgets)}")
+    if summary.dp_total is not None or summary.dp_dataset_totals:
+        typer.echo(
+            "privacy budget over all studies: "
+            + _total_text(summary.dp_total, summary.dp_dataset_totals)
+        )
+
+
+def _amounts(budget: Any) -> str:
+    """'epsilon 1, delta 0.000001', leaving out an amount that is None (not capped)."""
+    from tessera.privacy import text
+
+    return ", ".join(
+        f"{name} {text(value)}"
+        for name, value in (("epsilon", budget.epsilon), ("delta", budget.delta))
+        if value is not None
+    )
 
 
 def _budget_text(default: Any, per_dataset: dict[str, Any]) -> str:
     """The policy's privacy budgets in a line: the default, then each dataset's own."""
-    from tessera.privacy import text
-
-    def amounts(budget: Any) -> str:
-        return f"epsilon {text(budget.epsilon)}, delta {text(budget.delta)}"
-
-    own = [f"{name}: {amounts(b)} per study" for name, b in sorted(per_dataset.items())]
+    own = [f"{name}: {_amounts(b)} per study" for name, b in sorted(per_dataset.items())]
     if default is None:
         return "; ".join([*own, "none elsewhere"]) if own else "none (queries with dp are refused)"
-    return "; ".join([f"{amounts(default)} per study and dataset", *own])
+    return "; ".join([f"{_amounts(default)} per study and dataset", *own])
+
+
+def _total_text(default: Any, per_dataset: dict[str, Any]) -> str:
+    """The caps on all studies together in a line: the default, then each dataset's own."""
+    own = [f"{name}: {_amounts(t)}" for name, t in sorted(per_dataset.items())]
+    if default is None:
+        return "; ".join([*own, "none elsewhere"])
+    return "; ".join([f"{_amounts(default)} per dataset", *own])
 
 
 @app.command("budget")
 @reports_errors
 def budget(config: Path = ConfigOption) -> None:
     """Print the privacy ledger (work_dir/budget.sqlite3): per study and dataset, the epsilon
-    and delta spent, the limit and what is left. Local: nothing is sent."""
+    and delta spent, the limit and what is left; per dataset, the same over all studies
+    (limits null where the policy caps none). Local: nothing is sent."""
     from node_agent.budget import PrivacyLedger, Spent
     from node_agent.config import NodeSettings
 
     settings = NodeSettings.load(config)
     path = settings.ledger_path
-    spent: list[Spent] = PrivacyLedger(path).entries() if path.exists() else []
+    ledger = PrivacyLedger(path) if path.exists() else None  # reading creates no ledger
+    spent: list[Spent] = ledger.entries() if ledger else []
     limits = settings.policy.summary()
     entries = []
     for s in spent:
@@ -102,7 +124,34 @@ def budget(config: Path = ConfigOption) -> None:
                 "delta_remaining": float(left_dlt),
             }
         )
-    typer.echo(json.dumps({"path": str(path), "entries": entries}))
+    ledger_totals = {t.dataset: t for t in ledger.dataset_totals()} if ledger else {}
+    totals = []
+    for ds in settings.datasets:
+        cap, was = limits.dp_total_limit(ds.name), ledger_totals.get(ds.name)
+        if cap is None and was is None:
+            continue
+        eps_spent = float(was.epsilon) if was else 0.0
+        dlt_spent = float(was.delta) if was else 0.0
+        totals.append(
+            {
+                "dataset": ds.name,
+                "charges": was.charges if was else 0,
+                "epsilon_spent": eps_spent,
+                "epsilon_limit": cap.epsilon if cap else None,
+                "epsilon_remaining": _left(cap.epsilon if cap else None, eps_spent),
+                "delta_spent": dlt_spent,
+                "delta_limit": cap.delta if cap else None,
+                "delta_remaining": _left(cap.delta if cap else None, dlt_spent),
+            }
+        )
+    typer.echo(json.dumps({"path": str(path), "entries": entries, "dataset_totals": totals}))
+
+
+def _left(limit: float | None, spent: float) -> float | None:
+    """What is left of a cap over all studies; None where there is no cap."""
+    from tessera.privacy import left
+
+    return None if limit is None else float(left(limit, spent))
 
 
 @app.command("audit-verify")

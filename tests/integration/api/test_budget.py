@@ -74,6 +74,9 @@ def test_members_see_each_node_and_the_least_remaining(setup: Setup) -> None:
         "delta_spent": 1e-7,
         "delta_remaining": 9e-7,
         "charges": 2,
+        "dataset_total": None,
+        "epsilon_available": 0.7,
+        "delta_available": 9e-7,
     }
     assert (nodes[b.name]["epsilon_limit"], nodes[b.name]["epsilon_remaining"]) == (0.5, 0.5)
     assert nodes[b.name]["delta_limit"] == 0.0 and nodes[b.name]["charges"] == 0
@@ -86,6 +89,9 @@ def test_members_see_each_node_and_the_least_remaining(setup: Setup) -> None:
         "delta_spent": 0.0,
         "delta_remaining": 0.0,
         "charges": 0,
+        "dataset_total": None,
+        "epsilon_available": 0.0,
+        "delta_available": 0.0,
         "reported_at": None,
     }
     assert (cohort["epsilon_remaining"], cohort["delta_remaining"]) == (0.0, 0.0)
@@ -176,13 +182,87 @@ def test_a_dp_query_some_node_cannot_afford_is_refused_up_front(setup: Setup) ->
         json={"dataset": DATASET, **dp_query(0.1)},
         headers={"Authorization": f"Bearer {setup.researcher.token}"},
     )
-    assert affordable.status_code in (201, 422), affordable.text  # 422: smpc has no noise yet
-    assert affordable.json().get("error", {}).get("code") != "budget_exceeded"
+    assert affordable.status_code == 201, affordable.text
+    assert affordable.json()["status"] == "pending"
 
     hello(c, {})
     with pytest.raises(PolicyDenied, match=f"node {c.name} has no differential-privacy budget"):
         setup.submit(dp_query(0.1))
     assert setup.submit({"statistic": "count"})["status"] == "pending", "no dp: no budget"
+
+
+def total(epsilon: float, delta: float = 0.0, charges: int = 1) -> dict[str, Any]:
+    return {"dataset": DATASET, "epsilon_spent": epsilon, "delta_spent": delta, "charges": charges}
+
+
+def test_a_node_total_over_all_studies_is_shown_and_binds(setup: Setup) -> None:
+    a, b, c = setup.nodes
+    hello(a, {**BUDGET, "dp_total": {"epsilon": 1.5}})
+    hello(
+        b,
+        {
+            "dp_budget": {"epsilon": 1.0, "delta": 1e-5},
+            "dp_dataset_totals": {DATASET: {"epsilon": 5, "delta": 2e-6}},
+        },
+    )
+    hello(c, BUDGET)
+    # a: this study spent 0.25, all studies together 1.3 (some the coordinator may not know)
+    a.ok(
+        "PUT",
+        "/nodes/me/budget",
+        json={"entries": [spent(setup.study_id, 0.25)], "dataset_totals": [total(1.3, charges=4)]},
+    )
+    b.ok("PUT", "/nodes/me/budget", json={"entries": [], "dataset_totals": [total(2.0, 1e-6, 3)]})
+
+    [cohort] = setup.researcher.study_budget(setup.study_id)["datasets"]
+    nodes = {n["node"]: n for n in cohort["nodes"]}
+    assert nodes[a.name]["epsilon_remaining"] == 0.75, "what is left of the study's own budget"
+    assert nodes[a.name]["dataset_total"] == {
+        "epsilon_limit": 1.5,
+        "epsilon_spent": 1.3,
+        "epsilon_remaining": pytest.approx(0.2),
+        "delta_limit": None,
+        "delta_spent": 0.0,
+        "delta_remaining": None,
+        "charges": 4,
+    }
+    assert nodes[a.name]["epsilon_available"] == pytest.approx(0.2)
+    assert nodes[a.name]["delta_available"] == 1e-6, "delta is not capped over studies"
+    assert nodes[b.name]["dataset_total"]["delta_remaining"] == 1e-6
+    assert (nodes[b.name]["epsilon_available"], nodes[b.name]["delta_available"]) == (1.0, 1e-6)
+    assert nodes[c.name]["dataset_total"] is None, "no cap: other studies' spending not shown"
+    assert cohort["epsilon_remaining"] == pytest.approx(0.2)
+
+    with pytest.raises(BudgetExceeded) as refused:
+        setup.submit(dp_query(0.5))
+    assert refused.value.message == (
+        f"the query's epsilon 0.5, delta 0 exceeds what study 'pilot {setup.n}' has left of "
+        f"the differential-privacy budget on dataset 'cohort' (node {a.name}: epsilon 0.2 of "
+        "the dataset's total over all studies, as last reported)"
+    )
+    [short] = refused.value.details["nodes"]
+    assert (short["node"], short["limit"]) == (a.name, "dataset_total")
+    assert short["epsilon_remaining"] == pytest.approx(0.2)
+    with pytest.raises(
+        BudgetExceeded, match=f"node {b.name}: epsilon 3, delta 0.000001 of the dataset's"
+    ):
+        setup.submit(dp_query(0.1, 1.5e-6))  # b's own budget has 1e-6 left as well
+    events = [
+        e
+        for e in setup.admin.audit(limit=1000, offset=0)
+        if e["action"] == "node.budget_reported" and e["subject"] == f"node:{b.name}"
+    ]
+    assert events[-1]["details"]["dataset_totals"] == [total(2.0, 1e-6, 3)]
+
+
+def test_a_report_names_each_dataset_total_once(setup: Setup) -> None:
+    twice = setup.nodes[0].call(
+        "PUT", "/nodes/me/budget", json={"entries": [], "dataset_totals": [total(0.1)] * 2}
+    )
+    assert twice.status_code == 422
+    assert twice.json()["error"]["message"] == (
+        "each dataset may appear once in a budget report's dataset_totals"
+    )
 
 
 def test_the_task_names_its_study(setup: Setup) -> None:
@@ -210,5 +290,7 @@ def test_the_budget_migration_keeps_the_nodes(backend: Backend) -> None:
             rows = conn.execute(sqlalchemy.text("SELECT name, budget_reported_at FROM nodes"))
             assert rows.all() == [("node-a", None)]
             assert conn.execute(sqlalchemy.text("SELECT * FROM node_budgets")).all() == []
+            totals = conn.execute(sqlalchemy.text("SELECT * FROM node_dataset_budgets"))
+            assert totals.all() == []
     finally:
         database.dispose()

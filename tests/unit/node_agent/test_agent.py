@@ -15,6 +15,7 @@ from node_agent.agent import NodeAgent, running
 from tessera.errors import Conflict, ProtocolFailed, TesseraError, Unauthorized
 from tessera.schemas import (
     BudgetSpent,
+    DatasetSpent,
     NodeBudgetReport,
     PartyAddress,
     TaskAccept,
@@ -432,7 +433,10 @@ def test_a_dp_query_is_charged_when_accepted_and_the_ledger_reported(node, dp_su
                 BudgetSpent(
                     study_id=9, dataset="cohort", epsilon_spent=0.25, delta_spent=1e-7, charges=1
                 )
-            ]
+            ],
+            dataset_totals=[
+                DatasetSpent(dataset="cohort", epsilon_spent=0.25, delta_spent=1e-7, charges=1)
+            ],
         ),
     ]
     assert audit_actions(agent) == [
@@ -491,6 +495,42 @@ def test_a_study_has_its_own_budget(node, dp_supported) -> None:
     assert fake.names().count("result") == 2 and "reject" not in fake.names()
     agent.handle(dp_task(13, 0.5))
     assert fake.names()[-1] == "reject"
+
+
+def test_the_dataset_total_caps_every_study_and_the_refusal_says_so(node, dp_supported) -> None:
+    agent, fake = node(policy="dp_epsilon_budget = 1.0\ndp_epsilon_total = 1.5")
+    with running(agent):
+        fake.queue.append(dp_task(11, 1.0))
+        wait_for(lambda: fake.names().count("result") == 1)
+        fake.queue.append(dp_task(12, 0.5).model_copy(update={"study_id": 10}))
+        wait_for(lambda: fake.names().count("result") == 2)
+        fake.queue.append(dp_task(13, 0.25).model_copy(update={"study_id": 11}))
+        wait_for(lambda: "reject" in fake.names())
+    charges = [
+        e
+        for e in map(json.loads, agent.settings.audit_path.read_text().splitlines())
+        if e["action"] == "budget.charged"
+    ]
+    assert [(c["dataset_epsilon_spent"], c["dataset_epsilon_total"]) for c in charges] == [
+        (1.0, 1.5),
+        (1.5, 1.5),
+    ]
+    [(task_id, reason)] = [args for name, args in fake.calls if name == "reject"]
+    assert task_id == 13
+    assert reason == (
+        "the query's epsilon 0.25, delta 0 would exceed the differential-privacy budget of "
+        "dataset 'cohort' over all studies: remaining epsilon 0 (of epsilon 1.5 over all "
+        "studies)"
+    )
+    refused = json.loads(agent.settings.audit_path.read_text().splitlines()[-1])
+    assert (refused["limit"], refused["study"], refused["epsilon_remaining"]) == (
+        "dataset_total",
+        11,
+        0.0,
+    )
+    assert agent.ledger.report().dataset_totals == [
+        DatasetSpent(dataset="cohort", epsilon_spent=1.5, delta_spent=0.0, charges=2)
+    ]
 
 
 def test_a_dp_query_is_refused_where_no_budget_is_set(node) -> None:

@@ -63,12 +63,13 @@ def test_budget_prints_the_ledger_with_limits_and_what_is_left(configs) -> None:
     empty = node("budget", "--config", str(path))
     assert empty.returncode == 0, empty.stderr
     ledger = configs.root / "state" / "budget.sqlite3"
-    assert json.loads(empty.stdout) == {"path": str(ledger), "entries": []}
+    assert json.loads(empty.stdout) == {"path": str(ledger), "entries": [], "dataset_totals": []}
     assert not ledger.exists(), "reading the ledger does not create it"
 
     PrivacyLedger(ledger).charge(4, "cohort", 0.25, 1e-7, DPBudget(epsilon=1.0, delta=1e-6))
     PrivacyLedger(ledger).charge(4, "labs", 0.5, 0.0, DPBudget(epsilon=2.0))
     done = node("budget", "--config", str(path))
+    assert [t["epsilon_limit"] for t in json.loads(done.stdout)["dataset_totals"]] == [None] * 2
     assert json.loads(done.stdout)["entries"] == [
         {
             "study_id": 4,
@@ -100,6 +101,54 @@ def test_budget_prints_the_ledger_with_limits_and_what_is_left(configs) -> None:
         "privacy budget: epsilon 1, delta 0.000001 per study and dataset; "
         "labs: epsilon 2, delta 0 per study"
     )
+
+
+def test_budget_prints_each_dataset_total_over_all_studies(configs) -> None:
+    from node_agent.budget import PrivacyLedger
+    from tessera.schemas import DPBudget, DPTotal
+
+    text = configs.node_toml(
+        configs.dataset() + configs.dataset(where='path = "labs.csv"', name="labs"),
+        top='work_dir = "state"',
+        policy="dp_epsilon_budget = 1.0\ndp_epsilon_total = 3\n"
+        "[policy.dp_budgets.labs]\nepsilon = 2\ndelta_total = 1e-6",
+    )
+    path = configs.write(text)
+    ledger = PrivacyLedger(configs.root / "state" / "budget.sqlite3")
+    for study in (4, 5):
+        ledger.charge(study, "cohort", 0.75, 0.0, DPBudget(epsilon=1.0), DPTotal(epsilon=3))
+    done = node("budget", "--config", str(path))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["dataset_totals"] == [
+        {
+            "dataset": "cohort",
+            "charges": 2,
+            "epsilon_spent": 1.5,
+            "epsilon_limit": 3.0,
+            "epsilon_remaining": 1.5,
+            "delta_spent": 0.0,
+            "delta_limit": None,
+            "delta_remaining": None,
+        },
+        {
+            "dataset": "labs",
+            "charges": 0,
+            "epsilon_spent": 0.0,
+            "epsilon_limit": 3.0,
+            "epsilon_remaining": 3.0,
+            "delta_spent": 0.0,
+            "delta_limit": 1e-6,
+            "delta_remaining": 1e-6,
+        },
+    ]
+    configs.cohort().to_csv(configs.root / "cohort.csv", index=False)
+    configs.cohort().to_csv(configs.root / "labs.csv", index=False)
+    checked = node("check", "--config", str(path))
+    assert checked.stdout.splitlines()[-2:] == [
+        "privacy budget: epsilon 1, delta 0 per study and dataset; labs: epsilon 2, delta 0 "
+        "per study",
+        "privacy budget over all studies: epsilon 3 per dataset; labs: epsilon 3, delta 0.000001",
+    ]
 
 
 @pytest.mark.parametrize("command", [[], ["run"], ["check"], ["budget"], ["audit-verify"]])

@@ -118,6 +118,18 @@ BAD = [
         "[policy]\ndp_budgets = { cohort = { epsilon = 1, delta = 1 } }\n",
         ": policy.dp_budgets.cohort.delta: Input should be less than 1",
     ),
+    (
+        "[policy]\n",
+        "[policy]\ndp_budgets = { cohort = { delta = 1e-6 } }\n",
+        ": policy.dp_budgets.cohort: delta needs epsilon (the budget of each study",
+    ),
+    ("[policy]\n", "[policy]\ndp_delta_total = 1\n", ": policy.dp_delta_total: Input should be"),
+    ("[policy]\n", "[policy]\ndp_epsilon_total = -2\n", ": policy.dp_epsilon_total: Input"),
+    (
+        "[policy]\n",
+        "[policy]\ndp_budgets = { cohort = { epsilon_totl = 1 } }\n",
+        ": policy.dp_budgets.cohort.epsilon_totl: unknown key",
+    ),
 ]
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from node_agent.policy import Policy
-from tessera.schemas import DPBudget, TaskOut
+from tessera.schemas import DPBudget, DPTotal, TaskOut
 
 
 def task(query: dict[str, Any], dataset: str = "cohort", n_parties: int = 3) -> TaskOut:
@@ -95,6 +95,25 @@ def test_a_dp_budget_per_study_with_a_dataset_of_its_own(configs) -> None:
     summary = p.summary()
     assert summary.dp_budget == DPBudget(epsilon=1.0, delta=1e-6)
     assert summary.dp_dataset_budgets == {"labs": DPBudget(epsilon=3.0)}
+
+
+def test_totals_over_all_studies_per_dataset_fall_back_amount_by_amount(configs) -> None:
+    p = policy(
+        configs,
+        "dp_epsilon_budget = 1.0\ndp_epsilon_total = 4\ndp_delta_total = 1e-5\n"
+        "[policy.dp_budgets.labs]\nepsilon_total = 2",
+    )
+    assert p.dp_total("cohort") == DPTotal(epsilon=4.0, delta=1e-5)
+    assert p.dp_total("labs") == DPTotal(epsilon=2.0, delta=1e-5), "delta: the policy's total"
+    assert p.dp_budget("labs") == DPBudget(epsilon=1.0), "no epsilon of its own: the default"
+    summary = p.summary()
+    assert summary.dp_total == DPTotal(epsilon=4.0, delta=1e-5)
+    assert summary.dp_dataset_totals == {"labs": DPTotal(epsilon=2.0, delta=1e-5)}
+    assert summary.dp_dataset_budgets == {}
+
+    assert policy(configs, "dp_epsilon_budget = 1.0").dp_total("cohort") is None, "no cap"
+    only_delta = policy(configs, "dp_epsilon_budget = 1.0\ndp_delta_total = 1e-6")
+    assert only_delta.dp_total("labs") == DPTotal(delta=1e-6)
 
 
 def test_without_a_budget_no_dp_query_is_taken(configs) -> None:
