@@ -89,14 +89,13 @@ def test_a_dp_query_reports_the_epsilon_and_delta_it_would_spend(setup: Setup) -
             "/nodes/me/hello",
             json={"agent_version": "t", "policy": {"dp_budget": {"epsilon": 2, "delta": 1e-5}}},
         )
-    try:
-        answer = dry_run(setup, DP_MEAN)
-    except QueryInvalid as exc:
-        if "not supported yet" not in exc.message:
-            raise
-        pytest.skip(f"smpc has no DP mechanism for a mean yet: {exc.message}")
+    answer = dry_run(setup, DP_MEAN)
     assert (answer["epsilon"], answer["delta"]) == (0.5, 1e-6)
+    assert answer["parties"] == 3 and answer["valid"] is True
     assert setup.researcher.study_queries(setup.study_id) == []
+
+    with pytest.raises(QueryInvalid, match=r"differential privacy .* not for 'variance'"):
+        dry_run(setup, {**DP_MEAN, "statistic": "variance"})
 
 
 def test_invalid_queries_get_the_error_submission_gives(setup: Setup) -> None:
