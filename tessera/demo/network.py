@@ -65,6 +65,12 @@ class NodeSpec:
     datasets: list[DataSource]
     min_count: int = 5
     allowed_statistics: list[str] | None = None
+    # Differential privacy (docs/node-agent.md): per study and dataset, and optionally per
+    # dataset over all studies. None: not set (no budget: queries with dp are refused).
+    dp_epsilon_budget: float | None = None
+    dp_delta_budget: float | None = None
+    dp_epsilon_total: float | None = None
+    dp_delta_total: float | None = None
 
 
 def node_config(spec: NodeSpec, coordinator_url: str, api_key: str, work_dir: Path) -> str:
@@ -83,7 +89,14 @@ def node_config(spec: NodeSpec, coordinator_url: str, api_key: str, work_dir: Pa
     )
     lines += ["", "[policy]"]
     lines += _toml_table(
-        {"min_count": spec.min_count, "allowed_statistics": spec.allowed_statistics}
+        {
+            "min_count": spec.min_count,
+            "allowed_statistics": spec.allowed_statistics,
+            "dp_epsilon_budget": spec.dp_epsilon_budget,
+            "dp_delta_budget": spec.dp_delta_budget,
+            "dp_epsilon_total": spec.dp_epsilon_total,
+            "dp_delta_total": spec.dp_delta_total,
+        }
     )
     for ds in spec.datasets:
         lines += ["", "[[datasets]]"]

@@ -1,0 +1,252 @@
+"""Differential privacy end to end: a coordinator and three node agents, each its own OS
+process, with privacy budgets in their policies.
+
+A dp mean (of a column with declared bounds) and a dp histogram succeed; each result carries
+its `dp` entry and lies within a generous multiple of the noise scale of the exact, noiseless
+value; every node's ledger is charged, which `GET /studies/{id}/budget` shows; a query beyond
+what is left is refused up front (409, naming the nodes), one beyond a node's total over all
+studies too (naming the limit), and the nodes themselves refuse a query the coordinator was
+misled into sending.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from smpc import reference
+from tessera.client import TesseraClient
+from tessera.demo.network import DataSource, Network, NodeSpec
+from tessera.errors import BudgetExceeded
+from tessera.schemas import ColumnSpec, DatasetSchema
+
+DATASET = "admissions"
+SCHEMA = DatasetSchema(
+    columns=[
+        ColumnSpec(name="age", type="integer", min=0, max=18),
+        ColumnSpec(name="sex", type="categorical", levels=["F", "M"]),
+        ColumnSpec(name="weight", type="float", min=1, max=120),
+    ]
+)
+NODES = ("node-a", "node-b", "node-c")
+BUDGET = 2.0  # epsilon per study and dataset, at every node
+TOTAL = 3.0  # node-a's epsilon over all studies
+TAIL = 10  # |noise| > 10 scales has probability about e^-10 per value
+MEAN = {"statistic": "mean", "column": "weight", "dp": {"epsilon": 1.0}}
+HISTOGRAM = {
+    "statistic": "histogram",
+    "column": "age",
+    "bins": [0, 5, 10, 15, 19],
+    "dp": {"epsilon": 0.5},
+}
+
+
+def cohort(rows: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    age = rng.integers(0, 19, rows)
+    return pd.DataFrame(
+        {
+            "age": age,
+            "sex": rng.choice(["F", "M"], rows),
+            "weight": np.round(3.5 + 3.1 * age + rng.normal(0, 2, rows).clip(-2, 2), 2),
+        }
+    )
+
+
+@dataclass
+class World:
+    net: Network
+    researcher: TesseraClient
+    study: int
+    second_study: int
+    keys: dict[str, str]
+    pooled: pd.DataFrame
+
+    def run(self, query: dict[str, Any], study: int | None = None) -> dict[str, Any]:
+        submitted = self.researcher.submit_query(study or self.study, {"dataset": DATASET, **query})
+        return self.researcher.wait_query(submitted["id"], timeout=60)
+
+    def budget(self, study: int | None = None) -> dict[str, dict[str, Any]]:
+        [entry] = self.researcher.study_budget(study or self.study)["datasets"]
+        return {n["node"]: n for n in entry["nodes"]} | {"": entry}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    root = tmp_path_factory.mktemp("dp-network")
+    net = Network(root)
+    frames = {
+        name: cohort(rows, seed)
+        for name, rows, seed in zip(NODES, (300, 200, 150), (1, 2, 3), strict=True)
+    }
+    try:
+        net.start_coordinator(accept_timeout_s=20, query_timeout_s=40, sweep_interval_s=0.2)
+        admin = TesseraClient(net.url)
+        admin.login("admin", net.admin_password)
+        orgs, keys = [], {}
+        for name in NODES:
+            path = root / f"{name}.csv"
+            frames[name].to_csv(path, index=False)
+            spec = NodeSpec(
+                name,
+                f"Hospital {name[-1].upper()}",
+                [DataSource(DATASET, "csv", SCHEMA, path=str(path))],
+                dp_epsilon_budget=BUDGET,
+                dp_epsilon_total=TOTAL if name == "node-a" else None,
+            )
+            org = admin.create_organisation(spec.organisation)
+            orgs.append(org["id"])
+            keys[name] = admin.create_node(name, org["id"])["api_key"]
+            net.start_node(spec, keys[name])
+        admin.create_user("rita", "rita-password", role="researcher")
+        studies = [
+            admin.create_study(label, organisation_ids=orgs, datasets=[DATASET], members=["rita"])
+            for label in ("growth", "follow-up")
+        ]
+        researcher = TesseraClient(net.url)
+        researcher.login("rita", "rita-password")
+        world = World(
+            net,
+            researcher,
+            studies[0]["id"],
+            studies[1]["id"],
+            keys,
+            pd.concat(frames.values(), ignore_index=True),
+        )
+        wait_until(lambda: all(world.budget().get(n, {}).get("reported_at") for n in NODES), net)
+        yield world
+    finally:
+        net.stop()
+
+
+def wait_until(condition: Any, net: Network, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        for proc in net.nodes.values():
+            assert proc.alive(), f"{proc.name} exited:\n{proc.tail()}"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_dp_queries_are_noisy_within_their_scale_and_charged_at_every_node(
+    world: World,
+) -> None:
+    before = world.budget()
+    assert [before[n]["epsilon_remaining"] for n in NODES] == [BUDGET] * 3
+    assert before["node-a"]["dataset_total"]["epsilon_remaining"] == TOTAL
+    assert before["node-b"]["dataset_total"] is None
+
+    mean = world.run(MEAN)
+    assert mean["status"] == "succeeded", mean
+    exact = reference({"dataset": DATASET, **MEAN}, world.pooled, SCHEMA)
+    dp = mean["result"]["dp"]
+    assert dp == exact["dp"]
+    assert (dp["epsilon"], dp["mechanism"]) == (1.0, "discrete_laplace")
+    b_count, b_sum = dp["noise_scale"]["count"], dp["noise_scale"]["sum"]
+    n = exact["n"]
+    assert abs(mean["result"]["n"] - n) <= TAIL * b_count
+    bound = (TAIL * b_sum + exact["mean"] * TAIL * b_count) / (n - TAIL * b_count)
+    assert abs(mean["result"]["mean"] - exact["mean"]) <= bound
+    assert 1 <= mean["result"]["mean"] <= 120
+
+    histogram = world.run(HISTOGRAM)
+    assert histogram["status"] == "succeeded", histogram
+    exact = reference({"dataset": DATASET, **HISTOGRAM}, world.pooled, SCHEMA)
+    scale = histogram["result"]["dp"]["noise_scale"]["count"]
+    assert scale == 2.0 and histogram["result"]["edges"] == HISTOGRAM["bins"]
+    for got, want in zip(histogram["result"]["counts"], exact["counts"], strict=True):
+        assert abs(got - want) <= TAIL * scale
+
+    wait_until(lambda: all(world.budget()[n]["charges"] == 2 for n in NODES), world.net, 15)
+    after = world.budget()
+    for name in NODES:
+        assert after[name]["epsilon_spent"] == 1.5
+        assert after[name]["epsilon_remaining"] == before[name]["epsilon_remaining"] - 1.5
+    assert after["node-a"]["dataset_total"]["epsilon_spent"] == 1.5
+    assert after[""]["epsilon_remaining"] == 0.5
+
+
+def test_a_query_beyond_what_is_left_is_refused_up_front_naming_the_nodes(world: World) -> None:
+    with pytest.raises(BudgetExceeded) as refused:
+        world.researcher.submit_query(world.study, {"dataset": DATASET, **MEAN})
+    assert refused.value.http_status == 409
+    assert refused.value.message == (
+        "the query's epsilon 1, delta 0 exceeds what study 'growth' has left of the "
+        "differential-privacy budget on dataset 'admissions' (node node-a: epsilon 0.5, delta 0; "
+        "node node-b: epsilon 0.5, delta 0; node node-c: epsilon 0.5, delta 0, as last reported)"
+    )
+
+    # Another study has a budget of its own, but not beyond node-a's total over all studies.
+    second = world.budget(world.second_study)
+    assert second["node-b"]["epsilon_remaining"] == BUDGET
+    assert second["node-a"]["epsilon_available"] == TOTAL - 1.5
+    with pytest.raises(BudgetExceeded) as over_total:
+        world.researcher.submit_query(
+            world.second_study, {"dataset": DATASET, **MEAN, "dp": {"epsilon": 1.75}}
+        )
+    assert "(node node-a: epsilon 1.5 of the dataset's total over all studies, as last" in str(
+        over_total.value.message
+    )
+
+
+def test_the_nodes_refuse_what_a_misled_coordinator_sends(world: World) -> None:
+    """Each node is told to publish a far larger budget: the coordinator lets the query through,
+    and the nodes refuse it by their own ledgers."""
+    for name, key in world.keys.items():
+        response = httpx.post(
+            f"{world.net.url}/api/v1/nodes/me/hello",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"agent_version": "spoofed", "policy": {"dp_budget": {"epsilon": 100}}},
+        )
+        assert response.status_code == 200, (name, response.text)
+    refused = world.run(MEAN)
+    assert refused["status"] == "failed", refused
+    assert refused["error"]["message"].startswith("node node-")
+    assert refused["error"]["message"].endswith(
+        " refused: the query's epsilon 1, delta 0 would exceed the differential-privacy budget "
+        f"of study {world.study} on dataset 'admissions': remaining epsilon 0.5, delta 0 (of "
+        "epsilon 2, delta 0 per study)"
+    )
+    assert refused["result"] is None
+    assert all(world.budget()[n]["epsilon_spent"] == 1.5 for n in NODES), "nothing charged"
+
+
+def test_the_node_budget_command_shows_the_ledger_and_the_total(world: World) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tessera.cli.main",
+            "node",
+            "budget",
+            "--config",
+            str(world.net.root / "node-a" / "node.toml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    ledger = json.loads(done.stdout)
+    [entry] = ledger["entries"]
+    assert (entry["study_id"], entry["charges"], entry["epsilon_remaining"]) == (
+        world.study,
+        2,
+        0.5,
+    )
+    [total] = ledger["dataset_totals"]
+    assert (total["dataset"], total["epsilon_limit"], total["epsilon_remaining"]) == (
+        DATASET,
+        TOTAL,
+        TOTAL - 1.5,
+    )
