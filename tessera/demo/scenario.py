@@ -5,6 +5,10 @@ separate processes, each with its own bundled cohort (CSV at hospital A, Parquet
 table at C). It then acts as a statistician through the REST API and prints every pooled result
 beside the plaintext answer on the pooled demo data. The plaintext side exists only because the
 demo data is synthetic and all on this machine: in a real network nobody can compute it.
+
+The hospitals give each study a differential-privacy budget on the cohort; the queries with
+`dp` are compared with the exact, noiseless answer and judged against the noise scale their
+result reports, and the study's remaining budget at each hospital is printed at the end.
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ from tessera.demo.network import DataSource, Network, NodeSpec
 
 NODE_MIN_COUNT = 5
 REL_TOL = 1e-6
+DP_EPSILON_BUDGET = 2.0  # each hospital: per study on the cohort
+DP_EPSILON_TOTAL = 5.0  # each hospital: all studies together on the cohort
+NOISE_TAIL = 10  # a dp value is "within noise" when |error| <= 10 noise scales (P ~ e^-10)
 
 QUERIES: list[tuple[str, dict[str, Any]]] = [
     ("Patients in the pooled cohort", {"statistic": "count"}),
@@ -98,6 +105,19 @@ QUERIES: list[tuple[str, dict[str, Any]]] = [
         "Diagnosis group vs 30-day readmission (chi-square)",
         {"statistic": "chi2", "rows": "diagnosis_group", "columns": "readmitted_30d"},
     ),
+    (
+        "Mean weight (kg), differentially private (epsilon 1)",
+        {"statistic": "mean", "column": "weight_kg", "dp": {"epsilon": 1.0}},
+    ),
+    (
+        "Age (months) histogram, differentially private (epsilon 0.5)",
+        {
+            "statistic": "histogram",
+            "column": "age_months",
+            "bins": [0, 12, 24, 60, 120, 216],
+            "dp": {"epsilon": 0.5},
+        },
+    ),
 ]
 
 
@@ -106,13 +126,23 @@ class Comparison:
     key: str
     secure: Any
     plain: Any
+    scale: float | None = None  # a dp value's noise scale: judged against it, not matched
 
     @property
     def match(self) -> bool:
         a, b = self.secure, self.plain
         if isinstance(a, int | float) and isinstance(b, int | float):
+            if self.scale is not None:
+                return abs(a - b) <= NOISE_TAIL * self.scale
             return math.isclose(a, b, rel_tol=REL_TOL, abs_tol=1e-9)
         return bool(a == b)
+
+    @property
+    def verdict(self) -> str:
+        if self.scale is None or not isinstance(self.secure, int | float):
+            return "match" if self.match else "MISMATCH"
+        error = f"|error| = {abs(self.secure - self.plain):.3g}, scale {self.scale:.3g}"
+        return f"within noise ({error})" if self.match else f"BEYOND {NOISE_TAIL} SCALES ({error})"
 
 
 def flatten(result: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -139,7 +169,33 @@ def flatten(result: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
 
 def compare(secure: dict[str, Any], plain: dict[str, Any]) -> list[Comparison]:
     a, b = dict(flatten(secure)), dict(flatten(plain))
-    return [Comparison(k, a.get(k), b.get(k)) for k in dict.fromkeys([*a, *b])]
+    return [
+        Comparison(k, a.get(k), b.get(k), noise_scale(k, b, secure.get("dp")))
+        for k in dict.fromkeys([*a, *b])
+    ]
+
+
+def noise_scale(key: str, plain: dict[str, Any], dp: dict[str, Any] | None) -> float | None:
+    """The noise scale of one flattened value of a dp result, from the scales the result
+    reports (`dp.noise_scale`); None for a value without noise (no dp, or the `dp` entry)."""
+    if dp is None or key.startswith("dp.") or key.endswith(("edges", "levels")):
+        return None
+    scales = dp["noise_scale"]
+    prefix, _, name = key.rpartition(".")
+    at = f"{prefix}." if prefix else ""
+    if name == "mean":  # noisy sum over noisy count: to first order
+        n, mean = plain.get(f"{at}n"), plain.get(key)
+        if not n or mean is None:
+            return None
+        return float((scales["sum"] + abs(mean) * scales["count"]) / n)
+    if name == "sum":
+        return float(scales["sum"])
+    if name == "n":  # the count, or the sum of every released cell's count
+        cells = sum(1 for k in plain if k.startswith(f"{at}counts["))
+        return float(scales["count"] * max(cells, 1))
+    if name == "count" or name.startswith("counts["):
+        return float(scales["count"])
+    return None
 
 
 def show(value: Any) -> str:
@@ -177,7 +233,16 @@ def write_sources(root: Path) -> list[NodeSpec]:
             engine.dispose()
             source = DataSource(DATASET, "sql", declared, url=url, table="admissions")
         org = hospital.name.replace("hospital_", "Hospital ").upper()
-        specs.append(NodeSpec(hospital.name, org, [source], min_count=NODE_MIN_COUNT))
+        specs.append(
+            NodeSpec(
+                hospital.name,
+                org,
+                [source],
+                min_count=NODE_MIN_COUNT,
+                dp_epsilon_budget=DP_EPSILON_BUDGET,
+                dp_epsilon_total=DP_EPSILON_TOTAL,
+            )
+        )
     return specs
 
 
@@ -234,7 +299,8 @@ def wait_for_datasets(client: Any, study_id: int, count: int, net: Network) -> N
 
 
 def run_demo(keep: bool = False, say: Callable[[str], None] = print) -> bool:
-    """Run the demo; True if every pooled result matches the plaintext answer."""
+    """Run the demo; True if every pooled result matches the plaintext answer (a dp result:
+    lies within `NOISE_TAIL` noise scales of the exact, noiseless one)."""
     pooled = pd.concat(cohorts().values(), ignore_index=True)
     declared = schema()
     root = Path(tempfile.mkdtemp(prefix="tessera-demo-"))
@@ -245,12 +311,17 @@ def run_demo(keep: bool = False, say: Callable[[str], None] = print) -> bool:
             ready = time.perf_counter() - started
             say(f"study         #{study_id}, statistician logged in; ready in {ready:.1f} s\n")
             all_match = run_queries(client, study_id, pooled, declared, say)
+            show_budget(client, study_id, say)
         finally:
             net.stop()
     finally:
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
-    outcome = "all pooled results match" if all_match else "MISMATCHES found"
+    outcome = (
+        f"all pooled results match (dp results within {NOISE_TAIL} noise scales)"
+        if all_match
+        else "MISMATCHES found"
+    )
     say(f"{outcome}; total {time.perf_counter() - started:.1f} s; every process stopped")
     if keep:
         say(f"logs and data kept in {root}")
@@ -278,10 +349,38 @@ def run_queries(
         plain = reference(query, pooled, declared, min_count=applied)
         rows = compare(done["result"], plain)
         width = max(len(r.key) for r in rows)
-        say(f"   {'result':<{width}}  {'pooled by MPC':>16}  {'plaintext':>16}")
+        exact = "exact, no noise" if "dp" in body else "plaintext"
+        say(f"   {'result':<{width}}  {'pooled by MPC':>16}  {exact:>16}")
         for r in rows:
-            verdict = "match" if r.match else "MISMATCH"
-            say(f"   {r.key:<{width}}  {show(r.secure):>16}  {show(r.plain):>16}  {verdict}")
+            say(f"   {r.key:<{width}}  {show(r.secure):>16}  {show(r.plain):>16}  {r.verdict}")
             all_match &= r.match
         say("")
     return all_match
+
+
+def show_budget(
+    client: Any, study_id: int, say: Callable[[str], None], timeout: float = 15.0
+) -> None:
+    """Print what the study has left of each hospital's privacy budget, once every hospital's
+    ledger report (sent after each charge) has arrived."""
+    charged = sum(1 for _, body in QUERIES if "dp" in body)
+    deadline = time.monotonic() + timeout
+    while True:
+        [entry] = client.study_budget(study_id)["datasets"]
+        if all(n["charges"] >= charged for n in entry["nodes"]) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    say(f"== Privacy budget of study #{study_id} on {entry['dataset']} (basic composition)")
+    say(f"   {'hospital':<11}  {'spent':>6}  {'limit':>6}  {'left':>6}  over all studies")
+    for n in entry["nodes"]:
+        total = n["dataset_total"]
+        over = (
+            f"{show(total['epsilon_spent'])} of {show(total['epsilon_limit'])} spent"
+            if total and total["epsilon_limit"] is not None
+            else "no cap"
+        )
+        say(
+            f"   {n['node']:<11}  {show(n['epsilon_spent']):>6}  {show(n['epsilon_limit']):>6}  "
+            f"{show(n['epsilon_remaining']):>6}  {over}"
+        )
+    say(f"   the study can still spend epsilon {show(entry['epsilon_remaining'])} on it\n")

@@ -1,11 +1,12 @@
-"""`tessera demo` as a new user runs it: exits 0, every pooled result matches plaintext."""
+"""`tessera demo` as a new user runs it: exits 0, every pooled result matches plaintext, every
+differentially private one lies within its noise, and the study's remaining budget is shown."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
-from tessera.demo.scenario import QUERIES
+from tessera.demo.scenario import DP_EPSILON_BUDGET, QUERIES
 
 
 def test_the_demo_runs_end_to_end_and_everything_matches() -> None:
@@ -22,5 +23,11 @@ def test_the_demo_runs_end_to_end_and_everything_matches() -> None:
     assert "all pooled results match" in out
     assert "suppressed" in out, "the histogram and group queries show suppression"
     assert "every process stopped" in out
+    dp_queries = [body for _, body in QUERIES if "dp" in body]
+    assert dp_queries, "the demo shows differential privacy"
+    assert "within noise (|error| = " in out and "BEYOND" not in out
+    assert "== Privacy budget of study #1 on paediatric_cohort" in out
+    spent = sum(body["dp"]["epsilon"] for body in dp_queries)
+    assert f"the study can still spend epsilon {DP_EPSILON_BUDGET - spent:g} on it" in out
     for hospital in ("hospital_a", "hospital_b", "hospital_c"):
         assert hospital in out
