@@ -168,23 +168,24 @@ async def gauss_jordan(
     for k in range(size):
         pivot = matrix[k, 0]  # column 0 is always the current pivot column
         scaled_diagonal = diagonal[k] if inverse is None else previous * diagonal[k]
-        # One round: the masked pivot and masked d_(k-1)·G_kk give the tolerance, and the
-        # masked pivot with the (secret) mask gives the pivot's inverse for the next step.
+        # The masked pivot and masked d_(k-1)·G_kk give the tolerance, and the masked pivot
+        # with the (secret) mask the pivot's inverse for the next step; nothing uses the update
+        # below before the tolerance is checked, so a singular design still opens nothing more.
         mask = mpc._random(stype)
-        opened = await mpc.output([mask * pivot, mask * scaled_diagonal])
-        u, w = (int(v) % p for v in opened)
-        if u == 0 or w == 0:
-            raise Collinear(k, 0.0 if w else None)
-        tolerance = rational(u * pow(w, -1, p) % p, p)
-        if tolerance < tolerance_bound:
-            raise Collinear(k, float(tolerance))
-        tolerances.append(float(tolerance))
+        opening = mpc.output([mask * pivot, mask * scaled_diagonal])  # runs alongside the update
         row = matrix[k, 1:]
         column = matrix[:, 0]
         updated = matrix[:, 1:] * pivot - mpc.np_outer(column, row)
         if inverse is not None:
             updated = updated * inverse
         matrix = mpc.np_update(updated, k, row)  # the pivot row stays as it was
+        u, w = (int(v) % p for v in await opening)
+        if u == 0 or w == 0:
+            raise Collinear(k, 0.0 if w else None)
+        tolerance = rational(u * pow(w, -1, p) % p, p)
+        if tolerance < tolerance_bound:
+            raise Collinear(k, float(tolerance))
+        tolerances.append(float(tolerance))
         inverse = mask * stype.field(pow(u, -1, p))
         previous = pivot
     return previous, matrix, tolerances
