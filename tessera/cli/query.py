@@ -21,11 +21,11 @@ import typer
 
 from tessera.cli.errors import reports_errors
 from tessera.cli.simulate import read_json
-from tessera.cli.tables import render_pairs, render_result
+from tessera.cli.tables import render_budget, render_pairs, render_result
 from tessera.errors import InvalidRequest, NotFound, ProtocolFailed
 
 app = typer.Typer(
-    help="Submit queries to a coordinator, read their results, dry-run them.",
+    help="Submit queries to a coordinator, read their results, dry-run them, see the budget.",
     no_args_is_help=True,
 )
 
@@ -300,3 +300,19 @@ def dry_run(
         typer.echo(json.dumps(answer, indent=2))
     else:
         typer.echo(render_pairs(dry_run_pairs(answer)))
+
+
+@app.command("budget")
+@reports_errors
+def budget(
+    study: str = StudyOption,
+    as_json: bool = JsonOption,
+    coordinator: str = CoordinatorOption,
+    user: str = UserOption,
+    password: str | None = PasswordOption,
+) -> None:
+    """Print the study's differential-privacy budget: per dataset and node, what was spent, the
+    limit and what is left (as each node last reported), and what the study can still spend."""
+    with connect(coordinator, user, password) as client:
+        answer = client.study_budget(study_id(client, study))
+    typer.echo(json.dumps(answer, indent=2) if as_json else render_budget(answer))

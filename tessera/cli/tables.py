@@ -225,3 +225,48 @@ def render_pairs(pairs: Sequence[tuple[str, Any]], width: int = 72) -> str:
         rows.append([key, lines[0]])
         rows.extend(["", more] for more in lines[1:])
     return Table(rows).render()
+
+
+def budget_tables(budget: Mapping[str, Any]) -> list[Table]:
+    """A study's privacy budget: per dataset, one row per node (spent / limit / available)."""
+    tables = []
+    for entry in budget.get("datasets", []):
+        rows = []
+        for node in entry["nodes"]:
+            total = node.get("dataset_total") or {}
+            rows.append(
+                [
+                    node["node"],
+                    cell(node["epsilon_spent"]),
+                    cell(node["epsilon_limit"]) if node["epsilon_limit"] is not None else "no dp",
+                    cell(total.get("epsilon_remaining")) if total else "",
+                    cell(node["epsilon_available"]),
+                    cell(node["delta_spent"]),
+                    cell(node["delta_available"]),
+                    cell(node.get("reported_at") or "never"),
+                ]
+            )
+        left = entry.get("epsilon_remaining")
+        title = (
+            f"dataset {entry['dataset']}: the study can still spend epsilon "
+            f"{cell(left) if left is not None else 'nothing'}"
+        )
+        headers = [
+            "node",
+            "eps spent",
+            "eps limit",
+            "eps left over all studies",
+            "eps available",
+            "delta spent",
+            "delta available",
+            "reported",
+        ]
+        tables.append(Table(rows, headers, title))
+    return tables
+
+
+def render_budget(budget: Mapping[str, Any]) -> str:
+    tables = budget_tables(budget)
+    if not tables:
+        return "the study has no datasets yet"
+    return "\n\n".join(t.render() for t in tables)

@@ -12,6 +12,7 @@ misled into sending.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -250,3 +251,27 @@ def test_the_node_budget_command_shows_the_ledger_and_the_total(world: World) ->
         TOTAL,
         TOTAL - 1.5,
     )
+
+
+def test_the_query_budget_command_shows_what_the_study_has_left(world: World) -> None:
+    env = {
+        **os.environ,
+        "TESSERA_COORDINATOR_URL": world.net.url,
+        "TESSERA_USER": "rita",
+        "TESSERA_PASSWORD": "rita-password",
+    }
+    command = [sys.executable, "-m", "tessera.cli.main", "query", "budget", "--study", "growth"]
+    table = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+    assert table.returncode == 0, table.stderr
+    left = world.budget()[""]["epsilon_remaining"]
+    assert f"dataset {DATASET}: the study can still spend epsilon {left:g}" in table.stdout
+    for name in NODES:
+        assert name in table.stdout
+    as_json = subprocess.run(
+        [*command, "--json"], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert json.loads(as_json.stdout)["datasets"][0]["dataset"] == DATASET
+    unknown = subprocess.run(
+        [*command[:-1], "no-such-study"], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert unknown.returncode == 2 and unknown.stderr.count("\n") == 1
