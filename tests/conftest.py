@@ -8,6 +8,11 @@ from collections.abc import Iterator
 
 import pytest
 
+# One BLAS thread per process: the suite runs many processes (MPC parties, agents) on few cores,
+# and spinning BLAS thread pools then starve each other.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
 PG_ADMIN_URL = os.environ.get("TESSERA_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 
