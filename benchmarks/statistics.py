@@ -13,7 +13,7 @@ every other statistic. A statistic whose run exceeds `--practical` seconds is no
 larger row counts (with that many parties), and the table says where it stopped.
 
 The naive baseline: the same mean and OLS by *record-level* MPC, every row secret-shared as
-64-bit secure fixed point (`benchmarks/naive_party.py`, one process per party over TLS), to
+96-bit secure fixed point (`benchmarks/naive_party.py`, one process per party over TLS), to
 show what summary-level MPC saves.
 
 Data: a synthetic paediatric admissions cohort (fixed seed), with numeric vitals and labs, a
@@ -63,6 +63,7 @@ DATASET = "admissions"
 TOLERANCE = 1e-6
 REL_FLOOR = 1e-9
 TARGET_ROWS, TARGET_PARTIES = 100_000, 5
+NAIVE_BITS = 96  # the naive baseline's secure fixed point: 48 fractional bits
 WARDS = ["icu", "medical", "surgical"]
 DIAGNOSES = ["cardiac", "infection", "other", "respiratory", "trauma"]
 FOLLOW_UP_DAYS = 365
@@ -326,7 +327,9 @@ def unscale_ols(beta: list[float]) -> dict[str, float]:
     }
 
 
-def run_naive(kind: str, frames: list[pd.DataFrame], timeout_s: float) -> dict[str, Any]:
+def run_naive(
+    kind: str, frames: list[pd.DataFrame], timeout_s: float, bits: int = NAIVE_BITS
+) -> dict[str, Any]:
     """One run of the naive protocol: wall seconds (cold process start included), each party's
     protocol seconds (connect to shutdown) and input seconds, and the opened result."""
     inputs = naive_inputs(kind, frames)
@@ -344,7 +347,7 @@ def run_naive(kind: str, frames: list[pd.DataFrame], timeout_s: float) -> dict[s
             install(PartyTLS(key_pem=identities[i][0], certificates=certificates), i, folder)
             argv = [sys.executable, str(ROOT / "naive_party.py"), "-I", str(i), "--ssl"]
             argv += ["--no-log", *itertools.chain.from_iterable(["-P", a] for a in addresses)]
-            job = {"kind": kind, "data": str(folder / "rows.npy"), "sizes": sizes, "bits": 64}
+            job = {"kind": kind, "data": str(folder / "rows.npy"), "sizes": sizes, "bits": bits}
             proc = subprocess.Popen(
                 argv,
                 cwd=folder,
@@ -377,6 +380,7 @@ def run_naive(kind: str, frames: list[pd.DataFrame], timeout_s: float) -> dict[s
         "wall_s": wall,
         "protocol_s": max(o["seconds"] for o in outcomes),
         "input_s": max(o["input_seconds"] for o in outcomes),
+        "bytes_sent": sum(o["bytes_sent"] for o in outcomes),
         "result": outcomes[0]["result"],
     }
 
@@ -579,6 +583,7 @@ def main() -> None:
                 "skipped": skipped,
                 "rows": rows_out,
                 "limits": limits,
+                "naive_bits": NAIVE_BITS,
                 "naive": naive_out,
             },
             indent=2,
@@ -634,7 +639,8 @@ def run_naive_table(
     kinds = {"mean": "mean", "ols": "linear_regression"}
     header = (
         f"{'naive baseline':<18} {'parties':>7} {'rows':>8} {'naive wall s':>12} "
-        f"{'naive MPC s':>11} {'summary s':>9} {'saving':>7} {'naive rel err':>13}"
+        f"{'naive MPC s':>11} {'naive MB':>8} {'summary s':>9} {'saving':>7} "
+        f"{'naive rel err':>13}"
     )
     print(f"\n{header}\n{'-' * len(header)}")
     out: list[dict[str, Any]] = []
@@ -659,7 +665,7 @@ def run_naive_table(
                         out.append(entry)
                         print(
                             f"{kind:<18} {parties:>7} {rows:>8,} {f'~{guess:.0f}':>12} "
-                            f"{'':>11} {summary:>9.2f} {guess / summary:>6.0f}×  "
+                            f"{'':>11} {'':>8} {summary:>9.2f} {guess / summary:>6.0f}×  "
                             f"(extrapolated from {seen_rows:,} rows: not run)",
                             flush=True,
                         )
@@ -675,6 +681,7 @@ def run_naive_table(
                     naive_wall_s=statistics.median(r["wall_s"] for r in runs),
                     naive_protocol_s=statistics.median(r["protocol_s"] for r in runs),
                     naive_input_s=statistics.median(r["input_s"] for r in runs),
+                    naive_bytes_sent=runs[0]["bytes_sent"],
                     naive_max_rel_error=naive_error(kind, runs[0]["result"], reference),
                 )
                 entry["saving"] = entry["naive_wall_s"] / summary
@@ -682,7 +689,8 @@ def run_naive_table(
                 out.append(entry)
                 print(
                     f"{kind:<18} {parties:>7} {rows:>8,} {entry['naive_wall_s']:>12.2f} "
-                    f"{entry['naive_protocol_s']:>11.2f} {summary:>9.2f} "
+                    f"{entry['naive_protocol_s']:>11.2f} {entry['naive_bytes_sent'] / 1e6:>8.1f} "
+                    f"{summary:>9.2f} "
                     f"{entry['saving']:>6.1f}× {entry['naive_max_rel_error']:>13.1e}",
                     flush=True,
                 )
