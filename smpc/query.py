@@ -1,8 +1,9 @@
 """The query language: one pydantic model per statistic, discriminated by ``statistic``.
 
-Every statistic of DESIGN.md validates here, including those whose secure protocol is not built
-yet; `check_query` rejects those with a clear "not supported yet" error, and checks a query
-against a dataset's declared schema (columns exist, have the right type, levels are known).
+Every statistic of DESIGN.md validates here. `check_query` checks a query against a dataset's
+declared schema (columns exist, have the right type, levels are known) and against the
+statistics a caller supports (a node may run an older library: those are refused with a clear
+"not supported yet" error).
 A query with `dp` is accepted for the statistics of `smpc.dp.DP_STATISTICS` only, and a dp
 sum or mean only on a column with declared bounds (booleans are bounded by [0, 1]).
 """
