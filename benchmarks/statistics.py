@@ -53,6 +53,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 import smpc  # noqa: E402
+from smpc.frames import uneven_shares as split  # noqa: E402
 from smpc.simulation import free_ports  # noqa: E402
 from smpc.tls import PartyTLS, install, new_identity  # noqa: E402
 from tessera.errors import TesseraError  # noqa: E402
@@ -168,13 +169,6 @@ def cohort(rows: int, seed: int = SEED) -> pd.DataFrame:
             "died": event_time <= observed,
         }
     )
-
-
-def split(frame: pd.DataFrame, parties: int) -> list[pd.DataFrame]:
-    """Uneven contiguous shares: party i holds a share proportional to i + 1."""
-    weights = np.arange(1, parties + 1)
-    cuts = [0, *(np.cumsum(weights) / weights.sum() * len(frame)).astype(int)]
-    return [frame.iloc[a:b].reset_index(drop=True) for a, b in itertools.pairwise(cuts)]
 
 
 def query(statistic: str, **params: Any) -> dict[str, Any]:

@@ -5,6 +5,7 @@ All of this runs locally, on one party's rows, before anything is secret-shared.
 
 from __future__ import annotations
 
+import itertools
 import operator
 from collections.abc import Sequence
 from typing import Any
@@ -139,3 +140,11 @@ def infer_schema(frames: Sequence[pd.DataFrame]) -> DatasetSchema:
                 raise QueryInvalid(f"column {name!r} has no values to infer levels from")
             columns.append(ColumnSpec(name=name, type="categorical", levels=sorted(seen)))
     return DatasetSchema(columns=columns)
+
+
+def uneven_shares(frame: pd.DataFrame, parties: int) -> list[pd.DataFrame]:
+    """Split a pooled frame into contiguous, uneven hospital shares for `simulate`: party i
+    holds a share proportional to i + 1 (how the tests and benchmarks play several sites)."""
+    weights = np.arange(1, parties + 1)
+    cuts = [0, *(np.cumsum(weights) / weights.sum() * len(frame)).astype(int)]
+    return [frame.iloc[a:b].reset_index(drop=True) for a, b in itertools.pairwise(cuts)]

@@ -8,7 +8,6 @@ Query data: the RAND Health Insurance Experiment (statsmodels `randhie`), split 
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import os
@@ -24,6 +23,7 @@ from scipy import stats
 from smpc import reference, simulate
 from smpc.dp import NoiseSpec, sum_sensitivity
 from smpc.frames import infer_schema
+from smpc.frames import uneven_shares as split
 from smpc.simulation import free_ports
 from tessera.errors import QueryInvalid
 from tessera.schemas import ColumnSpec, DatasetSchema
@@ -129,12 +129,6 @@ def schema(randhie: pd.DataFrame) -> DatasetSchema:
         for c in inferred.columns
     ]
     return DatasetSchema(columns=columns)
-
-
-def split(frame: pd.DataFrame, parties: int) -> list[pd.DataFrame]:
-    weights = np.arange(1, parties + 1)
-    cuts = [0, *(np.cumsum(weights) / weights.sum() * len(frame)).astype(int)]
-    return [frame.iloc[a:b].reset_index(drop=True) for a, b in itertools.pairwise(cuts)]
 
 
 def test_dp_count_with_where_and_group_by(randhie: pd.DataFrame, schema: DatasetSchema) -> None:

@@ -9,24 +9,15 @@ are exact; survival estimates and log-rank statistics within 1e-6 relative.
 
 from __future__ import annotations
 
-import itertools
-
-import numpy as np
 import pandas as pd
 import pytest
 
 from smpc import reference, simulate
+from smpc.frames import uneven_shares as split
 from tessera.errors import QueryInvalid
 from tessera.schemas import ColumnSpec, DatasetSchema
 
 REL = 1e-6
-
-
-def split(frame: pd.DataFrame, parties: int) -> list[pd.DataFrame]:
-    """Uneven contiguous shares: party i holds a share proportional to i + 1."""
-    weights = np.arange(1, parties + 1)
-    cuts = [0, *(np.cumsum(weights) / weights.sum() * len(frame)).astype(int)]
-    return [frame.iloc[a:b].reset_index(drop=True) for a, b in itertools.pairwise(cuts)]
 
 
 def schema(time: str, high: int, event: str, groups: dict[str, list[str]]) -> DatasetSchema:

@@ -9,7 +9,6 @@ fits, exact for counts.
 
 from __future__ import annotations
 
-import itertools
 import math
 from typing import Any
 
@@ -21,16 +20,10 @@ from scipy import stats
 
 from smpc import reference, simulate
 from smpc.frames import infer_schema
+from smpc.frames import uneven_shares as split
 from tessera.errors import ProtocolFailed, QueryInvalid
 
 REL = 1e-6
-
-
-def split(frame: pd.DataFrame, parties: int) -> list[pd.DataFrame]:
-    """Uneven contiguous shares: party i holds a share proportional to i + 1."""
-    weights = np.arange(1, parties + 1)
-    cuts = [0, *(np.cumsum(weights) / weights.sum() * len(frame)).astype(int)]
-    return [frame.iloc[a:b].reset_index(drop=True) for a, b in itertools.pairwise(cuts)]
 
 
 def close(actual: Any, expected: Any, rel: float = REL, path: str = "result") -> None:

@@ -7,24 +7,16 @@ unevenly across 3 and 5 parties. Quantiles are data values, so they must match e
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import pandas as pd
 import pytest
 
 from smpc import reference, simulate
 from smpc.frames import infer_schema
+from smpc.frames import uneven_shares as split
 from smpc.statistics.quantile import inverted_cdf_rank, split_bits
 
 LEVELS = [0, 0.01, 0.1, 0.25, 1 / 3, 0.5, 0.9, 0.975, 1]
-
-
-def split(frame: pd.DataFrame, parties: int) -> list[pd.DataFrame]:
-    """Uneven contiguous shares: party i holds a share proportional to i + 1."""
-    weights = np.arange(1, parties + 1)
-    cuts = [0, *(np.cumsum(weights) / weights.sum() * len(frame)).astype(int)]
-    return [frame.iloc[a:b].reset_index(drop=True) for a, b in itertools.pairwise(cuts)]
 
 
 def expected(values: pd.Series, levels: list[float]) -> dict[str, float]:

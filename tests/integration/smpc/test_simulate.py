@@ -6,13 +6,12 @@ across 3, 5 and 7 parties. Tolerance 1e-6 relative for estimates, exact for coun
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import pandas as pd
 import pytest
 
 from smpc import simulate
+from smpc.frames import uneven_shares as split
 from tessera.errors import ProtocolFailed, QueryInvalid
 
 REL = 1e-6
@@ -31,13 +30,6 @@ def randhie() -> pd.DataFrame:
         ),
         idp=data.idp.astype(bool),
     )
-
-
-def split(frame: pd.DataFrame, parties: int) -> list[pd.DataFrame]:
-    """Uneven contiguous shares: party i holds a share proportional to i + 1."""
-    weights = np.arange(1, parties + 1)
-    cuts = [0, *(np.cumsum(weights) / weights.sum() * len(frame)).astype(int)]
-    return [frame.iloc[a:b].reset_index(drop=True) for a, b in itertools.pairwise(cuts)]
 
 
 @pytest.mark.parametrize("parties", [3, 5])
