@@ -8,20 +8,16 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import UTC, datetime
 from typing import Any, Literal
+
+from tessera.logs import install_handler, record_head
 
 QUIET = ("httpx", "httpcore", "alembic.runtime.migration", "uvicorn.access")
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "at": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
+        entry: dict[str, Any] = {**record_head(record), "message": record.getMessage()}
         event = getattr(record, "event", None)
         if event:
             entry["event"] = event
@@ -33,18 +29,7 @@ class JsonFormatter(logging.Formatter):
 
 def configure_logging(fmt: Literal["text", "json"] = "text", level: int = logging.INFO) -> None:
     """Log to standard error, one line per event (uvicorn's own loggers included)."""
-    handler = logging.StreamHandler()
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%d %H:%M:%S")
-        )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    for name in QUIET:
-        logging.getLogger(name).setLevel(logging.WARNING)
+    install_handler(fmt, JsonFormatter(), level, QUIET)
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import UTC, datetime
 from typing import Any, Literal
+
+from tessera.logs import install_handler, record_head
 
 NOISY = ("httpx", "httpcore")
 
@@ -18,9 +19,7 @@ NOISY = ("httpx", "httpcore")
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "at": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
+            **record_head(record),
             "event": getattr(record, "event", None),
             "message": record.getMessage(),
         }
@@ -32,15 +31,4 @@ class JsonFormatter(logging.Formatter):
 
 def configure_logging(fmt: Literal["text", "json"] = "text", level: int = logging.INFO) -> None:
     """Log to standard error, one line per event."""
-    handler = logging.StreamHandler()
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%d %H:%M:%S")
-        )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    for name in NOISY:
-        logging.getLogger(name).setLevel(logging.WARNING)
+    install_handler(fmt, JsonFormatter(), level, NOISY)
