@@ -11,6 +11,7 @@ and open only their outputs (`smpc.exact`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -56,11 +57,11 @@ class GramStatistic(SecureStatistic):
         """The query's columns that become terms, in order (outcome last for regressions)."""
         raise NotImplementedError
 
-    @property
+    @cached_property
     def terms(self) -> list[Term]:
         return terms(self.schema, self.design_columns(), self.name)
 
-    @property
+    @cached_property
     def names(self) -> list[str]:
         return (["const"] if self.constant else []) + [t.name for t in self.terms]
 

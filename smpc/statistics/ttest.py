@@ -122,12 +122,13 @@ class TTest(SecureStatistic):
             spread * spread * (n_a - 1) * (n_b - 1),
             a_a * a_a * d_b * d_b * (n_b - 1) + a_b * a_b * d_a * d_a * (n_a - 1),
         )
-        totals = await mpc.output(n_a + n_b)
+        totals = np.asarray(await mpc.output(n_a + n_b)).ravel()
+        sign_values = np.asarray(signs).ravel()
         for i, g in enumerate(shown):
             outcome.groups[g] = {
-                "n": int(np.asarray(totals).ravel()[i]),
+                "n": int(totals[i]),
                 "t2": t2[i],
-                "sign": int(np.asarray(signs).ravel()[i]),
+                "sign": int(sign_values[i]),
                 "df": df[i],
             }
         return outcome
