@@ -1,4 +1,35 @@
-"""Synthetic data: generators trained locally at a node, evaluation, release reports.
+"""Synthetic data: generators trained locally at a node, their evaluation, release reports.
 
-Not built yet: see the open issue on synthetic data. A library (no web or database imports).
+A library: no web, database or HTTP imports. Torch, SDV and mbi are imported only by the
+generators that need them, when they train.
+
+    from synth import train, evaluate, load
+    model = train(frame, generator="gaussian_copula")
+    synthetic = model.sample(1000, seed=7)
+    report = evaluate(real=train_frame, synthetic=synthetic, holdout=holdout_frame, target="y")
 """
+
+from synth.base import (
+    GENERATORS,
+    Synthesizer,
+    TrainingProgress,
+    generator_class,
+    load,
+    resolve_device,
+    train,
+)
+from synth.evaluation import evaluate
+from synth.metadata import Column, TableMetadata
+
+__all__ = [
+    "GENERATORS",
+    "Column",
+    "Synthesizer",
+    "TableMetadata",
+    "TrainingProgress",
+    "evaluate",
+    "generator_class",
+    "load",
+    "resolve_device",
+    "train",
+]

@@ -113,6 +113,17 @@ class DPTotal(Strict):
         return self
 
 
+class SynthesisPolicySummary(Strict):
+    """What a node publishes of its synthesis policy, so the coordinator can refuse early (the
+    node still decides)."""
+
+    generators: list[str]  # the generators it allows
+    dp_required: bool = False
+    max_epsilon: float | None = None  # a DP generator's epsilon may not exceed this
+    max_rows: int | None = None
+    approvals_required: int = Field(1, ge=1)
+
+
 class NodePolicySummary(Strict):
     """What a node publishes of its policy so the coordinator can plan (the node still decides)."""
 
@@ -122,6 +133,7 @@ class NodePolicySummary(Strict):
     dp_dataset_budgets: dict[str, DPBudget] = {}  # a dataset's own budget, instead of dp_budget
     dp_total: DPTotal | None = None  # per dataset, over all studies; None: no such cap
     dp_dataset_totals: dict[str, DPTotal] = {}  # a dataset's own total, instead of dp_total
+    synthesis: SynthesisPolicySummary | None = None  # None: this node trains no generator
 
     def dp_limit(self, dataset: str) -> DPBudget | None:
         """The budget of each study on `dataset`; None if this node accepts no DP query on it."""
@@ -238,3 +250,141 @@ class NodeBudgetReport(Strict):
 
     entries: list[BudgetSpent] = Field(default_factory=list, max_length=100_000)
     dataset_totals: list[DatasetSpent] = Field(default_factory=list, max_length=10_000)
+
+
+# ---- synthetic data -----------------------------------------------------------------------
+
+# The generators `synth` provides (its registry must list exactly these; a unit test checks).
+# The coordinator validates names against this list without importing torch or SDV.
+GENERATORS: tuple[str, ...] = ("gaussian_copula", "ctgan", "tvae", "mst")
+DP_GENERATORS: tuple[str, ...] = ("mst",)
+
+SynthesisJobStatus = Literal[
+    "pending",  # created, not yet offered to its node
+    "offered",  # the node took it from its long-poll
+    "training",  # the node accepted it: holding out, training, sampling, evaluating
+    "awaiting_review",  # the candidate passed every release gate: the stewards decide
+    "gated",  # the candidate failed a release gate: never offered, nothing uploaded
+    "released",  # approved by enough stewards: data and report uploaded, a release published
+    "rejected",  # a steward rejected it: nothing uploaded
+    "refused",  # the node's policy refused the request
+    "failed",  # an error or a missed deadline
+]
+SynthesisRequestStatus = Literal["running", "done"]
+
+
+class SynthesisSpec(Strict):
+    """What a researcher asks each node to synthesise (`POST /studies/{id}/synthesis`)."""
+
+    dataset: Name
+    generator: str
+    rows: int = Field(ge=1, le=1_000_000)
+    params: dict[str, Any] = Field(default_factory=dict)  # the generator's own (epochs, ...)
+    epsilon: float | None = Field(None, gt=0, le=100, allow_inf_nan=False)  # DP generators
+    delta: float | None = Field(None, gt=0, lt=1e-3)  # DP generators; None: the node's default
+    holdout: float = Field(0.2, ge=0.05, le=0.5)  # share of rows held out for evaluation
+    target: Name | None = None  # the column the utility metric predicts
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+
+    @model_validator(mode="after")
+    def _generator(self) -> SynthesisSpec:
+        if self.generator not in GENERATORS:
+            raise ValueError(
+                f"unknown generator {self.generator!r}; known: {', '.join(GENERATORS)}"
+            )
+        if self.generator in DP_GENERATORS and self.epsilon is None:
+            raise ValueError(
+                f"generator {self.generator!r} is differentially private: give epsilon"
+            )
+        if self.generator not in DP_GENERATORS and (self.epsilon is not None or self.delta):
+            raise ValueError(
+                f"generator {self.generator!r} is not differentially private: "
+                "epsilon and delta apply to " + ", ".join(DP_GENERATORS)
+            )
+        return self
+
+    @property
+    def differentially_private(self) -> bool:
+        return self.generator in DP_GENERATORS
+
+
+class SynthesisJobOut(BaseModel):
+    """One node's part of a synthesis request, as the node receives it."""
+
+    id: int
+    request_id: int
+    study_id: int
+    requested_by: str
+    spec: SynthesisSpec
+    deadline: datetime  # training, sampling and evaluation must be done by then
+
+
+class SynthesisProgress(Strict):
+    """Training progress (`POST /synthesis-jobs/{id}/progress`): a stage, and for generators
+    trained in epochs, the epoch and its loss. Never a value of the data."""
+
+    stage: str = Field(min_length=1, max_length=64)
+    message: str = Field("", max_length=2000)
+    epoch: int | None = Field(None, ge=0)
+    epochs: int | None = Field(None, ge=0)
+    loss: float | None = Field(None, allow_inf_nan=False)
+
+
+class GateOutcome(Strict):
+    """One release gate applied to a candidate: the metric, its value, the threshold."""
+
+    name: str = Field(min_length=1, max_length=64)
+    passed: bool
+    value: float | None = Field(None, allow_inf_nan=False)
+    threshold: float | None = Field(None, allow_inf_nan=False)
+    message: str = Field("", max_length=2000)
+
+
+class SynthesisCandidate(Strict):
+    """The node's candidate is ready (`POST /synthesis-jobs/{id}/candidate`): the gates it was
+    held to. All passed: it awaits its stewards. One failed: it is gated and never offered."""
+
+    gates: list[GateOutcome]
+    approvals_required: int = Field(1, ge=1)
+
+    @property
+    def passed(self) -> bool:
+        return all(g.passed for g in self.gates)
+
+
+class StewardDecision(Strict):
+    """One data steward's decision on a candidate, as recorded at the node."""
+
+    steward: str = Field(min_length=1, max_length=64)
+    decision: Literal["approve", "reject"]
+    at: datetime
+    reason: str = Field("", max_length=2000)
+
+
+class SynthesisRejection(Strict):
+    """A steward rejected the candidate (`POST /synthesis-jobs/{id}/reject`): nothing is
+    uploaded, the coordinator keeps only this record."""
+
+    decisions: list[StewardDecision] = Field(min_length=1)
+
+
+class ReleaseCard(Strict):
+    """What the node uploads with an approved synthetic dataset (the multipart field `card` of
+    `POST /synthesis-jobs/{id}/release`, beside the files `data` (Parquet) and `report`
+    (HTML)). `sha256` is the hash of the Parquet bytes, checked on upload."""
+
+    generator: str
+    generator_license: str
+    params: dict[str, Any]
+    rows: int = Field(ge=1)
+    columns: list[str] = Field(min_length=1)
+    epsilon: float | None = None  # the epsilon this release spent (None: not DP)
+    delta: float | None = None
+    metrics: dict[str, Any]  # `synth.evaluate`'s report
+    gates: list[GateOutcome]
+    approvals: list[StewardDecision] = Field(min_length=1)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    device: str = Field(max_length=32)
+    fit_seconds: float = Field(ge=0)
+    training_rows: int = Field(ge=1)
+    holdout_rows: int = Field(ge=1)
