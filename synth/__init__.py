@@ -9,6 +9,8 @@ generators that need them, when they train.
     report = evaluate(real=train_frame, synthetic=synthetic, holdout=holdout_frame, target="y")
 """
 
+from typing import TYPE_CHECKING, Any
+
 from synth.base import (
     GENERATORS,
     Synthesizer,
@@ -18,8 +20,20 @@ from synth.base import (
     resolve_device,
     train,
 )
-from synth.evaluation import evaluate
 from synth.metadata import Column, TableMetadata
+
+if TYPE_CHECKING:
+    from synth.evaluation import evaluate
+
+
+def __getattr__(name: str) -> Any:
+    """`evaluate` imports scikit-learn and SDMetrics: only when first used."""
+    if name == "evaluate":
+        from synth.evaluation import evaluate
+
+        return evaluate
+    raise AttributeError(f"module 'synth' has no attribute {name!r}")
+
 
 __all__ = [
     "GENERATORS",

@@ -19,6 +19,7 @@ Torch and SDV are imported inside the generators that need them, never here.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -33,8 +34,8 @@ from typing import Any, ClassVar
 
 import pandas as pd
 
-from tessera.errors import InvalidRequest
 from synth.metadata import TableMetadata
+from tessera.errors import InvalidRequest
 
 FORMAT = "tessera-synth/1"
 log = logging.getLogger("tessera.synth")
@@ -295,8 +296,6 @@ def _versions() -> dict[str, str]:
 
     out = {}
     for package in ("tessera", "sdv", "torch", "mbi", "pandas", "numpy"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             out[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            pass
     return out

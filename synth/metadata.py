@@ -27,7 +27,8 @@ MAX_LEVELS = 1000  # a text column with more distinct values is an identifier, n
 @dataclass(frozen=True)
 class Column:
     """One column: its kind, its levels (categorical) or bounds (numeric), whether it may be
-    missing (and how often it was in training: `missing_rate`)."""
+    missing (and how often it was in training: `missing_rate`), and whether its domain was
+    declared (`declared`) or read off the rows."""
 
     name: str
     kind: Kind
@@ -36,6 +37,9 @@ class Column:
     max: float | None = None
     nullable: bool = False
     missing_rate: float = 0.0
+    # True when min/max (and levels) come from a declared schema, not from the rows: only
+    # then is the domain public, as a differentially private generator needs it to be.
+    declared: bool = False
 
     @property
     def is_numeric(self) -> bool:
@@ -80,7 +84,10 @@ class TableMetadata:
         columns = []
         for spec in schema.columns:
             levels = tuple(spec.levels) if spec.levels is not None else None
-            column = Column(spec.name, spec.type, levels, spec.min, spec.max)
+            bounded = spec.type not in ("float", "integer") or (
+                spec.min is not None and spec.max is not None
+            )
+            column = Column(spec.name, spec.type, levels, spec.min, spec.max, declared=bounded)
             if frame is not None and spec.name in frame.columns:
                 series = frame[spec.name]
                 missing = float(series.isna().mean()) if len(series) else 0.0
