@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from tessera.cli import admin, audit, coordinator, demo, node, query, simulate
+from tessera.cli import synth as synth_cli
 
 app = typer.Typer(
     name="tessera",
@@ -24,6 +25,7 @@ app.add_typer(node.app, name="node")
 app.add_typer(admin.app, name="admin")
 app.add_typer(audit.app, name="audit")
 app.add_typer(query.app, name="query")
+app.add_typer(synth_cli.app, name="synth")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,248 @@
+"""`tessera synth fit data.csv --generator NAME --rows N --out synthetic.csv --report report.html`:
+train a generator on one table on this machine, sample, evaluate against held-out rows, and
+write the synthetic table and its report. Nothing leaves the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from tessera.cli.errors import reports_errors
+from tessera.cli.simulate import read_frame, read_json
+from tessera.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from synth import TrainingProgress
+
+app = typer.Typer(
+    help="Synthetic data on this machine: train a generator, sample, evaluate, report.",
+    no_args_is_help=True,
+)
+
+
+class ProgressLine:
+    """Training progress on stderr: one line rewritten in place on a terminal, else a line
+    every tenth of the epochs (and the last)."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        self.open_line = False
+
+    def __call__(self, event: TrainingProgress) -> None:
+        if self.quiet:
+            return
+        if event.epoch is not None and event.epochs:
+            text = f"{event.stage}: epoch {event.epoch}/{event.epochs}"
+            if event.loss is not None:
+                text += f", loss {event.loss:.4f}"
+            if self.tty:
+                print(f"\r{text}\x1b[K", end="", file=sys.stderr, flush=True)
+                self.open_line = True
+                return
+            step = max(1, event.epochs // 10)
+            if event.epoch % step and event.epoch != event.epochs:
+                return
+        else:
+            text = f"{event.stage}" + (f": {event.message}" if event.message else "")
+        self.line(text)
+
+    def line(self, text: str) -> None:
+        if self.quiet:
+            return
+        if self.open_line:
+            print(file=sys.stderr)
+            self.open_line = False
+        print(text, file=sys.stderr, flush=True)
+
+
+def _params(pairs: list[str]) -> dict[str, Any]:
+    """`key=value` pairs; a value is read as JSON when it parses (numbers, lists, true),
+    else kept as text."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise InvalidRequest(f"--param takes key=value, not {pair!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def _write_table(frame: pd.DataFrame, path: Path) -> None:
+    """CSV, or Parquet by extension; written to a temporary name, then renamed."""
+    partial = path.with_name(path.name + ".partial")
+    if path.suffix.lower() in (".parquet", ".pq"):
+        frame.to_parquet(partial, index=False)
+    else:
+        frame.to_csv(partial, index=False)
+    partial.replace(path)
+
+
+def _summary(report: dict[str, Any], model: Any) -> list[tuple[str, str]]:
+    fidelity, privacy = report.get("fidelity", {}), report.get("privacy", {})
+    utility = report.get("utility", {})
+    rows = [
+        ("generator", f"{model.name} ({model.license})"),
+        ("device", model.device),
+        ("fit seconds", f"{model.fit_seconds:.1f}"),
+    ]
+    if model.epsilon is not None:
+        rows.append(("epsilon spent", f"{model.epsilon:g} (delta {model.delta:g})"))
+    rows += [
+        ("fidelity", f"{fidelity.get('score', float('nan')):.3f}"),
+        ("  column shapes", f"{fidelity.get('column_shapes', float('nan')):.3f}"),
+        ("  pair trends", f"{fidelity.get('column_pair_trends', float('nan')):.3f}"),
+    ]
+    if utility.get("target"):
+        rows.append(
+            (
+                f"utility ({utility.get('metric')}, {utility['target']})",
+                f"TSTR {utility.get('tstr', float('nan')):.3f} vs "
+                f"TRTR {utility.get('trtr', float('nan')):.3f}",
+            )
+        )
+    rows += [
+        (
+            "exact copies",
+            f"{privacy.get('exact_match_rate', float('nan')):.3%} "
+            f"(holdout {privacy.get('exact_match_rate_holdout', float('nan')):.3%})",
+        ),
+        (
+            "DCR median",
+            f"{privacy.get('dcr_synthetic_median', float('nan')):.4f} "
+            f"(holdout {privacy.get('dcr_holdout_median', float('nan')):.4f})",
+        ),
+        ("MIA advantage", f"{privacy.get('mia_advantage', float('nan')):.3f}"),
+    ]
+    return rows
+
+
+@app.command("fit")
+@reports_errors
+def fit(
+    data: Path = typer.Argument(..., help="The real table: CSV, or Parquet by extension."),
+    generator: str = typer.Option(
+        "gaussian_copula", "--generator", "-g", help="gaussian_copula, ctgan, tvae or mst."
+    ),
+    rows: int | None = typer.Option(
+        None, "--rows", "-n", min=1, help="Synthetic rows to sample (default: as many as real)."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="The synthetic table (.csv or .parquet)."),
+    report_path: Path | None = typer.Option(
+        None, "--report", help="Write the HTML report here (and its JSON beside it)."
+    ),
+    holdout: float = typer.Option(
+        0.2, min=0.05, max=0.5, help="Share of real rows held out of training, for evaluation."
+    ),
+    target: str | None = typer.Option(
+        None, help="Column the utility metric predicts (TSTR vs TRTR)."
+    ),
+    epsilon: float | None = typer.Option(
+        None, help="Differential privacy budget of a DP generator (mst)."
+    ),
+    delta: float | None = typer.Option(None, help="Delta of a DP generator (default 1e-6)."),
+    schema_file: Path | None = typer.Option(
+        None,
+        "--schema",
+        help="Declared schema (JSON, as a node registers it): types, levels, bounds. A DP "
+        "generator needs declared bounds for its guarantee.",
+    ),
+    param: list[str] = typer.Option(
+        [], "--param", "-p", help="A generator parameter, key=value (repeatable)."
+    ),
+    device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda."),
+    seed: int | None = typer.Option(None, help="Seed of the holdout split and the sampling."),
+    save_model: Path | None = typer.Option(None, help="Also save the trained generator here."),
+    as_json: bool = typer.Option(False, "--json", help="Print the evaluation as JSON."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
+) -> None:
+    """Train a generator on DATA, sample synthetic rows, and evaluate them against held-out
+    real rows: fidelity, utility (with --target) and privacy. Exit code 2 on bad input."""
+    from synth.report import write_report
+
+    import synth
+    from synth.holdout import split_holdout
+    from tessera.schemas import DatasetSchema
+
+    progress = ProgressLine(quiet or as_json)
+    frame = read_frame(data)
+    params = _params(param)
+    if epsilon is not None:
+        params["epsilon"] = epsilon
+    if delta is not None:
+        params["delta"] = delta
+    metadata = None
+    if schema_file is not None:
+        try:
+            schema = DatasetSchema.model_validate(read_json(schema_file, "schema"))
+        except ValueError as exc:
+            raise InvalidRequest(f"invalid schema in {schema_file}: {exc}") from None
+        metadata = synth.TableMetadata.from_schema(schema, frame)
+        frame = frame[metadata.names]
+    if target is not None and target not in frame.columns:
+        raise InvalidRequest(f"--target {target!r} is not a column of {data}")
+    train_rows, holdout_rows = split_holdout(frame, holdout, seed=seed, target=target)
+    progress.line(
+        f"{data.name}: {len(frame)} rows, {frame.shape[1]} columns; training on "
+        f"{len(train_rows)}, holding out {len(holdout_rows)}"
+    )
+    model = synth.train(
+        train_rows, generator, metadata=metadata, device=device, progress=progress, **params
+    )
+    n = rows or len(frame)
+    started = time.perf_counter()
+    synthetic = model.sample(n, seed=seed)
+    progress.line(f"sampled {n} rows in {time.perf_counter() - started:.1f} s; evaluating")
+    started = time.perf_counter()
+    report = synth.evaluate(
+        real=train_rows,
+        synthetic=synthetic,
+        holdout=holdout_rows,
+        target=target,
+        metadata=model.metadata,
+    )
+    progress.line(f"evaluated in {time.perf_counter() - started:.1f} s")
+    _write_table(synthetic, out)
+    if save_model is not None:
+        model.save(save_model)
+    card = {
+        "generator": model.name,
+        "license": model.license,
+        "params": model.params,
+        "epsilon": model.epsilon,
+        "delta": model.delta,
+        "device": model.device,
+        "fit_seconds": model.fit_seconds,
+        "training_rows": len(train_rows),
+        "holdout_rows": len(holdout_rows),
+        "rows": n,
+        "source": data.name,
+    }
+    if report_path is not None:
+        write_report(
+            report_path,
+            report,
+            train_rows,
+            synthetic,
+            metadata=model.metadata,
+            title=f"Synthetic {data.stem} ({model.name})",
+            card=card,
+        )
+    if as_json:
+        typer.echo(json.dumps({"card": card, "evaluation": report}, indent=2, default=str))
+        return
+    width = max(len(k) for k, _ in _summary(report, model))
+    for key, value in _summary(report, model):
+        typer.echo(f"{key:<{width}}  {value}")
+    typer.echo(f"wrote {out}" + (f" and {report_path}" if report_path else ""))
