@@ -12,6 +12,7 @@ from sqlalchemy import (
     Dialect,
     ForeignKey,
     Integer,
+    LargeBinary,
     String,
     Text,
     TypeDecorator,
@@ -19,11 +20,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from tessera.schemas import QueryStatus, TaskStatus
+from tessera.schemas import QueryStatus, SynthesisJobStatus, TaskStatus
 
 ROLES = ("admin", "researcher", "steward")
 QUERY_STATUSES: tuple[str, ...] = get_args(QueryStatus)
 TASK_STATUSES: tuple[str, ...] = get_args(TaskStatus)
+SYNTHESIS_JOB_STATUSES: tuple[str, ...] = get_args(SynthesisJobStatus)
+RELEASE_FILE_KINDS = ("data", "report")
 
 
 def one_of(column: str, values: tuple[str, ...]) -> str:
@@ -224,6 +227,93 @@ class NodeDatasetBudget(Base):
     epsilon_spent: Mapped[float] = mapped_column()
     delta_spent: Mapped[float] = mapped_column()
     charges: Mapped[int] = mapped_column(Integer)
+
+
+class SynthesisRequest(Base):
+    """A researcher's request that nodes of a study each train a generator on their own copy
+    of a dataset and, if their stewards approve, release synthetic data."""
+
+    __tablename__ = "synthesis_requests"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    requested_by: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    dataset: Mapped[str] = mapped_column(String(64))
+    generator: Mapped[str] = mapped_column(String(32))
+    spec: Mapped[dict[str, Any]] = mapped_column()  # the validated `SynthesisSpec`
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    jobs: Mapped[list[SynthesisJob]] = relationship(
+        back_populates="request", order_by="SynthesisJob.id"
+    )
+    user: Mapped[User] = relationship()
+
+
+class SynthesisJob(Base):
+    """One node's part of a synthesis request: its training progress, the release gates its
+    candidate was held to, and how it ended. Never a value of the data."""
+
+    __tablename__ = "synthesis_jobs"
+    __table_args__ = (
+        CheckConstraint(one_of("status", SYNTHESIS_JOB_STATUSES), name="ck_synthesis_jobs_status"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("synthesis_requests.id"), index=True)
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id"), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    progress_stage: Mapped[str | None] = mapped_column(String(64))
+    progress_message: Mapped[str | None] = mapped_column(Text)
+    epoch: Mapped[int | None] = mapped_column(Integer)
+    epochs: Mapped[int | None] = mapped_column(Integer)
+    loss: Mapped[float | None] = mapped_column()
+    gates: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON(none_as_null=True))
+    approvals_required: Mapped[int | None] = mapped_column(Integer)
+    decisions: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON(none_as_null=True))
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    deadline: Mapped[datetime] = mapped_column()  # to reach awaiting_review (or an end) by
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    request: Mapped[SynthesisRequest] = relationship(back_populates="jobs")
+    node: Mapped[Node] = relationship()
+
+
+class Release(Base):
+    """A published synthetic dataset: the card the node uploaded (generator, metrics, gates,
+    approvals, epsilon) and the hashes of what is served. The files are in `release_files`."""
+
+    __tablename__ = "releases"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("synthesis_jobs.id"), unique=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("synthesis_requests.id"), index=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id"))
+    dataset: Mapped[str] = mapped_column(String(64))
+    card: Mapped[dict[str, Any]] = mapped_column()  # the `ReleaseCard`
+    sha256: Mapped[str] = mapped_column(String(64))  # of the Parquet bytes
+    csv_sha256: Mapped[str] = mapped_column(String(64))  # of the CSV served from them
+    parquet_bytes: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    node: Mapped[Node] = relationship()
+
+
+class ReleaseFile(Base):
+    """A release's data (Parquet, as uploaded) or its report (HTML)."""
+
+    __tablename__ = "release_files"
+    __table_args__ = (
+        CheckConstraint(one_of("kind", RELEASE_FILE_KINDS), name="ck_release_files_kind"),
+    )
+
+    release_id: Mapped[int] = mapped_column(
+        ForeignKey("releases.id", ondelete="CASCADE"), primary_key=True
+    )
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    content: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class AuditEvent(Base):

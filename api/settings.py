@@ -42,6 +42,10 @@ class CoordinatorSettings(BaseSettings):
     query_timeout_s: float = Field(120.0, gt=0)
     long_poll_max_s: float = Field(30.0, ge=0)
     sweep_interval_s: float = Field(0.5, gt=0)
+    # a synthesis job must reach its stewards' review (or end) this long after its request
+    synthesis_timeout_s: float = Field(3600.0, gt=0)
+    # the largest synthetic dataset (Parquet) and report a node may upload, each
+    release_max_bytes: int = Field(512 * 2**20, gt=0, le=2**30)
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     log_format: Literal["text", "json"] = "text"
