@@ -4,7 +4,7 @@ A library: no web, database or HTTP imports. Torch, SDV and mbi are imported onl
 generators that need them, when they train.
 
     from synth import train, evaluate, load
-    model = train(frame, generator="gaussian_copula")
+    model = train(frame)  # generator="cart", the default
     synthetic = model.sample(1000, seed=7)
     report = evaluate(real=train_frame, synthetic=synthetic, holdout=holdout_frame, target="y")
 """

@@ -128,8 +128,8 @@ class Synthesizer(ABC):
             self.metadata = metadata
         if self.metadata is None:
             self.metadata = TableMetadata.from_frame(frame)
-        self.metadata = self.metadata.with_missing_rates(frame[self.metadata.names])
         checked = self.metadata.check(frame)
+        self.metadata = self.metadata.with_missing_rates(checked)
         self.report(TrainingProgress("preparing", f"{len(checked)} rows, {checked.shape[1]} cols"))
         started = time.perf_counter()
         self._fit(checked)
@@ -232,7 +232,7 @@ def generator_class(name: str) -> type[Synthesizer]:
 
 def train(
     frame: pd.DataFrame,
-    generator: str = "gaussian_copula",
+    generator: str = "cart",
     *,
     metadata: TableMetadata | None = None,
     device: str = "auto",

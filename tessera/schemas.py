@@ -256,7 +256,7 @@ class NodeBudgetReport(Strict):
 
 # The generators `synth` provides (its registry must list exactly these; a unit test checks).
 # The coordinator validates names against this list without importing torch or SDV.
-GENERATORS: tuple[str, ...] = ("gaussian_copula", "ctgan", "tvae", "mst")
+GENERATORS: tuple[str, ...] = ("cart", "gaussian_copula", "ctgan", "tvae", "mst")
 DP_GENERATORS: tuple[str, ...] = ("mst",)
 
 SynthesisJobStatus = Literal[

@@ -3,4 +3,4 @@
 No generator module imports torch, SDV or mbi at import time; each does inside `_fit`.
 """
 
-from synth.generators import mst, sdv_models  # noqa: F401
+from synth.generators import cart, mst, sdv_models  # noqa: F401

@@ -1,0 +1,587 @@
+"""`mst`: a differentially private generator, MST (McKenna, Miklau and Sheldon, 2021) on the
+marginal machinery of `mbi` 2.x (private-pgm; Apache-2.0).
+
+What it does with (ε, δ), on the add/remove-one-record relation, in zCDP (`synth.accounting`):
+
+1. **Public domain.** Every column needs a declared domain: categorical levels, numeric
+   bounds (`declared` in the metadata; a schema registered at the node gives it). Nothing about
+   the domain is read off the rows. Each numeric column is cut into a public fine grid
+   (`fine_bins` equal-width cells over its bounds; one cell per integer when there are no more
+   than that), and every column has one more cell for a missing value.
+2. **One-way marginals** (`shares[0]` of ρ, split equally over the columns): each column's
+   fine histogram plus Gaussian noise (L2 sensitivity 1).
+3. **Compression** (post-processing of step 2): consecutive fine cells of a numeric column are
+   merged into at most `bins` coarse cells of about equal noisy mass, each at least three noise
+   scales; categorical levels with a noisy count under three noise scales are merged into one
+   rare group (as in MST); a missing cell whose noisy count is under three noise scales is
+   dropped (the column is then never missing in the synthetic rows).
+4. **Selection** (`shares[1]` of ρ): a maximum spanning tree over the columns, built edge by
+   edge with the exponential mechanism, each edge's utility the L1 distance between the pair's
+   coarse two-way counts and what the independent one-way model predicts (sensitivity 1).
+5. **Two-way marginals** (`shares[2]` of ρ, split equally over the tree's edges): each
+   selected pair's coarse histogram plus Gaussian noise.
+6. **Estimation** (post-processing): `mbi`'s mirror descent fits a graphical model to every
+   noisy measurement; sampling draws coarse cells from it, a fine cell within each coarse cell
+   from the noisy fine counts, and a value uniformly within the fine cell.
+
+The ε reported is converted from the ρ actually spent (every spend is kept in `accounting`),
+and equals the ε asked for. The model's state holds only noisy, post-processed quantities (the
+graphical model, the compression maps, the noisy fine counts): no row and no exact count.
+
+Not covered by ε: the holdout split and the evaluation report compare synthetic rows with real
+ones (docs/synthetic.md says so); the dtypes of the output follow the declared schema and the
+noisy missing-value estimate, never the rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from synth.accounting import ZCDPAccountant, epsilon_for, rho_for
+from synth.base import Synthesizer, TrainingProgress, register
+from synth.metadata import Column, TableMetadata
+from tessera.errors import InvalidRequest
+
+DEFAULT_DELTA = 1e-6
+DEFAULT_SHARES = (0.5, 0.1, 0.4)  # one-way marginals, selection, two-way marginals
+THRESHOLD_SIGMAS = 3.0  # a cell counts as present when its noisy count reaches this many σ
+
+
+@dataclass
+class Encoding:
+    """How one column maps to fine cells, and fine cells to the model's coarse cells.
+
+    A numeric column's fine cells are, in order: a cell for exactly its lower bound (when
+    `points`), the cells between `edges`, a cell for exactly its upper bound (when `points`);
+    every column's last fine cell is for a missing value. Clinical columns often pile up at a
+    bound (no visits, no dose): a point cell keeps that mass where it is instead of smearing it
+    over the first cell.
+    """
+
+    column: Column
+    fine: int  # number of fine cells, the missing cell last
+    edges: np.ndarray | None = None  # numeric: the interior grid
+    points: bool = False  # numeric: exact-bound cells at both ends
+    coarse_of_fine: np.ndarray | None = None  # fine cell -> coarse cell (-1: dropped)
+    fine_weights: np.ndarray | None = None  # noisy fine counts, projected (`norm_sub`)
+
+    @property
+    def coarse(self) -> int:
+        assert self.coarse_of_fine is not None
+        return int(self.coarse_of_fine.max()) + 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "column": self.column.name,
+            "fine": self.fine,
+            "edges": None if self.edges is None else self.edges.tolist(),
+            "points": self.points,
+            "coarse_of_fine": None if self.coarse_of_fine is None else self.coarse_of_fine.tolist(),
+            "fine_weights": None if self.fine_weights is None else self.fine_weights.tolist(),
+        }
+
+
+def fine_grid(column: Column, fine_bins: int) -> Encoding:
+    """A column's public fine grid (from its declared domain only)."""
+    if column.kind == "categorical":
+        assert column.levels is not None
+        return Encoding(column, len(column.levels) + 1)
+    if column.kind == "boolean":
+        return Encoding(column, 3)
+    assert column.min is not None and column.max is not None
+    lo, hi = float(column.min), float(column.max)
+    if column.kind == "integer" and hi - lo + 1 <= fine_bins:
+        edges = np.arange(math.ceil(lo) - 0.5, math.floor(hi) + 1.0, 1.0)
+        return Encoding(column, len(edges), edges)
+    if hi <= lo:
+        edges = np.array([lo - 0.5, lo + 0.5])
+        return Encoding(column, len(edges), edges)
+    edges = np.linspace(lo, hi, fine_bins + 1)
+    return Encoding(column, len(edges) + 2, edges, points=True)
+
+
+def fine_codes(encoding: Encoding, values: pd.Series) -> np.ndarray:
+    """Each value's fine cell (the last cell for a missing value)."""
+    c = encoding.column
+    missing = encoding.fine - 1
+    if c.kind == "categorical":
+        assert c.levels is not None
+        codes = pd.Categorical(values.astype(object), categories=list(c.levels)).codes
+        return np.where(codes < 0, missing, codes).astype(np.int64)
+    if c.kind == "boolean":
+        mapped = values.map(lambda v: -1 if v is None or pd.isna(v) else int(bool(v)))
+        codes = mapped.to_numpy(dtype=np.int64)
+        return np.where(codes < 0, missing, codes)
+    assert encoding.edges is not None
+    x = values.astype(float).to_numpy()
+    interior = len(encoding.edges) - 1
+    cells = np.clip(np.searchsorted(encoding.edges, x, side="right") - 1, 0, interior - 1)
+    if encoding.points:
+        cells = cells + 1
+        cells = np.where(x == encoding.edges[0], 0, cells)
+        cells = np.where(x == encoding.edges[-1], interior + 1, cells)
+    return np.where(np.isnan(x), missing, cells).astype(np.int64)
+
+
+def norm_sub(noisy: np.ndarray) -> np.ndarray:
+    """The noisy counts projected onto non-negative vectors with the same total: subtract the
+    one constant that keeps the sum once negatives are cut to zero (post-processing; clipping
+    alone would add about 0.4 noise scales of mass to every empty cell)."""
+    total = float(noisy.sum())
+    if total <= 0:
+        return np.zeros_like(noisy, dtype=float)
+    ordered = np.sort(noisy)[::-1]
+    cumulative = np.cumsum(ordered)
+    k = np.arange(1, len(ordered) + 1)
+    shifts = (cumulative - total) / k
+    valid = ordered - shifts > 0
+    shift = shifts[np.where(valid)[0][-1]]
+    return np.clip(noisy - shift, 0, None)
+
+
+def compress(encoding: Encoding, noisy: np.ndarray, sigma: float, bins: int) -> np.ndarray:
+    """The fine -> coarse map (post-processing of the noisy one-way counts; see the module
+    doc). A dropped cell maps to -1."""
+    c = encoding.column
+    threshold = THRESHOLD_SIGMAS * sigma
+    value_cells = encoding.fine - 1
+    mapping = np.full(encoding.fine, -1, dtype=np.int64)
+    mass = norm_sub(noisy)[:value_cells]
+    if c.is_numeric:
+        total = float(mass.sum())
+        groups = max(1, min(bins, int(total // max(threshold, 1e-9))))
+        target = total / groups if groups else total
+        group, acc = 0, 0.0
+        for i in range(value_cells):
+            mapping[i] = group
+            acc += mass[i]
+            if acc >= target and group < groups - 1 and i < value_cells - 1:
+                group, acc = group + 1, 0.0
+    else:
+        kept = [i for i in range(value_cells) if noisy[i] >= threshold]
+        rare = [i for i in range(value_cells) if noisy[i] < threshold]
+        for k, i in enumerate(kept):
+            mapping[i] = k
+        if rare:
+            mapping[rare] = len(kept)
+    if noisy[-1] >= threshold:
+        mapping[-1] = mapping.max() + 1
+    return mapping
+
+
+@register
+class MST(Synthesizer):
+    """Differentially private synthesis by MST on `mbi` (see the module doc)."""
+
+    name = "mst"
+    license = "Apache-2.0"
+    differentially_private = True
+    param_names = ("epsilon", "delta", "bins", "fine_bins", "shares", "iters")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if "epsilon" not in self.params:
+            raise InvalidRequest("generator 'mst' is differentially private: give epsilon")
+        self.target_epsilon = _positive(self.params["epsilon"], "epsilon")
+        self.target_delta = float(self.params.get("delta") or DEFAULT_DELTA)
+        if not 0 < self.target_delta < 1e-3:
+            raise InvalidRequest("delta must lie in (0, 0.001)")
+        self.bins = int(self.params.get("bins", 16))
+        self.fine_bins = int(self.params.get("fine_bins", 64))
+        if not 2 <= self.bins <= self.fine_bins <= 4096:
+            raise InvalidRequest("mst needs 2 <= bins <= fine_bins <= 4096")
+        shares = tuple(float(s) for s in self.params.get("shares", DEFAULT_SHARES))
+        if len(shares) != 3 or min(shares) <= 0 or not math.isclose(sum(shares), 1.0):
+            raise InvalidRequest("shares are three positive fractions of rho summing to 1")
+        self.shares = shares
+        self.iters = int(self.params.get("iters", 1000))
+        self.encodings: list[Encoding] = []
+        self.accounting: ZCDPAccountant | None = None
+        self.cliques: list[tuple[str, ...]] = []
+        self._model: Any = None
+
+    # ---- training -------------------------------------------------------------------------
+
+    def _fit(self, frame: pd.DataFrame) -> None:
+        assert self.metadata is not None
+        undeclared = [c.name for c in self.metadata.columns if not c.declared]
+        if undeclared:
+            raise InvalidRequest(
+                "mst needs a declared domain (bounds or levels) for every column, so that "
+                f"nothing of it is read off the rows; not declared: {', '.join(undeclared)} "
+                "(give the dataset schema, e.g. --schema)",
+                {"columns": undeclared},
+            )
+        rng = np.random.default_rng()  # DP noise: fresh OS entropy, never a fixed seed
+        rho = rho_for(self.target_epsilon, self.target_delta)
+        accounting = ZCDPAccountant(rho)
+        columns = list(self.metadata.columns)
+        d = len(columns)
+        pair_count = d - 1
+        one_way = rho if pair_count == 0 else rho * self.shares[0]
+
+        self.report(TrainingProgress("measuring", f"{d} one-way marginals"))
+        encodings, codes, measurements_1 = [], {}, []
+        for c in columns:
+            encoding = fine_grid(c, self.fine_bins)
+            fine = encoding.fine
+            cells = fine_codes(encoding, frame[c.name])
+            sigma = accounting.gaussian(f"one-way marginal {c.name}", one_way / d)
+            noisy = np.bincount(cells, minlength=fine) + rng.normal(0, sigma, fine)
+            encoding.coarse_of_fine = compress(encoding, noisy, sigma, self.bins)
+            encoding.fine_weights = norm_sub(noisy)
+            encodings.append(encoding)
+            codes[c.name] = cells
+            measurements_1.append((c.name, noisy, sigma))
+
+        coarse = {e.column.name: _coarse_codes(e, codes[e.column.name]) for e in encodings}
+        domain_sizes = {e.column.name: e.coarse for e in encodings}
+        one_way_coarse = {}
+        for e, (name, noisy, sigma) in zip(encodings, measurements_1, strict=True):
+            assert e.coarse_of_fine is not None
+            keep = e.coarse_of_fine >= 0
+            vector = np.bincount(e.coarse_of_fine[keep], weights=noisy[keep], minlength=e.coarse)
+            width = max(1.0, float(keep.sum()) / e.coarse)
+            one_way_coarse[name] = (vector, sigma * math.sqrt(width))
+
+        edges: list[tuple[str, str]] = []
+        two_way = []
+        if pair_count:
+            sigma_2 = math.sqrt(pair_count / (2 * rho * self.shares[2]))
+            n_hat = float(np.median([max(v.sum(), 1.0) for v, _ in one_way_coarse.values()]))
+            groups = {
+                name: pair_groups(vector, _pair_cells(n_hat, sigma_2, self.bins))
+                for name, (vector, _) in one_way_coarse.items()
+            }
+            self.report(TrainingProgress("selecting", f"a tree of {pair_count} pairs"))
+            edges = self._select(
+                coarse, groups, one_way_coarse, n_hat, rho * self.shares[1], accounting, rng
+            )
+            self.report(TrainingProgress("measuring", f"{len(edges)} two-way marginals"))
+            for a, b in edges:
+                sigma = accounting.gaussian(
+                    f"two-way marginal {a} x {b}", rho * self.shares[2] / len(edges)
+                )
+                counts = _joint(groups[a][coarse[a]], groups[b][coarse[b]], groups[a], groups[b])
+                noisy = counts + rng.normal(0, sigma, counts.shape)
+                two_way.append(((a, b), noisy, sigma, _aggregation(groups[a], groups[b])))
+
+        self.report(TrainingProgress("estimating", f"graphical model, {self.iters} iterations"))
+        self._model = _estimate(domain_sizes, one_way_coarse, two_way, self.iters)
+        self.encodings, self.accounting, self.cliques = encodings, accounting, list(edges)
+        self.epsilon = epsilon_for(accounting.spent, self.target_delta)
+        self.delta = self.target_delta
+        self.metadata = _dp_nullability(self.metadata, encodings)
+
+    def _select(
+        self,
+        coarse: dict[str, np.ndarray],
+        groups: dict[str, np.ndarray],
+        one_way: dict[str, tuple[np.ndarray, float]],
+        n_hat: float,
+        rho: float,
+        accounting: ZCDPAccountant,
+        rng: np.random.Generator,
+    ) -> list[tuple[str, str]]:
+        """The spanning tree, one edge per exponential-mechanism draw (see the module doc)."""
+        names = list(coarse)
+        probabilities = {}
+        for name, (vector, _) in one_way.items():
+            grouped = np.bincount(groups[name], weights=norm_sub(vector))
+            probabilities[name] = grouped / max(grouped.sum(), 1e-12)
+        scores = {}
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                counts = _joint(groups[a][coarse[a]], groups[b][coarse[b]], groups[a], groups[b])
+                predicted = n_hat * np.outer(probabilities[a], probabilities[b])
+                scores[(a, b)] = float(np.abs(counts - predicted).sum())
+        component = {name: name for name in names}
+
+        def root(x: str) -> str:
+            while component[x] != x:
+                x = component[x]
+            return x
+
+        chosen: list[tuple[str, str]] = []
+        rounds = len(names) - 1
+        for r in range(rounds):
+            candidates = [e for e in scores if root(e[0]) != root(e[1])]
+            epsilon = accounting.exponential(f"select pair {r + 1} of {rounds}", rho / rounds)
+            utility = np.array([scores[e] for e in candidates])
+            logits = epsilon * (utility - utility.max()) / 2.0  # sensitivity 1
+            weights = np.exp(logits)
+            pick = candidates[int(rng.choice(len(candidates), p=weights / weights.sum()))]
+            chosen.append(pick)
+            component[root(pick[0])] = root(pick[1])
+        return chosen
+
+    # ---- sampling -------------------------------------------------------------------------
+
+    def _sample(self, n: int, seed: int | None) -> pd.DataFrame:
+        state = np.random.get_state()
+        try:
+            np.random.seed(seed if seed is not None else np.random.default_rng().integers(2**31))
+            synthetic = self._model.synthetic_data(rows=n)
+            rng = np.random.default_rng(np.random.randint(2**31))
+        finally:
+            np.random.set_state(state)
+        out = {}
+        for e in self.encodings:
+            out[e.column.name] = _decode(e, np.asarray(synthetic.data[e.column.name]), rng)
+        return pd.DataFrame(out)
+
+    # ---- state ----------------------------------------------------------------------------
+
+    def _save_state(self, folder: Path) -> None:
+        assert self.accounting is not None
+        model = self._model
+        tables = {
+            "|".join(clique): np.asarray(model.potentials.tables[clique].values)
+            for clique in model.potentials.cliques
+        }
+        np.savez(folder / "potentials.npz", **tables)  # type: ignore[arg-type]
+        state = {
+            "domain": {
+                a: int(s) for a, s in zip(model.domain.attributes, model.domain.shape, strict=False)
+            },
+            "cliques": [list(c) for c in model.potentials.cliques],
+            "total": float(model.total),
+            "edges": [list(e) for e in self.cliques],
+            "encodings": [e.to_json() for e in self.encodings],
+            "accounting": self.accounting.to_json(),
+        }
+        (folder / "mst.json").write_text(json.dumps(state))
+
+    def _load_state(self, folder: Path) -> None:
+        assert self.metadata is not None
+        state = json.loads((folder / "mst.json").read_text())
+        by_name = {c.name: c for c in self.metadata.columns}
+        self.encodings = [
+            Encoding(
+                by_name[raw["column"]],
+                raw["fine"],
+                None if raw["edges"] is None else np.asarray(raw["edges"], dtype=float),
+                bool(raw.get("points", False)),
+                np.asarray(raw["coarse_of_fine"], dtype=np.int64),
+                np.asarray(raw["fine_weights"], dtype=float),
+            )
+            for raw in state["encodings"]
+        ]
+        self.cliques = [tuple(e) for e in state["edges"]]
+        self.accounting = ZCDPAccountant.from_json(state["accounting"])
+        with np.load(folder / "potentials.npz", allow_pickle=False) as stored:
+            tables = {tuple(k.split("|")): stored[k] for k in stored.files}
+        self._model = _markov_random_field(
+            state["domain"], state["cliques"], tables, state["total"]
+        )
+
+
+# ---- helpers ------------------------------------------------------------------------------
+
+
+def _positive(value: Any, name: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InvalidRequest(f"{name} must be a number") from None
+    if not (number > 0 and math.isfinite(number)):
+        raise InvalidRequest(f"{name} must be positive")
+    return number
+
+
+def _coarse_codes(encoding: Encoding, cells: np.ndarray) -> np.ndarray:
+    """Fine cells to coarse ones; a row in a dropped cell goes to the nearest kept cell of its
+    column (a dropped missing cell: the most likely coarse cell), as the model has no cell for
+    it."""
+    assert encoding.coarse_of_fine is not None
+    mapping = encoding.coarse_of_fine.copy()
+    kept = np.where(mapping >= 0)[0]
+    for i in np.where(mapping < 0)[0]:
+        if i == encoding.fine - 1 or not encoding.column.is_numeric:
+            assert encoding.fine_weights is not None
+            weights = np.bincount(
+                mapping[kept], weights=encoding.fine_weights[kept], minlength=encoding.coarse
+            )
+            mapping[i] = int(np.argmax(weights))
+        else:
+            mapping[i] = mapping[kept[np.argmin(np.abs(kept - i))]]
+    return mapping[cells]
+
+
+def _joint(a: np.ndarray, b: np.ndarray, groups_a: np.ndarray, groups_b: np.ndarray) -> np.ndarray:
+    """The two-way counts of already grouped codes `a` and `b` (groups given by their maps)."""
+    size_a, size_b = int(groups_a.max()) + 1, int(groups_b.max()) + 1
+    counts = np.bincount(a * size_b + b, minlength=size_a * size_b)
+    return counts.reshape(size_a, size_b).astype(float)
+
+
+def _pair_cells(n_hat: float, sigma: float, bins: int) -> int:
+    """How many cells per column a two-way measurement keeps: enough that a typical cell of a
+    pair's table holds about twice its noise (post-processing of the noisy total)."""
+    return int(np.clip(math.floor(math.sqrt(n_hat / (2.0 * sigma))), 2, bins))
+
+
+def pair_groups(one_way: np.ndarray, cells: int) -> np.ndarray:
+    """A column's coarse cells grouped into at most `cells` groups for its two-way
+    measurements: consecutive cells of about equal noisy mass (post-processing)."""
+    size = len(one_way)
+    if size <= cells:
+        return np.arange(size, dtype=np.int64)
+    mass = norm_sub(one_way)
+    total = float(mass.sum()) or 1.0
+    cumulative = np.cumsum(mass) - mass / 2
+    groups = np.minimum((cumulative / total * cells).astype(np.int64), cells - 1)
+    # renumber so that groups are 0..k-1 without gaps
+    _, groups = np.unique(groups, return_inverse=True)
+    return groups.astype(np.int64)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class AggregatedQuery:
+    """A linear query on a pair's model marginal: its cells summed into the measured groups.
+    (Identity hash, as mbi's own `WeightedQuery`: arrays are not hashable.)"""
+
+    matrix: np.ndarray
+
+    def __call__(self, factor: Any) -> Any:
+        return self.matrix @ factor.datavector()
+
+    def op_norm_sq(self) -> float:
+        return float(self.matrix.sum(axis=1).max())
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+
+def _aggregation(groups_a: np.ndarray, groups_b: np.ndarray) -> AggregatedQuery | None:
+    """The matrix from a pair's model cells to its measured groups (None: the identity)."""
+    size_a, size_b = len(groups_a), len(groups_b)
+    k_a, k_b = int(groups_a.max()) + 1, int(groups_b.max()) + 1
+    if k_a == size_a and k_b == size_b:
+        return None
+    matrix = np.zeros((k_a * k_b, size_a * size_b))
+    for i in range(size_a):
+        for j in range(size_b):
+            matrix[groups_a[i] * k_b + groups_b[j], i * size_b + j] = 1.0
+    return AggregatedQuery(matrix)
+
+
+def _configure_jax() -> None:
+    """Float64 (mbi stalls in float32 on large tables) and no persistent compilation cache
+    (mbi compiles many small programs), as mbi itself advises; set before mbi is imported."""
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    jax.config.update("jax_enable_compilation_cache", False)
+
+
+def _estimate(
+    sizes: dict[str, int],
+    one_way: dict[str, tuple[np.ndarray, float]],
+    two_way: list[tuple[tuple[str, str], np.ndarray, float, AggregatedQuery | None]],
+    iters: int,
+) -> Any:
+    """`mbi`'s mirror descent over every noisy measurement."""
+    _configure_jax()
+    from mbi import Domain, LinearMeasurement
+    from mbi.estimation import MirrorDescent
+
+    domain = Domain(list(sizes), list(sizes.values()))
+    measurements = [
+        LinearMeasurement(vector, (name,), stddev=sigma)
+        for name, (vector, sigma) in one_way.items()
+    ]
+    for clique, counts, sigma, query in two_way:
+        if query is None:
+            measurements.append(LinearMeasurement(counts.reshape(-1), clique, stddev=sigma))
+        else:
+            measurements.append(
+                LinearMeasurement(counts.reshape(-1), clique, stddev=sigma, query=query)
+            )
+    return MirrorDescent().estimate(domain, measurements, iters=iters)
+
+
+def _markov_random_field(
+    sizes: dict[str, int],
+    cliques: list[list[str]],
+    tables: dict[tuple[str, ...], Any],
+    total: float,
+) -> Any:
+    _configure_jax()
+    import jax.numpy as jnp
+    from mbi import CliqueVector, Domain, Factor, MarkovRandomField, marginal_oracles
+
+    domain = Domain(list(sizes), list(sizes.values()))
+    order = [tuple(c) for c in cliques]
+    potentials = CliqueVector(
+        domain,
+        order,
+        {c: Factor(domain.project(c), jnp.asarray(tables[c])) for c in order},
+    )
+    marginals = marginal_oracles.message_passing_stable(potentials, total)
+    return MarkovRandomField(potentials=potentials, marginals=marginals, total=total)
+
+
+def _decode(encoding: Encoding, coarse: np.ndarray, rng: np.random.Generator) -> pd.Series:
+    """Coarse cells to values: a fine cell within each coarse cell by the noisy fine counts,
+    then a value within the fine cell."""
+    assert encoding.coarse_of_fine is not None and encoding.fine_weights is not None
+    c = encoding.column
+    fine = np.empty(len(coarse), dtype=np.int64)
+    for group in range(encoding.coarse):
+        rows = np.where(coarse == group)[0]
+        if not len(rows):
+            continue
+        members = np.where(encoding.coarse_of_fine == group)[0]
+        weights = encoding.fine_weights[members] + 1e-9
+        fine[rows] = rng.choice(members, size=len(rows), p=weights / weights.sum())
+    missing = fine == encoding.fine - 1
+    if c.kind == "categorical":
+        assert c.levels is not None
+        levels = np.array([*list(c.levels), None], dtype=object)
+        return pd.Series(levels[fine])
+    if c.kind == "boolean":
+        values = np.array([False, True, None], dtype=object)
+        return pd.Series(values[fine])
+    assert encoding.edges is not None
+    edges = encoding.edges
+    interior = len(edges) - 1
+    cell = fine - 1 if encoding.points else fine.copy()
+    cell = np.clip(cell, 0, interior - 1)
+    low, high = edges[cell], edges[cell + 1]
+    if c.kind == "integer":
+        last = cell == interior - 1
+        lo_int = np.ceil(low)
+        hi_int = np.maximum(np.where(last, np.floor(high), np.ceil(high) - 1), lo_int)
+        values = np.floor(rng.uniform(lo_int, hi_int + 1)).clip(lo_int, hi_int)
+    else:
+        values = rng.uniform(low, high)
+    values = values.astype(float)
+    if encoding.points:
+        values[fine == 0] = edges[0]
+        values[fine == interior + 1] = edges[-1]
+    values[missing] = np.nan
+    return pd.Series(values)
+
+
+def _dp_nullability(metadata: TableMetadata, encodings: list[Encoding]) -> TableMetadata:
+    """Nullability from the noisy estimate (a missing cell kept or dropped), not the rows."""
+    columns = []
+    for c, e in zip(metadata.columns, encodings, strict=True):
+        assert e.coarse_of_fine is not None and e.fine_weights is not None
+        kept = bool(e.coarse_of_fine[-1] >= 0)
+        total = float(e.fine_weights.sum()) or 1.0
+        rate = float(e.fine_weights[-1] / total) if kept else 0.0
+        columns.append(replace(c, nullable=kept, missing_rate=round(rate, 4)))
+    return TableMetadata(tuple(columns))
