@@ -1,0 +1,500 @@
+"""`evaluate(real, synthetic, holdout, target=None)`: how faithful, useful and private a
+synthetic table is, measured against the real rows it was trained on (`real`) and real rows it
+never saw (`holdout`).
+
+The answer is a JSON-ready dict (DESIGN.md, "Synthetic data"):
+
+- `fidelity`: SDMetrics' quality report (`score`, the mean of `column_shapes` and
+  `column_pair_trends`; per-column shape scores in `columns`) and its diagnostic `validity`
+  (synthetic values inside the real ranges and categories). Scores in [0, 1].
+- `utility` (with a `target`): train on synthetic, test on the holdout (TSTR) against train on
+  real, test on the holdout (TRTR), with one fixed gradient-boosting model; ROC AUC for a
+  categorical target (macro one-vs-rest beyond two classes), R² for a numeric one. Also the
+  target's rate (or mean) in the real and the synthetic rows: a generator can score well on
+  shapes and still shift the outcome.
+- `privacy`: the share of synthetic rows that copy a training row exactly, beside the share of
+  holdout rows that do (real unseen rows can repeat training rows too: that is the baseline,
+  not zero); the distance to the closest training record (DCR) of synthetic rows and of holdout
+  rows, median and 5th percentile, and their median ratio; and a membership-inference attack
+  that guesses "member" for training rows close to a synthetic row: its ROC AUC over training
+  rows against holdout rows and its advantage `2·AUC − 1` (0 when it cannot tell them apart).
+
+Distances are Gower-style: each column contributes at most 1 (numeric columns by
+|a − b| / range over the training rows, categories and booleans 0 or 1, a missing value against
+a present one 1 plus the scaled distance of the present value from mid-range), divided by the
+number of columns, so a DCR lies in [0, 1].
+
+Large tables are evaluated on stated subsamples (`sizes` says which): at most
+`fidelity_rows` rows of each table for fidelity, `privacy_rows` synthetic and holdout rows for
+the DCR and the attack (against at most `reference_rows` training rows), `utility_rows` rows
+to fit each model. A 100 k-row table evaluates in a few minutes on two cores.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from synth.metadata import Column, TableMetadata
+from tessera.errors import InvalidRequest
+
+FIDELITY_ROWS = 20_000
+PRIVACY_ROWS = 5_000
+REFERENCE_ROWS = 50_000
+UTILITY_ROWS = 50_000
+CLASSIFICATION_MAX_LEVELS = 10  # an integer target with at most this many values is a class
+DCR_BINS = 30
+
+
+def evaluate(
+    real: pd.DataFrame,
+    synthetic: pd.DataFrame,
+    holdout: pd.DataFrame,
+    target: str | None = None,
+    metadata: TableMetadata | None = None,
+    *,
+    seed: int = 0,
+    fidelity_rows: int = FIDELITY_ROWS,
+    privacy_rows: int = PRIVACY_ROWS,
+    reference_rows: int = REFERENCE_ROWS,
+    utility_rows: int = UTILITY_ROWS,
+) -> dict[str, Any]:
+    """The evaluation dict described in the module doc (every value JSON-serialisable)."""
+    metadata = metadata or TableMetadata.from_frame(real)
+    names = metadata.names
+    for label, frame in (("real", real), ("synthetic", synthetic), ("holdout", holdout)):
+        missing = [n for n in names if n not in frame.columns]
+        if missing:
+            raise InvalidRequest(
+                f"the {label} table lacks column(s) {', '.join(missing)}", {"columns": missing}
+            )
+        if len(frame) == 0:
+            raise InvalidRequest(f"the {label} table has no rows")
+    if target is not None and target not in names:
+        raise InvalidRequest(f"target {target!r} is not a column", {"target": target})
+    real = _canonical(real[names], metadata)
+    synthetic = _canonical(synthetic[names], metadata)
+    holdout = _canonical(holdout[names], metadata)
+    rng = np.random.default_rng(seed)
+    seconds: dict[str, float] = {}
+
+    started = time.perf_counter()
+    fid_real = _subsample(real, fidelity_rows, rng)
+    fid_synth = _subsample(synthetic, fidelity_rows, rng)
+    fidelity = fidelity_scores(fid_real, fid_synth, metadata)
+    seconds["fidelity"] = round(time.perf_counter() - started, 3)
+
+    started = time.perf_counter()
+    utility = (
+        utility_scores(real, synthetic, holdout, target, metadata, rng, utility_rows)
+        if target is not None
+        else {"target": None}
+    )
+    seconds["utility"] = round(time.perf_counter() - started, 3)
+
+    started = time.perf_counter()
+    reference = _subsample(real, reference_rows, rng)
+    priv_synth = _subsample(synthetic, privacy_rows, rng)
+    priv_holdout = _subsample(holdout, privacy_rows, rng)
+    privacy = privacy_scores(reference, priv_synth, priv_holdout, synthetic, metadata, rng)
+    seconds["privacy"] = round(time.perf_counter() - started, 3)
+
+    return {
+        "fidelity": fidelity,
+        "utility": utility,
+        "privacy": privacy,
+        "sizes": {
+            "real": len(real),
+            "synthetic": len(synthetic),
+            "holdout": len(holdout),
+            "fidelity_rows": [len(fid_real), len(fid_synth)],
+            "privacy_rows": {
+                "synthetic": len(priv_synth),
+                "holdout": len(priv_holdout),
+                "reference": len(reference),
+            },
+        },
+        "seconds": seconds,
+    }
+
+
+# ---- fidelity -----------------------------------------------------------------------------
+
+
+def fidelity_scores(
+    real: pd.DataFrame, synthetic: pd.DataFrame, metadata: TableMetadata
+) -> dict[str, Any]:
+    """SDMetrics' quality report (shapes, pair trends) and diagnostic validity."""
+    with warnings.catch_warnings():  # SDMetrics 0.32 calls its single-table reports deprecated
+        warnings.simplefilter("ignore", FutureWarning)
+        from sdmetrics.reports.single_table.diagnostic_report import DiagnosticReport
+        from sdmetrics.reports.single_table.quality_report import QualityReport
+
+    sdm_meta = {"columns": {c.name: {"sdtype": _sdtype(c)} for c in metadata.columns}}
+    real_s, synth_s = _for_sdmetrics(real, metadata), _for_sdmetrics(synthetic, metadata)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quality = QualityReport()
+        quality.generate(real_s, synth_s, sdm_meta, verbose=False)
+        diagnostic = DiagnosticReport()
+        diagnostic.generate(real_s, synth_s, sdm_meta, verbose=False)
+    props = quality.get_properties().set_index("Property")["Score"]
+    shapes = quality.get_details("Column Shapes")
+    per_column = {str(r["Column"]): _score(r["Score"]) for _, r in shapes.iterrows()}
+    diag = diagnostic.get_properties().set_index("Property")["Score"]
+    return {
+        "score": _score(quality.get_score()),
+        "column_shapes": _score(props.get("Column Shapes")),
+        "column_pair_trends": _score(props.get("Column Pair Trends")),
+        "validity": _score(diag.get("Data Validity")),
+        "structure": _score(diag.get("Data Structure")),
+        "columns": per_column,
+        "missing_rates": {
+            c.name: [
+                round(float(real[c.name].isna().mean()), 4),
+                round(float(synthetic[c.name].isna().mean()), 4),
+            ]
+            for c in metadata.columns
+        },
+    }
+
+
+def _sdtype(column: Column) -> str:
+    return "numerical" if column.is_numeric else "categorical"
+
+
+def _for_sdmetrics(frame: pd.DataFrame, metadata: TableMetadata) -> pd.DataFrame:
+    out = {}
+    for c in metadata.columns:
+        s = frame[c.name]
+        if c.is_numeric:
+            out[c.name] = s.astype(float)
+        else:
+            out[c.name] = (
+                s.astype(object).where(s.notna(), None).map(lambda v: None if v is None else str(v))
+            )
+    return pd.DataFrame(out).reset_index(drop=True)
+
+
+def _score(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return None if np.isnan(value) else round(value, 4)
+
+
+# ---- utility ------------------------------------------------------------------------------
+
+
+def utility_task(column: Column, values: pd.Series) -> str:
+    """`classification` for categories, booleans and integers with few values; else
+    `regression`."""
+    if column.kind in ("categorical", "boolean"):
+        return "classification"
+    if column.kind == "integer" and values.dropna().nunique() <= CLASSIFICATION_MAX_LEVELS:
+        return "classification"
+    return "regression"
+
+
+def utility_scores(
+    real: pd.DataFrame,
+    synthetic: pd.DataFrame,
+    holdout: pd.DataFrame,
+    target: str,
+    metadata: TableMetadata,
+    rng: np.random.Generator,
+    max_rows: int = UTILITY_ROWS,
+) -> dict[str, Any]:
+    """TSTR against TRTR for `target`, tested on the holdout rows (see the module doc)."""
+    column = metadata.column(target)
+    task = utility_task(column, real[target])
+    features = [c for c in metadata.columns if c.name != target]
+    if not features:
+        raise InvalidRequest("utility needs at least one column besides the target")
+    test = holdout[holdout[target].notna()]
+    out: dict[str, Any] = {
+        "target": target,
+        "task": task,
+        "metric": "roc_auc" if task == "classification" else "r2",
+        "model": "HistGradientBoosting (max_iter 200, learning_rate 0.1)",
+        "test_rows": len(test),
+    }
+    if len(test) < 2:
+        return {**out, "tstr": None, "trtr": None, "gap": None, "note": "too few test rows"}
+    train_real = _subsample(real[real[target].notna()], max_rows, rng)
+    train_synth = _subsample(synthetic[synthetic[target].notna()], max_rows, rng)
+    if task == "classification":
+        labels = sorted(map(str, pd.concat([train_real[target], test[target]]).unique()))
+        trtr = _classifier_auc(train_real, test, target, features, labels)
+        tstr = _classifier_auc(train_synth, test, target, features, labels)
+        real_rate = _class_rates(train_real[target], labels)
+        synth_rate = _class_rates(train_synth[target], labels)
+        out |= {"target_rate_real": real_rate, "target_rate_synthetic": synth_rate}
+    else:
+        trtr = _regressor_r2(train_real, test, target, features)
+        tstr = _regressor_r2(train_synth, test, target, features)
+        out |= {
+            "target_mean_real": round(float(train_real[target].mean()), 6),
+            "target_mean_synthetic": (
+                round(float(train_synth[target].mean()), 6) if len(train_synth) else None
+            ),
+        }
+    gap = None if tstr is None or trtr is None else round(trtr - tstr, 4)
+    return {**out, "tstr": tstr, "trtr": trtr, "gap": gap}
+
+
+def _features(frame: pd.DataFrame, features: list[Column]) -> pd.DataFrame:
+    out: dict[str, Any] = {}
+    for c in features:
+        s = frame[c.name]
+        if c.kind == "categorical":
+            assert c.levels is not None
+            out[c.name] = pd.Categorical(s.astype(object), categories=list(c.levels))
+        elif c.kind == "boolean":
+            out[c.name] = s.map({"True": 1.0, "False": 0.0}).astype(float)
+        else:
+            out[c.name] = s.astype(float)
+    return pd.DataFrame(out, index=frame.index)
+
+
+def _threads(rows: int) -> int:
+    """OpenMP threads for a model fit: one for small tables (thread start-up would dominate),
+    else the cores this process may use (not the machine's count: containers)."""
+    import os
+
+    return 1 if rows < 20_000 else max(1, len(os.sched_getaffinity(0)))
+
+
+def _model(kind: str) -> Any:
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+
+    cls = (
+        HistGradientBoostingClassifier
+        if kind == "classification"
+        else (HistGradientBoostingRegressor)
+    )
+    return cls(max_iter=200, learning_rate=0.1, categorical_features="from_dtype", random_state=0)
+
+
+def _classifier_auc(
+    train: pd.DataFrame, test: pd.DataFrame, target: str, features: list[Column], labels: list[str]
+) -> float | None:
+    from sklearn.metrics import roc_auc_score
+
+    y_test = test[target].astype(str).to_numpy()
+    present = sorted(set(y_test))
+    if len(present) < 2:
+        return None  # AUC needs both classes among the test rows
+    y_train = train[target].astype(str).to_numpy()
+    if len(set(y_train)) < 2:
+        return 0.5  # a table with one class of the target predicts nothing
+    from threadpoolctl import threadpool_limits
+
+    model = _model("classification")
+    with warnings.catch_warnings(), threadpool_limits(_threads(len(train))):
+        warnings.simplefilter("ignore")
+        model.fit(_features(train, features), y_train)
+        proba = model.predict_proba(_features(test, features))
+    classes = list(model.classes_)
+    full = np.zeros((len(test), len(labels)))
+    for i, label in enumerate(labels):
+        if label in classes:
+            full[:, i] = proba[:, classes.index(label)]
+    if len(present) == 2 and len(labels) == 2:
+        return round(float(roc_auc_score(y_test, full[:, 1], labels=labels)), 4)
+    keep = [labels.index(p) for p in present]
+    scores = full[:, keep]
+    scores = scores / np.clip(scores.sum(axis=1, keepdims=True), 1e-12, None)
+    return round(
+        float(roc_auc_score(y_test, scores, labels=present, multi_class="ovr", average="macro")), 4
+    )
+
+
+def _regressor_r2(
+    train: pd.DataFrame, test: pd.DataFrame, target: str, features: list[Column]
+) -> float | None:
+    from sklearn.metrics import r2_score
+
+    if len(train) < 2:
+        return None
+    from threadpoolctl import threadpool_limits
+
+    model = _model("regression")
+    with warnings.catch_warnings(), threadpool_limits(_threads(len(train))):
+        warnings.simplefilter("ignore")
+        model.fit(_features(train, features), train[target].astype(float))
+        predicted = model.predict(_features(test, features))
+    return round(float(r2_score(test[target].astype(float), predicted)), 4)
+
+
+def _class_rates(values: pd.Series, labels: list[str]) -> dict[str, float]:
+    text = values.astype(str)
+    n = max(len(text), 1)
+    return {label: round(float((text == label).sum() / n), 4) for label in labels}
+
+
+# ---- privacy ------------------------------------------------------------------------------
+
+
+def privacy_scores(
+    reference: pd.DataFrame,
+    synthetic: pd.DataFrame,
+    holdout: pd.DataFrame,
+    all_synthetic: pd.DataFrame,
+    metadata: TableMetadata,
+    rng: np.random.Generator,
+) -> dict[str, Any]:
+    """Exact copies, DCR and the membership-inference attack (see the module doc).
+    `reference` are the training rows compared against; `all_synthetic` every synthetic row
+    (exact copies are counted over all of them, the rest on the subsamples)."""
+    train_keys = set(row_keys(reference, metadata))
+    exact = float(np.mean([k in train_keys for k in row_keys(all_synthetic, metadata)]))
+    exact_holdout = float(np.mean([k in train_keys for k in row_keys(holdout, metadata)]))
+
+    embed = GowerEmbedding(metadata, reference)
+    ref = embed(reference)
+    dcr_synth = nearest_distances(ref, embed(synthetic))
+    dcr_holdout = nearest_distances(ref, embed(holdout))
+    median_s, median_h = float(np.median(dcr_synth)), float(np.median(dcr_holdout))
+
+    # The attack: members (training rows) against non-members (holdout rows), as many of
+    # each; the closer a row's nearest synthetic record, the likelier "member".
+    m = min(len(holdout), len(reference))
+    members = reference.iloc[rng.choice(len(reference), size=m, replace=False)]
+    outsiders = holdout.iloc[rng.choice(len(holdout), size=m, replace=False)]
+    synth_embedded = embed(synthetic)
+    d_members = nearest_distances(synth_embedded, embed(members))
+    d_outsiders = nearest_distances(synth_embedded, embed(outsiders))
+    auc = _auc_smaller_is_positive(d_members, d_outsiders)
+
+    top = max(float(np.quantile(np.concatenate([dcr_synth, dcr_holdout]), 0.99)), 1e-9)
+    edges = np.linspace(0.0, top, DCR_BINS + 1)
+    return {
+        "exact_match_rate": round(exact, 6),
+        "exact_match_rate_holdout": round(exact_holdout, 6),
+        "dcr_synthetic_median": round(median_s, 6),
+        "dcr_holdout_median": round(median_h, 6),
+        "dcr_synthetic_p5": round(float(np.quantile(dcr_synth, 0.05)), 6),
+        "dcr_holdout_p5": round(float(np.quantile(dcr_holdout, 0.05)), 6),
+        "dcr_median_ratio": round(median_s / median_h, 4) if median_h > 0 else None,
+        "mia_auc": round(auc, 4),
+        "mia_advantage": round(max(0.0, 2 * auc - 1), 4),
+        "mia_rows": m,
+        "dcr_histogram": {
+            "edges": [round(float(e), 6) for e in edges],
+            "synthetic": np.histogram(np.clip(dcr_synth, 0, top), edges)[0].tolist(),
+            "holdout": np.histogram(np.clip(dcr_holdout, 0, top), edges)[0].tolist(),
+        },
+    }
+
+
+def row_keys(frame: pd.DataFrame, metadata: TableMetadata) -> list[int]:
+    """One hash per row over its canonical values (numbers to 9 decimals, missing as such):
+    equal keys are equal rows."""
+    parts = {}
+    for c in metadata.columns:
+        s = frame[c.name]
+        if c.is_numeric:
+            parts[c.name] = s.astype(float).round(9).map(lambda v: "" if pd.isna(v) else repr(v))
+        else:
+            parts[c.name] = s.map(lambda v: "" if v is None or pd.isna(v) else f"={v}")
+    canonical = pd.DataFrame(parts)
+    return pd.util.hash_pandas_object(canonical, index=False).tolist()
+
+
+class GowerEmbedding:
+    """Rows as vectors whose L1 distance, divided by the number of columns, is the Gower-style
+    distance of the module doc. Ranges come from the reference (training) rows."""
+
+    def __init__(self, metadata: TableMetadata, reference: pd.DataFrame) -> None:
+        self.metadata = metadata
+        self.ranges: dict[str, tuple[float, float]] = {}
+        for c in metadata.columns:
+            if c.is_numeric:
+                values = reference[c.name].astype(float)
+                lo, hi = float(values.min()), float(values.max())
+                if np.isnan(lo):
+                    lo, hi = 0.0, 1.0
+                self.ranges[c.name] = (lo, (hi - lo) or 1.0)
+
+    def __call__(self, frame: pd.DataFrame) -> np.ndarray:
+        d = len(self.metadata.columns)
+        blocks = []
+        for c in self.metadata.columns:
+            s = frame[c.name]
+            if c.is_numeric:
+                lo, width = self.ranges[c.name]
+                x = ((s.astype(float) - lo) / width).to_numpy()
+                missing = np.isnan(x)
+                x = np.where(missing, 0.5, np.clip(x, -1.0, 2.0))
+                blocks += [x[:, None], missing[:, None].astype(float)]
+            else:
+                levels = list(c.levels) if c.kind == "categorical" and c.levels else None
+                if levels is None:
+                    levels = ["False", "True"]
+                text = s.map(lambda v: None if v is None or pd.isna(v) else str(v))
+                codes = pd.Categorical(text, categories=levels).codes
+                onehot = np.zeros((len(frame), len(levels) + 1))
+                onehot[np.arange(len(frame)), np.where(codes < 0, len(levels), codes)] = 0.5
+                blocks.append(onehot)
+        return np.hstack(blocks) / d
+
+
+def nearest_distances(reference: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """For each query row, the L1 distance to its nearest reference row."""
+    from sklearn.neighbors import NearestNeighbors
+
+    index = NearestNeighbors(n_neighbors=1, metric="manhattan").fit(reference)
+    distances, _ = index.kneighbors(queries)
+    return distances[:, 0]
+
+
+def _auc_smaller_is_positive(positives: np.ndarray, negatives: np.ndarray) -> float:
+    """P(a positive's score < a negative's), ties counted half (Mann-Whitney)."""
+    from scipy.stats import rankdata
+
+    scores = np.concatenate([-positives, -negatives])
+    ranks = rankdata(scores)
+    n_pos, n_neg = len(positives), len(negatives)
+    u = ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2
+    return float(u / (n_pos * n_neg))
+
+
+# ---- shared -------------------------------------------------------------------------------
+
+
+def _canonical(frame: pd.DataFrame, metadata: TableMetadata) -> pd.DataFrame:
+    """Numbers as float, categoricals and booleans as text or None: comparable across tables."""
+    out = {}
+    for c in metadata.columns:
+        s = frame[c.name]
+        if c.is_numeric:
+            out[c.name] = pd.to_numeric(s, errors="coerce").astype(float)
+        elif c.kind == "boolean":
+            out[c.name] = s.map(_bool_text).astype(object)
+        else:
+            out[c.name] = s.map(lambda v: None if v is None or pd.isna(v) else str(v)).astype(
+                object
+            )
+    return pd.DataFrame(out).reset_index(drop=True)
+
+
+def _bool_text(value: Any) -> str | None:
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    text = str(value).strip().lower()
+    if text in ("true", "1", "1.0", "yes"):
+        return "True"
+    if text in ("false", "0", "0.0", "no"):
+        return "False"
+    return None
+
+
+def _subsample(frame: pd.DataFrame, n: int, rng: np.random.Generator) -> pd.DataFrame:
+    if len(frame) <= n:
+        return frame
+    return frame.iloc[np.sort(rng.choice(len(frame), size=n, replace=False))]

@@ -1,0 +1,149 @@
+"""Release gates: the thresholds a synthetic candidate must meet before any steward sees it.
+
+A node's policy sets them (`[policy.synthesis.gates]`); absent fields keep the defaults here.
+`ReleaseGates.apply(evaluation, epsilon)` measures a candidate's evaluation (`synth.evaluate`)
+against each gate that is set and returns one `GateOutcome` per gate: a candidate is offered
+for review only if every outcome passed. A gate set to None is not applied.
+
+Defaults: fidelity at least 0.75; no more exact copies of training rows than real unseen rows
+have, plus one percentage point; a median distance to the closest training record no smaller
+than real unseen rows' (`min_dcr_ratio` 1.0). The membership-inference, validity, utility and
+differential-privacy gates are off unless the policy sets them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+from tessera.schemas import GateOutcome
+
+
+@dataclass(frozen=True)
+class ReleaseGates:
+    min_fidelity: float | None = 0.75
+    max_exact_match_rate: float | None = None  # an absolute cap on the copy rate
+    exact_match_margin: float | None = 0.01  # copies <= the holdout's rate + this
+    min_dcr_ratio: float | None = 1.0  # DCR median: synthetic >= this * holdout's
+    max_mia_advantage: float | None = None
+    min_validity: float | None = None
+    max_utility_gap: float | None = None  # TRTR - TSTR, when the request names a target
+    dp_required: bool = False
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "dp_required":
+                if not isinstance(value, bool):
+                    raise ValueError("dp_required must be true or false")
+                continue
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"{f.name} must be a number or absent")
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{f.name} must be a non-negative number")
+            if f.name != "min_dcr_ratio" and value > 1:
+                raise ValueError(f"{f.name} must lie in [0, 1]")
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def apply(self, evaluation: dict[str, Any], epsilon: float | None) -> list[GateOutcome]:
+        fidelity = evaluation.get("fidelity", {})
+        privacy = evaluation.get("privacy", {})
+        utility = evaluation.get("utility", {})
+        out: list[GateOutcome] = []
+        if self.dp_required:
+            out.append(
+                GateOutcome(
+                    name="dp_required",
+                    passed=epsilon is not None,
+                    value=epsilon,
+                    message="differentially private generator"
+                    if epsilon is not None
+                    else "the policy requires a differentially private generator",
+                )
+            )
+        if self.min_fidelity is not None:
+            out.append(_at_least("min_fidelity", fidelity.get("score"), self.min_fidelity))
+        if self.min_validity is not None:
+            out.append(_at_least("min_validity", fidelity.get("validity"), self.min_validity))
+        rate = privacy.get("exact_match_rate")
+        if self.max_exact_match_rate is not None:
+            out.append(_at_most("max_exact_match_rate", rate, self.max_exact_match_rate))
+        if self.exact_match_margin is not None:
+            baseline = privacy.get("exact_match_rate_holdout")
+            limit = None if baseline is None else baseline + self.exact_match_margin
+            out.append(
+                _at_most(
+                    "exact_match_margin",
+                    rate,
+                    limit,
+                    f"exact copies of training rows at most the holdout's rate "
+                    f"({_fmt(baseline)}) + {self.exact_match_margin:g}",
+                )
+            )
+        if self.min_dcr_ratio is not None:
+            synthetic, holdout = (
+                privacy.get("dcr_synthetic_median"),
+                privacy.get("dcr_holdout_median"),
+            )
+            limit = None if holdout is None else self.min_dcr_ratio * holdout
+            out.append(
+                _at_least(
+                    "min_dcr_ratio",
+                    synthetic,
+                    limit,
+                    f"median distance to the closest training record at least "
+                    f"{self.min_dcr_ratio:g} x the holdout's ({_fmt(holdout)})",
+                )
+            )
+        if self.max_mia_advantage is not None:
+            out.append(
+                _at_most("max_mia_advantage", privacy.get("mia_advantage"), self.max_mia_advantage)
+            )
+        if self.max_utility_gap is not None and utility.get("target") is not None:
+            out.append(_at_most("max_utility_gap", utility.get("gap"), self.max_utility_gap))
+        return out
+
+
+def passed(outcomes: list[GateOutcome]) -> bool:
+    return all(o.passed for o in outcomes)
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
+
+
+def _at_least(name: str, value: Any, threshold: float | None, what: str = "") -> GateOutcome:
+    if value is None or threshold is None:
+        return GateOutcome(
+            name=name, passed=False, value=value, threshold=threshold, message="not measured"
+        )
+    ok = float(value) >= float(threshold)
+    text = what or f"{name.removeprefix('min_')} at least {threshold:g}"
+    return GateOutcome(
+        name=name,
+        passed=ok,
+        value=float(value),
+        threshold=float(threshold),
+        message=f"{text}: {float(value):.4g}",
+    )
+
+
+def _at_most(name: str, value: Any, threshold: float | None, what: str = "") -> GateOutcome:
+    if value is None or threshold is None:
+        return GateOutcome(
+            name=name, passed=False, value=value, threshold=threshold, message="not measured"
+        )
+    ok = float(value) <= float(threshold)
+    text = what or f"{name.removeprefix('max_')} at most {threshold:g}"
+    return GateOutcome(
+        name=name,
+        passed=ok,
+        value=float(value),
+        threshold=float(threshold),
+        message=f"{text}: {float(value):.4g}",
+    )
