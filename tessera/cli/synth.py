@@ -133,7 +133,7 @@ def _summary(report: dict[str, Any], model: Any) -> list[tuple[str, str]]:
 def fit(
     data: Path = typer.Argument(..., help="The real table: CSV, or Parquet by extension."),
     generator: str = typer.Option(
-        "gaussian_copula", "--generator", "-g", help="gaussian_copula, ctgan, tvae or mst."
+        "cart", "--generator", "-g", help="cart (default), gaussian_copula, ctgan, tvae or mst."
     ),
     rows: int | None = typer.Option(
         None, "--rows", "-n", min=1, help="Synthetic rows to sample (default: as many as real)."
@@ -169,10 +169,9 @@ def fit(
 ) -> None:
     """Train a generator on DATA, sample synthetic rows, and evaluate them against held-out
     real rows: fidelity, utility (with --target) and privacy. Exit code 2 on bad input."""
-    from synth.report import write_report
-
     import synth
     from synth.holdout import split_holdout
+    from synth.report import write_report
     from tessera.schemas import DatasetSchema
 
     progress = ProgressLine(quiet or as_json)
