@@ -14,7 +14,7 @@ from api import errors
 from api.db import Database
 from api.migrate import upgrade
 from api.notify import Notifier
-from api.routes import accounts, nodes, operations, studies
+from api.routes import accounts, nodes, operations, studies, synthesis
 from api.scheduler import sweep_forever
 from api.services.accounts import ensure_admin
 from api.settings import CoordinatorSettings
@@ -56,11 +56,11 @@ def create_app(settings: CoordinatorSettings | None = None) -> FastAPI:
         title="Tessera coordinator",
         version="0.1.0",
         description="Schedules secure multi-party statistics across hospitals; publishes only "
-        "pooled, disclosure-checked results.",
+        "pooled, disclosure-checked results and synthetic datasets their stewards approved.",
         lifespan=lifespan,
     )
     app.state.settings = settings
     errors.install(app)
-    for module in (operations, accounts, nodes, studies):
+    for module in (operations, accounts, nodes, studies, synthesis):
         app.include_router(module.router, prefix="/api/v1")
     return app

@@ -241,6 +241,8 @@ class SynthesisRequest(Base):
     dataset: Mapped[str] = mapped_column(String(64))
     generator: Mapped[str] = mapped_column(String(32))
     spec: Mapped[dict[str, Any]] = mapped_column()  # the validated `SynthesisSpec`
+    # nodes of the study with the dataset whose published policy refused it up front
+    skipped: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     jobs: Mapped[list[SynthesisJob]] = relationship(
@@ -296,6 +298,8 @@ class Release(Base):
     sha256: Mapped[str] = mapped_column(String(64))  # of the Parquet bytes
     csv_sha256: Mapped[str] = mapped_column(String(64))  # of the CSV served from them
     parquet_bytes: Mapped[int] = mapped_column(Integer)
+    report_sha256: Mapped[str] = mapped_column(String(64))  # of the HTML report
+    rows: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     node: Mapped[Node] = relationship()

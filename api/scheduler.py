@@ -1,8 +1,9 @@
-"""The sweeper: fails queries that missed their deadline, every `sweep_interval_s`.
+"""The sweeper: fails queries and synthesis jobs that missed their deadline, every
+`sweep_interval_s`.
 
-Safe with several coordinator replicas: each overdue query is failed by a conditional update in
-its own transaction (`queries.expire`), so exactly one replica fails it and writes its audit
-event; the others find it already failed.
+Safe with several coordinator replicas: each overdue query (job) is failed by a conditional
+update in its own transaction (`queries.expire`, `synthesis.expire`), so exactly one replica
+fails it and writes its audit event; the others find it already failed.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.db import Database
 from api.notify import Notifier
-from api.services import queries
+from api.services import queries, synthesis
 
 log = logging.getLogger("tessera.coordinator")
 
@@ -24,6 +25,8 @@ async def sweep_forever(database: Database, notifier: Notifier, interval: float)
         try:
             for query_id, node_ids in await run_in_threadpool(sweep_once, database):
                 notifier.notify(f"query:{query_id}", *(f"node:{n}" for n in node_ids))
+            for request_id in await run_in_threadpool(sweep_synthesis_once, database):
+                notifier.notify(f"synthesis:{request_id}")
         except Exception:  # the sweeper must outlive a database hiccup
             log.exception("sweep failed; retrying")
         await asyncio.sleep(interval)
@@ -40,3 +43,16 @@ def sweep_once(database: Database) -> list[tuple[int, list[int]]]:
             if query is not None:
                 failed.append((query_id, [t.node_id for t in query.tasks]))
     return failed
+
+
+def sweep_synthesis_once(database: Database) -> list[int]:
+    """Fail every overdue synthesis job; returns the ids of their requests (to wake)."""
+    with database.session() as db:
+        overdue = synthesis.overdue_jobs(db)
+    woken = []
+    for job_id in overdue:
+        with database.session() as db:
+            job = synthesis.expire(db, job_id)
+            if job is not None:
+                woken.append(job.request_id)
+    return woken

@@ -21,6 +21,11 @@ from tessera.schemas import (
     DatasetSchema,
     NodeBudgetReport,
     NodeHello,
+    ReleaseCard,
+    SynthesisCandidate,
+    SynthesisJobOut,
+    SynthesisProgress,
+    SynthesisRejection,
     TaskAccept,
     TaskFailure,
     TaskOut,
@@ -196,6 +201,58 @@ class CoordinatorClient:
     def fail(self, task_id: int, code: str, message: str) -> None:
         body = TaskFailure(code=code[:64] or "error", message=message[:2000] or code).model_dump()
         self._call("POST", f"/tasks/{task_id}/fail", json=body)
+
+    # ---- synthesis jobs -------------------------------------------------------------------
+
+    def synthesis_jobs(self, wait: float, retry: bool = True) -> list[SynthesisJobOut]:
+        """New synthesis jobs for this node; a long-poll of up to `wait` seconds."""
+        body = self._call(
+            "GET", "/nodes/me/synthesis-jobs", retry=retry, wait=wait, params={"wait": wait}
+        )
+        return [SynthesisJobOut.model_validate(j) for j in body or []]
+
+    def accept_synthesis(self, job_id: int) -> None:
+        self._call("POST", f"/synthesis-jobs/{job_id}/accept")
+
+    def refuse_synthesis(self, job_id: int, reason: str) -> None:
+        body = TaskRefusal(reason=reason[:2000]).model_dump()
+        self._call("POST", f"/synthesis-jobs/{job_id}/refuse", json=body)
+
+    def synthesis_progress(self, job_id: int, body: SynthesisProgress) -> None:
+        """Best effort: not retried (a lost progress note must not hold up training)."""
+        self._call(
+            "POST", f"/synthesis-jobs/{job_id}/progress", retry=False, json=body.model_dump()
+        )
+
+    def synthesis_candidate(self, job_id: int, body: SynthesisCandidate) -> dict[str, Any]:
+        return dict(
+            self._call(
+                "POST", f"/synthesis-jobs/{job_id}/candidate", json=body.model_dump(mode="json")
+            )
+        )
+
+    def reject_synthesis(self, job_id: int, body: SynthesisRejection) -> None:
+        self._call("POST", f"/synthesis-jobs/{job_id}/reject", json=body.model_dump(mode="json"))
+
+    def fail_synthesis(self, job_id: int, code: str, message: str) -> None:
+        body = TaskFailure(code=code[:64] or "error", message=message[:2000] or code).model_dump()
+        self._call("POST", f"/synthesis-jobs/{job_id}/fail", json=body)
+
+    def release(self, job_id: int, card: ReleaseCard, data: bytes, report: bytes) -> dict[str, Any]:
+        """Upload an approved candidate (multipart: card, data, report); retried like every
+        call, so an upload survives a coordinator restart."""
+        files = {
+            "data": ("synthetic.parquet", data, "application/vnd.apache.parquet"),
+            "report": ("report.html", report, "text/html"),
+        }
+        return dict(
+            self._call(
+                "POST",
+                f"/synthesis-jobs/{job_id}/release",
+                data={"card": card.model_dump_json()},
+                files=files,
+            )
+        )
 
 
 def _error(response: httpx.Response) -> TesseraError:

@@ -30,6 +30,10 @@ class TesseraClient:
         self.close()
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:  # JSON
+        response = self._request(method, path, **kwargs)
+        return response.json() if response.content else None
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         try:
             response = self._http.request(method, path, headers=headers, **kwargs)
@@ -46,7 +50,7 @@ class TesseraClient:
             if type(error) is TesseraError:
                 error.http_status = response.status_code
             raise error
-        return response.json() if response.content else None
+        return response
 
     # ---- auth and administration --------------------------------------------------------
 
@@ -169,3 +173,61 @@ class TesseraClient:
             view = self.get_query(query_id, wait=max(0.0, min(25.0, left)))
             if view["status"] in ("succeeded", "failed") or left <= 0:
                 return view
+
+    # ---- synthetic data -------------------------------------------------------------------
+
+    def request_synthesis(self, study_id: int, spec: dict[str, Any]) -> dict[str, Any]:
+        """Ask the study's nodes to synthesise a dataset (a `SynthesisSpec`: dataset,
+        generator, rows, params, epsilon, holdout, target, seed); returns the request with one
+        job per node that takes part, and the nodes `skipped` by their published policy."""
+        return self._call("POST", f"/studies/{study_id}/synthesis", json=spec)
+
+    def study_synthesis(self, study_id: int) -> list[dict[str, Any]]:
+        return self._call("GET", f"/studies/{study_id}/synthesis")
+
+    def get_synthesis(self, request_id: int, wait: float | None = None) -> dict[str, Any]:
+        """A synthesis request; with `wait`, long-poll until every job is at rest (ended, or
+        awaiting its stewards)."""
+        params = {"wait": wait} if wait else {}
+        return self._call("GET", f"/synthesis/{request_id}", params=params)
+
+    def wait_synthesis(
+        self, request_id: int, timeout: float = 600.0, until: str = "at_rest"
+    ) -> dict[str, Any]:
+        """Long-poll until the request is `at_rest` (every job ended or awaiting review) or,
+        with `until="done"`, every job ended; after `timeout` seconds, the view as it is."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            view = self.get_synthesis(request_id, wait=max(0.0, min(25.0, left)))
+            finished = view["status"] == "done" if until == "done" else view["at_rest"]
+            if finished or left <= 0:
+                return view
+            if until == "done" and view["at_rest"]:
+                time.sleep(min(1.0, max(0.0, left)))  # stewards decide at the nodes
+
+    def releases(self, study_id: int) -> list[dict[str, Any]]:
+        """The study's published releases, each with its card."""
+        return self._call("GET", f"/studies/{study_id}/releases")
+
+    def release(self, release_id: int) -> dict[str, Any]:
+        return self._call("GET", f"/releases/{release_id}")
+
+    def release_data(self, release_id: int, fmt: str = "csv") -> bytes:
+        """A release's synthetic data as CSV or Parquet bytes (checked against the hash the
+        coordinator states)."""
+        response = self._request("GET", f"/releases/{release_id}/data", params={"format": fmt})
+        return _checked(response)
+
+    def release_report(self, release_id: int) -> bytes:
+        """A release's evaluation report (HTML bytes)."""
+        return _checked(self._request("GET", f"/releases/{release_id}/report"))
+
+
+def _checked(response: httpx.Response) -> bytes:
+    import hashlib
+
+    stated = response.headers.get("X-SHA256")
+    if stated and hashlib.sha256(response.content).hexdigest() != stated:
+        raise ProtocolFailed("the download does not match the hash the coordinator states")
+    return response.content

@@ -84,6 +84,13 @@ class BudgetExceeded(Conflict):
     http_status = 409
 
 
+class TooLarge(TesseraError):
+    """An upload beyond the size the coordinator accepts."""
+
+    code = "too_large"
+    http_status = 413
+
+
 class ProtocolFailed(TesseraError):
     """An MPC protocol run did not complete: a party refused, crashed, timed out or disagreed."""
 
@@ -118,6 +125,7 @@ ERRORS_BY_CODE: dict[str, type[TesseraError]] = {
         Unauthorized,
         Forbidden,
         BudgetExceeded,
+        TooLarge,
         ProtocolFailed,
         ConfigInvalid,
         DataInvalid,

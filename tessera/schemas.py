@@ -277,7 +277,7 @@ class SynthesisSpec(Strict):
     """What a researcher asks each node to synthesise (`POST /studies/{id}/synthesis`)."""
 
     dataset: Name
-    generator: str
+    generator: str = "cart"
     rows: int = Field(ge=1, le=1_000_000)
     params: dict[str, Any] = Field(default_factory=dict)  # the generator's own (epochs, ...)
     epsilon: float | None = Field(None, gt=0, le=100, allow_inf_nan=False)  # DP generators
@@ -386,5 +386,22 @@ class ReleaseCard(Strict):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     device: str = Field(max_length=32)
     fit_seconds: float = Field(ge=0)
-    training_rows: int = Field(ge=1)
-    holdout_rows: int = Field(ge=1)
+    # The exact row counts are a hospital's own aggregate: a differentially private release
+    # withholds them (None), as its guarantee does not cover them.
+    training_rows: int | None = Field(None, ge=1)
+    holdout_rows: int | None = Field(None, ge=1)
+    seed: int | None = None
+    target: str | None = None
+
+    @model_validator(mode="after")
+    def _known_generator(self) -> ReleaseCard:
+        if self.generator not in GENERATORS:
+            raise ValueError(f"unknown generator {self.generator!r}")
+        if (self.generator in DP_GENERATORS) != (self.epsilon is not None):
+            raise ValueError("epsilon is given exactly for differentially private generators")
+        deciders = [a.steward for a in self.approvals]
+        if len(set(deciders)) != len(deciders):
+            raise ValueError("a steward appears twice among the approvals")
+        if any(a.decision != "approve" for a in self.approvals):
+            raise ValueError("a release card lists approvals only")
+        return self

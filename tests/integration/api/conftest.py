@@ -37,8 +37,18 @@ SCHEMA: dict[str, Any] = {
     ]
 }
 RESEARCHER_PASSWORD = "rita-password"
-MAIN_SETTINGS = {"accept_timeout_s": 20, "query_timeout_s": 40, "sweep_interval_s": 0.2}
-SHORT_SETTINGS = {"accept_timeout_s": 2, "query_timeout_s": 4, "sweep_interval_s": 0.2}
+MAIN_SETTINGS = {
+    "accept_timeout_s": 20,
+    "query_timeout_s": 40,
+    "sweep_interval_s": 0.2,
+    "release_max_bytes": 200_000,
+}
+SHORT_SETTINGS = {
+    "accept_timeout_s": 2,
+    "query_timeout_s": 4,
+    "sweep_interval_s": 0.2,
+    "synthesis_timeout_s": 2,
+}
 
 
 SERVE = [sys.executable, "-m", "tessera.cli.main", "coordinator", "serve"]

@@ -1,0 +1,261 @@
+"""Synthesis requests and releases (researchers), and the synthesis jobs node agents run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile, status
+from fastapi.responses import Response
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
+
+from api.deps import CurrentNode, CurrentUser, NotifierDep, SessionDep, SettingsDep, WaitParam
+from api.models import Node, SynthesisJob
+from api.notify import Notifier, long_poll
+from api.services import studies, synthesis
+from tessera.errors import InvalidRequest, TooLarge
+from tessera.schemas import (
+    ReleaseCard,
+    SynthesisCandidate,
+    SynthesisJobOut,
+    SynthesisProgress,
+    SynthesisRejection,
+    SynthesisSpec,
+    TaskFailure,
+    TaskRefusal,
+)
+
+router = APIRouter()
+
+
+# ---- researchers ------------------------------------------------------------------------
+
+
+@router.post(
+    "/studies/{study_id}/synthesis", status_code=status.HTTP_201_CREATED, tags=["synthesis"]
+)
+def request_synthesis(
+    study_id: int,
+    body: SynthesisSpec,
+    user: CurrentUser,
+    db: SessionDep,
+    settings: SettingsDep,
+    notifier: NotifierDep,
+) -> dict[str, Any]:
+    """Ask every node of the study that holds the dataset to train a generator on its own rows,
+    evaluate it against held-out rows and, once its stewards approve, release synthetic data.
+    Nodes whose published policy refuses the request are listed in `skipped`."""
+    study = studies.visible_study(db, study_id, user)
+    record = synthesis.request(db, study, user, body, settings)
+    view = synthesis.request_view(db, record)
+    db.commit()
+    notifier.notify(*(f"node:{job.node_id}" for job in record.jobs))
+    return view
+
+
+@router.get("/studies/{study_id}/synthesis", tags=["synthesis"])
+def list_synthesis(study_id: int, user: CurrentUser, db: SessionDep) -> list[dict[str, Any]]:
+    study = studies.visible_study(db, study_id, user)
+    return [synthesis.request_view(db, r) for r in synthesis.list_requests(db, study)]
+
+
+@router.get("/synthesis/{request_id}", tags=["synthesis"])
+async def get_synthesis(
+    request: Request, request_id: int, user: CurrentUser, wait: float = WaitParam
+) -> dict[str, Any]:
+    """A request and each node's job: progress, gates, decisions, release. With `wait`, a
+    long-poll that answers as soon as every job is at rest (ended, or awaiting its
+    stewards)."""
+    database = request.app.state.db
+    last: dict[str, Any] = {}
+
+    def check() -> dict[str, Any] | None:
+        with database.session() as db:
+            record = synthesis.visible_request(db, request_id, user)
+            last.update(synthesis.request_view(db, record))
+        return dict(last) if last["at_rest"] else None
+
+    return await long_poll(request, wait, f"synthesis:{request_id}", check) or last
+
+
+@router.get("/studies/{study_id}/releases", tags=["releases"])
+def list_releases(study_id: int, user: CurrentUser, db: SessionDep) -> list[dict[str, Any]]:
+    """The study's published synthetic datasets, each with its release card."""
+    study = studies.visible_study(db, study_id, user)
+    return [synthesis.release_view(r) for r in synthesis.list_releases(db, study)]
+
+
+@router.get("/releases/{release_id}", tags=["releases"])
+def get_release(release_id: int, user: CurrentUser, db: SessionDep) -> dict[str, Any]:
+    return synthesis.release_view(synthesis.visible_release(db, release_id, user))
+
+
+@router.get(
+    "/releases/{release_id}/data",
+    tags=["releases"],
+    response_class=Response,
+    responses={200: {"content": {"text/csv": {}, synthesis.PARQUET: {}}}},
+)
+def release_data(
+    release_id: int,
+    user: CurrentUser,
+    db: SessionDep,
+    format: str = Query("csv", pattern="^(csv|parquet)$", description="csv or parquet"),
+) -> Response:
+    """The synthetic data, as CSV or as the Parquet the node uploaded (`sha256` on the card)."""
+    release = synthesis.visible_release(db, release_id, user)
+    content, media, name = synthesis.download(db, release, user, format)
+    digest = release.sha256 if format == "parquet" else release.csv_sha256
+    db.commit()
+    return _file(content, media, name, digest)
+
+
+@router.get(
+    "/releases/{release_id}/report",
+    tags=["releases"],
+    response_class=Response,
+    responses={200: {"content": {"text/html": {}}}},
+)
+def release_report(release_id: int, user: CurrentUser, db: SessionDep) -> Response:
+    """The release's evaluation report (self-contained HTML)."""
+    release = synthesis.visible_release(db, release_id, user)
+    content, media, name = synthesis.download(db, release, user, "report")
+    db.commit()
+    return _file(content, media, name, release.report_sha256)
+
+
+def _file(content: bytes, media: str, name: str, digest: str) -> Response:
+    return Response(
+        content,
+        media_type=media,
+        headers={"Content-Disposition": f'attachment; filename="{name}"', "X-SHA256": digest},
+    )
+
+
+# ---- node agents --------------------------------------------------------------------------
+
+
+@router.get("/nodes/me/synthesis-jobs", tags=["node agent"])
+async def my_synthesis_jobs(
+    request: Request, node: CurrentNode, wait: float = WaitParam
+) -> list[SynthesisJobOut]:
+    """This node's new synthesis jobs; with `wait`, a long-poll."""
+    node_id = node.id
+
+    def check() -> list[SynthesisJobOut] | None:
+        with request.app.state.db.session() as db:
+            jobs = synthesis.offer_jobs(db, db.get(Node, node_id))
+        return jobs or None
+
+    return await long_poll(request, wait, f"node:{node_id}", check) or []
+
+
+@router.post("/synthesis-jobs/{job_id}/accept", tags=["node agent"])
+def accept_job(
+    job_id: int, node: CurrentNode, db: SessionDep, notifier: NotifierDep
+) -> dict[str, Any]:
+    _changed(db, notifier, synthesis.accept(db, node, job_id))
+    return {"status": "training"}
+
+
+@router.post("/synthesis-jobs/{job_id}/refuse", tags=["node agent"])
+def refuse_job(
+    job_id: int, body: TaskRefusal, node: CurrentNode, db: SessionDep, notifier: NotifierDep
+) -> dict[str, Any]:
+    _changed(db, notifier, synthesis.refuse(db, node, job_id, body.reason))
+    return {"status": "refused"}
+
+
+@router.post("/synthesis-jobs/{job_id}/progress", tags=["node agent"])
+def job_progress(
+    job_id: int, body: SynthesisProgress, node: CurrentNode, db: SessionDep, notifier: NotifierDep
+) -> dict[str, Any]:
+    _changed(db, notifier, synthesis.progress(db, node, job_id, body))
+    return {"status": "ok"}
+
+
+@router.post("/synthesis-jobs/{job_id}/candidate", tags=["node agent"])
+def job_candidate(
+    job_id: int, body: SynthesisCandidate, node: CurrentNode, db: SessionDep, notifier: NotifierDep
+) -> dict[str, Any]:
+    """The candidate's release gates: every one passed, it awaits the stewards; else gated."""
+    job = synthesis.candidate(db, node, job_id, body)
+    answer = {"status": job.status}
+    _changed(db, notifier, job)
+    return answer
+
+
+@router.post("/synthesis-jobs/{job_id}/reject", tags=["node agent"])
+def reject_job(
+    job_id: int, body: SynthesisRejection, node: CurrentNode, db: SessionDep, notifier: NotifierDep
+) -> dict[str, Any]:
+    _changed(db, notifier, synthesis.reject(db, node, job_id, body))
+    return {"status": "rejected"}
+
+
+@router.post("/synthesis-jobs/{job_id}/fail", tags=["node agent"])
+def fail_job(
+    job_id: int, body: TaskFailure, node: CurrentNode, db: SessionDep, notifier: NotifierDep
+) -> dict[str, Any]:
+    _changed(db, notifier, synthesis.fail(db, node, job_id, body))
+    return {"status": "failed"}
+
+
+@router.post("/synthesis-jobs/{job_id}/release", tags=["node agent"])
+async def release_job(
+    request: Request,
+    job_id: int,
+    node: CurrentNode,
+    card: str = Form(..., description="The ReleaseCard, as JSON"),
+    data: UploadFile = File(..., description="The synthetic data (Parquet)"),
+    report: UploadFile = File(..., description="The evaluation report (HTML)"),
+) -> dict[str, Any]:
+    """Upload an approved candidate: the card, the data (its hash must match the card's) and
+    the report. Publishes the release."""
+    settings = request.app.state.settings
+    try:
+        parsed = ReleaseCard.model_validate_json(card)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "card"
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise InvalidRequest(f"invalid release card: {where}: {message}") from None
+    content = await _read(data, settings.release_max_bytes, "data")
+    page = await _read(report, settings.release_max_bytes, "report")
+    node_id = node.id
+
+    def store() -> dict[str, Any]:
+        with request.app.state.db.session() as db:
+            me = db.get(Node, node_id)
+            assert me is not None
+            release = synthesis.publish(db, me, job_id, parsed, content, page)
+            view = synthesis.release_view(release)
+            request_id = release.request_id
+        request.app.state.notifier.notify(f"synthesis:{request_id}")
+        return view
+
+    from starlette.concurrency import run_in_threadpool
+
+    return await run_in_threadpool(store)
+
+
+async def _read(upload: UploadFile, limit: int, what: str) -> bytes:
+    """An uploaded file's bytes; 413 beyond `limit` (read no further than that)."""
+    chunks, size = [], 0
+    while chunk := await upload.read(1 << 20):
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(
+                f"the {what} is larger than release_max_bytes ({limit} bytes)", {"limit": limit}
+            )
+        chunks.append(chunk)
+    if not size:
+        raise InvalidRequest(f"the {what} is empty")
+    return b"".join(chunks)
+
+
+def _changed(db: Session, notifier: Notifier, job: SynthesisJob) -> None:
+    """Commit a job's change, then wake whoever long-polls on its request."""
+    request_id = job.request_id
+    db.commit()
+    notifier.notify(f"synthesis:{request_id}")

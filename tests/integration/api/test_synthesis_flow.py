@@ -1,0 +1,325 @@
+"""Synthesis requests and releases between coordinator and nodes, over HTTP, on SQLite and
+PostgreSQL: who takes part, the job's states, uploads checked against their card, downloads,
+refusals, gates, rejections, deadlines and who may see what."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pandas as pd
+import pytest
+
+from tessera.client import TesseraClient
+from tessera.errors import InvalidRequest, NotFound, PolicyDenied
+
+from .conftest import DATASET, RESEARCHER_PASSWORD, FakeNode, Setup
+
+POLICY = {"generators": ["cart", "mst"], "max_epsilon": 5.0, "max_rows": 1000}
+SPEC = {"dataset": DATASET, "generator": "cart", "rows": 40, "target": "icu_admission"}
+GATES = [{"name": "min_fidelity", "passed": True, "value": 0.93, "threshold": 0.75}]
+
+
+def allow_synthesis(node: FakeNode, policy: dict[str, Any] | None = POLICY) -> None:
+    body = {"agent_version": "test", "policy": {"synthesis": policy} if policy else {}}
+    node.ok("POST", "/nodes/me/hello", json=body)
+
+
+def synthetic(rows: int = 40) -> bytes:
+    frame = pd.DataFrame(
+        {
+            "age_months": range(rows),
+            "sex": ["F", "M"] * (rows // 2),
+            "weight_kg": [10.5] * rows,
+            "icu_admission": [True, False] * (rows // 2),
+        }
+    )
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    return buffer.getvalue()
+
+
+def card(data: bytes, **changes: Any) -> dict[str, Any]:
+    body = {
+        "generator": "cart",
+        "generator_license": "Apache-2.0",
+        "params": {},
+        "rows": 40,
+        "columns": ["age_months", "sex", "weight_kg", "icu_admission"],
+        "epsilon": None,
+        "delta": None,
+        "metrics": {"fidelity": {"score": 0.93}},
+        "gates": GATES,
+        "approvals": [
+            {"steward": "sam", "decision": "approve", "at": datetime.now(UTC).isoformat()}
+        ],
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "device": "cpu",
+        "fit_seconds": 0.4,
+        "training_rows": 160,
+        "holdout_rows": 40,
+    }
+    return body | changes
+
+
+REPORT = b"<!doctype html><html><body>report</body></html>"
+
+
+def upload(
+    node: FakeNode, job_id: int, data: bytes, body: dict[str, Any], report: bytes = REPORT
+) -> httpx.Response:
+    return node.call(
+        "POST",
+        f"/synthesis-jobs/{job_id}/release",
+        data={"card": json.dumps(body)},
+        files={"data": ("s.parquet", data), "report": ("r.html", report)},
+    )
+
+
+def take_job(node: FakeNode, wait: float = 5) -> dict[str, Any]:
+    jobs = node.ok("GET", "/nodes/me/synthesis-jobs", params={"wait": wait})
+    assert len(jobs) == 1, jobs
+    return jobs[0]  # type: ignore[no-any-return]
+
+
+def to_review(node: FakeNode, approvals: int = 1) -> dict[str, Any]:
+    job = take_job(node)
+    node.ok("POST", f"/synthesis-jobs/{job['id']}/accept")
+    body = {"gates": GATES, "approvals_required": approvals}
+    assert node.ok("POST", f"/synthesis-jobs/{job['id']}/candidate", json=body) == {
+        "status": "awaiting_review"
+    }
+    return job
+
+
+def test_a_request_goes_to_the_nodes_whose_policy_allows_it(setup: Setup) -> None:
+    allow_synthesis(setup.nodes[0])
+    allow_synthesis(setup.nodes[1], {"generators": ["mst"], "dp_required": True})
+    # nodes[2] publishes no synthesis policy at all
+    made = setup.researcher.request_synthesis(setup.study_id, SPEC)
+    assert made["status"] == "running" and not made["at_rest"]
+    assert [j["node"] for j in made["jobs"]] == [setup.nodes[0].name]
+    assert made["jobs"][0]["status"] == "pending"
+    assert made["skipped"] == [
+        {
+            "node": setup.nodes[1].name,
+            "reason": "its policy does not allow generator 'cart' (allowed: mst)",
+        },
+        {"node": setup.nodes[2].name, "reason": "its policy allows no synthesis"},
+    ]
+    job = take_job(setup.nodes[0])
+    assert job["spec"]["rows"] == 40 and job["spec"]["holdout"] == 0.2
+    assert job["requested_by"] == setup.researcher_name and job["study_id"] == setup.study_id
+    assert setup.nodes[0].ok("GET", "/nodes/me/synthesis-jobs") == [], "offered once"
+    assert setup.nodes[1].ok("GET", "/nodes/me/synthesis-jobs") == []
+
+
+@pytest.mark.parametrize(
+    ("spec", "error", "message"),
+    [
+        ({"generator": "gan"}, InvalidRequest, "unknown generator 'gan'"),
+        ({"generator": "mst"}, InvalidRequest, "is differentially private: give epsilon"),
+        ({"epsilon": 1.0}, InvalidRequest, "is not differentially private"),
+        ({"rows": 0}, InvalidRequest, "rows"),
+        ({"dataset": "other"}, NotFound, "dataset 'other' is not part of study"),
+        ({"target": "nope"}, InvalidRequest, "target 'nope' is not a column"),
+        ({"generator": "mst", "epsilon": 9.0}, PolicyDenied, "allows epsilon up to 5"),
+        ({"rows": 5000}, PolicyDenied, "up to 1000 synthetic rows"),
+    ],
+)
+def test_bad_requests_are_refused_up_front(
+    setup: Setup, spec: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    for node in setup.nodes:
+        allow_synthesis(node)
+    with pytest.raises(error, match=message):
+        setup.researcher.request_synthesis(setup.study_id, SPEC | spec)
+    assert setup.researcher.study_synthesis(setup.study_id) == []
+
+
+def test_an_approved_candidate_is_published_and_downloadable(setup: Setup) -> None:
+    node = setup.nodes[0]
+    allow_synthesis(node)
+    made = setup.researcher.request_synthesis(setup.study_id, SPEC)
+    job = take_job(node)
+    node.ok("POST", f"/synthesis-jobs/{job['id']}/accept")
+    progress = {"stage": "training", "message": "", "epoch": 3, "epochs": 10, "loss": 0.5}
+    node.ok("POST", f"/synthesis-jobs/{job['id']}/progress", json=progress)
+    view = setup.researcher.get_synthesis(made["id"])
+    assert view["jobs"][0]["status"] == "training"
+    assert view["jobs"][0]["progress"] == progress
+    node.ok(
+        "POST",
+        f"/synthesis-jobs/{job['id']}/candidate",
+        json={"gates": GATES, "approvals_required": 1},
+    )
+    view = setup.researcher.get_synthesis(made["id"], wait=5)
+    assert view["at_rest"] and view["status"] == "running"
+    assert view["jobs"][0]["status"] == "awaiting_review"
+    assert view["jobs"][0]["gates"][0]["name"] == "min_fidelity"
+
+    data = synthetic()
+    response = upload(node, job["id"], data, card(data))
+    assert response.status_code == 200, response.text
+    release = response.json()
+    assert release["rows"] == 40 and release["sha256"] == hashlib.sha256(data).hexdigest()
+    assert release["card"]["approvals"][0]["steward"] == "sam"
+
+    done = setup.researcher.get_synthesis(made["id"])
+    assert done["status"] == "done" and done["jobs"][0]["status"] == "released"
+    assert done["jobs"][0]["release_id"] == release["id"]
+    [listed] = setup.researcher.releases(setup.study_id)
+    assert listed["id"] == release["id"] and listed["node"] == node.name
+    parquet = setup.researcher.release_data(release["id"], "parquet")
+    assert parquet == data
+    csv = setup.researcher.release_data(release["id"], "csv")
+    assert hashlib.sha256(csv).hexdigest() == release["csv_sha256"]
+    pd.testing.assert_frame_equal(
+        pd.read_csv(io.BytesIO(csv)), pd.read_parquet(io.BytesIO(data)), check_dtype=False
+    )
+    assert setup.researcher.release_report(release["id"]) == REPORT
+    assert upload(node, job["id"], data, card(data)).status_code == 409, "published once"
+    actions = [e["action"] for e in setup.admin.audit(limit=1000)]
+    for action in (
+        "synthesis.requested",
+        "synthesis.accepted",
+        "synthesis.awaiting_review",
+        "release.published",
+        "release.downloaded",
+    ):
+        assert action in actions
+
+
+@pytest.mark.parametrize(
+    ("changes", "data_rows", "status", "message"),
+    [
+        ({"sha256": "0" * 64}, 40, 422, "does not hash to the card"),
+        ({"rows": 20}, 40, 422, "the card says 20"),
+        ({}, 20, 422, "holds 20 rows"),
+        ({"approvals": []}, 40, 422, "approvals"),
+        ({"generator": "mst", "epsilon": 1.0}, 40, 422, "names generator 'mst'"),
+        ({"epsilon": 1.0}, 40, 422, "epsilon is given exactly for"),
+    ],
+)
+def test_an_upload_that_does_not_match_its_card_or_request_is_refused(
+    setup: Setup, changes: dict[str, Any], data_rows: int, status: int, message: str
+) -> None:
+    node = setup.nodes[0]
+    allow_synthesis(node)
+    made = setup.researcher.request_synthesis(setup.study_id, SPEC)
+    job = to_review(node)
+    data = synthetic(data_rows)
+    body = card(data) | changes
+    if "sha256" not in changes:
+        body["sha256"] = hashlib.sha256(data).hexdigest()
+    response = upload(node, job["id"], data, body)
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]["message"]
+    assert setup.researcher.get_synthesis(made["id"])["jobs"][0]["status"] == "awaiting_review"
+    assert setup.researcher.releases(setup.study_id) == []
+
+
+def test_uploads_beyond_the_size_limit_and_too_few_approvals_are_refused(setup: Setup) -> None:
+    node = setup.nodes[0]
+    allow_synthesis(node)
+    setup.researcher.request_synthesis(setup.study_id, SPEC)
+    job = to_review(node, approvals=2)
+    data = synthetic()
+    response = upload(node, job["id"], data, card(data))
+    assert response.status_code == 422
+    assert "this node's policy requires 2" in response.json()["error"]["message"]
+    big = upload(node, job["id"], data, card(data), report=b"<!doctype html>" + b"x" * 300_000)
+    assert big.status_code == 413 and big.json()["error"]["code"] == "too_large"
+    assert upload(node, job["id"], b"", card(data)).status_code == 422
+
+
+def test_gated_rejected_refused_and_failed_jobs_publish_nothing(setup: Setup) -> None:
+    for node in setup.nodes:
+        allow_synthesis(node)
+    made = setup.researcher.request_synthesis(setup.study_id, SPEC)
+    gated, rejected, refused = (take_job(n) for n in setup.nodes)
+    a, b, c = setup.nodes
+    a.ok("POST", f"/synthesis-jobs/{gated['id']}/accept")
+    failing = [*GATES, {"name": "min_dcr_ratio", "passed": False, "value": 0.01, "threshold": 0.02}]
+    answer = a.ok(
+        "POST",
+        f"/synthesis-jobs/{gated['id']}/candidate",
+        json={"gates": failing, "approvals_required": 1},
+    )
+    assert answer == {"status": "gated"}
+    b.ok("POST", f"/synthesis-jobs/{rejected['id']}/accept")
+    b.ok(
+        "POST",
+        f"/synthesis-jobs/{rejected['id']}/candidate",
+        json={"gates": GATES, "approvals_required": 1},
+    )
+    decision = {
+        "steward": "sam",
+        "decision": "reject",
+        "at": datetime.now(UTC).isoformat(),
+        "reason": "too few rows for age over 15",
+    }
+    b.ok("POST", f"/synthesis-jobs/{rejected['id']}/reject", json={"decisions": [decision]})
+    c.ok("POST", f"/synthesis-jobs/{refused['id']}/refuse", json={"reason": "not today"})
+    view = setup.researcher.wait_synthesis(made["id"], timeout=10, until="done")
+    jobs = {j["node"]: j for j in view["jobs"]}
+    assert view["status"] == "done"
+    assert jobs[a.name]["status"] == "gated"
+    assert jobs[a.name]["error"] == {
+        "code": "release_gate_failed",
+        "message": "release gate(s) failed: min_dcr_ratio",
+    }
+    assert jobs[b.name]["status"] == "rejected"
+    assert jobs[b.name]["decisions"][0]["reason"] == "too few rows for age over 15"
+    assert jobs[c.name]["error"]["message"] == "not today"
+    data = synthetic()
+    for node, job in ((a, gated), (b, rejected), (c, refused)):
+        response = upload(node, job["id"], data, card(data))
+        assert response.status_code == 409, response.text
+    assert setup.researcher.releases(setup.study_id) == []
+    actions = [e["action"] for e in setup.admin.audit(limit=1000)]
+    assert {"synthesis.gated", "synthesis.rejected", "synthesis.refused"} <= set(actions)
+
+
+def test_nodes_and_people_see_only_their_own(setup: Setup, coordinator: Any) -> None:
+    a, b, _ = setup.nodes
+    allow_synthesis(a)
+    made = setup.researcher.request_synthesis(setup.study_id, SPEC)
+    job = to_review(a)
+    response = b.call("POST", f"/synthesis-jobs/{job['id']}/accept")
+    assert response.status_code == 404, "another node's job does not exist for it"
+    data = synthetic()
+    release = upload(a, job["id"], data, card(data)).json()
+    setup.admin.create_user("olga", RESEARCHER_PASSWORD, role="researcher")
+    outsider = TesseraClient(setup.url)
+    outsider.login("olga", RESEARCHER_PASSWORD)
+    with pytest.raises(NotFound):
+        outsider.get_synthesis(made["id"])
+    with pytest.raises(NotFound):
+        outsider.release(release["id"])
+    with pytest.raises(NotFound):
+        outsider.release_data(release["id"])
+    assert setup.http.get(f"{setup.url}/api/v1/releases/{release['id']}/data").status_code == 401
+    as_node = a.call("GET", f"/releases/{release['id']}")
+    assert as_node.status_code == 403
+
+
+def test_a_job_nobody_trains_fails_at_its_deadline(replica_setup: Setup) -> None:
+    setup = replica_setup
+    allow_synthesis(setup.nodes[0])
+    made = setup.researcher.request_synthesis(setup.study_id, SPEC)
+    deadline = time.monotonic() + 15
+    while True:
+        view = setup.researcher.get_synthesis(made["id"], wait=2)
+        if view["status"] == "done" or time.monotonic() > deadline:
+            break
+    job = view["jobs"][0]
+    assert job["status"] == "failed" and job["error"]["code"] == "timeout"
+    assert "did not finish training within 2 s" in job["error"]["message"]
+    late = setup.nodes[0].call("POST", f"/synthesis-jobs/{job['id']}/accept")
+    assert late.status_code == 409
