@@ -1,4 +1,5 @@
-"""`NodeAgent`: register, long-poll for tasks, decide, compute the local summary, run the party.
+"""`NodeAgent`: register, long-poll for tasks, decide, compute the local summary, run the party;
+and run synthesis jobs (`node_agent.synthesis`).
 
 Each task runs in its own thread, so queries can overlap; each gets its own MPC port from the
 node's range and a fresh TLS identity (key and self-signed certificate, `smpc.tls`). What
@@ -35,6 +36,7 @@ from node_agent.coordinator_client import AgentStopping, Backoff, CoordinatorCli
 from node_agent.datasets import DatasetCache
 from node_agent.policy import Policy
 from node_agent.ports import PortPool
+from node_agent.synthesis import SynthesisService
 from tessera import __version__
 from tessera.errors import (
     BudgetExceeded,
@@ -109,6 +111,9 @@ class NodeAgent:
         self._report_lock = threading.Lock()  # one budget report at a time, in order
         self._budget_changed = threading.Event()
         self._reporter: threading.Thread | None = None
+        self.synthesis = SynthesisService(
+            settings, self.client, self.policy, self._audit, self.stopping
+        )
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -161,6 +166,7 @@ class NodeAgent:
                 target=self._report_budget_changes, daemon=True, name="budget-reporter"
             )
             self._reporter.start()
+            self.synthesis.start()
             self._serve()
         except (_Interrupted, AgentStopping):
             pass
@@ -224,6 +230,7 @@ class NodeAgent:
         for thread in list(self._threads.values()):
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
         left = [t.name for t in self._threads.values() if t.is_alive()]
+        self.synthesis.stop()
         if self._reporter is not None:
             self._reporter.join(timeout=1.0)
         self.client.close()

@@ -26,12 +26,15 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from tessera.errors import ConfigInvalid
 from tessera.schemas import (
+    DP_GENERATORS,
+    GENERATORS,
     ColumnSpec,
     DatasetSchema,
     DPBudget,
     DPTotal,
     Name,
     NodePolicySummary,
+    SynthesisPolicySummary,
 )
 from tessera.settings import ENV_PREFIX, read_toml
 
@@ -108,6 +111,96 @@ class DatasetDPConfig(BaseModel):
         return DPBudget(epsilon=self.epsilon, delta=self.delta or 0.0)
 
 
+class SynthesisPolicyConfig(BaseModel):
+    """What this node lets a generator do (`[policy.synthesis]`; absent: it trains none).
+
+    `stewards` are the names that may approve or reject a candidate (`tessera steward ...
+    --as NAME`); `approvals_required` of them must approve before anything is uploaded.
+    `holdout_min` is the smallest share of rows a request may hold out for evaluation.
+    `device` is where torch generators train (`auto`: CUDA when present); at most
+    `max_concurrent_jobs` jobs train at once (the others wait, their deadlines running).
+    `max_training_seconds` is checked when training returns: a generator that trained longer
+    fails its job instead of going on to sampling. `gates` are the release gates every candidate
+    must pass (the fields of `synth.gates.ReleaseGates`; absent ones keep its defaults).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    generators: list[str] = Field(min_length=1)
+    dp_required: bool = False
+    max_epsilon: float | None = Field(None, gt=0, allow_inf_nan=False)
+    default_delta: float = Field(1e-6, gt=0, lt=1e-3)
+    max_rows: int | None = Field(None, ge=1)
+    max_training_seconds: float | None = Field(None, gt=0)
+    stewards: list[str] = Field(min_length=1)
+    approvals_required: int = Field(1, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_concurrent_jobs: int = Field(1, ge=1, le=16)  # workers training at once
+    holdout_min: float = Field(0.1, ge=0.05, le=0.5)
+    gates: dict[str, float | bool | None] = {}
+
+    @field_validator("generators")
+    @classmethod
+    def _known_generators(cls, value: list[str]) -> list[str]:
+        unknown = [g for g in value if g not in GENERATORS]
+        if unknown:
+            raise ValueError(
+                f"unknown generator(s) {', '.join(map(repr, unknown))}; "
+                f"known: {', '.join(GENERATORS)}"
+            )
+        return list(dict.fromkeys(value))
+
+    @field_validator("stewards")
+    @classmethod
+    def _steward_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not name.strip() or len(name) > 64 or name != name.strip():
+                raise ValueError(f"steward name {name!r} must be 1-64 characters, no outer spaces")
+        if len(set(value)) != len(value):
+            raise ValueError("a steward is named twice")
+        return value
+
+    @field_validator("gates")
+    @classmethod
+    def _gate_fields(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from synth.gates import ReleaseGates
+
+        try:
+            ReleaseGates(**value)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"invalid release gates: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _coherent(self) -> SynthesisPolicyConfig:
+        if self.approvals_required > len(self.stewards):
+            raise ValueError(
+                f"approvals_required ({self.approvals_required}) exceeds the number of "
+                f"stewards ({len(self.stewards)})"
+            )
+        if self.dp_required and not set(self.generators) & set(DP_GENERATORS):
+            raise ValueError(
+                "dp_required allows only differentially private generators "
+                f"({', '.join(DP_GENERATORS)}), and none is in generators"
+            )
+        return self
+
+    def release_gates(self) -> Any:
+        """The `synth.gates.ReleaseGates` every candidate is held to."""
+        from synth.gates import ReleaseGates
+
+        return ReleaseGates(**self.gates)  # type: ignore[arg-type]
+
+    def summary(self) -> SynthesisPolicySummary:
+        return SynthesisPolicySummary(
+            generators=self.generators,
+            dp_required=self.dp_required,
+            max_epsilon=self.max_epsilon,
+            max_rows=self.max_rows,
+            approvals_required=self.approvals_required,
+        )
+
+
 class PolicyConfig(BaseModel):
     """The hospital's rules. Authoritative: the node refuses what they forbid, whatever the
     coordinator says."""
@@ -125,6 +218,7 @@ class PolicyConfig(BaseModel):
     dp_epsilon_total: float | None = Field(None, ge=0, allow_inf_nan=False)
     dp_delta_total: float | None = Field(None, ge=0, lt=1)
     dp_budgets: dict[str, DatasetDPConfig] = {}  # a dataset's own limits, instead
+    synthesis: SynthesisPolicyConfig | None = None  # None: this node trains no generator
 
     @model_validator(mode="after")
     def _delta_needs_epsilon(self) -> PolicyConfig:
@@ -183,6 +277,7 @@ class PolicyConfig(BaseModel):
                 if (own.epsilon_total is not None or own.delta_total is not None)
                 and (total := self._dataset_total(own)) is not None
             },
+            synthesis=self.synthesis.summary() if self.synthesis is not None else None,
         )
 
 
@@ -271,6 +366,16 @@ class NodeSettings(BaseSettings):
     @property
     def audit_path(self) -> Path:
         return self.work_dir / "audit.jsonl"
+
+    @property
+    def synthesis_dir(self) -> Path:
+        """Where candidates are written (`job-<id>/`) and their store kept."""
+        return self.work_dir / "synthesis"
+
+    @property
+    def candidates_path(self) -> Path:
+        """The candidate store (SQLite): candidates and the stewards' decisions."""
+        return self.synthesis_dir / "candidates.sqlite3"
 
     @property
     def ledger_path(self) -> Path:

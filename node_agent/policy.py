@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from node_agent.config import DatasetConfig, PolicyConfig
 from tessera.errors import QueryInvalid
-from tessera.schemas import DPBudget, DPTotal, NodePolicySummary, TaskOut
+from tessera.schemas import DPBudget, DPTotal, NodePolicySummary, SynthesisJobOut, TaskOut
 
 MIN_PARTIES = 3  # Shamir sharing with an honest majority: t < m/2 needs m >= 3 for t >= 1
 
@@ -79,4 +79,54 @@ class Policy:
             prepare(task.query, ds.schema_)
         except QueryInvalid as exc:
             return f"query invalid against this node's declared schema: {exc.message}"
+        return None
+
+    def decide_synthesis(self, job: SynthesisJobOut) -> str | None:
+        """None if this node may train for the synthesis job; otherwise why not (sent to the
+        coordinator: it names the rule, never data)."""
+        from synth import generator_class
+
+        rules = self.config.synthesis
+        spec = job.spec
+        if rules is None:
+            return "this node's policy allows no synthesis ([policy.synthesis] is not set)"
+        ds = self._datasets.get(spec.dataset)
+        if ds is None or not self.serves(spec.dataset):
+            return f"dataset {spec.dataset!r} is not served by this node"
+        if spec.generator not in rules.generators:
+            return (
+                f"policy does not allow generator {spec.generator!r} "
+                f"(allowed: {', '.join(rules.generators)})"
+            )
+        if rules.dp_required and not spec.differentially_private:
+            return "policy requires a differentially private generator"
+        limit = rules.max_epsilon
+        if spec.epsilon is not None and limit is not None and spec.epsilon > limit:
+            return f"policy allows epsilon up to {limit:g}, not {spec.epsilon:g}"
+        if rules.max_rows is not None and spec.rows > rules.max_rows:
+            return f"policy allows up to {rules.max_rows} synthetic rows, not {spec.rows}"
+        if spec.holdout < rules.holdout_min:
+            return f"policy holds out at least {rules.holdout_min:.0%} of the rows for evaluation"
+        if spec.target is not None and ds.schema_.column(spec.target) is None:
+            return f"target {spec.target!r} is not a declared column of {spec.dataset!r}"
+        cls = generator_class(spec.generator)
+        unknown = sorted(set(spec.params) - set(cls.param_names) - {"epsilon", "delta"})
+        if unknown or {"epsilon", "delta"} & set(spec.params):
+            known = ", ".join(p for p in cls.param_names if p not in ("epsilon", "delta"))
+            return (
+                f"generator {spec.generator!r} takes no parameter(s) "
+                f"{', '.join(unknown or sorted({'epsilon', 'delta'} & set(spec.params)))} "
+                f"(known: {known or 'none'}; epsilon and delta are the request's own fields)"
+            )
+        if spec.differentially_private:
+            undeclared = [
+                c.name
+                for c in ds.columns
+                if c.type in ("integer", "float") and (c.min is None or c.max is None)
+            ]
+            if undeclared:
+                return (
+                    "a differentially private generator needs declared bounds; not declared "
+                    f"here: {', '.join(undeclared)}"
+                )
         return None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from tessera.cli import admin, audit, coordinator, demo, node, query, simulate
+from tessera.cli import admin, audit, coordinator, demo, node, query, simulate, steward
 from tessera.cli import synth as synth_cli
 
 app = typer.Typer(
@@ -26,6 +26,7 @@ app.add_typer(admin.app, name="admin")
 app.add_typer(audit.app, name="audit")
 app.add_typer(query.app, name="query")
 app.add_typer(synth_cli.app, name="synth")
+app.add_typer(steward.app, name="steward")
 
 
 if __name__ == "__main__":

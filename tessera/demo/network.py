@@ -71,6 +71,9 @@ class NodeSpec:
     dp_delta_budget: float | None = None
     dp_epsilon_total: float | None = None
     dp_delta_total: float | None = None
+    # `[policy.synthesis]` (docs/node-agent.md), its `gates` a table of their own; None: the
+    # node trains no generator.
+    synthesis: dict[str, Any] | None = None
 
 
 def node_config(spec: NodeSpec, coordinator_url: str, api_key: str, work_dir: Path) -> str:
@@ -98,6 +101,12 @@ def node_config(spec: NodeSpec, coordinator_url: str, api_key: str, work_dir: Pa
             "dp_delta_total": spec.dp_delta_total,
         }
     )
+    if spec.synthesis is not None:
+        rules = dict(spec.synthesis)
+        gates = rules.pop("gates", None)
+        lines += ["", "[policy.synthesis]", *_toml_table(rules)]
+        if gates:
+            lines += ["", "[policy.synthesis.gates]", *_toml_table(gates)]
     for ds in spec.datasets:
         lines += ["", "[[datasets]]"]
         lines += _toml_table(

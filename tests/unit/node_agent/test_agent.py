@@ -73,6 +73,10 @@ class FakeCoordinator:
             time.sleep(0.01)
         return tasks
 
+    def synthesis_jobs(self, wait: float) -> list[Any]:
+        time.sleep(0.05)  # no synthesis here (tests/unit/node_agent/test_synthesis.py)
+        return []
+
     def accept(self, task_id: int, body: TaskAccept) -> None:
         self._record("accept", task_id, body)
         self.accepted[task_id] = body

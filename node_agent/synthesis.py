@@ -1,0 +1,499 @@
+"""The node's synthesis jobs: decide, train in a worker process, gate, wait for the stewards,
+upload only what they approved.
+
+`SynthesisService` runs three kinds of threads inside the node agent:
+
+- a poller long-polls the coordinator for synthesis jobs (`GET /nodes/me/synthesis-jobs`);
+- one thread per job decides by the node's policy (refusing with the reason), records the
+  candidate (`node_agent.candidates`), accepts, runs `node_agent.synthesis_worker` in a
+  process of its own (at most `max_concurrent_jobs` at once), relays its progress, and reports
+  the candidate's release gates: a candidate that failed one is `gated`, never offered, and
+  nothing of it leaves the node;
+- a reviewer looks at the candidate store every second: each steward decision made with
+  `tessera steward` is written to the node's audit log; one rejection rejects the candidate
+  (the coordinator keeps only that record); the policy's `approvals_required`-th approval makes
+  it `approved`, and the reviewer uploads the release card, the synthetic Parquet and the
+  report. Only then does synthetic data leave the node.
+
+What leaves the node for a job: its decision and reason, progress (stages, epochs, losses),
+the gates' names, values and thresholds, the stewards' decisions, and for an approved
+candidate its card, data and report. Never a row of the real data, and never the model.
+On start, a job that was training when the agent stopped is failed (its worker died with
+it); an approved candidate whose upload had not finished is uploaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from node_agent.candidates import Candidate, CandidateStore
+from node_agent.coordinator_client import AgentStopping, Backoff, CoordinatorClient
+from node_agent.policy import Policy
+from tessera.errors import Conflict, ProtocolFailed, TesseraError, Unauthorized
+from tessera.schemas import (
+    GateOutcome,
+    ReleaseCard,
+    SynthesisCandidate,
+    SynthesisJobOut,
+    SynthesisProgress,
+    SynthesisRejection,
+)
+
+if TYPE_CHECKING:
+    from node_agent.config import NodeSettings
+
+log = logging.getLogger("tessera.node")
+
+REVIEW_INTERVAL_S = 1.0
+PROGRESS_INTERVAL_S = 1.0
+WORKER = [sys.executable, "-m", "node_agent.synthesis_worker"]
+
+Audit = Callable[..., None]
+
+
+def _event(level: int, event: str, message: str, *args: Any, **fields: Any) -> None:
+    log.log(level, message, *args, extra={"event": event, "fields": fields})
+
+
+class SynthesisService:
+    def __init__(
+        self,
+        settings: NodeSettings,
+        client: CoordinatorClient,
+        policy: Policy,
+        audit: Audit,
+        stopping: threading.Event,
+    ) -> None:
+        self.settings = settings
+        self.client = client
+        self.policy = policy
+        self.audit = audit
+        self.stopping = stopping
+        self._store: CandidateStore | None = None
+        rules = settings.policy.synthesis
+        self._slots = threading.Semaphore(rules.max_concurrent_jobs if rules else 1)
+        self._threads: list[threading.Thread] = []
+        self._workers: dict[int, subprocess.Popen[bytes]] = {}
+        self._workers_lock = threading.Lock()
+        self._seen: set[int] = set()
+
+    @property
+    def store(self) -> CandidateStore:
+        if self._store is None:
+            self._store = CandidateStore(self.settings.candidates_path)
+        return self._store
+
+    # ---- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Recover from the last run, then start the poller and the reviewer."""
+        self._recover()
+        for target, name in ((self._poll, "synthesis-poller"), (self._review, "reviewer")):
+            thread = threading.Thread(target=target, daemon=True, name=name)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        """Kill running workers (their jobs fail), then wait for the threads."""
+        with self._workers_lock:
+            workers = list(self._workers.values())
+        for proc in workers:
+            if proc.poll() is None:
+                proc.kill()
+        deadline = time.monotonic() + grace_s
+        for thread in self._threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+
+    def _recover(self) -> None:
+        for candidate in self.store.list(("training",)):
+            self.store.set_status(
+                candidate.job_id, "failed", error="the node agent stopped while it trained"
+            )
+            self.audit("synthesis.failed", "failed", job=candidate.job_id, code="node_restarted")
+            self._tell(
+                "fail_synthesis",
+                candidate.job_id,
+                "node_restarted",
+                "the node agent stopped while it trained; request again",
+            )
+            self._seen.add(candidate.job_id)
+
+    # ---- polling --------------------------------------------------------------------------
+
+    def _poll(self) -> None:
+        backoff = Backoff()
+        while not self.stopping.is_set():
+            try:
+                jobs = self.client.synthesis_jobs(self.settings.poll_wait_s)
+                backoff.reset()
+            except (AgentStopping, Unauthorized):
+                return
+            except TesseraError as exc:
+                delay = backoff.next_delay()
+                _event(
+                    logging.WARNING,
+                    "synthesis.poll_failed",
+                    "polling for synthesis jobs failed (%s); again in %.1f s",
+                    exc.message,
+                    delay,
+                )
+                self.stopping.wait(delay)
+                continue
+            for job in jobs:
+                if job.id in self._seen:
+                    continue
+                self._seen.add(job.id)
+                thread = threading.Thread(
+                    target=self.handle, args=(job,), daemon=True, name=f"synthesis-{job.id}"
+                )
+                self._threads = [t for t in self._threads if t.is_alive()]
+                self._threads.append(thread)
+                thread.start()
+
+    # ---- one job --------------------------------------------------------------------------
+
+    def handle(self, job: SynthesisJobOut) -> None:
+        spec = job.spec
+        subject = {
+            "job": job.id,
+            "request": job.request_id,
+            "study": job.study_id,
+            "dataset": spec.dataset,
+            "generator": spec.generator,
+            "requested_by": job.requested_by,
+        }
+        self.audit(
+            "synthesis.received", "received", rows=spec.rows, epsilon=spec.epsilon, **subject
+        )
+        _event(
+            logging.INFO,
+            "synthesis.received",
+            "synthesis job %d: %s on %s, %d rows, requested by %s",
+            job.id,
+            spec.generator,
+            spec.dataset,
+            spec.rows,
+            job.requested_by,
+            **subject,
+        )
+        reason = self.policy.decide_synthesis(job)
+        if reason is not None:
+            self.audit("synthesis.refused", "refused", reason=reason, **subject)
+            _event(
+                logging.INFO,
+                "synthesis.refused",
+                "synthesis job %d refused: %s",
+                job.id,
+                reason,
+                job=job.id,
+            )
+            self._tell("refuse_synthesis", job.id, reason)
+            return
+        folder = self.settings.synthesis_dir / f"job-{job.id}"
+        if not self.store.create(
+            job.id,
+            job.request_id,
+            job.study_id,
+            spec.dataset,
+            spec.generator,
+            job.requested_by,
+            spec.model_dump(mode="json"),
+            folder,
+        ):
+            return  # known from an earlier offer
+        started = time.perf_counter()
+        try:
+            self.client.accept_synthesis(job.id)
+            self.audit("synthesis.accepted", "accepted", **subject)
+            with self._slots:
+                self._progress(job.id, SynthesisProgress(stage="starting", message="worker"))
+                outcome = self._train(job, folder)
+            gates = [GateOutcome.model_validate(g) for g in outcome["gates"]]
+            rules = self.settings.policy.synthesis
+            assert rules is not None  # decide_synthesis refused otherwise
+            status = self.store.set_candidate(
+                job.id, outcome["card"], outcome["gates"], rules.approvals_required
+            )
+            failed = [g.name for g in gates if not g.passed]
+            self.audit(
+                "synthesis.candidate",
+                status,
+                seconds=round(time.perf_counter() - started, 2),
+                failed_gates=failed or None,
+                **subject,
+            )
+            _event(
+                logging.INFO,
+                "synthesis.candidate",
+                "synthesis job %d: candidate %s in %.1f s%s; report %s",
+                job.id,
+                status.replace("_", " "),
+                time.perf_counter() - started,
+                f" (failed gates: {', '.join(failed)})" if failed else "",
+                folder / "report.html",
+                job=job.id,
+                status=status,
+            )
+            self.client.synthesis_candidate(
+                job.id,
+                SynthesisCandidate(gates=gates, approvals_required=rules.approvals_required),
+            )
+        except Conflict as exc:  # the coordinator ended the job (deadline, or failed)
+            self.store.set_status(job.id, "failed", error=exc.message)
+            self.audit("synthesis.abandoned", "abandoned", reason=exc.message, **subject)
+        except AgentStopping:
+            pass  # recovered at the next start
+        except TesseraError as exc:
+            self._failed(job.id, subject, exc.code, exc.message)
+        except Exception as exc:  # never let a job thread die silently
+            log.exception("synthesis job %d: unexpected %s", job.id, type(exc).__name__)
+            self._failed(job.id, subject, "node_error", f"node error: {type(exc).__name__}")
+
+    def _failed(self, job_id: int, subject: dict[str, Any], code: str, message: str) -> None:
+        self.store.set_status(job_id, "failed", error=message)
+        self.audit("synthesis.failed", "failed", code=code, reason=message, **subject)
+        _event(
+            logging.WARNING,
+            "synthesis.failed",
+            "synthesis job %d failed (%s: %s)",
+            job_id,
+            code,
+            message,
+            job=job_id,
+            code=code,
+        )
+        self._tell("fail_synthesis", job_id, code, message)
+
+    def _train(self, job: SynthesisJobOut, folder: Path) -> dict[str, Any]:
+        """Run the worker process until it answers or the job's deadline; relay progress."""
+        rules = self.settings.policy.synthesis
+        assert rules is not None
+        ds = self.settings.dataset(job.spec.dataset)
+        assert ds is not None
+        dataset = ds.model_dump(mode="json")
+        if ds.url is not None:
+            dataset["url"] = ds.url.get_secret_value()  # to our own child, on its stdin
+        job_input = {
+            "job": job.model_dump(mode="json"),
+            "dataset": dataset,
+            "folder": str(folder),
+            "device": rules.device,
+            "min_count": self.policy.min_count,
+            "default_delta": rules.default_delta,
+            "max_training_seconds": rules.max_training_seconds,
+            "gates": rules.gates,
+            "node": self.settings.name,
+        }
+        folder.mkdir(parents=True, exist_ok=True)
+        left = (job.deadline - datetime.now(UTC)).total_seconds()
+        if left <= 0:
+            raise ProtocolFailed("the job's deadline passed before training started")
+        with (folder / "worker.log").open("ab") as worker_log:
+            proc = subprocess.Popen(
+                WORKER, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=worker_log
+            )
+            with self._workers_lock:
+                self._workers[job.id] = proc
+            timer = threading.Timer(left, proc.kill)
+            timer.daemon = True
+            timer.start()
+            try:
+                assert proc.stdin is not None and proc.stdout is not None
+                proc.stdin.write(json.dumps(job_input).encode())
+                proc.stdin.close()
+                answer = self._relay(job.id, proc.stdout)
+                proc.wait()
+            finally:
+                timer.cancel()
+                with self._workers_lock:
+                    self._workers.pop(job.id, None)
+        if answer is None:
+            if self.stopping.is_set():
+                raise ProtocolFailed("the node agent stopped while it trained")
+            if (job.deadline - datetime.now(UTC)).total_seconds() <= 0:
+                raise ProtocolFailed("training did not finish by the job's deadline")
+            raise ProtocolFailed(
+                f"the synthesis worker exited ({proc.returncode}) without an answer; see "
+                f"{folder / 'worker.log'}"
+            )
+        if "error" in answer:
+            error = TesseraError(answer["error"]["message"])
+            error.code = answer["error"]["code"]
+            raise error
+        return dict(answer["done"])
+
+    def _relay(self, job_id: int, stdout: Any) -> dict[str, Any] | None:
+        """Forward the worker's progress (at most one report a second, and every new stage)
+        until its answer."""
+        last_stage, last_sent = "", 0.0
+        for raw in stdout:
+            try:
+                message = json.loads(raw)
+            except ValueError:
+                continue
+            if "progress" not in message:
+                return dict(message)
+            event = message["progress"]
+            now = time.monotonic()
+            stage = str(event.get("stage", ""))
+            final_epoch = event.get("epoch") is not None and event.get("epoch") == event.get(
+                "epochs"
+            )
+            if stage != last_stage or final_epoch or now - last_sent >= PROGRESS_INTERVAL_S:
+                self._progress(
+                    job_id,
+                    SynthesisProgress(
+                        stage=stage[:64] or "training",
+                        message=str(event.get("message", ""))[:2000],
+                        epoch=event.get("epoch"),
+                        epochs=event.get("epochs"),
+                        loss=event.get("loss"),
+                    ),
+                )
+                last_stage, last_sent = stage, now
+        return None
+
+    def _progress(self, job_id: int, body: SynthesisProgress) -> None:
+        with contextlib.suppress(TesseraError):  # best effort: never holds up training
+            self.client.synthesis_progress(job_id, body)
+
+    # ---- review ---------------------------------------------------------------------------
+
+    def _review(self) -> None:
+        while not self.stopping.wait(REVIEW_INTERVAL_S):
+            try:
+                self.review_once()
+            except AgentStopping:
+                return
+            except Exception:  # the reviewer must outlive one bad candidate
+                log.exception("reviewing synthesis candidates failed; again in 1 s")
+
+    def review_once(self) -> None:
+        """Audit new decisions; reject, approve and upload what they decide."""
+        for job_id, decision in self.store.unaudited():
+            done = {"approve": "approved", "reject": "rejected"}[decision.decision]
+            self.audit(
+                f"steward.{done}",
+                done,
+                job=job_id,
+                steward=decision.steward,
+                reason=decision.reason or None,
+            )
+            self.store.mark_audited(job_id, decision.steward)
+        for candidate in self.store.list(("awaiting_review", "approved")):
+            if candidate.status == "awaiting_review":
+                if candidate.rejections:
+                    self._reject(candidate)
+                    continue
+                if len(candidate.approvals) < (candidate.approvals_required or 1):
+                    continue
+                self.store.set_status(candidate.job_id, "approved", expect=("awaiting_review",))
+                candidate = self.store.get(candidate.job_id)
+            self._upload(candidate)
+
+    def _reject(self, candidate: Candidate) -> None:
+        self.store.set_status(candidate.job_id, "rejected", expect=("awaiting_review",))
+        candidate.data_path.unlink(missing_ok=True)  # never uploaded, not kept
+        stewards = [d.steward for d in candidate.rejections]
+        self.audit("synthesis.rejected", "rejected", job=candidate.job_id, stewards=stewards)
+        _event(
+            logging.INFO,
+            "synthesis.rejected",
+            "synthesis job %d rejected by %s",
+            candidate.job_id,
+            ", ".join(stewards),
+            job=candidate.job_id,
+        )
+        self._tell(
+            "reject_synthesis",
+            candidate.job_id,
+            SynthesisRejection(decisions=list(candidate.decisions)),
+        )
+
+    def _upload(self, candidate: Candidate) -> None:
+        assert candidate.card is not None and candidate.gates is not None
+        data = candidate.data_path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != candidate.card["sha256"]:
+            self._fail_candidate(candidate, "data_changed", "the candidate's data file changed")
+            return
+        card = ReleaseCard.model_validate(
+            {**candidate.card, "gates": candidate.gates, "approvals": candidate.approvals}
+        )
+        report = candidate.report_path.read_bytes()
+        try:
+            release = self.client.release(candidate.job_id, card, data, report)
+        except Conflict as exc:
+            if exc.details.get("status") == "released":  # our earlier upload got there
+                self.store.set_status(candidate.job_id, "released", expect=("approved",))
+                return
+            self._fail_candidate(candidate, "upload_refused", exc.message, tell=False)
+            return
+        except AgentStopping:
+            raise
+        except TesseraError as exc:
+            self._fail_candidate(candidate, "upload_refused", exc.message)
+            return
+        self.store.set_status(
+            candidate.job_id, "released", expect=("approved",), release_id=release["id"]
+        )
+        self.audit(
+            "release.uploaded",
+            "released",
+            job=candidate.job_id,
+            release=release["id"],
+            sha256=card.sha256,
+            rows=card.rows,
+            approvals=[a.steward for a in card.approvals],
+        )
+        _event(
+            logging.INFO,
+            "release.uploaded",
+            "synthesis job %d released as release %d",
+            candidate.job_id,
+            release["id"],
+            job=candidate.job_id,
+            release=release["id"],
+        )
+
+    def _fail_candidate(
+        self, candidate: Candidate, code: str, message: str, tell: bool = True
+    ) -> None:
+        self.store.set_status(candidate.job_id, "failed", error=message)
+        self.audit("synthesis.failed", "failed", job=candidate.job_id, code=code, reason=message)
+        _event(
+            logging.WARNING,
+            "synthesis.failed",
+            "synthesis job %d: %s",
+            candidate.job_id,
+            message,
+            job=candidate.job_id,
+        )
+        if tell:
+            self._tell("fail_synthesis", candidate.job_id, code, message)
+
+    def _tell(self, what: str, job_id: int, *args: Any) -> None:
+        """Report to the coordinator; a failure to report is logged, not raised."""
+        try:
+            getattr(self.client, what)(job_id, *args)
+        except Conflict as exc:
+            _event(logging.INFO, "synthesis.over", "synthesis job %d: %s", job_id, exc.message)
+        except TesseraError as exc:
+            _event(
+                logging.WARNING,
+                "coordinator.unreported",
+                "synthesis job %d: could not %s: %s",
+                job_id,
+                what,
+                exc.message,
+            )

@@ -1,0 +1,275 @@
+"""The synthetic-data release workflow end to end: a coordinator and three node agents, each
+its own OS process, on SQLite and on PostgreSQL; the stewards decide with `tessera steward`.
+
+One request goes to all three hospitals. Hospital A needs two stewards: one approval is not
+enough, two publish its release, downloadable as CSV and Parquet with the card's hash. Hospital
+B's gate demands a fidelity no generator reaches: its candidate is gated, never offered,
+nothing of it is uploaded. Hospital C's steward rejects: nothing is uploaded, the coordinator
+keeps the record. Every decision is in the node's audit log, whose chain verifies. On SQLite a
+differentially private request (mst, epsilon 1) is released too, its card stating the epsilon
+and withholding the exact row counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from tessera.client import TesseraClient
+from tessera.demo.cohort import HOSPITALS, cohort, schema
+from tessera.demo.network import DataSource, Network, NodeSpec
+
+DATASET = "cohort"
+ROWS = 300
+SPEC = {
+    "dataset": DATASET,
+    "generator": "cart",
+    "rows": ROWS,
+    "target": "icu_admission",
+    "seed": 11,
+}
+POLICIES: dict[str, dict[str, Any]] = {
+    "node-a": {
+        "generators": ["cart", "mst"],
+        "stewards": ["ada", "bob"],
+        "approvals_required": 2,
+        "max_epsilon": 2.0,
+    },
+    "node-b": {"generators": ["cart"], "stewards": ["cy"], "gates": {"min_fidelity": 0.999}},
+    "node-c": {"generators": ["cart"], "stewards": ["dee"]},
+}
+
+
+def tessera(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tessera.cli.main", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@dataclass
+class World:
+    net: Network
+    researcher: TesseraClient
+    study: int
+    backend: str
+
+    def config(self, node: str) -> Path:
+        return self.net.root / node / "node.toml"
+
+    def steward(self, node: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return tessera("steward", *args, "--config", self.config(node))
+
+    def audit(self, node: str) -> list[dict[str, Any]]:
+        path = self.net.root / node / "audit.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def world(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    root = tmp_path_factory.mktemp("synthesis-network")
+    net = Network(root)
+    try:
+        net.start_coordinator(database_url=database_url, sweep_interval_s=0.2)
+        admin = TesseraClient(net.url)
+        admin.login("admin", net.admin_password)
+        orgs = []
+        for (name, rules), hospital in zip(POLICIES.items(), HOSPITALS, strict=True):
+            path = root / f"{name}.csv"
+            cohort(hospital).to_csv(path, index=False)
+            org = admin.create_organisation(f"Hospital {name[-1].upper()}")
+            orgs.append(org["id"])
+            key = admin.create_node(name, org["id"])["api_key"]
+            spec = NodeSpec(
+                name,
+                org["name"],
+                [DataSource(DATASET, "csv", schema(), path=str(path))],
+                synthesis=rules,
+            )
+            net.start_node(spec, key)
+        admin.create_user("rita", "rita-password", role="researcher")
+        study = admin.create_study(
+            "synth", organisation_ids=orgs, datasets=[DATASET], members=["rita"]
+        )
+        researcher = TesseraClient(net.url)
+        researcher.login("rita", "rita-password")
+        deadline = time.monotonic() + 60
+        while len(researcher.study_datasets(study["id"])[0]["nodes"]) < 3:
+            assert time.monotonic() < deadline, "the nodes did not register"
+            for proc in net.nodes.values():
+                assert proc.alive(), proc.tail()
+            time.sleep(0.2)
+        backend = "sqlite" if database_url.startswith("sqlite") else "postgres"
+        yield World(net, researcher, study["id"], backend)
+    finally:
+        net.stop()
+
+
+def wait_at_rest(world: World, request_id: int, timeout: float = 240) -> dict[str, Any]:
+    view = world.researcher.wait_synthesis(request_id, timeout=timeout)
+    for proc in world.net.nodes.values():
+        assert proc.alive(), proc.tail()
+    assert view["at_rest"], view
+    return view
+
+
+def jobs_by_node(view: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {j["node"]: j for j in view["jobs"]}
+
+
+def test_approved_gated_and_rejected_candidates(world: World) -> None:
+    made = world.researcher.request_synthesis(world.study, SPEC)
+    assert sorted(j["node"] for j in made["jobs"]) == ["node-a", "node-b", "node-c"]
+    jobs = jobs_by_node(wait_at_rest(world, made["id"]))
+    assert jobs["node-a"]["status"] == "awaiting_review"
+    assert jobs["node-a"]["approvals_required"] == 2
+    assert jobs["node-b"]["status"] == "gated"
+    assert jobs["node-b"]["error"]["code"] == "release_gate_failed"
+    failed = [g for g in jobs["node-b"]["gates"] if not g["passed"]]
+    assert [g["name"] for g in failed] == ["min_fidelity"] and failed[0]["threshold"] == 0.999
+    assert jobs["node-c"]["status"] == "awaiting_review"
+    for name in ("node-a", "node-c"):
+        assert {g["name"] for g in jobs[name]["gates"]} >= {
+            "min_fidelity",
+            "exact_match_margin",
+            "dcr_not_below_holdout",
+        }
+        assert all(g["passed"] for g in jobs[name]["gates"])
+
+    # The gated candidate never had data written; its report stays at the node for review.
+    folder_b = world.net.root / "node-b" / "synthesis" / f"job-{jobs['node-b']['id']}"
+    assert (folder_b / "report.html").exists() and not (folder_b / "synthetic.parquet").exists()
+
+    # Hospital C: its steward reads the candidate and rejects it.
+    job_c = str(jobs["node-c"]["id"])
+    listed = world.steward("node-c", "list")
+    assert listed.returncode == 0 and job_c in listed.stdout and "awaiting_review" in listed.stdout
+    shown = world.steward("node-c", "show", job_c)
+    assert "fidelity" in shown.stdout and "report: " in shown.stdout
+    report = Path(shown.stdout.rsplit("report: ", 1)[1].strip())
+    assert report.read_text().startswith("<!doctype html>")
+    intruder = world.steward("node-c", "approve", job_c, "--as", "mallory")
+    assert intruder.returncode == 2 and "'mallory' is not a steward" in intruder.stderr
+    rejected = world.steward("node-c", "reject", job_c, "--as", "dee", "--reason", "too small")
+    assert rejected.returncode == 0, rejected.stderr
+
+    # Hospital A: one approval of the two it needs, then the second.
+    job_a = str(jobs["node-a"]["id"])
+    first = world.steward("node-a", "approve", job_a, "--as", "ada")
+    assert first.returncode == 0 and "1 more approval(s) needed" in first.stdout
+    twice = world.steward("node-a", "approve", job_a, "--as", "ada")
+    assert twice.returncode == 2 and "ada already decided" in twice.stderr
+    time.sleep(2)  # the agent sees one approval: nothing is uploaded yet
+    assert world.researcher.releases(world.study) == []
+    second = world.steward("node-a", "approve", job_a, "--as", "bob", "--reason", "report read")
+    assert second.returncode == 0 and "the node agent uploads it now" in second.stdout
+
+    view = world.researcher.wait_synthesis(made["id"], timeout=60, until="done")
+    jobs = jobs_by_node(view)
+    assert jobs["node-a"]["status"] == "released"
+    assert jobs["node-c"]["status"] == "rejected"
+    assert jobs["node-c"]["error"]["message"] == "rejected by dee"
+    assert jobs["node-c"]["decisions"][0]["reason"] == "too small"
+
+    [release] = world.researcher.releases(world.study)
+    assert release["node"] == "node-a" and release["id"] == jobs["node-a"]["release_id"]
+    card = release["card"]
+    assert card["generator"] == "cart" and card["rows"] == ROWS and card["epsilon"] is None
+    assert [a["steward"] for a in card["approvals"]] == ["ada", "bob"]
+    assert card["training_rows"] == 960 and card["holdout_rows"] == 240
+    assert card["metrics"]["utility"]["target"] == "icu_admission"
+    parquet = world.researcher.release_data(release["id"], "parquet")
+    assert hashlib.sha256(parquet).hexdigest() == card["sha256"] == release["sha256"]
+    frame = pd.read_parquet(io.BytesIO(parquet))
+    assert len(frame) == ROWS and list(frame.columns) == schema().names
+    csv = pd.read_csv(io.BytesIO(world.researcher.release_data(release["id"], "csv")))
+    assert len(csv) == ROWS
+    assert world.researcher.release_report(release["id"]).startswith(b"<!doctype html>")
+
+    # Rejected: nothing uploaded, and its data removed at the node.
+    folder_c = world.net.root / "node-c" / "synthesis" / f"job-{job_c}"
+    assert not (folder_c / "synthetic.parquet").exists()
+
+    actions_a = [e["action"] for e in world.audit("node-a")]
+    for action in (
+        "synthesis.received",
+        "synthesis.accepted",
+        "synthesis.candidate",
+        "steward.approved",
+        "release.uploaded",
+    ):
+        assert action in actions_a
+    assert actions_a.count("steward.approved") == 2
+    assert "steward.rejected" in [e["action"] for e in world.audit("node-c")]
+    for node in POLICIES:
+        verified = tessera("node", "audit-verify", "--config", world.config(node))
+        assert verified.returncode == 0 and json.loads(verified.stdout)["ok"]
+
+
+def test_a_differentially_private_release(world: World) -> None:
+    if world.backend != "sqlite":
+        pytest.skip("the DP release runs once (on SQLite): the workflow is the same")
+    spec = {
+        "dataset": DATASET,
+        "generator": "mst",
+        "epsilon": 1.0,
+        "rows": 200,
+        "params": {"iters": 200},
+    }
+    made = world.researcher.request_synthesis(world.study, spec)
+    assert [j["node"] for j in made["jobs"]] == ["node-a"]
+    assert {s["node"] for s in made["skipped"]} == {"node-b", "node-c"}
+    job = jobs_by_node(wait_at_rest(world, made["id"]))["node-a"]
+    assert job["status"] == "awaiting_review", job
+    for steward in ("ada", "bob"):
+        done = world.steward("node-a", "approve", str(job["id"]), "--as", steward)
+        assert done.returncode == 0, done.stderr
+    view = world.researcher.wait_synthesis(made["id"], timeout=60, until="done")
+    release = world.researcher.release(jobs_by_node(view)["node-a"]["release_id"])
+    card = release["card"]
+    assert card["epsilon"] == pytest.approx(1.0) and card["delta"] == 1e-6
+    assert card["training_rows"] is None and card["holdout_rows"] is None
+    assert "sizes" not in card["metrics"]
+    assert release["rows"] == 200
+
+
+def test_a_node_refuses_what_its_own_policy_forbids(world: World) -> None:
+    """The coordinator plans with published policies; a node that published none for a
+    generator still refuses it itself (here: asked directly, as a misled coordinator would)."""
+    from node_agent.config import NodeSettings
+    from node_agent.policy import Policy
+    from tessera.schemas import SynthesisJobOut, SynthesisSpec
+
+    settings = NodeSettings.load(world.config("node-c"))
+    policy = Policy(settings.policy, settings.datasets)
+
+    def job(**spec: Any) -> SynthesisJobOut:
+        return SynthesisJobOut(
+            id=1,
+            request_id=1,
+            study_id=1,
+            requested_by="rita",
+            spec=SynthesisSpec(dataset=DATASET, rows=10, **spec),
+            deadline="2030-01-01T00:00:00Z",
+        )
+
+    assert policy.decide_synthesis(job()) is None
+    assert "does not allow generator 'mst'" in str(
+        policy.decide_synthesis(job(generator="mst", epsilon=1.0))
+    )
+    assert "holds out at least 10%" in str(policy.decide_synthesis(job(holdout=0.05)))
+    assert "takes no parameter(s) epochs" in str(policy.decide_synthesis(job(params={"epochs": 3})))
+    assert "target 'nope'" in str(policy.decide_synthesis(job(target="nope")))
