@@ -15,7 +15,9 @@ The answer is a JSON-ready dict (DESIGN.md, "Synthetic data"):
 - `privacy`: the share of synthetic rows that copy a training row exactly, beside the share of
   holdout rows that do (real unseen rows can repeat training rows too: that is the baseline,
   not zero); the distance to the closest training record (DCR) of synthetic rows and of holdout
-  rows, median and 5th percentile, and their median ratio; and a membership-inference attack
+  rows, median and 5th percentile, their median ratio, and the one-sided Mann-Whitney p-value
+  of "synthetic rows lie closer than holdout rows" (`dcr_closer_p_value`: small when they
+  do, uniform when they do not); and a membership-inference attack
   that guesses "member" for training rows close to a synthetic row: its ROC AUC over training
   rows against holdout rows and its advantage `2·AUC − 1` (0 when it cannot tell them apart).
 
@@ -360,6 +362,7 @@ def privacy_scores(
     dcr_synth = nearest_distances(ref, embed(synthetic))
     dcr_holdout = nearest_distances(ref, embed(holdout))
     median_s, median_h = float(np.median(dcr_synth)), float(np.median(dcr_holdout))
+    closer = _closer_p_value(dcr_synth, dcr_holdout)
 
     # The attack: members (training rows) against non-members (holdout rows), as many of
     # each; the closer a row's nearest synthetic record, the likelier "member".
@@ -381,6 +384,7 @@ def privacy_scores(
         "dcr_synthetic_p5": round(float(np.quantile(dcr_synth, 0.05)), 6),
         "dcr_holdout_p5": round(float(np.quantile(dcr_holdout, 0.05)), 6),
         "dcr_median_ratio": round(median_s / median_h, 4) if median_h > 0 else None,
+        "dcr_closer_p_value": round(closer, 6),
         "mia_auc": round(auc, 4),
         "mia_advantage": round(max(0.0, 2 * auc - 1), 4),
         "mia_rows": m,
@@ -390,6 +394,16 @@ def privacy_scores(
             "holdout": np.histogram(np.clip(dcr_holdout, 0, top), edges)[0].tolist(),
         },
     }
+
+
+def _closer_p_value(synthetic: np.ndarray, holdout: np.ndarray) -> float:
+    """One-sided Mann-Whitney p-value of "synthetic rows lie closer to the training rows than
+    holdout rows do": small when they do."""
+    from scipy.stats import mannwhitneyu
+
+    if np.all(synthetic == synthetic[0]) and np.all(holdout == synthetic[0]):
+        return 1.0  # identical distances: no evidence either way
+    return float(mannwhitneyu(synthetic, holdout, alternative="less").pvalue)
 
 
 def row_keys(frame: pd.DataFrame, metadata: TableMetadata) -> list[int]:

@@ -6,9 +6,15 @@ against each gate that is set and returns one `GateOutcome` per gate: a candidat
 for review only if every outcome passed. A gate set to None is not applied.
 
 Defaults: fidelity at least 0.75; no more exact copies of training rows than real unseen rows
-have, plus one percentage point; a median distance to the closest training record no smaller
-than real unseen rows' (`min_dcr_ratio` 1.0). The membership-inference, validity, utility and
-differential-privacy gates are off unless the policy sets them.
+have, plus one percentage point; and synthetic rows no closer to the training rows than real
+unseen rows are (`dcr_alpha` 0.01: a one-sided Mann-Whitney test of the two DCR samples must
+not find them closer at that level). That last gate is a test rather than a comparison of
+medians because the holdout's own DCR varies by about ±10 % between splits of a few hundred
+rows: a faithful generator's median lands below the holdout's about half the time, by chance,
+while one that memorises (TVAE's: 1/50 of it) is found out at any sample size. A plain ratio of
+medians is there too (`min_dcr_ratio`, off by default; 1.0 is "not below"). The
+membership-inference, validity, utility and differential-privacy gates are off unless the
+policy sets them.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ class ReleaseGates:
     min_fidelity: float | None = 0.75
     max_exact_match_rate: float | None = None  # an absolute cap on the copy rate
     exact_match_margin: float | None = 0.01  # copies <= the holdout's rate + this
-    min_dcr_ratio: float | None = 1.0  # DCR median: synthetic >= this * holdout's
+    dcr_alpha: float | None = 0.01  # "synthetic closer than holdout" not significant at this
+    min_dcr_ratio: float | None = None  # DCR median: synthetic >= this * holdout's
     max_mia_advantage: float | None = None
     min_validity: float | None = None
     max_utility_gap: float | None = None  # TRTR - TSTR, when the request names a target
@@ -83,6 +90,19 @@ class ReleaseGates:
                     limit,
                     f"exact copies of training rows at most the holdout's rate "
                     f"({_fmt(baseline)}) + {self.exact_match_margin:g}",
+                )
+            )
+        if self.dcr_alpha is not None:
+            p_value = privacy.get("dcr_closer_p_value")
+            out.append(
+                _at_least(
+                    "dcr_not_below_holdout",
+                    p_value,
+                    self.dcr_alpha,
+                    "synthetic rows no closer to the training rows than holdout rows "
+                    f"(medians {_fmt(privacy.get('dcr_synthetic_median'))} vs "
+                    f"{_fmt(privacy.get('dcr_holdout_median'))}; one-sided p-value at least "
+                    f"{self.dcr_alpha:g})",
                 )
             )
         if self.min_dcr_ratio is not None:

@@ -39,7 +39,8 @@ def test_an_exact_copy_of_the_training_rows_is_caught_by_every_privacy_metric_an
     outcomes = {g.name: g for g in ReleaseGates().apply(report, epsilon=None)}
     assert outcomes["min_fidelity"].passed
     assert not outcomes["exact_match_margin"].passed  # ...and never released
-    assert not outcomes["min_dcr_ratio"].passed
+    assert not outcomes["dcr_not_below_holdout"].passed
+    assert privacy["dcr_closer_p_value"] < 1e-6
     assert not passed(list(outcomes.values()))
 
 
@@ -146,19 +147,23 @@ def test_gates_are_validated_and_can_be_switched_off() -> None:
         ReleaseGates(min_fidelity=1.5)
     with pytest.raises(ValueError, match="dp_required must be true or false"):
         ReleaseGates(dp_required="yes")  # type: ignore[arg-type]
-    none = ReleaseGates(min_fidelity=None, exact_match_margin=None, min_dcr_ratio=None)
+    none = ReleaseGates(min_fidelity=None, exact_match_margin=None, dcr_alpha=None)
     assert none.apply({}, epsilon=None) == []
-    dp = ReleaseGates(
-        dp_required=True, min_fidelity=None, exact_match_margin=None, min_dcr_ratio=None
-    )
+    dp = ReleaseGates(dp_required=True, min_fidelity=None, exact_match_margin=None, dcr_alpha=None)
     assert not dp.apply({}, epsilon=None)[0].passed
     assert dp.apply({}, epsilon=1.0)[0].passed
-    unmeasured = ReleaseGates(max_mia_advantage=0.1).apply({"fidelity": {"score": 0.9}}, None)
+    gates = ReleaseGates(max_mia_advantage=0.1, min_dcr_ratio=1.0)
+    unmeasured = gates.apply({"fidelity": {"score": 0.9}}, None)
     assert [g.name for g in unmeasured if not g.passed] == [
         "exact_match_margin",
+        "dcr_not_below_holdout",
         "min_dcr_ratio",
         "max_mia_advantage",
     ]
+    ratio = ReleaseGates(min_dcr_ratio=1.0).apply(
+        {"privacy": {"dcr_synthetic_median": 0.09, "dcr_holdout_median": 0.1}}, None
+    )
+    assert [g.passed for g in ratio if g.name == "min_dcr_ratio"] == [False]
 
 
 def test_the_holdout_split_is_stratified_and_keeps_enough_rows() -> None:
