@@ -158,8 +158,12 @@ class Process:
         return "\n".join(text[-lines:])
 
 
-def _cli(*args: str) -> list[str]:
+def cli_command(*args: str) -> list[str]:
+    """The argv that runs `tessera ARGS...` with this interpreter."""
     return [sys.executable, "-m", "tessera.cli.main", *args]
+
+
+_cli = cli_command
 
 
 @dataclass

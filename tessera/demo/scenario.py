@@ -9,6 +9,13 @@ demo data is synthetic and all on this machine: in a real network nobody can com
 The hospitals give each study a differential-privacy budget on the cohort; the queries with
 `dp` are compared with the exact, noiseless answer and judged against the noise scale their
 result reports, and the study's remaining budget at each hospital is printed at the end.
+
+Then the statistician requests a synthetic copy of the cohort: each hospital trains the default
+generator on its own rows, evaluates it against rows it held out, applies its release gates,
+and holds the candidate for its data steward. In the demo a demo steward approves every
+candidate that passed its gates at once, with `tessera steward approve`, and says so: in a real
+network a person reads the report first. The release cards are printed, and each release's
+data is downloaded and checked against the hash on its card.
 """
 
 from __future__ import annotations
@@ -32,6 +39,20 @@ REL_TOL = 1e-6
 DP_EPSILON_BUDGET = 2.0  # each hospital: per study on the cohort
 DP_EPSILON_TOTAL = 5.0  # each hospital: all studies together on the cohort
 NOISE_TAIL = 10  # a dp value is "within noise" when |error| <= 10 noise scales (P ~ e^-10)
+DEMO_STEWARD = "demo-steward"
+SYNTHESIS = {
+    "dataset": DATASET,
+    "generator": "cart",
+    "rows": 500,
+    "target": "icu_admission",
+    "seed": 7,
+}
+SYNTHESIS_POLICY = {
+    "generators": ["cart", "gaussian_copula", "mst"],
+    "stewards": [DEMO_STEWARD],
+    "approvals_required": 1,
+    "max_rows": 10_000,
+}
 
 QUERIES: list[tuple[str, dict[str, Any]]] = [
     ("Patients in the pooled cohort", {"statistic": "count"}),
@@ -241,6 +262,7 @@ def write_sources(root: Path) -> list[NodeSpec]:
                 min_count=NODE_MIN_COUNT,
                 dp_epsilon_budget=DP_EPSILON_BUDGET,
                 dp_epsilon_total=DP_EPSILON_TOTAL,
+                synthesis=SYNTHESIS_POLICY,
             )
         )
     return specs
@@ -312,6 +334,7 @@ def run_demo(keep: bool = False, say: Callable[[str], None] = print) -> bool:
             say(f"study         #{study_id}, statistician logged in; ready in {ready:.1f} s\n")
             all_match = run_queries(client, study_id, pooled, declared, say)
             show_budget(client, study_id, say)
+            released = run_synthesis(client, study_id, net, say)
         finally:
             net.stop()
     finally:
@@ -322,10 +345,18 @@ def run_demo(keep: bool = False, say: Callable[[str], None] = print) -> bool:
         if all_match
         else "MISMATCHES found"
     )
-    say(f"{outcome}; total {time.perf_counter() - started:.1f} s; every process stopped")
+    synthetic = (
+        f"{len(HOSPITALS)} synthetic releases published"
+        if released
+        else "NOT every hospital released synthetic data"
+    )
+    say(
+        f"{outcome}; {synthetic}; total {time.perf_counter() - started:.1f} s; every process "
+        "stopped"
+    )
     if keep:
         say(f"logs and data kept in {root}")
-    return all_match
+    return all_match and released
 
 
 def run_queries(
@@ -384,3 +415,110 @@ def show_budget(
             f"{show(n['epsilon_remaining']):>6}  {over}"
         )
     say(f"   the study can still spend epsilon {show(entry['epsilon_remaining'])} on it\n")
+
+
+def run_synthesis(client: Any, study_id: int, net: Network, say: Callable[[str], None]) -> bool:
+    """Request a synthetic cohort, let the demo steward approve each candidate that passed
+    its gates, print every release card; True if every hospital published a release whose
+    data matches its card's hash."""
+    import hashlib
+    import subprocess
+
+    from tessera.demo.network import cli_command
+
+    t0 = time.perf_counter()
+    made = client.request_synthesis(study_id, SYNTHESIS)
+    say(
+        f"== Synthetic cohort: {SYNTHESIS['generator']}, {SYNTHESIS['rows']} rows per hospital, "
+        f"utility on {SYNTHESIS['target']} (request #{made['id']})"
+    )
+    view = client.wait_synthesis(made["id"], timeout=300)
+    say(f"   trained, sampled and evaluated at each hospital in {time.perf_counter() - t0:.1f} s")
+    ok = True
+    for job in view["jobs"]:
+        if job["status"] != "awaiting_review":
+            say(f"   {job['node']}: {job['status']}: {(job.get('error') or {}).get('message')}")
+            ok = False
+            continue
+        config = net.root / job["node"] / "node.toml"
+        approve = cli_command(
+            "steward",
+            "approve",
+            str(job["id"]),
+            "--config",
+            str(config),
+            "--as",
+            DEMO_STEWARD,
+            "--reason",
+            "auto-approved by the demo",
+        )
+        done = subprocess.run(approve, capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            say(f"   {job['node']}: the demo steward could not approve: {done.stderr.strip()}")
+            ok = False
+            continue
+        say(
+            f"   {job['node']}: gates passed; auto-approved by the demo steward "
+            f"'{DEMO_STEWARD}' (demo only: a hospital's data steward reads the report first)"
+        )
+    view = client.wait_synthesis(made["id"], timeout=120, until="done")
+    releases = {r["id"]: r for r in client.releases(study_id)}
+    say("")
+    for job in view["jobs"]:
+        release = releases.get(job.get("release_id"))
+        if release is None:
+            say(f"   {job['node']}: no release ({job['status']})")
+            ok = False
+            continue
+        data = client.release_data(release["id"], "csv")
+        matches = hashlib.sha256(data).hexdigest() == release["csv_sha256"]
+        ok &= matches and release["rows"] == SYNTHESIS["rows"]
+        for line in release_card_lines(release):
+            say(line)
+        say(
+            f"   downloaded as CSV: {len(data)} bytes, sha256 {'matches' if matches else 'DIFFERS'}"
+        )
+        say("")
+    return ok
+
+
+def release_card_lines(release: dict[str, Any]) -> list[str]:
+    """A release card as the demo prints it."""
+    card = release["card"]
+    metrics = card["metrics"]
+    fidelity, utility, privacy = metrics["fidelity"], metrics["utility"], metrics["privacy"]
+    approvals = ", ".join(
+        f"{a['steward']} ({a.get('reason') or 'approved'})" for a in card["approvals"]
+    )
+    lines = [
+        f"-- Release #{release['id']} from {release['node']}: {release['dataset']}, "
+        f"{release['rows']} synthetic rows",
+        f"   generator        {card['generator']} ({card['generator_license']}), "
+        f"{card['device']}, fit {card['fit_seconds']:.1f} s on {card['training_rows']} rows, "
+        f"{card['holdout_rows']} held out",
+        "   epsilon          "
+        + (
+            f"{card['epsilon']:g} (delta {card['delta']:g})"
+            if card["epsilon"] is not None
+            else "none (not differentially private)"
+        ),
+        f"   fidelity         {fidelity['score']:.3f} (shapes {fidelity['column_shapes']:.3f}, "
+        f"pair trends {fidelity['column_pair_trends']:.3f})",
+    ]
+    if utility.get("target"):
+        lines.append(
+            f"   utility          {utility['metric']} on {utility['target']}: TSTR "
+            f"{utility['tstr']:.3f} vs TRTR {utility['trtr']:.3f}"
+        )
+    lines += [
+        f"   exact copies     {privacy['exact_match_rate']:.2%} of rows (real unseen rows: "
+        f"{privacy['exact_match_rate_holdout']:.2%})",
+        f"   DCR median       {privacy['dcr_synthetic_median']:.4f} (real unseen rows: "
+        f"{privacy['dcr_holdout_median']:.4f}); membership attack advantage "
+        f"{privacy['mia_advantage']:.3f}",
+        "   gates            "
+        + ", ".join(f"{g['name']} {'passed' if g['passed'] else 'FAILED'}" for g in card["gates"]),
+        f"   approved by      {approvals}",
+        f"   sha256           {release['sha256']} (Parquet)",
+    ]
+    return lines

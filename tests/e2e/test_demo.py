@@ -1,5 +1,6 @@
 """`tessera demo` as a new user runs it: exits 0, every pooled result matches plaintext, every
-differentially private one lies within its noise, and the study's remaining budget is shown."""
+differentially private one lies within its noise, the study's remaining budget is shown, and
+each hospital publishes a synthetic release approved by the demo steward, who says so."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ def test_the_demo_runs_end_to_end_and_everything_matches() -> None:
         [sys.executable, "-m", "tessera.cli.main", "demo"],
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=480,
     )
     out = done.stdout
     assert done.returncode == 0, out + done.stderr
@@ -31,3 +32,9 @@ def test_the_demo_runs_end_to_end_and_everything_matches() -> None:
     assert f"the study can still spend epsilon {DP_EPSILON_BUDGET - spent:g} on it" in out
     for hospital in ("hospital_a", "hospital_b", "hospital_c"):
         assert hospital in out
+        assert f"{hospital}: gates passed; auto-approved by the demo steward" in out
+        assert f"from {hospital}: paediatric_cohort, 500 synthetic rows" in out
+    assert out.count("dcr_not_below_holdout passed") == 3
+    assert out.count("downloaded as CSV:") == 3 and "sha256 matches" in out
+    assert "DIFFERS" not in out and "no release" not in out
+    assert "3 synthetic releases published" in out
