@@ -1,6 +1,13 @@
-"""`tessera synth fit data.csv --generator NAME --rows N --out synthetic.csv --report report.html`:
-train a generator on one table on this machine, sample, evaluate against held-out rows, and
-write the synthetic table and its report. Nothing leaves the machine.
+"""`tessera synth ...`: synthetic data from the shell.
+
+`fit DATA --generator NAME --rows N --out synthetic.csv --report report.html` trains a generator
+on one table on this machine, samples, evaluates against held-out rows, and writes the
+synthetic table and its report; nothing leaves the machine.
+
+Against a coordinator (logged in as `tessera query` is: `--coordinator`, `--user`,
+`--password` or `TESSERA_*`): `request` asks a study's nodes to synthesise a dataset,
+`status` shows where a request stands, `releases` lists a study's published releases and
+`download` fetches one's data and report, checked against their hashes.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ if TYPE_CHECKING:
     from synth import TrainingProgress
 
 app = typer.Typer(
-    help="Synthetic data on this machine: train a generator, sample, evaluate, report.",
+    help="Synthetic data: fit on this machine; request, follow and download releases.",
     no_args_is_help=True,
 )
 
@@ -245,3 +252,191 @@ def fit(
     for key, value in _summary(report, model):
         typer.echo(f"{key:<{width}}  {value}")
     typer.echo(f"wrote {out}" + (f" and {report_path}" if report_path else ""))
+
+
+# ---- against a coordinator: requests and releases ------------------------------------------
+
+_AT_REST = ("awaiting_review", "gated", "released", "rejected", "refused", "failed")
+
+
+def job_line(job: dict[str, Any]) -> str:
+    """`hospital-a training (epoch 12/300, loss 0.812)` or `hospital-b gated: ...`."""
+    text = f"{job['node']} {job['status']}"
+    progress = job.get("progress") or {}
+    if job["status"] == "training" and progress:
+        if progress.get("epoch") is not None and progress.get("epochs"):
+            text += f" (epoch {progress['epoch']}/{progress['epochs']}"
+            if progress.get("loss") is not None:
+                text += f", loss {progress['loss']:.3f}"
+            text += ")"
+        else:
+            text += f" ({progress.get('stage')})"
+    elif job.get("error"):
+        text += f": {job['error']['message']}"
+    return text
+
+
+def request_lines(view: dict[str, Any]) -> list[str]:
+    lines = [
+        f"synthesis {view['id']}: {view['generator']} on {view['dataset']}, "
+        f"{view['spec']['rows']} rows per node — {view['status']}"
+    ]
+    for job in view["jobs"]:
+        tail = ""
+        if job["status"] == "awaiting_review":
+            tail = f" — awaiting {job['approvals_required']} steward approval(s) at the node"
+        if job.get("release_id"):
+            tail = f" — release {job['release_id']}"
+        lines.append(f"  {job_line(job)}{tail}")
+    for skipped in view.get("skipped") or []:
+        lines.append(f"  {skipped['node']} skipped: {skipped['reason']}")
+    return lines
+
+
+def _wait_request(client: Any, request_id: int, timeout: float) -> dict[str, Any]:
+    from tessera.cli.query import Progress
+
+    progress = Progress(sys.stderr)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            view = client.get_synthesis(request_id, wait=max(0.0, min(1.0, left)))
+            progress.show(
+                f"synthesis {request_id}: " + "; ".join(job_line(j) for j in view["jobs"])
+            )
+            if view["at_rest"] or left <= 0:
+                return dict(view)
+    finally:
+        progress.close()
+
+
+@app.command("request")
+@reports_errors
+def request(
+    study: str = typer.Option(..., "--study", "-s", help="The study: its id or its name."),
+    dataset: str = typer.Option(..., help="The dataset every node of the study registered."),
+    rows: int = typer.Option(..., "--rows", "-n", min=1, help="Synthetic rows per node."),
+    generator: str = typer.Option("cart", "--generator", "-g", help="The generator."),
+    epsilon: float | None = typer.Option(None, help="Epsilon of a DP generator (mst)."),
+    delta: float | None = typer.Option(None, help="Delta of a DP generator (node default)."),
+    holdout: float = typer.Option(0.2, min=0.05, max=0.5, help="Share of rows held out."),
+    target: str | None = typer.Option(None, help="The column the utility metric predicts."),
+    seed: int | None = typer.Option(None, help="Seed of the split and the sampling."),
+    param: list[str] = typer.Option([], "--param", "-p", help="key=value (repeatable)."),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until every node is at rest."),
+    timeout: float = typer.Option(3600.0, min=0, help="Seconds to wait."),
+    as_json: bool = typer.Option(False, "--json", help="Print the request's JSON view."),
+    coordinator: str = typer.Option(..., envvar="TESSERA_COORDINATOR_URL", help="URL."),
+    user: str = typer.Option(..., "--user", envvar="TESSERA_USER", help="Your username."),
+    password: str | None = typer.Option(None, envvar="TESSERA_PASSWORD", show_default=False),
+) -> None:
+    """Ask the study's nodes to synthesise a dataset; wait until each has a candidate for its
+    stewards (or ended). Releases appear once the hospitals' stewards approve them."""
+    from tessera.cli.query import connect, study_id
+
+    spec: dict[str, Any] = {
+        "dataset": dataset,
+        "generator": generator,
+        "rows": rows,
+        "holdout": holdout,
+        "params": _params(param),
+    }
+    for key, value in (("epsilon", epsilon), ("delta", delta), ("target", target), ("seed", seed)):
+        if value is not None:
+            spec[key] = value
+    with connect(coordinator, user, password) as client:
+        view = client.request_synthesis(study_id(client, study), spec)
+        if wait:
+            view = _wait_request(client, view["id"], timeout)
+    typer.echo(
+        json.dumps(view, indent=2, default=str) if as_json else "\n".join(request_lines(view))
+    )
+
+
+@app.command("status")
+@reports_errors
+def status(
+    request_id: int = typer.Argument(..., help="The synthesis request's id."),
+    wait: bool = typer.Option(False, "--wait", help="Wait until every node is at rest."),
+    timeout: float = typer.Option(3600.0, min=0, help="Seconds to wait."),
+    as_json: bool = typer.Option(False, "--json", help="Print the request's JSON view."),
+    coordinator: str = typer.Option(..., envvar="TESSERA_COORDINATOR_URL", help="URL."),
+    user: str = typer.Option(..., "--user", envvar="TESSERA_USER", help="Your username."),
+    password: str | None = typer.Option(None, envvar="TESSERA_PASSWORD", show_default=False),
+) -> None:
+    """Where a synthesis request stands: each node's job, gates, decisions and release."""
+    from tessera.cli.query import connect
+
+    with connect(coordinator, user, password) as client:
+        view = (
+            _wait_request(client, request_id, timeout) if wait else client.get_synthesis(request_id)
+        )
+    typer.echo(
+        json.dumps(view, indent=2, default=str) if as_json else "\n".join(request_lines(view))
+    )
+
+
+@app.command("releases")
+@reports_errors
+def releases(
+    study: str = typer.Option(..., "--study", "-s", help="The study: its id or its name."),
+    as_json: bool = typer.Option(False, "--json", help="Print the releases' JSON."),
+    coordinator: str = typer.Option(..., envvar="TESSERA_COORDINATOR_URL", help="URL."),
+    user: str = typer.Option(..., "--user", envvar="TESSERA_USER", help="Your username."),
+    password: str | None = typer.Option(None, envvar="TESSERA_PASSWORD", show_default=False),
+) -> None:
+    """The study's published synthetic datasets, with their generator, epsilon and scores."""
+    from tessera.cli.query import connect, study_id
+
+    with connect(coordinator, user, password) as client:
+        listed = client.releases(study_id(client, study))
+    if as_json:
+        typer.echo(json.dumps(listed, indent=2, default=str))
+        return
+    if not listed:
+        typer.echo("no release in this study yet")
+        return
+    typer.echo(
+        f"{'release':>7}  {'node':<16} {'dataset':<20} {'generator':<16} {'rows':>7}  "
+        f"{'epsilon':>7}  {'fidelity':>8}  approved by"
+    )
+    for r in listed:
+        card = r["card"]
+        eps = f"{card['epsilon']:g}" if card.get("epsilon") is not None else "-"
+        fidelity = card.get("metrics", {}).get("fidelity", {}).get("score")
+        fid = f"{fidelity:.3f}" if fidelity is not None else "-"
+        approvers = ", ".join(a["steward"] for a in card.get("approvals", []))
+        typer.echo(
+            f"{r['id']:>7}  {r['node']:<16} {r['dataset']:<20} {card['generator']:<16} "
+            f"{r['rows']:>7}  {eps:>7}  {fid:>8}  {approvers}"
+        )
+
+
+@app.command("download")
+@reports_errors
+def download(
+    release_id: int = typer.Argument(..., help="The release's id."),
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the data (.csv/.parquet)."),
+    report_path: Path | None = typer.Option(None, "--report", help="Also write the report."),
+    coordinator: str = typer.Option(..., envvar="TESSERA_COORDINATOR_URL", help="URL."),
+    user: str = typer.Option(..., "--user", envvar="TESSERA_USER", help="Your username."),
+    password: str | None = typer.Option(None, envvar="TESSERA_PASSWORD", show_default=False),
+) -> None:
+    """Download a release's data (as CSV, or Parquet by extension) and optionally its report;
+    each checked against the hash the coordinator states, written under a temporary name."""
+    from tessera.cli.query import connect
+
+    fmt = "parquet" if out.suffix.lower() in (".parquet", ".pq") else "csv"
+    with connect(coordinator, user, password) as client:
+        data = client.release_data(release_id, fmt)
+        report = client.release_report(release_id) if report_path is not None else None
+    for path, content in ((out, data), (report_path, report)):
+        if path is not None and content is not None:
+            partial = path.with_name(path.name + ".partial")
+            partial.write_bytes(content)
+            partial.replace(path)
+    typer.echo(
+        f"release {release_id}: wrote {out} ({len(data)} bytes, {fmt}, hash verified)"
+        + (f" and {report_path}" if report_path else "")
+    )

@@ -60,6 +60,18 @@ def tessera(*args: str | Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def researcher_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "tessera.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env},
+    )
+
+
 @dataclass
 class World:
     net: Network
@@ -198,6 +210,49 @@ def test_approved_gated_and_rejected_candidates(world: World) -> None:
     csv = pd.read_csv(io.BytesIO(world.researcher.release_data(release["id"], "csv")))
     assert len(csv) == ROWS
     assert world.researcher.release_report(release["id"]).startswith(b"<!doctype html>")
+
+    # The researcher's shell: the request's state, the releases, a verified download.
+    env = {
+        "TESSERA_COORDINATOR_URL": world.net.url,
+        "TESSERA_USER": "rita",
+        "TESSERA_PASSWORD": "rita-password",
+    }
+    status = researcher_cli(env, "synth", "status", str(made["id"]))
+    assert status.returncode == 0, status.stderr
+    assert f"node-a released — release {release['id']}" in status.stdout
+    assert "node-b gated: release gate(s) failed: min_fidelity" in status.stdout
+    assert "node-c rejected: rejected by dee" in status.stdout
+    listed = researcher_cli(env, "synth", "releases", "--study", "synth")
+    assert listed.returncode == 0 and "node-a" in listed.stdout and "ada, bob" in listed.stdout
+    out = world.net.root / "download.parquet"
+    fetched = researcher_cli(
+        env,
+        "synth",
+        "download",
+        str(release["id"]),
+        "--out",
+        str(out),
+        "--report",
+        str(world.net.root / "report.html"),
+    )
+    assert fetched.returncode == 0 and "hash verified" in fetched.stdout
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == card["sha256"]
+    refused = researcher_cli(
+        env,
+        "synth",
+        "request",
+        "--study",
+        "synth",
+        "--dataset",
+        DATASET,
+        "--rows",
+        "10",
+        "--generator",
+        "tvae",
+    )
+    assert refused.returncode == 2 and "no node of the study may take this request" in (
+        refused.stderr
+    )
 
     # Rejected: nothing uploaded, and its data removed at the node.
     folder_c = world.net.root / "node-c" / "synthesis" / f"job-{job_c}"
