@@ -47,3 +47,23 @@ def test_the_coordinator_probes_point_at_real_routes() -> None:
         assert container[probe]["httpGet"]["path"] in routes
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["TESSERA_ENVIRONMENT"] == "production"
+
+
+def test_the_node_config_map_lets_stewards_release_synthetic_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = documents("node-agent.yaml")
+    config = tmp_path / "node.toml"
+    config.write_text(docs["ConfigMap/tessera-node-config"]["data"]["node.toml"])
+    monkeypatch.setenv("TESSERA_API_KEY", "tn_0123456789abcdef.secret")
+    rules = NodeSettings.load(config).policy.synthesis
+    assert rules is not None and rules.approvals_required <= len(rules.stewards)
+
+
+def test_the_gpu_patch_targets_the_node_agent_container() -> None:
+    patch = yaml.safe_load((K8S / "node-agent-gpu.yaml").read_text())
+    deployment = documents("node-agent.yaml")["Deployment/tessera-node"]
+    names = [c["name"] for c in deployment["spec"]["template"]["spec"]["containers"]]
+    [container] = patch["spec"]["template"]["spec"]["containers"]
+    assert container["name"] in names
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
