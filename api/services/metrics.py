@@ -7,7 +7,17 @@ from datetime import timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from api.models import QUERY_STATUSES, TASK_STATUSES, Node, Query, Task, utcnow
+from api.models import (
+    QUERY_STATUSES,
+    SYNTHESIS_JOB_STATUSES,
+    TASK_STATUSES,
+    Node,
+    Query,
+    Release,
+    SynthesisJob,
+    Task,
+    utcnow,
+)
 
 SEEN_WINDOW = timedelta(minutes=1)
 
@@ -24,6 +34,10 @@ def prometheus_text(db: Session) -> str:
     since = utcnow() - SEEN_WINDOW
     seen = db.scalar(select(func.count()).select_from(Node).where(Node.last_seen_at >= since))
     total = db.scalar(select(func.count()).select_from(Node))
+    jobs = dict(
+        db.execute(select(SynthesisJob.status, func.count()).group_by(SynthesisJob.status)).all()
+    )
+    releases = db.scalar(select(func.count()).select_from(Release))
     lines = [
         *_gauge(
             "tessera_queries",
@@ -41,5 +55,11 @@ def prometheus_text(db: Session) -> str:
             [("", seen or 0)],
         ),
         *_gauge("tessera_nodes", "Enrolled nodes.", [("", total or 0)]),
+        *_gauge(
+            "tessera_synthesis_jobs",
+            "Synthesis jobs (one per node and request) by status.",
+            [(f'{{status="{s}"}}', jobs.get(s, 0)) for s in SYNTHESIS_JOB_STATUSES],
+        ),
+        *_gauge("tessera_releases", "Published synthetic releases.", [("", releases or 0)]),
     ]
     return "\n".join(lines) + "\n"

@@ -171,6 +171,9 @@ def fit(
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda."),
     seed: int | None = typer.Option(None, help="Seed of the holdout split and the sampling."),
     save_model: Path | None = typer.Option(None, help="Also save the trained generator here."),
+    min_count: int = typer.Option(
+        0, "--min-count", min=0, help="In the report, withhold real bars of fewer rows."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the evaluation as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
 ) -> None:
@@ -244,6 +247,7 @@ def fit(
             metadata=model.metadata,
             title=f"Synthetic {data.stem} ({model.name})",
             card=card,
+            min_count=min_count,
         )
     if as_json:
         typer.echo(json.dumps({"card": card, "evaluation": report}, indent=2, default=str))

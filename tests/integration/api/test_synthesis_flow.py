@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -184,6 +185,11 @@ def test_an_approved_candidate_is_published_and_downloadable(setup: Setup) -> No
     )
     assert setup.researcher.release_report(release["id"]) == REPORT
     assert upload(node, job["id"], data, card(data)).status_code == 409, "published once"
+    metrics = setup.http.get(
+        f"{setup.url}/api/v1/metrics", headers={"Authorization": f"Bearer {setup.admin.token}"}
+    ).text
+    assert re.search(r'^tessera_synthesis_jobs\{status="released"\} [1-9]\d*$', metrics, re.M)
+    assert re.search(r"^tessera_releases [1-9]\d*$", metrics, re.M)
     actions = [e["action"] for e in setup.admin.audit(limit=1000)]
     for action in (
         "synthesis.requested",
