@@ -497,3 +497,5 @@ class SynthesisService:
                 what,
                 exc.message,
             )
+        except RuntimeError:  # the agent closed its client while stopping
+            _event(logging.INFO, "coordinator.unreported", "synthesis job %d: not told", job_id)
