@@ -41,7 +41,9 @@ def test_smoke_mode_benchmarks_every_generator(tmp_path: Path) -> None:
     assert out.with_suffix(".md").exists()
 
     report = json.loads(out.read_text())
-    assert set(report) >= {"machine", "config", "tables", "summary", "runs", "targets"}
+    assert set(report) >= {"code", "machine", "config", "tables", "summary", "runs", "targets"}
+    assert report["partial"] is False
+    assert len(report["code"]["start"]["synth_sha256"]) == 64
     assert report["config"]["smoke"] is True
     assert report["config"]["default_generator"] == "cart"
     assert set(report["tables"]) == {"gbsg2"}
