@@ -82,6 +82,15 @@ def upload(
     )
 
 
+def audit_actions(setup: Setup) -> list[str]:
+    """Every audit action, oldest first (the coordinator is shared: page to the end)."""
+    actions, offset = [], 0
+    while page := setup.admin.audit(limit=1000, offset=offset):
+        actions += [e["action"] for e in page]
+        offset += len(page)
+    return actions
+
+
 def take_job(node: FakeNode, wait: float = 5) -> dict[str, Any]:
     jobs = node.ok("GET", "/nodes/me/synthesis-jobs", params={"wait": wait})
     assert len(jobs) == 1, jobs
@@ -190,7 +199,7 @@ def test_an_approved_candidate_is_published_and_downloadable(setup: Setup) -> No
     ).text
     assert re.search(r'^tessera_synthesis_jobs\{status="released"\} [1-9]\d*$', metrics, re.M)
     assert re.search(r"^tessera_releases [1-9]\d*$", metrics, re.M)
-    actions = [e["action"] for e in setup.admin.audit(limit=1000)]
+    actions = audit_actions(setup)
     for action in (
         "synthesis.requested",
         "synthesis.accepted",
@@ -288,7 +297,7 @@ def test_gated_rejected_refused_and_failed_jobs_publish_nothing(setup: Setup) ->
         response = upload(node, job["id"], data, card(data))
         assert response.status_code == 409, response.text
     assert setup.researcher.releases(setup.study_id) == []
-    actions = [e["action"] for e in setup.admin.audit(limit=1000)]
+    actions = audit_actions(setup)
     assert {"synthesis.gated", "synthesis.rejected", "synthesis.refused"} <= set(actions)
 
 
