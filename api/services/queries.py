@@ -22,9 +22,9 @@ from sqlalchemy.orm import Session
 
 from api import audit
 from api.db import write_lock
-from api.models import Dataset, Node, Query, Study, StudyDataset, Task, User, utcnow
+from api.models import Dataset, Node, Query, Study, Task, User, utcnow
 from api.services import budget
-from api.services.studies import dataset_nodes, is_member, study_nodes
+from api.services.studies import is_member, registered_nodes, study_nodes
 from api.settings import CoordinatorSettings
 from tessera.errors import Conflict, NotFound, PolicyDenied
 from tessera.schemas import (
@@ -107,13 +107,7 @@ def plan(db: Session, study: Study, raw: Any) -> Plan:
     from smpc.statistics import SUPPORTED, statistic_for
 
     query = parse_query(raw)
-    datasets = study_datasets(db, study)
-    if query.dataset not in datasets:
-        raise NotFound(
-            f"dataset {query.dataset!r} is not part of study {study.name!r}",
-            {"dataset": query.dataset, "datasets": datasets},
-        )
-    registered = dataset_nodes(db, study, query.dataset)
+    registered = registered_nodes(db, study, query.dataset)
     if len(registered) < MIN_PARTIES:
         raise Conflict(
             f"MPC needs at least {MIN_PARTIES} parties; {len(registered)} node(s) of this study "
@@ -220,16 +214,6 @@ def dry_run(db: Session, study: Study, user: User, raw: Any) -> dict[str, Any]:
     )
     db.flush()
     return answer
-
-
-def study_datasets(db: Session, study: Study) -> list[str]:
-    return list(
-        db.scalars(
-            select(StudyDataset.name)
-            .where(StudyDataset.study_id == study.id)
-            .order_by(StudyDataset.name)
-        )
-    )
 
 
 def visible_query(db: Session, query_id: int, user: User) -> Query:

@@ -144,6 +144,27 @@ def dataset_nodes(db: Session, study: Study, name: str) -> list[tuple[Node, Data
     return [(node, dataset) for node, dataset in rows]
 
 
+def study_datasets(db: Session, study: Study) -> list[str]:
+    return list(
+        db.scalars(
+            select(StudyDataset.name)
+            .where(StudyDataset.study_id == study.id)
+            .order_by(StudyDataset.name)
+        )
+    )
+
+
+def registered_nodes(db: Session, study: Study, name: str) -> list[tuple[Node, Dataset]]:
+    """`dataset_nodes` of a dataset that must be one of the study's (404 otherwise)."""
+    datasets = study_datasets(db, study)
+    if name not in datasets:
+        raise NotFound(
+            f"dataset {name!r} is not part of study {study.name!r}",
+            {"dataset": name, "datasets": datasets},
+        )
+    return dataset_nodes(db, study, name)
+
+
 def study_nodes(db: Session, study: Study) -> list[Node]:
     """Every node of the study's organisations, in node-id order."""
     return list(

@@ -40,7 +40,7 @@ from api.models import (
     User,
     utcnow,
 )
-from api.services.studies import dataset_nodes, is_member
+from api.services.studies import is_member, registered_nodes
 from api.settings import CoordinatorSettings
 from tessera.errors import Conflict, InvalidRequest, NotFound, PolicyDenied
 from tessera.schemas import (
@@ -86,15 +86,7 @@ def request(
     db: Session, study: Study, user: User, spec: SynthesisSpec, settings: CoordinatorSettings
 ) -> SynthesisRequest:
     """Validate and schedule a synthesis request: one job per node that may take it."""
-    from api.services.queries import study_datasets
-
-    datasets = study_datasets(db, study)
-    if spec.dataset not in datasets:
-        raise NotFound(
-            f"dataset {spec.dataset!r} is not part of study {study.name!r}",
-            {"dataset": spec.dataset, "datasets": datasets},
-        )
-    registered = dataset_nodes(db, study, spec.dataset)
+    registered = registered_nodes(db, study, spec.dataset)
     if not registered:
         raise Conflict(
             f"no node of study {study.name!r} has registered dataset {spec.dataset!r}",
