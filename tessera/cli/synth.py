@@ -21,6 +21,16 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from tessera.cli.errors import reports_errors
+from tessera.cli.query import (
+    CoordinatorOption,
+    JsonOption,
+    PasswordOption,
+    Progress,
+    StudyOption,
+    UserOption,
+    connect,
+    study_id,
+)
 from tessera.cli.simulate import read_frame, read_json
 from tessera.errors import InvalidRequest
 
@@ -298,8 +308,6 @@ def request_lines(view: dict[str, Any]) -> list[str]:
 
 
 def _wait_request(client: Any, request_id: int, timeout: float) -> dict[str, Any]:
-    from tessera.cli.query import Progress
-
     progress = Progress(sys.stderr)
     deadline = time.monotonic() + timeout
     try:
@@ -318,7 +326,7 @@ def _wait_request(client: Any, request_id: int, timeout: float) -> dict[str, Any
 @app.command("request")
 @reports_errors
 def request(
-    study: str = typer.Option(..., "--study", "-s", help="The study: its id or its name."),
+    study: str = StudyOption,
     dataset: str = typer.Option(..., help="The dataset every node of the study registered."),
     rows: int = typer.Option(..., "--rows", "-n", min=1, help="Synthetic rows per node."),
     generator: str = typer.Option("cart", "--generator", "-g", help="The generator."),
@@ -330,15 +338,13 @@ def request(
     param: list[str] = typer.Option([], "--param", "-p", help="key=value (repeatable)."),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until every node is at rest."),
     timeout: float = typer.Option(3600.0, min=0, help="Seconds to wait."),
-    as_json: bool = typer.Option(False, "--json", help="Print the request's JSON view."),
-    coordinator: str = typer.Option(..., envvar="TESSERA_COORDINATOR_URL", help="URL."),
-    user: str = typer.Option(..., "--user", envvar="TESSERA_USER", help="Your username."),
-    password: str | None = typer.Option(None, envvar="TESSERA_PASSWORD", show_default=False),
+    as_json: bool = JsonOption,
+    coordinator: str = CoordinatorOption,
+    user: str = UserOption,
+    password: str | None = PasswordOption,
 ) -> None:
     """Ask the study's nodes to synthesise a dataset; wait until each has a candidate for its
     stewards (or ended). Releases appear once the hospitals' stewards approve them."""
-    from tessera.cli.query import connect, study_id
-
     spec: dict[str, Any] = {
         "dataset": dataset,
         "generator": generator,
@@ -364,14 +370,12 @@ def status(
     request_id: int = typer.Argument(..., help="The synthesis request's id."),
     wait: bool = typer.Option(False, "--wait", help="Wait until every node is at rest."),
     timeout: float = typer.Option(3600.0, min=0, help="Seconds to wait."),
-    as_json: bool = typer.Option(False, "--json", help="Print the request's JSON view."),
-    coordinator: str = typer.Option(..., envvar="TESSERA_COORDINATOR_URL", help="URL."),
-    user: str = typer.Option(..., "--user", envvar="TESSERA_USER", help="Your username."),
-    password: str | None = typer.Option(None, envvar="TESSERA_PASSWORD", show_default=False),
+    as_json: bool = JsonOption,
+    coordinator: str = CoordinatorOption,
+    user: str = UserOption,
+    password: str | None = PasswordOption,
 ) -> None:
     """Where a synthesis request stands: each node's job, gates, decisions and release."""
-    from tessera.cli.query import connect
-
     with connect(coordinator, user, password) as client:
         view = (
             _wait_request(client, request_id, timeout) if wait else client.get_synthesis(request_id)
@@ -384,15 +388,13 @@ def status(
 @app.command("releases")
 @reports_errors
 def releases(
-    study: str = typer.Option(..., "--study", "-s", help="The study: its id or its name."),
-    as_json: bool = typer.Option(False, "--json", help="Print the releases' JSON."),
-    coordinator: str = typer.Option(..., envvar="TESSERA_COORDINATOR_URL", help="URL."),
-    user: str = typer.Option(..., "--user", envvar="TESSERA_USER", help="Your username."),
-    password: str | None = typer.Option(None, envvar="TESSERA_PASSWORD", show_default=False),
+    study: str = StudyOption,
+    as_json: bool = JsonOption,
+    coordinator: str = CoordinatorOption,
+    user: str = UserOption,
+    password: str | None = PasswordOption,
 ) -> None:
     """The study's published synthetic datasets, with their generator, epsilon and scores."""
-    from tessera.cli.query import connect, study_id
-
     with connect(coordinator, user, password) as client:
         listed = client.releases(study_id(client, study))
     if as_json:
@@ -423,14 +425,12 @@ def download(
     release_id: int = typer.Argument(..., help="The release's id."),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the data (.csv/.parquet)."),
     report_path: Path | None = typer.Option(None, "--report", help="Also write the report."),
-    coordinator: str = typer.Option(..., envvar="TESSERA_COORDINATOR_URL", help="URL."),
-    user: str = typer.Option(..., "--user", envvar="TESSERA_USER", help="Your username."),
-    password: str | None = typer.Option(None, envvar="TESSERA_PASSWORD", show_default=False),
+    coordinator: str = CoordinatorOption,
+    user: str = UserOption,
+    password: str | None = PasswordOption,
 ) -> None:
     """Download a release's data (as CSV, or Parquet by extension) and optionally its report;
     each checked against the hash the coordinator states, written under a temporary name."""
-    from tessera.cli.query import connect
-
     fmt = "parquet" if out.suffix.lower() in (".parquet", ".pq") else "csv"
     with connect(coordinator, user, password) as client:
         data = client.release_data(release_id, fmt)
