@@ -138,32 +138,27 @@ def _fmt(value: Any) -> str:
 
 
 def _at_least(name: str, value: Any, threshold: float | None, what: str = "") -> GateOutcome:
-    if value is None or threshold is None:
-        return GateOutcome(
-            name=name, passed=False, value=value, threshold=threshold, message="not measured"
-        )
-    ok = float(value) >= float(threshold)
-    text = what or f"{name.removeprefix('min_')} at least {threshold:g}"
-    return GateOutcome(
-        name=name,
-        passed=ok,
-        value=float(value),
-        threshold=float(threshold),
-        message=f"{text}: {float(value):.4g}",
-    )
+    return _compare(name, value, threshold, what, f"{name.removeprefix('min_')} at least", 1)
 
 
 def _at_most(name: str, value: Any, threshold: float | None, what: str = "") -> GateOutcome:
+    return _compare(name, value, threshold, what, f"{name.removeprefix('max_')} at most", -1)
+
+
+def _compare(
+    name: str, value: Any, threshold: float | None, what: str, default: str, sign: int
+) -> GateOutcome:
+    """Passed when `sign * (value - threshold) >= 0`; the message is `what`, or `default`
+    followed by the threshold, then the value."""
     if value is None or threshold is None:
         return GateOutcome(
             name=name, passed=False, value=value, threshold=threshold, message="not measured"
         )
-    ok = float(value) <= float(threshold)
-    text = what or f"{name.removeprefix('max_')} at most {threshold:g}"
+    measured, limit = float(value), float(threshold)
     return GateOutcome(
         name=name,
-        passed=ok,
-        value=float(value),
-        threshold=float(threshold),
-        message=f"{text}: {float(value):.4g}",
+        passed=sign * (measured - limit) >= 0,
+        value=measured,
+        threshold=limit,
+        message=f"{what or f'{default} {limit:g}'}: {measured:.4g}",
     )
