@@ -22,6 +22,7 @@ exp((α−1)(αρ − ε)) / (α−1) · (1 − 1/α)^α. It is never worse than
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -37,14 +38,11 @@ def delta_for(rho: float, epsilon: float) -> float:
     if rho == 0:
         return 0.0
     # The exponent is convex in α: bisect on its derivative.
-    low, high = 1.0 + 1e-9, max(2.0, (epsilon + 1.0) / (2.0 * rho) + 2.0)
-    for _ in range(_BISECTIONS):
-        alpha = (low + high) / 2
-        derivative = (2 * alpha - 1) * rho - epsilon + math.log1p(-1.0 / alpha)
-        if derivative < 0:
-            low = alpha
-        else:
-            high = alpha
+    low, high = _bisect(
+        lambda a: (2 * a - 1) * rho - epsilon + math.log1p(-1.0 / a) < 0,
+        1.0 + 1e-9,
+        max(2.0, (epsilon + 1.0) / (2.0 * rho) + 2.0),
+    )
     alpha = (low + high) / 2
     exponent = (alpha - 1) * (alpha * rho - epsilon) + alpha * math.log1p(-1.0 / alpha)
     return min(1.0, math.exp(exponent) / (alpha - 1))
@@ -56,14 +54,9 @@ def epsilon_for(rho: float, delta: float) -> float:
         raise ValueError("delta must lie in (0, 1)")
     if rho <= 0:
         return 0.0
-    low, high = 0.0, rho + 2 * math.sqrt(rho * math.log(1 / delta))
-    for _ in range(_BISECTIONS):
-        middle = (low + high) / 2
-        if delta_for(rho, middle) <= delta:
-            high = middle
-        else:
-            low = middle
-    return high
+    return _bisect(
+        lambda eps: delta_for(rho, eps) > delta, 0.0, rho + 2 * math.sqrt(rho * math.log(1 / delta))
+    )[1]
 
 
 def rho_for(epsilon: float, delta: float) -> float:
@@ -72,14 +65,19 @@ def rho_for(epsilon: float, delta: float) -> float:
         raise InvalidRequest("epsilon must be positive")
     if not 0 < delta < 1:
         raise InvalidRequest("delta must lie strictly between 0 and 1")
-    low, high = 0.0, epsilon + 1.0
+    return _bisect(lambda rho: epsilon_for(rho, delta) <= epsilon, 0.0, epsilon + 1.0)[0]
+
+
+def _bisect(below: Callable[[float], bool], low: float, high: float) -> tuple[float, float]:
+    """The bracket [low, high] around where `below` turns from true to false, after
+    `_BISECTIONS` halvings (`below(low)` stays true, `below(high)` false)."""
     for _ in range(_BISECTIONS):
         middle = (low + high) / 2
-        if epsilon_for(middle, delta) <= epsilon:
+        if below(middle):
             low = middle
         else:
             high = middle
-    return low
+    return low, high
 
 
 def gaussian_sigma(rho: float, sensitivity: float = 1.0) -> float:
