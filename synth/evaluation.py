@@ -355,21 +355,22 @@ def privacy_scores(
     exact_holdout = float(np.mean([k in train_keys for k in row_keys(holdout, metadata)]))
 
     embed = GowerEmbedding(metadata, reference)
-    ref = embed(reference)
-    dcr_synth = nearest_distances(ref, embed(synthetic))
-    dcr_holdout = nearest_distances(ref, embed(holdout))
+    ref, synth_embedded, holdout_embedded = embed(reference), embed(synthetic), embed(holdout)
+    to_training = NearestIndex(ref)
+    dcr_synth = to_training.distances(synth_embedded)
+    dcr_holdout = to_training.distances(holdout_embedded)
     median_s, median_h = float(np.median(dcr_synth)), float(np.median(dcr_holdout))
     closer = _closer_p_value(dcr_synth, dcr_holdout)
 
     # The attack: members (training rows) against non-members (holdout rows), as many of
     # each; the closer a row's nearest synthetic record, the likelier "member".
     m = min(len(holdout), len(reference))
-    members = reference.iloc[rng.choice(len(reference), size=m, replace=False)]
-    outsiders = holdout.iloc[rng.choice(len(holdout), size=m, replace=False)]
-    synth_embedded = embed(synthetic)
-    d_members = nearest_distances(synth_embedded, embed(members))
-    d_outsiders = nearest_distances(synth_embedded, embed(outsiders))
-    auc = _auc_smaller_is_positive(d_members, d_outsiders)
+    members = ref[rng.choice(len(reference), size=m, replace=False)]
+    outsiders = holdout_embedded[rng.choice(len(holdout), size=m, replace=False)]
+    to_synthetic = NearestIndex(synth_embedded)
+    auc = _auc_smaller_is_positive(
+        to_synthetic.distances(members), to_synthetic.distances(outsiders)
+    )
 
     top = max(float(np.quantile(np.concatenate([dcr_synth, dcr_holdout]), 0.99)), 1e-9)
     edges = np.linspace(0.0, top, DCR_BINS + 1)
@@ -455,13 +456,22 @@ class GowerEmbedding:
         return np.hstack(blocks) / d
 
 
+class NearestIndex:
+    """Reference rows indexed once for the L1 distance of query rows to the nearest of them."""
+
+    def __init__(self, reference: np.ndarray) -> None:
+        from sklearn.neighbors import NearestNeighbors
+
+        self._index = NearestNeighbors(n_neighbors=1, metric="manhattan").fit(reference)
+
+    def distances(self, queries: np.ndarray) -> np.ndarray:
+        found, _ = self._index.kneighbors(queries)
+        return found[:, 0]
+
+
 def nearest_distances(reference: np.ndarray, queries: np.ndarray) -> np.ndarray:
     """For each query row, the L1 distance to its nearest reference row."""
-    from sklearn.neighbors import NearestNeighbors
-
-    index = NearestNeighbors(n_neighbors=1, metric="manhattan").fit(reference)
-    distances, _ = index.kneighbors(queries)
-    return distances[:, 0]
+    return NearestIndex(reference).distances(queries)
 
 
 def _auc_smaller_is_positive(positives: np.ndarray, negatives: np.ndarray) -> float:
