@@ -24,19 +24,18 @@ or none of it. Amounts are kept as the exact decimals the queries gave (`tessera
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
-from tessera.errors import BudgetExceeded, ConfigInvalid
+from node_agent.sqlite_store import open_schema, transaction
+from tessera.errors import BudgetExceeded
 from tessera.privacy import ZERO, exact, left, text
 from tessera.schemas import BudgetSpent, DatasetSpent, DPBudget, DPTotal, NodeBudgetReport
 
 SCHEMA_VERSION = 1
-BUSY_TIMEOUT_S = 30.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS charges (
@@ -110,39 +109,17 @@ class PrivacyLedger:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with self._transaction() as conn:
-                version = conn.execute("PRAGMA user_version").fetchone()[0]
-                if version > SCHEMA_VERSION:
-                    raise ConfigInvalid(
-                        f"privacy ledger {path} was written by a newer node agent "
-                        f"(schema {version}); run that version",
-                        {"path": str(path)},
-                    )
-                for statement in filter(str.strip, _SCHEMA.split(";")):
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        except (sqlite3.DatabaseError, OSError) as exc:
-            raise ConfigInvalid(
-                f"privacy ledger {path} cannot be used: {exc}; keep it as evidence, and do not "
-                "start the node without it (its spending would be forgotten)",
-                {"path": str(path)},
-            ) from None
+        open_schema(
+            path,
+            _SCHEMA,
+            SCHEMA_VERSION,
+            "privacy ledger",
+            "; keep it as evidence, and do not start the node without it (its spending would be "
+            "forgotten)",
+        )
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, holding SQLite's write lock from its first statement."""
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-        with closing(conn):
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        return transaction(self.path)
 
     def charge(
         self,

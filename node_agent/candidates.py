@@ -20,18 +20,17 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tessera.errors import ConfigInvalid, Conflict, NotFound
+from node_agent.sqlite_store import open_schema, transaction
+from tessera.errors import Conflict, NotFound
 from tessera.schemas import StewardDecision
 
 SCHEMA_VERSION = 1
-BUSY_TIMEOUT_S = 30.0
 STATUSES = ("training", "awaiting_review", "gated", "approved", "released", "rejected", "failed")
 OPEN = ("training", "awaiting_review", "approved")
 
@@ -113,36 +112,10 @@ class CandidateStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with self._transaction() as conn:
-                version = conn.execute("PRAGMA user_version").fetchone()[0]
-                if version > SCHEMA_VERSION:
-                    raise ConfigInvalid(
-                        f"candidate store {path} was written by a newer node agent "
-                        f"(schema {version}); run that version",
-                        {"path": str(path)},
-                    )
-                for statement in filter(str.strip, _SCHEMA.split(";")):
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        except (sqlite3.DatabaseError, OSError) as exc:
-            raise ConfigInvalid(f"candidate store {path} cannot be used: {exc}") from None
+        open_schema(path, _SCHEMA, SCHEMA_VERSION, "candidate store", wal=True)
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-        conn.row_factory = sqlite3.Row
-        with closing(conn):
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        return transaction(self.path, rows=True)
 
     # ---- the agent's side -----------------------------------------------------------------
 

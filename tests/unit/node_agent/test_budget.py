@@ -117,7 +117,7 @@ def test_a_failed_write_leaves_no_half_charge(path: Path, monkeypatch) -> None:
     ledger.charge(1, "cohort", 0.5, 0.0, ONE)
     lock = sqlite3.connect(path, isolation_level=None)
     lock.execute("BEGIN EXCLUSIVE")  # another writer holds the database
-    monkeypatch.setattr("node_agent.budget.BUSY_TIMEOUT_S", 0.1)
+    monkeypatch.setattr("node_agent.sqlite_store.BUSY_TIMEOUT_S", 0.1)
     try:
         with pytest.raises(sqlite3.OperationalError, match="locked"):
             ledger.charge(1, "cohort", 0.25, 0.0, ONE)
