@@ -19,14 +19,21 @@ def documents(name: str) -> dict[str, dict]:
     }
 
 
+def config_map_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> NodeSettings:
+    """The node configuration in the manifest's ConfigMap, loaded as the agent would."""
+    config = tmp_path / "node.toml"
+    config.write_text(
+        documents("node-agent.yaml")["ConfigMap/tessera-node-config"]["data"]["node.toml"]
+    )
+    monkeypatch.setenv("TESSERA_API_KEY", "tn_0123456789abcdef.secret")
+    return NodeSettings.load(config)
+
+
 def test_the_node_config_map_is_a_valid_node_configuration(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     docs = documents("node-agent.yaml")
-    config = tmp_path / "node.toml"
-    config.write_text(docs["ConfigMap/tessera-node-config"]["data"]["node.toml"])
-    monkeypatch.setenv("TESSERA_API_KEY", "tn_0123456789abcdef.secret")
-    settings = NodeSettings.load(config)
+    settings = config_map_settings(tmp_path, monkeypatch)
     low, high = settings.port_range
     service_ports = {p["port"] for p in docs["Service/tessera-node-mpc"]["spec"]["ports"]}
     assert service_ports == set(range(low, high + 1))
@@ -52,11 +59,7 @@ def test_the_coordinator_probes_point_at_real_routes() -> None:
 def test_the_node_config_map_lets_stewards_release_synthetic_data(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    docs = documents("node-agent.yaml")
-    config = tmp_path / "node.toml"
-    config.write_text(docs["ConfigMap/tessera-node-config"]["data"]["node.toml"])
-    monkeypatch.setenv("TESSERA_API_KEY", "tn_0123456789abcdef.secret")
-    rules = NodeSettings.load(config).policy.synthesis
+    rules = config_map_settings(tmp_path, monkeypatch).policy.synthesis
     assert rules is not None and rules.approvals_required <= len(rules.stewards)
 
 

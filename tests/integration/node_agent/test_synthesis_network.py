@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import subprocess
 import sys
 import time
@@ -51,24 +52,15 @@ POLICIES: dict[str, dict[str, Any]] = {
 }
 
 
-def tessera(*args: str | Path) -> subprocess.CompletedProcess[str]:
+def tessera(
+    *args: str | Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "tessera.cli.main", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=120,
-    )
-
-
-def researcher_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    import os
-
-    return subprocess.run(
-        [sys.executable, "-m", "tessera.cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, **env},
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -217,16 +209,15 @@ def test_approved_gated_and_rejected_candidates(world: World) -> None:
         "TESSERA_USER": "rita",
         "TESSERA_PASSWORD": "rita-password",
     }
-    status = researcher_cli(env, "synth", "status", str(made["id"]))
+    status = tessera("synth", "status", str(made["id"]), env=env)
     assert status.returncode == 0, status.stderr
     assert f"node-a released — release {release['id']}" in status.stdout
     assert "node-b gated: release gate(s) failed: min_fidelity" in status.stdout
     assert "node-c rejected: rejected by dee" in status.stdout
-    listed = researcher_cli(env, "synth", "releases", "--study", "synth")
+    listed = tessera("synth", "releases", "--study", "synth", env=env)
     assert listed.returncode == 0 and "node-a" in listed.stdout and "ada, bob" in listed.stdout
     out = world.net.root / "download.parquet"
-    fetched = researcher_cli(
-        env,
+    fetched = tessera(
         "synth",
         "download",
         str(release["id"]),
@@ -234,11 +225,11 @@ def test_approved_gated_and_rejected_candidates(world: World) -> None:
         str(out),
         "--report",
         str(world.net.root / "report.html"),
+        env=env,
     )
     assert fetched.returncode == 0 and "hash verified" in fetched.stdout
     assert hashlib.sha256(out.read_bytes()).hexdigest() == card["sha256"]
-    refused = researcher_cli(
-        env,
+    refused = tessera(
         "synth",
         "request",
         "--study",
@@ -249,6 +240,7 @@ def test_approved_gated_and_rejected_candidates(world: World) -> None:
         "10",
         "--generator",
         "tvae",
+        env=env,
     )
     assert refused.returncode == 2 and "no node of the study may take this request" in (
         refused.stderr
