@@ -204,6 +204,24 @@ def seed_everything(seed: int) -> None:
         torch.manual_seed(seed)
 
 
+def split_run(
+    frame: pd.DataFrame, name: str, key: str, g: Generator, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """One run's training and holdout rows, and the start of its record."""
+    train, holdout = split_holdout(frame, HOLDOUT, seed=seed, target=TABLES[name].target)
+    record: dict[str, Any] = {
+        "table": name,
+        "generator": key,
+        "label": g.label,
+        "synth_generator": g.generator,
+        "params": synth_params(g),
+        "seed": seed,
+        "train_rows": len(train),
+        "holdout_rows": len(holdout),
+    }
+    return train, holdout, record
+
+
 def run_synth(
     g: Generator,
     train: pd.DataFrame,
@@ -355,17 +373,7 @@ def execute(
     the returned record, never raised."""
     table = TABLES[name]
     g = generators(argparse.Namespace(**settings))[key]
-    train, holdout = split_holdout(frame, HOLDOUT, seed=seed, target=table.target)
-    record: dict[str, Any] = {
-        "table": name,
-        "generator": key,
-        "label": g.label,
-        "synth_generator": g.generator,
-        "params": synth_params(g),
-        "seed": seed,
-        "train_rows": len(train),
-        "holdout_rows": len(holdout),
-    }
+    train, holdout, record = split_run(frame, name, key, g, seed)
     try:
         if g.generator is None:
             result = run_sdv_baseline(train, holdout, table, seed, stage)
@@ -452,16 +460,8 @@ def execute_limited(
         else f"the child process ended (exit code {process.exitcode}) while {where}"
     )
     error = reason + (f" ({measured})" if measured else "")
-    train, holdout = split_holdout(frame, HOLDOUT, seed=seed, target=TABLES[name].target)
-    record = {
-        "table": name,
-        "generator": key,
-        "label": g.label,
-        "synth_generator": g.generator,
-        "params": synth_params(g),
-        "seed": seed,
-        "train_rows": len(train),
-        "holdout_rows": len(holdout),
+    _, _, record = split_run(frame, name, key, g, seed)
+    record |= {
         "error": error,
         "stage": where,
         "partial_seconds": values,
