@@ -16,8 +16,9 @@ import synth
 from synth import accounting
 from synth.accounting import ZCDPAccountant, epsilon_for, rho_for, rho_of_spends
 from synth.generators import mst
-from synth.metadata import TableMetadata
+from synth.metadata import Column, TableMetadata
 from tessera.demo.cohort import HOSPITALS, cohort, schema
+from tessera.schemas import DatasetSchema
 
 
 class RecordingRng:
@@ -122,7 +123,7 @@ def test_more_epsilon_means_less_noise_and_better_fidelity() -> None:
 def test_dp_output_follows_the_declared_domain_not_the_rows() -> None:
     frame = pd.DataFrame({"x": np.zeros(300), "c": ["a"] * 300})
     declared = TableMetadata.from_schema(
-        synth_schema := __import__("tessera.schemas", fromlist=["DatasetSchema"]).DatasetSchema(
+        DatasetSchema(
             columns=[
                 {"name": "x", "type": "float", "min": 0, "max": 100},
                 {"name": "c", "type": "categorical", "levels": ["a", "b"]},
@@ -130,9 +131,25 @@ def test_dp_output_follows_the_declared_domain_not_the_rows() -> None:
         ),
         frame,
     )
-    assert synth_schema.names == ["x", "c"]
     model = synth.train(frame, "mst", metadata=declared, epsilon=5.0, iters=100)
     sample = model.sample(500, seed=2)
     assert (sample["x"] == 0).mean() > 0.9  # a spike at the bound stays a spike
     assert sample["x"].between(0, 100).all()
     assert list(sample["c"].cat.categories) == ["a", "b"]
+
+
+def test_nullability_follows_the_noisy_missing_cell_not_the_rows() -> None:
+    """A column never missing in training is still nullable when its noisy missing cell
+    survives compression (and a column missing in training is not, when it is dropped): the
+    output's dtypes reveal only the noisy estimate."""
+    never = Column("a", "integer", None, 0, 10, nullable=False, declared=True)
+    often = Column("b", "integer", None, 0, 10, nullable=True, missing_rate=0.3, declared=True)
+    kept = mst.Encoding(
+        never, 3, coarse_of_fine=np.array([0, 0, 1]), fine_weights=np.array([60.0, 20.0, 20.0])
+    )
+    dropped = mst.Encoding(
+        often, 3, coarse_of_fine=np.array([0, 1, -1]), fine_weights=np.array([50.0, 50.0, 0.0])
+    )
+    out = mst._dp_nullability(TableMetadata((never, often)), [kept, dropped])
+    assert out.column("a").nullable and out.column("a").missing_rate == 0.2
+    assert not out.column("b").nullable and out.column("b").missing_rate == 0.0
