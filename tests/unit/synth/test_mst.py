@@ -153,3 +153,30 @@ def test_nullability_follows_the_noisy_missing_cell_not_the_rows() -> None:
     out = mst._dp_nullability(TableMetadata((never, often)), [kept, dropped])
     assert out.column("a").nullable and out.column("a").missing_rate == 0.2
     assert not out.column("b").nullable and out.column("b").missing_rate == 0.0
+
+
+@pytest.mark.parametrize(
+    ("n_hat", "sigma", "cap", "cells"),
+    [
+        (549, 24.0, 64, 32),  # gbsg2 at epsilon 1: a 64-cell grid would be mostly noise
+        (549, 5.1, 64, 64),  # the same rows at epsilon 5
+        (16_152, 24.0, 64, 64),  # randhie: capped at fine_bins
+        (10, 24.0, 64, 8),  # never fewer than 8
+        (10, 24.0, 4, 4),  # nor more than fine_bins
+    ],
+)
+def test_the_grid_is_as_fine_as_the_noise_allows(
+    n_hat: float, sigma: float, cap: int, cells: int
+) -> None:
+    assert mst.grid_cells(n_hat, sigma, cap) == cells
+
+
+def test_few_rows_at_a_small_epsilon_get_a_coarser_grid() -> None:
+    frame = cohort(HOSPITALS[2])
+    metadata = TableMetadata.from_schema(schema(), frame)
+    small = synth.train(frame.head(150), "mst", metadata=metadata, epsilon=0.5, iters=50)
+    large = synth.train(frame, "mst", metadata=metadata, epsilon=8.0, iters=50)
+    weight = {
+        m: next(e for e in m.encodings if e.column.name == "weight_kg") for m in (small, large)
+    }
+    assert weight[small].fine < weight[large].fine == 64 + 3  # 64 cells, two bounds, missing
