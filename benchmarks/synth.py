@@ -333,6 +333,9 @@ def metrics(run: dict[str, Any], task: str) -> dict[str, Any]:
         "fidelity": fidelity.get("score"),
         "column_shapes": fidelity.get("column_shapes"),
         "column_pair_trends": fidelity.get("column_pair_trends"),
+        "column_pair_trends_all_pairs": fidelity.get("column_pair_trends_all_pairs"),
+        "pairs_scored": fidelity.get("pairs_scored"),
+        "pairs_total": fidelity.get("pairs_total"),
         "validity": fidelity.get("validity"),
         "tstr": utility.get("tstr"),
         "trtr": utility.get("trtr"),
@@ -873,6 +876,7 @@ COLUMNS = [
     "fidelity",
     "shapes",
     "pairs",
+    "all pairs",
     "TSTR",
     "TRTR",
     "gap",
@@ -898,6 +902,14 @@ def markdown(report: dict[str, Any]) -> str:
             f"{rows[0]['holdout_rows']:,} holdout), target `{target}` (TSTR/TRTR: {metric}; "
             f"target real / syn: {rate})"
         )
+        scored = next((r["metrics"].get("pairs_scored") for r in rows if r["succeeded"]), None)
+        total = next((r["metrics"].get("pairs_total") for r in rows if r["succeeded"]), None)
+        if scored and total:
+            lines.append(
+                f"(pairs: SDMetrics' pair trends over the {scored['max']:.0f} of "
+                f"{total['max']:.0f} pairs associated in the real rows, |r| > 0.5 or "
+                "Cramér's V > 0.3; all pairs: the same metrics over every pair)"
+            )
         lines.append("")
         lines.append("| " + " | ".join(COLUMNS) + " |")
         lines.append("|" + "|".join(["---"] + ["---:"] * (len(COLUMNS) - 1)) + "|")
@@ -923,6 +935,7 @@ def markdown(report: dict[str, Any]) -> str:
                 cell(r, "fidelity", 3, spread=True),
                 cell(r, "column_shapes"),
                 cell(r, "column_pair_trends"),
+                cell(r, "column_pair_trends_all_pairs"),
                 cell(r, "tstr", 3, spread=True),
                 cell(r, "trtr"),
                 cell(r, "gap"),

@@ -6,7 +6,10 @@ The answer is a JSON-ready dict (DESIGN.md, "Synthetic data"):
 
 - `fidelity`: SDMetrics' quality report (`score`, the mean of `column_shapes` and
   `column_pair_trends`; per-column shape scores in `columns`) and its diagnostic `validity`
-  (synthetic values inside the real ranges and categories). Scores in [0, 1].
+  (synthetic values inside the real ranges and categories). Scores in [0, 1]. SDMetrics scores
+  pair trends only over the pairs associated in the real rows (|r| > 0.5 or Cramér's V > 0.3):
+  `pairs_scored` of `pairs_total` says how many, and `column_pair_trends_all_pairs` is the
+  same metric over every pair.
 - `utility` (with a `target`): train on synthetic, test on the holdout (TSTR) against train on
   real, test on the holdout (TRTR), with one fixed gradient-boosting model; ROC AUC for a
   categorical target (macro one-vs-rest beyond two classes), R² for a numeric one. Also the
@@ -142,16 +145,33 @@ def fidelity_scores(
         warnings.simplefilter("ignore")
         quality = QualityReport()
         quality.generate(real_s, synth_s, sdm_meta, verbose=False)
+        every_pair = QualityReport()  # the same metrics with no association threshold
+        every_pair.real_correlation_threshold = 0
+        every_pair.real_association_threshold = 0
+        every_pair.generate(real_s, synth_s, sdm_meta, verbose=False)
         diagnostic = DiagnosticReport()
         diagnostic.generate(real_s, synth_s, sdm_meta, verbose=False)
     props = quality.get_properties().set_index("Property")["Score"]
     shapes = quality.get_details("Column Shapes")
     per_column = {str(r["Column"]): _score(r["Score"]) for _, r in shapes.iterrows()}
+    pairs = quality.get_details("Column Pair Trends")
+    scored = pairs.get("Meets Threshold?", pd.Series(True, index=pairs.index))
     diag = diagnostic.get_properties().set_index("Property")["Score"]
     return {
         "score": _score(quality.get_score()),
         "column_shapes": _score(props.get("Column Shapes")),
         "column_pair_trends": _score(props.get("Column Pair Trends")),
+        # SDMetrics scores pair trends only over the pairs associated in the real rows
+        # (|Pearson r| > 0.5, Cramér's V > 0.3): how many that was, and every pair's mean.
+        "pairs_scored": int(scored.astype("boolean").fillna(False).sum()),
+        "pairs_total": len(pairs),
+        "pair_thresholds": {
+            "correlation": float(quality.real_correlation_threshold),
+            "association": float(quality.real_association_threshold),
+        },
+        "column_pair_trends_all_pairs": _score(
+            every_pair.get_properties().set_index("Property")["Score"].get("Column Pair Trends")
+        ),
         "validity": _score(diag.get("Data Validity")),
         "structure": _score(diag.get("Data Structure")),
         "columns": per_column,

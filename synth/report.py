@@ -146,7 +146,12 @@ def _fidelity(fidelity: dict[str, Any]) -> str:
     rows = [
         ("quality score (SDMetrics)", fidelity.get("score")),
         ("column shapes", fidelity.get("column_shapes")),
-        ("column pair trends", fidelity.get("column_pair_trends")),
+        (
+            f"column pair trends (the {fidelity.get('pairs_scored', '?')} of "
+            f"{fidelity.get('pairs_total', '?')} pairs associated in the real rows)",
+            fidelity.get("column_pair_trends"),
+        ),
+        ("column pair trends, every pair", fidelity.get("column_pair_trends_all_pairs")),
         ("diagnostic: validity", fidelity.get("validity")),
         ("diagnostic: structure", fidelity.get("structure")),
     ]

@@ -119,7 +119,12 @@ def _summary(report: dict[str, Any], model: Any) -> list[tuple[str, str]]:
     rows += [
         ("fidelity", f"{fidelity.get('score', float('nan')):.3f}"),
         ("  column shapes", f"{fidelity.get('column_shapes', float('nan')):.3f}"),
-        ("  pair trends", f"{fidelity.get('column_pair_trends', float('nan')):.3f}"),
+        (
+            "  pair trends",
+            f"{fidelity.get('column_pair_trends', float('nan')):.3f} over the "
+            f"{fidelity.get('pairs_scored', '?')} of {fidelity.get('pairs_total', '?')} pairs "
+            "associated in the real rows",
+        ),
     ]
     if utility.get("target"):
         rows.append(

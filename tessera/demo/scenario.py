@@ -503,7 +503,9 @@ def release_card_lines(release: dict[str, Any]) -> list[str]:
             else "none (not differentially private)"
         ),
         f"   fidelity         {fidelity['score']:.3f} (shapes {fidelity['column_shapes']:.3f}, "
-        f"pair trends {fidelity['column_pair_trends']:.3f})",
+        f"pair trends {fidelity['column_pair_trends']:.3f} over the "
+        f"{fidelity.get('pairs_scored', '?')} associated pairs of "
+        f"{fidelity.get('pairs_total', '?')})",
     ]
     if utility.get("target"):
         lines.append(

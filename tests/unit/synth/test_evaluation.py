@@ -174,3 +174,28 @@ def test_the_holdout_split_is_stratified_and_keeps_enough_rows() -> None:
     assert not set(train.index) & set(holdout.index)
     with pytest.raises(InvalidRequest, match="too few"):
         split_holdout(frame.iloc[:30], 0.2)
+
+
+def test_pair_trends_are_scored_over_the_associated_pairs_and_say_so() -> None:
+    """x and y correlate (r = 0.95), z is independent of both: SDMetrics scores pair trends
+    on (x, y) alone. A synthetic table with y shuffled keeps every shape and loses that one
+    correlation: its pair trends are 1 - |0.95 - 0| / 2 on the scored pair, and the mean over
+    all three pairs (the two independent ones kept) is higher."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=2000)
+    real = pd.DataFrame(
+        {
+            "x": x,
+            "y": 0.95 * x + np.sqrt(1 - 0.95**2) * rng.normal(size=2000),
+            "z": rng.normal(size=2000),
+        }
+    )
+    synthetic = real.assign(y=rng.permutation(real["y"].to_numpy()))
+    fidelity = synth.evaluate(real, synthetic, real.iloc[:500])["fidelity"]
+    assert fidelity["pairs_scored"] == 1 and fidelity["pairs_total"] == 3
+    assert fidelity["pair_thresholds"] == {"correlation": 0.5, "association": 0.3}
+    r = float(np.corrcoef(real["x"], real["y"])[0, 1])
+    r_synthetic = float(np.corrcoef(synthetic["x"], synthetic["y"])[0, 1])
+    assert fidelity["column_pair_trends"] == pytest.approx(1 - abs(r - r_synthetic) / 2, abs=1e-4)
+    assert fidelity["column_shapes"] == 1.0
+    assert fidelity["column_pair_trends_all_pairs"] > fidelity["column_pair_trends"] + 0.25
