@@ -146,12 +146,7 @@ def _fidelity(fidelity: dict[str, Any]) -> str:
     rows = [
         ("quality score (SDMetrics)", fidelity.get("score")),
         ("column shapes", fidelity.get("column_shapes")),
-        (
-            f"column pair trends (the {fidelity.get('pairs_scored', '?')} of "
-            f"{fidelity.get('pairs_total', '?')} pairs associated in the real rows)",
-            fidelity.get("column_pair_trends"),
-        ),
-        ("column pair trends, every pair", fidelity.get("column_pair_trends_all_pairs")),
+        ("column pair trends", pair_trends_text(fidelity)),
         ("diagnostic: validity", fidelity.get("validity")),
         ("diagnostic: structure", fidelity.get("structure")),
     ]
@@ -375,6 +370,20 @@ def _img(png: bytes) -> str:
 
 def _e(value: Any) -> str:
     return html.escape(str(value))
+
+
+def pair_trends_text(fidelity: dict[str, Any]) -> str:
+    """The pair-trend score in words: over how many pairs SDMetrics scored it, and the mean
+    over every pair (SDMetrics scores none when no pair is associated in the real rows)."""
+    scored, total = fidelity.get("pairs_scored"), fidelity.get("pairs_total")
+    every = fidelity.get("column_pair_trends_all_pairs")
+    every_text = "" if every is None else f"; every pair: {every:.3f}"
+    if fidelity.get("column_pair_trends") is None:
+        return f"not scored: none of the {total} pairs is associated in the real rows{every_text}"
+    return (
+        f"{fidelity['column_pair_trends']:.3f} over the {scored} of {total} pairs associated "
+        f"in the real rows{every_text}"
+    )
 
 
 def _num(value: Any) -> str:

@@ -107,6 +107,8 @@ def _write_table(frame: pd.DataFrame, path: Path) -> None:
 
 
 def _summary(report: dict[str, Any], model: Any) -> list[tuple[str, str]]:
+    from synth.report import pair_trends_text
+
     fidelity, privacy = report.get("fidelity", {}), report.get("privacy", {})
     utility = report.get("utility", {})
     rows = [
@@ -119,12 +121,7 @@ def _summary(report: dict[str, Any], model: Any) -> list[tuple[str, str]]:
     rows += [
         ("fidelity", f"{fidelity.get('score', float('nan')):.3f}"),
         ("  column shapes", f"{fidelity.get('column_shapes', float('nan')):.3f}"),
-        (
-            "  pair trends",
-            f"{fidelity.get('column_pair_trends', float('nan')):.3f} over the "
-            f"{fidelity.get('pairs_scored', '?')} of {fidelity.get('pairs_total', '?')} pairs "
-            "associated in the real rows",
-        ),
+        ("  pair trends", pair_trends_text(fidelity)),
     ]
     if utility.get("target"):
         rows.append(

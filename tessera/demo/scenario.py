@@ -31,6 +31,7 @@ from typing import Any
 
 import pandas as pd
 
+from synth.report import pair_trends_text
 from tessera.demo.cohort import DATASET, HOSPITALS, cohorts, schema
 from tessera.demo.network import DataSource, Network, NodeSpec
 
@@ -502,10 +503,8 @@ def release_card_lines(release: dict[str, Any]) -> list[str]:
             if card["epsilon"] is not None
             else "none (not differentially private)"
         ),
-        f"   fidelity         {fidelity['score']:.3f} (shapes {fidelity['column_shapes']:.3f}, "
-        f"pair trends {fidelity['column_pair_trends']:.3f} over the "
-        f"{fidelity.get('pairs_scored', '?')} associated pairs of "
-        f"{fidelity.get('pairs_total', '?')})",
+        f"   fidelity         {fidelity['score']:.3f} (shapes {fidelity['column_shapes']:.3f}; "
+        f"pair trends {pair_trends_text(fidelity)})",
     ]
     if utility.get("target"):
         lines.append(

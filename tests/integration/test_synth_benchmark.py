@@ -71,3 +71,29 @@ def test_smoke_mode_benchmarks_every_generator(tmp_path: Path) -> None:
         assert target["line"] in done.stdout
     assert set(report["targets"]["b"]["fidelity"]) == {"gbsg2"}
     assert set(report["targets"]["c"]["comparisons"]) == {"gbsg2"}
+
+
+def test_the_evaluation_timing_benchmark_prints_its_table(tmp_path: Path) -> None:
+    out = tmp_path / "evaluate.json"
+    script = str(BENCHMARK.with_name("synth_evaluate.py"))
+    done = subprocess.run(
+        [sys.executable, script, "--rows", "400,800", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| training rows |" in done.stdout and "| 800 |" in done.stdout
+    results = json.loads(out.read_text())["results"]
+    assert [r["rows"] for r in results] == [400, 800]
+    for r in results:
+        assert set(r["parts"]) == {"fidelity", "utility", "privacy"}
+        assert r["sizes"]["fidelity_rows"] == [r["rows"], r["rows"]]
+        assert 0 <= r["fidelity"] <= 1
+    bad = subprocess.run(
+        [sys.executable, script, "--rows", "ten"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2 and "comma-separated whole numbers" in bad.stderr

@@ -13,6 +13,7 @@ from synth.evaluation import GowerEmbedding, _auc_smaller_is_positive, nearest_d
 from synth.gates import ReleaseGates, passed
 from synth.holdout import split_holdout
 from synth.metadata import TableMetadata
+from synth.report import pair_trends_text
 from tessera.demo.cohort import HOSPITALS, cohort, schema
 from tessera.errors import InvalidRequest
 
@@ -199,3 +200,24 @@ def test_pair_trends_are_scored_over_the_associated_pairs_and_say_so() -> None:
     assert fidelity["column_pair_trends"] == pytest.approx(1 - abs(r - r_synthetic) / 2, abs=1e-4)
     assert fidelity["column_shapes"] == 1.0
     assert fidelity["column_pair_trends_all_pairs"] > fidelity["column_pair_trends"] + 0.25
+
+
+def test_with_no_associated_pair_the_score_is_the_shapes_and_the_text_says_so() -> None:
+    rng = np.random.default_rng(1)
+
+    def table() -> pd.DataFrame:
+        return pd.DataFrame(
+            {"x": rng.normal(size=600), "z": rng.normal(size=600), "c": rng.choice(["a", "b"], 600)}
+        )
+
+    real = table()
+    fidelity = synth.evaluate(real, table(), real.iloc[:100])["fidelity"]
+    assert fidelity["pairs_scored"] == 0 and fidelity["pairs_total"] == 3
+    assert fidelity["column_pair_trends"] is None
+    assert fidelity["score"] == fidelity["column_shapes"]
+    assert 0.5 < fidelity["column_pair_trends_all_pairs"] <= 1
+    text = pair_trends_text(fidelity)
+    assert text.startswith("not scored: none of the 3 pairs is associated in the real rows")
+    assert f"every pair: {fidelity['column_pair_trends_all_pairs']:.3f}" in text
+    scored = pair_trends_text({**fidelity, "column_pair_trends": 0.8, "pairs_scored": 1})
+    assert scored.startswith("0.800 over the 1 of 3 pairs associated in the real rows")
