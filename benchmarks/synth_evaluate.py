@@ -12,18 +12,16 @@ Prints a Markdown table; writes the raw numbers to benchmarks/results/synth_eval
 
 from __future__ import annotations
 
-import os
+import sys
+from pathlib import Path
 
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
-
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent
 # As in benchmarks/synth.py: this folder must not shadow the `synth` package.
+ROOT = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT]
 sys.path.insert(0, str(ROOT.parent))
+
+# First: benchmarks.synth sets one BLAS/OpenMP thread each before numpy loads.
+from benchmarks.synth import RANDHIE_SCHEMA, load_randhie  # noqa: E402, I001
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -31,7 +29,6 @@ import time  # noqa: E402
 from typing import Any  # noqa: E402
 
 import synth  # noqa: E402
-from benchmarks.synth import RANDHIE_SCHEMA, load_randhie  # noqa: E402
 from synth.holdout import split_holdout  # noqa: E402
 
 HOLDOUT = 0.2
