@@ -264,17 +264,17 @@ class MST(Synthesizer):
             codes[c.name] = cells
             measured[c.name] = (encoding, noisy, sigma)
         encodings = [measured[c.name][0] for c in columns]
-        measurements_1 = [(c.name, measured[c.name][1], measured[c.name][2]) for c in columns]
 
         coarse = {e.column.name: _coarse_codes(e, codes[e.column.name]) for e in encodings}
         domain_sizes = {e.column.name: e.coarse for e in encodings}
         one_way_coarse = {}
-        for e, (name, noisy, sigma) in zip(encodings, measurements_1, strict=True):
+        for c in columns:
+            e, noisy, sigma = measured[c.name]
             assert e.coarse_of_fine is not None
             keep = e.coarse_of_fine >= 0
             vector = np.bincount(e.coarse_of_fine[keep], weights=noisy[keep], minlength=e.coarse)
             width = max(1.0, float(keep.sum()) / e.coarse)
-            one_way_coarse[name] = (vector, sigma * math.sqrt(width))
+            one_way_coarse[c.name] = (vector, sigma * math.sqrt(width))
 
         edges: list[tuple[str, str]] = []
         two_way = []
