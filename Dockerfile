@@ -14,6 +14,8 @@ RUN useradd --create-home --uid 10001 tessera
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY api api
+COPY cli cli
+COPY demo demo
 COPY node_agent node_agent
 COPY smpc smpc
 COPY synth synth

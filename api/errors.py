@@ -9,9 +9,49 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tessera.errors import TesseraError, Unauthorized
+from tessera.errors import (
+    BudgetExceeded,
+    ConfigInvalid,
+    Conflict,
+    DataInvalid,
+    DisclosureSuppressed,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    PolicyDenied,
+    ProtocolFailed,
+    QueryInvalid,
+    TesseraError,
+    TooLarge,
+    Unauthorized,
+)
 
 log = logging.getLogger("tessera.coordinator")
+
+# The status each error of the kernel's catalogue travels with (a subclass takes its own entry,
+# else its nearest ancestor's). Chosen here, at the coordinator's edge.
+STATUS: dict[type[TesseraError], int] = {
+    InvalidRequest: 422,
+    QueryInvalid: 422,
+    DataInvalid: 422,
+    PolicyDenied: 403,
+    Forbidden: 403,
+    Unauthorized: 401,
+    NotFound: 404,
+    Conflict: 409,
+    BudgetExceeded: 409,
+    DisclosureSuppressed: 409,
+    TooLarge: 413,
+    ProtocolFailed: 502,
+    ConfigInvalid: 500,
+    TesseraError: 500,
+}
+
+
+def status_of(error: TesseraError) -> int:
+    """The HTTP status of an error: its class's entry in `STATUS`, or its nearest ancestor's."""
+    return next(STATUS[cls] for cls in type(error).__mro__ if cls in STATUS)
+
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -39,7 +79,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(TesseraError)
     async def tessera_error(_: Request, exc: TesseraError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
-        return JSONResponse(exc.to_dict(), status_code=exc.http_status, headers=headers)
+        return JSONResponse(exc.to_dict(), status_code=status_of(exc), headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -24,9 +24,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
+from demo.cohort import DATASET, DemoHospital, cohort, schema  # noqa: E402
 from smpc import prepare, simulate  # noqa: E402
 from smpc.statistics import statistic_for  # noqa: E402
-from tessera.demo.cohort import DATASET, DemoHospital, cohort, schema  # noqa: E402
 
 DP = {"epsilon": 1.0, "delta": 0.0}
 QUERIES: dict[str, dict[str, Any]] = {

@@ -29,9 +29,9 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
+from demo.cohort import DATASET, DemoHospital, cohort, schema  # noqa: E402
+from demo.network import DataSource, Network, NodeSpec  # noqa: E402
 from smpc import simulate  # noqa: E402
-from tessera.demo.cohort import DATASET, DemoHospital, cohort, schema  # noqa: E402
-from tessera.demo.network import DataSource, Network, NodeSpec  # noqa: E402
 
 QUERIES: dict[str, dict[str, Any]] = {
     "count": {"statistic": "count", "dataset": DATASET},
@@ -108,7 +108,7 @@ def bench_rest(frames: list[pd.DataFrame], repeats: int) -> dict[str, list[float
             study = admin.create_study(
                 "bench", organisation_ids=org_ids, datasets=[DATASET], members=["bench"]
             )
-            from tessera.demo.scenario import wait_for_datasets
+            from demo.scenario import wait_for_datasets
 
             wait_for_datasets(admin, study["id"], len(frames), net)
             client = TesseraClient(net.url)

@@ -45,14 +45,12 @@ class CoordinatorUnreachable(TesseraError):
     """The coordinator did not answer (connection error or 5xx) and the call was not retried."""
 
     code = "coordinator_unreachable"
-    http_status = 503
 
 
 class AgentStopping(TesseraError):
     """A retry was cut short because the agent is stopping."""
 
     code = "node_stopping"
-    http_status = 503
 
 
 class Backoff:
@@ -261,7 +259,9 @@ def _error(response: httpx.Response) -> TesseraError:
     except ValueError:
         body = None
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        return error_from_dict(body)
+        error = error_from_dict(body)
+        error.http_status = response.status_code
+        return error
     if response.status_code == 401:
         return Unauthorized("the coordinator did not accept this node's API key")
     detail = body.get("detail") if isinstance(body, dict) else None

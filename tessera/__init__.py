@@ -1,7 +1,8 @@
 """Tessera: pooled statistics across hospitals by secure multi-party computation.
 
-This package is the shared kernel (message schemas, errors, settings helpers) and the home of
-the command line and the Python client, which import the outer layers lazily.
+This package is the shared kernel: message schemas, the REST resources, errors, settings
+helpers, privacy arithmetic, logging, and the Python client. It imports nothing above itself;
+the command line (`cli`) and the demo (`demo`) are the outermost layer.
 """
 
 __version__ = "0.1.0"

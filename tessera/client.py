@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from tessera.errors import ProtocolFailed, TesseraError, error_from_dict
+from tessera.errors import ProtocolFailed, error_from_dict
 
 
 class TesseraClient:
@@ -47,8 +47,7 @@ class TesseraClient:
             except ValueError:
                 body = {"error": {"code": "error", "message": response.text[:200]}}
             error = error_from_dict(body)
-            if type(error) is TesseraError:
-                error.http_status = response.status_code
+            error.http_status = response.status_code
             raise error
         return response
 

@@ -17,10 +17,10 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from demo.cohort import DATASET, cohorts, schema
+from demo.network import Network, free_port
+from demo.scenario import NODE_MIN_COUNT, wait_for_datasets, write_sources
 from tessera.client import TesseraClient
-from tessera.demo.cohort import DATASET, cohorts, schema
-from tessera.demo.network import Network, free_port
-from tessera.demo.scenario import NODE_MIN_COUNT, wait_for_datasets, write_sources
 
 STUDY = "growth-cli"
 USER = "stella"
@@ -56,7 +56,7 @@ class Shell:
 
     def run(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
-            [sys.executable, "-m", "tessera.cli.main", *args],
+            [sys.executable, "-m", "cli.main", *args],
             capture_output=True,
             text=True,
             timeout=180,

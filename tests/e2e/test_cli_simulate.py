@@ -10,12 +10,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tessera.demo.cohort import HOSPITALS, cohort
+from demo.cohort import HOSPITALS, cohort
 
 
 def tessera(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "tessera.cli.main", *map(str, args)],
+        [sys.executable, "-m", "cli.main", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=120,

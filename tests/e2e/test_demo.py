@@ -7,12 +7,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tessera.demo.scenario import DP_EPSILON_BUDGET, QUERIES
+from demo.scenario import DP_EPSILON_BUDGET, QUERIES
 
 
 def test_the_demo_runs_end_to_end_and_everything_matches() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "tessera.cli.main", "demo"],
+        [sys.executable, "-m", "cli.main", "demo"],
         capture_output=True,
         text=True,
         timeout=480,

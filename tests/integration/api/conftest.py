@@ -51,7 +51,7 @@ SHORT_SETTINGS = {
 }
 
 
-SERVE = [sys.executable, "-m", "tessera.cli.main", "coordinator", "serve"]
+SERVE = [sys.executable, "-m", "cli.main", "coordinator", "serve"]
 
 
 def free_port() -> int:

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy
 from typer.testing import CliRunner
 
-from tessera.cli.main import app
+from cli.main import app
 
 
 @dataclass

@@ -25,9 +25,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from demo.network import DataSource, Network, NodeSpec
 from smpc import reference
 from tessera.client import TesseraClient
-from tessera.demo.network import DataSource, Network, NodeSpec
 from tessera.errors import BudgetExceeded
 from tessera.schemas import ColumnSpec, DatasetSchema
 
@@ -227,7 +227,7 @@ def test_the_node_budget_command_shows_the_ledger_and_the_total(world: World) ->
         [
             sys.executable,
             "-m",
-            "tessera.cli.main",
+            "cli.main",
             "node",
             "budget",
             "--config",
@@ -260,7 +260,7 @@ def test_the_query_budget_command_shows_what_the_study_has_left(world: World) ->
         "TESSERA_USER": "rita",
         "TESSERA_PASSWORD": "rita-password",
     }
-    command = [sys.executable, "-m", "tessera.cli.main", "query", "budget", "--study", "growth"]
+    command = [sys.executable, "-m", "cli.main", "query", "budget", "--study", "growth"]
     table = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
     assert table.returncode == 0, table.stderr
     left = world.budget()[""]["epsilon_remaining"]

@@ -28,8 +28,8 @@ import pandas as pd
 import pytest
 import sqlalchemy
 
+from demo.network import Network
 from tessera.client import TesseraClient
-from tessera.demo.network import Network
 from tessera.errors import PolicyDenied
 
 DATASET = "admissions"
@@ -71,7 +71,7 @@ class Agent:
         self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "tessera.cli.main", "node", "run", "--config", str(self.config)],
+            [sys.executable, "-m", "cli.main", "node", "run", "--config", str(self.config)],
             stdout=self.log,
             stderr=subprocess.STDOUT,
             cwd=self.config.parent,
@@ -379,7 +379,7 @@ def test_each_node_keeps_a_verifiable_audit_trail(world: World) -> None:
             [
                 sys.executable,
                 "-m",
-                "tessera.cli.main",
+                "cli.main",
                 "node",
                 "audit-verify",
                 "--config",

@@ -27,9 +27,9 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from demo.cohort import HOSPITALS, cohort, schema
+from demo.network import DataSource, Network, NodeSpec
 from tessera.client import TesseraClient
-from tessera.demo.cohort import HOSPITALS, cohort, schema
-from tessera.demo.network import DataSource, Network, NodeSpec
 
 DATASET = "cohort"
 ROWS = 300
@@ -56,7 +56,7 @@ def tessera(
     *args: str | Path, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "tessera.cli.main", *map(str, args)],
+        [sys.executable, "-m", "cli.main", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=120,

@@ -7,8 +7,8 @@ import io
 
 import pytest
 
-from tessera.cli.query import Progress, dry_run_pairs, progress_line
-from tessera.cli.tables import cell, render_pairs, render_result
+from cli.query import Progress, dry_run_pairs, progress_line
+from cli.tables import cell, render_pairs, render_result
 
 
 def lines(text: str) -> list[str]:

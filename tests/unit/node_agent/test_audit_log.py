@@ -79,7 +79,7 @@ def test_audit_verify_command(configs, tmp_path) -> None:
     settings = configs.settings(configs.node_toml(configs.dataset()))
     log = filled(tmp_path)
     assert log.path == settings.audit_path
-    argv = [sys.executable, "-m", "tessera.cli.main", "node", "audit-verify", "--config"]
+    argv = [sys.executable, "-m", "cli.main", "node", "audit-verify", "--config"]
     done = subprocess.run([*argv, str(configs.root / "node.toml")], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["entries"] == 4

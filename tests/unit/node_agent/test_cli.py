@@ -11,7 +11,7 @@ import pytest
 
 def node(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "tessera.cli.main", "node", *args],
+        [sys.executable, "-m", "cli.main", "node", *args],
         capture_output=True,
         text=True,
         timeout=60,

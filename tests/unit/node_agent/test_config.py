@@ -167,7 +167,7 @@ def test_the_cli_prints_one_line_and_exits_2(configs) -> None:
     path = configs.write(text)
     for command in ("run", "check", "audit-verify"):
         done = subprocess.run(
-            [sys.executable, "-m", "tessera.cli.main", "node", command, "--config", str(path)],
+            [sys.executable, "-m", "cli.main", "node", command, "--config", str(path)],
             capture_output=True,
             text=True,
             timeout=60,

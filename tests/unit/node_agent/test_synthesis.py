@@ -225,7 +225,7 @@ def test_a_restart_fails_what_was_training_and_uploads_what_was_approved(service
 
 def steward(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "tessera.cli.main", "steward", *args],
+        [sys.executable, "-m", "cli.main", "steward", *args],
         capture_output=True,
         text=True,
         timeout=60,

@@ -9,12 +9,12 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 import synth
+from demo.cohort import HOSPITALS, cohort, schema
 from synth.evaluation import GowerEmbedding, _auc_smaller_is_positive, nearest_distances, row_keys
 from synth.gates import ReleaseGates, passed
 from synth.holdout import split_holdout
 from synth.metadata import TableMetadata
 from synth.report import pair_trends_text
-from tessera.demo.cohort import HOSPITALS, cohort, schema
 from tessera.errors import InvalidRequest
 
 

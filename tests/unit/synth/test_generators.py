@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 import synth
+from demo.cohort import HOSPITALS, cohort, schema
 from synth import TableMetadata
-from tessera.demo.cohort import HOSPITALS, cohort, schema
 from tessera.errors import InvalidRequest
 from tessera.schemas import DP_GENERATORS, GENERATORS
 

@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 
 import synth
+from demo.cohort import HOSPITALS, cohort, schema
 from synth import accounting
 from synth.accounting import ZCDPAccountant, epsilon_for, rho_for, rho_of_spends
 from synth.generators import mst
 from synth.metadata import Column, TableMetadata
-from tessera.demo.cohort import HOSPITALS, cohort, schema
 from tessera.schemas import DatasetSchema
 
 

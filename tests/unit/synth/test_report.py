@@ -10,11 +10,11 @@ from pathlib import Path
 import pandas as pd
 
 import synth
+from demo.cohort import HOSPITALS, cohort, schema
 from synth.gates import ReleaseGates
 from synth.holdout import split_holdout
 from synth.metadata import TableMetadata
 from synth.report import write_report
-from tessera.demo.cohort import HOSPITALS, cohort, schema
 
 
 def test_the_report_is_self_contained_and_holds_every_section(tmp_path: Path) -> None:

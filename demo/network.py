@@ -160,7 +160,7 @@ class Process:
 
 def cli_command(*args: str) -> list[str]:
     """The argv that runs `tessera ARGS...` with this interpreter."""
-    return [sys.executable, "-m", "tessera.cli.main", *args]
+    return [sys.executable, "-m", "cli.main", *args]
 
 
 _cli = cli_command

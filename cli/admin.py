@@ -15,7 +15,7 @@ from typing import Any
 
 import typer
 
-from tessera.cli.errors import reports_errors
+from cli.errors import reports_errors
 
 app = typer.Typer(help="Administer the coordinator's database directly.", no_args_is_help=True)
 ConfigOption = typer.Option(None, "--config", help="Coordinator TOML settings file.")

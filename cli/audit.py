@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from tessera.cli.errors import reports_errors
+from cli.errors import reports_errors
 
 app = typer.Typer(help="Audit trails.", no_args_is_help=True)
 
@@ -29,7 +29,7 @@ def verify(
         report = verify_node_log(settings.audit_path).to_dict()
     else:
         from api import audit
-        from tessera.cli.admin import _db
+        from cli.admin import _db
 
         with _db(config) as db:
             report = audit.verify(db)

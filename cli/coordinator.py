@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from tessera.cli.errors import reports_errors
+from cli.errors import reports_errors
 
 app = typer.Typer(help="Run the coordinator.", no_args_is_help=True)
 

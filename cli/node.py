@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from tessera.cli.errors import reports_errors
+from cli.errors import reports_errors
 
 app = typer.Typer(
     help="Run a hospital's node agent (see docs/node-agent.md for the configuration file).",

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import typer
 
-from tessera.cli import admin, audit, coordinator, demo, node, query, simulate, steward
-from tessera.cli import synth as synth_cli
+from cli import admin, audit, coordinator, demo, node, query, simulate, steward
+from cli import synth as synth_cli
 
 app = typer.Typer(
     name="tessera",

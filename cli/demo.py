@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from tessera.cli.errors import reports_errors
+from cli.errors import reports_errors
 
 
 @reports_errors
@@ -16,7 +16,7 @@ def demo(
     Exits 0 only if every pooled result matches the plaintext answer on the demo data, and
     every differentially private one lies within 10 noise scales of the exact value.
     """
-    from tessera.demo.scenario import run_demo
+    from demo.scenario import run_demo
 
     if not run_demo(keep=keep, say=typer.echo):
         raise typer.Exit(1)

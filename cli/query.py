@@ -19,9 +19,9 @@ from typing import IO, Any
 
 import typer
 
-from tessera.cli.errors import reports_errors
-from tessera.cli.simulate import read_json
-from tessera.cli.tables import render_budget, render_pairs, render_result
+from cli.errors import reports_errors
+from cli.simulate import read_json
+from cli.tables import render_budget, render_pairs, render_result
 from tessera.errors import InvalidRequest, NotFound, ProtocolFailed
 
 app = typer.Typer(

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from tessera.cli.errors import reports_errors
+from cli.errors import reports_errors
 from tessera.errors import InvalidRequest, PolicyDenied
 
 if TYPE_CHECKING:

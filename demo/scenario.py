@@ -31,9 +31,9 @@ from typing import Any
 
 import pandas as pd
 
+from demo.cohort import DATASET, HOSPITALS, cohorts, schema
+from demo.network import DataSource, Network, NodeSpec
 from synth.report import pair_trends_text
-from tessera.demo.cohort import DATASET, HOSPITALS, cohorts, schema
-from tessera.demo.network import DataSource, Network, NodeSpec
 
 NODE_MIN_COUNT = 5
 REL_TOL = 1e-6
@@ -425,7 +425,7 @@ def run_synthesis(client: Any, study_id: int, net: Network, say: Callable[[str],
     import hashlib
     import subprocess
 
-    from tessera.demo.network import cli_command
+    from demo.network import cli_command
 
     t0 = time.perf_counter()
     made = client.request_synthesis(study_id, SYNTHESIS)

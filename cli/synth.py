@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from tessera.cli.errors import reports_errors
-from tessera.cli.query import (
+from cli.errors import reports_errors
+from cli.query import (
     CoordinatorOption,
     JsonOption,
     PasswordOption,
@@ -31,7 +31,7 @@ from tessera.cli.query import (
     connect,
     study_id,
 )
-from tessera.cli.simulate import read_frame, read_json
+from cli.simulate import read_frame, read_json
 from tessera.errors import InvalidRequest
 
 if TYPE_CHECKING:

@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from tessera.cli.errors import reports_errors
+from cli.errors import reports_errors
 from tessera.errors import InvalidRequest
 
 
