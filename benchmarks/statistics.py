@@ -499,7 +499,7 @@ def selected(args: argparse.Namespace) -> tuple[list[str], list[str]]:
         unknown = [n for n in names if n not in QUERIES]
         if unknown:
             sys.exit(f"unknown statistics {unknown}; known: {', '.join(QUERIES)}")
-    supported = set(smpc.SUPPORTED)
+    supported = set(smpc.STATISTICS)
     skipped = [n for n in names if QUERIES[n]["statistic"] not in supported]
     for n in skipped:
         print(f"note: {n} is skipped: smpc does not support it yet", flush=True)

@@ -51,6 +51,7 @@ from tessera.schemas import NodeHello, TaskAccept, TaskOut, TaskResult, TaskStar
 if TYPE_CHECKING:
     from smpc import LocalSummary, PartyJob, PartyOutcome
     from smpc.query import DPSpec
+    from smpc.statistics import SecureStatistic
 
 log = logging.getLogger("tessera.node")
 
@@ -394,13 +395,13 @@ class NodeAgent:
             task.n_parties,
             **subject,
         )
-        reason = self.policy.decide(task)
-        if reason is not None:
-            self._refuse(task, subject, reason)
+        decision = self.policy.decide(task)
+        if decision.statistic is None:
+            self._refuse(task, subject, decision.refusal or "refused")
             return
         port: int | None = None
         try:
-            prepared = self._prepare(task)
+            prepared = self._prepare(task, decision.statistic)
             if prepared.dp is not None:
                 over = self._charge(task, prepared.dp, subject)
                 if over is not None:
@@ -489,17 +490,16 @@ class NodeAgent:
         )
         self._tell("fail", task.id, code, message)
 
-    def _prepare(self, task: TaskOut) -> _Prepared:
-        """Parse and check the query, compute the local summary (on the cached frame), and
-        make this run's TLS identity (a fresh key; its certificate goes with the acceptance)."""
-        from smpc import local_summary, prepare
+    def _prepare(self, task: TaskOut, statistic: SecureStatistic) -> _Prepared:
+        """Compute the local summary of the checked query (on the cached frame), and make this
+        run's TLS identity (a fresh key; its certificate goes with the acceptance)."""
         from smpc.tls import new_identity
 
         ds = self.settings.dataset(task.dataset)
         assert ds is not None  # the policy refused unknown datasets
-        query = prepare(task.query, ds.schema_)
-        summary = local_summary(query, self.cache.get(ds), ds.schema_)
+        summary = statistic.local_input(self.cache.get(ds))
         key_pem, certificate = new_identity(task.party_id)
+        query = statistic.query
         return _Prepared(query.to_json(), ds, summary, key_pem, certificate, query.dp)
 
     def _wait_for_start(self, task: TaskOut) -> TaskStart:

@@ -26,8 +26,6 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from tessera.errors import ConfigInvalid
 from tessera.schemas import (
-    DP_GENERATORS,
-    GENERATORS,
     ColumnSpec,
     DatasetSchema,
     DPBudget,
@@ -142,11 +140,13 @@ class SynthesisPolicyConfig(BaseModel):
     @field_validator("generators")
     @classmethod
     def _known_generators(cls, value: list[str]) -> list[str]:
-        unknown = [g for g in value if g not in GENERATORS]
+        from synth import generator_names
+
+        known = generator_names()
+        unknown = [g for g in value if g not in known]
         if unknown:
             raise ValueError(
-                f"unknown generator(s) {', '.join(map(repr, unknown))}; "
-                f"known: {', '.join(GENERATORS)}"
+                f"unknown generator(s) {', '.join(map(repr, unknown))}; known: {', '.join(known)}"
             )
         return list(dict.fromkeys(value))
 
@@ -178,10 +178,13 @@ class SynthesisPolicyConfig(BaseModel):
                 f"approvals_required ({self.approvals_required}) exceeds the number of "
                 f"stewards ({len(self.stewards)})"
             )
-        if self.dp_required and not set(self.generators) & set(DP_GENERATORS):
+        from synth import dp_generators
+
+        private = dp_generators()
+        if self.dp_required and not set(self.generators) & set(private):
             raise ValueError(
                 "dp_required allows only differentially private generators "
-                f"({', '.join(DP_GENERATORS)}), and none is in generators"
+                f"({', '.join(private)}), and none is in generators"
             )
         return self
 
@@ -250,7 +253,7 @@ class PolicyConfig(BaseModel):
     @field_validator("allowed_statistics")
     @classmethod
     def _known_statistics(cls, value: list[str] | None) -> list[str] | None:
-        from smpc.query import STATISTICS
+        from smpc.statistics import STATISTICS
 
         unknown = [s for s in value or [] if s not in STATISTICS]
         if unknown:

@@ -11,11 +11,26 @@ policy sets one, the dataset's total over all studies.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 from node_agent.config import DatasetConfig, PolicyConfig
-from tessera.errors import QueryInvalid
+from tessera.errors import InvalidRequest, QueryInvalid
 from tessera.schemas import DPBudget, DPTotal, NodePolicySummary, SynthesisJobOut, TaskOut
 
+if TYPE_CHECKING:
+    from smpc.statistics import SecureStatistic
+
 MIN_PARTIES = 3  # Shamir sharing with an honest majority: t < m/2 needs m >= 3 for t >= 1
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The node's answer to a task: why it refuses, or the query as the statistic that will run
+    it (parsed and checked against the declared schema once, here)."""
+
+    refusal: str | None
+    statistic: SecureStatistic | None = None
 
 
 class Policy:
@@ -46,17 +61,17 @@ class Policy:
         allowed = self.config.allowed_datasets
         return dataset in self._datasets and (allowed is None or dataset in allowed)
 
-    def decide(self, task: TaskOut) -> str | None:
-        """None if the task may run; otherwise the reason to refuse it (sent to the
-        coordinator, so it names the rule, never data)."""
-        from smpc import prepare
+    def decide(self, task: TaskOut) -> Decision:
+        """The statistic to run, or the reason to refuse the task (sent to the coordinator,
+        so it names the rule, never data)."""
+        return Decision(reason) if (reason := self._refusal(task)) else self._compile(task)
 
-        statistic = task.query.get("statistic")
-        allowed = self.config.allowed_statistics
-        if allowed is not None and statistic not in allowed:
-            return f"policy does not allow {statistic!r} queries (allowed: {', '.join(allowed)})"
-        ds = self._datasets.get(task.dataset)
-        if ds is None:
+    def _refusal(self, task: TaskOut) -> str | None:
+        """Why the policy refuses the task before its query is read, or None."""
+        reason = self.summary().statistic_refusal(str(task.query.get("statistic")))
+        if reason is not None:
+            return f"policy {reason}"
+        if task.dataset not in self._datasets:
             return f"dataset {task.dataset!r} is not served by this node"
         if not self.serves(task.dataset):
             return f"policy does not allow queries on dataset {task.dataset!r}"
@@ -75,16 +90,21 @@ class Policy:
                 f"{task.n_parties} part{'y' if task.n_parties == 1 else 'ies'}: secure "
                 f"computation needs at least {MIN_PARTIES} to keep this node's summary secret"
             )
-        try:
-            prepare(task.query, ds.schema_)
-        except QueryInvalid as exc:
-            return f"query invalid against this node's declared schema: {exc.message}"
         return None
+
+    def _compile(self, task: TaskOut) -> Decision:
+        from smpc import compile_query
+
+        schema = self._datasets[task.dataset].schema_
+        try:
+            return Decision(None, compile_query(task.query, schema))
+        except QueryInvalid as exc:
+            return Decision(f"query invalid against this node's declared schema: {exc.message}")
 
     def decide_synthesis(self, job: SynthesisJobOut) -> str | None:
         """None if this node may train for the synthesis job; otherwise why not (sent to the
         coordinator: it names the rule, never data)."""
-        from synth import generator_class
+        from synth import check_request
 
         rules = self.config.synthesis
         spec = job.spec
@@ -93,23 +113,17 @@ class Policy:
         ds = self._datasets.get(spec.dataset)
         if ds is None or not self.serves(spec.dataset):
             return f"dataset {spec.dataset!r} is not served by this node"
-        if spec.generator not in rules.generators:
-            return (
-                f"policy does not allow generator {spec.generator!r} "
-                f"(allowed: {', '.join(rules.generators)})"
-            )
-        if rules.dp_required and not spec.differentially_private:
-            return "policy requires a differentially private generator"
-        limit = rules.max_epsilon
-        if spec.epsilon is not None and limit is not None and spec.epsilon > limit:
-            return f"policy allows epsilon up to {limit:g}, not {spec.epsilon:g}"
-        if rules.max_rows is not None and spec.rows > rules.max_rows:
-            return f"policy allows up to {rules.max_rows} synthetic rows, not {spec.rows}"
+        try:
+            cls = check_request(spec.generator, spec.epsilon, spec.delta)
+        except InvalidRequest as exc:
+            return exc.message
+        reason = rules.summary().refusal(spec)
+        if reason is not None:
+            return reason
         if spec.holdout < rules.holdout_min:
             return f"policy holds out at least {rules.holdout_min:.0%} of the rows for evaluation"
         if spec.target is not None and ds.schema_.column(spec.target) is None:
             return f"target {spec.target!r} is not a declared column of {spec.dataset!r}"
-        cls = generator_class(spec.generator)
         unknown = sorted(set(spec.params) - set(cls.param_names) - {"epsilon", "delta"})
         if unknown or {"epsilon", "delta"} & set(spec.params):
             known = ", ".join(p for p in cls.param_names if p not in ("epsilon", "delta"))

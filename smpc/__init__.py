@@ -4,6 +4,7 @@ A library: it imports no web, database or HTTP code, and only the MPC party proc
 `mpyc.runtime` (which parses `sys.argv` at import). Public entry points:
 
 - `parse_query(dict)` and `prepare(dict, schema)`: validate a query (and against a schema);
+  `compile_query(dict, schema)`: the same, once, as the statistic that will run it;
 - `local_summary(query, frame, schema)`: what one party secret-shares (never rows);
 - `run_party(job)`: run one party of the protocol in its own process;
 - `simulate(query, frames)`: the whole protocol, one process per frame, on loopback;
@@ -21,21 +22,32 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from smpc.job import LocalSummary, PartyJob, PartyOutcome
-    from smpc.query import STATISTICS, check_query, parse_query
+    from smpc.query import applied_threshold, check_query
     from smpc.runner import run_party
     from smpc.simulation import simulate
-    from smpc.statistics import SUPPORTED, disclosure, local_summary, prepare, reference
+    from smpc.statistics import (
+        DP_STATISTICS,
+        STATISTICS,
+        compile_query,
+        disclosure,
+        local_summary,
+        parse_query,
+        prepare,
+        reference,
+    )
 
 _HOMES = {
     "LocalSummary": "smpc.job",
     "PartyJob": "smpc.job",
     "PartyOutcome": "smpc.job",
-    "STATISTICS": "smpc.query",
+    "applied_threshold": "smpc.query",
     "check_query": "smpc.query",
-    "parse_query": "smpc.query",
     "run_party": "smpc.runner",
     "simulate": "smpc.simulation",
-    "SUPPORTED": "smpc.statistics",
+    "DP_STATISTICS": "smpc.statistics",
+    "STATISTICS": "smpc.statistics",
+    "compile_query": "smpc.statistics",
+    "parse_query": "smpc.statistics",
     "disclosure": "smpc.statistics",
     "local_summary": "smpc.statistics",
     "prepare": "smpc.statistics",
@@ -43,12 +55,14 @@ _HOMES = {
 }
 
 __all__ = [
+    "DP_STATISTICS",
     "STATISTICS",
-    "SUPPORTED",
     "LocalSummary",
     "PartyJob",
     "PartyOutcome",
+    "applied_threshold",
     "check_query",
+    "compile_query",
     "disclosure",
     "local_summary",
     "parse_query",

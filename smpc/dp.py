@@ -1,8 +1,9 @@
 """Differential privacy inside MPC: discrete Laplace noise that no party knows.
 
-A query with ``dp: {"epsilon": ε, "delta": δ}`` (statistics `count`, `sum`, `mean`,
-`histogram`, `crosstab`, with `where` and `group_by`) gets calibrated noise added to its
-pooled, secret-shared cell values *before* anything is opened. The noise is drawn jointly
+A query with ``dp: {"epsilon": ε, "delta": δ}`` (the statistics whose class sets
+`supports_dp`: `count`, `sum`, `mean`, `histogram`, `crosstab`, with `where` and `group_by`)
+gets calibrated noise added to its pooled, secret-shared cell values *before* anything is
+opened. The noise is drawn jointly
 inside MPC from MPyC's pseudorandom secret sharing (PRSS) and is never opened: no party, and
 no coalition of at most t parties (t < m/2, the MPC threshold), learns it or any part of it.
 
@@ -97,7 +98,6 @@ from tessera.errors import QueryInvalid
 from tessera.schemas import ColumnSpec
 
 MECHANISM = "discrete_laplace"
-DP_STATISTICS = ("count", "sum", "mean", "histogram", "crosstab")
 SLACK_BITS = 64  # each noisy value is (ε_s, 2^-SLACK_BITS)-DP; see the module docstring
 MAX_NOISE_BITS = 80  # |noise| < 2^80 grid units: counts stay far inside the secure range
 COMPARE_BITS = 84  # noisy counts and thresholds (capped at 2^81) fit in 84-bit comparisons

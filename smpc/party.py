@@ -36,10 +36,9 @@ def _mpyc_argv(job: Any) -> list[str]:
 
 
 async def _run(mpc: Any, job: Any) -> dict[str, Any]:
-    from smpc.statistics import prepare, statistic_for
+    from smpc.statistics import compile_query
 
-    query = prepare(job.query, job.dataset_schema)
-    statistic = statistic_for(query, job.dataset_schema)
+    statistic = compile_query(job.query, job.dataset_schema)
     host = job.parties[job.party_id][0]
     loop = mpc._loop
     loop.create_server = functools.partial(loop.create_server, host=host)

@@ -28,6 +28,7 @@ import numpy as np
 from smpc.dp import COMPARE_BITS, discrete_laplace
 from smpc.encoding import KEY_BITS, MOMENT_BITS, decode_moment, from_order_key
 from smpc.job import PartyJob
+from smpc.query import applied_threshold
 from smpc.statistics.base import Opened, SecureStatistic
 
 
@@ -44,7 +45,7 @@ def pooled(mpc: Any, secure_type: Any, values: list[int]) -> Any:
 async def agree_threshold(mpc: Any, job: PartyJob, query_min_count: int | None) -> int:
     """T = max(the query's min_count, every party's policy floor); the floors are public policy."""
     floors = await mpc.output(mpc.input(mpc.SecInt(KEY_BITS)(job.min_count_floor)))
-    return max([query_min_count or 0, *(int(f) for f in floors)])
+    return applied_threshold(query_min_count, floors)
 
 
 async def release(mpc: Any, counts: Any, threshold: int) -> list[bool]:

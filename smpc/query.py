@@ -1,20 +1,20 @@
-"""The query language: one pydantic model per statistic, discriminated by ``statistic``.
+"""The query language's common part: filters, grouping, `min_count`, `dp`.
 
-Every statistic of DESIGN.md validates here. `check_query` checks a query against a dataset's
-declared schema (columns exist, have the right type, levels are known) and against the
-statistics a caller supports (a node may run an older library: those are refused with a clear
-"not supported yet" error).
-A query with `dp` is accepted for the statistics of `smpc.dp.DP_STATISTICS` only, and a dp
-sum or mean only on a column with declared bounds (booleans are bounded by [0, 1]).
+Each statistic's own query model (its parameters, a subclass of `QueryBase` with a literal
+`statistic`) lives in its module under `smpc.statistics`, with its column rules and whether it
+supports `dp`; the registry there derives the discriminated union, the list of names and the
+parser. `check_query` checks what every query shares against a dataset's declared schema:
+columns exist, `where` values fit their column's type and levels, `group_by` columns can be
+grouped by.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from collections.abc import Iterable
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from smpc.dp import DP_STATISTICS, column_bounds
 from tessera.errors import QueryInvalid
 from tessera.schemas import ColumnSpec, DatasetSchema, Name
 
@@ -97,167 +97,39 @@ class QueryBase(BaseModel):
         return out
 
 
-class CountQuery(QueryBase):
-    statistic: Literal["count"]
+class ColumnQuery(QueryBase):
+    """A query of one `column` (sum, mean, variance, min, max, quantile, histogram, ttest)."""
 
-
-class _ColumnQuery(QueryBase):
     column: Name
 
     def statistic_columns(self) -> list[str]:
         return [self.column]
 
 
-class SumQuery(_ColumnQuery):
-    statistic: Literal["sum"]
+def applied_threshold(query_min_count: int | None, floors: Iterable[int]) -> int:
+    """The disclosure threshold every party applies: the query's `min_count` raised to every
+    node's policy floor, so that no query can lower a node's floor. The coordinator predicts
+    it with the floors nodes publish; the parties apply it with the floors they open."""
+    return max([query_min_count or 0, *(int(f) for f in floors)])
 
 
-class MeanQuery(_ColumnQuery):
-    statistic: Literal["mean"]
+def describe_validation(statistic: str, exc: ValidationError) -> QueryInvalid:
+    """A query's validation errors as one `QueryInvalid`: each error's location (without the
+    union's tag) and message, joined; `details.errors` lists them."""
+    errors = [
+        {"loc": [p for p in e["loc"] if p != statistic], "msg": _message(e)} for e in exc.errors()
+    ]
+    message = "; ".join(_describe(e) for e in errors)
+    return QueryInvalid(f"invalid {statistic} query: {message}", {"errors": errors})
 
 
-class VarianceQuery(_ColumnQuery):
-    statistic: Literal["variance"]
-
-
-class MinQuery(_ColumnQuery):
-    statistic: Literal["min"]
-
-
-class MaxQuery(_ColumnQuery):
-    statistic: Literal["max"]
-
-
-class QuantileQuery(_ColumnQuery):
-    statistic: Literal["quantile"]
-    q: list[float] = Field(min_length=1, max_length=99)
-
-    @field_validator("q")
-    @classmethod
-    def _in_unit_interval(cls, q: list[float]) -> list[float]:
-        if any(not 0 <= v <= 1 for v in q):
-            raise ValueError("quantile levels q must lie in [0, 1]")
-        return q
-
-
-class HistogramQuery(_ColumnQuery):
-    statistic: Literal["histogram"]
-    bins: list[float] = Field(min_length=2, max_length=1001)
-
-    @field_validator("bins")
-    @classmethod
-    def _increasing(cls, bins: list[float]) -> list[float]:
-        if any(b >= a for a, b in zip(bins[1:], bins[:-1], strict=False)):
-            raise ValueError("histogram bin edges must be strictly increasing")
-        return bins
-
-
-class CrosstabQuery(QueryBase):
-    statistic: Literal["crosstab"]
-    rows: Name
-    columns: Name
-
-    def statistic_columns(self) -> list[str]:
-        return [self.rows, self.columns]
-
-
-class Chi2Query(CrosstabQuery):
-    statistic: Literal["chi2"]  # type: ignore[assignment]
-
-
-class CorrelationQuery(QueryBase):
-    statistic: Literal["correlation"]
-    columns: list[Name] = Field(min_length=2, max_length=50)
-
-    def statistic_columns(self) -> list[str]:
-        return list(self.columns)
-
-
-class LinearRegressionQuery(QueryBase):
-    statistic: Literal["linear_regression"]
-    outcome: Name
-    predictors: list[Name] = Field(min_length=1, max_length=50)
-
-    def statistic_columns(self) -> list[str]:
-        return [self.outcome, *self.predictors]
-
-
-class LogisticRegressionQuery(LinearRegressionQuery):
-    statistic: Literal["logistic_regression"]  # type: ignore[assignment]
-
-
-class KaplanMeierQuery(QueryBase):
-    statistic: Literal["kaplan_meier"]
-    time: Name
-    event: Name
-    group: Name | None = None
-
-    def statistic_columns(self) -> list[str]:
-        return [self.time, self.event] + ([self.group] if self.group else [])
-
-
-class TTestQuery(_ColumnQuery):
-    statistic: Literal["ttest"]
-    group: Name
-
-    def statistic_columns(self) -> list[str]:
-        return [self.column, self.group]
-
-
-Query = Annotated[
-    CountQuery
-    | SumQuery
-    | MeanQuery
-    | VarianceQuery
-    | MinQuery
-    | MaxQuery
-    | QuantileQuery
-    | HistogramQuery
-    | CrosstabQuery
-    | CorrelationQuery
-    | LinearRegressionQuery
-    | LogisticRegressionQuery
-    | KaplanMeierQuery
-    | TTestQuery
-    | Chi2Query,
-    Field(discriminator="statistic"),
-]
-
-STATISTICS = (
-    "count", "sum", "mean", "variance", "min", "max", "quantile", "histogram", "crosstab",
-    "correlation", "linear_regression", "logistic_regression", "kaplan_meier", "ttest", "chi2",
-)  # fmt: skip
-
-_ADAPTER: TypeAdapter[Any] = TypeAdapter(Query)
+def _message(err: Any) -> str:
+    return str(err.get("msg", "invalid")).removeprefix("Value error, ")
 
 
 def _describe(err: dict[str, Any]) -> str:
-    loc = ".".join(str(p) for p in err.get("loc", ()) if not isinstance(p, int) or True)
-    msg = str(err.get("msg", "invalid"))
-    msg = msg.removeprefix("Value error, ")
-    return f"{loc}: {msg}" if loc else msg
-
-
-def parse_query(raw: Any) -> QueryBase:
-    """Validate a query (a dict, as parsed from JSON) into its model, or raise `QueryInvalid`."""
-    if not isinstance(raw, dict):
-        raise QueryInvalid("a query is a JSON object")
-    statistic = raw.get("statistic")
-    if statistic is None:
-        raise QueryInvalid("the query names no 'statistic'", {"known": list(STATISTICS)})
-    if statistic not in STATISTICS:
-        raise QueryInvalid(
-            f"unknown statistic {statistic!r}", {"statistic": statistic, "known": list(STATISTICS)}
-        )
-    try:
-        query: QueryBase = _ADAPTER.validate_python(raw)
-    except ValidationError as exc:
-        errors = [
-            {"loc": [p for p in e["loc"] if p != statistic], "msg": e["msg"]} for e in exc.errors()
-        ]
-        message = "; ".join(_describe(e) for e in errors)
-        raise QueryInvalid(f"invalid {statistic} query: {message}", {"errors": errors}) from None
-    return query
+    loc = ".".join(str(p) for p in err.get("loc", ()))
+    return f"{loc}: {err['msg']}" if loc else str(err["msg"])
 
 
 def _check_value(spec: ColumnSpec, op: str, value: Any) -> None:
@@ -290,20 +162,9 @@ def _check_value(spec: ColumnSpec, op: str, value: Any) -> None:
             )
 
 
-def check_query(query: QueryBase, schema: DatasetSchema, supported: tuple[str, ...]) -> None:
-    """Check a parsed query against a dataset schema, or raise `QueryInvalid` naming the problem."""
-    statistic = query.statistic
-    if statistic not in supported:
-        raise QueryInvalid(
-            f"statistic {statistic!r} is not supported yet",
-            {"statistic": statistic, "supported": list(supported)},
-        )
-    if query.dp is not None and statistic not in DP_STATISTICS:
-        raise QueryInvalid(
-            f"differential privacy ('dp') is available for {', '.join(DP_STATISTICS)}; "
-            f"not for {statistic!r}",
-            {"field": "dp", "statistic": statistic, "supported": list(DP_STATISTICS)},
-        )
+def check_query(query: QueryBase, schema: DatasetSchema) -> None:
+    """Check what every query shares against a dataset schema, or raise `QueryInvalid` naming
+    the problem (the statistic's own rules are its class's: `smpc.statistics`)."""
     for name in query.referenced_columns():
         if schema.column(name) is None:
             raise QueryInvalid(
@@ -322,20 +183,4 @@ def check_query(query: QueryBase, schema: DatasetSchema, supported: tuple[str, .
                 f"group_by: column {name!r} is {spec.type}; only categorical or boolean columns "
                 "can be grouped by",
                 {"column": name},
-            )
-    for name in query.statistic_columns():
-        spec = schema.column(name)
-        assert spec is not None
-        if statistic in ("sum", "mean", "variance", "min", "max", "histogram", "quantile") and (
-            not spec.is_numeric
-        ):
-            raise QueryInvalid(
-                f"{statistic}: column {name!r} is {spec.type}, not numeric", {"column": name}
-            )
-        if query.dp is not None and statistic in ("sum", "mean") and column_bounds(spec) is None:
-            raise QueryInvalid(
-                f"dp {statistic} of {name!r} needs the column's bounds: declare finite 'min' and "
-                f"'max' for {name!r} in the dataset schema (they set the noise's sensitivity, "
-                "and values are clipped to them)",
-                {"column": name, "field": "dp"},
             )

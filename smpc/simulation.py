@@ -18,7 +18,7 @@ import pandas as pd
 from smpc.frames import infer_schema
 from smpc.job import PartyJob
 from smpc.runner import start_parties, wait_party
-from smpc.statistics import local_summary, prepare
+from smpc.statistics import compile_query
 from smpc.tls import PartyTLS, new_identity
 from tessera.errors import ProtocolFailed, QueryInvalid
 from tessera.schemas import DatasetSchema
@@ -64,17 +64,17 @@ def simulate(
         )
     if schema is None:
         schema = infer_schema(parties)
-    parsed = prepare(query, schema)
+    statistic = compile_query(query, schema)
     floors = list(min_count_floors or [0] * len(parties))
     if len(floors) != len(parties):
         raise QueryInvalid("give one min_count floor per party")
-    summaries = [local_summary(parsed, frame, schema) for frame in parties]
+    summaries = [statistic.local_input(frame) for frame in parties]
     addresses = [("127.0.0.1", port) for port in free_ports(len(parties))]
     identities = [new_identity(i) for i in range(len(parties))] if tls else []
     certificates = [cert for _, cert in identities]
     jobs = [
         PartyJob(
-            query=parsed.to_json(),
+            query=statistic.query.to_json(),
             dataset_schema=schema,
             summary=summary,
             party_id=i,

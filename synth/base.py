@@ -230,6 +230,40 @@ def generator_class(name: str) -> type[Synthesizer]:
         ) from None
 
 
+def generator_names() -> list[str]:
+    """Every registered generator (the one list: the coordinator and the node read it here)."""
+    from synth import generators  # noqa: F401 -- registers every generator
+
+    return list(GENERATORS)
+
+
+def dp_generators() -> list[str]:
+    """The registered generators that are differentially private."""
+    return [name for name in generator_names() if GENERATORS[name].differentially_private]
+
+
+def check_request(
+    generator: str, epsilon: float | None = None, delta: float | None = None
+) -> type[Synthesizer]:
+    """The generator a request names, held to its registry entry: a known name, and epsilon
+    (and delta) given exactly when it is differentially private. `InvalidRequest` otherwise.
+    The coordinator applies it to a synthesis request, the node to a job it is offered."""
+    cls = generator_class(generator)
+    private = dp_generators()
+    if cls.differentially_private and epsilon is None:
+        raise InvalidRequest(
+            f"generator {generator!r} is differentially private: give epsilon",
+            {"generator": generator, "field": "epsilon"},
+        )
+    if not cls.differentially_private and (epsilon is not None or delta):
+        raise InvalidRequest(
+            f"generator {generator!r} is not differentially private: epsilon and delta apply "
+            f"to {', '.join(private)}",
+            {"generator": generator, "field": "epsilon"},
+        )
+    return cls
+
+
 def train(
     frame: pd.DataFrame,
     generator: str = "cart",

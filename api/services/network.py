@@ -12,7 +12,7 @@ from api import audit
 from api.models import Dataset, Node, Organisation, utcnow
 from api.security import api_key_matches, new_api_key, split_api_key
 from tessera.errors import Conflict, NotFound, Unauthorized
-from tessera.schemas import DatasetSchema, NodeHello
+from tessera.schemas import DatasetSchema, NodeHello, NodePolicySummary
 
 SEEN_RESOLUTION = timedelta(seconds=5)
 
@@ -87,6 +87,12 @@ def node_view(node: Node) -> dict[str, Any]:
         "last_seen_at": node.last_seen_at,
         "created_at": node.created_at,
     }
+
+
+def published_policy(node: Node) -> NodePolicySummary:
+    """The policy summary the node published at its last hello (an empty one before it; the
+    node still decides, this only predicts its refusals)."""
+    return NodePolicySummary.model_validate(node.policy or {})
 
 
 def hello(db: Session, node: Node, message: NodeHello) -> Node:

@@ -24,6 +24,7 @@ from api import audit
 from api.db import write_lock
 from api.models import Dataset, Node, Query, Study, Task, User, utcnow
 from api.services import budget
+from api.services.network import published_policy
 from api.services.studies import is_member, registered_nodes, study_nodes
 from api.settings import CoordinatorSettings
 from tessera.errors import Conflict, NotFound, PolicyDenied
@@ -39,6 +40,7 @@ from tessera.schemas import (
 
 if TYPE_CHECKING:
     from smpc.query import QueryBase
+    from smpc.statistics import SecureStatistic
 
 MIN_PARTIES = 3
 TERMINAL = ("succeeded", "failed")
@@ -85,9 +87,13 @@ class Plan:
     """A query that passed every check the coordinator can make, and the nodes that would run
     it, in party order (what a submission schedules and a dry run describes)."""
 
-    query: QueryBase
+    statistic: SecureStatistic
     schema: DatasetSchema
     registered: list[tuple[Node, Dataset]]
+
+    @property
+    def query(self) -> QueryBase:
+        return self.statistic.query
 
     @property
     def nodes(self) -> list[Node]:
@@ -95,16 +101,17 @@ class Plan:
 
     def min_count_applied(self) -> int:
         """The threshold every party will apply: the query's, raised to each node's floor."""
+        from smpc.query import applied_threshold
+
         floors = [int((node.policy or {}).get("min_count") or 0) for node in self.nodes]
-        return max([self.query.min_count or 0, *floors])
+        return applied_threshold(self.query.min_count, floors)
 
 
 def plan(db: Session, study: Study, raw: Any) -> Plan:
     """Validate a query as submission does, without scheduling it. Raises `QueryInvalid` (422),
     `NotFound` (dataset not in the study), `Conflict` (too few nodes, schemas disagree) or
     `PolicyDenied` (a node's published policy)."""
-    from smpc.query import check_query, parse_query
-    from smpc.statistics import SUPPORTED, statistic_for
+    from smpc.statistics import checked, parse_query
 
     query = parse_query(raw)
     registered = registered_nodes(db, study, query.dataset)
@@ -119,17 +126,16 @@ def plan(db: Session, study: Study, raw: Any) -> Plan:
             db, study, query.dataset, query.dp.epsilon, query.dp.delta, [n for n, _ in registered]
         )
     schema = _agreed_schema(query, registered)
-    check_query(query, schema, SUPPORTED)
-    statistic_for(query, schema)  # the statistic's own checks, as every node will run them
-    statistic = query.statistic
+    secure = checked(query, schema)  # the statistic's own checks, as every node will run them
     for node, _ in registered:
-        allowed = (node.policy or {}).get("allowed_statistics")
-        if allowed is not None and statistic not in allowed:
+        policy = published_policy(node)
+        reason = policy.statistic_refusal(query.statistic)
+        if reason is not None:
             raise PolicyDenied(
-                f"node {node.name} does not allow {statistic!r} queries",
-                {"node": node.name, "allowed": allowed},
+                f"node {node.name} {reason}",
+                {"node": node.name, "allowed": policy.allowed_statistics},
             )
-    return Plan(query, schema, registered)
+    return Plan(secure, schema, registered)
 
 
 def submit(db: Session, study: Study, user: User, raw: Any, settings: CoordinatorSettings) -> Query:
@@ -175,7 +181,7 @@ def dry_run(db: Session, study: Study, user: User, raw: Any) -> dict[str, Any]:
     from smpc import disclosure
 
     planned = plan(db, study, raw)
-    reveals = disclosure(planned.query, planned.schema)
+    reveals = disclosure(planned.statistic, planned.schema)
     taking_part = {node.id for node in planned.nodes}
     nodes = []
     for node in study_nodes(db, study):

@@ -40,6 +40,7 @@ from api.models import (
     User,
     utcnow,
 )
+from api.services.network import published_policy
 from api.services.studies import is_member, registered_nodes
 from api.settings import CoordinatorSettings
 from tessera.errors import Conflict, InvalidRequest, NotFound, PolicyDenied
@@ -64,28 +65,22 @@ PARQUET = "application/vnd.apache.parquet"
 
 
 def published_refusal(node: Node, spec: SynthesisSpec) -> str | None:
-    """Why a node's published synthesis policy refuses `spec` (None: it may take it)."""
-    policy = (node.policy or {}).get("synthesis")
+    """Why a node's published synthesis policy refuses `spec` (None: it may take it): the
+    node's own rule (`SynthesisPolicySummary.refusal`), applied to what it published."""
+    policy = published_policy(node).synthesis
     if policy is None:
         return "its policy allows no synthesis"
-    if spec.generator not in policy.get("generators", []):
-        allowed = ", ".join(policy.get("generators", [])) or "none"
-        return f"its policy does not allow generator {spec.generator!r} (allowed: {allowed})"
-    if policy.get("dp_required") and not spec.differentially_private:
-        return "its policy requires a differentially private generator"
-    max_epsilon = policy.get("max_epsilon")
-    if spec.epsilon is not None and max_epsilon is not None and spec.epsilon > max_epsilon:
-        return f"its policy allows epsilon up to {max_epsilon:g}, not {spec.epsilon:g}"
-    max_rows = policy.get("max_rows")
-    if max_rows is not None and spec.rows > max_rows:
-        return f"its policy allows up to {max_rows} synthetic rows, not {spec.rows}"
-    return None
+    reason = policy.refusal(spec)
+    return None if reason is None else f"its {reason}"
 
 
 def request(
     db: Session, study: Study, user: User, spec: SynthesisSpec, settings: CoordinatorSettings
 ) -> SynthesisRequest:
     """Validate and schedule a synthesis request: one job per node that may take it."""
+    from synth import check_request
+
+    check_request(spec.generator, spec.epsilon, spec.delta)
     registered = registered_nodes(db, study, spec.dataset)
     if not registered:
         raise Conflict(
@@ -397,6 +392,10 @@ def publish(
     if card.generator != spec.generator:
         raise InvalidRequest(
             f"the card names generator {card.generator!r}; the request was for {spec.generator!r}"
+        )
+    if (card.epsilon is not None) != spec.differentially_private:
+        raise InvalidRequest(
+            "the card's epsilon is given exactly for a differentially private generator"
         )
     if card.rows != spec.rows:
         raise InvalidRequest(f"the request asked for {spec.rows} rows, the card has {card.rows}")

@@ -1,14 +1,23 @@
-"""The registry of secure statistics: one class a module, registered in one line each."""
+"""The registry of secure statistics: one class a module, registered in one line each.
+
+Everything else follows from the registry: the statistic names (`STATISTICS`, in DESIGN.md's
+order), those that take `dp` (`DP_STATISTICS`), the query language as a union discriminated on
+`statistic` (`Query`, whose JSON schema the coordinator publishes), the result types
+(`QueryResult`), and the parser. Adding a statistic is a new module under `smpc/statistics/`
+and its line below.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Union
+
+from pydantic import Field, TypeAdapter, ValidationError
 
 if TYPE_CHECKING:
     import pandas as pd
 
 from smpc.job import LocalSummary
-from smpc.query import QueryBase, check_query, parse_query
+from smpc.query import QueryBase, applied_threshold, check_query, describe_validation
 from smpc.statistics.base import Opened, SecureStatistic
 from smpc.statistics.chi2 import Chi2
 from smpc.statistics.correlation import Correlation
@@ -24,6 +33,7 @@ from smpc.statistics.quantile import Quantile
 from smpc.statistics.sum import Sum
 from smpc.statistics.ttest import TTest
 from smpc.statistics.variance import Variance
+from tessera.errors import QueryInvalid
 from tessera.schemas import DatasetSchema
 
 REGISTRY: dict[str, type[SecureStatistic]] = {
@@ -46,24 +56,67 @@ REGISTRY: dict[str, type[SecureStatistic]] = {
         Chi2,
     )
 }
-SUPPORTED: tuple[str, ...] = tuple(REGISTRY)
+STATISTICS: tuple[str, ...] = tuple(REGISTRY)
+DP_STATISTICS: tuple[str, ...] = tuple(n for n, cls in REGISTRY.items() if cls.supports_dp)
+
+# the query language: a union of the statistics' query models, discriminated on `statistic`
+Query: Any = Annotated[
+    Union[tuple(cls.query_model for cls in REGISTRY.values())],  # noqa: UP007
+    Field(discriminator="statistic"),
+]
+# a query's result: one of the statistics' result types
+QueryResult: Any = Union[tuple(cls.result_model() for cls in REGISTRY.values())]  # noqa: UP007
+_QUERY: TypeAdapter[Any] = TypeAdapter(Query)
 
 
-def prepare(raw: dict[str, Any] | QueryBase, schema: DatasetSchema) -> QueryBase:
-    """Parse a query and check it against the schema; raise `QueryInvalid` naming the problem."""
-    query = raw if isinstance(raw, QueryBase) else parse_query(raw)
-    check_query(query, schema, SUPPORTED)
-    statistic_for(query, schema)  # statistic-specific checks
+def parse_query(raw: Any) -> QueryBase:
+    """Validate a query (a dict, as parsed from JSON) into its statistic's model, or raise
+    `QueryInvalid` naming every problem."""
+    if not isinstance(raw, dict):
+        raise QueryInvalid("a query is a JSON object")
+    statistic = raw.get("statistic")
+    if statistic is None:
+        raise QueryInvalid("the query names no 'statistic'", {"known": list(STATISTICS)})
+    if statistic not in REGISTRY:
+        raise QueryInvalid(
+            f"unknown statistic {statistic!r}", {"statistic": statistic, "known": list(STATISTICS)}
+        )
+    try:
+        query: QueryBase = _QUERY.validate_python(raw)
+    except ValidationError as exc:
+        raise describe_validation(statistic, exc) from None
     return query
 
 
 def statistic_for(query: QueryBase, schema: DatasetSchema) -> SecureStatistic:
+    """The statistic of a parsed query that passed `check_query`: its own rules run here."""
     return REGISTRY[query.statistic](query, schema)
 
 
-def local_summary(query: QueryBase, frame: pd.DataFrame, schema: DatasetSchema) -> LocalSummary:
+def checked(query: QueryBase, schema: DatasetSchema) -> SecureStatistic:
+    """A parsed query checked against the schema, as the statistic that will run it."""
+    check_query(query, schema)
+    return statistic_for(query, schema)
+
+
+def compile_query(raw: dict[str, Any] | QueryBase, schema: DatasetSchema) -> SecureStatistic:
+    """Parse, check against the schema and build the statistic, once: what a process does with
+    a query before anything else (`QueryInvalid` naming the problem)."""
+    query = raw if isinstance(raw, QueryBase) else parse_query(raw)
+    return checked(query, schema)
+
+
+def prepare(raw: dict[str, Any] | QueryBase, schema: DatasetSchema) -> QueryBase:
+    """Parse a query and check it against the schema; raise `QueryInvalid` naming the problem."""
+    return compile_query(raw, schema).query
+
+
+def local_summary(
+    query: QueryBase | SecureStatistic, frame: pd.DataFrame, schema: DatasetSchema
+) -> LocalSummary:
     """One party's private input for `query` over its own `frame` (aggregates, never rows)."""
-    return statistic_for(query, schema).local_input(frame)
+    statistic = query if isinstance(query, SecureStatistic) else statistic_for(query, schema)
+    return statistic.local_input(frame)
 
 
 def reference(
@@ -73,34 +126,41 @@ def reference(
     min_count: int = 0,
 ) -> dict[str, Any]:
     """Plaintext oracle on pooled rows, with the same disclosure rule (tests and the demo)."""
-    parsed = prepare(query, schema)
-    threshold = max(min_count, parsed.min_count or 0)
-    return statistic_for(parsed, schema).reference(frame, threshold)
+    statistic = compile_query(query, schema)
+    return statistic.reference(frame, applied_threshold(statistic.query.min_count, [min_count]))
 
 
-def disclosure(raw: dict[str, Any] | QueryBase, schema: DatasetSchema) -> dict[str, Any]:
+def disclosure(
+    raw: dict[str, Any] | QueryBase | SecureStatistic, schema: DatasetSchema
+) -> dict[str, Any]:
     """What running `raw` would reveal, without running it (the dry run's answer).
 
     Raises `QueryInvalid` for a query the schema or the library would refuse.
     """
-    query = prepare(raw, schema)
-    cls = REGISTRY[query.statistic]
+    statistic = raw if isinstance(raw, SecureStatistic) else compile_query(raw, schema)
+    query = statistic.query
     return {
         "statistic": query.statistic,
-        "reveals": cls.reveals(),
-        "intermediates": cls.intermediates,
+        "reveals": statistic.reveals(),
+        "intermediates": statistic.intermediates,
         "epsilon": query.dp.epsilon if query.dp else 0.0,
         "delta": query.dp.delta if query.dp else 0.0,
     }
 
 
 __all__ = [
+    "DP_STATISTICS",
     "REGISTRY",
-    "SUPPORTED",
+    "STATISTICS",
     "Opened",
+    "Query",
+    "QueryResult",
     "SecureStatistic",
+    "checked",
+    "compile_query",
     "disclosure",
     "local_summary",
+    "parse_query",
     "prepare",
     "reference",
     "statistic_for",

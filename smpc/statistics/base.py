@@ -1,5 +1,10 @@
 """`SecureStatistic`: the shape every statistic takes.
 
+A statistic is one module under `smpc.statistics`: its query model (`query_model`, the
+statistic's parameters), its column rules (`numeric_column`, `validate`), whether it supports
+`dp` (`supports_dp`), the shape of its result (`result_fields`, or `result_model`), and the
+protocol. The registry derives the query union, the names and the OpenAPI schemas from it.
+
 A statistic says what each party computes locally (`local_input`: counts, fixed-point sums and
 order keys per result cell, never rows), the MPC part (`compute`: by default the shared
 `smpc.protocol.combine_cells`, which pools, applies `min_count` inside MPC and opens only
@@ -20,9 +25,11 @@ import re
 import sys
 from dataclasses import dataclass, field
 from fractions import Fraction
+from functools import cache
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -56,6 +63,32 @@ class PerGroup:
     groups: list[Any]
 
 
+class ResultModel(BaseModel):
+    """Base of the result models: exactly the keys DESIGN.md names, nothing else."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class DPApplied(ResultModel):
+    """A result's `dp` entry: the privacy spent and the noise applied (`smpc.dp.describe`)."""
+
+    epsilon: float
+    delta: float
+    mechanism: str
+    epsilon_split: dict[str, float] = Field(
+        description="The epsilon each kind of noisy value spent (count, sum)."
+    )
+    noise_scale: dict[str, float] = Field(
+        description="Per kind of noisy value, the Laplace scale b of its noise, in the result's "
+        "units."
+    )
+
+
+def model_name(statistic: str, suffix: str) -> str:
+    """`linear_regression`, `Result` -> `LinearRegressionResult`."""
+    return "".join(part.capitalize() for part in statistic.split("_")) + suffix
+
+
 def number(value: float | Fraction | None) -> float | None:
     """A JSON-safe float (None for missing or not-a-number)."""
     if value is None:
@@ -72,6 +105,11 @@ class SecureStatistic:
     """
 
     name: ClassVar[str]
+    query_model: ClassVar[type[QueryBase]]  # the statistic's parameters (its `statistic` literal)
+    supports_dp: ClassVar[bool] = False  # takes `dp` (noise drawn inside MPC: `smpc.dp`)
+    numeric_column: ClassVar[bool] = False  # its `column` must be numeric (booleans are 0/1)
+    # a cell's (group's) result keys and their types, "n" aside; `result_model` builds on them
+    result_fields: ClassVar[dict[str, Any]] = {}
     intermediates: ClassVar[str] = ""  # what the protocol opens besides the output, if anything
     moments: ClassVar[tuple[str, ...]] = ()  # fixed-point sums shared per cell: "sum", "sumsq"
     extreme: ClassVar[Literal["min", "max"] | None] = None
@@ -81,6 +119,7 @@ class SecureStatistic:
     def __init__(self, query: QueryBase, schema: DatasetSchema) -> None:
         self.query = query
         self.schema = schema
+        self.check_columns()
         self.layout = CellLayout.build(list(query.group_by), schema, self.bins())
         self.validate()
         self.noise: dict[str, NoiseSpec] = {}
@@ -92,8 +131,43 @@ class SecureStatistic:
     def bins(self) -> int:
         return 1
 
+    def check_columns(self) -> None:
+        """The rules the class attributes state: `dp` only where supported, a numeric `column`
+        where required, declared bounds for a differentially private sum."""
+        query = self.query
+        if query.dp is not None and not self.supports_dp:
+            from smpc.statistics import DP_STATISTICS
+
+            raise QueryInvalid(
+                f"differential privacy ('dp') is available for {', '.join(DP_STATISTICS)}; "
+                f"not for {self.name!r}",
+                {"field": "dp", "statistic": self.name, "supported": list(DP_STATISTICS)},
+            )
+        column = getattr(query, "column", None)
+        spec = self.schema.column(column) if isinstance(column, str) else None
+        if spec is None:
+            return
+        if self.numeric_column and not spec.is_numeric:
+            raise QueryInvalid(
+                f"{self.name}: column {column!r} is {spec.type}, not numeric", {"column": column}
+            )
+        if query.dp is not None and self.moments and column_bounds(spec) is None:
+            raise QueryInvalid(
+                f"dp {self.name} of {column!r} needs the column's bounds: declare finite 'min' "
+                f"and 'max' for {column!r} in the dataset schema (they set the noise's "
+                "sensitivity, and values are clipped to them)",
+                {"column": column, "field": "dp"},
+            )
+
     def validate(self) -> None:
-        """Checks beyond `smpc.query.check_query` (which has run already)."""
+        """The statistic's own checks, beyond `smpc.query.check_query` and `check_columns`
+        (which have run already)."""
+
+    @classmethod
+    def result_model(cls) -> Any:
+        """The result's type: without `group_by` one cell's keys and `n`; with it, `n` and one
+        entry per group. Both carry `dp` when the query has it."""
+        return _cell_results(cls.name, tuple(cls.result_fields.items()))
 
     @property
     def column(self) -> str | None:
@@ -264,3 +338,22 @@ class SecureStatistic:
 
     def reference_count(self, entry: dict[str, Any]) -> int:
         return int(entry["n"])
+
+
+@cache
+def _cell_results(statistic: str, keys: tuple[tuple[str, Any], ...]) -> Any:
+    """The result models of a statistic whose result is one cell's keys (and `n`) per group."""
+    fields: dict[str, Any] = {"n": (int | None, ...), **{key: (kind, ...) for key, kind in keys}}
+    dp: Any = (DPApplied | None, None)
+    single = create_model(model_name(statistic, "Result"), __base__=ResultModel, dp=dp, **fields)
+    group = create_model(
+        model_name(statistic, "Group"), __base__=ResultModel, group=(dict[str, str], ...), **fields
+    )
+    grouped = create_model(
+        model_name(statistic, "GroupedResult"),
+        __base__=ResultModel,
+        n=(int | None, ...),
+        groups=(list[group], ...),
+        dp=dp,
+    )
+    return single | grouped

@@ -23,14 +23,14 @@ Reveals: per tested table χ², its p-value and df, and n; which tables were not
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from smpc.encoding import KEY_BITS
 from smpc.job import PartyJob
 from smpc.statistics.base import PerGroup, number
-from smpc.statistics.crosstab import Crosstab
+from smpc.statistics.crosstab import Crosstab, CrosstabQuery
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -38,8 +38,15 @@ if TYPE_CHECKING:
 COUNT_BITS = 30
 
 
+class Chi2Query(CrosstabQuery):
+    statistic: Literal["chi2"]  # type: ignore[assignment]
+
+
 class Chi2(Crosstab):
     name = "chi2"
+    query_model = Chi2Query
+    supports_dp = False
+    result_fields = {"statistic": float | None, "p_value": float | None, "df": int | None}
 
     @property
     def shape(self) -> tuple[int, int]:

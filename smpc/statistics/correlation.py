@@ -19,23 +19,35 @@ groups are suppressed.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+from pydantic import Field
 
 from smpc.exact import open_ratio_arrays
-from smpc.query import CorrelationQuery
+from smpc.query import QueryBase
 from smpc.statistics.base import number
 from smpc.statistics.design import ENTRY_BITS
 from smpc.statistics.gram import GramStatistic
 from tessera.errors import QueryInvalid
+from tessera.schemas import Name
 
 if TYPE_CHECKING:
     import pandas as pd
 
 
+class CorrelationQuery(QueryBase):
+    statistic: Literal["correlation"]
+    columns: list[Name] = Field(min_length=2, max_length=50)
+
+    def statistic_columns(self) -> list[str]:
+        return list(self.columns)
+
+
 class Correlation(GramStatistic):
     name = "correlation"
+    query_model = CorrelationQuery
+    result_fields = {"columns": list[str], "matrix": list[list[float | None]]}
     query: CorrelationQuery
 
     def validate(self) -> None:

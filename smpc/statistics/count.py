@@ -14,16 +14,24 @@ suppressed (below `min_count`); the overall `n` only when no group is suppressed
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     import pandas as pd
 
+from smpc.query import QueryBase
 from smpc.statistics.base import Opened, SecureStatistic
+
+
+class CountQuery(QueryBase):
+    statistic: Literal["count"]
 
 
 class Count(SecureStatistic):
     name = "count"
+    query_model = CountQuery
+    supports_dp = True
+    result_fields = {"count": int | None}
     value_column = False
 
     def cell_values(self, opened: Opened, cell: int) -> dict[str, Any]:

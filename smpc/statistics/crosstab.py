@@ -20,12 +20,13 @@ suppressed; n where safe.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from smpc.cells import CellLayout
-from smpc.query import CrosstabQuery
+from smpc.query import QueryBase
 from smpc.statistics.base import Opened, SecureStatistic
 from tessera.errors import QueryInvalid
+from tessera.schemas import Name
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -33,8 +34,24 @@ if TYPE_CHECKING:
     from tessera.schemas import DatasetSchema
 
 
+class CrosstabQuery(QueryBase):
+    statistic: Literal["crosstab"]
+    rows: Name
+    columns: Name
+
+    def statistic_columns(self) -> list[str]:
+        return [self.rows, self.columns]
+
+
 class Crosstab(SecureStatistic):
     name = "crosstab"
+    query_model = CrosstabQuery
+    supports_dp = True
+    result_fields = {
+        "row_levels": list[str],
+        "column_levels": list[str],
+        "counts": list[list[int | None]],
+    }
     value_column = False
     binned = True
     query: CrosstabQuery

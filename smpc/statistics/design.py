@@ -19,9 +19,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from pydantic import Field
 
 from smpc.encoding import FRAC_BITS
+from smpc.query import QueryBase
 from tessera.errors import QueryInvalid
+from tessera.schemas import Name
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -33,6 +36,17 @@ MAX_PARTY_BITS = 4  # at most 16 parties
 ENTRY_BITS = LOCAL_ENTRY_BITS + MAX_PARTY_BITS + FRAC_BITS  # a pooled, scaled Gram entry
 SCALE = 1 << FRAC_BITS
 MAX_TERMS = 20  # the secure solver's practical limit on a regression's terms (see docs/queries)
+
+
+class RegressionQuery(QueryBase):
+    """The parameters of a regression: an outcome and its predictors (categorical predictors
+    enter as treatment-coded indicators)."""
+
+    outcome: Name
+    predictors: list[Name] = Field(min_length=1, max_length=50)
+
+    def statistic_columns(self) -> list[str]:
+        return [self.outcome, *self.predictors]
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,23 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 if TYPE_CHECKING:
     import pandas as pd
 
+from smpc.query import ColumnQuery
 from smpc.statistics.base import Opened, SecureStatistic, number
+
+
+class MinQuery(ColumnQuery):
+    statistic: Literal["min"]
+
+
+class MaxQuery(ColumnQuery):
+    statistic: Literal["max"]
 
 
 class Min(SecureStatistic):
     name = "min"
+    query_model: ClassVar[type[ColumnQuery]] = MinQuery
+    numeric_column = True
+    result_fields = {"min": float | None}
     extreme: ClassVar[Literal["min", "max"] | None] = "min"
 
     def cell_values(self, opened: Opened, cell: int) -> dict[str, Any]:
@@ -37,4 +49,6 @@ class Min(SecureStatistic):
 
 class Max(Min):
     name = "max"
+    query_model = MaxQuery
+    result_fields = {"max": float | None}
     extreme = "max"

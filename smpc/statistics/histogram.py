@@ -17,19 +17,38 @@ suppressed; n where safe.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+from pydantic import Field, field_validator
 
 if TYPE_CHECKING:
     import pandas as pd
 
-from smpc.query import HistogramQuery
+from smpc.query import ColumnQuery
 from smpc.statistics.base import Opened, SecureStatistic
+
+
+class HistogramQuery(ColumnQuery):
+    statistic: Literal["histogram"]
+    bins: list[float] = Field(
+        min_length=2, max_length=1001, description="Bin edges, strictly increasing."
+    )
+
+    @field_validator("bins")
+    @classmethod
+    def _increasing(cls, bins: list[float]) -> list[float]:
+        if any(b >= a for a, b in zip(bins[1:], bins[:-1], strict=False)):
+            raise ValueError("histogram bin edges must be strictly increasing")
+        return bins
 
 
 class Histogram(SecureStatistic):
     name = "histogram"
+    query_model = HistogramQuery
+    supports_dp = True
+    numeric_column = True
+    result_fields = {"edges": list[float], "counts": list[int | None]}
     binned = True
     query: HistogramQuery
 

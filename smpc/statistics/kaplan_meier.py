@@ -77,17 +77,18 @@ from __future__ import annotations
 import functools
 import math
 import operator
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from smpc.cells import CellLayout
 from smpc.job import LocalSummary, PartyJob
-from smpc.query import KaplanMeierQuery
-from smpc.statistics.base import Opened, SecureStatistic, number
+from smpc.query import QueryBase
+from smpc.secure import look_up, prefix_lengths, quadratic_form, rounded_division, to_fixed
+from smpc.statistics.base import Opened, ResultModel, SecureStatistic, number
 from tessera.errors import QueryInvalid
+from tessera.schemas import Name
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -112,8 +113,46 @@ class SurvivalOpened(Opened):
     logrank: tuple[float, int] | None = None  # (statistic, df)
 
 
+class KaplanMeierQuery(QueryBase):
+    statistic: Literal["kaplan_meier"]
+    time: Name
+    event: Name
+    group: Name | None = None
+
+    def statistic_columns(self) -> list[str]:
+        return [self.time, self.event] + ([self.group] if self.group else [])
+
+
+class SurvivalCurve(ResultModel):
+    """One group's curve; every key is null for a suppressed group."""
+
+    n: int | None
+    time: list[int] | None
+    survival: list[float] | None
+    at_risk: list[int] | None
+
+
+class LogRank(ResultModel):
+    statistic: float | None
+    p_value: float | None
+    df: int | None
+
+
+class KaplanMeierResult(ResultModel):
+    n: int | None
+    groups: dict[str, SurvivalCurve]
+    logrank: LogRank
+
+
 class KaplanMeier(SecureStatistic):
     name = "kaplan_meier"
+    query_model = KaplanMeierQuery
+
+    @classmethod
+    def result_model(cls) -> Any:
+        """Curves per group (not `group_by`'s shape) and the log-rank test."""
+        return KaplanMeierResult
+
     value_column = False
     intermediates = (
         "per released group, where its curve is truncated and the pooled numbers at risk and "
@@ -260,7 +299,7 @@ class KaplanMeier(SecureStatistic):
 
         at_risk, events = pooled(summary.vectors["at_risk"]), pooled(summary.vectors["events"])
         if threshold > 0:
-            lengths = await _prefix_lengths(mpc, at_risk, threshold, size, grid)
+            lengths = await prefix_lengths(mpc, at_risk, threshold, size, grid)
         else:
             lengths = [grid] * size
         opened = SurvivalOpened(
@@ -389,29 +428,6 @@ def _suppressed() -> dict[str, Any]:
     return {"n": None, "time": None, "survival": None, "at_risk": None}
 
 
-async def _prefix_lengths(
-    mpc: Any, at_risk: Any, threshold: int, size: int, grid: int
-) -> list[int]:
-    """Per group, how many leading grid points have a pooled risk set ≥ T (binary search)."""
-    low, high = [0] * size, [grid] * size
-    while True:
-        active = [g for g in range(size) if low[g] < high[g]]
-        if not active:
-            return low
-        middle = {g: (low[g] + high[g] + 1) // 2 for g in active}
-        probe = np.array([g * grid + middle[g] - 1 for g in active], dtype=int)
-        bits = await mpc.output(at_risk[probe] >= threshold)
-        for g, bit in zip(active, np.asarray(bits).ravel(), strict=True):
-            if int(bit):
-                low[g] = middle[g]
-            else:
-                high[g] = middle[g] - 1
-
-
-def _rounded(numerator: int, denominator: int) -> int:
-    return (2 * numerator + denominator) // (2 * denominator)
-
-
 async def _logrank(
     mpc: Any,
     secint: Any,
@@ -442,7 +458,7 @@ async def _logrank(
         if d == 0:
             continue
         for a in range(groups):
-            expected[a] += _rounded(d * risk[a] << scale, r)
+            expected[a] += rounded_division(d * risk[a] << scale, r)
         if r < 2:
             continue
         weight = d * (r - d)
@@ -450,7 +466,7 @@ async def _logrank(
         for a in range(groups):
             for c in range(groups):
                 spread = (r if a == c else 0) - risk[c]
-                variance[a][c] += _rounded(weight * risk[a] * spread << scale, denominator)
+                variance[a][c] += rounded_division(weight * risk[a] * spread << scale, denominator)
 
     z_sec: Any = None
     v_sec: Any = None
@@ -470,10 +486,10 @@ async def _logrank(
         spread = (opened.threshold - 1) * sum(1 for b in lengths if b < grid)
         s = (risk_t * hidden).sum(axis=0)
         reciprocals = (
-            lambda r: _rounded(one, r) if r > 0 else 0,
-            lambda r: _rounded(one, r * r * (r - 1)) if r > 1 else 0,
+            lambda r: rounded_division(one, r) if r > 0 else 0,
+            lambda r: rounded_division(one, r * r * (r - 1)) if r > 1 else 0,
         )
-        u, y = _look_up(mpc, secint, s, spread, [int(v) for v in public], reciprocals)
+        u, y = look_up(mpc, secint, s, spread, [int(v) for v in public], reciprocals)
         r_all = risk_t.sum(axis=0)
         d_all = died_t.sum(axis=0)
         expected_t = risk_t @ (d_all * u)
@@ -493,10 +509,10 @@ async def _logrank(
         z_all = z_sec[:size] + z_pub
         v_all = v_sec[:size, :size] + v_pub
     width = bits + scale + 4
-    z_fx = _to_fixed(mpc, z_all, scale, width)
-    v_fx = _to_fixed(mpc, v_all.reshape(-1), scale, width)
+    z_fx = to_fixed(mpc, z_all, scale, width, FRACTION_BITS, FIXED_BITS)
+    v_fx = to_fixed(mpc, v_all.reshape(-1), scale, width, FRACTION_BITS, FIXED_BITS)
     v_rows = [v_fx[a * size : (a + 1) * size] for a in range(size)]
-    statistic, regular = _quadratic_form(mpc, z_fx, v_rows)
+    statistic, regular = quadratic_form(mpc, z_fx, v_rows, PIVOT_FLOOR)
     if not int(await mpc.output(regular)):
         return None
     dropped = FIXED_BITS // 2 - OPENED_BITS
@@ -508,81 +524,6 @@ def _diagonal_fix(mpc: Any, moments: Any, rows: Any, groups: int) -> Any:
     """V = diag(row sums of M) − M, as a secure (groups × groups) array."""
     eye = np.eye(groups, dtype=object)
     return eye * rows.reshape(groups, 1) - moments
-
-
-def _look_up(
-    mpc: Any,
-    secint: Any,
-    s: Any,
-    spread: int,
-    public: list[int],
-    tables: tuple[Callable[[int], int], ...],
-) -> list[Any]:
-    """Per tail point i, secret f(public[i] + s_i) for each f in `tables`, s_i in [0, spread].
-
-    Through the 0/1 indicator e_j(s) = Π_{i≠j}(s − i) / Π_{i≠j}(j − i) (the Lagrange basis on
-    0..spread), in field arithmetic: the suffix products of (s − i) first, then one j at a
-    time a running prefix product, e_j, and Σ_j e_j·f(R + j) with public f values (local).
-    About 3·spread secure products per point; memory for spread + 1 rows of the tail.
-    """
-    tail = len(public)
-    if spread == 0:
-        return [secint.array(np.array([f(r) for r in public], dtype=object)) for f in tables]
-    modulus = secint.field.modulus
-    suffix: list[Any] = [None] * spread  # suffix[j] = Π_{i>j} (s − i), for j < spread
-    suffix[spread - 1] = s - spread
-    for j in range(spread - 2, -1, -1):
-        suffix[j] = suffix[j + 1] * (s - (j + 1))
-    totals: list[Any] = [None] * len(tables)
-    prefix: Any = None  # Π_{i<j} (s − i); None stands for the empty product 1
-    for j in range(spread + 1):
-        if prefix is None:
-            product = suffix[j]
-        elif j == spread:
-            product = prefix
-        else:
-            product = prefix * suffix[j]
-        if j < spread:
-            suffix[j] = None
-        scale = math.factorial(j) * math.factorial(spread - j) * (-1) ** (spread - j)
-        indicator = product * pow(scale % modulus, -1, modulus)
-        for k, f in enumerate(tables):
-            values = indicator * np.array([f(r + j) for r in public], dtype=object)
-            totals[k] = values if totals[k] is None else totals[k] + values
-        if j < spread:
-            prefix = s if prefix is None else prefix * (s - j)
-    assert all(t is not None and t.shape == (tail,) for t in totals)
-    return totals
-
-
-def _to_fixed(mpc: Any, values: Any, scale: int, width: int) -> list[Any]:
-    """Secure integers scaled by 2**scale as 64-fraction-bit secure fixed-point numbers."""
-    secfxp = mpc.SecFxp(FIXED_BITS)
-    shifted = mpc.np_trunc(values, f=scale - FRACTION_BITS, l=width)
-    converted = mpc.convert(mpc.np_tolist(shifted), secfxp)
-    return [v * 2.0**-FRACTION_BITS for v in converted]
-
-
-def _quadratic_form(mpc: Any, z: list[Any], v: list[list[Any]]) -> tuple[Any, Any]:
-    """Zᵀ V⁻¹ Z by Gaussian elimination, and the secret bit "every pivot ≥ PIVOT_FLOOR"."""
-    z = list(z)
-    v = [list(row) for row in v]
-    size = len(z)
-    statistic = None
-    regular = None
-    for k in range(size):
-        pivot = v[k][k]
-        ok = pivot >= PIVOT_FLOOR
-        regular = ok if regular is None else regular * ok
-        inverse = 1 / pivot
-        term = z[k] * z[k] * inverse
-        statistic = term if statistic is None else statistic + term
-        for j in range(k + 1, size):
-            factor = v[j][k] * inverse
-            z[j] = z[j] - factor * z[k]
-            for c in range(k + 1, size):
-                v[j][c] = v[j][c] - factor * v[k][c]
-    return statistic, regular
 
 
 def _singular(

@@ -30,12 +30,11 @@ designs.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from smpc.exact import Collinear, gauss_jordan, hadamard_bits, open_ratios
-from smpc.query import LinearRegressionQuery
 from smpc.statistics.base import number
-from smpc.statistics.design import ENTRY_BITS, SCALE, check_terms
+from smpc.statistics.design import ENTRY_BITS, SCALE, RegressionQuery, check_terms
 from smpc.statistics.gram import GramStatistic
 from tessera.errors import QueryInvalid
 
@@ -43,8 +42,19 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
+class LinearRegressionQuery(RegressionQuery):
+    statistic: Literal["linear_regression"]
+
+
 class LinearRegression(GramStatistic):
     name = "linear_regression"
+    query_model = LinearRegressionQuery
+    result_fields = {
+        "coefficients": dict[str, float | None],
+        "std_errors": dict[str, float | None],
+        "p_values": dict[str, float | None],
+        "r_squared": float | None,
+    }
     intermediates = (
         "each predictor's tolerance: 1 − R² of that column regressed (uncentred) on the "
         "constant and the predictors before it, used to refuse a singular design"

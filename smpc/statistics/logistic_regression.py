@@ -34,17 +34,17 @@ earlier ones), used to refuse singular designs.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from smpc.exact import Collinear, gauss_jordan, hadamard_bits, open_ratios
 from smpc.job import LocalSummary, PartyJob
-from smpc.query import LogisticRegressionQuery
 from smpc.statistics.base import number
 from smpc.statistics.design import (
     ENTRY_BITS,
     SCALE,
+    RegressionQuery,
     check_terms,
     design,
     encode_gram,
@@ -68,8 +68,19 @@ def score_and_hessian(x: np.ndarray, y: np.ndarray, beta: np.ndarray) -> tuple[n
     return score, hessian
 
 
+class LogisticRegressionQuery(RegressionQuery):
+    statistic: Literal["logistic_regression"]
+
+
 class LogisticRegression(GramStatistic):
     name = "logistic_regression"
+    query_model = LogisticRegressionQuery
+    result_fields = {
+        "coefficients": dict[str, float | None],
+        "std_errors": dict[str, float | None],
+        "p_values": dict[str, float | None],
+        "iterations": int | None,
+    }
     intermediates = (
         "every Newton iterate of the coefficients (the path from 0 to the estimate), and each "
         "elimination's predictor tolerances, used to refuse a singular design"

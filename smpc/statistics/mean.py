@@ -16,16 +16,25 @@ groups are suppressed.
 from __future__ import annotations
 
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     import pandas as pd
 
+from smpc.query import ColumnQuery
 from smpc.statistics.base import Opened, SecureStatistic, number
+
+
+class MeanQuery(ColumnQuery):
+    statistic: Literal["mean"]
 
 
 class Mean(SecureStatistic):
     name = "mean"
+    query_model = MeanQuery
+    supports_dp = True
+    numeric_column = True
+    result_fields = {"mean": float | None}
     moments = ("sum",)
 
     def cell_values(self, opened: Opened, cell: int) -> dict[str, Any]:

@@ -43,13 +43,14 @@ import functools
 import math
 import operator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+from pydantic import Field, field_validator
 
 from smpc.encoding import KEY_BITS, from_order_key
 from smpc.job import LocalSummary, PartyJob
-from smpc.query import QuantileQuery
+from smpc.query import ColumnQuery
 from smpc.statistics.base import Opened, SecureStatistic, number
 
 if TYPE_CHECKING:
@@ -98,8 +99,23 @@ class QuantileOpened(Opened):
     values: list[list[float | None]] = field(default_factory=list)  # per group, per q
 
 
+class QuantileQuery(ColumnQuery):
+    statistic: Literal["quantile"]
+    q: list[float] = Field(min_length=1, max_length=99, description="Quantile levels in [0, 1].")
+
+    @field_validator("q")
+    @classmethod
+    def _in_unit_interval(cls, q: list[float]) -> list[float]:
+        if any(not 0 <= v <= 1 for v in q):
+            raise ValueError("quantile levels q must lie in [0, 1]")
+        return q
+
+
 class Quantile(SecureStatistic):
     name = "quantile"
+    query_model = QuantileQuery
+    numeric_column = True
+    result_fields = {"quantiles": dict[str, float | None]}
     intermediates = (
         "the search's comparison bits, each [quantile ≤ a public cut point], all determined by "
         "the quantiles themselves"

@@ -11,16 +11,25 @@ Reveals: per released group the pooled n and Σx, noisy with `dp`; which groups 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     import pandas as pd
 
+from smpc.query import ColumnQuery
 from smpc.statistics.base import Opened, SecureStatistic, number
+
+
+class SumQuery(ColumnQuery):
+    statistic: Literal["sum"]
 
 
 class Sum(SecureStatistic):
     name = "sum"
+    query_model = SumQuery
+    supports_dp = True
+    numeric_column = True
+    result_fields = {"sum": float | None}
     moments = ("sum",)
 
     def cell_values(self, opened: Opened, cell: int) -> dict[str, Any]:

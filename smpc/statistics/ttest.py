@@ -24,15 +24,16 @@ reported (a level below max(min_count, 2) rows).
 from __future__ import annotations
 
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from smpc.encoding import FRAC_BITS, KEY_BITS, MOMENT_BITS
 from smpc.job import PartyJob
-from smpc.query import TTestQuery
+from smpc.query import ColumnQuery
 from smpc.statistics.base import PerGroup, SecureStatistic, number
 from tessera.errors import QueryInvalid
+from tessera.schemas import Name
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -41,8 +42,18 @@ COUNT_BITS = 30
 SUM_BITS = MOMENT_BITS + 4  # pooled over at most 16 parties
 
 
+class TTestQuery(ColumnQuery):
+    statistic: Literal["ttest"]
+    group: Name
+
+    def statistic_columns(self) -> list[str]:
+        return [self.column, self.group]
+
+
 class TTest(SecureStatistic):
     name = "ttest"
+    query_model = TTestQuery
+    result_fields = {"statistic": float | None, "p_value": float | None, "df": float | None}
     moments = ("sum", "sumsq")
     binned = True
     query: TTestQuery

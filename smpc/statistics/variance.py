@@ -13,16 +13,24 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     import pandas as pd
 
+from smpc.query import ColumnQuery
 from smpc.statistics.base import Opened, SecureStatistic, number
+
+
+class VarianceQuery(ColumnQuery):
+    statistic: Literal["variance"]
 
 
 class Variance(SecureStatistic):
     name = "variance"
+    query_model = VarianceQuery
+    numeric_column = True
+    result_fields = {"mean": float | None, "variance": float | None, "std": float | None}
     moments = ("sum", "sumsq")
 
     def cell_values(self, opened: Opened, cell: int) -> dict[str, Any]:

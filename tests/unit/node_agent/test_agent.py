@@ -401,20 +401,6 @@ def test_behind_nat_it_advertises_mpc_host_and_listens_on_mpc_bind_host(node) ->
 # ---- differential privacy: the budget ----------------------------------------------------
 
 
-@pytest.fixture
-def dp_supported(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Let queries with `dp` through smpc's checks, which refuse them until the noise exists:
-    what is tested here is the node's ledger, not the noise."""
-    import smpc.statistics
-
-    original = smpc.statistics.check_query
-
-    def without_dp(query: Any, schema: Any, supported: Any) -> None:
-        original(query.model_copy(update={"dp": None}), schema, supported)
-
-    monkeypatch.setattr(smpc.statistics, "check_query", without_dp)
-
-
 def dp_task(task_id: int, epsilon: float, delta: float = 0.0) -> TaskOut:
     return make_task(task_id, {"statistic": "count", "dp": {"epsilon": epsilon, "delta": delta}})
 
@@ -425,7 +411,7 @@ def wait_for(condition: Any, timeout: float = 10.0) -> None:
         time.sleep(0.01)
 
 
-def test_a_dp_query_is_charged_when_accepted_and_the_ledger_reported(node, dp_supported) -> None:
+def test_a_dp_query_is_charged_when_accepted_and_the_ledger_reported(node) -> None:
     agent, fake = node(policy="dp_epsilon_budget = 1.0\ndp_delta_budget = 1e-6")
     with running(agent):
         fake.queue.append(dp_task(11, 0.25, 1e-7))
@@ -463,7 +449,7 @@ def test_a_dp_query_is_charged_when_accepted_and_the_ledger_reported(node, dp_su
     )
 
 
-def test_an_over_budget_dp_task_is_refused_naming_what_is_left(node, dp_supported) -> None:
+def test_an_over_budget_dp_task_is_refused_naming_what_is_left(node) -> None:
     agent, fake = node(policy="dp_epsilon_budget = 1.0")
     with running(agent):
         fake.queue.append(dp_task(11, 0.6))
@@ -491,7 +477,7 @@ def test_an_over_budget_dp_task_is_refused_naming_what_is_left(node, dp_supporte
     assert fake_again.names()[-1] == "result"
 
 
-def test_a_study_has_its_own_budget(node, dp_supported) -> None:
+def test_a_study_has_its_own_budget(node) -> None:
     agent, fake = node(policy="dp_epsilon_budget = 0.5")
     agent.handle(dp_task(11, 0.5))
     other_study = dp_task(12, 0.5).model_copy(update={"study_id": 10})
@@ -501,7 +487,7 @@ def test_a_study_has_its_own_budget(node, dp_supported) -> None:
     assert fake.names()[-1] == "reject"
 
 
-def test_the_dataset_total_caps_every_study_and_the_refusal_says_so(node, dp_supported) -> None:
+def test_the_dataset_total_caps_every_study_and_the_refusal_says_so(node) -> None:
     agent, fake = node(policy="dp_epsilon_budget = 1.0\ndp_epsilon_total = 1.5")
     with running(agent):
         fake.queue.append(dp_task(11, 1.0))
@@ -563,7 +549,7 @@ def test_a_dp_task_without_its_study_is_refused(node) -> None:
     )
 
 
-def test_a_dp_query_that_fails_after_acceptance_is_not_refunded(node, dp_supported) -> None:
+def test_a_dp_query_that_fails_after_acceptance_is_not_refunded(node) -> None:
     agent, fake = node(
         policy="dp_epsilon_budget = 1.0", party=FakeParty(error=ProtocolFailed("peer vanished"))
     )

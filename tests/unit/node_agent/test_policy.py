@@ -34,16 +34,18 @@ def policy(configs, policy_toml: str = "", extra: str = "") -> Policy:
 
 def test_an_allowed_valid_query_runs(configs) -> None:
     p = policy(configs, "min_count = 8")
-    assert p.decide(task({"statistic": "mean", "column": "weight"})) is None
-    assert p.decide(task({"statistic": "count", "where": [["sex", "==", "F"]]})) is None
+    decision = p.decide(task({"statistic": "mean", "column": "weight"}))
+    assert decision.refusal is None
+    assert decision.statistic is not None and decision.statistic.query.column == "weight"
+    assert p.decide(task({"statistic": "count", "where": [["sex", "==", "F"]]})).refusal is None
     assert p.min_count == 8
     assert p.summary().min_count == 8
 
 
 def test_a_statistic_the_policy_does_not_allow_is_refused(configs) -> None:
     p = policy(configs, 'allowed_statistics = ["count"]')
-    assert p.decide(task({"statistic": "count"})) is None
-    assert p.decide(task({"statistic": "mean", "column": "weight"})) == (
+    assert p.decide(task({"statistic": "count"})).refusal is None
+    assert p.decide(task({"statistic": "mean", "column": "weight"})).refusal == (
         "policy does not allow 'mean' queries (allowed: count)"
     )
     assert p.summary().allowed_statistics == ["count"]
@@ -51,10 +53,10 @@ def test_a_statistic_the_policy_does_not_allow_is_refused(configs) -> None:
 
 def test_datasets_the_node_does_not_serve_or_allow(configs) -> None:
     p = policy(configs, 'allowed_datasets = ["cohort"]')
-    assert p.decide(task({"statistic": "count"}, dataset="genomes")) == (
+    assert p.decide(task({"statistic": "count"}, dataset="genomes")).refusal == (
         "dataset 'genomes' is not served by this node"
     )
-    assert p.decide(task({"statistic": "count"}, dataset="labs")) == (
+    assert p.decide(task({"statistic": "count"}, dataset="labs")).refusal == (
         "policy does not allow queries on dataset 'labs'"
     )
     assert p.serves("cohort") and not p.serves("labs") and not p.serves("genomes")
@@ -62,26 +64,26 @@ def test_datasets_the_node_does_not_serve_or_allow(configs) -> None:
 
 def test_a_query_invalid_against_our_declared_schema_is_refused(configs) -> None:
     p = policy(configs)
-    reason = p.decide(task({"statistic": "mean", "column": "height"}))
+    reason = p.decide(task({"statistic": "mean", "column": "height"})).refusal
     assert reason == (
         "query invalid against this node's declared schema: unknown column 'height' in dataset "
         "'cohort'"
     )
-    reason = p.decide(task({"statistic": "count", "where": [["sex", "==", "X"]]}))
+    reason = p.decide(task({"statistic": "count", "where": [["sex", "==", "X"]]})).refusal
     assert reason is not None and "'X' is not a level of 'sex'" in reason
-    reason = p.decide(task({"statistic": "mean", "column": "sex"}))
+    reason = p.decide(task({"statistic": "mean", "column": "sex"})).refusal
     assert reason is not None and "not numeric" in reason
 
 
 def test_a_mismatched_dataset_is_refused(configs) -> None:
     t = task({"statistic": "count"})
     t.query["dataset"] = "labs"
-    assert policy(configs).decide(t) == "the task's dataset and its query's dataset differ"
+    assert policy(configs).decide(t).refusal == "the task's dataset and its query's dataset differ"
 
 
 @pytest.mark.parametrize("n_parties", [1, 2])
 def test_too_few_parties_to_keep_a_summary_secret(configs, n_parties) -> None:
-    reason = policy(configs).decide(task({"statistic": "count"}, n_parties=n_parties))
+    reason = policy(configs).decide(task({"statistic": "count"}, n_parties=n_parties)).refusal
     assert reason is not None and "needs at least 3" in reason
 
 
@@ -119,8 +121,8 @@ def test_totals_over_all_studies_per_dataset_fall_back_amount_by_amount(configs)
 def test_without_a_budget_no_dp_query_is_taken(configs) -> None:
     p = policy(configs, "[policy.dp_budgets.labs]\nepsilon = 2")
     assert p.summary().dp_budget is None and p.dp_budget("cohort") is None
-    assert p.decide(task({"statistic": "count", "dp": {"epsilon": 0.5}})) == (
+    assert p.decide(task({"statistic": "count", "dp": {"epsilon": 0.5}})).refusal == (
         "this node has no differential-privacy budget for dataset 'cohort' "
         "(policy.dp_epsilon_budget): it takes part in no query with 'dp'"
     )
-    assert p.decide(task({"statistic": "count"})) is None, "other queries are unaffected"
+    assert p.decide(task({"statistic": "count"})).refusal is None, "other queries are unaffected"

@@ -8,10 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from smpc import local_summary, prepare
+from smpc import local_summary, parse_query, prepare
 from smpc.encoding import MIN_SENTINEL, decode_moment, from_order_key
 from smpc.frames import infer_schema, select
-from smpc.query import parse_query
 from tessera.errors import QueryInvalid
 
 

@@ -17,7 +17,6 @@ import synth
 from demo.cohort import HOSPITALS, cohort, schema
 from synth import TableMetadata
 from tessera.errors import InvalidRequest
-from tessera.schemas import DP_GENERATORS, GENERATORS
 
 PARAMS: dict[str, dict[str, Any]] = {
     "cart": {},
@@ -49,12 +48,15 @@ def trained(frame: pd.DataFrame, metadata: TableMetadata) -> dict[str, Any]:
     return out
 
 
-def test_the_registry_lists_exactly_the_generators_the_schemas_name() -> None:
-    assert sorted(synth.generator_class(n).name for n in GENERATORS) == sorted(GENERATORS)
-    assert sorted(synth.GENERATORS) == sorted(GENERATORS)
-    assert [n for n in GENERATORS if synth.generator_class(n).differentially_private] == list(
-        DP_GENERATORS
-    )
+def test_the_registry_is_the_one_list_of_generators() -> None:
+    assert sorted(synth.generator_names()) == sorted(PARAMS)
+    assert all(synth.generator_class(n).name == n for n in synth.generator_names())
+    assert synth.dp_generators() == ["mst"]
+    with pytest.raises(InvalidRequest, match="is differentially private: give epsilon"):
+        synth.check_request("mst")
+    with pytest.raises(InvalidRequest, match="is not differentially private"):
+        synth.check_request("cart", epsilon=1.0)
+    assert synth.check_request("mst", epsilon=1.0).name == "mst"
 
 
 @pytest.mark.parametrize("name", list(PARAMS))
@@ -115,7 +117,7 @@ def test_training_reports_progress(name: str, trained: dict[str, Any]) -> None:
 
 def test_only_the_dp_generator_reports_epsilon(trained: dict[str, Any]) -> None:
     for name, (model, _) in trained.items():
-        if name in DP_GENERATORS:
+        if name in synth.dp_generators():
             assert model.epsilon == pytest.approx(1.0, abs=1e-9)
             assert model.delta == 1e-6
         else:
