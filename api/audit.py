@@ -7,6 +7,8 @@ chain. Events never hold secrets, tokens, keys, data values or un-pooled summari
 Appends are serialised by a chain lock held until the transaction ends (a PostgreSQL advisory
 lock; SQLite's write lock), so concurrent requests, and several coordinator replicas, extend
 one chain instead of forking it.
+
+An event's time is the session's clock (`api.clock.now`), as for every rule that reads a time.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from api import clock
 from api.db import write_lock
-from api.models import AuditEvent, utcnow
+from api.models import AuditEvent
 
 GENESIS = "0" * 64
 CHAIN_LOCK = 0x7E55E7A  # the advisory lock key of the audit chain (PostgreSQL)
@@ -68,7 +71,7 @@ def record(db: Session, actor: str, action: str, subject: str, **details: Any) -
     _lock_chain(db)
     last = db.scalars(select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1)).first()
     prev = last or GENESIS
-    at = utcnow()
+    at = clock.now(db)
     clean = json.loads(canonical(details))
     event = AuditEvent(
         at=at,

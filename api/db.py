@@ -5,6 +5,11 @@ and every audit append takes the chain lock (`api.audit`). On PostgreSQL those a
 and an advisory lock; on SQLite, which locks the whole database, both become "take the write
 lock now" (`write_lock`), so that what is read next is the latest committed state and no other
 writer runs until commit.
+
+Time: a `Database` carries a clock (`api.clock`; the system clock by default) in its sessions'
+`info`, and the services read the time through `api.clock.now(db)`. Tests build
+`Database("sqlite://", clock=FakeClock())`: an in-memory SQLite database (one connection that
+every session shares) whose time they move by hand.
 """
 
 from __future__ import annotations
@@ -16,8 +21,16 @@ from typing import Any
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import StaticPool
+
+from api.clock import INFO_KEY, SYSTEM, Clock
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def is_in_memory(url: str) -> bool:
+    """An in-memory SQLite URL (`sqlite://`, `sqlite:///:memory:`)."""
+    return url.startswith("sqlite") and url.split("?")[0].split("://", 1)[1] in ("", "/:memory:")
 
 
 def make_engine(url: str) -> Engine:
@@ -26,6 +39,8 @@ def make_engine(url: str) -> Engine:
     sqlite = url.startswith("sqlite")
     if sqlite:
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+    if is_in_memory(url):
+        kwargs["poolclass"] = StaticPool  # one connection, or each would see its own database
     engine = create_engine(url, **kwargs)
     if sqlite:
 
@@ -56,9 +71,12 @@ def write_lock(db: Session) -> None:
 
 
 class Database:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, clock: Clock | None = None) -> None:
         self.engine = make_engine(url)
-        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.clock: Clock = clock or SYSTEM
+        self.sessions = sessionmaker(
+            self.engine, expire_on_commit=False, info={INFO_KEY: self.clock}
+        )
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -35,6 +35,8 @@ def one_of(column: str, values: tuple[str, ...]) -> str:
 
 
 def utcnow() -> datetime:
+    """The system time: the default of columns whose time no rule reads. The services take
+    every time a rule compares from the session's clock (`api.clock.now`)."""
     return datetime.now(UTC)
 
 

@@ -24,9 +24,9 @@ from pydantic import ValidationError
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from api import audit
+from api import audit, clock
 from api.db import write_lock
-from api.models import Node, NodeBudget, NodeDatasetBudget, Study, utcnow
+from api.models import Node, NodeBudget, NodeDatasetBudget, Study
 from api.services.studies import dataset_nodes, study_view
 from tessera.errors import BudgetExceeded, InvalidRequest, PolicyDenied
 from tessera.privacy import exact, left, text
@@ -100,7 +100,7 @@ def report(db: Session, node: Node, body: NodeBudgetReport) -> dict[str, Any]:
             entries=[e.model_dump() for e in kept],
             dataset_totals=[t.model_dump() for t in body.dataset_totals],
         )
-    node.budget_reported_at = utcnow()
+    node.budget_reported_at = clock.now(db)
     db.flush()
     ignored = sorted(studies - known)
     return {"entries": len(kept), "ignored_study_ids": ignored}

@@ -7,6 +7,7 @@ from datetime import timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from api import clock
 from api.models import (
     QUERY_STATUSES,
     SYNTHESIS_JOB_STATUSES,
@@ -16,7 +17,6 @@ from api.models import (
     Release,
     SynthesisJob,
     Task,
-    utcnow,
 )
 
 SEEN_WINDOW = timedelta(minutes=1)
@@ -31,7 +31,7 @@ def _gauge(name: str, help_text: str, samples: list[tuple[str, int]]) -> list[st
 def prometheus_text(db: Session) -> str:
     queries = dict(db.execute(select(Query.status, func.count()).group_by(Query.status)).all())
     tasks = dict(db.execute(select(Task.status, func.count()).group_by(Task.status)).all())
-    since = utcnow() - SEEN_WINDOW
+    since = clock.now(db) - SEEN_WINDOW
     seen = db.scalar(select(func.count()).select_from(Node).where(Node.last_seen_at >= since))
     total = db.scalar(select(func.count()).select_from(Node))
     jobs = dict(

@@ -8,8 +8,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api import audit
-from api.models import Dataset, Node, Organisation, utcnow
+from api import audit, clock
+from api.models import Dataset, Node, Organisation
 from api.security import api_key_matches, new_api_key, split_api_key
 from tessera.errors import Conflict, NotFound, Unauthorized
 from tessera.schemas import DatasetSchema, NodeHello, NodePolicySummary
@@ -67,7 +67,7 @@ def authenticate_node(db: Session, key: str) -> Node:
         node = db.scalars(select(Node).where(Node.api_key_id == parts[0])).first()
     if node is None or parts is None or not api_key_matches(node.api_key_hash, parts[1]):
         raise Unauthorized("invalid node API key")
-    now = utcnow()
+    now = clock.now(db)
     if node.last_seen_at is None or now - node.last_seen_at > SEEN_RESOLUTION:
         node.last_seen_at = now  # not on every request: a write each long-poll is needless
     return node

@@ -9,6 +9,9 @@ Every change to a query or its tasks happens under the query's lock (`lock_query
 concurrent node requests, and several coordinator replicas, see one order of events. Deadlines
 are enforced by conditional updates (`expire`): whichever replica's sweeper gets there first
 fails the query, the others find nothing to do.
+
+Every time here (created, started, finished, the deadlines and the comparisons with them) is
+read from the session's clock (`api.clock.now`), so tests can move it.
 """
 
 from __future__ import annotations
@@ -20,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from api import audit
+from api import audit, clock
 from api.db import write_lock
-from api.models import Dataset, Node, Query, Study, Task, User, utcnow
+from api.models import Dataset, Node, Query, Study, Task, User
 from api.services import budget
 from api.services.network import published_policy
 from api.services.studies import is_member, registered_nodes, study_nodes
@@ -143,7 +146,7 @@ def submit(db: Session, study: Study, user: User, raw: Any, settings: Coordinato
     node-id order."""
     planned = plan(db, study, raw)
     query, registered, statistic = planned.query, planned.registered, planned.query.statistic
-    now = utcnow()
+    now = clock.now(db)
     record = Query(
         study_id=study.id,
         submitted_by=user.id,
@@ -357,7 +360,7 @@ def accept(db: Session, node: Node, task_id: int, body: TaskAccept) -> None:
             f"task {task_id} is {task.status}; it cannot be accepted again",
             {"task_id": task_id, "status": task.status},
         )
-    if utcnow() > query.accept_deadline:
+    if clock.now(db) > query.accept_deadline:
         raise Conflict(
             f"query {query.id} is past its acceptance deadline",
             {"query_id": query.id, "status": query.status},
@@ -368,7 +371,7 @@ def accept(db: Session, node: Node, task_id: int, body: TaskAccept) -> None:
         db, f"node:{node.name}", "task.accepted", f"query:{query.id}", party_id=task.party_id
     )
     if all(t.status == "accepted" for t in query.tasks):
-        query.status, query.started_at = "running", utcnow()
+        query.status, query.started_at = "running", clock.now(db)
         for t in query.tasks:
             t.status = "running"
         audit.record(db, "system", "query.started", f"query:{query.id}")
@@ -419,7 +422,7 @@ def fail_query(db: Session, query: Query, code: str, message: str, actor: str = 
     if query.status in TERMINAL:
         return
     query.status, query.error_code, query.error_message = "failed", code, message
-    query.result, query.min_count_applied, query.finished_at = None, None, utcnow()
+    query.result, query.min_count_applied, query.finished_at = None, None, clock.now(db)
     _close_tasks(query)
     audit.record(db, actor, "query.failed", f"query:{query.id}", code=code, message=message)
     db.flush()
@@ -480,7 +483,7 @@ def post_result(db: Session, node: Node, task_id: int, body: TaskResult) -> None
         )
         return
     query.status, query.result = "succeeded", body.result
-    query.min_count_applied, query.finished_at = body.min_count_applied, utcnow()
+    query.min_count_applied, query.finished_at = body.min_count_applied, clock.now(db)
     audit.record(
         db, "system", "result.opened", f"query:{query.id}", min_count_applied=body.min_count_applied
     )
@@ -498,17 +501,20 @@ def _overdue(now: datetime) -> Any:
 
 
 def overdue_queries(db: Session, now: datetime | None = None) -> list[int]:
-    """Ids of the queries past a deadline (`expire` each, in its own transaction)."""
-    return list(db.scalars(select(Query.id).where(_overdue(now or utcnow())).order_by(Query.id)))
+    """Ids of the queries past a deadline at `now` (default: the session's clock; `expire`
+    each, in its own transaction)."""
+    now = now or clock.now(db)
+    return list(db.scalars(select(Query.id).where(_overdue(now)).order_by(Query.id)))
 
 
 def expire(db: Session, query_id: int, now: datetime | None = None) -> Query | None:
     """Fail one query if it is still past its deadline, naming the nodes it waited for.
 
     The status change is a conditional update, so of several sweepers (replicas) exactly one
-    wins; the others, and a sweeper that lost to the last node's answer, get None.
+    wins; the others, and a sweeper that lost to the last node's answer, get None. `now`
+    defaults to the session's clock.
     """
-    now = now or utcnow()
+    now = now or clock.now(db)
     for phase, deadline in (("pending", Query.accept_deadline), ("running", Query.deadline)):
         claimed = db.execute(
             update(Query)

@@ -15,7 +15,8 @@ values, the stewards' decisions, and for an approved candidate the release: its 
 synthetic data (Parquet, its hash checked on upload) and the report. Rejected, gated and failed
 jobs leave the audit record only.
 
-Every change to a job happens under its row lock (`lock_job`), as queries do.
+Every change to a job happens under its row lock (`lock_job`), as queries do. Times (created,
+the deadline and the comparisons with it) come from the session's clock (`api.clock.now`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from api import audit
+from api import audit, clock
 from api.db import write_lock
 from api.models import (
     Node,
@@ -38,7 +39,6 @@ from api.models import (
     SynthesisJob,
     SynthesisRequest,
     User,
-    utcnow,
 )
 from api.services.network import published_policy
 from api.services.studies import is_member, registered_nodes
@@ -112,7 +112,7 @@ def request(
             + "; ".join(f"{s['node']}: {s['reason']}" for s in skipped),
             {"skipped": skipped},
         )
-    now = utcnow()
+    now = clock.now(db)
     record = SynthesisRequest(
         study_id=study.id,
         requested_by=user.id,
@@ -282,7 +282,7 @@ def offer_jobs(db: Session, node: Node) -> list[SynthesisJobOut]:
 
 def accept(db: Session, node: Node, job_id: int) -> SynthesisJob:
     job = _own_job(db, node, job_id, ("pending", "offered"))
-    if utcnow() > job.deadline:
+    if clock.now(db) > job.deadline:
         raise Conflict(f"synthesis job {job_id} is past its deadline", {"job_id": job_id})
     job.status = "training"
     audit.record(db, f"node:{node.name}", "synthesis.accepted", f"synthesis_job:{job.id}")
@@ -532,7 +532,8 @@ def download(db: Session, release: Release, user: User, fmt: str) -> tuple[bytes
 
 
 def overdue_jobs(db: Session, now: datetime | None = None) -> list[int]:
-    now = now or utcnow()
+    """Ids of the jobs still open past their deadline at `now` (default: the session's clock)."""
+    now = now or clock.now(db)
     return list(
         db.scalars(
             select(SynthesisJob.id)
@@ -544,8 +545,8 @@ def overdue_jobs(db: Session, now: datetime | None = None) -> list[int]:
 
 def expire(db: Session, job_id: int, now: datetime | None = None) -> SynthesisJob | None:
     """Fail one job if it is still open past its deadline (a conditional update: of several
-    sweepers exactly one wins)."""
-    now = now or utcnow()
+    sweepers exactly one wins). `now` defaults to the session's clock."""
+    now = now or clock.now(db)
     claimed = db.execute(
         update(SynthesisJob)
         .where(
