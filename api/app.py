@@ -7,11 +7,12 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from sqlalchemy.exc import IntegrityError
 
-from api import errors
+from api import errors, openapi
 from api.db import Database
+from api.deps import known_parameters
 from api.migrate import upgrade
 from api.notify import Notifier
 from api.routes import accounts, nodes, operations, studies, synthesis
@@ -58,9 +59,14 @@ def create_app(settings: CoordinatorSettings | None = None) -> FastAPI:
         description="Schedules secure multi-party statistics across hospitals; publishes only "
         "pooled, disclosure-checked results and synthetic datasets their stewards approved.",
         lifespan=lifespan,
+        generate_unique_id_function=openapi.operation_id,
+        dependencies=[Depends(known_parameters)],
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     errors.install(app)
+    openapi.install(app)
     for module in (operations, accounts, nodes, studies, synthesis):
         app.include_router(module.router, prefix="/api/v1")
     return app

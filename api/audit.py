@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from api import clock
 from api.db import write_lock
 from api.models import AuditEvent
+from api.pagination import PageRequest
 
 GENESIS = "0" * 64
 CHAIN_LOCK = 0x7E55E7A  # the advisory lock key of the audit chain (PostgreSQL)
@@ -88,9 +89,15 @@ def record(db: Session, actor: str, action: str, subject: str, **details: Any) -
     return event
 
 
-def events(db: Session, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
-    """A page of the log, oldest first, each event with its hash."""
-    page = db.scalars(select(AuditEvent).order_by(AuditEvent.id).offset(offset).limit(limit))
+def events(
+    db: Session, page: PageRequest, action: str | None = None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """A page of the log (of one action, if given), oldest first, each event with its hash;
+    and the next page's cursor."""
+    stmt = select(AuditEvent)
+    if action is not None:
+        stmt = stmt.where(AuditEvent.action == action)
+    rows, cursor = page.page(db.scalars(page.apply(stmt, AuditEvent.id)).all(), lambda e: e.id)
     return [
         {
             "id": e.id,
@@ -101,8 +108,8 @@ def events(db: Session, limit: int = 100, offset: int = 0) -> list[dict[str, Any
             "details": e.details,
             "hash": e.hash,
         }
-        for e in page
-    ]
+        for e in rows
+    ], cursor
 
 
 def verify(db: Session) -> dict[str, Any]:

@@ -1,10 +1,11 @@
 """Dependency aliases that keep routes short: `SessionDep`, `CurrentUser`, `AdminUser`,
-`CurrentNode`, `SettingsDep`."""
+`CurrentNode`, `SettingsDep`, `PageDep`; and `known_parameters`, which every route runs: a
+query parameter the route does not declare is an error, not silently ignored."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -13,10 +14,11 @@ from sqlalchemy.orm import Session
 from api.db import Database
 from api.models import Node, User
 from api.notify import Notifier
+from api.pagination import PageRequest, page_request
 from api.security import KEY_PREFIX, read_token
 from api.services import accounts, network
 from api.settings import CoordinatorSettings
-from tessera.errors import Forbidden, Unauthorized
+from tessera.errors import Forbidden, InvalidRequest, Unauthorized
 
 _bearer = HTTPBearer(auto_error=False)
 
@@ -38,6 +40,7 @@ def get_session(request: Request) -> Iterator[Session]:
 WaitParam = Query(
     0.0, ge=0, description="Long-poll: seconds to wait for news (capped at long_poll_max_s)."
 )
+PageDep = Annotated[PageRequest, Depends(page_request)]
 SettingsDep = Annotated[CoordinatorSettings, Depends(get_settings)]
 NotifierDep = Annotated[Notifier, Depends(get_notifier)]
 SessionDep = Annotated[Session, Depends(get_session)]
@@ -83,3 +86,31 @@ def current_node(db: SessionDep, credentials: Credentials) -> Node:
 
 
 CurrentNode = Annotated[Node, Depends(current_node)]
+
+
+_declared: dict[int, frozenset[str]] = {}
+
+
+def _query_names(dependant: Any) -> set[str]:
+    names = {p.alias for p in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+def known_parameters(request: Request) -> None:
+    """Refuse query parameters the route does not declare (422 naming each)."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    key = id(route)
+    if key not in _declared:
+        _declared[key] = frozenset(_query_names(dependant))
+    unknown = sorted(set(request.query_params) - _declared[key])
+    if unknown:
+        raise InvalidRequest(
+            f"unknown query parameter(s): {', '.join(unknown)}"
+            + (f" (known: {', '.join(sorted(_declared[key]))})" if _declared[key] else ""),
+            {"errors": [{"loc": ["query", name], "msg": "unknown parameter"} for name in unknown]},
+        )

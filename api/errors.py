@@ -1,8 +1,10 @@
-"""One place that turns every error into `{"error": {"code", "message", "details"}}`."""
+"""One place that turns every error into `{"error": {"code", "message", "details"}}` with the
+HTTP status the coordinator gives its code (`STATUS`)."""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -24,6 +26,7 @@ from tessera.errors import (
     TesseraError,
     TooLarge,
     Unauthorized,
+    error_body,
 )
 
 log = logging.getLogger("tessera.coordinator")
@@ -66,13 +69,14 @@ _HTTP_CODES = {
 }
 
 
-def _body(code: str, message: str, details: dict | None = None) -> dict:
-    return {"error": {"code": code, "message": message, "details": details or {}}}
+def _location(loc: tuple[Any, ...] | list[Any]) -> list[str | int]:
+    """A field's path as segments; a body field's path starts inside the body."""
+    parts = [p if isinstance(p, int) else str(p) for p in loc]
+    return parts[1:] if parts[:1] == ["body"] else parts
 
 
-def _location(loc: tuple | list) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
-    return ".".join(parts) or "body"
+def _text(loc: list[str | int]) -> str:
+    return ".".join(str(p) for p in loc if p not in ("query", "path", "header")) or "body"
 
 
 def install(app: FastAPI) -> None:
@@ -93,18 +97,19 @@ def install(app: FastAPI) -> None:
         if any(e.get("type") == "json_invalid" for e in exc.errors()):
             message = "the request body is not valid JSON"
         else:
-            message = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors)
-        return JSONResponse(_body("invalid_request", message, {"errors": errors}), 422)
+            message = "; ".join(f"{_text(e['loc'])}: {e['msg']}" for e in errors)
+        return JSONResponse(error_body("invalid_request", message, {"errors": errors}), 422)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "error")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
-        return JSONResponse(_body(code, message), exc.status_code, headers=exc.headers)
+        return JSONResponse(error_body(code, message), exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         # The server logs the traceback once more after this handler; the client gets no
         # detail of it, not even the exception's text (it may quote data).
         log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path)
-        return JSONResponse(_body("internal_error", "internal error; see the coordinator log"), 500)
+        body = error_body("internal_error", "internal error; see the coordinator log")
+        return JSONResponse(body, 500)

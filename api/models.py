@@ -322,6 +322,22 @@ class ReleaseFile(Base):
     content: Mapped[bytes] = mapped_column(LargeBinary)
 
 
+class IdempotencyKey(Base):
+    """A POST made with an `Idempotency-Key`: the first answer, replayed to every retry with
+    the same key and body by the same user (kept `idempotency_ttl_s`)."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("user_id", "key", name="uq_idempotency_keys_user_key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    key: Mapped[str] = mapped_column(String(255))
+    request_hash: Mapped[str] = mapped_column(String(64))  # the operation, path and body
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    response: Mapped[dict[str, Any] | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(index=True)
+
+
 class AuditEvent(Base):
     """Append-only, hash-chained: hash = sha256(prev_hash + canonical JSON of the event)."""
 

@@ -397,7 +397,7 @@ class NodeSettings(BaseSettings):
         try:
             return cls(**raw)
         except ValidationError as exc:
-            raise ConfigInvalid(_explain(path, raw, exc), {"errors": exc.error_count()}) from None
+            raise ConfigInvalid(_explain(path, raw, exc), {"problems": exc.error_count()}) from None
 
 
 def _parse_range(text: str) -> tuple[int, int]:

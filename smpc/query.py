@@ -11,12 +11,19 @@ grouped by.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+)
 
 from tessera.errors import QueryInvalid
-from tessera.schemas import ColumnSpec, DatasetSchema, Name
+from tessera.schemas import NAME_PATTERN, ColumnSpec, DatasetSchema, Name
 
 Scalar = float | int | str | bool
 Op = Literal["==", "!=", "<", "<=", ">", ">=", "in"]
@@ -48,7 +55,29 @@ class Condition(BaseModel):
         return cond
 
 
+_SCALAR_SCHEMA = {"type": ["number", "string", "boolean"]}
+WHERE_SCHEMA = {
+    "type": "array",
+    "default": [],
+    "description": "Filters, combined with AND: each a [column, op, value] triple; `in` takes "
+    "a list of values. Categorical columns compare with ==, != and in to their levels, boolean "
+    "columns with ==, != and in to true/false.",
+    "items": {
+        "type": "array",
+        "minItems": 3,
+        "maxItems": 3,
+        "prefixItems": [
+            {"type": "string", "pattern": NAME_PATTERN},
+            {"enum": list(get_args(Op))},
+            {"anyOf": [_SCALAR_SCHEMA, {"type": "array", "items": _SCALAR_SCHEMA}]},
+        ],
+    },
+}
+
+
 class DPSpec(BaseModel):
+    """Differential privacy for a query: noise drawn inside MPC, charged to the budget."""
+
     model_config = ConfigDict(extra="forbid")
 
     epsilon: float = Field(gt=0, le=100)
@@ -60,9 +89,15 @@ class QueryBase(BaseModel):
 
     statistic: str
     dataset: Name
-    where: list[Condition] = []
-    group_by: list[Name] = Field(default_factory=list, max_length=4)
-    min_count: int | None = Field(None, ge=0)
+    where: Annotated[list[Condition], WithJsonSchema(WHERE_SCHEMA)] = []
+    group_by: list[Name] = Field(
+        default_factory=list,
+        max_length=4,
+        description="Categorical or boolean columns: the result is given per group.",
+    )
+    min_count: int | None = Field(
+        None, ge=0, description="Suppress every cell with fewer rows (raised to node floors)."
+    )
     dp: DPSpec | None = None
 
     @field_validator("where", mode="before")

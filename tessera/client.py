@@ -1,17 +1,26 @@
 """A small synchronous Python client of the coordinator's REST API (researchers, admins).
 
-Errors come back as the `tessera.errors` exception the coordinator named.
+It speaks the contract of `tessera.rest`: request bodies are built with its models (an invalid
+one is an `InvalidRequest` before anything is sent), every answer is checked against its model
+(an answer that does not fit is a `ProtocolFailed`), and lists are walked page by page. Methods
+return the answers' JSON (dicts and lists). Errors come back as the `tessera.errors` exception
+the coordinator named, with the HTTP status it came with in `http_status`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import httpx
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from tessera.errors import ProtocolFailed, error_from_dict
+from tessera import rest
+from tessera.errors import InvalidRequest, ProtocolFailed, error_from_dict
+from tessera.schemas import SynthesisSpec
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
 class TesseraClient:
@@ -29,12 +38,36 @@ class TesseraClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:  # JSON
+    def _call(self, method: str, path: str, answer: Any = None, **kwargs: Any) -> Any:
+        """The JSON answer of a call, checked against `answer` (a model or a type)."""
         response = self._request(method, path, **kwargs)
-        return response.json() if response.content else None
+        body = response.json() if response.content else None
+        if answer is not None:
+            try:
+                TypeAdapter(answer).validate_python(body)
+            except ValidationError as exc:
+                name = getattr(answer, "__name__", str(answer))
+                raise ProtocolFailed(
+                    f"the coordinator's answer to {method} {path} is not a {name}: "
+                    f"{exc.errors()[0]['msg']}"
+                ) from None
+        return body
+
+    def _pages(
+        self, path: str, page: type[rest.Page[Any]], **params: Any
+    ) -> Iterator[dict[str, Any]]:
+        """Every item of a list, page after page."""
+        query = {k: v for k, v in params.items() if v is not None}
+        while True:
+            body = self._call("GET", path, page, params=query)
+            yield from body["items"]
+            if not body.get("next_cursor"):
+                return
+            query["cursor"] = body["next_cursor"]
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        headers.update(kwargs.pop("headers", None) or {})
         try:
             response = self._http.request(method, path, headers=headers, **kwargs)
         except httpx.HTTPError as exc:
@@ -54,11 +87,13 @@ class TesseraClient:
     # ---- auth and administration --------------------------------------------------------
 
     def login(self, username: str, password: str) -> None:
-        body = self._call("POST", "/auth/token", data={"username": username, "password": password})
+        body = self._call(
+            "POST", "/auth/token", rest.Token, data={"username": username, "password": password}
+        )
         self.token = body["access_token"]
 
     def me(self) -> dict[str, Any]:
-        return self._call("GET", "/users/me")
+        return self._call("GET", "/users/me", rest.UserOut)
 
     def create_user(
         self,
@@ -67,30 +102,34 @@ class TesseraClient:
         role: str = "researcher",
         organisation_id: int | None = None,
     ) -> dict[str, Any]:
-        return self._call(
-            "POST",
-            "/users",
-            json={
-                "username": username,
-                "password": password,
-                "role": role,
-                "organisation_id": organisation_id,
-            },
+        body = _body(
+            rest.NewUser,
+            username=username,
+            password=password,
+            role=role,
+            organisation_id=organisation_id,
         )
+        return self._call("POST", "/users", rest.UserOut, json=body)
+
+    def users(self, role: str | None = None) -> list[dict[str, Any]]:
+        """Every user (admin), of one role if given."""
+        return list(self._pages("/users", rest.UserPage, role=role))
 
     def create_organisation(self, name: str) -> dict[str, Any]:
-        return self._call("POST", "/organisations", json={"name": name})
+        body = _body(rest.NewOrganisation, name=name)
+        return self._call("POST", "/organisations", rest.OrganisationOut, json=body)
+
+    def organisations(self) -> list[dict[str, Any]]:
+        return list(self._pages("/organisations", rest.OrganisationPage))
 
     def create_node(self, name: str, organisation_id: int) -> dict[str, Any]:
         """Enrol a node; the answer (the node) carries its `api_key`, shown this once."""
-        return self._call(
-            "POST",
-            "/nodes",
-            json={
-                "name": name,
-                "organisation_id": organisation_id,
-            },
-        )
+        body = _body(rest.NewNode, name=name, organisation_id=organisation_id)
+        return self._call("POST", "/nodes", rest.NodeWithKey, json=body)
+
+    def nodes(self, organisation_id: int | None = None) -> list[dict[str, Any]]:
+        """Every enrolled node (admin), of one organisation if given."""
+        return list(self._pages("/nodes", rest.NodePage, organisation_id=organisation_id))
 
     def create_study(
         self,
@@ -100,68 +139,93 @@ class TesseraClient:
         datasets: Sequence[str] = (),
         members: Sequence[int | str] = (),
     ) -> dict[str, Any]:
-        return self._call(
-            "POST",
-            "/studies",
-            json={
-                "name": name,
-                "description": description,
-                "organisation_ids": list(organisation_ids),
-                "datasets": list(datasets),
-                "members": list(members),
-            },
+        body = _body(
+            rest.NewStudy,
+            name=name,
+            description=description,
+            organisation_ids=list(organisation_ids),
+            datasets=list(datasets),
+            members=list(members),
         )
+        return self._call("POST", "/studies", rest.StudyOut, json=body)
 
     def rotate_node_key(self, node_id: int) -> dict[str, Any]:
         """A new API key for the node (in the answer's `api_key`); the old one stops working."""
-        return self._call("POST", f"/nodes/{node_id}/rotate-key")
+        return self._call("POST", f"/nodes/{node_id}/rotate-key", rest.NodeWithKey)
 
     def studies(self) -> list[dict[str, Any]]:
         """Every study (admin), or those this user is a member of."""
-        return self._call("GET", "/studies")
+        return list(self._pages("/studies", rest.StudyPage))
 
     def add_study_member(self, study_id: int, user: int | str) -> dict[str, Any]:
         """Add a member by user id or username; returns the study."""
-        body = {"user_id": user} if isinstance(user, int) else {"username": user}
-        return self._call("POST", f"/studies/{study_id}/members", json=body)
+        body = _body(
+            rest.MemberRef, **({"user_id": user} if isinstance(user, int) else {"username": user})
+        )
+        return self._call("POST", f"/studies/{study_id}/members", rest.StudyOut, json=body)
 
     def study_datasets(self, study_id: int) -> list[dict[str, Any]]:
         """Per dataset of the study: the nodes that registered it, their schemas, whether the
         schemas agree."""
-        return self._call("GET", f"/studies/{study_id}/datasets")
+        return self._call("GET", f"/studies/{study_id}/datasets", list[rest.StudyDataset])
 
     def study_budget(self, study_id: int) -> dict[str, Any]:
         """The study's differential-privacy budget per dataset: each node's epsilon and delta
         limit, spent and remaining (as the node last reported, with `reported_at`), and what
         the network has left (the least of its nodes)."""
-        return self._call("GET", f"/studies/{study_id}/budget")
+        return self._call("GET", f"/studies/{study_id}/budget", rest.StudyBudget)
 
-    def audit(self, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
-        return self._call("GET", "/audit", params={"limit": limit, "offset": offset})
+    def audit(self, action: str | None = None) -> list[dict[str, Any]]:
+        """The whole audit log (admin), oldest first; only one action's events if given."""
+        return list(self._pages("/audit", rest.AuditPage, action=action, limit=1000))
+
+    def audit_page(
+        self, limit: int = 100, cursor: str | None = None, action: str | None = None
+    ) -> dict[str, Any]:
+        """One page of the audit log: `items` and the `next_cursor` (null on the last page)."""
+        params = {k: v for k, v in (("limit", limit), ("cursor", cursor), ("action", action)) if v}
+        return self._call("GET", "/audit", rest.AuditPage, params=params)
 
     def audit_verify(self) -> dict[str, Any]:
         """`{"ok", "entries", "first_bad_id"}`: the coordinator walks its audit hash chain."""
-        return self._call("GET", "/audit/verify")
+        return self._call("GET", "/audit/verify", rest.AuditVerification)
 
     # ---- queries --------------------------------------------------------------------------
 
-    def submit_query(self, study_id: int, query: dict[str, Any]) -> dict[str, Any]:
-        """Submit a query (docs/queries.md); returns its view, status `pending`."""
-        return self._call("POST", f"/studies/{study_id}/queries", json=query)
+    def submit_query(
+        self, study_id: int, query: dict[str, Any], idempotency_key: str | None = None
+    ) -> dict[str, Any]:
+        """Submit a query (docs/queries.md); returns its view, status `pending`. With an
+        `idempotency_key`, a retry (same key, same query) returns the first answer and creates
+        nothing twice."""
+        return self._call(
+            "POST",
+            f"/studies/{study_id}/queries",
+            rest.QueryOut,
+            json=query,
+            headers=_idempotency(idempotency_key),
+        )
 
     def dry_run_query(self, study_id: int, query: dict[str, Any]) -> dict[str, Any]:
         """Check a query as submission would, without submitting it: the nodes that would take
         part, `min_count_applied`, what it `reveals`, its `epsilon` and `delta`. An invalid
         query raises the error its submission would."""
-        return self._call("POST", f"/studies/{study_id}/queries/dry-run", json=query)
+        return self._call("POST", f"/studies/{study_id}/queries/dry-run", rest.DryRun, json=query)
 
-    def study_queries(self, study_id: int) -> list[dict[str, Any]]:
-        return self._call("GET", f"/studies/{study_id}/queries")
+    def study_queries(
+        self, study_id: int, status: str | None = None, statistic: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The study's queries, oldest first (of one status and statistic, if given)."""
+        return list(
+            self._pages(
+                f"/studies/{study_id}/queries", rest.QueryPage, status=status, statistic=statistic
+            )
+        )
 
     def get_query(self, query_id: int, wait: float | None = None) -> dict[str, Any]:
         """The query's view; with `wait`, long-poll up to that many seconds for its end."""
         params = {"wait": wait} if wait else {}
-        return self._call("GET", f"/queries/{query_id}", params=params)
+        return self._call("GET", f"/queries/{query_id}", rest.QueryOut, params=params)
 
     def wait_query(self, query_id: int, timeout: float = 120.0) -> dict[str, Any]:
         """Long-poll until the query succeeded or failed; after `timeout` seconds, its view as
@@ -175,20 +239,34 @@ class TesseraClient:
 
     # ---- synthetic data -------------------------------------------------------------------
 
-    def request_synthesis(self, study_id: int, spec: dict[str, Any]) -> dict[str, Any]:
+    def request_synthesis(
+        self, study_id: int, spec: dict[str, Any], idempotency_key: str | None = None
+    ) -> dict[str, Any]:
         """Ask the study's nodes to synthesise a dataset (a `SynthesisSpec`: dataset,
         generator, rows, params, epsilon, holdout, target, seed); returns the request with one
-        job per node that takes part, and the nodes `skipped` by their published policy."""
-        return self._call("POST", f"/studies/{study_id}/synthesis", json=spec)
+        job per node that takes part, and the nodes `skipped` by their published policy. With
+        an `idempotency_key`, a retry returns the first answer and requests nothing twice."""
+        body = _body(SynthesisSpec, **spec)
+        return self._call(
+            "POST",
+            f"/studies/{study_id}/synthesis",
+            rest.SynthesisRequestOut,
+            json=body,
+            headers=_idempotency(idempotency_key),
+        )
 
-    def study_synthesis(self, study_id: int) -> list[dict[str, Any]]:
-        return self._call("GET", f"/studies/{study_id}/synthesis")
+    def study_synthesis(self, study_id: int, status: str | None = None) -> list[dict[str, Any]]:
+        """The study's synthesis requests (`running` or `done` ones only, if given)."""
+        path = f"/studies/{study_id}/synthesis"
+        return list(self._pages(path, rest.SynthesisRequestPage, status=status))
 
     def get_synthesis(self, request_id: int, wait: float | None = None) -> dict[str, Any]:
         """A synthesis request; with `wait`, long-poll until every job is at rest (ended, or
         awaiting its stewards)."""
         params = {"wait": wait} if wait else {}
-        return self._call("GET", f"/synthesis/{request_id}", params=params)
+        return self._call(
+            "GET", f"/synthesis/{request_id}", rest.SynthesisRequestOut, params=params
+        )
 
     def wait_synthesis(
         self, request_id: int, timeout: float = 600.0, until: str = "at_rest"
@@ -205,12 +283,16 @@ class TesseraClient:
             if until == "done" and view["at_rest"]:
                 time.sleep(min(1.0, max(0.0, left)))  # stewards decide at the nodes
 
-    def releases(self, study_id: int) -> list[dict[str, Any]]:
-        """The study's published releases, each with its card."""
-        return self._call("GET", f"/studies/{study_id}/releases")
+    def releases(
+        self, study_id: int, dataset: str | None = None, node: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The study's published releases, each with its card (of one dataset and node, if
+        given)."""
+        path = f"/studies/{study_id}/releases"
+        return list(self._pages(path, rest.ReleasePage, dataset=dataset, node=node))
 
     def release(self, release_id: int) -> dict[str, Any]:
-        return self._call("GET", f"/releases/{release_id}")
+        return self._call("GET", f"/releases/{release_id}", rest.ReleaseOut)
 
     def release_data(self, release_id: int, fmt: str = "csv") -> bytes:
         """A release's synthetic data as CSV or Parquet bytes (checked against the hash the
@@ -221,6 +303,22 @@ class TesseraClient:
     def release_report(self, release_id: int) -> bytes:
         """A release's evaluation report (HTML bytes)."""
         return _checked(self._request("GET", f"/releases/{release_id}/report"))
+
+
+def _body(model: type[BaseModel], **fields: Any) -> dict[str, Any]:
+    """A request body checked against its model before anything is sent."""
+    try:
+        return model.model_validate(fields).model_dump(mode="json", exclude_unset=True)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()
+        )
+        raise InvalidRequest(problems) from None
+
+
+def _idempotency(key: str | None) -> dict[str, str]:
+    return {IDEMPOTENCY_HEADER: key} if key else {}
 
 
 def _checked(response: httpx.Response) -> bytes:

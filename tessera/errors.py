@@ -25,7 +25,7 @@ class TesseraError(Exception):
         self.details = details or {}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"error": {"code": self.code, "message": self.message, "details": self.details}}
+        return error_body(self.code, self.message, self.details)
 
     def __str__(self) -> str:
         return self.message
@@ -120,6 +120,15 @@ ERRORS_BY_CODE: dict[str, type[TesseraError]] = {
         DataInvalid,
     )
 }
+
+
+def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The one error envelope: ``{"error": {"code", "message", "details"}}``, where `details`
+    always has `errors` (a list of `{"loc": [path segments], "msg"}`, empty unless fields were
+    invalid) beside the error's context values."""
+    return {
+        "error": {"code": code, "message": message, "details": {"errors": [], **(details or {})}}
+    }
 
 
 def error_from_dict(body: dict[str, Any]) -> TesseraError:

@@ -1,10 +1,16 @@
-"""Shared fixtures: databases (SQLite and the real PostgreSQL), a running coordinator."""
+"""Shared fixtures: databases (SQLite and the real PostgreSQL), a running coordinator, and the
+REST contract: every answer an in-process client receives from a real coordinator is checked
+against the OpenAPI spec after each test (`_answers_keep_the_contract`)."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import secrets
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -73,3 +79,127 @@ def database_url(
         yield url
     finally:
         drop_pg_database(admin_url, name)
+
+
+# ---- the REST contract: every answer a test receives is checked against /openapi.json -------
+
+
+@dataclass
+class Exchange:
+    method: str
+    path: str
+    status: int
+    content_type: str
+    body: bytes
+
+
+ERROR = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+
+
+class Contract:
+    """The coordinator's OpenAPI spec (generated from the code, as `/openapi.json` serves it)
+    and a check of one answer against it: the path and method are documented, the status is
+    one the operation documents, and the body fits the schema documented for that status."""
+
+    def __init__(self) -> None:
+        from api import CoordinatorSettings, create_app
+
+        self.spec: dict[str, Any] = create_app(CoordinatorSettings()).openapi()
+        self._paths = [
+            (re.compile("^" + re.sub(r"\{[^}]+\}", "[^/]+", path) + "$"), path)
+            for path in self.spec["paths"]
+        ]
+
+    def operation(self, method: str, path: str) -> dict[str, Any] | None:
+        for pattern, template in self._paths:
+            if pattern.match(path):
+                return self.spec["paths"][template].get(method.lower())
+        return None
+
+    def problem(self, exchange: Exchange) -> str | None:
+        """Why an answer breaks the contract, or None."""
+        import jsonschema
+
+        where = f"{exchange.method} {exchange.path} -> {exchange.status}"
+        operation = self.operation(exchange.method, exchange.path)
+        if operation is None:
+            if exchange.status not in (404, 405):
+                return f"{where}: not a documented operation"
+            operation = {"operationId": "(no route)", "responses": {str(exchange.status): ERROR}}
+        documented = operation["responses"].get(str(exchange.status))
+        if documented is None:
+            return f"{where}: status not documented by {operation['operationId']}"
+        media = exchange.content_type.split(";")[0].strip()
+        content = documented.get("content", {})
+        if media not in content:
+            return f"{where}: content type {media!r} not documented ({sorted(content)})"
+        if media != "application/json":
+            return None
+        schema = {**content[media]["schema"], "components": self.spec["components"]}
+        try:
+            jsonschema.validate(json.loads(exchange.body), schema)
+        except jsonschema.ValidationError as exc:
+            path = "/".join(str(p) for p in exc.absolute_path)
+            return f"{where}: body at /{path}: {exc.message[:300]}"
+        return None
+
+
+_contracts: list[Contract] = []
+
+
+def the_contract() -> Contract:
+    """The spec, generated once per session (when first needed)."""
+    if not _contracts:
+        _contracts.append(Contract())
+    return _contracts[0]
+
+
+@pytest.fixture(scope="session")
+def contract() -> Contract:
+    return the_contract()
+
+
+_exchanges: list[Exchange] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _record_api_answers() -> Iterator[None]:
+    """Record every answer a real coordinator (on 127.0.0.1) gives an in-process client."""
+    import httpx
+
+    original = httpx.Client.send
+
+    def send(self: httpx.Client, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+        response = original(self, request, **kwargs)
+        url = request.url
+        if url.host == "127.0.0.1" and url.path.startswith("/api/v1/"):
+            response.read()
+            _exchanges.append(
+                Exchange(
+                    request.method,
+                    url.path,
+                    response.status_code,
+                    response.headers.get("content-type", ""),
+                    response.content,
+                )
+            )
+        return response
+
+    httpx.Client.send = send  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        httpx.Client.send = original  # type: ignore[method-assign]
+
+
+@pytest.fixture(autouse=True)
+def _answers_keep_the_contract() -> Iterator[None]:
+    """Every answer the test received from a coordinator fits the OpenAPI spec."""
+    start = len(_exchanges)
+    yield
+    received = _exchanges[start:]
+    if not received:
+        return
+    contract = the_contract()
+    problems = [p for e in received if (p := contract.problem(e)) is not None]
+    assert not problems, "answers that break /openapi.json:\n" + "\n".join(problems[:10])

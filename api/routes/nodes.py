@@ -1,20 +1,22 @@
-"""Node enrolment (admin) and everything a node agent calls: hello, datasets, tasks."""
+"""Node enrolment (admin) and everything a node agent calls: hello, datasets, budget, tasks."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, status
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Query, Request, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.db import Database
-from api.deps import AdminUser, CurrentNode, NotifierDep, SessionDep, WaitParam
+from api.deps import AdminUser, CurrentNode, NotifierDep, PageDep, SessionDep, WaitParam
 from api.models import Node, Task
 from api.notify import Notifier, long_poll
+from api.openapi import errors
 from api.services import budget, network, queries
+from tessera.rest import Ack, BudgetReportAck, NewNode, NodeOut, NodePage, NodeWithKey
+from tessera.rest import RegisteredDataset as RegisteredDatasetOut
 from tessera.schemas import (
     DatasetSchema,
     Name,
@@ -30,16 +32,20 @@ from tessera.schemas import (
 )
 
 router = APIRouter()
+NODE = errors(401, 403, 422)  # what every node-agent route can answer
+TASK = errors(401, 403, 404, 409, 422)  # ... and one on a task
 
 
-class NewNode(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{2,64}$")
-    organisation_id: int
+# ---- administrators -----------------------------------------------------------------------
 
 
-@router.post("/nodes", status_code=status.HTTP_201_CREATED, tags=["nodes"])
+@router.post(
+    "/nodes",
+    status_code=status.HTTP_201_CREATED,
+    tags=["nodes"],
+    response_model=NodeWithKey,
+    responses=errors(401, 403, 404, 409, 422),
+)
 def create_node(body: NewNode, admin: AdminUser, db: SessionDep) -> dict[str, Any]:
     """Enrol a node. The API key is in this answer only: hand it to the hospital's operator."""
     node, key = network.create_node(db, body.name, body.organisation_id, f"user:{admin.username}")
@@ -47,40 +53,66 @@ def create_node(body: NewNode, admin: AdminUser, db: SessionDep) -> dict[str, An
     return {**network.node_view(node), "api_key": key}
 
 
-@router.get("/nodes", tags=["nodes"])
-def list_nodes(_: AdminUser, db: SessionDep) -> list[dict[str, Any]]:
-    return [network.node_view(n) for n in network.list_nodes(db)]
+@router.get("/nodes", tags=["nodes"], response_model=NodePage, responses=errors(401, 403, 422))
+def list_nodes(
+    _: AdminUser,
+    db: SessionDep,
+    page: PageDep,
+    organisation_id: Annotated[int | None, Query(description="Only this organisation's.")] = None,
+) -> dict[str, Any]:
+    """Every enrolled node (admin), a page at a time."""
+    nodes, cursor = network.list_nodes(db, page, organisation_id)
+    return {"items": [network.node_view(n) for n in nodes], "next_cursor": cursor}
 
 
-@router.post("/nodes/{node_id}/rotate-key", tags=["nodes"])
-def rotate_key(node_id: int, admin: AdminUser, db: SessionDep) -> dict[str, Any]:
+@router.post(
+    "/nodes/{node_id}/rotate-key",
+    tags=["nodes"],
+    response_model=NodeWithKey,
+    responses=errors(401, 403, 404, 422),
+)
+def rotate_node_key(node_id: int, admin: AdminUser, db: SessionDep) -> dict[str, Any]:
+    """A new API key for the node (in this answer only); the old one stops working."""
     node, key = network.rotate_key(db, node_id, f"user:{admin.username}")
     db.commit()
     return {**network.node_view(node), "api_key": key}
 
 
-@router.get("/nodes/me", tags=["node agent"])
-def node_me(node: CurrentNode) -> dict[str, Any]:
+# ---- node agents ----------------------------------------------------------------------------
+
+
+@router.get("/nodes/me", tags=["nodes"], response_model=NodeOut, responses=NODE)
+def get_my_node(node: CurrentNode) -> dict[str, Any]:
+    """The node of the API key."""
     return network.node_view(node)
 
 
-@router.post("/nodes/me/hello", tags=["node agent"])
-def hello(body: NodeHello, node: CurrentNode, db: SessionDep) -> dict[str, Any]:
+@router.post("/nodes/me/hello", tags=["nodes"], response_model=NodeOut, responses=NODE)
+def say_hello(body: NodeHello, node: CurrentNode, db: SessionDep) -> dict[str, Any]:
+    """A node agent starting: its version and the summary of its policy (the coordinator plans
+    with it; the node still decides)."""
     view = network.node_view(network.hello(db, node, body))
     db.commit()
     return view
 
 
-@router.put("/nodes/me/datasets/{name}", tags=["node agent"])
+@router.put(
+    "/nodes/me/datasets/{name}",
+    tags=["datasets"],
+    response_model=RegisteredDatasetOut,
+    response_model_exclude_none=True,  # the schema as registered: undeclared keys stay absent
+    responses=NODE,
+)
 def register_dataset(
     name: Name, body: DatasetSchema, node: CurrentNode, db: SessionDep
 ) -> dict[str, Any]:
+    """Register or replace the node's declared schema of a dataset: columns, never rows."""
     dataset = network.register_dataset(db, node, name, body)
     db.commit()
     return {"name": dataset.name, "node": node.name, "schema": dataset.schema}
 
 
-@router.put("/nodes/me/budget", tags=["node agent"])
+@router.put("/nodes/me/budget", tags=["nodes"], response_model=BudgetReportAck, responses=NODE)
 def report_budget(body: NodeBudgetReport, node: CurrentNode, db: SessionDep) -> dict[str, Any]:
     """The node's whole privacy ledger (epsilon and delta spent per study and dataset); it
     replaces the last report."""
@@ -89,8 +121,8 @@ def report_budget(body: NodeBudgetReport, node: CurrentNode, db: SessionDep) -> 
     return answer
 
 
-@router.get("/nodes/me/tasks", tags=["node agent"])
-async def my_tasks(request: Request, node: CurrentNode, wait: float = WaitParam) -> list[TaskOut]:
+@router.get("/nodes/me/tasks", tags=["tasks"], response_model=list[TaskOut], responses=NODE)
+async def poll_tasks(request: Request, node: CurrentNode, wait: float = WaitParam) -> list[TaskOut]:
     """This node's new tasks; with `wait`, a long-poll that answers as soon as one arrives."""
     node_id = node.id
 
@@ -103,8 +135,8 @@ async def my_tasks(request: Request, node: CurrentNode, wait: float = WaitParam)
     return await long_poll(request, wait, f"node:{node_id}", check) or []
 
 
-@router.post("/tasks/{task_id}/accept", tags=["node agent"])
-def accept(
+@router.post("/tasks/{task_id}/accept", tags=["tasks"], response_model=Ack, responses=TASK)
+def accept_task(
     task_id: int, body: TaskAccept, node: CurrentNode, db: SessionDep, notifier: NotifierDep
 ) -> dict[str, Any]:
     """Accept a task, giving this run's MPC address (and certificate); 409 if the query is over."""
@@ -113,8 +145,8 @@ def accept(
     return {"status": "accepted"}
 
 
-@router.get("/tasks/{task_id}/start", tags=["node agent"])
-async def start(
+@router.get("/tasks/{task_id}/start", tags=["tasks"], response_model=TaskStart, responses=TASK)
+async def await_task_start(
     request: Request, task_id: int, node: CurrentNode, wait: float = WaitParam
 ) -> TaskStart:
     """Long-poll for the go: every party's address once all nodes accepted; 409 if failed."""
@@ -131,38 +163,45 @@ async def start(
     return answer or TaskStart(start=False, status="pending")
 
 
-@router.post("/tasks/{task_id}/reject", tags=["node agent"])
-def reject(
+@router.post("/tasks/{task_id}/reject", tags=["tasks"], response_model=Ack, responses=TASK)
+def refuse_task(
     task_id: int, body: TaskRefusal, node: CurrentNode, db: SessionDep, notifier: NotifierDep
 ) -> dict[str, Any]:
+    """The node's policy refuses the task, with the rule's reason: the query fails."""
     queries.reject(db, node, task_id, body.reason)
     _commit_and_wake(db, notifier, task_id)
     return {"status": "refused"}
 
 
-@router.post("/tasks/{task_id}/fail", tags=["node agent"])
-def fail(
+@router.post("/tasks/{task_id}/fail", tags=["tasks"], response_model=Ack, responses=TASK)
+def fail_task(
     task_id: int, body: TaskFailure, node: CurrentNode, db: SessionDep, notifier: NotifierDep
 ) -> dict[str, Any]:
+    """The node could not complete its part: the query fails."""
     queries.fail(db, node, task_id, body)
     _commit_and_wake(db, notifier, task_id)
     return {"status": "failed"}
 
 
-@router.post("/tasks/{task_id}/progress", tags=["node agent"])
-def progress(task_id: int, body: TaskProgress, node: CurrentNode, db: SessionDep) -> dict[str, Any]:
+@router.post("/tasks/{task_id}/progress", tags=["tasks"], response_model=Ack, responses=TASK)
+def report_task_progress(
+    task_id: int, body: TaskProgress, node: CurrentNode, db: SessionDep
+) -> dict[str, Any]:
+    """A stage of the node's work on the task (shown to the researcher)."""
     queries.progress(db, node, task_id, body.stage, body.message)
     db.commit()
     return {"status": "ok"}
 
 
-@router.post("/tasks/{task_id}/result", tags=["node agent"])
-def result(
+@router.post("/tasks/{task_id}/result", tags=["tasks"], response_model=Ack, responses=TASK)
+def post_task_result(
     task_id: int, body: TaskResult, node: CurrentNode, db: SessionDep, notifier: NotifierDep
 ) -> dict[str, Any]:
-    queries.post_result(db, node, task_id, body)
+    """The party's opened, pooled result; the query succeeds once every party posted the same
+    one. A result not of its statistic's shape fails the task and the query (`failed`)."""
+    outcome = queries.post_result(db, node, task_id, body)
     _commit_and_wake(db, notifier, task_id)
-    return {"status": "done"}
+    return {"status": outcome}
 
 
 def _query_of(database: Database, task_id: int) -> int:

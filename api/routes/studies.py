@@ -2,51 +2,94 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Request, status
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Depends, Header, Request, status
+from fastapi import Query as QueryParam
 
-from api.deps import AdminUser, CurrentUser, NotifierDep, SessionDep, SettingsDep, WaitParam
+from api.deps import (
+    AdminUser,
+    CurrentUser,
+    NotifierDep,
+    PageDep,
+    SessionDep,
+    SettingsDep,
+    WaitParam,
+)
 from api.notify import long_poll
-from api.services import budget, queries, studies
+from api.openapi import errors
+from api.services import budget, idempotency, queries, studies
 from tessera.errors import InvalidRequest
-from tessera.schemas import Name
+from tessera.rest import (
+    DatasetRef,
+    DryRun,
+    MemberRef,
+    NewStudy,
+    OrganisationRef,
+    QueryOut,
+    QueryPage,
+    StudyBudget,
+    StudyDataset,
+    StudyOut,
+    StudyPage,
+)
+from tessera.schemas import QueryStatus
 
 router = APIRouter()
+STUDY = errors(401, 403, 404, 422)  # what a route on one study can answer
+EXAMPLE = {
+    "statistic": "mean",
+    "dataset": "paediatric_cohort",
+    "column": "weight_kg",
+    "where": [["age_months", ">=", 24]],
+    "group_by": ["sex"],
+    "min_count": 10,
+}
+QUERY_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "A query of the query language (docs/queries.md): `statistic` picks the "
+        "statistic and its parameters.",
+        "content": {
+            "application/json": {
+                "schema": {"$ref": "#/components/schemas/Query"},
+                "example": EXAMPLE,
+            }
+        },
+    }
+}
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        description="Send the same key with a retried POST: it answers what the first did and "
+        "creates, or spends, nothing twice.",
+        max_length=255,
+    ),
+]
 
 
-class NewStudy(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(min_length=1, max_length=200)
-    description: str = ""
-    organisation_ids: list[int] = []
-    datasets: list[Name] = []
-    members: list[int | str] = []
-
-
-class MemberRef(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    user_id: int | None = None
-    username: str | None = None
+async def query_body(request: Request) -> Any:
+    """The raw JSON body of a query: the statistics registry validates it (`QueryInvalid` with
+    every problem named), not FastAPI, so the spec documents it by the `Query` component."""
+    try:
+        return await request.json()
+    except ValueError:
+        raise InvalidRequest("the request body is not valid JSON") from None
 
 
-class OrganisationRef(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    organisation_id: int
+QueryBody = Annotated[Any, Depends(query_body)]
 
 
-class DatasetRef(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: Name
-
-
-@router.post("/studies", status_code=status.HTTP_201_CREATED, tags=["studies"])
+@router.post(
+    "/studies",
+    status_code=status.HTTP_201_CREATED,
+    tags=["studies"],
+    response_model=StudyOut,
+    responses=errors(401, 403, 404, 409, 422),
+)
 def create_study(body: NewStudy, admin: AdminUser, db: SessionDep) -> dict[str, Any]:
+    """Create a study (admin): its organisations, datasets and members."""
     study = studies.create_study(
         db,
         body.name,
@@ -60,98 +103,130 @@ def create_study(body: NewStudy, admin: AdminUser, db: SessionDep) -> dict[str, 
     return studies.study_view(db, study)
 
 
-@router.get("/studies", tags=["studies"])
-def list_studies(user: CurrentUser, db: SessionDep) -> list[dict[str, Any]]:
-    return [studies.study_view(db, s) for s in studies.list_studies(db, user)]
+@router.get("/studies", tags=["studies"], response_model=StudyPage, responses=errors(401, 403, 422))
+def list_studies(user: CurrentUser, db: SessionDep, page: PageDep) -> dict[str, Any]:
+    """The studies this user is a member of (an admin: every study), a page at a time."""
+    found, cursor = studies.list_studies(db, user, page)
+    return {"items": [studies.study_view(db, s) for s in found], "next_cursor": cursor}
 
 
-@router.get("/studies/{study_id}", tags=["studies"])
+@router.get("/studies/{study_id}", tags=["studies"], response_model=StudyOut, responses=STUDY)
 def get_study(study_id: int, user: CurrentUser, db: SessionDep) -> dict[str, Any]:
     return studies.study_view(db, studies.visible_study(db, study_id, user))
 
 
-@router.post("/studies/{study_id}/members", tags=["studies"])
-def add_member(study_id: int, body: MemberRef, admin: AdminUser, db: SessionDep) -> dict[str, Any]:
+@router.post(
+    "/studies/{study_id}/members", tags=["studies"], response_model=StudyOut, responses=STUDY
+)
+def add_study_member(
+    study_id: int, body: MemberRef, admin: AdminUser, db: SessionDep
+) -> dict[str, Any]:
+    """Add a member by user id or username (admin)."""
     study = studies.visible_study(db, study_id, admin)
     ref = body.user_id if body.user_id is not None else body.username
     if ref is None:
-        raise InvalidRequest("give user_id or username", {"fields": ["user_id", "username"]})
+        raise InvalidRequest(
+            "give user_id or username",
+            {"errors": [{"loc": [f], "msg": "one of the two"} for f in ("user_id", "username")]},
+        )
     studies.add_member(db, study, ref, f"user:{admin.username}")
     db.commit()
     return studies.study_view(db, study)
 
 
-@router.post("/studies/{study_id}/organisations", tags=["studies"])
-def add_organisation(
+@router.post(
+    "/studies/{study_id}/organisations",
+    tags=["studies"],
+    response_model=StudyOut,
+    responses=STUDY,
+)
+def add_study_organisation(
     study_id: int, body: OrganisationRef, admin: AdminUser, db: SessionDep
 ) -> dict[str, Any]:
+    """Add an organisation, whose nodes then take part (admin)."""
     study = studies.visible_study(db, study_id, admin)
     studies.add_organisation(db, study, body.organisation_id, f"user:{admin.username}")
     db.commit()
     return studies.study_view(db, study)
 
 
-@router.post("/studies/{study_id}/datasets", tags=["studies"])
-def add_dataset(
+@router.post(
+    "/studies/{study_id}/datasets", tags=["studies"], response_model=StudyOut, responses=STUDY
+)
+def add_study_dataset(
     study_id: int, body: DatasetRef, admin: AdminUser, db: SessionDep
 ) -> dict[str, Any]:
+    """Add a dataset the study may query (admin)."""
     study = studies.visible_study(db, study_id, admin)
     studies.add_dataset(db, study, body.name, f"user:{admin.username}")
     db.commit()
     return studies.study_view(db, study)
 
 
-@router.get("/studies/{study_id}/datasets", tags=["studies"])
-def study_datasets(study_id: int, user: CurrentUser, db: SessionDep) -> list[dict[str, Any]]:
+@router.get(
+    "/studies/{study_id}/datasets",
+    tags=["datasets"],
+    response_model=list[StudyDataset],
+    response_model_exclude_none=True,  # each schema as its node registered it
+    responses=STUDY,
+)
+def list_study_datasets(study_id: int, user: CurrentUser, db: SessionDep) -> list[dict[str, Any]]:
     """Each dataset of the study: which nodes registered it, their declared schemas."""
     return studies.datasets_view(db, studies.visible_study(db, study_id, user))
 
 
-@router.get("/studies/{study_id}/budget", tags=["studies"])
-def study_budget(study_id: int, user: CurrentUser, db: SessionDep) -> dict[str, Any]:
+@router.get(
+    "/studies/{study_id}/budget", tags=["studies"], response_model=StudyBudget, responses=STUDY
+)
+def get_study_budget(study_id: int, user: CurrentUser, db: SessionDep) -> dict[str, Any]:
     """Per dataset of the study, each node's differential-privacy budget: limit, spent and
     remaining epsilon and delta, as the node last reported; and the least remaining of all."""
     return budget.study_budget(db, studies.visible_study(db, study_id, user))
 
 
-@router.post("/studies/{study_id}/queries", status_code=status.HTTP_201_CREATED, tags=["queries"])
+@router.post(
+    "/studies/{study_id}/queries",
+    status_code=status.HTTP_201_CREATED,
+    tags=["queries"],
+    response_model=QueryOut,
+    responses=errors(401, 403, 404, 409, 422),
+    openapi_extra=QUERY_BODY,
+)
 def submit_query(
     study_id: int,
     user: CurrentUser,
     db: SessionDep,
     settings: SettingsDep,
     notifier: NotifierDep,
-    body: Any = Body(
-        ...,
-        examples=[
-            {
-                "statistic": "mean",
-                "dataset": "paediatric_cohort",
-                "column": "weight_kg",
-                "where": [["age_months", ">=", 24]],
-                "group_by": ["sex"],
-                "min_count": 10,
-            }
-        ],
-    ),
-) -> dict[str, Any]:
+    body: QueryBody,
+    idempotency_key: IdempotencyKey = None,
+) -> Any:
     """Submit a query (the JSON of docs/queries.md); it runs as soon as every node accepts."""
     study = studies.visible_study(db, study_id, user)
-    query = queries.submit(db, study, user, body, settings)
-    view = queries.query_view(db, query)
-    nodes = queries.node_ids(db, query.id)
+    nodes: list[int] = []
+
+    def work() -> idempotency.Answer:
+        query = queries.submit(db, study, user, body, settings)
+        nodes.extend(queries.node_ids(db, query.id))
+        view = QueryOut.model_validate(queries.query_view(db, query))
+        return idempotency.Answer(status.HTTP_201_CREATED, view.model_dump(mode="json"))
+
+    answer = idempotency.once(
+        db, user, idempotency_key, f"POST /studies/{study_id}/queries", body, work
+    )
     db.commit()
     notifier.notify(*(f"node:{n}" for n in nodes))
-    return view
+    return idempotency.respond(answer)
 
 
-@router.post("/studies/{study_id}/queries/dry-run", tags=["queries"])
-def dry_run_query(
-    study_id: int,
-    user: CurrentUser,
-    db: SessionDep,
-    body: Any = Body(..., examples=[{"statistic": "mean", "dataset": "cohort", "column": "x"}]),
-) -> dict[str, Any]:
+@router.post(
+    "/studies/{study_id}/queries/dry-run",
+    tags=["queries"],
+    response_model=DryRun,
+    responses=errors(401, 403, 404, 409, 422),
+    openapi_extra=QUERY_BODY,
+)
+def dry_run_query(study_id: int, user: CurrentUser, db: SessionDep, body: QueryBody) -> Any:
     """Check a query as submission would, and say what running it would reveal, which nodes
     would take part and the threshold they would apply; nothing is created. An invalid query
     gets the very error its submission would."""
@@ -161,13 +236,24 @@ def dry_run_query(
     return answer
 
 
-@router.get("/studies/{study_id}/queries", tags=["queries"])
-def list_queries(study_id: int, user: CurrentUser, db: SessionDep) -> list[dict[str, Any]]:
+@router.get(
+    "/studies/{study_id}/queries", tags=["queries"], response_model=QueryPage, responses=STUDY
+)
+def list_queries(
+    study_id: int,
+    user: CurrentUser,
+    db: SessionDep,
+    page: PageDep,
+    status: Annotated[QueryStatus | None, QueryParam(description="Only this status.")] = None,
+    statistic: Annotated[str | None, QueryParam(description="Only this statistic.")] = None,
+) -> dict[str, Any]:
+    """The study's queries, oldest first, a page at a time."""
     study = studies.visible_study(db, study_id, user)
-    return [queries.query_view(db, q) for q in queries.list_queries(db, study)]
+    found, cursor = queries.list_queries(db, study, page, status, statistic)
+    return {"items": [queries.query_view(db, q) for q in found], "next_cursor": cursor}
 
 
-@router.get("/queries/{query_id}", tags=["queries"])
+@router.get("/queries/{query_id}", tags=["queries"], response_model=QueryOut, responses=STUDY)
 async def get_query(
     request: Request, query_id: int, user: CurrentUser, wait: float = WaitParam
 ) -> dict[str, Any]:

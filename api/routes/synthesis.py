@@ -2,37 +2,62 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile, status
 from fastapi.responses import Response
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
-from api.deps import CurrentNode, CurrentUser, NotifierDep, SessionDep, SettingsDep, WaitParam
+from api.deps import (
+    CurrentNode,
+    CurrentUser,
+    NotifierDep,
+    PageDep,
+    SessionDep,
+    SettingsDep,
+    WaitParam,
+)
 from api.models import Node, SynthesisJob
 from api.notify import Notifier, long_poll
-from api.services import studies, synthesis
+from api.openapi import errors
+from api.routes.studies import IdempotencyKey
+from api.services import idempotency, studies, synthesis
 from tessera.errors import InvalidRequest, TooLarge
+from tessera.rest import (
+    Ack,
+    ReleaseOut,
+    ReleasePage,
+    SynthesisRequestOut,
+    SynthesisRequestPage,
+)
 from tessera.schemas import (
     ReleaseCard,
     SynthesisCandidate,
     SynthesisJobOut,
     SynthesisProgress,
     SynthesisRejection,
+    SynthesisRequestStatus,
     SynthesisSpec,
     TaskFailure,
     TaskRefusal,
 )
 
 router = APIRouter()
+READ = errors(401, 403, 404, 422)  # a researcher reading one resource
+JOB = errors(401, 403, 404, 409, 422)  # a node reporting on one of its jobs
 
 
 # ---- researchers ------------------------------------------------------------------------
 
 
 @router.post(
-    "/studies/{study_id}/synthesis", status_code=status.HTTP_201_CREATED, tags=["synthesis"]
+    "/studies/{study_id}/synthesis",
+    status_code=status.HTTP_201_CREATED,
+    tags=["synthesis"],
+    response_model=SynthesisRequestOut,
+    responses=errors(401, 403, 404, 409, 422),
 )
 def request_synthesis(
     study_id: int,
@@ -41,26 +66,57 @@ def request_synthesis(
     db: SessionDep,
     settings: SettingsDep,
     notifier: NotifierDep,
-) -> dict[str, Any]:
+    idempotency_key: IdempotencyKey = None,
+) -> Any:
     """Ask every node of the study that holds the dataset to train a generator on its own rows,
     evaluate it against held-out rows and, once its stewards approve, release synthetic data.
     Nodes whose published policy refuses the request are listed in `skipped`."""
     study = studies.visible_study(db, study_id, user)
-    record = synthesis.request(db, study, user, body, settings)
-    view = synthesis.request_view(db, record)
+    nodes: list[int] = []
+
+    def work() -> idempotency.Answer:
+        record = synthesis.request(db, study, user, body, settings)
+        nodes.extend(job.node_id for job in record.jobs)
+        view = SynthesisRequestOut.model_validate(synthesis.request_view(db, record))
+        return idempotency.Answer(status.HTTP_201_CREATED, view.model_dump(mode="json"))
+
+    spec = body.model_dump(mode="json")
+    operation = f"POST /studies/{study_id}/synthesis"
+    answer = idempotency.once(db, user, idempotency_key, operation, spec, work)
     db.commit()
-    notifier.notify(*(f"node:{job.node_id}" for job in record.jobs))
-    return view
+    notifier.notify(*(f"node:{n}" for n in nodes))
+    return idempotency.respond(answer)
 
 
-@router.get("/studies/{study_id}/synthesis", tags=["synthesis"])
-def list_synthesis(study_id: int, user: CurrentUser, db: SessionDep) -> list[dict[str, Any]]:
+@router.get(
+    "/studies/{study_id}/synthesis",
+    tags=["synthesis"],
+    response_model=SynthesisRequestPage,
+    responses=READ,
+)
+def list_synthesis_requests(
+    study_id: int,
+    user: CurrentUser,
+    db: SessionDep,
+    page: PageDep,
+    status: Annotated[
+        SynthesisRequestStatus | None,
+        Query(description="done: every job ended; running: some job has not."),
+    ] = None,
+) -> dict[str, Any]:
+    """The study's synthesis requests, oldest first, a page at a time."""
     study = studies.visible_study(db, study_id, user)
-    return [synthesis.request_view(db, r) for r in synthesis.list_requests(db, study)]
+    found, cursor = synthesis.list_requests(db, study, page, status)
+    return {"items": [synthesis.request_view(db, r) for r in found], "next_cursor": cursor}
 
 
-@router.get("/synthesis/{request_id}", tags=["synthesis"])
-async def get_synthesis(
+@router.get(
+    "/synthesis/{request_id}",
+    tags=["synthesis"],
+    response_model=SynthesisRequestOut,
+    responses=READ,
+)
+async def get_synthesis_request(
     request: Request, request_id: int, user: CurrentUser, wait: float = WaitParam
 ) -> dict[str, Any]:
     """A request and each node's job: progress, gates, decisions, release. With `wait`, a
@@ -78,14 +134,24 @@ async def get_synthesis(
     return await long_poll(request, wait, f"synthesis:{request_id}", check) or last
 
 
-@router.get("/studies/{study_id}/releases", tags=["releases"])
-def list_releases(study_id: int, user: CurrentUser, db: SessionDep) -> list[dict[str, Any]]:
+@router.get(
+    "/studies/{study_id}/releases", tags=["releases"], response_model=ReleasePage, responses=READ
+)
+def list_releases(
+    study_id: int,
+    user: CurrentUser,
+    db: SessionDep,
+    page: PageDep,
+    dataset: Annotated[str | None, Query(description="Only this dataset's.")] = None,
+    node: Annotated[str | None, Query(description="Only this node's.")] = None,
+) -> dict[str, Any]:
     """The study's published synthetic datasets, each with its release card."""
     study = studies.visible_study(db, study_id, user)
-    return [synthesis.release_view(r) for r in synthesis.list_releases(db, study)]
+    found, cursor = synthesis.list_releases(db, study, page, dataset, node)
+    return {"items": [synthesis.release_view(r) for r in found], "next_cursor": cursor}
 
 
-@router.get("/releases/{release_id}", tags=["releases"])
+@router.get("/releases/{release_id}", tags=["releases"], response_model=ReleaseOut, responses=READ)
 def get_release(release_id: int, user: CurrentUser, db: SessionDep) -> dict[str, Any]:
     return synthesis.release_view(synthesis.visible_release(db, release_id, user))
 
@@ -94,9 +160,18 @@ def get_release(release_id: int, user: CurrentUser, db: SessionDep) -> dict[str,
     "/releases/{release_id}/data",
     tags=["releases"],
     response_class=Response,
-    responses={200: {"content": {"text/csv": {}, synthesis.PARQUET: {}}}},
+    responses={
+        200: {
+            "description": "The data; its SHA-256 in the `X-SHA256` header.",
+            "content": {
+                "text/csv": {"schema": {"type": "string"}},
+                synthesis.PARQUET: {"schema": {"type": "string", "format": "binary"}},
+            },
+        },
+        **READ,
+    },
 )
-def release_data(
+def download_release_data(
     release_id: int,
     user: CurrentUser,
     db: SessionDep,
@@ -114,9 +189,15 @@ def release_data(
     "/releases/{release_id}/report",
     tags=["releases"],
     response_class=Response,
-    responses={200: {"content": {"text/html": {}}}},
+    responses={
+        200: {
+            "description": "The report; its SHA-256 in the `X-SHA256` header.",
+            "content": {"text/html": {"schema": {"type": "string"}}},
+        },
+        **READ,
+    },
 )
-def release_report(release_id: int, user: CurrentUser, db: SessionDep) -> Response:
+def download_release_report(release_id: int, user: CurrentUser, db: SessionDep) -> Response:
     """The release's evaluation report (self-contained HTML)."""
     release = synthesis.visible_release(db, release_id, user)
     content, media, name = synthesis.download(db, release, user, "report")
@@ -135,8 +216,13 @@ def _file(content: bytes, media: str, name: str, digest: str) -> Response:
 # ---- node agents --------------------------------------------------------------------------
 
 
-@router.get("/nodes/me/synthesis-jobs", tags=["node agent"])
-async def my_synthesis_jobs(
+@router.get(
+    "/nodes/me/synthesis-jobs",
+    tags=["synthesis-jobs"],
+    response_model=list[SynthesisJobOut],
+    responses=errors(401, 403, 422),
+)
+async def poll_synthesis_jobs(
     request: Request, node: CurrentNode, wait: float = WaitParam
 ) -> list[SynthesisJobOut]:
     """This node's new synthesis jobs; with `wait`, a long-poll."""
@@ -150,32 +236,40 @@ async def my_synthesis_jobs(
     return await long_poll(request, wait, f"node:{node_id}", check) or []
 
 
-@router.post("/synthesis-jobs/{job_id}/accept", tags=["node agent"])
-def accept_job(
+@router.post(
+    "/synthesis-jobs/{job_id}/accept", tags=["synthesis-jobs"], response_model=Ack, responses=JOB
+)
+def accept_synthesis_job(
     job_id: int, node: CurrentNode, db: SessionDep, notifier: NotifierDep
 ) -> dict[str, Any]:
     _changed(db, notifier, synthesis.accept(db, node, job_id))
     return {"status": "training"}
 
 
-@router.post("/synthesis-jobs/{job_id}/refuse", tags=["node agent"])
-def refuse_job(
+@router.post(
+    "/synthesis-jobs/{job_id}/refuse", tags=["synthesis-jobs"], response_model=Ack, responses=JOB
+)
+def refuse_synthesis_job(
     job_id: int, body: TaskRefusal, node: CurrentNode, db: SessionDep, notifier: NotifierDep
 ) -> dict[str, Any]:
     _changed(db, notifier, synthesis.refuse(db, node, job_id, body.reason))
     return {"status": "refused"}
 
 
-@router.post("/synthesis-jobs/{job_id}/progress", tags=["node agent"])
-def job_progress(
+@router.post(
+    "/synthesis-jobs/{job_id}/progress", tags=["synthesis-jobs"], response_model=Ack, responses=JOB
+)
+def report_synthesis_progress(
     job_id: int, body: SynthesisProgress, node: CurrentNode, db: SessionDep, notifier: NotifierDep
 ) -> dict[str, Any]:
     _changed(db, notifier, synthesis.progress(db, node, job_id, body))
     return {"status": "ok"}
 
 
-@router.post("/synthesis-jobs/{job_id}/candidate", tags=["node agent"])
-def job_candidate(
+@router.post(
+    "/synthesis-jobs/{job_id}/candidate", tags=["synthesis-jobs"], response_model=Ack, responses=JOB
+)
+def submit_synthesis_candidate(
     job_id: int, body: SynthesisCandidate, node: CurrentNode, db: SessionDep, notifier: NotifierDep
 ) -> dict[str, Any]:
     """The candidate's release gates: every one passed, it awaits the stewards; else gated."""
@@ -185,24 +279,33 @@ def job_candidate(
     return answer
 
 
-@router.post("/synthesis-jobs/{job_id}/reject", tags=["node agent"])
-def reject_job(
+@router.post(
+    "/synthesis-jobs/{job_id}/reject", tags=["synthesis-jobs"], response_model=Ack, responses=JOB
+)
+def reject_synthesis_job(
     job_id: int, body: SynthesisRejection, node: CurrentNode, db: SessionDep, notifier: NotifierDep
 ) -> dict[str, Any]:
     _changed(db, notifier, synthesis.reject(db, node, job_id, body))
     return {"status": "rejected"}
 
 
-@router.post("/synthesis-jobs/{job_id}/fail", tags=["node agent"])
-def fail_job(
+@router.post(
+    "/synthesis-jobs/{job_id}/fail", tags=["synthesis-jobs"], response_model=Ack, responses=JOB
+)
+def fail_synthesis_job(
     job_id: int, body: TaskFailure, node: CurrentNode, db: SessionDep, notifier: NotifierDep
 ) -> dict[str, Any]:
     _changed(db, notifier, synthesis.fail(db, node, job_id, body))
     return {"status": "failed"}
 
 
-@router.post("/synthesis-jobs/{job_id}/release", tags=["node agent"])
-async def release_job(
+@router.post(
+    "/synthesis-jobs/{job_id}/release",
+    tags=["synthesis-jobs"],
+    response_model=ReleaseOut,
+    responses=errors(401, 403, 404, 409, 413, 422),
+)
+async def upload_release(
     request: Request,
     job_id: int,
     node: CurrentNode,
@@ -233,8 +336,6 @@ async def release_job(
             request_id = release.request_id
         request.app.state.notifier.notify(f"synthesis:{request_id}")
         return view
-
-    from starlette.concurrency import run_in_threadpool
 
     return await run_in_threadpool(store)
 

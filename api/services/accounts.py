@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from api import audit
 from api.models import Organisation, User
+from api.pagination import PageRequest
 from api.security import dummy_hash, hash_password, verify_password
 from tessera.errors import Conflict, InvalidRequest, NotFound, Unauthorized
 
@@ -85,5 +86,9 @@ def user_view(user: User) -> dict[str, Any]:
     }
 
 
-def list_users(db: Session) -> list[User]:
-    return list(db.scalars(select(User).order_by(User.id)))
+def list_users(
+    db: Session, page: PageRequest, role: Role | None = None
+) -> tuple[list[User], str | None]:
+    """A page of users (of one role, if given) and the next page's cursor."""
+    stmt = select(User) if role is None else select(User).where(User.role == role)
+    return page.page(db.scalars(page.apply(stmt, User.id)).all(), lambda u: u.id)

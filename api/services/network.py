@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from api import audit, clock
 from api.models import Dataset, Node, Organisation
+from api.pagination import PageRequest
 from api.security import api_key_matches, new_api_key, split_api_key
 from tessera.errors import Conflict, NotFound, Unauthorized
 from tessera.schemas import DatasetSchema, NodeHello, NodePolicySummary
@@ -27,8 +28,9 @@ def create_organisation(db: Session, name: str, actor: str) -> Organisation:
     return org
 
 
-def list_organisations(db: Session) -> list[Organisation]:
-    return list(db.scalars(select(Organisation).order_by(Organisation.id)))
+def list_organisations(db: Session, page: PageRequest) -> tuple[list[Organisation], str | None]:
+    rows = db.scalars(page.apply(select(Organisation), Organisation.id)).all()
+    return page.page(rows, lambda o: o.id)
 
 
 def organisation_view(org: Organisation) -> dict[str, Any]:
@@ -73,8 +75,14 @@ def authenticate_node(db: Session, key: str) -> Node:
     return node
 
 
-def list_nodes(db: Session) -> list[Node]:
-    return list(db.scalars(select(Node).order_by(Node.id)))
+def list_nodes(
+    db: Session, page: PageRequest, organisation_id: int | None = None
+) -> tuple[list[Node], str | None]:
+    """A page of nodes (of one organisation, if given) and the next page's cursor."""
+    stmt = select(Node)
+    if organisation_id is not None:
+        stmt = stmt.where(Node.organisation_id == organisation_id)
+    return page.page(db.scalars(page.apply(stmt, Node.id)).all(), lambda n: n.id)
 
 
 def node_view(node: Node) -> dict[str, Any]:

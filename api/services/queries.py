@@ -16,16 +16,19 @@ read from the session's clock (`api.clock.now`), so tests can move it.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from api import audit, clock
 from api.db import write_lock
 from api.models import Dataset, Node, Query, Study, Task, User
+from api.pagination import PageRequest
 from api.services import budget
 from api.services.network import published_policy
 from api.services.studies import is_member, registered_nodes, study_nodes
@@ -267,8 +270,20 @@ def query_view(db: Session, query: Query) -> dict[str, Any]:
     }
 
 
-def list_queries(db: Session, study: Study) -> list[Query]:
-    return list(db.scalars(select(Query).where(Query.study_id == study.id).order_by(Query.id)))
+def list_queries(
+    db: Session,
+    study: Study,
+    page: PageRequest,
+    status: str | None = None,
+    statistic: str | None = None,
+) -> tuple[list[Query], str | None]:
+    """A page of the study's queries (of one status and statistic, if given)."""
+    stmt = select(Query).where(Query.study_id == study.id)
+    if status is not None:
+        stmt = stmt.where(Query.status == status)
+    if statistic is not None:
+        stmt = stmt.where(Query.statistic == statistic)
+    return page.page(db.scalars(page.apply(stmt, Query.id)).all(), lambda q: q.id)
 
 
 def node_ids(db: Session, query_id: int) -> list[int]:
@@ -458,9 +473,35 @@ def progress(db: Session, node: Node, task_id: int, stage: str, message: str) ->
     db.flush()
 
 
-def post_result(db: Session, node: Node, task_id: int, body: TaskResult) -> None:
+def result_problem(statistic: str, result: dict[str, Any]) -> str | None:
+    """Why `result` is not of its statistic's result type (`QueryResult`), naming the keys and
+    never a value; None when it is."""
+    from smpc.statistics import REGISTRY
+
+    cls = REGISTRY.get(statistic)
+    if cls is None:
+        return f"no statistic {statistic!r}"
+    try:
+        _result_adapter(statistic).validate_python(result)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "result"
+        return f"{where}: {first['msg']}"
+    return None
+
+
+@functools.cache
+def _result_adapter(statistic: str) -> TypeAdapter[Any]:
+    from smpc.statistics import REGISTRY
+
+    return TypeAdapter(REGISTRY[statistic].result_model())
+
+
+def post_result(db: Session, node: Node, task_id: int, body: TaskResult) -> str:
     """Store a party's opened result; once every party reported, compare them all: the query
-    succeeds with the result only if all are identical (canonical JSON)."""
+    succeeds with the result only if all are identical (canonical JSON). A result that is not
+    of its statistic's result type fails the query: only results of the documented shape are
+    ever stored and published. Returns the task's status (`done`, or `failed`)."""
     task, query = _locked_task(db, node, task_id)
     _refuse_if_over(query)
     if task.status != "running":
@@ -468,11 +509,23 @@ def post_result(db: Session, node: Node, task_id: int, body: TaskResult) -> None
             f"task {task_id} is {task.status}; only a running task takes a result",
             {"task_id": task_id, "status": task.status},
         )
+    problem = result_problem(query.statistic, body.result)
+    if problem is not None:
+        task.status, task.error_code = "failed", "result_invalid"
+        task.error_message = f"not a {query.statistic} result ({problem})"
+        fail_query(
+            db,
+            query,
+            "result_invalid",
+            f"node {node.name} posted a result that is not a {query.statistic} result "
+            f"({problem}); nothing was stored",
+        )
+        return task.status
     task.status, task.result = "done", body.result
     task.min_count_applied, task.seconds = body.min_count_applied, body.seconds
     db.flush()
     if any(t.status != "done" for t in query.tasks):
-        return
+        return task.status
     opened = {audit.canonical([t.result, t.min_count_applied]) for t in query.tasks}
     if len(opened) != 1:
         fail_query(
@@ -481,13 +534,14 @@ def post_result(db: Session, node: Node, task_id: int, body: TaskResult) -> None
             "results_disagree",
             f"the {len(query.tasks)} parties opened different results; nothing was stored",
         )
-        return
+        return task.status
     query.status, query.result = "succeeded", body.result
     query.min_count_applied, query.finished_at = body.min_count_applied, clock.now(db)
     audit.record(
         db, "system", "result.opened", f"query:{query.id}", min_count_applied=body.min_count_applied
     )
     db.flush()
+    return task.status
 
 
 # ---- deadlines --------------------------------------------------------------------------

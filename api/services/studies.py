@@ -18,6 +18,7 @@ from api.models import (
     StudyOrganisation,
     User,
 )
+from api.pagination import PageRequest
 from api.services.accounts import find_user
 from tessera.errors import Conflict, NotFound
 
@@ -66,13 +67,14 @@ def is_member(db: Session, study_id: int, user_id: int) -> bool:
     return db.get(StudyMember, (study_id, user_id)) is not None
 
 
-def list_studies(db: Session, user: User) -> list[Study]:
-    stmt = select(Study).order_by(Study.id)
+def list_studies(db: Session, user: User, page: PageRequest) -> tuple[list[Study], str | None]:
+    """A page of the studies the user may see (an admin: all) and the next page's cursor."""
+    stmt = select(Study)
     if user.role != "admin":
         stmt = stmt.join(StudyMember, StudyMember.study_id == Study.id).where(
             StudyMember.user_id == user.id
         )
-    return list(db.scalars(stmt))
+    return page.page(db.scalars(page.apply(stmt, Study.id)).all(), lambda s: s.id)
 
 
 def add_member(db: Session, study: Study, ref: int | str, actor: str, record: bool = True) -> None:

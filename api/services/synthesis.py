@@ -40,6 +40,7 @@ from api.models import (
     SynthesisRequest,
     User,
 )
+from api.pagination import PageRequest
 from api.services.network import published_policy
 from api.services.studies import is_member, registered_nodes
 from api.settings import CoordinatorSettings
@@ -153,14 +154,23 @@ def visible_request(db: Session, request_id: int, user: User) -> SynthesisReques
     return record
 
 
-def list_requests(db: Session, study: Study) -> list[SynthesisRequest]:
-    return list(
-        db.scalars(
-            select(SynthesisRequest)
-            .where(SynthesisRequest.study_id == study.id)
-            .order_by(SynthesisRequest.id)
+def list_requests(
+    db: Session, study: Study, page: PageRequest, status: str | None = None
+) -> tuple[list[SynthesisRequest], str | None]:
+    """A page of the study's synthesis requests; `status` `done` (every job ended) or
+    `running` (some job has not)."""
+    stmt = select(SynthesisRequest).where(SynthesisRequest.study_id == study.id)
+    if status is not None:
+        open_job = (
+            select(SynthesisJob.id)
+            .where(
+                SynthesisJob.request_id == SynthesisRequest.id,
+                SynthesisJob.status.not_in(TERMINAL),
+            )
+            .exists()
         )
-    )
+        stmt = stmt.where(~open_job if status == "done" else open_job)
+    return page.page(db.scalars(page.apply(stmt, SynthesisRequest.id)).all(), lambda r: r.id)
 
 
 def request_view(db: Session, record: SynthesisRequest) -> dict[str, Any]:
@@ -473,10 +483,20 @@ def visible_release(db: Session, release_id: int, user: User) -> Release:
     return release
 
 
-def list_releases(db: Session, study: Study) -> list[Release]:
-    return list(
-        db.scalars(select(Release).where(Release.study_id == study.id).order_by(Release.id))
-    )
+def list_releases(
+    db: Session,
+    study: Study,
+    page: PageRequest,
+    dataset: str | None = None,
+    node: str | None = None,
+) -> tuple[list[Release], str | None]:
+    """A page of the study's releases (of one dataset and node, if given)."""
+    stmt = select(Release).where(Release.study_id == study.id)
+    if dataset is not None:
+        stmt = stmt.where(Release.dataset == dataset)
+    if node is not None:
+        stmt = stmt.join(Node, Node.id == Release.node_id).where(Node.name == node)
+    return page.page(db.scalars(page.apply(stmt, Release.id)).all(), lambda r: r.id)
 
 
 def release_view(release: Release) -> dict[str, Any]:

@@ -84,11 +84,6 @@ class DPApplied(ResultModel):
     )
 
 
-def model_name(statistic: str, suffix: str) -> str:
-    """`linear_regression`, `Result` -> `LinearRegressionResult`."""
-    return "".join(part.capitalize() for part in statistic.split("_")) + suffix
-
-
 def number(value: float | Fraction | None) -> float | None:
     """A JSON-safe float (None for missing or not-a-number)."""
     if value is None:
@@ -167,7 +162,8 @@ class SecureStatistic:
     def result_model(cls) -> Any:
         """The result's type: without `group_by` one cell's keys and `n`; with it, `n` and one
         entry per group. Both carry `dp` when the query has it."""
-        return _cell_results(cls.name, tuple(cls.result_fields.items()))
+        prefix = cls.query_model.__name__.removesuffix("Query")
+        return _cell_results(prefix, tuple(cls.result_fields.items()))
 
     @property
     def column(self) -> str | None:
@@ -341,16 +337,17 @@ class SecureStatistic:
 
 
 @cache
-def _cell_results(statistic: str, keys: tuple[tuple[str, Any], ...]) -> Any:
-    """The result models of a statistic whose result is one cell's keys (and `n`) per group."""
+def _cell_results(prefix: str, keys: tuple[tuple[str, Any], ...]) -> Any:
+    """The result models of a statistic whose result is one cell's keys (and `n`) per group,
+    named after its query model (`MeanQuery`: `MeanResult`, `MeanGroup`, `MeanGroupedResult`)."""
     fields: dict[str, Any] = {"n": (int | None, ...), **{key: (kind, ...) for key, kind in keys}}
     dp: Any = (DPApplied | None, None)
-    single = create_model(model_name(statistic, "Result"), __base__=ResultModel, dp=dp, **fields)
+    single = create_model(f"{prefix}Result", __base__=ResultModel, dp=dp, **fields)
     group = create_model(
-        model_name(statistic, "Group"), __base__=ResultModel, group=(dict[str, str], ...), **fields
+        f"{prefix}Group", __base__=ResultModel, group=(dict[str, str], ...), **fields
     )
     grouped = create_model(
-        model_name(statistic, "GroupedResult"),
+        f"{prefix}GroupedResult",
         __base__=ResultModel,
         n=(int | None, ...),
         groups=(list[group], ...),

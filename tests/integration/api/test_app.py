@@ -18,6 +18,7 @@ from api.audit import verify
 from api.db import Database
 from api.migrate import upgrade
 from api.models import Base, utcnow
+from api.pagination import PageRequest
 from api.services import accounts, network
 from tessera.errors import ConfigInvalid
 
@@ -102,7 +103,7 @@ def test_a_bug_is_500_without_its_details(
         "error": {
             "code": "internal_error",
             "message": "internal error; see the coordinator log",
-            "details": {},
+            "details": {"errors": []},
         }
     }
     assert "patient" not in response.text and "Traceback" not in response.text
@@ -173,7 +174,8 @@ def test_upgrading_keeps_the_data_and_the_audit_chain(database_url: str) -> None
         upgrade(database.engine)
         with database.session() as db:
             assert verify(db) == {"ok": True, "entries": 3, "first_bad_id": None}
-            assert [n.name for n in network.list_nodes(db)] == ["node-a"]
+            nodes, _ = network.list_nodes(db, PageRequest())
+            assert [n.name for n in nodes] == ["node-a"]
             assert accounts.authenticate(db, "alice", "alice-password").username == "alice"
         with pytest.raises(sqlalchemy.exc.IntegrityError), database.session() as db:
             db.execute(sqlalchemy.text("UPDATE users SET role = 'superuser'"))

@@ -116,7 +116,7 @@ def test_a_report_replaces_the_last_and_leaves_out_unknown_studies(setup: Setup)
 
     events = [
         e
-        for e in setup.admin.audit(limit=1000, offset=0)
+        for e in setup.admin.audit()
         if e["action"] == "node.budget_reported" and e["subject"] == f"node:{node.name}"
     ]
     assert [e["details"]["entries"][0]["epsilon_spent"] for e in events][-2:] == [0.25, 0.75]
@@ -249,7 +249,7 @@ def test_a_node_total_over_all_studies_is_shown_and_binds(setup: Setup) -> None:
         setup.submit(dp_query(0.1, 1.5e-6))  # b's own budget has 1e-6 left as well
     events = [
         e
-        for e in setup.admin.audit(limit=1000, offset=0)
+        for e in setup.admin.audit()
         if e["action"] == "node.budget_reported" and e["subject"] == f"node:{b.name}"
     ]
     assert events[-1]["details"]["dataset_totals"] == [total(2.0, 1e-6, 3)]

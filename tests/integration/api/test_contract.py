@@ -136,14 +136,14 @@ def test_admin_manages_users_organisations_and_nodes(setup: Setup) -> None:
         f"sam{setup.n}", "steward-password", role="steward", organisation_id=org_id
     )
     assert steward["role"] == "steward" and steward["organisation_id"] == setup.organisation_ids[0]
-    users = {u["username"]: u for u in setup.admin._call("GET", "/users")}
+    users = {u["username"]: u for u in setup.admin.users()}
     assert (
         users[f"sam{setup.n}"]["role"] == "steward"
         and "password_hash" not in users[f"sam{setup.n}"]
     )
-    orgs = setup.researcher._call("GET", "/organisations")
+    orgs = setup.researcher.organisations()
     assert {f"Hospital {setup.n}-{i}" for i in range(3)} <= {o["name"] for o in orgs}
-    nodes = {n["name"]: n for n in setup.admin._call("GET", "/nodes")}
+    nodes = {n["name"]: n for n in setup.admin.nodes()}
     mine = nodes[setup.nodes[0].name]
     assert mine["agent_version"] == "test" and mine["last_seen_at"] is not None
     assert "api_key" not in mine and "api_key_hash" not in mine
@@ -415,15 +415,19 @@ def test_the_audit_chain_verifies_and_detects_tampering(
         TesseraClient(setup.url).login(setup.researcher_name, "not-the-password")
     report = setup.admin.audit_verify()
     assert report["ok"] is True and report["entries"] >= 10 and report["first_bad_id"] is None
-    events = setup.admin.audit(limit=1000)
+    events = setup.admin.audit()
     actions = {e["action"] for e in events}
     expected = {"user.created", "node.created", "dataset.registered", "study.created"}
     assert expected | {"query.submitted", "login", "login.failed", "node.hello"} <= actions
     failed = [e for e in events if e["action"] == "login.failed"][-1]
     assert failed["subject"] == f"user:{setup.researcher_name}" and failed["details"] == {}
     assert "not-the-password" not in str(events)
-    page = setup.admin.audit(limit=2, offset=1)
-    assert [e["id"] for e in page] == [events[1]["id"], events[2]["id"]]
+    first = setup.admin.audit_page(limit=1)
+    assert [e["id"] for e in first["items"]] == [events[0]["id"]] and first["next_cursor"]
+    page = setup.admin.audit_page(limit=2, cursor=first["next_cursor"])
+    assert [e["id"] for e in page["items"]] == [events[1]["id"], events[2]["id"]]
+    logins = setup.admin.audit_page(limit=1000, action="login.failed")["items"]
+    assert logins and {e["action"] for e in logins} == {"login.failed"}
     victim = events[2]
     engine = sqlalchemy.create_engine(coordinator.database_url)
     update = sqlalchemy.text("UPDATE audit_events SET subject = :subject WHERE id = :id")

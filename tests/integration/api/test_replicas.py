@@ -19,7 +19,7 @@ QUERY_S = SHORT_SETTINGS["query_timeout_s"]
 
 
 def query_events(setup: Setup, query_id: int) -> list[str]:
-    audit = setup.admin.audit(limit=1000)
+    audit = setup.admin.audit()
     return [e["action"] for e in audit if e["subject"] == f"query:{query_id}"]
 
 

@@ -7,6 +7,7 @@ from sqlalchemy import delete, update
 
 from api import audit
 from api.models import AuditEvent
+from api.pagination import PageRequest
 from api.services import metrics, network, queries, studies, synthesis
 from tessera.errors import NotFound, Unauthorized
 from tessera.schemas import DatasetSchema, SynthesisSpec
@@ -22,7 +23,7 @@ def test_a_non_member_does_not_see_the_study_or_its_queries(make, db, net) -> No
         studies.visible_study(db, net.study.id, outsider)
     with pytest.raises(NotFound, match=f"no query {query.id}"):
         queries.visible_query(db, query.id, outsider)
-    assert studies.list_studies(db, outsider) == []
+    assert studies.list_studies(db, outsider, PageRequest()) == ([], None)
 
 
 def test_a_member_sees_the_study_and_its_queries(make, db, net) -> None:
@@ -30,7 +31,7 @@ def test_a_member_sees_the_study_and_its_queries(make, db, net) -> None:
 
     assert studies.visible_study(db, net.study.id, net.researcher) is net.study
     assert queries.visible_query(db, query.id, net.researcher) is query
-    assert studies.list_studies(db, net.researcher) == [net.study]
+    assert studies.list_studies(db, net.researcher, PageRequest()) == ([net.study], None)
 
 
 def test_an_admin_sees_every_study(make, db, net) -> None:
@@ -38,7 +39,7 @@ def test_an_admin_sees_every_study(make, db, net) -> None:
     other = make.study("t", net.nodes, members=[])
 
     assert studies.visible_study(db, other.id, admin) is other
-    assert studies.list_studies(db, admin) == [net.study, other]
+    assert studies.list_studies(db, admin, PageRequest()) == ([net.study, other], None)
     with pytest.raises(NotFound):
         studies.visible_study(db, other.id, net.researcher)
 

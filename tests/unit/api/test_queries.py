@@ -10,7 +10,7 @@ from api.services import queries
 from tessera.errors import Conflict, NotFound, PolicyDenied
 from tessera.schemas import TaskFailure, TaskResult
 
-RESULT = {"count": 128, "suppressed": False}
+RESULT = {"n": 128, "count": 128}
 
 
 def _result(result=RESULT, min_count=5) -> TaskResult:
@@ -175,7 +175,7 @@ def test_different_results_fail_the_query_and_store_nothing(make, net, db) -> No
     query = make.running(net)
     queries.post_result(db, net.nodes[0], make.task(query, net.nodes[0]).id, _result())
     queries.post_result(db, net.nodes[1], make.task(query, net.nodes[1]).id, _result())
-    other = _result({"count": 129, "suppressed": False})
+    other = _result({"n": 129, "count": 129})
     queries.post_result(db, net.nodes[2], make.task(query, net.nodes[2]).id, other)
 
     assert (query.status, query.error_code) == ("failed", "results_disagree")
@@ -312,3 +312,14 @@ def test_a_query_that_ended_is_not_expired(make, net, db, clock) -> None:
     assert queries.overdue_queries(db) == []
     assert queries.expire(db, query.id) is None
     assert query.status == "succeeded"
+
+
+def test_a_result_not_of_its_statistics_shape_fails_the_query(db, make, net) -> None:
+    query = make.running(net)
+    outcome = queries.post_result(
+        db, net.nodes[0], make.task(query, net.nodes[0]).id, _result({"n": 1, "mean": 2.0})
+    )
+    assert outcome == "failed"
+    assert query.status == "failed" and query.error_code == "result_invalid"
+    assert "not a count result" in (query.error_message or "")
+    assert all(t.result is None for t in query.tasks)

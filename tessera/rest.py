@@ -1,0 +1,487 @@
+"""The coordinator's REST resources: request bodies and answers, shared by the coordinator (its
+routes declare them, so `/openapi.json` documents them) and the Python client (it builds its
+requests with them and checks every answer against them).
+
+Node-agent messages (tasks, synthesis jobs, budget reports) are in `tessera.schemas`. Two
+schemas are the statistics registry's, not the kernel's: a query (`Query`, a union
+discriminated on `statistic`) and its result (`QueryResult`); the fields that hold them carry a
+reference to the components of those names, which the coordinator's spec defines from the
+registry (`smpc.statistics`), so a new statistic appears in the spec by itself.
+
+Every error has one body, `ErrorBody`: ``{"error": {"code", "message", "details"}}``, where
+`details.errors` lists field errors with `loc` always a list of path segments.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+
+from tessera.schemas import (
+    DatasetSchema,
+    GateOutcome,
+    Name,
+    NodePolicySummary,
+    QueryStatus,
+    StewardDecision,
+    SynthesisJobStatus,
+    SynthesisRequestStatus,
+    SynthesisSpec,
+    TaskStatus,
+)
+
+Role = Literal["admin", "researcher", "steward"]
+
+# Fields whose schema is the statistics registry's (components the coordinator's spec defines)
+QueryJSON = Annotated[
+    dict[str, Any],
+    WithJsonSchema({"allOf": [{"$ref": "#/components/schemas/Query"}]}),
+]
+ResultJSON = Annotated[
+    dict[str, Any] | None,
+    WithJsonSchema({"anyOf": [{"$ref": "#/components/schemas/QueryResult"}, {"type": "null"}]}),
+]
+
+
+class Body(BaseModel):
+    """A request body: unknown fields are an error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class View(BaseModel):
+    """An answer. A client ignores fields it does not know (a newer coordinator may add some)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+# ---- errors ------------------------------------------------------------------------------
+
+
+class FieldError(View):
+    """One invalid field: where (`loc`, path segments from the body, query or path) and why."""
+
+    loc: list[str | int]
+    msg: str
+
+
+class ErrorDetails(View):
+    """Structured details of an error: `errors` for invalid fields (empty otherwise), plus
+    context values named by the error (a column, a node, a limit)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    errors: list[FieldError] = []
+
+
+class ErrorInfo(View):
+    code: str = Field(description="Stable machine-readable code, e.g. query_invalid.")
+    message: str = Field(description="One line for a person; never a data value.")
+    details: ErrorDetails
+
+
+class ErrorBody(View):
+    """The body of every error answer."""
+
+    error: ErrorInfo
+
+
+# ---- pages -------------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+class Page(View, Generic[T]):
+    """One page of a list, oldest first. Pass `next_cursor` as `cursor` for the next page;
+    it is null on the last page."""
+
+    items: list[T]
+    next_cursor: str | None = None
+
+
+# ---- auth, users, organisations -----------------------------------------------------------
+
+
+class Token(View):
+    access_token: str
+    token_type: Literal["bearer"]
+    expires_in: int
+
+
+class NewUser(Body):
+    username: str = Field(pattern=r"^[A-Za-z0-9_.@-]{2,64}$")
+    password: str = Field(min_length=8, max_length=256)
+    role: Role = "researcher"
+    organisation_id: int | None = None
+
+
+class UserOut(View):
+    id: int
+    username: str
+    role: Role
+    organisation_id: int | None
+    created_at: datetime
+
+
+class UserPage(Page[UserOut]):
+    pass
+
+
+class NewOrganisation(Body):
+    name: str = Field(min_length=1, max_length=200)
+
+
+class OrganisationOut(View):
+    id: int
+    name: str
+    created_at: datetime
+
+
+class OrganisationPage(Page[OrganisationOut]):
+    pass
+
+
+# ---- nodes ---------------------------------------------------------------------------------
+
+
+class NewNode(Body):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{2,64}$")
+    organisation_id: int
+
+
+class NodeOut(View):
+    id: int
+    name: str
+    organisation_id: int
+    agent_version: str | None
+    policy: NodePolicySummary | None = Field(description="As the node last published it.")
+    last_seen_at: datetime | None
+    created_at: datetime
+
+
+class NodeWithKey(NodeOut):
+    api_key: str = Field(description="Shown in this answer only: hand it to the node operator.")
+
+
+class NodePage(Page[NodeOut]):
+    pass
+
+
+class RegisteredDataset(View):
+    name: str
+    node: str
+    schema_: DatasetSchema = Field(alias="schema")
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class BudgetReportAck(View):
+    entries: int = Field(description="Ledger entries kept.")
+    ignored_study_ids: list[int] = Field(description="Studies this coordinator does not know.")
+
+
+class Ack(View):
+    """The new state of a task or a synthesis job after a node's report."""
+
+    status: str
+
+
+# ---- studies -------------------------------------------------------------------------------
+
+
+class NewStudy(Body):
+    name: str = Field(min_length=1, max_length=200)
+    description: str = ""
+    organisation_ids: list[int] = []
+    datasets: list[Name] = []
+    members: list[int | str] = Field(default=[], description="User ids or usernames.")
+
+
+class MemberRef(Body):
+    user_id: int | None = None
+    username: str | None = None
+
+
+class OrganisationRef(Body):
+    organisation_id: int
+
+
+class DatasetRef(Body):
+    name: Name
+
+
+class StudyOut(View):
+    id: int
+    name: str
+    description: str
+    members: list[str]
+    organisation_ids: list[int]
+    datasets: list[str]
+    created_at: datetime
+
+
+class StudyPage(Page[StudyOut]):
+    pass
+
+
+class DatasetAtNode(View):
+    node: str
+    organisation_id: int
+    schema_: DatasetSchema = Field(alias="schema")
+    updated_at: datetime
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class StudyDataset(View):
+    name: str
+    nodes: list[DatasetAtNode]
+    schemas_agree: bool
+
+
+class DatasetTotal(View):
+    """A dataset's total over all studies at a node (where the node caps it)."""
+
+    epsilon_limit: float | None
+    epsilon_spent: float
+    epsilon_remaining: float | None
+    delta_limit: float | None
+    delta_spent: float
+    delta_remaining: float | None
+    charges: int
+
+
+class NodeBudget(View):
+    node: str
+    epsilon_limit: float | None
+    epsilon_spent: float
+    epsilon_remaining: float
+    delta_limit: float | None
+    delta_spent: float
+    delta_remaining: float
+    charges: int
+    dataset_total: DatasetTotal | None
+    epsilon_available: float
+    delta_available: float
+    reported_at: datetime | None
+
+
+class DatasetBudget(View):
+    dataset: str
+    epsilon_remaining: float | None
+    delta_remaining: float | None
+    nodes: list[NodeBudget]
+
+
+class StudyBudget(View):
+    study_id: int
+    composition: str
+    datasets: list[DatasetBudget]
+
+
+# ---- queries -------------------------------------------------------------------------------
+
+
+class QueryError(View):
+    code: str
+    message: str
+
+
+class TaskView(View):
+    node: str
+    party_id: int
+    status: TaskStatus
+    stage: str | None
+    error: str | None
+
+
+class QueryOut(View):
+    id: int
+    study_id: int
+    dataset: str
+    statistic: str
+    query: QueryJSON
+    status: QueryStatus
+    error: QueryError | None
+    result: ResultJSON = Field(description="The pooled result, once succeeded.")
+    min_count_applied: int | None
+    tasks: list[TaskView]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class QueryPage(Page[QueryOut]):
+    pass
+
+
+class DryRunNode(View):
+    id: int
+    name: str
+    organisation: str
+    takes_part: bool
+    reason: str | None
+
+
+class DryRun(View):
+    valid: bool
+    statistic: str
+    dataset: str
+    query: QueryJSON
+    nodes: list[DryRunNode]
+    parties: int
+    min_count_applied: int
+    reveals: str
+    intermediates: str
+    epsilon: float
+    delta: float
+
+
+# ---- synthesis and releases ----------------------------------------------------------------
+
+
+class JobProgress(View):
+    stage: str
+    message: str
+    epoch: int | None
+    epochs: int | None
+    loss: float | None
+
+
+class SynthesisJobView(View):
+    id: int
+    node: str
+    status: SynthesisJobStatus
+    progress: JobProgress | None
+    gates: list[GateOutcome] | None
+    approvals_required: int | None
+    decisions: list[StewardDecision] | None
+    error: QueryError | None
+    release_id: int | None
+    deadline: datetime
+    updated_at: datetime
+
+
+class SkippedNode(View):
+    node: str
+    reason: str
+
+
+class SynthesisRequestOut(View):
+    id: int
+    study_id: int
+    requested_by: str
+    dataset: str
+    generator: str
+    spec: SynthesisSpec
+    status: SynthesisRequestStatus
+    at_rest: bool = Field(description="Every job ended or awaits its stewards.")
+    jobs: list[SynthesisJobView]
+    skipped: list[SkippedNode]
+    created_at: datetime
+
+
+class SynthesisRequestPage(Page[SynthesisRequestOut]):
+    pass
+
+
+class ReleaseLinks(View):
+    parquet: str
+    csv: str
+    report: str
+
+
+class ReleaseOut(View):
+    id: int
+    study_id: int
+    request_id: int
+    job_id: int
+    node: str
+    dataset: str
+    rows: int
+    sha256: str
+    csv_sha256: str
+    parquet_bytes: int
+    report_sha256: str
+    card: dict[str, Any] = Field(description="The ReleaseCard the node uploaded.")
+    created_at: datetime
+    links: ReleaseLinks
+
+
+class ReleasePage(Page[ReleaseOut]):
+    pass
+
+
+# ---- operations ----------------------------------------------------------------------------
+
+
+class Health(View):
+    status: Literal["ok"]
+
+
+class Ready(View):
+    status: Literal["ready"]
+
+
+class AuditEvent(View):
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    subject: str
+    details: dict[str, Any]
+    hash: str
+
+
+class AuditPage(Page[AuditEvent]):
+    pass
+
+
+class AuditVerification(View):
+    ok: bool
+    entries: int
+    first_bad_id: int | None
+
+
+__all__ = [
+    "Ack",
+    "AuditEvent",
+    "AuditPage",
+    "AuditVerification",
+    "BudgetReportAck",
+    "DatasetRef",
+    "DryRun",
+    "ErrorBody",
+    "ErrorDetails",
+    "FieldError",
+    "Health",
+    "MemberRef",
+    "NewNode",
+    "NewOrganisation",
+    "NewStudy",
+    "NewUser",
+    "NodeOut",
+    "NodePage",
+    "NodeWithKey",
+    "OrganisationOut",
+    "OrganisationPage",
+    "OrganisationRef",
+    "Page",
+    "QueryOut",
+    "QueryPage",
+    "Ready",
+    "RegisteredDataset",
+    "ReleaseOut",
+    "ReleasePage",
+    "StudyBudget",
+    "StudyDataset",
+    "StudyOut",
+    "StudyPage",
+    "SynthesisRequestOut",
+    "SynthesisRequestPage",
+    "Token",
+    "UserOut",
+    "UserPage",
+]
