@@ -1,7 +1,8 @@
 """Data sources: CSV and Parquet files, SQL tables (any SQLAlchemy URL).
 
 A dataset is read once per file version (modification time and size; an SQL table is re-read
-after `reload_after_s`), checked against its declared schema, and kept in memory with only the
+after `reload_after_s`), checked against its declared schema by the kernel's one conformer
+(`tessera.columns.conform`, declared bounds included), and kept in memory with only the
 declared columns, typed: categoricals as strings (levels), booleans as pandas ``boolean``,
 integers as nullable ``Int64``, floats as ``float64``; missing values stay missing.
 
@@ -17,24 +18,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from node_agent.config import DatasetConfig
+from tessera.columns import conform
 from tessera.errors import ConfigInvalid, DataInvalid
 
-_TRUTH = {
-    "true": True, "t": True, "yes": True, "1": True, "1.0": True,
-    "false": False, "f": False, "no": False, "0": False, "0.0": False,
-}  # fmt: skip
 
-
-def _fail(ds: DatasetConfig, message: str, column: str | None = None) -> DataInvalid:
-    where = f"dataset {ds.name!r}" + (f", column {column!r}" if column else "")
-    details: dict[str, Any] = {"dataset": ds.name}
-    if column:
-        details["column"] = column
-    return DataInvalid(f"{where}: {message}", details)
+def _fail(ds: DatasetConfig, message: str, details: dict[str, Any] | None = None) -> DataInvalid:
+    """The error about dataset `ds`, said as the node says it: "dataset 'x': ...", or "dataset
+    'x', column 'c': ..." for one column (`conform` begins such a message with "column 'c': "
+    and puts the column in `details`)."""
+    details = {"dataset": ds.name, **(details or {})}
+    joint = ", " if "column" in details else ": "
+    return DataInvalid(f"dataset {ds.name!r}{joint}{message}", details)
 
 
 # ---- reading --------------------------------------------------------------------------------
@@ -96,71 +93,14 @@ def _read_table(ds: DatasetConfig, declared: list[str]) -> pd.DataFrame:
 # ---- checking -------------------------------------------------------------------------------
 
 
-def _first_row(bad: pd.Series) -> int:
-    return int(np.flatnonzero(bad.to_numpy(dtype=bool))[0]) + 1
-
-
-def _rows(bad: pd.Series) -> str:
-    count = int(bad.sum())
-    return f"{count} row{'s' if count > 1 else ''} (first: data row {_first_row(bad)})"
-
-
-def _as_text(series: pd.Series) -> pd.Series:
-    if pd.api.types.is_float_dtype(series.dtype):
-        present = series.dropna()
-        if (present == present.round()).all():
-            series = series.astype("Int64")
-    text = series.astype("string").str.strip()
-    return text.astype(object).where(text.notna(), None)
-
-
-def _as_boolean(series: pd.Series) -> tuple[pd.Series, pd.Series]:
-    if pd.api.types.is_bool_dtype(series.dtype):
-        typed = series.astype("boolean")
-        return typed, pd.Series(False, index=series.index)
-    text = series.astype("string").str.strip().str.lower()
-    typed = text.map(_TRUTH).astype("boolean")
-    return typed, typed.isna() & series.notna()
-
-
 def check_frame(ds: DatasetConfig, frame: pd.DataFrame) -> pd.DataFrame:
-    """The declared columns, typed; `ConfigInvalid` naming the first column that breaks the
-    declared schema (missing, wrong type, unknown level, outside the declared bounds)."""
-    missing = [c.name for c in ds.columns if c.name not in frame.columns]
-    if missing:
-        raise _fail(ds, f"declared column(s) missing from the data: {', '.join(missing)}")
-    frame = frame.reset_index(drop=True)
-    out: dict[str, pd.Series] = {}
-    for col in ds.columns:
-        series = frame[col.name]
-        if col.type == "categorical":
-            text = _as_text(series)
-            levels = list(col.levels or [])
-            bad = text.notna() & ~text.isin(levels)
-            if bad.any():
-                raise _fail(ds, f"{_rows(bad)} not among the declared levels {levels}", col.name)
-            out[col.name] = text
-        elif col.type == "boolean":
-            typed, bad = _as_boolean(series)
-            if bad.any():
-                raise _fail(ds, f"{_rows(bad)} not true/false (or 1/0, yes/no)", col.name)
-            out[col.name] = typed
-        else:
-            numeric = pd.to_numeric(series, errors="coerce")
-            bad = numeric.isna() & series.notna()
-            if bad.any():
-                raise _fail(ds, f"{_rows(bad)} not numeric in a {col.type} column", col.name)
-            numeric = numeric.astype("float64")
-            if col.type == "integer":
-                bad = numeric.notna() & (numeric != numeric.round())
-                if bad.any():
-                    raise _fail(ds, f"{_rows(bad)} not whole numbers", col.name)
-            if col.min is not None and (bad := numeric < col.min).any():
-                raise _fail(ds, f"{_rows(bad)} below the declared minimum {col.min:g}", col.name)
-            if col.max is not None and (bad := numeric > col.max).any():
-                raise _fail(ds, f"{_rows(bad)} above the declared maximum {col.max:g}", col.name)
-            out[col.name] = numeric.astype("Int64") if col.type == "integer" else numeric
-    return pd.DataFrame(out)
+    """The declared columns, typed (`tessera.columns.conform`, bounds checked); `DataInvalid`
+    naming the dataset and the first column that breaks the declared schema (missing, wrong
+    type, unknown level, outside the declared bounds)."""
+    try:
+        return conform(frame.reset_index(drop=True), ds.schema_, error=DataInvalid)
+    except DataInvalid as exc:
+        raise _fail(ds, exc.message, exc.details) from None
 
 
 def load(ds: DatasetConfig) -> pd.DataFrame:

@@ -1,6 +1,9 @@
 """Plain data handling at a party: conform a frame to its schema, filter rows, infer schemas.
 
-All of this runs locally, on one party's rows, before anything is secret-shared.
+All of this runs locally, on one party's rows, before anything is secret-shared. Checking rows
+against a schema and reading a schema off rows are the kernel's (`tessera.columns`); this
+module gives them the form the statistics read (numbers as float64) and their error class
+(`QueryInvalid`).
 """
 
 from __future__ import annotations
@@ -14,64 +17,34 @@ import numpy as np
 import pandas as pd
 
 from smpc.query import Condition
+from tessera.columns import conform as columns_conform
+from tessera.columns import infer_schema as columns_infer_schema
 from tessera.errors import QueryInvalid
 from tessera.schemas import ColumnSpec, DatasetSchema
 
 
-def _categorical_text(series: pd.Series) -> pd.Series:
-    """Categorical values as strings (the form levels take), missing values kept missing."""
-    out = series.astype("object").where(series.notna(), None)
-    return out.map(lambda v: v if v is None else _level_text(v))
-
-
 def _level_text(value: object) -> str:
+    """A `where` value as the level text it compares with (as `tessera.columns` reads data)."""
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
 
 
 def conform(frame: pd.DataFrame, schema: DatasetSchema, columns: Sequence[str]) -> pd.DataFrame:
-    """The named columns of `frame`, typed as the schema declares (categoricals as strings).
+    """The named columns of `frame` as the statistics read them: categoricals as strings
+    (None where missing), booleans and numbers as float64 (NaN where missing).
 
-    Raises `QueryInvalid` when a column is missing or cannot hold its declared type.
+    The checking is the kernel's (`tessera.columns.conform`): `QueryInvalid` for a column the
+    schema does not declare or the frame lacks, or one that breaks its declared type. Declared
+    bounds are not checked here: with `dp` the statistics clip to them, and the ones that need
+    rows within them (Kaplan–Meier's grid) refuse in their own words.
     """
-    out: dict[str, pd.Series] = {}
-    for name in columns:
-        spec = schema.column(name)
-        if spec is None or name not in frame.columns:
-            raise QueryInvalid(f"unknown column {name!r}", {"column": name})
-        series = frame[name]
-        if spec.type == "categorical":
-            out[name] = _categorical_text(series)
-        elif spec.type == "boolean":
-            if pd.api.types.is_bool_dtype(series.dtype):
-                out[name] = series.astype("float64")
-            else:
-                numeric = pd.to_numeric(series.map(_boolean_number), errors="coerce")
-                out[name] = numeric.astype("float64")
-        else:
-            numeric = pd.to_numeric(series, errors="coerce")
-            bad = numeric.isna() & series.notna()
-            if bad.any():
-                raise QueryInvalid(
-                    f"column {name!r} is declared {spec.type} but holds non-numeric values",
-                    {"column": name},
-                )
-            out[name] = numeric.astype("float64")
+    typed = columns_conform(frame, schema, columns, check_bounds=False, error=QueryInvalid)
+    out = {
+        name: series if series.dtype == object else series.astype("float64")
+        for name, series in typed.items()
+    }
     return pd.DataFrame(out, index=frame.index)
-
-
-def _boolean_number(value: object) -> float:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return np.nan
-    if isinstance(value, str):
-        low = value.strip().lower()
-        if low in ("true", "1", "yes"):
-            return 1.0
-        if low in ("false", "0", "no"):
-            return 0.0
-        return np.nan
-    return 1.0 if bool(value) else 0.0
 
 
 def _comparable(spec: ColumnSpec, value: object) -> Any:
@@ -110,36 +83,10 @@ def select(frame: pd.DataFrame, where: Sequence[Condition], schema: DatasetSchem
 
 
 def infer_schema(frames: Sequence[pd.DataFrame]) -> DatasetSchema:
-    """A schema for `simulate`: numeric dtypes stay numeric, anything else is categorical with
-    the sorted union of the values seen in all frames as its levels."""
-    if not frames:
-        raise QueryInvalid("no data frames given")
-    names = list(frames[0].columns)
-    for i, f in enumerate(frames[1:], start=1):
-        if list(f.columns) != names:
-            missing = sorted(set(names) ^ set(f.columns))
-            raise QueryInvalid(
-                f"frame {i} does not have the same columns as frame 0 (differs in: "
-                f"{', '.join(map(str, missing)) or 'column order'})",
-                {"frame": i},
-            )
-    columns = []
-    for name in names:
-        dtypes = {f[name].dtype for f in frames}
-        if all(pd.api.types.is_bool_dtype(d) for d in dtypes):
-            columns.append(ColumnSpec(name=name, type="boolean"))
-        elif all(pd.api.types.is_integer_dtype(d) for d in dtypes):
-            columns.append(ColumnSpec(name=name, type="integer"))
-        elif all(pd.api.types.is_numeric_dtype(d) for d in dtypes):
-            columns.append(ColumnSpec(name=name, type="float"))
-        else:
-            seen: set[str] = set()
-            for f in frames:
-                seen.update(v for v in _categorical_text(f[name]) if v is not None)
-            if not seen:
-                raise QueryInvalid(f"column {name!r} has no values to infer levels from")
-            columns.append(ColumnSpec(name=name, type="categorical", levels=sorted(seen)))
-    return DatasetSchema(columns=columns)
+    """A schema for `simulate`, read off the frames by the kernel's one inference
+    (`tessera.columns.infer_schema`; `QueryInvalid` when it refuses). Without bounds: bounds are
+    a declaration, and a dp sum or mean, or a Kaplan–Meier time, needs them declared."""
+    return columns_infer_schema(frames, observed_bounds=False, error=QueryInvalid)
 
 
 def uneven_shares(frame: pd.DataFrame, parties: int) -> list[pd.DataFrame]:

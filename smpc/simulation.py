@@ -53,9 +53,10 @@ def simulate(
 ) -> dict[str, Any]:
     """Run `query` by MPC over `parties` (one frame each) and return the pooled result.
 
-    `schema` defaults to one inferred from the frames (categorical levels: the sorted union
-    of values seen). `min_count_floors` plays each party's policy floor. With `tls` (the
-    default) the parties authenticate each other with fresh per-run certificates, as nodes do.
+    `schema` defaults to one inferred from the frames (`smpc.frames.infer_schema`: categorical
+    levels are the sorted union of values seen, a pandas categorical's its own; no bounds).
+    `min_count_floors` plays each party's policy floor. With `tls` (the default) the parties
+    authenticate each other with fresh per-run certificates, as nodes do.
     """
     if not MIN_PARTIES <= len(parties) <= MAX_PARTIES:
         raise QueryInvalid(

@@ -1,40 +1,38 @@
 """Table metadata: what a generator must keep of each column.
 
-`TableMetadata` is detected from a frame (`from_frame`) or built from the dataset schema a node
+A `Column` is a column's schema (`tessera.schemas.ColumnSpec`, the one column model) plus what
+training adds: whether it may be missing, how often it was, and whether its domain was declared.
+
+`TableMetadata` is detected from a frame (`from_frame`: the kernel's inference,
+`tessera.columns.infer_schema`, with observed bounds) or built from the dataset schema a node
 registered (`from_schema`, the declared types, categorical levels and bounds win over what the
-rows happen to show). It checks a training frame (`check`), and turns what a generator produced
-back into the real table's shape (`restore`): the same columns in the same order, integers
-rounded, values clipped to the declared bounds, categoricals as pandas categoricals with the
-declared levels, booleans as booleans, and missing values where the column allows them.
+rows happen to show); `schema` gives its columns back as a `DatasetSchema`. It checks a training
+frame (`check`: the kernel's conformer, `tessera.columns.conform`), and turns what a generator
+produced back into the real table's shape (`restore`): the same columns in the same order,
+integers rounded, values clipped to the declared bounds, categoricals as pandas categoricals
+with the declared levels, booleans as booleans, and missing values where the column allows them.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from tessera.columns import conform, infer_schema
 from tessera.errors import InvalidRequest
-from tessera.schemas import DatasetSchema
-
-Kind = Literal["float", "integer", "boolean", "categorical"]
-KINDS: tuple[str, ...] = ("float", "integer", "boolean", "categorical")
-MAX_LEVELS = 1000  # a text column with more distinct values is an identifier, not a category
+from tessera.schemas import ColumnSpec, ColumnType, DatasetSchema
 
 
 @dataclass(frozen=True)
 class Column:
-    """One column: its kind, its levels (categorical) or bounds (numeric), whether it may be
-    missing (and how often it was in training: `missing_rate`), and whether its domain was
-    declared (`declared`) or read off the rows."""
+    """One column: its schema (`spec`: kind, levels or bounds, as a node declares a column),
+    whether it may be missing (and how often it was in training: `missing_rate`), and whether
+    its domain was declared (`declared`) or read off the rows."""
 
-    name: str
-    kind: Kind
-    levels: tuple[str, ...] | None = None
-    min: float | None = None
-    max: float | None = None
+    spec: ColumnSpec
     nullable: bool = False
     missing_rate: float = 0.0
     # True when min/max (and levels) come from a declared schema, not from the rows: only
@@ -42,18 +40,61 @@ class Column:
     declared: bool = False
 
     @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def kind(self) -> ColumnType:
+        return self.spec.type
+
+    @property
+    def levels(self) -> tuple[str, ...] | None:
+        return tuple(self.spec.levels) if self.spec.levels is not None else None
+
+    @property
+    def min(self) -> float | None:
+        return self.spec.min
+
+    @property
+    def max(self) -> float | None:
+        return self.spec.max
+
+    @property
     def is_numeric(self) -> bool:
+        """Float or integer (a generator models a boolean as a category, not a number)."""
         return self.kind in ("float", "integer")
 
     def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["levels"] = list(self.levels) if self.levels is not None else None
-        return out
+        """The keys saved model files have always had (a flat column, `kind` for the type)."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "levels": list(self.levels) if self.levels is not None else None,
+            "min": self.min,
+            "max": self.max,
+            "nullable": self.nullable,
+            "missing_rate": self.missing_rate,
+            "declared": self.declared,
+        }
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> Column:
-        levels = raw.get("levels")
-        return cls(**{**raw, "levels": tuple(levels) if levels is not None else None})
+        try:
+            spec = ColumnSpec(
+                name=raw["name"],
+                type=raw["kind"],
+                levels=raw.get("levels"),
+                min=raw.get("min"),
+                max=raw.get("max"),
+            )
+        except (KeyError, ValueError) as exc:
+            raise InvalidRequest(f"a saved column cannot be read: {exc}") from None
+        return cls(
+            spec,
+            nullable=bool(raw.get("nullable", False)),
+            missing_rate=float(raw.get("missing_rate", 0.0)),
+            declared=bool(raw.get("declared", False)),
+        )
 
 
 @dataclass(frozen=True)
@@ -64,17 +105,12 @@ class TableMetadata:
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame) -> TableMetadata:
-        """Detect each column's kind from its dtype: bool → boolean, integer → integer,
-        float → float (a float column holding only whole numbers stays float), text or
-        pandas categorical → categorical with its levels sorted (a categorical's own order is
-        kept). Bounds are the observed min and max. Datetimes and identifiers are refused."""
-        if frame.shape[1] == 0:
-            raise InvalidRequest("the table has no columns")
-        columns = []
-        for name in frame.columns:
-            series = frame[name]
-            columns.append(_detect(str(name), series))
-        return cls(tuple(columns))
+        """The kernel's inference (`tessera.columns.infer_schema`, see there: bool → boolean,
+        integer → integer, float → float, text or pandas categorical → categorical, a
+        categorical's own order kept; datetimes and identifiers refused), with the observed
+        min and max as bounds (so not `declared`) and each column's missing rate."""
+        schema = infer_schema([frame], observed_bounds=True, error=InvalidRequest)
+        return cls(tuple(_with_missing(Column(spec), frame[spec.name]) for spec in schema.columns))
 
     @classmethod
     def from_schema(cls, schema: DatasetSchema, frame: pd.DataFrame | None = None) -> TableMetadata:
@@ -83,21 +119,19 @@ class TableMetadata:
         observed ones."""
         columns = []
         for spec in schema.columns:
-            levels = tuple(spec.levels) if spec.levels is not None else None
             bounded = spec.type not in ("float", "integer") or (
                 spec.min is not None and spec.max is not None
             )
-            column = Column(spec.name, spec.type, levels, spec.min, spec.max, declared=bounded)
+            column = Column(spec.model_copy(deep=True), declared=bounded)
             if frame is not None and spec.name in frame.columns:
                 series = frame[spec.name]
-                missing = float(series.isna().mean()) if len(series) else 0.0
-                column = replace(column, nullable=missing > 0, missing_rate=missing)
+                column = _with_missing(column, series)
                 if column.is_numeric and series.notna().any():
                     values = pd.to_numeric(series, errors="coerce")
-                    if column.min is None:
-                        column = replace(column, min=float(values.min()))
-                    if column.max is None:
-                        column = replace(column, max=float(values.max()))
+                    observed = {"min": float(values.min()), "max": float(values.max())}
+                    unset = {k: v for k, v in observed.items() if getattr(spec, k) is None}
+                    # Not validated again: rows beyond a declared bound are `check`'s to refuse.
+                    column = replace(column, spec=spec.model_copy(update=unset))
             columns.append(column)
         return cls(tuple(columns))
 
@@ -115,6 +149,12 @@ class TableMetadata:
     def names(self) -> list[str]:
         return [c.name for c in self.columns]
 
+    @property
+    def schema(self) -> DatasetSchema:
+        """The columns' schema, as a node declares one (bounds read off the rows included, on
+        columns not `declared`): what `check` checks a frame against."""
+        return DatasetSchema(columns=[c.spec for c in self.columns])
+
     def column(self, name: str) -> Column:
         for c in self.columns:
             if c.name == name:
@@ -131,20 +171,23 @@ class TableMetadata:
     # ---- checking and shaping ---------------------------------------------------------
 
     def check(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """The frame's declared columns, in order, with canonical dtypes (numbers as float,
-        categoricals as text, booleans as object of bool/None); raises `InvalidRequest`
-        naming the column for a missing column, a level not declared, a value outside the
-        bounds or a non-number in a numeric column. Never quotes a value."""
-        missing = [n for n in self.names if n not in frame.columns]
-        if missing:
-            raise InvalidRequest(
-                f"the table lacks column(s) {', '.join(missing)}", {"columns": missing}
-            )
+        """The frame's declared columns, in order, checked by the kernel's one conformer
+        (`tessera.columns.conform`: levels, booleans, numbers, whole integers, bounds; its
+        messages name the column and rows, never a value) and in the form the generators read:
+        numbers as float, categoricals as text or None, booleans as object of bool/None.
+        Raises `InvalidRequest`, also for a table without rows."""
+        typed = conform(frame, self.schema, error=InvalidRequest)
         if len(frame) == 0:
             raise InvalidRequest("the table has no rows")
         out = {}
         for c in self.columns:
-            out[c.name] = _canonical(c, frame[c.name])
+            series = typed[c.name]
+            if c.kind == "boolean":
+                out[c.name] = series.astype(object).where(series.notna(), None)
+            elif c.is_numeric:
+                out[c.name] = series.astype("float64")
+            else:
+                out[c.name] = series
         return pd.DataFrame(out, index=frame.index)
 
     def restore(self, frame: pd.DataFrame) -> pd.DataFrame:
@@ -155,72 +198,9 @@ class TableMetadata:
         return pd.DataFrame(out).reset_index(drop=True)
 
 
-def _detect(name: str, series: pd.Series) -> Column:
+def _with_missing(column: Column, series: pd.Series) -> Column:
     missing = float(series.isna().mean()) if len(series) else 0.0
-    nullable = missing > 0
-    dtype = series.dtype
-    if pd.api.types.is_datetime64_any_dtype(dtype) or pd.api.types.is_timedelta64_dtype(dtype):
-        raise InvalidRequest(
-            f"column {name!r} holds dates or times: convert it to a number (e.g. days since an "
-            "origin) before synthesis",
-            {"column": name},
-        )
-    if pd.api.types.is_bool_dtype(dtype):
-        return Column(name, "boolean", nullable=nullable, missing_rate=missing)
-    if isinstance(dtype, pd.CategoricalDtype):
-        levels = tuple(str(v) for v in dtype.categories)
-        return Column(name, "categorical", levels, nullable=nullable, missing_rate=missing)
-    if pd.api.types.is_numeric_dtype(dtype):
-        values = pd.to_numeric(series, errors="coerce").dropna()
-        kind: Kind = "integer" if pd.api.types.is_integer_dtype(dtype) else "float"
-        lo = float(values.min()) if len(values) else None
-        hi = float(values.max()) if len(values) else None
-        return Column(name, kind, None, lo, hi, nullable, missing)
-    present = series.dropna()
-    if len(present) and present.map(lambda v: isinstance(v, bool)).all():
-        return Column(name, "boolean", nullable=nullable, missing_rate=missing)
-    levels = tuple(sorted({str(v) for v in present}))
-    if len(levels) > MAX_LEVELS:
-        raise InvalidRequest(
-            f"column {name!r} has {len(levels)} distinct values: an identifier or free text, "
-            "which a generator must not learn; drop it before synthesis",
-            {"column": name, "levels": len(levels)},
-        )
-    if not levels:
-        raise InvalidRequest(f"column {name!r} has no values", {"column": name})
-    return Column(name, "categorical", levels, nullable=nullable, missing_rate=missing)
-
-
-def _canonical(c: Column, series: pd.Series) -> pd.Series:
-    present = series.notna()
-    if c.kind == "categorical":
-        text = series.map(lambda v: None if pd.isna(v) else str(v)).astype(object)
-        assert c.levels is not None
-        unknown = ~text[present].isin(c.levels)
-        if unknown.any():
-            raise InvalidRequest(
-                f"column {c.name!r} holds a value that is not one of its {len(c.levels)} "
-                "declared levels",
-                {"column": c.name},
-            )
-        return text
-    if c.kind == "boolean":
-        mapped = series.map(_as_bool).astype(object)
-        if mapped[present].isna().any():
-            raise InvalidRequest(f"column {c.name!r} holds a non-boolean value", {"column": c.name})
-        return mapped
-    values = pd.to_numeric(series, errors="coerce").astype(float)
-    if values[present].isna().any():
-        raise InvalidRequest(f"column {c.name!r} holds a non-number", {"column": c.name})
-    finite = values.dropna()
-    if (c.min is not None and (finite < c.min).any()) or (
-        c.max is not None and (finite > c.max).any()
-    ):
-        raise InvalidRequest(
-            f"column {c.name!r} holds a value outside its declared bounds [{c.min}, {c.max}]",
-            {"column": c.name},
-        )
-    return values
+    return replace(column, nullable=missing > 0, missing_rate=missing)
 
 
 def _as_bool(value: Any) -> bool | None:

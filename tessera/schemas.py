@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
+NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"  # a dataset's or a column's name
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 ColumnType = Literal["float", "integer", "boolean", "categorical"]
 

@@ -109,7 +109,8 @@ def test_a_column_of_the_wrong_type_is_a_clear_error(frame: pd.DataFrame) -> Non
     schema = infer_schema([frame])
     broken = frame.assign(x=["n/a"] * len(frame))
     query = prepare({"statistic": "mean", "dataset": "d", "column": "x"}, schema)
-    with pytest.raises(QueryInvalid, match="'x' is declared float but holds non-numeric"):
+    message = r"column 'x': 500 rows \(first: data row 1\) not numeric in a float column"
+    with pytest.raises(QueryInvalid, match=message):
         local_summary(query, broken, schema)
 
 

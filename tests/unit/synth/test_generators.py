@@ -150,11 +150,12 @@ def test_bad_requests_are_refused_clearly(frame: pd.DataFrame, metadata: TableMe
         synth.train(frame, "mst", metadata=metadata)
     with pytest.raises(InvalidRequest, match=r"not declared: .*weight_kg"):
         synth.train(frame, "mst", epsilon=1.0)  # bounds detected from the rows: refused
-    with pytest.raises(InvalidRequest, match="lacks column"):
+    with pytest.raises(InvalidRequest, match=r"declared column\(s\) missing from the data: sex"):
         synth.train(frame.drop(columns="sex"), "cart", metadata=metadata)
     bad = frame.copy()
     bad.loc[0, "sex"] = "X"
-    with pytest.raises(InvalidRequest, match="not one of its 2 declared levels"):
+    levels = r"column 'sex': 1 row \(first: data row 1\) not among the declared levels"
+    with pytest.raises(InvalidRequest, match=levels):
         synth.train(bad, "cart", metadata=metadata)
     with pytest.raises(InvalidRequest, match="'cuda' was asked for"):
         synth.train(frame, "ctgan", device="cuda", epochs=1)

@@ -18,7 +18,7 @@ from synth import accounting
 from synth.accounting import ZCDPAccountant, epsilon_for, rho_for, rho_of_spends
 from synth.generators import mst
 from synth.metadata import Column, TableMetadata
-from tessera.schemas import DatasetSchema
+from tessera.schemas import ColumnSpec, DatasetSchema
 
 
 class RecordingRng:
@@ -142,8 +142,13 @@ def test_nullability_follows_the_noisy_missing_cell_not_the_rows() -> None:
     """A column never missing in training is still nullable when its noisy missing cell
     survives compression (and a column missing in training is not, when it is dropped): the
     output's dtypes reveal only the noisy estimate."""
-    never = Column("a", "integer", None, 0, 10, nullable=False, declared=True)
-    often = Column("b", "integer", None, 0, 10, nullable=True, missing_rate=0.3, declared=True)
+    never = Column(ColumnSpec(name="a", type="integer", min=0, max=10), declared=True)
+    often = Column(
+        ColumnSpec(name="b", type="integer", min=0, max=10),
+        nullable=True,
+        missing_rate=0.3,
+        declared=True,
+    )
     kept = mst.Encoding(
         never, 3, coarse_of_fine=np.array([0, 0, 1]), fine_weights=np.array([60.0, 20.0, 20.0])
     )
