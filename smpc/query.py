@@ -23,7 +23,7 @@ from pydantic import (
 )
 
 from tessera.errors import QueryInvalid
-from tessera.schemas import NAME_PATTERN, ColumnSpec, DatasetSchema, Name
+from tessera.schemas import COLUMN_PATTERN, ColumnName, ColumnSpec, DatasetSchema, Name
 
 Scalar = float | int | str | bool
 Op = Literal["==", "!=", "<", "<=", ">", ">=", "in"]
@@ -34,7 +34,7 @@ class Condition(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    column: Name
+    column: ColumnName
     op: Op
     value: Scalar | list[Scalar]
 
@@ -67,7 +67,7 @@ WHERE_SCHEMA = {
         "minItems": 3,
         "maxItems": 3,
         "prefixItems": [
-            {"type": "string", "pattern": NAME_PATTERN},
+            {"type": "string", "pattern": COLUMN_PATTERN, "maxLength": 128},
             {"enum": list(get_args(Op))},
             {"anyOf": [_SCALAR_SCHEMA, {"type": "array", "items": _SCALAR_SCHEMA}]},
         ],
@@ -90,7 +90,7 @@ class QueryBase(BaseModel):
     statistic: str
     dataset: Name
     where: Annotated[list[Condition], WithJsonSchema(WHERE_SCHEMA)] = []
-    group_by: list[Name] = Field(
+    group_by: list[ColumnName] = Field(
         default_factory=list,
         max_length=4,
         description="Categorical or boolean columns: the result is given per group.",
@@ -135,7 +135,7 @@ class QueryBase(BaseModel):
 class ColumnQuery(QueryBase):
     """A query of one `column` (sum, mean, variance, min, max, quantile, histogram, ttest)."""
 
-    column: Name
+    column: ColumnName
 
     def statistic_columns(self) -> list[str]:
         return [self.column]

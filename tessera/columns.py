@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from tessera.errors import DataInvalid, InvalidRequest, TesseraError
-from tessera.schemas import NAME_PATTERN, ColumnSpec, DatasetSchema
+from tessera.schemas import COLUMN_PATTERN, ColumnSpec, DatasetSchema
 
 MAX_LEVELS = 1000  # a text column with more distinct values is an identifier, not a category
 
@@ -75,12 +75,11 @@ def infer_schema(
         raise error("the table has no columns")
     columns = []
     for name in names:
-        if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
+        if not isinstance(name, str) or len(name) > 128 or not re.fullmatch(COLUMN_PATTERN, name):
             raise error(
-                f"column name {str(name)!r} cannot be used: a name is letters, digits and "
-                "underscores, starts with a letter or underscore and is at most 63 characters; "
-                "rename the column",
-                {"column": str(name)},
+                f"column name {str(name)[:40]!r} cannot be used: a column's name is 1 to 128 "
+                "characters, without control characters or spaces around it; rename the column",
+                {"column": str(name)[:128]},
             )
         spec = _inferred_column(name, [f[name] for f in frames], error)
         if observed_bounds and spec.type in ("float", "integer"):

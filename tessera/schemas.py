@@ -12,8 +12,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"  # a dataset's or a column's name
+NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"  # a dataset's name (it appears in URLs)
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+# A column's name, as data files have them ("Age (years)"): 1 to 128 characters, no control
+# characters, no spaces around it.
+COLUMN_PATTERN = r"^[^\x00-\x1f\x7f\s](?:[^\x00-\x1f\x7f]*[^\x00-\x1f\x7f\s])?$"
+ColumnName = Annotated[str, Field(pattern=COLUMN_PATTERN, max_length=128)]
 ColumnType = Literal["float", "integer", "boolean", "categorical"]
 
 
@@ -29,7 +33,7 @@ class ColumnSpec(Strict):
     node, and the bounds later calibrate differential privacy).
     """
 
-    name: Name
+    name: ColumnName
     type: ColumnType
     levels: list[str] | None = None
     min: float | None = None
@@ -305,7 +309,7 @@ class SynthesisSpec(Strict):
     epsilon: float | None = Field(None, gt=0, le=100, allow_inf_nan=False)  # DP generators
     delta: float | None = Field(None, gt=0, lt=1e-3)  # DP generators; None: the node's default
     holdout: float = Field(0.2, ge=0.05, le=0.5)  # share of rows held out for evaluation
-    target: Name | None = None  # the column the utility metric predicts
+    target: ColumnName | None = None  # the column the utility metric predicts
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
 
     @property

@@ -30,7 +30,7 @@ from smpc.statistics.base import number
 from smpc.statistics.design import ENTRY_BITS
 from smpc.statistics.gram import GramStatistic
 from tessera.errors import QueryInvalid
-from tessera.schemas import Name
+from tessera.schemas import ColumnName
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 class CorrelationQuery(QueryBase):
     statistic: Literal["correlation"]
-    columns: list[Name] = Field(min_length=2, max_length=50)
+    columns: list[ColumnName] = Field(min_length=2, max_length=50)
 
     def statistic_columns(self) -> list[str]:
         return list(self.columns)

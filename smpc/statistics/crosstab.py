@@ -26,7 +26,7 @@ from smpc.cells import CellLayout
 from smpc.query import QueryBase
 from smpc.statistics.base import Opened, SecureStatistic
 from tessera.errors import QueryInvalid
-from tessera.schemas import Name
+from tessera.schemas import ColumnName
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -36,8 +36,8 @@ if TYPE_CHECKING:
 
 class CrosstabQuery(QueryBase):
     statistic: Literal["crosstab"]
-    rows: Name
-    columns: Name
+    rows: ColumnName
+    columns: ColumnName
 
     def statistic_columns(self) -> list[str]:
         return [self.rows, self.columns]

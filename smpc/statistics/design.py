@@ -24,7 +24,7 @@ from pydantic import Field
 from smpc.encoding import FRAC_BITS
 from smpc.query import QueryBase
 from tessera.errors import QueryInvalid
-from tessera.schemas import Name
+from tessera.schemas import ColumnName
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -42,8 +42,8 @@ class RegressionQuery(QueryBase):
     """The parameters of a regression: an outcome and its predictors (categorical predictors
     enter as treatment-coded indicators)."""
 
-    outcome: Name
-    predictors: list[Name] = Field(min_length=1, max_length=50)
+    outcome: ColumnName
+    predictors: list[ColumnName] = Field(min_length=1, max_length=50)
 
     def statistic_columns(self) -> list[str]:
         return [self.outcome, *self.predictors]

@@ -88,7 +88,7 @@ from smpc.query import QueryBase
 from smpc.secure import look_up, prefix_lengths, quadratic_form, rounded_division, to_fixed
 from smpc.statistics.base import Opened, ResultModel, SecureStatistic, number
 from tessera.errors import QueryInvalid
-from tessera.schemas import Name
+from tessera.schemas import ColumnName
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -115,9 +115,9 @@ class SurvivalOpened(Opened):
 
 class KaplanMeierQuery(QueryBase):
     statistic: Literal["kaplan_meier"]
-    time: Name
-    event: Name
-    group: Name | None = None
+    time: ColumnName
+    event: ColumnName
+    group: ColumnName | None = None
 
     def statistic_columns(self) -> list[str]:
         return [self.time, self.event] + ([self.group] if self.group else [])

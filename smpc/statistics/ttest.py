@@ -33,7 +33,7 @@ from smpc.job import PartyJob
 from smpc.query import ColumnQuery
 from smpc.statistics.base import PerGroup, SecureStatistic, number
 from tessera.errors import QueryInvalid
-from tessera.schemas import Name
+from tessera.schemas import ColumnName
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -44,7 +44,7 @@ SUM_BITS = MOMENT_BITS + 4  # pooled over at most 16 parties
 
 class TTestQuery(ColumnQuery):
     statistic: Literal["ttest"]
-    group: Name
+    group: ColumnName
 
     def statistic_columns(self) -> list[str]:
         return [self.column, self.group]

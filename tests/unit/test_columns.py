@@ -119,7 +119,8 @@ def test_levels_are_the_text_the_rows_conform_to() -> None:
             [pd.DataFrame({"a": [1], "b": [2]}), pd.DataFrame({"b": [2], "a": [1]})],
             r"\(differs in: column order\)",
         ),
-        ([pd.DataFrame({"age (years)": [1]})], "column name 'age \\(years\\)' cannot be used"),
+        ([pd.DataFrame({" age": [1]})], "column name ' age' cannot be used"),
+        ([pd.DataFrame({"a\tb": [1]})], "column name 'a\\\\tb' cannot be used"),
         ([pd.DataFrame({0: [1]})], "column name '0' cannot be used"),
         (
             [pd.DataFrame({"seen": pd.to_datetime(["2024-01-01"])})],
@@ -288,3 +289,10 @@ def test_no_rows_conform_to_empty_typed_columns() -> None:
     typed = conform(rows().iloc[:0], declared())
     assert len(typed) == 0
     assert typed.dtypes.astype(str).tolist() == ["object", "boolean", "Int64", "float64"]
+
+
+def test_column_names_as_data_files_have_them_are_kept() -> None:
+    frame = pd.DataFrame({"Age (years)": [1, 2], "weight kg": [3.5, 4.0]})
+    schema = infer_schema([frame])
+    assert schema.names == ["Age (years)", "weight kg"]
+    assert list(conform(frame, schema).columns) == ["Age (years)", "weight kg"]
