@@ -43,7 +43,9 @@ def create_app(settings: CoordinatorSettings | None = None) -> FastAPI:
         notifier = Notifier()
         notifier.bind(asyncio.get_running_loop())
         app.state.db, app.state.notifier = database, notifier
-        sweeper = asyncio.create_task(sweep_forever(database, notifier, settings.sweep_interval_s))
+        sweeper = asyncio.create_task(
+            sweep_forever(database, notifier, settings.sweep_interval_s, settings.idempotency_ttl_s)
+        )
         log.info("coordinator ready (database: %s)", database.engine.url.render_as_string())
         try:
             yield

@@ -1,5 +1,6 @@
 """The sweeper: fails queries and synthesis jobs that missed their deadline, every
-`sweep_interval_s`.
+`sweep_interval_s`; and, once a minute, forgets the idempotency keys older than
+`idempotency_ttl_s`.
 
 Safe with several coordinator replicas: each overdue query (job) is failed by a conditional
 update in its own transaction (`queries.expire`, `synthesis.expire`), so exactly one replica
@@ -10,19 +11,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from starlette.concurrency import run_in_threadpool
 
 from api.db import Database
 from api.notify import Notifier
-from api.services import queries, synthesis
+from api.services import idempotency, queries, synthesis
 
 log = logging.getLogger("tessera.coordinator")
 
 
-async def sweep_forever(database: Database, notifier: Notifier, interval: float) -> None:
+FORGET_EVERY_S = 60.0
+
+
+async def sweep_forever(
+    database: Database, notifier: Notifier, interval: float, idempotency_ttl_s: float = 86400.0
+) -> None:
+    forgotten_at = 0.0
     while True:
         try:
+            if time.monotonic() - forgotten_at >= FORGET_EVERY_S:
+                await run_in_threadpool(forget_idempotency_keys, database, idempotency_ttl_s)
+                forgotten_at = time.monotonic()
             for query_id, node_ids in await run_in_threadpool(sweep_once, database):
                 notifier.notify(f"query:{query_id}", *(f"node:{n}" for n in node_ids))
             for request_id in await run_in_threadpool(sweep_synthesis_once, database):
@@ -30,6 +41,12 @@ async def sweep_forever(database: Database, notifier: Notifier, interval: float)
         except Exception:  # the sweeper must outlive a database hiccup
             log.exception("sweep failed; retrying")
         await asyncio.sleep(interval)
+
+
+def forget_idempotency_keys(database: Database, ttl_s: float) -> int:
+    """Delete the idempotency keys older than `ttl_s`; returns how many."""
+    with database.session() as db:
+        return idempotency.forget_older_than(db, ttl_s)
 
 
 def sweep_once(database: Database) -> list[tuple[int, list[int]]]:
