@@ -1,5 +1,7 @@
-# Tessera: `make demo` runs the whole system on this machine, `make test` the default test suite.
-# Both create the virtual environment on first use (Python 3.11 or newer).
+# Tessera: `make demo` runs the whole system on this machine, `make test` the whole test suite
+# (CI runs it), `make test-fast` all of it but the tests marked slow (the demo, the benchmark
+# smoke runs, generator training, the 5- and 7-party MPC runs). All create the virtual
+# environment on first use (Python 3.11 or newer).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -7,7 +9,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: demo test lint typecheck bench clean
+# Test workers (pytest-xdist): one per core; a test module stays on one worker (its networks).
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+
+.PHONY: demo test test-fast lint typecheck bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Tessera needs Python 3.11 or newer")'
@@ -22,7 +28,10 @@ demo: $(STAMP)
 	$(BIN)/tessera demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(PYTEST)
+
+test-fast: $(STAMP)
+	$(PYTEST) -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

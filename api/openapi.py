@@ -74,10 +74,10 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 def registry_components() -> dict[str, Any]:
     """`Query` and `QueryResult`, and every model they use, as OpenAPI components."""
-    from smpc.statistics import Query, QueryResult
+    from smpc.statistics import Query, result_type
 
     components: dict[str, Any] = {}
-    for name, kind in (("Query", Query), ("QueryResult", QueryResult)):
+    for name, kind in (("Query", Query), ("QueryResult", result_type())):
         schema = TypeAdapter(kind).json_schema(ref_template="#/components/schemas/{model}")
         components.update(schema.pop("$defs", {}))
         components[name] = schema

@@ -8,7 +8,7 @@ import json
 import os
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,15 @@ def _pg_available() -> str | None:
             return None
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A module naming `SLOW_BACKENDS` runs on those database backends in the slow tier only."""
+    for item in items:
+        slow = getattr(item.module, "SLOW_BACKENDS", ()) if hasattr(item, "module") else ()
+        callspec = getattr(item, "callspec", None)
+        if slow and callspec is not None and callspec.params.get("database_url") in slow:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -79,6 +88,34 @@ def database_url(
         yield url
     finally:
         drop_pg_database(admin_url, name)
+
+
+# ---- the command line, in this process ----------------------------------------------------
+
+
+@dataclass
+class Done:
+    """What a command did: its exit code and what it wrote."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def tessera_cli() -> Callable[..., Done]:
+    """Run `tessera ARGS...` in this process (Typer's runner): no interpreter to start, so a
+    unit test of a command costs what the command costs. The subprocess form, as users run it,
+    is tested in tests/e2e."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    def run(*args: str, stdin: str = "", env: dict[str, str] | None = None) -> Done:
+        result = CliRunner().invoke(app, list(args), input=stdin, env=env)
+        return Done(result.exit_code, result.stdout, result.stderr)
+
+    return run
 
 
 # ---- the REST contract: every answer a test receives is checked against /openapi.json -------

@@ -3,12 +3,13 @@
 Everything else follows from the registry: the statistic names (`STATISTICS`, in DESIGN.md's
 order), those that take `dp` (`DP_STATISTICS`), the query language as a union discriminated on
 `statistic` (`Query`, whose JSON schema the coordinator publishes), the result types
-(`QueryResult`), and the parser. Adding a statistic is a new module under `smpc/statistics/`
-and its line below.
+(`result_type()`, published as `QueryResult`), and the parser. Adding a statistic is a new
+module under `smpc/statistics/` and its line below.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Annotated, Any, Union
 
 from pydantic import Field, TypeAdapter, ValidationError
@@ -64,9 +65,18 @@ Query: Any = Annotated[
     Union[tuple(cls.query_model for cls in REGISTRY.values())],  # noqa: UP007
     Field(discriminator="statistic"),
 ]
-# a query's result: one of the statistics' result types
-QueryResult: Any = Union[tuple(cls.result_model() for cls in REGISTRY.values())]  # noqa: UP007
-_QUERY: TypeAdapter[Any] = TypeAdapter(Query)
+
+
+@functools.cache
+def result_type() -> Any:
+    """A query's result: one of the statistics' result types (built when first asked for: a
+    party process never needs it)."""
+    return Union[tuple(cls.result_model() for cls in REGISTRY.values())]  # noqa: UP007
+
+
+@functools.cache
+def _query_adapter() -> TypeAdapter[Any]:
+    return TypeAdapter(Query)
 
 
 def parse_query(raw: Any) -> QueryBase:
@@ -82,7 +92,7 @@ def parse_query(raw: Any) -> QueryBase:
             f"unknown statistic {statistic!r}", {"statistic": statistic, "known": list(STATISTICS)}
         )
     try:
-        query: QueryBase = _QUERY.validate_python(raw)
+        query: QueryBase = _query_adapter().validate_python(raw)
     except ValidationError as exc:
         raise describe_validation(statistic, exc) from None
     return query
@@ -154,7 +164,6 @@ __all__ = [
     "STATISTICS",
     "Opened",
     "Query",
-    "QueryResult",
     "SecureStatistic",
     "checked",
     "compile_query",
@@ -163,5 +172,6 @@ __all__ = [
     "parse_query",
     "prepare",
     "reference",
+    "result_type",
     "statistic_for",
 ]

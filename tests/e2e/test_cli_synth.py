@@ -64,6 +64,7 @@ def test_fit_writes_the_table_the_report_and_its_json(data: Path, tmp_path: Path
     assert (tmp_path / "m.zip").stat().st_size > 0
 
 
+@pytest.mark.slow  # trains mst in a fresh process
 def test_dp_fit_with_a_declared_schema_reports_its_epsilon(data: Path, tmp_path: Path) -> None:
     schema_file = tmp_path / "schema.json"
     schema_file.write_text(schema().model_dump_json())

@@ -7,7 +7,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from demo.scenario import DP_EPSILON_BUDGET, QUERIES
+
+pytestmark = pytest.mark.slow  # the demo: make test runs it, make test-fast does not
 
 
 def test_the_demo_runs_end_to_end_and_everything_matches() -> None:

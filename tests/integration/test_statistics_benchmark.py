@@ -13,6 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # a benchmark smoke run: make test runs it, make test-fast does not
+
 BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "statistics.py"
 QUICK = {"count", "mean", "quantile", "linear_regression", "kaplan_meier"}
 

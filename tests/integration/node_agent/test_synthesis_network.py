@@ -32,6 +32,9 @@ from demo.network import DataSource, Network, NodeSpec
 from tessera.client import TesseraClient
 
 DATASET = "cohort"
+# The whole network again on PostgreSQL is the slow tier: the coordinator's synthesis storage on
+# both backends is in tests/integration/api/test_synthesis_flow.py.
+SLOW_BACKENDS = ("postgres",)
 ROWS = 300
 SPEC = {
     "dataset": DATASET,
@@ -266,6 +269,7 @@ def test_approved_gated_and_rejected_candidates(world: World) -> None:
         assert verified.returncode == 0 and json.loads(verified.stdout)["ok"]
 
 
+@pytest.mark.slow  # trains mst at every node
 def test_a_differentially_private_release(world: World) -> None:
     if world.backend != "sqlite":
         pytest.skip("the DP release runs once (on SQLite): the workflow is the same")

@@ -238,6 +238,7 @@ def test_dp_crosstab_suppresses_on_noisy_counts(
     assert result["n"] is None  # a suppressed cell hides the table's n
 
 
+@pytest.mark.slow
 def test_dp_mean_over_five_parties(randhie: pd.DataFrame, schema: DatasetSchema) -> None:
     query = {"statistic": "mean", "dataset": "hie", "column": "mdvis", "dp": {"epsilon": 1.0}}
     result = simulate(query, split(randhie, 5), schema)

@@ -79,6 +79,7 @@ def test_two_groups_equal_lifelines_across_three_parties() -> None:
     assert result["logrank"]["df"] == 1
 
 
+@pytest.mark.slow
 def test_truncated_curves_keep_the_whole_logrank_across_five_parties() -> None:
     """min_count 10 truncates both curves; the log-rank test still uses every row."""
     from lifelines.datasets import load_rossi

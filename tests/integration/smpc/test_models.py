@@ -70,7 +70,7 @@ def randhie() -> pd.DataFrame:
 # ---- linear regression ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("parties", [3, 5])
+@pytest.mark.parametrize("parties", [3, pytest.param(5, marks=pytest.mark.slow)])
 def test_linear_regression_matches_statsmodels_ols(diabetes: pd.DataFrame, parties: int) -> None:
     predictors = ["age", "bmi", "bp", "s1", "s2", "s5"]
     query = {
@@ -180,7 +180,7 @@ def test_linear_regression_party_with_no_matching_rows(diabetes: pd.DataFrame) -
 # ---- logistic regression --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("parties", [3, 5])
+@pytest.mark.parametrize("parties", [3, pytest.param(5, marks=pytest.mark.slow)])
 def test_logistic_regression_matches_statsmodels_logit(randhie: pd.DataFrame, parties: int) -> None:
     predictors = ["lncoins", "idp", "lpi", "fmde", "physlm", "disea"]
     query = {
@@ -243,7 +243,7 @@ def test_logistic_regression_refuses_a_non_binary_outcome(diabetes: pd.DataFrame
 # ---- correlation ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("parties", [3, 5])
+@pytest.mark.parametrize("parties", [3, pytest.param(5, marks=pytest.mark.slow)])
 def test_correlation_matches_numpy(diabetes: pd.DataFrame, parties: int) -> None:
     columns = ["age", "bmi", "bp", "s1", "s5", "target"]
     query = {"statistic": "correlation", "dataset": "diabetes", "columns": columns}
@@ -275,7 +275,7 @@ def test_correlation_constant_column_is_null_and_groups(diabetes: pd.DataFrame) 
 # ---- Welch's t-test -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("parties", [3, 5])
+@pytest.mark.parametrize("parties", [3, pytest.param(5, marks=pytest.mark.slow)])
 def test_ttest_matches_scipy_welch(diabetes: pd.DataFrame, parties: int) -> None:
     query = {"statistic": "ttest", "dataset": "diabetes", "column": "bmi", "group": "sex"}
     result = simulate(query, split(diabetes, parties))
@@ -319,7 +319,7 @@ def test_ttest_needs_a_two_level_group(randhie: pd.DataFrame) -> None:
 # ---- chi-square test of independence --------------------------------------------------------
 
 
-@pytest.mark.parametrize("parties", [3, 5])
+@pytest.mark.parametrize("parties", [3, pytest.param(5, marks=pytest.mark.slow)])
 def test_chi2_matches_scipy(randhie: pd.DataFrame, parties: int) -> None:
     query = {"statistic": "chi2", "dataset": "hie", "rows": "health", "columns": "chronic"}
     result = simulate(query, split(randhie, parties))

@@ -64,6 +64,7 @@ def test_grouped_quantiles_of_signed_values_across_three_parties(diabetes: pd.Da
         assert entry["quantiles"] == expected(sub.bmi, LEVELS)
 
 
+@pytest.mark.slow
 def test_tied_counts_across_five_parties(hie: pd.DataFrame) -> None:
     frames = split(hie, 5)
     query = {

@@ -32,7 +32,7 @@ def randhie() -> pd.DataFrame:
     )
 
 
-@pytest.mark.parametrize("parties", [3, 5])
+@pytest.mark.parametrize("parties", [3, pytest.param(5, marks=pytest.mark.slow)])
 def test_moments_match_pandas(randhie: pd.DataFrame, parties: int) -> None:
     frames = split(randhie, parties)
     rows = randhie[randhie.lncoins > 2]
@@ -71,7 +71,7 @@ def test_grouped_mean_and_count_match_pandas(randhie: pd.DataFrame) -> None:
     assert levels == sorted(levels)
 
 
-@pytest.mark.parametrize("parties", [3, 7])
+@pytest.mark.parametrize("parties", [3, pytest.param(7, marks=pytest.mark.slow)])
 def test_min_and_max_are_exact(randhie: pd.DataFrame, parties: int) -> None:
     frames = split(randhie, parties)
     low = simulate(

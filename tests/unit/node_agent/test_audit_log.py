@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -75,18 +73,18 @@ def test_a_torn_line_is_reported_and_the_agent_will_not_append(tmp_path) -> None
         AuditLog(log.path)
 
 
-def test_audit_verify_command(configs, tmp_path) -> None:
+def test_audit_verify_command(configs, tmp_path, tessera_cli) -> None:
     settings = configs.settings(configs.node_toml(configs.dataset()))
     log = filled(tmp_path)
     assert log.path == settings.audit_path
-    argv = [sys.executable, "-m", "cli.main", "node", "audit-verify", "--config"]
-    done = subprocess.run([*argv, str(configs.root / "node.toml")], capture_output=True, text=True)
+    argv = ["node", "audit-verify", "--config", str(configs.root / "node.toml")]
+    done = tessera_cli(*argv)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["entries"] == 4
 
     text = log.path.read_text().replace('"statistic": "count"', '"statistic": "mean"', 1)
     log.path.write_text(text)
-    done = subprocess.run([*argv, str(configs.root / "node.toml")], capture_output=True, text=True)
+    done = tessera_cli(*argv)
     assert done.returncode == 1
     report = json.loads(done.stdout)
     assert report["ok"] is False and report["first_bad_line"] == 1

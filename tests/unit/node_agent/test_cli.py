@@ -1,24 +1,14 @@
-"""`tessera node check` and `--help`: local checks, one-line errors, nothing sent."""
+"""`tessera node check` and `--help`: local checks, one-line errors, nothing sent (the command
+run in this process; the subprocess form runs in tests/e2e and the node network tests)."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 
-def node(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cli.main", "node", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-def test_check_reports_every_dataset_without_a_coordinator(configs) -> None:
+def test_check_reports_every_dataset_without_a_coordinator(configs, tessera_cli) -> None:
     configs.cohort().to_csv(configs.root / "cohort.csv", index=False)
     configs.cohort().to_parquet(configs.root / "labs.parquet", index=False)
     text = configs.node_toml(
@@ -27,7 +17,7 @@ def test_check_reports_every_dataset_without_a_coordinator(configs) -> None:
     )
     # Port 9 (discard) on loopback: nothing answers there, and check must not need it.
     text = text.replace("http://127.0.0.1:8000", "http://127.0.0.1:9")
-    done = node("check", "--config", str(configs.write(text)))
+    done = tessera_cli("node", "check", "--config", str(configs.write(text)))
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith("cohort: 6 rows, 4 columns, 2 missing values; schema ok (csv file")
@@ -36,11 +26,13 @@ def test_check_reports_every_dataset_without_a_coordinator(configs) -> None:
     assert lines[3] == "privacy budget: none (queries with dp are refused)"
 
 
-def test_check_names_the_broken_column_in_one_line(configs) -> None:
+def test_check_names_the_broken_column_in_one_line(configs, tessera_cli) -> None:
     frame = configs.cohort()
     frame.loc[4, "sex"] = "unknown"
     frame.to_csv(configs.root / "cohort.csv", index=False)
-    done = node("check", "--config", str(configs.write(configs.node_toml(configs.dataset()))))
+    done = tessera_cli(
+        "node", "check", "--config", str(configs.write(configs.node_toml(configs.dataset())))
+    )
     assert done.returncode == 2
     assert done.stderr == (
         "error: dataset 'cohort', column 'sex': 1 row (first: data row 5) not among the "
@@ -49,7 +41,7 @@ def test_check_names_the_broken_column_in_one_line(configs) -> None:
     assert "unknown" not in done.stderr
 
 
-def test_budget_prints_the_ledger_with_limits_and_what_is_left(configs) -> None:
+def test_budget_prints_the_ledger_with_limits_and_what_is_left(configs, tessera_cli) -> None:
     from node_agent.budget import PrivacyLedger
     from tessera.schemas import DPBudget
 
@@ -60,7 +52,7 @@ def test_budget_prints_the_ledger_with_limits_and_what_is_left(configs) -> None:
         "[policy.dp_budgets.labs]\nepsilon = 2",
     )
     path = configs.write(text)
-    empty = node("budget", "--config", str(path))
+    empty = tessera_cli("node", "budget", "--config", str(path))
     assert empty.returncode == 0, empty.stderr
     ledger = configs.root / "state" / "budget.sqlite3"
     assert json.loads(empty.stdout) == {"path": str(ledger), "entries": [], "dataset_totals": []}
@@ -68,7 +60,7 @@ def test_budget_prints_the_ledger_with_limits_and_what_is_left(configs) -> None:
 
     PrivacyLedger(ledger).charge(4, "cohort", 0.25, 1e-7, DPBudget(epsilon=1.0, delta=1e-6))
     PrivacyLedger(ledger).charge(4, "labs", 0.5, 0.0, DPBudget(epsilon=2.0))
-    done = node("budget", "--config", str(path))
+    done = tessera_cli("node", "budget", "--config", str(path))
     assert [t["epsilon_limit"] for t in json.loads(done.stdout)["dataset_totals"]] == [None] * 2
     assert json.loads(done.stdout)["entries"] == [
         {
@@ -96,14 +88,14 @@ def test_budget_prints_the_ledger_with_limits_and_what_is_left(configs) -> None:
     ]
     configs.cohort().to_csv(configs.root / "cohort.csv", index=False)
     configs.cohort().to_csv(configs.root / "labs.csv", index=False)
-    checked = node("check", "--config", str(path))
+    checked = tessera_cli("node", "check", "--config", str(path))
     assert checked.stdout.splitlines()[-1] == (
         "privacy budget: epsilon 1, delta 0.000001 per study and dataset; "
         "labs: epsilon 2, delta 0 per study"
     )
 
 
-def test_budget_prints_each_dataset_total_over_all_studies(configs) -> None:
+def test_budget_prints_each_dataset_total_over_all_studies(configs, tessera_cli) -> None:
     from node_agent.budget import PrivacyLedger
     from tessera.schemas import DPBudget, DPTotal
 
@@ -117,7 +109,7 @@ def test_budget_prints_each_dataset_total_over_all_studies(configs) -> None:
     ledger = PrivacyLedger(configs.root / "state" / "budget.sqlite3")
     for study in (4, 5):
         ledger.charge(study, "cohort", 0.75, 0.0, DPBudget(epsilon=1.0), DPTotal(epsilon=3))
-    done = node("budget", "--config", str(path))
+    done = tessera_cli("node", "budget", "--config", str(path))
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["dataset_totals"] == [
         {
@@ -143,7 +135,7 @@ def test_budget_prints_each_dataset_total_over_all_studies(configs) -> None:
     ]
     configs.cohort().to_csv(configs.root / "cohort.csv", index=False)
     configs.cohort().to_csv(configs.root / "labs.csv", index=False)
-    checked = node("check", "--config", str(path))
+    checked = tessera_cli("node", "check", "--config", str(path))
     assert checked.stdout.splitlines()[-2:] == [
         "privacy budget: epsilon 1, delta 0 per study and dataset; labs: epsilon 2, delta 0 "
         "per study",
@@ -152,7 +144,7 @@ def test_budget_prints_each_dataset_total_over_all_studies(configs) -> None:
 
 
 @pytest.mark.parametrize("command", [[], ["run"], ["check"], ["budget"], ["audit-verify"]])
-def test_help(command) -> None:
-    done = node(*command, "--help")
+def test_help(command, tessera_cli) -> None:
+    done = tessera_cli("node", *command, "--help")
     assert done.returncode == 0, done.stderr
     assert "--config" in done.stdout or "Commands" in done.stdout

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -162,16 +160,11 @@ def test_an_override_from_the_environment_is_named(configs, monkeypatch) -> None
     assert "policy.min_count (from TESSERA_POLICY__MIN_COUNT): Input should be" in message
 
 
-def test_the_cli_prints_one_line_and_exits_2(configs) -> None:
+def test_the_cli_prints_one_line_and_exits_2(configs, tessera_cli) -> None:
     text = configs.node_toml(configs.dataset()).replace('source = "csv"', 'source = "xls"')
     path = configs.write(text)
     for command in ("run", "check", "audit-verify"):
-        done = subprocess.run(
-            [sys.executable, "-m", "cli.main", "node", command, "--config", str(path)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = tessera_cli("node", command, "--config", str(path))
         assert done.returncode == 2, done.stderr
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1, done.stderr

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -223,33 +221,26 @@ def test_a_restart_fails_what_was_training_and_uploads_what_was_approved(service
     assert svc.store.get(5).status == "released"
 
 
-def steward(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cli.main", "steward", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-def test_the_steward_commands_on_the_store(configs) -> None:  # type: ignore[no-untyped-def]
+def test_the_steward_commands_on_the_store(configs, tessera_cli) -> None:  # type: ignore[no-untyped-def]
     path = configs.write(configs.node_toml(configs.dataset(), top='work_dir = "state"') + SYNTHESIS)
-    empty = steward("list", "--config", str(path))
+    empty = tessera_cli("steward", "list", "--config", str(path))
     assert empty.returncode == 2 and "no candidates at this node yet" in empty.stderr
     store = CandidateStore(configs.root / "state" / "synthesis" / "candidates.sqlite3")
     add_candidate(store, configs.root / "state" / "synthesis" / "job-5")
-    listed = steward("list", "--config", str(path))
+    listed = tessera_cli("steward", "list", "--config", str(path))
     assert listed.returncode == 0 and "    5  awaiting_review" in listed.stdout
     assert "0/2" in listed.stdout and "rita" in listed.stdout
-    shown = steward("show", "5", "--config", str(path))
+    shown = tessera_cli("steward", "show", "5", "--config", str(path))
     assert "gate min_fidelity: passed" in shown.stdout and "report: " in shown.stdout
-    outsider = steward("approve", "5", "--config", str(path), "--as", "eve")
+    outsider = tessera_cli("steward", "approve", "5", "--config", str(path), "--as", "eve")
     assert outsider.returncode == 2
     assert "'eve' is not a steward of node node-a (stewards: ada, bob, cy)" in outsider.stderr
-    no_reason = steward("reject", "5", "--config", str(path), "--as", "ada", "--reason", " ")
+    no_reason = tessera_cli(
+        "steward", "reject", "5", "--config", str(path), "--as", "ada", "--reason", " "
+    )
     assert no_reason.returncode == 2 and "needs a --reason" in no_reason.stderr
-    ok = steward("approve", "5", "--config", str(path), "--as", "ada")
+    ok = tessera_cli("steward", "approve", "5", "--config", str(path), "--as", "ada")
     assert ok.returncode == 0 and "approved by ada (1 of 2); 1 more approval(s) needed" in ok.stdout
-    missing = steward("approve", "8", "--config", str(path), "--as", "bob")
+    missing = tessera_cli("steward", "approve", "8", "--config", str(path), "--as", "bob")
     assert missing.returncode == 2 and "no candidate 8 at this node" in missing.stderr
     assert "Traceback" not in missing.stderr + outsider.stderr

@@ -69,7 +69,10 @@ def test_the_accountant_refuses_to_overspend() -> None:
     assert rho_of_spends(ledger.to_json()["spends"]) == pytest.approx(0.009)
 
 
-@pytest.mark.parametrize("epsilon", [0.5, 1.0, 4.0])
+@pytest.mark.parametrize(
+    "epsilon",
+    [pytest.param(0.5, marks=pytest.mark.slow), 1.0, pytest.param(4.0, marks=pytest.mark.slow)],
+)
 def test_the_reported_epsilon_is_the_epsilon_the_noise_spent(
     epsilon: float, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -108,6 +111,7 @@ def test_the_reported_epsilon_survives_save_and_load(tmp_path: Any) -> None:
     assert epsilon_for(rho_of_spends(spends), 1e-7) == pytest.approx(2.0, rel=1e-6)
 
 
+@pytest.mark.slow  # trains mst at several epsilons
 def test_more_epsilon_means_less_noise_and_better_fidelity() -> None:
     frame = cohort(HOSPITALS[0])
     metadata = TableMetadata.from_schema(schema(), frame)
@@ -176,6 +180,7 @@ def test_the_grid_is_as_fine_as_the_noise_allows(
     assert mst.grid_cells(n_hat, sigma, cap) == cells
 
 
+@pytest.mark.slow  # trains mst twice
 def test_few_rows_at_a_small_epsilon_get_a_coarser_grid() -> None:
     frame = cohort(HOSPITALS[2])
     metadata = TableMetadata.from_schema(schema(), frame)
