@@ -91,7 +91,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         for name, rows, seed in zip(NODES, (300, 200, 150), (1, 2, 3), strict=True)
     }
     try:
-        net.start_coordinator(accept_timeout_s=20, query_timeout_s=40, sweep_interval_s=0.2)
+        net.start_coordinator(accept_timeout_s=20, query_timeout_s=40, sweep_interval_s=1.0)
         admin = TesseraClient(net.url)
         admin.login("admin", net.admin_password)
         orgs, keys = [], {}
