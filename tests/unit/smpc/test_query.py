@@ -1,14 +1,17 @@
-"""The query language: every statistic validates, bad queries name their problem."""
+"""The query language: every statistic validates, bad queries name their problem, and every
+statistic's result fits the type the registry publishes."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
+import numpy as np
+import pandas as pd
 import pytest
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 
-from smpc import DP_STATISTICS, STATISTICS, parse_query, prepare
-from smpc.statistics import REGISTRY, Query
+from smpc import DP_STATISTICS, STATISTICS, parse_query, prepare, reference
+from smpc.statistics import REGISTRY, Query, result_type
 from tessera.errors import QueryInvalid
 from tessera.schemas import ColumnSpec, DatasetSchema
 
@@ -155,3 +158,69 @@ def test_schemas_reject_inconsistent_columns() -> None:
         DatasetSchema(columns=[ColumnSpec(name="a", type="float")] * 2)
     with pytest.raises(ValueError, match="min > max"):
         ColumnSpec(name="a", type="float", min=3, max=1)
+
+
+# ---- result types: every statistic's result fits the type the registry publishes ----------
+# (`QueryResult` in the coordinator's spec: the coordinator refuses a result that does not, so a
+# wrong type would fail real queries; checked on the plaintext oracle, whose results the protocol
+# tests show are the protocol's: ungrouped, grouped, with `dp` and with suppressed cells)
+
+GROUPED = [s for s in STATISTICS if s != "kaplan_meier"]  # its groups are its `group`
+
+
+@pytest.fixture(scope="module")
+def frame() -> pd.DataFrame:
+    rng = np.random.default_rng(4)
+    rows = 400
+    age = rng.integers(0, 19, rows)
+    return pd.DataFrame(
+        {
+            "age": age,
+            "weight": np.round(3.5 + 3.1 * age + rng.normal(0, 4, rows), 2).clip(1, 120),
+            "sex": rng.choice(["F", "M"], rows),
+            "icu": rng.random(rows) < 0.3,
+            "time": rng.integers(0, 3651, rows),
+            "region": rng.choice(["north", "south", "east"], rows),
+        }
+    )
+
+
+def fits(statistic: str, result: dict[str, Any]) -> None:
+    TypeAdapter(REGISTRY[statistic].result_model()).validate_python(result)
+    TypeAdapter(result_type()).validate_python(result)
+
+
+@pytest.mark.parametrize("statistic", STATISTICS)
+def test_a_result_fits_its_type(statistic: str, frame: pd.DataFrame) -> None:
+    query = {"statistic": statistic, "dataset": "d", **EVERY_STATISTIC[statistic]}
+    fits(statistic, reference(query, frame, SCHEMA))
+    fits(statistic, reference({**query, "min_count": 10_000}, frame, SCHEMA))  # suppressed
+
+
+@pytest.mark.parametrize("statistic", GROUPED)
+def test_a_grouped_result_fits_its_type(statistic: str, frame: pd.DataFrame) -> None:
+    schema = DatasetSchema(
+        columns=[*SCHEMA.columns, ColumnSpec(name="band", type="categorical", levels=["a", "b"])]
+    )
+    data = frame.assign(band=np.where(frame["age"] < 9, "a", "b"))
+    query = {
+        "statistic": statistic,
+        "dataset": "d",
+        "group_by": ["band"],
+        **EVERY_STATISTIC[statistic],
+    }
+    fits(statistic, reference(query, data, schema))
+
+
+@pytest.mark.parametrize("statistic", DP_STATISTICS)
+def test_a_dp_result_fits_its_type(statistic: str, frame: pd.DataFrame) -> None:
+    bounded = {"column": "age"} if statistic in ("sum", "mean") else {}  # declared bounds
+    query = {"statistic": statistic, "dataset": "d", "dp": {"epsilon": 1.0}}
+    fits(statistic, reference({**query, **EVERY_STATISTIC[statistic], **bounded}, frame, SCHEMA))
+
+
+def test_another_statistics_result_or_an_extra_key_does_not_fit() -> None:
+    with pytest.raises(ValidationError):
+        fits("count", {"n": 3, "mean": 2.0})
+    with pytest.raises(ValidationError):
+        fits("count", {"n": 3, "count": 3, "rows": [1, 2, 3]})
