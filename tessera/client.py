@@ -9,6 +9,7 @@ the coordinator named, with the HTTP status it came with in `http_status`.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -44,7 +45,7 @@ class TesseraClient:
         body = response.json() if response.content else None
         if answer is not None:
             try:
-                TypeAdapter(answer).validate_python(body)
+                _adapter(answer).validate_python(body)
             except ValidationError as exc:
                 name = getattr(answer, "__name__", str(answer))
                 raise ProtocolFailed(
@@ -303,6 +304,12 @@ class TesseraClient:
     def release_report(self, release_id: int) -> bytes:
         """A release's evaluation report (HTML bytes)."""
         return _checked(self._request("GET", f"/releases/{release_id}/report"))
+
+
+@functools.cache
+def _adapter(answer: Any) -> TypeAdapter[Any]:
+    """The validator of an answer's type, built once per type."""
+    return TypeAdapter(answer)
 
 
 def _body(model: type[BaseModel], **fields: Any) -> dict[str, Any]:

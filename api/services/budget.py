@@ -20,17 +20,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import ValidationError
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from api import audit, clock
 from api.db import write_lock
 from api.models import Node, NodeBudget, NodeDatasetBudget, Study
+from api.services.network import published_policy
 from api.services.studies import dataset_nodes, study_view
 from tessera.errors import BudgetExceeded, InvalidRequest, PolicyDenied
 from tessera.privacy import exact, left, text
-from tessera.schemas import DPBudget, DPTotal, NodeBudgetReport, NodePolicySummary
+from tessera.schemas import DPBudget, DPTotal, NodeBudgetReport
 
 
 def report(db: Session, node: Node, body: NodeBudgetReport) -> dict[str, Any]:
@@ -106,23 +106,14 @@ def report(db: Session, node: Node, body: NodeBudgetReport) -> dict[str, Any]:
     return {"entries": len(kept), "ignored_study_ids": ignored}
 
 
-def _policy(node: Node) -> NodePolicySummary | None:
-    try:
-        return NodePolicySummary.model_validate(node.policy or {})
-    except ValidationError:
-        return None
-
-
 def _limit(node: Node, dataset: str) -> DPBudget | None:
     """The node's budget per study on `dataset`, from its published policy (None: no DP)."""
-    policy = _policy(node)
-    return policy.dp_limit(dataset) if policy else None
+    return published_policy(node).dp_limit(dataset)
 
 
 def _total(node: Node, dataset: str) -> DPTotal | None:
     """The node's cap on all studies together on `dataset` (None: none)."""
-    policy = _policy(node)
-    return policy.dp_total_limit(dataset) if policy else None
+    return published_policy(node).dp_total_limit(dataset)
 
 
 def _spent(db: Session, study: Study, dataset: str) -> dict[int, NodeBudget]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -98,9 +99,13 @@ def node_view(node: Node) -> dict[str, Any]:
 
 
 def published_policy(node: Node) -> NodePolicySummary:
-    """The policy summary the node published at its last hello (an empty one before it; the
-    node still decides, this only predicts its refusals)."""
-    return NodePolicySummary.model_validate(node.policy or {})
+    """The policy summary the node published at its last hello (an empty one before it, or if
+    what is stored no longer reads as one; the node still decides, this only predicts its
+    refusals)."""
+    try:
+        return NodePolicySummary.model_validate(node.policy or {})
+    except ValidationError:
+        return NodePolicySummary()
 
 
 def hello(db: Session, node: Node, message: NodeHello) -> Node:
