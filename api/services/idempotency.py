@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
@@ -32,8 +31,6 @@ from tessera.errors import Conflict, InvalidRequest
 
 HEADER = "Idempotency-Key"
 MAX_KEY = 255
-
-
 REPLAYED = "Idempotent-Replayed"  # the header of an answer replayed to a retry
 
 
@@ -111,7 +108,7 @@ def once(
         assert row is not None
         return _replay(row, fingerprint)
     answer = work()
-    claim.status_code, claim.response = answer.status_code, jsonable_encoder(answer.body)
+    claim.status_code, claim.response = answer.status_code, answer.body  # JSON-ready already
     db.flush()
     return answer
 

@@ -109,7 +109,7 @@ class Plan:
         """The threshold every party will apply: the query's, raised to each node's floor."""
         from smpc.query import applied_threshold
 
-        floors = [int((node.policy or {}).get("min_count") or 0) for node in self.nodes]
+        floors = [published_policy(node).min_count for node in self.nodes]
         return applied_threshold(self.query.min_count, floors)
 
 

@@ -53,6 +53,7 @@ class TTestQuery(ColumnQuery):
 class TTest(SecureStatistic):
     name = "ttest"
     query_model = TTestQuery
+    numeric_column = True
     result_fields = {"statistic": float | None, "p_value": float | None, "df": float | None}
     moments = ("sum", "sumsq")
     binned = True
@@ -64,10 +65,7 @@ class TTest(SecureStatistic):
     def validate(self) -> None:
         q = self.query
         spec = self.schema.column(q.group)
-        column = self.schema.column(q.column)
-        assert spec is not None and column is not None
-        if not column.is_numeric:
-            raise QueryInvalid(f"ttest: column {q.column!r} is {column.type}, not numeric")
+        assert spec is not None
         if spec.type not in ("categorical", "boolean") or len(spec.group_levels()) != 2:
             raise QueryInvalid(
                 f"ttest: group column {q.group!r} must be boolean or categorical with exactly "

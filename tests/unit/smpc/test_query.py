@@ -224,3 +224,8 @@ def test_another_statistics_result_or_an_extra_key_does_not_fit() -> None:
         fits("count", {"n": 3, "mean": 2.0})
     with pytest.raises(ValidationError):
         fits("count", {"n": 3, "count": 3, "rows": [1, 2, 3]})
+
+
+def test_a_ttest_of_a_categorical_column_is_refused() -> None:
+    with pytest.raises(QueryInvalid, match="ttest: column 'sex' is categorical, not numeric"):
+        prepare({"statistic": "ttest", "dataset": "d", "column": "sex", "group": "icu"}, SCHEMA)
