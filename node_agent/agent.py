@@ -557,6 +557,7 @@ class NodeAgent:
                 for p in parties
             ],
             min_count_floor=self.policy.min_count,
+            rules=self.policy.rules(task.dataset),
             timeout_s=timeout,
             tls=PartyTLS(
                 key_pem=prepared.key_pem,

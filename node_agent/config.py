@@ -26,8 +26,10 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from tessera.errors import ConfigInvalid
 from tessera.schemas import (
+    MAX_THRESHOLD,
     ColumnSpec,
     DatasetSchema,
+    DisclosureRules,
     DPBudget,
     DPTotal,
     Name,
@@ -210,7 +212,7 @@ class PolicyConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    min_count: int = Field(5, ge=0)
+    min_count: int = Field(5, ge=0, le=MAX_THRESHOLD)
     allowed_statistics: list[str] | None = None
     allowed_datasets: list[str] | None = None
     # Differential privacy: what each study may spend on each dataset (sums of the queries'
@@ -221,6 +223,10 @@ class PolicyConfig(BaseModel):
     dp_epsilon_total: float | None = Field(None, ge=0, allow_inf_nan=False)
     dp_delta_total: float | None = Field(None, ge=0, lt=1)
     dp_budgets: dict[str, DatasetDPConfig] = {}  # a dataset's own limits, instead
+    # Disclosure mode ("exact" or "dp") and rules (smpc.disclosure), for every dataset unless
+    # the dataset has its own entry in `dataset_disclosure`.
+    disclosure: DisclosureRules = DisclosureRules()
+    dataset_disclosure: dict[str, DisclosureRules] = {}
     synthesis: SynthesisPolicyConfig | None = None  # None: this node trains no generator
 
     @model_validator(mode="after")
@@ -267,6 +273,8 @@ class PolicyConfig(BaseModel):
         return NodePolicySummary(
             min_count=self.min_count,
             allowed_statistics=self.allowed_statistics,
+            disclosure=self.disclosure,
+            dataset_disclosure=self.dataset_disclosure,
             dp_budget=self.dp_budget,
             dp_dataset_budgets={
                 name: budget

@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING
 
 from node_agent.config import DatasetConfig, PolicyConfig
 from tessera.errors import InvalidRequest, QueryInvalid
-from tessera.schemas import DPBudget, DPTotal, NodePolicySummary, SynthesisJobOut, TaskOut
+from tessera.schemas import (
+    DisclosureRules,
+    DPBudget,
+    DPTotal,
+    NodePolicySummary,
+    SynthesisJobOut,
+    TaskOut,
+)
 
 if TYPE_CHECKING:
     from smpc.statistics import SecureStatistic
@@ -42,6 +49,10 @@ class Policy:
     def min_count(self) -> int:
         """The disclosure floor this node imposes on every result it takes part in."""
         return self.config.min_count
+
+    def rules(self, dataset: str) -> DisclosureRules:
+        """The disclosure mode and rules this node applies to `dataset` (`smpc.disclosure`)."""
+        return self.config.summary().rules(dataset)
 
     def summary(self) -> NodePolicySummary:
         """What the coordinator may know of the policy, to plan (it does not decide)."""

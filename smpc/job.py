@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from smpc.tls import PartyTLS
-from tessera.schemas import DatasetSchema
+from tessera.schemas import MAX_THRESHOLD, DatasetSchema, DisclosureRules
 
 
 class LocalSummary(BaseModel):
@@ -62,7 +62,8 @@ class PartyJob(BaseModel):
     summary: LocalSummary
     party_id: int = Field(ge=0)
     parties: list[tuple[str, int]] = Field(min_length=1)
-    min_count_floor: int = Field(0, ge=0)
+    min_count_floor: int = Field(0, ge=0, le=MAX_THRESHOLD)
+    rules: DisclosureRules = DisclosureRules()  # this node's rules for the dataset
     timeout_s: float = Field(60.0, gt=0)
     tls: PartyTLS | None = None  # None only for trusted local runs (tests, benchmarks)
 

@@ -23,7 +23,14 @@ from pydantic import (
 )
 
 from tessera.errors import QueryInvalid
-from tessera.schemas import COLUMN_PATTERN, ColumnName, ColumnSpec, DatasetSchema, Name
+from tessera.schemas import (
+    COLUMN_PATTERN,
+    MAX_THRESHOLD,
+    ColumnName,
+    ColumnSpec,
+    DatasetSchema,
+    Name,
+)
 
 Scalar = float | int | str | bool
 Op = Literal["==", "!=", "<", "<=", ">", ">=", "in"]
@@ -96,7 +103,10 @@ class QueryBase(BaseModel):
         description="Categorical or boolean columns: the result is given per group.",
     )
     min_count: int | None = Field(
-        None, ge=0, description="Suppress every cell with fewer rows (raised to node floors)."
+        None,
+        ge=0,
+        le=MAX_THRESHOLD,
+        description="Suppress every cell with fewer rows (raised to node floors).",
     )
     dp: DPSpec | None = None
 

@@ -15,13 +15,14 @@ from typing import Any
 
 import pandas as pd
 
+from smpc.cellkey import frame_secret
 from smpc.frames import infer_schema
 from smpc.job import PartyJob
 from smpc.runner import start_parties, wait_party
 from smpc.statistics import compile_query
 from smpc.tls import PartyTLS, new_identity
 from tessera.errors import ProtocolFailed, QueryInvalid
-from tessera.schemas import DatasetSchema
+from tessera.schemas import DatasetSchema, DisclosureRules
 
 MIN_PARTIES = 3
 MAX_PARTIES = 16
@@ -48,6 +49,8 @@ def simulate(
     schema: DatasetSchema | None = None,
     *,
     min_count_floors: Sequence[int] | None = None,
+    rules: DisclosureRules | Sequence[DisclosureRules] | None = None,
+    key_secrets: Sequence[str] | None = None,
     timeout_s: float = 60.0,
     tls: bool = True,
 ) -> dict[str, Any]:
@@ -55,8 +58,12 @@ def simulate(
 
     `schema` defaults to one inferred from the frames (`smpc.frames.infer_schema`: categorical
     levels are the sorted union of values seen, a pandas categorical's its own; no bounds).
-    `min_count_floors` plays each party's policy floor. With `tls` (the default) the parties
-    authenticate each other with fresh per-run certificates, as nodes do.
+    `min_count_floors` plays each party's policy floor, `rules` its disclosure mode and rules
+    (one for all, or one per party; default: the `exact` mode with DataSHIELD's defaults, as a
+    node's policy), `key_secrets` its row-key secret (`smpc.cellkey`; default: one derived from
+    each frame's contents, so the same frames always get the same perturbation). With `tls`
+    (the default) the parties authenticate each other with fresh per-run certificates, as
+    nodes do.
     """
     if not MIN_PARTIES <= len(parties) <= MAX_PARTIES:
         raise QueryInvalid(
@@ -69,7 +76,22 @@ def simulate(
     floors = list(min_count_floors or [0] * len(parties))
     if len(floors) != len(parties):
         raise QueryInvalid("give one min_count floor per party")
-    summaries = [statistic.local_input(frame) for frame in parties]
+    if rules is None or isinstance(rules, DisclosureRules):
+        rules = [rules or DisclosureRules()] * len(parties)
+    if len(rules) != len(parties):
+        raise QueryInvalid("give one set of disclosure rules per party, or one for all")
+    if any(r.mode == "dp" for r in rules) and statistic.query.dp is None:
+        raise QueryInvalid(
+            "a party's dataset is in the 'dp' disclosure mode: every query on it must carry 'dp'",
+            {"field": "dp"},
+        )
+    secrets = list(key_secrets or [frame_secret(frame) for frame in parties])
+    if len(secrets) != len(parties):
+        raise QueryInvalid("give one row-key secret per party")
+    summaries = []
+    for frame, secret in zip(parties, secrets, strict=True):
+        statistic.key_secret = secret
+        summaries.append(statistic.local_input(frame))
     addresses = [("127.0.0.1", port) for port in free_ports(len(parties))]
     identities = [new_identity(i) for i in range(len(parties))] if tls else []
     certificates = [cert for _, cert in identities]
@@ -81,6 +103,7 @@ def simulate(
             party_id=i,
             parties=addresses,
             min_count_floor=floors[i],
+            rules=rules[i],
             timeout_s=timeout_s,
             tls=PartyTLS(key_pem=identities[i][0], certificates=certificates) if tls else None,
         )

@@ -146,11 +146,47 @@ class SynthesisPolicySummary(Strict):
         return None
 
 
+# The largest threshold a query or a node may set: a million rows. Every secure comparison
+# with a threshold has ample headroom above it (counts are 66-bit secure integers), so a
+# threshold can never wrap around the comparison (a min_count of 2**67 once released every
+# cell); a larger one would suppress everything any hospital network holds anyway.
+MAX_THRESHOLD = 1_000_000
+
+Mode = Literal["exact", "dp"]
+MODES: tuple[str, ...] = ("exact", "dp")
+
+
+class DisclosureRules(Strict):
+    """One node's disclosure rules for one dataset: public policy, opened to every party at the
+    start of each protocol, which applies the strictest of every party's (`smpc.disclosure`)."""
+
+    mode: Mode = "exact"
+    subset_min: int = Field(3, ge=0, le=MAX_THRESHOLD)
+    glm_ratio: float = Field(0.33, gt=0, le=1)
+    levels_max: int = Field(40, ge=2, le=MAX_THRESHOLD)
+    levels_density: float = Field(0.33, gt=0, le=1)
+    noise: float = Field(0.25, ge=0.01, le=1)
+    magnitude: float = Field(0.25, ge=0.01, le=1)
+
+    def vector(self) -> list[int]:
+        """The rules as integers, to be opened in one round (ratios in millionths)."""
+        return [
+            self.subset_min,
+            round(self.glm_ratio * 1_000_000),
+            self.levels_max,
+            round(self.levels_density * 1_000_000),
+            round(self.noise * 1_000_000),
+            round(self.magnitude * 1_000_000),
+        ]
+
+
 class NodePolicySummary(Strict):
     """What a node publishes of its policy so the coordinator can plan (the node still decides)."""
 
-    min_count: int = Field(0, ge=0)
+    min_count: int = Field(0, ge=0, le=MAX_THRESHOLD)
     allowed_statistics: list[str] | None = None  # None: every statistic
+    disclosure: DisclosureRules = DisclosureRules()  # every dataset's, unless its own is set
+    dataset_disclosure: dict[str, DisclosureRules] = {}
     dp_budget: DPBudget | None = None  # per study and dataset; None: no DP query is accepted
     dp_dataset_budgets: dict[str, DPBudget] = {}  # a dataset's own budget, instead of dp_budget
     dp_total: DPTotal | None = None  # per dataset, over all studies; None: no such cap
@@ -160,6 +196,10 @@ class NodePolicySummary(Strict):
     def dp_limit(self, dataset: str) -> DPBudget | None:
         """The budget of each study on `dataset`; None if this node accepts no DP query on it."""
         return self.dp_dataset_budgets.get(dataset, self.dp_budget)
+
+    def rules(self, dataset: str) -> DisclosureRules:
+        """The disclosure mode and rules this node applies to `dataset`."""
+        return self.dataset_disclosure.get(dataset, self.disclosure)
 
     def dp_total_limit(self, dataset: str) -> DPTotal | None:
         """The cap on all studies together on `dataset`; None if there is none."""

@@ -110,6 +110,9 @@ class SecureStatistic:
     extreme: ClassVar[Literal["min", "max"] | None] = None
     value_column: ClassVar[bool] = True  # reads `query.column`
     binned: ClassVar[bool] = False  # cells within a group come from `bin_index`
+    # the node's row-key secret (`smpc.cellkey`), set before `local_input` (None: derived from
+    # the frame itself, for local use)
+    key_secret: str | None = None
 
     def __init__(self, query: QueryBase, schema: DatasetSchema) -> None:
         self.query = query

@@ -1,0 +1,134 @@
+"""Cell-key perturbation (the ABS TableBuilder method), computed inside MPC.
+
+**Row keys.** Every row of a node's dataset carries a persistent secret key: a keyed SipHash
+(`pandas.util.hash_pandas_object` with the node's secret, 16 characters kept in the node's work
+directory and never sent) of the row's declared columns. The same row always has the same key;
+without the secret nobody can compute it, and the keys of different rows are independent.
+
+**Cell keys.** A cell's key is the sum of its rows' keys, over every site, modulo 2²⁴: each
+party inputs, per cell and per key field, the sum of its rows' 24-bit fields modulo 2²⁴, and the
+parties take the low 24 bits of the pooled sum inside MPC (`np_to_bits`; nothing is opened but
+a masked value). Two fields of each row's 64-bit hash give two independent cell keys, A and B.
+
+**Perturbations.** From the bits of a cell key, inside MPC (`Perturbation`):
+
+- counts: p = b₀ + b₁ + 2·(b₂ + b₃) − 3, in {−3, …, 3} with probabilities
+  (1, 2, 3, 4, 3, 2, 1)/16: mean 0, standard deviation 1.58, never more than 3 away;
+- magnitudes: u = (2·Σⱼ 2ʲ·b₄₊ⱼ + 1 − 2¹²) / 2¹², twelve bits, uniform on (−1, 1).
+
+A released count is n + p (a cell with no row stays 0). A sum is Σx + u·magnitude·M, where M is
+the cell's largest |x| (a secure maximum over the parties' local maxima), rounded inside MPC to
+the published precision (`SUM_PRECISION_BITS`). The same cell always has the same key, so the
+same query always gets the same answer: repeating it averages nothing away. Two selections that
+differ by a few rows have unrelated keys, so subtracting their answers leaves the difference of
+two perturbations, not a child's value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+KEY_FIELD_BITS = 24
+KEY_FIELDS = 2  # A (counts and sums) and B (second moments and extremes)
+_KEY_MASK = (1 << KEY_FIELD_BITS) - 1
+COUNT_BITS = 4
+MAGNITUDE_BITS = 12  # u has 2**12 steps on (-1, 1)
+MAGNITUDE_SCALE_BITS = 8  # the policy's `magnitude` and `noise`, in 1/256
+LARGEST_SCALE_BITS = 8  # a cell's largest |x| travels rounded up to 1/256
+SUM_PRECISION_BITS = 16  # opened sums are rounded down to multiples of 2**-16
+SECRET_LENGTH = 16  # SipHash's key: 16 characters (urlsafe base64 of 12 random bytes)
+
+
+def new_secret() -> str:
+    """A fresh row-key secret for a node's work directory (96 bits)."""
+    return secrets.token_urlsafe(12)
+
+
+def frame_secret(frame: pd.DataFrame) -> str:
+    """A secret derived from a frame's own contents: for local use (`simulate`), where whoever
+    runs the query holds every frame anyway; the same frame always gets the same keys."""
+    import pandas as pd
+
+    digest = hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return digest.hexdigest()[:SECRET_LENGTH]
+
+
+def row_keys(data: pd.DataFrame, secret: str) -> np.ndarray:
+    """Each row's 64-bit key: a SipHash of its values keyed with the node's secret. `data` holds
+    the dataset's declared columns, conformed (`smpc.frames.conform`), in schema order."""
+    import pandas as pd
+
+    if len(secret.encode("utf-8")) != SECRET_LENGTH:
+        raise ValueError(f"a row-key secret is {SECRET_LENGTH} ASCII characters")
+    if len(data) == 0:
+        return np.zeros(0, dtype=np.uint64)
+    hashed = pd.util.hash_pandas_object(data, index=False, hash_key=secret, categorize=False)
+    return hashed.to_numpy(dtype=np.uint64)
+
+
+def key_sums(keys: np.ndarray, cells: np.ndarray, size: int) -> list[int]:
+    """Per key field and cell, the sum of the rows' field modulo 2²⁴ (field-major: A's cells,
+    then B's)."""
+    out: list[int] = []
+    for field in range(KEY_FIELDS):
+        part = (keys >> np.uint64(KEY_FIELD_BITS * field)) & np.uint64(_KEY_MASK)
+        totals = np.zeros(size, dtype=np.uint64)
+        np.add.at(totals, cells, part)
+        out.extend(int(t) & _KEY_MASK for t in totals)
+    return out
+
+
+def largest(values: np.ndarray, cells: np.ndarray, size: int) -> list[int]:
+    """Per cell, this party's largest |x|, rounded up to 1/256 (0 for an empty cell)."""
+    top = np.zeros(size, dtype=float)
+    np.maximum.at(top, cells, np.abs(values))
+    return [int(np.ceil(np.ldexp(v, LARGEST_SCALE_BITS))) for v in top]
+
+
+# ---- inside MPC -----------------------------------------------------------------------------
+
+
+@dataclass
+class Perturbation:
+    """Per cell, secret: the count perturbation p (from key A) and two magnitude draws
+    u_a, u_b (keys A and B), as integers: u = magnitude / 2**MAGNITUDE_BITS."""
+
+    count: Any
+    magnitude_a: Any
+    magnitude_b: Any
+
+
+def _magnitude(bits: Any) -> Any:
+    weights = np.array([2 * (1 << j) for j in range(MAGNITUDE_BITS)], dtype=object)
+    window = bits[:, COUNT_BITS : COUNT_BITS + MAGNITUDE_BITS]
+    return window @ weights + (1 - (1 << MAGNITUDE_BITS))
+
+
+async def perturbation(mpc: Any, secint: Any, pooled_keys: Any, size: int) -> Perturbation:
+    """The cells' perturbations from the pooled key sums (a secure vector of 2·size integers,
+    field-major). Opens nothing but MPyC's masked bit-decomposition value."""
+    bits = mpc.np_to_bits(pooled_keys, l=KEY_FIELD_BITS)
+    a, b = bits[:size], bits[size:]
+    count = a[:, 0] + a[:, 1] + 2 * (a[:, 2] + a[:, 3]) - 3
+    return Perturbation(count=count, magnitude_a=_magnitude(a), magnitude_b=_magnitude(b))
+
+
+def scale_factor(ratio: float) -> int:
+    """A policy ratio (magnitude, noise) in 1/256 (at least 1)."""
+    return max(1, round(ratio * (1 << MAGNITUDE_SCALE_BITS)))
+
+
+async def floor_bits(mpc: Any, values: Any, drop: int) -> Any:
+    """values rounded down to a multiple of 2**drop, exactly (bit decomposition of the low
+    `drop` bits; values may be negative)."""
+    low = mpc.np_to_bits(values, l=drop)
+    weights = np.array([1 << j for j in range(drop)], dtype=object)
+    return values - low @ weights

@@ -1,0 +1,104 @@
+"""Disclosure rules: what each node's policy demands of every result it takes part in.
+
+A node's policy sets, per dataset, a disclosure *mode* and the rules below; they are public
+policy (the coordinator shows them, the dry-run predicts with them). Each party hands its own
+rules to its party process; at the start of every protocol the parties open every party's
+rules (`agree_rules`) and apply the strictest of each, so no query and no other node can relax
+a node's rule. A node's own floor also applies to its own contribution to every cell
+(`per_site_floors`), so the rules are known per party.
+
+The rules, with their DataSHIELD counterparts and defaults (as DataSHIELD's):
+
+- `min_count` (DataSHIELD's `nfilter.tab`; node config, default 5): a released cell has at
+  least T pooled rows, and every site's contribution is 0 or at least that site's own floor;
+- `subset_min` (`nfilter.subset`, 3): a `where` selection and its complement each hold at
+  least this many rows;
+- `glm_ratio` (`nfilter.glm`, 0.33): a model's parameters are at most glm_ratio · n;
+- `levels_max` (`nfilter.levels.max`, 40): a grouping or categorical column has at most this
+  many levels, and `levels_density` (`nfilter.levels.density`, 0.33) at most that share of n;
+- `noise` (`nfilter.noise`, 0.25): extremes and quantiles move by up to noise · spread;
+- `magnitude` (the ABS TableBuilder's, 0.25): sums move by up to magnitude · the cell's largest
+  contribution.
+
+`mode` is `exact` (the rules above, with cell-key perturbation: `smpc.cellkey`) or `dp` (every
+query must carry `dp`; the node refuses the rest, before any protocol runs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from tessera.schemas import MAX_THRESHOLD, MODES, DisclosureRules, Mode
+
+if TYPE_CHECKING:
+    from smpc.job import PartyJob
+
+__all__ = ["MAX_THRESHOLD", "MODES", "AppliedRules", "DisclosureRules", "Mode", "agree_rules"]
+
+_SCALE = 1_000_000  # ratios travel as integers in millionths (DisclosureRules.vector)
+
+
+@dataclass(frozen=True)
+class AppliedRules:
+    """The rules every party applies in one run: the strictest of every party's, and each
+    party's own floor (for the per-site rule). Public: every party opened the same."""
+
+    threshold: int  # T = max(query min_count, every floor)
+    floors: tuple[int, ...]  # party i's own floor
+    subset_min: int
+    glm_ratio: float
+    levels_max: int
+    levels_density: float
+    noise: float
+    magnitude: float
+
+    @classmethod
+    def strictest(
+        cls, query_min_count: int | None, floors: list[int], vectors: list[list[int]]
+    ) -> AppliedRules:
+        from smpc.query import applied_threshold
+
+        return cls(
+            threshold=applied_threshold(query_min_count, floors),
+            floors=tuple(floors),
+            subset_min=max(v[0] for v in vectors),
+            glm_ratio=min(v[1] for v in vectors) / _SCALE,
+            levels_max=min(v[2] for v in vectors),
+            levels_density=min(v[3] for v in vectors) / _SCALE,
+            noise=max(v[4] for v in vectors) / _SCALE,
+            magnitude=max(v[5] for v in vectors) / _SCALE,
+        )
+
+    @classmethod
+    def local(
+        cls, query_min_count: int | None, floors: list[int], rules: list[DisclosureRules]
+    ) -> AppliedRules:
+        """The same combination in plaintext (oracles, the coordinator's prediction)."""
+        return cls.strictest(query_min_count, floors, [r.vector() for r in rules])
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "min_count": self.threshold,
+            "site_floors": list(self.floors),
+            "subset_min": self.subset_min,
+            "glm_ratio": self.glm_ratio,
+            "levels_max": self.levels_max,
+            "levels_density": self.levels_density,
+            "noise": self.noise,
+            "magnitude": self.magnitude,
+        }
+
+
+async def agree_rules(mpc: Any, job: PartyJob, query_min_count: int | None) -> AppliedRules:
+    """Open every party's floor and rules (public policy, one round) and combine them."""
+    from smpc.encoding import KEY_BITS
+
+    secint = mpc.SecInt(KEY_BITS)
+    mine = [job.min_count_floor, *job.rules.vector()]
+    shares = mpc.input([secint(v) for v in mine])
+    opened = await mpc.output([x for party in shares for x in party])
+    width = len(mine)
+    vectors = [[int(v) for v in opened[i : i + width]] for i in range(0, len(opened), width)]
+    floors = [v[0] for v in vectors]
+    return AppliedRules.strictest(query_min_count, floors, [v[1:] for v in vectors])
