@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import logging
+import os
 import signal
 import threading
 import time
@@ -275,6 +277,30 @@ class NodeAgent:
             ) from None
         self._lock_file = lock
 
+    @functools.cached_property
+    def row_key_secret(self) -> str:
+        """The secret that keys every row's cell key (`smpc.cellkey`): made once, kept in
+        `work_dir/row_keys.secret` (mode 0600), never sent. Losing it changes every
+        perturbation (a new "same" answer per query), so it is kept with the audit log."""
+        from smpc.cellkey import SECRET_LENGTH, new_secret
+
+        path = self.settings.work_dir / "row_keys.secret"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            secret = path.read_text(encoding="ascii").strip()
+            if len(secret) != SECRET_LENGTH:
+                raise ConfigInvalid(
+                    f"{path} is not a row-key secret ({SECRET_LENGTH} characters); restore it "
+                    "from backup (a new one would change every released perturbation)"
+                ) from None
+            return secret
+        secret = new_secret()
+        with os.fdopen(fd, "w", encoding="ascii") as out:
+            out.write(secret + "\n")
+        return secret
+
     # ---- privacy budget -------------------------------------------------------------------
 
     @property
@@ -497,7 +523,8 @@ class NodeAgent:
 
         ds = self.settings.dataset(task.dataset)
         assert ds is not None  # the policy refused unknown datasets
-        summary = statistic.local_input(self.cache.get(ds))
+        statistic.key_secret = self.row_key_secret
+        summary = statistic.local_summary(self.cache.get(ds))
         key_pem, certificate = new_identity(task.party_id)
         query = statistic.query
         return _Prepared(query.to_json(), ds, summary, key_pem, certificate, query.dp)

@@ -26,15 +26,31 @@ query must carry `dp`; the node refuses the rest, before any protocol runs).
 
 from __future__ import annotations
 
+import functools
+import math
+import operator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from tessera.errors import DisclosureRefused
 from tessera.schemas import MAX_THRESHOLD, MODES, DisclosureRules, Mode
 
 if TYPE_CHECKING:
     from smpc.job import PartyJob
+    from smpc.statistics.base import SecureStatistic
 
-__all__ = ["MAX_THRESHOLD", "MODES", "AppliedRules", "DisclosureRules", "Mode", "agree_rules"]
+__all__ = [
+    "MAX_THRESHOLD",
+    "MODES",
+    "AppliedRules",
+    "DisclosureRules",
+    "Mode",
+    "agree_rules",
+    "prelude",
+]
 
 _SCALE = 1_000_000  # ratios travel as integers in millionths (DisclosureRules.vector)
 
@@ -102,3 +118,71 @@ async def agree_rules(mpc: Any, job: PartyJob, query_min_count: int | None) -> A
     vectors = [[int(v) for v in opened[i : i + width]] for i in range(0, len(opened), width)]
     floors = [v[0] for v in vectors]
     return AppliedRules.strictest(query_min_count, floors, [v[1:] for v in vectors])
+
+
+async def prelude(mpc: Any, statistic: SecureStatistic, job: PartyJob) -> AppliedRules:
+    """What every protocol does first: agree on the rules (`agree_rules`), then decide inside
+    MPC, on the parties' pooled `selection` counts (`SecureStatistic.selection`), whether the
+    query may run at all. Opens one bit per rule, the same at every party; raises
+    `DisclosureRefused` naming the rule (never a node, a count or a value) when one fails.
+
+    - row rule: no selected row at any site breaks the statistic's own row rule (an outcome
+      not 0/1, a time off the grid): the pooled number of such rows is 0;
+    - subset rule (with `where`): the selection and its complement each hold ≥ subset_min rows;
+    - levels rule: the statistic's largest number of levels ≤ levels_max (public) and
+      ≤ levels_density · n (n: the rows entering the statistic);
+    - model rule: the model's parameters ≤ glm_ratio · n.
+    """
+    from smpc.encoding import KEY_BITS
+
+    rules = await agree_rules(mpc, job, statistic.query.min_count)
+    levels = statistic.levels()
+    if levels > rules.levels_max:
+        raise DisclosureRefused(
+            f"{statistic.name}: a grouping or categorical column has {levels} levels; the "
+            f"nodes' policy allows at most {rules.levels_max} (levels_max)",
+            {"rule": "levels_max"},
+        )
+    secint = mpc.SecInt(KEY_BITS)
+    selection = job.summary.selection or [0, 0, 0, 0]
+    shares = mpc.input(secint.array(np.array(selection, dtype=object)))
+    rows, selected, entering, broken = functools.reduce(operator.add, shares)
+    bits = [broken < 1]
+    names = ["rows"]
+    if statistic.query.where:
+        bits.append((selected >= rules.subset_min) * (rows - selected >= rules.subset_min))
+        names.append("subset")
+    if levels > 1:
+        bits.append(entering >= math.ceil(levels / rules.levels_density))
+        names.append("levels")
+    parameters = statistic.parameters()
+    if parameters:
+        bits.append(entering >= math.ceil(parameters / rules.glm_ratio))
+        names.append("model")
+    opened = await mpc.output(bits)
+    for name, bit in zip(names, opened, strict=True):
+        if not int(bit):
+            raise DisclosureRefused(_REFUSALS[name](statistic, rules), {"rule": name})
+    statistic.rules = rules
+    return rules
+
+
+_REFUSALS: dict[str, Callable[[SecureStatistic, AppliedRules], str]] = {
+    "rows": lambda s, r: (
+        f"{s.name}: {s.row_rule} (checked over every site's selected rows "
+        "together; which site and which rows are not revealed)"
+    ),
+    "subset": lambda s, r: (
+        f"{s.name}: the 'where' selection, or the rows it leaves out, holds "
+        f"fewer than {r.subset_min} rows over all sites (subset_min: a selection and its "
+        "complement must each be large enough that comparing them reveals no individual)"
+    ),
+    "levels": lambda s, r: (
+        f"{s.name}: a grouping or categorical column has more levels than "
+        f"{r.levels_density:g} of the rows (levels_density)"
+    ),
+    "model": lambda s, r: (
+        f"{s.name}: the model has {s.parameters()} parameters, more than "
+        f"{r.glm_ratio:g} of the rows (glm_ratio)"
+    ),
+}

@@ -40,6 +40,10 @@ class LocalSummary(BaseModel):
     extremes: list[int] | None = None
     vectors: dict[str, list[int]] = {}
     rows: str | None = None
+    # [rows in the dataset, rows the `where` selects, rows entering the statistic, selected rows
+    # breaking the statistic's row rule]: checked inside MPC before anything else
+    # (`smpc.disclosure.prelude`), never opened
+    selection: list[int] | None = None
 
     @staticmethod
     def pack_rows(matrix: np.ndarray) -> str:

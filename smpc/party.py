@@ -36,6 +36,7 @@ def _mpyc_argv(job: Any) -> list[str]:
 
 
 async def _run(mpc: Any, job: Any) -> dict[str, Any]:
+    from smpc.disclosure import prelude
     from smpc.statistics import compile_query
 
     statistic = compile_query(job.query, job.dataset_schema)
@@ -45,6 +46,7 @@ async def _run(mpc: Any, job: Any) -> dict[str, Any]:
     started = time.perf_counter()
     await mpc.start()
     try:
+        await prelude(mpc, statistic, job)
         opened = await statistic.compute(mpc, job)
     except BaseException:
         for peer in mpc.parties:
@@ -111,11 +113,14 @@ def main() -> int:
             raise
         return _timed_out(job, exc)
     except Exception as exc:
-        from tessera.errors import TesseraError
+        from tessera.errors import DisclosureRefused, TesseraError
 
         code = exc.code if isinstance(exc, TesseraError) else "protocol_failed"
         traceback.print_exc(file=sys.stderr)
-        message = f"party {job.party_id}: {type(exc).__name__}: {exc}"
+        if isinstance(exc, DisclosureRefused):  # pooled, the same at every party: no party named
+            message = exc.message
+        else:
+            message = f"party {job.party_id}: {type(exc).__name__}: {exc}"
         print(ERROR + json.dumps({"code": code, "message": message}), flush=True)
         return 1
     finally:

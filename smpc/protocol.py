@@ -28,7 +28,6 @@ import numpy as np
 from smpc.dp import COMPARE_BITS, discrete_laplace
 from smpc.encoding import KEY_BITS, MOMENT_BITS, decode_moment, from_order_key
 from smpc.job import PartyJob
-from smpc.query import applied_threshold
 from smpc.statistics.base import Opened, SecureStatistic
 
 
@@ -40,12 +39,6 @@ def pooled(mpc: Any, secure_type: Any, values: list[int]) -> Any:
     """Every party inputs its vector; the sum is computed on shares (nothing is opened)."""
     shares = mpc.input(_array(secure_type, values))
     return functools.reduce(operator.add, shares)
-
-
-async def agree_threshold(mpc: Any, job: PartyJob, query_min_count: int | None) -> int:
-    """T = max(the query's min_count, every party's policy floor); the floors are public policy."""
-    floors = await mpc.output(mpc.input(mpc.SecInt(KEY_BITS)(job.min_count_floor)))
-    return applied_threshold(query_min_count, floors)
 
 
 async def release(mpc: Any, counts: Any, threshold: int) -> list[bool]:
@@ -66,7 +59,7 @@ async def combine_cells(mpc: Any, statistic: SecureStatistic, job: PartyJob) -> 
     if len(summary.counts) != size:
         raise ValueError(f"local summary has {len(summary.counts)} cells, layout needs {size}")
 
-    threshold = await agree_threshold(mpc, job, statistic.query.min_count)
+    threshold = statistic.threshold
     counts = pooled(mpc, secint, summary.counts)
     released = await release(mpc, counts, threshold)
     open_cells = np.flatnonzero(released)
@@ -127,7 +120,7 @@ async def combine_noisy_cells(mpc: Any, statistic: SecureStatistic, job: PartyJo
     names = list(plan)  # "count", then "sum" if the statistic has one
     noise = discrete_laplace(mpc, secint, [plan[name] for name in names for _ in range(size)])
 
-    threshold = await agree_threshold(mpc, job, statistic.query.min_count)
+    threshold = statistic.threshold
     values = {"count": pooled(mpc, secint, summary.counts)}
     if "sum" in plan:
         values["sum"] = pooled(mpc, secint, summary.moments["sum"])

@@ -91,7 +91,7 @@ def simulate(
     summaries = []
     for frame, secret in zip(parties, secrets, strict=True):
         statistic.key_secret = secret
-        summaries.append(statistic.local_input(frame))
+        summaries.append(statistic.local_summary(frame))
     addresses = [("127.0.0.1", port) for port in free_ports(len(parties))]
     identities = [new_identity(i) for i in range(len(parties))] if tls else []
     certificates = [cert for _, cert in identities]

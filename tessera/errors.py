@@ -55,6 +55,14 @@ class DisclosureSuppressed(TesseraError):
     code = "disclosure_suppressed"
 
 
+class DisclosureRefused(TesseraError):
+    """The pooled data fails a disclosure rule (subset, levels, model size, a row rule): decided
+    inside MPC and opened as one pooled outcome, the same at every party. Its message names the
+    rule, never a node, a site's count or a value."""
+
+    code = "disclosure_refused"
+
+
 class NotFound(TesseraError):
     code = "not_found"
 

@@ -126,7 +126,7 @@ def local_summary(
 ) -> LocalSummary:
     """One party's private input for `query` over its own `frame` (aggregates, never rows)."""
     statistic = query if isinstance(query, SecureStatistic) else statistic_for(query, schema)
-    return statistic.local_input(frame)
+    return statistic.local_summary(frame)
 
 
 def reference(

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 from smpc.cells import CellLayout
+from smpc.disclosure import AppliedRules
 from smpc.dp import NoiseSpec, column_bounds, describe, grid_sum, noise_plan
 from smpc.encoding import MAX_SENTINEL, MIN_SENTINEL, encode_moment, order_key
 from smpc.job import LocalSummary, PartyJob
@@ -113,6 +114,8 @@ class SecureStatistic:
     # the node's row-key secret (`smpc.cellkey`), set before `local_input` (None: derived from
     # the frame itself, for local use)
     key_secret: str | None = None
+    row_rule: ClassVar[str] = ""  # what every selected row must satisfy (`row_violations`)
+    rules: AppliedRules | None = None  # the rules every party applies (set by the prelude)
 
     def __init__(self, query: QueryBase, schema: DatasetSchema) -> None:
         self.query = query
@@ -198,6 +201,49 @@ class SecureStatistic:
             within &= bin_index >= 0
             cells = cells + bin_index
         return data[within], cells[within]
+
+    def levels(self) -> int:
+        """The largest number of levels of a grouping or categorical column the statistic
+        reads (the levels rule: `smpc.disclosure.prelude`); 1 when it reads none."""
+        return max([1, *(len(levels) for levels in self.layout.levels)])
+
+    def parameters(self) -> int:
+        """A model's number of parameters (the model rule, glm_ratio); 0 for no model."""
+        return 0
+
+    def row_violations(self, data: pd.DataFrame) -> int:
+        """How many of this party's rows entering the statistic break its `row_rule` (an
+        outcome not 0/1, a time off the grid). Never raised on locally: the count is pooled
+        and checked inside MPC, so no node is named and no value leaks."""
+        return 0
+
+    def selection(self, frame: pd.DataFrame) -> list[int]:
+        """This party's [rows, rows selected by `where`, rows entering the statistic (selected,
+        with every column it reads present), selected rows breaking the row rule]."""
+        from smpc.frames import conform, select
+
+        columns = self.query.referenced_columns()
+        data = conform(frame, self.schema, columns)
+        mask = select(data, self.query.where, self.schema)
+        entering = mask & data[columns].notna().all(axis=1) if columns else mask
+        return [
+            len(data),
+            int(mask.sum()),
+            int(entering.sum()),
+            int(self.row_violations(data[entering])),
+        ]
+
+    def local_summary(self, frame: pd.DataFrame) -> LocalSummary:
+        """What this party hands its party process: `local_input` and its `selection`."""
+        summary = self.local_input(frame)
+        summary.selection = self.selection(frame)
+        return summary
+
+    @property
+    def threshold(self) -> int:
+        """T, as every party applies it (inside a party process, after the prelude)."""
+        assert self.rules is not None, "the prelude sets the rules before the protocol"
+        return self.rules.threshold
 
     def bin_index(self, data: pd.DataFrame) -> np.ndarray:
         raise NotImplementedError

@@ -68,9 +68,9 @@ class Chi2(Crosstab):
 
     async def compute(self, mpc: Any, job: PartyJob) -> PerGroup:
         from smpc.exact import exact_type, open_ratios
-        from smpc.protocol import agree_threshold, pooled
+        from smpc.protocol import pooled
 
-        threshold = await agree_threshold(mpc, job, self.query.min_count)
+        threshold = self.threshold
         r, c = self.shape
         groups = len(self.layout.groups)
         secint = mpc.SecInt(KEY_BITS)

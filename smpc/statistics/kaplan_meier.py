@@ -279,10 +279,9 @@ class KaplanMeier(SecureStatistic):
         for key in ("at_risk", "events"):
             if len(summary.vectors.get(key, ())) != size * grid:
                 raise ValueError(f"local summary's {key!r} does not fit {size} groups × {grid}")
-        from smpc.protocol import agree_threshold
 
         secint = mpc.SecInt(SECURE_BITS)
-        threshold = await agree_threshold(mpc, job, self.query.min_count)
+        threshold = self.threshold
         work = ((threshold - 1) * size + 1) * grid
         if size > 1 and threshold > 1 and work > MAX_TAIL_WORK:
             raise QueryInvalid(

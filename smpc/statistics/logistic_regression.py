@@ -132,9 +132,9 @@ class LogisticRegression(GramStatistic):
     async def compute(self, mpc: Any, job: PartyJob) -> GramOpened:
         from smpc.encoding import KEY_BITS
         from smpc.exact import exact_type
-        from smpc.protocol import agree_threshold, pooled, release
+        from smpc.protocol import pooled, release
 
-        threshold = await agree_threshold(mpc, job, self.query.min_count)
+        threshold = self.threshold
         size = len(self.layout.groups)
         counts = pooled(mpc, mpc.SecInt(KEY_BITS), job.summary.counts)
         released = await release(mpc, counts, threshold)

@@ -141,10 +141,10 @@ class Quantile(SecureStatistic):
         summary = job.summary
         if len(summary.counts) != size:
             raise ValueError(f"local summary has {len(summary.counts)} groups, layout needs {size}")
-        from smpc.protocol import agree_threshold, pooled, release
+        from smpc.protocol import pooled, release
 
         secint = mpc.SecInt(KEY_BITS)
-        threshold = await agree_threshold(mpc, job, self.query.min_count)
+        threshold = self.threshold
         counts = pooled(mpc, secint, summary.counts)
         released = await release(mpc, counts, threshold)
         opened = QuantileOpened(threshold=threshold, released=released, counts=[None] * size)
