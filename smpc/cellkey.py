@@ -112,9 +112,10 @@ def _magnitude(bits: Any) -> Any:
     return window @ weights + (1 - (1 << MAGNITUDE_BITS))
 
 
-async def perturbation(mpc: Any, secint: Any, pooled_keys: Any, size: int) -> Perturbation:
-    """The cells' perturbations from the pooled key sums (a secure vector of 2·size integers,
-    field-major). Opens nothing but MPyC's masked bit-decomposition value."""
+def perturbation(mpc: Any, pooled_keys: Any, size: int) -> Perturbation:
+    """The perturbations of `size` cells from their pooled key sums (a secure vector: the
+    cells' key A sums, then their key B sums). Opens nothing but the masked value of MPyC's
+    bit decomposition."""
     bits = mpc.np_to_bits(pooled_keys, l=KEY_FIELD_BITS)
     a, b = bits[:size], bits[size:]
     count = a[:, 0] + a[:, 1] + 2 * (a[:, 2] + a[:, 3]) - 3

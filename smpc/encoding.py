@@ -23,6 +23,9 @@ MOMENT_BITS = 128
 KEY_BITS = 66  # order keys span [-2**63, 2**63); comparisons need a little headroom
 MOMENT_LIMIT = 2 ** (MOMENT_BITS - FRAC_BITS - 2)
 
+# an empty cell's local extreme in fixed point: beyond every encodable value
+EMPTY_MIN = 2 ** (MOMENT_BITS - 3)
+EMPTY_MAX = -EMPTY_MIN
 MIN_SENTINEL = 2**63 - 1  # an empty cell's local minimum: above every real key
 MAX_SENTINEL = -(2**63)  # an empty cell's local maximum: below every real key
 

@@ -21,12 +21,23 @@ from __future__ import annotations
 
 import functools
 import operator
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
 
+from smpc.cellkey import (
+    LARGEST_SCALE_BITS,
+    MAGNITUDE_BITS,
+    MAGNITUDE_SCALE_BITS,
+    SUM_PRECISION_BITS,
+    Perturbation,
+    floor_bits,
+    perturbation,
+    scale_factor,
+)
 from smpc.dp import COMPARE_BITS, discrete_laplace
-from smpc.encoding import KEY_BITS, MOMENT_BITS, decode_moment, from_order_key
+from smpc.encoding import FRAC_BITS, KEY_BITS, MOMENT_BITS, decode_moment
 from smpc.job import PartyJob
 from smpc.statistics.base import Opened, SecureStatistic
 
@@ -49,52 +60,165 @@ async def release(mpc: Any, counts: Any, threshold: int) -> list[bool]:
     return [bool(int(f)) for f in np.asarray(flags).ravel()]
 
 
+WIDE_BITS = 2 * MOMENT_BITS + 16  # variance's centred second moment n·Σx² − (Σx)², scaled 2**80
+COUNT_BITS = KEY_BITS  # counts, and count differences, are below 2**64
+
+
+def at_least(mpc: Any, values: Any, bound: int | Any, bits: int) -> Any:
+    """Secret bits [value ≥ bound] for |value − bound| < 2**bits (one secure comparison each)."""
+    return 1 - mpc.np_sgn(values - bound, l=bits, LT=True)
+
+
+def secure_max(mpc: Any, a: Any, b: Any, bits: int) -> Any:
+    return a + (b - a) * at_least(mpc, b, a, bits)
+
+
+def secure_min(mpc: Any, a: Any, b: Any, bits: int) -> Any:
+    return a + (b - a) * at_least(mpc, a, b, bits)
+
+
+async def release_cells(mpc: Any, statistic: SecureStatistic, site_counts: list[Any]) -> Any:
+    """The per-site threshold rule (DataSHIELD's nfilter.tab, at every site): a cell is
+    released only if its pooled count reaches T and every site's count is 0 or at least that
+    site's own floor (c·(c − f) ≥ 0). Decided on shares; only one bit per cell is opened."""
+    rules = statistic.rules
+    assert rules is not None
+    counts = functools.reduce(operator.add, site_counts)
+    ok = at_least(mpc, counts, rules.threshold, COUNT_BITS) if rules.threshold > 0 else None
+    for c, floor in zip(site_counts, rules.floors, strict=True):
+        if floor > 1:
+            site_ok = at_least(mpc, c * (c - floor), 0, 2 * COUNT_BITS)
+            ok = site_ok if ok is None else ok * site_ok
+    if ok is None:
+        return counts, [True] * len(site_counts[0])
+    return counts, [bool(int(f)) for f in np.asarray(await mpc.output(ok)).ravel()]
+
+
 async def combine_cells(mpc: Any, statistic: SecureStatistic, job: PartyJob) -> Opened:
-    """The shared cell protocol behind count, sum, mean, variance, min, max and histogram."""
+    """The shared cell protocol behind count, sum, mean, variance, min, max, histogram and
+    crosstab, in the `exact` mode: the per-site threshold rule, then cell-key perturbation
+    (`smpc.cellkey`) of every released count, sum, second moment and extreme, rounded inside
+    MPC before it is opened."""
     if statistic.query.dp is not None:
         return await combine_noisy_cells(mpc, statistic, job)
-    secint = mpc.SecInt(KEY_BITS)
+    rules = statistic.rules
+    assert rules is not None
+    wide = "sumsq" in statistic.moments
+    secint = mpc.SecInt(WIDE_BITS if wide else MOMENT_BITS)
     summary = job.summary
     size = statistic.layout.size
-    if len(summary.counts) != size:
-        raise ValueError(f"local summary has {len(summary.counts)} cells, layout needs {size}")
+    if len(summary.counts) != size or len(summary.vectors.get("keys", ())) != 2 * size:
+        raise ValueError(f"local summary does not fit the layout's {size} cells")
 
-    threshold = statistic.threshold
-    counts = pooled(mpc, secint, summary.counts)
-    released = await release(mpc, counts, threshold)
-    open_cells = np.flatnonzero(released)
-
-    opened = Opened(threshold=threshold, released=released, counts=[None] * size)
-    if open_cells.size:
-        values = await mpc.output(counts[open_cells])
-        for c, v in zip(open_cells, np.asarray(values).ravel(), strict=True):
-            opened.counts[c] = int(v)
-
+    site_counts = mpc.input(_array(secint, summary.counts))
+    counts, released = await release_cells(mpc, statistic, site_counts)
+    cells = np.flatnonzero(released)
+    opened = Opened(threshold=rules.threshold, released=released, counts=[None] * size)
     if statistic.moments:
-        secmoment = mpc.SecInt(MOMENT_BITS)
-        for name in statistic.moments:
-            sums = pooled(mpc, secmoment, summary.moments[name])
-            column: list[Any] = [None] * size
-            if open_cells.size:
-                values = await mpc.output(sums[open_cells])
-                for c, v in zip(open_cells, np.asarray(values).ravel(), strict=True):
-                    column[c] = decode_moment(int(v))
-            opened.moments[name] = column
-
+        opened.moments = {name: [None] * size for name in statistic.moments}
     if statistic.extreme is not None:
-        assert summary.extremes is not None
-        shares = mpc.input(_array(secint, summary.extremes))
         opened.extremes = [None] * size
-        if open_cells.size:
-            pick = mpc.np_minimum if statistic.extreme == "min" else mpc.np_maximum
-            best = functools.reduce(pick, [s[open_cells] for s in shares])
-            values = await mpc.output(best)
-            for c, v in zip(open_cells, np.asarray(values).ravel(), strict=True):
-                opened.extremes[c] = from_order_key(int(v))
+    whole = bool(all(released))
+    if not cells.size:
+        return opened
 
-    if all(released):
-        opened.total = int(await mpc.output(mpc.sum(list(counts)) if size > 1 else counts[0]))
+    keys = functools.reduce(operator.add, mpc.input(_array(secint, summary.vectors["keys"])))
+    a, b = keys[:size][cells], keys[size:][cells]
+    if whole:  # the total n gets its own key: the sum of every cell's
+        a = mpc.np_concatenate((a, mpc.np_sum(keys[:size], keepdims=True)))
+        b = mpc.np_concatenate((b, mpc.np_sum(keys[size:], keepdims=True)))
+    shift = perturbation(mpc, mpc.np_concatenate((a, b)), len(cells) + whole)
+
+    n = counts[cells]
+    if whole:
+        n = mpc.np_concatenate((n, mpc.np_sum(counts, keepdims=True)))
+    noise = shift.count
+    if rules.threshold < 1:  # an empty cell stays 0
+        noise = noise * at_least(mpc, n, 1, COUNT_BITS)
+    shown = [int(v) for v in np.asarray(await mpc.output(n + noise)).ravel()]
+    for c, v in zip(cells, shown, strict=False):
+        opened.counts[c] = max(0, v)
+    if whole:
+        opened.total = max(0, shown[-1])
+
+    k = len(cells)
+    if statistic.moments:
+        await _perturbed_moments(mpc, secint, statistic, job, cells, n[:k], shift, opened)
+    if statistic.extreme is not None:
+        await _perturbed_extremes(mpc, secint, statistic, job, cells, shift, opened)
     return opened
+
+
+async def _perturbed_moments(
+    mpc: Any,
+    secint: Any,
+    statistic: SecureStatistic,
+    job: PartyJob,
+    cells: np.ndarray,
+    n: Any,
+    shift: Perturbation,
+    opened: Opened,
+) -> None:
+    """Σx + u_a·magnitude·M (M: the cell's largest |x|), and for the variance the centred
+    n·Σx² − (Σx)² + u_b·magnitude·M²·n, each rounded down inside MPC before it is opened."""
+    rules = statistic.rules
+    assert rules is not None
+    summary = job.summary
+    k = len(cells)
+    largest = functools.reduce(
+        lambda x, y: secure_max(mpc, x, y, MOMENT_BITS - 2),
+        [s[cells] for s in mpc.input(_array(secint, summary.vectors["largest"]))],
+    )
+    magnitude = scale_factor(rules.magnitude)
+    # scales: u 2**12, magnitude 2**8, M 2**8 → 2**28; Σx is scaled 2**40
+    sums = pooled(mpc, secint, summary.moments["sum"])[cells]
+    unit = MAGNITUDE_BITS + MAGNITUDE_SCALE_BITS + LARGEST_SCALE_BITS
+    shifted = sums + shift.magnitude_a[:k] * largest * (magnitude << (FRAC_BITS - unit))
+    drop = FRAC_BITS - SUM_PRECISION_BITS
+    values = await mpc.output(await floor_bits(mpc, shifted, drop))
+    for c, v in zip(cells, np.asarray(values).ravel(), strict=True):
+        opened.moments["sum"][c] = decode_moment(int(v))
+    if "sumsq" not in statistic.moments:
+        return
+    squares = pooled(mpc, secint, summary.moments["sumsq"])[cells]
+    centred = n * squares * (1 << FRAC_BITS) - sums * sums  # scaled 2**80
+    # u 2**12, magnitude 2**8, M² 2**16 → 2**36
+    unit = MAGNITUDE_BITS + MAGNITUDE_SCALE_BITS + 2 * LARGEST_SCALE_BITS
+    spread = shift.magnitude_b[:k] * largest * largest * n * (magnitude << (2 * FRAC_BITS - unit))
+    values = await mpc.output(await floor_bits(mpc, centred + spread, 2 * FRAC_BITS - 16))
+    for c, v in zip(cells, np.asarray(values).ravel(), strict=True):
+        opened.moments["centred"] = opened.moments.get("centred", [None] * len(opened.counts))
+        opened.moments["centred"][c] = Fraction(int(v), 1 << (2 * FRAC_BITS))
+
+
+async def _perturbed_extremes(
+    mpc: Any,
+    secint: Any,
+    statistic: SecureStatistic,
+    job: PartyJob,
+    cells: np.ndarray,
+    shift: Perturbation,
+    opened: Opened,
+) -> None:
+    """The cell's minimum or maximum moved by u_b·noise·(max − min), rounded down inside MPC:
+    never a child's exact value (unless every row of the cell has the same one)."""
+    rules = statistic.rules
+    assert rules is not None
+    summary = job.summary
+    bits = MOMENT_BITS - 1
+    lows = [s[cells] for s in mpc.input(_array(secint, summary.vectors["min"]))]
+    highs = [s[cells] for s in mpc.input(_array(secint, summary.vectors["max"]))]
+    low = functools.reduce(lambda x, y: secure_min(mpc, x, y, bits), lows)
+    high = functools.reduce(lambda x, y: secure_max(mpc, x, y, bits), highs)
+    value = low if statistic.extreme == "min" else high
+    unit = MAGNITUDE_BITS + MAGNITUDE_SCALE_BITS  # u 2**12, noise 2**8; values 2**40
+    moved = value * (1 << unit) + shift.magnitude_b[: len(cells)] * (high - low) * scale_factor(
+        rules.noise
+    )
+    drop = FRAC_BITS + unit - SUM_PRECISION_BITS
+    values = await mpc.output(await floor_bits(mpc, moved, drop))
+    for c, v in zip(cells, np.asarray(values).ravel(), strict=True):
+        opened.extremes[c] = float(Fraction(int(v), 1 << (FRAC_BITS + unit)))
 
 
 async def noisy_release(mpc: Any, counts: Any, threshold: int) -> list[bool]:

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 from smpc.cells import CellLayout
 from smpc.disclosure import AppliedRules
 from smpc.dp import NoiseSpec, column_bounds, describe, grid_sum, noise_plan
-from smpc.encoding import MAX_SENTINEL, MIN_SENTINEL, encode_moment, order_key
+from smpc.encoding import EMPTY_MAX, EMPTY_MIN, encode_moment
 from smpc.job import LocalSummary, PartyJob
 from smpc.query import QueryBase
 from tessera.errors import QueryInvalid
@@ -187,12 +187,20 @@ class SecureStatistic:
 
     def rows(self, frame: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
         """This party's rows that enter the statistic, and each one's cell index."""
+        data, cells, _ = self.keyed_rows(frame, keys=False)
+        return data, cells
+
+    def keyed_rows(
+        self, frame: pd.DataFrame, keys: bool = True
+    ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+        """`rows`, and each row's secret key (`smpc.cellkey.row_keys`; empty if not `keys`)."""
         from smpc.frames import conform, select
 
         data = conform(frame, self.schema, self.query.referenced_columns())
-        mask = select(data, self.query.where, self.schema)
+        mask = select(data, self.query.where, self.schema).to_numpy()
         if self.column is not None:
-            mask &= data[self.column].notna()
+            mask &= data[self.column].notna().to_numpy()
+        row_keys = self.row_keys(frame)[mask] if keys else np.zeros(0, dtype=np.uint64)
         data = data[mask]
         cells = self.layout.group_codes(data) * self.layout.bins
         within = cells >= 0
@@ -200,7 +208,16 @@ class SecureStatistic:
             bin_index = self.bin_index(data)
             within &= bin_index >= 0
             cells = cells + bin_index
-        return data[within], cells[within]
+        return data[within], cells[within], row_keys[within] if keys else row_keys
+
+    def row_keys(self, frame: pd.DataFrame) -> np.ndarray:
+        """Every row's secret key, in the frame's order, from all its declared columns."""
+        from smpc.cellkey import frame_secret, row_keys
+        from smpc.frames import conform
+
+        secret = self.key_secret or frame_secret(frame)
+        present = [name for name in self.schema.names if name in frame.columns]
+        return row_keys(conform(frame, self.schema, present), secret)
 
     def levels(self) -> int:
         """The largest number of levels of a grouping or categorical column the statistic
@@ -249,11 +266,18 @@ class SecureStatistic:
         raise NotImplementedError
 
     def local_input(self, frame: pd.DataFrame) -> LocalSummary:
-        """What this party secret-shares: per cell a count, the moments, an extreme."""
-        data, cells = self.rows(frame)
+        """What this party secret-shares: per cell a count and its key sums (`smpc.cellkey`),
+        the moments and the largest |x| (for the magnitude perturbation), or the local minimum
+        and maximum (fixed point). With `dp`: counts and clipped sums only."""
+        from smpc.cellkey import key_sums, largest
+
+        exact_mode = self.query.dp is None
+        data, cells, keys = self.keyed_rows(frame, keys=exact_mode)
         size = self.layout.size
         counts = np.bincount(cells, minlength=size)
         summary = LocalSummary(counts=[int(c) for c in counts])
+        if exact_mode:
+            summary.vectors["keys"] = key_sums(keys, cells, size)
         if not self.moments and self.extreme is None:
             return summary
         assert self.column is not None
@@ -273,12 +297,16 @@ class SecureStatistic:
             for moment in self.moments:
                 power = {"sum": 1, "sumsq": 2}[moment]
                 summary.moments[moment] = [encode_moment(math.fsum(v**power)) for v in per_cell]
+            summary.vectors["largest"] = largest(values, cells, size)
+            if self.extreme is not None:
+                summary.vectors["min"] = [
+                    encode_moment(v.min()) if len(v) else EMPTY_MIN for v in per_cell
+                ]
+                summary.vectors["max"] = [
+                    encode_moment(v.max()) if len(v) else EMPTY_MAX for v in per_cell
+                ]
         except OverflowError as exc:
             raise QueryInvalid(f"{self.name} of {self.column!r}: {exc}") from None
-        if self.extreme == "min":
-            summary.extremes = [order_key(v.min()) if len(v) else MIN_SENTINEL for v in per_cell]
-        elif self.extreme == "max":
-            summary.extremes = [order_key(v.max()) if len(v) else MAX_SENTINEL for v in per_cell]
         return summary
 
     # ---- the secure part (inside a party process, MPyC runtime started) ------------------

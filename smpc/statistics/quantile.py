@@ -48,10 +48,12 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from smpc.encoding import KEY_BITS, from_order_key
+from smpc.dp import column_bounds
+from smpc.encoding import MOMENT_BITS, from_order_key
 from smpc.job import LocalSummary, PartyJob
 from smpc.query import ColumnQuery
 from smpc.statistics.base import Opened, SecureStatistic, number
+from tessera.errors import QueryInvalid
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -127,12 +129,35 @@ class Quantile(SecureStatistic):
     def local_input(self, frame: pd.DataFrame) -> LocalSummary:
         """Per-group row counts (shared) and this party's own selected values with their group
         (`rows`: read only by this party's own process, to count values below cut points)."""
-        data, cells = self.rows(frame)
+        from smpc.cellkey import key_sums
+
+        data, cells, keys = self.keyed_rows(frame)
         assert self.column is not None
-        counts = np.bincount(cells, minlength=self.layout.size)
+        size = self.layout.size
+        counts = np.bincount(cells, minlength=size)
         values = data[self.column].to_numpy(dtype=float)
         matrix = np.column_stack([cells.astype(float), values]) if len(values) else np.empty((0, 2))
-        return LocalSummary(counts=[int(c) for c in counts], rows=LocalSummary.pack_rows(matrix))
+        return LocalSummary(
+            counts=[int(c) for c in counts],
+            rows=LocalSummary.pack_rows(matrix),
+            vectors={"keys": key_sums(keys, cells, size)},
+        )
+
+    def validate(self) -> None:
+        if self.spread is None:
+            raise QueryInvalid(
+                f"quantile of {self.column!r} needs the column's declared bounds: declare finite "
+                f"'min' and 'max' for {self.column!r} in the dataset schema (a quantile is a "
+                "child's value, so it is released moved by up to noise × that range)",
+                {"column": self.column},
+            )
+
+    @property
+    def spread(self) -> float | None:
+        """The column's declared range (max − min), which scales the perturbation."""
+        spec = self.schema.column(self.column) if self.column else None
+        bounds = column_bounds(spec) if spec is not None else None
+        return None if bounds is None else bounds[1] - bounds[0]
 
     # ---- the secure part -------------------------------------------------------------------
 
@@ -141,42 +166,78 @@ class Quantile(SecureStatistic):
         summary = job.summary
         if len(summary.counts) != size:
             raise ValueError(f"local summary has {len(summary.counts)} groups, layout needs {size}")
-        from smpc.protocol import pooled, release
+        from smpc.protocol import release_cells
 
-        secint = mpc.SecInt(KEY_BITS)
+        secint = mpc.SecInt(MOMENT_BITS)
         threshold = self.threshold
-        counts = pooled(mpc, secint, summary.counts)
-        released = await release(mpc, counts, threshold)
+        site_counts = mpc.input(secint.array(np.array(summary.counts, dtype=object)))
+        counts, released = await release_cells(mpc, self, site_counts)
         opened = QuantileOpened(threshold=threshold, released=released, counts=[None] * size)
         shown = np.flatnonzero(released)
+        exact: dict[int, int] = {}  # the parties' exact n per shown group, to find the ranks
         if shown.size:
             values = await mpc.output(counts[shown])
-            for g, v in zip(shown, np.asarray(values).ravel(), strict=True):
-                opened.counts[g] = int(v)
-        if all(released):
-            opened.total = sum(int(c) for c in opened.counts if c is not None)
+            exact = {int(g): int(v) for g, v in zip(shown, np.asarray(values).ravel(), strict=True)}
 
         levels = self.query.q
         ranks: dict[tuple[int, int], None] = {}
         for g in shown:
-            n = opened.counts[g]
-            assert n is not None
-            for q in levels if n > 0 else ():
-                ranks[(int(g), inverted_cdf_rank(n, q))] = None
+            for q in levels if exact[int(g)] > 0 else ():
+                ranks[(int(g), inverted_cdf_rank(exact[int(g)], q))] = None
         items = list(ranks)
-        keys = await self._search(mpc, items, summary, opened) if items else []
+        largest = max(exact.values(), default=0)
+        keys = await self._search(mpc, items, summary, largest) if items else []
         found = dict(zip(items, keys, strict=True))
         opened.values = [[None] * len(levels) for _ in range(size)]
-        for g in shown:
-            n = opened.counts[g]
+        if not shown.size:
+            return opened
+        shift, moved = await self._perturbation(mpc, secint, summary, shown, counts, all(released))
+        for i, g in enumerate(shown):
+            n = exact[int(g)]
+            opened.counts[g] = max(0, n + shift[i]) if n else 0
             if n:
                 opened.values[g] = [
-                    from_order_key(found[(int(g), inverted_cdf_rank(n, q))]) for q in levels
+                    from_order_key(found[(int(g), inverted_cdf_rank(n, q))]) + moved[i]
+                    for q in levels
                 ]
+        if all(released):
+            opened.total = max(0, sum(exact.values()) + shift[-1])
         return opened
 
+    async def _perturbation(
+        self,
+        mpc: Any,
+        secint: Any,
+        summary: LocalSummary,
+        shown: np.ndarray,
+        counts: Any,
+        whole: bool,
+    ) -> tuple[list[int], list[float]]:
+        """Per shown group the cell-key count perturbation and the shift of its quantiles,
+        u_b·noise·(declared range), rounded to 2**-16 (`smpc.cellkey`); the last count entry is
+        the total's when every group is shown. Opened: the parties know the exact quantiles and
+        n from the search, so these reveal only the perturbation, which the analyst never sees
+        apart from the result."""
+        from smpc.cellkey import perturbation, scale_factor
+
+        size = self.layout.size
+        assert self.rules is not None and self.spread is not None
+        keys = functools.reduce(
+            operator.add, mpc.input(secint.array(np.array(summary.vectors["keys"], dtype=object)))
+        )
+        a, b = keys[:size][shown], keys[size:][shown]
+        if whole:
+            a = mpc.np_concatenate((a, mpc.np_sum(keys[:size], keepdims=True)))
+            b = mpc.np_concatenate((b, mpc.np_sum(keys[size:], keepdims=True)))
+        shift = perturbation(mpc, mpc.np_concatenate((a, b)), len(shown) + whole)
+        count = await mpc.output(shift.count)
+        units = await mpc.output(shift.magnitude_b[: len(shown)])
+        scale = scale_factor(self.rules.noise) * self.spread / 2.0 ** (12 + 8)
+        moved = [math.floor(int(u) * scale * 2.0**16) / 2.0**16 for u in np.asarray(units).ravel()]
+        return [int(c) for c in np.asarray(count).ravel()], moved
+
     async def _search(
-        self, mpc: Any, items: list[tuple[int, int]], summary: LocalSummary, opened: Opened
+        self, mpc: Any, items: list[tuple[int, int]], summary: LocalSummary, largest: int
     ) -> list[int]:
         """The order key of the k-th smallest pooled value of group g, for each (g, k)."""
         own = summary.unpack_rows()
@@ -187,7 +248,6 @@ class Quantile(SecureStatistic):
         bounds = np.searchsorted(cells, np.arange(self.layout.size + 1))
         column = [keys[bounds[g] : bounds[g + 1]] for g in range(self.layout.size)]
 
-        largest = max(int(opened.counts[g] or 0) for g, _ in items)
         cmp_type = mpc.SecInt(largest.bit_length() + 2)
         bits = split_bits(len(items))
         lows = [-(2 ** (KEY_SPACE_BITS - 1))] * len(items)

@@ -36,13 +36,18 @@ class Variance(SecureStatistic):
     def cell_values(self, opened: Opened, cell: int) -> dict[str, Any]:
         n = opened.counts[cell]
         s = opened.moments["sum"][cell]
-        q = opened.moments["sumsq"][cell]
-        if not n or s is None or q is None:
+        if not n or s is None:
             return self.empty_values()
         mean = s / n
         if n < 2:
             return {"mean": number(mean), "variance": None, "std": None}
-        variance = max((q - s * s / n) / (n - 1), Fraction(0))
+        centred = opened.moments.get("centred")
+        if centred is not None and centred[cell] is not None:  # exact mode: perturbed, rounded
+            variance = max(centred[cell] / (n * (n - 1)), Fraction(0))
+        else:
+            q = opened.moments["sumsq"][cell]
+            assert q is not None
+            variance = max((q - s * s / n) / (n - 1), Fraction(0))
         return {
             "mean": number(mean),
             "variance": number(variance),
