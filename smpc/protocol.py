@@ -27,6 +27,10 @@ from typing import Any
 import numpy as np
 
 from smpc.cellkey import (
+    COUNT_BITS as COUNT_PERTURBATION_BITS,
+)
+from smpc.cellkey import (
+    KEY_FIELD_BITS,
     LARGEST_SCALE_BITS,
     MAGNITUDE_BITS,
     MAGNITUDE_SCALE_BITS,
@@ -266,4 +270,82 @@ async def combine_noisy_cells(mpc: Any, statistic: SecureStatistic, job: PartyJo
         opened.moments["sum"] = column
     if all(released):
         opened.total = sum(c for c in opened.counts if c is not None)
+    return opened
+
+
+# ---- the same arithmetic in plaintext (the tests' oracle) ------------------------------------
+
+
+def plain_perturbation(key_a: int, key_b: int) -> tuple[int, int, int]:
+    """`smpc.cellkey.perturbation` of one cell, in plaintext: (p, u_a, u_b)."""
+
+    def bits(key: int) -> list[int]:
+        return [(key >> j) & 1 for j in range(KEY_FIELD_BITS)]
+
+    def magnitude(b: list[int]) -> int:
+        window = b[COUNT_PERTURBATION_BITS : COUNT_PERTURBATION_BITS + MAGNITUDE_BITS]
+        return sum(2 * (1 << j) * v for j, v in enumerate(window)) + 1 - (1 << MAGNITUDE_BITS)
+
+    a, b = bits(key_a), bits(key_b)
+    return a[0] + a[1] + 2 * (a[2] + a[3]) - 3, magnitude(a), magnitude(b)
+
+
+def plain_cells(statistic: SecureStatistic, summaries: list[Any], rules: Any) -> Opened:
+    """What `combine_cells` opens, computed in plaintext from every party's local summary:
+    the exact integers the MPC must produce (tests compare the two)."""
+    size = statistic.layout.size
+    opened = Opened(threshold=rules.threshold, released=[False] * size, counts=[None] * size)
+    if statistic.moments:
+        opened.moments = {name: [None] * size for name in statistic.moments}
+    if statistic.extreme is not None:
+        opened.extremes = [None] * size
+    mask = (1 << KEY_FIELD_BITS) - 1
+
+    def key(field: int, cells: list[int]) -> int:
+        offset = field * size
+        return sum(s.vectors["keys"][offset + c] for s in summaries for c in cells) & mask
+
+    for c in range(size):
+        sites = [s.counts[c] for s in summaries]
+        n = sum(sites)
+        ok = n >= rules.threshold and all(
+            v == 0 or v >= f or f <= 1 for v, f in zip(sites, rules.floors, strict=True)
+        )
+        opened.released[c] = ok
+        if not ok:
+            continue
+        p, u_a, u_b = plain_perturbation(key(0, [c]), key(1, [c]))
+        if rules.threshold < 1 and n < 1:
+            p = 0
+        opened.counts[c] = max(0, n + p)
+        if statistic.moments:
+            largest = max(s.vectors["largest"][c] for s in summaries)
+            magnitude = scale_factor(rules.magnitude)
+            total = sum(s.moments["sum"][c] for s in summaries)
+            unit = MAGNITUDE_BITS + MAGNITUDE_SCALE_BITS + LARGEST_SCALE_BITS
+            shifted = total + u_a * largest * (magnitude << (FRAC_BITS - unit))
+            drop = 1 << (FRAC_BITS - SUM_PRECISION_BITS)
+            opened.moments["sum"][c] = decode_moment(shifted - shifted % drop)
+            if "sumsq" in statistic.moments:
+                squares = sum(s.moments["sumsq"][c] for s in summaries)
+                centred = n * squares * (1 << FRAC_BITS) - total * total
+                unit = MAGNITUDE_BITS + MAGNITUDE_SCALE_BITS + 2 * LARGEST_SCALE_BITS
+                centred += u_b * largest * largest * n * (magnitude << (2 * FRAC_BITS - unit))
+                drop = 1 << (2 * FRAC_BITS - 16)
+                opened.moments.setdefault("centred", [None] * size)
+                opened.moments["centred"][c] = Fraction(
+                    centred - centred % drop, 1 << (2 * FRAC_BITS)
+                )
+        if statistic.extreme is not None:
+            low = min(s.vectors["min"][c] for s in summaries)
+            high = max(s.vectors["max"][c] for s in summaries)
+            value = low if statistic.extreme == "min" else high
+            unit = MAGNITUDE_BITS + MAGNITUDE_SCALE_BITS
+            moved = value * (1 << unit) + u_b * (high - low) * scale_factor(rules.noise)
+            drop = 1 << (FRAC_BITS + unit - SUM_PRECISION_BITS)
+            opened.extremes[c] = float(Fraction(moved - moved % drop, 1 << (FRAC_BITS + unit)))
+    if all(opened.released) and size:
+        n = sum(sum(s.counts) for s in summaries)
+        p, _, _ = plain_perturbation(key(0, list(range(size))), key(1, list(range(size))))
+        opened.total = max(0, n + (p if rules.threshold >= 1 or n >= 1 else 0))
     return opened

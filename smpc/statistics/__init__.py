@@ -10,6 +10,7 @@ module under `smpc/statistics/` and its line below.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Union
 
 from pydantic import Field, TypeAdapter, ValidationError
@@ -35,7 +36,7 @@ from smpc.statistics.sum import Sum
 from smpc.statistics.ttest import TTest
 from smpc.statistics.variance import Variance
 from tessera.errors import QueryInvalid
-from tessera.schemas import DatasetSchema
+from tessera.schemas import DatasetSchema, DisclosureRules
 
 REGISTRY: dict[str, type[SecureStatistic]] = {
     cls.name: cls
@@ -140,6 +141,40 @@ def reference(
     return statistic.reference(frame, applied_threshold(statistic.query.min_count, [min_count]))
 
 
+def reference_parties(
+    query: dict[str, Any] | QueryBase,
+    frames: Sequence[pd.DataFrame],
+    schema: DatasetSchema,
+    *,
+    min_count_floors: Sequence[int] | None = None,
+    rules: DisclosureRules | Sequence[DisclosureRules] | None = None,
+    key_secrets: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """What `smpc.simulate` must return for these frames, computed in plaintext: the exact
+    perturbed result of the `exact` mode (same keys, same rules, same rounding) for the
+    statistics whose perturbation has a plaintext twin (`SecureStatistic.plain`), the
+    unperturbed pooled `reference` for the others. Tests only."""
+    import pandas as pd
+
+    from smpc.disclosure import AppliedRules
+
+    statistic = compile_query(query, schema)
+    floors = list(min_count_floors or [0] * len(frames))
+    if rules is None or isinstance(rules, DisclosureRules):
+        rules = [rules or DisclosureRules()] * len(frames)
+    secrets = list(key_secrets or [None] * len(frames))
+    summaries = []
+    for frame, secret in zip(frames, secrets, strict=True):
+        statistic.key_secret = secret
+        summaries.append(statistic.local_summary(frame))
+    applied = AppliedRules.local(statistic.query.min_count, floors, list(rules))
+    statistic.rules = applied
+    opened = statistic.plain(summaries, list(frames))
+    if opened is None:
+        return statistic.reference(pd.concat(list(frames), ignore_index=True), applied.threshold)
+    return statistic.finish(opened)
+
+
 def disclosure(
     raw: dict[str, Any] | QueryBase | SecureStatistic, schema: DatasetSchema
 ) -> dict[str, Any]:
@@ -172,6 +207,7 @@ __all__ = [
     "parse_query",
     "prepare",
     "reference",
+    "reference_parties",
     "result_type",
     "statistic_for",
 ]

@@ -334,6 +334,15 @@ class SecureStatistic:
         """The result keys of a suppressed cell: every value null."""
         raise NotImplementedError
 
+    def plain(self, summaries: list[LocalSummary], frames: list[pd.DataFrame]) -> Any:
+        """What the protocol opens, computed in plaintext from every party's summary (the
+        tests' oracle: `smpc.statistics.reference_parties`); None where no twin exists."""
+        if type(self).compute is not SecureStatistic.compute or self.query.dp is not None:
+            return None
+        from smpc.protocol import plain_cells
+
+        return plain_cells(self, summaries, self.rules)
+
     def finish(self, opened: Any) -> dict[str, Any]:
         """The result in DESIGN.md's shape, from what was opened."""
         entries = []

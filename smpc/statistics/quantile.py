@@ -273,6 +273,47 @@ class Quantile(SecureStatistic):
             left -= b
         return lows
 
+    def plain(self, summaries: list[LocalSummary], frames: list[pd.DataFrame]) -> QuantileOpened:
+        """`compute`'s opened values in plaintext (the tests' oracle)."""
+        from smpc.cellkey import scale_factor
+        from smpc.protocol import plain_perturbation
+
+        rules = self.rules
+        assert rules is not None and self.spread is not None
+        size = self.layout.size
+        opened = QuantileOpened(
+            threshold=rules.threshold, released=[False] * size, counts=[None] * size
+        )
+        opened.values = [[None] * len(self.query.q) for _ in range(size)]
+        rows = np.vstack([s.unpack_rows() for s in summaries] + [np.empty((0, 2))])
+        mask = (1 << 24) - 1
+
+        def key(field: int, groups: list[int]) -> int:
+            return sum(s.vectors["keys"][field * size + g] for s in summaries for g in groups)
+
+        scale = scale_factor(rules.noise) * self.spread / 2.0 ** (12 + 8)
+        exact = []
+        for g in range(size):
+            sites = [s.counts[g] for s in summaries]
+            n = sum(sites)
+            opened.released[g] = n >= rules.threshold and all(
+                v == 0 or v >= f or f <= 1 for v, f in zip(sites, rules.floors, strict=True)
+            )
+            if not opened.released[g]:
+                continue
+            exact.append(n)
+            p, _, u_b = plain_perturbation(key(0, [g]) & mask, key(1, [g]) & mask)
+            opened.counts[g] = max(0, n + p) if n else 0
+            if n:
+                moved = math.floor(u_b * scale * 2.0**16) / 2.0**16
+                values = rows[rows[:, 0] == g, 1]
+                found = np.quantile(values, self.query.q, method="inverted_cdf")
+                opened.values[g] = [float(v) + moved for v in found]
+        if all(opened.released):
+            p, _, _ = plain_perturbation(key(0, list(range(size))) & mask, 0)
+            opened.total = max(0, sum(exact) + p)
+        return opened
+
     # ---- after the protocol ----------------------------------------------------------------
 
     def cell_values(self, opened: Opened, cell: int) -> dict[str, Any]:
