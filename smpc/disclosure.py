@@ -136,7 +136,7 @@ async def prelude(mpc: Any, statistic: SecureStatistic, job: PartyJob) -> Applie
     from smpc.encoding import KEY_BITS
 
     rules = await agree_rules(mpc, job, statistic.query.min_count)
-    levels = statistic.levels()
+    levels = statistic.level_count()
     if levels > rules.levels_max:
         raise DisclosureRefused(
             f"{statistic.name}: a grouping or categorical column has {levels} levels; the "

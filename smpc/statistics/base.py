@@ -219,7 +219,7 @@ class SecureStatistic:
         present = [name for name in self.schema.names if name in frame.columns]
         return row_keys(conform(frame, self.schema, present), secret)
 
-    def levels(self) -> int:
+    def level_count(self) -> int:
         """The largest number of levels of a grouping or categorical column the statistic
         reads (the levels rule: `smpc.disclosure.prelude`); 1 when it reads none."""
         return max([1, *(len(levels) for levels in self.layout.levels)])
