@@ -41,7 +41,7 @@ from smpc.cellkey import (
     scale_factor,
 )
 from smpc.dp import COMPARE_BITS, discrete_laplace
-from smpc.encoding import FRAC_BITS, KEY_BITS, MOMENT_BITS, decode_moment
+from smpc.encoding import FRAC_BITS, MOMENT_BITS, decode_moment
 from smpc.job import PartyJob
 from smpc.statistics.base import Opened, SecureStatistic
 
@@ -65,7 +65,7 @@ async def release(mpc: Any, counts: Any, threshold: int) -> list[bool]:
 
 
 WIDE_BITS = 2 * MOMENT_BITS + 16  # variance's centred second moment n·Σx² − (Σx)², scaled 2**80
-COUNT_BITS = KEY_BITS  # counts, and count differences, are below 2**64
+COUNT_BITS = 60  # counts, and count differences, are below 2**60 (products below 2**120)
 
 
 def at_least(mpc: Any, values: Any, bound: int | Any, bits: int) -> Any:

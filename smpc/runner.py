@@ -18,7 +18,7 @@ from typing import Any
 
 from smpc.job import PartyJob, PartyOutcome
 from smpc.party import ERROR, OUTCOME
-from tessera.errors import ERRORS_BY_CODE, ProtocolFailed, TesseraError
+from tessera.errors import ERRORS_BY_CODE, DisclosureRefused, ProtocolFailed, TesseraError
 
 
 def _die_with_parent() -> None:
@@ -158,7 +158,8 @@ def _outcome(stdout: str, stderr: str, returncode: int, job: PartyJob) -> PartyO
             cls = ERRORS_BY_CODE.get(body.get("code", ""), ProtocolFailed)
             if cls is TesseraError:
                 cls = ProtocolFailed
-            error = cls(body.get("message", "party failed"), {"party_id": job.party_id})
+            details = {} if cls is DisclosureRefused else {"party_id": job.party_id}
+            error = cls(body.get("message", "party failed"), details)
             error.code = body.get("code", error.code)
             raise error
     tail = stderr.strip().splitlines()[-1:] or ["no output"]

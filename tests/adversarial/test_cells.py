@@ -1,0 +1,259 @@
+"""An adversarial analyst against the counting statistics, through `simulate` (the real MPC).
+
+The attacks of issue 11 on tables and their cells: differencing two selections that differ by
+one child, a count minus a histogram's released cells, repeating a query to average the
+perturbation away, extremes and quantiles that are a child's value, one hospital's view of a
+small pooled cell, a threshold that overflows the secure comparison, and a selection of one
+child. Each test asserts that the attack fails: the query is refused, the target cell is
+suppressed, or the attacker's estimate is off by more than 2 % of the column's declared range
+in at least 4 of 5 attempts on different targets. The accuracy the perturbation costs is
+checked on a few thousand rows.
+
+The cohort: 2 400 children over three hospitals (1 200, 800, 400 rows), ages in months
+(declared 0–216), weights in kg (declared 2–120), sex.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from smpc import simulate
+from smpc.statistics import reference_parties
+from tessera.errors import DisclosureRefused, QueryInvalid
+from tessera.schemas import DatasetSchema
+
+WEIGHT_RANGE = 120 - 2
+AGE_RANGE = 216
+TARGETS = (201, 203, 205, 207, 209)
+FLOORS = [3, 3, 3]  # each hospital's min_count floor (a node's default is 5)
+
+SCHEMA = DatasetSchema.model_validate(
+    {
+        "columns": [
+            {"name": "age_months", "type": "integer", "min": 0, "max": 216},
+            {"name": "weight_kg", "type": "float", "min": 2, "max": 120},
+            {"name": "sex", "type": "categorical", "levels": ["F", "M"]},
+        ]
+    }
+)
+
+
+@pytest.fixture(scope="module")
+def cohort() -> list[pd.DataFrame]:
+    rng = np.random.default_rng(11)
+    frames = []
+    for rows in (1200, 800, 400):
+        age = rng.integers(0, 200, rows)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "age_months": age,
+                    "weight_kg": np.round(3.5 + 0.25 * age + rng.normal(0, 3, rows), 1).clip(
+                        2, 120
+                    ),
+                    "sex": rng.choice(["F", "M"], rows),
+                }
+            )
+        )
+    # five targets, each the only child of their age (201, 203, …, 209 months), at different
+    # hospitals, with 24 older children (211–216 months) at every hospital above them
+    for i, age in enumerate(TARGETS):
+        target = pd.DataFrame({"age_months": [age], "weight_kg": [40.0 + 7 * i], "sex": ["F"]})
+        frames[i % 3] = pd.concat([frames[i % 3], target], ignore_index=True)
+    for h in range(3):
+        older = pd.DataFrame(
+            {
+                "age_months": rng.integers(211, 217, 8),
+                "weight_kg": np.round(rng.uniform(45, 70, 8), 1),
+                "sex": rng.choice(["F", "M"], 8),
+            }
+        )
+        frames[h] = pd.concat([frames[h], older], ignore_index=True)
+    return frames
+
+
+def run(query: dict, frames: list[pd.DataFrame]) -> dict:
+    result = simulate({"dataset": "d", **query}, frames, SCHEMA, min_count_floors=FLOORS)
+    expected = reference_parties({"dataset": "d", **query}, frames, SCHEMA, min_count_floors=FLOORS)
+    assert result == expected  # the MPC computed exactly the published perturbation
+    return result
+
+
+def pooled(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_differencing_two_sums_does_not_give_a_childs_weight(cohort: list[pd.DataFrame]) -> None:
+    errors = []
+    for age in TARGETS:
+        at_least = run(
+            {"statistic": "sum", "column": "weight_kg", "where": [["age_months", ">=", age]]},
+            cohort,
+        )
+        above = run(
+            {"statistic": "sum", "column": "weight_kg", "where": [["age_months", ">", age]]},
+            cohort,
+        )
+        truth = float(pooled(cohort).query("age_months == @age").weight_kg.iloc[0])
+        assert at_least["sum"] is not None and above["sum"] is not None  # both released
+        errors.append(abs(at_least["sum"] - above["sum"] - truth))
+    off = [e > 0.02 * WEIGHT_RANGE for e in errors]
+    assert sum(off) >= 4, errors
+
+
+def test_differencing_two_means_does_not_give_a_childs_weight(cohort: list[pd.DataFrame]) -> None:
+    errors = []
+    data = pooled(cohort)
+    for age in TARGETS:
+        a = run(
+            {"statistic": "mean", "column": "weight_kg", "where": [["age_months", ">=", age - 40]]},
+            cohort,
+        )
+        b = run(
+            {"statistic": "mean", "column": "weight_kg", "where": [["age_months", ">", age - 40]]},
+            cohort,
+        )
+        # the attacker also knows how many children are aged exactly age − 40 (say, 12)
+        exact_n = int((data.age_months >= age - 40).sum())
+        k = int((data.age_months == age - 40).sum())
+        estimate = (a["mean"] * exact_n - b["mean"] * (exact_n - k)) / k
+        truth = float(data[data.age_months == age - 40].weight_kg.mean())
+        errors.append(abs(estimate - truth))
+    assert sum(e > 0.02 * WEIGHT_RANGE for e in errors) >= 4, errors
+
+
+def test_differencing_two_counts_does_not_give_one_child(cohort: list[pd.DataFrame]) -> None:
+    wrong = 0
+    for age in TARGETS:
+        at_least = run({"statistic": "count", "where": [["age_months", ">=", age - 100]]}, cohort)
+        above = run({"statistic": "count", "where": [["age_months", ">", age - 100]]}, cohort)
+        truth = int((pooled(cohort).age_months == age - 100).sum())
+        wrong += at_least["count"] - above["count"] != truth
+    assert wrong >= 4
+
+
+def test_a_count_minus_a_histograms_released_cells_misses_the_suppressed_one(
+    cohort: list[pd.DataFrame],
+) -> None:
+    data = pooled(cohort)
+    total = run({"statistic": "count"}, cohort)
+    wrong = 0
+    for k in range(5):
+        # the bin [200, 202 + 2k) holds the targets aged 201 … 201 + 2k: 1 to 5 children at
+        # three hospitals, each hospital's share below its floor of 3
+        edges = [0, 50, 100, 150, 200, 202 + 2 * k, 217]
+        histogram = run({"statistic": "histogram", "column": "age_months", "bins": edges}, cohort)
+        counts = histogram["counts"]
+        assert counts[4] is None and all(c is not None for c in counts[:4] + counts[5:])
+        truth = int(((data.age_months >= 200) & (data.age_months < edges[5])).sum())
+        estimate = total["count"] - sum(c for c in counts if c is not None)
+        wrong += estimate != truth
+    assert wrong >= 4
+
+
+def test_repeating_a_query_gets_the_same_answer(cohort: list[pd.DataFrame]) -> None:
+    query = {"statistic": "mean", "column": "weight_kg", "where": [["age_months", ">", 150]]}
+    answers = [run(query, cohort) for _ in range(3)]
+    assert answers[0] == answers[1] == answers[2]  # nothing to average away
+
+
+@pytest.mark.parametrize("statistic", ["min", "max"])
+def test_an_extreme_is_not_a_childs_value(cohort: list[pd.DataFrame], statistic: str) -> None:
+    data = pooled(cohort)
+    errors = []
+    for low in (0, 20, 40, 60, 80):
+        where = [["age_months", ">=", low], ["age_months", "<", low + 100]]
+        result = run({"statistic": statistic, "column": "weight_kg", "where": where}, cohort)
+        rows = data[(data.age_months >= low) & (data.age_months < low + 100)].weight_kg
+        truth = rows.min() if statistic == "min" else rows.max()
+        errors.append(abs(result[statistic] - truth))
+    assert sum(e > 0.02 * WEIGHT_RANGE for e in errors) >= 4, errors
+
+
+def test_a_quantile_is_not_a_childs_value(cohort: list[pd.DataFrame]) -> None:
+    data = pooled(cohort)
+    errors = []
+    for low in (0, 20, 40, 60, 80):
+        where = [["age_months", ">=", low], ["age_months", "<", low + 100]]
+        result = run(
+            {"statistic": "quantile", "column": "weight_kg", "q": [0, 0.5, 1], "where": where},
+            cohort,
+        )
+        rows = data[(data.age_months >= low) & (data.age_months < low + 100)].weight_kg
+        found = np.quantile(rows, [0, 0.5, 1], method="inverted_cdf")
+        values = list(result["quantiles"].values())
+        errors.append(min(abs(v - t) for v, t in zip(values, found, strict=True)))
+    assert sum(e > 0.02 * WEIGHT_RANGE for e in errors) >= 4, errors
+
+
+def test_one_hospitals_view_of_a_small_pooled_cell(cohort: list[pd.DataFrame]) -> None:
+    """A pooled cell of 5 where hospital A holds 4 and hospital B 1: released, it would tell A
+    that B has exactly one such child. Every site's contribution must be 0 or ≥ its floor."""
+    frames = [f[f.age_months < 200] for f in cohort]
+    cell = pd.DataFrame({"age_months": [212] * 5, "weight_kg": [50.0] * 5, "sex": ["M"] * 5})
+    others = pd.DataFrame({"age_months": [211] * 10, "weight_kg": [48.0] * 10, "sex": ["F"] * 10})
+    frames = [
+        pd.concat([frames[0], cell[:4]]),  # hospital A: 4 of the cell
+        pd.concat([frames[1], cell[4:]]),  # hospital B: 1
+        pd.concat([frames[2], others]),
+    ]
+    result = run(
+        {"statistic": "count", "group_by": ["sex"], "where": [["age_months", ">", 210]]}, frames
+    )
+    cell = next(g for g in result["groups"] if g["group"]["sex"] == "M")
+    assert cell["n"] is None  # pooled 5 ≥ T = 3, but hospital B's 1 is below its floor
+
+
+def test_a_hospital_padding_a_cell_does_not_release_anothers_single_child(
+    cohort: list[pd.DataFrame],
+) -> None:
+    """A curious node inputs 50 fake rows to lift a cell over the threshold; the other site's
+    single child still blocks the release."""
+    frames = [f[f.age_months < 200] for f in cohort]
+    fake = pd.DataFrame({"age_months": [213] * 50, "weight_kg": [60.0] * 50, "sex": ["F"] * 50})
+    lone = pd.DataFrame({"age_months": [213], "weight_kg": [33.3], "sex": ["F"]})
+    frames = [pd.concat([frames[0], fake]), pd.concat([frames[1], lone]), frames[2]]
+    for statistic in ("count", "mean"):
+        query = {"statistic": statistic, "where": [["age_months", "==", 213]]}
+        if statistic == "mean":
+            query["column"] = "weight_kg"
+        result = run(query, frames)
+        assert result["n"] is None
+
+
+def test_a_threshold_beyond_a_million_is_refused_not_wrapped(cohort: list[pd.DataFrame]) -> None:
+    for min_count in (2**67, 2**66 + 1, 10**6 + 1):
+        with pytest.raises(QueryInvalid, match="min_count"):
+            simulate({"statistic": "count", "dataset": "d", "min_count": min_count}, cohort, SCHEMA)
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        [["age_months", "==", 201]],  # one child
+        [["age_months", "!=", 203]],  # everyone but one child
+    ],
+)
+def test_a_selection_or_its_complement_of_fewer_than_subset_min_is_refused(
+    cohort: list[pd.DataFrame], where: list
+) -> None:
+    with pytest.raises(DisclosureRefused, match="subset_min") as refused:
+        simulate({"statistic": "count", "dataset": "d", "where": where}, cohort, SCHEMA)
+    assert "party" not in str(refused.value) and "hospital" not in str(refused.value)
+
+
+def test_perturbation_costs_little_accuracy_on_a_few_thousand_rows(
+    cohort: list[pd.DataFrame],
+) -> None:
+    data = pooled(cohort)
+    counts = run({"statistic": "count", "group_by": ["sex"]}, cohort)
+    for entry in counts["groups"]:
+        truth = int((data.sex == entry["group"]["sex"]).sum())
+        assert abs(entry["n"] - truth) <= 3
+    assert abs(counts["n"] - len(data)) <= 3
+    means = run({"statistic": "mean", "column": "weight_kg", "group_by": ["sex"]}, cohort)
+    for entry in means["groups"]:
+        truth = float(data[data.sex == entry["group"]["sex"]].weight_kg.mean())
+        assert entry["mean"] == pytest.approx(truth, rel=0.01)
