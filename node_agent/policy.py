@@ -88,6 +88,9 @@ class Policy:
             return f"policy does not allow queries on dataset {task.dataset!r}"
         if task.query.get("dataset", task.dataset) != task.dataset:
             return "the task's dataset and its query's dataset differ"
+        reason = self.summary().disclosure_refusal(task.dataset, task.query.get("dp") is not None)
+        if reason is not None:
+            return reason
         if task.query.get("dp") is not None:
             if self.dp_budget(task.dataset) is None:
                 return (
@@ -128,7 +131,9 @@ class Policy:
             cls = check_request(spec.generator, spec.epsilon, spec.delta)
         except InvalidRequest as exc:
             return exc.message
-        reason = rules.summary().refusal(spec)
+        reason = rules.summary().refusal(spec) or self.summary().disclosure_refusal(
+            spec.dataset, spec.differentially_private, "synthesis"
+        )
         if reason is not None:
             return reason
         if spec.holdout < rules.holdout_min:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from tessera.schemas import (
     DatasetSchema,
+    DisclosureRules,
     GateOutcome,
     Name,
     NodePolicySummary,
@@ -323,6 +324,10 @@ class DryRunNode(View):
     organisation: str
     takes_part: bool
     reason: str | None
+    disclosure: DisclosureRules = Field(
+        description="the disclosure mode and rules this node applies to the query's dataset "
+        "(published in its policy; in the 'dp' mode every query must carry 'dp')"
+    )
 
 
 class DryRun(View):

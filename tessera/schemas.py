@@ -205,6 +205,24 @@ class NodePolicySummary(Strict):
         """The cap on all studies together on `dataset`; None if there is none."""
         return self.dp_dataset_totals.get(dataset, self.dp_total)
 
+    def disclosure_refusal(
+        self, dataset: str, private: bool, what: Literal["query", "synthesis"] = "query"
+    ) -> str | None:
+        """Why the disclosure mode of `dataset` refuses a query (`private`: it carries `dp`)
+        or a synthesis request (`private`: its generator is differentially private), or None.
+        In the `dp` mode nothing is released but under differential privacy: a query without
+        `dp` (so also every statistic that does not support it) and a generator that is not
+        differentially private are refused. The one statement of the rule: the node refuses
+        with it, the coordinator predicts the refusal with the summary the node published."""
+        if private or self.rules(dataset).mode != "dp":
+            return None
+        need = (
+            "every query must carry 'dp'"
+            if what == "query"
+            else "a synthesis must use a differentially private generator (with epsilon)"
+        )
+        return f"dataset {dataset!r} is in the 'dp' disclosure mode: {need}"
+
     def statistic_refusal(self, statistic: str) -> str | None:
         """Why this policy refuses a `statistic` query ("does not allow 'mean' queries
         (allowed: count)"), or None. The one statement of the rule: the node refuses with it,
