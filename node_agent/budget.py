@@ -203,9 +203,12 @@ class PrivacyLedger:
         what = "query" if kind == "query" else "synthesis"
         with self._transaction() as conn:
             before = _spent(conn, study_id, dataset)
-            if job_id is not None and conn.execute(
-                "SELECT 1 FROM charges WHERE kind = 'synthesis' AND job_id = ?", (job_id,)
-            ).fetchone():  # offered again (after a restart): charged once
+            if (
+                job_id is not None
+                and conn.execute(
+                    "SELECT 1 FROM charges WHERE kind = 'synthesis' AND job_id = ?", (job_id,)
+                ).fetchone()
+            ):  # offered again (after a restart): charged once
                 return replace(before, dataset_total=_dataset_spent(conn, dataset))
             room = before.remaining(limit)
             if cost > room:

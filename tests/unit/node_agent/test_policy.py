@@ -113,9 +113,11 @@ def test_totals_over_all_studies_per_dataset_fall_back_amount_by_amount(configs)
     assert summary.dp_dataset_totals == {"labs": DPTotal(epsilon=2.0, delta=1e-5)}
     assert summary.dp_dataset_budgets == {}
 
-    assert policy(configs, "dp_epsilon_budget = 1.0").dp_total("cohort") is None, "no cap"
+    on_by_default = policy(configs, "dp_epsilon_budget = 1.0\ndp_delta_budget = 1e-6")
+    assert on_by_default.dp_total("cohort") == DPTotal(epsilon=1.0, delta=1e-6), "the budget"
     only_delta = policy(configs, "dp_epsilon_budget = 1.0\ndp_delta_total = 1e-6")
-    assert only_delta.dp_total("labs") == DPTotal(delta=1e-6)
+    assert only_delta.dp_total("labs") == DPTotal(epsilon=1.0, delta=1e-6), "epsilon: the budget"
+    assert policy(configs).dp_total("cohort") is None, "no budget at all: no DP"
 
 
 def test_without_a_budget_no_dp_query_is_taken(configs) -> None:
