@@ -4,9 +4,12 @@ The coordinator plans with the policy summary a node publishes, but only the nod
 task its policy forbids is refused with the reason, whatever the coordinator says. The floor
 `min_count` goes into every party job; the protocol applies the largest floor of all parties
 and the query's own `min_count`, so no query can lower it. A query with `dp` needs a privacy
-budget for its dataset (none configured: refused); the spend itself is charged against the
-ledger when the node accepts (`node_agent.budget`), within the study's budget and, where the
-policy sets one, the dataset's total over all studies.
+budget for its dataset (none configured: refused), and so does a differentially private
+synthesis; the spend itself is charged against the ledger when the node accepts
+(`node_agent.budget`), within the study's allocation and the dataset's total over all studies.
+A dataset in the `dp` disclosure mode refuses every query without `dp` and every synthesis by a
+generator that is not differentially private (`NodePolicySummary.disclosure_refusal`, the rule
+the coordinator predicts with).
 """
 
 from __future__ import annotations
@@ -147,6 +150,11 @@ class Policy:
                 f"generator {spec.generator!r} takes no parameter(s) "
                 f"{', '.join(unknown or sorted({'epsilon', 'delta'} & set(spec.params)))} "
                 f"(known: {known or 'none'}; epsilon and delta are the request's own fields)"
+            )
+        if spec.differentially_private and self.dp_budget(spec.dataset) is None:
+            return (
+                f"this node has no differential-privacy budget for dataset {spec.dataset!r} "
+                "(policy.dp_epsilon_budget): it trains no differentially private generator on it"
             )
         if spec.differentially_private:
             undeclared = [
