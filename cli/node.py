@@ -63,6 +63,11 @@ def check(config: Path = ConfigOption) -> None:
         typer.echo(
             "privacy budget over all studies: "
             + _total_text(summary.dp_total, summary.dp_dataset_totals)
+            + " (composed in zCDP; elsewhere each dataset's per-study budget)"
+        )
+    elif summary.dp_budget is not None or summary.dp_dataset_budgets:
+        typer.echo(
+            "privacy budget over all studies: each dataset's per-study budget (composed in zCDP)"
         )
 
 
@@ -96,9 +101,11 @@ def _total_text(default: Any, per_dataset: dict[str, Any]) -> str:
 @app.command("budget")
 @reports_errors
 def budget(config: Path = ConfigOption) -> None:
-    """Print the privacy ledger (work_dir/budget.sqlite3): per study and dataset, the epsilon
-    and delta spent, the limit and what is left; per dataset, the same over all studies
-    (limits null where the policy caps none). Local: nothing is sent."""
+    """Print the privacy ledger (work_dir/budget.sqlite3), composed in zCDP: per study and
+    dataset, the rho spent, the allocation's rho and what is left, each also as (epsilon,
+    delta) (spent: epsilon = rho + 2 sqrt(rho ln(1/delta)) at the limit's delta; remaining: the
+    largest epsilon one more query may have); per dataset, the same over all studies (its
+    total). Local: nothing is sent."""
     from node_agent.budget import PrivacyLedger, Spent
     from node_agent.config import NodeSettings
 
@@ -107,51 +114,48 @@ def budget(config: Path = ConfigOption) -> None:
     ledger = PrivacyLedger(path) if path.exists() else None  # reading creates no ledger
     spent: list[Spent] = ledger.entries() if ledger else []
     limits = settings.policy.summary()
-    entries = []
-    for s in spent:
-        limit = limits.dp_limit(s.dataset)
-        left_eps, left_dlt = s.remaining(limit) if limit else (0, 0)
-        entries.append(
-            {
-                "study_id": s.study_id,
-                "dataset": s.dataset,
-                "charges": s.charges,
-                "epsilon_spent": float(s.epsilon),
-                "epsilon_limit": limit.epsilon if limit else None,
-                "epsilon_remaining": float(left_eps),
-                "delta_spent": float(s.delta),
-                "delta_limit": limit.delta if limit else None,
-                "delta_remaining": float(left_dlt),
-            }
-        )
+    entries = [
+        {
+            "study_id": s.study_id,
+            "dataset": s.dataset,
+            "charges": s.charges,
+            **_rho_view(s.rho, limits.dp_limit(s.dataset)),
+        }
+        for s in spent
+    ]
     ledger_totals = {t.dataset: t for t in ledger.dataset_totals()} if ledger else {}
     totals = []
     for ds in settings.datasets:
         cap, was = limits.dp_total_limit(ds.name), ledger_totals.get(ds.name)
         if cap is None and was is None:
             continue
-        eps_spent = float(was.epsilon) if was else 0.0
-        dlt_spent = float(was.delta) if was else 0.0
         totals.append(
             {
                 "dataset": ds.name,
                 "charges": was.charges if was else 0,
-                "epsilon_spent": eps_spent,
-                "epsilon_limit": cap.epsilon if cap else None,
-                "epsilon_remaining": _left(cap.epsilon if cap else None, eps_spent),
-                "delta_spent": dlt_spent,
-                "delta_limit": cap.delta if cap else None,
-                "delta_remaining": _left(cap.delta if cap else None, dlt_spent),
+                **_rho_view(was.rho if was else 0, cap),
             }
         )
     typer.echo(json.dumps({"path": str(path), "entries": entries, "dataset_totals": totals}))
 
 
-def _left(limit: float | None, spent: float) -> float | None:
-    """What is left of a cap over all studies; None where there is no cap."""
-    from tessera.privacy import left
+def _rho_view(rho: Any, limit: Any) -> dict[str, Any]:
+    """What is spent of a limit (a DPBudget or a filled-in DPTotal; None: no DP budget), in rho
+    and as (epsilon, delta)."""
+    from tessera.privacy import conversion_delta, epsilon_of, largest_epsilon, left
 
-    return None if limit is None else float(left(limit, spent))
+    delta = None if limit is None else limit.delta
+    room = left(limit.rho, rho) if limit is not None and limit.rho is not None else 0
+    return {
+        "rho_spent": float(rho),
+        "rho_limit": None if limit is None or limit.rho is None else float(limit.rho),
+        "rho_remaining": float(room),
+        "epsilon_spent": epsilon_of(rho, delta),
+        "epsilon_limit": None if limit is None else limit.epsilon,
+        "epsilon_remaining": largest_epsilon(room),
+        "delta": conversion_delta(delta),
+        "delta_limit": delta,
+    }
 
 
 @app.command("audit-verify")

@@ -5,14 +5,15 @@ Each task runs in its own thread, so queries can overlap; each gets its own MPC 
 node's range and a fresh TLS identity (key and self-signed certificate, `smpc.tls`). What
 leaves the node: its declared schemas and policy summary (at start), its accept/refuse
 decisions (with the reason), the MPC address and certificate of each run, progress notes,
-failure codes, the *opened pooled* result of each protocol, and its privacy ledger (epsilon and
-delta spent per study and dataset). The local summary and the TLS key go only to the node's own
-party process (on its standard input); rows never leave the process that read them.
+failure codes, the *opened pooled* result of each protocol, and its privacy ledger (the zCDP
+rho spent per study and dataset, and the (epsilon, delta) it amounts to). The local summary
+and the TLS key go only to the node's own party process (on its standard input); rows never
+leave the process that read them.
 
-A query with `dp` is charged to its study's privacy budget when the node accepts it, and
-refused if that would exceed the budget, or the dataset's total over all studies where the
-policy sets one (`node_agent.budget`); after each charge the whole
-ledger is sent to the coordinator, one report at a time, from a thread of its own.
+A query with `dp` (and a DP synthesis job) is charged to its study's allocation of the
+dataset's privacy budget when the node accepts it, and refused if that would exceed the
+allocation or the dataset's total over all studies (`node_agent.budget`); after each charge the
+whole ledger is sent to the coordinator, one report at a time, from a thread of its own.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from types import FrameType
 from typing import IO, TYPE_CHECKING, Any
 
 from node_agent.audit_log import AuditLog
-from node_agent.budget import PrivacyLedger
+from node_agent.budget import PrivacyLedger, Spent
 from node_agent.config import NodeSettings
 from node_agent.coordinator_client import AgentStopping, Backoff, CoordinatorClient
 from node_agent.datasets import DatasetCache
@@ -48,7 +49,17 @@ from tessera.errors import (
     TesseraError,
     Unauthorized,
 )
-from tessera.schemas import NodeHello, TaskAccept, TaskOut, TaskResult, TaskStart
+from tessera.privacy import conversion_delta
+from tessera.schemas import (
+    DPBudget,
+    DPTotal,
+    NodeHello,
+    SynthesisJobOut,
+    TaskAccept,
+    TaskOut,
+    TaskResult,
+    TaskStart,
+)
 
 if TYPE_CHECKING:
     from smpc import LocalSummary, PartyJob, PartyOutcome
@@ -115,7 +126,7 @@ class NodeAgent:
         self._budget_changed = threading.Event()
         self._reporter: threading.Thread | None = None
         self.synthesis = SynthesisService(
-            settings, self.client, self.policy, self._audit, self.stopping
+            settings, self.client, self.policy, self._audit, self.stopping, self.charge_synthesis
         )
 
     # ---- lifecycle ------------------------------------------------------------------------
@@ -315,7 +326,10 @@ class NodeAgent:
         """Send the whole ledger (`PUT /nodes/me/budget`). Reports go one at a time, each
         read when it is sent, so the last to arrive is the latest."""
         with self._report_lock:
-            self.client.report_budget(self.ledger.report())
+            policy = self.policy
+            self.client.report_budget(
+                self.ledger.report(lambda d: (policy.dp_budget(d), policy.dp_total(d)))
+            )
 
     def _report_budget_changes(self) -> None:
         """After each charge, report the ledger; a lost report is made good by the next one
@@ -338,14 +352,14 @@ class NodeAgent:
                 )
 
     def _charge(self, task: TaskOut, dp: DPSpec, subject: dict[str, Any]) -> BudgetExceeded | None:
-        """Charge a DP query to its study's budget on the dataset (and to the dataset's total
-        over all studies, if the policy sets one), or say why not."""
+        """Charge a DP query (rho = epsilon^2 / 2) to its study's allocation on the dataset and
+        to the dataset's total over all studies, or say why not."""
         limit = self.policy.dp_budget(task.dataset)
         total = self.policy.dp_total(task.dataset)
         if limit is None or task.study_id is None:  # refused by the policy before this
             return BudgetExceeded("no differential-privacy budget applies to this task")
         try:
-            spent = self.ledger.charge(
+            spent = self.ledger.charge_query(
                 task.study_id,
                 task.dataset,
                 dp.epsilon,
@@ -357,47 +371,76 @@ class NodeAgent:
             )
         except BudgetExceeded as exc:
             return exc
-        over_studies: dict[str, Any] = {}
-        if total is not None and spent.dataset_total is not None:
-            over_studies = {
-                "dataset_epsilon_spent": float(spent.dataset_total.epsilon),
-                "dataset_delta_spent": float(spent.dataset_total.delta),
+        self._charged(spent, limit, total, subject, epsilon=dp.epsilon, delta=dp.delta)
+        return None
+
+    def _charged(
+        self,
+        spent: Spent,
+        limit: DPBudget,
+        total: DPTotal | None,
+        subject: dict[str, Any],
+        **asked: Any,
+    ) -> None:
+        """Audit and log a charge (rho, and what it amounts to as (epsilon, delta)), and report
+        the ledger."""
+        amounts: dict[str, Any] = {
+            "rho_spent": float(spent.rho),
+            "rho_limit": float(limit.rho),
+            "epsilon_spent": spent.epsilon(limit.delta),
+            "epsilon_limit": limit.epsilon,
+            "delta_limit": limit.delta,
+        }
+        if total is not None and spent.dataset_total is not None and total.rho is not None:
+            amounts |= {
+                "dataset_rho_spent": float(spent.dataset_total.rho),
+                "dataset_rho_total": float(total.rho),
                 "dataset_epsilon_total": total.epsilon,
                 "dataset_delta_total": total.delta,
             }
-        self._audit(
-            "budget.charged",
-            "charged",
-            epsilon=dp.epsilon,
-            delta=dp.delta,
-            epsilon_spent=float(spent.epsilon),
-            delta_spent=float(spent.delta),
-            epsilon_limit=limit.epsilon,
-            delta_limit=limit.delta,
-            **over_studies,
-            **subject,
-        )
+        self._audit("budget.charged", "charged", **asked, **amounts, **subject)
         _event(
             logging.INFO,
             "budget.charged",
-            "task %d: charged epsilon %g, delta %g to study %d on %s (spent %g of %g, delta %g "
-            "of %g)",
-            task.id,
-            dp.epsilon,
-            dp.delta,
-            task.study_id,
-            task.dataset,
-            float(spent.epsilon),
+            "charged study %s on %s: rho spent %.6g of %.6g (epsilon %.6g of %g at delta %g)",
+            subject.get("study"),
+            subject.get("dataset"),
+            float(spent.rho),
+            float(limit.rho),
+            spent.epsilon(limit.delta),
             limit.epsilon,
-            float(spent.delta),
-            limit.delta,
-            task=task.id,
-            query=task.query_id,
-            study=task.study_id,
-            dataset=task.dataset,
-            **over_studies,
+            conversion_delta(limit.delta),
+            **{k: v for k, v in subject.items() if k in ("task", "query", "job", "study")},
+            dataset=subject.get("dataset"),
+            **{k: v for k, v in amounts.items() if k.startswith("dataset_")},
         )
         self._budget_changed.set()
+
+    def charge_synthesis(self, job: SynthesisJobOut, rho: float) -> BudgetExceeded | None:
+        """Charge a DP synthesis job's `rho` to its study's allocation on the dataset and the
+        dataset's total, like a query (`node_agent.synthesis`, before training); or say why
+        not."""
+        spec = job.spec
+        limit = self.policy.dp_budget(spec.dataset)
+        total = self.policy.dp_total(spec.dataset)
+        if limit is None:  # refused by the policy before this
+            return BudgetExceeded("no differential-privacy budget applies to this job")
+        try:
+            spent = self.ledger.charge(
+                job.study_id,
+                spec.dataset,
+                rho,
+                limit,
+                total,
+                epsilon=spec.epsilon,
+                delta=spec.delta,
+                kind="synthesis",
+                job_id=job.id,
+            )
+        except BudgetExceeded as exc:
+            return exc
+        subject = {"job": job.id, "study": job.study_id, "dataset": spec.dataset}
+        self._charged(spent, limit, total, subject, epsilon=spec.epsilon, delta=spec.delta)
         return None
 
     # ---- one task -------------------------------------------------------------------------

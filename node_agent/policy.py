@@ -4,9 +4,12 @@ The coordinator plans with the policy summary a node publishes, but only the nod
 task its policy forbids is refused with the reason, whatever the coordinator says. The floor
 `min_count` goes into every party job; the protocol applies the largest floor of all parties
 and the query's own `min_count`, so no query can lower it. A query with `dp` needs a privacy
-budget for its dataset (none configured: refused); the spend itself is charged against the
-ledger when the node accepts (`node_agent.budget`), within the study's budget and, where the
-policy sets one, the dataset's total over all studies.
+budget for its dataset (none configured: refused), and so does a differentially private
+synthesis; the spend itself is charged against the ledger when the node accepts
+(`node_agent.budget`), within the study's allocation and the dataset's total over all studies.
+A dataset in the `dp` disclosure mode refuses every query without `dp` and every synthesis by a
+generator that is not differentially private (`NodePolicySummary.disclosure_refusal`, the rule
+the coordinator predicts with).
 """
 
 from __future__ import annotations
@@ -88,6 +91,9 @@ class Policy:
             return f"policy does not allow queries on dataset {task.dataset!r}"
         if task.query.get("dataset", task.dataset) != task.dataset:
             return "the task's dataset and its query's dataset differ"
+        reason = self.summary().disclosure_refusal(task.dataset, task.query.get("dp") is not None)
+        if reason is not None:
+            return reason
         if task.query.get("dp") is not None:
             if self.dp_budget(task.dataset) is None:
                 return (
@@ -128,7 +134,9 @@ class Policy:
             cls = check_request(spec.generator, spec.epsilon, spec.delta)
         except InvalidRequest as exc:
             return exc.message
-        reason = rules.summary().refusal(spec)
+        reason = rules.summary().refusal(spec) or self.summary().disclosure_refusal(
+            spec.dataset, spec.differentially_private, "synthesis"
+        )
         if reason is not None:
             return reason
         if spec.holdout < rules.holdout_min:
@@ -142,6 +150,11 @@ class Policy:
                 f"generator {spec.generator!r} takes no parameter(s) "
                 f"{', '.join(unknown or sorted({'epsilon', 'delta'} & set(spec.params)))} "
                 f"(known: {known or 'none'}; epsilon and delta are the request's own fields)"
+            )
+        if spec.differentially_private and self.dp_budget(spec.dataset) is None:
+            return (
+                f"this node has no differential-privacy budget for dataset {spec.dataset!r} "
+                "(policy.dp_epsilon_budget): it trains no differentially private generator on it"
             )
         if spec.differentially_private:
             undeclared = [

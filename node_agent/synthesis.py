@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 from node_agent.candidates import Candidate, CandidateStore
 from node_agent.coordinator_client import AgentStopping, Backoff, CoordinatorClient
 from node_agent.policy import Policy
-from tessera.errors import Conflict, ProtocolFailed, TesseraError, Unauthorized
+from tessera.errors import BudgetExceeded, Conflict, ProtocolFailed, TesseraError, Unauthorized
 from tessera.schemas import (
     GateOutcome,
     ReleaseCard,
@@ -60,6 +60,7 @@ PROGRESS_INTERVAL_S = 1.0
 WORKER = [sys.executable, "-m", "node_agent.synthesis_worker"]
 
 Audit = Callable[..., None]
+Charge = Callable[[SynthesisJobOut, float], "BudgetExceeded | None"]
 
 
 def _event(level: int, event: str, message: str, *args: Any, **fields: Any) -> None:
@@ -74,8 +75,10 @@ class SynthesisService:
         policy: Policy,
         audit: Audit,
         stopping: threading.Event,
+        charge: Charge | None = None,
     ) -> None:
         self.settings = settings
+        self.charge = charge  # charges a DP job's rho to the privacy ledger (the agent's)
         self.client = client
         self.policy = policy
         self.audit = audit
@@ -187,7 +190,7 @@ class SynthesisService:
             job.requested_by,
             **subject,
         )
-        reason = self.policy.decide_synthesis(job)
+        reason = self.policy.decide_synthesis(job) or self._charge(job)
         if reason is not None:
             self.audit("synthesis.refused", "refused", reason=reason, **subject)
             _event(
@@ -259,6 +262,25 @@ class SynthesisService:
         except Exception as exc:  # never let a job thread die silently
             log.exception("synthesis job %d: unexpected %s", job.id, type(exc).__name__)
             self._failed(job.id, subject, "node_error", f"node error: {type(exc).__name__}")
+
+    def _charge(self, job: SynthesisJobOut) -> str | None:
+        """Charge a differentially private job's rho to its study's allocation of the dataset's
+        privacy budget, before anything is trained, never refunded (as a query's); None when
+        charged or nothing to charge, else why the job is refused. The rho is what the
+        generator's own accounting is given for the request (`synth.accounting.rho_for` of its
+        epsilon and delta, the policy's default delta where it gives none)."""
+        spec = job.spec
+        if not spec.differentially_private:
+            return None
+        from synth.accounting import rho_for
+
+        rules = self.settings.policy.synthesis
+        assert rules is not None and spec.epsilon is not None  # decided before this
+        rho = rho_for(spec.epsilon, spec.delta or rules.default_delta)
+        if self.charge is None:
+            return "this node keeps no privacy ledger for synthesis"
+        refused = self.charge(job, rho)
+        return None if refused is None else refused.message
 
     def _failed(self, job_id: int, subject: dict[str, Any], code: str, message: str) -> None:
         self.store.set_status(job_id, "failed", error=message)

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from tessera.schemas import (
     DatasetSchema,
+    DisclosureRules,
     GateOutcome,
     Name,
     NodePolicySummary,
@@ -242,11 +243,16 @@ class StudyDataset(View):
 
 
 class DatasetTotal(View):
-    """A dataset's total over all studies at a node (where the node caps it)."""
+    """A dataset's total over all studies at a node (zCDP rho, and as (epsilon, delta))."""
 
+    rho_limit: float | None
+    rho_spent: float
+    rho_remaining: float
     epsilon_limit: float | None
     epsilon_spent: float
-    epsilon_remaining: float | None
+    epsilon_remaining: float | None = Field(
+        description="the largest epsilon one more query may have (its rho, epsilon^2/2, fits)"
+    )
     delta_limit: float | None
     delta_spent: float
     delta_remaining: float | None
@@ -255,14 +261,21 @@ class DatasetTotal(View):
 
 class NodeBudget(View):
     node: str
+    rho_limit: float | None
+    rho_spent: float
+    rho_remaining: float
     epsilon_limit: float | None
-    epsilon_spent: float
+    epsilon_spent: float = Field(
+        description="the (epsilon, delta)-DP that the rho spent amounts to at the limit's delta: "
+        "rho + 2 sqrt(rho ln(1/delta))"
+    )
     epsilon_remaining: float
     delta_limit: float | None
     delta_spent: float
     delta_remaining: float
     charges: int
     dataset_total: DatasetTotal | None
+    rho_available: float
     epsilon_available: float
     delta_available: float
     reported_at: datetime | None
@@ -270,6 +283,7 @@ class NodeBudget(View):
 
 class DatasetBudget(View):
     dataset: str
+    rho_remaining: float | None
     epsilon_remaining: float | None
     delta_remaining: float | None
     nodes: list[NodeBudget]
@@ -323,6 +337,10 @@ class DryRunNode(View):
     organisation: str
     takes_part: bool
     reason: str | None
+    disclosure: DisclosureRules = Field(
+        description="the disclosure mode and rules this node applies to the query's dataset "
+        "(published in its policy; in the 'dp' mode every query must carry 'dp')"
+    )
 
 
 class DryRun(View):

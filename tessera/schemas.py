@@ -8,9 +8,12 @@ never values.
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from tessera.privacy import rho_budget
 
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"  # a dataset's name (it appears in URLs)
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
@@ -96,17 +99,22 @@ class DatasetSchema(Strict):
 
 
 class DPBudget(Strict):
-    """A differential-privacy budget: the most epsilon and delta that the queries of one study
-    may spend, summed, on one dataset at one node (basic sequential composition)."""
+    """A study's allocation of differential privacy on one dataset at one node, as (epsilon,
+    delta): its queries and DP syntheses compose in zCDP up to the rho it converts to
+    (`tessera.privacy.rho_budget`; a delta of 0 converts at `CONVERSION_DELTA`)."""
 
     epsilon: float = Field(ge=0, allow_inf_nan=False)
     delta: float = Field(0.0, ge=0, lt=1)
 
+    @property
+    def rho(self) -> Decimal:
+        return rho_budget(self.epsilon, self.delta)
+
 
 class DPTotal(Strict):
-    """A cap on what all studies together may spend on one dataset at one node, on top of each
-    study's own `DPBudget`. An amount left None is not capped across studies (each study's
-    budget still bounds it)."""
+    """What all studies together may spend on one dataset at one node, as (epsilon, delta),
+    composed in zCDP like a study's `DPBudget`. An amount left None is the study allocation's
+    (`NodePolicySummary.dp_total_limit` fills it in): a dataset always has a total."""
 
     epsilon: float | None = Field(None, ge=0, allow_inf_nan=False)
     delta: float | None = Field(None, ge=0, lt=1)
@@ -116,6 +124,11 @@ class DPTotal(Strict):
         if self.epsilon is None and self.delta is None:
             raise ValueError("a total over all studies caps epsilon, delta or both")
         return self
+
+    @property
+    def rho(self) -> Decimal | None:
+        """The rho budget of the total (None while its epsilon is not filled in)."""
+        return None if self.epsilon is None else rho_budget(self.epsilon, self.delta)
 
 
 class SynthesisPolicySummary(Strict):
@@ -202,8 +215,38 @@ class NodePolicySummary(Strict):
         return self.dataset_disclosure.get(dataset, self.disclosure)
 
     def dp_total_limit(self, dataset: str) -> DPTotal | None:
-        """The cap on all studies together on `dataset`; None if there is none."""
-        return self.dp_dataset_totals.get(dataset, self.dp_total)
+        """What all studies together may spend on `dataset`: its own total, else the policy's,
+        each amount not given being the study allocation's. On by default: with no total
+        configured it is the allocation itself, so a new study does not start with a fresh
+        budget on the same patients. None only where there is no DP budget at all."""
+        total = self.dp_dataset_totals.get(dataset, self.dp_total)
+        allocation = self.dp_limit(dataset)
+        if allocation is None:
+            return total
+        if total is None:
+            return DPTotal(epsilon=allocation.epsilon, delta=allocation.delta)
+        return DPTotal(
+            epsilon=allocation.epsilon if total.epsilon is None else total.epsilon,
+            delta=allocation.delta if total.delta is None else total.delta,
+        )
+
+    def disclosure_refusal(
+        self, dataset: str, private: bool, what: Literal["query", "synthesis"] = "query"
+    ) -> str | None:
+        """Why the disclosure mode of `dataset` refuses a query (`private`: it carries `dp`)
+        or a synthesis request (`private`: its generator is differentially private), or None.
+        In the `dp` mode nothing is released but under differential privacy: a query without
+        `dp` (so also every statistic that does not support it) and a generator that is not
+        differentially private are refused. The one statement of the rule: the node refuses
+        with it, the coordinator predicts the refusal with the summary the node published."""
+        if private or self.rules(dataset).mode != "dp":
+            return None
+        need = (
+            "every query must carry 'dp'"
+            if what == "query"
+            else "a synthesis must use a differentially private generator (with epsilon)"
+        )
+        return f"dataset {dataset!r} is in the 'dp' disclosure mode: {need}"
 
     def statistic_refusal(self, statistic: str) -> str | None:
         """Why this policy refuses a `statistic` query ("does not allow 'mean' queries
@@ -296,22 +339,27 @@ class TaskFailure(Strict):
 
 
 class BudgetSpent(Strict):
-    """What a node's ledger holds for one study and dataset: epsilon and delta spent so far."""
+    """What a node's ledger holds for one study and dataset: the zCDP `rho_spent`, and the
+    (epsilon, delta)-DP it amounts to at the delta of the study's allocation (`delta_spent`,
+    0 while nothing is spent): epsilon_spent = rho + 2 sqrt(rho ln(1/delta))."""
 
     study_id: int
     dataset: Name
     epsilon_spent: float = Field(ge=0, allow_inf_nan=False)
     delta_spent: float = Field(ge=0, allow_inf_nan=False)
     charges: int = Field(ge=0)
+    rho_spent: float | None = Field(None, ge=0, allow_inf_nan=False)  # None: an older node
 
 
 class DatasetSpent(Strict):
-    """What all studies together spent on one dataset at a node (for its total over studies)."""
+    """What all studies together spent on one dataset at a node, as `BudgetSpent` (at the delta
+    of the dataset's total)."""
 
     dataset: Name
     epsilon_spent: float = Field(ge=0, allow_inf_nan=False)
     delta_spent: float = Field(ge=0, allow_inf_nan=False)
     charges: int = Field(ge=0)
+    rho_spent: float | None = Field(None, ge=0, allow_inf_nan=False)
 
 
 class NodeBudgetReport(Strict):

@@ -6,14 +6,17 @@ query would spend more than its study has left there. The coordinator keeps what
 last reported, to show members what is left and to refuse up front a query that some node
 would refuse anyway. The limits come from each node's published policy (its hello), the
 spending from its ledger reports (`PUT /nodes/me/budget`, at every registration and after every
-charge). A node may also cap what all studies together spend on a dataset (its total); a query
-must fit both that and the study's own budget at the node. A query must be accepted by every
-node, so what the network has left for a study on a dataset is the least that any of its nodes
-has available.
+charge). Each node composes in zCDP: a query costs rho = epsilon^2 / 2, a DP synthesis the rho
+of its generator; the limits are (epsilon, delta) converted to rho (`tessera.privacy`). A
+dataset's total over all studies is on by default (the study allocation where the node
+configures none); a query must fit both the total and the study's allocation at the node. A
+node reports what is spent as the (epsilon, delta) it amounts to, from which the rho is
+recovered. A query must be accepted by every node, so what the network has left for a study on
+a dataset is the least that any of its nodes has available ("epsilon_remaining": the largest
+epsilon one more query may have).
 
-A study's members see a node's total over all studies only where the node caps it: what other
-studies spent is theirs, and is shown only as much as this study needs to know what it can
-spend.
+What other studies spent is theirs: a study's members see of a node's total only as much as
+they need to know what they can spend.
 """
 
 from __future__ import annotations
@@ -29,7 +32,13 @@ from api.models import Node, NodeBudget, NodeDatasetBudget, Study
 from api.services.network import published_policy
 from api.services.studies import dataset_nodes, study_view
 from tessera.errors import BudgetExceeded, InvalidRequest, PolicyDenied
-from tessera.privacy import exact, left, text
+from tessera.privacy import (
+    conversion_delta,
+    largest_epsilon,
+    query_rho,
+    rho_budget,
+    text,
+)
 from tessera.schemas import DPBudget, DPTotal, NodeBudgetReport
 
 
@@ -128,22 +137,40 @@ def _dataset_spent(db: Session, dataset: str) -> dict[int, NodeDatasetBudget]:
     return {row.node_id: row for row in rows}
 
 
-def _total_view(total: DPTotal | None, row: NodeDatasetBudget | None) -> dict[str, Any] | None:
-    """The dataset's total over all studies at a node; None where the node caps none."""
-    if total is None:
-        return None
-    eps_spent, dlt_spent = (row.epsilon_spent, row.delta_spent) if row else (0.0, 0.0)
+def _rho_of(row: NodeBudget | NodeDatasetBudget | None) -> float:
+    """The rho a node reported spent: stored as the (epsilon, delta) it amounts to, so
+    recovered by the inverse of the conversion (`tessera.privacy.rho_budget`)."""
+    if row is None or row.epsilon_spent <= 0:
+        return 0.0
+    return float(rho_budget(row.epsilon_spent, row.delta_spent))
+
+
+def _amounts(
+    limit: DPBudget | DPTotal | None, row: NodeBudget | NodeDatasetBudget | None
+) -> dict[str, Any]:
+    """A limit's rho and (epsilon, delta), what is spent of it and what is left (never below
+    zero): `epsilon_remaining` is the largest epsilon one more query may have (its rho,
+    epsilon^2 / 2, fits what is left)."""
+    rho_limit = None if limit is None or limit.rho is None else float(limit.rho)
+    rho_spent = _rho_of(row)
+    rho_left = 0.0 if rho_limit is None else max(0.0, rho_limit - rho_spent)
     return {
-        "epsilon_limit": total.epsilon,
-        "epsilon_spent": eps_spent,
-        "epsilon_remaining": None
-        if total.epsilon is None
-        else float(left(total.epsilon, eps_spent)),
-        "delta_limit": total.delta,
-        "delta_spent": dlt_spent,
-        "delta_remaining": None if total.delta is None else float(left(total.delta, dlt_spent)),
+        "rho_limit": rho_limit,
+        "rho_spent": rho_spent,
+        "rho_remaining": rho_left,
+        "epsilon_limit": None if limit is None else limit.epsilon,
+        "epsilon_spent": row.epsilon_spent if row else 0.0,
+        "epsilon_remaining": largest_epsilon(rho_left),
+        "delta_limit": None if limit is None else limit.delta,
+        "delta_spent": row.delta_spent if row else 0.0,
+        "delta_remaining": None if limit is None else conversion_delta(limit.delta),
         "charges": row.charges if row else 0,
     }
+
+
+def _total_view(total: DPTotal | None, row: NodeDatasetBudget | None) -> dict[str, Any] | None:
+    """The dataset's total over all studies at a node; None where the node has no DP budget."""
+    return None if total is None else _amounts(total, row)
 
 
 def _node_view(
@@ -153,28 +180,20 @@ def _node_view(
     total: DPTotal | None = None,
     total_row: NodeDatasetBudget | None = None,
 ) -> dict[str, Any]:
-    eps_spent, dlt_spent = (row.epsilon_spent, row.delta_spent) if row else (0.0, 0.0)
-    eps_left = float(left(limit.epsilon, eps_spent)) if limit else 0.0
-    dlt_left = float(left(limit.delta, dlt_spent)) if limit else 0.0
+    own = _amounts(limit, row)
+    if limit is None:
+        own["delta_remaining"] = 0.0
     over_studies = _total_view(total, total_row)
-    eps_available, dlt_available = eps_left, dlt_left
+    rho_available = own["rho_remaining"]
     if over_studies is not None:
-        if over_studies["epsilon_remaining"] is not None:
-            eps_available = min(eps_available, over_studies["epsilon_remaining"])
-        if over_studies["delta_remaining"] is not None:
-            dlt_available = min(dlt_available, over_studies["delta_remaining"])
+        rho_available = min(rho_available, over_studies["rho_remaining"])
     return {
         "node": node.name,
-        "epsilon_limit": limit.epsilon if limit else None,
-        "epsilon_spent": eps_spent,
-        "epsilon_remaining": eps_left,
-        "delta_limit": limit.delta if limit else None,
-        "delta_spent": dlt_spent,
-        "delta_remaining": dlt_left,
-        "charges": row.charges if row else 0,
+        **own,
         "dataset_total": over_studies,
-        "epsilon_available": eps_available,
-        "delta_available": dlt_available,
+        "rho_available": rho_available,
+        "epsilon_available": largest_epsilon(rho_available),
+        "delta_available": own["delta_remaining"],
         "reported_at": node.budget_reported_at,
     }
 
@@ -203,12 +222,13 @@ def study_budget(db: Session, study: Study) -> dict[str, Any]:
         datasets.append(
             {
                 "dataset": name,
+                "rho_remaining": min((n["rho_available"] for n in nodes), default=None),
                 "epsilon_remaining": min((n["epsilon_available"] for n in nodes), default=None),
                 "delta_remaining": min((n["delta_available"] for n in nodes), default=None),
                 "nodes": nodes,
             }
         )
-    return {"study_id": study.id, "composition": "basic", "datasets": datasets}
+    return {"study_id": study.id, "composition": "zcdp", "datasets": datasets}
 
 
 def check_affordable(
@@ -227,29 +247,31 @@ def check_affordable(
             "it takes part in no query with 'dp'",
             {"nodes": without, "dataset": dataset},
         )
-    eps, dlt = exact(epsilon), exact(delta)
+    rho = float(query_rho(epsilon))
+    slack = 1e-12  # the reported (epsilon, delta) converts back to rho to about 1e-16
     short = []
     for view in _views(db, study, dataset, nodes):
-        if eps > exact(view["epsilon_remaining"]) or dlt > exact(view["delta_remaining"]):
+        if rho > view["rho_remaining"] + slack:
             short.append({**view, "limit": "study"})
-        elif eps > exact(view["epsilon_available"]) or dlt > exact(view["delta_available"]):
+        elif rho > view["rho_available"] + slack:
             short.append({**view, "limit": "dataset_total"})
     if short:
         left_text = "; ".join(_short_text(v) for v in short)
         raise BudgetExceeded(
-            f"the query's epsilon {text(eps)}, delta {text(dlt)} exceeds what study "
+            f"the query's epsilon {text(epsilon)} (rho {rho:.6g}) exceeds what study "
             f"{study.name!r} has left of the differential-privacy budget on dataset {dataset!r} "
             f"({left_text}, as last reported)",
             {
                 "dataset": dataset,
-                "epsilon": float(eps),
-                "delta": float(dlt),
+                "epsilon": float(epsilon),
+                "delta": float(delta),
+                "rho": rho,
                 "nodes": [
                     {
                         "node": v["node"],
                         "limit": v["limit"],
+                        "rho_remaining": v[_which(v, "rho")],
                         "epsilon_remaining": v[_which(v, "epsilon")],
-                        "delta_remaining": v[_which(v, "delta")],
                         "reported_at": v["reported_at"].isoformat() if v["reported_at"] else None,
                     }
                     for v in short
@@ -264,18 +286,12 @@ def _which(view: dict[str, Any], amount: str) -> str:
 
 
 def _short_text(view: dict[str, Any]) -> str:
-    """'node a: epsilon 0.2, delta 0' (the study's budget) or, where the dataset's total over
-    all studies is what is short, 'node a: epsilon 0.2 of the dataset's total over all studies'
-    (only the amounts it caps)."""
-    if view["limit"] == "study":
-        return (
-            f"node {view['node']}: epsilon {text(view['epsilon_remaining'])}, "
-            f"delta {text(view['delta_remaining'])}"
-        )
-    total = view["dataset_total"]
-    amounts = ", ".join(
-        f"{name} {text(total[f'{name}_remaining'])}"
-        for name in ("epsilon", "delta")
-        if total[f"{name}_remaining"] is not None
+    """'node a: rho 0.002 (a query of epsilon up to 0.0632)' (the study's allocation) or, where
+    the dataset's total over all studies is what is short, the same 'of the dataset's total
+    over all studies'."""
+    which = "remaining" if view["limit"] == "study" else "available"
+    where = "" if view["limit"] == "study" else " of the dataset's total over all studies"
+    return (
+        f"node {view['node']}: rho {view[f'rho_{which}']:.6g} (a query of epsilon up to "
+        f"{view[f'epsilon_{which}']:.6g}){where}"
     )
-    return f"node {view['node']}: {amounts} of the dataset's total over all studies"

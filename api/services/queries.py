@@ -127,6 +127,13 @@ def plan(db: Session, study: Study, raw: Any) -> Plan:
             f"registered dataset {query.dataset!r}",
             {"nodes": [n.name for n, _ in registered]},
         )
+    for node, _ in registered:
+        reason = published_policy(node).disclosure_refusal(query.dataset, query.dp is not None)
+        if reason is not None:
+            raise PolicyDenied(
+                f"node {node.name}: {reason}",
+                {"node": node.name, "dataset": query.dataset, "mode": "dp"},
+            )
     if query.dp is not None:
         budget.check_affordable(
             db, study, query.dataset, query.dp.epsilon, query.dp.delta, [n for n, _ in registered]
@@ -184,7 +191,7 @@ def dry_run(db: Session, study: Study, user: User, raw: Any) -> dict[str, Any]:
     the same checks as `submit` (and the same errors), then the nodes of the study with whether
     each would take part, the threshold every party would apply, and the disclosure the
     statistic declares. Recorded in the audit log as `query.dry_run`."""
-    from smpc import disclosure
+    from smpc.statistics import disclosure  # (smpc.disclosure is the rules module)
 
     planned = plan(db, study, raw)
     reveals = disclosure(planned.statistic, planned.schema)
@@ -200,6 +207,8 @@ def dry_run(db: Session, study: Study, user: User, raw: Any) -> dict[str, Any]:
                 "organisation": node.organisation.name,
                 "takes_part": takes_part,
                 "reason": reason,
+                # the disclosure mode and rules the node applies to the query's dataset
+                "disclosure": published_policy(node).rules(planned.query.dataset).model_dump(),
             }
         )
     answer = {

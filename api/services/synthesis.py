@@ -68,11 +68,14 @@ PARQUET = "application/vnd.apache.parquet"
 def published_refusal(node: Node, spec: SynthesisSpec) -> str | None:
     """Why a node's published synthesis policy refuses `spec` (None: it may take it): the
     node's own rule (`SynthesisPolicySummary.refusal`), applied to what it published."""
-    policy = published_policy(node).synthesis
+    published = published_policy(node)
+    policy = published.synthesis
     if policy is None:
         return "its policy allows no synthesis"
     reason = policy.refusal(spec)
-    return None if reason is None else f"its {reason}"
+    if reason is not None:
+        return f"its {reason}"
+    return published.disclosure_refusal(spec.dataset, spec.differentially_private, "synthesis")
 
 
 def request(

@@ -7,6 +7,7 @@ import pytest
 
 from tessera.client import TesseraClient
 from tessera.errors import Conflict, NotFound, PolicyDenied, QueryInvalid
+from tessera.schemas import DisclosureRules
 
 from .conftest import DATASET, RESEARCHER_PASSWORD, Setup, logged_in
 
@@ -37,6 +38,7 @@ def test_a_valid_dry_run_describes_the_run_and_creates_nothing(setup: Setup) -> 
             "organisation": f"Hospital {setup.n}-{i}",
             "takes_part": True,
             "reason": None,
+            "disclosure": DisclosureRules().model_dump(),
         }
         for i, node in enumerate(setup.nodes)
     ]
@@ -96,6 +98,34 @@ def test_a_dp_query_reports_the_epsilon_and_delta_it_would_spend(setup: Setup) -
 
     with pytest.raises(QueryInvalid, match=r"differential privacy .* not for 'variance'"):
         dry_run(setup, {**DP_MEAN, "statistic": "variance"})
+
+
+def test_a_dp_mode_dataset_refuses_an_exact_query_and_the_dry_run_shows_the_mode(
+    setup: Setup,
+) -> None:
+    dp_mode = {"mode": "dp", "subset_min": 5}
+    for i, node in enumerate(setup.nodes):
+        policy: dict[str, object] = {"dp_budget": {"epsilon": 2, "delta": 1e-5}}
+        if i == 1:
+            policy["dataset_disclosure"] = {DATASET: dp_mode}
+        node.ok("POST", "/nodes/me/hello", json={"agent_version": "t", "policy": policy})
+    with pytest.raises(PolicyDenied) as dry:
+        dry_run(setup, MEAN)
+    with pytest.raises(PolicyDenied) as submitted:
+        setup.researcher.submit_query(setup.study_id, MEAN)
+    assert dry.value.message == (
+        f"node {setup.nodes[1].name}: dataset '{DATASET}' is in the 'dp' disclosure mode: "
+        "every query must carry 'dp'"
+    )
+    assert (dry.value.message, dry.value.details) == (
+        submitted.value.message,
+        submitted.value.details,
+    )
+    answer = dry_run(setup, DP_MEAN)
+    modes = [n["disclosure"]["mode"] for n in answer["nodes"]]  # type: ignore[index]
+    assert modes == ["exact", "dp", "exact"]
+    assert answer["nodes"][1]["disclosure"] == DisclosureRules(**dp_mode).model_dump()  # type: ignore[index]
+    assert setup.researcher.study_queries(setup.study_id) == []
 
 
 def test_invalid_queries_get_the_error_submission_gives(setup: Setup) -> None:

@@ -105,6 +105,8 @@ def world(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                 org["name"],
                 [DataSource(DATASET, "csv", schema(), path=str(path))],
                 synthesis=rules,
+                # node-a trains mst: its charges go to the dataset's ledger (total on by default)
+                dp_epsilon_budget=1.5 if "mst" in rules["generators"] else None,
             )
             net.start_node(spec, key)
         admin.create_user("rita", "rita-password", role="researcher")
@@ -295,6 +297,24 @@ def test_a_differentially_private_release(world: World) -> None:
     assert card["training_rows"] is None and card["holdout_rows"] is None
     assert "sizes" not in card["metrics"]
     assert release["rows"] == 200
+
+    # The job was charged its rho (synth's accounting of epsilon 1 at delta 1e-6) before
+    # training, to the dataset's ledger at node-a; a second one beyond the total is refused.
+    from synth.accounting import rho_for
+
+    shown = tessera("node", "budget", "--config", world.config("node-a"))
+    assert shown.returncode == 0, shown.stderr
+    [entry] = json.loads(shown.stdout)["entries"]
+    assert entry["study_id"] == world.study and entry["charges"] == 1
+    assert entry["rho_spent"] == pytest.approx(rho_for(1.0, 1e-6))
+    again = world.researcher.request_synthesis(world.study, spec)
+    refused = jobs_by_node(wait_at_rest(world, again["id"]))["node-a"]
+    assert refused["status"] == "refused", refused
+    assert "would exceed the privacy" in refused["error"]["message"], refused
+    assert (
+        json.loads(tessera("node", "budget", "--config", world.config("node-a")).stdout)["entries"]
+        == json.loads(shown.stdout)["entries"]
+    ), "a refused job charges nothing"
 
 
 def test_a_node_refuses_what_its_own_policy_forbids(world: World) -> None:

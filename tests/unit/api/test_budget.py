@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from sqlalchemy import select
 
 from api.models import NodeBudget
 from api.services import budget
 from tessera.errors import BudgetExceeded, Conflict, InvalidRequest, PolicyDenied
+from tessera.privacy import epsilon_of, rho_budget
 from tessera.schemas import BudgetSpent, DatasetSpent, NodeBudgetReport
 
 DP = {"dp_budget": {"epsilon": 1.0, "delta": 1e-5}}
@@ -51,43 +54,83 @@ def test_a_dp_query_to_a_node_without_a_budget_is_refused_at_submission(make) ->
     assert make.events("query.submitted") == []
 
 
+LIMIT = float(rho_budget(1.0, 1e-5))  # the rho of DP's budget per study
+
+
+def _rho_spent(study_id: int, rho: float) -> BudgetSpent:
+    """What a node reports of `rho` spent: (epsilon, delta) at its budget's delta, and rho."""
+    return BudgetSpent(
+        study_id=study_id,
+        dataset="cohort",
+        epsilon_spent=epsilon_of(rho, 1e-5),
+        delta_spent=1e-5,
+        charges=1,
+        rho_spent=rho,
+    )
+
+
 def test_more_than_the_study_has_left_is_budget_exceeded_naming_the_node(make, db) -> None:
     net = make.network(policies=[DP, DP, DP])
-    budget.report(db, net.nodes[1], _report(_spent(net.study.id, 0.8)))
+    budget.report(db, net.nodes[1], _report(_rho_spent(net.study.id, 0.015)))
 
     with pytest.raises(BudgetExceeded) as caught:
-        _affordable(db, net, 0.5)
+        _affordable(db, net, 0.15)
 
     assert isinstance(caught.value, Conflict)
-    assert "node h2: epsilon 0.2, delta 0.00001" in str(caught.value)
+    left = LIMIT - 0.015
+    assert f"node h2: rho {left:.6g} (a query of epsilon up to {math.sqrt(2 * left):.6g})" in str(
+        caught.value
+    )
     (short,) = caught.value.details["nodes"]
-    assert (short["node"], short["limit"], short["epsilon_remaining"]) == ("h2", "study", 0.2)
+    assert (short["node"], short["limit"]) == ("h2", "study")
+    assert short["rho_remaining"] == pytest.approx(left)
+    assert caught.value.details["rho"] == 0.01125, "a query's rho is epsilon^2 / 2"
 
 
 def test_exactly_what_is_left_is_affordable(make, db) -> None:
     net = make.network(policies=[DP, DP, DP])
-    budget.report(db, net.nodes[0], _report(_spent(net.study.id, 0.7)))
+    budget.report(db, net.nodes[0], _report(_rho_spent(net.study.id, 0.012)))
+    largest = math.sqrt(2 * (LIMIT - 0.012))
 
-    _affordable(db, net, 0.3)  # 1 - 0.7 is exactly 0.3 in the decimals people wrote
+    _affordable(db, net, largest * (1 - 1e-9))
     with pytest.raises(BudgetExceeded):
-        _affordable(db, net, 0.31)
+        _affordable(db, net, largest * 1.001)
 
 
 def test_the_dataset_total_over_studies_can_be_the_limit_that_binds(make, db) -> None:
     net = make.network(policies=[DP_WITH_TOTAL, DP_WITH_TOTAL, DP_WITH_TOTAL])
-    others = DatasetSpent(dataset="cohort", epsilon_spent=1.8, delta_spent=0, charges=9)
+    total = float(rho_budget(2.0, 1e-5))  # the total's delta: the allocation's
+    others = DatasetSpent(
+        dataset="cohort",
+        epsilon_spent=epsilon_of(total - 0.002, 1e-5),
+        delta_spent=1e-5,
+        charges=9,
+    )
     budget.report(db, net.nodes[2], _report(totals=(others,)))
 
     with pytest.raises(BudgetExceeded) as caught:
-        _affordable(db, net, 0.5)
+        _affordable(db, net, 0.1)
 
-    assert "node h3: epsilon 0.2 of the dataset's total over all studies" in str(caught.value)
+    assert "of the dataset's total over all studies" in str(caught.value)
     (short,) = caught.value.details["nodes"]
-    assert (short["node"], short["limit"], short["epsilon_remaining"]) == (
-        "h3",
-        "dataset_total",
-        0.2,
+    assert (short["node"], short["limit"]) == ("h3", "dataset_total")
+    assert short["rho_remaining"] == pytest.approx(0.002)
+    assert short["epsilon_remaining"] == pytest.approx(math.sqrt(0.004))
+
+
+def test_the_total_is_on_by_default_at_the_coordinator_too(make, db) -> None:
+    net = make.network(policies=[DP, DP, DP])
+    others = DatasetSpent(
+        dataset="cohort",
+        epsilon_spent=epsilon_of(LIMIT - 0.001, 1e-5),
+        delta_spent=1e-5,
+        charges=3,
     )
+    budget.report(db, net.nodes[0], _report(totals=(others,)))
+
+    with pytest.raises(BudgetExceeded) as caught:
+        _affordable(db, net, 0.1)  # this study spent nothing, the dataset nearly all
+    assert caught.value.details["nodes"][0]["limit"] == "dataset_total"
 
 
 # ---- report -----------------------------------------------------------------------------
@@ -131,9 +174,15 @@ def test_a_report_naming_a_study_and_dataset_twice_is_invalid(make, db) -> None:
 
 def test_the_study_has_what_its_poorest_node_has_left(make, db) -> None:
     net = make.network(policies=[DP, DP, DP])
-    budget.report(db, net.nodes[1], _report(_spent(net.study.id, 0.75)))
+    budget.report(db, net.nodes[1], _report(_rho_spent(net.study.id, 0.015)))
 
-    (cohort,) = budget.study_budget(db, net.study)["datasets"]
+    view = budget.study_budget(db, net.study)
+    (cohort,) = view["datasets"]
 
-    assert cohort["epsilon_remaining"] == 0.25
-    assert [n["epsilon_remaining"] for n in cohort["nodes"]] == [1.0, 0.25, 1.0]
+    assert view["composition"] == "zcdp"
+    assert cohort["rho_remaining"] == pytest.approx(LIMIT - 0.015)
+    assert cohort["epsilon_remaining"] == pytest.approx(math.sqrt(2 * (LIMIT - 0.015)))
+    assert [n["rho_remaining"] for n in cohort["nodes"]] == pytest.approx(
+        [LIMIT, LIMIT - 0.015, LIMIT]
+    )
+    assert cohort["nodes"][1]["epsilon_spent"] == pytest.approx(epsilon_of(0.015, 1e-5))

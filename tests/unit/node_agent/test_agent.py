@@ -13,6 +13,7 @@ import pytest
 
 from node_agent.agent import NodeAgent, running
 from tessera.errors import Conflict, ProtocolFailed, TesseraError, Unauthorized
+from tessera.privacy import epsilon_of, rho_budget
 from tessera.schemas import (
     BudgetSpent,
     DatasetSpent,
@@ -414,18 +415,30 @@ def wait_for(condition: Any, timeout: float = 10.0) -> None:
 def test_a_dp_query_is_charged_when_accepted_and_the_ledger_reported(node) -> None:
     agent, fake = node(policy="dp_epsilon_budget = 1.0\ndp_delta_budget = 1e-6")
     with running(agent):
-        fake.queue.append(dp_task(11, 0.25, 1e-7))
+        fake.queue.append(dp_task(11, 0.1, 1e-7))
         wait_for(lambda: "result" in fake.names() and len(fake.budget_reports()) == 2)
+    as_dp = epsilon_of(0.005, 1e-6)  # rho 0.1^2 / 2, as (epsilon, delta) at the limit's delta
     assert fake.budget_reports() == [
         NodeBudgetReport(entries=[]),  # at registration
         NodeBudgetReport(
             entries=[
                 BudgetSpent(
-                    study_id=9, dataset="cohort", epsilon_spent=0.25, delta_spent=1e-7, charges=1
+                    study_id=9,
+                    dataset="cohort",
+                    epsilon_spent=as_dp,
+                    delta_spent=1e-6,
+                    charges=1,
+                    rho_spent=0.005,
                 )
             ],
             dataset_totals=[
-                DatasetSpent(dataset="cohort", epsilon_spent=0.25, delta_spent=1e-7, charges=1)
+                DatasetSpent(
+                    dataset="cohort",
+                    epsilon_spent=as_dp,
+                    delta_spent=1e-6,
+                    charges=1,
+                    rho_spent=0.005,
+                )
             ],
         ),
     ]
@@ -442,85 +455,84 @@ def test_a_dp_query_is_charged_when_accepted_and_the_ledger_reported(node) -> No
         "task": 11,
         "query": 5,
     }
-    assert (charged["epsilon"], charged["epsilon_spent"], charged["epsilon_limit"]) == (
-        0.25,
-        0.25,
-        1.0,
-    )
+    assert (charged["epsilon"], charged["rho_spent"], charged["epsilon_limit"]) == (0.1, 0.005, 1.0)
+    assert charged["epsilon_spent"] == pytest.approx(as_dp)
+    assert charged["rho_limit"] == pytest.approx(float(rho_budget(1.0, 1e-6)))
 
 
 def test_an_over_budget_dp_task_is_refused_naming_what_is_left(node) -> None:
-    agent, fake = node(policy="dp_epsilon_budget = 1.0")
+    agent, fake = node(policy="dp_epsilon_budget = 1.0")  # rho 0.0174689 (delta 0: at 1e-6)
     with running(agent):
-        fake.queue.append(dp_task(11, 0.6))
+        fake.queue.append(dp_task(11, 0.15))  # rho 0.01125
         wait_for(lambda: "result" in fake.names())
-        fake.queue.append(dp_task(12, 0.6))
+        fake.queue.append(dp_task(12, 0.15))
         wait_for(lambda: "reject" in fake.names())
     [(task_id, reason)] = [args for name, args in fake.calls if name == "reject"]
     assert task_id == 12
     assert reason == (
-        "the query's epsilon 0.6, delta 0 would exceed the differential-privacy budget of study "
-        "9 on dataset 'cohort': remaining epsilon 0.4, delta 0 (of epsilon 1, delta 0 per study)"
+        "the query's rho 0.01125 (epsilon 0.15) would exceed the privacy allocation of study 9 "
+        "on dataset 'cohort': remaining rho 0.0062189 (a query of epsilon up to 0.111525) of "
+        "rho 0.0174689 (epsilon 1 at delta 1e-06, per study)"
     )
     assert 12 not in fake.accepted
     assert audit_actions(agent)[-2:] == [("task.received", "received"), ("task.refused", "refused")]
     refused = json.loads(agent.settings.audit_path.read_text().splitlines()[-1])
-    assert (refused["reason"], refused["epsilon_remaining"], refused["study"]) == (reason, 0.4, 9)
+    assert (refused["reason"], refused["study"]) == (reason, 9)
+    assert refused["rho_remaining"] == pytest.approx(float(rho_budget(1.0, 1e-6)) - 0.01125)
 
     # The spending survives a restart of the agent: the same work_dir refuses again.
     again, fake_again = node(policy="dp_epsilon_budget = 1.0")
     again.settings = agent.settings
-    again.handle(dp_task(13, 0.5))
+    again.handle(dp_task(13, 0.12))
     [(name, (_, reason))] = fake_again.calls
-    assert name == "reject" and "remaining epsilon 0.4," in reason
-    again.handle(dp_task(14, 0.4))
+    assert name == "reject" and "remaining rho 0.0062189 " in reason
+    again.handle(dp_task(14, 0.1))
     assert fake_again.names()[-1] == "result"
 
 
-def test_a_study_has_its_own_budget(node) -> None:
-    agent, fake = node(policy="dp_epsilon_budget = 0.5")
-    agent.handle(dp_task(11, 0.5))
-    other_study = dp_task(12, 0.5).model_copy(update={"study_id": 10})
+def test_a_study_has_its_own_allocation_of_the_dataset_total(node) -> None:
+    agent, fake = node(policy="dp_epsilon_budget = 1.0\ndp_epsilon_total = 1.5")
+    agent.handle(dp_task(11, 0.18))  # rho 0.0162 of the study's 0.0174689
+    other_study = dp_task(12, 0.18).model_copy(update={"study_id": 10})
     agent.handle(other_study)
     assert fake.names().count("result") == 2 and "reject" not in fake.names()
-    agent.handle(dp_task(13, 0.5))
+    agent.handle(dp_task(13, 0.06))  # rho 0.0018: over study 9's allocation
     assert fake.names()[-1] == "reject"
+    [(_, reason)] = [args for name, args in fake.calls if name == "reject"]
+    assert "allocation of study 9" in reason
 
 
 def test_the_dataset_total_caps_every_study_and_the_refusal_says_so(node) -> None:
     agent, fake = node(policy="dp_epsilon_budget = 1.0\ndp_epsilon_total = 1.5")
     with running(agent):
-        fake.queue.append(dp_task(11, 1.0))
+        fake.queue.append(dp_task(11, 0.18))
         wait_for(lambda: fake.names().count("result") == 1)
-        fake.queue.append(dp_task(12, 0.5).model_copy(update={"study_id": 10}))
+        fake.queue.append(dp_task(12, 0.18).model_copy(update={"study_id": 10}))
         wait_for(lambda: fake.names().count("result") == 2)
-        fake.queue.append(dp_task(13, 0.25).model_copy(update={"study_id": 11}))
+        fake.queue.append(dp_task(13, 0.18).model_copy(update={"study_id": 11}))
         wait_for(lambda: "reject" in fake.names())
     charges = [
         e
         for e in map(json.loads, agent.settings.audit_path.read_text().splitlines())
         if e["action"] == "budget.charged"
     ]
-    assert [(c["dataset_epsilon_spent"], c["dataset_epsilon_total"]) for c in charges] == [
-        (1.0, 1.5),
-        (1.5, 1.5),
+    total_rho = float(rho_budget(1.5, 1e-6))
+    assert [(c["dataset_rho_spent"], c["dataset_rho_total"]) for c in charges] == [
+        (0.0162, total_rho),
+        (0.0324, total_rho),
     ]
     [(task_id, reason)] = [args for name, args in fake.calls if name == "reject"]
     assert task_id == 13
     assert reason == (
-        "the query's epsilon 0.25, delta 0 would exceed the differential-privacy budget of "
-        "dataset 'cohort' over all studies: remaining epsilon 0 (of epsilon 1.5 over all "
-        "studies)"
+        "the query's rho 0.0162 (epsilon 0.18) would exceed the privacy budget of dataset "
+        "'cohort' over all studies: remaining rho 0.00624426 (a query of epsilon up to "
+        "0.111752) of rho 0.0386443 (epsilon 1.5 at delta 1e-06, over all studies)"
     )
     refused = json.loads(agent.settings.audit_path.read_text().splitlines()[-1])
-    assert (refused["limit"], refused["study"], refused["epsilon_remaining"]) == (
-        "dataset_total",
-        11,
-        0.0,
-    )
-    assert agent.ledger.report().dataset_totals == [
-        DatasetSpent(dataset="cohort", epsilon_spent=1.5, delta_spent=0.0, charges=2)
-    ]
+    assert (refused["limit"], refused["study"]) == ("dataset_total", 11)
+    assert refused["rho_remaining"] == pytest.approx(total_rho - 0.0324)
+    [total] = agent.ledger.report().dataset_totals
+    assert (total.rho_spent, total.charges) == (0.0324, 2)
 
 
 def test_a_dp_query_is_refused_where_no_budget_is_set(node) -> None:
@@ -553,9 +565,9 @@ def test_a_dp_query_that_fails_after_acceptance_is_not_refunded(node) -> None:
     agent, fake = node(
         policy="dp_epsilon_budget = 1.0", party=FakeParty(error=ProtocolFailed("peer vanished"))
     )
-    agent.handle(dp_task(11, 0.75))
+    agent.handle(dp_task(11, 0.15))
     assert fake.calls[-1] == ("fail", (11, "protocol_failed", "peer vanished"))
-    assert float(agent.ledger.spent(9, "cohort").epsilon) == 0.75
+    assert float(agent.ledger.spent(9, "cohort").rho) == 0.01125
 
 
 def test_a_budget_report_the_coordinator_refuses_does_not_stop_the_node(node, caplog) -> None:

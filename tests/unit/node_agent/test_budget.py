@@ -1,9 +1,12 @@
-"""The privacy ledger: charges compose by sums, never exceed the budget (not even when charged
-concurrently), survive a restart, and are kept apart per study and dataset; a dataset's total
-caps every study together."""
+"""The privacy ledger: charges compose in zCDP (a pure epsilon-DP query costs rho = epsilon^2/2),
+limits given as (epsilon, delta) convert to rho by epsilon = rho + 2 sqrt(rho ln(1/delta)), a
+dataset's total over all studies is on by default and caps every study together, charges never
+exceed a limit (not even when charged concurrently), survive a restart, and a schema-1 ledger
+is migrated."""
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import threading
 from decimal import Decimal
@@ -11,11 +14,24 @@ from pathlib import Path
 
 import pytest
 
-from node_agent.budget import DatasetTotal, PrivacyLedger
+from node_agent.budget import SCHEMA_VERSION, DatasetTotal, PrivacyLedger
 from tessera.errors import BudgetExceeded, ConfigInvalid
-from tessera.schemas import BudgetSpent, DatasetSpent, DPBudget, DPTotal
+from tessera.privacy import epsilon_of, query_rho, rho_budget
+from tessera.schemas import BudgetSpent, DatasetSpent, DPBudget, DPTotal, NodePolicySummary
 
 ONE = DPBudget(epsilon=1.0, delta=1e-6)
+
+
+def direct_rho(epsilon: float, delta: float) -> float:
+    """The rho solving epsilon = rho + 2 sqrt(rho ln(1/delta)), by bisection (no closed form)."""
+    low, high = 0.0, epsilon
+    for _ in range(200):
+        middle = (low + high) / 2
+        if middle + 2 * math.sqrt(middle * math.log(1 / delta)) <= epsilon:
+            low = middle
+        else:
+            high = middle
+    return low
 
 
 @pytest.fixture
@@ -23,73 +39,119 @@ def path(tmp_path: Path) -> Path:
     return tmp_path / "work" / "budget.sqlite3"
 
 
-def test_charges_add_up_exactly_and_the_next_one_over_is_refused(path: Path) -> None:
+# ---- the conversion -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("epsilon", "delta"), [(1.0, 1e-6), (0.5, 1e-5), (3.0, 1e-9), (10.0, 1e-3), (0.01, 1e-6)]
+)
+def test_a_budget_converts_to_the_rho_of_the_standard_conversion(epsilon, delta) -> None:
+    rho = float(rho_budget(epsilon, delta))
+    assert rho == pytest.approx(direct_rho(epsilon, delta), rel=1e-12)
+    assert epsilon_of(rho, delta) == pytest.approx(epsilon, rel=1e-12)
+    assert float(DPBudget(epsilon=epsilon, delta=delta).rho) == rho
+
+
+def test_the_numbers_of_a_budget_of_epsilon_1() -> None:
+    # sqrt(rho) = sqrt(ln 1e6 + 1) - sqrt(ln 1e6) = 3.8491... - 3.7169... = 0.13217...
+    assert float(ONE.rho) == pytest.approx(0.0174689, rel=1e-5)
+    assert float(DPBudget(epsilon=1.0).rho) == float(ONE.rho), "delta 0 converts at 1e-6"
+    assert query_rho(0.1) == Decimal("0.005"), "a pure query costs epsilon^2 / 2, exactly"
+    assert epsilon_of(0, 1e-6) == 0.0
+
+
+# ---- composition in rho -------------------------------------------------------------------
+
+
+def test_queries_compose_in_rho_and_the_next_one_over_is_refused(path: Path) -> None:
     ledger = PrivacyLedger(path)
-    for i in range(1, 11):
-        spent = ledger.charge(3, "cohort", 0.1, 1e-7, ONE, task_id=i, query_id=i)
+    for i in range(1, 14):  # 13 queries of epsilon 0.05: rho 13 * 0.00125 = 0.01625
+        spent = ledger.charge_query(3, "cohort", 0.05, 0.0, ONE, task_id=i, query_id=i)
         assert spent.charges == i
-    assert spent.epsilon == Decimal("1.0") and spent.delta == Decimal("0.000001")
+    assert spent.rho == Decimal("0.01625")
+    assert spent.epsilon(1e-6) == pytest.approx(0.01625 + 2 * math.sqrt(0.01625 * math.log(1e6)))
     with pytest.raises(BudgetExceeded) as refused:
-        ledger.charge(3, "cohort", 0.1, 0.0, ONE)
+        ledger.charge_query(3, "cohort", 0.05, 0.0, ONE)  # 0.0175 > 0.0174689
     assert refused.value.message == (
-        "the query's epsilon 0.1, delta 0 would exceed the differential-privacy budget of "
-        "study 3 on dataset 'cohort': remaining epsilon 0, delta 0 (of epsilon 1, delta "
-        "0.000001 per study)"
+        "the query's rho 0.00125 (epsilon 0.05) would exceed the privacy allocation of study 3 "
+        "on dataset 'cohort': remaining rho 0.0012189 (a query of epsilon up to 0.0493742) of "
+        "rho 0.0174689 (epsilon 1 at delta 1e-06, per study)"
     )
-    assert refused.value.details["epsilon_remaining"] == 0.0
-    assert ledger.spent(3, "cohort").charges == 10, "a refused charge spends nothing"
+    assert refused.value.details["limit"] == "study"
+    assert refused.value.details["rho_remaining"] == pytest.approx(float(ONE.rho) - 0.01625)
+    assert ledger.spent(3, "cohort").charges == 13, "a refused charge spends nothing"
+    ledger.charge_query(3, "cohort", 0.049, 0.0, ONE)  # what is left still affords a smaller one
 
 
-def test_a_charge_that_fits_exactly_is_taken_and_delta_counts_too(path: Path) -> None:
+def test_many_small_queries_afford_more_than_basic_composition_would(path: Path) -> None:
     ledger = PrivacyLedger(path)
-    ledger.charge(1, "cohort", 0.7, 0.0, ONE)
-    ledger.charge(1, "cohort", 0.3, 0.0, ONE)  # 0.7 + 0.3 is exactly 1
-    budget = DPBudget(epsilon=10, delta=1e-6)
-    ledger.charge(2, "cohort", 1.0, 6e-7, budget)
-    with pytest.raises(BudgetExceeded, match=r"remaining epsilon 9, delta 0\.0000004 "):
-        ledger.charge(2, "cohort", 1.0, 5e-7, budget)
-    ledger.charge(2, "cohort", 1.0, 4e-7, budget)
-    assert ledger.spent(2, "cohort").delta == Decimal("0.000001")
+    budget = DPBudget(epsilon=1.0, delta=1e-6)
+    taken = 0
+    with pytest.raises(BudgetExceeded):
+        while True:
+            ledger.charge_query(1, "cohort", 0.01, 0.0, budget)
+            taken += 1
+    assert taken == 349 > 100, "349 queries of 0.01 under zCDP, 100 under sums of epsilon"
 
 
 def test_a_zero_budget_refuses_every_query(path: Path) -> None:
-    with pytest.raises(BudgetExceeded, match="remaining epsilon 0, delta 0 "):
-        PrivacyLedger(path).charge(1, "cohort", 0.01, 0.0, DPBudget(epsilon=0))
+    with pytest.raises(BudgetExceeded, match="remaining rho 0 "):
+        PrivacyLedger(path).charge_query(1, "cohort", 0.01, 0.0, DPBudget(epsilon=0))
 
 
-def test_studies_and_datasets_have_budgets_of_their_own(path: Path) -> None:
+def test_studies_and_datasets_are_kept_apart(path: Path) -> None:
     ledger = PrivacyLedger(path)
-    ledger.charge(1, "cohort", 1.0, 0.0, ONE)
-    ledger.charge(2, "cohort", 0.5, 0.0, ONE)
-    ledger.charge(1, "labs", 0.25, 0.0, ONE)
-    with pytest.raises(BudgetExceeded, match="study 1 on dataset 'cohort'"):
-        ledger.charge(1, "cohort", 0.1, 0.0, ONE)
-    ledger.charge(2, "cohort", 0.5, 0.0, ONE)
-    assert [(s.study_id, s.dataset, s.epsilon, s.charges) for s in ledger.entries()] == [
-        (1, "cohort", Decimal("1.0"), 1),
-        (1, "labs", Decimal("0.25"), 1),
-        (2, "cohort", Decimal("1.0"), 2),
+    big = DPBudget(epsilon=5.0, delta=1e-6)
+    total = DPTotal(epsilon=20.0, delta=1e-6)
+    ledger.charge_query(1, "cohort", 0.2, 0.0, big, total)
+    ledger.charge_query(2, "cohort", 0.1, 0.0, big, total)
+    ledger.charge_query(1, "labs", 0.3, 1e-7, big, total)
+    ledger.charge_query(2, "cohort", 0.1, 0.0, big, total)
+    assert [(s.study_id, s.dataset, s.rho, s.charges) for s in ledger.entries()] == [
+        (1, "cohort", Decimal("0.02"), 1),
+        (1, "labs", Decimal("0.045"), 1),
+        (2, "cohort", Decimal("0.010"), 2),
     ]
-    assert ledger.report().entries == [
-        BudgetSpent(study_id=1, dataset="cohort", epsilon_spent=1.0, delta_spent=0, charges=1),
-        BudgetSpent(study_id=1, dataset="labs", epsilon_spent=0.25, delta_spent=0, charges=1),
-        BudgetSpent(study_id=2, dataset="cohort", epsilon_spent=1.0, delta_spent=0, charges=2),
+    report = ledger.report(lambda d: (big, total))
+    assert report.entries[0] == BudgetSpent(
+        study_id=1,
+        dataset="cohort",
+        epsilon_spent=epsilon_of(0.02, 1e-6),
+        delta_spent=1e-6,
+        charges=1,
+        rho_spent=0.02,
+    )
+    assert report.dataset_totals == [
+        DatasetSpent(
+            dataset="cohort",
+            epsilon_spent=epsilon_of(0.03, 1e-6),
+            delta_spent=1e-6,
+            charges=3,
+            rho_spent=0.03,
+        ),
+        DatasetSpent(
+            dataset="labs",
+            epsilon_spent=epsilon_of(0.045, 1e-6),
+            delta_spent=1e-6,
+            charges=1,
+            rho_spent=0.045,
+        ),
     ]
 
 
 def test_the_spending_survives_a_restart(path: Path) -> None:
-    PrivacyLedger(path).charge(1, "cohort", 0.6, 0.0, ONE)
+    PrivacyLedger(path).charge_query(1, "cohort", 0.1, 0.0, ONE)
     reopened = PrivacyLedger(path)
-    assert reopened.spent(1, "cohort").epsilon == Decimal("0.6")
-    with pytest.raises(BudgetExceeded, match=r"remaining epsilon 0\.4,"):
-        reopened.charge(1, "cohort", 0.5, 0.0, ONE)
-    row = sqlite3.connect(path).execute("SELECT task_id, epsilon FROM charges").fetchall()
-    assert row == [(None, "0.6")]
+    assert reopened.spent(1, "cohort").rho == Decimal("0.005")
+    with pytest.raises(BudgetExceeded, match=r"remaining rho 0\.0124689 "):
+        reopened.charge_query(1, "cohort", 0.2, 0.0, ONE)
+    row = sqlite3.connect(path).execute("SELECT task_id, epsilon, rho, kind FROM charges")
+    assert row.fetchall() == [(None, "0.1", "0.005", "query")]
 
 
 def test_concurrent_charges_never_exceed_the_budget(path: Path) -> None:
-    """Twenty threads on two ledgers over one file (as two processes would be) charge 0.1
-    each against a budget of 1: exactly ten are taken."""
+    """Twenty threads on two ledgers over one file (as two processes would be) charge epsilon
+    0.05 (rho 0.00125) each against an allocation of rho 0.0174689: exactly 13 are taken."""
     ledgers = [PrivacyLedger(path), PrivacyLedger(path)]
     start = threading.Barrier(20)
     taken: list[int] = []
@@ -98,7 +160,7 @@ def test_concurrent_charges_never_exceed_the_budget(path: Path) -> None:
     def charge(i: int) -> None:
         start.wait()
         try:
-            ledgers[i % 2].charge(5, "cohort", 0.1, 0.0, ONE, task_id=i)
+            ledgers[i % 2].charge_query(5, "cohort", 0.05, 0.0, ONE, task_id=i)
             taken.append(i)
         except BudgetExceeded:
             refused.append(i)
@@ -108,23 +170,23 @@ def test_concurrent_charges_never_exceed_the_budget(path: Path) -> None:
         t.start()
     for t in threads:
         t.join(30)
-    assert (len(taken), len(refused)) == (10, 10)
-    assert ledgers[0].spent(5, "cohort").epsilon == Decimal("1.0")
+    assert (len(taken), len(refused)) == (13, 7)
+    assert ledgers[0].spent(5, "cohort").rho == Decimal("0.01625")
 
 
 def test_a_failed_write_leaves_no_half_charge(path: Path, monkeypatch) -> None:
     ledger = PrivacyLedger(path)
-    ledger.charge(1, "cohort", 0.5, 0.0, ONE)
+    ledger.charge_query(1, "cohort", 0.1, 0.0, ONE)
     lock = sqlite3.connect(path, isolation_level=None)
     lock.execute("BEGIN EXCLUSIVE")  # another writer holds the database
     monkeypatch.setattr("node_agent.sqlite_store.BUSY_TIMEOUT_S", 0.1)
     try:
         with pytest.raises(sqlite3.OperationalError, match="locked"):
-            ledger.charge(1, "cohort", 0.25, 0.0, ONE)
+            ledger.charge_query(1, "cohort", 0.05, 0.0, ONE)
     finally:
         lock.execute("ROLLBACK")
         lock.close()
-    assert ledger.spent(1, "cohort").epsilon == Decimal("0.5")
+    assert ledger.spent(1, "cohort").rho == Decimal("0.005")
 
 
 def test_an_unreadable_ledger_stops_the_node(path: Path) -> None:
@@ -134,81 +196,65 @@ def test_an_unreadable_ledger_stops_the_node(path: Path) -> None:
         PrivacyLedger(path)
 
 
-# ---- a dataset's total over all studies ---------------------------------------------------
+# ---- the dataset's total, on by default ---------------------------------------------------
+
+
+def test_the_total_is_on_by_default_so_a_second_study_cannot_start_afresh(path: Path) -> None:
+    summary = NodePolicySummary(dp_budget=ONE)
+    total = summary.dp_total_limit("cohort")
+    assert total == DPTotal(epsilon=1.0, delta=1e-6), "no total configured: the allocation"
+    ledger = PrivacyLedger(path)
+    ledger.charge_query(1, "cohort", 0.15, 0.0, ONE, total)  # rho 0.01125
+    with pytest.raises(BudgetExceeded) as refused:
+        ledger.charge_query(2, "cohort", 0.15, 0.0, ONE, total)  # study 2 has all of its own
+    assert refused.value.details["limit"] == "dataset_total"
+    assert "over all studies" in refused.value.message
+    ledger.charge_query(2, "cohort", 0.1, 0.0, ONE, total)  # rho 0.005 still fits the total
+    ledger.charge_query(2, "labs", 0.15, 0.0, ONE, total)  # another dataset has its own total
+    # Without an explicit total the ledger applies the allocation as the total too.
+    with pytest.raises(BudgetExceeded, match="over all studies"):
+        ledger.charge_query(3, "cohort", 0.05, 0.0, ONE)
 
 
 def test_a_dataset_total_caps_every_study_together(path: Path) -> None:
     ledger = PrivacyLedger(path)
-    total = DPTotal(epsilon=1.5, delta=1e-6)
-    first = ledger.charge(1, "cohort", 1.0, 0.0, ONE, total)
-    assert first.dataset_total == DatasetTotal("cohort", Decimal("1.0"), Decimal("0.0"), 1)
-    second = ledger.charge(2, "cohort", 0.5, 1e-7, ONE, total)
-    assert second.epsilon == Decimal("0.5"), "the study's own spend"
-    assert second.dataset_total is not None and second.dataset_total.epsilon == Decimal("1.5")
+    total = DPTotal(epsilon=1.5, delta=1e-6)  # rho 0.0377...
+    per_study = float(ONE.rho)
+    first = ledger.charge_query(1, "cohort", 0.18, 0.0, ONE, total)  # rho 0.0162
+    assert first.dataset_total == DatasetTotal("cohort", Decimal("0.0162"), 1)
+    second = ledger.charge_query(2, "cohort", 0.18, 0.0, ONE, total)
+    assert second.rho == Decimal("0.0162"), "the study's own spend"
+    assert second.dataset_total is not None and second.dataset_total.rho == Decimal("0.0324")
+    assert 0.0324 < float(total.rho or 0) < 0.0324 + 0.0162 and per_study > 0.0162
     with pytest.raises(BudgetExceeded) as refused:
-        ledger.charge(2, "cohort", 0.1, 0.0, ONE, total)  # study 2 has 0.5 left of its own
-    assert refused.value.message == (
-        "the query's epsilon 0.1, delta 0 would exceed the differential-privacy budget of "
-        "dataset 'cohort' over all studies: remaining epsilon 0, delta 0.0000009 (of epsilon "
-        "1.5, delta 0.000001 over all studies)"
+        ledger.charge_query(3, "cohort", 0.18, 0.0, ONE, total)  # a new study: no new budget
+    assert refused.value.details["limit"] == "dataset_total"
+    assert refused.value.details["rho_limit"] == pytest.approx(direct_rho(1.5, 1e-6))
+    assert refused.value.message.startswith(
+        "the query's rho 0.0162 (epsilon 0.18) would exceed the privacy budget of dataset "
+        "'cohort' over all studies: remaining rho 0.00624426"
     )
-    assert refused.value.details == {
-        "limit": "dataset_total",
-        "study_id": 2,
-        "dataset": "cohort",
-        "epsilon": 0.1,
-        "delta": 0.0,
-        "epsilon_remaining": 0.0,
-        "delta_remaining": 9e-7,
-        "epsilon_limit": 1.5,
-        "delta_limit": 1e-6,
-    }
-    with pytest.raises(BudgetExceeded, match="over all studies"):
-        ledger.charge(3, "cohort", 0.1, 0.0, ONE, total)  # a new study opens no new budget
-    ledger.charge(3, "labs", 0.1, 0.0, ONE, total)  # another dataset has its own total
-    assert ledger.dataset_spent("cohort") == DatasetTotal(
-        "cohort", Decimal("1.5"), Decimal("1E-7"), 2
-    )
-    assert ledger.report().dataset_totals == [
-        DatasetSpent(dataset="cohort", epsilon_spent=1.5, delta_spent=1e-7, charges=2),
-        DatasetSpent(dataset="labs", epsilon_spent=0.1, delta_spent=0.0, charges=1),
-    ]
 
 
-def test_the_study_budget_is_named_when_it_is_the_one_short(path: Path) -> None:
+def test_the_study_allocation_is_named_when_it_is_the_one_short(path: Path) -> None:
     ledger = PrivacyLedger(path)
-    total = DPTotal(epsilon=10)
-    ledger.charge(1, "cohort", 1.0, 0.0, ONE, total)
-    with pytest.raises(BudgetExceeded, match="budget of study 1 on dataset 'cohort'") as refused:
-        ledger.charge(1, "cohort", 0.5, 0.0, ONE, total)
-    assert refused.value.details["limit"] == "study"
-
-
-def test_a_total_may_cap_delta_alone(path: Path) -> None:
-    ledger = PrivacyLedger(path)
-    budget = DPBudget(epsilon=5, delta=1e-5)
-    total = DPTotal(delta=1e-6)
-    ledger.charge(1, "cohort", 2.0, 6e-7, budget, total)
-    ledger.charge(2, "cohort", 4.0, 0.0, budget, total)  # epsilon is not capped over studies
-    with pytest.raises(BudgetExceeded) as refused:
-        ledger.charge(3, "cohort", 1.0, 5e-7, budget, total)
-    assert refused.value.message.endswith(
-        "over all studies: remaining delta 0.0000004 (of delta 0.000001 over all studies)"
-    )
-    assert refused.value.details["epsilon_remaining"] is None
-    assert ledger.dataset_spent("cohort").charges == 2
+    total = DPTotal(epsilon=10, delta=1e-6)
+    ledger.charge_query(1, "cohort", 0.18, 0.0, ONE, total)
+    with pytest.raises(BudgetExceeded, match="allocation of study 1 on dataset 'cohort'") as e:
+        ledger.charge_query(1, "cohort", 0.06, 0.0, ONE, total)
+    assert e.value.details["limit"] == "study"
 
 
 def test_concurrent_charges_of_many_studies_never_exceed_the_total(path: Path) -> None:
     ledgers = [PrivacyLedger(path), PrivacyLedger(path)]
-    total = DPTotal(epsilon=1.0)
+    total = DPTotal(epsilon=1.0, delta=1e-6)
     start = threading.Barrier(20)
     taken: list[int] = []
 
     def charge(i: int) -> None:
         start.wait()
         try:
-            ledgers[i % 2].charge(100 + i, "cohort", 0.1, 0.0, ONE, total, task_id=i)
+            ledgers[i % 2].charge_query(100 + i, "cohort", 0.05, 0.0, ONE, total, task_id=i)
             taken.append(i)
         except BudgetExceeded:
             pass
@@ -218,5 +264,60 @@ def test_concurrent_charges_of_many_studies_never_exceed_the_total(path: Path) -
         t.start()
     for t in threads:
         t.join(30)
-    assert len(taken) == 10
-    assert ledgers[1].dataset_spent("cohort").epsilon == Decimal("1.0")
+    assert len(taken) == 13
+    assert ledgers[1].dataset_spent("cohort").rho == Decimal("0.01625")
+
+
+# ---- synthesis ----------------------------------------------------------------------------
+
+
+def test_a_synthesis_charges_its_rho_once_per_job(path: Path) -> None:
+    ledger = PrivacyLedger(path)
+    budget = DPBudget(epsilon=3.0, delta=1e-6)
+    spent = ledger.charge(1, "cohort", 0.05, budget, kind="synthesis", job_id=7, epsilon=1.0)
+    assert spent.rho == Decimal("0.05")
+    again = ledger.charge(1, "cohort", 0.05, budget, kind="synthesis", job_id=7, epsilon=1.0)
+    assert again.rho == Decimal("0.05") and again.charges == 1, "offered again: charged once"
+    ledger.charge_query(1, "cohort", 0.1, 0.0, budget)  # queries share the same ledger
+    assert ledger.spent(1, "cohort").rho == Decimal("0.055")
+    with pytest.raises(BudgetExceeded, match=r"the synthesis's rho 0\.2 "):
+        ledger.charge(1, "cohort", 0.2, budget, kind="synthesis", job_id=8)
+
+
+# ---- schema 1 ---------------------------------------------------------------------------
+
+
+def test_a_version_1_ledger_is_migrated_to_rho(path: Path) -> None:
+    path.parent.mkdir(parents=True)
+    with sqlite3.connect(path) as conn:
+        conn.executescript(
+            "CREATE TABLE charges (id INTEGER PRIMARY KEY, at TEXT NOT NULL, study_id INTEGER "
+            "NOT NULL, dataset TEXT NOT NULL, epsilon TEXT NOT NULL, delta TEXT NOT NULL, "
+            "task_id INTEGER, query_id INTEGER);"
+            "INSERT INTO charges VALUES (1, 'x', 1, 'cohort', '0.1', '0', 4, 2);"
+            "INSERT INTO charges VALUES (2, 'x', 2, 'cohort', '0.05', '1E-7', 5, 3);"
+            "PRAGMA user_version = 1;"
+        )
+    ledger = PrivacyLedger(path)
+    assert ledger.spent(1, "cohort").rho == Decimal("0.005")
+    assert ledger.spent(2, "cohort").rho == Decimal("0.00125")
+    assert ledger.dataset_spent("cohort") == DatasetTotal("cohort", Decimal("0.00625"), 2)
+    version = sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0]
+    assert version == SCHEMA_VERSION == 2
+    ledger.charge_query(1, "cohort", 0.05, 0.0, ONE)
+    assert PrivacyLedger(path).spent(1, "cohort").charges == 2, "reopened: migrated once"
+
+
+def test_a_version_1_ledger_that_cannot_be_migrated_is_refused_clearly(path: Path) -> None:
+    path.parent.mkdir(parents=True)
+    with sqlite3.connect(path) as conn:
+        conn.executescript(
+            "CREATE TABLE charges (id INTEGER PRIMARY KEY, at TEXT, study_id INTEGER, "
+            "dataset TEXT, epsilon TEXT, delta TEXT, task_id INTEGER, query_id INTEGER);"
+            "INSERT INTO charges VALUES (1, 'x', 1, 'cohort', 'lots', '0', 4, 2);"
+            "PRAGMA user_version = 1;"
+        )
+    with pytest.raises(ConfigInvalid, match=r"charge 1 records epsilon 'lots'.*cannot be migrated"):
+        PrivacyLedger(path)
+    version = sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0]
+    assert version == 1, "left as it was"

@@ -4,6 +4,8 @@ run in this process; the subprocess form runs in tests/e2e and the node network 
 from __future__ import annotations
 
 import json
+import math
+from typing import Any
 
 import pytest
 
@@ -41,6 +43,25 @@ def test_check_names_the_broken_column_in_one_line(configs, tessera_cli) -> None
     assert "unknown" not in done.stderr
 
 
+def spent_view(rho: float, epsilon_limit: float, delta_limit: float | None) -> dict[str, Any]:
+    """What `tessera node budget` shows of a limit: rho, and (epsilon, delta) by the conversion
+    epsilon = rho + 2 sqrt(rho ln(1/delta)) (delta 0 or none: 1e-6)."""
+    from tessera.privacy import epsilon_of, rho_budget
+
+    delta = delta_limit or 1e-6
+    limit = float(rho_budget(epsilon_limit, delta))
+    return {
+        "rho_spent": rho,
+        "rho_limit": limit,
+        "rho_remaining": pytest.approx(limit - rho),
+        "epsilon_spent": epsilon_of(rho, delta),
+        "epsilon_limit": epsilon_limit,
+        "epsilon_remaining": pytest.approx(math.sqrt(2 * (limit - rho))),
+        "delta": delta,
+        "delta_limit": delta_limit,
+    }
+
+
 def test_budget_prints_the_ledger_with_limits_and_what_is_left(configs, tessera_cli) -> None:
     from node_agent.budget import PrivacyLedger
     from tessera.schemas import DPBudget
@@ -55,44 +76,29 @@ def test_budget_prints_the_ledger_with_limits_and_what_is_left(configs, tessera_
     empty = tessera_cli("node", "budget", "--config", str(path))
     assert empty.returncode == 0, empty.stderr
     ledger = configs.root / "state" / "budget.sqlite3"
-    assert json.loads(empty.stdout) == {"path": str(ledger), "entries": [], "dataset_totals": []}
+    assert json.loads(empty.stdout)["entries"] == []
     assert not ledger.exists(), "reading the ledger does not create it"
 
-    PrivacyLedger(ledger).charge(4, "cohort", 0.25, 1e-7, DPBudget(epsilon=1.0, delta=1e-6))
-    PrivacyLedger(ledger).charge(4, "labs", 0.5, 0.0, DPBudget(epsilon=2.0))
+    PrivacyLedger(ledger).charge_query(4, "cohort", 0.1, 1e-7, DPBudget(epsilon=1.0, delta=1e-6))
+    PrivacyLedger(ledger).charge_query(4, "labs", 0.2, 0.0, DPBudget(epsilon=2.0))
     done = tessera_cli("node", "budget", "--config", str(path))
-    assert [t["epsilon_limit"] for t in json.loads(done.stdout)["dataset_totals"]] == [None] * 2
-    assert json.loads(done.stdout)["entries"] == [
-        {
-            "study_id": 4,
-            "dataset": "cohort",
-            "charges": 1,
-            "epsilon_spent": 0.25,
-            "epsilon_limit": 1.0,
-            "epsilon_remaining": 0.75,
-            "delta_spent": 1e-7,
-            "delta_limit": 1e-6,
-            "delta_remaining": 9e-7,
-        },
-        {
-            "study_id": 4,
-            "dataset": "labs",
-            "charges": 1,
-            "epsilon_spent": 0.5,
-            "epsilon_limit": 2.0,
-            "epsilon_remaining": 1.5,
-            "delta_spent": 0.0,
-            "delta_limit": 0.0,
-            "delta_remaining": 0.0,
-        },
+    shown = json.loads(done.stdout)
+    assert shown["entries"] == [
+        {"study_id": 4, "dataset": "cohort", "charges": 1, **spent_view(0.005, 1.0, 1e-6)},
+        {"study_id": 4, "dataset": "labs", "charges": 1, **spent_view(0.02, 2.0, 0.0)},
     ]
+    assert shown["dataset_totals"] == [
+        {"dataset": "cohort", "charges": 1, **spent_view(0.005, 1.0, 1e-6)},
+        {"dataset": "labs", "charges": 1, **spent_view(0.02, 2.0, 0.0)},
+    ], "the total is on by default: each dataset's per-study budget"
     configs.cohort().to_csv(configs.root / "cohort.csv", index=False)
     configs.cohort().to_csv(configs.root / "labs.csv", index=False)
     checked = tessera_cli("node", "check", "--config", str(path))
-    assert checked.stdout.splitlines()[-1] == (
+    assert checked.stdout.splitlines()[-2:] == [
         "privacy budget: epsilon 1, delta 0.000001 per study and dataset; "
-        "labs: epsilon 2, delta 0 per study"
-    )
+        "labs: epsilon 2, delta 0 per study",
+        "privacy budget over all studies: each dataset's per-study budget (composed in zCDP)",
+    ]
 
 
 def test_budget_prints_each_dataset_total_over_all_studies(configs, tessera_cli) -> None:
@@ -108,30 +114,12 @@ def test_budget_prints_each_dataset_total_over_all_studies(configs, tessera_cli)
     path = configs.write(text)
     ledger = PrivacyLedger(configs.root / "state" / "budget.sqlite3")
     for study in (4, 5):
-        ledger.charge(study, "cohort", 0.75, 0.0, DPBudget(epsilon=1.0), DPTotal(epsilon=3))
+        ledger.charge_query(study, "cohort", 0.1, 0.0, DPBudget(epsilon=1.0), DPTotal(epsilon=3))
     done = tessera_cli("node", "budget", "--config", str(path))
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["dataset_totals"] == [
-        {
-            "dataset": "cohort",
-            "charges": 2,
-            "epsilon_spent": 1.5,
-            "epsilon_limit": 3.0,
-            "epsilon_remaining": 1.5,
-            "delta_spent": 0.0,
-            "delta_limit": None,
-            "delta_remaining": None,
-        },
-        {
-            "dataset": "labs",
-            "charges": 0,
-            "epsilon_spent": 0.0,
-            "epsilon_limit": 3.0,
-            "epsilon_remaining": 3.0,
-            "delta_spent": 0.0,
-            "delta_limit": 1e-6,
-            "delta_remaining": 1e-6,
-        },
+        {"dataset": "cohort", "charges": 2, **spent_view(0.01, 3.0, 0.0)},
+        {"dataset": "labs", "charges": 0, **spent_view(0.0, 3.0, 1e-6)},
     ]
     configs.cohort().to_csv(configs.root / "cohort.csv", index=False)
     configs.cohort().to_csv(configs.root / "labs.csv", index=False)
@@ -139,7 +127,8 @@ def test_budget_prints_each_dataset_total_over_all_studies(configs, tessera_cli)
     assert checked.stdout.splitlines()[-2:] == [
         "privacy budget: epsilon 1, delta 0 per study and dataset; labs: epsilon 2, delta 0 "
         "per study",
-        "privacy budget over all studies: epsilon 3 per dataset; labs: epsilon 3, delta 0.000001",
+        "privacy budget over all studies: epsilon 3 per dataset; labs: epsilon 3, delta 0.000001 "
+        "(composed in zCDP; elsewhere each dataset's per-study budget)",
     ]
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from node_agent.policy import Policy
-from tessera.schemas import DPBudget, DPTotal, TaskOut
+from tessera.schemas import DPBudget, DPTotal, SynthesisJobOut, SynthesisSpec, TaskOut
 
 
 def task(query: dict[str, Any], dataset: str = "cohort", n_parties: int = 3) -> TaskOut:
@@ -113,9 +113,11 @@ def test_totals_over_all_studies_per_dataset_fall_back_amount_by_amount(configs)
     assert summary.dp_dataset_totals == {"labs": DPTotal(epsilon=2.0, delta=1e-5)}
     assert summary.dp_dataset_budgets == {}
 
-    assert policy(configs, "dp_epsilon_budget = 1.0").dp_total("cohort") is None, "no cap"
+    on_by_default = policy(configs, "dp_epsilon_budget = 1.0\ndp_delta_budget = 1e-6")
+    assert on_by_default.dp_total("cohort") == DPTotal(epsilon=1.0, delta=1e-6), "the budget"
     only_delta = policy(configs, "dp_epsilon_budget = 1.0\ndp_delta_total = 1e-6")
-    assert only_delta.dp_total("labs") == DPTotal(delta=1e-6)
+    assert only_delta.dp_total("labs") == DPTotal(epsilon=1.0, delta=1e-6), "epsilon: the budget"
+    assert policy(configs).dp_total("cohort") is None, "no budget at all: no DP"
 
 
 def test_without_a_budget_no_dp_query_is_taken(configs) -> None:
@@ -126,3 +128,56 @@ def test_without_a_budget_no_dp_query_is_taken(configs) -> None:
         "(policy.dp_epsilon_budget): it takes part in no query with 'dp'"
     )
     assert p.decide(task({"statistic": "count"})).refusal is None, "other queries are unaffected"
+
+
+DP_MODE = """dp_epsilon_budget = 1.0
+dp_delta_budget = 1e-6
+[policy.synthesis]
+generators = ["cart", "mst"]
+stewards = ["sam"]
+[policy.dataset_disclosure.cohort]
+mode = "dp"
+"""
+
+
+def synthesis_job(dataset: str = "cohort", **spec: Any) -> SynthesisJobOut:
+    return SynthesisJobOut(
+        id=4,
+        request_id=2,
+        study_id=1,
+        requested_by="ann",
+        spec=SynthesisSpec(dataset=dataset, rows=10, **spec),
+        deadline=datetime.now(UTC) + timedelta(seconds=60),
+    )
+
+
+def test_a_dp_mode_dataset_refuses_every_query_without_dp(configs) -> None:
+    p = policy(configs, DP_MODE)
+    assert p.rules("cohort").mode == "dp" and p.rules("labs").mode == "exact"
+    refused = "dataset 'cohort' is in the 'dp' disclosure mode: every query must carry 'dp'"
+    assert p.decide(task({"statistic": "count"})).refusal == refused
+    assert p.decide(task({"statistic": "variance", "column": "weight"})).refusal == refused
+    dp = {"epsilon": 0.5, "delta": 0.0}
+    taken = p.decide(task({"statistic": "count", "dp": dp}).model_copy(update={"study_id": 1}))
+    assert taken.refusal is None
+    variance = p.decide(
+        task({"statistic": "variance", "column": "weight", "dp": dp}).model_copy(
+            update={"study_id": 1}
+        )
+    ).refusal
+    assert variance is not None and "differential privacy" in variance, "no dp: refused too"
+    assert p.decide(task({"statistic": "count"}, dataset="labs")).refusal is None
+    # The coordinator predicts it from the published summary, by the same rule.
+    assert p.summary().disclosure_refusal("cohort", private=False) == refused
+    assert p.summary().disclosure_refusal("cohort", private=True) is None
+
+
+def test_a_dp_mode_dataset_refuses_a_synthesis_that_is_not_private(configs) -> None:
+    p = policy(configs, DP_MODE)
+    refused = (
+        "dataset 'cohort' is in the 'dp' disclosure mode: a synthesis must use a "
+        "differentially private generator (with epsilon)"
+    )
+    assert p.decide_synthesis(synthesis_job(generator="cart")) == refused
+    assert p.summary().disclosure_refusal("cohort", False, "synthesis") == refused
+    assert p.decide_synthesis(synthesis_job(dataset="labs", generator="cart")) is None
