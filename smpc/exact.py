@@ -8,7 +8,8 @@ multiplication are exact and division by a nonzero value is multiplication by it
   prime, so no prime search at run time) large enough for values of `bits` bits;
 - `gauss_jordan` is fraction-free (Bareiss) Gauss–Jordan elimination of [G | B] for a symmetric
   positive semi-definite G: every intermediate is a minor of the input, so it is an exact
-  integer and stays within Hadamard's bound; it ends with det(G)·I | adj(G)·B;
+  integer and stays within Hadamard's bound; it ends with det(G)·I | adj(G)·B. A (nearly)
+  singular G raises `Singular`, which carries no column and no tolerance;
 - `open_ratios` opens a list of fractions num_i / den. A secret uniformly random field element
   r, unknown to every party, masks them: the parties open r·den and r·num_i and recover each
   num_i / den mod p, and from it the fraction itself by rational reconstruction (possible when
@@ -131,13 +132,12 @@ async def open_ratio_arrays(mpc: Any, numerators: Any, denominators: Any) -> lis
     return out
 
 
-class Collinear(Exception):
-    """Column `index` of a Gram matrix is (nearly) a linear combination of the earlier ones."""
+class Singular(Exception):
+    """The pooled Gram matrix is singular, or nearly: some column is (nearly) a linear
+    combination of the earlier ones.
 
-    def __init__(self, index: int, tolerance: float | None) -> None:
-        super().__init__(index, tolerance)
-        self.index = index
-        self.tolerance = tolerance
+    Carries nothing: no column, no tolerance. It is raised at every party alike, from what all
+    opened, so the refusal it becomes names no term, node or value."""
 
 
 def hadamard_bits(size: int, entry_bits: int) -> int:
@@ -147,14 +147,15 @@ def hadamard_bits(size: int, entry_bits: int) -> int:
 
 async def gauss_jordan(
     mpc: Any, matrix: Any, size: int, tolerance_bound: float = 1e-10
-) -> tuple[Any, Any, list[float]]:
+) -> tuple[Any, Any]:
     """Fraction-free Gauss–Jordan on the secure array `matrix` = [G | B], G size × size PSD.
 
-    Returns det(G), adj(G)·B (secret) and the opened tolerances: before pivot k, the ratio
-    d_k / (d_(k−1) · G_kk) = 1 − R² of column k regressed on columns 0..k−1 (in the uncentred
-    Gram sense), which lies in (0, 1]. A tolerance below `tolerance_bound` (or a zero diagonal
-    entry) raises `Collinear(k)`: the design is singular, or too close to it for the
-    fixed-point inputs to determine a solution.
+    Returns det(G) and adj(G)·B, both secret. Before pivot k the parties open, under one fresh
+    secret random factor, the pivot d_k and d_(k−1)·G_kk: the masked pivot inverts it for the
+    next step, and the pair gives the parties (never the researcher) the tolerance
+    d_k / (d_(k−1)·G_kk) = 1 − R² of column k on columns 0..k−1 (uncentred), in (0, 1]. A zero
+    pivot or a tolerance below `tolerance_bound` raises `Singular`, which carries nothing (no
+    column, no tolerance): the refusal names no term and no value.
 
     Step k only reads column k of the left block again, so each step drops the column it has
     eliminated: the work is about size² · (size/2 + B's width) products in all.
@@ -162,33 +163,26 @@ async def gauss_jordan(
     stype = type(matrix).sectype
     p = stype.field.order
     diagonal = [matrix[k, k] for k in range(size)]
-    tolerances: list[float] = []
     inverse: Any = None  # the previous pivot's inverse, kept secret
     previous: Any = None
     for k in range(size):
         pivot = matrix[k, 0]  # column 0 is always the current pivot column
         scaled_diagonal = diagonal[k] if inverse is None else previous * diagonal[k]
-        # The masked pivot and masked d_(k-1)·G_kk give the tolerance, and the masked pivot
-        # with the (secret) mask the pivot's inverse for the next step; nothing uses the update
-        # below before the tolerance is checked, so a singular design still opens nothing more.
         mask = mpc._random(stype)
-        opening = mpc.output([mask * pivot, mask * scaled_diagonal])  # runs alongside the update
+        # Decided before the step's update is scheduled: a refusal leaves no exchange pending
+        # (a party that stops while others still send would end the run as a timeout).
+        u, w = (int(v) % p for v in await mpc.output([mask * pivot, mask * scaled_diagonal]))
+        if u == 0 or w == 0 or rational(u * pow(w, -1, p) % p, p) < tolerance_bound:
+            raise Singular
         row = matrix[k, 1:]
         column = matrix[:, 0]
         updated = matrix[:, 1:] * pivot - mpc.np_outer(column, row)
         if inverse is not None:
             updated = updated * inverse
         matrix = mpc.np_update(updated, k, row)  # the pivot row stays as it was
-        u, w = (int(v) % p for v in await opening)
-        if u == 0 or w == 0:
-            raise Collinear(k, 0.0 if w else None)
-        tolerance = rational(u * pow(w, -1, p) % p, p)
-        if tolerance < tolerance_bound:
-            raise Collinear(k, float(tolerance))
-        tolerances.append(float(tolerance))
         inverse = mask * stype.field(pow(u, -1, p))
         previous = pivot
-    return previous, matrix, tolerances
+    return previous, matrix
 
 
 def to_field_array(stype: Any, values: np.ndarray | Sequence[int]) -> Any:

@@ -132,3 +132,84 @@ def symmetric_index(k: int) -> np.ndarray:
 
 def complete_rows(data: pd.DataFrame, columns: list[str]) -> Any:
     return data[columns].notna().all(axis=1).to_numpy()
+
+
+# ---- small cells behind a model ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Indicator:
+    """A 0/1 column a model's predictors hold: one level of a categorical predictor (the
+    reference level too), or a boolean predictor (level None: the value true)."""
+
+    column: str
+    level: str | None
+
+
+def indicators(schema: DatasetSchema, predictors: list[str]) -> list[Indicator]:
+    out: list[Indicator] = []
+    for name in predictors:
+        spec = schema.column(name)
+        assert spec is not None
+        if spec.type == "categorical":
+            out += [Indicator(name, level) for level in spec.group_levels()]
+        elif spec.type == "boolean":
+            out.append(Indicator(name, None))
+    return out
+
+
+def indicator_counts(
+    data: pd.DataFrame, groups: np.ndarray, size: int, cells: list[Indicator]
+) -> list[int]:
+    """Per group (outer) and indicator (inner), this party's number of rows where it is 1."""
+    out: list[int] = []
+    columns = []
+    for cell in cells:
+        if cell.level is None:
+            columns.append(data[cell.column].to_numpy(dtype=float) == 1.0)
+        else:
+            columns.append((data[cell.column] == cell.level).to_numpy())
+    for g in range(size):
+        mine = groups == g
+        out += [int((column & mine).sum()) for column in columns]
+    return out
+
+
+async def small_cells(
+    mpc: Any, counts: Any, local: list[int], shown: list[int], width: int, threshold: int
+) -> list[bool]:
+    """Per shown group, whether every indicator has at least `threshold` rows with it and at
+    least `threshold` without it, pooled over all parties: compared inside MPC, one bit opened
+    per group (nothing about which indicator, nor any count)."""
+    if not width or threshold <= 0 or not shown:
+        return [True] * len(shown)
+    from smpc.encoding import KEY_BITS
+    from smpc.protocol import pooled
+
+    secint = mpc.SecInt(KEY_BITS)
+    ones = pooled(mpc, secint, local)
+    bits = []
+    for g in shown:
+        with_it = ones[g * width : (g + 1) * width]
+        without = with_it * -1 + counts[g]
+        fine = (with_it >= threshold) * (without >= threshold)
+        bits.append(mpc.prod(mpc.np_tolist(fine)))
+    opened = await mpc.output(bits)
+    return [bool(int(b)) for b in opened]
+
+
+def small_cells_refusal(statistic: str, threshold: int) -> str:
+    return (
+        f"{statistic}: a categorical level or boolean predictor has fewer than {threshold} rows "
+        f"with it, or fewer than {threshold} without it, over the selected rows of all sites "
+        "together (min_count: a model's coefficients would disclose a small cell's rows); which "
+        "one, and which site, are not revealed"
+    )
+
+
+def singular_refusal(statistic: str) -> str:
+    return (
+        f"{statistic}: the design is singular: a predictor (or a categorical level) is (nearly) "
+        "a linear combination of the constant and the other predictors over the selected rows "
+        "of all sites together; which one, and which site, are not revealed"
+    )

@@ -20,10 +20,15 @@ from smpc.encoding import KEY_BITS
 from smpc.job import LocalSummary, PartyJob
 from smpc.statistics.base import SecureStatistic
 from smpc.statistics.design import (
+    Indicator,
     Term,
     complete_rows,
     design,
     encode_gram,
+    indicator_counts,
+    indicators,
+    small_cells,
+    small_cells_refusal,
     symmetric_index,
     terms,
     triangle_size,
@@ -50,6 +55,7 @@ class GramStatistic(SecureStatistic):
 
     value_column = False
     constant: ClassVar[bool] = True
+    model: ClassVar[bool] = False  # a regression: its indicators' small cells are checked
 
     # ---- what the design is -------------------------------------------------------------
 
@@ -60,6 +66,13 @@ class GramStatistic(SecureStatistic):
     @cached_property
     def terms(self) -> list[Term]:
         return terms(self.schema, self.design_columns(), self.name)
+
+    @cached_property
+    def indicators(self) -> list[Indicator]:
+        """A model's 0/1 predictor columns, each checked for small cells (none if no model)."""
+        if not self.model:
+            return []
+        return indicators(self.schema, list(getattr(self.query, "predictors", [])))
 
     @cached_property
     def names(self) -> list[str]:
@@ -88,7 +101,10 @@ class GramStatistic(SecureStatistic):
         for g in range(size):
             rows = z[groups == g]
             gram += encode_gram(rows.T @ rows, self.name, self.names)
-        return LocalSummary(counts=[int(c) for c in counts], vectors={"gram": gram})
+        vectors = {"gram": gram}
+        if self.indicators:
+            vectors["indicators"] = indicator_counts(data, groups, size, self.indicators)
+        return LocalSummary(counts=[int(c) for c in counts], vectors=vectors)
 
     # ---- the secure part ----------------------------------------------------------------
 
@@ -111,6 +127,9 @@ class GramStatistic(SecureStatistic):
         opened_counts = await mpc.output(counts[np.array(shown)])
         for g, n in zip(shown, np.asarray(opened_counts).ravel(), strict=True):
             outcomes[g].n = int(n)
+        shown = await self.without_small_cells(mpc, job, counts, shown, outcomes)
+        if not shown:
+            return GramOpened(threshold, outcomes)
         stype = exact_type(mpc, self.field_bits())
         k = len(self.names)
         width = triangle_size(k)
@@ -125,6 +144,27 @@ class GramStatistic(SecureStatistic):
             compare = None if small is None else small[piece][index].reshape(k, k)
             outcomes[g].values = await self.solve(mpc, matrix, outcomes[g].n or 0, compare)
         return GramOpened(threshold, outcomes)
+
+    async def without_small_cells(
+        self, mpc: Any, job: PartyJob, counts: Any, shown: list[int], outcomes: list[GroupOutcome]
+    ) -> list[int]:
+        """The shown groups whose model has no small cell (`design.small_cells`: every indicator
+        has at least T rows with it and T without, pooled; one bit per group). Without
+        `group_by` a small cell refuses the query (`DisclosureRefused`, naming nothing); with
+        it, the group's model is null (its n is shown)."""
+        from tessera.errors import DisclosureRefused
+
+        width = len(self.indicators)
+        local = job.summary.vectors.get("indicators", [])
+        fine = await small_cells(mpc, counts, local, shown, width, self.threshold)
+        if not all(fine) and not self.layout.group_columns:
+            raise DisclosureRefused(
+                small_cells_refusal(self.name, self.threshold), {"rule": "cells"}
+            )
+        for g, ok in zip(shown, fine, strict=True):
+            if not ok:
+                outcomes[g].values = self.empty_values()
+        return [g for g, ok in zip(shown, fine, strict=True) if ok]
 
     def compare_bits(self) -> int:
         """Bit length of values the statistic compares (0: none); compared in a small field."""
@@ -155,6 +195,15 @@ class GramStatistic(SecureStatistic):
             sub = data[groups == g]
             if len(sub) < min_count:
                 entries.append({"n": None, **self.empty_values()})
+            elif not self.reference_cells_fine(sub, min_count):
+                entries.append({"n": len(sub), **self.empty_values()})
             else:
                 entries.append({"n": len(sub), **self.reference_values(sub)})
         return self.assemble(entries)
+
+    def reference_cells_fine(self, sub: pd.DataFrame, min_count: int) -> bool:
+        """The small-cells rule in plaintext (a group's model is null when it fails)."""
+        if not self.indicators or min_count <= 0:
+            return True
+        counts = indicator_counts(sub, np.zeros(len(sub), dtype=int), 1, self.indicators)
+        return all(min_count <= c <= len(sub) - min_count for c in counts)

@@ -13,8 +13,12 @@ det(XᵀX), adj(XᵀX)·Xᵀy and adj(XᵀX), from which, still as secrets,
 Only these ratios are opened, each masked by a secret random factor (`smpc.exact`); p-values
 come from Student's t with n − p degrees of freedom, as statsmodels. Categorical predictors
 enter as treatment-coded indicators named ``column[level]``; rows with a missing value are
-dropped. A singular (or numerically singular) design is refused, naming the first predictor
-that is a linear combination of the constant and the predictors before it.
+dropped. Disclosure control beyond the prelude's rules (the model rule counts p coefficients):
+every categorical level (the reference level too) and every boolean predictor must have at
+least T pooled rows with it and T without it, decided inside MPC with one bit per group (a
+failing query is refused naming nothing; a failing group's model is null). A singular (or
+numerically singular) design is refused by one pooled message that names no term, node or
+tolerance (with `group_by`, that group's model is null).
 
 Cost: local O(rows · p²); secure O(p³) multiplications in a Mersenne field of about
 4·p·94 bits (p = terms + 1: 4 423 bits up to 10 terms, 9 689 up to 20), p + 4 rounds,
@@ -23,20 +27,27 @@ counts one per level but the first; beyond that the big-field arithmetic takes m
 local sums of products below 2**50 ≈ 1.1e15, n − p ≥ 1.
 
 Reveals: per released group n, the coefficients, their standard errors and R² (p-values follow
-from them); which groups are suppressed. Intermediate: each predictor's tolerance (1 − R² of
+from them), opened as exact fractions (not yet rounded inside MPC); which groups are suppressed
+or have a small cell. Intermediate, to the parties only: each predictor's tolerance (1 − R² of
 that column on the constant and the earlier predictors, uncentred), used to refuse singular
-designs.
+designs; it appears in no message or result.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from smpc.exact import Collinear, gauss_jordan, hadamard_bits, open_ratios
+from smpc.exact import Singular, gauss_jordan, hadamard_bits, open_ratios
 from smpc.statistics.base import number
-from smpc.statistics.design import ENTRY_BITS, SCALE, RegressionQuery, check_terms
+from smpc.statistics.design import (
+    ENTRY_BITS,
+    SCALE,
+    RegressionQuery,
+    check_terms,
+    singular_refusal,
+)
 from smpc.statistics.gram import GramStatistic
-from tessera.errors import QueryInvalid
+from tessera.errors import DisclosureRefused, QueryInvalid
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -56,10 +67,15 @@ class LinearRegression(GramStatistic):
         "r_squared": float | None,
     }
     intermediates = (
-        "each predictor's tolerance: 1 − R² of that column regressed (uncentred) on the "
-        "constant and the predictors before it, used to refuse a singular design"
+        "whether the design is singular (each elimination step's pivot is zero or not); per "
+        "group, one bit: every categorical level and boolean predictor has at least T rows with "
+        "it and T without it"
     )
     query: LinearRegressionQuery
+    model = True
+
+    def parameters(self) -> int:
+        return len(self.coefficient_names)
 
     def validate(self) -> None:
         q = self.query
@@ -111,13 +127,11 @@ class LinearRegression(GramStatistic):
         identity = type(matrix).sectype.array(np.eye(p, dtype=object))
         augmented = mpc.np_hstack((gram, xty, identity))
         try:
-            det, reduced, _ = await gauss_jordan(mpc, augmented, p)
-        except Collinear as exc:
-            raise QueryInvalid(
-                f"linear_regression: the design is singular: {names[exc.index]!r} is (nearly) a "
-                "linear combination of the constant and the predictors before it; remove it",
-                {"term": names[exc.index], "tolerance": exc.tolerance},
-            ) from None
+            det, reduced = await gauss_jordan(mpc, augmented, p)
+        except Singular:
+            if self.layout.group_columns:
+                return self.empty_values()
+            raise DisclosureRefused(singular_refusal(self.name), {"rule": "singular"}) from None
         adj_xty = reduced[:, 0]
         q = det * yty - mpc.sum([xty[j, 0] * adj_xty[j] for j in range(p)])
         beta = await open_ratios(mpc, [adj_xty[j] for j in range(p)], det)
@@ -131,10 +145,10 @@ class LinearRegression(GramStatistic):
 
     def too_few(self, n: int, p: int) -> dict[str, Any]:
         if not self.layout.group_columns:
-            raise QueryInvalid(
-                f"linear_regression: {n} rows match, more than {p} (the number of "
-                "coefficients) are needed",
-                {"n": n, "coefficients": p},
+            raise DisclosureRefused(
+                f"linear_regression: the selected rows of all sites together are too few for "
+                f"the model's {p} coefficients (more rows than coefficients are needed)",
+                {"rule": "model"},
             )
         return self.empty_values()
 

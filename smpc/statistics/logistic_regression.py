@@ -1,8 +1,12 @@
 """`logistic_regression`: maximum-likelihood logistic regression by Newton's method (IRLS),
 as statsmodels `Logit(y, X).fit(method="newton")` with a constant named "const".
 
-The outcome is a 0/1 (or boolean) column; categorical predictors enter as treatment-coded
-indicators ``column[level]``; rows with a missing value are dropped. The protocol per group:
+The outcome is a 0/1 (or boolean) column: declared bounds beyond [0, 1] are refused at the
+query; a selected row with another value is counted by the prelude's row rule inside MPC, so the
+refusal names no site. Categorical predictors enter as treatment-coded indicators
+``column[level]``; rows with a missing value are dropped; the small-cells rule of linear
+regression applies (every level and boolean predictor has ≥ T pooled rows with it and without
+it). The protocol per group:
 
 1. counts are pooled and compared with min_count inside MPC (only the bit is opened), and n
    of a released group is opened;
@@ -27,9 +31,10 @@ iterations. Limits: at most 20 terms (a categorical predictor counts one per lev
 first); local sums of products below 2**50 ≈ 1.1e15.
 
 Reveals: per released group n, the coefficients, standard errors (p-values follow) and the
-number of iterations; which groups are suppressed. Intermediates: every Newton iterate β_k
-and each elimination's predictor tolerances (1 − R² of a column of the weighted design on the
-earlier ones), used to refuse singular designs.
+number of iterations; which groups are suppressed or have a small cell. Intermediates: every
+Newton iterate β_k, and, to the parties only, each elimination's predictor tolerances (1 − R² of
+a column of the weighted design on the earlier ones), used to refuse singular designs with one
+pooled message naming no term or value.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from smpc.exact import Collinear, gauss_jordan, hadamard_bits, open_ratios
+from smpc.exact import Singular, gauss_jordan, hadamard_bits, open_ratios
 from smpc.job import LocalSummary, PartyJob
 from smpc.statistics.base import number
 from smpc.statistics.design import (
@@ -48,10 +53,12 @@ from smpc.statistics.design import (
     check_terms,
     design,
     encode_gram,
+    indicator_counts,
+    singular_refusal,
     symmetric_index,
 )
 from smpc.statistics.gram import GramOpened, GramStatistic, GroupOutcome
-from tessera.errors import QueryInvalid
+from tessera.errors import DisclosureRefused, QueryInvalid
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -82,10 +89,20 @@ class LogisticRegression(GramStatistic):
         "iterations": int | None,
     }
     intermediates = (
-        "every Newton iterate of the coefficients (the path from 0 to the estimate), and each "
-        "elimination's predictor tolerances, used to refuse a singular design"
+        "every Newton iterate of the coefficients (the path from 0 to the estimate); whether "
+        "each elimination is singular; per group, one bit: every categorical level and boolean "
+        "predictor has at least T rows with it and T without it"
     )
     query: LogisticRegressionQuery
+    model = True
+    row_rule = "the outcome must be 0 or 1 in every selected row"
+
+    def parameters(self) -> int:
+        return len(self.names)
+
+    def row_violations(self, data: pd.DataFrame) -> int:
+        y = data[self.query.outcome].to_numpy(dtype=float)
+        return int(((y != 0) & (y != 1)).sum())
 
     def validate(self) -> None:
         q = self.query
@@ -95,6 +112,13 @@ class LogisticRegression(GramStatistic):
             raise QueryInvalid(
                 f"logistic_regression: outcome {q.outcome!r} is {outcome.type}; it must be a "
                 "0/1 or boolean column",
+                {"column": q.outcome},
+            )
+        low, high = outcome.min, outcome.max
+        if (low is not None and low not in (0, 1)) or (high is not None and high not in (0, 1)):
+            raise QueryInvalid(  # the declared schema, the same at every node
+                f"logistic_regression: outcome {q.outcome!r} is declared with bounds beyond "
+                "[0, 1]; it must be a 0/1 or boolean column",
                 {"column": q.outcome},
             )
         if q.outcome in q.predictors:
@@ -114,18 +138,21 @@ class LogisticRegression(GramStatistic):
     # ---- local part: the party keeps its own rows for the iterations ---------------------
 
     def local_input(self, frame: pd.DataFrame) -> LocalSummary:
+        # An outcome other than 0/1 is not refused here (that would name this node): the
+        # prelude counts such rows over all sites inside MPC (`row_violations`) and refuses
+        # before the protocol uses any row.
         data, groups = self.selected(frame)
         y = data[self.query.outcome].to_numpy(dtype=float)
-        if ((y != 0) & (y != 1)).any():
-            raise QueryInvalid(
-                f"logistic_regression: outcome {self.query.outcome!r} has values other than 0 "
-                "and 1",
-                {"column": self.query.outcome},
-            )
         x = design(data, self.terms, constant=True)
-        counts = np.bincount(groups, minlength=len(self.layout.groups))
+        size = len(self.layout.groups)
+        counts = np.bincount(groups, minlength=size)
         rows = np.column_stack([groups.astype(float), x, y])
-        return LocalSummary(counts=[int(c) for c in counts], rows=LocalSummary.pack_rows(rows))
+        vectors = {}
+        if self.indicators:
+            vectors["indicators"] = indicator_counts(data, groups, size, self.indicators)
+        return LocalSummary(
+            counts=[int(c) for c in counts], rows=LocalSummary.pack_rows(rows), vectors=vectors
+        )
 
     # ---- the secure part ----------------------------------------------------------------
 
@@ -145,6 +172,7 @@ class LogisticRegression(GramStatistic):
         opened = await mpc.output(counts[np.array(shown)])
         for g, n in zip(shown, np.asarray(opened).ravel(), strict=True):
             outcomes[g].n = int(n)
+        shown = await self.without_small_cells(mpc, job, counts, shown, outcomes)
         stype = exact_type(mpc, self.field_bits())
         rows = job.summary.unpack_rows()
         for g in shown:
@@ -153,7 +181,12 @@ class LogisticRegression(GramStatistic):
             if n <= len(self.names):
                 outcomes[g].values = self.too_few(n)
                 continue
-            outcomes[g].values = await self.fit(mpc, stype, mine[:, 1:-1], mine[:, -1])
+            try:
+                outcomes[g].values = await self.fit(mpc, stype, mine[:, 1:-1], mine[:, -1])
+            except DisclosureRefused:
+                if not self.layout.group_columns:
+                    raise
+                outcomes[g].values = self.empty_values()  # pooled: the same at every party
         return GramOpened(threshold, outcomes)
 
     async def _pooled_system(
@@ -174,16 +207,12 @@ class LogisticRegression(GramStatistic):
         """det(H) and adj(H)·B for `augmented` = [H | B]."""
         p = len(self.names)
         try:
-            det, reduced, _ = await gauss_jordan(mpc, augmented, p)
-        except Collinear as exc:
-            name = self.names[exc.index]
-            raise QueryInvalid(
-                f"logistic_regression: the design is singular: {name!r} is (nearly) a linear "
-                "combination of the constant and the predictors before it (or the fitted "
-                "probabilities are all 0 or 1); remove it",
-                {"term": name, "tolerance": exc.tolerance},
+            return await gauss_jordan(mpc, augmented, p)
+        except Singular:
+            raise DisclosureRefused(
+                singular_refusal(self.name) + " (or the fitted probabilities are all 0 or 1)",
+                {"rule": "singular"},
             ) from None
-        return det, reduced
 
     async def fit(self, mpc: Any, stype: Any, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
         p = len(self.names)
@@ -205,18 +234,19 @@ class LogisticRegression(GramStatistic):
                 variances = await open_ratios(mpc, diagonal, det)
                 assert variances is not None
                 return self.values(beta, [float(v) for v in variances], iteration)
-        raise QueryInvalid(
+        raise DisclosureRefused(  # pooled: every party saw the same steps
             f"logistic_regression did not converge in {MAX_ITERATIONS} iterations (is the "
-            "outcome perfectly separated by a predictor?)"
+            "outcome perfectly separated by a predictor?)",
+            {"rule": "converged"},
         )
 
     def too_few(self, n: int) -> dict[str, Any]:
         p = len(self.names)
         if not self.layout.group_columns:
-            raise QueryInvalid(
-                f"logistic_regression: {n} rows match, more than {p} (the number of "
-                "coefficients) are needed",
-                {"n": n, "coefficients": p},
+            raise DisclosureRefused(
+                f"logistic_regression: the selected rows of all sites together are too few for "
+                f"the model's {p} coefficients (more rows than coefficients are needed)",
+                {"rule": "model"},
             )
         return self.empty_values()
 
