@@ -355,6 +355,12 @@ class DryRun(View):
     intermediates: str
     epsilon: float
     delta: float
+    rules: list[str] = Field(
+        description="the disclosure rules that apply: the strictest of the taking part nodes'"
+    )
+    expected_error: dict[str, str] = Field(
+        description="per result key, how far a released value may be from the exact one"
+    )
 
 
 # ---- synthesis and releases ----------------------------------------------------------------

@@ -36,6 +36,7 @@ from api.settings import CoordinatorSettings
 from tessera.errors import Conflict, NotFound, PolicyDenied
 from tessera.schemas import (
     DatasetSchema,
+    DisclosureRules,
     PartyAddress,
     TaskAccept,
     TaskFailure,
@@ -191,10 +192,17 @@ def dry_run(db: Session, study: Study, user: User, raw: Any) -> dict[str, Any]:
     the same checks as `submit` (and the same errors), then the nodes of the study with whether
     each would take part, the threshold every party would apply, and the disclosure the
     statistic declares. Recorded in the audit log as `query.dry_run`."""
+    from smpc.disclosure import AppliedRules
     from smpc.statistics import disclosure  # (smpc.disclosure is the rules module)
 
     planned = plan(db, study, raw)
-    reveals = disclosure(planned.statistic, planned.schema)
+    policies = [published_policy(node) for node in planned.nodes]
+    rules = AppliedRules.local(
+        planned.query.min_count,
+        [p.min_count for p in policies],
+        [p.rules(planned.query.dataset) for p in policies] or [DisclosureRules()],
+    )
+    reveals = disclosure(planned.statistic, planned.schema, rules)
     taking_part = {node.id for node in planned.nodes}
     nodes = []
     for node in study_nodes(db, study):
@@ -223,6 +231,8 @@ def dry_run(db: Session, study: Study, user: User, raw: Any) -> dict[str, Any]:
         "intermediates": reveals["intermediates"],
         "epsilon": reveals["epsilon"],
         "delta": reveals["delta"],
+        "rules": reveals["rules"],
+        "expected_error": reveals["expected_error"],
     }
     audit.record(
         db,

@@ -18,6 +18,8 @@ from pydantic import Field, TypeAdapter, ValidationError
 if TYPE_CHECKING:
     import pandas as pd
 
+    from smpc.disclosure import AppliedRules
+
 from smpc.job import LocalSummary
 from smpc.query import QueryBase, applied_threshold, check_query, describe_validation
 from smpc.statistics.base import Opened, SecureStatistic
@@ -176,20 +178,31 @@ def reference_parties(
 
 
 def disclosure(
-    raw: dict[str, Any] | QueryBase | SecureStatistic, schema: DatasetSchema
+    raw: dict[str, Any] | QueryBase | SecureStatistic,
+    schema: DatasetSchema,
+    rules: AppliedRules | None = None,
 ) -> dict[str, Any]:
-    """What running `raw` would reveal, without running it (the dry run's answer).
+    """What running `raw` would reveal, without running it (the dry run's answer): what the
+    protocol opens, the disclosure rules that apply under `rules` (the strictest of the taking
+    part nodes'; default: DataSHIELD's defaults and no floors) and each result key's expected
+    error.
 
     Raises `QueryInvalid` for a query the schema or the library would refuse.
     """
+    from smpc.disclosure import AppliedRules
+
     statistic = raw if isinstance(raw, SecureStatistic) else compile_query(raw, schema)
     query = statistic.query
+    if rules is None:
+        rules = AppliedRules.local(query.min_count, [], [DisclosureRules()])
     return {
         "statistic": query.statistic,
         "reveals": statistic.reveals(),
         "intermediates": statistic.intermediates,
         "epsilon": query.dp.epsilon if query.dp else 0.0,
         "delta": query.dp.delta if query.dp else 0.0,
+        "rules": statistic.rules_applied(rules),
+        "expected_error": statistic.expected_error(rules),
     }
 
 

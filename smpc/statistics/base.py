@@ -334,6 +334,60 @@ class SecureStatistic:
         """The result keys of a suppressed cell: every value null."""
         raise NotImplementedError
 
+    perturbed: ClassVar[bool] = True  # the exact mode moves its released values (cell key)
+
+    def rules_applied(self, rules: AppliedRules) -> list[str]:
+        """The disclosure rules that apply to this query under `rules`, in words (dry run)."""
+        out = []
+        if self.query.dp is not None:
+            out.append(f"dp: ε = {self.query.dp.epsilon:g}, noise drawn inside MPC")
+        out.append(
+            f"min_count {rules.threshold} on each released cell's pooled count, and every "
+            f"site's count 0 or at least its own floor ({', '.join(map(str, rules.floors))})"
+            if rules.floors
+            else f"min_count {rules.threshold} on each released cell's pooled count"
+        )
+        if self.query.where:
+            out.append(
+                f"subset_min {rules.subset_min}: the selection and its complement each hold at "
+                "least that many rows"
+            )
+        if self.level_count() > 1:
+            out.append(
+                f"levels: at most {rules.levels_max} levels and at most "
+                f"{rules.levels_density:g} × n"
+            )
+        if self.parameters():
+            out.append(f"glm_ratio: {self.parameters()} parameters ≤ {rules.glm_ratio:g} × n")
+        if self.query.dp is None and self.perturbed:
+            out.append("cell-key perturbation: the same cell always gets the same answer")
+        return out
+
+    def expected_error(self, rules: AppliedRules) -> dict[str, str]:
+        """Per result key, how far a released value may be from the exact one (dry run)."""
+        if self.query.dp is not None:
+            return {
+                kind: f"Laplace noise of scale {spec.scale:g}" for kind, spec in self.noise.items()
+            }
+        out = {"n": "at most ±3 (standard deviation 1.58); an empty cell stays 0"}
+        column = self.column or "x"
+        if "sum" in self.moments:
+            out["sum"] = (
+                f"at most ±{rules.magnitude:g} × the cell's largest |{column}|, then rounded "
+                "down to a multiple of 2^-16"
+            )
+            out["mean"] = "the perturbed sum over the perturbed n"
+        if "sumsq" in self.moments:
+            out["variance"] = (
+                f"n·Σx² − (Σx)² moved by at most ±{rules.magnitude:g} × n × (largest |{column}|)², "
+                "over the perturbed n(n − 1)"
+            )
+        if self.extreme is not None:
+            out[self.extreme] = (
+                f"at most ±{rules.noise:g} × (the cell's maximum − minimum), rounded down to 2^-16"
+            )
+        return out
+
     def plain(self, summaries: list[LocalSummary], frames: list[pd.DataFrame]) -> Any:
         """What the protocol opens, computed in plaintext from every party's summary (the
         tests' oracle: `smpc.statistics.reference_parties`); None where no twin exists."""

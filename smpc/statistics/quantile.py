@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
+from smpc.disclosure import AppliedRules
 from smpc.dp import column_bounds
 from smpc.encoding import MOMENT_BITS, from_order_key
 from smpc.job import LocalSummary, PartyJob
@@ -151,6 +152,14 @@ class Quantile(SecureStatistic):
                 "child's value, so it is released moved by up to noise × that range)",
                 {"column": self.column},
             )
+
+    def expected_error(self, rules: AppliedRules) -> dict[str, str]:
+        assert self.spread is not None
+        return {
+            "n": "at most ±3 (standard deviation 1.58)",
+            "quantiles": f"all moved by the same amount, at most ±{rules.noise:g} × "
+            f"{self.spread:g} (the declared range), per group",
+        }
 
     @property
     def spread(self) -> float | None:
