@@ -1,20 +1,50 @@
-"""`simulate` runs the real protocol (one MPyC process per party) and matches pandas/numpy.
+"""`simulate` runs the real protocol (one MPyC process per party) in the `exact` disclosure mode.
+
+Each result is checked twice: it equals `reference_parties` (the same cell-key perturbation
+computed in plaintext from the parties' summaries: this proves the secure arithmetic, integer
+for integer), and it lies within the documented perturbation of the pandas/numpy value on the
+pooled rows (`perturbed`: counts ±3, sums ±0.25·max|x|, extremes ±0.25·(max − min)), with
+exactly the cells the per-site threshold rule allows released.
 
 Data: the RAND Health Insurance Experiment (statsmodels `randhie`, 20 190 rows), split unevenly
-across 3, 5 and 7 parties. Tolerance 1e-6 relative for estimates, exact for counts.
+across 3, 5 and 7 parties.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from smpc import simulate
+from smpc.frames import infer_schema
 from smpc.frames import uneven_shares as split
-from tessera.errors import ProtocolFailed, QueryInvalid
+from smpc.statistics import reference_parties
+from tessera.errors import ProtocolFailed, QueryInvalid, TesseraError
 
-REL = 1e-6
+from .perturbed import (
+    check_count,
+    check_extreme,
+    check_mean,
+    check_sum,
+    check_variance,
+    refused,
+    released_cells,
+)
+
+
+def run(query: dict[str, Any], frames: list[pd.DataFrame], **kwargs: Any) -> dict[str, Any]:
+    """`simulate`, checked against the plaintext oracle for the same frames, schema and rules."""
+    result = simulate(query, frames, **kwargs)
+    assert result == reference_parties(query, frames, infer_schema(frames), **kwargs)
+    return result
+
+
+def site_counts(frames: Sequence[pd.DataFrame], column: str, levels: list[str]) -> list[list[int]]:
+    return [[int((f[column] == level).sum()) for level in levels] for f in frames]
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +63,10 @@ def randhie() -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("parties", [3, pytest.param(5, marks=pytest.mark.slow)])
-def test_moments_match_pandas(randhie: pd.DataFrame, parties: int) -> None:
+def test_moments_are_the_oracles_and_near_pandas(randhie: pd.DataFrame, parties: int) -> None:
     frames = split(randhie, parties)
     rows = randhie[randhie.lncoins > 2]
-    result = simulate(
+    result = run(
         {
             "statistic": "variance",
             "dataset": "hie",
@@ -45,50 +75,56 @@ def test_moments_match_pandas(randhie: pd.DataFrame, parties: int) -> None:
         },
         frames,
     )
-    assert result["n"] == len(rows)
-    assert result["mean"] == pytest.approx(rows.disea.mean(), rel=REL)
-    assert result["variance"] == pytest.approx(rows.disea.var(ddof=1), rel=REL)
-    assert result["std"] == pytest.approx(rows.disea.std(ddof=1), rel=REL)
+    check_variance(result, rows.disea)
 
-    total = simulate({"statistic": "sum", "dataset": "hie", "column": "mdvis"}, frames)
-    assert total == {"n": len(randhie), "sum": float(randhie.mdvis.sum())}
+    total = run({"statistic": "sum", "dataset": "hie", "column": "mdvis"}, frames)
+    check_count(total["n"], len(randhie))
+    check_sum(total["sum"], randhie.mdvis)
 
 
-def test_grouped_mean_and_count_match_pandas(randhie: pd.DataFrame) -> None:
+def test_grouped_mean_and_count_are_the_oracles_and_near_pandas(randhie: pd.DataFrame) -> None:
     frames = split(randhie, 3)
-    result = simulate(
+    result = run(
         {"statistic": "mean", "dataset": "hie", "column": "fmde", "group_by": ["health", "idp"]},
         frames,
     )
-    expected = randhie.groupby(["health", "idp"]).fmde.agg(["mean", "size"])
-    assert result["n"] == len(randhie)
+    check_count(result["n"], len(randhie))
     assert len(result["groups"]) == 8
     for entry in result["groups"]:
-        key = (entry["group"]["health"], entry["group"]["idp"] == "True")
-        assert entry["n"] == expected.loc[key, "size"]
-        assert entry["mean"] == pytest.approx(expected.loc[key, "mean"], rel=REL)
+        sub = randhie[
+            (randhie.health == entry["group"]["health"])
+            & (randhie.idp == (entry["group"]["idp"] == "True"))
+        ]
+        check_mean(entry["mean"], entry["n"], sub.fmde)
     levels = [e["group"]["health"] for e in result["groups"]]
     assert levels == sorted(levels)
 
 
 @pytest.mark.parametrize("parties", [3, pytest.param(7, marks=pytest.mark.slow)])
-def test_min_and_max_are_exact(randhie: pd.DataFrame, parties: int) -> None:
+def test_min_and_max_move_by_at_most_a_quarter_of_the_range(
+    randhie: pd.DataFrame, parties: int
+) -> None:
     frames = split(randhie, parties)
-    low = simulate(
+    low = run(
         {"statistic": "min", "dataset": "hie", "column": "lpi", "where": [["lpi", ">", 0]]}, frames
     )
-    high = simulate(
+    high = run(
         {"statistic": "max", "dataset": "hie", "column": "disea", "group_by": ["health"]}, frames
     )
-    assert low["min"] == randhie.lpi[randhie.lpi > 0].min()
-    expected = randhie.groupby("health").disea.max()
-    assert {g["group"]["health"]: g["max"] for g in high["groups"]} == expected.to_dict()
+    positive = randhie.lpi[randhie.lpi > 0]
+    check_count(low["n"], len(positive))
+    check_extreme(low["min"], positive, "min")
+    assert low["min"] != positive.min()  # moved: never a child's exact value (here)
+    for entry in high["groups"]:
+        sub = randhie[randhie.health == entry["group"]["health"]]
+        check_count(entry["n"], len(sub))
+        check_extreme(entry["max"], sub.disea, "max")
 
 
 def test_histogram_with_suppression_inside_mpc(randhie: pd.DataFrame) -> None:
     frames = split(randhie, 5)
     bins = [0, 1, 2, 5, 10, 20, 40, 77]
-    result = simulate(
+    result = run(
         {
             "statistic": "histogram",
             "dataset": "hie",
@@ -100,29 +136,42 @@ def test_histogram_with_suppression_inside_mpc(randhie: pd.DataFrame) -> None:
     )
     counts, _ = np.histogram(randhie.mdvis, bins=bins)
     assert result["edges"] == bins
-    assert result["counts"] == [int(c) if c >= 100 else None for c in counts]
+    assert [c is None for c in result["counts"]] == [c < 100 for c in counts]
+    for shown, true in zip(result["counts"], counts, strict=True):
+        if true >= 100:
+            check_count(shown, int(true))
     assert None in result["counts"], "the test needs a suppressed bin"
     assert result["n"] is None, "n would reveal the suppressed bin by subtraction"
 
-    unsuppressed = simulate(
+    unsuppressed = run(
         {"statistic": "histogram", "dataset": "hie", "column": "mdvis", "bins": bins}, frames
     )
-    assert unsuppressed["counts"] == counts.tolist()
-    assert unsuppressed["n"] == int(counts.sum())
+    for shown, true in zip(unsuppressed["counts"], counts, strict=True):
+        check_count(shown, int(true))
+    check_count(unsuppressed["n"], int(counts.sum()))
 
 
 def test_small_groups_are_suppressed_and_the_node_floor_wins(randhie: pd.DataFrame) -> None:
     frames = split(randhie, 3)
+    levels = ["excellent", "fair", "good", "poor"]
     sizes = randhie.groupby("health").size()
     floor = int(sizes["poor"]) + 1  # "poor" is the smallest group
     query = {"statistic": "count", "dataset": "hie", "group_by": ["health"], "min_count": 1}
-    result = simulate(query, frames, min_count_floors=[0, floor, 0])
+    floors = [0, floor, 0]
+    result = run(query, frames, min_count_floors=floors)
     shown = {g["group"]["health"]: g["count"] for g in result["groups"]}
-    assert shown == {k: (int(v) if v >= floor else None) for k, v in sizes.items()}
+    # party 1 holds 0 or at least `floor` rows of every larger group: only T suppresses here
+    assert released_cells(site_counts(frames, "health", levels), floor, floors) == [
+        sizes[level] >= floor for level in levels
+    ]
+    assert [shown[level] is None for level in levels] == [sizes[lv] < floor for lv in levels]
+    for level in levels:
+        if sizes[level] >= floor:
+            check_count(shown[level], int(sizes[level]))
     assert shown["poor"] is None
     assert result["n"] is None
 
-    small = simulate(
+    small = run(
         {
             "statistic": "mean",
             "dataset": "hie",
@@ -135,10 +184,35 @@ def test_small_groups_are_suppressed_and_the_node_floor_wins(randhie: pd.DataFra
     assert small == {"n": None, "mean": None}
 
 
+def test_a_sites_own_floor_suppresses_its_few_rows_of_a_large_cell(
+    randhie: pd.DataFrame,
+) -> None:
+    """The per-site rule (DataSHIELD's nfilter.tab at every site): party 0 holds 1 to 199 rows
+    of "fair" and "poor", below its own floor of 200, so both are suppressed although their
+    pooled counts reach T = 200; "excellent" and "good" (party 0 holds ≥ 200 of each) are not."""
+    frames = split(randhie, 3)
+    levels = ["excellent", "fair", "good", "poor"]
+    sizes = randhie.groupby("health").size()
+    per_site = site_counts(frames, "health", levels)
+    floors = [200, 0, 0]
+    assert all(sizes[level] >= 200 for level in levels)  # the pooled rule alone releases all
+    assert [0 < c < 200 for c in per_site[0]] == [False, True, False, True]
+    result = run(
+        {"statistic": "count", "dataset": "hie", "group_by": ["health"]},
+        frames,
+        min_count_floors=floors,
+    )
+    shown = {g["group"]["health"]: g["count"] for g in result["groups"]}
+    assert released_cells(per_site, 200, floors) == [True, False, True, False]
+    assert shown["fair"] is None and shown["poor"] is None and result["n"] is None
+    check_count(shown["excellent"], int(sizes["excellent"]))
+    check_count(shown["good"], int(sizes["good"]))
+
+
 def test_a_party_without_matching_rows_and_an_absent_level(randhie: pd.DataFrame) -> None:
     frames = split(randhie, 3)
     frames[0] = frames[0][frames[0].health != "poor"]
-    result = simulate(
+    result = run(
         {
             "statistic": "variance",
             "dataset": "hie",
@@ -149,23 +223,39 @@ def test_a_party_without_matching_rows_and_an_absent_level(randhie: pd.DataFrame
     )
     pooled = pd.concat(frames)
     rows = pooled[pooled.health == "poor"]
-    assert result["n"] == len(rows)
-    assert result["variance"] == pytest.approx(rows.disea.var(), rel=REL)
+    check_variance(result, rows.disea)
 
 
-def test_a_constant_column_has_zero_variance(randhie: pd.DataFrame) -> None:
+def test_a_constant_column_has_a_near_zero_variance_and_exact_extremes(
+    randhie: pd.DataFrame,
+) -> None:
+    """The variance's centred moment 0 is moved by u·0.25·M²·n (never below 0); min and max
+    move by a share of max − min = 0, so they stay the constant."""
     frames = [f.assign(k=7.25) for f in split(randhie, 3)]
-    result = simulate({"statistic": "variance", "dataset": "hie", "column": "k"}, frames)
-    assert result["mean"] == 7.25 and result["variance"] == 0.0 and result["std"] == 0.0
+    k = np.full(len(randhie), 7.25)
+    result = run({"statistic": "variance", "dataset": "hie", "column": "k"}, frames)
+    check_variance(result, k)
+    assert 0 <= result["variance"] < 1e-3
+    for which in ("min", "max"):
+        extreme = run({"statistic": which, "dataset": "hie", "column": "k"}, frames)
+        assert extreme[which] == 7.25
+        check_count(extreme["n"], len(randhie))
 
 
-def test_empty_selection_gives_nulls_not_numbers(randhie: pd.DataFrame) -> None:
+def test_empty_cells_give_nulls_not_numbers(randhie: pd.DataFrame) -> None:
     frames = split(randhie, 3)
-    result = simulate(
-        {"statistic": "mean", "dataset": "hie", "column": "mdvis", "where": [["mdvis", ">", 1000]]},
-        frames,
-    )
-    assert result == {"n": 0, "mean": None}
+    query = {"statistic": "mean", "dataset": "hie", "column": "mdvis"}
+    result = run({**query, "where": [["health", "==", "poor"]], "group_by": ["health"]}, frames)
+    for entry in result["groups"]:
+        if entry["group"]["health"] == "poor":
+            check_mean(entry["mean"], entry["n"], randhie.mdvis[randhie.health == "poor"])
+        else:  # no selected row: released (no threshold), count 0 unperturbed, mean null
+            assert entry["n"] == 0 and entry["mean"] is None
+
+    # an empty selection as a whole breaks the subset rule (subset_min 3) before anything runs
+    with pytest.raises(TesseraError) as info:
+        simulate({**query, "where": [["mdvis", ">", 1000]]}, frames)
+    assert refused(info.value, "subset_min")
 
 
 def test_bad_queries_fail_before_any_party_starts(randhie: pd.DataFrame) -> None:

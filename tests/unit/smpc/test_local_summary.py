@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from smpc import local_summary, parse_query, prepare
-from smpc.encoding import MIN_SENTINEL, decode_moment, from_order_key
+from smpc.encoding import EMPTY_MAX, EMPTY_MIN, decode_moment, encode_moment
 from smpc.frames import infer_schema, select
 from tessera.errors import QueryInvalid
 
@@ -68,7 +68,9 @@ def test_histogram_cells_follow_numpy(frame: pd.DataFrame) -> None:
     assert summary.counts == np.histogram(frame.age, bins=bins)[0].tolist()
 
 
-def test_extremes_are_exact_and_empty_cells_send_a_sentinel(frame: pd.DataFrame) -> None:
+def test_extremes_are_local_fixed_point_and_empty_cells_send_a_sentinel(
+    frame: pd.DataFrame,
+) -> None:
     schema = infer_schema([frame])
     query = prepare(
         {
@@ -81,10 +83,20 @@ def test_extremes_are_exact_and_empty_cells_send_a_sentinel(frame: pd.DataFrame)
         schema,
     )
     summary = local_summary(query, frame, schema)
-    assert summary.counts[0] == 0 and summary.extremes is not None
-    assert summary.extremes[0] == MIN_SENTINEL
-    expected = frame[(frame.sex == "F") & frame.flag].x.min()
-    assert from_order_key(summary.extremes[1]) == expected
+    rows = frame[(frame.sex == "F") & frame.flag & frame.x.notna()].x
+    assert summary.counts == [0, len(rows)]
+    # the local extremes travel as fixed-point moments; an empty cell sends a sentinel beyond
+    # every encodable value (so it never wins the secure comparison)
+    assert summary.vectors["min"] == [EMPTY_MIN, encode_moment(rows.min())]
+    assert summary.vectors["max"] == [EMPTY_MAX, encode_moment(rows.max())]
+    assert float(decode_moment(summary.vectors["min"][1])) == pytest.approx(rows.min(), abs=1e-12)
+    # the cell's largest |x| (for the noise's scale), rounded up to 1/256; 0 for an empty cell
+    top = summary.vectors["largest"]
+    assert top[0] == 0 and rows.abs().max() <= top[1] / 256 < rows.abs().max() + 1 / 256
+    # two key sums per cell (fields A then B), each below 2**24; an empty cell's are 0
+    keys = summary.vectors["keys"]
+    assert len(keys) == 4 and keys[0] == keys[2] == 0
+    assert all(0 <= k < 2**24 for k in keys)
 
 
 def test_where_filters_match_pandas_expressions(frame: pd.DataFrame) -> None:

@@ -10,8 +10,19 @@ from smpc import local_summary, prepare
 from smpc.encoding import order_key
 from smpc.frames import infer_schema
 from smpc.statistics.quantile import inverted_cdf_rank, order_keys, quantile_key, split_bits
+from tessera.errors import QueryInvalid
+from tessera.schemas import DatasetSchema
 
 LEVELS = [0.0, 1e-9, 0.01, 0.1, 0.2, 0.25, 0.3, 1 / 3, 0.5, 0.6, 0.7, 2 / 3, 0.9, 0.99, 1.0]
+
+
+def with_bounds(schema: DatasetSchema, column: str, low: float, high: float) -> DatasetSchema:
+    """`schema` with declared bounds on `column` (public knowledge: the quantile's noise scale)."""
+    raw = schema.model_dump()
+    for spec in raw["columns"]:
+        if spec["name"] == column:
+            spec.update(min=low, max=high)
+    return DatasetSchema.model_validate(raw)
 
 
 @pytest.mark.parametrize("n", [*range(1, 41), 97, 100, 1000, 1001, 12345])
@@ -34,7 +45,7 @@ def test_result_keys_and_round_widths() -> None:
 
 def test_local_input_shares_counts_and_keeps_its_rows_for_its_own_party() -> None:
     frame = pd.DataFrame({"x": [3.0, np.nan, -1.0, 7.5, 2.0], "g": ["a", "b", "b", "a", "a"]})
-    schema = infer_schema([frame])
+    schema = with_bounds(infer_schema([frame]), "x", -10, 10)  # a quantile needs them
     query = prepare(
         {"statistic": "quantile", "dataset": "d", "column": "x", "q": [0.5], "group_by": ["g"]},
         schema,
@@ -43,4 +54,15 @@ def test_local_input_shares_counts_and_keeps_its_rows_for_its_own_party() -> Non
     assert summary.counts == [3, 1]
     rows = summary.unpack_rows()
     assert sorted(map(tuple, rows.tolist())) == [(0.0, 2.0), (0.0, 3.0), (0.0, 7.5), (1.0, -1.0)]
-    assert summary.vectors == {} and summary.moments == {}
+    # shared: the counts and the cells' key sums (for the cell-key perturbation), no moments
+    assert list(summary.vectors) == ["keys"] and summary.moments == {}
+    keys = summary.vectors["keys"]
+    assert len(keys) == 4 and all(0 <= k < 2**24 for k in keys)
+
+
+def test_a_quantile_needs_the_columns_declared_bounds() -> None:
+    frame = pd.DataFrame({"x": [3.0, -1.0, 7.5, 2.0]})
+    query = {"statistic": "quantile", "dataset": "d", "column": "x", "q": [0.5]}
+    with pytest.raises(QueryInvalid, match="needs the column's declared bounds"):
+        prepare(query, infer_schema([frame]))
+    prepare(query, with_bounds(infer_schema([frame]), "x", -10, 10))

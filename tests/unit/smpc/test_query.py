@@ -11,7 +11,7 @@ import pytest
 from pydantic import TypeAdapter, ValidationError
 
 from smpc import DP_STATISTICS, STATISTICS, parse_query, prepare, reference
-from smpc.statistics import REGISTRY, Query, result_type
+from smpc.statistics import REGISTRY, Query, reference_parties, result_type
 from tessera.errors import QueryInvalid
 from tessera.schemas import ColumnSpec, DatasetSchema
 
@@ -32,7 +32,7 @@ EVERY_STATISTIC = {
     "variance": {"column": "weight"},
     "min": {"column": "weight"},
     "max": {"column": "weight"},
-    "quantile": {"column": "weight", "q": [0.25, 0.5]},
+    "quantile": {"column": "age", "q": [0.25, 0.5]},  # a quantile needs declared bounds
     "histogram": {"column": "age", "bins": [0, 12, 60, 216]},
     "crosstab": {"rows": "sex", "columns": "icu"},
     "correlation": {"columns": ["age", "weight"]},
@@ -114,6 +114,10 @@ def test_malformed_queries_say_what_is_wrong(raw: object, message: str) -> None:
             {"statistic": "sum", "column": "weight", "dp": {"epsilon": 1.0}},
             "declare finite 'min' and 'max' for 'weight'",
         ),
+        (  # its noise is scaled by the declared range
+            {"statistic": "quantile", "column": "weight", "q": [0.5]},
+            "quantile of 'weight' needs the column's declared bounds",
+        ),
     ],
 )
 def test_queries_are_checked_against_the_schema(raw: dict, message: str) -> None:
@@ -162,8 +166,9 @@ def test_schemas_reject_inconsistent_columns() -> None:
 
 # ---- result types: every statistic's result fits the type the registry publishes ----------
 # (`QueryResult` in the coordinator's spec: the coordinator refuses a result that does not, so a
-# wrong type would fail real queries; checked on the plaintext oracle, whose results the protocol
-# tests show are the protocol's: ungrouped, grouped, with `dp` and with suppressed cells)
+# wrong type would fail real queries; checked on the plaintext oracles, whose results the protocol
+# tests show are the protocol's: the unperturbed `reference` and the exact mode's perturbed
+# `reference_parties`; ungrouped, grouped, with `dp` and with suppressed cells)
 
 GROUPED = [s for s in STATISTICS if s != "kaplan_meier"]  # its groups are its `group`
 
@@ -195,6 +200,7 @@ def test_a_result_fits_its_type(statistic: str, frame: pd.DataFrame) -> None:
     query = {"statistic": statistic, "dataset": "d", **EVERY_STATISTIC[statistic]}
     fits(statistic, reference(query, frame, SCHEMA))
     fits(statistic, reference({**query, "min_count": 10_000}, frame, SCHEMA))  # suppressed
+    fits(statistic, reference_parties(query, [frame], SCHEMA))  # the exact mode's perturbed
 
 
 @pytest.mark.parametrize("statistic", GROUPED)
@@ -210,6 +216,7 @@ def test_a_grouped_result_fits_its_type(statistic: str, frame: pd.DataFrame) -> 
         **EVERY_STATISTIC[statistic],
     }
     fits(statistic, reference(query, data, schema))
+    fits(statistic, reference_parties(query, [data], schema))
 
 
 @pytest.mark.parametrize("statistic", DP_STATISTICS)
