@@ -164,6 +164,7 @@ class NodeAgent:
         restore = self._install_signals() if install_signal_handlers else {}
         try:
             self._claim_work_dir()
+            _ = self.row_key_secret  # made at the first start, before any task
             self.audit = AuditLog(self.settings.audit_path)
             self.ledger  # noqa: B018 -- open it now: an unusable ledger stops the start
             rows = self.check_datasets()

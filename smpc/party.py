@@ -38,6 +38,7 @@ def _mpyc_argv(job: Any) -> list[str]:
 async def _run(mpc: Any, job: Any) -> dict[str, Any]:
     from smpc.disclosure import prelude
     from smpc.statistics import compile_query
+    from tessera.errors import DisclosureRefused
 
     statistic = compile_query(job.query, job.dataset_schema)
     host = job.parties[job.party_id][0]
@@ -48,6 +49,9 @@ async def _run(mpc: Any, job: Any) -> dict[str, Any]:
     try:
         await prelude(mpc, statistic, job)
         opened = await statistic.compute(mpc, job)
+    except DisclosureRefused:
+        await mpc.shutdown()  # a pooled outcome every party reached: end together, then refuse
+        raise
     except BaseException:
         for peer in mpc.parties:
             if peer.pid != mpc.pid and peer.protocol is not None:

@@ -89,7 +89,7 @@ def test_a_dp_query_reports_the_epsilon_and_delta_it_would_spend(setup: Setup) -
         node.ok(
             "POST",
             "/nodes/me/hello",
-            json={"agent_version": "t", "policy": {"dp_budget": {"epsilon": 2, "delta": 1e-5}}},
+            json={"agent_version": "t", "policy": {"dp_budget": {"epsilon": 6, "delta": 1e-5}}},
         )
     answer = dry_run(setup, DP_MEAN)
     assert (answer["epsilon"], answer["delta"]) == (0.5, 1e-6)
@@ -105,7 +105,7 @@ def test_a_dp_mode_dataset_refuses_an_exact_query_and_the_dry_run_shows_the_mode
 ) -> None:
     dp_mode = {"mode": "dp", "subset_min": 5}
     for i, node in enumerate(setup.nodes):
-        policy: dict[str, object] = {"dp_budget": {"epsilon": 2, "delta": 1e-5}}
+        policy: dict[str, object] = {"dp_budget": {"epsilon": 6, "delta": 1e-5}}
         if i == 1:
             policy["dataset_disclosure"] = {DATASET: dp_mode}
         node.ok("POST", "/nodes/me/hello", json={"agent_version": "t", "policy": policy})
