@@ -127,3 +127,41 @@ def quadratic_form(mpc: Any, z: list[Any], v: list[list[Any]], floor: float) -> 
             for c in range(k + 1, size):
                 v[j][c] = v[j][c] - factor * v[k][c]
     return statistic, regular
+
+
+# ---- published precision of test outputs (chi2, correlation, ttest) --------------------------
+
+OUTPUT_PRECISION_BITS = 20  # opened test statistics are multiples of 2**-20 (rounded down)
+COUNT_BASE = 5  # a test's reported n: the nearest multiple of max(COUNT_BASE, T)
+
+
+def count_base(threshold: int) -> int:
+    """The multiple a test's reported n is rounded to: max(COUNT_BASE, T)."""
+    return max(COUNT_BASE, threshold)
+
+
+def round_count(n: int, base: int) -> int:
+    """n to the nearest multiple of `base`, halves up (plaintext twin of `rounded_counts`)."""
+    return base * ((n + base // 2) // base)
+
+
+def rounded_counts(mpc: Any, counts: list[Any], base: int) -> list[Any]:
+    """Secret counts n ≥ 0 (secure integers) rounded to the nearest multiple of the public
+    `base`, halves up, on shares: base·⌊(n + ⌊base/2⌋) / base⌋ (an exact secure remainder by a
+    public modulus; opens nothing)."""
+    shifted = [n + base // 2 for n in counts]
+    return [x - x % base for x in shifted]
+
+
+def floor_to_grid(value: float, bits: int = OUTPUT_PRECISION_BITS) -> float:
+    """value rounded down to a multiple of 2**-bits (plaintext twin of `floored_units`)."""
+    return math.floor(math.ldexp(value, bits)) / (1 << bits)
+
+
+def floored_units(mpc: Any, values: list[Any], bits: int = OUTPUT_PRECISION_BITS) -> list[Any]:
+    """Secure fixed-point values x as the secret integers ⌊x·2^bits⌋ (still secure fixed point,
+    integral): opening one gives x rounded down to a multiple of 2**-bits and nothing finer. The
+    remainder is an exact secure modulo reduction, so the rounding is deterministic (the same
+    data always open the same value; repeating a query averages nothing away)."""
+    scaled = [x * (1 << bits) for x in values]
+    return [z - z % 1 for z in scaled]

@@ -1,24 +1,34 @@
 """`chi2`: Pearson's χ² test of independence of two categorical columns, as
 `scipy.stats.chi2_contingency(table, correction=False)`.
 
-Each party shares its crosstab counts (levels from the schema, sorted, as `crosstab`). Inside
-MPC the row and column totals are summed on shares and compared with max(min_count, 1); only
-one bit per table is opened: whether every total passes. For such a table, in an exact prime
-field (`smpc.exact`), with P = ΠR_i·ΠC_j,
+Each party shares its crosstab counts (levels from the schema, sorted, as `crosstab`).
 
-    χ² = n·Σ_ij O_ij² / (R_i·C_j) − n = n·(N − P) / P,   N = Σ_ij O_ij²·(P / (R_i·C_j)),
+Disclosure control, inside MPC: with T = max(min_count, every node's floor) ≥ 1, *every cell*
+of a table must hold at least T pooled rows (a 2×2 table's χ² and its margins pin down every
+cell, so a small cell behind a test would be disclosed); with T = 0, every row and column
+total must be positive (χ² is undefined otherwise). The cells are compared with T on shares
+and only one bit per table is opened. A table that fails is not tested: its entries are null
+(suppressed, like a crosstab cell), and nothing else is opened for it.
 
-where P / (R_i·C_j) is an exact integer obtained with field inverses; only χ² is opened (a
-masked ratio), and n. df = (r − 1)(c − 1) and the p-value follow in plaintext.
+For a tested table, in secure fixed point with 96 fractional bits,
 
-A table with an empty (or, under min_count, small) row or column total is not tested (its
-entries are null; scipy raises an error for a zero expected frequency): a level with no rows
-should be filtered out with `where`.
+    χ² = n·Σ_ij O_ij² · (1/R_i) · (1/C_j) − n,
 
-Cost: r + c secure comparisons and O(r·c) multiplications per table, constant rounds.
-Limits: n below 2**30; the field grows with r + c (refused beyond ~300 levels in total).
+with the reciprocals of the row and column totals taken on shares (MPyC's normalised Newton
+iteration; error below 2**-60 for n < 2**30). χ² is then rounded *down*, inside MPC and
+deterministically (an exact secure remainder), to a multiple of 2**-20
+(`smpc.secure.OUTPUT_PRECISION_BITS`), and only that multiple is opened: no exact rational,
+whose numerator and denominator would give the table's structure away. n is opened only
+rounded, on shares, to the nearest multiple of max(5, T) (`smpc.secure.count_base`), so that
+it cannot be set against a crosstab's released cells to recover a suppressed one. df =
+(r − 1)(c − 1) and the p-value (from the rounded χ²) follow in plaintext.
 
-Reveals: per tested table χ², its p-value and df, and n; which tables were not tested.
+Cost: r·c secure comparisons per table, r + c fixed-point reciprocals and one secure
+remainder per tested table, and one per reported n; a constant number of rounds.
+Limits: n below 2**30.
+
+Reveals: per tested table χ² (rounded down to 2**-20), its p-value and df, and n rounded to a
+multiple of max(5, min_count); which tables were not tested (a cell below min_count).
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ import numpy as np
 
 from smpc.encoding import KEY_BITS
 from smpc.job import PartyJob
+from smpc.secure import OUTPUT_PRECISION_BITS, count_base, floor_to_grid, round_count
 from smpc.statistics.base import PerGroup, number
 from smpc.statistics.crosstab import Crosstab, CrosstabQuery
 
@@ -36,6 +47,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 COUNT_BITS = 30
+FIXED_FRACTION_BITS = 96  # χ² is computed in secure fixed point with 96 fractional bits
 
 
 class Chi2Query(CrosstabQuery):
@@ -53,63 +65,43 @@ class Chi2(Crosstab):
         rows, columns = (len(levels) for levels in self.table.levels)
         return rows, columns
 
-    def validate(self) -> None:
-        super().validate()
-        from smpc.exact import field_exponent
-
-        field_exponent(self.field_bits())
-
-    def field_bits(self) -> int:
-        r, c = (len(self.schema.column(n).group_levels()) for n in self._axes())  # type: ignore[union-attr]
-        return 2 * ((r + c + 2) * COUNT_BITS + 8) + 16
-
-    def _axes(self) -> tuple[str, str]:
-        return self.query.rows, self.query.columns
-
     async def compute(self, mpc: Any, job: PartyJob) -> PerGroup:
-        from smpc.exact import exact_type, open_ratios
         from smpc.protocol import pooled
+        from smpc.secure import count_base, floored_units, rounded_counts
 
         threshold = self.threshold
         r, c = self.shape
         groups = len(self.layout.groups)
         secint = mpc.SecInt(KEY_BITS)
-        counts = pooled(mpc, secint, job.summary.counts).reshape(groups, r, c)
-        margins = mpc.np_hstack((counts.sum(axis=2), counts.sum(axis=1)))  # groups × (r + c)
-        flags = margins >= max(threshold, 1)
+        counts = pooled(mpc, secint, job.summary.counts).reshape(groups, r * c)
+        if threshold >= 1:  # every cell (hence every margin) reaches T
+            flags = counts >= threshold
+        else:  # no threshold: every row and column total is positive (χ² is defined)
+            cells = counts.reshape(groups, r, c)
+            flags = mpc.np_hstack((cells.sum(axis=2), cells.sum(axis=1))) >= 1
         passes = mpc.np_prod(flags, axis=1)
         tested = [bool(int(v)) for v in np.asarray(await mpc.output(passes)).ravel()]
         outcome = PerGroup(threshold, [None] * groups)
-        if not any(tested):
+        shown = [g for g in range(groups) if tested[g]]
+        if not shown:
             return outcome
-        stype = exact_type(mpc, self.field_bits())
-        table = pooled(mpc, stype, job.summary.counts).reshape(groups, r, c)
-        for g in range(groups):
-            if not tested[g]:
-                continue
+        totals = counts[np.array(shown)].sum(axis=1)
+        base = count_base(threshold)
+        sizes = await mpc.output(rounded_counts(mpc, mpc.np_tolist(totals), base))
+        secfxp = mpc.SecFxp(2 * FIXED_FRACTION_BITS)
+        table = pooled(mpc, secfxp, job.summary.counts).reshape(groups, r, c)
+        statistics = []
+        for g in shown:
             o = table[g]
-            row_totals = [mpc.sum(list(o[i, :])) for i in range(r)]
-            column_totals = [mpc.sum(list(o[:, j])) for j in range(c)]
-            n = mpc.sum(row_totals)
-            product_rows = mpc.prod(row_totals)
-            product_columns = mpc.prod(column_totals)
-            others_rows = [product_rows * mpc.reciprocal(t) for t in row_totals]
-            others_columns = [product_columns * mpc.reciprocal(t) for t in column_totals]
-            squares = o * o
-            weighted = mpc.sum(
-                [
-                    squares[i, j] * others_rows[i] * others_columns[j]
-                    for i in range(r)
-                    for j in range(c)
-                ]
-            )
-            p = product_rows * product_columns
-            statistic = await open_ratios(mpc, [n * (weighted - p)], p)
-            assert statistic is not None  # every total is positive
-            outcome.groups[g] = {
-                "n": int(await mpc.output(n)),
-                "statistic": statistic[0],
-            }
+            rows, columns = o.sum(axis=1), o.sum(axis=0)
+            n = rows.sum()
+            inverses = mpc.np_divide(1, mpc.np_hstack((rows, columns)))
+            weighted = o * o * inverses[:r].reshape(r, 1) * inverses[r:].reshape(1, c)
+            statistics.append(n * weighted.sum() - n)
+        units = await mpc.output(floored_units(mpc, statistics))
+        for g, size, unit in zip(shown, sizes, units, strict=True):
+            value = max(round(float(unit)), 0) / (1 << OUTPUT_PRECISION_BITS)
+            outcome.groups[g] = {"n": int(size), "statistic": value}
         return outcome
 
     # ---- after the protocol -------------------------------------------------------------
@@ -148,10 +140,15 @@ class Chi2(Crosstab):
                 cells[(cells >= g * r * c) & (cells < (g + 1) * r * c)] - g * r * c, minlength=r * c
             )
             table = flat.reshape(r, c)
-            totals = np.concatenate([table.sum(axis=1), table.sum(axis=0)])
-            if (totals < max(min_count, 1)).any():
+            if min_count >= 1:
+                tested = bool((table >= min_count).all())
+            else:
+                tested = bool((table.sum(axis=1) > 0).all() and (table.sum(axis=0) > 0).all())
+            if not tested:
                 entries.append({"n": None, **self.empty_values()})
                 continue
             fit = stats.chi2_contingency(table, correction=False)
-            entries.append({"n": int(table.sum()), **self._values(float(fit.statistic))})
+            statistic = max(floor_to_grid(float(fit.statistic)), 0.0)
+            n = round_count(int(table.sum()), count_base(min_count))
+            entries.append({"n": n, **self._values(statistic)})
         return self.assemble(entries)

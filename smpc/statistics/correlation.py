@@ -24,11 +24,14 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from pydantic import Field
 
+from smpc.encoding import FRAC_BITS, KEY_BITS
 from smpc.exact import open_ratio_arrays
+from smpc.job import PartyJob
 from smpc.query import QueryBase
+from smpc.secure import count_base, round_count, rounded_counts
 from smpc.statistics.base import number
-from smpc.statistics.design import ENTRY_BITS
-from smpc.statistics.gram import GramStatistic
+from smpc.statistics.design import ENTRY_BITS, symmetric_index, triangle_size
+from smpc.statistics.gram import GramOpened, GramStatistic, GroupOutcome
 from tessera.errors import QueryInvalid
 from tessera.schemas import ColumnName
 
@@ -74,9 +77,97 @@ class Correlation(GramStatistic):
     def compare_bits(self) -> int:
         return self.co_moment_bits()
 
-    async def solve(self, mpc: Any, matrix: Any, n: int, compare: Any = None) -> dict[str, Any]:
+    def binary(self) -> list[int]:
+        """The columns that are 0/1 by schema (boolean, or integer declared within [0, 1])."""
+        out = []
+        for j, name in enumerate(self.query.columns):
+            spec = self.schema.column(name)
+            assert spec is not None
+            if spec.type == "boolean" or (
+                spec.type == "integer" and spec.min == 0 and spec.max == 1
+            ):
+                out.append(j)
+        return out
+
+    def small_cells(self) -> list[tuple[int, int]]:
+        """The pairs whose pooled 2×2 cells (two binary columns) or levels (one) are checked."""
         k = len(self.query.columns)
-        pairs = [(j, m) for j in range(k) for m in range(j + 1, k)]
+        binary = set(self.binary())
+        return [(j, m) for j in range(k) for m in range(j + 1, k) if j in binary or m in binary]
+
+    async def compute(self, mpc: Any, job: PartyJob) -> GramOpened:
+        """As `GramStatistic.compute`, with two disclosure rules of its own: every released
+        group's n is opened only rounded (to a multiple of max(5, T)), and a pair with a binary
+        column is shown only if, inside MPC, every pooled cell of its 2×2 table (two binary
+        columns) or both levels of its binary column reach T; one bit per such pair is opened,
+        and a pair that fails is null (its correlation is never computed or opened)."""
+        from smpc.exact import exact_type
+        from smpc.protocol import pooled, release
+
+        threshold = self.threshold
+        size = len(self.layout.groups)
+        counts = pooled(mpc, mpc.SecInt(KEY_BITS), job.summary.counts)
+        released = await release(mpc, counts, threshold)
+        shown = [g for g in range(size) if released[g]]
+        outcomes = [GroupOutcome(None) for _ in range(size)]
+        if not shown:
+            return GramOpened(threshold, outcomes)
+        base = count_base(threshold)
+        sizes = await mpc.output(rounded_counts(mpc, mpc.np_tolist(counts[np.array(shown)]), base))
+        for g, n in zip(shown, sizes, strict=True):
+            outcomes[g].n = int(n)
+        k = len(self.names)
+        width = triangle_size(k)
+        index = symmetric_index(k).ravel()
+        small = pooled(mpc, mpc.SecInt(self.compare_bits()), job.summary.vectors["gram"])
+        checked = self.small_cells()
+        allowed: dict[int, set[tuple[int, int]]] = {}
+        if threshold >= 1 and checked:
+            binary = set(self.binary())
+            floor = threshold << FRAC_BITS  # Gram entries are scaled by 2**FRAC_BITS
+            cells = []
+            for g in shown:
+                matrix = small[g * width : (g + 1) * width][index].reshape(k, k)
+                n, ones = matrix[0, 0], matrix[0, 1:]
+                for j, m in checked:
+                    if j in binary and m in binary:
+                        both = matrix[j + 1, m + 1]
+                        cells += [both, ones[j] - both, ones[m] - both]
+                        cells.append(n - ones[j] - ones[m] + both)
+                    else:
+                        b = j if j in binary else m
+                        cells += [ones[b], n - ones[b]]
+            flags = await mpc.output(mpc.np_fromlist(cells) >= floor)
+            flags = [bool(int(f)) for f in np.asarray(flags).ravel()]
+            start = 0
+            for g in shown:
+                allowed[g] = set()
+                for j, m in checked:
+                    width_of = 4 if j in binary and m in binary else 2
+                    if all(flags[start : start + width_of]):
+                        allowed[g].add((j, m))
+                    start += width_of
+        stype = exact_type(mpc, self.field_bits())
+        gram = pooled(mpc, stype, job.summary.vectors["gram"])
+        for g in shown:
+            piece = slice(g * width, (g + 1) * width)
+            matrix = gram[piece][index].reshape(k, k)
+            compare = small[piece][index].reshape(k, k)
+            hidden = {p for p in checked if p not in allowed.get(g, set(checked))}
+            outcomes[g].values = await self.solve(mpc, matrix, outcomes[g].n or 0, compare, hidden)
+        return GramOpened(threshold, outcomes)
+
+    async def solve(
+        self,
+        mpc: Any,
+        matrix: Any,
+        n: int,
+        compare: Any = None,
+        hidden: set[tuple[int, int]] | None = None,
+    ) -> dict[str, Any]:
+        k = len(self.query.columns)
+        hidden = hidden or set()
+        pairs = [(j, m) for j in range(k) for m in range(j + 1, k) if (j, m) not in hidden]
         diagonal = np.array([j * k + j for j in range(k)])
         first = np.array([j * k + j for j, _ in pairs], dtype=np.int64)
         second = np.array([m * k + m for _, m in pairs], dtype=np.int64)
@@ -120,3 +211,32 @@ class Correlation(GramStatistic):
         if matrix.shape != (len(columns), len(columns)):
             matrix = np.full((len(columns), len(columns)), np.nan)
         return {"columns": columns, "matrix": [[number(v) for v in row] for row in matrix]}
+
+    def reference(self, frame: pd.DataFrame, min_count: int = 0) -> dict[str, Any]:
+        """numpy on the pooled rows, with the same rules: groups below T suppressed, n rounded
+        to a multiple of max(5, T), a pair with a binary column null when one of its pooled
+        2×2 cells (or one level of its binary column) is below T."""
+        data, groups = self.selected(frame)
+        columns = list(self.query.columns)
+        binary = set(self.binary())
+        entries = []
+        for g in range(len(self.layout.groups)):
+            sub = data[groups == g]
+            if len(sub) < min_count:
+                entries.append({"n": None, **self.empty_values()})
+                continue
+            values = self.reference_values(sub)
+            x = sub[columns].to_numpy(dtype=float)
+            for j, m in self.small_cells() if min_count >= 1 else []:
+                if j in binary and m in binary:
+                    cells = [
+                        ((x[:, j] == a) & (x[:, m] == b)).sum() for a in (0, 1) for b in (0, 1)
+                    ]
+                else:
+                    b = j if j in binary else m
+                    cells = [(x[:, b] == 1).sum(), (x[:, b] == 0).sum()]
+                if min(cells) < min_count:
+                    values["matrix"][j][m] = values["matrix"][m][j] = None
+            n = round_count(len(sub), count_base(min_count))
+            entries.append({"n": n, **values})
+        return self.assemble(entries)

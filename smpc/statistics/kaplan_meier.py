@@ -10,8 +10,11 @@ The time column must be an *integer* column (days, weeks, ...) with declared bou
 ``0 <= min <= max`` in the dataset schema, at most `MAX_GRID` whole units apart: the protocol
 works on the public grid of integers [min, max], so the distinct times are agreed without any
 site saying which times it holds. The event column is boolean or numeric with values 0 / 1.
-Rows missing the time, the event or the group are skipped; a time off the grid, or not whole,
-is refused at the node with a clear error.
+Rows missing the time, the event or the group are skipped. A time off the grid (not whole, or
+outside the declared bounds) or an event other than 0/1 is a *row rule* violation
+(`row_violations`): never raised on at the node, but counted, pooled and refused inside MPC by
+the prelude (`smpc.disclosure.prelude`), so the refusal is the same whichever node holds the
+row, and names neither the node nor the value.
 
 Disclosure control (`min_count` = T, the larger of the query's and every node's floor): a
 group with fewer than T rows is suppressed (`n`, `time`, `survival`, `at_risk` all `null`); a
@@ -146,6 +149,10 @@ class KaplanMeierResult(ResultModel):
 
 class KaplanMeier(SecureStatistic):
     name = "kaplan_meier"
+    row_rule = (
+        "every time must be a whole number within the time column's declared bounds, and "
+        "every event 0 or 1"
+    )
     query_model = KaplanMeierQuery
 
     @classmethod
@@ -237,23 +244,20 @@ class KaplanMeier(SecureStatistic):
         keep = (data[q.time].notna() & data[q.event].notna()).to_numpy()
         times = data[q.time].to_numpy(dtype=float)[keep]
         events = data[q.event].to_numpy(dtype=float)[keep]
-        if not np.all(np.isin(events, (0.0, 1.0))):
-            raise QueryInvalid(
-                f"kaplan_meier: the event column {q.event!r} holds values other than 0 and 1",
-                {"column": q.event},
-            )
-        if not np.all(times == np.round(times)):
-            raise QueryInvalid(
-                f"kaplan_meier: the time column {q.time!r} holds values that are not whole",
-                {"column": q.time},
-            )
-        if len(times) and (times.min() < self.first or times.max() > self.last):
-            raise QueryInvalid(
-                f"kaplan_meier: the time column {q.time!r} holds values outside its declared "
-                f"bounds [{self.first}, {self.last}]",
-                {"column": q.time},
-            )
+        # Rows off the grid or with an event other than 0/1 are never raised on here (that
+        # would name this node and tell which rows its selection holds): they are counted by
+        # `row_violations`, pooled, and the prelude refuses the query over all sites together.
+        valid = _on_grid(times, events, self.first, self.last)
+        times, events, keep = times[valid], events[valid], np.flatnonzero(keep)[valid]
         return (times - self.first).astype(np.int64), events.astype(bool), cells[keep]
+
+    def row_violations(self, data: pd.DataFrame) -> int:
+        """Rows whose time is not a whole number within the declared bounds, or whose event is
+        not 0/1 (pooled and refused inside MPC by the prelude: no node is named)."""
+        q = self.query
+        times = data[q.time].to_numpy(dtype=float)
+        events = data[q.event].to_numpy(dtype=float)
+        return int((~_on_grid(times, events, self.first, self.last)).sum())
 
     def local_input(self, frame: pd.DataFrame) -> LocalSummary:
         """Per group and grid point: this party's number at risk and number of events."""
@@ -384,6 +388,14 @@ class KaplanMeier(SecureStatistic):
         from lifelines import KaplanMeierFitter
         from lifelines.statistics import multivariate_logrank_test
 
+        from smpc.frames import conform, select
+        from tessera.errors import DisclosureRefused
+
+        data = conform(frame, self.schema, self.query.referenced_columns())
+        columns = self.query.referenced_columns()
+        entering = select(data, self.query.where, self.schema) & data[columns].notna().all(axis=1)
+        if self.row_violations(data[entering]):
+            raise DisclosureRefused(f"{self.name}: {self.row_rule}", {"rule": "rows"})
         index, events, cells = self.survival_rows(frame)
         times = index + self.first
         groups: dict[str, Any] = {}
@@ -421,6 +433,13 @@ class KaplanMeier(SecureStatistic):
                     "df": len(compared) - 1,
                 }
         return {"n": None if suppressed else sum(sizes), "groups": groups, "logrank": logrank}
+
+
+def _on_grid(times: np.ndarray, events: np.ndarray, first: int, last: int) -> np.ndarray:
+    """Which rows have a whole time within [first, last] and an event of 0 or 1."""
+    with np.errstate(invalid="ignore"):
+        whole = (times == np.round(times)) & (times >= first) & (times <= last)
+    return whole & np.isin(events, (0.0, 1.0))
 
 
 def _suppressed() -> dict[str, Any]:

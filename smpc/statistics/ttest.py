@@ -17,8 +17,12 @@ Both levels constant: t is undefined and reported as null.
 Cost: two secure comparisons per group and a constant number of rounds, independent of rows.
 Limits: |Σx²| of a party below about 7.7e25 (the fixed-point range); n below 2**30.
 
-Reveals: per reported group t, df, the p-value and n = n_a + n_b; which groups are not
-reported (a level below max(min_count, 2) rows).
+n = n_a + n_b is opened only rounded, on shares, to the nearest multiple of max(5, T)
+(`smpc.secure.count_base`), so that it cannot be set against released counts to recover a
+suppressed one. Each level's n is compared with max(min_count, 2) inside MPC (one bit each).
+
+Reveals: per reported group t, df, the p-value and n = n_a + n_b rounded to a multiple of
+max(5, min_count); which groups are not reported (a level below max(min_count, 2) rows).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import numpy as np
 from smpc.encoding import FRAC_BITS, KEY_BITS, MOMENT_BITS
 from smpc.job import PartyJob
 from smpc.query import ColumnQuery
+from smpc.secure import count_base, round_count, rounded_counts
 from smpc.statistics.base import PerGroup, SecureStatistic, number
 from tessera.errors import QueryInvalid
 from tessera.schemas import ColumnName
@@ -75,11 +80,10 @@ class TTest(SecureStatistic):
         if q.group in q.group_by:
             raise QueryInvalid(f"ttest: {q.group!r} is both the group and a group_by column")
 
-    @property
-    def levels(self) -> list[str]:
-        spec = self.schema.column(self.query.group)
-        assert spec is not None
-        return spec.group_levels()
+    def levels(self) -> int:
+        """The levels rule (`smpc.disclosure.prelude`) counts the two-level group column too
+        (a property of the same name used to shadow this method, and broke the prelude)."""
+        return max(super().levels(), 2)
 
     def bin_index(self, data: pd.DataFrame) -> np.ndarray:
         from smpc.cells import CellLayout
@@ -131,7 +135,9 @@ class TTest(SecureStatistic):
             spread * spread * (n_a - 1) * (n_b - 1),
             a_a * a_a * d_b * d_b * (n_b - 1) + a_b * a_b * d_a * d_a * (n_a - 1),
         )
-        totals = np.asarray(await mpc.output(n_a + n_b)).ravel()
+        base = count_base(threshold)
+        sizes = n_small[a] + n_small[b]
+        totals = await mpc.output(rounded_counts(mpc, mpc.np_tolist(sizes), base))
         sign_values = np.asarray(signs).ravel()
         for i, g in enumerate(shown):
             outcome.groups[g] = {
@@ -183,7 +189,7 @@ class TTest(SecureStatistic):
             df = float(fit.df)
             entries.append(
                 {
-                    "n": len(a) + len(b),
+                    "n": round_count(len(a) + len(b), count_base(min_count)),
                     **self._values(statistic if np.isfinite(statistic) else None, df),
                 }
             )

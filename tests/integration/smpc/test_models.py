@@ -21,6 +21,7 @@ from scipy import stats
 from smpc import reference, simulate
 from smpc.frames import infer_schema
 from smpc.frames import uneven_shares as split
+from smpc.secure import OUTPUT_PRECISION_BITS, round_count
 from tessera.errors import QueryInvalid, TesseraError
 
 REL = 1e-6
@@ -254,7 +255,8 @@ def test_correlation_matches_numpy(diabetes: pd.DataFrame, parties: int) -> None
     query = {"statistic": "correlation", "dataset": "diabetes", "columns": columns}
     result = simulate(query, split(diabetes, parties))
     expected = np.corrcoef(diabetes[columns].to_numpy(dtype=float), rowvar=False)
-    assert result["columns"] == columns and result["n"] == len(diabetes)
+    # n is published rounded to a multiple of max(5, T) (smpc.secure.round_count)
+    assert result["columns"] == columns and result["n"] == round_count(len(diabetes), 5)
     close(result["matrix"], expected.tolist())
 
 
@@ -287,7 +289,7 @@ def test_ttest_matches_scipy_welch(diabetes: pd.DataFrame, parties: int) -> None
     female = diabetes.bmi[diabetes.sex == "female"]
     male = diabetes.bmi[diabetes.sex == "male"]
     fit = stats.ttest_ind(female, male, equal_var=False)
-    assert result["n"] == len(diabetes)
+    assert result["n"] == round_count(len(diabetes), 5)  # n rounded to a multiple of 5
     close(result["statistic"], float(fit.statistic))
     close(result["p_value"], float(fit.pvalue))
     close(result["df"], float(fit.df))
@@ -330,8 +332,10 @@ def test_chi2_matches_scipy(randhie: pd.DataFrame, parties: int) -> None:
     result = simulate(query, split(randhie, parties))
     table = pd.crosstab(randhie.health, randhie.chronic)
     fit = stats.chi2_contingency(table.to_numpy(), correction=False)
-    assert result["n"] == len(randhie) and result["df"] == 3
-    close(result["statistic"], float(fit.statistic))
+    assert result["n"] == round_count(len(randhie), 5) and result["df"] == 3
+    # χ² is opened rounded down to a multiple of 2**-20 inside MPC
+    assert result["statistic"] * 2**OUTPUT_PRECISION_BITS == int(result["statistic"] * 2**20)
+    assert abs(result["statistic"] - float(fit.statistic)) <= 2.0**-OUTPUT_PRECISION_BITS
     close(result["p_value"], float(fit.pvalue))
 
 
