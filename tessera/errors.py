@@ -117,6 +117,7 @@ ERRORS_BY_CODE: dict[str, type[TesseraError]] = {
         QueryInvalid,
         PolicyDenied,
         DisclosureSuppressed,
+        DisclosureRefused,
         NotFound,
         Conflict,
         Unauthorized,
