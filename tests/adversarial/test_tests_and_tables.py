@@ -16,7 +16,7 @@ from tessera.errors import DisclosureRefused
 from tessera.schemas import ColumnSpec, DatasetSchema
 
 
-def table_rows(cells: dict[tuple[str, str], int], **extra: object) -> pd.DataFrame:
+def table_rows(cells: dict[tuple[str, str], int], **extra: str) -> pd.DataFrame:
     rows = [(a, b) for (a, b), k in cells.items() for _ in range(k)]
     return pd.DataFrame(rows, columns=["a", "b"]).assign(**extra)
 
