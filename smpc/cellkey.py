@@ -70,8 +70,10 @@ def row_keys(data: pd.DataFrame, secret: str) -> np.ndarray:
         raise ValueError(f"a row-key secret is {SECRET_LENGTH} ASCII characters")
     if len(data) == 0:
         return np.zeros(0, dtype=np.uint64)
-    hashed = pd.util.hash_pandas_object(data, index=False, hash_key=secret, categorize=False)
-    return hashed.to_numpy(dtype=np.uint64)
+    # pandas keys only the hashes of text columns: hash every row unkeyed first, then key the
+    # row hashes themselves (as text) with the secret, so numeric rows are keyed too
+    plain = pd.util.hash_pandas_object(data, index=False, categorize=False).to_numpy()
+    return pd.util.hash_array(plain.astype(str).astype(object), hash_key=secret)
 
 
 def key_sums(keys: np.ndarray, cells: np.ndarray, size: int) -> list[int]:
