@@ -41,7 +41,7 @@ from smpc.cellkey import (
     scale_factor,
 )
 from smpc.dp import COMPARE_BITS, discrete_laplace
-from smpc.encoding import FRAC_BITS, MOMENT_BITS, decode_moment
+from smpc.encoding import FRAC_BITS, MOMENT_BITS, decode_moment, encode_moment
 from smpc.job import PartyJob
 from smpc.statistics.base import Opened, SecureStatistic
 
@@ -204,25 +204,35 @@ async def _perturbed_extremes(
     shift: Perturbation,
     opened: Opened,
 ) -> None:
-    """The cell's minimum or maximum moved by u_b·noise·(max − min), rounded down inside MPC:
-    never a child's exact value (unless every row of the cell has the same one)."""
-    rules = statistic.rules
-    assert rules is not None
-    summary = job.summary
-    bits = MOMENT_BITS - 1
-    lows = [s[cells] for s in mpc.input(_array(secint, summary.vectors["min"]))]
-    highs = [s[cells] for s in mpc.input(_array(secint, summary.vectors["max"]))]
-    low = functools.reduce(lambda x, y: secure_min(mpc, x, y, bits), lows)
-    high = functools.reduce(lambda x, y: secure_max(mpc, x, y, bits), highs)
-    value = low if statistic.extreme == "min" else high
-    unit = MAGNITUDE_BITS + MAGNITUDE_SCALE_BITS  # u 2**12, noise 2**8; values 2**40
-    moved = value * (1 << unit) + shift.magnitude_b[: len(cells)] * (high - low) * scale_factor(
-        rules.noise
+    """The cell's minimum or maximum (m − 1 secure comparisons) moved by u_b·noise·(the
+    column's declared range), rounded down inside MPC: never a child's exact value."""
+    assert statistic.rules is not None and statistic.declared_range is not None
+    pick = secure_min if statistic.extreme == "min" else secure_max
+    value = functools.reduce(
+        lambda x, y: pick(mpc, x, y, MOMENT_BITS - 1),
+        [s[cells] for s in mpc.input(_array(secint, job.summary.vectors["extreme"]))],
     )
-    drop = FRAC_BITS + unit - SUM_PRECISION_BITS
-    values = await mpc.output(await floor_bits(mpc, moved, drop))
+    moved = value * (1 << EXTREME_UNIT) + shift.magnitude_b[: len(cells)] * extreme_step(statistic)
+    values = await mpc.output(await floor_bits(mpc, moved, EXTREME_DROP))
     for c, v in zip(cells, np.asarray(values).ravel(), strict=True):
-        opened.extremes[c] = float(Fraction(int(v), 1 << (FRAC_BITS + unit)))
+        opened.extremes[c] = float(Fraction(int(v), 1 << (FRAC_BITS + EXTREME_UNIT)))
+
+
+EXTREME_UNIT = MAGNITUDE_BITS + MAGNITUDE_SCALE_BITS  # u 2**12, noise 2**8
+EXTREME_DROP = FRAC_BITS + EXTREME_UNIT - SUM_PRECISION_BITS
+
+
+def range_shift(statistic: SecureStatistic, unit: int) -> float:
+    """u·noise·(declared range) for a public u (a quantile's: the parties know the exact
+    quantile from the search), rounded down to 2**-16 as the extremes' shift is inside MPC."""
+    moved = unit * extreme_step(statistic)
+    return float(Fraction(moved - moved % (1 << EXTREME_DROP), 1 << (FRAC_BITS + EXTREME_UNIT)))
+
+
+def extreme_step(statistic: SecureStatistic) -> int:
+    """noise·(declared range) as a public integer: scaled 2**8 (noise) and 2**40 (range)."""
+    assert statistic.rules is not None and statistic.declared_range is not None
+    return scale_factor(statistic.rules.noise) * encode_moment(statistic.declared_range)
 
 
 async def noisy_release(mpc: Any, counts: Any, threshold: int) -> list[bool]:
@@ -337,13 +347,13 @@ def plain_cells(statistic: SecureStatistic, summaries: list[Any], rules: Any) ->
                     centred - centred % drop, 1 << (2 * FRAC_BITS)
                 )
         if statistic.extreme is not None:
-            low = min(s.vectors["min"][c] for s in summaries)
-            high = max(s.vectors["max"][c] for s in summaries)
-            value = low if statistic.extreme == "min" else high
-            unit = MAGNITUDE_BITS + MAGNITUDE_SCALE_BITS
-            moved = value * (1 << unit) + u_b * (high - low) * scale_factor(rules.noise)
-            drop = 1 << (FRAC_BITS + unit - SUM_PRECISION_BITS)
-            opened.extremes[c] = float(Fraction(moved - moved % drop, 1 << (FRAC_BITS + unit)))
+            pick = min if statistic.extreme == "min" else max
+            moved = pick(s.vectors["extreme"][c] for s in summaries) * (1 << EXTREME_UNIT)
+            moved += u_b * extreme_step(statistic)
+            drop = 1 << EXTREME_DROP
+            opened.extremes[c] = float(
+                Fraction(moved - moved % drop, 1 << (FRAC_BITS + EXTREME_UNIT))
+            )
     if all(opened.released) and size:
         n = sum(sum(s.counts) for s in summaries)
         p, _, _ = plain_perturbation(key(0, list(range(size))), key(1, list(range(size))))

@@ -109,6 +109,9 @@ class SecureStatistic:
     intermediates: ClassVar[str] = ""  # what the protocol opens besides the output, if anything
     moments: ClassVar[tuple[str, ...]] = ()  # fixed-point sums shared per cell: "sum", "sumsq"
     extreme: ClassVar[Literal["min", "max"] | None] = None
+    # its values are a child's (extremes, quantiles): released moved by up to noise × the
+    # column's declared range, so the column must declare its bounds
+    moved_by_range: ClassVar[bool] = False
     value_column: ClassVar[bool] = True  # reads `query.column`
     binned: ClassVar[bool] = False  # cells within a group come from `bin_index`
     # the node's row-key secret (`smpc.cellkey`), set before `local_input` (None: derived from
@@ -152,6 +155,13 @@ class SecureStatistic:
             raise QueryInvalid(
                 f"{self.name}: column {column!r} is {spec.type}, not numeric", {"column": column}
             )
+        if self.moved_by_range and self.declared_range is None:
+            raise QueryInvalid(
+                f"{self.name} of {column!r} needs the column's declared bounds: declare finite "
+                f"'min' and 'max' for {column!r} in the dataset schema ({self.name} would be a "
+                "child's value, so it is released moved by up to noise × that range)",
+                {"column": column},
+            )
         if query.dp is not None and self.moments and column_bounds(spec) is None:
             raise QueryInvalid(
                 f"dp {self.name} of {column!r} needs the column's bounds: declare finite 'min' "
@@ -174,6 +184,13 @@ class SecureStatistic:
     @property
     def column(self) -> str | None:
         return getattr(self.query, "column", None) if self.value_column else None
+
+    @property
+    def declared_range(self) -> float | None:
+        """The column's declared range (max − min): what extremes and quantiles move by."""
+        spec = self.schema.column(self.column) if self.column else None
+        bounds = column_bounds(spec) if spec is not None else None
+        return None if bounds is None else bounds[1] - bounds[0]
 
     @property
     def clip_bounds(self) -> tuple[float, float] | None:
@@ -299,11 +316,9 @@ class SecureStatistic:
                 summary.moments[moment] = [encode_moment(math.fsum(v**power)) for v in per_cell]
             summary.vectors["largest"] = largest(values, cells, size)
             if self.extreme is not None:
-                summary.vectors["min"] = [
-                    encode_moment(v.min()) if len(v) else EMPTY_MIN for v in per_cell
-                ]
-                summary.vectors["max"] = [
-                    encode_moment(v.max()) if len(v) else EMPTY_MAX for v in per_cell
+                pick, empty = (np.min, EMPTY_MIN) if self.extreme == "min" else (np.max, EMPTY_MAX)
+                summary.vectors["extreme"] = [
+                    encode_moment(pick(v)) if len(v) else empty for v in per_cell
                 ]
         except OverflowError as exc:
             raise QueryInvalid(f"{self.name} of {self.column!r}: {exc}") from None
@@ -384,7 +399,8 @@ class SecureStatistic:
             )
         if self.extreme is not None:
             out[self.extreme] = (
-                f"at most ±{rules.noise:g} × (the cell's maximum − minimum), rounded down to 2^-16"
+                f"at most ±{rules.noise:g} × {self.declared_range:g} (the declared range), "
+                "rounded down to 2^-16"
             )
         return out
 

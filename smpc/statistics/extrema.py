@@ -33,6 +33,7 @@ class Min(SecureStatistic):
     numeric_column = True
     result_fields = {"min": float | None}
     extreme: ClassVar[Literal["min", "max"] | None] = "min"
+    moved_by_range = True
 
     def cell_values(self, opened: Opened, cell: int) -> dict[str, Any]:
         return {self.name: number(opened.extremes[cell])}

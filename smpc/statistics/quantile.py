@@ -49,12 +49,10 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from smpc.disclosure import AppliedRules
-from smpc.dp import column_bounds
 from smpc.encoding import MOMENT_BITS, from_order_key
 from smpc.job import LocalSummary, PartyJob
 from smpc.query import ColumnQuery
 from smpc.statistics.base import Opened, SecureStatistic, number
-from tessera.errors import QueryInvalid
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -116,6 +114,7 @@ class QuantileQuery(ColumnQuery):
 
 class Quantile(SecureStatistic):
     name = "quantile"
+    moved_by_range = True
     query_model = QuantileQuery
     numeric_column = True
     result_fields = {"quantiles": dict[str, float | None]}
@@ -144,29 +143,13 @@ class Quantile(SecureStatistic):
             vectors={"keys": key_sums(keys, cells, size)},
         )
 
-    def validate(self) -> None:
-        if self.spread is None:
-            raise QueryInvalid(
-                f"quantile of {self.column!r} needs the column's declared bounds: declare finite "
-                f"'min' and 'max' for {self.column!r} in the dataset schema (a quantile is a "
-                "child's value, so it is released moved by up to noise × that range)",
-                {"column": self.column},
-            )
-
     def expected_error(self, rules: AppliedRules) -> dict[str, str]:
-        assert self.spread is not None
+        assert self.declared_range is not None
         return {
             "n": "at most ±3 (standard deviation 1.58)",
             "quantiles": f"all moved by the same amount, at most ±{rules.noise:g} × "
-            f"{self.spread:g} (the declared range), per group",
+            f"{self.declared_range:g} (the declared range), per group",
         }
-
-    @property
-    def spread(self) -> float | None:
-        """The column's declared range (max − min), which scales the perturbation."""
-        spec = self.schema.column(self.column) if self.column else None
-        bounds = column_bounds(spec) if spec is not None else None
-        return None if bounds is None else bounds[1] - bounds[0]
 
     # ---- the secure part -------------------------------------------------------------------
 
@@ -227,10 +210,11 @@ class Quantile(SecureStatistic):
         the total's when every group is shown. Opened: the parties know the exact quantiles and
         n from the search, so these reveal only the perturbation, which the analyst never sees
         apart from the result."""
-        from smpc.cellkey import perturbation, scale_factor
+        from smpc.cellkey import perturbation
+        from smpc.protocol import range_shift
 
         size = self.layout.size
-        assert self.rules is not None and self.spread is not None
+        assert self.rules is not None and self.declared_range is not None
         keys = functools.reduce(
             operator.add, mpc.input(secint.array(np.array(summary.vectors["keys"], dtype=object)))
         )
@@ -241,8 +225,7 @@ class Quantile(SecureStatistic):
         shift = perturbation(mpc, mpc.np_concatenate((a, b)), len(shown) + whole)
         count = await mpc.output(shift.count)
         units = await mpc.output(shift.magnitude_b[: len(shown)])
-        scale = scale_factor(self.rules.noise) * self.spread / 2.0 ** (12 + 8)
-        moved = [math.floor(int(u) * scale * 2.0**16) / 2.0**16 for u in np.asarray(units).ravel()]
+        moved = [range_shift(self, int(u)) for u in np.asarray(units).ravel()]
         return [int(c) for c in np.asarray(count).ravel()], moved
 
     async def _search(
@@ -284,11 +267,10 @@ class Quantile(SecureStatistic):
 
     def plain(self, summaries: list[LocalSummary], frames: list[pd.DataFrame]) -> QuantileOpened:
         """`compute`'s opened values in plaintext (the tests' oracle)."""
-        from smpc.cellkey import scale_factor
-        from smpc.protocol import plain_perturbation
+        from smpc.protocol import plain_perturbation, range_shift
 
         rules = self.rules
-        assert rules is not None and self.spread is not None
+        assert rules is not None and self.declared_range is not None
         size = self.layout.size
         opened = QuantileOpened(
             threshold=rules.threshold, released=[False] * size, counts=[None] * size
@@ -300,7 +282,6 @@ class Quantile(SecureStatistic):
         def key(field: int, groups: list[int]) -> int:
             return sum(s.vectors["keys"][field * size + g] for s in summaries for g in groups)
 
-        scale = scale_factor(rules.noise) * self.spread / 2.0 ** (12 + 8)
         exact = []
         for g in range(size):
             sites = [s.counts[g] for s in summaries]
@@ -314,7 +295,7 @@ class Quantile(SecureStatistic):
             p, _, u_b = plain_perturbation(key(0, [g]) & mask, key(1, [g]) & mask)
             opened.counts[g] = max(0, n + p) if n else 0
             if n:
-                moved = math.floor(u_b * scale * 2.0**16) / 2.0**16
+                moved = range_shift(self, u_b)
                 values = rows[rows[:, 0] == g, 1]
                 found = np.quantile(values, self.query.q, method="inverted_cdf")
                 opened.values[g] = [float(v) + moved for v in found]

@@ -104,22 +104,22 @@ def test_differencing_two_sums_does_not_give_a_childs_weight(cohort: list[pd.Dat
 
 
 def test_differencing_two_means_does_not_give_a_childs_weight(cohort: list[pd.DataFrame]) -> None:
-    errors = []
+    """The attacker knows exactly how many children each selection holds (say, from elsewhere)
+    and subtracts the totals mean × n."""
     data = pooled(cohort)
+    errors = []
     for age in TARGETS:
-        a = run(
-            {"statistic": "mean", "column": "weight_kg", "where": [["age_months", ">=", age - 40]]},
+        at_least = run(
+            {"statistic": "mean", "column": "weight_kg", "where": [["age_months", ">=", age]]},
             cohort,
         )
-        b = run(
-            {"statistic": "mean", "column": "weight_kg", "where": [["age_months", ">", age - 40]]},
+        above = run(
+            {"statistic": "mean", "column": "weight_kg", "where": [["age_months", ">", age]]},
             cohort,
         )
-        # the attacker also knows how many children are aged exactly age − 40 (say, 12)
-        exact_n = int((data.age_months >= age - 40).sum())
-        k = int((data.age_months == age - 40).sum())
-        estimate = (a["mean"] * exact_n - b["mean"] * (exact_n - k)) / k
-        truth = float(data[data.age_months == age - 40].weight_kg.mean())
+        n = int((data.age_months >= age).sum())
+        estimate = at_least["mean"] * n - above["mean"] * (n - 1)
+        truth = float(data[data.age_months == age].weight_kg.iloc[0])
         errors.append(abs(estimate - truth))
     assert sum(e > 0.02 * WEIGHT_RANGE for e in errors) >= 4, errors
 

@@ -10,7 +10,7 @@ With the default rules (`DisclosureRules`: magnitude and noise 0.25), per releas
 - a mean Σ'/n': so mean'·n' is within the sum's bound of Σx;
 - a variance (n·Σx² − (Σx)² + u_b·0.25·M²·n) / (n'(n' − 1)), the numerator rounded down to
   2⁻¹⁶: so variance'·n'(n' − 1) is within 0.25·M²·n + 2⁻¹⁶ of n(n − 1)·variance;
-- a minimum or maximum moved by u_b·0.25·(max − min), rounded down to 2⁻¹⁶;
+- a minimum or maximum moved by u_b·0.25·(declared max − min), rounded down to 2⁻¹⁶;
 - quantiles moved, all levels of a group together, by u_b·0.25·(declared max − min), rounded
   down to 2⁻¹⁶.
 """
@@ -93,11 +93,14 @@ def check_variance(result: dict[str, Any], values: Any, magnitude: float = MAGNI
     assert abs(scaled - true) <= bound * (1 + 1e-9) + 1e-9 * (true + 1), (variance, scaled, true)
 
 
-def check_extreme(released: float | None, values: Any, which: str, noise: float = NOISE) -> None:
+def check_extreme(
+    released: float | None, values: Any, which: str, spread: float, noise: float = NOISE
+) -> None:
+    """Moved by at most noise·(the column's declared range, `spread`)."""
     v = _values(values)
     true = float(v.min() if which == "min" else v.max())
     assert released is not None
-    bound = noise * float(v.max() - v.min()) + ROUNDING + _SLACK
+    bound = noise * spread + ROUNDING + _SLACK
     assert abs(released - true) <= bound, (released, true, bound)
 
 

@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 
 from smpc import local_summary, parse_query, prepare
-from smpc.encoding import EMPTY_MAX, EMPTY_MIN, decode_moment, encode_moment
+from smpc.encoding import EMPTY_MIN, decode_moment, encode_moment
 from smpc.frames import infer_schema, select
 from tessera.errors import QueryInvalid
+from tessera.schemas import DatasetSchema
 
 
 @pytest.fixture
@@ -71,7 +72,11 @@ def test_histogram_cells_follow_numpy(frame: pd.DataFrame) -> None:
 def test_extremes_are_local_fixed_point_and_empty_cells_send_a_sentinel(
     frame: pd.DataFrame,
 ) -> None:
-    schema = infer_schema([frame])
+    raw = infer_schema([frame]).model_dump()
+    for column in raw["columns"]:  # an extreme is moved by noise × the declared range
+        if column["name"] == "x":
+            column["min"], column["max"] = float(frame.x.min()) - 1, float(frame.x.max()) + 1
+    schema = DatasetSchema.model_validate(raw)
     query = prepare(
         {
             "statistic": "min",
@@ -87,9 +92,10 @@ def test_extremes_are_local_fixed_point_and_empty_cells_send_a_sentinel(
     assert summary.counts == [0, len(rows)]
     # the local extremes travel as fixed-point moments; an empty cell sends a sentinel beyond
     # every encodable value (so it never wins the secure comparison)
-    assert summary.vectors["min"] == [EMPTY_MIN, encode_moment(rows.min())]
-    assert summary.vectors["max"] == [EMPTY_MAX, encode_moment(rows.max())]
-    assert float(decode_moment(summary.vectors["min"][1])) == pytest.approx(rows.min(), abs=1e-12)
+    assert summary.vectors["extreme"] == [EMPTY_MIN, encode_moment(rows.min())]
+    assert float(decode_moment(summary.vectors["extreme"][1])) == pytest.approx(
+        rows.min(), abs=1e-12
+    )
     # the cell's largest |x| (for the noise's scale), rounded up to 1/256; 0 for an empty cell
     top = summary.vectors["largest"]
     assert top[0] == 0 and rows.abs().max() <= top[1] / 256 < rows.abs().max() + 1 / 256

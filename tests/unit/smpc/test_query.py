@@ -30,8 +30,8 @@ EVERY_STATISTIC = {
     "sum": {"column": "weight"},
     "mean": {"column": "weight"},
     "variance": {"column": "weight"},
-    "min": {"column": "weight"},
-    "max": {"column": "weight"},
+    "min": {"column": "age"},  # extremes and quantiles need declared bounds
+    "max": {"column": "age"},
     "quantile": {"column": "age", "q": [0.25, 0.5]},  # a quantile needs declared bounds
     "histogram": {"column": "age", "bins": [0, 12, 60, 216]},
     "crosstab": {"rows": "sex", "columns": "icu"},
@@ -117,6 +117,10 @@ def test_malformed_queries_say_what_is_wrong(raw: object, message: str) -> None:
         (  # its noise is scaled by the declared range
             {"statistic": "quantile", "column": "weight", "q": [0.5]},
             "quantile of 'weight' needs the column's declared bounds",
+        ),
+        (  # so is an extreme's
+            {"statistic": "max", "column": "weight"},
+            "max of 'weight' needs the column's declared bounds",
         ),
     ],
 )
