@@ -1,12 +1,22 @@
-"""Every secure statistic against its plaintext reference: seconds, ratio, accuracy, targets.
+"""Every secure statistic against its plaintext twin: seconds, ratio, accuracy, targets.
 
 For each statistic of DESIGN.md it times the real protocol (`smpc.simulate`: local summaries,
 then one MPyC party process per hospital over TLS on loopback, party processes from the warm
 pool) with 3 and 5 parties at 1 k / 10 k / 100 k pooled rows, split unevenly (party i holds a
 share proportional to i + 1), next to the plaintext reference on the pooled frame
-(`smpc.reference`: pandas / numpy / scipy / statsmodels / lifelines). Every secure result is
-compared with the reference: the largest relative error over all its numbers (|ref| floored at
-1e-9, so a value near zero is compared absolutely); above 1e-6 it is flagged.
+(`smpc.reference`: pandas / numpy / scipy / statsmodels / lifelines).
+
+Accuracy. `smpc.simulate` runs the `exact` disclosure mode (docs/disclosure.md), whose cell-key
+perturbation moves the released values of count, sum, mean, variance, min, max, quantile,
+histogram and crosstab. Every secure result is compared with its plaintext twin,
+`smpc.statistics.reference_parties` on the same frames: for those nine statistics the exact
+perturbed result (twin "cell-key": the MPC must give exactly the same numbers, tolerance 0),
+for the others the pooled reference (twin "pooled", with the rounding of n and χ² that
+leakage.md documents; tolerance 1e-6). The error is the largest relative error over all the
+result's numbers (|twin| floored at 1e-9, so a value near zero is compared absolutely); above
+the tolerance the row is flagged MISMATCH. For a "cell-key" twin the table also gives the
+perturbation's size: the largest relative difference between the secure result and the exact,
+unperturbed answer (`smpc.reference` on the pooled frame), and where.
 
 Targets (at 100 k rows and 5 parties): 15 s for a 10-predictor logistic regression, 5 s for
 every other statistic. A statistic whose run exceeds `--practical` seconds is not run at
@@ -23,6 +33,21 @@ follow-up days with an event flag; the declared schema gives every numeric colum
 Run: `.venv/bin/python benchmarks/statistics.py [--quick] [--parties 3 5] [--rows 1000 10000]
 [--repeat N] [--only mean,quantile] [--naive-rows 1000 10000]`. Prints one table and writes
 benchmarks/results/statistics-<timestamp>.json.
+
+The table's columns: statistic, parties, rows, secure s and ref s (medians over `--repeat`),
+ratio, target (at 100 k rows and 5 parties), max rel err (against the twin), twin ("cell-key"
+or "pooled"), matches (yes / MISMATCH at the worst path), perturbation (cell-key twins only:
+the largest relative difference from the exact answer, its path and the absolute difference
+there).
+
+The JSON: `machine`, `seed`, `repeat`, `tolerance` (the pooled twins'), `twin_tolerance`
+(per kind of twin), `perturbed_statistics`, `targets`, `skipped`, `rows`, `limits`,
+`naive_bits`, `naive`. Each entry of `rows` (a run) has `statistic`, `query`, `parties`,
+`rows`, `rows_per_party`, `target_s`, `secure_s`, `secure_runs_s`, `reference_s`,
+`reference_runs_s`, `ratio`, `target_met`, `twin`, `max_rel_error` and `error_at` (against
+the twin), `matches` (the error is within the twin's tolerance), `perturbation_rel_error`,
+`perturbation_abs` and `perturbation_at` (against the exact answer; null for a pooled twin),
+`extended` and `note`; a run that did not finish has `secure_s` null and says why in `note`.
 """
 
 from __future__ import annotations
@@ -55,6 +80,7 @@ import pandas as pd  # noqa: E402
 import smpc  # noqa: E402
 from smpc.frames import uneven_shares as split  # noqa: E402
 from smpc.simulation import free_ports  # noqa: E402
+from smpc.statistics import reference_parties  # noqa: E402
 from smpc.tls import PartyTLS, install, new_identity  # noqa: E402
 from tessera.errors import TesseraError  # noqa: E402
 from tessera.schemas import ColumnSpec, DatasetSchema  # noqa: E402
@@ -62,6 +88,20 @@ from tessera.schemas import ColumnSpec, DatasetSchema  # noqa: E402
 SEED = 20261125
 DATASET = "admissions"
 TOLERANCE = 1e-6
+# the statistics whose exact-mode perturbation has a plaintext twin in `reference_parties`
+# (docs/disclosure.md): their secure result must equal it exactly
+PERTURBED = {
+    "count",
+    "sum",
+    "mean",
+    "variance",
+    "min",
+    "max",
+    "quantile",
+    "histogram",
+    "crosstab",
+}
+TWIN_TOLERANCE = {"cell-key": 0.0, "pooled": TOLERANCE}
 REL_FLOOR = 1e-9
 TARGET_ROWS, TARGET_PARTIES = 100_000, 5
 NAIVE_BITS = 96  # the naive baseline's secure fixed point: 48 fractional bits
@@ -232,8 +272,16 @@ def max_relative_error(secure: dict[str, Any], reference: dict[str, Any]) -> tup
     A key present in one result only, a null against a number, or differing text count as
     an infinite error.
     """
+    worst, where, _ = largest_difference(secure, reference)
+    return worst, where
+
+
+def largest_difference(
+    secure: dict[str, Any], reference: dict[str, Any]
+) -> tuple[float, str, float]:
+    """`max_relative_error`'s (relative error, path), with |secure − ref| at that path."""
     got, want = leaves(secure), leaves(reference)
-    worst, where = 0.0, ""
+    worst, where, absolute = 0.0, "", 0.0
     for key in sorted(set(got) | set(want)):
         a, b = got.get(key, "<missing>"), want.get(key, "<missing>")
         if isinstance(a, bool | str) or isinstance(b, bool | str) or a is None or b is None:
@@ -244,7 +292,41 @@ def max_relative_error(secure: dict[str, Any], reference: dict[str, Any]) -> tup
             error = abs(a - b) / max(abs(b), REL_FLOOR)
         if error > worst:
             worst, where = error, key
-    return worst, where
+            absolute = math.inf if math.isinf(error) else abs(a - b)
+    return worst, where, absolute
+
+
+def twin_kind(name: str) -> str:
+    """The twin's kind: 'cell-key' where `reference_parties` is the exact perturbed result."""
+    return "cell-key" if QUERIES[name]["statistic"] in PERTURBED else "pooled"
+
+
+def accuracy(
+    name: str,
+    secure: dict[str, Any],
+    frames: list[pd.DataFrame],
+    exact: dict[str, Any],
+    schema: DatasetSchema,
+) -> dict[str, Any]:
+    """The secure result against its plaintext twin (`reference_parties` on the same frames,
+    no floors and the default rules, as `run_secure` runs it) and, for a cell-key twin, the
+    perturbation's size against `exact` (the pooled reference)."""
+    twin = twin_kind(name)
+    expected = reference_parties(QUERIES[name], frames, schema)
+    error, where = max_relative_error(secure, expected)
+    out: dict[str, Any] = {
+        "twin": twin,
+        "max_rel_error": error,
+        "error_at": where,
+        "matches": error <= TWIN_TOLERANCE[twin],
+        "perturbation_rel_error": None,
+        "perturbation_abs": None,
+        "perturbation_at": None,
+    }
+    if twin == "cell-key":
+        moved, at, absolute = largest_difference(secure, exact)
+        out.update(perturbation_rel_error=moved, perturbation_abs=absolute, perturbation_at=at)
+    return out
 
 
 # ---- timing -------------------------------------------------------------------------------
@@ -400,7 +482,8 @@ def target_cell(row: dict[str, Any]) -> str:
 
 HEADER = (
     f"{'statistic':<24} {'parties':>7} {'rows':>8} {'secure s':>9} {'ref s':>8} "
-    f"{'ratio':>8}  {'target':<12} {'max rel err':>11}"
+    f"{'ratio':>8}  {'target':<12} {'max rel err':>11} {'twin':<8} {'matches':<7}  "
+    f"{'perturbation':<12}"
 )
 
 
@@ -412,12 +495,17 @@ def print_row(row: dict[str, Any]) -> None:
             flush=True,
         )
         return
-    err = row["max_rel_error"]
-    flag = "" if err <= TOLERANCE else f"  MISMATCH at {row['error_at']}"
+    matches = "yes" if row["matches"] else f"MISMATCH at {row['error_at']}"
+    moved = row["perturbation_rel_error"]
+    perturbation = (
+        ""
+        if moved is None
+        else f"{moved:.1e} at {row['perturbation_at'] or '—'} (|Δ| {row['perturbation_abs']:.3g})"
+    )
     print(
         f"{row['statistic']:<24} {row['parties']:>7} {row['rows']:>8,} {row['secure_s']:>9.2f} "
         f"{row['reference_s']:>8.4f} {row['ratio']:>8.0f}  {target_cell(row):<12} "
-        f"{err:>11.1e}{flag}",
+        f"{row['max_rel_error']:>11.1e} {row['twin']:<8} {matches:<7}  {perturbation}",
         flush=True,
     )
 
@@ -475,7 +563,6 @@ def bench_cell(
         row["note"] = f"failed: {exc.message}"
         return row
     ref_times, reference = run_reference(name, pooled, schema, args.repeat)
-    error, where = max_relative_error(secure, reference)
     secure_s, ref_s = statistics.median(secure_times), statistics.median(ref_times)
     row.update(
         secure_s=secure_s,
@@ -484,9 +571,7 @@ def bench_cell(
         reference_runs_s=ref_times,
         ratio=secure_s / ref_s,
         target_met=None if target is None else secure_s <= target,
-        max_rel_error=error,
-        error_at=where,
-        matches=error <= TOLERANCE,
+        **accuracy(name, secure, frames, reference, schema),
     )
     return row
 
@@ -569,6 +654,8 @@ def main() -> None:
                 "seed": SEED,
                 "repeat": args.repeat,
                 "tolerance": TOLERANCE,
+                "twin_tolerance": TWIN_TOLERANCE,
+                "perturbed_statistics": sorted(PERTURBED),
                 "targets": {
                     "rows": TARGET_ROWS,
                     "parties": TARGET_PARTIES,
