@@ -41,7 +41,7 @@ from smpc.cellkey import (
     scale_factor,
 )
 from smpc.dp import COMPARE_BITS, discrete_laplace
-from smpc.encoding import FRAC_BITS, MOMENT_BITS, decode_moment, encode_moment
+from smpc.encoding import FRAC_BITS, KEY_BITS, MOMENT_BITS, decode_moment, encode_moment
 from smpc.job import PartyJob
 from smpc.statistics.base import Opened, SecureStatistic
 
@@ -54,14 +54,6 @@ def pooled(mpc: Any, secure_type: Any, values: list[int]) -> Any:
     """Every party inputs its vector; the sum is computed on shares (nothing is opened)."""
     shares = mpc.input(_array(secure_type, values))
     return functools.reduce(operator.add, shares)
-
-
-async def release(mpc: Any, counts: Any, threshold: int) -> list[bool]:
-    """Which pooled counts reach the threshold: compared inside MPC, only the bits opened."""
-    if threshold <= 0:
-        return [True] * len(counts)
-    flags = await mpc.output(counts >= threshold)
-    return [bool(int(f)) for f in np.asarray(flags).ravel()]
 
 
 WIDE_BITS = 2 * MOMENT_BITS + 16  # variance's centred second moment n·Σx² − (Σx)², scaled 2**80
@@ -81,20 +73,31 @@ def secure_min(mpc: Any, a: Any, b: Any, bits: int) -> Any:
     return a + (b - a) * at_least(mpc, a, b, bits)
 
 
-async def release_cells(mpc: Any, statistic: SecureStatistic, site_counts: list[Any]) -> Any:
-    """The per-site threshold rule (DataSHIELD's nfilter.tab, at every site): a cell is
-    released only if its pooled count reaches T and every site's count is 0 or at least that
-    site's own floor (c·(c − f) ≥ 0). Decided on shares; only one bit per cell is opened."""
+async def release(
+    mpc: Any,
+    statistic: SecureStatistic,
+    local_counts: list[int],
+    secint: Any = None,
+    threshold: int | None = None,
+) -> tuple[Any, list[bool]]:
+    """Every party inputs its per-cell counts; the pooled counts (secret) and which cells are
+    released: the pooled count reaches `threshold` (default T) and every site's count is 0 or
+    at least that site's own floor (c·(c − f) ≥ 0: DataSHIELD's nfilter.tab at every site).
+    Decided on shares; only one bit per cell is opened. Counts are below 2**30 per site."""
     rules = statistic.rules
     assert rules is not None
+    secint = secint or mpc.SecInt(KEY_BITS)
+    site_counts = mpc.input(_array(secint, local_counts))
     counts = functools.reduce(operator.add, site_counts)
-    ok = at_least(mpc, counts, rules.threshold, COUNT_BITS) if rules.threshold > 0 else None
+    threshold = rules.threshold if threshold is None else threshold
+    bits = min(2 * COUNT_BITS, secint.bit_length)
+    ok = at_least(mpc, counts, threshold, min(COUNT_BITS, bits)) if threshold > 0 else None
     for c, floor in zip(site_counts, rules.floors, strict=True):
         if floor > 1:
-            site_ok = at_least(mpc, c * (c - floor), 0, 2 * COUNT_BITS)
+            site_ok = at_least(mpc, c * (c - floor), 0, bits)
             ok = site_ok if ok is None else ok * site_ok
     if ok is None:
-        return counts, [True] * len(site_counts[0])
+        return counts, [True] * len(local_counts)
     return counts, [bool(int(f)) for f in np.asarray(await mpc.output(ok)).ravel()]
 
 
@@ -114,8 +117,7 @@ async def combine_cells(mpc: Any, statistic: SecureStatistic, job: PartyJob) -> 
     if len(summary.counts) != size or len(summary.vectors.get("keys", ())) != 2 * size:
         raise ValueError(f"local summary does not fit the layout's {size} cells")
 
-    site_counts = mpc.input(_array(secint, summary.counts))
-    counts, released = await release_cells(mpc, statistic, site_counts)
+    counts, released = await release(mpc, statistic, summary.counts, secint)
     cells = np.flatnonzero(released)
     opened = Opened(threshold=rules.threshold, released=released, counts=[None] * size)
     if statistic.moments:

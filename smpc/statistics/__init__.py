@@ -164,7 +164,7 @@ def reference_parties(
     floors = list(min_count_floors or [0] * len(frames))
     if rules is None or isinstance(rules, DisclosureRules):
         rules = [rules or DisclosureRules()] * len(frames)
-    secrets = list(key_secrets or [None] * len(frames))
+    secrets: list[str | None] = list(key_secrets) if key_secrets else [None] * len(frames)
     summaries = []
     for frame, secret in zip(frames, secrets, strict=True):
         statistic.key_secret = secret

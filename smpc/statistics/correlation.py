@@ -24,14 +24,14 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from pydantic import Field
 
-from smpc.encoding import FRAC_BITS, KEY_BITS
+from smpc.encoding import FRAC_BITS
 from smpc.exact import open_ratio_arrays
 from smpc.job import PartyJob
 from smpc.query import QueryBase
 from smpc.secure import count_base, round_count, rounded_counts
 from smpc.statistics.base import number
-from smpc.statistics.design import ENTRY_BITS, symmetric_index, triangle_size
-from smpc.statistics.gram import GramOpened, GramStatistic, GroupOutcome
+from smpc.statistics.design import ENTRY_BITS
+from smpc.statistics.gram import GramStatistic, GroupOutcome
 from tessera.errors import QueryInvalid
 from tessera.schemas import ColumnName
 
@@ -95,67 +95,54 @@ class Correlation(GramStatistic):
         binary = set(self.binary())
         return [(j, m) for j in range(k) for m in range(j + 1, k) if j in binary or m in binary]
 
-    async def compute(self, mpc: Any, job: PartyJob) -> GramOpened:
-        """As `GramStatistic.compute`, with two disclosure rules of its own: every released
-        group's n is opened only rounded (to a multiple of max(5, T)), and a pair with a binary
-        column is shown only if, inside MPC, every pooled cell of its 2×2 table (two binary
-        columns) or both levels of its binary column reach T; one bit per such pair is opened,
-        and a pair that fails is null (its correlation is never computed or opened)."""
-        from smpc.exact import exact_type
-        from smpc.protocol import pooled, release
+    async def open_sizes(self, mpc: Any, counts: Any) -> list[int]:
+        """n is opened only rounded to a multiple of max(5, T) (inside MPC)."""
+        base = count_base(self.threshold)
+        sizes = await mpc.output(rounded_counts(mpc, mpc.np_tolist(counts), base))
+        return [int(n) for n in sizes]
 
-        threshold = self.threshold
-        size = len(self.layout.groups)
-        counts = pooled(mpc, mpc.SecInt(KEY_BITS), job.summary.counts)
-        released = await release(mpc, counts, threshold)
-        shown = [g for g in range(size) if released[g]]
-        outcomes = [GroupOutcome(None) for _ in range(size)]
-        if not shown:
-            return GramOpened(threshold, outcomes)
-        base = count_base(threshold)
-        sizes = await mpc.output(rounded_counts(mpc, mpc.np_tolist(counts[np.array(shown)]), base))
-        for g, n in zip(shown, sizes, strict=True):
-            outcomes[g].n = int(n)
-        k = len(self.names)
-        width = triangle_size(k)
-        index = symmetric_index(k).ravel()
-        small = pooled(mpc, mpc.SecInt(self.compare_bits()), job.summary.vectors["gram"])
+    async def screen(
+        self,
+        mpc: Any,
+        job: PartyJob,
+        counts: Any,
+        small: list[Any] | None,
+        shown: list[int],
+        outcomes: list[GroupOutcome],
+    ) -> tuple[list[int], dict[int, set[tuple[int, int]]]]:
+        """A pair with a binary column is shown only if every pooled cell of its 2×2 table (two
+        binary columns) or both levels of its binary column reach T, decided inside MPC: one
+        bit per such pair is opened, and a pair that fails is null (its correlation is never
+        computed or opened)."""
         checked = self.small_cells()
-        allowed: dict[int, set[tuple[int, int]]] = {}
-        if threshold >= 1 and checked:
-            binary = set(self.binary())
-            floor = threshold << FRAC_BITS  # Gram entries are scaled by 2**FRAC_BITS
-            cells = []
-            for g in shown:
-                matrix = small[g * width : (g + 1) * width][index].reshape(k, k)
-                n, ones = matrix[0, 0], matrix[0, 1:]
-                for j, m in checked:
-                    if j in binary and m in binary:
-                        both = matrix[j + 1, m + 1]
-                        cells += [both, ones[j] - both, ones[m] - both]
-                        cells.append(n - ones[j] - ones[m] + both)
-                    else:
-                        b = j if j in binary else m
-                        cells += [ones[b], n - ones[b]]
-            flags = await mpc.output(mpc.np_fromlist(cells) >= floor)
-            flags = [bool(int(f)) for f in np.asarray(flags).ravel()]
-            start = 0
-            for g in shown:
-                allowed[g] = set()
-                for j, m in checked:
-                    width_of = 4 if j in binary and m in binary else 2
-                    if all(flags[start : start + width_of]):
-                        allowed[g].add((j, m))
-                    start += width_of
-        stype = exact_type(mpc, self.field_bits())
-        gram = pooled(mpc, stype, job.summary.vectors["gram"])
+        if self.threshold < 1 or not checked:
+            return shown, {}
+        assert small is not None
+        binary = set(self.binary())
+        floor = self.threshold << FRAC_BITS  # Gram entries are scaled by 2**FRAC_BITS
+        cells = []
         for g in shown:
-            piece = slice(g * width, (g + 1) * width)
-            matrix = gram[piece][index].reshape(k, k)
-            compare = small[piece][index].reshape(k, k)
-            hidden = {p for p in checked if p not in allowed.get(g, set(checked))}
-            outcomes[g].values = await self.solve(mpc, matrix, outcomes[g].n or 0, compare, hidden)
-        return GramOpened(threshold, outcomes)
+            n, ones = small[g][0, 0], small[g][0, 1:]
+            for j, m in checked:
+                if j in binary and m in binary:
+                    both = small[g][j + 1, m + 1]
+                    cells += [both, ones[j] - both, ones[m] - both]
+                    cells.append(n - ones[j] - ones[m] + both)
+                else:
+                    b = j if j in binary else m
+                    cells += [ones[b], n - ones[b]]
+        flags = await mpc.output(mpc.np_fromlist(cells) >= floor)
+        flags = [bool(int(f)) for f in np.asarray(flags).ravel()]
+        hidden: dict[int, set[tuple[int, int]]] = {}
+        start = 0
+        for g in shown:
+            hidden[g] = set()
+            for pair in checked:
+                width = 4 if pair[0] in binary and pair[1] in binary else 2
+                if not all(flags[start : start + width]):
+                    hidden[g].add(pair)
+                start += width
+        return shown, hidden
 
     async def solve(
         self,

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from smpc.encoding import KEY_BITS
 from smpc.job import LocalSummary, PartyJob
 from smpc.statistics.base import SecureStatistic
 from smpc.statistics.design import (
@@ -118,32 +117,51 @@ class GramStatistic(SecureStatistic):
 
         threshold = self.threshold
         size = len(self.layout.groups)
-        counts = pooled(mpc, mpc.SecInt(KEY_BITS), job.summary.counts)
-        released = await release(mpc, counts, threshold)
+        counts, released = await release(mpc, self, job.summary.counts)
         shown = [g for g in range(size) if released[g]]
         outcomes = [GroupOutcome(None) for _ in range(size)]
         if not shown:
             return GramOpened(threshold, outcomes)
-        opened_counts = await mpc.output(counts[np.array(shown)])
-        for g, n in zip(shown, np.asarray(opened_counts).ravel(), strict=True):
-            outcomes[g].n = int(n)
-        shown = await self.without_small_cells(mpc, job, counts, shown, outcomes)
-        if not shown:
-            return GramOpened(threshold, outcomes)
-        stype = exact_type(mpc, self.field_bits())
+        sizes = await self.open_sizes(mpc, counts[np.array(shown)])
+        for g, n in zip(shown, sizes, strict=True):
+            outcomes[g].n = n
         k = len(self.names)
         width = triangle_size(k)
         index = symmetric_index(k).ravel()
-        gram = pooled(mpc, stype, job.summary.vectors["gram"])
         small = None
         if self.compare_bits():  # the same matrix in a small field, for cheap comparisons
             small = pooled(mpc, mpc.SecInt(self.compare_bits()), job.summary.vectors["gram"])
+            small = [small[g * width : (g + 1) * width][index].reshape(k, k) for g in range(size)]
+        shown, hidden = await self.screen(mpc, job, counts, small, shown, outcomes)
+        if not shown:
+            return GramOpened(threshold, outcomes)
+        stype = exact_type(mpc, self.field_bits())
+        gram = pooled(mpc, stype, job.summary.vectors["gram"])
         for g in shown:
-            piece = slice(g * width, (g + 1) * width)
-            matrix = gram[piece][index].reshape(k, k)
-            compare = None if small is None else small[piece][index].reshape(k, k)
-            outcomes[g].values = await self.solve(mpc, matrix, outcomes[g].n or 0, compare)
+            matrix = gram[g * width : (g + 1) * width][index].reshape(k, k)
+            compare = None if small is None else small[g]
+            outcomes[g].values = await self.solve(
+                mpc, matrix, outcomes[g].n or 0, compare, hidden.get(g, set())
+            )
         return GramOpened(threshold, outcomes)
+
+    async def open_sizes(self, mpc: Any, counts: Any) -> list[int]:
+        """The released groups' n as the result publishes them (here exactly: the model's
+        degrees of freedom need it)."""
+        return [int(n) for n in np.asarray(await mpc.output(counts)).ravel()]
+
+    async def screen(
+        self,
+        mpc: Any,
+        job: PartyJob,
+        counts: Any,
+        small: list[Any] | None,
+        shown: list[int],
+        outcomes: list[GroupOutcome],
+    ) -> tuple[list[int], dict[int, set[tuple[int, int]]]]:
+        """The statistic's own disclosure rules on the released groups, decided in MPC: the
+        groups still shown, and per group the outputs (pairs of columns) to hide."""
+        return await self.without_small_cells(mpc, job, counts, shown, outcomes), {}
 
     async def without_small_cells(
         self, mpc: Any, job: PartyJob, counts: Any, shown: list[int], outcomes: list[GroupOutcome]
@@ -170,9 +188,17 @@ class GramStatistic(SecureStatistic):
         """Bit length of values the statistic compares (0: none); compared in a small field."""
         return 0
 
-    async def solve(self, mpc: Any, matrix: Any, n: int, compare: Any = None) -> dict[str, Any]:
+    async def solve(
+        self,
+        mpc: Any,
+        matrix: Any,
+        n: int,
+        compare: Any = None,
+        hidden: set[tuple[int, int]] | None = None,
+    ) -> dict[str, Any]:
         """Compute and open one group's outputs from its pooled, secret Gram matrix (and the
-        same matrix in the small comparison field when `compare_bits` asks for one)."""
+        same matrix in the small comparison field when `compare_bits` asks for one), leaving
+        out the `hidden` outputs (`screen`)."""
         raise NotImplementedError
 
     # ---- after the protocol -------------------------------------------------------------

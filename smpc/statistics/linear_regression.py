@@ -112,7 +112,14 @@ class LinearRegression(GramStatistic):
         field_exponent(bits)
         return bits
 
-    async def solve(self, mpc: Any, matrix: Any, n: int, compare: Any = None) -> dict[str, Any]:
+    async def solve(
+        self,
+        mpc: Any,
+        matrix: Any,
+        n: int,
+        compare: Any = None,
+        hidden: set[tuple[int, int]] | None = None,
+    ) -> dict[str, Any]:
         import numpy as np
 
         names = self.coefficient_names

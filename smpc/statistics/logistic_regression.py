@@ -157,14 +157,12 @@ class LogisticRegression(GramStatistic):
     # ---- the secure part ----------------------------------------------------------------
 
     async def compute(self, mpc: Any, job: PartyJob) -> GramOpened:
-        from smpc.encoding import KEY_BITS
         from smpc.exact import exact_type
-        from smpc.protocol import pooled, release
+        from smpc.protocol import release
 
         threshold = self.threshold
         size = len(self.layout.groups)
-        counts = pooled(mpc, mpc.SecInt(KEY_BITS), job.summary.counts)
-        released = await release(mpc, counts, threshold)
+        counts, released = await release(mpc, self, job.summary.counts)
         outcomes = [GroupOutcome(None) for _ in range(size)]
         shown = [g for g in range(size) if released[g]]
         if not shown:

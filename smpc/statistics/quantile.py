@@ -158,12 +158,11 @@ class Quantile(SecureStatistic):
         summary = job.summary
         if len(summary.counts) != size:
             raise ValueError(f"local summary has {len(summary.counts)} groups, layout needs {size}")
-        from smpc.protocol import release_cells
+        from smpc.protocol import release
 
         secint = mpc.SecInt(MOMENT_BITS)
         threshold = self.threshold
-        site_counts = mpc.input(secint.array(np.array(summary.counts, dtype=object)))
-        counts, released = await release_cells(mpc, self, site_counts)
+        counts, released = await release(mpc, self, summary.counts, secint)
         opened = QuantileOpened(threshold=threshold, released=released, counts=[None] * size)
         shown = np.flatnonzero(released)
         exact: dict[int, int] = {}  # the parties' exact n per shown group, to find the ranks

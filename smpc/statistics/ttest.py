@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from smpc.encoding import FRAC_BITS, KEY_BITS, MOMENT_BITS
+from smpc.encoding import FRAC_BITS, MOMENT_BITS
 from smpc.job import PartyJob
 from smpc.query import ColumnQuery
 from smpc.secure import count_base, round_count, rounded_counts
@@ -80,10 +80,9 @@ class TTest(SecureStatistic):
         if q.group in q.group_by:
             raise QueryInvalid(f"ttest: {q.group!r} is both the group and a group_by column")
 
-    def levels(self) -> int:
-        """The levels rule (`smpc.disclosure.prelude`) counts the two-level group column too
-        (a property of the same name used to shadow this method, and broke the prelude)."""
-        return max(super().levels(), 2)
+    def level_count(self) -> int:
+        """The levels rule (`smpc.disclosure.prelude`) counts the two-level group column too."""
+        return max(super().level_count(), 2)
 
     def bin_index(self, data: pd.DataFrame) -> np.ndarray:
         from smpc.cells import CellLayout
@@ -99,8 +98,7 @@ class TTest(SecureStatistic):
         threshold = self.threshold
         summary = job.summary
         groups = len(self.layout.groups)
-        counts = pooled(mpc, mpc.SecInt(KEY_BITS), summary.counts)
-        passes = await release(mpc, counts, max(threshold, 2))
+        _, passes = await release(mpc, self, summary.counts, threshold=max(threshold, 2))
         reported = [passes[2 * g] and passes[2 * g + 1] for g in range(groups)]
         outcome = PerGroup(threshold, [None] * groups)
         if not any(reported):

@@ -41,9 +41,9 @@ class Variance(SecureStatistic):
         mean = s / n
         if n < 2:
             return {"mean": number(mean), "variance": None, "std": None}
-        centred = opened.moments.get("centred")
-        if centred is not None and centred[cell] is not None:  # exact mode: perturbed, rounded
-            variance = max(centred[cell] / (n * (n - 1)), Fraction(0))
+        centred = opened.moments.get("centred", [None] * len(opened.counts))[cell]
+        if centred is not None:  # exact mode: the perturbed centred moment, rounded
+            variance = max(centred / (n * (n - 1)), Fraction(0))
         else:
             q = opened.moments["sumsq"][cell]
             assert q is not None
