@@ -1,6 +1,6 @@
-"""What disclosure control costs: latency of each statistic's protocol, and accuracy.
+"""What disclosure control costs and buys: protocol latency, accuracy, attacks that miss.
 
-    python benchmarks/disclosure_cost.py                   # both tables, this checkout
+    python benchmarks/disclosure_cost.py                   # every table, this checkout
     python benchmarks/disclosure_cost.py --latency --label before   # with PYTHONPATH=<old tree>
 
 Latency: the protocol's own seconds (the slowest party's `PartyOutcome.seconds`: from the
@@ -14,6 +14,11 @@ pooled rows, over `--seeds` random cohorts, from `smpc.statistics.reference_part
 plaintext twin the MPC matches exactly, so no MPC run is needed): mean |count error|, mean
 relative error of a mean and of a variance, mean |error| of a maximum and of a median as a share
 of the declared range.
+
+Attacks: per attempt, how often the attacks of `tests/adversarial/test_cells.py` (differencing
+a sum, a mean and a count; reading a child's value from a maximum or a median) miss by more
+than 2 % of the declared range (a count: are not exact), over `--trials` draws of the nodes'
+row-key secrets, from the plaintext twin.
 """
 
 from __future__ import annotations
@@ -157,19 +162,85 @@ def accuracy(seeds: int) -> None:
         print(f"| {n} | " + " | ".join(row) + " |", flush=True)
 
 
+def attacks(trials: int) -> None:
+    """How often each attack of tests/adversarial/test_cells.py misses, per attempt, over
+    `trials` draws of the nodes' row-key secrets (the plaintext twin: no MPC needed)."""
+    from smpc.cellkey import new_secret
+    from smpc.statistics import reference_parties
+
+    frames = split(cohort(2400, 7), 3)
+    for h, age in enumerate((201, 203, 205, 207, 209)):  # one child of each age, alone
+        lone = pd.DataFrame({"age": [age], "weight": [40.0 + 7 * h], "sex": ["F"], "icu": [False]})
+        frames[h % 3] = pd.concat([frames[h % 3], lone], ignore_index=True)
+    data = pd.concat(frames, ignore_index=True)
+    span = 120 - 2
+    missed = {"sum": 0, "mean": 0, "count": 0, "max": 0, "median": 0}
+    for trial in range(trials):
+        secrets = [new_secret() for _ in frames]
+        age = 201 + 2 * (trial % 5)
+
+        def ask(query: dict, secrets: list[str] = secrets) -> dict:
+            return reference_parties({"dataset": "d", **query}, frames, SCHEMA, key_secrets=secrets)
+
+        at_least, above = [["age", ">=", age]], [["age", ">", age]]
+        truth = float(data[data.age == age].weight.iloc[0])
+        n = int((data.age >= age).sum())
+        s = [
+            ask({"statistic": "sum", "column": "weight", "where": w})["sum"]
+            for w in (at_least, above)
+        ]
+        missed["sum"] += abs(s[0] - s[1] - truth) > 0.02 * span
+        m = [
+            ask({"statistic": "mean", "column": "weight", "where": w})["mean"]
+            for w in (at_least, above)
+        ]
+        missed["mean"] += abs(m[0] * n - m[1] * (n - 1) - truth) > 0.02 * span
+        c = [
+            ask({"statistic": "count", "where": w})["count"]
+            for w in ([["age", ">=", 100]], [["age", ">", 100]])
+        ]
+        missed["count"] += c[0] - c[1] != int((data.age == 100).sum())
+        low = 20 * (trial % 5)
+        where = [["age", ">=", low], ["age", "<", low + 100]]
+        rows = data[(data.age >= low) & (data.age < low + 100)].weight
+        top = ask({"statistic": "max", "column": "weight", "where": where})["max"]
+        missed["max"] += abs(top - rows.max()) > 0.02 * span
+        mid = ask({"statistic": "quantile", "column": "weight", "q": [0.5], "where": where})
+        exact = float(np.quantile(rows, 0.5, method="inverted_cdf"))
+        missed["median"] += abs(mid["quantiles"]["0.5"] - exact) > 0.02 * span
+    print(
+        f"\nAttacks that miss (by more than 2 % of the declared range; a count: not exact), "
+        f"per attempt, over {trials} draws of the row-key secrets"
+    )
+    print("| attack | misses |\n|---|---|")
+    names = {
+        "sum": "sum(age >= a) − sum(age > a), one child aged a",
+        "mean": "the same with means × known n",
+        "count": "count(age >= a) − count(age > a)",
+        "max": "max of a selection",
+        "median": "median of a selection",
+    }
+    for key, label in names.items():
+        print(f"| {label} | {100 * missed[key] / trials:.0f} % |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latency", action="store_true", help="only the latency table")
     parser.add_argument("--accuracy", action="store_true", help="only the accuracy table")
+    parser.add_argument("--attacks", action="store_true", help="only the attacks table")
+    parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--label", default="this checkout")
     args = parser.parse_args()
-    both = not (args.latency or args.accuracy)
+    both = not (args.latency or args.accuracy or args.attacks)
     if args.latency or both:
         latency(args.repeat, args.label)
     if args.accuracy or both:
         accuracy(args.seeds)
+    if args.attacks or both:
+        attacks(args.trials)
 
 
 if __name__ == "__main__":

@@ -349,7 +349,14 @@ class SecureStatistic:
         """The result keys of a suppressed cell: every value null."""
         raise NotImplementedError
 
-    perturbed: ClassVar[bool] = True  # the exact mode moves its released values (cell key)
+    # how a statistic without cell-key perturbation publishes n (dry run)
+    n_published: ClassVar[str] = "exact"
+
+    @property
+    def perturbed(self) -> bool:
+        """Whether the exact mode moves the released values by cell key: the cell protocol's
+        statistics (`combine_cells`) and those moved by the declared range (quantiles)."""
+        return type(self).compute is SecureStatistic.compute or self.moved_by_range
 
     def rules_applied(self, rules: AppliedRules) -> list[str]:
         """The disclosure rules that apply to this query under `rules`, in words (dry run)."""
@@ -383,6 +390,11 @@ class SecureStatistic:
         if self.query.dp is not None:
             return {
                 kind: f"Laplace noise of scale {spec.scale:g}" for kind, spec in self.noise.items()
+            }
+        if not self.perturbed:
+            return {
+                "n": self.n_published,
+                "other keys": "as computed inside MPC (docs/leakage.md lists their precision)",
             }
         out = {"n": "at most ±3 (standard deviation 1.58); an empty cell stays 0"}
         column = self.column or "x"

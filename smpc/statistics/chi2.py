@@ -56,6 +56,7 @@ class Chi2Query(CrosstabQuery):
 
 class Chi2(Crosstab):
     name = "chi2"
+    n_published = "rounded inside MPC to the nearest multiple of max(5, T)"
     query_model = Chi2Query
     supports_dp = False
     result_fields = {"statistic": float | None, "p_value": float | None, "df": int | None}

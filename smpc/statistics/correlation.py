@@ -49,6 +49,7 @@ class CorrelationQuery(QueryBase):
 
 class Correlation(GramStatistic):
     name = "correlation"
+    n_published = "rounded inside MPC to the nearest multiple of max(5, T)"
     query_model = CorrelationQuery
     result_fields = {"columns": list[str], "matrix": list[list[float | None]]}
     query: CorrelationQuery

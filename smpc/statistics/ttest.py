@@ -57,6 +57,7 @@ class TTestQuery(ColumnQuery):
 
 class TTest(SecureStatistic):
     name = "ttest"
+    n_published = "rounded inside MPC to the nearest multiple of max(5, T)"
     query_model = TTestQuery
     numeric_column = True
     result_fields = {"statistic": float | None, "p_value": float | None, "df": float | None}
