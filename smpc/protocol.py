@@ -101,6 +101,19 @@ async def release(
     return counts, [bool(int(f)) for f in np.asarray(await mpc.output(ok)).ravel()]
 
 
+def cell_perturbation(
+    mpc: Any, secint: Any, keys: list[int], size: int, cells: np.ndarray, whole: bool
+) -> Perturbation:
+    """Every party inputs its key sums (`smpc.cellkey.key_sums`); the perturbations of the
+    given cells, and with `whole` last that of the total n (its key: the sum of every cell's)."""
+    pooled_keys = functools.reduce(operator.add, mpc.input(_array(secint, keys)))
+    a, b = pooled_keys[:size][cells], pooled_keys[size:][cells]
+    if whole:
+        a = mpc.np_concatenate((a, mpc.np_sum(pooled_keys[:size], keepdims=True)))
+        b = mpc.np_concatenate((b, mpc.np_sum(pooled_keys[size:], keepdims=True)))
+    return perturbation(mpc, mpc.np_concatenate((a, b)), len(cells) + whole)
+
+
 async def combine_cells(mpc: Any, statistic: SecureStatistic, job: PartyJob) -> Opened:
     """The shared cell protocol behind count, sum, mean, variance, min, max, histogram and
     crosstab, in the `exact` mode: the per-site threshold rule, then cell-key perturbation
@@ -128,12 +141,7 @@ async def combine_cells(mpc: Any, statistic: SecureStatistic, job: PartyJob) -> 
     if not cells.size:
         return opened
 
-    keys = functools.reduce(operator.add, mpc.input(_array(secint, summary.vectors["keys"])))
-    a, b = keys[:size][cells], keys[size:][cells]
-    if whole:  # the total n gets its own key: the sum of every cell's
-        a = mpc.np_concatenate((a, mpc.np_sum(keys[:size], keepdims=True)))
-        b = mpc.np_concatenate((b, mpc.np_sum(keys[size:], keepdims=True)))
-    shift = perturbation(mpc, mpc.np_concatenate((a, b)), len(cells) + whole)
+    shift = cell_perturbation(mpc, secint, summary.vectors["keys"], size, cells, whole)
 
     n = counts[cells]
     if whole:
@@ -302,6 +310,25 @@ def plain_perturbation(key_a: int, key_b: int) -> tuple[int, int, int]:
     return a[0] + a[1] + 2 * (a[2] + a[3]) - 3, magnitude(a), magnitude(b)
 
 
+def plain_release(summaries: list[Any], rules: Any, cell: int) -> tuple[bool, int]:
+    """`release` of one cell in plaintext: whether it is released, and its pooled count."""
+    sites = [s.counts[cell] for s in summaries]
+    n = sum(sites)
+    per_site = all(v == 0 or v >= f or f <= 1 for v, f in zip(sites, rules.floors, strict=True))
+    return n >= rules.threshold and per_site, n
+
+
+def plain_cell_perturbation(summaries: list[Any], size: int, cells: list[int]) -> tuple[int, ...]:
+    """`cell_perturbation` in plaintext for the cells taken together (one cell, or all of
+    them for the total n): (p, u_a, u_b)."""
+    mask = (1 << KEY_FIELD_BITS) - 1
+    a, b = (
+        sum(s.vectors["keys"][field * size + c] for s in summaries for c in cells) & mask
+        for field in (0, 1)
+    )
+    return plain_perturbation(a, b)
+
+
 def plain_cells(statistic: SecureStatistic, summaries: list[Any], rules: Any) -> Opened:
     """What `combine_cells` opens, computed in plaintext from every party's local summary:
     the exact integers the MPC must produce (tests compare the two)."""
@@ -311,22 +338,12 @@ def plain_cells(statistic: SecureStatistic, summaries: list[Any], rules: Any) ->
         opened.moments = {name: [None] * size for name in statistic.moments}
     if statistic.extreme is not None:
         opened.extremes = [None] * size
-    mask = (1 << KEY_FIELD_BITS) - 1
-
-    def key(field: int, cells: list[int]) -> int:
-        offset = field * size
-        return sum(s.vectors["keys"][offset + c] for s in summaries for c in cells) & mask
-
     for c in range(size):
-        sites = [s.counts[c] for s in summaries]
-        n = sum(sites)
-        ok = n >= rules.threshold and all(
-            v == 0 or v >= f or f <= 1 for v, f in zip(sites, rules.floors, strict=True)
-        )
+        ok, n = plain_release(summaries, rules, c)
         opened.released[c] = ok
         if not ok:
             continue
-        p, u_a, u_b = plain_perturbation(key(0, [c]), key(1, [c]))
+        p, u_a, u_b = plain_cell_perturbation(summaries, size, [c])
         if rules.threshold < 1 and n < 1:
             p = 0
         opened.counts[c] = max(0, n + p)
@@ -358,6 +375,6 @@ def plain_cells(statistic: SecureStatistic, summaries: list[Any], rules: Any) ->
             )
     if all(opened.released) and size:
         n = sum(sum(s.counts) for s in summaries)
-        p, _, _ = plain_perturbation(key(0, list(range(size))), key(1, list(range(size))))
+        p, _, _ = plain_cell_perturbation(summaries, size, list(range(size)))
         opened.total = max(0, n + (p if rules.threshold >= 1 or n >= 1 else 0))
     return opened

@@ -209,19 +209,10 @@ class Quantile(SecureStatistic):
         the total's when every group is shown. Opened: the parties know the exact quantiles and
         n from the search, so these reveal only the perturbation, which the analyst never sees
         apart from the result."""
-        from smpc.cellkey import perturbation
-        from smpc.protocol import range_shift
+        from smpc.protocol import cell_perturbation, range_shift
 
         size = self.layout.size
-        assert self.rules is not None and self.declared_range is not None
-        keys = functools.reduce(
-            operator.add, mpc.input(secint.array(np.array(summary.vectors["keys"], dtype=object)))
-        )
-        a, b = keys[:size][shown], keys[size:][shown]
-        if whole:
-            a = mpc.np_concatenate((a, mpc.np_sum(keys[:size], keepdims=True)))
-            b = mpc.np_concatenate((b, mpc.np_sum(keys[size:], keepdims=True)))
-        shift = perturbation(mpc, mpc.np_concatenate((a, b)), len(shown) + whole)
+        shift = cell_perturbation(mpc, secint, summary.vectors["keys"], size, shown, whole)
         count = await mpc.output(shift.count)
         units = await mpc.output(shift.magnitude_b[: len(shown)])
         moved = [range_shift(self, int(u)) for u in np.asarray(units).ravel()]
@@ -266,7 +257,7 @@ class Quantile(SecureStatistic):
 
     def plain(self, summaries: list[LocalSummary], frames: list[pd.DataFrame]) -> QuantileOpened:
         """`compute`'s opened values in plaintext (the tests' oracle)."""
-        from smpc.protocol import plain_perturbation, range_shift
+        from smpc.protocol import plain_cell_perturbation, plain_release, range_shift
 
         rules = self.rules
         assert rules is not None and self.declared_range is not None
@@ -276,22 +267,13 @@ class Quantile(SecureStatistic):
         )
         opened.values = [[None] * len(self.query.q) for _ in range(size)]
         rows = np.vstack([s.unpack_rows() for s in summaries] + [np.empty((0, 2))])
-        mask = (1 << 24) - 1
-
-        def key(field: int, groups: list[int]) -> int:
-            return sum(s.vectors["keys"][field * size + g] for s in summaries for g in groups)
-
         exact = []
         for g in range(size):
-            sites = [s.counts[g] for s in summaries]
-            n = sum(sites)
-            opened.released[g] = n >= rules.threshold and all(
-                v == 0 or v >= f or f <= 1 for v, f in zip(sites, rules.floors, strict=True)
-            )
+            opened.released[g], n = plain_release(summaries, rules, g)
             if not opened.released[g]:
                 continue
             exact.append(n)
-            p, _, u_b = plain_perturbation(key(0, [g]) & mask, key(1, [g]) & mask)
+            p, _, u_b = plain_cell_perturbation(summaries, size, [g])
             opened.counts[g] = max(0, n + p) if n else 0
             if n:
                 moved = range_shift(self, u_b)
@@ -299,7 +281,7 @@ class Quantile(SecureStatistic):
                 found = np.quantile(values, self.query.q, method="inverted_cdf")
                 opened.values[g] = [float(v) + moved for v in found]
         if all(opened.released):
-            p, _, _ = plain_perturbation(key(0, list(range(size))) & mask, 0)
+            p, _, _ = plain_cell_perturbation(summaries, size, list(range(size)))
             opened.total = max(0, sum(exact) + p)
         return opened
 
