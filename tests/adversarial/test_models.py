@@ -259,3 +259,30 @@ def test_d_no_opened_output_is_an_exact_rational() -> None:
     # that fraction; a result rounded to a published 2^-k grid would not be
     exact = Fraction(beta).limit_denominator(7 * 53)
     assert abs(float(exact) - beta) > 1e-15
+
+
+def test_one_hospitals_two_patients_of_a_group_block_the_groups_model(wards: pd.DataFrame) -> None:
+    """A hospital with two patients of a group (below its floor of 5) keeps that group's model
+    from being released, whatever the pooled n: released, the other hospitals would learn the
+    pair's contribution to the coefficients. The per-site floor rule, as for tables."""
+    data = wards.assign(unit=np.where(np.arange(len(wards)) % 3 == 0, "y", "x"))
+    x, y = data[data.unit == "x"], data[data.unit == "y"]
+    frames = [
+        pd.concat([x[:60], y[:2]], ignore_index=True),  # two patients of group y here
+        pd.concat([x[60:120], y[2:40]], ignore_index=True),
+        pd.concat([x[120:], y[40:]], ignore_index=True),
+    ]
+    query = {
+        "statistic": "linear_regression",
+        "dataset": "w",
+        "outcome": "stay",
+        "predictors": ["age"],
+        "group_by": ["unit"],
+    }
+    result = simulate(query, frames, min_count_floors=FLOORS)
+    groups = {g["group"]["unit"]: g for g in result["groups"]}
+    assert groups["y"]["n"] is None
+    assert all(v is None for v in groups["y"]["coefficients"].values())
+    assert groups["x"]["n"] is not None
+    assert all(v is not None for v in groups["x"]["coefficients"].values())
+    assert result["n"] is None  # a suppressed group hides the total too
