@@ -15,8 +15,12 @@ import pandas as pd
 import pytest
 
 from demo.network import DataSource, Network, NodeSpec
+from node_agent.config import NodeSettings
+from node_agent.datasets import DatasetCache
+from smpc.statistics import reference_parties
 from tessera.client import TesseraClient
 from tessera.errors import Conflict, TesseraError
+from tessera.privacy import query_rho
 from tessera.schemas import ColumnSpec, DatasetSchema
 
 pytestmark = pytest.mark.slow
@@ -94,6 +98,25 @@ class World:
             assert time.monotonic() < deadline, "the nodes did not register"
             time.sleep(0.1)
 
+    def reference(self, query: dict[str, Any]) -> dict[str, Any]:
+        """What the network must answer: the `exact` mode's perturbation recomputed in
+        plaintext from each node's rows as the node reads them and its row-key secret."""
+        frames, secrets = [], []
+        cache = DatasetCache()
+        for name in NODES:
+            settings = NodeSettings.load(self.net.root / name / "node.toml")
+            dataset = settings.dataset(DATASET)
+            assert dataset is not None
+            frames.append(cache.get(dataset))
+            secrets.append((settings.work_dir / "row_keys.secret").read_text().strip())
+        return reference_parties(
+            {"dataset": DATASET, **query},
+            frames,
+            SCHEMA,
+            min_count_floors=[FLOOR] * len(NODES),
+            key_secrets=secrets,
+        )
+
     def budget(self) -> list[dict[str, Any]]:
         [entry] = self.researcher.study_budget(self.study)["datasets"]
         return entry["nodes"]
@@ -143,23 +166,34 @@ def test_a_node_in_the_dp_mode_refuses_an_exact_count_and_answers_a_dp_one(
     result = dp_world.run({"statistic": "count", "dp": {"epsilon": 0.1}})
     assert result["status"] == "succeeded", result
     assert result["result"]["dp"]["epsilon"] == 0.1, result["result"]
+    deadline = time.monotonic() + 15
+    while not all(n["charges"] == 1 for n in dp_world.budget()):  # reported after the charge
+        assert time.monotonic() < deadline, dp_world.budget()
+        time.sleep(0.1)
+    for node in dp_world.budget():
+        assert node["rho_spent"] == pytest.approx(float(query_rho(0.1)), rel=1e-9), node
 
 
 def test_differencing_two_sums_through_the_network_does_not_give_the_childs_weight(
     exact_world: World,
 ) -> None:
-    def weight_sum(op: str) -> float:
-        where = [["age", op, TARGET_AGE]]
-        done = exact_world.run({"statistic": "sum", "column": "weight", "where": where})
+    def weight_sum(op: str) -> dict[str, Any]:
+        query = {"statistic": "sum", "column": "weight", "where": [["age", op, TARGET_AGE]]}
+        done = exact_world.run(query)
         assert done["status"] == "succeeded", done
-        return float(done["result"]["sum"])
+        assert done["result"] == exact_world.reference(query), "the published perturbation"
+        return dict(done["result"])
 
     pooled = pd.concat(frames().values(), ignore_index=True)
     assert (pooled["age"] == TARGET_AGE).sum() == 1  # one child of that age, at node-a
     for frame in frames().values():
         assert (frame["age"] > TARGET_AGE).sum() >= 4  # released by every node's floor of 3
+    exact = pooled.loc[pooled["age"] >= TARGET_AGE, "weight"].sum()
+    assert exact - pooled.loc[pooled["age"] > TARGET_AGE, "weight"].sum() == pytest.approx(
+        TARGET_WEIGHT
+    ), "without the perturbation the difference is the child's weight"
 
     at_least, above = weight_sum(">="), weight_sum(">")
-    error = abs(at_least - above - TARGET_WEIGHT)
+    error = abs(at_least["sum"] - above["sum"] - TARGET_WEIGHT)
     assert error > 0.02 * WEIGHT_RANGE, (at_least, above, error)
     assert weight_sum(">=") == at_least, "the same query gets the same answer"
