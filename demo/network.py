@@ -74,6 +74,9 @@ class NodeSpec:
     # `[policy.synthesis]` (docs/node-agent.md), its `gates` a table of their own; None: the
     # node trains no generator.
     synthesis: dict[str, Any] | None = None
+    # `[policy.disclosure]` (tessera.schemas.DisclosureRules: `mode` "exact" or "dp" and the
+    # rules), for every dataset of the node; None: the defaults (exact).
+    disclosure: dict[str, Any] | None = None
 
 
 def node_config(spec: NodeSpec, coordinator_url: str, api_key: str, work_dir: Path) -> str:
@@ -101,6 +104,8 @@ def node_config(spec: NodeSpec, coordinator_url: str, api_key: str, work_dir: Pa
             "dp_delta_total": spec.dp_delta_total,
         }
     )
+    if spec.disclosure is not None:
+        lines += ["", "[policy.disclosure]", *_toml_table(spec.disclosure)]
     if spec.synthesis is not None:
         rules = dict(spec.synthesis)
         gates = rules.pop("gates", None)

@@ -455,7 +455,7 @@ def show_budget(
         if all(n["charges"] >= charged for n in entry["nodes"]) or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    say(f"== Privacy budget of study #{study_id} on {entry['dataset']} (basic composition)")
+    say(f"== Privacy budget of study #{study_id} on {entry['dataset']} (zCDP)")
     say(f"   {'hospital':<11}  {'spent':>6}  {'limit':>6}  {'left':>6}  over all studies")
     for n in entry["nodes"]:
         total = n["dataset_total"]

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from demo.scenario import DP_EPSILON_BUDGET, QUERIES
+from demo.scenario import DP_EPSILON_BUDGET, DP_EPSILON_TOTAL, QUERIES, show
+from tessera.privacy import epsilon_of, largest_epsilon, query_rho, rho_budget
 
 pytestmark = pytest.mark.slow  # the demo: make test runs it, make test-fast does not
 
@@ -32,8 +33,20 @@ def test_the_demo_runs_end_to_end_and_everything_matches() -> None:
     assert dp_queries, "the demo shows differential privacy"
     assert "within noise (|error| = " in out and "BEYOND" not in out
     assert "== Privacy budget of study #1 on paediatric_cohort" in out
-    spent = sum(body["dp"]["epsilon"] for body in dp_queries)
-    assert f"the study can still spend epsilon {DP_EPSILON_BUDGET - spent:g} on it" in out
+    # zCDP: each dp query costs rho = epsilon^2 / 2 of every hospital's allocation to the study
+    # and of its total over all studies, both limits converted at delta 1e-6; what the study can
+    # still spend is the largest epsilon one more query may have at every hospital
+    rho = sum(query_rho(body["dp"]["epsilon"]) for body in dp_queries)
+    room = min(rho_budget(DP_EPSILON_BUDGET, None), rho_budget(DP_EPSILON_TOTAL, None)) - rho
+    left = largest_epsilon(room)
+    assert f"the study can still spend epsilon {show(left)} on it" in out
+    spent = show(epsilon_of(rho, None))
+    for hospital in ("hospital_a", "hospital_b", "hospital_c"):
+        row = (
+            f"   {hospital:<11}  {spent:>6}  {show(DP_EPSILON_BUDGET):>6}  {show(left):>6}  "
+            f"{spent} of {show(DP_EPSILON_TOTAL)} spent"
+        )
+        assert row in out.splitlines(), row
     for hospital in ("hospital_a", "hospital_b", "hospital_c"):
         assert hospital in out
         assert f"{hospital}: gates passed; auto-approved by the demo steward" in out

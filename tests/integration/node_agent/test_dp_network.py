@@ -5,8 +5,9 @@ A dp mean (of a column with declared bounds) and a dp histogram succeed; each re
 its `dp` entry and lies within a generous multiple of the noise scale of the exact, noiseless
 value; every node's ledger is charged, which `GET /studies/{id}/budget` shows; a query beyond
 what is left is refused up front (409, naming the nodes), one beyond a node's total over all
-studies too (naming the limit), and the nodes themselves refuse a query the coordinator was
-misled into sending.
+studies too (naming the limit; a node's total is its study allocation unless it configures
+one), and the nodes themselves refuse a query the coordinator was misled into sending. The
+ledgers compose in zCDP, and every expected amount is derived with `tessera.privacy`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from demo.network import DataSource, Network, NodeSpec
 from smpc import reference
 from tessera.client import TesseraClient
 from tessera.errors import BudgetExceeded
+from tessera.privacy import epsilon_of, largest_epsilon, query_rho, rho_budget
 from tessera.schemas import ColumnSpec, DatasetSchema
 
 DATASET = "admissions"
@@ -40,8 +42,10 @@ SCHEMA = DatasetSchema(
     ]
 )
 NODES = ("node-a", "node-b", "node-c")
-BUDGET = 2.0  # epsilon per study and dataset, at every node
-TOTAL = 3.0  # node-a's epsilon over all studies
+# The ledgers compose in zCDP (`tessera.privacy`): a pure epsilon-DP query costs rho =
+# epsilon^2 / 2, and a limit (epsilon, delta 0) is the rho it converts to at delta 1e-6.
+BUDGET = 8.0  # epsilon per study and dataset, at every node: rho 0.9097
+TOTAL = 10.0  # node-a's epsilon over all studies: rho 1.353
 TAIL = 10  # |noise| > 10 scales has probability about e^-10 per value
 MEAN = {"statistic": "mean", "column": "weight", "dp": {"epsilon": 1.0}}
 HISTOGRAM = {
@@ -50,6 +54,13 @@ HISTOGRAM = {
     "bins": [0, 5, 10, 15, 19],
     "dp": {"epsilon": 0.5},
 }
+SPENT = query_rho(1.0) + query_rho(0.5)  # the mean and the histogram: rho 0.625
+RHO_BUDGET, RHO_TOTAL = rho_budget(BUDGET, None), rho_budget(TOTAL, None)
+LEFT = largest_epsilon(RHO_BUDGET - SPENT)  # the largest query the study can still afford
+# Queries of the second study that each node's allocation to that study affords: the first
+# fits node-a's total over all studies (less what the first study spent) but not node-b's and
+# node-c's (their study allocation: what the first study left), the second fits none.
+SECOND = (1.0, 1.25)
 
 
 def cohort(rows: int, seed: int) -> pd.DataFrame:
@@ -142,10 +153,17 @@ def wait_until(condition: Any, net: Network, timeout: float = 60.0) -> None:
 def test_dp_queries_are_noisy_within_their_scale_and_charged_at_every_node(
     world: World,
 ) -> None:
+    assert SPENT <= RHO_BUDGET < SPENT + query_rho(MEAN["dp"]["epsilon"]), "the budget's intent"
     before = world.budget()
-    assert [before[n]["epsilon_remaining"] for n in NODES] == [BUDGET] * 3
-    assert before["node-a"]["dataset_total"]["epsilon_remaining"] == TOTAL
-    assert before["node-b"]["dataset_total"] is None
+    assert [before[n]["epsilon_limit"] for n in NODES] == [BUDGET] * 3
+    assert [before[n]["epsilon_remaining"] for n in NODES] == pytest.approx(
+        [largest_epsilon(RHO_BUDGET)] * 3, rel=1e-9
+    )
+    assert before["node-a"]["dataset_total"]["epsilon_remaining"] == pytest.approx(
+        largest_epsilon(RHO_TOTAL), rel=1e-9
+    )
+    # node-b configures no total: its total over all studies is its study allocation
+    assert before["node-b"]["dataset_total"]["epsilon_limit"] == BUDGET
 
     mean = world.run(MEAN)
     assert mean["status"] == "succeeded", mean
@@ -170,34 +188,58 @@ def test_dp_queries_are_noisy_within_their_scale_and_charged_at_every_node(
 
     wait_until(lambda: all(world.budget()[n]["charges"] == 2 for n in NODES), world.net, 15)
     after = world.budget()
+    spent = epsilon_of(SPENT, None)  # rho 0.625 at delta 1e-6: epsilon 6.502
     for name in NODES:
-        assert after[name]["epsilon_spent"] == 1.5
-        assert after[name]["epsilon_remaining"] == before[name]["epsilon_remaining"] - 1.5
-    assert after["node-a"]["dataset_total"]["epsilon_spent"] == 1.5
-    assert after[""]["epsilon_remaining"] == 0.5
+        assert after[name]["rho_spent"] == pytest.approx(float(SPENT), rel=1e-9)
+        assert after[name]["epsilon_spent"] == pytest.approx(spent, rel=1e-9)
+        assert after[name]["epsilon_remaining"] == pytest.approx(LEFT, rel=1e-9)
+    assert after["node-a"]["dataset_total"]["epsilon_spent"] == pytest.approx(spent, rel=1e-9)
+    assert after[""]["epsilon_remaining"] == pytest.approx(LEFT, rel=1e-9)
 
 
 def test_a_query_beyond_what_is_left_is_refused_up_front_naming_the_nodes(world: World) -> None:
     with pytest.raises(BudgetExceeded) as refused:
         world.researcher.submit_query(world.study, {"dataset": DATASET, **MEAN})
     assert refused.value.http_status == 409
+    each = f"rho {float(RHO_BUDGET - SPENT):.6g} (a query of epsilon up to {LEFT:.6g})"
     assert refused.value.message == (
-        "the query's epsilon 1, delta 0 exceeds what study 'growth' has left of the "
-        "differential-privacy budget on dataset 'admissions' (node node-a: epsilon 0.5, delta 0; "
-        "node node-b: epsilon 0.5, delta 0; node node-c: epsilon 0.5, delta 0, as last reported)"
+        "the query's epsilon 1 (rho 0.5) exceeds what study 'growth' has left of the "
+        "differential-privacy budget on dataset 'admissions' "
+        f"(node node-a: {each}; node node-b: {each}; node node-c: {each}, as last reported)"
     )
 
-    # Another study has a budget of its own, but not beyond node-a's total over all studies.
+    # Another study has an allocation of its own, but not beyond each node's total over all
+    # studies: node-a's configured TOTAL, the others' the study allocation (the default).
+    fits, too_much = (query_rho(e) for e in SECOND)
+    assert RHO_BUDGET - SPENT < fits <= RHO_TOTAL - SPENT < too_much <= RHO_BUDGET, "intent"
     second = world.budget(world.second_study)
-    assert second["node-b"]["epsilon_remaining"] == BUDGET
-    assert second["node-a"]["epsilon_available"] == TOTAL - 1.5
+    a_left = largest_epsilon(RHO_TOTAL - SPENT)
+    for name in NODES:
+        assert second[name]["epsilon_remaining"] == pytest.approx(
+            largest_epsilon(RHO_BUDGET), rel=1e-9
+        )
+        assert second[name]["epsilon_available"] == pytest.approx(
+            a_left if name == "node-a" else LEFT, rel=1e-9
+        )
+    others = (
+        f"node node-b: {each} of the dataset's total over all studies; "
+        f"node node-c: {each} of the dataset's total over all studies"
+    )
     with pytest.raises(BudgetExceeded) as over_total:
         world.researcher.submit_query(
-            world.second_study, {"dataset": DATASET, **MEAN, "dp": {"epsilon": 1.75}}
+            world.second_study, {"dataset": DATASET, **MEAN, "dp": {"epsilon": SECOND[0]}}
         )
-    assert "(node node-a: epsilon 1.5 of the dataset's total over all studies, as last" in str(
-        over_total.value.message
+    assert over_total.value.message.endswith(f"({others}, as last reported)")
+    assert [n["node"] for n in over_total.value.details["nodes"]] == ["node-b", "node-c"]
+    with pytest.raises(BudgetExceeded) as over_total:
+        world.researcher.submit_query(
+            world.second_study, {"dataset": DATASET, **MEAN, "dp": {"epsilon": SECOND[1]}}
+        )
+    assert over_total.value.message.endswith(
+        f"(node node-a: rho {float(RHO_TOTAL - SPENT):.6g} (a query of epsilon up to "
+        f"{a_left:.6g}) of the dataset's total over all studies; {others}, as last reported)"
     )
+    assert [n["limit"] for n in over_total.value.details["nodes"]] == ["dataset_total"] * 3
 
 
 def test_the_nodes_refuse_what_a_misled_coordinator_sends(world: World) -> None:
@@ -214,12 +256,15 @@ def test_the_nodes_refuse_what_a_misled_coordinator_sends(world: World) -> None:
     assert refused["status"] == "failed", refused
     assert refused["error"]["message"].startswith("node node-")
     assert refused["error"]["message"].endswith(
-        " refused: the query's epsilon 1, delta 0 would exceed the differential-privacy budget "
-        f"of study {world.study} on dataset 'admissions': remaining epsilon 0.5, delta 0 (of "
-        "epsilon 2, delta 0 per study)"
+        " refused: the query's rho 0.5 (epsilon 1) would exceed the privacy allocation of study "
+        f"{world.study} on dataset 'admissions': remaining rho {float(RHO_BUDGET - SPENT):.6g} "
+        f"(a query of epsilon up to {LEFT:.6g}) of rho {float(RHO_BUDGET):.6g} (epsilon "
+        f"{BUDGET:g} at delta 1e-06, per study)"
     )
     assert refused["result"] is None
-    assert all(world.budget()[n]["epsilon_spent"] == 1.5 for n in NODES), "nothing charged"
+    spent = world.budget()
+    assert all(spent[n]["rho_spent"] == pytest.approx(float(SPENT)) for n in NODES), "no charge"
+    assert all(spent[n]["charges"] == 2 for n in NODES), "nothing charged"
 
 
 def test_the_node_budget_command_shows_the_ledger_and_the_total(world: World) -> None:
@@ -240,16 +285,22 @@ def test_the_node_budget_command_shows_the_ledger_and_the_total(world: World) ->
     assert done.returncode == 0, done.stderr
     ledger = json.loads(done.stdout)
     [entry] = ledger["entries"]
-    assert (entry["study_id"], entry["charges"], entry["epsilon_remaining"]) == (
+    assert (entry["study_id"], entry["charges"], entry["rho_spent"]) == (
         world.study,
         2,
-        0.5,
+        float(SPENT),
     )
+    assert (entry["epsilon_limit"], entry["rho_limit"]) == (BUDGET, float(RHO_BUDGET))
+    assert entry["epsilon_spent"] == pytest.approx(epsilon_of(SPENT, None), rel=1e-12)
+    assert entry["epsilon_remaining"] == pytest.approx(LEFT, rel=1e-12)
     [total] = ledger["dataset_totals"]
-    assert (total["dataset"], total["epsilon_limit"], total["epsilon_remaining"]) == (
+    assert (total["dataset"], total["epsilon_limit"], total["rho_spent"]) == (
         DATASET,
         TOTAL,
-        TOTAL - 1.5,
+        float(SPENT),
+    )
+    assert total["epsilon_remaining"] == pytest.approx(
+        largest_epsilon(RHO_TOTAL - SPENT), rel=1e-12
     )
 
 
