@@ -379,7 +379,11 @@ def _refusal(
     """Why a charge does not fit a limit by either accountant, with what each has left."""
     epsilon_limit, delta_limit, rho_limit = limit
     what, cost, epsilon, delta = charge
-    asked = "" if epsilon is None else f" (epsilon {text(epsilon)}, delta {text(delta or 0)})"
+    asked = (
+        " (without its epsilon and delta: zCDP only)"
+        if epsilon is None or delta is None
+        else f" (epsilon {text(epsilon)}, delta {text(delta)})"
+    )
     largest = spent.epsilon_remaining(epsilon_limit, delta_limit, rho_limit)
     basic = (
         "basic composition does not apply"
