@@ -431,9 +431,7 @@ def _compose(
 
 
 def _as_spent(study_id: int, dataset: str, composed: Composed, charges: int) -> Spent:
-    return Spent(
-        study_id, dataset, composed.rho, charges, None, composed.epsilon, composed.delta
-    )
+    return Spent(study_id, dataset, composed.rho, charges, None, composed.epsilon, composed.delta)
 
 
 def _dataset_spent(conn: sqlite3.Connection, dataset: str) -> DatasetTotal:

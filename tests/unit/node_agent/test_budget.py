@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from node_agent.budget import SCHEMA_VERSION, DatasetTotal, PrivacyLedger
-from tessera.errors import BudgetExceeded, ConfigInvalid
 from synth.accounting import rho_for
+from tessera.errors import BudgetExceeded, ConfigInvalid
 from tessera.privacy import epsilon_of, query_rho, rho_budget
 from tessera.schemas import BudgetSpent, DatasetSpent, DPBudget, DPTotal, NodePolicySummary
 
@@ -358,7 +358,10 @@ def test_a_synthesis_charges_its_rho_once_per_job(path: Path) -> None:
     ledger.charge_query(1, "cohort", 0.1, 0.0, budget)  # queries share the same ledger
     assert ledger.spent(1, "cohort").rho == Decimal("0.055")
     # a charge without its (epsilon, delta): only zCDP applies, 0.055 + 0.2 > 0.147
-    with pytest.raises(BudgetExceeded, match=r"the synthesis's rho 0\.2 \(without its epsilon and delta: zCDP only\)"):
+    with pytest.raises(
+        BudgetExceeded,
+        match=r"the synthesis's rho 0\.2 \(without its epsilon and delta: zCDP only\)",
+    ):
         ledger.charge(
             1, "cohort", 0.2, budget, kind="synthesis", job_id=8, epsilon=None, delta=None
         )
