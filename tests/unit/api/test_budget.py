@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -180,10 +181,8 @@ def test_the_prediction_agrees_with_the_node_ledger(make, db, tmp_path) -> None:
                 epsilon=epsilon, delta=1e-6, kind="synthesis", job_id=i,
             )  # fmt: skip
         else:
-            try:
+            with contextlib.suppress(BudgetExceeded):
                 ledger.charge_query(study, "cohort", epsilon, 0.0, limit, total)
-            except BudgetExceeded:
-                pass
         budget.report(db, net.nodes[0], ledger.report(lambda d: (limit, total)))
         for candidate in candidates:
             copy = tmp_path / f"try-{i}-{candidate}.sqlite3"
