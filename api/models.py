@@ -210,9 +210,10 @@ class NodeBudget(Base):
         ForeignKey("studies.id", ondelete="CASCADE"), primary_key=True
     )
     dataset: Mapped[str] = mapped_column(String(64), primary_key=True)
-    epsilon_spent: Mapped[float] = mapped_column()
-    delta_spent: Mapped[float] = mapped_column()
+    epsilon_spent: Mapped[float] = mapped_column()  # basic composition: the sum of epsilon
+    delta_spent: Mapped[float] = mapped_column()  # and of delta
     charges: Mapped[int] = mapped_column(Integer)
+    rho_spent: Mapped[float | None] = mapped_column()  # zCDP; None: a node that did not say
 
 
 class NodeDatasetBudget(Base):
@@ -226,9 +227,10 @@ class NodeDatasetBudget(Base):
         ForeignKey("nodes.id", ondelete="CASCADE"), primary_key=True
     )
     dataset: Mapped[str] = mapped_column(String(64), primary_key=True)
-    epsilon_spent: Mapped[float] = mapped_column()
-    delta_spent: Mapped[float] = mapped_column()
+    epsilon_spent: Mapped[float] = mapped_column()  # basic composition: the sum of epsilon
+    delta_spent: Mapped[float] = mapped_column()  # and of delta
     charges: Mapped[int] = mapped_column(Integer)
+    rho_spent: Mapped[float | None] = mapped_column()  # zCDP; None: a node that did not say
 
 
 class SynthesisRequest(Base):

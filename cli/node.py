@@ -63,11 +63,12 @@ def check(config: Path = ConfigOption) -> None:
         typer.echo(
             "privacy budget over all studies: "
             + _total_text(summary.dp_total, summary.dp_dataset_totals)
-            + " (composed in zCDP; elsewhere each dataset's per-study budget)"
+            + " (basic composition or zCDP; elsewhere each dataset's per-study budget)"
         )
     elif summary.dp_budget is not None or summary.dp_dataset_budgets:
         typer.echo(
-            "privacy budget over all studies: each dataset's per-study budget (composed in zCDP)"
+            "privacy budget over all studies: each dataset's per-study budget "
+            "(basic composition or zCDP)"
         )
 
 
@@ -101,11 +102,11 @@ def _total_text(default: Any, per_dataset: dict[str, Any]) -> str:
 @app.command("budget")
 @reports_errors
 def budget(config: Path = ConfigOption) -> None:
-    """Print the privacy ledger (work_dir/budget.sqlite3), composed in zCDP: per study and
-    dataset, the rho spent, the allocation's rho and what is left, each also as (epsilon,
-    delta) (spent: epsilon = rho + 2 sqrt(rho ln(1/delta)) at the limit's delta; remaining: the
-    largest epsilon one more query may have); per dataset, the same over all studies (its
-    total). Local: nothing is sent."""
+    """Print the privacy ledger (work_dir/budget.sqlite3) by both of its accountants: per study
+    and dataset, what basic composition (sums of epsilon and delta) and zCDP (rho) have spent of
+    the allocation, and what is left as the largest epsilon one more query may have, by each
+    and the better of the two (a charge fits when either is within the limit); per dataset, the
+    same over all studies (its total). Local: nothing is sent."""
     from node_agent.budget import PrivacyLedger, Spent
     from node_agent.config import NodeSettings
 
@@ -119,7 +120,7 @@ def budget(config: Path = ConfigOption) -> None:
             "study_id": s.study_id,
             "dataset": s.dataset,
             "charges": s.charges,
-            **_rho_view(s.rho, limits.dp_limit(s.dataset)),
+            **_rho_view(s.composed, limits.dp_limit(s.dataset)),
         }
         for s in spent
     ]
@@ -133,28 +134,33 @@ def budget(config: Path = ConfigOption) -> None:
             {
                 "dataset": ds.name,
                 "charges": was.charges if was else 0,
-                **_rho_view(was.rho if was else 0, cap),
+                **_rho_view(was.composed if was else None, cap),
             }
         )
     typer.echo(json.dumps({"path": str(path), "entries": entries, "dataset_totals": totals}))
 
 
-def _rho_view(rho: Any, limit: Any) -> dict[str, Any]:
-    """What is spent of a limit (a DPBudget or a filled-in DPTotal; None: no DP budget), in rho
-    and as (epsilon, delta)."""
-    from tessera.privacy import conversion_delta, epsilon_of, largest_epsilon, left
+def _rho_view(spent: Any, limit: Any) -> dict[str, Any]:
+    """What is spent of a limit (a DPBudget or a filled-in DPTotal; None: no DP budget) by
+    each accountant: basic composition's sums of epsilon and delta, zCDP's rho; and what is
+    left as the largest epsilon of one more query (the better of the two)."""
+    from tessera.privacy import Composed, largest_epsilon, left
 
-    delta = None if limit is None else limit.delta
-    room = left(limit.rho, rho) if limit is not None and limit.rho is not None else 0
+    spent = spent or Composed()
+    has_limit = limit is not None and limit.rho is not None and limit.epsilon is not None
+    room = left(limit.rho, spent.rho) if has_limit else 0
+    basic = float(spent.basic_left(limit.epsilon, limit.delta)) if has_limit else 0.0
     return {
-        "rho_spent": float(rho),
-        "rho_limit": None if limit is None or limit.rho is None else float(limit.rho),
+        "rho_spent": float(spent.rho),
+        "rho_limit": float(limit.rho) if has_limit else None,
         "rho_remaining": float(room),
-        "epsilon_spent": epsilon_of(rho, delta),
+        "epsilon_spent": None if spent.epsilon is None else float(spent.epsilon),
+        "delta_spent": None if spent.delta is None else float(spent.delta),
         "epsilon_limit": None if limit is None else limit.epsilon,
-        "epsilon_remaining": largest_epsilon(room),
-        "delta": conversion_delta(delta),
-        "delta_limit": delta,
+        "delta_limit": None if limit is None else limit.delta,
+        "basic_epsilon_remaining": basic,
+        "zcdp_epsilon_remaining": largest_epsilon(room),
+        "epsilon_remaining": max(basic, largest_epsilon(room)),
     }
 
 

@@ -39,8 +39,10 @@ NODE_MIN_COUNT = 5
 # the statistics the exact mode perturbs by cell key (their plaintext twin: reference_parties)
 PERTURBED = {"count", "sum", "mean", "variance", "min", "max", "histogram", "crosstab", "quantile"}
 REL_TOL = 1e-6
-DP_EPSILON_BUDGET = 8.0  # each hospital: per study on the cohort (zCDP at delta 1e-6: rho 0.91)
-DP_EPSILON_TOTAL = 20.0  # each hospital: all studies together on the cohort
+# each hospital: per study on the cohort, and all studies together; a charge fits when basic
+# composition (sums of epsilon) or zCDP (rho, at delta 1e-6) is within them (node_agent.budget)
+DP_EPSILON_BUDGET = 2.0
+DP_EPSILON_TOTAL = 5.0
 NOISE_TAIL = 10  # a dp value is "within noise" when |error| <= 10 noise scales (P ~ e^-10)
 DEMO_STEWARD = "demo-steward"
 SYNTHESIS = {

@@ -49,7 +49,7 @@ from tessera.errors import (
     TesseraError,
     Unauthorized,
 )
-from tessera.privacy import conversion_delta
+from tessera.privacy import text
 from tessera.schemas import (
     DPBudget,
     DPTotal,
@@ -383,19 +383,24 @@ class NodeAgent:
         subject: dict[str, Any],
         **asked: Any,
     ) -> None:
-        """Audit and log a charge (rho, and what it amounts to as (epsilon, delta)), and report
-        the ledger."""
+        """Audit and log a charge (what each accountant has spent: zCDP's rho, basic
+        composition's epsilon and delta), and report the ledger."""
         amounts: dict[str, Any] = {
             "rho_spent": float(spent.rho),
             "rho_limit": float(limit.rho),
-            "epsilon_spent": spent.epsilon(limit.delta),
+            "epsilon_spent": None if spent.epsilon is None else float(spent.epsilon),
+            "delta_spent": None if spent.delta is None else float(spent.delta),
             "epsilon_limit": limit.epsilon,
             "delta_limit": limit.delta,
+            "epsilon_remaining": spent.remaining(limit),
         }
         if total is not None and spent.dataset_total is not None and total.rho is not None:
+            was = spent.dataset_total
             amounts |= {
-                "dataset_rho_spent": float(spent.dataset_total.rho),
+                "dataset_rho_spent": float(was.rho),
                 "dataset_rho_total": float(total.rho),
+                "dataset_epsilon_spent": None if was.epsilon is None else float(was.epsilon),
+                "dataset_delta_spent": None if was.delta is None else float(was.delta),
                 "dataset_epsilon_total": total.epsilon,
                 "dataset_delta_total": total.delta,
             }
@@ -403,24 +408,30 @@ class NodeAgent:
         _event(
             logging.INFO,
             "budget.charged",
-            "charged study %s on %s: rho spent %.6g of %.6g (epsilon %.6g of %g at delta %g)",
+            "charged study %s on %s: rho spent %.6g of %.6g, epsilon %s of %g (delta %s of %g);"
+            " a query of epsilon up to %.6g remains",
             subject.get("study"),
             subject.get("dataset"),
             float(spent.rho),
             float(limit.rho),
-            spent.epsilon(limit.delta),
+            "?" if spent.epsilon is None else text(spent.epsilon),
             limit.epsilon,
-            conversion_delta(limit.delta),
+            "?" if spent.delta is None else text(spent.delta),
+            limit.delta,
+            amounts["epsilon_remaining"],
             **{k: v for k, v in subject.items() if k in ("task", "query", "job", "study")},
             dataset=subject.get("dataset"),
             **{k: v for k, v in amounts.items() if k.startswith("dataset_")},
         )
         self._budget_changed.set()
 
-    def charge_synthesis(self, job: SynthesisJobOut, rho: float) -> BudgetExceeded | None:
-        """Charge a DP synthesis job's `rho` to its study's allocation on the dataset and the
-        dataset's total, like a query (`node_agent.synthesis`, before training); or say why
-        not."""
+    def charge_synthesis(
+        self, job: SynthesisJobOut, rho: float, delta: float | None = None
+    ) -> BudgetExceeded | None:
+        """Charge a DP synthesis job's `rho`, calibrated to the request's epsilon and `delta`
+        (the request's, or the policy's default where it gives none), to its study's allocation
+        on the dataset and the dataset's total, like a query (`node_agent.synthesis`, before
+        training); or say why not."""
         spec = job.spec
         limit = self.policy.dp_budget(spec.dataset)
         total = self.policy.dp_total(spec.dataset)
@@ -434,7 +445,7 @@ class NodeAgent:
                 limit,
                 total,
                 epsilon=spec.epsilon,
-                delta=spec.delta,
+                delta=spec.delta if delta is None else delta,
                 kind="synthesis",
                 job_id=job.id,
             )

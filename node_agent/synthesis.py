@@ -60,7 +60,7 @@ PROGRESS_INTERVAL_S = 1.0
 WORKER = [sys.executable, "-m", "node_agent.synthesis_worker"]
 
 Audit = Callable[..., None]
-Charge = Callable[[SynthesisJobOut, float], "BudgetExceeded | None"]
+Charge = Callable[[SynthesisJobOut, float, float], "BudgetExceeded | None"]
 
 
 def _event(level: int, event: str, message: str, *args: Any, **fields: Any) -> None:
@@ -276,10 +276,11 @@ class SynthesisService:
 
         rules = self.settings.policy.synthesis
         assert rules is not None and spec.epsilon is not None  # decided before this
-        rho = rho_for(spec.epsilon, spec.delta or rules.default_delta)
+        delta = spec.delta or rules.default_delta
+        rho = rho_for(spec.epsilon, delta)
         if self.charge is None:
             return "this node keeps no privacy ledger for synthesis"
-        refused = self.charge(job, rho)
+        refused = self.charge(job, rho, delta)
         return None if refused is None else refused.message
 
     def _failed(self, job_id: int, subject: dict[str, Any], code: str, message: str) -> None:

@@ -242,37 +242,56 @@ class StudyDataset(View):
     schemas_agree: bool
 
 
+_SPENT_EPSILON = (
+    "basic composition: the sum of the charges' epsilon (a node that reports no rho: the "
+    "epsilon its rho amounts to at the limit's delta, rho + 2 sqrt(rho ln(1/delta)))"
+)
+_REMAINING_EPSILON = (
+    "the largest epsilon one more pure query may have: the better of basic_epsilon_remaining "
+    "and zcdp_epsilon_remaining"
+)
+_BASIC_REMAINING = (
+    "basic composition: epsilon_limit less epsilon_spent while delta_spent is within "
+    "delta_limit, else 0"
+)
+_ZCDP_REMAINING = "zCDP: sqrt(2 rho_remaining), the epsilon whose rho epsilon^2/2 still fits"
+_DELTA_REMAINING = "basic composition: delta_limit less delta_spent"
+
+
 class DatasetTotal(View):
-    """A dataset's total over all studies at a node (zCDP rho, and as (epsilon, delta))."""
+    """A dataset's total over all studies at a node, by both accountants (basic composition's
+    epsilon and delta, zCDP's rho): a charge fits when either is within the limit."""
 
     rho_limit: float | None
     rho_spent: float
     rho_remaining: float
     epsilon_limit: float | None
-    epsilon_spent: float
-    epsilon_remaining: float | None = Field(
-        description="the largest epsilon one more query may have (its rho, epsilon^2/2, fits)"
-    )
+    epsilon_spent: float = Field(description=_SPENT_EPSILON)
+    epsilon_remaining: float = Field(description=_REMAINING_EPSILON)
+    basic_epsilon_remaining: float = Field(description=_BASIC_REMAINING)
+    zcdp_epsilon_remaining: float = Field(description=_ZCDP_REMAINING)
     delta_limit: float | None
-    delta_spent: float
-    delta_remaining: float | None
+    delta_spent: float = Field(description="basic composition: the sum of the charges' delta")
+    delta_remaining: float = Field(description=_DELTA_REMAINING)
     charges: int
 
 
 class NodeBudget(View):
+    """A study's allocation at a node, by both accountants, as `DatasetTotal`; `*_available`:
+    the lesser of what is left of the allocation and of the dataset's total."""
+
     node: str
     rho_limit: float | None
     rho_spent: float
     rho_remaining: float
     epsilon_limit: float | None
-    epsilon_spent: float = Field(
-        description="the (epsilon, delta)-DP that the rho spent amounts to at the limit's delta: "
-        "rho + 2 sqrt(rho ln(1/delta))"
-    )
-    epsilon_remaining: float
+    epsilon_spent: float = Field(description=_SPENT_EPSILON)
+    epsilon_remaining: float = Field(description=_REMAINING_EPSILON)
+    basic_epsilon_remaining: float = Field(description=_BASIC_REMAINING)
+    zcdp_epsilon_remaining: float = Field(description=_ZCDP_REMAINING)
     delta_limit: float | None
-    delta_spent: float
-    delta_remaining: float
+    delta_spent: float = Field(description="basic composition: the sum of the charges' delta")
+    delta_remaining: float = Field(description=_DELTA_REMAINING)
     charges: int
     dataset_total: DatasetTotal | None
     rho_available: float
@@ -291,7 +310,10 @@ class DatasetBudget(View):
 
 class StudyBudget(View):
     study_id: int
-    composition: str
+    composition: str = Field(
+        description="'basic or zcdp': a charge is admitted when basic composition or zCDP is "
+        "within the limit"
+    )
     datasets: list[DatasetBudget]
 
 

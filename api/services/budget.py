@@ -6,14 +6,20 @@ query would spend more than its study has left there. The coordinator keeps what
 last reported, to show members what is left and to refuse up front a query that some node
 would refuse anyway. The limits come from each node's published policy (its hello), the
 spending from its ledger reports (`PUT /nodes/me/budget`, at every registration and after every
-charge). Each node composes in zCDP: a query costs rho = epsilon^2 / 2, a DP synthesis the rho
-of its generator; the limits are (epsilon, delta) converted to rho (`tessera.privacy`). A
-dataset's total over all studies is on by default (the study allocation where the node
-configures none); a query must fit both the total and the study's allocation at the node. A
-node reports what is spent as the (epsilon, delta) it amounts to, from which the rho is
-recovered. A query must be accepted by every node, so what the network has left for a study on
-a dataset is the least that any of its nodes has available ("epsilon_remaining": the largest
-epsilon one more query may have).
+charge).
+
+A node keeps two accountants over the same charges and admits a charge when, with it, at least
+one of them is within the limit (`tessera.privacy.Composed`): basic composition (the sums of
+epsilon and delta, `epsilon_spent` and `delta_spent` in its report) and zCDP (the sum of rho,
+`rho_spent`; a query costs epsilon^2 / 2, the limits (epsilon, delta) convert to rho). So what a
+limit has left is the better of the two: `epsilon_remaining`, the largest epsilon one more pure
+query may have, is max(epsilon_L - sum epsilon (while sum delta <= delta_L, else 0),
+sqrt(2 (rho_L - sum rho))). A node that reports no rho (older than this) composes in zCDP only,
+its (epsilon, delta) being what its rho amounts to at the limit's delta, from which the rho is
+recovered. A dataset's total over all studies is on by default (the study allocation where the
+node configures none); a query must fit both the total and the study's allocation at the node
+(each by either accountant). A query must be accepted by every node, so what the network has
+left for a study on a dataset is the least that any of its nodes has available.
 
 What other studies spent is theirs: a study's members see of a node's total only as much as
 they need to know what they can spend.
@@ -33,8 +39,11 @@ from api.services.network import published_policy
 from api.services.studies import dataset_nodes, study_view
 from tessera.errors import BudgetExceeded, InvalidRequest, PolicyDenied
 from tessera.privacy import (
-    conversion_delta,
+    ZERO,
+    Composed,
+    exact,
     largest_epsilon,
+    left,
     query_rho,
     rho_budget,
     text,
@@ -66,16 +75,20 @@ def report(db: Session, node: Node, body: NodeBudgetReport) -> dict[str, Any]:
     known = set(db.scalars(select(Study.id).where(Study.id.in_(studies)))) if studies else set()
     kept = [e for e in body.entries if e.study_id in known]
     before = {
-        (b.study_id, b.dataset): (b.epsilon_spent, b.delta_spent, b.charges)
+        (b.study_id, b.dataset): (b.epsilon_spent, b.delta_spent, b.charges, b.rho_spent)
         for b in db.scalars(select(NodeBudget).where(NodeBudget.node_id == node.id))
     }
-    after = {(e.study_id, e.dataset): (e.epsilon_spent, e.delta_spent, e.charges) for e in kept}
+    after = {
+        (e.study_id, e.dataset): (e.epsilon_spent, e.delta_spent, e.charges, e.rho_spent)
+        for e in kept
+    }
     totals_before = {
-        t.dataset: (t.epsilon_spent, t.delta_spent, t.charges)
+        t.dataset: (t.epsilon_spent, t.delta_spent, t.charges, t.rho_spent)
         for t in db.scalars(select(NodeDatasetBudget).where(NodeDatasetBudget.node_id == node.id))
     }
     totals_after = {
-        t.dataset: (t.epsilon_spent, t.delta_spent, t.charges) for t in body.dataset_totals
+        t.dataset: (t.epsilon_spent, t.delta_spent, t.charges, t.rho_spent)
+        for t in body.dataset_totals
     }
     if after != before or totals_after != totals_before:
         db.execute(delete(NodeBudget).where(NodeBudget.node_id == node.id))
@@ -88,6 +101,7 @@ def report(db: Session, node: Node, body: NodeBudgetReport) -> dict[str, Any]:
                 epsilon_spent=e.epsilon_spent,
                 delta_spent=e.delta_spent,
                 charges=e.charges,
+                rho_spent=e.rho_spent,
             )
             for e in kept
         )
@@ -98,6 +112,7 @@ def report(db: Session, node: Node, body: NodeBudgetReport) -> dict[str, Any]:
                 epsilon_spent=t.epsilon_spent,
                 delta_spent=t.delta_spent,
                 charges=t.charges,
+                rho_spent=t.rho_spent,
             )
             for t in body.dataset_totals
         )
@@ -137,33 +152,50 @@ def _dataset_spent(db: Session, dataset: str) -> dict[int, NodeDatasetBudget]:
     return {row.node_id: row for row in rows}
 
 
-def _rho_of(row: NodeBudget | NodeDatasetBudget | None) -> float:
-    """The rho a node reported spent: stored as the (epsilon, delta) it amounts to, so
-    recovered by the inverse of the conversion (`tessera.privacy.rho_budget`)."""
-    if row is None or row.epsilon_spent <= 0:
-        return 0.0
-    return float(rho_budget(row.epsilon_spent, row.delta_spent))
+def _composed(row: NodeBudget | NodeDatasetBudget | None) -> Composed:
+    """What a node reported spent, by each accountant. A report without rho (a node older
+    than the better-of-two rule, composing in zCDP only) gave the (epsilon, delta) its rho
+    amounts to: the rho is recovered by the inverse of the conversion
+    (`tessera.privacy.rho_budget`), and basic composition does not apply."""
+    if row is None:
+        return Composed()
+    if row.rho_spent is None:
+        rho = rho_budget(row.epsilon_spent, row.delta_spent) if row.epsilon_spent > 0 else ZERO
+        return Composed(rho, None, None)
+    return Composed(exact(row.rho_spent), exact(row.epsilon_spent), exact(row.delta_spent))
 
 
 def _amounts(
     limit: DPBudget | DPTotal | None, row: NodeBudget | NodeDatasetBudget | None
 ) -> dict[str, Any]:
-    """A limit's rho and (epsilon, delta), what is spent of it and what is left (never below
-    zero): `epsilon_remaining` is the largest epsilon one more query may have (its rho,
-    epsilon^2 / 2, fits what is left)."""
+    """A limit as (epsilon, delta) and as rho, what each accountant has spent of it and what is
+    left (never below zero): basic composition's `epsilon_spent` and `delta_spent` (the sums of
+    the charges' epsilon and delta), zCDP's `rho_spent`. `basic_epsilon_remaining` is
+    epsilon_L - sum epsilon while sum delta <= delta_L (else 0), `zcdp_epsilon_remaining`
+    sqrt(2 (rho_L - sum rho)), and `epsilon_remaining`, the largest epsilon one more pure query
+    may have, the better of the two; `delta_remaining` is what basic composition has left of
+    delta (the most a query may declare and still be admitted by it)."""
+    spent = _composed(row)
     rho_limit = None if limit is None or limit.rho is None else float(limit.rho)
-    rho_spent = _rho_of(row)
-    rho_left = 0.0 if rho_limit is None else max(0.0, rho_limit - rho_spent)
+    rho_left = 0.0 if rho_limit is None else float(left(rho_limit, spent.rho))
+    if limit is None or limit.epsilon is None:
+        basic_left, delta_left = 0.0, 0.0
+    else:
+        basic_left = float(spent.basic_left(limit.epsilon, limit.delta))
+        delta_left = float(spent.delta_left(limit.delta))
+    zcdp_left = largest_epsilon(rho_left)
     return {
         "rho_limit": rho_limit,
-        "rho_spent": rho_spent,
+        "rho_spent": float(spent.rho),
         "rho_remaining": rho_left,
         "epsilon_limit": None if limit is None else limit.epsilon,
         "epsilon_spent": row.epsilon_spent if row else 0.0,
-        "epsilon_remaining": largest_epsilon(rho_left),
+        "epsilon_remaining": max(basic_left, zcdp_left),
+        "basic_epsilon_remaining": basic_left,
+        "zcdp_epsilon_remaining": zcdp_left,
         "delta_limit": None if limit is None else limit.delta,
         "delta_spent": row.delta_spent if row else 0.0,
-        "delta_remaining": None if limit is None else conversion_delta(limit.delta),
+        "delta_remaining": delta_left,
         "charges": row.charges if row else 0,
     }
 
@@ -181,19 +213,20 @@ def _node_view(
     total_row: NodeDatasetBudget | None = None,
 ) -> dict[str, Any]:
     own = _amounts(limit, row)
-    if limit is None:
-        own["delta_remaining"] = 0.0
     over_studies = _total_view(total, total_row)
-    rho_available = own["rho_remaining"]
-    if over_studies is not None:
-        rho_available = min(rho_available, over_studies["rho_remaining"])
+    available = {
+        key: own[f"{key}_remaining"]
+        if over_studies is None
+        else min(own[f"{key}_remaining"], over_studies[f"{key}_remaining"])
+        for key in ("rho", "epsilon", "delta")
+    }
     return {
         "node": node.name,
         **own,
         "dataset_total": over_studies,
-        "rho_available": rho_available,
-        "epsilon_available": largest_epsilon(rho_available),
-        "delta_available": own["delta_remaining"],
+        "rho_available": available["rho"],
+        "epsilon_available": available["epsilon"],
+        "delta_available": available["delta"],
         "reported_at": node.budget_reported_at,
     }
 
@@ -228,7 +261,7 @@ def study_budget(db: Session, study: Study) -> dict[str, Any]:
                 "nodes": nodes,
             }
         )
-    return {"study_id": study.id, "composition": "zcdp", "datasets": datasets}
+    return {"study_id": study.id, "composition": "basic or zcdp", "datasets": datasets}
 
 
 def check_affordable(
@@ -247,51 +280,60 @@ def check_affordable(
             "it takes part in no query with 'dp'",
             {"nodes": without, "dataset": dataset},
         )
-    rho = float(query_rho(epsilon))
-    slack = 1e-12  # the reported (epsilon, delta) converts back to rho to about 1e-16
+    rho = query_rho(epsilon)
+    # a report's floats stand for the node's exact decimals to about 1e-16
+    slack = 1e-12
     short = []
-    for view in _views(db, study, dataset, nodes):
-        if rho > view["rho_remaining"] + slack:
-            short.append({**view, "limit": "study"})
-        elif rho > view["rho_available"] + slack:
-            short.append({**view, "limit": "dataset_total"})
+    spent, totals = _spent(db, study, dataset), _dataset_spent(db, dataset)
+    for node, view in zip(nodes, _views(db, study, dataset, nodes), strict=True):
+        limit, total = _limit(node, dataset), _total(node, dataset)
+        assert limit is not None  # refused above
+        own = _composed(spent.get(node.id)).plus(rho, epsilon, delta)
+        if not own.within(limit.epsilon, limit.delta, limit.rho, slack):
+            short.append({"limit": "study", "node": node.name, **_binding(view, view)})
+            continue
+        if total is None or total.epsilon is None or total.rho is None:
+            continue
+        everyone = _composed(totals.get(node.id)).plus(rho, epsilon, delta)
+        if not everyone.within(total.epsilon, total.delta, total.rho, slack):
+            over = view["dataset_total"]
+            short.append({"limit": "dataset_total", "node": node.name, **_binding(view, over)})
     if short:
         left_text = "; ".join(_short_text(v) for v in short)
         raise BudgetExceeded(
-            f"the query's epsilon {text(epsilon)} (rho {rho:.6g}) exceeds what study "
+            f"the query's epsilon {text(epsilon)} (rho {float(rho):.6g}) exceeds what study "
             f"{study.name!r} has left of the differential-privacy budget on dataset {dataset!r} "
-            f"({left_text}, as last reported)",
+            f"by both basic composition and zCDP ({left_text}, as last reported)",
             {
                 "dataset": dataset,
                 "epsilon": float(epsilon),
                 "delta": float(delta),
-                "rho": rho,
-                "nodes": [
-                    {
-                        "node": v["node"],
-                        "limit": v["limit"],
-                        "rho_remaining": v[_which(v, "rho")],
-                        "epsilon_remaining": v[_which(v, "epsilon")],
-                        "reported_at": v["reported_at"].isoformat() if v["reported_at"] else None,
-                    }
-                    for v in short
-                ],
+                "rho": float(rho),
+                "nodes": short,
             },
         )
 
 
-def _which(view: dict[str, Any], amount: str) -> str:
-    """The key of what is left of the limit that binds: the study's, or what is available."""
-    return f"{amount}_remaining" if view["limit"] == "study" else f"{amount}_available"
+def _binding(view: dict[str, Any], limit: dict[str, Any]) -> dict[str, Any]:
+    """What is left of the limit that binds (the study's allocation, or the dataset's total),
+    by each accountant."""
+    return {
+        "epsilon_remaining": limit["epsilon_remaining"],
+        "basic_epsilon_remaining": limit["basic_epsilon_remaining"],
+        "delta_remaining": limit["delta_remaining"],
+        "rho_remaining": limit["rho_remaining"],
+        "reported_at": view["reported_at"].isoformat() if view["reported_at"] else None,
+    }
 
 
-def _short_text(view: dict[str, Any]) -> str:
-    """'node a: rho 0.002 (a query of epsilon up to 0.0632)' (the study's allocation) or, where
-    the dataset's total over all studies is what is short, the same 'of the dataset's total
-    over all studies'."""
-    which = "remaining" if view["limit"] == "study" else "available"
-    where = "" if view["limit"] == "study" else " of the dataset's total over all studies"
+def _short_text(short: dict[str, Any]) -> str:
+    """'node a: a query of epsilon up to 0.0632 (basic composition: epsilon 0, delta 0 left;
+    zCDP: rho 0.002 left)', and where the dataset's total over all studies is what is short,
+    the same 'of the dataset's total over all studies'."""
+    where = "" if short["limit"] == "study" else " of the dataset's total over all studies"
     return (
-        f"node {view['node']}: rho {view[f'rho_{which}']:.6g} (a query of epsilon up to "
-        f"{view[f'epsilon_{which}']:.6g}){where}"
+        f"node {short['node']}: a query of epsilon up to {short['epsilon_remaining']:.6g} "
+        f"(basic composition: epsilon {short['basic_epsilon_remaining']:.6g}, delta "
+        f"{short['delta_remaining']:.6g} left; zCDP: rho {short['rho_remaining']:.6g} "
+        f"left){where}"
     )

@@ -96,8 +96,8 @@ def test_a_new_study_does_not_start_with_a_fresh_budget(tmp_path: Path) -> None:
     ledger = PrivacyLedger(s.ledger_path)
     limit, total = p.dp_budget("cohort"), p.dp_total("cohort")
     assert limit is not None and total is not None
-    ledger.charge_query(1, "cohort", 0.18, 0.0, limit, total)  # nearly all of the budget
-    for study in range(2, 12):
+    ledger.charge_query(1, "cohort", 0.95, 0.0, limit, total)  # nearly all of the budget
+    for study in range(2, 12):  # 0.95 + 0.1 > 1, and rho 0.95^2 / 2 alone is beyond zCDP's
         with pytest.raises(BudgetExceeded, match="over all studies") as refused:
             ledger.charge_query(study, "cohort", 0.1, 0.0, limit, total)
         assert refused.value.details["limit"] == "dataset_total"
@@ -124,11 +124,14 @@ def test_dp_synthesis_enters_the_ledger_and_a_second_one_beyond_the_total_is_ref
     refused = service._charge(synthesis(2, study_id=2, generator="mst", epsilon=1.5))
     assert refused is not None and "over all studies" in refused
     assert agent.ledger.dataset_spent("cohort").charges == 1, "refused: nothing charged"
+    # what is left for queries: basic composition's 2 - 1.5, or zCDP's sqrt(2 (rho_L - rho))
     left = float(rho_budget(2.0, 1e-6)) - rho_for(1.5, 1e-6)
+    largest = max(2.0 - 1.5, (2 * left) ** 0.5)
     with pytest.raises(BudgetExceeded):
         agent.ledger.charge_query(
-            3, "cohort", (2 * left) ** 0.5 * 1.01, 0.0, *_limits(agent)
+            3, "cohort", largest * 1.01, 0.0, *_limits(agent)
         )  # the synthesis spent it for queries too
+    agent.ledger.charge_query(3, "cohort", largest * 0.99, 0.0, *_limits(agent))
     assert service._charge(synthesis(4, study_id=1, generator="cart")) is None, "no DP: free"
 
 

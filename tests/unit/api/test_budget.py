@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -57,13 +58,13 @@ def test_a_dp_query_to_a_node_without_a_budget_is_refused_at_submission(make) ->
 LIMIT = float(rho_budget(1.0, 1e-5))  # the rho of DP's budget per study
 
 
-def _rho_spent(study_id: int, rho: float) -> BudgetSpent:
-    """What a node reports of `rho` spent: (epsilon, delta) at its budget's delta, and rho."""
+def _basic(study_id: int, epsilon: float, rho: float, delta: float = 0.0) -> BudgetSpent:
+    """What a node reports: basic composition's sums of epsilon and delta, zCDP's rho."""
     return BudgetSpent(
         study_id=study_id,
         dataset="cohort",
-        epsilon_spent=epsilon_of(rho, 1e-5),
-        delta_spent=1e-5,
+        epsilon_spent=epsilon,
+        delta_spent=delta,
         charges=1,
         rho_spent=rho,
     )
@@ -71,40 +72,62 @@ def _rho_spent(study_id: int, rho: float) -> BudgetSpent:
 
 def test_more_than_the_study_has_left_is_budget_exceeded_naming_the_node(make, db) -> None:
     net = make.network(policies=[DP, DP, DP])
-    budget.report(db, net.nodes[1], _report(_rho_spent(net.study.id, 0.015)))
+    # two queries of 0.3: epsilon 0.6 of 1 by basic composition, rho 0.09 (beyond zCDP's)
+    budget.report(db, net.nodes[1], _report(_basic(net.study.id, 0.6, 0.09)))
 
     with pytest.raises(BudgetExceeded) as caught:
-        _affordable(db, net, 0.15)
+        _affordable(db, net, 0.5)
 
     assert isinstance(caught.value, Conflict)
-    left = LIMIT - 0.015
-    assert f"node h2: rho {left:.6g} (a query of epsilon up to {math.sqrt(2 * left):.6g})" in str(
-        caught.value
-    )
+    assert (
+        "node h2: a query of epsilon up to 0.4 (basic composition: epsilon 0.4, delta 1e-05 "
+        "left; zCDP: rho 0 left)"
+    ) in str(caught.value)
     (short,) = caught.value.details["nodes"]
     assert (short["node"], short["limit"]) == ("h2", "study")
-    assert short["rho_remaining"] == pytest.approx(left)
-    assert caught.value.details["rho"] == 0.01125, "a query's rho is epsilon^2 / 2"
+    assert short["epsilon_remaining"] == pytest.approx(0.4)
+    assert caught.value.details["rho"] == 0.125, "a query's rho is epsilon^2 / 2"
 
 
 def test_exactly_what_is_left_is_affordable(make, db) -> None:
     net = make.network(policies=[DP, DP, DP])
-    budget.report(db, net.nodes[0], _report(_rho_spent(net.study.id, 0.012)))
-    largest = math.sqrt(2 * (LIMIT - 0.012))
+    budget.report(db, net.nodes[0], _report(_basic(net.study.id, 0.6, 0.09)))
+    _affordable(db, net, 0.4)  # basic composition: 0.6 + 0.4 = 1, exactly
+    with pytest.raises(BudgetExceeded):
+        _affordable(db, net, 0.4001)
 
+
+def test_what_zcdp_has_left_is_affordable_once_basic_composition_is_spent(make, db) -> None:
+    net = make.network(policies=[DP, DP, DP])
+    # 120 queries of 0.01: epsilon 1.2 > 1 by basic composition, rho 0.006 of zCDP's LIMIT
+    budget.report(db, net.nodes[0], _report(_basic(net.study.id, 1.2, 0.006)))
+    largest = math.sqrt(2 * (LIMIT - 0.006))
     _affordable(db, net, largest * (1 - 1e-9))
     with pytest.raises(BudgetExceeded):
         _affordable(db, net, largest * 1.001)
+
+
+def test_a_node_that_reports_no_rho_is_taken_to_compose_in_zcdp_only(make, db) -> None:
+    net = make.network(policies=[DP, DP, DP])
+    older = BudgetSpent(
+        study_id=net.study.id,
+        dataset="cohort",
+        epsilon_spent=epsilon_of(0.015, 1e-5),  # what rho 0.015 amounts to at 1e-5
+        delta_spent=1e-5,
+        charges=1,
+    )
+    budget.report(db, net.nodes[0], _report(older))
+    node = budget.study_budget(db, net.study)["datasets"][0]["nodes"][0]
+    assert node["rho_spent"] == pytest.approx(0.015)
+    assert node["basic_epsilon_remaining"] == 0.0
+    assert node["epsilon_remaining"] == pytest.approx(math.sqrt(2 * (LIMIT - 0.015)))
 
 
 def test_the_dataset_total_over_studies_can_be_the_limit_that_binds(make, db) -> None:
     net = make.network(policies=[DP_WITH_TOTAL, DP_WITH_TOTAL, DP_WITH_TOTAL])
     total = float(rho_budget(2.0, 1e-5))  # the total's delta: the allocation's
     others = DatasetSpent(
-        dataset="cohort",
-        epsilon_spent=epsilon_of(total - 0.002, 1e-5),
-        delta_spent=1e-5,
-        charges=9,
+        dataset="cohort", epsilon_spent=1.95, delta_spent=0.0, charges=9, rho_spent=total
     )
     budget.report(db, net.nodes[2], _report(totals=(others,)))
 
@@ -114,23 +137,67 @@ def test_the_dataset_total_over_studies_can_be_the_limit_that_binds(make, db) ->
     assert "of the dataset's total over all studies" in str(caught.value)
     (short,) = caught.value.details["nodes"]
     assert (short["node"], short["limit"]) == ("h3", "dataset_total")
-    assert short["rho_remaining"] == pytest.approx(0.002)
-    assert short["epsilon_remaining"] == pytest.approx(math.sqrt(0.004))
+    assert short["rho_remaining"] == 0.0
+    assert short["epsilon_remaining"] == pytest.approx(0.05)
+    _affordable(db, net, 0.05)
 
 
 def test_the_total_is_on_by_default_at_the_coordinator_too(make, db) -> None:
     net = make.network(policies=[DP, DP, DP])
     others = DatasetSpent(
-        dataset="cohort",
-        epsilon_spent=epsilon_of(LIMIT - 0.001, 1e-5),
-        delta_spent=1e-5,
-        charges=3,
+        dataset="cohort", epsilon_spent=0.95, delta_spent=0.0, charges=3, rho_spent=0.9
     )
     budget.report(db, net.nodes[0], _report(totals=(others,)))
 
     with pytest.raises(BudgetExceeded) as caught:
         _affordable(db, net, 0.1)  # this study spent nothing, the dataset nearly all
     assert caught.value.details["nodes"][0]["limit"] == "dataset_total"
+
+
+def test_the_prediction_agrees_with_the_node_ledger(make, db, tmp_path) -> None:
+    """The same charges at a node's ledger and, reported, at the coordinator: each candidate
+    query is admitted by the one iff it is predicted affordable by the other."""
+    import shutil
+
+    from node_agent.budget import PrivacyLedger
+    from synth.accounting import rho_for
+    from tessera.schemas import DPBudget, DPTotal
+
+    net = make.network(policies=[DP_WITH_TOTAL, DP_WITH_TOTAL, DP_WITH_TOTAL])
+    limit, total = DPBudget(epsilon=1.0, delta=1e-5), DPTotal(epsilon=2.0, delta=1e-5)
+    ledger = PrivacyLedger(tmp_path / "ledger.sqlite3")
+    study = net.study.id
+    steps = [
+        ("query", 0.3),
+        ("query", 0.5),  # basic composition: 0.8 of 1
+        ("mst", 0.1),  # (0.1, 1e-6): 0.9 and 1e-6 by basic composition
+        *[("query", 0.01)] * 30,  # basic composition spent; zCDP goes on
+    ]
+    candidates = [0.005, 0.01, 0.05, 0.1, 0.2, 0.5]
+    for i, (kind, epsilon) in enumerate(steps):
+        if kind == "mst":
+            ledger.charge(
+                study, "cohort", rho_for(epsilon, 1e-6), limit, total,
+                epsilon=epsilon, delta=1e-6, kind="synthesis", job_id=i,
+            )  # fmt: skip
+        else:
+            with contextlib.suppress(BudgetExceeded):
+                ledger.charge_query(study, "cohort", epsilon, 0.0, limit, total)
+        budget.report(db, net.nodes[0], ledger.report(lambda d: (limit, total)))
+        for candidate in candidates:
+            copy = tmp_path / f"try-{i}-{candidate}.sqlite3"
+            shutil.copy(ledger.path, copy)
+            try:
+                PrivacyLedger(copy).charge_query(study, "cohort", candidate, 0.0, limit, total)
+                node_admits = True
+            except BudgetExceeded:
+                node_admits = False
+            try:
+                _affordable(db, net, candidate)
+                predicted = True
+            except BudgetExceeded:
+                predicted = False
+            assert predicted == node_admits, (i, kind, candidate)
 
 
 # ---- report -----------------------------------------------------------------------------
@@ -174,15 +241,18 @@ def test_a_report_naming_a_study_and_dataset_twice_is_invalid(make, db) -> None:
 
 def test_the_study_has_what_its_poorest_node_has_left(make, db) -> None:
     net = make.network(policies=[DP, DP, DP])
-    budget.report(db, net.nodes[1], _report(_rho_spent(net.study.id, 0.015)))
+    # 1.5 of epsilon 1 by basic composition; rho 0.015 of LIMIT by zCDP
+    budget.report(db, net.nodes[1], _report(_basic(net.study.id, 1.5, 0.015)))
 
     view = budget.study_budget(db, net.study)
     (cohort,) = view["datasets"]
 
-    assert view["composition"] == "zcdp"
+    assert view["composition"] == "basic or zcdp"
     assert cohort["rho_remaining"] == pytest.approx(LIMIT - 0.015)
     assert cohort["epsilon_remaining"] == pytest.approx(math.sqrt(2 * (LIMIT - 0.015)))
     assert [n["rho_remaining"] for n in cohort["nodes"]] == pytest.approx(
         [LIMIT, LIMIT - 0.015, LIMIT]
     )
-    assert cohort["nodes"][1]["epsilon_spent"] == pytest.approx(epsilon_of(0.015, 1e-5))
+    poorest = cohort["nodes"][1]
+    assert (poorest["epsilon_spent"], poorest["basic_epsilon_remaining"]) == (1.5, 0.0)
+    assert cohort["nodes"][0]["epsilon_remaining"] == 1.0, "basic composition: all of it"

@@ -13,7 +13,7 @@ import pytest
 
 from node_agent.agent import NodeAgent, running
 from tessera.errors import Conflict, ProtocolFailed, TesseraError, Unauthorized
-from tessera.privacy import epsilon_of, rho_budget
+from tessera.privacy import rho_budget
 from tessera.schemas import (
     BudgetSpent,
     DatasetSpent,
@@ -417,7 +417,7 @@ def test_a_dp_query_is_charged_when_accepted_and_the_ledger_reported(node) -> No
     with running(agent):
         fake.queue.append(dp_task(11, 0.1, 1e-7))
         wait_for(lambda: "result" in fake.names() and len(fake.budget_reports()) == 2)
-    as_dp = epsilon_of(0.005, 1e-6)  # rho 0.1^2 / 2, as (epsilon, delta) at the limit's delta
+    # basic composition's epsilon and (declared) delta, and zCDP's rho 0.1^2 / 2
     assert fake.budget_reports() == [
         NodeBudgetReport(entries=[]),  # at registration
         NodeBudgetReport(
@@ -425,8 +425,8 @@ def test_a_dp_query_is_charged_when_accepted_and_the_ledger_reported(node) -> No
                 BudgetSpent(
                     study_id=9,
                     dataset="cohort",
-                    epsilon_spent=as_dp,
-                    delta_spent=1e-6,
+                    epsilon_spent=0.1,
+                    delta_spent=1e-7,
                     charges=1,
                     rho_spent=0.005,
                 )
@@ -434,8 +434,8 @@ def test_a_dp_query_is_charged_when_accepted_and_the_ledger_reported(node) -> No
             dataset_totals=[
                 DatasetSpent(
                     dataset="cohort",
-                    epsilon_spent=as_dp,
-                    delta_spent=1e-6,
+                    epsilon_spent=0.1,
+                    delta_spent=1e-7,
                     charges=1,
                     rho_spent=0.005,
                 )
@@ -456,47 +456,48 @@ def test_a_dp_query_is_charged_when_accepted_and_the_ledger_reported(node) -> No
         "query": 5,
     }
     assert (charged["epsilon"], charged["rho_spent"], charged["epsilon_limit"]) == (0.1, 0.005, 1.0)
-    assert charged["epsilon_spent"] == pytest.approx(as_dp)
+    assert (charged["epsilon_spent"], charged["delta_spent"]) == (0.1, 1e-7)
     assert charged["rho_limit"] == pytest.approx(float(rho_budget(1.0, 1e-6)))
 
 
 def test_an_over_budget_dp_task_is_refused_naming_what_is_left(node) -> None:
     agent, fake = node(policy="dp_epsilon_budget = 1.0")  # rho 0.0174689 (delta 0: at 1e-6)
     with running(agent):
-        fake.queue.append(dp_task(11, 0.15))  # rho 0.01125
+        fake.queue.append(dp_task(11, 0.6))  # basic composition: 0.6 of 1 (rho 0.18: not zCDP)
         wait_for(lambda: "result" in fake.names())
-        fake.queue.append(dp_task(12, 0.15))
+        fake.queue.append(dp_task(12, 0.6))
         wait_for(lambda: "reject" in fake.names())
     [(task_id, reason)] = [args for name, args in fake.calls if name == "reject"]
     assert task_id == 12
     assert reason == (
-        "the query's rho 0.01125 (epsilon 0.15) would exceed the privacy allocation of study 9 "
-        "on dataset 'cohort': remaining rho 0.0062189 (a query of epsilon up to 0.111525) of "
-        "rho 0.0174689 (epsilon 1 at delta 1e-06, per study)"
+        "the query's rho 0.18 (epsilon 0.6, delta 0) would exceed the privacy allocation of "
+        "study 9 on dataset 'cohort' by both accountants: basic composition has spent epsilon "
+        "0.6 and delta 0 of (1, 0); zCDP has spent rho 0.18 of 0.0174689 (epsilon 1 at delta "
+        "1e-06); a query of epsilon up to 0.4 remains (per study)"
     )
     assert 12 not in fake.accepted
     assert audit_actions(agent)[-2:] == [("task.received", "received"), ("task.refused", "refused")]
     refused = json.loads(agent.settings.audit_path.read_text().splitlines()[-1])
     assert (refused["reason"], refused["study"]) == (reason, 9)
-    assert refused["rho_remaining"] == pytest.approx(float(rho_budget(1.0, 1e-6)) - 0.01125)
+    assert refused["epsilon_remaining"] == pytest.approx(0.4)
 
     # The spending survives a restart of the agent: the same work_dir refuses again.
     again, fake_again = node(policy="dp_epsilon_budget = 1.0")
     again.settings = agent.settings
-    again.handle(dp_task(13, 0.12))
+    again.handle(dp_task(13, 0.45))
     [(name, (_, reason))] = fake_again.calls
-    assert name == "reject" and "remaining rho 0.0062189 " in reason
-    again.handle(dp_task(14, 0.1))
+    assert name == "reject" and "a query of epsilon up to 0.4 remains" in reason
+    again.handle(dp_task(14, 0.4))
     assert fake_again.names()[-1] == "result"
 
 
 def test_a_study_has_its_own_allocation_of_the_dataset_total(node) -> None:
     agent, fake = node(policy="dp_epsilon_budget = 1.0\ndp_epsilon_total = 1.5")
-    agent.handle(dp_task(11, 0.18))  # rho 0.0162 of the study's 0.0174689
-    other_study = dp_task(12, 0.18).model_copy(update={"study_id": 10})
-    agent.handle(other_study)
+    agent.handle(dp_task(11, 0.7))  # 0.7 of the study's 1 (basic composition)
+    other_study = dp_task(12, 0.7).model_copy(update={"study_id": 10})
+    agent.handle(other_study)  # 1.4 of the total's 1.5
     assert fake.names().count("result") == 2 and "reject" not in fake.names()
-    agent.handle(dp_task(13, 0.06))  # rho 0.0018: over study 9's allocation
+    agent.handle(dp_task(13, 0.31))  # over study 9's allocation (and the total)
     assert fake.names()[-1] == "reject"
     [(_, reason)] = [args for name, args in fake.calls if name == "reject"]
     assert "allocation of study 9" in reason
@@ -505,11 +506,11 @@ def test_a_study_has_its_own_allocation_of_the_dataset_total(node) -> None:
 def test_the_dataset_total_caps_every_study_and_the_refusal_says_so(node) -> None:
     agent, fake = node(policy="dp_epsilon_budget = 1.0\ndp_epsilon_total = 1.5")
     with running(agent):
-        fake.queue.append(dp_task(11, 0.18))
+        fake.queue.append(dp_task(11, 0.7))
         wait_for(lambda: fake.names().count("result") == 1)
-        fake.queue.append(dp_task(12, 0.18).model_copy(update={"study_id": 10}))
+        fake.queue.append(dp_task(12, 0.7).model_copy(update={"study_id": 10}))
         wait_for(lambda: fake.names().count("result") == 2)
-        fake.queue.append(dp_task(13, 0.18).model_copy(update={"study_id": 11}))
+        fake.queue.append(dp_task(13, 0.2).model_copy(update={"study_id": 11}))
         wait_for(lambda: "reject" in fake.names())
     charges = [
         e
@@ -517,22 +518,23 @@ def test_the_dataset_total_caps_every_study_and_the_refusal_says_so(node) -> Non
         if e["action"] == "budget.charged"
     ]
     total_rho = float(rho_budget(1.5, 1e-6))
-    assert [(c["dataset_rho_spent"], c["dataset_rho_total"]) for c in charges] == [
-        (0.0162, total_rho),
-        (0.0324, total_rho),
-    ]
+    assert [
+        (c["dataset_epsilon_spent"], c["dataset_rho_spent"], c["dataset_rho_total"])
+        for c in charges
+    ] == [(0.7, 0.245, total_rho), (1.4, 0.49, total_rho)]
     [(task_id, reason)] = [args for name, args in fake.calls if name == "reject"]
     assert task_id == 13
     assert reason == (
-        "the query's rho 0.0162 (epsilon 0.18) would exceed the privacy budget of dataset "
-        "'cohort' over all studies: remaining rho 0.00624426 (a query of epsilon up to "
-        "0.111752) of rho 0.0386443 (epsilon 1.5 at delta 1e-06, over all studies)"
+        "the query's rho 0.02 (epsilon 0.2, delta 0) would exceed the privacy budget of dataset "
+        "'cohort' over all studies by both accountants: basic composition has spent epsilon "
+        "1.4 and delta 0 of (1.5, 0); zCDP has spent rho 0.49 of 0.0386443 (epsilon 1.5 at "
+        "delta 1e-06); a query of epsilon up to 0.1 remains (over all studies)"
     )
     refused = json.loads(agent.settings.audit_path.read_text().splitlines()[-1])
     assert (refused["limit"], refused["study"]) == ("dataset_total", 11)
-    assert refused["rho_remaining"] == pytest.approx(total_rho - 0.0324)
+    assert refused["epsilon_remaining"] == pytest.approx(0.1)
     [total] = agent.ledger.report().dataset_totals
-    assert (total.rho_spent, total.charges) == (0.0324, 2)
+    assert (total.epsilon_spent, total.rho_spent, total.charges) == (1.4, 0.49, 2)
 
 
 def test_a_dp_query_is_refused_where_no_budget_is_set(node) -> None:

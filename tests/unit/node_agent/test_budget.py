@@ -1,8 +1,9 @@
-"""The privacy ledger: charges compose in zCDP (a pure epsilon-DP query costs rho = epsilon^2/2),
-limits given as (epsilon, delta) convert to rho by epsilon = rho + 2 sqrt(rho ln(1/delta)), a
-dataset's total over all studies is on by default and caps every study together, charges never
-exceed a limit (not even when charged concurrently), survive a restart, and a schema-1 ledger
-is migrated."""
+"""The privacy ledger: two accountants over the same charges, basic composition (sums of
+epsilon and delta) and zCDP (a pure epsilon-DP query costs rho = epsilon^2/2; limits given as
+(epsilon, delta) convert to rho by epsilon = rho + 2 sqrt(rho ln(1/delta))), a charge admitted
+when either is within the limit; a dataset's total over all studies is on by default and caps
+every study together, charges never exceed a limit (not even when charged concurrently),
+survive a restart, and a schema-1 ledger is migrated."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from node_agent.budget import SCHEMA_VERSION, DatasetTotal, PrivacyLedger
+from synth.accounting import rho_for
 from tessera.errors import BudgetExceeded, ConfigInvalid
 from tessera.privacy import epsilon_of, query_rho, rho_budget
 from tessera.schemas import BudgetSpent, DatasetSpent, DPBudget, DPTotal, NodePolicySummary
@@ -60,42 +62,124 @@ def test_the_numbers_of_a_budget_of_epsilon_1() -> None:
     assert epsilon_of(0, 1e-6) == 0.0
 
 
-# ---- composition in rho -------------------------------------------------------------------
+# ---- the better of two accountants ---------------------------------------------------------
 
 
-def test_queries_compose_in_rho_and_the_next_one_over_is_refused(path: Path) -> None:
+def test_a_few_large_queries_are_admitted_by_basic_composition(path: Path) -> None:
     ledger = PrivacyLedger(path)
-    for i in range(1, 14):  # 13 queries of epsilon 0.05: rho 13 * 0.00125 = 0.01625
-        spent = ledger.charge_query(3, "cohort", 0.05, 0.0, ONE, task_id=i, query_id=i)
-        assert spent.charges == i
-    assert spent.rho == Decimal("0.01625")
-    assert spent.epsilon(1e-6) == pytest.approx(0.01625 + 2 * math.sqrt(0.01625 * math.log(1e6)))
-    with pytest.raises(BudgetExceeded) as refused:
-        ledger.charge_query(3, "cohort", 0.05, 0.0, ONE)  # 0.0175 > 0.0174689
-    assert refused.value.message == (
-        "the query's rho 0.00125 (epsilon 0.05) would exceed the privacy allocation of study 3 "
-        "on dataset 'cohort': remaining rho 0.0012189 (a query of epsilon up to 0.0493742) of "
-        "rho 0.0174689 (epsilon 1 at delta 1e-06, per study)"
+    assert query_rho(0.5) > ONE.rho, "zCDP alone would refuse even the first"
+    first = ledger.charge_query(3, "cohort", 0.5, 0.0, ONE, task_id=1, query_id=1)
+    second = ledger.charge_query(3, "cohort", 0.5, 0.0, ONE, task_id=2, query_id=2)
+    assert (second.epsilon, second.delta, second.rho, second.charges) == (
+        Decimal("1.0"),
+        Decimal("0.0"),
+        Decimal("0.25"),
+        2,
     )
-    assert refused.value.details["limit"] == "study"
-    assert refused.value.details["rho_remaining"] == pytest.approx(float(ONE.rho) - 0.01625)
-    assert ledger.spent(3, "cohort").charges == 13, "a refused charge spends nothing"
-    ledger.charge_query(3, "cohort", 0.049, 0.0, ONE)  # what is left still affords a smaller one
+    assert first.remaining(ONE) == 0.5 and second.remaining(ONE) == 0.0
+    with pytest.raises(BudgetExceeded) as refused:
+        ledger.charge_query(3, "cohort", 0.5, 0.0, ONE)
+    assert refused.value.message == (
+        "the query's rho 0.125 (epsilon 0.5, delta 0) would exceed the privacy allocation of "
+        "study 3 on dataset 'cohort' by both accountants: basic composition has spent epsilon "
+        "1 and delta 0 of (1, 0.000001); zCDP has spent rho 0.25 of 0.0174689 (epsilon 1 at "
+        "delta 1e-06); a query of epsilon up to 0 remains (per study)"
+    )
+    details = refused.value.details
+    assert (details["limit"], details["epsilon_spent"], details["rho_spent"]) == (
+        "study",
+        1.0,
+        0.25,
+    )
+    assert details["epsilon_remaining"] == 0.0 and details["rho_remaining"] == 0.0
+    with pytest.raises(BudgetExceeded):
+        ledger.charge_query(3, "cohort", 0.001, 0.0, ONE)  # neither accountant has room left
+    assert ledger.spent(3, "cohort").charges == 2, "a refused charge spends nothing"
 
 
-def test_many_small_queries_afford_more_than_basic_composition_would(path: Path) -> None:
+def test_a_limit_of_epsilon_2_affords_one_query_of_epsilon_1(path: Path) -> None:
+    two = DPBudget(epsilon=2.0, delta=1e-6)
+    assert float(two.rho) == pytest.approx(direct_rho(2.0, 1e-6)) and two.rho < query_rho(1.0)
     ledger = PrivacyLedger(path)
-    budget = DPBudget(epsilon=1.0, delta=1e-6)
+    ledger.charge_query(1, "cohort", 1.0, 0.0, two)
+    ledger.charge_query(1, "cohort", 1.0, 0.0, two)
+    with pytest.raises(BudgetExceeded):
+        ledger.charge_query(1, "cohort", 0.1, 0.0, two)
+
+
+def test_ten_queries_of_a_tenth_spend_exactly_one(path: Path) -> None:
+    ledger = PrivacyLedger(path)
+    for _ in range(10):
+        spent = ledger.charge_query(1, "cohort", 0.1, 0.0, ONE)
+    assert spent.epsilon == Decimal("1.0") and spent.rho == Decimal("0.050")
+    with pytest.raises(BudgetExceeded):
+        ledger.charge_query(1, "cohort", 0.1, 0.0, ONE)
+
+
+def test_many_small_queries_are_admitted_by_zcdp_beyond_basic_composition(path: Path) -> None:
+    ledger = PrivacyLedger(path)
+    # basic composition affords 1 / 0.01 = 100 queries of epsilon 0.01; zCDP affords every
+    # query whose rho, 0.01^2 / 2 = 0.00005 each, still fits ONE's rho of 0.0174689: 349
+    by_basic = 100
+    by_zcdp = math.floor(float(ONE.rho) / float(query_rho(0.01)))
+    assert by_zcdp == 349
     taken = 0
     with pytest.raises(BudgetExceeded):
         while True:
-            ledger.charge_query(1, "cohort", 0.01, 0.0, budget)
+            spent = ledger.charge_query(1, "cohort", 0.01, 0.0, ONE)
             taken += 1
-    assert taken == 349 > 100, "349 queries of 0.01 under zCDP, 100 under sums of epsilon"
+    assert taken == by_zcdp > by_basic
+    assert spent.epsilon == Decimal("3.49") > 1, "basic composition is long past the limit"
+    assert spent.rho <= ONE.rho
+
+
+def test_a_declared_delta_counts_for_basic_composition_only(path: Path) -> None:
+    ledger = PrivacyLedger(path)
+    # 0.5 declaring delta 2e-6 > the limit's 1e-6: basic composition cannot admit it, and its
+    # rho 0.125 is beyond zCDP's 0.0174689
+    with pytest.raises(BudgetExceeded, match="by both accountants"):
+        ledger.charge_query(1, "cohort", 0.5, 2e-6, ONE)
+    # a small one declaring it is admitted by zCDP, which never looks at a pure query's delta;
+    # from then on basic composition has spent more delta than the limit and admits nothing
+    spent = ledger.charge_query(1, "cohort", 0.1, 2e-6, ONE)
+    assert spent.delta == Decimal("0.000002") and spent.remaining(ONE) == pytest.approx(
+        math.sqrt(2 * (float(ONE.rho) - 0.005))
+    )
+    with pytest.raises(BudgetExceeded):
+        ledger.charge_query(1, "cohort", 0.5, 0.0, ONE)
+
+
+def test_a_synthesis_and_queries_by_either_accountant(path: Path) -> None:
+    budget = DPBudget(epsilon=3.0, delta=1e-6)
+    ledger = PrivacyLedger(path)
+    # an MST request of (1, 1e-7): the rho its accounting is given, (1, 1e-7)-DP by it
+    mst = rho_for(1.0, 1e-7)
+    spent = ledger.charge(
+        1, "cohort", mst, budget, epsilon=1.0, delta=1e-7, kind="synthesis", job_id=1
+    )
+    assert (spent.epsilon, spent.delta) == (Decimal("1.0"), Decimal("1E-7"))
+    # two queries of epsilon 1: basic composition (3 of 3); in zCDP 0.5 each is far too much
+    ledger.charge_query(1, "cohort", 1.0, 0.0, budget)
+    spent = ledger.charge_query(1, "cohort", 1.0, 0.0, budget)
+    assert spent.epsilon == Decimal("3.0") and float(spent.rho) > float(budget.rho)
+    with pytest.raises(BudgetExceeded):
+        ledger.charge_query(1, "cohort", 0.01, 0.0, budget)
+
+
+def test_a_synthesis_beyond_the_limits_delta_leaves_zcdp_to_decide(path: Path) -> None:
+    budget = DPBudget(epsilon=3.0, delta=1e-6)
+    ledger = PrivacyLedger(path)
+    mst = rho_for(1.0, 1e-5)  # delta 1e-5 > 1e-6: basic composition cannot admit it
+    ledger.charge(1, "cohort", mst, budget, epsilon=1.0, delta=1e-5, kind="synthesis", job_id=2)
+    room = float(budget.rho) - mst  # 0.147264 - 0.030557
+    assert query_rho(0.5) > room > query_rho(0.4)
+    with pytest.raises(BudgetExceeded):
+        ledger.charge_query(1, "cohort", 0.5, 0.0, budget)  # basic would: 1.5 of 3
+    ledger.charge_query(1, "cohort", 0.4, 0.0, budget)
 
 
 def test_a_zero_budget_refuses_every_query(path: Path) -> None:
-    with pytest.raises(BudgetExceeded, match="remaining rho 0 "):
+    with pytest.raises(BudgetExceeded, match="a query of epsilon up to 0 remains"):
         PrivacyLedger(path).charge_query(1, "cohort", 0.01, 0.0, DPBudget(epsilon=0))
 
 
@@ -113,28 +197,16 @@ def test_studies_and_datasets_are_kept_apart(path: Path) -> None:
         (2, "cohort", Decimal("0.010"), 2),
     ]
     report = ledger.report(lambda d: (big, total))
+    # the report: basic composition's sums of epsilon and delta, and zCDP's rho
     assert report.entries[0] == BudgetSpent(
-        study_id=1,
-        dataset="cohort",
-        epsilon_spent=epsilon_of(0.02, 1e-6),
-        delta_spent=1e-6,
-        charges=1,
-        rho_spent=0.02,
+        study_id=1, dataset="cohort", epsilon_spent=0.2, delta_spent=0.0, charges=1, rho_spent=0.02
     )
     assert report.dataset_totals == [
         DatasetSpent(
-            dataset="cohort",
-            epsilon_spent=epsilon_of(0.03, 1e-6),
-            delta_spent=1e-6,
-            charges=3,
-            rho_spent=0.03,
+            dataset="cohort", epsilon_spent=0.4, delta_spent=0.0, charges=3, rho_spent=0.03
         ),
         DatasetSpent(
-            dataset="labs",
-            epsilon_spent=epsilon_of(0.045, 1e-6),
-            delta_spent=1e-6,
-            charges=1,
-            rho_spent=0.045,
+            dataset="labs", epsilon_spent=0.3, delta_spent=1e-7, charges=1, rho_spent=0.045
         ),
     ]
 
@@ -143,17 +215,19 @@ def test_the_spending_survives_a_restart(path: Path) -> None:
     PrivacyLedger(path).charge_query(1, "cohort", 0.1, 0.0, ONE)
     reopened = PrivacyLedger(path)
     assert reopened.spent(1, "cohort").rho == Decimal("0.005")
-    with pytest.raises(BudgetExceeded, match=r"remaining rho 0\.0124689 "):
-        reopened.charge_query(1, "cohort", 0.2, 0.0, ONE)
+    assert reopened.spent(1, "cohort").epsilon == Decimal("0.1")
+    with pytest.raises(BudgetExceeded, match=r"basic composition has spent epsilon 0\.1 "):
+        reopened.charge_query(1, "cohort", 0.91, 0.0, ONE)
     row = sqlite3.connect(path).execute("SELECT task_id, epsilon, rho, kind FROM charges")
     assert row.fetchall() == [(None, "0.1", "0.005", "query")]
 
 
 def test_concurrent_charges_never_exceed_the_budget(path: Path) -> None:
-    """Twenty threads on two ledgers over one file (as two processes would be) charge epsilon
-    0.05 (rho 0.00125) each against an allocation of rho 0.0174689: exactly 13 are taken."""
+    """Thirty threads on two ledgers over one file (as two processes would be) charge epsilon
+    0.05 (rho 0.00125) each against an allocation of epsilon 1: exactly 20 are taken (basic
+    composition; zCDP would admit 13)."""
     ledgers = [PrivacyLedger(path), PrivacyLedger(path)]
-    start = threading.Barrier(20)
+    start = threading.Barrier(30)
     taken: list[int] = []
     refused: list[int] = []
 
@@ -165,13 +239,13 @@ def test_concurrent_charges_never_exceed_the_budget(path: Path) -> None:
         except BudgetExceeded:
             refused.append(i)
 
-    threads = [threading.Thread(target=charge, args=(i,)) for i in range(20)]
+    threads = [threading.Thread(target=charge, args=(i,)) for i in range(30)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(30)
-    assert (len(taken), len(refused)) == (13, 7)
-    assert ledgers[0].spent(5, "cohort").rho == Decimal("0.01625")
+    assert (len(taken), len(refused)) == (20, 10)
+    assert ledgers[0].spent(5, "cohort").epsilon == Decimal("1.00")
 
 
 def test_a_failed_write_leaves_no_half_charge(path: Path, monkeypatch) -> None:
@@ -204,13 +278,13 @@ def test_the_total_is_on_by_default_so_a_second_study_cannot_start_afresh(path: 
     total = summary.dp_total_limit("cohort")
     assert total == DPTotal(epsilon=1.0, delta=1e-6), "no total configured: the allocation"
     ledger = PrivacyLedger(path)
-    ledger.charge_query(1, "cohort", 0.15, 0.0, ONE, total)  # rho 0.01125
+    ledger.charge_query(1, "cohort", 0.6, 0.0, ONE, total)  # basic composition: 0.6 of 1
     with pytest.raises(BudgetExceeded) as refused:
-        ledger.charge_query(2, "cohort", 0.15, 0.0, ONE, total)  # study 2 has all of its own
+        ledger.charge_query(2, "cohort", 0.6, 0.0, ONE, total)  # study 2 has all of its own
     assert refused.value.details["limit"] == "dataset_total"
     assert "over all studies" in refused.value.message
-    ledger.charge_query(2, "cohort", 0.1, 0.0, ONE, total)  # rho 0.005 still fits the total
-    ledger.charge_query(2, "labs", 0.15, 0.0, ONE, total)  # another dataset has its own total
+    ledger.charge_query(2, "cohort", 0.4, 0.0, ONE, total)  # 1.0 of the total: still fits
+    ledger.charge_query(2, "labs", 0.6, 0.0, ONE, total)  # another dataset has its own total
     # Without an explicit total the ledger applies the allocation as the total too.
     with pytest.raises(BudgetExceeded, match="over all studies"):
         ledger.charge_query(3, "cohort", 0.05, 0.0, ONE)
@@ -218,37 +292,39 @@ def test_the_total_is_on_by_default_so_a_second_study_cannot_start_afresh(path: 
 
 def test_a_dataset_total_caps_every_study_together(path: Path) -> None:
     ledger = PrivacyLedger(path)
-    total = DPTotal(epsilon=1.5, delta=1e-6)  # rho 0.0377...
-    per_study = float(ONE.rho)
-    first = ledger.charge_query(1, "cohort", 0.18, 0.0, ONE, total)  # rho 0.0162
-    assert first.dataset_total == DatasetTotal("cohort", Decimal("0.0162"), 1)
-    second = ledger.charge_query(2, "cohort", 0.18, 0.0, ONE, total)
-    assert second.rho == Decimal("0.0162"), "the study's own spend"
-    assert second.dataset_total is not None and second.dataset_total.rho == Decimal("0.0324")
-    assert 0.0324 < float(total.rho or 0) < 0.0324 + 0.0162 and per_study > 0.0162
+    total = DPTotal(epsilon=1.5, delta=1e-6)
+    first = ledger.charge_query(1, "cohort", 0.7, 0.0, ONE, total)  # rho 0.245
+    assert first.dataset_total == DatasetTotal(
+        "cohort", Decimal("0.245"), 1, Decimal("0.7"), Decimal(0)
+    )
+    second = ledger.charge_query(2, "cohort", 0.7, 0.0, ONE, total)
+    assert second.epsilon == Decimal("0.7"), "the study's own spend"
+    assert second.dataset_total is not None and second.dataset_total.epsilon == Decimal("1.4")
     with pytest.raises(BudgetExceeded) as refused:
-        ledger.charge_query(3, "cohort", 0.18, 0.0, ONE, total)  # a new study: no new budget
+        ledger.charge_query(3, "cohort", 0.2, 0.0, ONE, total)  # a new study: no new budget
     assert refused.value.details["limit"] == "dataset_total"
     assert refused.value.details["rho_limit"] == pytest.approx(direct_rho(1.5, 1e-6))
+    assert refused.value.details["epsilon_remaining"] == pytest.approx(0.1)
     assert refused.value.message.startswith(
-        "the query's rho 0.0162 (epsilon 0.18) would exceed the privacy budget of dataset "
-        "'cohort' over all studies: remaining rho 0.00624426"
+        "the query's rho 0.02 (epsilon 0.2, delta 0) would exceed the privacy budget of dataset "
+        "'cohort' over all studies by both accountants: basic composition has spent epsilon 1.4 "
+        "and delta 0 of (1.5, 0.000001); zCDP has spent rho 0.49 of 0.0386443"
     )
 
 
 def test_the_study_allocation_is_named_when_it_is_the_one_short(path: Path) -> None:
     ledger = PrivacyLedger(path)
     total = DPTotal(epsilon=10, delta=1e-6)
-    ledger.charge_query(1, "cohort", 0.18, 0.0, ONE, total)
+    ledger.charge_query(1, "cohort", 0.9, 0.0, ONE, total)
     with pytest.raises(BudgetExceeded, match="allocation of study 1 on dataset 'cohort'") as e:
-        ledger.charge_query(1, "cohort", 0.06, 0.0, ONE, total)
+        ledger.charge_query(1, "cohort", 0.2, 0.0, ONE, total)
     assert e.value.details["limit"] == "study"
 
 
 def test_concurrent_charges_of_many_studies_never_exceed_the_total(path: Path) -> None:
     ledgers = [PrivacyLedger(path), PrivacyLedger(path)]
     total = DPTotal(epsilon=1.0, delta=1e-6)
-    start = threading.Barrier(20)
+    start = threading.Barrier(30)
     taken: list[int] = []
 
     def charge(i: int) -> None:
@@ -259,13 +335,13 @@ def test_concurrent_charges_of_many_studies_never_exceed_the_total(path: Path) -
         except BudgetExceeded:
             pass
 
-    threads = [threading.Thread(target=charge, args=(i,)) for i in range(20)]
+    threads = [threading.Thread(target=charge, args=(i,)) for i in range(30)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(30)
-    assert len(taken) == 13
-    assert ledgers[1].dataset_spent("cohort").rho == Decimal("0.01625")
+    assert len(taken) == 20  # 20 * 0.05 = 1 by basic composition (13 by zCDP)
+    assert ledgers[1].dataset_spent("cohort").epsilon == Decimal("1.00")
 
 
 # ---- synthesis ----------------------------------------------------------------------------
@@ -274,14 +350,21 @@ def test_concurrent_charges_of_many_studies_never_exceed_the_total(path: Path) -
 def test_a_synthesis_charges_its_rho_once_per_job(path: Path) -> None:
     ledger = PrivacyLedger(path)
     budget = DPBudget(epsilon=3.0, delta=1e-6)
-    spent = ledger.charge(1, "cohort", 0.05, budget, kind="synthesis", job_id=7, epsilon=1.0)
+    asked = {"epsilon": 1.0, "delta": 1e-6}
+    spent = ledger.charge(1, "cohort", 0.05, budget, kind="synthesis", job_id=7, **asked)
     assert spent.rho == Decimal("0.05")
-    again = ledger.charge(1, "cohort", 0.05, budget, kind="synthesis", job_id=7, epsilon=1.0)
+    again = ledger.charge(1, "cohort", 0.05, budget, kind="synthesis", job_id=7, **asked)
     assert again.rho == Decimal("0.05") and again.charges == 1, "offered again: charged once"
     ledger.charge_query(1, "cohort", 0.1, 0.0, budget)  # queries share the same ledger
     assert ledger.spent(1, "cohort").rho == Decimal("0.055")
-    with pytest.raises(BudgetExceeded, match=r"the synthesis's rho 0\.2 "):
-        ledger.charge(1, "cohort", 0.2, budget, kind="synthesis", job_id=8)
+    # a charge without its (epsilon, delta): only zCDP applies, 0.055 + 0.2 > 0.147
+    with pytest.raises(
+        BudgetExceeded,
+        match=r"the synthesis's rho 0\.2 \(without its epsilon and delta: zCDP only\)",
+    ):
+        ledger.charge(
+            1, "cohort", 0.2, budget, kind="synthesis", job_id=8, epsilon=None, delta=None
+        )
 
 
 # ---- schema 1 ---------------------------------------------------------------------------
@@ -301,7 +384,9 @@ def test_a_version_1_ledger_is_migrated_to_rho(path: Path) -> None:
     ledger = PrivacyLedger(path)
     assert ledger.spent(1, "cohort").rho == Decimal("0.005")
     assert ledger.spent(2, "cohort").rho == Decimal("0.00125")
-    assert ledger.dataset_spent("cohort") == DatasetTotal("cohort", Decimal("0.00625"), 2)
+    assert ledger.dataset_spent("cohort") == DatasetTotal(
+        "cohort", Decimal("0.00625"), 2, Decimal("0.15"), Decimal("1E-7")
+    ), "basic composition keeps the epsilon and delta a schema-1 ledger recorded"
     version = sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0]
     assert version == SCHEMA_VERSION == 2
     ledger.charge_query(1, "cohort", 0.05, 0.0, ONE)

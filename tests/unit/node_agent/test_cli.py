@@ -43,22 +43,32 @@ def test_check_names_the_broken_column_in_one_line(configs, tessera_cli) -> None
     assert "unknown" not in done.stderr
 
 
-def spent_view(rho: float, epsilon_limit: float, delta_limit: float | None) -> dict[str, Any]:
-    """What `tessera node budget` shows of a limit: rho, and (epsilon, delta) by the conversion
-    epsilon = rho + 2 sqrt(rho ln(1/delta)) (delta 0 or none: 1e-6)."""
-    from tessera.privacy import epsilon_of, rho_budget
+def spent_view(
+    rho: float,
+    epsilon_limit: float,
+    delta_limit: float | None,
+    epsilon: float = 0.0,
+    delta: float = 0.0,
+) -> dict[str, Any]:
+    """What `tessera node budget` shows of a limit by both accountants: basic composition's
+    sums `epsilon` and `delta`, zCDP's `rho` (the limit converts at delta_limit, 0: 1e-6); what
+    is left, the larger of epsilon_limit - epsilon and sqrt(2 (rho_limit - rho))."""
+    from tessera.privacy import rho_budget
 
-    delta = delta_limit or 1e-6
-    limit = float(rho_budget(epsilon_limit, delta))
+    limit = float(rho_budget(epsilon_limit, delta_limit or 1e-6))
+    basic = epsilon_limit - epsilon
+    zcdp = math.sqrt(2 * (limit - rho))
     return {
         "rho_spent": rho,
         "rho_limit": limit,
         "rho_remaining": pytest.approx(limit - rho),
-        "epsilon_spent": epsilon_of(rho, delta),
+        "epsilon_spent": epsilon,
+        "delta_spent": delta,
         "epsilon_limit": epsilon_limit,
-        "epsilon_remaining": pytest.approx(math.sqrt(2 * (limit - rho))),
-        "delta": delta,
         "delta_limit": delta_limit,
+        "basic_epsilon_remaining": pytest.approx(basic),
+        "zcdp_epsilon_remaining": pytest.approx(zcdp),
+        "epsilon_remaining": pytest.approx(max(basic, zcdp)),
     }
 
 
@@ -83,13 +93,15 @@ def test_budget_prints_the_ledger_with_limits_and_what_is_left(configs, tessera_
     PrivacyLedger(ledger).charge_query(4, "labs", 0.2, 0.0, DPBudget(epsilon=2.0))
     done = tessera_cli("node", "budget", "--config", str(path))
     shown = json.loads(done.stdout)
+    cohort = spent_view(0.005, 1.0, 1e-6, epsilon=0.1, delta=1e-7)
+    labs = spent_view(0.02, 2.0, 0.0, epsilon=0.2)
     assert shown["entries"] == [
-        {"study_id": 4, "dataset": "cohort", "charges": 1, **spent_view(0.005, 1.0, 1e-6)},
-        {"study_id": 4, "dataset": "labs", "charges": 1, **spent_view(0.02, 2.0, 0.0)},
+        {"study_id": 4, "dataset": "cohort", "charges": 1, **cohort},
+        {"study_id": 4, "dataset": "labs", "charges": 1, **labs},
     ]
     assert shown["dataset_totals"] == [
-        {"dataset": "cohort", "charges": 1, **spent_view(0.005, 1.0, 1e-6)},
-        {"dataset": "labs", "charges": 1, **spent_view(0.02, 2.0, 0.0)},
+        {"dataset": "cohort", "charges": 1, **cohort},
+        {"dataset": "labs", "charges": 1, **labs},
     ], "the total is on by default: each dataset's per-study budget"
     configs.cohort().to_csv(configs.root / "cohort.csv", index=False)
     configs.cohort().to_csv(configs.root / "labs.csv", index=False)
@@ -97,7 +109,8 @@ def test_budget_prints_the_ledger_with_limits_and_what_is_left(configs, tessera_
     assert checked.stdout.splitlines()[-2:] == [
         "privacy budget: epsilon 1, delta 0.000001 per study and dataset; "
         "labs: epsilon 2, delta 0 per study",
-        "privacy budget over all studies: each dataset's per-study budget (composed in zCDP)",
+        "privacy budget over all studies: each dataset's per-study budget "
+        "(basic composition or zCDP)",
     ]
 
 
@@ -118,7 +131,7 @@ def test_budget_prints_each_dataset_total_over_all_studies(configs, tessera_cli)
     done = tessera_cli("node", "budget", "--config", str(path))
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["dataset_totals"] == [
-        {"dataset": "cohort", "charges": 2, **spent_view(0.01, 3.0, 0.0)},
+        {"dataset": "cohort", "charges": 2, **spent_view(0.01, 3.0, 0.0, epsilon=0.2)},
         {"dataset": "labs", "charges": 0, **spent_view(0.0, 3.0, 1e-6)},
     ]
     configs.cohort().to_csv(configs.root / "cohort.csv", index=False)
@@ -128,7 +141,7 @@ def test_budget_prints_each_dataset_total_over_all_studies(configs, tessera_cli)
         "privacy budget: epsilon 1, delta 0 per study and dataset; labs: epsilon 2, delta 0 "
         "per study",
         "privacy budget over all studies: epsilon 3 per dataset; labs: epsilon 3, delta 0.000001 "
-        "(composed in zCDP; elsewhere each dataset's per-study budget)",
+        "(basic composition or zCDP; elsewhere each dataset's per-study budget)",
     ]
 
 
