@@ -457,20 +457,45 @@ def show_budget(
         if all(n["charges"] >= charged for n in entry["nodes"]) or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    say(f"== Privacy budget of study #{study_id} on {entry['dataset']} (zCDP)")
-    say(f"   {'hospital':<11}  {'spent':>6}  {'limit':>6}  {'left':>6}  over all studies")
+    say(f"== Privacy budget of study #{study_id} on {entry['dataset']}")
+    say("   each hospital keeps two accountants over the same charges and admits a query while")
+    say("   either is within its limit: basic composition (the sums of epsilon and delta) or")
+    say("   zCDP (the sum of rho = epsilon^2 / 2; its limit is the rho that converts to the")
+    say("   epsilon limit at the delta limit, or at delta 1e-6 for a limit of delta 0); left is")
+    say("   the largest epsilon one more query may have, the better of the two (each in brackets)")
+    say(
+        f"   {'hospital':<11}  {'epsilon spent / limit':>21}  {'delta spent / limit':>19}  "
+        f"{'rho spent / limit':>19}  {'left (basic, zCDP)':<18}  over all studies"
+    )
     for n in entry["nodes"]:
-        total = n["dataset_total"]
-        over = (
-            f"{show(total['epsilon_spent'])} of {show(total['epsilon_limit'])} spent"
-            if total and total["epsilon_limit"] is not None
-            else "no cap"
-        )
-        say(
-            f"   {n['node']:<11}  {show(n['epsilon_spent']):>6}  {show(n['epsilon_limit']):>6}  "
-            f"{show(n['epsilon_remaining']):>6}  {over}"
-        )
+        say("   " + budget_row(n))
     say(f"   the study can still spend epsilon {show(entry['epsilon_remaining'])} on it\n")
+
+
+def budget_row(node: dict[str, Any]) -> str:
+    """One hospital's row of `show_budget`: what each accountant spent of the study's
+    allocation, what is left of it (the better of the two, then each), and of the total over
+    all studies."""
+
+    def of(spent: Any, limit: Any) -> str:
+        return f"{show(spent)} / {show(limit) if limit is not None else 'no dp'}"
+
+    left = (
+        f"{show(node['epsilon_remaining'])} ({show(node['basic_epsilon_remaining'])}, "
+        f"{show(node['zcdp_epsilon_remaining'])})"
+    )
+    total = node["dataset_total"]
+    over = (
+        f"epsilon {show(total['epsilon_spent'])} of {show(total['epsilon_limit'])} spent, "
+        f"{show(total['epsilon_remaining'])} left"
+        if total and total["epsilon_limit"] is not None
+        else "no cap"
+    )
+    return (
+        f"{node['node']:<11}  {of(node['epsilon_spent'], node['epsilon_limit']):>21}  "
+        f"{of(node['delta_spent'], node['delta_limit']):>19}  "
+        f"{of(node['rho_spent'], node['rho_limit']):>19}  {left:<18}  {over}"
+    )
 
 
 def run_synthesis(client: Any, study_id: int, net: Network, say: Callable[[str], None]) -> bool:

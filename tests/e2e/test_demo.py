@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from demo.scenario import DP_EPSILON_BUDGET, DP_EPSILON_TOTAL, QUERIES, show
-from tessera.privacy import epsilon_of, largest_epsilon, query_rho, rho_budget
+from tessera.privacy import ZERO, largest_epsilon, query_rho, rho_budget
 
 pytestmark = pytest.mark.slow  # the demo: make test runs it, make test-fast does not
 
@@ -33,18 +33,32 @@ def test_the_demo_runs_end_to_end_and_everything_matches() -> None:
     assert dp_queries, "the demo shows differential privacy"
     assert "within noise (|error| = " in out and "BEYOND" not in out
     assert "== Privacy budget of study #1 on paediatric_cohort" in out
-    # zCDP: each dp query costs rho = epsilon^2 / 2 of every hospital's allocation to the study
-    # and of its total over all studies, both limits converted at delta 1e-6; what the study can
-    # still spend is the largest epsilon one more query may have at every hospital
-    rho = sum(query_rho(body["dp"]["epsilon"]) for body in dp_queries)
-    room = min(rho_budget(DP_EPSILON_BUDGET, None), rho_budget(DP_EPSILON_TOTAL, None)) - rho
-    left = largest_epsilon(room)
-    assert f"the study can still spend epsilon {show(left)} on it" in out
-    spent = show(epsilon_of(rho, None))
+    # Each hospital admits a charge while basic composition (sum epsilon <= epsilon_L, sum
+    # delta <= delta_L) or zCDP (sum rho <= rho_L, a query's rho = epsilon^2 / 2, the limit
+    # converted at delta 1e-6 as delta_L is 0) is within its limit, for the study's allocation
+    # (DP_EPSILON_BUDGET) and for the total over all studies (DP_EPSILON_TOTAL) alike.
+    assert "basic composition (the sums of epsilon and delta) or" in out
+    assert "zCDP (the sum of rho = epsilon^2 / 2;" in out
+    epsilons = [body["dp"]["epsilon"] for body in dp_queries]
+    spent = sum(epsilons)  # basic composition: 1 + 0.5 = 1.5, delta 0 + 0
+    rho = sum(query_rho(e) for e in epsilons)  # zCDP: 1/2 + 1/8 = 0.625
+    rho_limit, rho_total = (rho_budget(e, None) for e in (DP_EPSILON_BUDGET, DP_EPSILON_TOTAL))
+    # what is left is the largest epsilon of one more query, the better of the accountants:
+    # basic composition's epsilon_L - sum epsilon, zCDP's sqrt(2 (rho_L - sum rho)) (0 here:
+    # rho 0.625 is past both rho 0.0676 of epsilon 2 and rho 0.39 of epsilon 5)
+    basic_left = DP_EPSILON_BUDGET - spent
+    zcdp_left = largest_epsilon(max(ZERO, rho_limit - rho))
+    left = max(basic_left, zcdp_left)
+    total_left = max(DP_EPSILON_TOTAL - spent, largest_epsilon(max(ZERO, rho_total - rho)))
+    assert (spent, rho, left, total_left) == (1.5, 0.625, 0.5, 3.5), "the demo's intent"
+    # the study can still spend what every hospital admits of both its limits
+    assert f"the study can still spend epsilon {show(min(left, total_left))} on it" in out
     for hospital in ("hospital_a", "hospital_b", "hospital_c"):
         row = (
-            f"   {hospital:<11}  {spent:>6}  {show(DP_EPSILON_BUDGET):>6}  {show(left):>6}  "
-            f"{spent} of {show(DP_EPSILON_TOTAL)} spent"
+            f"   {hospital:<11}  {f'{show(spent)} / {show(DP_EPSILON_BUDGET)}':>21}  "
+            f"{'0 / 0':>19}  {f'{show(float(rho))} / {show(float(rho_limit))}':>19}  "
+            f"{f'{show(left)} ({show(basic_left)}, {show(zcdp_left)})':<18}  "
+            f"epsilon {show(spent)} of {show(DP_EPSILON_TOTAL)} spent, {show(total_left)} left"
         )
         assert row in out.splitlines(), row
     for hospital in ("hospital_a", "hospital_b", "hospital_c"):

@@ -7,7 +7,8 @@ value; every node's ledger is charged, which `GET /studies/{id}/budget` shows; a
 what is left is refused up front (409, naming the nodes), one beyond a node's total over all
 studies too (naming the limit; a node's total is its study allocation unless it configures
 one), and the nodes themselves refuse a query the coordinator was misled into sending. The
-ledgers compose in zCDP, and every expected amount is derived with `tessera.privacy`.
+ledgers admit a charge when basic composition or zCDP is within the limit (the better of the
+two), and every expected amount is derived from those rules, zCDP's with `tessera.privacy`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from demo.network import DataSource, Network, NodeSpec
 from smpc import reference
 from tessera.client import TesseraClient
 from tessera.errors import BudgetExceeded
-from tessera.privacy import epsilon_of, largest_epsilon, query_rho, rho_budget
+from tessera.privacy import largest_epsilon, query_rho, rho_budget
 from tessera.schemas import ColumnSpec, DatasetSchema
 
 DATASET = "admissions"
@@ -42,10 +43,13 @@ SCHEMA = DatasetSchema(
     ]
 )
 NODES = ("node-a", "node-b", "node-c")
-# The ledgers compose in zCDP (`tessera.privacy`): a pure epsilon-DP query costs rho =
-# epsilon^2 / 2, and a limit (epsilon, delta 0) is the rho it converts to at delta 1e-6.
-BUDGET = 8.0  # epsilon per study and dataset, at every node: rho 0.9097
-TOTAL = 10.0  # node-a's epsilon over all studies: rho 1.353
+# Each ledger keeps two accountants over the same charges and admits a charge when, with it,
+# either is within the limit: basic composition (sum epsilon <= epsilon_L, sum delta <= delta_L)
+# or zCDP (sum rho <= rho_L; a pure epsilon-DP query costs rho = epsilon^2 / 2, and a limit
+# (epsilon, delta 0) is the rho it converts to at delta 1e-6). With a few large queries basic
+# composition is the better one, so these budgets are the ones an epsilon sum makes plain.
+BUDGET = 2.0  # epsilon per study and dataset, at every node (delta 0)
+TOTAL = 3.0  # node-a's epsilon over all studies; node-b's and node-c's is BUDGET (the default)
 TAIL = 10  # |noise| > 10 scales has probability about e^-10 per value
 MEAN = {"statistic": "mean", "column": "weight", "dp": {"epsilon": 1.0}}
 HISTOGRAM = {
@@ -54,13 +58,28 @@ HISTOGRAM = {
     "bins": [0, 5, 10, 15, 19],
     "dp": {"epsilon": 0.5},
 }
-SPENT = query_rho(1.0) + query_rho(0.5)  # the mean and the histogram: rho 0.625
-RHO_BUDGET, RHO_TOTAL = rho_budget(BUDGET, None), rho_budget(TOTAL, None)
-LEFT = largest_epsilon(RHO_BUDGET - SPENT)  # the largest query the study can still afford
-# Queries of the second study that each node's allocation to that study affords: the first
-# fits node-a's total over all studies (less what the first study spent) but not node-b's and
-# node-c's (their study allocation: what the first study left), the second fits none.
-SECOND = (1.0, 1.25)
+EPSILONS = (MEAN["dp"]["epsilon"], HISTOGRAM["dp"]["epsilon"])  # the first study's queries
+SPENT_EPSILON = sum(EPSILONS)  # basic composition: 1 + 0.5 = 1.5 (their delta: 0 + 0)
+SPENT = sum(query_rho(e) for e in EPSILONS)  # zCDP: 1/2 + 1/8 = rho 0.625
+RHO_BUDGET, RHO_TOTAL = rho_budget(BUDGET, None), rho_budget(TOTAL, None)  # 0.0676, 0.1473
+# zCDP is past both limits after the first study's queries (0.625 > rho 0.1473 of even TOTAL),
+# and never recovers (rho only grows): it has nothing left, so what is left is basic
+# composition's epsilon_L - sum epsilon (the better of the two).
+LEFT = BUDGET - SPENT_EPSILON  # the largest query the study can still afford: 0.5
+A_LEFT = TOTAL - SPENT_EPSILON  # what node-a's total over all studies has left: 1.5
+# Queries of the second study, each within that study's own allocation (BUDGET) by basic
+# composition: the first fits node-a's total (1.5 + 1 <= 3) but not node-b's and node-c's
+# (their total is BUDGET: 1.5 + 1 > 2), the second fits none (1.5 + 1.75 > 3).
+SECOND = (1.0, 1.75)
+
+
+def short(epsilon: float, where: str = "") -> str:
+    """How the coordinator names what a node has left of a limit once zCDP is past it (rho 0
+    left): the better of the two is basic composition's epsilon (its delta left: 0 of 0)."""
+    return (
+        f"a query of epsilon up to {epsilon:.6g} (basic composition: epsilon {epsilon:.6g}, "
+        f"delta 0 left; zCDP: rho 0 left){where}"
+    )
 
 
 def cohort(rows: int, seed: int) -> pd.DataFrame:
@@ -153,15 +172,22 @@ def wait_until(condition: Any, net: Network, timeout: float = 60.0) -> None:
 def test_dp_queries_are_noisy_within_their_scale_and_charged_at_every_node(
     world: World,
 ) -> None:
-    assert SPENT <= RHO_BUDGET < SPENT + query_rho(MEAN["dp"]["epsilon"]), "the budget's intent"
+    # the budget's intent: basic composition affords both queries and not a second mean, and
+    # zCDP alone would afford neither (it is past even node-a's total after them)
+    assert SPENT_EPSILON <= BUDGET < SPENT_EPSILON + MEAN["dp"]["epsilon"]
+    assert query_rho(MEAN["dp"]["epsilon"]) > RHO_TOTAL > RHO_BUDGET
     before = world.budget()
+    assert world.researcher.study_budget(world.study)["composition"] == "basic or zcdp"
     assert [before[n]["epsilon_limit"] for n in NODES] == [BUDGET] * 3
-    assert [before[n]["epsilon_remaining"] for n in NODES] == pytest.approx(
-        [largest_epsilon(RHO_BUDGET)] * 3, rel=1e-9
-    )
-    assert before["node-a"]["dataset_total"]["epsilon_remaining"] == pytest.approx(
-        largest_epsilon(RHO_TOTAL), rel=1e-9
-    )
+    assert [before[n]["rho_limit"] for n in NODES] == pytest.approx([float(RHO_BUDGET)] * 3)
+    # nothing spent: basic composition has the whole epsilon_L, zCDP sqrt(2 rho_L) < epsilon_L
+    for name in NODES:
+        assert before[name]["basic_epsilon_remaining"] == BUDGET
+        assert before[name]["zcdp_epsilon_remaining"] == pytest.approx(
+            largest_epsilon(RHO_BUDGET), rel=1e-9
+        )
+        assert before[name]["epsilon_remaining"] == BUDGET  # the better of the two
+    assert before["node-a"]["dataset_total"]["epsilon_remaining"] == TOTAL
     # node-b configures no total: its total over all studies is its study allocation
     assert before["node-b"]["dataset_total"]["epsilon_limit"] == BUDGET
 
@@ -188,12 +214,16 @@ def test_dp_queries_are_noisy_within_their_scale_and_charged_at_every_node(
 
     wait_until(lambda: all(world.budget()[n]["charges"] == 2 for n in NODES), world.net, 15)
     after = world.budget()
-    spent = epsilon_of(SPENT, None)  # rho 0.625 at delta 1e-6: epsilon 6.502
     for name in NODES:
+        # basic composition's sums, and zCDP's
+        assert (after[name]["epsilon_spent"], after[name]["delta_spent"]) == (SPENT_EPSILON, 0)
         assert after[name]["rho_spent"] == pytest.approx(float(SPENT), rel=1e-9)
-        assert after[name]["epsilon_spent"] == pytest.approx(spent, rel=1e-9)
+        assert after[name]["basic_epsilon_remaining"] == pytest.approx(LEFT, rel=1e-9)
+        assert after[name]["zcdp_epsilon_remaining"] == 0  # rho 0.625 is past rho_L
         assert after[name]["epsilon_remaining"] == pytest.approx(LEFT, rel=1e-9)
-    assert after["node-a"]["dataset_total"]["epsilon_spent"] == pytest.approx(spent, rel=1e-9)
+    total = after["node-a"]["dataset_total"]
+    assert (total["epsilon_spent"], total["rho_spent"]) == (SPENT_EPSILON, float(SPENT))
+    assert total["epsilon_remaining"] == pytest.approx(A_LEFT, rel=1e-9)
     assert after[""]["epsilon_remaining"] == pytest.approx(LEFT, rel=1e-9)
 
 
@@ -201,29 +231,30 @@ def test_a_query_beyond_what_is_left_is_refused_up_front_naming_the_nodes(world:
     with pytest.raises(BudgetExceeded) as refused:
         world.researcher.submit_query(world.study, {"dataset": DATASET, **MEAN})
     assert refused.value.http_status == 409
-    each = f"rho {float(RHO_BUDGET - SPENT):.6g} (a query of epsilon up to {LEFT:.6g})"
+    # basic composition: 1.5 + 1 > 2; zCDP: 0.625 + 0.5 > rho_L, with nothing left (rho 0)
+    each = short(LEFT)
     assert refused.value.message == (
         "the query's epsilon 1 (rho 0.5) exceeds what study 'growth' has left of the "
-        "differential-privacy budget on dataset 'admissions' "
-        f"(node node-a: {each}; node node-b: {each}; node node-c: {each}, as last reported)"
+        "differential-privacy budget on dataset 'admissions' by both basic composition and "
+        f"zCDP (node node-a: {each}; node node-b: {each}; node node-c: {each}, as last reported)"
     )
 
     # Another study has an allocation of its own, but not beyond each node's total over all
     # studies: node-a's configured TOTAL, the others' the study allocation (the default).
-    fits, too_much = (query_rho(e) for e in SECOND)
-    assert RHO_BUDGET - SPENT < fits <= RHO_TOTAL - SPENT < too_much <= RHO_BUDGET, "intent"
+    fits, too_much = SECOND
+    assert LEFT < fits <= A_LEFT < too_much <= BUDGET, "the intent (by basic composition)"
+    assert query_rho(fits) > RHO_BUDGET, "zCDP affords neither, even with nothing spent"
     second = world.budget(world.second_study)
-    a_left = largest_epsilon(RHO_TOTAL - SPENT)
     for name in NODES:
-        assert second[name]["epsilon_remaining"] == pytest.approx(
-            largest_epsilon(RHO_BUDGET), rel=1e-9
-        )
+        # the second study has spent nothing of its own allocation ...
+        assert second[name]["epsilon_remaining"] == BUDGET
+        # ... but only what the total over all studies has left is available
         assert second[name]["epsilon_available"] == pytest.approx(
-            a_left if name == "node-a" else LEFT, rel=1e-9
+            A_LEFT if name == "node-a" else LEFT, rel=1e-9
         )
+    of_total = " of the dataset's total over all studies"
     others = (
-        f"node node-b: {each} of the dataset's total over all studies; "
-        f"node node-c: {each} of the dataset's total over all studies"
+        f"node node-b: {short(LEFT, where=of_total)}; node node-c: {short(LEFT, where=of_total)}"
     )
     with pytest.raises(BudgetExceeded) as over_total:
         world.researcher.submit_query(
@@ -236,8 +267,7 @@ def test_a_query_beyond_what_is_left_is_refused_up_front_naming_the_nodes(world:
             world.second_study, {"dataset": DATASET, **MEAN, "dp": {"epsilon": SECOND[1]}}
         )
     assert over_total.value.message.endswith(
-        f"(node node-a: rho {float(RHO_TOTAL - SPENT):.6g} (a query of epsilon up to "
-        f"{a_left:.6g}) of the dataset's total over all studies; {others}, as last reported)"
+        f"(node node-a: {short(A_LEFT, where=of_total)}; {others}, as last reported)"
     )
     assert [n["limit"] for n in over_total.value.details["nodes"]] == ["dataset_total"] * 3
 
@@ -255,11 +285,13 @@ def test_the_nodes_refuse_what_a_misled_coordinator_sends(world: World) -> None:
     refused = world.run(MEAN)
     assert refused["status"] == "failed", refused
     assert refused["error"]["message"].startswith("node node-")
+    # each node's own ledger: basic composition 1.5 + 1 > 2, zCDP 0.625 + 0.5 > rho_L
     assert refused["error"]["message"].endswith(
-        " refused: the query's rho 0.5 (epsilon 1) would exceed the privacy allocation of study "
-        f"{world.study} on dataset 'admissions': remaining rho {float(RHO_BUDGET - SPENT):.6g} "
-        f"(a query of epsilon up to {LEFT:.6g}) of rho {float(RHO_BUDGET):.6g} (epsilon "
-        f"{BUDGET:g} at delta 1e-06, per study)"
+        " refused: the query's rho 0.5 (epsilon 1, delta 0) would exceed the privacy allocation "
+        f"of study {world.study} on dataset 'admissions' by both accountants: basic composition "
+        f"has spent epsilon {SPENT_EPSILON:g} and delta 0 of ({BUDGET:g}, 0); zCDP has spent "
+        f"rho {float(SPENT):.6g} of {float(RHO_BUDGET):.6g} (epsilon {BUDGET:g} at delta 1e-06); "
+        f"a query of epsilon up to {LEFT:.6g} remains (per study)"
     )
     assert refused["result"] is None
     spent = world.budget()
@@ -291,7 +323,9 @@ def test_the_node_budget_command_shows_the_ledger_and_the_total(world: World) ->
         float(SPENT),
     )
     assert (entry["epsilon_limit"], entry["rho_limit"]) == (BUDGET, float(RHO_BUDGET))
-    assert entry["epsilon_spent"] == pytest.approx(epsilon_of(SPENT, None), rel=1e-12)
+    assert (entry["epsilon_spent"], entry["delta_spent"]) == (SPENT_EPSILON, 0)
+    assert entry["basic_epsilon_remaining"] == pytest.approx(LEFT, rel=1e-12)
+    assert entry["zcdp_epsilon_remaining"] == 0
     assert entry["epsilon_remaining"] == pytest.approx(LEFT, rel=1e-12)
     [total] = ledger["dataset_totals"]
     assert (total["dataset"], total["epsilon_limit"], total["rho_spent"]) == (
@@ -299,9 +333,8 @@ def test_the_node_budget_command_shows_the_ledger_and_the_total(world: World) ->
         TOTAL,
         float(SPENT),
     )
-    assert total["epsilon_remaining"] == pytest.approx(
-        largest_epsilon(RHO_TOTAL - SPENT), rel=1e-12
-    )
+    assert (total["epsilon_spent"], total["rho_limit"]) == (SPENT_EPSILON, float(RHO_TOTAL))
+    assert total["epsilon_remaining"] == pytest.approx(A_LEFT, rel=1e-12)
 
 
 def test_the_query_budget_command_shows_what_the_study_has_left(world: World) -> None:

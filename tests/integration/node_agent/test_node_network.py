@@ -360,11 +360,17 @@ def test_each_node_reports_its_privacy_budget(world: World) -> None:
         time.sleep(0.1)
     assert all(n["reported_at"] for n in nodes.values()), "each ledger is sent at registration"
     assert list(nodes) == ["node-a", "node-b", "node-c"]
-    # zCDP: epsilon 2 at delta 1e-6 is rho 0.0676, which affords one query of epsilon 0.368
-    assert nodes["node-a"]["epsilon_limit"] == 2.0
-    assert nodes["node-a"]["epsilon_remaining"] == pytest.approx(
+    # Nothing spent: basic composition affords a query of the whole epsilon 2; zCDP's limit,
+    # epsilon 2 at delta 1e-6, is rho 0.0676, which affords one of epsilon sqrt(2 rho) = 0.368.
+    # What is left is the better of the two.
+    a = nodes["node-a"]
+    assert a["epsilon_limit"] == 2.0
+    assert a["rho_limit"] == pytest.approx(float(rho_budget(2.0, None)), rel=1e-9)
+    assert a["basic_epsilon_remaining"] == 2.0
+    assert a["zcdp_epsilon_remaining"] == pytest.approx(
         largest_epsilon(rho_budget(2.0, None)), rel=1e-9
     )
+    assert a["epsilon_remaining"] == max(2.0, a["zcdp_epsilon_remaining"]) == 2.0
     assert nodes["node-b"]["epsilon_limit"] is None and admissions["epsilon_remaining"] == 0.0
     with pytest.raises(PolicyDenied, match="nodes node-b, node-c have no differential-privacy"):
         world.submit({"statistic": "count", "dp": {"epsilon": 0.5}})
