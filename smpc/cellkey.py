@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 KEY_FIELD_BITS = 24
 KEY_FIELDS = 2  # A (counts and sums) and B (second moments and extremes)
 _KEY_MASK = (1 << KEY_FIELD_BITS) - 1
-COUNT_BITS = 4
+COUNT_NOISE_BITS = 4
 MAGNITUDE_BITS = 12  # u has 2**12 steps on (-1, 1)
 MAGNITUDE_SCALE_BITS = 8  # the policy's `magnitude` and `noise`, in 1/256
 LARGEST_SCALE_BITS = 8  # a cell's largest |x| travels rounded up to 1/256
@@ -110,7 +110,7 @@ class Perturbation:
 
 def _magnitude(bits: Any) -> Any:
     weights = np.array([2 * (1 << j) for j in range(MAGNITUDE_BITS)], dtype=object)
-    window = bits[:, COUNT_BITS : COUNT_BITS + MAGNITUDE_BITS]
+    window = bits[:, COUNT_NOISE_BITS : COUNT_NOISE_BITS + MAGNITUDE_BITS]
     return window @ weights + (1 - (1 << MAGNITUDE_BITS))
 
 

@@ -7,9 +7,11 @@ Everything a party secret-shares is an integer:
   integer type. Each party rounds its *local* sum once (error ≤ 2**-41 per party), so the pooled
   sum is exact to about 1e-12 whatever the number of rows. The pooled value must satisfy
   |v| < 2**(MOMENT_BITS - FRAC_BITS - 2) ≈ 7.7e25 (e.g. Σx² of 10⁷ rows with |x| ≤ 2·10⁹);
-- extremes, as *order keys*: the IEEE-754 bits of a float64 mapped to a signed 64-bit integer
-  whose order is the order of the floats. Minimum and maximum are therefore exact, for any
-  finite value, not rounded to a fixed-point grid.
+- local extremes, as fixed-point integers like the moments (they are checked against the
+  declared bounds and moved inside MPC, `smpc.protocol`);
+- a quantile search's values, as *order keys*: the IEEE-754 bits of a float64 mapped to a signed
+  64-bit integer whose order is the order of the floats, so the search finds a data value
+  exactly, not rounded to a fixed-point grid.
 """
 
 from __future__ import annotations
@@ -23,11 +25,6 @@ MOMENT_BITS = 128
 KEY_BITS = 66  # order keys span [-2**63, 2**63); comparisons need a little headroom
 MOMENT_LIMIT = 2 ** (MOMENT_BITS - FRAC_BITS - 2)
 
-# an empty cell's local extreme in fixed point: beyond every encodable value
-EMPTY_MIN = 2 ** (MOMENT_BITS - 3)
-EMPTY_MAX = -EMPTY_MIN
-MIN_SENTINEL = 2**63 - 1  # an empty cell's local minimum: above every real key
-MAX_SENTINEL = -(2**63)  # an empty cell's local maximum: below every real key
 
 _SIGN = 1 << 63
 _MAGNITUDE = _SIGN - 1

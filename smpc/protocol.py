@@ -20,16 +20,16 @@ noisy counts (nothing else is opened). Released noisy counts are reported as max
 from __future__ import annotations
 
 import functools
+import math
 import operator
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
 import numpy as np
 
 from smpc.cellkey import (
-    COUNT_BITS as COUNT_PERTURBATION_BITS,
-)
-from smpc.cellkey import (
+    COUNT_NOISE_BITS,
     KEY_FIELD_BITS,
     LARGEST_SCALE_BITS,
     MAGNITUDE_BITS,
@@ -44,6 +44,7 @@ from smpc.dp import COMPARE_BITS, discrete_laplace
 from smpc.encoding import FRAC_BITS, KEY_BITS, MOMENT_BITS, decode_moment, encode_moment
 from smpc.job import PartyJob
 from smpc.statistics.base import Opened, SecureStatistic
+from tessera.errors import DisclosureRefused
 
 
 def _array(secure_type: Any, values: list[int]) -> Any:
@@ -56,8 +57,10 @@ def pooled(mpc: Any, secure_type: Any, values: list[int]) -> Any:
     return functools.reduce(operator.add, shares)
 
 
+LARGEST_BITS = MOMENT_BITS - 2  # a cell's largest |x| (scaled 2**8), compared between sites
 WIDE_BITS = 2 * MOMENT_BITS + 16  # variance's centred second moment n·Σx² − (Σx)², scaled 2**80
-COUNT_BITS = 60  # counts, and count differences, are below 2**60 (products below 2**120)
+SITE_COUNT_BITS = 30  # a site's count in one cell is below 2**30 (a billion rows)
+COUNT_BITS = SITE_COUNT_BITS + 4  # pooled counts: at most 16 sites
 
 
 def at_least(mpc: Any, values: Any, bound: int | Any, bits: int) -> Any:
@@ -79,22 +82,23 @@ async def release(
     local_counts: list[int],
     secint: Any = None,
     threshold: int | None = None,
+    sites: list[Any] | None = None,
 ) -> tuple[Any, list[bool]]:
     """Every party inputs its per-cell counts; the pooled counts (secret) and which cells are
     released: the pooled count reaches `threshold` (default T) and every site's count is 0 or
     at least that site's own floor (c·(c − f) ≥ 0: DataSHIELD's nfilter.tab at every site).
-    Decided on shares; only one bit per cell is opened. Counts are below 2**30 per site."""
+    Decided on shares; only one bit per cell is opened. Counts are below 2**30 per site (the
+    comparisons are sized for it: `SITE_COUNT_BITS`)."""
     rules = statistic.rules
     assert rules is not None
     secint = secint or mpc.SecInt(KEY_BITS)
-    site_counts = mpc.input(_array(secint, local_counts))
+    site_counts = sites or mpc.input(_array(secint, local_counts))
     counts = functools.reduce(operator.add, site_counts)
     threshold = rules.threshold if threshold is None else threshold
-    bits = min(2 * COUNT_BITS, secint.bit_length)
-    ok = at_least(mpc, counts, threshold, min(COUNT_BITS, bits)) if threshold > 0 else None
+    ok = at_least(mpc, counts, threshold, COUNT_BITS) if threshold > 0 else None
     for c, floor in zip(site_counts, rules.floors, strict=True):
         if floor > 1:
-            site_ok = at_least(mpc, c * (c - floor), 0, bits)
+            site_ok = at_least(mpc, c * (c - floor), 0, 2 * SITE_COUNT_BITS + 2)
             ok = site_ok if ok is None else ok * site_ok
     if ok is None:
         return counts, [True] * len(local_counts)
@@ -130,7 +134,8 @@ async def combine_cells(mpc: Any, statistic: SecureStatistic, job: PartyJob) -> 
     if len(summary.counts) != size or len(summary.vectors.get("keys", ())) != 2 * size:
         raise ValueError(f"local summary does not fit the layout's {size} cells")
 
-    counts, released = await release(mpc, statistic, summary.counts, secint)
+    site_counts = mpc.input(_array(secint, summary.counts))
+    counts, released = await release(mpc, statistic, summary.counts, secint, sites=site_counts)
     cells = np.flatnonzero(released)
     opened = Opened(threshold=rules.threshold, released=released, counts=[None] * size)
     if statistic.moments:
@@ -156,19 +161,88 @@ async def combine_cells(mpc: Any, statistic: SecureStatistic, job: PartyJob) -> 
         opened.total = max(0, shown[-1])
 
     k = len(cells)
+    inputs = SiteInputs.of(mpc, secint, statistic, job, cells, site_counts)
+    await inputs.check(mpc, statistic)
     if statistic.moments:
-        await _perturbed_moments(mpc, secint, statistic, job, cells, n[:k], shift, opened)
+        await _perturbed_moments(mpc, statistic, inputs, n[:k], shift, opened)
     if statistic.extreme is not None:
-        await _perturbed_extremes(mpc, secint, statistic, job, cells, shift, opened)
+        await _perturbed_extremes(mpc, statistic, inputs, shift, opened)
     return opened
+
+
+@dataclass
+class SiteInputs:
+    """Each site's secret inputs to a cell statistic's values, for the released cells."""
+
+    cells: np.ndarray
+    counts: list[Any]
+    moments: dict[str, list[Any]]
+    largest: list[Any]
+    extreme: list[Any]
+
+    @classmethod
+    def of(
+        cls,
+        mpc: Any,
+        secint: Any,
+        statistic: SecureStatistic,
+        job: PartyJob,
+        cells: np.ndarray,
+        site_counts: list[Any],
+    ) -> SiteInputs:
+        summary = job.summary
+
+        def shares(values: list[int]) -> list[Any]:
+            return [s[cells] for s in mpc.input(_array(secint, values))]
+
+        moments = {name: shares(summary.moments[name]) for name in statistic.moments}
+        largest = shares(summary.vectors["largest"]) if statistic.moments else []
+        extreme = shares(summary.vectors["extreme"]) if statistic.extreme is not None else []
+        counts = [c[cells] for c in site_counts]
+        return cls(cells, counts, moments, largest, extreme)
+
+    def pooled(self, name: str) -> Any:
+        return functools.reduce(operator.add, self.moments[name])
+
+    async def check(self, mpc: Any, statistic: SecureStatistic) -> None:
+        """Every site's inputs within the column's declared bounds [lo, hi], decided inside MPC
+        before any value is opened: n·lo ≤ Σx ≤ n·hi, 0 ≤ Σx² ≤ n·max(lo², hi²), the largest
+        |x| ≤ max(|lo|, |hi|), the extreme in [lo, hi] (each local sum rounded once: ±1 on
+        the 2**-40 grid). One bit is opened; a failure is refused naming no site. Columns
+        without declared bounds are not checked (nothing is declared)."""
+        bounds = statistic.clip_bounds or statistic.declared_bounds
+        if bounds is None or not (self.moments or self.extreme):
+            return
+        lo, hi = (encode_moment(b) for b in bounds)
+        top = max(abs(bounds[0]), abs(bounds[1]))
+        magnitude = FRAC_BITS + SITE_COUNT_BITS + max(1, math.ceil(math.log2(top + 1))) + 2
+        checks = []
+        for i, n in enumerate(self.counts):
+            if "sum" in self.moments:
+                s = self.moments["sum"][i]
+                checks += [s - n * lo + 1, n * hi - s + 1]
+            if "sumsq" in self.moments:
+                q = self.moments["sumsq"][i]
+                checks += [q + 1, n * encode_moment(top * top) - q + 1]
+            if self.largest:
+                checks.append(math.ceil(top * (1 << LARGEST_SCALE_BITS)) - self.largest[i])
+            if self.extreme:
+                checks += [self.extreme[i] - lo, hi - self.extreme[i]]
+        bits = min(2 * magnitude, type(checks[0]).sectype.bit_length - 1)
+        ok = functools.reduce(operator.mul, [at_least(mpc, c, 0, bits) for c in checks])
+        if not int(await mpc.output(mpc.np_prod(ok) if len(self.cells) > 1 else ok[0])):
+            raise DisclosureRefused(
+                f"{statistic.name}: a site's inputs break the declared bounds of "
+                f"{statistic.column!r} (checked inside MPC over every site's sums together; "
+                "which site is not revealed)",
+                {"rule": "inputs"},
+            )
 
 
 async def _perturbed_moments(
     mpc: Any,
-    secint: Any,
     statistic: SecureStatistic,
-    job: PartyJob,
-    cells: np.ndarray,
+    inputs: SiteInputs,
     n: Any,
     shift: Perturbation,
     opened: Opened,
@@ -177,15 +251,12 @@ async def _perturbed_moments(
     n·Σx² − (Σx)² + u_b·magnitude·M²·n, each rounded down inside MPC before it is opened."""
     rules = statistic.rules
     assert rules is not None
-    summary = job.summary
+    cells = inputs.cells
     k = len(cells)
-    largest = functools.reduce(
-        lambda x, y: secure_max(mpc, x, y, MOMENT_BITS - 2),
-        [s[cells] for s in mpc.input(_array(secint, summary.vectors["largest"]))],
-    )
+    largest = functools.reduce(lambda x, y: secure_max(mpc, x, y, LARGEST_BITS), inputs.largest)
     magnitude = scale_factor(rules.magnitude)
     # scales: u 2**12, magnitude 2**8, M 2**8 → 2**28; Σx is scaled 2**40
-    sums = pooled(mpc, secint, summary.moments["sum"])[cells]
+    sums = inputs.pooled("sum")
     unit = MAGNITUDE_BITS + MAGNITUDE_SCALE_BITS + LARGEST_SCALE_BITS
     shifted = sums + shift.magnitude_a[:k] * largest * (magnitude << (FRAC_BITS - unit))
     drop = FRAC_BITS - SUM_PRECISION_BITS
@@ -194,37 +265,32 @@ async def _perturbed_moments(
         opened.moments["sum"][c] = decode_moment(int(v))
     if "sumsq" not in statistic.moments:
         return
-    squares = pooled(mpc, secint, summary.moments["sumsq"])[cells]
+    squares = inputs.pooled("sumsq")
     centred = n * squares * (1 << FRAC_BITS) - sums * sums  # scaled 2**80
     # u 2**12, magnitude 2**8, M² 2**16 → 2**36
     unit = MAGNITUDE_BITS + MAGNITUDE_SCALE_BITS + 2 * LARGEST_SCALE_BITS
     spread = shift.magnitude_b[:k] * largest * largest * n * (magnitude << (2 * FRAC_BITS - unit))
     values = await mpc.output(await floor_bits(mpc, centred + spread, 2 * FRAC_BITS - 16))
+    opened.moments["centred"] = [None] * len(opened.counts)
     for c, v in zip(cells, np.asarray(values).ravel(), strict=True):
-        opened.moments["centred"] = opened.moments.get("centred", [None] * len(opened.counts))
         opened.moments["centred"][c] = Fraction(int(v), 1 << (2 * FRAC_BITS))
 
 
 async def _perturbed_extremes(
-    mpc: Any,
-    secint: Any,
-    statistic: SecureStatistic,
-    job: PartyJob,
-    cells: np.ndarray,
-    shift: Perturbation,
-    opened: Opened,
+    mpc: Any, statistic: SecureStatistic, inputs: SiteInputs, shift: Perturbation, opened: Opened
 ) -> None:
-    """The cell's minimum or maximum (m − 1 secure comparisons) moved by u_b·noise·(the
-    column's declared range), rounded down inside MPC: never a child's exact value."""
+    """The cell's minimum or maximum (m − 1 secure comparisons, sized by the declared range:
+    the inputs were checked within it) moved by u_b·noise·(the declared range), rounded down
+    inside MPC: never a child's exact value."""
     assert statistic.rules is not None and statistic.declared_range is not None
     pick = secure_min if statistic.extreme == "min" else secure_max
-    value = functools.reduce(
-        lambda x, y: pick(mpc, x, y, MOMENT_BITS - 1),
-        [s[cells] for s in mpc.input(_array(secint, job.summary.vectors["extreme"]))],
+    bits = FRAC_BITS + max(1, math.ceil(math.log2(statistic.declared_range + 1))) + 2
+    value = functools.reduce(lambda x, y: pick(mpc, x, y, bits), inputs.extreme)
+    moved = value * (1 << EXTREME_UNIT) + shift.magnitude_b[: len(inputs.cells)] * extreme_step(
+        statistic
     )
-    moved = value * (1 << EXTREME_UNIT) + shift.magnitude_b[: len(cells)] * extreme_step(statistic)
     values = await mpc.output(await floor_bits(mpc, moved, EXTREME_DROP))
-    for c, v in zip(cells, np.asarray(values).ravel(), strict=True):
+    for c, v in zip(inputs.cells, np.asarray(values).ravel(), strict=True):
         opened.extremes[c] = float(Fraction(int(v), 1 << (FRAC_BITS + EXTREME_UNIT)))
 
 
@@ -303,7 +369,7 @@ def plain_perturbation(key_a: int, key_b: int) -> tuple[int, int, int]:
         return [(key >> j) & 1 for j in range(KEY_FIELD_BITS)]
 
     def magnitude(b: list[int]) -> int:
-        window = b[COUNT_PERTURBATION_BITS : COUNT_PERTURBATION_BITS + MAGNITUDE_BITS]
+        window = b[COUNT_NOISE_BITS : COUNT_NOISE_BITS + MAGNITUDE_BITS]
         return sum(2 * (1 << j) * v for j, v in enumerate(window)) + 1 - (1 << MAGNITUDE_BITS)
 
     a, b = bits(key_a), bits(key_b)

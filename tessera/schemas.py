@@ -339,9 +339,10 @@ class TaskFailure(Strict):
 
 
 class BudgetSpent(Strict):
-    """What a node's ledger holds for one study and dataset: the zCDP `rho_spent`, and the
-    (epsilon, delta)-DP it amounts to at the delta of the study's allocation (`delta_spent`,
-    0 while nothing is spent): epsilon_spent = rho + 2 sqrt(rho ln(1/delta))."""
+    """What a node's ledger holds for one study and dataset, by both of its accountants:
+    basic composition's sums of the charges' epsilon and delta (`epsilon_spent`,
+    `delta_spent`) and zCDP's sum of their rho (`rho_spent`; None from an older node, whose
+    epsilon and delta were rho converted)."""
 
     study_id: int
     dataset: Name

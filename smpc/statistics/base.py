@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 from smpc.cells import CellLayout
 from smpc.disclosure import AppliedRules
 from smpc.dp import NoiseSpec, column_bounds, describe, grid_sum, noise_plan
-from smpc.encoding import EMPTY_MAX, EMPTY_MIN, encode_moment
+from smpc.encoding import encode_moment
 from smpc.job import LocalSummary, PartyJob
 from smpc.query import QueryBase
 from tessera.errors import QueryInvalid
@@ -186,10 +186,15 @@ class SecureStatistic:
         return getattr(self.query, "column", None) if self.value_column else None
 
     @property
+    def declared_bounds(self) -> tuple[float, float] | None:
+        """The column's declared (min, max), if the schema declares both."""
+        spec = self.schema.column(self.column) if self.column else None
+        return column_bounds(spec) if spec is not None else None
+
+    @property
     def declared_range(self) -> float | None:
         """The column's declared range (max − min): what extremes and quantiles move by."""
-        spec = self.schema.column(self.column) if self.column else None
-        bounds = column_bounds(spec) if spec is not None else None
+        bounds = self.declared_bounds
         return None if bounds is None else bounds[1] - bounds[0]
 
     @property
@@ -316,9 +321,12 @@ class SecureStatistic:
                 summary.moments[moment] = [encode_moment(math.fsum(v**power)) for v in per_cell]
             summary.vectors["largest"] = largest(values, cells, size)
             if self.extreme is not None:
-                pick, empty = (np.min, EMPTY_MIN) if self.extreme == "min" else (np.max, EMPTY_MAX)
+                # an empty cell sends the declared bound on the far side: it never wins
+                assert self.declared_bounds is not None  # validated: extremes need them
+                low, high = self.declared_bounds
+                pick, empty = (np.min, high) if self.extreme == "min" else (np.max, low)
                 summary.vectors["extreme"] = [
-                    encode_moment(pick(v)) if len(v) else empty for v in per_cell
+                    encode_moment(pick(v) if len(v) else empty) for v in per_cell
                 ]
         except OverflowError as exc:
             raise QueryInvalid(f"{self.name} of {self.column!r}: {exc}") from None

@@ -36,6 +36,8 @@ class Min(SecureStatistic):
     moved_by_range = True
 
     def cell_values(self, opened: Opened, cell: int) -> dict[str, Any]:
+        if not opened.counts[cell]:  # an empty cell released without a threshold
+            return self.empty_values()
         return {self.name: number(opened.extremes[cell])}
 
     def empty_values(self) -> dict[str, Any]:

@@ -15,6 +15,8 @@ The cohort: 2 400 children over three hospitals (1 200, 800, 400 rows), ages in 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -257,3 +259,57 @@ def test_perturbation_costs_little_accuracy_on_a_few_thousand_rows(
     for entry in means["groups"]:
         truth = float(data[data.sex == entry["group"]["sex"]].weight_kg.mean())
         assert entry["mean"] == pytest.approx(truth, rel=0.01)
+
+
+def run_with_summaries(query: dict, summaries: list, floors: list[int]) -> dict:
+    """The real parties on given local summaries (a node that lies about its own rows)."""
+    from smpc.job import PartyJob
+    from smpc.runner import start_parties, wait_party
+    from smpc.simulation import free_ports
+    from smpc.statistics import compile_query
+
+    statistic = compile_query({"dataset": "d", **query}, SCHEMA)
+    addresses = [("127.0.0.1", port) for port in free_ports(len(summaries))]
+    jobs = [
+        PartyJob(
+            query=statistic.query.to_json(),
+            dataset_schema=SCHEMA,
+            summary=summary,
+            party_id=i,
+            parties=addresses,
+            min_count_floor=floors[i],
+            timeout_s=60,
+        )
+        for i, summary in enumerate(summaries)
+    ]
+    procs = start_parties(jobs)
+    outcomes = []
+    for proc, job in zip(procs, jobs, strict=True):
+        outcomes.append(wait_party(proc, job))
+    return outcomes[0].result
+
+
+@pytest.mark.parametrize(
+    ("statistic", "tamper"),
+    [
+        ("mean", lambda s: s.moments["sum"].__setitem__(0, s.moments["sum"][0] + (10**6 << 40))),
+        ("variance", lambda s: s.moments["sumsq"].__setitem__(0, -(1 << 40))),
+        ("max", lambda s: s.vectors["extreme"].__setitem__(0, 500 << 40)),
+    ],
+)
+def test_a_node_feeding_values_outside_its_declared_bounds_is_refused(
+    cohort: list[pd.DataFrame], statistic: str, tamper: Any
+) -> None:
+    """A curious node inflates its sum to move a mean, feeds a negative Σx², or a maximum
+    beyond the declared 120 kg: the parties check every site's inputs against the declared
+    bounds inside MPC and refuse, naming no site, before any value is opened."""
+    from smpc.statistics import compile_query
+
+    query = {"statistic": statistic, "column": "weight_kg"}
+    compiled = compile_query({"dataset": "d", **query}, SCHEMA)
+    summaries = [compiled.local_summary(frame) for frame in cohort]
+    assert run_with_summaries(query, summaries, FLOORS)["n"] is not None  # honest: runs
+    tamper(summaries[1])
+    with pytest.raises(DisclosureRefused, match="declared bounds") as refused:
+        run_with_summaries(query, summaries, FLOORS)
+    assert "party" not in str(refused.value) and "site 1" not in str(refused.value)

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from smpc import local_summary, parse_query, prepare
-from smpc.encoding import EMPTY_MIN, decode_moment, encode_moment
+from smpc.encoding import decode_moment, encode_moment
 from smpc.frames import infer_schema, select
 from tessera.errors import QueryInvalid
 from tessera.schemas import DatasetSchema
@@ -92,7 +92,9 @@ def test_extremes_are_local_fixed_point_and_empty_cells_send_a_sentinel(
     assert summary.counts == [0, len(rows)]
     # the local extremes travel as fixed-point moments; an empty cell sends a sentinel beyond
     # every encodable value (so it never wins the secure comparison)
-    assert summary.vectors["extreme"] == [EMPTY_MIN, encode_moment(rows.min())]
+    # an empty cell sends the declared maximum (for a minimum: it never wins)
+    high = schema.column("x").max
+    assert summary.vectors["extreme"] == [encode_moment(high), encode_moment(rows.min())]
     assert float(decode_moment(summary.vectors["extreme"][1])) == pytest.approx(
         rows.min(), abs=1e-12
     )
