@@ -1,9 +1,10 @@
 """Cell-key perturbation (the ABS TableBuilder method), computed inside MPC.
 
-**Row keys.** Every row of a node's dataset carries a persistent secret key: a keyed SipHash
-(`pandas.util.hash_pandas_object` with the node's secret, 16 characters kept in the node's work
-directory and never sent) of the row's declared columns. The same row always has the same key;
-without the secret nobody can compute it, and the keys of different rows are independent.
+**Row keys.** Every row of a node's dataset carries a persistent secret key: the row's declared
+columns hashed (`pandas.util.hash_pandas_object`), and that hash hashed again by SipHash keyed
+with the node's secret (16 characters kept in the node's work directory, never sent; pandas
+keys only text, so the row hash is keyed as text). The same row always has the same key;
+without the secret nobody can compute it, and the keys of different rows look independent.
 
 **Cell keys.** A cell's key is the sum of its rows' keys, over every site, modulo 2²⁴: each
 party inputs, per cell and per key field, the sum of its rows' 24-bit fields modulo 2²⁴, and the

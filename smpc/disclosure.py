@@ -5,7 +5,7 @@ policy (the coordinator shows them, the dry-run predicts with them). Each party 
 rules to its party process; at the start of every protocol the parties open every party's
 rules (`agree_rules`) and apply the strictest of each, so no query and no other node can relax
 a node's rule. A node's own floor also applies to its own contribution to every cell
-(`per_site_floors`), so the rules are known per party.
+(`smpc.protocol.release`), so the floors are kept per party.
 
 The rules, with their DataSHIELD counterparts and defaults (as DataSHIELD's):
 
