@@ -41,7 +41,14 @@ from smpc.cellkey import (
     scale_factor,
 )
 from smpc.dp import COMPARE_BITS, discrete_laplace
-from smpc.encoding import FRAC_BITS, KEY_BITS, MOMENT_BITS, decode_moment, encode_moment
+from smpc.encoding import (
+    FRAC_BITS,
+    KEY_BITS,
+    MOMENT_BITS,
+    MOMENT_LIMIT,
+    decode_moment,
+    encode_moment,
+)
 from smpc.job import PartyJob
 from smpc.statistics.base import Opened, SecureStatistic
 from tessera.errors import DisclosureRefused
@@ -57,7 +64,6 @@ def pooled(mpc: Any, secure_type: Any, values: list[int]) -> Any:
     return functools.reduce(operator.add, shares)
 
 
-LARGEST_BITS = MOMENT_BITS - 2  # a cell's largest |x| (scaled 2**8), compared between sites
 WIDE_BITS = 2 * MOMENT_BITS + 16  # variance's centred second moment n·Σx² − (Σx)², scaled 2**80
 SITE_COUNT_BITS = 30  # a site's count in one cell is below 2**30 (a billion rows)
 COUNT_BITS = SITE_COUNT_BITS + 4  # pooled counts: at most 16 sites
@@ -215,21 +221,24 @@ class SiteInputs:
             return
         lo, hi = (encode_moment(b) for b in bounds)
         top = max(abs(bounds[0]), abs(bounds[1]))
-        magnitude = FRAC_BITS + SITE_COUNT_BITS + max(1, math.ceil(math.log2(top + 1))) + 2
-        checks = []
+        width = max(1, math.ceil(math.log2(top + 1)))  # bits of the largest declared |x|
+        # each check is ≥ 0 when honest and its magnitude is bounded by the declared range:
+        # the comparisons are sized for that (a value beyond it compares wrongly, and fails)
+        checks: list[tuple[Any, int]] = []
         for i, n in enumerate(self.counts):
             if "sum" in self.moments:
-                s = self.moments["sum"][i]
-                checks += [s - n * lo + 1, n * hi - s + 1]
+                s, bits = self.moments["sum"][i], FRAC_BITS + SITE_COUNT_BITS + width + 2
+                checks += [(s - n * lo + 1, bits), (n * hi - s + 1, bits)]
             if "sumsq" in self.moments:
-                q = self.moments["sumsq"][i]
-                checks += [q + 1, n * encode_moment(top * top) - q + 1]
+                q, bits = self.moments["sumsq"][i], FRAC_BITS + SITE_COUNT_BITS + 2 * width + 2
+                checks += [(q + 1, bits), (n * encode_moment(top * top) - q + 1, bits)]
             if self.largest:
-                checks.append(math.ceil(top * (1 << LARGEST_SCALE_BITS)) - self.largest[i])
+                bound = math.ceil(top * (1 << LARGEST_SCALE_BITS))
+                checks.append((bound - self.largest[i], LARGEST_SCALE_BITS + width + 2))
             if self.extreme:
-                checks += [self.extreme[i] - lo, hi - self.extreme[i]]
-        bits = min(2 * magnitude, type(checks[0]).sectype.bit_length - 1)
-        ok = functools.reduce(operator.mul, [at_least(mpc, c, 0, bits) for c in checks])
+                bits = FRAC_BITS + width + 3
+                checks += [(self.extreme[i] - lo, bits), (hi - self.extreme[i], bits)]
+        ok = functools.reduce(operator.mul, [at_least(mpc, c, 0, bits) for c, bits in checks])
         if not int(await mpc.output(mpc.np_prod(ok) if len(self.cells) > 1 else ok[0])):
             raise DisclosureRefused(
                 f"{statistic.name}: a site's inputs break the declared bounds of "
@@ -253,7 +262,12 @@ async def _perturbed_moments(
     assert rules is not None
     cells = inputs.cells
     k = len(cells)
-    largest = functools.reduce(lambda x, y: secure_max(mpc, x, y, LARGEST_BITS), inputs.largest)
+    # M (scaled 2**8) compared between sites: sized by the declared bounds where the inputs
+    # were checked against them, by the moments' range otherwise
+    bounds = statistic.clip_bounds or statistic.declared_bounds
+    top = max(abs(bounds[0]), abs(bounds[1])) if bounds else float(MOMENT_LIMIT)
+    bits = LARGEST_SCALE_BITS + max(1, math.ceil(math.log2(top + 1))) + 2
+    largest = functools.reduce(lambda x, y: secure_max(mpc, x, y, bits), inputs.largest)
     magnitude = scale_factor(rules.magnitude)
     # scales: u 2**12, magnitude 2**8, M 2**8 → 2**28; Σx is scaled 2**40
     sums = inputs.pooled("sum")
