@@ -1,7 +1,7 @@
 """Differential privacy inside MPC: discrete Laplace noise that no party knows.
 
 A query with ``dp: {"epsilon": ε, "delta": δ}`` (the statistics whose class sets
-`supports_dp`: `count`, `sum`, `mean`, `histogram`, `crosstab`, with `where` and `group_by`)
+`supports_dp`: `count`, `sum`, `mean`, `variance`, `histogram`, `crosstab`, with `where` and `group_by`)
 gets calibrated noise added to its pooled, secret-shared cell values *before* anything is
 opened. The noise is drawn jointly
 inside MPC from MPyC's pseudorandom secret sharing (PRSS) and is never opened: no party, and
@@ -129,8 +129,8 @@ def grid_sum(values: np.ndarray) -> int:
     grid = np.rint(np.ldexp(np.asarray(values, dtype=float), FRAC_BITS))
     total = sum(map(int, grid.tolist()))
     if abs(total) >= MOMENT_LIMIT << FRAC_BITS:
-        raise OverflowError(
-            f"the local sum {float(total * GRID):.6g} is outside the secure fixed-point range"
+        raise OverflowError(  # the limit only: never a hospital's own sum in a message
+            "a local sum is outside the secure fixed-point range; rescale the column"
         )
     return total
 
@@ -139,6 +139,12 @@ def sum_sensitivity(bounds: tuple[float, float]) -> int:
     """L1 sensitivity of a clipped, per-row-rounded sum, in grid units (at least 1)."""
     lo, hi = bounds
     return max(abs(grid_value(lo)), abs(grid_value(hi)), 1)
+
+
+def square_sensitivity(bounds: tuple[float, float]) -> int:
+    """L1 sensitivity of a sum of clipped squares, each rounded to the grid (at least 1)."""
+    lo, hi = bounds
+    return max(grid_value(lo * lo), grid_value(hi * hi), 1)
 
 
 @dataclass(frozen=True)
@@ -232,15 +238,19 @@ def noise_plan(
 ) -> dict[str, NoiseSpec]:
     """The noisy values of each cell and the ε each spends (they add up to ε).
 
-    Counts only: the count gets ε. With a sum: the count and Σx get ε/2 each (sequential
-    composition within the cell; cells compose in parallel).
+    Counts only: the count gets ε. With a sum: the count and Σx get ε/2 each; with a sum of
+    squares too (the variance's sufficient statistics), the count, Σx and Σx² get ε/3 each
+    (sequential composition within the cell; cells compose in parallel).
     """
     if not moments:
         return {"count": NoiseSpec(epsilon, 1)}
-    if tuple(moments) != ("sum",) or bounds is None:
+    if tuple(moments) not in (("sum",), ("sum", "sumsq")) or bounds is None:
         raise QueryInvalid("dp: only counts and bounded sums can be made differentially private")
-    share = epsilon / 2
-    return {"count": NoiseSpec(share, 1), "sum": NoiseSpec(share, sum_sensitivity(bounds), GRID)}
+    share = epsilon / (1 + len(moments))
+    plan = {"count": NoiseSpec(share, 1), "sum": NoiseSpec(share, sum_sensitivity(bounds), GRID)}
+    if "sumsq" in moments:
+        plan["sumsq"] = NoiseSpec(share, square_sensitivity(bounds), GRID)
+    return plan
 
 
 def describe(epsilon: float, delta: float, plan: dict[str, NoiseSpec]) -> dict[str, Any]:

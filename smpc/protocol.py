@@ -345,29 +345,27 @@ async def combine_noisy_cells(mpc: Any, statistic: SecureStatistic, job: PartyJo
     if len(summary.counts) != size:
         raise ValueError(f"local summary has {len(summary.counts)} cells, layout needs {size}")
     plan = statistic.noise
-    names = list(plan)  # "count", then "sum" if the statistic has one
+    names = list(plan)  # "count", then the statistic's sums ("sum", "sumsq")
     noise = discrete_laplace(mpc, secint, [plan[name] for name in names for _ in range(size)])
 
     threshold = statistic.threshold
     values = {"count": pooled(mpc, secint, summary.counts)}
-    if "sum" in plan:
-        values["sum"] = pooled(mpc, secint, summary.moments["sum"])
+    for name in names[1:]:
+        values[name] = pooled(mpc, secint, summary.moments[name])
     noisy = {name: values[name] + noise[k * size : (k + 1) * size] for k, name in enumerate(names)}
     released = await noisy_release(mpc, noisy["count"], threshold)
     open_cells = np.flatnonzero(released)
 
     opened = Opened(threshold=threshold, released=released, counts=[None] * size)
-    column: list[Any] = [None] * size
+    opened.moments = {name: [None] * size for name in names[1:]}
     if open_cells.size:
         shown = await mpc.output(noisy["count"][open_cells])
         for c, v in zip(open_cells, np.asarray(shown).ravel(), strict=True):
             opened.counts[c] = max(0, int(v))
-        if "sum" in noisy:
-            shown = await mpc.output(noisy["sum"][open_cells])
+        for name in names[1:]:
+            shown = await mpc.output(noisy[name][open_cells])
             for c, v in zip(open_cells, np.asarray(shown).ravel(), strict=True):
-                column[c] = decode_moment(int(v))
-    if "sum" in noisy:
-        opened.moments["sum"] = column
+                opened.moments[name][c] = decode_moment(int(v))
     if all(released):
         opened.total = sum(c for c in opened.counts if c is not None)
     return opened

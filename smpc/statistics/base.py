@@ -11,7 +11,7 @@ order keys per result cell, never rows), the MPC part (`compute`: by default the
 released cells), the plaintext post-processing of what was opened (`finish`), and a plaintext
 oracle on pooled data (`reference`) that the tests compare against.
 
-With `dp` (count, sum, mean, histogram, crosstab; see `smpc.dp`), `noise` holds the noisy
+With `dp` (count, sum, mean, variance, histogram, crosstab; see `smpc.dp`), `noise` holds the noisy
 values per cell and the ε each spends, `local_input` clips the column to its declared bounds
 and rounds each row to the fixed-point grid, `finish` adds the result's `dp` entry, and
 `reference` returns the exact, noiseless result on the clipped data (`min_count` applied to
@@ -309,9 +309,11 @@ class SecureStatistic:
         order = np.argsort(cells, kind="stable")
         starts = np.searchsorted(cells[order], np.arange(size + 1))
         per_cell = [values[order[starts[c] : starts[c + 1]]] for c in range(size)]
-        if self.noise:  # each clipped row on the grid: the sum's sensitivity is exact
+        if self.noise:  # each clipped row on the grid: the sums' sensitivity is exact
             try:
-                summary.moments["sum"] = [grid_sum(v) for v in per_cell]
+                for moment in self.moments:
+                    power = {"sum": 1, "sumsq": 2}[moment]
+                    summary.moments[moment] = [grid_sum(v**power) for v in per_cell]
             except OverflowError as exc:
                 raise QueryInvalid(f"{self.name} of {self.column!r}: {exc}") from None
             return summary

@@ -1,12 +1,14 @@
 """`variance`: pooled mean, sample variance (ddof = 1) and standard deviation of a column.
 
-Each party shares its row count, Σx and Σx² per group. For released groups the pooled n, Σx
-and Σx² are opened and the variance is (Σx² − (Σx)²/n) / (n − 1), evaluated exactly in
-rational arithmetic on the opened fixed-point values, so there is no cancellation error beyond
-each party's float64 Σx² (relative 1e-16 · (mean² + variance) / variance).
+Each party shares its row count, Σx and Σx² per group. In the exact mode the pooled n and
+Σx and the centred n·Σx² − (Σx)² of released groups are perturbed by cell key and rounded
+inside MPC (`smpc.protocol`); the variance is that moment over n′(n′ − 1). With `dp` the noisy
+n, Σx and Σx² of values clipped to the declared bounds are opened (ε/3 each: the noisy
+sufficient statistics) and the variance is (Σx² − (Σx)²/n) / (n − 1) on them, clamped to
+[0, ((max − min)/2)²·n/(n − 1)] and the mean to the bounds (post-processing).
 
-Reveals: per released group n, mean and variance (equivalently n, Σx, Σx²); which groups are
-suppressed.
+Reveals: per released group n, mean and variance (perturbed, or noisy with `dp`); which groups
+are suppressed.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class Variance(SecureStatistic):
     name = "variance"
     query_model = VarianceQuery
     numeric_column = True
+    supports_dp = True  # noisy n, Σx and Σx² of clipped values (ε/3 each)
     result_fields = {"mean": float | None, "variance": float | None, "std": float | None}
     moments = ("sum", "sumsq")
 
@@ -39,6 +42,9 @@ class Variance(SecureStatistic):
         if not n or s is None:
             return self.empty_values()
         mean = s / n
+        if self.clip_bounds is not None:  # dp: post-processing of the noisy values
+            lo, hi = (Fraction(b) for b in self.clip_bounds)
+            mean = min(max(mean, lo), hi)
         if n < 2:
             return {"mean": number(mean), "variance": None, "std": None}
         centred = opened.moments.get("centred", [None] * len(opened.counts))[cell]
@@ -48,6 +54,9 @@ class Variance(SecureStatistic):
             q = opened.moments["sumsq"][cell]
             assert q is not None
             variance = max((q - s * s / n) / (n - 1), Fraction(0))
+            if self.clip_bounds is not None:  # dp: no variance beyond the bounds' largest
+                lo, hi = (Fraction(b) for b in self.clip_bounds)
+                variance = min(variance, (hi - lo) ** 2 / 4 * n / (n - 1))
         return {
             "mean": number(mean),
             "variance": number(variance),

@@ -188,6 +188,31 @@ def test_dp_mean_and_sum_are_of_values_clipped_to_the_bounds(
     assert total["sum"] != clipped  # noise on the 2^-40 grid: never exactly the value
 
 
+def test_dp_variance_from_noisy_sufficient_statistics(
+    randhie: pd.DataFrame, schema: DatasetSchema
+) -> None:
+    """n, Σx and Σx² of clipped values each get ε/3 (Σx²'s sensitivity: max², here 20²); the
+    variance is computed from them, so its error follows from theirs (first order)."""
+    frames = split(randhie, 3)
+    query = {"statistic": "variance", "dataset": "hie", "column": "mdvis", "dp": {"epsilon": 3.0}}
+    result = simulate(query, frames, schema)
+    exact = reference(query, randhie, schema)
+    assert result["dp"]["epsilon_split"] == {"count": 1.0, "sum": 1.0, "sumsq": 1.0}
+    scale = result["dp"]["noise_scale"]
+    assert scale["count"] == 1.0
+    assert scale["sum"] == pytest.approx(20.0, rel=2**-10)  # Δ = 20 at ε = 1
+    assert scale["sumsq"] == pytest.approx(400.0, rel=2**-10)  # Δ = 20² at ε = 1
+    n, mean, variance = exact["n"], exact["mean"], exact["variance"]
+    assert abs(result["n"] - n) <= TAIL * scale["count"]
+    assert abs(result["mean"] - mean) <= (TAIL * scale["sum"] + mean * TAIL) / (n - TAIL)
+    # Var = (Σx² − (Σx)²/n)/(n − 1): errors of Σx², Σx and n, each at most TAIL scales
+    sq, s = (n - 1) * variance + n * mean**2, n * mean
+    bound = (TAIL * scale["sumsq"] + 2 * s * TAIL * scale["sum"] / n) / (n - 1)
+    bound += (s * s / n**2 * TAIL + sq * TAIL / n) / (n - 1)  # the count's error, first order
+    assert abs(result["variance"] - variance) <= bound
+    assert result["variance"] != variance and 0 <= result["variance"] <= 100 * n / (n - 1)
+
+
 def test_dp_histogram_is_noisy_and_differs_between_runs(
     randhie: pd.DataFrame, schema: DatasetSchema
 ) -> None:
@@ -253,8 +278,10 @@ def test_dp_is_refused_where_it_cannot_be_applied(
 ) -> None:
     frames = split(randhie.head(300), 3)
     dp = {"epsilon": 1.0}
-    with pytest.raises(QueryInvalid, match="available for count, sum, mean, histogram, crosstab"):
-        simulate({"statistic": "variance", "dataset": "hie", "column": "mdvis", "dp": dp}, frames)
+    with pytest.raises(
+        QueryInvalid, match="available for count, sum, mean, variance, histogram, crosstab"
+    ):
+        simulate({"statistic": "max", "dataset": "hie", "column": "mdvis", "dp": dp}, frames)
     with pytest.raises(QueryInvalid, match="dp mean of 'lncoins' needs the column's bounds"):
         simulate({"statistic": "mean", "dataset": "hie", "column": "lncoins", "dp": dp}, frames)
     with pytest.raises(QueryInvalid, match="dp sum of 'mdvis' needs"):  # inferred: no bounds

@@ -56,7 +56,7 @@ def test_every_statistic_of_the_language_validates(statistic: str) -> None:
 
 def test_the_language_is_derived_from_the_registry() -> None:
     assert list(STATISTICS) == list(EVERY_STATISTIC)  # the registry keeps DESIGN.md's order
-    assert DP_STATISTICS == ("count", "sum", "mean", "histogram", "crosstab")
+    assert DP_STATISTICS == ("count", "sum", "mean", "variance", "histogram", "crosstab")
     schema = TypeAdapter(Query).json_schema()
     assert sorted(schema["discriminator"]["mapping"]) == sorted(STATISTICS)
     for name, cls in REGISTRY.items():
@@ -103,8 +103,8 @@ def test_malformed_queries_say_what_is_wrong(raw: object, message: str) -> None:
         ({"statistic": "count", "where": [["age", ">", "ten"]]}, "compares with numbers"),
         ({"statistic": "count", "where": [["icu", ">", 0]]}, "boolean column"),
         (
-            {"statistic": "variance", "column": "weight", "dp": {"epsilon": 1.0}},
-            "available for count, sum, mean, histogram, crosstab; not for 'variance'",
+            {"statistic": "max", "column": "age", "dp": {"epsilon": 1.0}},
+            "available for count, sum, mean, variance, histogram, crosstab; not for 'max'",
         ),
         (
             {"statistic": "mean", "column": "weight", "dp": {"epsilon": 1.0}},
@@ -225,7 +225,7 @@ def test_a_grouped_result_fits_its_type(statistic: str, frame: pd.DataFrame) -> 
 
 @pytest.mark.parametrize("statistic", DP_STATISTICS)
 def test_a_dp_result_fits_its_type(statistic: str, frame: pd.DataFrame) -> None:
-    bounded = {"column": "age"} if statistic in ("sum", "mean") else {}  # declared bounds
+    bounded = {"column": "age"} if statistic in ("sum", "mean", "variance") else {}  # bounds
     query = {"statistic": statistic, "dataset": "d", "dp": {"epsilon": 1.0}}
     fits(statistic, reference({**query, **EVERY_STATISTIC[statistic], **bounded}, frame, SCHEMA))
 
