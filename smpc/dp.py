@@ -3,7 +3,8 @@
 A query with ``dp: {"epsilon": ε, "delta": δ}`` (the statistics whose class sets
 `supports_dp`: `count`, `sum`, `mean`, `variance`, `histogram`, `crosstab`, with `where` and
 `group_by`) gets calibrated noise added to its pooled, secret-shared cell values *before*
-anything is opened. The noise is drawn jointly inside MPC from MPyC's pseudorandom secret sharing (PRSS) and is never opened: no party, and
+anything is opened. The noise is drawn jointly inside MPC from MPyC's pseudorandom secret
+sharing (PRSS) and is never opened: no party, and
 no coalition of at most t parties (t < m/2, the MPC threshold), learns it or any part of it.
 
 Mechanism: the discrete Laplace (two-sided geometric) mechanism on the integer grid the value
