@@ -96,8 +96,8 @@ def test_a_dp_query_reports_the_epsilon_and_delta_it_would_spend(setup: Setup) -
     assert answer["parties"] == 3 and answer["valid"] is True
     assert setup.researcher.study_queries(setup.study_id) == []
 
-    with pytest.raises(QueryInvalid, match=r"differential privacy .* not for 'variance'"):
-        dry_run(setup, {**DP_MEAN, "statistic": "variance"})
+    with pytest.raises(QueryInvalid, match=r"differential privacy .* not for 'max'"):
+        dry_run(setup, {**DP_MEAN, "statistic": "max"})
 
 
 def test_a_dp_mode_dataset_refuses_an_exact_query_and_the_dry_run_shows_the_mode(
