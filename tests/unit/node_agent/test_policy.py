@@ -161,9 +161,7 @@ def test_a_dp_mode_dataset_refuses_every_query_without_dp(configs) -> None:
     taken = p.decide(task({"statistic": "count", "dp": dp}).model_copy(update={"study_id": 1}))
     assert taken.refusal is None
     extreme = p.decide(  # a statistic with no DP version: refused in the dp mode, dp or not
-        task({"statistic": "max", "column": "weight", "dp": dp}).model_copy(
-            update={"study_id": 1}
-        )
+        task({"statistic": "max", "column": "weight", "dp": dp}).model_copy(update={"study_id": 1})
     ).refusal
     assert extreme is not None and "differential privacy" in extreme, "no dp: refused too"
     assert p.decide(task({"statistic": "count"}, dataset="labs")).refusal is None
