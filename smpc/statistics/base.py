@@ -191,6 +191,14 @@ class SecureStatistic:
         spec = self.schema.column(self.column) if self.column else None
         return column_bounds(spec) if spec is not None else None
 
+    def within_bounds(self, value: float | None) -> float | None:
+        """A moved extreme or quantile clamped to the declared bounds (post-processing of the
+        opened value: a moved age is never negative)."""
+        if value is None or self.declared_bounds is None:
+            return value
+        low, high = self.declared_bounds
+        return min(max(value, low), high)
+
     @property
     def declared_range(self) -> float | None:
         """The column's declared range (max − min): what extremes and quantiles move by."""

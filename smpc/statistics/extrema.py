@@ -38,7 +38,7 @@ class Min(SecureStatistic):
     def cell_values(self, opened: Opened, cell: int) -> dict[str, Any]:
         if not opened.counts[cell]:  # an empty cell released without a threshold
             return self.empty_values()
-        return {self.name: number(opened.extremes[cell])}
+        return {self.name: number(self.within_bounds(opened.extremes[cell]))}
 
     def empty_values(self) -> dict[str, Any]:
         return {self.name: None}

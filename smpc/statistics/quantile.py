@@ -292,7 +292,8 @@ class Quantile(SecureStatistic):
         values = opened.values[cell]
         return {
             "quantiles": {
-                quantile_key(q): number(v) for q, v in zip(self.query.q, values, strict=True)
+                quantile_key(q): number(self.within_bounds(v))
+                for q, v in zip(self.query.q, values, strict=True)
             }
         }
 

@@ -105,14 +105,23 @@ def check_extreme(
 
 
 def check_quantiles(
-    released: dict[str, float | None], expected: dict[str, float], spread: float
+    released: dict[str, float | None], expected: dict[str, float], bounds: tuple[float, float]
 ) -> None:
-    """Every level moved by the same shift (the search itself is exact), of at most
-    noise·(declared range)."""
+    """Every level moved by the same shift s (the search itself is exact), |s| at most
+    noise·(declared range), then clamped to the declared bounds."""
     assert list(released) == list(expected)
-    shifts = [released[k] - expected[k] for k in expected]  # type: ignore[operator]
-    assert max(shifts) - min(shifts) <= 1e-9 * (1 + max(abs(v) for v in expected.values()))
-    assert abs(shifts[0]) <= NOISE * spread + ROUNDING + _SLACK, (shifts[0], spread)
+    low, high = bounds
+    inside = [k for k in expected if low < released[k] < high]  # type: ignore[operator]
+    shifts = [released[k] - expected[k] for k in inside]  # type: ignore[operator]
+    scale = 1e-9 * (1 + max(abs(v) for v in expected.values()))
+    if shifts:
+        assert max(shifts) - min(shifts) <= scale
+        assert abs(shifts[0]) <= NOISE * (high - low) + ROUNDING + _SLACK, (shifts[0], bounds)
+    for k in expected:  # a level at a bound: moved beyond it by a shift within the limit
+        if k not in inside:
+            assert released[k] in (low, high)
+            moved = (shifts[0] if shifts else released[k] - expected[k]) + expected[k]
+            assert (moved <= low + scale) if released[k] == low else (moved >= high - scale)
 
 
 def released_cells(
