@@ -152,6 +152,9 @@ async def combine_cells(mpc: Any, statistic: SecureStatistic, job: PartyJob) -> 
     if not cells.size:
         return opened
 
+    k = len(cells)
+    inputs = SiteInputs.of(mpc, secint, statistic, job, cells, site_counts)
+    await inputs.check(mpc, statistic)  # before any value, the counts included, is opened
     shift = cell_perturbation(mpc, secint, summary.vectors["keys"], size, cells, whole)
 
     n = counts[cells]
@@ -166,9 +169,6 @@ async def combine_cells(mpc: Any, statistic: SecureStatistic, job: PartyJob) -> 
     if whole:
         opened.total = max(0, shown[-1])
 
-    k = len(cells)
-    inputs = SiteInputs.of(mpc, secint, statistic, job, cells, site_counts)
-    await inputs.check(mpc, statistic)
     if statistic.moments:
         await _perturbed_moments(mpc, statistic, inputs, n[:k], shift, opened)
     if statistic.extreme is not None:
