@@ -145,23 +145,33 @@ def hadamard_bits(size: int, entry_bits: int) -> int:
     return math.ceil(size * (entry_bits + math.log2(max(size, 1)) / 2)) + 1
 
 
+TOLERANCE_FACTOR = 10**10  # a pivot is refused below 1e-10 of its column's scaled diagonal
+
+
 async def gauss_jordan(
-    mpc: Any, matrix: Any, size: int, tolerance_bound: float = 1e-10
+    mpc: Any, matrix: Any, size: int, entry_bits: int | None = None
 ) -> tuple[Any, Any]:
     """Fraction-free Gauss–Jordan on the secure array `matrix` = [G | B], G size × size PSD.
 
-    Returns det(G) and adj(G)·B, both secret. Before pivot k the parties open, under one fresh
-    secret random factor, the pivot d_k and d_(k−1)·G_kk: the masked pivot inverts it for the
-    next step, and the pair gives the parties (never the researcher) the tolerance
-    d_k / (d_(k−1)·G_kk) = 1 − R² of column k on columns 0..k−1 (uncentred), in (0, 1]. A zero
-    pivot or a tolerance below `tolerance_bound` raises `Singular`, which carries nothing (no
-    column, no tolerance): the refusal names no term and no value.
+    Returns det(G) and adj(G)·B, both secret. Before pivot k the parties open the pivot d_k
+    under a fresh secret random factor (uniformly random unless d_k = 0: it inverts the pivot
+    for the next step) and one bit, decided inside MPC (`smpc.rounded.open_nonnegative`): is the
+    tolerance d_k / (d_(k−1)·G_kk) = 1 − R² of column k on columns 0..k−1 (uncentred) at
+    least 1e-10? The tolerance itself is never opened. A zero pivot or a failed bit raises
+    `Singular`, which carries nothing (no column, no tolerance): the refusal names no term and
+    no value. `entry_bits` bounds |G_ij| (it sizes the comparison; the field's size if None).
 
     Step k only reads column k of the left block again, so each step drops the column it has
     eliminated: the work is about size² · (size/2 + B's width) products in all.
     """
+    from smpc.rounded import open_nonnegative
+
     stype = type(matrix).sectype
     p = stype.field.order
+    if entry_bits is None:
+        bits = p.bit_length() - mpc.options.sec_param - 8
+    else:  # |d_k·10^10| and |d_(k−1)·G_kk| below
+        bits = hadamard_bits(size, entry_bits) + entry_bits + TOLERANCE_FACTOR.bit_length() + 2
     diagonal = [matrix[k, k] for k in range(size)]
     inverse: Any = None  # the previous pivot's inverse, kept secret
     previous: Any = None
@@ -171,8 +181,12 @@ async def gauss_jordan(
         mask = mpc._random(stype)
         # Decided before the step's update is scheduled: a refusal leaves no exchange pending
         # (a party that stops while others still send would end the run as a timeout).
-        u, w = (int(v) % p for v in await mpc.output([mask * pivot, mask * scaled_diagonal]))
-        if u == 0 or w == 0 or rational(u * pow(w, -1, p) % p, p) < tolerance_bound:
+        u = int(await mpc.output(mask * pivot)) % p
+        if u == 0:
+            raise Singular
+        margin = pivot * TOLERANCE_FACTOR - scaled_diagonal
+        (tolerable,) = await open_nonnegative(mpc, mpc.np_fromlist([margin]), bits)
+        if not tolerable:
             raise Singular
         row = matrix[k, 1:]
         column = matrix[:, 0]

@@ -25,9 +25,9 @@ import numpy as np
 from pydantic import Field
 
 from smpc.encoding import FRAC_BITS
-from smpc.exact import open_ratio_arrays
 from smpc.job import PartyJob
 from smpc.query import QueryBase
+from smpc.rounded import open_rounded_ratios
 from smpc.secure import count_base, round_count, rounded_counts
 from smpc.statistics.base import number
 from smpc.statistics.design import ENTRY_BITS
@@ -73,7 +73,9 @@ class Correlation(GramStatistic):
         return 2 * ENTRY_BITS + 2
 
     def field_bits(self) -> int:
-        return 4 * self.co_moment_bits() + 16  # C² and C_jj·C_kk, a masked ratio
+        from smpc.rounded import ratio_field_bits
+
+        return ratio_field_bits(2 * self.co_moment_bits() + 1)  # r² = C_jk² / (C_jj·C_kk)
 
     def compare_bits(self) -> int:
         return self.co_moment_bits()
@@ -161,12 +163,13 @@ class Correlation(GramStatistic):
         second = np.array([m * k + m for _, m in pairs], dtype=np.int64)
         upper = np.array([j * k + m for j, m in pairs], dtype=np.int64)
         co = self.co_moments(mpc, matrix).reshape(-1)
-        squared = co[upper] * co[upper] if pairs else None
-        numerators = co[diagonal] if not pairs else mpc.np_hstack((co[diagonal], squared))
-        denominators = co[diagonal]
+        constant = [bool(z) for z in await mpc.np_is_zero_public(co[diagonal])]
+        ratios: list[float | None] = [None if c else 1.0 for c in constant]
         if pairs:
-            denominators = mpc.np_hstack((denominators, co[first] * co[second]))
-        ratios = await open_ratio_arrays(mpc, numerators, denominators)
+            squared = mpc.np_tolist(co[upper] * co[upper])
+            products = mpc.np_tolist(co[first] * co[second])
+            bits = 2 * self.co_moment_bits() + 1
+            ratios += await open_rounded_ratios(mpc, squared, products, bits)
         signs: list[int] = []
         if pairs:
             assert compare is not None

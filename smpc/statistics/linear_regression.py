@@ -37,7 +37,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from smpc.exact import Singular, gauss_jordan, hadamard_bits, open_ratios
+from smpc.exact import Singular, gauss_jordan, hadamard_bits
+from smpc.rounded import open_rounded_ratios
 from smpc.statistics.base import number
 from smpc.statistics.design import (
     ENTRY_BITS,
@@ -99,16 +100,21 @@ class LinearRegression(GramStatistic):
     def coefficient_names(self) -> list[str]:
         return self.names[:-1]
 
+    def ratio_bits(self) -> int:
+        """Bits of the largest |numerator| or denominator the statistic opens a ratio of."""
+        p = len(self.coefficient_names)
+        det = hadamard_bits(p, ENTRY_BITS)  # det(XᵀX), and each entry of adj(XᵀX)·Xᵀy
+        adj = hadamard_bits(p - 1, ENTRY_BITS)
+        q = det + ENTRY_BITS + p.bit_length() + 2
+        return max(q + adj + 45, 2 * det + ENTRY_BITS + 1, det + 2 * ENTRY_BITS + 2) + 1
+
     def field_bits(self) -> int:
         from smpc.exact import field_exponent
+        from smpc.rounded import ratio_field_bits
 
         p = len(self.coefficient_names)
         det = hadamard_bits(p, ENTRY_BITS)
-        adj = hadamard_bits(p - 1, ENTRY_BITS)
-        q = det + ENTRY_BITS + p.bit_length() + 2
-        se = (q + adj + 45) + (2 * det + ENTRY_BITS + 1)
-        r2 = (q + ENTRY_BITS) + (det + 2 * ENTRY_BITS + 2)
-        bits = max(se, r2, 2 * det + 2) + 8
+        bits = max(ratio_field_bits(self.ratio_bits()), 2 * det + ENTRY_BITS + 8)
         field_exponent(bits)
         return bits
 
@@ -134,21 +140,22 @@ class LinearRegression(GramStatistic):
         identity = type(matrix).sectype.array(np.eye(p, dtype=object))
         augmented = mpc.np_hstack((gram, xty, identity))
         try:
-            det, reduced = await gauss_jordan(mpc, augmented, p)
+            det, reduced = await gauss_jordan(mpc, augmented, p, ENTRY_BITS)
         except Singular:
             if self.layout.group_columns:
                 return self.empty_values()
             raise DisclosureRefused(singular_refusal(self.name), {"rule": "singular"}) from None
         adj_xty = reduced[:, 0]
         q = det * yty - mpc.sum([xty[j, 0] * adj_xty[j] for j in range(p)])
-        beta = await open_ratios(mpc, [adj_xty[j] for j in range(p)], det)
-        assert beta is not None
-        se_num = [q * reduced[j, 1 + j] * SCALE for j in range(p)]
-        se_sq = await open_ratios(mpc, se_num, det * det * (n_scaled - p * SCALE))
-        assert se_sq is not None
-        tss = n_scaled * yty - sum_y * sum_y
-        ratio = await open_ratios(mpc, [n_scaled * q], det * tss)
-        return self.values(beta, se_sq, None if ratio is None else 1 - ratio[0], n)
+        se_den = det * det * (n_scaled - p * SCALE)
+        r2_den = det * (n_scaled * yty - sum_y * sum_y)
+        numerators = [adj_xty[j] for j in range(p)]
+        numerators += [q * reduced[j, 1 + j] * SCALE for j in range(p)]
+        numerators.append(r2_den - n_scaled * q)  # R² = 1 − RSS/TSS, as one ratio
+        denominators = [det] * p + [se_den] * p + [r2_den]
+        ratios = await open_rounded_ratios(mpc, numerators, denominators, self.ratio_bits())
+        beta, se_sq, r2 = ratios[:p], ratios[p : 2 * p], ratios[2 * p]
+        return self.values(beta, se_sq, r2, n)
 
     def too_few(self, n: int, p: int) -> dict[str, Any]:
         if not self.layout.group_columns:

@@ -43,8 +43,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from smpc.exact import Singular, gauss_jordan, hadamard_bits, open_ratios
+from smpc.exact import Singular, gauss_jordan, hadamard_bits
 from smpc.job import LocalSummary, PartyJob
+from smpc.rounded import open_rounded_ratios, ratio_field_bits
 from smpc.statistics.base import number
 from smpc.statistics.design import (
     ENTRY_BITS,
@@ -133,7 +134,10 @@ class LogisticRegression(GramStatistic):
     def field_bits(self) -> int:
         p = len(self.names)
         det = hadamard_bits(p, ENTRY_BITS)  # also bounds adj(H)·score and adj(H)_jj·2**40
-        return 2 * det + 48
+        return max(2 * det + 48, ratio_field_bits(self.ratio_bits()))
+
+    def ratio_bits(self) -> int:
+        return hadamard_bits(len(self.names), ENTRY_BITS) + 1
 
     # ---- local part: the party keeps its own rows for the iterations ---------------------
 
@@ -205,7 +209,7 @@ class LogisticRegression(GramStatistic):
         """det(H) and adj(H)·B for `augmented` = [H | B]."""
         p = len(self.names)
         try:
-            return await gauss_jordan(mpc, augmented, p)
+            return await gauss_jordan(mpc, augmented, p, ENTRY_BITS)
         except Singular:
             raise DisclosureRefused(
                 singular_refusal(self.name) + " (or the fitted probabilities are all 0 or 1)",
@@ -218,9 +222,12 @@ class LogisticRegression(GramStatistic):
         for iteration in range(1, MAX_ITERATIONS + 1):
             h, score = await self._pooled_system(mpc, stype, x, y, beta)
             det, reduced = await self._eliminate(mpc, mpc.np_hstack((h, score.reshape(p, 1))))
-            step = await open_ratios(mpc, [reduced[j, 0] for j in range(p)], det)
-            assert step is not None
-            delta = np.array([float(v) for v in step])
+            step = await open_rounded_ratios(
+                mpc, [reduced[j, 0] for j in range(p)], [det] * p, self.ratio_bits()
+            )
+            if any(v is None for v in step):  # a step beyond 2**40: it diverges
+                break
+            delta = np.array([float(v) for v in step])  # type: ignore[arg-type]
             beta = beta + delta
             if not np.all(np.isfinite(beta)):
                 break
@@ -229,9 +236,8 @@ class LogisticRegression(GramStatistic):
                 identity = stype.array(np.eye(p, dtype=object))
                 det, reduced = await self._eliminate(mpc, mpc.np_hstack((h, identity)))
                 diagonal = [reduced[j, j] * SCALE for j in range(p)]
-                variances = await open_ratios(mpc, diagonal, det)
-                assert variances is not None
-                return self.values(beta, [float(v) for v in variances], iteration)
+                variances = await open_rounded_ratios(mpc, diagonal, [det] * p, self.ratio_bits())
+                return self.values(beta, [float(v or 0.0) for v in variances], iteration)
         raise DisclosureRefused(  # pooled: every party saw the same steps
             f"logistic_regression did not converge in {MAX_ITERATIONS} iterations (is the "
             "outcome perfectly separated by a predictor?)",

@@ -93,8 +93,9 @@ class TTest(SecureStatistic):
     # ---- the secure part ----------------------------------------------------------------
 
     async def compute(self, mpc: Any, job: PartyJob) -> PerGroup:
-        from smpc.exact import exact_type, open_ratio_arrays
+        from smpc.exact import exact_type
         from smpc.protocol import pooled, release
+        from smpc.rounded import open_rounded_ratios, ratio_field_bits
 
         threshold = self.threshold
         summary = job.summary
@@ -108,7 +109,8 @@ class TTest(SecureStatistic):
         a_bits = 2 * s_bits + 1
         d_bits = 3 * COUNT_BITS
         df_bits = 2 * (2 * a_bits + 2 * d_bits + 2) + 2 * COUNT_BITS + 4
-        stype = exact_type(mpc, df_bits + 16)
+        ratio_bits = df_bits // 2 + 2 * COUNT_BITS  # any numerator or denominator below
+        stype = exact_type(mpc, ratio_field_bits(ratio_bits))
         small = mpc.SecInt(s_bits + COUNT_BITS + 2)  # for the sign of t: cheap comparisons
         shown = np.array([g for g in range(groups) if reported[g]])
         a, b = 2 * shown, 2 * shown + 1
@@ -128,12 +130,14 @@ class TTest(SecureStatistic):
         diff = s[a] * n_b - s[b] * n_a
         spread = a_a * d_b + a_b * d_a
         n_ab = n_a * n_b
-        t2 = await open_ratio_arrays(mpc, diff * diff * d_a * d_b, n_ab * n_ab * spread)
-        df = await open_ratio_arrays(
-            mpc,
-            spread * spread * (n_a - 1) * (n_b - 1),
-            a_a * a_a * d_b * d_b * (n_b - 1) + a_b * a_b * d_a * d_a * (n_a - 1),
+        numerators = mpc.np_tolist(diff * diff * d_a * d_b)
+        numerators += mpc.np_tolist(spread * spread * (n_a - 1) * (n_b - 1))
+        denominators = mpc.np_tolist(n_ab * n_ab * spread)
+        denominators += mpc.np_tolist(
+            a_a * a_a * d_b * d_b * (n_b - 1) + a_b * a_b * d_a * d_a * (n_a - 1)
         )
+        ratios = await open_rounded_ratios(mpc, numerators, denominators, ratio_bits)
+        t2, df = ratios[: len(shown)], ratios[len(shown) :]
         base = count_base(threshold)
         sizes = n_small[a] + n_small[b]
         totals = await mpc.output(rounded_counts(mpc, mpc.np_tolist(sizes), base))

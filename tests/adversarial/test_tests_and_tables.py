@@ -6,6 +6,8 @@ holds a row, through the protocol as it runs (`smpc.simulate`, three party proce
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -113,17 +115,24 @@ def test_a_boolean_correlation_with_a_small_cell_is_suppressed() -> None:
     assert expected["matrix"][0][1] is None and expected["n"] == 70
 
 
-@pytest.mark.xfail(strict=True, reason="correlation still opens r² as an exact masked ratio")
-def test_correlation_outputs_are_multiples_of_the_published_precision() -> None:
-    """(e) Not yet: r² is opened as an exact fraction (`smpc.exact.open_ratio_arrays`)."""
+def test_correlation_outputs_are_rounded_inside_mpc_not_exact_fractions() -> None:
+    """(e) r² is opened only rounded toward zero to 25 significant bits (`smpc.rounded`), never
+    as the exact fraction C_jk² / (C_jj·C_kk), whose reduced numerator and denominator would
+    give the pooled table away; r is ±√ of that value."""
     rng = np.random.default_rng(3)
     frame = pd.DataFrame(
         {"p": rng.random(60) < 0.5, "q": rng.random(60) < 0.5, "z": rng.random(60)}
     )
     query = {"statistic": "correlation", "dataset": "d", "columns": ["z", "p"]}
     result = simulate(query, thirds(frame), BOOLEANS)
-    units = result["matrix"][0][1] * 2**OUTPUT_PRECISION_BITS
-    assert units == int(units)
+    r = result["matrix"][0][1]
+    exact = float(np.corrcoef(frame["z"], frame["p"].astype(float))[0, 1])
+    assert math.copysign(1, r) == math.copysign(1, exact)
+    opened = r * r  # the opened r², up to the square root's last bit
+    mantissa, _ = math.frexp(opened)
+    assert abs(mantissa * 2**25 - round(mantissa * 2**25)) < 1e-6  # 25 significant bits
+    assert exact * exact - opened < 2**-23 * exact * exact  # truncated toward zero
+    assert opened != exact * exact
 
 
 SURVIVAL = DatasetSchema(

@@ -1,0 +1,138 @@
+"""`smpc.rounded.open_rounded_ratios` against exact fractions, over real MPyC parties.
+
+Each opened ratio must be |num/den| + β truncated toward zero to 25 significant bits, with its
+sign, for a β below (2t + 6)·2**-64 (inside the documented band: 2**-36 ≤ |num/den| < 2**40);
+below 2**-36 within 2**-58 of the exact value; beyond 2**44 None, between 2**40 and 2**44 None or the rounded value; 0 for
+a zero numerator, None for a zero denominator.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+from smpc.simulation import free_ports
+
+ROOT = Path(__file__).resolve().parents[3]
+PARTY = Path(__file__).with_name("rounded_party.py")
+
+
+def truncated(ratio: Fraction) -> float:
+    """|ratio| truncated toward zero to 25 significant bits, with ratio's sign."""
+    if ratio == 0:
+        return 0.0
+    magnitude = abs(ratio)
+    e = magnitude.numerator.bit_length() - magnitude.denominator.bit_length()
+    if magnitude < Fraction(2) ** e:
+        e -= 1  # 2**e ≤ |ratio| < 2**(e + 1)
+    value = math.ldexp(math.floor(magnitude / Fraction(2) ** (e - 24)), e - 24)
+    return value if ratio > 0 else -value
+
+
+def acceptable(opened: float | None, num: int, den: int, parties: int) -> bool:
+    if den == 0:
+        return opened is None
+    ratio = Fraction(num, den)
+    if abs(ratio) >= 2**44:
+        return opened is None
+    # the opened value is sign · trunc(|ratio| + β) for a β in (0, (2t + 6)·2**-64)
+    beta = Fraction(2 * ((parties - 1) // 2) + 6, 2**64)
+    nudged = ratio + beta if ratio > 0 else ratio - beta
+    if abs(ratio) >= 2**40:
+        return opened is None or opened in (truncated(ratio), truncated(nudged))
+    if abs(ratio) < Fraction(2) ** -36:
+        return opened is not None and abs(Fraction(opened) - ratio) < Fraction(2) ** -58
+    return opened in (truncated(ratio), truncated(nudged))
+
+
+def pairs(bits: int, count: int, seed: int) -> list[tuple[int, int]]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(count):
+        den_bits = rng.randrange(1, bits)
+        num_bits = max(1, min(bits - 1, den_bits + rng.randrange(-50, 50)))
+        out.append((rng.choice([-1, 1]) * rng.getrandbits(num_bits), rng.getrandbits(den_bits) | 1))
+    top = 1 << (bits - 2)
+    out += [
+        (0, 9),
+        (7, 0),
+        (-3, 3),
+        (5, top + 1),
+        (-(1 << 50), 3),
+        (1 << 50, 7),
+        (-top, 1),
+        (12345, 12345),
+        (-1, 8),
+        (-1, 3),
+        (3 << 30, 3),
+        (-(3 << 30), 1 << 20),
+        (1, top),
+        (10**13, 1),
+        (2**39, 1),
+        (-(2**41), 1),
+        (-4, 5),
+        (-1024, 5),
+        (1, 3),
+    ]  # zero, zero denominator, powers of two (negative too), tiny, huge, on the grid
+    return out
+
+
+def run(task: dict[str, object], parties: int) -> list[float | None]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TESSERA_RATIOS": json.dumps(task)}
+    addresses = []
+    if parties > 1:
+        addresses = [a for p in free_ports(parties) for a in ("-P", f"127.0.0.1:{p}")]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(PARTY), "-I", str(i), "--no-log", *addresses],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(parties)
+    ]
+    outputs = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=240)
+        assert proc.returncode == 0, stderr[-2000:]
+        outputs.append(json.loads(stdout.strip().splitlines()[-1]))
+    assert all(out == outputs[0] for out in outputs)  # every party opens the same values
+    return outputs[0]
+
+
+@pytest.mark.parametrize(("parties", "bits", "count"), [(1, 300, 200), (3, 300, 30), (3, 900, 6)])
+def test_opened_ratios_are_the_exact_ratios_truncated_to_25_significant_bits(
+    parties: int, bits: int, count: int
+) -> None:
+    cases = pairs(bits, count, seed=bits + parties)
+    shared = [1, -5, 3 * 12345678, 0, 12345678 * 2**20]  # over the last pair's denominator
+    cases.append((7, 12345678))
+    task = {"bits": bits, "pairs": [[str(n), str(d)] for n, d in cases], "shared": shared}
+    opened = run(task, parties)
+    expected = cases + [(n, 12345678) for n in shared]
+    assert len(opened) == len(expected)
+    wrong = [
+        (n, d, o)
+        for (n, d), o in zip(expected, opened, strict=True)
+        if not acceptable(o, n, d, parties)
+    ]
+    assert not wrong, wrong[:5]
+
+
+def test_the_same_ratios_open_the_same_values_every_time() -> None:
+    """Deterministic: the rounding does not depend on the run's randomness (repeating a query
+    averages nothing away), even for values on the 25-bit grid."""
+    cases = [(1, 4), (-3, 4), (2**30, 3), (7, 7), (5, 1), (-(2**20), 2**21)]
+    task = {"bits": 200, "pairs": [[str(n), str(d)] for n, d in cases], "shared": []}
+    first = run(task, 3)
+    assert first == [truncated(Fraction(n, d)) for n, d in cases]
+    assert run(task, 3) == first
