@@ -2,10 +2,11 @@
 
 A query with ``dp: {"epsilon": ε, "delta": δ}`` (the statistics whose class sets
 `supports_dp`: `count`, `sum`, `mean`, `variance`, `histogram`, `crosstab`, with `where` and
-`group_by`) gets calibrated noise added to its pooled, secret-shared cell values *before*
-anything is opened. The noise is drawn jointly inside MPC from MPyC's pseudorandom secret
-sharing (PRSS) and is never opened: no party, and
-no coalition of at most t parties (t < m/2, the MPC threshold), learns it or any part of it.
+`group_by`, and `kaplan_meier`, on its per-step event and censoring counts) gets calibrated
+noise added to its pooled, secret-shared cell values *before* anything is opened. The noise is
+drawn jointly inside MPC from MPyC's pseudorandom secret sharing (PRSS) and is never opened: no
+party, and no coalition of at most t parties (t < m/2, the MPC threshold), learns it or any
+part of it.
 
 Mechanism: the discrete Laplace (two-sided geometric) mechanism on the integer grid the value
 is shared on. A pooled count is an integer (grid 1); a pooled sum is an integer multiple of
@@ -65,6 +66,8 @@ the union of all parties' rows). A row lands in at most one cell, so cells compo
 parallel: the whole table, every group of a `group_by` and every bin included, spends ε once.
 
 - count, histogram, crosstab: one noisy value per cell, the count, Δ = 1, ε_s = ε.
+- kaplan_meier: one noisy count per group, grid step and kind (event or censoring); a row
+  leaves at one step, as one kind: Δ = 1, ε_s = ε (`smpc.statistics.kaplan_meier`).
 - sum, mean: two per cell, the count (Δ = 1) and Σx of x clipped to the declared [min, max]
   (Δ = max(|round(min·2⁴⁰)|, |round(max·2⁴⁰)|) grid units), ε_s = ε/2 each (sequential
   composition: ε/2 + ε/2 = ε).

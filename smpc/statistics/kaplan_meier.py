@@ -69,10 +69,38 @@ risk are exact; survival estimates are float64 products (relative error about 1e
 the log-rank statistic is within about 2^-48 (plus 2^-60 times the condition number of V) of
 its exact value; the tests see relative errors near 1e-15.
 
+Differential privacy (`dp`: {epsilon, delta}). Each row leaves its group's risk set at exactly
+one grid step, as an event or as a censoring, so the per-step event and censoring counts of all
+groups form one histogram in which a row occupies one cell: L1 sensitivity 1 under adding or
+removing a row, and the whole table, every group and step, spends ε once (parallel
+composition). Inside MPC the pooled counts (events, and censorings = the drop of the number at
+risk minus the events) of every group and grid step get discrete Laplace noise of scale 1/ε
+(`smpc.dp`, Δ = 1, the `count` entry of the result's `dp`); a group is released when its noisy
+row count (the sum of its noisy cells) reaches T, compared inside MPC, and then only the noisy
+counts of the released groups, over the whole grid, are opened. Everything else is
+post-processing in plaintext (no further ε; `consistent_counts`): numbers at risk from the noisy
+reverse cumulative counts by isotonic regression, within [0, n] (n = max(0, noisy row count)),
+events from the noisy cumulative events by isotonic regression, at least 0 and at most the
+risk set, S(t) = Π(1 − d/r), non-increasing within [0, 1]; a curve lists time 0 and every grid
+time where its post-processed risk set drops or it has events, and is truncated where the
+post-processed risk set falls below T. The log-rank test is null in dp mode: a statistic from
+noisy counts referred to χ² would give p-values that ignore the noise, and so overstate the
+evidence. There are no confidence intervals (there are none in the exact mode either; a
+Greenwood variance from noisy counts would likewise ignore the noise). Error: measured at ε = 1
+on Rossi's data (432 rows, 53 weekly steps), the largest |S_dp(t) − S(t)| over the grid was
+0.011–0.026 in five runs; on Walton's flies (81 daily steps) 0.07–0.15 for the control group
+(129 flies) and up to 0.38 for the 34 flies of miR-137: the noise of a cumulative count grows
+as √L, so small groups on long grids need a larger ε or a coarser time unit. Cost: 2·G·L noisy
+counts of about 12 biased coins each at ε = 1 (a 10 000-day grid with four groups: about a
+million coins; use weeks). A neighbouring dataset changes one cell by 1, so the implementation
+is (ε, 2⁻⁶⁴)-DP where the ideal mechanism is pure ε-DP (`smpc.dp`'s slack).
+
 Reveals: per released group its n and its curve (time, survival, at_risk at each time whose
 risk set is at least `min_count`); which groups are suppressed; the overall n only when no
 group is; the log-rank statistic over the released groups with rows, and whether its
-covariance matrix is singular.
+covariance matrix is singular. With `dp`: to the parties, which groups' noisy row counts reach
+`min_count`, and the noisy per-step event and censoring counts of the released groups over the
+whole grid (ε-DP); in the result, the curves post-processed from them.
 """
 
 from __future__ import annotations
@@ -86,10 +114,12 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from smpc.cells import CellLayout
+from smpc.dp import discrete_laplace
+from smpc.encoding import MOMENT_BITS
 from smpc.job import LocalSummary, PartyJob
 from smpc.query import QueryBase
 from smpc.secure import look_up, prefix_lengths, quadratic_form, rounded_division, to_fixed
-from smpc.statistics.base import Opened, ResultModel, SecureStatistic, number
+from smpc.statistics.base import DPApplied, Opened, ResultModel, SecureStatistic, number
 from tessera.errors import QueryInvalid
 from tessera.schemas import ColumnName
 
@@ -113,6 +143,7 @@ UNGROUPED = "all"
 class SurvivalOpened(Opened):
     at_risk: list[list[int]] = field(default_factory=list)  # per group, its opened prefix
     events: list[list[int]] = field(default_factory=list)
+    censored: list[list[int]] = field(default_factory=list)  # with `dp`: noisy, whole grid
     logrank: tuple[float, int] | None = None  # (statistic, df)
 
 
@@ -145,10 +176,12 @@ class KaplanMeierResult(ResultModel):
     n: int | None
     groups: dict[str, SurvivalCurve]
     logrank: LogRank
+    dp: DPApplied | None = None
 
 
 class KaplanMeier(SecureStatistic):
     name = "kaplan_meier"
+    supports_dp = True
     row_rule = (
         "every time must be a whole number within the time column's declared bounds, and "
         "every event 0 or 1"
@@ -283,6 +316,8 @@ class KaplanMeier(SecureStatistic):
         for key in ("at_risk", "events"):
             if len(summary.vectors.get(key, ())) != size * grid:
                 raise ValueError(f"local summary's {key!r} does not fit {size} groups × {grid}")
+        if self.query.dp is not None:
+            return await self.noisy_compute(mpc, job)
 
         secint = mpc.SecInt(SECURE_BITS)
         threshold = self.threshold
@@ -328,6 +363,56 @@ class KaplanMeier(SecureStatistic):
             opened.logrank = await _logrank(mpc, secint, at_risk, events, opened, compared, grid)
         return opened
 
+    async def noisy_compute(self, mpc: Any, job: PartyJob) -> SurvivalOpened:
+        """With `dp`: discrete Laplace noise on every pooled per-step event and censoring count
+        (the whole grid, every group), drawn inside MPC; a group is released when its noisy
+        row count (the sum of its noisy cells) reaches T, compared inside MPC; then only the
+        released groups' noisy counts are opened. Never an exact count, never the noise."""
+        size, grid = self.layout.size, self.grid
+        spec = self.noise["count"]
+        cells = size * grid
+        # |noise| < 2**spec.bits per cell; a group's noisy total sums 2·grid of them
+        bits = spec.bits + (2 * grid).bit_length() + COUNT_BITS + 2
+        secint = mpc.SecInt(max(MOMENT_BITS, bits + 2))
+
+        def pooled(values: list[int]) -> Any:
+            shares = mpc.input(secint.array(np.array(values, dtype=object)))
+            return functools.reduce(operator.add, shares)
+
+        at_risk, events = (
+            pooled(job.summary.vectors["at_risk"]),
+            pooled(job.summary.vectors["events"]),
+        )
+        step = np.arange(cells)
+        last = step % grid == grid - 1
+        after = np.where(last, step, step + 1)
+        leaving = at_risk - at_risk[after] * np.where(last, 0, 1).astype(object)
+        noise = discrete_laplace(mpc, secint, [spec] * (2 * cells))
+        noisy_events = events + noise[:cells]
+        noisy_censored = leaving - events + noise[cells:]
+        totals = mpc.np_sum((noisy_events + noisy_censored).reshape(size, grid), axis=1)
+        threshold = self.threshold
+        released = [True] * size
+        if threshold > 0:
+            below = mpc.np_sgn(totals - threshold, l=bits, LT=True)
+            released = [not int(b) for b in np.asarray(await mpc.output(below)).ravel()]
+        opened = SurvivalOpened(threshold=threshold, released=released, counts=[None] * size)
+        shown = [g for g in range(size) if released[g]]
+        index = np.array([g * grid + i for g in shown for i in range(grid)], dtype=int)
+        if index.size:
+            both = mpc.np_concatenate((noisy_events[index], noisy_censored[index]))
+            values = [int(v) for v in np.asarray(await mpc.output(both)).ravel()]
+            half = len(index)
+            for k, g in enumerate(shown):
+                d = values[k * grid : (k + 1) * grid]
+                c = values[half + k * grid : half + (k + 1) * grid]
+                opened.events.append(d)
+                opened.censored.append(c)
+                opened.counts[g] = max(0, sum(d) + sum(c))
+        if all(released):
+            opened.total = sum(int(c or 0) for c in opened.counts)
+        return opened
+
     # ---- after the protocol ----------------------------------------------------------------
 
     def labels(self) -> list[str]:
@@ -337,6 +422,8 @@ class KaplanMeier(SecureStatistic):
 
     def finish(self, opened: Any) -> dict[str, Any]:
         assert isinstance(opened, SurvivalOpened)
+        if self.query.dp is not None:
+            return self.noisy_finish(opened)
         groups: dict[str, Any] = {}
         for g, label in enumerate(self.labels()):
             if not opened.released[g]:
@@ -355,6 +442,28 @@ class KaplanMeier(SecureStatistic):
             }
         return {"n": opened.total, "groups": groups, "logrank": logrank}
 
+    def noisy_finish(self, opened: SurvivalOpened) -> dict[str, Any]:
+        """With `dp`: the curves from the released groups' noisy counts (post-processing: see
+        `consistent_counts`), truncated where the post-processed number at risk drops below T;
+        the log-rank test is null (see the module docstring)."""
+        groups: dict[str, Any] = {}
+        k = 0
+        for g, label in enumerate(self.labels()):
+            if not opened.released[g]:
+                groups[label] = _suppressed()
+                continue
+            n = int(opened.counts[g] or 0)
+            at_risk, events = consistent_counts(opened.events[k], opened.censored[k], n)
+            k += 1
+            curve = self.curve(at_risk, events)
+            if curve["time"]:
+                keep = [i for i, r in enumerate(curve["at_risk"]) if r >= opened.threshold]
+                for key in ("time", "survival", "at_risk"):
+                    curve[key] = [curve[key][i] for i in keep]
+            groups[label] = curve
+        logrank = {"statistic": None, "p_value": None, "df": None}
+        return self.with_dp({"n": opened.total, "groups": groups, "logrank": logrank})
+
     def curve(self, at_risk: list[int], events: list[int]) -> dict[str, Any]:
         """A released group's curve from its opened prefix of pooled counts (see step 3)."""
         n = at_risk[0]
@@ -365,8 +474,8 @@ class KaplanMeier(SecureStatistic):
         length = len(at_risk)
         for i in range(length):
             after = at_risk[i + 1] if i + 1 < length else None
-            if after is not None:
-                observed = at_risk[i] > after
+            if after is not None:  # (exact counts: an event always makes the risk set drop)
+                observed = at_risk[i] > after or events[i] > 0
             else:  # the prefix's last point: observed unless it is the grid's end, and empty
                 observed = length < self.grid or at_risk[i] > 0
             if not observed:
@@ -432,7 +541,40 @@ class KaplanMeier(SecureStatistic):
                     "p_value": float(test.p_value),
                     "df": len(compared) - 1,
                 }
-        return {"n": None if suppressed else sum(sizes), "groups": groups, "logrank": logrank}
+        out = {"n": None if suppressed else sum(sizes), "groups": groups, "logrank": logrank}
+        return self.with_dp(out)  # with `dp`: the exact, noiseless curves and the `dp` entry
+
+
+def consistent_counts(
+    events: list[int], censored: list[int], n: int
+) -> tuple[list[int], list[int]]:
+    """Numbers at risk and of events per grid step from noisy per-step counts (with `dp`).
+
+    Post-processing only (no ε): the noisy number at risk at step i, Σ_{j ≥ i} of the noisy
+    events and censorings (unbiased: each noise has mean 0), is made non-increasing by
+    isotonic regression (least squares), rounded, and held within [0, n] (n: the group's
+    noisy row count, max(0, ñ), the number at risk at the first step); the noisy cumulative
+    number of events is made non-decreasing the same way, rounded and floored at 0, so each
+    step's events are ≥ 0; and no step has more events than are at risk. Every survival factor
+    1 − d/r then lies in [0, 1], so S(t) is non-increasing within [0, 1]. With noiseless
+    counts both fits change nothing. Fitting the cumulative sequences, rather than clamping
+    each noisy cell at 0, keeps the numbers at risk nearly unbiased: clamping would add about
+    α/(1 − α²) (0.43 at ε = 1) spurious rows per empty step and inflate the risk sets by
+    tens on a grid of a hundred steps (Hay et al. 2010 make the same point for histograms).
+    """
+    from scipy.optimize import isotonic_regression
+
+    d, c = np.asarray(events, dtype=float), np.asarray(censored, dtype=float)
+    if not d.size:
+        return [], []
+    risk = np.cumsum((d + c)[::-1])[::-1]
+    risk = np.rint(isotonic_regression(risk, increasing=False).x)
+    risk = np.clip(risk, 0, n)
+    risk[0] = n
+    dead = np.rint(isotonic_regression(np.cumsum(d), increasing=True).x)
+    dead = np.maximum(dead, 0)
+    steps = np.minimum(np.diff(dead, prepend=0.0), risk)
+    return [int(r) for r in risk], [int(v) for v in steps]
 
 
 def _on_grid(times: np.ndarray, events: np.ndarray, first: int, last: int) -> np.ndarray:

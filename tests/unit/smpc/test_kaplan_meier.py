@@ -8,7 +8,7 @@ import pytest
 
 from smpc import local_summary, prepare
 from smpc.statistics import statistic_for
-from smpc.statistics.kaplan_meier import MAX_GRID, KaplanMeier
+from smpc.statistics.kaplan_meier import MAX_GRID, KaplanMeier, consistent_counts
 from tessera.errors import QueryInvalid
 from tessera.schemas import ColumnSpec, DatasetSchema
 
@@ -104,3 +104,68 @@ def test_a_curve_lists_time_zero_then_every_observed_time_of_the_prefix() -> Non
         "survival": [],
         "at_risk": [],
     }
+
+
+# ---- dp: post-processing of noisy per-step counts ------------------------------------------
+
+
+def discrete_laplace(rng: np.random.Generator, epsilon: float, size: int) -> np.ndarray:
+    """Plaintext twin of `smpc.dp`'s noise for a count (Δ = 1): the difference of geometrics."""
+    alpha = np.exp(-epsilon)
+    return rng.geometric(1 - alpha, size) - rng.geometric(1 - alpha, size)
+
+
+def rossi_counts() -> tuple[np.ndarray, np.ndarray]:
+    """Rossi's recidivism data: events and censorings per week 0–52 (432 rows)."""
+    from lifelines.datasets import load_rossi
+
+    rossi = load_rossi()
+    events = np.bincount(rossi.week[rossi.arrest == 1], minlength=53)
+    return events, np.bincount(rossi.week, minlength=53) - events
+
+
+def test_noiseless_counts_pass_through_the_dp_post_processing_unchanged() -> None:
+    events, censored = rossi_counts()
+    at_risk, deaths = consistent_counts(events.tolist(), censored.tolist(), 432)
+    assert at_risk == np.cumsum((events + censored)[::-1])[::-1].tolist()
+    assert deaths == events.tolist()
+    assert consistent_counts([], [], 0) == ([], [])
+
+
+def test_noisy_counts_become_a_monotone_curve_in_the_unit_interval() -> None:
+    """Whatever the noise: risk sets non-increasing within [0, n] and starting at n, events
+    between 0 and the risk set, so S(t) is non-increasing within [0, 1]."""
+    statistic = statistic_for(prepare(QUERY, declared(0, 52)), declared(0, 52))
+    assert isinstance(statistic, KaplanMeier)
+    events, censored = rossi_counts()
+    rng = np.random.default_rng(7)
+    for epsilon in (0.1, 0.5, 2.0):
+        for _ in range(50):
+            d = events + discrete_laplace(rng, epsilon, 53)
+            c = censored + discrete_laplace(rng, epsilon, 53)
+            n = max(0, int(d.sum() + c.sum()))
+            at_risk, deaths = consistent_counts(d.tolist(), c.tolist(), n)
+            assert at_risk[0] == n and all(0 <= r <= n for r in at_risk)
+            assert (np.diff(at_risk) <= 0).all()
+            assert all(0 <= e <= r for e, r in zip(deaths, at_risk, strict=True))
+            survival = statistic.curve(at_risk, deaths)["survival"]
+            assert all(0 <= s <= 1 for s in survival)
+            assert (np.diff(survival) <= 0).all()
+
+
+def test_the_dp_risk_sets_are_nearly_unbiased_unlike_clamped_cells() -> None:
+    """Over 400 draws at ε = 1 the mean error of every week's risk set stays within 3 rows;
+    clamping each noisy cell at 0 instead would add about 0.43 rows per empty cell (Rossi has
+    about 60 of its 106): some +27 rows at week 0."""
+    events, censored = rossi_counts()
+    exact = np.cumsum((events + censored)[::-1])[::-1]
+    rng = np.random.default_rng(11)
+    errors, clamped = [], []
+    for _ in range(400):
+        d = events + discrete_laplace(rng, 1.0, 53)
+        c = censored + discrete_laplace(rng, 1.0, 53)
+        n = max(0, int(d.sum() + c.sum()))
+        errors.append(np.array(consistent_counts(d.tolist(), c.tolist(), n)[0]) - exact)
+        clamped.append(np.maximum(d, 0).sum() + np.maximum(c, 0).sum() - exact[0])
+    assert np.abs(np.mean(errors, axis=0)).max() <= 3
+    assert np.mean(clamped) > 20
