@@ -141,3 +141,22 @@ def test_the_plaintext_sampler_has_the_mechanisms_law() -> None:
         sd = math.sqrt(spec.variance)
         assert abs(draws.mean()) < 5 * sd / math.sqrt(len(draws))
         assert draws.var() / spec.variance == pytest.approx(1, abs=0.1)
+
+
+def test_the_dry_run_of_a_dp_model_names_the_noisy_gram_entries() -> None:
+    from smpc.statistics import disclosure
+
+    query = {**REGRESSION, "predictors": ["x"], "dp": {"epsilon": 2.0}}
+    answer = disclosure(query, SCHEMA)
+    assert answer["epsilon"] == 2.0 and answer["intermediates"] == ""
+    assert "the noisy n and the noisy Gram entries" in answer["reveals"]
+    assert set(answer["expected_error"]) == {
+        "count",
+        "sum(x)",
+        "sum(z)",
+        "sum(x^2)",
+        "sum(x*z)",
+        "sum(z^2)",
+    }
+    exact = disclosure({**REGRESSION, "predictors": ["x"]}, SCHEMA)
+    assert "singular" in exact["intermediates"]
