@@ -1,12 +1,12 @@
 """Differential privacy inside MPC: discrete Laplace noise that no party knows.
 
 A query with ``dp: {"epsilon": ε, "delta": δ}`` (the statistics whose class sets
-`supports_dp`: `count`, `sum`, `mean`, `variance`, `histogram`, `crosstab`, with `where` and
-`group_by`, and `kaplan_meier`, on its per-step event and censoring counts) gets calibrated
-noise added to its pooled, secret-shared cell values *before* anything is opened. The noise is
-drawn jointly inside MPC from MPyC's pseudorandom secret sharing (PRSS) and is never opened: no
-party, and no coalition of at most t parties (t < m/2, the MPC threshold), learns it or any
-part of it.
+`supports_dp`: `count`, `sum`, `mean`, `variance`, `histogram`, `crosstab`, `correlation`,
+`linear_regression`, with `where` and `group_by`, and `kaplan_meier`, on its per-step event and
+censoring counts) gets calibrated noise added to its pooled, secret-shared cell values *before*
+anything is opened. The noise is drawn jointly inside MPC from MPyC's pseudorandom secret
+sharing (PRSS) and is never opened: no party, and no coalition of at most t parties (t < m/2,
+the MPC threshold), learns it or any part of it.
 
 Mechanism: the discrete Laplace (two-sided geometric) mechanism on the integer grid the value
 is shared on. A pooled count is an integer (grid 1); a pooled sum is an integer multiple of
@@ -72,9 +72,21 @@ parallel: the whole table, every group of a `group_by` and every bin included, s
   (Δ = max(|round(min·2⁴⁰)|, |round(max·2⁴⁰)|) grid units), ε_s = ε/2 each (sequential
   composition: ε/2 + ε/2 = ε).
 
+- correlation, linear_regression: the noisy sufficient statistics, every distinct entry of the
+  Gram matrix of [1, terms…] (the outcome last): n (Δ = 1) and each Σ zᵢzⱼ of terms clipped
+  to their declared bounds, a numeric term centred at its range's midpoint first, each row's
+  product rounded to the grid (Δ = round(Mᵢ·Mⱼ·2⁴⁰), Mᵢ the largest |value| of the clipped,
+  centred term: half its declared range; 1 for a 0/1 term). Entries fixed by others are not
+  noised (a 0/1 term's Σz² is its Σz; two levels of one categorical never meet: 0). ε is split
+  evenly over the K noised entries, ε/K each (sequential composition): every entry's noise is
+  then the same K/ε in units of its own sensitivity (`smpc.statistics.gram`).
+
 Post-processing (no further ε): `min_count` compares the *noisy* count with the threshold
 inside MPC; released counts are reported as max(0, ñ) and `n` is the sum of released counts;
-a mean is the noisy Σx over the noisy n, clamped into [min, max]. The `noise_scale` reported
+a mean is the noisy Σx over the noisy n, clamped into [min, max]; a variance is clamped into
+[0, ((max − min)/2)²·n/(n − 1)]; a noisy Gram matrix (correlation, linear_regression) has its
+eigenvalues, in units of the terms' reaches, raised to at least the noise scale b = K/ε, so it
+is positive definite before r or the coefficients are computed from it. The `noise_scale` reported
 with a result is b = (Δ + 2ʰ − 1)/ε_s in the result's units (Δ/ε_s for counts), the scale of
 the Laplace distribution the noise approximates (standard deviation √(2α)/(1 − α) ≈ √2·b).
 
@@ -142,6 +154,12 @@ def sum_sensitivity(bounds: tuple[float, float]) -> int:
     """L1 sensitivity of a clipped, per-row-rounded sum, in grid units (at least 1)."""
     lo, hi = bounds
     return max(abs(grid_value(lo)), abs(grid_value(hi)), 1)
+
+
+def product_sensitivity(first: float, second: float) -> int:
+    """L1 sensitivity of Σ x·y over rows with |x| ≤ first and |y| ≤ second, each row's product
+    rounded to the grid (rounding is monotone, so no row's |round(x·y·2⁴⁰)| exceeds it)."""
+    return max(grid_value(abs(first) * abs(second)), 1)
 
 
 def square_sensitivity(bounds: tuple[float, float]) -> int:
@@ -254,6 +272,20 @@ def noise_plan(
     if "sumsq" in moments:
         plan["sumsq"] = NoiseSpec(share, square_sensitivity(bounds), GRID)
     return plan
+
+
+def sample(spec: NoiseSpec, size: int, rng: np.random.Generator) -> list[int]:
+    """The plaintext twin of `discrete_laplace` (tests only): `size` draws, in grid units, of
+    X − Y with X = 2ʰ·Q + U, Q geometric of ratio α^(2ʰ) and U uniform on [0, 2ʰ) (the law the
+    MPC sampler draws, without its 2⁻⁶⁴ truncation)."""
+    step = 1 << spec.fair_digits
+    success = -math.expm1(-spec.epsilon * step / spec.width)  # 1 − α^(2^h)
+    out = []
+    for _ in range(2):
+        q = rng.geometric(success, size) - 1
+        u = rng.integers(0, step, size) if step > 1 else np.zeros(size, dtype=np.int64)
+        out.append([int(a) * step + int(b) for a, b in zip(q, u, strict=True)])
+    return [x - y for x, y in zip(*out, strict=True)]
 
 
 def describe(epsilon: float, delta: float, plan: dict[str, NoiseSpec]) -> dict[str, Any]:

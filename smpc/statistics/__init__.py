@@ -198,7 +198,8 @@ def disclosure(
     return {
         "statistic": query.statistic,
         "reveals": statistic.reveals(),
-        "intermediates": statistic.intermediates,
+        # with dp only noisy values are opened (the `Reveals:` paragraph names them)
+        "intermediates": statistic.intermediates if query.dp is None else "",
         "epsilon": query.dp.epsilon if query.dp else 0.0,
         "delta": query.dp.delta if query.dp else 0.0,
         "rules": statistic.rules_applied(rules),

@@ -11,12 +11,12 @@ order keys per result cell, never rows), the MPC part (`compute`: by default the
 released cells), the plaintext post-processing of what was opened (`finish`), and a plaintext
 oracle on pooled data (`reference`) that the tests compare against.
 
-With `dp` (count, sum, mean, variance, histogram, crosstab; see `smpc.dp`; kaplan_meier has its own
-protocol), `noise` holds the noisy values per cell and the ε each spends, `local_input` clips the
-column to its declared bounds and rounds each row to the fixed-point grid, `finish` adds the
-result's `dp` entry, and `reference` returns the exact, noiseless result on the clipped data
-(`min_count` applied to the exact counts) with the same `dp` entry, so tests can compare the error
-with the scale.
+With `dp` (count, sum, mean, variance, histogram, crosstab, correlation, linear_regression; see
+`smpc.dp`; kaplan_meier has its own protocol), `noise` holds the noisy values per cell and the ε
+each spends (`noise_plan`), `local_input` clips the column to its declared bounds and rounds
+each row to the fixed-point grid, `finish` adds the result's `dp` entry, and `reference`
+returns the exact, noiseless result on the clipped data (`min_count` applied to the exact
+counts) with the same `dp` entry, so tests can compare the error with the scale.
 """
 
 from __future__ import annotations
@@ -127,9 +127,12 @@ class SecureStatistic:
         self.check_columns()
         self.layout = CellLayout.build(list(query.group_by), schema, self.bins())
         self.validate()
-        self.noise: dict[str, NoiseSpec] = {}
-        if query.dp is not None:
-            self.noise = noise_plan(query.dp.epsilon, self.moments, self.clip_bounds)
+        self.noise: dict[str, NoiseSpec] = self.noise_plan() if query.dp is not None else {}
+
+    def noise_plan(self) -> dict[str, NoiseSpec]:
+        """With `dp`: each kind of noisy value and the ε it spends (`smpc.dp.noise_plan`)."""
+        assert self.query.dp is not None
+        return noise_plan(self.query.dp.epsilon, self.moments, self.clip_bounds)
 
     # ---- layout and validation ---------------------------------------------------------
 

@@ -12,8 +12,16 @@ Cost: local O(rows · k²); secure O(k²) multiplications and k(k−1)/2 compari
 values, a constant number of rounds. Limits: at most 50 columns; local sums of products below
 2**50 ≈ 1.1e15.
 
+With `dp` (noisy sufficient statistics, `smpc.statistics.gram`): every column needs declared
+bounds; the noisy n and the noisy entries of the Gram matrix of [1, columns…] (clipped and
+centred) are opened, at ε/K each for K noised entries, and r_jk = C_jk / √(C_jj·C_kk) is
+computed from them in plaintext after the positive definite projection (so the matrix is a
+valid correlation matrix, every r in (−1, 1)). n is the noisy n (not rounded); no pair is
+hidden for a small cell, and no column is reported constant.
+
 Reveals: per released group n and the correlation matrix; which columns are constant; which
-groups are suppressed.
+groups are suppressed. With `dp`: per released group the noisy n and the noisy Gram entries,
+and which groups' noisy n is below the threshold.
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ class Correlation(GramStatistic):
     query_model = CorrelationQuery
     result_fields = {"columns": list[str], "matrix": list[list[float | None]]}
     query: CorrelationQuery
+    supports_dp = True  # noisy sufficient statistics: the Gram matrix's entries (ε/K each)
 
     def validate(self) -> None:
         columns = self.query.columns
@@ -183,6 +192,18 @@ class Correlation(GramStatistic):
             result[j][m] = result[m][j] = number(value)
         return {"columns": list(self.query.columns), "matrix": result}
 
+    def noisy_values(self, gram: Any, n: int) -> dict[str, Any]:
+        """Pearson's r from the positive definite noisy Gram matrix (post-processing): the
+        centred co-moments n·S − s·sᵀ, each over the root of its two variances."""
+        co = gram[0, 0] * gram[1:, 1:] - np.outer(gram[0, 1:], gram[0, 1:])
+        spread = np.sqrt(np.diag(co))
+        matrix = np.clip(co / np.outer(spread, spread), -1.0, 1.0)
+        np.fill_diagonal(matrix, 1.0)
+        return {
+            "columns": list(self.query.columns),
+            "matrix": [[number(v) for v in row] for row in matrix],
+        }
+
     @staticmethod
     def co_moments(mpc: Any, matrix: Any) -> Any:
         """C = n·S − s·sᵀ from the Gram matrix of [1, x…] (all in the same secret scale)."""
@@ -206,7 +227,10 @@ class Correlation(GramStatistic):
     def reference(self, frame: pd.DataFrame, min_count: int = 0) -> dict[str, Any]:
         """numpy on the pooled rows, with the same rules: groups below T suppressed, n rounded
         to a multiple of max(5, T), a pair with a binary column null when one of its pooled
-        2×2 cells (or one level of its binary column) is below T."""
+        2×2 cells (or one level of its binary column) is below T. With `dp`: numpy on the
+        clipped rows, n exact (`GramStatistic.reference`)."""
+        if self.query.dp is not None:
+            return super().reference(frame, min_count)
         data, groups = self.selected(frame)
         columns = list(self.query.columns)
         binary = set(self.binary())

@@ -6,19 +6,49 @@ the threshold T (only the comparison bit is opened; a group below T reveals noth
 released groups the group's n is opened and its Gram matrix is pooled, as a secret, in an exact
 prime field large enough for everything the statistic computes from it. Subclasses then compute
 and open only their outputs (`smpc.exact`).
+
+With `dp` (noisy sufficient statistics; `smpc.dp` has the mechanism): every design column
+must have declared finite bounds (a categorical level's indicator is 0/1). Each party clips
+every row's values to the bounds, centres a numeric term at its range's midpoint c (a public
+shift: sensitivities shrink from max|bound|² to (range/2)², and the statistics are translated
+back exactly afterwards) and rounds each row's products zᵢzⱼ to the 2⁻⁴⁰ grid. Per group the
+parties pool n and every *distinct* entry Σzᵢzⱼ of the Gram matrix of [1, terms…] (the
+outcome last), add discrete Laplace noise to each inside MPC, compare the noisy n with the
+threshold T (one bit per group opened) and open the released groups' noisy n and noisy
+entries; everything else is plaintext post-processing. Entries fixed by others carry no noise
+of their own (a 0/1 term's Σz² is its Σz; two levels of one categorical never meet, so their
+product is 0). Sensitivity of Σzᵢzⱼ: round(Mᵢ·Mⱼ·2⁴⁰) grid units, Mᵢ the largest |zᵢ|
+(half the declared range of a numeric term, 1 for a 0/1 term and the constant); of n: 1.
+ε split: evenly, ε/K for each of the K noised entries (sequential composition; one row changes
+every entry at once, and its change to entry e, in units of e's sensitivity, is at most 1, so
+this is the split under which every entry carries the same noise, K/ε, relative to its own
+sensitivity); groups compose in parallel. No small-cells rule and no rounding of n apply
+(the noise protects every released value).
+
+Post-processing of one group: the noisy Gram matrix G̃ (symmetric; each column scaled by its
+Mᵢ, so that every entry's noise has the same Laplace scale b = K/ε) is made positive definite
+by raising every eigenvalue below b to b (the nearest matrix, in Frobenius norm, with all
+eigenvalues ≥ b: it changes nothing unless the noise has made the matrix (nearly) singular,
+and then acts as a ridge of at most b in the unresolved directions). Every statistic derived
+from it is then well defined: XᵀX is invertible, the residual sum of squares and every
+variance are positive and every correlation lies in (−1, 1).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from fractions import Fraction
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from smpc.dp import GRID, NoiseSpec, column_bounds, product_sensitivity, sample
+from smpc.encoding import FRAC_BITS, decode_moment
 from smpc.job import LocalSummary, PartyJob
 from smpc.statistics.base import SecureStatistic
 from smpc.statistics.design import (
+    LOCAL_ENTRY_BITS,
     Indicator,
     Term,
     complete_rows,
@@ -32,6 +62,7 @@ from smpc.statistics.design import (
     terms,
     triangle_size,
 )
+from tessera.errors import QueryInvalid
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -47,6 +78,19 @@ class GroupOutcome:
 class GramOpened:
     threshold: int
     groups: list[GroupOutcome]
+
+
+@dataclass
+class NoisyGramOpened:
+    """What the `dp` protocol opened: per group the noisy n (None: suppressed) and the noisy
+    Gram entries, in `dp_entries` order after the count (centred units, exact fractions)."""
+
+    threshold: int
+    counts: list[int | None]
+    entries: list[list[Fraction] | None]
+
+
+ZERO = (-1, -1)  # an entry that is 0 by construction (two levels of one categorical)
 
 
 class GramStatistic(SecureStatistic):
@@ -89,9 +133,125 @@ class GramStatistic(SecureStatistic):
         keep = groups >= 0
         return data[keep], groups[keep]
 
+    # ---- dp: which entries are noisy, and how much -------------------------------------
+
+    def check_columns(self) -> None:
+        """Besides the base rules: with `dp`, every numeric column of the design declares
+        finite bounds (they set the sensitivity, and values are clipped to them)."""
+        super().check_columns()
+        if self.query.dp is None:
+            return
+        for name in self.design_columns():
+            spec = self.schema.column(name)
+            if spec is not None and spec.type != "categorical" and column_bounds(spec) is None:
+                raise QueryInvalid(
+                    f"dp {self.name} of {name!r} needs the column's bounds: declare finite "
+                    f"'min' and 'max' for {name!r} in the dataset schema (they set the noise's "
+                    "sensitivity, and values are clipped to them)",
+                    {"column": name, "field": "dp"},
+                )
+
+    @cached_property
+    def bounds(self) -> list[tuple[float, float]]:
+        """Per design column ([1, terms…]): the declared bounds values are clipped to."""
+        assert self.constant, "the dp path assumes the constant term"
+        out = [(1.0, 1.0)]
+        for term in self.terms:
+            spec = self.schema.column(term.column)
+            assert spec is not None
+            declared = column_bounds(spec) if term.level is None else (0.0, 1.0)
+            assert declared is not None, "checked: dp needs declared bounds"
+            out.append(declared)
+        return out
+
+    @cached_property
+    def zero_one(self) -> list[bool]:
+        """Per design column: a 0/1 term (an indicator, a boolean, an integer in [0, 1])."""
+        out = [False]
+        for term, (lo, hi) in zip(self.terms, self.bounds[1:], strict=True):
+            spec = self.schema.column(term.column)
+            assert spec is not None
+            discrete = term.level is not None or spec.type in ("boolean", "integer")
+            out.append(discrete and (lo, hi) == (0.0, 1.0))
+        return out
+
+    @cached_property
+    def centres(self) -> np.ndarray:
+        """Per design column: the public shift c (a numeric term's declared midpoint; 0 for
+        the constant and the 0/1 terms)."""
+        return np.array(
+            [
+                0.0 if j == 0 or self.zero_one[j] else (lo + hi) / 2
+                for j, (lo, hi) in enumerate(self.bounds)
+            ]
+        )
+
+    @cached_property
+    def reach(self) -> np.ndarray:
+        """Per design column: M, the largest |value| once clipped and centred."""
+        return np.array(
+            [
+                max(abs(lo - c), abs(hi - c))
+                for (lo, hi), c in zip(self.bounds, self.centres, strict=True)
+            ]
+        )
+
+    def fixed(self, i: int, j: int) -> tuple[int, int] | None:
+        """Where the Gram entry (i ≤ j) comes from when it needs no noise of its own: the
+        entry it equals, or `ZERO`; None for a noised entry."""
+        if i == j and self.zero_one[i]:
+            return (0, j)
+        if i and i != j:
+            first, second = self.terms[i - 1], self.terms[j - 1]
+            if None not in (first.level, second.level) and first.column == second.column:
+                return ZERO
+        return None
+
+    @cached_property
+    def dp_entries(self) -> list[tuple[int, int]]:
+        """The noised entries (i ≤ j) of the upper triangle, n = (0, 0) first."""
+        k = len(self.names)
+        return [(i, j) for i in range(k) for j in range(i, k) if self.fixed(i, j) is None]
+
+    def entry_name(self, i: int, j: int) -> str:
+        names = self.names
+        if i == 0:
+            return "count" if j == 0 else f"sum({names[j]})"
+        return f"sum({names[i]}^2)" if i == j else f"sum({names[i]}*{names[j]})"
+
+    def noise_plan(self) -> dict[str, NoiseSpec]:
+        """Every noised Gram entry and its ε: ε/K each (see the module docstring)."""
+        assert self.query.dp is not None
+        share = self.query.dp.epsilon / len(self.dp_entries)
+        plan = {}
+        for i, j in self.dp_entries:
+            if (i, j) == (0, 0):
+                plan["count"] = NoiseSpec(share, 1)
+            else:
+                delta = product_sensitivity(self.reach[i], self.reach[j])
+                plan[self.entry_name(i, j)] = NoiseSpec(share, delta, GRID)
+        return plan
+
+    def clipped_design(self, data: pd.DataFrame) -> np.ndarray:
+        """The design [1, terms…] of selected rows, clipped to the bounds and centred."""
+        z = design(data, self.terms, self.constant)
+        low, high = (np.array(side) for side in zip(*self.bounds, strict=True))
+        return np.clip(z, low, high) - self.centres
+
+    def clipped(self, data: pd.DataFrame) -> pd.DataFrame:
+        """The rows with every numeric design column clipped to its bounds (the oracle's)."""
+        out = {}
+        for term, (lo, hi) in zip(self.terms, self.bounds[1:], strict=True):
+            spec = self.schema.column(term.column)
+            if term.level is None and spec is not None and spec.type != "boolean":
+                out[term.column] = data[term.column].clip(lo, hi)
+        return data.assign(**out)
+
     # ---- local part ---------------------------------------------------------------------
 
     def local_input(self, frame: pd.DataFrame) -> LocalSummary:
+        if self.query.dp is not None:
+            return self.noisy_input(frame)
         data, groups = self.selected(frame)
         z = design(data, self.terms, self.constant)
         size = len(self.layout.groups)
@@ -105,13 +265,42 @@ class GramStatistic(SecureStatistic):
             vectors["indicators"] = indicator_counts(data, groups, size, self.indicators)
         return LocalSummary(counts=[int(c) for c in counts], vectors=vectors)
 
+    def noisy_input(self, frame: pd.DataFrame) -> LocalSummary:
+        """With `dp`: per group the row count and each noised entry's Σzᵢzⱼ over clipped,
+        centred rows, every row's product rounded to the grid (so the sensitivity is exact)."""
+        data, groups = self.selected(frame)
+        z = self.clipped_design(data)
+        size = len(self.layout.groups)
+        pairs = self.dp_entries[1:]
+        first = np.array([i for i, _ in pairs], dtype=np.int64)
+        second = np.array([j for _, j in pairs], dtype=np.int64)
+        limit = 1 << (LOCAL_ENTRY_BITS + FRAC_BITS)
+        gram: list[int] = []
+        for g in range(size):
+            rows = z[groups == g]
+            grid = np.rint(np.ldexp(rows[:, first] * rows[:, second], FRAC_BITS))
+            for (_, j), column in zip(pairs, grid.T.tolist(), strict=True):
+                total = sum(map(int, column))
+                if abs(total) >= limit:  # the limit only, never this hospital's own sum
+                    raise QueryInvalid(
+                        f"{self.name}: the values of {self.names[j]!r} are too large for the "
+                        f"secure fixed-point range (a local sum of products must stay below "
+                        f"{float(1 << LOCAL_ENTRY_BITS):.3g}); rescale the column",
+                        {"column": self.names[j]},
+                    )
+                gram.append(total)
+        counts = np.bincount(groups, minlength=size)
+        return LocalSummary(counts=[int(c) for c in counts], vectors={"gram": gram})
+
     # ---- the secure part ----------------------------------------------------------------
 
     def field_bits(self) -> int:
         """Bits of the largest |numerator| · denominator the statistic opens."""
         raise NotImplementedError
 
-    async def compute(self, mpc: Any, job: PartyJob) -> GramOpened:
+    async def compute(self, mpc: Any, job: PartyJob) -> GramOpened | NoisyGramOpened:
+        if self.query.dp is not None:
+            return await self.compute_noisy(mpc, job)
         from smpc.exact import exact_type
         from smpc.protocol import pooled, release
 
@@ -144,6 +333,59 @@ class GramStatistic(SecureStatistic):
                 mpc, matrix, outcomes[g].n or 0, compare, hidden.get(g, set())
             )
         return GramOpened(threshold, outcomes)
+
+    async def compute_noisy(self, mpc: Any, job: PartyJob) -> NoisyGramOpened:
+        """With `dp`: noise drawn inside MPC on every pooled n and noised entry, the noisy n
+        compared with T (one bit per group), the released groups' noisy values opened."""
+        from smpc.dp import discrete_laplace
+        from smpc.encoding import MOMENT_BITS
+        from smpc.protocol import noisy_release, pooled
+
+        secint = mpc.SecInt(MOMENT_BITS)
+        size = len(self.layout.groups)
+        specs = list(self.noise.values())
+        width = len(specs) - 1
+        summary = job.summary
+        if len(summary.counts) != size or len(summary.vectors["gram"]) != size * width:
+            raise ValueError(f"local summary does not fit {size} groups of {width} entries")
+        noise = discrete_laplace(mpc, secint, [specs[0]] * size + specs[1:] * size)
+        counts = pooled(mpc, secint, summary.counts) + noise[:size]
+        gram = pooled(mpc, secint, summary.vectors["gram"]) + noise[size:]
+        threshold = self.threshold
+        released = await noisy_release(mpc, counts, threshold)
+        shown = np.flatnonzero(released)
+        opened = NoisyGramOpened(threshold, [None] * size, [None] * size)
+        if not shown.size:
+            return opened
+        sizes = np.asarray(await mpc.output(counts[shown])).ravel()
+        columns = (shown[:, None] * width + np.arange(width)).ravel()
+        values = np.asarray(await mpc.output(gram[columns])).ravel()
+        for at, g in enumerate(shown):
+            opened.counts[g] = int(sizes[at])
+            block = values[at * width : (at + 1) * width]
+            opened.entries[g] = [decode_moment(int(v)) for v in block]
+        return opened
+
+    def plain_noisy(
+        self, summaries: list[LocalSummary], rng: np.random.Generator, threshold: int = 0
+    ) -> NoisyGramOpened:
+        """The plaintext twin of `compute_noisy` (tests only): the parties' summaries pooled
+        and the same noise law drawn by numpy (`smpc.dp.sample`)."""
+        size = len(self.layout.groups)
+        specs = list(self.noise.values())
+        width = len(specs) - 1
+        opened = NoisyGramOpened(threshold, [None] * size, [None] * size)
+        counts = sample(specs[0], size, rng)
+        for g in range(size):
+            n = sum(s.counts[g] for s in summaries) + counts[g]
+            entries = [
+                sum(s.vectors["gram"][g * width + e] for s in summaries) + sample(spec, 1, rng)[0]
+                for e, spec in enumerate(specs[1:])
+            ]
+            if threshold <= 0 or n >= threshold:
+                opened.counts[g] = n
+                opened.entries[g] = [decode_moment(v) for v in entries]
+        return opened
 
     async def open_sizes(self, mpc: Any, counts: Any) -> list[int]:
         """The released groups' n as the result publishes them (here exactly: the model's
@@ -203,7 +445,9 @@ class GramStatistic(SecureStatistic):
 
     # ---- after the protocol -------------------------------------------------------------
 
-    def finish(self, opened: GramOpened) -> dict[str, Any]:
+    def finish(self, opened: GramOpened | NoisyGramOpened) -> dict[str, Any]:
+        if isinstance(opened, NoisyGramOpened):
+            return self.finish_noisy(opened)
         entries = []
         for outcome in opened.groups:
             if outcome.n is None:
@@ -212,20 +456,76 @@ class GramStatistic(SecureStatistic):
                 entries.append({"n": outcome.n, **outcome.values})
         return self.assemble(entries)
 
+    def finish_noisy(self, opened: NoisyGramOpened) -> dict[str, Any]:
+        """Post-processing of the noisy values: n is max(0, ñ), the statistic's values come
+        from the positive definite noisy Gram matrix (`noisy_gram`)."""
+        entries = []
+        for count, values in zip(opened.counts, opened.entries, strict=True):
+            if count is None or values is None:
+                entries.append({"n": None, **self.empty_values()})
+                continue
+            n = max(0, count)
+            entries.append({"n": n, **self.noisy_values(self.noisy_gram(count, values), n)})
+        return self.with_dp(self.assemble(entries))
+
+    def noisy_gram(self, count: int, values: list[Fraction]) -> np.ndarray:
+        """The full noisy Gram matrix (centred units) made positive definite: eigenvalues of
+        the matrix scaled by the reaches M below the noise scale b raised to b."""
+        k = len(self.names)
+        gram = np.zeros((k, k))
+        gram[0, 0] = count
+        for (i, j), v in zip(self.dp_entries[1:], values, strict=True):
+            gram[i, j] = gram[j, i] = float(v)
+        for i in range(k):
+            for j in range(i, k):
+                source = self.fixed(i, j)
+                if source is not None:
+                    gram[i, j] = gram[j, i] = 0.0 if source == ZERO else gram[source]
+        reach = np.maximum(self.reach, 2.0**-FRAC_BITS)
+        outer = np.outer(reach, reach)
+        floor = max(
+            spec.scale / outer[i, j]
+            for (i, j), spec in zip(self.dp_entries, self.noise.values(), strict=True)
+        )
+        eigen, vectors = np.linalg.eigh(gram / outer)
+        if eigen.min() >= floor:
+            return gram
+        return (vectors * np.maximum(eigen, floor)) @ vectors.T * outer
+
+    def noise_variance(self, i: int, j: int) -> tuple[int, float] | None:
+        """The noise variable behind Gram entry (i, j) (its index in `dp_entries`) and its
+        variance, or None for an entry without noise."""
+        i, j = min(i, j), max(i, j)
+        source = self.fixed(i, j)
+        if source == ZERO:
+            return None
+        at = self.dp_entries.index(source or (i, j))
+        return at, list(self.noise.values())[at].variance
+
+    def noisy_values(self, gram: np.ndarray, n: int) -> dict[str, Any]:
+        """The statistic's result keys from one group's positive definite noisy Gram matrix
+        (centred units) and its released n."""
+        raise NotImplementedError
+
     # ---- plaintext oracle ---------------------------------------------------------------
 
     def reference(self, frame: pd.DataFrame, min_count: int = 0) -> dict[str, Any]:
+        """Pooled rows in plaintext (statsmodels, numpy); with `dp` the exact, noiseless result
+        on the clipped rows (no small-cells rule, as the dp protocol) and the `dp` entry."""
         data, groups = self.selected(frame)
+        noisy = self.query.dp is not None
+        if noisy:
+            data = self.clipped(data)
         entries = []
         for g in range(len(self.layout.groups)):
             sub = data[groups == g]
             if len(sub) < min_count:
                 entries.append({"n": None, **self.empty_values()})
-            elif not self.reference_cells_fine(sub, min_count):
+            elif not noisy and not self.reference_cells_fine(sub, min_count):
                 entries.append({"n": len(sub), **self.empty_values()})
             else:
                 entries.append({"n": len(sub), **self.reference_values(sub)})
-        return self.assemble(entries)
+        return self.with_dp(self.assemble(entries))
 
     def reference_cells_fine(self, sub: pd.DataFrame, min_count: int) -> bool:
         """The small-cells rule in plaintext (a group's model is null when it fails)."""

@@ -26,11 +26,24 @@ independent of rows and nearly of parties. Limits: at most 20 terms (a categoric
 counts one per level but the first; beyond that the big-field arithmetic takes minutes),
 local sums of products below 2**50 ≈ 1.1e15, n − p ≥ 1.
 
+With `dp` (noisy sufficient statistics, `smpc.statistics.gram`): every column of the model
+needs declared bounds; the noisy n and the noisy entries of the Gram matrix of [1, predictors…,
+outcome] (clipped, numeric terms centred) are opened, at ε/K each for K noised entries, and OLS
+is solved on them in plaintext after the positive definite projection (post-processing: no
+singularity or small-cells refusal, a null model only where the noisy n ≤ p). The standard
+errors add the noise's own variance to the usual σ̂²·(XᵀX)⁻¹, to first order (delta method,
+at the noisy estimates, with the noise's public variances): they describe the uncertainty of
+the released coefficients about the population, not only the sampling's, and are approximate
+when the noise is not small against the data (small n or ε). p-values use them with Student's
+t on n − p degrees of freedom; R² is 1 − RSS/TSS of the noisy statistics, within [0, 1].
+
 Reveals: per released group n, the coefficients, their standard errors and R² (p-values follow
 from them), opened as exact fractions (not yet rounded inside MPC); which groups are suppressed
 or have a small cell. Intermediate, to the parties only: each predictor's tolerance (1 − R² of
 that column on the constant and the earlier predictors, uncentred), used to refuse singular
-designs; it appears in no message or result.
+designs; it appears in no message or result. With `dp`: per released group the noisy n and the
+noisy Gram entries (everything in the result is computed from them), and which groups' noisy n
+is below the threshold.
 """
 
 from __future__ import annotations
@@ -74,6 +87,7 @@ class LinearRegression(GramStatistic):
     )
     query: LinearRegressionQuery
     model = True
+    supports_dp = True  # noisy sufficient statistics: the Gram matrix's entries (ε/K each)
 
     def parameters(self) -> int:
         return len(self.coefficient_names)
@@ -156,6 +170,41 @@ class LinearRegression(GramStatistic):
         ratios = await open_rounded_ratios(mpc, numerators, denominators, self.ratio_bits())
         beta, se_sq, r2 = ratios[:p], ratios[p : 2 * p], ratios[2 * p]
         return self.values(beta, se_sq, r2, n)
+
+    def noisy_values(self, gram: Any, n: int) -> dict[str, Any]:
+        """OLS on the noisy Gram matrix (post-processing). The covariance of the coefficients
+        adds to the usual σ̂²·(XᵀX)⁻¹ the noise's own, to first order (delta method):
+        β = A⁻¹c moves by A⁻¹(e_c − E_A·β) for noise E_A on A = XᵀX and e_c on c = Xᵀy."""
+        import numpy as np
+
+        p = len(self.coefficient_names)
+        if n <= p:
+            return self.too_few(n, p)
+        a, c, yy = gram[:p, :p], gram[:p, p], gram[p, p]
+        inverse = np.linalg.inv(a)
+        beta = inverse @ c
+        rss = max(float(yy - c @ beta), 0.0)
+        tss = float(yy - c[0] ** 2 / a[0, 0])
+        r2 = min(max(1 - rss / tss, 0.0), 1.0) if tss > 0 else None
+        # each noise variable's weight in u = e_c − E_A·β, then Cov(u) and Cov(A⁻¹u)
+        weights = np.zeros((len(self.dp_entries), p))
+        variances = np.zeros(len(self.dp_entries))
+        for i in range(p):
+            for j in range(p + 1):
+                noise = self.noise_variance(i, j)
+                if noise is not None:
+                    at, variances[at] = noise
+                    weights[at, i] += 1.0 if j == p else -beta[j]
+        noise_cov = inverse @ (weights.T * variances) @ weights @ inverse
+        cov = rss / (n - p) * inverse + noise_cov
+        # back from centred terms: const = β₀′ + c_y − Σ cⱼβⱼ, the slopes unchanged
+        shift = np.eye(p)
+        shift[0, 1:] = -self.centres[1:p]
+        coefficients = shift @ beta
+        coefficients[0] += self.centres[p]
+        cov = shift @ cov @ shift.T
+        se_sq = [float(v) for v in np.diag(cov)]
+        return self.values([float(b) for b in coefficients], se_sq, r2, n)
 
     def too_few(self, n: int, p: int) -> dict[str, Any]:
         if not self.layout.group_columns:

@@ -460,6 +460,20 @@ def test_a_dp_query_is_charged_when_accepted_and_the_ledger_reported(node) -> No
     assert charged["rho_limit"] == pytest.approx(float(rho_budget(1.0, 1e-6)))
 
 
+def test_a_dp_model_is_charged_as_every_dp_query(node) -> None:
+    """A dp linear_regression or correlation (noisy Gram matrix) spends its ε like a count."""
+    agent, fake = node(policy='dp_epsilon_budget = 1.0\n[policy.disclosure]\nmode = "dp"')
+    dp = {"dp": {"epsilon": 0.3}}
+    regression = {"statistic": "linear_regression", "outcome": "weight", "predictors": ["age"]}
+    agent.handle(make_task(11, {**regression, **dp}))
+    agent.handle(make_task(12, {"statistic": "correlation", "columns": ["age", "weight"], **dp}))
+    assert fake.names().count("result") == 2 and "reject" not in fake.names()
+    spent = agent.ledger.spent(9, "cohort")
+    assert (spent.charges, float(spent.epsilon)) == (2, pytest.approx(0.6))
+    agent.handle(make_task(13, {**regression, "dp": {"epsilon": 0.5}}))  # 1.1 > 1
+    assert fake.names()[-1] == "reject"
+
+
 def test_an_over_budget_dp_task_is_refused_naming_what_is_left(node) -> None:
     agent, fake = node(policy="dp_epsilon_budget = 1.0")  # rho 0.0174689 (delta 0: at 1e-6)
     with running(agent):

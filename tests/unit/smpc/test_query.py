@@ -63,6 +63,8 @@ def test_the_language_is_derived_from_the_registry() -> None:
         "variance",
         "histogram",
         "crosstab",
+        "correlation",
+        "linear_regression",
         "kaplan_meier",
     )
     schema = TypeAdapter(Query).json_schema()
@@ -112,8 +114,8 @@ def test_malformed_queries_say_what_is_wrong(raw: object, message: str) -> None:
         ({"statistic": "count", "where": [["icu", ">", 0]]}, "boolean column"),
         (
             {"statistic": "max", "column": "age", "dp": {"epsilon": 1.0}},
-            "available for count, sum, mean, variance, histogram, crosstab, kaplan_meier; not for "
-            "'max'",
+            "available for count, sum, mean, variance, histogram, crosstab, correlation, "
+            "linear_regression, kaplan_meier; not for 'max'",
         ),
         (
             {"statistic": "mean", "column": "weight", "dp": {"epsilon": 1.0}},
@@ -122,6 +124,15 @@ def test_malformed_queries_say_what_is_wrong(raw: object, message: str) -> None:
         (
             {"statistic": "sum", "column": "weight", "dp": {"epsilon": 1.0}},
             "declare finite 'min' and 'max' for 'weight'",
+        ),
+        (  # every numeric column of a dp model: they set the Gram entries' sensitivity
+            {
+                "statistic": "linear_regression",
+                "outcome": "weight",
+                "predictors": ["age"],
+                "dp": {"epsilon": 1.0},
+            },
+            "dp linear_regression of 'weight' needs the column's bounds",
         ),
         (  # its noise is scaled by the declared range
             {"statistic": "quantile", "column": "weight", "q": [0.5]},
@@ -147,9 +158,11 @@ def test_queries_are_checked_against_the_schema(raw: dict, message: str) -> None
         {"statistic": "sum", "column": "icu", "group_by": ["sex"]},  # booleans: [0, 1]
         {"statistic": "histogram", "column": "weight", "bins": [0, 10, 100]},  # no bounds needed
         {"statistic": "crosstab", "rows": "sex", "columns": "icu"},
+        {"statistic": "correlation", "columns": ["age", "time", "icu"], "group_by": ["sex"]},
+        {"statistic": "linear_regression", "outcome": "time", "predictors": ["age", "sex"]},
     ],
 )
-def test_dp_queries_of_the_five_statistics_pass(raw: dict) -> None:
+def test_dp_queries_of_the_dp_statistics_pass(raw: dict) -> None:
     query = prepare({"dataset": "d", "dp": {"epsilon": 0.5, "delta": 1e-6}, **raw}, SCHEMA)
     assert query.dp is not None and query.dp.epsilon == 0.5
 
@@ -234,7 +247,13 @@ def test_a_grouped_result_fits_its_type(statistic: str, frame: pd.DataFrame) -> 
 
 @pytest.mark.parametrize("statistic", DP_STATISTICS)
 def test_a_dp_result_fits_its_type(statistic: str, frame: pd.DataFrame) -> None:
-    bounded = {"column": "age"} if statistic in ("sum", "mean", "variance") else {}  # bounds
+    bounded: dict[str, Any] = {  # columns with declared bounds
+        "sum": {"column": "age"},
+        "mean": {"column": "age"},
+        "variance": {"column": "age"},
+        "correlation": {"columns": ["age", "time"]},
+        "linear_regression": {"outcome": "time", "predictors": ["age", "sex"]},
+    }.get(statistic, {})
     query = {"statistic": statistic, "dataset": "d", "dp": {"epsilon": 1.0}}
     fits(statistic, reference({**query, **EVERY_STATISTIC[statistic], **bounded}, frame, SCHEMA))
 
