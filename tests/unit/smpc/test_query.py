@@ -56,7 +56,15 @@ def test_every_statistic_of_the_language_validates(statistic: str) -> None:
 
 def test_the_language_is_derived_from_the_registry() -> None:
     assert list(STATISTICS) == list(EVERY_STATISTIC)  # the registry keeps DESIGN.md's order
-    assert DP_STATISTICS == ("count", "sum", "mean", "variance", "histogram", "crosstab")
+    assert DP_STATISTICS == (
+        "count",
+        "sum",
+        "mean",
+        "variance",
+        "quantile",
+        "histogram",
+        "crosstab",
+    )
     schema = TypeAdapter(Query).json_schema()
     assert sorted(schema["discriminator"]["mapping"]) == sorted(STATISTICS)
     for name, cls in REGISTRY.items():
@@ -104,7 +112,8 @@ def test_malformed_queries_say_what_is_wrong(raw: object, message: str) -> None:
         ({"statistic": "count", "where": [["icu", ">", 0]]}, "boolean column"),
         (
             {"statistic": "max", "column": "age", "dp": {"epsilon": 1.0}},
-            "available for count, sum, mean, variance, histogram, crosstab; not for 'max'",
+            "available for count, sum, mean, variance, quantile, histogram, crosstab; "
+            "not for 'max'",
         ),
         (
             {"statistic": "mean", "column": "weight", "dp": {"epsilon": 1.0}},
