@@ -1,11 +1,11 @@
 """Differential privacy inside MPC: discrete Laplace noise that no party knows.
 
 A query with ``dp: {"epsilon": ε, "delta": δ}`` (the statistics whose class sets
-`supports_dp`: `count`, `sum`, `mean`, `variance`, `histogram`, `crosstab`, with `where` and
-`group_by`) gets calibrated noise added to its pooled, secret-shared cell values *before*
-anything is opened. The noise is drawn jointly inside MPC from MPyC's pseudorandom secret
-sharing (PRSS) and is never opened: no party, and
-no coalition of at most t parties (t < m/2, the MPC threshold), learns it or any part of it.
+`supports_dp`: `count`, `sum`, `mean`, `variance`, `quantile`, `histogram`, `crosstab`, with
+`where` and `group_by`) gets calibrated noise added to its pooled, secret-shared cell values
+*before* anything is opened. The noise is drawn jointly inside MPC from MPyC's pseudorandom
+secret sharing (PRSS) and is never opened: no party, and no coalition of at most t parties
+(t < m/2, the MPC threshold), learns it or any part of it.
 
 Mechanism: the discrete Laplace (two-sided geometric) mechanism on the integer grid the value
 is shared on. A pooled count is an integer (grid 1); a pooled sum is an integer multiple of
@@ -68,6 +68,17 @@ parallel: the whole table, every group of a `group_by` and every bin included, s
 - sum, mean: two per cell, the count (Δ = 1) and Σx of x clipped to the declared [min, max]
   (Δ = max(|round(min·2⁴⁰)|, |round(max·2⁴⁰)|) grid units), ε_s = ε/2 each (sequential
   composition: ε/2 + ε/2 = ε).
+
+Selection (quantile). A quantile is not released with additive noise but chosen among the
+bins of the declared range by report-noisy-max: utilities u_j of sensitivity Δ, one-sided
+geometric noise X_j (`discrete_laplace(..., one_sided=True)`, P(X = x) ∝ αˣ with
+α = exp(−ε/(2Δ))) added to each inside MPC, and only the index of the largest noisy utility
+(ties to the lowest index) opened. Proof: fix every X_k but X_i; bin i wins iff X_i ≥ r*, and
+r* moves by at most 2Δ between neighbours (every u_k by at most Δ); P(X ≥ r + 2Δ) ≥
+e^−ε·P(X ≥ r) for every integer r, so P(i) changes by at most e^ε either way. It is the
+discrete analogue of report-noisy-max with exponential noise (McKenna & Sheldon 2020:
+permute-and-flip, never worse than the exponential mechanism); details and the utility in
+`smpc.statistics.quantile`.
 
 Post-processing (no further ε): `min_count` compares the *noisy* count with the threshold
 inside MPC; released counts are reported as max(0, ñ) and `n` is the sum of released counts;

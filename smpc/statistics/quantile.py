@@ -30,11 +30,32 @@ integers of about log2(n) + 2 bits, plus one local binary search per cut point a
 (O(log rows)). Independent of the number of rows but for the local sort (O(rows·log rows)).
 Each round is a few network round trips: between hospitals, latency dominates.
 
+With `dp` (`{"epsilon": ε}`): no search and no rows. Each party shares its per-group row count
+and its histogram over 2^8 equal bins of the declared [min, max] (values clipped to it; the
+bounds are required). Inside MPC: the count gets discrete Laplace noise (`smpc.dp`) and is
+compared with T; released noisy counts ñ are opened (n = max(0, ñ)). For a group with n > 0
+the fine bins are merged into m = 2^b candidate bins, b = `candidate_bits(ñ)` (16 to 256,
+about ñ/4 rows a bin: post-processing of ñ). Per level q the utility of bin j (`Utility`) is
+u_j = −max(0, L_j − t, t − R_j), L_j and R_j the pooled counts below the bin and up to its
+top, t = q(n − 1) + ½ with the exact, secret n: sensitivity Δ = max(q, 1 − q) ≤ 1 rank under
+adding or removing one row (L_j, R_j move by 0 or 1, n by 1; q is rounded to 2^-16 when it is
+not a multiple of it). Each u_j is computed on shares (2 comparisons), one-sided geometric
+noise of α = exp(−ε_q/(2Δ)) is added, a tournament of secure comparisons finds the winning
+index (ties to the lowest), and only that index is opened; the answer is the bin's midpoint.
+This report-noisy-max is ε_q-DP (proof in `smpc.dp`; the plaintext twin of its law,
+`selection_probabilities`, is checked against e^ε on neighbouring histograms in the tests).
+ε is split evenly over the noisy count and the distinct levels (sequential composition);
+groups are disjoint (parallel composition). The sampler's truncation adds at most
+(1 + levels·m)·2^-64 to δ. Cost per (group, level): m one-sided noise samples (about 8 to 11
+coins each at ε_q ≤ 1), 3m − 1 secure comparisons in log2(m) + 1 rounds.
+
 Numeric limits: exact for every finite float64 (an infinite quantile is reported as null: JSON
 has no infinity); missing values are skipped. At most 99 levels q per query.
 
 Reveals: per released group the pooled n and each requested quantile (exact data values);
-which groups are suppressed (below `min_count`); the overall n only when no group is.
+which groups are suppressed (below `min_count`); the overall n only when no group is. With
+`dp`: per released group the noisy n and, per level, the index of the chosen bin (its
+midpoint is the result); which groups are suppressed (noisy n below `min_count`).
 """
 
 from __future__ import annotations
