@@ -1,7 +1,7 @@
 """Differential privacy inside MPC: discrete Laplace noise that no party knows.
 
-A query with ``dp: {"epsilon": ε, "delta": δ}`` (the statistics whose class sets
-`supports_dp`: `count`, `sum`, `mean`, `variance`, `histogram`, `crosstab`, `correlation`,
+A query with ``dp: {"epsilon": ε, "delta": δ}`` (the statistics whose class sets `supports_dp`:
+`count`, `sum`, `mean`, `variance`, `quantile`, `histogram`, `crosstab`, `correlation`,
 `linear_regression`, with `where` and `group_by`, and `kaplan_meier`, on its per-step event and
 censoring counts) gets calibrated noise added to its pooled, secret-shared cell values *before*
 anything is opened. The noise is drawn jointly inside MPC from MPyC's pseudorandom secret
@@ -80,6 +80,17 @@ parallel: the whole table, every group of a `group_by` and every bin included, s
   noised (a 0/1 term's Σz² is its Σz; two levels of one categorical never meet: 0). ε is split
   evenly over the K noised entries, ε/K each (sequential composition): every entry's noise is
   then the same K/ε in units of its own sensitivity (`smpc.statistics.gram`).
+
+Selection (quantile). A quantile is not released with additive noise but chosen among the
+bins of the declared range by report-noisy-max: utilities u_j of sensitivity Δ, one-sided
+geometric noise X_j (`discrete_laplace(..., one_sided=True)`, P(X = x) ∝ αˣ with
+α = exp(−ε/(2Δ))) added to each inside MPC, and only the index of the largest noisy utility
+(ties to the lowest index) opened. Proof: fix every X_k but X_i; bin i wins iff X_i ≥ r*, and
+r* moves by at most 2Δ between neighbours (every u_k by at most Δ); P(X ≥ r + 2Δ) ≥
+e^−ε·P(X ≥ r) for every integer r, so P(i) changes by at most e^ε either way. It is the
+discrete analogue of report-noisy-max with exponential noise (McKenna & Sheldon 2020:
+permute-and-flip, never worse than the exponential mechanism); details and the utility in
+`smpc.statistics.quantile`.
 
 Post-processing (no further ε): `min_count` compares the *noisy* count with the threshold
 inside MPC; released counts are reported as max(0, ñ) and `n` is the sum of released counts;
@@ -299,8 +310,14 @@ def describe(epsilon: float, delta: float, plan: dict[str, NoiseSpec]) -> dict[s
     }
 
 
-def discrete_laplace(mpc: Any, sectype: Any, specs: Sequence[NoiseSpec]) -> Any:
+def discrete_laplace(
+    mpc: Any, sectype: Any, specs: Sequence[NoiseSpec], *, one_sided: bool = False
+) -> Any:
     """One secret discrete Laplace sample per entry of `specs`, as a `sectype` array (not opened).
+
+    With `one_sided`, X alone instead of X − Y: a geometric variable, P(X = x) ∝ αˣ for x ≥ 0
+    (half the coins), whose survival function satisfies P(X ≥ t + d) ≥ e^−ε·P(X ≥ t) for all t
+    and 0 ≤ d ≤ Δ: the noise of the quantile's report-noisy-max selection.
 
     Runs inside a party process with the MPyC runtime started; every party calls it with the
     same `specs`. The randomness is MPyC's PRSS random bits: no party knows any coin. The coins
@@ -309,27 +326,28 @@ def discrete_laplace(mpc: Any, sectype: Any, specs: Sequence[NoiseSpec]) -> Any:
     """
     if not specs:
         return sectype.array(np.zeros(0, dtype=object))
+    sides = 1 if one_sided else 2
     precision = max(s.precision for s in specs)
     small = mpc.SecInt(max(COIN_BITS, precision))  # field order > 2^(K+32): see `biased_coins`
     kinds = {s: s.thresholds(precision) for s in dict.fromkeys(specs)}
     members = {s: [j for j, t in enumerate(specs) if t == s] for s in kinds}
     thresholds = np.concatenate(
-        [np.tile(np.array(t + t, dtype=object), len(members[s])) for s, t in kinds.items()]
+        [np.tile(np.array(t * sides, dtype=object), len(members[s])) for s, t in kinds.items()]
     )
     coins = biased_coins(mpc, small, thresholds, precision)
-    fair_total = sum(2 * s.fair_digits * len(members[s]) for s in kinds)
+    fair_total = sum(sides * s.fair_digits * len(members[s]) for s in kinds)
     fair = mpc.np_random_bits(small, fair_total) if fair_total else small.array(np.zeros(0))
     chunks, shapes, start, fair_start = [], [], 0, 0
     for s, t in kinds.items():
         rows, h = len(members[s]), s.fair_digits
         n_chunks = -(-s.bits // CHUNK_BITS)
-        block = coins[start : start + rows * 2 * len(t)].reshape((rows, 2 * len(t)))
-        chunk = block @ _digit_weights(range(h, s.bits), n_chunks)
-        start += rows * 2 * len(t)
+        block = coins[start : start + rows * sides * len(t)].reshape((rows, sides * len(t)))
+        chunk = block @ _digit_weights(range(h, s.bits), n_chunks, sides)
+        start += rows * sides * len(t)
         if h:
-            bits = fair[fair_start : fair_start + rows * 2 * h].reshape((rows, 2 * h))
-            chunk = chunk + bits @ _digit_weights(range(h), n_chunks)
-            fair_start += rows * 2 * h
+            bits = fair[fair_start : fair_start + rows * sides * h].reshape((rows, sides * h))
+            chunk = chunk + bits @ _digit_weights(range(h), n_chunks, sides)
+            fair_start += rows * sides * h
         chunks.append(chunk.reshape(-1))
         shapes.append((rows, n_chunks))
     flat = mpc.np_concatenate(chunks) if len(chunks) > 1 else chunks[0]
@@ -344,12 +362,14 @@ def discrete_laplace(mpc: Any, sectype: Any, specs: Sequence[NoiseSpec]) -> Any:
     return noise[order]
 
 
-def _digit_weights(digits: range, n_chunks: int) -> np.ndarray:
-    """Public weights taking [X's digits, Y's digits] to the chunks of X − Y (CHUNK_BITS each)."""
-    weights = np.zeros((2 * len(digits), n_chunks), dtype=object)
+def _digit_weights(digits: range, n_chunks: int, sides: int = 2) -> np.ndarray:
+    """Public weights taking [X's digits, Y's digits] to the chunks of X − Y (CHUNK_BITS each);
+    X's digits alone to X's chunks when `sides` is 1."""
+    weights = np.zeros((sides * len(digits), n_chunks), dtype=object)
     for k, i in enumerate(digits):
         weights[k, i // CHUNK_BITS] = 1 << (i % CHUNK_BITS)
-        weights[len(digits) + k, i // CHUNK_BITS] = -(1 << (i % CHUNK_BITS))
+        if sides == 2:
+            weights[len(digits) + k, i // CHUNK_BITS] = -(1 << (i % CHUNK_BITS))
     return weights
 
 

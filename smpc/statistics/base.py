@@ -11,12 +11,13 @@ order keys per result cell, never rows), the MPC part (`compute`: by default the
 released cells), the plaintext post-processing of what was opened (`finish`), and a plaintext
 oracle on pooled data (`reference`) that the tests compare against.
 
-With `dp` (count, sum, mean, variance, histogram, crosstab, correlation, linear_regression; see
-`smpc.dp`; kaplan_meier has its own protocol), `noise` holds the noisy values per cell and the ε
-each spends (`noise_plan`), `local_input` clips the column to its declared bounds and rounds
-each row to the fixed-point grid, `finish` adds the result's `dp` entry, and `reference`
-returns the exact, noiseless result on the clipped data (`min_count` applied to the exact
-counts) with the same `dp` entry, so tests can compare the error with the scale.
+With `dp` (count, sum, mean, variance, quantile, histogram, crosstab, correlation,
+linear_regression; see `smpc.dp`; kaplan_meier has its own protocol), `noise` holds the noisy
+values per cell and the ε each spends (`noise_plan`), `local_input` clips the column to its
+declared bounds and rounds each row to the fixed-point grid, `finish` adds the result's `dp`
+entry, and `reference` returns the exact, noiseless result on the clipped data (`min_count`
+applied to the exact counts) with the same `dp` entry, so tests can compare the error with the
+scale.
 """
 
 from __future__ import annotations

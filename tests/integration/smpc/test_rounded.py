@@ -2,8 +2,8 @@
 
 Each opened ratio must be |num/den| + β truncated toward zero to 25 significant bits, with its
 sign, for a β below (2t + 6)·2**-64 (inside the documented band: 2**-36 ≤ |num/den| < 2**40);
-below 2**-36 within 2**-58 of the exact value; beyond 2**44 None, between 2**40 and 2**44 None or the rounded value; 0 for
-a zero numerator, None for a zero denominator.
+below 2**-36 within 2**-58 of the exact value; beyond 2**44 None, between 2**40 and 2**44 None
+or the rounded value; 0 for a zero numerator, None for a zero denominator.
 """
 
 from __future__ import annotations

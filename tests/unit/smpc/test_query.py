@@ -61,6 +61,7 @@ def test_the_language_is_derived_from_the_registry() -> None:
         "sum",
         "mean",
         "variance",
+        "quantile",
         "histogram",
         "crosstab",
         "correlation",
@@ -114,8 +115,8 @@ def test_malformed_queries_say_what_is_wrong(raw: object, message: str) -> None:
         ({"statistic": "count", "where": [["icu", ">", 0]]}, "boolean column"),
         (
             {"statistic": "max", "column": "age", "dp": {"epsilon": 1.0}},
-            "available for count, sum, mean, variance, histogram, crosstab, correlation, "
-            "linear_regression, kaplan_meier; not for 'max'",
+            "available for count, sum, mean, variance, quantile, histogram, crosstab, "
+            "correlation, linear_regression, kaplan_meier; not for 'max'",
         ),
         (
             {"statistic": "mean", "column": "weight", "dp": {"epsilon": 1.0}},
