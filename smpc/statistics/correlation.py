@@ -4,7 +4,8 @@ Each party shares its fixed-point Gram matrix of [1, columns…] per group
 (`smpc.statistics.gram`); rows with a missing value in any of the columns are dropped
 (listwise, like `numpy.corrcoef` on complete rows). Inside MPC, in an exact prime field, the
 centred co-moments C_jk = n·Σx_j x_k − Σx_j·Σx_k are computed as secrets, and for every pair
-only r_jk² = C_jk² / (C_jj·C_kk) is opened (a masked ratio, `smpc.exact`) together with the sign
+only r_jk² = C_jk² / (C_jj·C_kk) is opened, rounded inside MPC to 25 significant bits
+(`smpc.rounded`), together with the sign
 of C_jk (one secure comparison per pair); r_jk = sign·√(r_jk²). A constant column's row and
 column are null (numpy gives NaN): that the column is constant is revealed, nothing else.
 

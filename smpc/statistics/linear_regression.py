@@ -10,7 +10,8 @@ det(XᵀX), adj(XᵀX)·Xᵀy and adj(XᵀX), from which, still as secrets,
 - the squared standard errors SE_j² = q · adj_jj / (det² · (n − p)),
 - R² = 1 − RSS / TSS with RSS/TSS = n·q / (det · (n·yᵀy − (Σy)²)).
 
-Only these ratios are opened, each masked by a secret random factor (`smpc.exact`); p-values
+Only these ratios are opened (R² as (det·TSS − n·q) / (det·TSS)), each divided inside MPC and
+rounded to 25 significant bits (`smpc.rounded`); p-values
 come from Student's t with n − p degrees of freedom, as statsmodels. Categorical predictors
 enter as treatment-coded indicators named ``column[level]``; rows with a missing value are
 dropped. Disclosure control beyond the prelude's rules (the model rule counts p coefficients):
@@ -38,12 +39,12 @@ when the noise is not small against the data (small n or ε). p-values use them 
 t on n − p degrees of freedom; R² is 1 − RSS/TSS of the noisy statistics, within [0, 1].
 
 Reveals: per released group n, the coefficients, their standard errors and R² (p-values follow
-from them), opened as exact fractions (not yet rounded inside MPC); which groups are suppressed
-or have a small cell. Intermediate, to the parties only: each predictor's tolerance (1 − R² of
-that column on the constant and the earlier predictors, uncentred), used to refuse singular
-designs; it appears in no message or result. With `dp`: per released group the noisy n and the
-noisy Gram entries (everything in the result is computed from them), and which groups' noisy n
-is below the threshold.
+from them), rounded to 25 significant bits; which groups are suppressed or have a small cell.
+Intermediate, to the parties only: per elimination step one bit, whether the predictor's
+tolerance (1 − R² of that column on the constant and the earlier predictors, uncentred) is at
+least 1e-10, used to refuse singular designs; no tolerance appears in any message or result.
+With `dp`: per released group the noisy n and the noisy Gram entries (everything in the result
+is computed from them), and which groups' noisy n is below the threshold.
 """
 
 from __future__ import annotations

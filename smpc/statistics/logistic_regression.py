@@ -14,7 +14,8 @@ it). The protocol per group:
    public β, its score Xᵀ(y − μ) and Hessian XᵀWX (W = μ(1 − μ)), rounds them to the 2⁻⁴⁰
    fixed-point grid and secret-shares them; the pooled Hessian and score stay secret; the
    Newton step Δ = H⁻¹·score is computed inside MPC by fraction-free Gauss–Jordan in an exact
-   prime field and only Δ is opened (masked ratios, `smpc.exact`); β ← β + Δ;
+   prime field and only Δ is opened, rounded inside MPC to 25 significant bits
+   (`smpc.rounded`); β ← β + Δ;
 3. iterations stop, as statsmodels', once every |Δ_j| ≤ 1e-8 (at most 35 iterations; a design
    that does not converge — e.g. perfect separation — is refused with a clear error);
 4. the standard errors √diag(H⁻¹) at the final β are computed the same way and opened; p-values
@@ -32,9 +33,9 @@ first); local sums of products below 2**50 ≈ 1.1e15.
 
 Reveals: per released group n, the coefficients, standard errors (p-values follow) and the
 number of iterations; which groups are suppressed or have a small cell. Intermediates: every
-Newton iterate β_k, and, to the parties only, each elimination's predictor tolerances (1 − R² of
-a column of the weighted design on the earlier ones), used to refuse singular designs with one
-pooled message naming no term or value.
+Newton iterate β_k, and, to the parties only, one bit per elimination step (the tolerance, 1 − R²
+of a column of the weighted design on the earlier ones, is at least 1e-10), used to refuse
+singular designs with one pooled message naming no term or value.
 """
 
 from __future__ import annotations

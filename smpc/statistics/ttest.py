@@ -10,7 +10,8 @@ group where both levels pass, everything else is computed on secrets in an exact
     t² = (Σx_a·n_b − Σx_b·n_a)²·D_a·D_b / ((n_a·n_b)²·(A_a·D_b + A_b·D_a)),
     df = (A_a·D_b + A_b·D_a)²·(n_a − 1)(n_b − 1) / (A_a²·D_b²·(n_b − 1) + A_b²·D_a²·(n_a − 1)),
 
-with A = n·Σx² − (Σx)² and D = n²(n − 1); t² and df are opened as masked ratios and the sign
+with A = n·Σx² − (Σx)² and D = n²(n − 1); t² and df are opened rounded inside MPC to 25
+significant bits (`smpc.rounded`) and the sign
 of t by one secure comparison; the p-value follows from t and df (Student's t, two-sided).
 Both levels constant: t is undefined and reported as null.
 
