@@ -59,6 +59,12 @@ QUERIES = {
         "outcome": "weight",
         "predictors": ["age", "sex"],
     },
+    "logistic_regression": {
+        "statistic": "logistic_regression",
+        "outcome": "icu",
+        "predictors": ["age", "weight"],
+    },
+    "correlation": {"statistic": "correlation", "columns": ["age", "weight"]},
     "ttest": {"statistic": "ttest", "column": "weight", "group": "sex"},
     "chi2": {"statistic": "chi2", "rows": "sex", "columns": "icu"},
 }
@@ -112,11 +118,13 @@ def protocol_seconds(query: dict, frames: list[pd.DataFrame]) -> float:
     return min(wait_party(p, j).seconds for p, j in zip(procs, jobs, strict=True))
 
 
-def latency(repeat: int, label: str) -> None:
+def latency(repeat: int, label: str, only: list[str] | None = None) -> None:
     frame = cohort(3000, 1)
     print(f"\nProtocol seconds ({label}), median of {repeat}, 3 000 pooled rows, floors 5")
     print("| statistic | 3 parties | 5 parties |\n|---|---|---|")
     for name, query in QUERIES.items():
+        if only and name not in only:
+            continue
         cells = []
         for parties in (3, 5):
             frames = split(frame, parties)
@@ -234,10 +242,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--label", default="this checkout")
+    parser.add_argument("--only", help="latency of these statistics only (comma-separated)")
     args = parser.parse_args()
     both = not (args.latency or args.accuracy or args.attacks)
     if args.latency or both:
-        latency(args.repeat, args.label)
+        latency(args.repeat, args.label, args.only.split(",") if args.only else None)
     if args.accuracy or both:
         accuracy(args.seeds)
     if args.attacks or both:
