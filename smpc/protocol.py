@@ -5,7 +5,9 @@ lock step, each a constant number of rounds, independent of the number of rows):
 
 1. every party inputs its policy floor; the floors are opened (they are public policy) and the
    threshold is T = max(query.min_count, every floor), so no query can lower a node's floor;
-2. every party inputs its per-cell counts; the pooled counts are summed locally on shares;
+2. every party inputs its per-cell counts; every site's are checked inside MPC to be ≥ 0 and
+   to sum to at most its declared row count (`check_counts`: one bit opened); the pooled counts
+   are summed locally on shares;
 3. if T > 0, the comparison `pooled >= T` is computed on shares and only its bit is opened;
 4. for released cells only: the pooled counts and moments are opened, and the extremes are
    combined with m − 1 vectorised secure comparisons before only the winner is opened;

@@ -1,11 +1,13 @@
 """`GramStatistic`: statistics computed from the pooled Gram matrix of [1, columns…] per group.
 
 Each party secret-shares, per group, its row count and the upper triangle of its fixed-point
-Gram matrix (see `smpc.statistics.design`). Inside MPC the counts are pooled and compared with
-the threshold T (only the comparison bit is opened; a group below T reveals nothing else); for
-released groups the group's n is opened and its Gram matrix is pooled, as a secret, in an exact
-prime field large enough for everything the statistic computes from it. Subclasses then compute
-and open only their outputs (`smpc.exact`).
+Gram matrix (see `smpc.statistics.design`). Before anything is opened, every site's entries are
+checked inside MPC against the declared bounds (`check_inputs`: its n, Σx and Σx² of each
+bounded term; one bit opened, a failure refused naming no site). Then the counts are pooled
+and compared with the threshold T (only the comparison bit is opened; a group below T reveals
+nothing else); for released groups the group's n is opened and its Gram matrix is pooled, as
+a secret, in an exact prime field large enough for everything the statistic computes from it.
+Subclasses then compute and open only their outputs (`smpc.exact`).
 
 With `dp` (noisy sufficient statistics; `smpc.dp` has the mechanism): every design column
 must have declared finite bounds (a categorical level's indicator is 0/1). Each party clips
