@@ -51,6 +51,7 @@ from tessera.errors import (
 )
 from tessera.privacy import text
 from tessera.schemas import (
+    DatasetSchema,
     DPBudget,
     DPTotal,
     NodeHello,
@@ -87,6 +88,7 @@ class _Prepared:
     key_pem: str = ""  # this run's TLS key: only ever handed to our own party process
     certificate: str = ""
     dp: DPSpec | None = None
+    schema: DatasetSchema | None = None  # as declared to the party process (`rows` set)
 
 
 def _seconds(since: float) -> float:
@@ -579,10 +581,13 @@ class NodeAgent:
         ds = self.settings.dataset(task.dataset)
         assert ds is not None  # the policy refused unknown datasets
         statistic.key_secret = self.row_key_secret
-        summary = statistic.local_summary(self.cache.get(ds))
+        frame = self.cache.get(ds)
+        summary = statistic.local_summary(frame)
         key_pem, certificate = new_identity(task.party_id)
         query = statistic.query
-        return _Prepared(query.to_json(), ds, summary, key_pem, certificate, query.dp)
+        return _Prepared(
+            query.to_json(), ds, summary, key_pem, certificate, query.dp, ds.declared(len(frame))
+        )
 
     def _wait_for_start(self, task: TaskOut) -> TaskStart:
         """Long-poll for the go until every party accepted; `Conflict` if the query failed."""
@@ -630,7 +635,7 @@ class NodeAgent:
             )
         job = PartyJob(
             query=prepared.query,
-            dataset_schema=prepared.dataset.schema_,
+            dataset_schema=prepared.schema or prepared.dataset.schema_,
             summary=prepared.summary,
             party_id=task.party_id,
             # Our own entry is where our party listens; the others', where we reach them.

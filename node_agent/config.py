@@ -26,6 +26,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from tessera.errors import ConfigInvalid
 from tessera.schemas import (
+    MAX_ROWS,
     MAX_THRESHOLD,
     ColumnSpec,
     DatasetSchema,
@@ -52,6 +53,9 @@ class DatasetConfig(BaseModel):
     delimiter: str = Field(",", min_length=1, max_length=1)
     reload_after_s: float = Field(600.0, gt=0)
     columns: list[ColumnSpec] = Field(min_length=1)
+    # the row count this node declares and publishes with the schema; absent: each run
+    # declares the loaded dataset's actual row count to the MPC only (never published)
+    rows: int | None = Field(None, ge=0, le=MAX_ROWS)
 
     @model_validator(mode="after")
     def _location(self) -> DatasetConfig:
@@ -70,7 +74,16 @@ class DatasetConfig(BaseModel):
 
     @property
     def schema_(self) -> DatasetSchema:
-        return DatasetSchema(columns=self.columns)
+        """The schema the node publishes: the columns, and `rows` if configured."""
+        return DatasetSchema(columns=self.columns, rows=self.rows)
+
+    def declared(self, frame_rows: int) -> DatasetSchema:
+        """The schema handed to this node's party process: `rows` as configured, or else the
+        loaded dataset's actual row count (every site's counts are checked against it inside
+        MPC: `smpc.disclosure.prelude`)."""
+        return DatasetSchema(
+            columns=self.columns, rows=frame_rows if self.rows is None else self.rows
+        )
 
     def describe(self) -> str:
         """Where the rows are, for logs and `tessera node check` (no credentials)."""

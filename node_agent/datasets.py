@@ -96,7 +96,9 @@ def _read_table(ds: DatasetConfig, declared: list[str]) -> pd.DataFrame:
 def check_frame(ds: DatasetConfig, frame: pd.DataFrame) -> pd.DataFrame:
     """The declared columns, typed (`tessera.columns.conform`, bounds checked); `DataInvalid`
     naming the dataset and the first column that breaks the declared schema (missing, wrong
-    type, unknown level, outside the declared bounds)."""
+    type, unknown level, outside the declared bounds) or holding more rows than it declares."""
+    if ds.rows is not None and len(frame) > ds.rows:
+        raise _fail(ds, f"{len(frame)} rows, more than the {ds.rows} the node declares ('rows')")
     try:
         return conform(frame.reset_index(drop=True), ds.schema_, error=DataInvalid)
     except DataInvalid as exc:

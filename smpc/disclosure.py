@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tessera.errors import DisclosureRefused
-from tessera.schemas import MAX_THRESHOLD, MODES, DisclosureRules, Mode
+from tessera.schemas import MAX_ROWS, MAX_THRESHOLD, MODES, DatasetSchema, DisclosureRules, Mode
 
 if TYPE_CHECKING:
     from smpc.job import PartyJob
@@ -126,6 +126,9 @@ async def prelude(mpc: Any, statistic: SecureStatistic, job: PartyJob) -> Applie
     query may run at all. Opens one bit per rule, the same at every party; raises
     `DisclosureRefused` naming the rule (never a node, a count or a value) when one fails.
 
+    - inputs rule, decided first: every site's selection is consistent and within the row
+      count it declared for the dataset (`selection_declared`); the other rules' bits are
+      opened multiplied by it, so they show nothing when it fails;
     - row rule: no selected row at any site breaks the statistic's own row rule (an outcome
       not 0/1, a time off the grid): the pooled number of such rows is 0;
     - subset rule (with `where`): the selection and its complement each hold ≥ subset_min rows;
@@ -146,6 +149,7 @@ async def prelude(mpc: Any, statistic: SecureStatistic, job: PartyJob) -> Applie
     secint = mpc.SecInt(KEY_BITS)
     selection = job.summary.selection or [0, 0, 0, 0]
     shares = mpc.input(secint.array(np.array(selection, dtype=object)))
+    inputs = selection_declared(mpc, secint, shares, declared_rows(statistic.schema))
     rows, selected, entering, broken = functools.reduce(operator.add, shares)
     bits = [broken < 1]
     names = ["rows"]
@@ -159,15 +163,48 @@ async def prelude(mpc: Any, statistic: SecureStatistic, job: PartyJob) -> Applie
     if parameters:
         bits.append(entering >= math.ceil(parameters / rules.glm_ratio))
         names.append("model")
-    opened = await mpc.output(bits)
-    for name, bit in zip(names, opened, strict=True):
+    # each rule's bit is opened only as [inputs fine]·bit: a site feeding an inconsistent
+    # selection learns no rule's outcome on it
+    opened = await mpc.output([inputs, *(inputs * bit for bit in bits)])
+    for name, bit in zip(["inputs", *names], opened, strict=True):
         if not int(bit):
             raise DisclosureRefused(_REFUSALS[name](statistic, rules), {"rule": name})
     statistic.rules = rules
     return rules
 
 
+def declared_rows(schema: DatasetSchema) -> int:
+    """The row count this party declares for its dataset (`DatasetSchema.rows`); an
+    undeclared one counts as `MAX_ROWS`, the most the secure comparisons are sized for."""
+    return MAX_ROWS if schema.rows is None else schema.rows
+
+
+def selection_declared(mpc: Any, secint: Any, sites: list[Any], declared: int) -> Any:
+    """The secret bit "every site's `selection` is consistent and within its declared rows":
+    per site 0 ≤ broken ≤ entering ≤ selected ≤ rows ≤ that site's declared row count (each
+    party inputs its own `declared_rows`; nothing is opened here)."""
+    limits = mpc.input(secint(declared))
+    checks = []
+    for site, limit in zip(sites, limits, strict=True):
+        rows, selected, entering, broken = (site[k] for k in range(4))
+        checks += [limit - rows, rows - selected, selected - entering, entering - broken, broken]
+    below = mpc.np_sgn(mpc.np_fromlist(checks), l=MAX_ROWS.bit_length() + 2, LT=True)
+    return mpc.prod([1 - b for b in mpc.np_tolist(below)])
+
+
+def inputs_refusal(name: str, what: str) -> str:
+    """The refusal of a site's inputs that break its declaration (naming no site)."""
+    return (
+        f"{name}: a site's inputs break its declared schema ({what}; checked inside MPC over "
+        "every site's inputs together; which site is not revealed)"
+    )
+
+
 _REFUSALS: dict[str, Callable[[SecureStatistic, AppliedRules], str]] = {
+    "inputs": lambda s, r: inputs_refusal(
+        s.name,
+        "its selected rows are inconsistent or exceed the row count it declared for the dataset",
+    ),
     "rows": lambda s, r: (
         f"{s.name}: {s.row_rule} (checked over every site's selected rows "
         "together; which site and which rows are not revealed)"

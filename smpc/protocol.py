@@ -5,7 +5,9 @@ lock step, each a constant number of rounds, independent of the number of rows):
 
 1. every party inputs its policy floor; the floors are opened (they are public policy) and the
    threshold is T = max(query.min_count, every floor), so no query can lower a node's floor;
-2. every party inputs its per-cell counts; the pooled counts are summed locally on shares;
+2. every party inputs its per-cell counts; every site's are checked inside MPC to be ≥ 0 and
+   to sum to at most its declared row count (`check_counts`: one bit opened); the pooled counts
+   are summed locally on shares;
 3. if T > 0, the comparison `pooled >= T` is computed on shares and only its bit is opened;
 4. for released cells only: the pooled counts and moments are opened, and the extremes are
    combined with m − 1 vectorised secure comparisons before only the winner is opened;
@@ -40,6 +42,7 @@ from smpc.cellkey import (
     perturbation,
     scale_factor,
 )
+from smpc.disclosure import declared_rows, inputs_refusal
 from smpc.dp import COMPARE_BITS, discrete_laplace
 from smpc.encoding import (
     FRAC_BITS,
@@ -52,6 +55,7 @@ from smpc.encoding import (
 from smpc.job import PartyJob
 from smpc.statistics.base import Opened, SecureStatistic
 from tessera.errors import DisclosureRefused
+from tessera.schemas import MAX_ROWS
 
 
 def _array(secure_type: Any, values: list[int]) -> Any:
@@ -65,7 +69,7 @@ def pooled(mpc: Any, secure_type: Any, values: list[int]) -> Any:
 
 
 WIDE_BITS = 2 * MOMENT_BITS + 16  # variance's centred second moment n·Σx² − (Σx)², scaled 2**80
-SITE_COUNT_BITS = 30  # a site's count in one cell is below 2**30 (a billion rows)
+SITE_COUNT_BITS = MAX_ROWS.bit_length()  # a site's count is below 2**30 (a billion rows)
 COUNT_BITS = SITE_COUNT_BITS + 4  # pooled counts: at most 16 sites
 
 
@@ -93,12 +97,13 @@ async def release(
     """Every party inputs its per-cell counts; the pooled counts (secret) and which cells are
     released: the pooled count reaches `threshold` (default T) and every site's count is 0 or
     at least that site's own floor (c·(c − f) ≥ 0: DataSHIELD's nfilter.tab at every site).
-    Decided on shares; only one bit per cell is opened. Counts are below 2**30 per site (the
-    comparisons are sized for it: `SITE_COUNT_BITS`)."""
+    Decided on shares; only one bit per cell is opened, after `check_counts` opened its one
+    bit. Counts are below 2**30 per site (the comparisons are sized for it: `SITE_COUNT_BITS`)."""
     rules = statistic.rules
     assert rules is not None
     secint = secint or mpc.SecInt(KEY_BITS)
     site_counts = sites or mpc.input(_array(secint, local_counts))
+    await check_counts(mpc, statistic, secint, site_counts)
     counts = functools.reduce(operator.add, site_counts)
     threshold = rules.threshold if threshold is None else threshold
     ok = at_least(mpc, counts, threshold, COUNT_BITS) if threshold > 0 else None
@@ -109,6 +114,22 @@ async def release(
     if ok is None:
         return counts, [True] * len(local_counts)
     return counts, [bool(int(f)) for f in np.asarray(await mpc.output(ok)).ravel()]
+
+
+async def check_counts(
+    mpc: Any, statistic: SecureStatistic, secint: Any, site_counts: list[Any]
+) -> None:
+    """Every site's counts are ≥ 0 and sum to at most the row count it declared for the
+    dataset (`smpc.disclosure.declared_rows`; each party inputs its own), decided inside MPC
+    before anything about the counts is opened. One bit is opened; a failure is refused
+    naming no site."""
+    limits = mpc.input(secint(declared_rows(statistic.schema)))
+    spare = [limit - mpc.np_sum(c) for c, limit in zip(site_counts, limits, strict=True)]
+    values = mpc.np_concatenate((*site_counts, mpc.np_fromlist(spare)))
+    below = mpc.np_sgn(values, l=SITE_COUNT_BITS + 2, LT=True)
+    if not await mpc.is_zero_public(mpc.np_sum(below)):
+        what = "a count is negative, or the counts exceed the row count it declared"
+        raise DisclosureRefused(inputs_refusal(statistic.name, what), {"rule": "inputs"})
 
 
 def cell_perturbation(

@@ -43,6 +43,12 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
                 pass
 
 
+def declaring(schema: DatasetSchema, rows: int) -> DatasetSchema:
+    """The schema a party hands its party process: its declared `rows`, or else the row count
+    of the data it actually holds (as a node does: `node_agent`)."""
+    return schema if schema.rows is not None else schema.model_copy(update={"rows": rows})
+
+
 def simulate(
     query: dict[str, Any],
     parties: Sequence[pd.DataFrame],
@@ -61,7 +67,9 @@ def simulate(
     `min_count_floors` plays each party's policy floor, `rules` its disclosure mode and rules
     (one for all, or one per party; default: the `exact` mode with DataSHIELD's defaults, as a
     node's policy), `key_secrets` its row-key secret (`smpc.cellkey`; default: one derived from
-    each frame's contents, so the same frames always get the same perturbation). With `tls`
+    each frame's contents, so the same frames always get the same perturbation). Each party
+    declares its frame's row count (`DatasetSchema.rows`), unless `schema` declares one for
+    all. With `tls`
     (the default) the parties authenticate each other with fresh per-run certificates, as
     nodes do.
     """
@@ -98,7 +106,7 @@ def simulate(
     jobs = [
         PartyJob(
             query=statistic.query.to_json(),
-            dataset_schema=schema,
+            dataset_schema=declaring(schema, len(frame)),
             summary=summary,
             party_id=i,
             parties=addresses,
@@ -107,7 +115,7 @@ def simulate(
             timeout_s=timeout_s,
             tls=PartyTLS(key_pem=identities[i][0], certificates=certificates) if tls else None,
         )
-        for i, summary in enumerate(summaries)
+        for i, (summary, frame) in enumerate(zip(summaries, parties, strict=True))
     ]
     procs = start_parties(jobs)
     outcomes, errors = [], []

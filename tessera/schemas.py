@@ -1,8 +1,8 @@
 """Message schemas shared by the coordinator, the node agent and the libraries.
 
 These are the JSON shapes that cross a process or site boundary. Nothing here holds a patient
-row: a `DatasetSchema` describes columns (names, types, categorical levels, declared bounds),
-never values.
+row: a `DatasetSchema` describes columns (names, types, categorical levels, declared bounds)
+and optionally a declared row count, never values.
 """
 
 from __future__ import annotations
@@ -74,10 +74,20 @@ class ColumnSpec(Strict):
         raise ValueError(f"column {self.name!r} ({self.type}) cannot be grouped by")
 
 
+# The most rows a site may hold in one dataset: the secure comparisons of per-site counts are
+# sized for counts below 2**30 (`smpc.protocol.SITE_COUNT_BITS`).
+MAX_ROWS = (1 << 30) - 1
+
+
 class DatasetSchema(Strict):
-    """The declared schema of a dataset as a node registers it: columns, never rows."""
+    """The declared schema of a dataset as a node registers it: columns, never rows.
+
+    `rows` is the dataset's row count as the node declares it (None: undeclared). Inside MPC
+    every site's selected rows and per-cell counts are checked against its own declaration
+    before anything is opened (`smpc.disclosure.prelude`, `smpc.protocol.release`)."""
 
     columns: list[ColumnSpec] = Field(min_length=1)
+    rows: int | None = Field(None, ge=0, le=MAX_ROWS)
 
     @model_validator(mode="after")
     def _unique_names(self) -> DatasetSchema:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -213,3 +214,52 @@ def singular_refusal(statistic: str) -> str:
         "a linear combination of the constant and the other predictors over the selected rows "
         "of all sites together; which one, and which site, are not revealed"
     )
+
+
+# ---- each site's Gram entries against the declared bounds ------------------------------------
+
+BOUND_PAD_BITS = 20  # declared bounds widened by 2**-20 · max(1, |bound|) per row (rounding)
+
+
+@dataclass(frozen=True)
+class EntryLimit:
+    """What one site's Gram entries of one term must satisfy, per row of the site's n, on the
+    2**-40 grid: low·n ≤ Σx ≤ high·n and 0 ≤ Σx² ≤ square·n (`sum_at`, `square_at`: the
+    entries' positions in a group's upper triangle)."""
+
+    sum_at: int
+    square_at: int
+    low: int
+    high: int
+    square: int
+    width: int  # bits of the largest declared |x|, padded
+
+
+def entry_limits(schema: DatasetSchema, columns: list[Term]) -> list[EntryLimit]:
+    """Per term with declared finite bounds (a 0/1 indicator or boolean: [0, 1]) of a design
+    [1, terms…], its limits. Each bound is widened by 2**-20·max(1, |bound|) per row: room for
+    the local float64 sums and their one rounding, far below any value that moves a result."""
+    from smpc.dp import column_bounds
+
+    index = symmetric_index(len(columns) + 1)
+    out = []
+    for j, term in enumerate(columns, start=1):
+        spec = schema.column(term.column)
+        assert spec is not None
+        bounds = (0.0, 1.0) if term.level is not None else column_bounds(spec)
+        if bounds is None:
+            continue
+        top = max(abs(bounds[0]), abs(bounds[1]))
+        pad = Fraction(max(1.0, top)) / (1 << BOUND_PAD_BITS)
+        low, high, reach = Fraction(bounds[0]) - pad, Fraction(bounds[1]) + pad, top + pad
+        out.append(
+            EntryLimit(
+                sum_at=int(index[0, j]),
+                square_at=int(index[j, j]),
+                low=math.floor(low * SCALE),
+                high=math.ceil(high * SCALE),
+                square=math.ceil(reach * reach * SCALE),
+                width=max(1, math.ceil(math.log2(reach + 1))),
+            )
+        )
+    return out

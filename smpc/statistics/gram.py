@@ -1,11 +1,13 @@
 """`GramStatistic`: statistics computed from the pooled Gram matrix of [1, columns…] per group.
 
 Each party secret-shares, per group, its row count and the upper triangle of its fixed-point
-Gram matrix (see `smpc.statistics.design`). Inside MPC the counts are pooled and compared with
-the threshold T (only the comparison bit is opened; a group below T reveals nothing else); for
-released groups the group's n is opened and its Gram matrix is pooled, as a secret, in an exact
-prime field large enough for everything the statistic computes from it. Subclasses then compute
-and open only their outputs (`smpc.exact`).
+Gram matrix (see `smpc.statistics.design`). Before anything is opened, every site's entries are
+checked inside MPC against the declared bounds (`check_inputs`: its n, Σx and Σx² of each
+bounded term; one bit opened, a failure refused naming no site). Then the counts are pooled
+and compared with the threshold T (only the comparison bit is opened; a group below T reveals
+nothing else); for released groups the group's n is opened and its Gram matrix is pooled, as
+a secret, in an exact prime field large enough for everything the statistic computes from it.
+Subclasses then compute and open only their outputs (`smpc.exact`).
 
 With `dp` (noisy sufficient statistics; `smpc.dp` has the mechanism): every design column
 must have declared finite bounds (a categorical level's indicator is 0/1). Each party clips
@@ -36,6 +38,8 @@ variance are positive and every correlation lies in (−1, 1).
 
 from __future__ import annotations
 
+import functools
+import operator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import cached_property
@@ -48,12 +52,16 @@ from smpc.encoding import FRAC_BITS, decode_moment
 from smpc.job import LocalSummary, PartyJob
 from smpc.statistics.base import SecureStatistic
 from smpc.statistics.design import (
+    ENTRY_BITS,
     LOCAL_ENTRY_BITS,
+    SCALE,
+    EntryLimit,
     Indicator,
     Term,
     complete_rows,
     design,
     encode_gram,
+    entry_limits,
     indicator_counts,
     indicators,
     small_cells,
@@ -62,7 +70,8 @@ from smpc.statistics.design import (
     terms,
     triangle_size,
 )
-from tessera.errors import QueryInvalid
+from tessera.errors import DisclosureRefused, QueryInvalid
+from tessera.schemas import MAX_ROWS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -306,7 +315,18 @@ class GramStatistic(SecureStatistic):
 
         threshold = self.threshold
         size = len(self.layout.groups)
-        counts, released = await release(mpc, self, job.summary.counts)
+        k = len(self.names)
+        width = triangle_size(k)
+        summary = job.summary
+        if len(summary.counts) != size or len(summary.vectors["gram"]) != size * width:
+            raise ValueError(f"local summary does not fit {size} groups of {width} entries")
+        # every site's n and Gram entries in a small field: checked against the declared
+        # bounds before anything is opened, then pooled for the statistic's cheap comparisons
+        checked = mpc.SecInt(max(self.compare_bits(), self.check_bits(), ENTRY_BITS + 2))
+        site_counts = mpc.input(checked.array(np.array(summary.counts, dtype=object)))
+        site_grams = mpc.input(checked.array(np.array(summary.vectors["gram"], dtype=object)))
+        await self.check_inputs(mpc, site_counts, site_grams)
+        counts, released = await release(mpc, self, summary.counts)
         shown = [g for g in range(size) if released[g]]
         outcomes = [GroupOutcome(None) for _ in range(size)]
         if not shown:
@@ -314,12 +334,10 @@ class GramStatistic(SecureStatistic):
         sizes = await self.open_sizes(mpc, counts[np.array(shown)])
         for g, n in zip(shown, sizes, strict=True):
             outcomes[g].n = n
-        k = len(self.names)
-        width = triangle_size(k)
         index = symmetric_index(k).ravel()
         small = None
-        if self.compare_bits():  # the same matrix in a small field, for cheap comparisons
-            small = pooled(mpc, mpc.SecInt(self.compare_bits()), job.summary.vectors["gram"])
+        if self.compare_bits():  # the same matrix in the small field, for cheap comparisons
+            small = functools.reduce(operator.add, site_grams)
             small = [small[g * width : (g + 1) * width][index].reshape(k, k) for g in range(size)]
         shown, hidden = await self.screen(mpc, job, counts, small, shown, outcomes)
         if not shown:
@@ -333,6 +351,50 @@ class GramStatistic(SecureStatistic):
                 mpc, matrix, outcomes[g].n or 0, compare, hidden.get(g, set())
             )
         return GramOpened(threshold, outcomes)
+
+    @cached_property
+    def limits(self) -> list[EntryLimit]:
+        """The declared bounds every site's Gram entries are checked against (`check_inputs`)."""
+        return entry_limits(self.schema, self.terms)
+
+    def check_bits(self) -> int:
+        """Bit length of `check_inputs`' comparisons: every honest difference is below it."""
+        width = max([1, *(limit.width for limit in self.limits)])
+        return FRAC_BITS + MAX_ROWS.bit_length() + 2 * width + 3
+
+    async def check_inputs(self, mpc: Any, site_counts: list[Any], site_grams: list[Any]) -> None:
+        """Every site's Gram entries within the declared bounds, per group, decided inside MPC
+        before anything is opened: its constant entry is its n (scaled 2**40), and for each
+        term with declared bounds [lo, hi] (a 0/1 term: [0, 1]) n·lo ≤ Σx ≤ n·hi and
+        0 ≤ Σx² ≤ n·max(lo², hi²), the bounds padded per row for rounding (`entry_limits`).
+        One vectorised comparison; one bit is opened; a failure is refused naming no site."""
+        size, width = len(self.layout.groups), triangle_size(len(self.names))
+        limits = self.limits
+        starts = np.repeat(np.arange(size) * width, len(limits))
+        groups = np.repeat(np.arange(size), len(limits))
+        sums = starts + np.tile([limit.sum_at for limit in limits], size).astype(np.int64)
+        squares = starts + np.tile([limit.square_at for limit in limits], size).astype(np.int64)
+
+        def public(values: list[int]) -> np.ndarray:
+            return np.array(values * size, dtype=object)
+
+        low, high = public([lim.low for lim in limits]), public([lim.high for lim in limits])
+        square = public([lim.square for lim in limits])
+        checks = []
+        for n, gram in zip(site_counts, site_grams, strict=True):
+            constant = gram[np.arange(size) * width]
+            checks += [constant - n * SCALE + 1, n * SCALE - constant + 1]
+            if limits:
+                s, q, rows = gram[sums], gram[squares], n[groups]
+                checks += [s - rows * low + 1, rows * high - s + 1, q + 1, rows * square - q + 1]
+        below = mpc.np_sgn(mpc.np_concatenate(checks), l=self.check_bits(), LT=True)
+        if not await mpc.is_zero_public(mpc.np_sum(below)):
+            raise DisclosureRefused(
+                f"{self.name}: a site's inputs break the declared bounds of the design's columns "
+                "(its Gram matrix checked inside MPC against every site's declared bounds "
+                "together; which site is not revealed)",
+                {"rule": "inputs"},
+            )
 
     async def compute_noisy(self, mpc: Any, job: PartyJob) -> NoisyGramOpened:
         """With `dp`: noise drawn inside MPC on every pooled n and noised entry, the noisy n
@@ -412,8 +474,6 @@ class GramStatistic(SecureStatistic):
         has at least T rows with it and T without, pooled; one bit per group). Without
         `group_by` a small cell refuses the query (`DisclosureRefused`, naming nothing); with
         it, the group's model is null (its n is shown)."""
-        from tessera.errors import DisclosureRefused
-
         width = len(self.indicators)
         local = job.summary.vectors.get("indicators", [])
         fine = await small_cells(mpc, counts, local, shown, width, self.threshold)

@@ -1,0 +1,174 @@
+"""A node feeding inputs outside its declaration, through the real MPC parties.
+
+The issue's requirement: each party's inputs are checked against its declared bounds and its
+declared row count inside MPC, before anything is opened, so a node cannot feed values
+outside its schema. A tampered node is played by editing its local summary before it reaches
+its party process (as tests/adversarial/test_cells.py does for the cell statistics). Every
+refusal must name no site.
+
+The cohort: three hospitals (300, 200, 150 rows), ages in years (declared 0–18), weights in
+kg (declared 2–120), sex.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from smpc.encoding import FRAC_BITS
+from smpc.statistics import compile_query
+from smpc.statistics.design import symmetric_index
+from tessera.errors import DisclosureRefused
+from tessera.schemas import DatasetSchema
+
+SCHEMA = DatasetSchema.model_validate(
+    {
+        "columns": [
+            {"name": "age", "type": "float", "min": 0, "max": 18},
+            {"name": "weight", "type": "float", "min": 2, "max": 120},
+            {"name": "sex", "type": "categorical", "levels": ["F", "M"]},
+        ]
+    }
+)
+FLOORS = [3, 3, 3]
+
+
+@pytest.fixture(scope="module")
+def cohort() -> list[pd.DataFrame]:
+    rng = np.random.default_rng(5)
+    frames = []
+    for rows in (300, 200, 150):
+        age = rng.uniform(0, 18, rows)
+        weight = (3.5 + 3.2 * age + rng.normal(0, 3, rows)).clip(2, 120)
+        frames.append(
+            pd.DataFrame({"age": age, "weight": weight, "sex": rng.choice(["F", "M"], rows)})
+        )
+    return frames
+
+
+def run_with_summaries(
+    query: dict, summaries: list, declared: list[int | None] | None = None
+) -> dict[str, Any]:
+    """The real parties on given local summaries, party i declaring `declared[i]` rows."""
+    from smpc.job import PartyJob
+    from smpc.runner import start_parties, wait_party
+    from smpc.simulation import free_ports
+
+    statistic = compile_query({"dataset": "d", **query}, SCHEMA)
+    declared = declared or [None] * len(summaries)
+    addresses = [("127.0.0.1", port) for port in free_ports(len(summaries))]
+    jobs = [
+        PartyJob(
+            query=statistic.query.to_json(),
+            dataset_schema=SCHEMA.model_copy(update={"rows": declared[i]}),
+            summary=summary,
+            party_id=i,
+            parties=addresses,
+            min_count_floor=FLOORS[i],
+            timeout_s=60,
+        )
+        for i, summary in enumerate(summaries)
+    ]
+    procs = start_parties(jobs)
+    outcomes = [wait_party(proc, job) for proc, job in zip(procs, jobs, strict=True)]
+    return outcomes[0].result
+
+
+def summaries_of(query: dict, frames: list[pd.DataFrame]) -> list:
+    compiled = compile_query({"dataset": "d", **query}, SCHEMA)
+    return [compiled.local_summary(frame) for frame in frames]
+
+
+def assert_names_no_site(refused: pytest.ExceptionInfo[DisclosureRefused]) -> None:
+    text = str(refused.value)
+    assert "which site is not revealed" in text
+    assert "party" not in text and "site 1" not in text and "hospital" not in text
+
+
+def gram_entry(query: dict, i: int, j: int) -> int:
+    """Where entry (i, j) of [1, terms…]'s Gram matrix sits in a group's upper triangle."""
+    statistic = compile_query({"dataset": "d", **query}, SCHEMA)
+    return int(symmetric_index(len(statistic.names))[i, j])
+
+
+REGRESSION = {"statistic": "linear_regression", "outcome": "weight", "predictors": ["age", "sex"]}
+CORRELATION = {"statistic": "correlation", "columns": ["age", "weight"]}
+
+
+@pytest.mark.parametrize(
+    ("query", "entry", "change"),
+    [
+        # the outcome's Σy (terms: age, sex[M], weight) raised by 10⁵ kg: a mean weight beyond 120
+        (REGRESSION, (0, 3), 10**5 << FRAC_BITS),
+        # a predictor's Σx² made negative
+        (REGRESSION, (1, 1), -(10**6 << FRAC_BITS)),
+        # an indicator's Σx beyond the site's n
+        (REGRESSION, (0, 2), 10**4 << FRAC_BITS),
+        # correlation: a weight sum inflated beyond n·120
+        (CORRELATION, (0, 2), 10**5 << FRAC_BITS),
+        # correlation: an age Σx² beyond n·18²
+        (CORRELATION, (1, 1), 10**6 << FRAC_BITS),
+    ],
+)
+def test_a_node_feeding_a_gram_matrix_outside_its_declared_bounds_is_refused(
+    cohort: list[pd.DataFrame], query: dict, entry: tuple[int, int], change: int
+) -> None:
+    summaries = summaries_of(query, cohort)
+    assert run_with_summaries(query, summaries)["n"] is not None  # honest: runs
+    summaries[1].vectors["gram"][gram_entry(query, *entry)] += change
+    with pytest.raises(DisclosureRefused, match="declared bounds") as refused:
+        run_with_summaries(query, summaries)
+    assert_names_no_site(refused)
+
+
+def test_a_node_whose_gram_n_is_not_its_count_is_refused(cohort: list[pd.DataFrame]) -> None:
+    """The constant entry of a site's Gram matrix is its n: doubling it (to move the
+    intercept, or the degrees of freedom) without doubling the count is refused."""
+    summaries = summaries_of(REGRESSION, cohort)
+    summaries[2].vectors["gram"][0] *= 2
+    with pytest.raises(DisclosureRefused, match="declared bounds") as refused:
+        run_with_summaries(REGRESSION, summaries)
+    assert_names_no_site(refused)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [{"statistic": "count"}, {"statistic": "mean", "column": "weight"}, REGRESSION],
+)
+def test_a_node_counting_more_rows_than_it_declares_is_refused(
+    cohort: list[pd.DataFrame], query: dict
+) -> None:
+    """Party 1 holds 200 rows; declaring 200 runs, declaring 150 is refused before anything
+    is opened (its selection, and its counts, exceed its declaration)."""
+    summaries = summaries_of(query, cohort)
+    assert run_with_summaries(query, summaries, [300, 200, 150])["n"] is not None
+    with pytest.raises(DisclosureRefused, match="declared") as refused:
+        run_with_summaries(query, summaries, [300, 150, 150])
+    assert_names_no_site(refused)
+
+
+def test_counts_beyond_the_declared_rows_are_refused_even_with_an_honest_selection(
+    cohort: list[pd.DataFrame],
+) -> None:
+    """A node keeps its selection honest but inflates the cell counts it inputs: the counts
+    themselves are checked against its declared rows (`smpc.protocol.check_counts`)."""
+    query = {"statistic": "count", "group_by": ["sex"]}
+    summaries = summaries_of(query, cohort)
+    summaries[1].counts[0] += 100
+    with pytest.raises(DisclosureRefused, match="row count it declared") as refused:
+        run_with_summaries(query, summaries, [300, 200, 150])
+    assert_names_no_site(refused)
+
+
+def test_a_negative_count_is_refused(cohort: list[pd.DataFrame]) -> None:
+    """A node entering −k in a cell would learn whether the others' pooled count reaches T + k
+    from the release bit: negative counts are refused before any bit is opened."""
+    query = {"statistic": "count", "group_by": ["sex"]}
+    summaries = summaries_of(query, cohort)
+    summaries[1].counts[0] = -50
+    with pytest.raises(DisclosureRefused, match="negative") as refused:
+        run_with_summaries(query, summaries)
+    assert_names_no_site(refused)
