@@ -235,21 +235,15 @@ def _scan(mpc: Any, x: Any, identity: int, combine: Any) -> Any:
     return both.reshape(*both.shape[:-2], -1)[..., :width]
 
 
-def _prefix_and(mpc: Any, bits: Any) -> Any:
-    """a_i = b_0 ∧ … ∧ b_i along the last axis (least significant first)."""
-    return _scan(mpc, bits, 1, lambda a, b: a * b)
-
-
 def _prefix_or(mpc: Any, bits: Any) -> Any:
     """o_i = b_0 ∨ … ∨ b_i along the last axis."""
     return _scan(mpc, bits, 0, lambda a, b: a + b - a * b)
 
 
-def _leading(mpc: Any, bits: Any) -> tuple[Any, Any, Any]:
-    """For bit vectors (least significant first) of length N: the leading zeros i (N for 0),
-    2**i (0 for 0) and the one-hot vector of the leading one (least significant first). From
-    the prefix OR o_j of the bits from the top down (`_prefix_or`), all three are linear:
-    i = Σ_j (1 − o_j) and 2**i = Σ_j (o_j − o_(j−1))·2**j."""
+def _leading(mpc: Any, bits: Any) -> tuple[Any, Any]:
+    """For bit vectors (least significant first) of length N: the leading zeros i (N for 0)
+    and 2**i (0 for 0). From the prefix OR o_j of the bits from the top down (`_prefix_or`),
+    both are linear: i = Σ_j (1 − o_j) and 2**i = Σ_j (o_j − o_(j−1))·2**j."""
     stype = type(bits).sectype
     width = bits.shape[-1]
     prefix = _prefix_or(mpc, np.flip(bits, axis=-1))  # from the top
@@ -257,8 +251,7 @@ def _leading(mpc: Any, bits: Any) -> tuple[Any, Any, Any]:
     before = mpc.np_concatenate((zero, prefix[..., :-1]), axis=-1)
     powers = np.array([1 << j for j in range(width)], dtype=object)
     index = width - prefix.sum(axis=-1)
-    first = prefix - before  # one-hot at the leading one (all zero for 0)
-    return index, (first * powers).sum(axis=-1), np.flip(first, axis=-1)
+    return index, ((prefix - before) * powers).sum(axis=-1)  # one-hot at the leading one
 
 
 def _product_zero_candidates(values: Any, top: int) -> Any:
@@ -339,7 +332,6 @@ async def _decompose(mpc: Any, x: Any, bits: int, small: Any) -> Any:
 async def _power_of_two(mpc: Any, exponent: Any, big: Any, bits: int) -> Any:
     """2**e in the big field for a secret 0 ≤ e < 2**bits of the small one: e's bits, moved to
     the big field, select the factors 2**(2**k) of a product tree."""
-    small = type(exponent).sectype
     e_bits = await to_bits(mpc, exponent, bits)
     moved = await convert(mpc, e_bits.reshape(-1), big, 1)
     moved = moved.reshape(exponent.shape[0], bits)
@@ -347,7 +339,6 @@ async def _power_of_two(mpc: Any, exponent: Any, big: Any, bits: int) -> Any:
     while len(factors) > 1:
         pairs = [factors[j] * factors[j + 1] for j in range(0, len(factors) - 1, 2)]
         factors = pairs + ([factors[-1]] if len(factors) % 2 else [])
-    del small
     return factors[0]
 
 
@@ -358,7 +349,7 @@ async def _scaled_denominators(
     approximate reciprocal w ≈ 2**(2P) / top with top ≈ den·2**i / 2**(N−P) in [2**(P−1),
     2**P] (`shifted`, then Newton: w ← w·(2 − w·b) from 2.9142 − 2b on b ∈ [1/2, 1])."""
     big = type(denominators).sectype
-    leading, _, _ = _leading(mpc, await _decompose(mpc, denominators, bits, small))
+    leading, _ = _leading(mpc, await _decompose(mpc, denominators, bits, small))
     scale = await _power_of_two(mpc, leading, big, bits.bit_length())
     p = PRECISION_BITS
     top = await shifted(mpc, denominators * scale, bits - p, bits + 1)
@@ -395,7 +386,7 @@ async def rounded_units(mpc: Any, y: Any, significant: int) -> tuple[Any, Any, A
     limit = magnitude_bits(mpc.threshold)
     sign = 1 - await negative(mpc, y - (1 << wide), limit)
     magnitude = (y - (1 << wide)) * (sign * 2 - 1) + bias_units(mpc.threshold)  # |y| + bias
-    leading, power, _ = _leading(mpc, await to_bits(mpc, magnitude, limit))
+    leading, power = _leading(mpc, await to_bits(mpc, magnitude, limit))
     mantissa = await floor_shift(mpc, magnitude * power, limit - 1 - significant, limit)
     return sign, mantissa, leading
 
