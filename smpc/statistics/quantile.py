@@ -411,9 +411,9 @@ class Quantile(SecureStatistic):
         for bits, groups in sorted(by_bits.items()):
             index = np.asarray(await mpc.output(winners[bits])).reshape(len(levels), len(groups))
             width = (high - low) / (1 << bits)
-            for i, g in enumerate(groups):  # the chosen bin's midpoint
+            for i, group in enumerate(groups):  # the chosen bin's midpoint
                 found = {q: low + (int(index[k, i]) + 0.5) * width for k, q in enumerate(levels)}
-                opened.values[g] = [found[q] for q in self.query.q]
+                opened.values[group] = [found[q] for q in self.query.q]
         return opened
 
     def _select(
