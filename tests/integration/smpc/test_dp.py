@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +21,10 @@ from smpc import reference, simulate
 from smpc.dp import NoiseSpec, sum_sensitivity
 from smpc.frames import infer_schema
 from smpc.frames import uneven_shares as split
-from smpc.simulation import free_ports
 from tessera.errors import QueryInvalid
 from tessera.schemas import ColumnSpec, DatasetSchema
+
+from .party_script import run_parties
 
 ROOT = Path(__file__).resolve().parents[3]
 SAMPLER = Path(__file__).with_name("dp_noise_party.py")
@@ -35,24 +33,7 @@ TAIL = 15  # |Z| > 15·b has probability about e^-15 ≈ 3e-7 per noisy value
 
 def draw(wanted: list[dict[str, float]], parties: int = 3) -> list[np.ndarray]:
     """Samples drawn inside one MPC run (and opened for the test) per entry of `wanted`."""
-    ports = free_ports(parties)
-    addresses = [a for p in ports for a in ("-P", f"127.0.0.1:{p}")]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TESSERA_DP_SAMPLES": json.dumps(wanted)}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(SAMPLER), "-I", str(i), "--no-log", *addresses],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(parties)
-    ]
-    outputs = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=280)
-        assert proc.returncode == 0, err[-2000:]
-        outputs.append(json.loads(out.strip().splitlines()[-1]))
+    outputs = run_parties(SAMPLER, {"TESSERA_DP_SAMPLES": json.dumps(wanted)}, parties, 280)
     assert all(o["samples"] == outputs[0]["samples"] for o in outputs), "parties disagree"
     return [np.array(s, dtype=object) for s in outputs[0]["samples"]]
 

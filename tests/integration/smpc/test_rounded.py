@@ -10,18 +10,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import subprocess
-import sys
 from fractions import Fraction
 from pathlib import Path
 
 import pytest
 
-from smpc.simulation import free_ports
+from .party_script import run_parties
 
-ROOT = Path(__file__).resolve().parents[3]
 PARTY = Path(__file__).with_name("rounded_party.py")
 
 
@@ -86,25 +82,7 @@ def pairs(bits: int, count: int, seed: int) -> list[tuple[int, int]]:
 
 
 def run(task: dict[str, object], parties: int) -> list[float | None]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TESSERA_RATIOS": json.dumps(task)}
-    addresses = []
-    if parties > 1:
-        addresses = [a for p in free_ports(parties) for a in ("-P", f"127.0.0.1:{p}")]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(PARTY), "-I", str(i), "--no-log", *addresses],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(parties)
-    ]
-    outputs = []
-    for proc in procs:
-        stdout, stderr = proc.communicate(timeout=240)
-        assert proc.returncode == 0, stderr[-2000:]
-        outputs.append(json.loads(stdout.strip().splitlines()[-1]))
+    outputs = run_parties(PARTY, {"TESSERA_RATIOS": json.dumps(task)}, parties, timeout=240)
     assert all(out == outputs[0] for out in outputs)  # every party opens the same values
     return outputs[0]
 
