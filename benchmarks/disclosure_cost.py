@@ -14,10 +14,11 @@ Accuracy: the `exact` mode's perturbation against the exact answer at n = 100, 1
 pooled rows, over `--seeds` random cohorts, from `smpc.statistics.reference_parties` (the
 plaintext twin the MPC matches exactly, so no MPC run is needed): mean |count error|, mean
 relative error of a mean and of a variance, mean |error| of a maximum and of a median as a share
-of the declared range.
+of the declared range, mean |error| of an OLS slope in standard errors and of a correlation.
 
 Attacks: per attempt, how often the attacks of `tests/adversarial/test_cells.py` (differencing
-a sum, a mean and a count; reading a child's value from a maximum or a median) miss by more
+a sum, a mean, a count and two regressions; reading a child's value from a maximum or a
+median) miss by more
 than 2 % of the declared range (a count: are not exact), over `--trials` draws of the nodes'
 row-key secrets, from the plaintext twin.
 """
@@ -142,10 +143,13 @@ def accuracy(seeds: int) -> None:
     print(f"\nAccuracy of the exact mode's perturbation, mean over {seeds} cohorts, 3 parties")
     print(
         "| pooled n | |count error| | mean: rel. error | variance: rel. error "
-        "| max: |error| / range | median: |error| / range |\n|---|---|---|---|---|---|"
+        "| max: |error| / range | median: |error| / range | OLS slope: |error| / SE "
+        "| r: |error| |\n|---|---|---|---|---|---|---|---|"
     )
     for n in (100, 1000, 10000):
-        errors: dict[str, list[float]] = {k: [] for k in ("count", "mean", "var", "max", "q")}
+        errors: dict[str, list[float]] = {
+            k: [] for k in ("count", "mean", "var", "max", "q", "slope", "r")
+        }
         for seed in range(seeds):
             frames = split(cohort(n, 100 + seed), 3)
             pooled = pd.concat(frames, ignore_index=True)
@@ -165,9 +169,17 @@ def accuracy(seeds: int) -> None:
             errors["max"].append(abs(moved["max"] - truth["max"]) / 118)
             moved, truth = both({"statistic": "quantile", "column": "weight", "q": [0.5]})
             errors["q"].append(abs(moved["quantiles"]["0.5"] - truth["quantiles"]["0.5"]) / 118)
+            moved, truth = both(QUERIES["linear_regression"])
+            errors["slope"].append(
+                abs(moved["coefficients"]["age"] - truth["coefficients"]["age"])
+                / truth["std_errors"]["age"]
+            )
+            moved, truth = both(QUERIES["correlation"])
+            errors["r"].append(abs(moved["matrix"][0][1] - truth["matrix"][0][1]))
         row = [f"{np.mean(errors['count']):.2f}"] + [
             f"{100 * np.mean(errors[k]):.2f} %" for k in ("mean", "var", "max", "q")
         ]
+        row += [f"{np.mean(errors['slope']):.2f}", f"{np.mean(errors['r']):.4f}"]
         print(f"| {n} | " + " | ".join(row) + " |", flush=True)
 
 
@@ -183,7 +195,7 @@ def attacks(trials: int) -> None:
         frames[h % 3] = pd.concat([frames[h % 3], lone], ignore_index=True)
     data = pd.concat(frames, ignore_index=True)
     span = 120 - 2
-    missed = {"sum": 0, "mean": 0, "count": 0, "max": 0, "median": 0}
+    missed = {"sum": 0, "mean": 0, "count": 0, "max": 0, "median": 0, "models": 0}
     for trial in range(trials):
         secrets = [new_secret() for _ in frames]
         age = 201 + 2 * (trial % 5)
@@ -217,6 +229,18 @@ def attacks(trials: int) -> None:
         mid = ask({"statistic": "quantile", "column": "weight", "q": [0.5], "where": where})
         exact = float(np.quantile(rows, 0.5, method="inverted_cdf"))
         missed["median"] += abs(mid["quantiles"]["0.5"] - exact) > 0.02 * span
+        means = []  # y on x and x on y pass through (x̄, ȳ): ȳ = (a + b·c) / (1 − b·d)
+        for w in (at_least, above):
+            fits = [
+                ask({"statistic": "linear_regression", "outcome": y, "predictors": [x], "where": w})
+                for y, x in (("weight", "age"), ("age", "weight"))
+            ]
+            a, b = (fits[0]["coefficients"][k] for k in ("const", "age"))
+            c, d = (fits[1]["coefficients"][k] for k in ("const", "weight"))
+            means.append(((a + b * c) / (1 - b * d), fits[0]["n"]))
+        (mean, count), (mean_without, _) = means
+        guess = count * (mean - mean_without) + mean_without
+        missed["models"] += abs(guess - truth) > 0.02 * span
     print(
         f"\nAttacks that miss (by more than 2 % of the declared range; a count: not exact), "
         f"per attempt, over {trials} draws of the row-key secrets"
@@ -228,6 +252,7 @@ def attacks(trials: int) -> None:
         "count": "count(age >= a) − count(age > a)",
         "max": "max of a selection",
         "median": "median of a selection",
+        "models": "two regressions (y on x, x on y) per selection: n·(ȳ − ȳ′) + ȳ′",
     }
     for key, label in names.items():
         print(f"| {label} | {100 * missed[key] / trials:.0f} % |")

@@ -16,6 +16,10 @@ a masked value). Two fields of each row's 64-bit hash give two independent cell 
 - counts: p = b₀ + b₁ + 2·(b₂ + b₃) − 3, in {−3, …, 3} with probabilities
   (1, 2, 3, 4, 3, 2, 1)/16: mean 0, standard deviation 1.58, never more than 3 away;
 - magnitudes: u = (2·Σⱼ 2ʲ·b₄₊ⱼ + 1 − 2¹²) / 2¹², twelve bits, uniform on (−1, 1).
+- models (linear regression, correlation): a pseudo-row weight w = ω / 2⁹ · 2·magnitude with
+  ω = 2·W + 1, W the eight bits 16–23 of key A (w uniform on (0, 2·magnitude), independent of
+  p and u_a), and one corner bit per column from twelve bits of key B (bits 0–3 and 16–23; a
+  column takes the bit `sign_slot` of its name): its low (1) or high (0) corner.
 
 A released count is n + p (a cell with no row stays 0). A sum is Σx + u·magnitude·M, where M is
 the cell's largest |x| (a secure maximum over the parties' local maxima), rounded inside MPC to
@@ -23,12 +27,20 @@ the published precision (`SUM_PRECISION_BITS`). The same cell always has the sam
 same query always gets the same answer: repeating it averages nothing away. Two selections that
 differ by a few rows have unrelated keys, so subtracting their answers leaves the difference of
 two perturbations, not a child's value.
+
+A model's Gram matrix G = Σ zzᵀ of [1, terms…] gets one pseudo-row: G + w·z̃z̃ᵀ with
+z̃ = (1, c₁, …, c_k), cⱼ the low or high declared bound of term j by its corner bit (a term
+without declared bounds: the group's own smallest or largest value, a secure minimum and
+maximum over the sites; `smpc.statistics.gram`). A rank-one positive term keeps G positive semi-definite, so every
+model stays well defined, and every statistic computed from the matrix (coefficients, their
+errors, R², correlations) moves with it, consistently: the same rows always get the same model.
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
+import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +57,9 @@ MAGNITUDE_BITS = 12  # u has 2**12 steps on (-1, 1)
 MAGNITUDE_SCALE_BITS = 8  # the policy's `magnitude` and `noise`, in 1/256
 LARGEST_SCALE_BITS = 8  # a cell's largest |x| travels rounded up to 1/256
 SUM_PRECISION_BITS = 16  # opened sums are rounded down to multiples of 2**-16
+WEIGHT_AT = 16  # key A's bits 16–23: W, the pseudo-row weight's numerator ω = 2W + 1
+WEIGHT_BITS = 8
+SIGN_BITS_AT = (0, 1, 2, 3, 16, 17, 18, 19, 20, 21, 22, 23)  # key B's bits left for the signs
 SECRET_LENGTH = 16  # SipHash's key: 16 characters (urlsafe base64 of 12 random bytes)
 
 
@@ -89,6 +104,12 @@ def key_sums(keys: np.ndarray, cells: np.ndarray, size: int) -> list[int]:
     return out
 
 
+def sign_slot(name: str) -> int:
+    """Which of key B's corner bits a model column's pseudo-row takes (by its name, so that a
+    column gets the same corner in every design of the same rows)."""
+    return zlib.crc32(name.encode("utf-8")) % len(SIGN_BITS_AT)
+
+
 def largest(values: np.ndarray, cells: np.ndarray, size: int) -> list[int]:
     """Per cell, this party's largest |x|, rounded up to 1/256 (0 for an empty cell)."""
     top = np.zeros(size, dtype=float)
@@ -107,6 +128,8 @@ class Perturbation:
     count: Any
     magnitude_a: Any
     magnitude_b: Any
+    weight: Any = None  # ω = 2W + 1 in [1, 2**9): a model's pseudo-row weight, in 2**-9 units
+    signs: Any = None  # per cell, the SIGN_BITS_AT bits of key B (a model term's corner: 1 low)
 
 
 def _magnitude(bits: Any) -> Any:
@@ -122,7 +145,21 @@ def perturbation(mpc: Any, pooled_keys: Any, size: int) -> Perturbation:
     bits = mpc.np_to_bits(pooled_keys, l=KEY_FIELD_BITS)
     a, b = bits[:size], bits[size:]
     count = a[:, 0] + a[:, 1] + 2 * (a[:, 2] + a[:, 3]) - 3
-    return Perturbation(count=count, magnitude_a=_magnitude(a), magnitude_b=_magnitude(b))
+    weights = np.array([2 * (1 << j) for j in range(WEIGHT_BITS)], dtype=object)
+    weight = a[:, WEIGHT_AT : WEIGHT_AT + WEIGHT_BITS] @ weights + 1
+    return Perturbation(
+        count=count,
+        magnitude_a=_magnitude(a),
+        magnitude_b=_magnitude(b),
+        weight=weight,
+        signs=b[:, np.array(SIGN_BITS_AT)],
+    )
+
+
+def plain_model_shift(key_a: int, key_b: int) -> tuple[int, list[int]]:
+    """`perturbation`'s model part of one cell, in plaintext: (ω, the sign bits)."""
+    w = (key_a >> WEIGHT_AT) & ((1 << WEIGHT_BITS) - 1)
+    return 2 * w + 1, [(key_b >> j) & 1 for j in SIGN_BITS_AT]
 
 
 def scale_factor(ratio: float) -> int:

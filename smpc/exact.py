@@ -201,3 +201,25 @@ async def gauss_jordan(
 
 def to_field_array(stype: Any, values: np.ndarray | Sequence[int]) -> Any:
     return stype.array(np.array(values, dtype=object))
+
+
+def fraction_inverse(matrix: list[list[Fraction]]) -> list[list[Fraction]]:
+    """The exact inverse of a nonsingular square matrix of fractions (Gauss–Jordan with row
+    pivoting; plaintext twins in tests). Raises ZeroDivisionError for a singular matrix."""
+    size = len(matrix)
+    rows = [
+        [Fraction(v) for v in row] + [Fraction(int(i == j)) for j in range(size)]
+        for i, row in enumerate(matrix)
+    ]
+    for col in range(size):
+        pivot = next((r for r in range(col, size) if rows[r][col] != 0), None)
+        if pivot is None:
+            raise ZeroDivisionError("singular matrix")
+        rows[col], rows[pivot] = rows[pivot], rows[col]
+        head = rows[col][col]
+        rows[col] = [v / head for v in rows[col]]
+        for r in range(size):
+            if r != col and rows[r][col] != 0:
+                factor = rows[r][col]
+                rows[r] = [a - factor * b for a, b in zip(rows[r], rows[col], strict=True)]
+    return [row[size:] for row in rows]

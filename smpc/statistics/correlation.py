@@ -40,7 +40,7 @@ from smpc.rounded import open_rounded_ratios
 from smpc.secure import count_base, round_count, rounded_counts
 from smpc.statistics.base import number
 from smpc.statistics.design import ENTRY_BITS
-from smpc.statistics.gram import GramStatistic, GroupOutcome
+from smpc.statistics.gram import GramStatistic, GroupOutcome, PseudoRow
 from tessera.errors import QueryInvalid
 from tessera.schemas import ColumnName
 
@@ -108,8 +108,9 @@ class Correlation(GramStatistic):
         binary = set(self.binary())
         return [(j, m) for j in range(k) for m in range(j + 1, k) if j in binary or m in binary]
 
-    async def open_sizes(self, mpc: Any, counts: Any) -> list[int]:
-        """n is opened only rounded to a multiple of max(5, T) (inside MPC)."""
+    async def open_sizes(self, mpc: Any, counts: Any, shift: Any = None) -> list[int]:
+        """n is opened only rounded to a multiple of max(5, T) (inside MPC; no cell-key
+        perturbation on top)."""
         base = count_base(self.threshold)
         sizes = await mpc.output(rounded_counts(mpc, mpc.np_tolist(counts), base))
         return [int(n) for n in sizes]
@@ -126,11 +127,20 @@ class Correlation(GramStatistic):
         """A pair with a binary column is shown only if every pooled cell of its 2×2 table (two
         binary columns) or both levels of its binary column reach T, decided inside MPC: one
         bit per such pair is opened, and a pair that fails is null (its correlation is never
-        computed or opened)."""
+        computed or opened). Constant columns are found here too, on the unperturbed matrix
+        (C_jj = 0; one bit per column opened): they are marked hidden as (j, j)."""
+        assert small is not None
+        k = len(self.query.columns)
+        hidden: dict[int, set[tuple[int, int]]] = {g: set() for g in shown}
+        diagonal = np.array([j * k + j for j in range(k)])
+        diagonals = [self.co_moments(mpc, small[g]).reshape(-1)[diagonal] for g in shown]
+        zeros = await mpc.np_is_zero_public(mpc.np_concatenate(diagonals))
+        for at, zero in enumerate(zeros):
+            if zero:
+                hidden[shown[at // k]].add((at % k, at % k))
         checked = self.small_cells()
         if self.threshold < 1 or not checked:
-            return shown, {}
-        assert small is not None
+            return shown, hidden
         binary = set(self.binary())
         floor = self.threshold << FRAC_BITS  # Gram entries are scaled by 2**FRAC_BITS
         cells = []
@@ -146,10 +156,8 @@ class Correlation(GramStatistic):
                     cells += [ones[b], n - ones[b]]
         flags = await mpc.output(mpc.np_fromlist(cells) >= floor)
         flags = [bool(int(f)) for f in np.asarray(flags).ravel()]
-        hidden: dict[int, set[tuple[int, int]]] = {}
         start = 0
         for g in shown:
-            hidden[g] = set()
             for pair in checked:
                 width = 4 if pair[0] in binary and pair[1] in binary else 2
                 if not all(flags[start : start + width]):
@@ -164,16 +172,23 @@ class Correlation(GramStatistic):
         n: int,
         compare: Any = None,
         hidden: set[tuple[int, int]] | None = None,
+        pseudo: PseudoRow | None = None,
     ) -> dict[str, Any]:
+        if pseudo is not None:
+            matrix = matrix + pseudo.outer(mpc)
         k = len(self.query.columns)
         hidden = hidden or set()
-        pairs = [(j, m) for j in range(k) for m in range(j + 1, k) if (j, m) not in hidden]
-        diagonal = np.array([j * k + j for j in range(k)])
+        constant = [(j, j) in hidden for j in range(k)]
+        pairs = [
+            (j, m)
+            for j in range(k)
+            for m in range(j + 1, k)
+            if (j, m) not in hidden and not constant[j] and not constant[m]
+        ]
         first = np.array([j * k + j for j, _ in pairs], dtype=np.int64)
         second = np.array([m * k + m for _, m in pairs], dtype=np.int64)
         upper = np.array([j * k + m for j, m in pairs], dtype=np.int64)
         co = self.co_moments(mpc, matrix).reshape(-1)
-        constant = [bool(z) for z in await mpc.np_is_zero_public(co[diagonal])]
         ratios: list[float | None] = [None if c else 1.0 for c in constant]
         if pairs:
             squared = mpc.np_tolist(co[upper] * co[upper])
@@ -204,6 +219,26 @@ class Correlation(GramStatistic):
             "columns": list(self.query.columns),
             "matrix": [[number(v) for v in row] for row in matrix],
         }
+
+    def plain_size(self, n: int, p: int) -> int:
+        return round_count(n, count_base(self.threshold))
+
+    def plain_values(self, gram: Any, n: int, entry: dict[str, Any]) -> dict[str, Any]:
+        """`solve` in plaintext: r_jk = C_jk / √(C_jj·C_kk) from the perturbed matrix, where the
+        pooled reference has a value (its nulls: small cells, constant columns)."""
+        k = len(self.query.columns)
+        size, sums = gram[0][0], [gram[0][j + 1] for j in range(k)]
+        co = [[size * gram[j + 1][m + 1] - sums[j] * sums[m] for m in range(k)] for j in range(k)]
+        matrix = [list(row) for row in entry["matrix"]]
+        for j in range(k):
+            if matrix[j][j] is not None:
+                matrix[j][j] = 1.0
+            for m in range(j + 1, k):
+                if matrix[j][m] is not None:
+                    r2 = co[j][m] ** 2 / (co[j][j] * co[m][m])
+                    sign = 1 if co[j][m] > 0 else -1 if co[j][m] < 0 else 0
+                    matrix[j][m] = matrix[m][j] = number(sign * math.sqrt(float(r2)))
+        return {"columns": list(self.query.columns), "matrix": matrix}
 
     @staticmethod
     def co_moments(mpc: Any, matrix: Any) -> Any:

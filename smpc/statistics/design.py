@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 LOCAL_ENTRY_BITS = 50  # |a local Gram entry| < 2**50 ≈ 1.1e15 in value units
 MAX_PARTY_BITS = 4  # at most 16 parties
-ENTRY_BITS = LOCAL_ENTRY_BITS + MAX_PARTY_BITS + FRAC_BITS  # a pooled, scaled Gram entry
+ENTRY_BITS = LOCAL_ENTRY_BITS + MAX_PARTY_BITS + 1 + FRAC_BITS  # pooled, scaled (+1: a pseudo-row)
 SCALE = 1 << FRAC_BITS
 MAX_TERMS = 20  # the secure solver's practical limit on a regression's terms (see docs/queries)
 
@@ -184,16 +184,15 @@ async def small_cells(
     per group (nothing about which indicator, nor any count)."""
     if not width or threshold <= 0 or not shown:
         return [True] * len(shown)
-    from smpc.encoding import KEY_BITS
-    from smpc.protocol import pooled
+    from smpc.protocol import COUNT_BITS, at_least, pooled
 
-    secint = mpc.SecInt(KEY_BITS)
-    ones = pooled(mpc, secint, local)
+    ones = pooled(mpc, type(counts).sectype, local)  # in the pooled counts' field
     bits = []
     for g in shown:
         with_it = ones[g * width : (g + 1) * width]
         without = with_it * -1 + counts[g]
-        fine = (with_it >= threshold) * (without >= threshold)
+        fine = at_least(mpc, with_it, threshold, COUNT_BITS)
+        fine = fine * at_least(mpc, without, threshold, COUNT_BITS)
         bits.append(mpc.prod(mpc.np_tolist(fine)))
     opened = await mpc.output(bits)
     return [bool(int(b)) for b in opened]
@@ -233,6 +232,9 @@ class EntryLimit:
     high: int
     square: int
     width: int  # bits of the largest declared |x|, padded
+    term: int = 0  # the term's column in [1, terms…]
+    lowest: int = 0  # the declared bounds, padded, scaled 2**8 (rounded outwards)
+    highest: int = 0
 
 
 def entry_limits(schema: DatasetSchema, columns: list[Term]) -> list[EntryLimit]:
@@ -260,6 +262,9 @@ def entry_limits(schema: DatasetSchema, columns: list[Term]) -> list[EntryLimit]
                 high=math.ceil(high * SCALE),
                 square=math.ceil(reach * reach * SCALE),
                 width=max(1, math.ceil(math.log2(reach + 1))),
+                term=j,
+                lowest=math.floor(low * 256),
+                highest=math.ceil(high * 256),
             )
         )
     return out

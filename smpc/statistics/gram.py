@@ -9,6 +9,17 @@ nothing else); for released groups the group's n is opened and its Gram matrix i
 a secret, in an exact prime field large enough for everything the statistic computes from it.
 Subclasses then compute and open only their outputs (`smpc.exact`).
 
+Cell-key perturbation (the `exact` mode; linear regression and correlation): each party also
+inputs, per group, its key sums (`smpc.cellkey`) and its smallest and largest value of every
+term. A released group's n is opened as n + p (the count perturbation of the same rows), and
+its Gram matrix G gets one pseudo-row, w·z̃z̃ᵀ: z̃ = (1, c₁, …), cⱼ the low or high corner of
+term j (its declared bounds, else the group's own extremes: a secure minimum and maximum),
+chosen by a bit of key B, and w = ω·magnitude/2⁸·2⁻⁸ uniform on (0, 2·magnitude) from key A
+(`pseudo_rows`). The corners and the weight are moved into the exact field by masked
+conversion; nothing about them is opened. The singularity, constant-column and small-cells
+checks run on the unperturbed matrix and counts; the statistic's outputs are those of G′.
+The plaintext twin (`plain`) computes the same G′ exactly for the tests.
+
 With `dp` (noisy sufficient statistics; `smpc.dp` has the mechanism): every design column
 must have declared finite bounds (a categorical level's indicator is 0/1). Each party clips
 every row's values to the bounds, centres a numeric term at its range's midpoint c (a public
@@ -47,6 +58,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from smpc.cellkey import (
+    LARGEST_SCALE_BITS,
+    Perturbation,
+    key_sums,
+    perturbation,
+    scale_factor,
+    sign_slot,
+)
 from smpc.dp import GRID, NoiseSpec, column_bounds, product_sensitivity, sample
 from smpc.encoding import FRAC_BITS, decode_moment
 from smpc.job import LocalSummary, PartyJob
@@ -76,6 +95,8 @@ from tessera.schemas import MAX_ROWS
 if TYPE_CHECKING:
     import pandas as pd
 
+    from smpc.disclosure import AppliedRules
+
 
 @dataclass
 class GroupOutcome:
@@ -90,6 +111,20 @@ class GramOpened:
 
 
 @dataclass
+class PseudoRow:
+    """A group's cell-key pseudo-row as the exact field holds it: the Gram matrix's
+    perturbation is the rank-one u·vᵀ (u = w·z̃ on the matrix's scale, v = z̃ scaled 2**8);
+    `small` is u·vᵀ in the small comparison field (None when the statistic compares nothing)."""
+
+    u: Any
+    v: Any
+    small: Any = None
+
+    def outer(self, mpc: Any) -> Any:
+        return mpc.np_outer(self.u, self.v)
+
+
+@dataclass
 class NoisyGramOpened:
     """What the `dp` protocol opened: per group the noisy n (None: suppressed) and the noisy
     Gram entries, in `dp_entries` order after the count (centred units, exact fractions)."""
@@ -100,6 +135,7 @@ class NoisyGramOpened:
 
 
 ZERO = (-1, -1)  # an entry that is 0 by construction (two levels of one categorical)
+CORNER_LIMIT_BITS = 33  # a term's corner, scaled 2**8: |z| < 2**25; empty sites input ±2**33
 
 
 class GramStatistic(SecureStatistic):
@@ -108,6 +144,8 @@ class GramStatistic(SecureStatistic):
     value_column = False
     constant: ClassVar[bool] = True
     model: ClassVar[bool] = False  # a regression: its indicators' small cells are checked
+    # the exact mode adds a cell-key pseudo-row to each group's Gram matrix (`pseudo_rows`)
+    cell_key: ClassVar[bool] = True
 
     # ---- what the design is -------------------------------------------------------------
 
@@ -132,15 +170,8 @@ class GramStatistic(SecureStatistic):
 
     def selected(self, frame: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
         """This party's complete selected rows and each one's group index."""
-        from smpc.frames import conform, select
-
-        data = conform(frame, self.schema, self.query.referenced_columns())
-        mask = select(data, self.query.where, self.schema)
-        mask &= complete_rows(data, self.query.statistic_columns())
-        data = data[mask]
-        groups = self.layout.group_codes(data)
-        keep = groups >= 0
-        return data[keep], groups[keep]
+        data, groups, _ = self.keyed_selection(frame, keys=False)
+        return data, groups
 
     # ---- dp: which entries are noisy, and how much -------------------------------------
 
@@ -261,7 +292,7 @@ class GramStatistic(SecureStatistic):
     def local_input(self, frame: pd.DataFrame) -> LocalSummary:
         if self.query.dp is not None:
             return self.noisy_input(frame)
-        data, groups = self.selected(frame)
+        data, groups, keys = self.keyed_selection(frame, keys=self.cell_key)
         z = design(data, self.terms, self.constant)
         size = len(self.layout.groups)
         counts = np.bincount(groups, minlength=size)
@@ -272,7 +303,62 @@ class GramStatistic(SecureStatistic):
         vectors = {"gram": gram}
         if self.indicators:
             vectors["indicators"] = indicator_counts(data, groups, size, self.indicators)
+        if self.cell_key:
+            vectors["keys"] = key_sums(keys, groups, size)
+            vectors["corners"] = self.corners(z[:, 1:], groups, size)
         return LocalSummary(counts=[int(c) for c in counts], vectors=vectors)
+
+    @cached_property
+    def empty_corners(self) -> list[tuple[int, int]]:
+        """Per term, what a site without rows in a group inputs as its (min, max): values that
+        lose every secure min and max (within the declared bounds, where declared)."""
+        out = [(1 << CORNER_LIMIT_BITS, -(1 << CORNER_LIMIT_BITS))] * len(self.terms)
+        for limit in self.limits:
+            out[limit.term - 1] = (limit.highest, limit.lowest)
+        return out
+
+    @cached_property
+    def corner_bounds(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per term: 1 where the pseudo-row's corner is the group's own smallest or largest
+        value (no declared bounds), else 0 and the declared bounds (padded, scaled 2**8)."""
+        keep = np.ones(len(self.terms), dtype=object)
+        low = np.zeros(len(self.terms), dtype=object)
+        high = np.zeros(len(self.terms), dtype=object)
+        for limit in self.limits:
+            j = limit.term - 1
+            keep[j], low[j], high[j] = 0, limit.lowest, limit.highest
+        return keep, low, high
+
+    def corners(self, z: np.ndarray, groups: np.ndarray, size: int) -> list[int]:
+        """Per group and term, this site's smallest and largest value (scaled 2**8, rounded
+        outwards): the cell-key pseudo-row's corners (`pseudo_rows`)."""
+        out: list[int] = []
+        for g in range(size):
+            rows = z[groups == g]
+            for j, (empty_low, empty_high) in enumerate(self.empty_corners):
+                if len(rows):
+                    low = int(np.floor(np.ldexp(rows[:, j].min(), LARGEST_SCALE_BITS)))
+                    high = int(np.ceil(np.ldexp(rows[:, j].max(), LARGEST_SCALE_BITS)))
+                    out += [low, high]
+                else:
+                    out += [empty_low, empty_high]
+        return out
+
+    def keyed_selection(
+        self, frame: pd.DataFrame, keys: bool
+    ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+        """`selected`, and each selected row's secret key (`smpc.cellkey.row_keys`; empty if
+        not `keys`)."""
+        from smpc.frames import conform, select
+
+        data = conform(frame, self.schema, self.query.referenced_columns())
+        selection = select(data, self.query.where, self.schema)
+        mask = np.asarray(selection & complete_rows(data, self.query.statistic_columns()), bool)
+        row_keys = self.row_keys(frame)[mask] if keys else np.zeros(0, dtype=np.uint64)
+        data = data[mask]
+        groups = self.layout.group_codes(data)
+        keep = groups >= 0
+        return data[keep], groups[keep], row_keys[keep] if keys else row_keys
 
     def noisy_input(self, frame: pd.DataFrame) -> LocalSummary:
         """With `dp`: per group the row count and each noised entry's Σzᵢzⱼ over clipped,
@@ -323,15 +409,28 @@ class GramStatistic(SecureStatistic):
         # every site's n and Gram entries in a small field: checked against the declared
         # bounds before anything is opened, then pooled for the statistic's cheap comparisons
         checked = mpc.SecInt(max(self.compare_bits(), self.check_bits(), ENTRY_BITS + 2))
-        site_counts = mpc.input(checked.array(np.array(summary.counts, dtype=object)))
-        site_grams = mpc.input(checked.array(np.array(summary.vectors["gram"], dtype=object)))
-        await self.check_inputs(mpc, site_counts, site_grams)
-        counts, released = await release(mpc, self, summary.counts)
+
+        def shared(values: list[int]) -> list[Any]:
+            return mpc.input(checked.array(np.array(values, dtype=object)))
+
+        site_counts = shared(summary.counts)
+        site_grams = shared(summary.vectors["gram"])
+        site_corners = shared(summary.vectors["corners"]) if self.cell_key else []
+        await self.check_inputs(mpc, site_counts, site_grams, site_corners)
+        counts, released = await release(mpc, self, summary.counts, checked, sites=site_counts)
         shown = [g for g in range(size) if released[g]]
         outcomes = [GroupOutcome(None) for _ in range(size)]
         if not shown:
             return GramOpened(threshold, outcomes)
-        sizes = await self.open_sizes(mpc, counts[np.array(shown)])
+        shift = None
+        if self.cell_key:
+            pooled_keys = functools.reduce(operator.add, shared(summary.vectors["keys"]))
+            at = np.array(shown)
+            keys = mpc.np_concatenate((pooled_keys[:size][at], pooled_keys[size:][at]))
+            shift = perturbation(mpc, keys, len(shown))
+        sizes = await self.open_sizes(
+            mpc, counts[np.array(shown)], None if shift is None else shift.count
+        )
         for g, n in zip(shown, sizes, strict=True):
             outcomes[g].n = n
         index = symmetric_index(k).ravel()
@@ -339,18 +438,82 @@ class GramStatistic(SecureStatistic):
         if self.compare_bits():  # the same matrix in the small field, for cheap comparisons
             small = functools.reduce(operator.add, site_grams)
             small = [small[g * width : (g + 1) * width][index].reshape(k, k) for g in range(size)]
-        shown, hidden = await self.screen(mpc, job, counts, small, shown, outcomes)
-        if not shown:
+        solved, hidden = await self.screen(mpc, job, counts, small, shown, outcomes)
+        if not solved:
             return GramOpened(threshold, outcomes)
         stype = exact_type(mpc, self.field_bits())
         gram = pooled(mpc, stype, job.summary.vectors["gram"])
-        for g in shown:
+        extra: dict[int, PseudoRow] = {}
+        if shift is not None:
+            extra = await self.pseudo_rows(mpc, stype, site_corners, shift, shown, solved)
+        for g in solved:
             matrix = gram[g * width : (g + 1) * width][index].reshape(k, k)
             compare = None if small is None else small[g]
+            pseudo = extra.get(g)
+            if pseudo is not None and compare is not None:
+                compare = compare + pseudo.small
             outcomes[g].values = await self.solve(
-                mpc, matrix, outcomes[g].n or 0, compare, hidden.get(g, set())
+                mpc, matrix, outcomes[g].n or 0, compare, hidden.get(g, set()), pseudo
             )
         return GramOpened(threshold, outcomes)
+
+    def corner_bits(self) -> int:
+        """Bits of the comparisons between sites' corners (scaled 2**8): |z|² < 2**50 makes
+        |z| < 2**25, and the empty sites' stand-ins are ±2**33."""
+        return CORNER_LIMIT_BITS + 3
+
+    async def pseudo_rows(
+        self,
+        mpc: Any,
+        stype: Any,
+        site_corners: list[Any],
+        shift: Perturbation,
+        shown: list[int],
+        solved: list[int],
+    ) -> dict[int, PseudoRow]:
+        """Per solved group, the cell-key pseudo-row w·z̃z̃ᵀ (`smpc.cellkey`) on the Gram
+        matrix's scale 2**40, in the small field (when the statistic compares) and in the exact
+        field. z̃ = (1, c₁, …): cⱼ the group's smallest or largest zⱼ (a secure minimum and
+        maximum over the sites, scaled 2**8), which one by the column's sign bit of key B;
+        w = ω·m / 2**16 (ω = 2W + 1 from key A, m the policy's magnitude in 1/256: w is
+        uniform on (0, 2·magnitude)). A term with declared bounds takes them as its corners.
+        Opens only masked values (`convert`)."""
+        from smpc.protocol import secure_max, secure_min
+        from smpc.rounded import convert
+
+        assert self.rules is not None
+        k = len(self.names)
+        terms = k - 1
+        at = np.array([shown.index(g) for g in solved])
+        low_at = np.array([2 * (g * terms + j) for g in solved for j in range(terms)])
+        bits = self.corner_bits()
+        lows = [s[low_at] for s in site_corners]
+        highs = [s[low_at + 1] for s in site_corners]
+        low = functools.reduce(lambda x, y: secure_min(mpc, x, y, bits), lows)
+        high = functools.reduce(lambda x, y: secure_max(mpc, x, y, bits), highs)
+        # a term with declared bounds takes them as its corners (public), the others the
+        # group's own extremes: keep is 1 where the secret extreme is used
+        keep, bound_low, bound_high = (np.tile(v, len(solved)) for v in self.corner_bounds)
+        low = low * keep + bound_low
+        high = high * keep + bound_high
+        slots = np.array([sign_slot(t.name) for t in self.terms])
+        signs = shift.signs[at][:, slots].reshape(-1)
+        corner = (high + signs * (low - high)).reshape(len(solved), terms)
+        small = type(corner).sectype
+        constant = small.array(np.full((len(solved), 1), 1 << LARGEST_SCALE_BITS, dtype=object))
+        row = mpc.np_hstack((constant, corner))  # z̃, scaled 2**8
+        weighted = row * shift.weight[at].reshape(len(solved), 1)  # ω·z̃
+        width = CORNER_LIMIT_BITS + 1  # |z̃| < 2**width, |ω·z̃| < 2**(width + 9)
+        offsets = np.array([1 << (width + 9)] * k + [1 << width] * k, dtype=object)
+        moved = await convert(
+            mpc, mpc.np_hstack((weighted, row)) + offsets, stype, width + 10
+        ) - stype.array(offsets)
+        factor = scale_factor(self.rules.magnitude) << (FRAC_BITS - 2 * LARGEST_SCALE_BITS - 16)
+        out = {}
+        for i, g in enumerate(solved):
+            little = mpc.np_outer(weighted[i], row[i]) * factor if self.compare_bits() else None
+            out[g] = PseudoRow(moved[i, :k] * factor, moved[i, k:], little)
+        return out
 
     @cached_property
     def limits(self) -> list[EntryLimit]:
@@ -362,12 +525,20 @@ class GramStatistic(SecureStatistic):
         width = max([1, *(limit.width for limit in self.limits)])
         return FRAC_BITS + MAX_ROWS.bit_length() + 2 * width + 3
 
-    async def check_inputs(self, mpc: Any, site_counts: list[Any], site_grams: list[Any]) -> None:
+    async def check_inputs(
+        self,
+        mpc: Any,
+        site_counts: list[Any],
+        site_grams: list[Any],
+        site_corners: list[Any] | None = None,
+    ) -> None:
         """Every site's Gram entries within the declared bounds, per group, decided inside MPC
         before anything is opened: its constant entry is its n (scaled 2**40), and for each
         term with declared bounds [lo, hi] (a 0/1 term: [0, 1]) n·lo ≤ Σx ≤ n·hi and
-        0 ≤ Σx² ≤ n·max(lo², hi²), the bounds padded per row for rounding (`entry_limits`).
-        One vectorised comparison; one bit is opened; a failure is refused naming no site."""
+        0 ≤ Σx² ≤ n·max(lo², hi²), the bounds padded per row for rounding (`entry_limits`);
+        with the cell key, a bounded term's smallest and largest value (scaled 2**8) are within
+        its bounds. One vectorised comparison; one bit is opened; a failure is refused naming
+        no site."""
         size, width = len(self.layout.groups), triangle_size(len(self.names))
         limits = self.limits
         starts = np.repeat(np.arange(size) * width, len(limits))
@@ -387,6 +558,15 @@ class GramStatistic(SecureStatistic):
             if limits:
                 s, q, rows = gram[sums], gram[squares], n[groups]
                 checks += [s - rows * low + 1, rows * high - s + 1, q + 1, rows * square - q + 1]
+        terms = len(self.names) - 1
+        if limits and site_corners:
+            at = np.tile([2 * (limit.term - 1) for limit in limits], size)
+            at = (at + np.repeat(np.arange(size) * 2 * terms, len(limits))).astype(np.int64)
+            lowest = public([limit.lowest for limit in limits])
+            highest = public([limit.highest for limit in limits])
+            for corners in site_corners:
+                for side in (corners[at], corners[at + 1]):
+                    checks += [side - lowest + 1, highest - side + 1]
         below = mpc.np_sgn(mpc.np_concatenate(checks), l=self.check_bits(), LT=True)
         if not await mpc.is_zero_public(mpc.np_sum(below)):
             raise DisclosureRefused(
@@ -449,10 +629,13 @@ class GramStatistic(SecureStatistic):
                 opened.entries[g] = [decode_moment(v) for v in entries]
         return opened
 
-    async def open_sizes(self, mpc: Any, counts: Any) -> list[int]:
-        """The released groups' n as the result publishes them (here exactly: the model's
-        degrees of freedom need it)."""
-        return [int(n) for n in np.asarray(await mpc.output(counts)).ravel()]
+    async def open_sizes(self, mpc: Any, counts: Any, shift: Any = None) -> list[int]:
+        """The released groups' n as the result publishes them: n + p, p the group's cell-key
+        count perturbation (`smpc.cellkey`; the same as a `count` of the same rows gets), or
+        exactly where the statistic has no cell key."""
+        if shift is not None:
+            counts = counts + shift
+        return [max(0, int(n)) for n in np.asarray(await mpc.output(counts)).ravel()]
 
     async def screen(
         self,
@@ -497,10 +680,13 @@ class GramStatistic(SecureStatistic):
         n: int,
         compare: Any = None,
         hidden: set[tuple[int, int]] | None = None,
+        pseudo: PseudoRow | None = None,
     ) -> dict[str, Any]:
-        """Compute and open one group's outputs from its pooled, secret Gram matrix (and the
-        same matrix in the small comparison field when `compare_bits` asks for one), leaving
-        out the `hidden` outputs (`screen`)."""
+        """Compute and open one group's outputs from its pooled, secret Gram matrix plus its
+        cell-key pseudo-row (`pseudo`: the matrix itself is unperturbed, so that a singular
+        design is still found singular; the small comparison field's matrix, when
+        `compare_bits` asks for one, is already perturbed), leaving out the `hidden` outputs
+        (`screen`)."""
         raise NotImplementedError
 
     # ---- after the protocol -------------------------------------------------------------
@@ -572,6 +758,10 @@ class GramStatistic(SecureStatistic):
     def reference(self, frame: pd.DataFrame, min_count: int = 0) -> dict[str, Any]:
         """Pooled rows in plaintext (statsmodels, numpy); with `dp` the exact, noiseless result
         on the clipped rows (no small-cells rule, as the dp protocol) and the `dp` entry."""
+        return self.with_dp(self.assemble(self.reference_entries(frame, min_count)))
+
+    def reference_entries(self, frame: pd.DataFrame, min_count: int) -> list[dict[str, Any]]:
+        """`reference`'s per-group entries (n and the result keys)."""
         data, groups = self.selected(frame)
         noisy = self.query.dp is not None
         if noisy:
@@ -585,7 +775,106 @@ class GramStatistic(SecureStatistic):
                 entries.append({"n": len(sub), **self.empty_values()})
             else:
                 entries.append({"n": len(sub), **self.reference_values(sub)})
-        return self.with_dp(self.assemble(entries))
+        return entries
+
+    # ---- what the dry run says --------------------------------------------------------
+
+    @property
+    def perturbed(self) -> bool:
+        return self.cell_key
+
+    def expected_error(self, rules: AppliedRules) -> dict[str, str]:
+        if self.query.dp is not None or not self.cell_key:
+            return super().expected_error(rules)
+        n = (
+            self.n_published
+            if self.n_published != "exact"
+            else "at most ±3 (standard deviation 1.58): the count perturbation of the same rows"
+        )
+        return {
+            "n": n,
+            "other keys": (
+                "computed from the group's Gram matrix plus one pseudo-row of weight up to "
+                f"{2 * rules.magnitude:g} (2 × magnitude) at the low or high declared bound of "
+                "each column (a column without bounds: the group's own smallest or largest "
+                "value), then rounded to 25 significant bits: like adding up to "
+                f"{2 * rules.magnitude:g} of a patient at a corner of the data"
+            ),
+        }
+
+    # ---- the exact mode's plaintext twin (tests only) ----------------------------------
+
+    def plain(self, summaries: list[LocalSummary], frames: list[pd.DataFrame]) -> Any:
+        """What the exact-mode protocol opens, in plaintext from every party's summary: the
+        same release (per-site floors), n, and the statistic computed exactly from the same
+        cell-key perturbed Gram matrix (`plain_values`); which groups and outputs are null
+        (small cells, constant columns) comes from the pooled `reference`. The MPC's values
+        differ only by its rounding to 25 significant bits."""
+        if self.query.dp is not None or not self.cell_key:
+            return None
+        import pandas as pd
+
+        from smpc.protocol import plain_cell_perturbation, plain_release
+
+        rules = self.rules
+        assert rules is not None
+        size = len(self.layout.groups)
+        entries = self.reference_entries(pd.concat(frames, ignore_index=True), rules.threshold)
+        outcomes = []
+        for g in range(size):
+            ok, n = plain_release(summaries, rules, g)
+            if not ok:
+                outcomes.append(GroupOutcome(None))
+                continue
+            p, _, _ = plain_cell_perturbation(summaries, size, [g])
+            shown = self.plain_size(n, p)
+            entry = {key: v for key, v in entries[g].items() if key != "n"}
+            if entry != self.empty_values():
+                entry = self.plain_values(self.plain_gram(summaries, g), shown, entry)
+            outcomes.append(GroupOutcome(shown, entry))
+        return GramOpened(rules.threshold, outcomes)
+
+    def plain_size(self, n: int, p: int) -> int:
+        """`open_sizes` in plaintext."""
+        return max(0, n + p)
+
+    def plain_gram(self, summaries: list[LocalSummary], g: int) -> list[list[Fraction]]:
+        """Group g's pooled Gram matrix plus its cell-key pseudo-row (`pseudo_rows`), in value
+        units, exactly."""
+        from smpc.cellkey import KEY_FIELD_BITS, plain_model_shift
+
+        assert self.rules is not None
+        k = len(self.names)
+        width, terms, size = triangle_size(k), k - 1, len(self.layout.groups)
+        index = symmetric_index(k)
+        total = [sum(s.vectors["gram"][g * width + e] for s in summaries) for e in range(width)]
+        mask = (1 << KEY_FIELD_BITS) - 1
+        key_a, key_b = (
+            sum(s.vectors["keys"][f * size + g] for s in summaries) & mask for f in (0, 1)
+        )
+        omega, signs = plain_model_shift(key_a, key_b)
+        row = [1 << LARGEST_SCALE_BITS]
+        keep, bound_low, bound_high = self.corner_bounds
+        for j, term in enumerate(self.terms):
+            at = 2 * (g * terms + j)
+            low = min(s.vectors["corners"][at] for s in summaries) * keep[j] + bound_low[j]
+            high = max(s.vectors["corners"][at + 1] for s in summaries) * keep[j] + bound_high[j]
+            row.append(low if signs[sign_slot(term.name)] else high)
+        factor = scale_factor(self.rules.magnitude) << (FRAC_BITS - 2 * LARGEST_SCALE_BITS - 16)
+        return [
+            [
+                Fraction(total[index[i, j]] + omega * row[i] * row[j] * factor, SCALE)
+                for j in range(k)
+            ]
+            for i in range(k)
+        ]
+
+    def plain_values(
+        self, gram: list[list[Fraction]], n: int, entry: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The statistic's result keys computed exactly from a perturbed Gram matrix (value
+        units), with `entry`'s nulls (the pooled reference's) kept."""
+        raise NotImplementedError
 
     def reference_cells_fine(self, sub: pd.DataFrame, min_count: int) -> bool:
         """The small-cells rule in plaintext (a group's model is null when it fails)."""

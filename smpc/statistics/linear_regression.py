@@ -61,7 +61,7 @@ from smpc.statistics.design import (
     check_terms,
     singular_refusal,
 )
-from smpc.statistics.gram import GramStatistic
+from smpc.statistics.gram import GramStatistic, PseudoRow
 from tessera.errors import DisclosureRefused, QueryInvalid
 
 if TYPE_CHECKING:
@@ -140,7 +140,11 @@ class LinearRegression(GramStatistic):
         n: int,
         compare: Any = None,
         hidden: set[tuple[int, int]] | None = None,
+        pseudo: PseudoRow | None = None,
     ) -> dict[str, Any]:
+        """Gauss–Jordan on the unperturbed [XᵀX | Xᵀy | a | I] (its singularity checks on the
+        data's own design); the cell-key pseudo-row u·vᵀ then enters exactly by the matrix
+        determinant lemma and Sherman–Morrison, in adjugate form (see `_with_pseudo_row`)."""
         import numpy as np
 
         names = self.coefficient_names
@@ -152,8 +156,12 @@ class LinearRegression(GramStatistic):
         yty = matrix[p, p]
         sum_y = matrix[0, p]
         n_scaled = matrix[0, 0]
-        identity = type(matrix).sectype.array(np.eye(p, dtype=object))
-        augmented = mpc.np_hstack((gram, xty, identity))
+        stype = type(matrix).sectype
+        identity = stype.array(np.eye(p, dtype=object))
+        blocks = [gram, xty]
+        if pseudo is not None:
+            blocks += [pseudo.u[:p].reshape(p, 1), pseudo.v[:p].reshape(p, 1)]
+        augmented = mpc.np_hstack((*blocks, identity))
         try:
             det, reduced = await gauss_jordan(mpc, augmented, p, ENTRY_BITS)
         except Singular:
@@ -161,16 +169,61 @@ class LinearRegression(GramStatistic):
                 return self.empty_values()
             raise DisclosureRefused(singular_refusal(self.name), {"rule": "singular"}) from None
         adj_xty = reduced[:, 0]
+        adj_diagonal = mpc.np_fromlist([reduced[j, (3 if pseudo else 1) + j] for j in range(p)])
+        if pseudo is not None:
+            det, adj_xty, adj_diagonal, xty, yty, sum_y, n_scaled = self._with_pseudo_row(
+                mpc, pseudo, det, reduced, xty[:, 0], yty, sum_y, n_scaled
+            )
+            xty = xty.reshape(p, 1)
         q = det * yty - mpc.sum([xty[j, 0] * adj_xty[j] for j in range(p)])
         se_den = det * det * (n_scaled - p * SCALE)
         r2_den = det * (n_scaled * yty - sum_y * sum_y)
         numerators = [adj_xty[j] for j in range(p)]
-        numerators += [q * reduced[j, 1 + j] * SCALE for j in range(p)]
+        numerators += [q * adj_diagonal[j] * SCALE for j in range(p)]
         numerators.append(r2_den - n_scaled * q)  # R² = 1 − RSS/TSS, as one ratio
         denominators = [det] * p + [se_den] * p + [r2_den]
         ratios = await open_rounded_ratios(mpc, numerators, denominators, self.ratio_bits())
         beta, se_sq, r2 = ratios[:p], ratios[p : 2 * p], ratios[2 * p]
         return self.values(beta, se_sq, r2, n)
+
+    @staticmethod
+    def _with_pseudo_row(
+        mpc: Any,
+        pseudo: PseudoRow,
+        det: Any,
+        reduced: Any,
+        xty: Any,
+        yty: Any,
+        sum_y: Any,
+        n_scaled: Any,
+    ) -> tuple[Any, ...]:
+        """The perturbed G′ = G + u·vᵀ (u = w·v) from G's det d and adjugate A (columns of
+        `reduced`: A·Xᵀy, b = A·uₓ, a = A·vₓ, then A): d′ = d + vₓᵀb (the determinant lemma),
+        adj(G′) = (d′·A − b·aᵀ) / d (Sherman–Morrison times d′; A is symmetric), so
+        adj(G′)·c′ = (d′·(A·c + b·v_y) − b·(aᵀc′)) / d with c′ = c + uₓ·v_y. The division by d
+        is exact (adj(G′) is an integer matrix): one secure reciprocal, which opens d times a
+        fresh random factor only. Returns d′, adj(G′)·c′, the diagonal of adj(G′) and the
+        perturbed Xᵀy, yᵀy, Σy and n."""
+        p = reduced.shape[0]
+        u, v = pseudo.u, pseudo.v
+        adj_c, b, a = reduced[:, 0], reduced[:, 1], reduced[:, 2]
+        diagonal = mpc.np_fromlist([reduced[j, 3 + j] for j in range(p)])
+        y_v = v[p]
+        det_new = det + mpc.np_sum(v[:p] * b)
+        xty_new = xty + u[:p] * y_v
+        inverse = mpc.reciprocal(det)
+        a_c = mpc.np_sum(a * xty_new)
+        adj_c_new = (det_new * (adj_c + b * y_v) - b * a_c) * inverse
+        diagonal_new = (det_new * diagonal - b * a) * inverse
+        return (
+            det_new,
+            adj_c_new,
+            diagonal_new,
+            xty_new,
+            yty + u[p] * y_v,
+            sum_y + u[0] * y_v,
+            n_scaled + u[0] * v[0],
+        )
 
     def noisy_values(self, gram: Any, n: int) -> dict[str, Any]:
         """OLS on the noisy Gram matrix (post-processing). The covariance of the coefficients
@@ -206,6 +259,24 @@ class LinearRegression(GramStatistic):
         cov = shift @ cov @ shift.T
         se_sq = [float(v) for v in np.diag(cov)]
         return self.values([float(b) for b in coefficients], se_sq, r2, n)
+
+    def plain_values(self, gram: Any, n: int, entry: dict[str, Any]) -> dict[str, Any]:
+        """`solve` in plaintext, exactly: β = A⁻¹c, RSS = yᵀy − cᵀβ, SEⱼ² = RSS·(A⁻¹)ⱼⱼ /
+        (n′ − p) and R² = 1 − RSS / (yᵀy − (Σy)²/n′), n′ the matrix's (perturbed) n."""
+        from smpc.exact import fraction_inverse
+
+        p = len(self.coefficient_names)
+        if n <= p:
+            return self.too_few(n, p)
+        a = [row[:p] for row in gram[:p]]
+        c = [gram[i][p] for i in range(p)]
+        inverse = fraction_inverse(a)
+        beta = [sum(inverse[i][j] * c[j] for j in range(p)) for i in range(p)]
+        rss = gram[p][p] - sum(ci * bi for ci, bi in zip(c, beta, strict=True))
+        size = gram[0][0]
+        se_sq = [rss * inverse[j][j] / (size - p) for j in range(p)]
+        r2 = 1 - rss / (gram[p][p] - gram[0][p] ** 2 / size)
+        return self.values(beta, se_sq, r2, n)
 
     def too_few(self, n: int, p: int) -> dict[str, Any]:
         if not self.layout.group_columns:

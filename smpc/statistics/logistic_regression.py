@@ -97,6 +97,7 @@ class LogisticRegression(GramStatistic):
     )
     query: LogisticRegressionQuery
     model = True
+    cell_key = False  # its own protocol: no pseudo-row (docs/disclosure.md)
     row_rule = "the outcome must be 0 or 1 in every selected row"
 
     def parameters(self) -> int:

@@ -315,40 +315,67 @@ def test_a_node_feeding_values_outside_its_declared_bounds_is_refused(
     assert "party" not in str(refused.value) and "site 1" not in str(refused.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not defended yet: models are exact (rounded to 25 bits), not perturbed by cell key; "
-    "two regressions (y on x and x on y) give each selection's mean, and n is exact",
-)
+def regression_attack(cohort: list[pd.DataFrame], age: int, fit: Any) -> float:
+    """The attacker's error on the weight of the child aged `age`: y = a + b·x and x = c + d·y
+    fitted to the same rows give ȳ = (a + b·c) / (1 − b·d); two selections that differ by that
+    child give its weight as n·(ȳ − ȳ′) + ȳ′ (an error in n hardly matters: it multiplies
+    ȳ − ȳ′)."""
+    means = []
+    for op in (">=", ">"):
+        where = [["age_months", op, age]]
+        fits = [
+            fit(
+                {
+                    "statistic": "linear_regression",
+                    "dataset": "d",
+                    "outcome": y,
+                    "predictors": [x],
+                    "where": where,
+                }
+            )
+            for y, x in (("weight_kg", "age_months"), ("age_months", "weight_kg"))
+        ]
+        a, b = (fits[0]["coefficients"][k] for k in ("const", "age_months"))
+        c, d = (fits[1]["coefficients"][k] for k in ("const", "weight_kg"))
+        means.append(((a + b * c) / (1 - b * d), fits[0]["n"]))
+    (mean, n), (mean_without, _) = means
+    truth = float(pooled(cohort).query("age_months == @age").weight_kg.iloc[0])
+    return abs(n * (mean - mean_without) + mean_without - truth)
+
+
+@pytest.mark.slow
 def test_differencing_through_regressions_does_not_give_a_childs_weight(
     cohort: list[pd.DataFrame],
 ) -> None:
-    """The fitted line passes through (x̄, ȳ): with y = a + b·x and x = c + d·y for the same
-    rows, ȳ = (a + b·c) / (1 − b·d). Two selections that differ by one child then give that
-    child's weight as n·ȳ − (n − 1)·ȳ′, the regression's n being exact."""
-    errors = []
-    for age in TARGETS:
-        totals = []
-        for op in (">=", ">"):
-            where = [["age_months", op, age]]
-            fits = [
-                simulate(
-                    {
-                        "statistic": "linear_regression",
-                        "dataset": "d",
-                        "outcome": y,
-                        "predictors": [x],
-                        "where": where,
-                    },
-                    cohort,
-                    SCHEMA,
-                    min_count_floors=FLOORS,
-                )
-                for y, x in (("weight_kg", "age_months"), ("age_months", "weight_kg"))
-            ]
-            a, b = (fits[0]["coefficients"][k] for k in ("const", "age_months"))
-            c, d = (fits[1]["coefficients"][k] for k in ("const", "weight_kg"))
-            totals.append(fits[0]["n"] * (a + b * c) / (1 - b * d))
-        truth = float(pooled(cohort).query("age_months == @age").weight_kg.iloc[0])
-        errors.append(abs(totals[0] - totals[1] - truth))
-    assert sum(e > 0.02 * WEIGHT_RANGE for e in errors) >= 4, errors
+    """Were models exact, the attack above would give each child's weight exactly. Each
+    group's Gram matrix carries a cell-key pseudo-row instead (weight up to 2·magnitude, at
+    the low or high declared bound of each column, by key) and the opened n its count
+    perturbation, so the two selections' means move by different amounts.
+
+    The five targets run through `simulate` (the MPC's coefficients are the plaintext twin's,
+    rounded to 25 bits), then the same five with 19 other sets of hospital row-key secrets
+    through the twin: 100 attempts, of which at least 80 % (the issue's "4 of 5") must miss by
+    more than 2 % of the declared range. Measured: 95 % of 200 such attempts missed, with a
+    median miss of 15 % of the range."""
+
+    def simulated(query: dict) -> dict:
+        result = simulate(query, cohort, SCHEMA, min_count_floors=FLOORS)
+        twin = reference_parties(query, cohort, SCHEMA, min_count_floors=FLOORS)
+        assert result["n"] == twin["n"]
+        for name, value in twin["coefficients"].items():
+            assert result["coefficients"][name] == pytest.approx(value, rel=1e-6)
+        return result
+
+    errors = [regression_attack(cohort, age, simulated) for age in TARGETS]
+    rng = np.random.default_rng(5)
+    for _ in range(19):
+        secrets = ["".join(rng.choice(list("abcdefghijklmnop"), 16)) for _ in range(3)]
+
+        def twin(query: dict, keys: list[str] = secrets) -> dict:
+            return reference_parties(
+                query, cohort, SCHEMA, min_count_floors=FLOORS, key_secrets=keys
+            )
+
+        errors += [regression_attack(cohort, age, twin) for age in TARGETS]
+    missed = sum(e > 0.02 * WEIGHT_RANGE for e in errors)
+    assert missed >= 80, sorted(errors)

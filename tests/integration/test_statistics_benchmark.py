@@ -22,6 +22,7 @@ pytestmark = pytest.mark.slow  # a benchmark smoke run: make test runs it, make 
 BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "statistics.py"
 QUICK = {"count", "mean", "quantile", "linear_regression", "kaplan_meier"}
 CELL_KEY = {"count", "mean", "quantile"}  # the exact mode perturbs them (docs/disclosure.md)
+MODELS = {"linear_regression"}  # a cell-key pseudo-row on the Gram matrix
 CRP_RANGE = 500.0  # the quantile's column, crp, is declared on [0, 500]
 
 
@@ -40,7 +41,7 @@ def test_quick_mode_writes_the_table_as_json(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
 
     assert set(report) >= {"machine", "seed", "repeat", "targets", "skipped", "rows", "naive"}
-    assert report["twin_tolerance"] == {"cell-key": 0.0, "pooled": 1e-6}
+    assert report["twin_tolerance"] == {"cell-key": 0.0, "model": 1e-5, "pooled": 1e-6}
     assert set(report["perturbed_statistics"]) >= CELL_KEY
     assert report["naive_bits"] == 96
     ran = {row["statistic"] for row in report["rows"]}
@@ -56,6 +57,9 @@ def test_quick_mode_writes_the_table_as_json(tmp_path: Path) -> None:
         if row["statistic"] in CELL_KEY:  # exactly the plaintext twin's perturbed numbers
             assert row["twin"] == "cell-key" and row["max_rel_error"] == 0
             assert row["perturbation_rel_error"] >= 0 and row["perturbation_abs"] >= 0
+        elif row["statistic"] in MODELS:  # the perturbed model, rounded to 25 bits
+            assert row["twin"] == "model" and 0 <= row["max_rel_error"] <= 1e-5
+            assert row["perturbation_rel_error"] > 0
         else:  # no twin: the pooled reference, as before
             assert row["twin"] == "pooled" and 0 <= row["max_rel_error"] <= 1e-6
             assert row["perturbation_rel_error"] is None and row["perturbation_at"] is None

@@ -5,6 +5,11 @@ RAND Health Insurance Experiment (statsmodels `randhie`, 20 190 rows) and Specto
 teaching-method data (statsmodels `spector`, 32 rows). Each is split unevenly across 3 and 5
 parties. Tolerance: 1e-6 relative for estimates, 1e-4 for the standard errors of iterative
 fits, exact for counts.
+
+Linear regression and correlation are perturbed by cell key in the exact mode (a pseudo-row on
+each group's Gram matrix, the count perturbation on n: `smpc.statistics.gram`): their results
+are compared at 1e-6 with the plaintext twin (`reference_parties`, the same perturbation
+computed exactly), and with statsmodels / numpy within the perturbation's size (`near`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from smpc import reference, simulate
 from smpc.frames import infer_schema
 from smpc.frames import uneven_shares as split
 from smpc.secure import OUTPUT_PRECISION_BITS, round_count
+from smpc.statistics import reference_parties
 from tessera.errors import QueryInvalid, TesseraError
 
 REL = 1e-6
@@ -42,6 +48,27 @@ def close(actual: Any, expected: Any, rel: float = REL, path: str = "result") ->
         assert math.isclose(actual, expected, rel_tol=rel, abs_tol=1e-12), (path, actual, expected)
     else:
         assert actual == expected, (path, actual, expected)
+
+
+def twin(result: dict, query: dict, frames: list[pd.DataFrame], **options: Any) -> None:
+    """The MPC's result is the plaintext twin's (the same cell-key perturbation), up to the
+    rounding of every opened ratio to 25 significant bits; p-values to 1e-5 (a p-value far
+    in the tail moves more than its t statistic)."""
+    expected = reference_parties(query, frames, infer_schema(frames), **options)
+    p_values = [(result, expected)]
+    if "p_values" in expected:
+        p_values = [(result.pop("p_values"), expected.pop("p_values"))]
+    close(result, expected)
+    close(*p_values[0], rel=1e-5)
+
+
+def near(result: dict, fit: Any, n: int) -> None:
+    """Within the perturbation of the exact fit: n within ±3, every coefficient within 1.5
+    standard errors of statsmodels' (the pseudo-row moves a slope by about 0.2 SE on average
+    at n = 442, more for collinear terms: docs/disclosure.md)."""
+    assert abs(result["n"] - n) <= 3
+    for name, value in dict(fit.params).items():
+        assert abs(result["coefficients"][name] - value) <= 1.5 * fit.bse[name], name
 
 
 @pytest.fixture(scope="module")
@@ -80,13 +107,12 @@ def test_linear_regression_matches_statsmodels_ols(diabetes: pd.DataFrame, parti
         "outcome": "target",
         "predictors": predictors,
     }
-    result = simulate(query, split(diabetes, parties))
+    frames = split(diabetes, parties)
+    result = simulate(query, frames)
     fit = sm.OLS(diabetes["target"], sm.add_constant(diabetes[predictors])).fit()
-    assert result["n"] == len(diabetes)
-    close(result["coefficients"], dict(fit.params))
-    close(result["std_errors"], dict(fit.bse))
-    close(result["p_values"], dict(fit.pvalues))
-    close(result["r_squared"], fit.rsquared)
+    near(result, fit, len(diabetes))
+    assert result["r_squared"] == pytest.approx(fit.rsquared, abs=0.02)
+    twin(result, query, frames)
 
 
 def test_linear_regression_categorical_predictor_and_where(randhie: pd.DataFrame) -> None:
@@ -112,9 +138,8 @@ def test_linear_regression_categorical_predictor_and_where(randhie: pd.DataFrame
         }
     )
     fit = sm.OLS(rows.mdvis, design).fit()
-    assert result["n"] == len(rows)
-    close(result["coefficients"], dict(fit.params))
-    close(result["std_errors"], dict(fit.bse))
+    near(result, fit, len(rows))
+    twin(result, query, frames)
 
 
 def test_linear_regression_group_by_with_suppression_and_floor(randhie: pd.DataFrame) -> None:
@@ -129,12 +154,18 @@ def test_linear_regression_group_by_with_suppression_and_floor(randhie: pd.DataF
     frames = split(randhie, 3)
     # a node's floor of 400 wins over the query's 10: "poor" (302 rows) is suppressed
     result = simulate(query, frames, min_count_floors=[0, 400, 0])
-    schema = infer_schema(frames)
-    expected = reference(query, randhie, schema, min_count=400)
     assert result["n"] is None  # a group is suppressed, so the total is not opened
     by_level = {g["group"]["health"]: g for g in result["groups"]}
     assert by_level["poor"]["n"] is None and by_level["poor"]["coefficients"]["const"] is None
-    close(result, expected)
+    for level, group in by_level.items():
+        if level != "poor":
+            rows = randhie[randhie.health == level]
+            near(
+                group,
+                sm.OLS(rows.mdvis, sm.add_constant(rows[["lncoins", "physlm"]])).fit(),
+                len(rows),
+            )
+    twin(result, query, frames, min_count_floors=[0, 400, 0])
 
 
 def test_linear_regression_singular_design_is_refused(diabetes: pd.DataFrame) -> None:
@@ -177,8 +208,8 @@ def test_linear_regression_party_with_no_matching_rows(diabetes: pd.DataFrame) -
     result = simulate(query, frames)
     rows = diabetes[diabetes.age > cut]
     fit = sm.OLS(rows.target, sm.add_constant(rows[["bmi", "bp"]])).fit()
-    assert result["n"] == len(rows)
-    close(result["coefficients"], dict(fit.params))
+    near(result, fit, len(rows))
+    twin(result, query, frames)
 
 
 # ---- logistic regression --------------------------------------------------------------------
@@ -253,11 +284,13 @@ def test_logistic_regression_refuses_a_non_binary_outcome(diabetes: pd.DataFrame
 def test_correlation_matches_numpy(diabetes: pd.DataFrame, parties: int) -> None:
     columns = ["age", "bmi", "bp", "s1", "s5", "target"]
     query = {"statistic": "correlation", "dataset": "diabetes", "columns": columns}
-    result = simulate(query, split(diabetes, parties))
+    frames = split(diabetes, parties)
+    result = simulate(query, frames)
     expected = np.corrcoef(diabetes[columns].to_numpy(dtype=float), rowvar=False)
     # n is published rounded to a multiple of max(5, T) (smpc.secure.round_count)
     assert result["columns"] == columns and result["n"] == round_count(len(diabetes), 5)
-    close(result["matrix"], expected.tolist())
+    assert np.abs(np.array(result["matrix"]) - expected).max() < 0.03  # the pseudo-row's move
+    twin(result, query, frames)
 
 
 def test_correlation_constant_column_is_null_and_groups(diabetes: pd.DataFrame) -> None:
@@ -274,9 +307,9 @@ def test_correlation_constant_column_is_null_and_groups(diabetes: pd.DataFrame) 
         rows = data[data.sex == group["group"]["sex"]]
         matrix = group["matrix"]
         assert matrix[1] == [None, None, None] and matrix[0][1] is None
-        close(matrix[0][2], float(np.corrcoef(rows.bmi, rows.bp)[0, 1]))
+        assert abs(matrix[0][2] - float(np.corrcoef(rows.bmi, rows.bp)[0, 1])) < 0.03
         assert matrix[0][0] == 1.0
-    close(result, reference(query, data, infer_schema(frames)))
+    twin(result, query, frames)
 
 
 # ---- Welch's t-test -------------------------------------------------------------------------
