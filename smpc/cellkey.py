@@ -31,9 +31,10 @@ two perturbations, not a child's value.
 A model's Gram matrix G = Σ zzᵀ of [1, terms…] gets one pseudo-row: G + w·z̃z̃ᵀ with
 z̃ = (1, c₁, …, c_k), cⱼ the low or high declared bound of term j by its corner bit (a term
 without declared bounds: the group's own smallest or largest value, a secure minimum and
-maximum over the sites; `smpc.statistics.gram`). A rank-one positive term keeps G positive semi-definite, so every
-model stays well defined, and every statistic computed from the matrix (coefficients, their
-errors, R², correlations) moves with it, consistently: the same rows always get the same model.
+maximum over the sites; `smpc.statistics.gram`). A rank-one positive term keeps G positive
+semi-definite, so every model stays well defined, and every statistic computed from the
+matrix (coefficients, their errors, R², correlations) moves with it, consistently: the same
+rows always get the same model.
 """
 
 from __future__ import annotations

@@ -5,11 +5,12 @@ Each party shares its fixed-point Gram matrix of [1, columns…] per group
 (listwise, like `numpy.corrcoef` on complete rows). Inside MPC, in an exact prime field, the
 centred co-moments C_jk = n·Σx_j x_k − Σx_j·Σx_k are computed as secrets, and for every pair
 only r_jk² = C_jk² / (C_jj·C_kk) is opened, rounded inside MPC to 25 significant bits
-(`smpc.rounded`), together with the sign
-of C_jk (one secure comparison per pair); r_jk = sign·√(r_jk²). A constant column's row and
-column are null (numpy gives NaN): that the column is constant is revealed, nothing else.
+(`smpc.rounded`), together with the bit [C_jk ≥ 0] (`open_nonnegative`); r_jk = ±√(r_jk²).
+In the `exact` mode the matrix is the Gram matrix plus its cell-key pseudo-row
+(`smpc.statistics.gram`). A constant column's row and column are null (numpy gives NaN): that
+the column is constant (on the unperturbed matrix) is revealed, nothing else.
 
-Cost: local O(rows · k²); secure O(k²) multiplications and k(k−1)/2 comparisons of ~210-bit
+Cost: local O(rows · k²); secure O(k²) multiplications and k(k−1)/2 sign bits of ~210-bit
 values, a constant number of rounds. Limits: at most 50 columns; local sums of products below
 2**50 ≈ 1.1e15.
 
@@ -88,7 +89,9 @@ class Correlation(GramStatistic):
         return ratio_field_bits(2 * self.co_moment_bits() + 1)  # r² = C_jk² / (C_jj·C_kk)
 
     def compare_bits(self) -> int:
-        return self.co_moment_bits()
+        """The small field holds the pooled Gram matrix for the cells' comparisons (counts
+        scaled 2**40): no co-moment is compared there."""
+        return ENTRY_BITS + 2
 
     def binary(self) -> list[int]:
         """The columns that are 0/1 by schema (boolean, or integer declared within [0, 1])."""
@@ -127,20 +130,12 @@ class Correlation(GramStatistic):
         """A pair with a binary column is shown only if every pooled cell of its 2×2 table (two
         binary columns) or both levels of its binary column reach T, decided inside MPC: one
         bit per such pair is opened, and a pair that fails is null (its correlation is never
-        computed or opened). Constant columns are found here too, on the unperturbed matrix
-        (C_jj = 0; one bit per column opened): they are marked hidden as (j, j)."""
-        assert small is not None
-        k = len(self.query.columns)
+        computed or opened)."""
         hidden: dict[int, set[tuple[int, int]]] = {g: set() for g in shown}
-        diagonal = np.array([j * k + j for j in range(k)])
-        diagonals = [self.co_moments(mpc, small[g]).reshape(-1)[diagonal] for g in shown]
-        zeros = await mpc.np_is_zero_public(mpc.np_concatenate(diagonals))
-        for at, zero in enumerate(zeros):
-            if zero:
-                hidden[shown[at // k]].add((at % k, at % k))
         checked = self.small_cells()
         if self.threshold < 1 or not checked:
             return shown, hidden
+        assert small is not None
         binary = set(self.binary())
         floor = self.threshold << FRAC_BITS  # Gram entries are scaled by 2**FRAC_BITS
         cells = []
@@ -154,7 +149,9 @@ class Correlation(GramStatistic):
                 else:
                     b = j if j in binary else m
                     cells += [ones[b], n - ones[b]]
-        flags = await mpc.output(mpc.np_fromlist(cells) >= floor)
+        from smpc.protocol import at_least
+
+        flags = await mpc.output(at_least(mpc, mpc.np_fromlist(cells), floor, ENTRY_BITS + 1))
         flags = [bool(int(f)) for f in np.asarray(flags).ravel()]
         start = 0
         for g in shown:
@@ -174,11 +171,16 @@ class Correlation(GramStatistic):
         hidden: set[tuple[int, int]] | None = None,
         pseudo: PseudoRow | None = None,
     ) -> dict[str, Any]:
-        if pseudo is not None:
-            matrix = matrix + pseudo.outer(mpc)
+        from smpc.rounded import open_nonnegative
+
         k = len(self.query.columns)
         hidden = hidden or set()
-        constant = [(j, j) in hidden for j in range(k)]
+        diagonal = np.array([j * k + j for j in range(k)])
+        # constant columns on the unperturbed matrix (C_jj = 0: a masked zero test each)
+        exact = self.co_moments(mpc, matrix).reshape(-1)
+        constant = [bool(z) for z in await mpc.np_is_zero_public(exact[diagonal])]
+        if pseudo is not None:
+            matrix = matrix + pseudo.outer(mpc)
         pairs = [
             (j, m)
             for j in range(k)
@@ -190,16 +192,15 @@ class Correlation(GramStatistic):
         upper = np.array([j * k + m for j, m in pairs], dtype=np.int64)
         co = self.co_moments(mpc, matrix).reshape(-1)
         ratios: list[float | None] = [None if c else 1.0 for c in constant]
+        signs: list[int] = []
         if pairs:
             squared = mpc.np_tolist(co[upper] * co[upper])
             products = mpc.np_tolist(co[first] * co[second])
             bits = 2 * self.co_moment_bits() + 1
             ratios += await open_rounded_ratios(mpc, squared, products, bits)
-        signs: list[int] = []
-        if pairs:
-            assert compare is not None
-            opened = await mpc.output(mpc.np_sgn(self.co_moments(mpc, compare).reshape(-1)[upper]))
-            signs = [int(v) for v in np.asarray(opened).ravel()]
+            # the sign of each r: [C_jk ≥ 0] opened alone (C_jk = 0 gives r = 0 either way)
+            positive = await open_nonnegative(mpc, co[upper], self.co_moment_bits())
+            signs = [1 if p else -1 for p in positive]
         result: list[list[float | None]] = [[None] * k for _ in range(k)]
         for j in range(k):
             result[j][j] = None if ratios[j] is None else 1.0
@@ -236,7 +237,7 @@ class Correlation(GramStatistic):
             for m in range(j + 1, k):
                 if matrix[j][m] is not None:
                     r2 = co[j][m] ** 2 / (co[j][j] * co[m][m])
-                    sign = 1 if co[j][m] > 0 else -1 if co[j][m] < 0 else 0
+                    sign = 1 if co[j][m] >= 0 else -1
                     matrix[j][m] = matrix[m][j] = number(sign * math.sqrt(float(r2)))
         return {"columns": list(self.query.columns), "matrix": matrix}
 

@@ -113,12 +113,10 @@ class GramOpened:
 @dataclass
 class PseudoRow:
     """A group's cell-key pseudo-row as the exact field holds it: the Gram matrix's
-    perturbation is the rank-one u·vᵀ (u = w·z̃ on the matrix's scale, v = z̃ scaled 2**8);
-    `small` is u·vᵀ in the small comparison field (None when the statistic compares nothing)."""
+    perturbation is the rank-one u·vᵀ (u = w·z̃ on the matrix's scale, v = z̃ scaled 2**8)."""
 
     u: Any
     v: Any
-    small: Any = None
 
     def outer(self, mpc: Any) -> Any:
         return mpc.np_outer(self.u, self.v)
@@ -449,11 +447,8 @@ class GramStatistic(SecureStatistic):
         for g in solved:
             matrix = gram[g * width : (g + 1) * width][index].reshape(k, k)
             compare = None if small is None else small[g]
-            pseudo = extra.get(g)
-            if pseudo is not None and compare is not None:
-                compare = compare + pseudo.small
             outcomes[g].values = await self.solve(
-                mpc, matrix, outcomes[g].n or 0, compare, hidden.get(g, set()), pseudo
+                mpc, matrix, outcomes[g].n or 0, compare, hidden.get(g, set()), extra.get(g)
             )
         return GramOpened(threshold, outcomes)
 
@@ -472,9 +467,9 @@ class GramStatistic(SecureStatistic):
         solved: list[int],
     ) -> dict[int, PseudoRow]:
         """Per solved group, the cell-key pseudo-row w·z̃z̃ᵀ (`smpc.cellkey`) on the Gram
-        matrix's scale 2**40, in the small field (when the statistic compares) and in the exact
-        field. z̃ = (1, c₁, …): cⱼ the group's smallest or largest zⱼ (a secure minimum and
-        maximum over the sites, scaled 2**8), which one by the column's sign bit of key B;
+        matrix's scale 2**40, in the exact field. z̃ = (1, c₁, …): cⱼ the group's smallest or
+        largest zⱼ (a secure minimum and maximum over the sites, scaled 2**8), which one by the
+        column's corner bit of key B;
         w = ω·m / 2**16 (ω = 2W + 1 from key A, m the policy's magnitude in 1/256: w is
         uniform on (0, 2·magnitude)). A term with declared bounds takes them as its corners.
         Opens only masked values (`convert`)."""
@@ -486,16 +481,22 @@ class GramStatistic(SecureStatistic):
         terms = k - 1
         at = np.array([shown.index(g) for g in solved])
         low_at = np.array([2 * (g * terms + j) for g in solved for j in range(terms)])
-        bits = self.corner_bits()
-        lows = [s[low_at] for s in site_corners]
-        highs = [s[low_at + 1] for s in site_corners]
-        low = functools.reduce(lambda x, y: secure_min(mpc, x, y, bits), lows)
-        high = functools.reduce(lambda x, y: secure_max(mpc, x, y, bits), highs)
-        # a term with declared bounds takes them as its corners (public), the others the
-        # group's own extremes: keep is 1 where the secret extreme is used
+        # a term with declared bounds takes them as its corners (public, no comparison), the
+        # others the group's own extremes (secure minimum and maximum over the sites)
         keep, bound_low, bound_high = (np.tile(v, len(solved)) for v in self.corner_bounds)
-        low = low * keep + bound_low
-        high = high * keep + bound_high
+        secint = type(site_corners[0]).sectype
+        low, high = secint.array(bound_low.copy()), secint.array(bound_high.copy())
+        free = np.flatnonzero(keep)
+        if free.size:
+            bits = self.corner_bits()
+            lows = [s[low_at[free]] for s in site_corners]
+            highs = [s[low_at[free] + 1] for s in site_corners]
+            low = mpc.np_update(
+                low, free, functools.reduce(lambda x, y: secure_min(mpc, x, y, bits), lows)
+            )
+            high = mpc.np_update(
+                high, free, functools.reduce(lambda x, y: secure_max(mpc, x, y, bits), highs)
+            )
         slots = np.array([sign_slot(t.name) for t in self.terms])
         signs = shift.signs[at][:, slots].reshape(-1)
         corner = (high + signs * (low - high)).reshape(len(solved), terms)
@@ -509,11 +510,7 @@ class GramStatistic(SecureStatistic):
             mpc, mpc.np_hstack((weighted, row)) + offsets, stype, width + 10
         ) - stype.array(offsets)
         factor = scale_factor(self.rules.magnitude) << (FRAC_BITS - 2 * LARGEST_SCALE_BITS - 16)
-        out = {}
-        for i, g in enumerate(solved):
-            little = mpc.np_outer(weighted[i], row[i]) * factor if self.compare_bits() else None
-            out[g] = PseudoRow(moved[i, :k] * factor, moved[i, k:], little)
-        return out
+        return {g: PseudoRow(moved[i, :k] * factor, moved[i, k:]) for i, g in enumerate(solved)}
 
     @cached_property
     def limits(self) -> list[EntryLimit]:
@@ -684,9 +681,9 @@ class GramStatistic(SecureStatistic):
     ) -> dict[str, Any]:
         """Compute and open one group's outputs from its pooled, secret Gram matrix plus its
         cell-key pseudo-row (`pseudo`: the matrix itself is unperturbed, so that a singular
-        design is still found singular; the small comparison field's matrix, when
-        `compare_bits` asks for one, is already perturbed), leaving out the `hidden` outputs
-        (`screen`)."""
+        design or a constant column is still found as such), leaving out the `hidden` outputs
+        (`screen`). `compare` is the unperturbed matrix in the small field, when
+        `compare_bits` asks for one."""
         raise NotImplementedError
 
     # ---- after the protocol -------------------------------------------------------------
