@@ -331,11 +331,7 @@ class KaplanMeier(SecureStatistic):
                 {"min_count": threshold, "groups": size, "grid": grid, "limit": MAX_TAIL_WORK},
             )
 
-        def pooled(values: list[int]) -> Any:
-            shares = mpc.input(secint.array(np.array(values, dtype=object)))
-            return functools.reduce(operator.add, shares)
-
-        at_risk, events = pooled(summary.vectors["at_risk"]), pooled(summary.vectors["events"])
+        at_risk, events = await self.checked_inputs(mpc, secint, job)
         if threshold > 0:
             lengths = await prefix_lengths(mpc, at_risk, threshold, size, grid)
         else:
@@ -363,6 +359,55 @@ class KaplanMeier(SecureStatistic):
             opened.logrank = await _logrank(mpc, secint, at_risk, events, opened, compared, grid)
         return opened
 
+    async def checked_inputs(self, mpc: Any, secint: Any, job: PartyJob) -> tuple[Any, Any]:
+        """Every site's at-risk and event counts, checked inside MPC before anything is opened,
+        then pooled. Per site, group and grid point t: 0 ≤ e_t ≤ r_t − r_(t+1) (the events at
+        t are among the rows leaving the risk set at t, r past the grid being 0; so r never
+        grows and is never negative), and each site's rows (its groups' r at the first grid
+        point) are at most the rows it declared (`smpc.disclosure.declared_rows`). Every such
+        value is shown to be in [0, 2**30) by the bits its party inputs (`smpc.ranges`: cheap
+        for a long grid, where a secure comparison per value is not). One bit is opened (and
+        the random challenge); a failure is refused naming no site."""
+        from smpc.disclosure import declared_rows, inputs_refusal
+        from smpc.protocol import SITE_COUNT_BITS
+        from smpc.ranges import all_in_range
+        from tessera.errors import DisclosureRefused
+
+        size, grid = self.layout.size, self.grid
+
+        def shared(values: list[int]) -> list[Any]:
+            return mpc.input(secint.array(np.array(values, dtype=object)))
+
+        site_risk = shared(job.summary.vectors["at_risk"])
+        site_events = shared(job.summary.vectors["events"])
+        declared = declared_rows(self.schema)
+        limits = mpc.input(secint(declared))
+        step = np.arange(size * grid)
+        last = step % grid == grid - 1
+        after = np.where(last, step, step + 1)
+        keep = np.where(last, 0, 1).astype(object)
+        firsts = np.arange(size) * grid
+        checks = []
+        for risk, events, limit in zip(site_risk, site_events, limits, strict=True):
+            leaving = risk - risk[after] * keep
+            spare = limit - mpc.np_sum(risk[firsts])
+            checks.append(mpc.np_concatenate((leaving - events, events, mpc.np_fromlist([spare]))))
+        # this party's own copy of the same values, for its bits (`smpc.ranges`)
+        risk = np.array(job.summary.vectors["at_risk"], dtype=np.int64)
+        events = np.array(job.summary.vectors["events"], dtype=np.int64)
+        leaving = risk - risk[after] * np.where(last, 0, 1)
+        own = np.concatenate((leaving - events, events, [declared - risk[firsts].sum()]))
+        if not await all_in_range(mpc, secint, checks, own, SITE_COUNT_BITS):
+            what = (
+                "a risk set grows, an event count is negative or exceeds the rows leaving, or "
+                "the rows exceed the row count it declared"
+            )
+            raise DisclosureRefused(inputs_refusal(self.name, what), {"rule": "inputs"})
+        return (
+            functools.reduce(operator.add, site_risk),
+            functools.reduce(operator.add, site_events),
+        )
+
     async def noisy_compute(self, mpc: Any, job: PartyJob) -> SurvivalOpened:
         """With `dp`: discrete Laplace noise on every pooled per-step event and censoring count
         (the whole grid, every group), drawn inside MPC; a group is released when its noisy
@@ -375,14 +420,7 @@ class KaplanMeier(SecureStatistic):
         bits = spec.bits + (2 * grid).bit_length() + COUNT_BITS + 2
         secint = mpc.SecInt(max(MOMENT_BITS, bits + 2))
 
-        def pooled(values: list[int]) -> Any:
-            shares = mpc.input(secint.array(np.array(values, dtype=object)))
-            return functools.reduce(operator.add, shares)
-
-        at_risk, events = (
-            pooled(job.summary.vectors["at_risk"]),
-            pooled(job.summary.vectors["events"]),
-        )
+        at_risk, events = await self.checked_inputs(mpc, secint, job)
         step = np.arange(cells)
         last = step % grid == grid - 1
         after = np.where(last, step, step + 1)

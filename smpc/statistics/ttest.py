@@ -15,6 +15,11 @@ significant bits (`smpc.rounded`) and the sign
 of t by one secure comparison; the p-value follows from t and df (Student's t, two-sided).
 Both levels constant: t is undefined and reported as null.
 
+Before anything is opened, every site's count, Σx and Σx² of every cell are checked inside MPC
+against the column's declared bounds (n·lo ≤ Σx ≤ n·hi, 0 ≤ Σx² ≤ n·max(lo², hi²): one bit
+opened, a failure refused naming no site; `smpc.protocol.SiteInputs`), and its counts against
+its declared row count (`release`).
+
 Cost: two secure comparisons per group and a constant number of rounds, independent of rows.
 Limits: |Σx²| of a party below about 7.7e25 (the fixed-point range); n below 2**30.
 
@@ -95,13 +100,21 @@ class TTest(SecureStatistic):
 
     async def compute(self, mpc: Any, job: PartyJob) -> PerGroup:
         from smpc.exact import exact_type
-        from smpc.protocol import pooled, release
+        from smpc.protocol import SiteInputs, pooled, release
         from smpc.rounded import open_rounded_ratios, ratio_field_bits
 
         threshold = self.threshold
         summary = job.summary
         groups = len(self.layout.groups)
-        _, passes = await release(mpc, self, summary.counts, threshold=max(threshold, 2))
+        # every site's n, Σx and Σx² of every cell within the column's declared bounds, decided
+        # inside MPC before anything (the release bits included) is opened
+        checked = mpc.SecInt(MOMENT_BITS + COUNT_BITS + 4)
+        site_counts = mpc.input(checked.array(np.array(summary.counts, dtype=object)))
+        cells = np.arange(len(summary.counts))
+        await SiteInputs.of(mpc, checked, self, job, cells, site_counts).check(mpc, self)
+        _, passes = await release(
+            mpc, self, summary.counts, checked, threshold=max(threshold, 2), sites=site_counts
+        )
         reported = [passes[2 * g] and passes[2 * g + 1] for g in range(groups)]
         outcome = PerGroup(threshold, [None] * groups)
         if not any(reported):

@@ -50,20 +50,23 @@ def cohort() -> list[pd.DataFrame]:
 
 
 def run_with_summaries(
-    query: dict, summaries: list, declared: list[int | None] | None = None
+    query: dict,
+    summaries: list,
+    declared: list[int | None] | None = None,
+    schema: DatasetSchema = SCHEMA,
 ) -> dict[str, Any]:
     """The real parties on given local summaries, party i declaring `declared[i]` rows."""
     from smpc.job import PartyJob
     from smpc.runner import start_parties, wait_party
     from smpc.simulation import free_ports
 
-    statistic = compile_query({"dataset": "d", **query}, SCHEMA)
+    statistic = compile_query({"dataset": "d", **query}, schema)
     declared = declared or [None] * len(summaries)
     addresses = [("127.0.0.1", port) for port in free_ports(len(summaries))]
     jobs = [
         PartyJob(
             query=statistic.query.to_json(),
-            dataset_schema=SCHEMA.model_copy(update={"rows": declared[i]}),
+            dataset_schema=schema.model_copy(update={"rows": declared[i]}),
             summary=summary,
             party_id=i,
             parties=addresses,
@@ -172,3 +175,55 @@ def test_a_negative_count_is_refused(cohort: list[pd.DataFrame]) -> None:
     with pytest.raises(DisclosureRefused, match="negative") as refused:
         run_with_summaries(query, summaries)
     assert_names_no_site(refused)
+
+
+@pytest.mark.parametrize(
+    ("moment", "change"),
+    [
+        # a level's Σx raised by 10⁵ kg: a mean weight far beyond the declared 120
+        ("sum", 10**5 << FRAC_BITS),
+        # a level's Σx² made negative: a negative variance would move t
+        ("sumsq", -(10**6 << FRAC_BITS)),
+    ],
+)
+def test_a_node_feeding_ttest_sums_outside_the_declared_bounds_is_refused(
+    cohort: list[pd.DataFrame], moment: str, change: int
+) -> None:
+    """The t-test's sums are checked against the column's declared bounds inside MPC, before
+    the release bits are opened, as the cell statistics' are."""
+    query = {"statistic": "ttest", "column": "weight", "group": "sex"}
+    summaries = summaries_of(query, cohort)
+    assert run_with_summaries(query, summaries)["statistic"] is not None  # honest: runs
+    summaries[2].moments[moment][1] += change
+    with pytest.raises(DisclosureRefused, match="declared bounds") as refused:
+        run_with_summaries(query, summaries)
+    assert_names_no_site(refused)
+
+
+def test_a_node_feeding_inconsistent_survival_counts_is_refused() -> None:
+    """A Kaplan–Meier site's risk set must never grow and its events must be among the rows
+    leaving it: a node that adds deaths (to pull the pooled curve down) or lifts a late risk
+    set is refused inside MPC before any count or bit is opened."""
+    schema = DatasetSchema.model_validate(
+        {
+            "columns": [
+                {"name": "days", "type": "integer", "min": 0, "max": 30},
+                {"name": "died", "type": "boolean"},
+            ]
+        }
+    )
+    rng = np.random.default_rng(3)
+    frames = [
+        pd.DataFrame({"days": rng.integers(0, 31, rows), "died": rng.random(rows) < 0.4})
+        for rows in (80, 60, 50)
+    ]
+    query = {"statistic": "kaplan_meier", "time": "days", "event": "died"}
+    compiled = compile_query({"dataset": "d", **query}, schema)
+    honest = [compiled.local_summary(frame) for frame in frames]
+    for tamper in ("events", "at_risk"):
+        summaries = [s.model_copy(deep=True) for s in honest]
+        summaries[1].vectors[tamper][20] += 10  # 10 more deaths, or 10 more at risk, at day 20
+        with pytest.raises(DisclosureRefused, match="risk set") as refused:
+            run_with_summaries(query, summaries, schema=schema)
+        assert_names_no_site(refused)
+    assert run_with_summaries(query, honest, schema=schema)["n"] == 190  # honest: runs
