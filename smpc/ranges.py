@@ -33,11 +33,15 @@ COEFFICIENT_BITS = 62
 
 
 def bit_matrix(values: np.ndarray, bits: int) -> np.ndarray:
-    """The bits of non-negative integers below 2**bits (rows: values, columns: bit j)."""
-    values = np.asarray(values, dtype=np.int64)
-    if values.size and (values.min() < 0 or values.max() >= 1 << bits):
+    """The bits of non-negative integers below 2**bits (rows: values, columns: bit j); any
+    integer width (Python integers in an object array beyond 63 bits)."""
+    numbers = [int(v) for v in np.asarray(values).ravel()]
+    if any(v < 0 or v >> bits for v in numbers):
         raise ValueError(f"a value outside [0, 2**{bits}) cannot be decomposed")
-    return (values[:, None] >> np.arange(bits, dtype=np.int64)) & 1
+    if bits <= 62:
+        small = np.array(numbers, dtype=np.int64).reshape(-1, 1)
+        return (small >> np.arange(bits, dtype=np.int64)) & 1
+    return np.array([[(v >> j) & 1 for j in range(bits)] for v in numbers], dtype=np.int64)
 
 
 async def all_in_range(
@@ -50,8 +54,8 @@ async def all_in_range(
     size = len(own)
     if size == 0:
         return True
-    honest = np.clip(np.asarray(own, dtype=np.int64), 0, (1 << bits) - 1) == np.asarray(own)
-    local = bit_matrix(np.where(honest, own, 0), bits).ravel().astype(object)
+    fitting = [v if 0 <= v < 1 << bits else 0 for v in (int(x) for x in np.asarray(own))]
+    local = bit_matrix(np.array(fitting, dtype=object), bits).ravel().astype(object)
     site_bits = mpc.input(secint.array(local))
     rho = int(await mpc.output(mpc._random(secint)))
     rng = np.random.default_rng(rho % (1 << 128))

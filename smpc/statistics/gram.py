@@ -414,7 +414,7 @@ class GramStatistic(SecureStatistic):
         site_counts = shared(summary.counts)
         site_grams = shared(summary.vectors["gram"])
         site_corners = shared(summary.vectors["corners"]) if self.cell_key else []
-        await self.check_inputs(mpc, site_counts, site_grams, site_corners)
+        await self.check_inputs(mpc, job, site_counts, site_grams, site_corners)
         counts, released = await release(mpc, self, summary.counts, checked, sites=site_counts)
         shown = [g for g in range(size) if released[g]]
         outcomes = [GroupOutcome(None) for _ in range(size)]
@@ -522,20 +522,10 @@ class GramStatistic(SecureStatistic):
         width = max([1, *(limit.width for limit in self.limits)])
         return FRAC_BITS + MAX_ROWS.bit_length() + 2 * width + 3
 
-    async def check_inputs(
-        self,
-        mpc: Any,
-        site_counts: list[Any],
-        site_grams: list[Any],
-        site_corners: list[Any] | None = None,
-    ) -> None:
-        """Every site's Gram entries within the declared bounds, per group, decided inside MPC
-        before anything is opened: its constant entry is its n (scaled 2**40), and for each
-        term with declared bounds [lo, hi] (a 0/1 term: [0, 1]) n·lo ≤ Σx ≤ n·hi and
-        0 ≤ Σx² ≤ n·max(lo², hi²), the bounds padded per row for rounding (`entry_limits`);
-        with the cell key, a bounded term's smallest and largest value (scaled 2**8) are within
-        its bounds. One vectorised comparison; one bit is opened; a failure is refused naming
-        no site."""
+    def input_checks(self, n: Any, gram: Any, corners: Any = None) -> list[Any]:
+        """One site's checked values, each ≥ 0 when its inputs are within the declared bounds
+        (`check_inputs`); the same arithmetic on secure arrays (every site's) or on numpy
+        object arrays (this party's own copy, for its bits)."""
         size, width = len(self.layout.groups), triangle_size(len(self.names))
         limits = self.limits
         starts = np.repeat(np.arange(size) * width, len(limits))
@@ -546,26 +536,57 @@ class GramStatistic(SecureStatistic):
         def public(values: list[int]) -> np.ndarray:
             return np.array(values * size, dtype=object)
 
-        low, high = public([lim.low for lim in limits]), public([lim.high for lim in limits])
-        square = public([lim.square for lim in limits])
-        checks = []
-        for n, gram in zip(site_counts, site_grams, strict=True):
-            constant = gram[np.arange(size) * width]
-            checks += [constant - n * SCALE + 1, n * SCALE - constant + 1]
-            if limits:
-                s, q, rows = gram[sums], gram[squares], n[groups]
-                checks += [s - rows * low + 1, rows * high - s + 1, q + 1, rows * square - q + 1]
-        terms = len(self.names) - 1
-        if limits and site_corners:
+        constant = gram[np.arange(size) * width]
+        checks = [constant - n * SCALE + 1, n * SCALE - constant + 1]
+        if limits:
+            low, high = public([lim.low for lim in limits]), public([lim.high for lim in limits])
+            square = public([lim.square for lim in limits])
+            s, q, rows = gram[sums], gram[squares], n[groups]
+            checks += [s - rows * low + 1, rows * high - s + 1, q + 1, rows * square - q + 1]
+        if limits and corners is not None:
+            terms = len(self.names) - 1
             at = np.tile([2 * (limit.term - 1) for limit in limits], size)
             at = (at + np.repeat(np.arange(size) * 2 * terms, len(limits))).astype(np.int64)
             lowest = public([limit.lowest for limit in limits])
             highest = public([limit.highest for limit in limits])
-            for corners in site_corners:
-                for side in (corners[at], corners[at + 1]):
-                    checks += [side - lowest + 1, highest - side + 1]
-        below = mpc.np_sgn(mpc.np_concatenate(checks), l=self.check_bits(), LT=True)
-        if not await mpc.is_zero_public(mpc.np_sum(below)):
+            for side in (corners[at], corners[at + 1]):
+                checks += [side - lowest + 1, highest - side + 1]
+        return checks
+
+    async def check_inputs(
+        self,
+        mpc: Any,
+        job: PartyJob,
+        site_counts: list[Any],
+        site_grams: list[Any],
+        site_corners: list[Any] | None = None,
+    ) -> None:
+        """Every site's Gram entries within the declared bounds, per group, decided inside MPC
+        before anything is opened: its constant entry is its n (scaled 2**40), and for each
+        term with declared bounds [lo, hi] (a 0/1 term: [0, 1]) n·lo ≤ Σx ≤ n·hi and
+        0 ≤ Σx² ≤ n·max(lo², hi²), the bounds padded per row for rounding (`entry_limits`);
+        with the cell key, a bounded term's smallest and largest value (scaled 2**8) are within
+        its bounds. Each checked value is shown to be in [0, 2**check_bits) by the bits its
+        site inputs (`smpc.ranges`); the challenge and one bit are opened; a failure is refused
+        naming no site."""
+        from smpc.ranges import all_in_range
+
+        summary = job.summary
+        own = np.concatenate(
+            self.input_checks(
+                np.array(summary.counts, dtype=object),
+                np.array(summary.vectors["gram"], dtype=object),
+                np.array(summary.vectors["corners"], dtype=object) if site_corners else None,
+            )
+        )
+        checks = [
+            mpc.np_concatenate(self.input_checks(n, gram, corners))
+            for n, gram, corners in zip(
+                site_counts, site_grams, site_corners or [None] * len(site_counts), strict=True
+            )
+        ]
+        passed = await all_in_range(mpc, type(checks[0]).sectype, checks, own, self.check_bits())
+        if not passed:
             raise DisclosureRefused(
                 f"{self.name}: a site's inputs break the declared bounds of the design's columns "
                 "(its Gram matrix checked inside MPC against every site's declared bounds "
