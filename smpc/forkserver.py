@@ -130,13 +130,22 @@ class Zygote:
         err_r, err_w = os.pipe()
         try:
             with self._lock:
-                alive = self._process is not None and self._process.poll() is None
-                sock = self._socket if alive and self._socket is not None else self._start()
-                socket.send_fds(sock, [b"spawn"], [job_r, out_w, err_w])
-                (pid,) = _PID.unpack(_receive(sock, _PID.size))
+                pid = None
+                for attempt in range(2):  # a zygote that died is started again, once
+                    alive = self._process is not None and self._process.poll() is None
+                    sock = self._socket if alive and self._socket is not None else self._start()
+                    try:
+                        socket.send_fds(sock, [b"spawn"], [job_r, out_w, err_w])
+                        (pid,) = _PID.unpack(_receive(sock, _PID.size))
+                        break
+                    except OSError:  # ConnectionError included
+                        self._process = None if attempt == 0 else self._process
+                        if attempt:
+                            raise
         finally:
             for fd in (job_r, out_w, err_w):
                 os.close(fd)
+        assert pid is not None
         return ForkedParty(pid, os.fdopen(job_w, "w", encoding="utf-8"), out_r, err_r)
 
     def close(self) -> None:

@@ -32,6 +32,15 @@ def alive(pid: int) -> bool:
     return True
 
 
+def gone(pid: int, within: float = 15.0) -> bool:
+    """Whether the process ends within `within` seconds (a killed child is reaped by the
+    kernel a moment after its pipes close)."""
+    deadline = time.monotonic() + within
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not alive(pid)
+
+
 def test_a_forked_party_answers_a_bad_job_with_an_error_line_and_exits() -> None:
     zygote = Zygote()
     try:
@@ -53,7 +62,8 @@ def test_a_waiting_forked_party_can_be_killed() -> None:
         assert party.poll() is None
         party.kill()
         party.communicate(timeout=10)  # its pipes close when it dies
-        assert party.returncode == 1 and not alive(party.pid)
+        assert party.returncode == 1
+        assert gone(party.pid)
     finally:
         zygote.close()
 
@@ -76,10 +86,7 @@ def test_the_zygote_and_its_parties_end_with_the_launcher() -> None:
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     zygote_pid, party_pid = (int(v) for v in run.stdout.split())
-    deadline = time.monotonic() + 15
-    while (alive(zygote_pid) or alive(party_pid)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not alive(zygote_pid) and not alive(party_pid)
+    assert gone(zygote_pid) and gone(party_pid)
 
 
 def test_forked_and_spawned_parties_give_the_same_result(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -88,3 +95,19 @@ def test_forked_and_spawned_parties_give_the_same_result(monkeypatch: pytest.Mon
     monkeypatch.setenv("TESSERA_PARTY_LAUNCH", "spawn")
     assert not forking()
     assert simulate(QUERY, frames()) == forked
+
+
+def test_a_zygote_that_died_is_started_again() -> None:
+    zygote = Zygote()
+    try:
+        zygote.spawn().kill()
+        assert zygote._process is not None
+        zygote._process.kill()
+        zygote._process.wait()
+        party = zygote.spawn()
+        assert party.stdin is not None
+        party.stdin.write("not a job")
+        out, _ = party.communicate(timeout=30)
+        assert "invalid_request" in out
+    finally:
+        zygote.close()
