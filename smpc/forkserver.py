@@ -109,6 +109,8 @@ class Zygote:
         self._process: subprocess.Popen[bytes] | None = None
 
     def _start(self) -> socket.socket:
+        if self._socket is not None:  # a dead zygote's end
+            self._socket.close()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         # no parent-death signal here: on Linux it follows the *thread* that started the
         # zygote, which may end long before the launcher does. The zygote ends instead when
@@ -139,9 +141,9 @@ class Zygote:
                         (pid,) = _PID.unpack(_receive(sock, _PID.size))
                         break
                     except OSError:  # ConnectionError included
-                        self._process = None if attempt == 0 else self._process
                         if attempt:
                             raise
+                        self._process = None  # start a fresh zygote on the next attempt
         finally:
             for fd in (job_r, out_w, err_w):
                 os.close(fd)

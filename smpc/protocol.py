@@ -417,15 +417,20 @@ def plain_release(summaries: list[Any], rules: Any, cell: int) -> tuple[bool, in
     return n >= rules.threshold and per_site, n
 
 
-def plain_cell_perturbation(summaries: list[Any], size: int, cells: list[int]) -> tuple[int, ...]:
-    """`cell_perturbation` in plaintext for the cells taken together (one cell, or all of
-    them for the total n): (p, u_a, u_b)."""
+def plain_cell_keys(summaries: list[Any], size: int, cells: list[int]) -> tuple[int, int]:
+    """The pooled key sums (A, B) of the cells taken together, modulo 2²⁴, in plaintext."""
     mask = (1 << KEY_FIELD_BITS) - 1
     a, b = (
         sum(s.vectors["keys"][field * size + c] for s in summaries for c in cells) & mask
         for field in (0, 1)
     )
-    return plain_perturbation(a, b)
+    return a, b
+
+
+def plain_cell_perturbation(summaries: list[Any], size: int, cells: list[int]) -> tuple[int, ...]:
+    """`cell_perturbation` in plaintext for the cells taken together (one cell, or all of
+    them for the total n): (p, u_a, u_b)."""
+    return plain_perturbation(*plain_cell_keys(summaries, size, cells))
 
 
 def plain_cells(statistic: SecureStatistic, summaries: list[Any], rules: Any) -> Opened:

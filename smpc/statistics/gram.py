@@ -303,17 +303,8 @@ class GramStatistic(SecureStatistic):
             vectors["indicators"] = indicator_counts(data, groups, size, self.indicators)
         if self.cell_key:
             vectors["keys"] = key_sums(keys, groups, size)
-            vectors["corners"] = self.corners(z[:, 1:], groups, size)
+            vectors["corners"] = self.corners(z[:, 1:][:, self.free_terms], groups, size)
         return LocalSummary(counts=[int(c) for c in counts], vectors=vectors)
-
-    @cached_property
-    def empty_corners(self) -> list[tuple[int, int]]:
-        """Per term, what a site without rows in a group inputs as its (min, max): values that
-        lose every secure min and max (within the declared bounds, where declared)."""
-        out = [(1 << CORNER_LIMIT_BITS, -(1 << CORNER_LIMIT_BITS))] * len(self.terms)
-        for limit in self.limits:
-            out[limit.term - 1] = (limit.highest, limit.lowest)
-        return out
 
     @cached_property
     def corner_bounds(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -327,19 +318,27 @@ class GramStatistic(SecureStatistic):
             keep[j], low[j], high[j] = 0, limit.lowest, limit.highest
         return keep, low, high
 
+    @cached_property
+    def free_terms(self) -> np.ndarray:
+        """The terms without declared bounds: their corners are the group's own extremes."""
+        return np.flatnonzero(self.corner_bounds[0])
+
     def corners(self, z: np.ndarray, groups: np.ndarray, size: int) -> list[int]:
-        """Per group and term, this site's smallest and largest value (scaled 2**8, rounded
-        outwards): the cell-key pseudo-row's corners (`pseudo_rows`)."""
+        """Per group and term of `z` (the terms without declared bounds), this site's smallest
+        and largest value (scaled 2**8, rounded outwards): the pseudo-row's corners
+        (`pseudo_rows`). A site without rows in a group inputs ±2**33, which loses every
+        secure min and max."""
+        empty = [1 << CORNER_LIMIT_BITS, -(1 << CORNER_LIMIT_BITS)]
         out: list[int] = []
         for g in range(size):
             rows = z[groups == g]
-            for j, (empty_low, empty_high) in enumerate(self.empty_corners):
+            for j in range(z.shape[1]):
                 if len(rows):
                     low = int(np.floor(np.ldexp(rows[:, j].min(), LARGEST_SCALE_BITS)))
                     high = int(np.ceil(np.ldexp(rows[:, j].max(), LARGEST_SCALE_BITS)))
                     out += [low, high]
                 else:
-                    out += [empty_low, empty_high]
+                    out += empty
         return out
 
     def keyed_selection(
@@ -413,8 +412,10 @@ class GramStatistic(SecureStatistic):
 
         site_counts = shared(summary.counts)
         site_grams = shared(summary.vectors["gram"])
-        site_corners = shared(summary.vectors["corners"]) if self.cell_key else []
-        await self.check_inputs(mpc, job, site_counts, site_grams, site_corners)
+        # the corners of the terms without declared bounds (the others' are public)
+        free = self.cell_key and len(self.free_terms) > 0
+        site_corners = shared(summary.vectors["corners"]) if free else []
+        await self.check_inputs(mpc, job, site_counts, site_grams)
         counts, released = await release(mpc, self, summary.counts, checked, sites=site_counts)
         shown = [g for g in range(size) if released[g]]
         outcomes = [GroupOutcome(None) for _ in range(size)]
@@ -443,7 +444,7 @@ class GramStatistic(SecureStatistic):
         gram = pooled(mpc, stype, job.summary.vectors["gram"])
         extra: dict[int, PseudoRow] = {}
         if shift is not None:
-            extra = await self.pseudo_rows(mpc, stype, site_corners, shift, shown, solved)
+            extra = await self.pseudo_rows(mpc, stype, checked, site_corners, shift, shown, solved)
         for g in solved:
             matrix = gram[g * width : (g + 1) * width][index].reshape(k, k)
             compare = None if small is None else small[g]
@@ -461,18 +462,18 @@ class GramStatistic(SecureStatistic):
         self,
         mpc: Any,
         stype: Any,
+        secint: Any,
         site_corners: list[Any],
         shift: Perturbation,
         shown: list[int],
         solved: list[int],
     ) -> dict[int, PseudoRow]:
         """Per solved group, the cell-key pseudo-row w·z̃z̃ᵀ (`smpc.cellkey`) on the Gram
-        matrix's scale 2**40, in the exact field. z̃ = (1, c₁, …): cⱼ the group's smallest or
-        largest zⱼ (a secure minimum and maximum over the sites, scaled 2**8), which one by the
-        column's corner bit of key B;
-        w = ω·m / 2**16 (ω = 2W + 1 from key A, m the policy's magnitude in 1/256: w is
-        uniform on (0, 2·magnitude)). A term with declared bounds takes them as its corners.
-        Opens only masked values (`convert`)."""
+        matrix's scale 2**40, in the exact field. z̃ = (1, c₁, …): cⱼ the low or high corner
+        of term j, by its corner bit of key B: the declared bounds, or for a term without them
+        the group's smallest and largest zⱼ (a secure minimum and maximum over the sites,
+        scaled 2**8); w = ω·m / 2**16 (ω = 2W + 1 from key A, m the policy's magnitude in
+        1/256: w is uniform on (0, 2·magnitude)). Opens only masked values (`convert`)."""
         from smpc.protocol import secure_max, secure_min
         from smpc.rounded import convert
 
@@ -480,17 +481,17 @@ class GramStatistic(SecureStatistic):
         k = len(self.names)
         terms = k - 1
         at = np.array([shown.index(g) for g in solved])
-        low_at = np.array([2 * (g * terms + j) for g in solved for j in range(terms)])
         # a term with declared bounds takes them as its corners (public, no comparison), the
         # others the group's own extremes (secure minimum and maximum over the sites)
         keep, bound_low, bound_high = (np.tile(v, len(solved)) for v in self.corner_bounds)
-        secint = type(site_corners[0]).sectype
         low, high = secint.array(bound_low.copy()), secint.array(bound_high.copy())
         free = np.flatnonzero(keep)
         if free.size:
             bits = self.corner_bits()
-            lows = [s[low_at[free]] for s in site_corners]
-            highs = [s[low_at[free] + 1] for s in site_corners]
+            width = len(self.free_terms)
+            low_at = np.array([2 * (g * width + f) for g in solved for f in range(width)])
+            lows = [s[low_at] for s in site_corners]
+            highs = [s[low_at + 1] for s in site_corners]
             low = mpc.np_update(
                 low, free, functools.reduce(lambda x, y: secure_min(mpc, x, y, bits), lows)
             )
@@ -509,8 +510,14 @@ class GramStatistic(SecureStatistic):
         moved = await convert(
             mpc, mpc.np_hstack((weighted, row)) + offsets, stype, width + 10
         ) - stype.array(offsets)
-        factor = scale_factor(self.rules.magnitude) << (FRAC_BITS - 2 * LARGEST_SCALE_BITS - 16)
+        factor = self.pseudo_row_factor()
         return {g: PseudoRow(moved[i, :k] * factor, moved[i, k:]) for i, g in enumerate(solved)}
+
+    def pseudo_row_factor(self) -> int:
+        """w·z̃ᵢz̃ⱼ on the Gram matrix's scale 2**40 is ω·z̃ᵢ·z̃ⱼ times this (w = ω·m/2**16 with
+        m the magnitude in 1/256, each z̃ scaled 2**8)."""
+        assert self.rules is not None
+        return scale_factor(self.rules.magnitude) << (FRAC_BITS - 2 * LARGEST_SCALE_BITS - 16)
 
     @cached_property
     def limits(self) -> list[EntryLimit]:
@@ -522,7 +529,7 @@ class GramStatistic(SecureStatistic):
         width = max([1, *(limit.width for limit in self.limits)])
         return FRAC_BITS + MAX_ROWS.bit_length() + 2 * width + 3
 
-    def input_checks(self, n: Any, gram: Any, corners: Any = None) -> list[Any]:
+    def input_checks(self, n: Any, gram: Any) -> list[Any]:
         """One site's checked values, each ≥ 0 when its inputs are within the declared bounds
         (`check_inputs`); the same arithmetic on secure arrays (every site's) or on numpy
         object arrays (this party's own copy, for its bits)."""
@@ -543,14 +550,6 @@ class GramStatistic(SecureStatistic):
             square = public([lim.square for lim in limits])
             s, q, rows = gram[sums], gram[squares], n[groups]
             checks += [s - rows * low + 1, rows * high - s + 1, q + 1, rows * square - q + 1]
-        if limits and corners is not None:
-            terms = len(self.names) - 1
-            at = np.tile([2 * (limit.term - 1) for limit in limits], size)
-            at = (at + np.repeat(np.arange(size) * 2 * terms, len(limits))).astype(np.int64)
-            lowest = public([limit.lowest for limit in limits])
-            highest = public([limit.highest for limit in limits])
-            for side in (corners[at], corners[at + 1]):
-                checks += [side - lowest + 1, highest - side + 1]
         return checks
 
     async def check_inputs(
@@ -559,14 +558,12 @@ class GramStatistic(SecureStatistic):
         job: PartyJob,
         site_counts: list[Any],
         site_grams: list[Any],
-        site_corners: list[Any] | None = None,
     ) -> None:
         """Every site's Gram entries within the declared bounds, per group, decided inside MPC
         before anything is opened: its constant entry is its n (scaled 2**40), and for each
         term with declared bounds [lo, hi] (a 0/1 term: [0, 1]) n·lo ≤ Σx ≤ n·hi and
-        0 ≤ Σx² ≤ n·max(lo², hi²), the bounds padded per row for rounding (`entry_limits`);
-        with the cell key, a bounded term's smallest and largest value (scaled 2**8) are within
-        its bounds. Each checked value is shown to be in [0, 2**check_bits) by the bits its
+        0 ≤ Σx² ≤ n·max(lo², hi²), the bounds padded per row for rounding (`entry_limits`).
+        Each checked value is shown to be in [0, 2**check_bits) by the bits its
         site inputs (`smpc.ranges`); the challenge and one bit are opened; a failure is refused
         naming no site."""
         from smpc.ranges import all_in_range
@@ -576,14 +573,11 @@ class GramStatistic(SecureStatistic):
             self.input_checks(
                 np.array(summary.counts, dtype=object),
                 np.array(summary.vectors["gram"], dtype=object),
-                np.array(summary.vectors["corners"], dtype=object) if site_corners else None,
             )
         )
         checks = [
-            mpc.np_concatenate(self.input_checks(n, gram, corners))
-            for n, gram, corners in zip(
-                site_counts, site_grams, site_corners or [None] * len(site_counts), strict=True
-            )
+            mpc.np_concatenate(self.input_checks(n, gram))
+            for n, gram in zip(site_counts, site_grams, strict=True)
         ]
         passed = await all_in_range(mpc, type(checks[0]).sectype, checks, own, self.check_bits())
         if not passed:
@@ -859,26 +853,26 @@ class GramStatistic(SecureStatistic):
     def plain_gram(self, summaries: list[LocalSummary], g: int) -> list[list[Fraction]]:
         """Group g's pooled Gram matrix plus its cell-key pseudo-row (`pseudo_rows`), in value
         units, exactly."""
-        from smpc.cellkey import KEY_FIELD_BITS, plain_model_shift
+        from smpc.cellkey import plain_model_shift
+        from smpc.protocol import plain_cell_keys
 
         assert self.rules is not None
         k = len(self.names)
-        width, terms, size = triangle_size(k), k - 1, len(self.layout.groups)
+        width, size = triangle_size(k), len(self.layout.groups)
         index = symmetric_index(k)
         total = [sum(s.vectors["gram"][g * width + e] for s in summaries) for e in range(width)]
-        mask = (1 << KEY_FIELD_BITS) - 1
-        key_a, key_b = (
-            sum(s.vectors["keys"][f * size + g] for s in summaries) & mask for f in (0, 1)
-        )
-        omega, signs = plain_model_shift(key_a, key_b)
+        omega, signs = plain_model_shift(*plain_cell_keys(summaries, size, [g]))
+        _, bound_low, bound_high = self.corner_bounds
+        low, high = list(bound_low), list(bound_high)
+        free = len(self.free_terms)
+        for f, j in enumerate(self.free_terms):
+            at = 2 * (g * free + f)
+            low[j] = min(s.vectors["corners"][at] for s in summaries)
+            high[j] = max(s.vectors["corners"][at + 1] for s in summaries)
         row = [1 << LARGEST_SCALE_BITS]
-        keep, bound_low, bound_high = self.corner_bounds
         for j, term in enumerate(self.terms):
-            at = 2 * (g * terms + j)
-            low = min(s.vectors["corners"][at] for s in summaries) * keep[j] + bound_low[j]
-            high = max(s.vectors["corners"][at + 1] for s in summaries) * keep[j] + bound_high[j]
-            row.append(low if signs[sign_slot(term.name)] else high)
-        factor = scale_factor(self.rules.magnitude) << (FRAC_BITS - 2 * LARGEST_SCALE_BITS - 16)
+            row.append(low[j] if signs[sign_slot(term.name)] else high[j])
+        factor = self.pseudo_row_factor()
         return [
             [
                 Fraction(total[index[i, j]] + omega * row[i] * row[j] * factor, SCALE)

@@ -395,7 +395,7 @@ class KaplanMeier(SecureStatistic):
         # this party's own copy of the same values, for its bits (`smpc.ranges`)
         risk = np.array(job.summary.vectors["at_risk"], dtype=np.int64)
         events = np.array(job.summary.vectors["events"], dtype=np.int64)
-        leaving = risk - risk[after] * np.where(last, 0, 1)
+        leaving = risk - risk[after] * keep
         own = np.concatenate((leaving - events, events, [declared - risk[firsts].sum()]))
         if not await all_in_range(mpc, secint, checks, own, SITE_COUNT_BITS):
             what = (

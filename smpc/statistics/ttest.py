@@ -33,6 +33,8 @@ max(5, min_count); which groups are not reported (a level below max(min_count, 2
 
 from __future__ import annotations
 
+import functools
+import operator
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -107,13 +109,15 @@ class TTest(SecureStatistic):
         summary = job.summary
         groups = len(self.layout.groups)
         # every site's n, Σx and Σx² of every cell within the column's declared bounds, decided
-        # inside MPC before anything (the release bits included) is opened
-        checked = mpc.SecInt(MOMENT_BITS + COUNT_BITS + 4)
-        site_counts = mpc.input(checked.array(np.array(summary.counts, dtype=object)))
+        # inside MPC before anything (the release bits included) is opened; the same shares,
+        # pooled, then give the sign of t (cheap comparisons in this small field)
+        small = mpc.SecInt(SUM_BITS + COUNT_BITS + 2)
+        site_counts = mpc.input(small.array(np.array(summary.counts, dtype=object)))
         cells = np.arange(len(summary.counts))
-        await SiteInputs.of(mpc, checked, self, job, cells, site_counts).check(mpc, self)
+        inputs = SiteInputs.of(mpc, small, self, job, cells, site_counts)
+        await inputs.check(mpc, self)
         _, passes = await release(
-            mpc, self, summary.counts, checked, threshold=max(threshold, 2), sites=site_counts
+            mpc, self, summary.counts, small, threshold=max(threshold, 2), sites=site_counts
         )
         reported = [passes[2 * g] and passes[2 * g + 1] for g in range(groups)]
         outcome = PerGroup(threshold, [None] * groups)
@@ -125,11 +129,10 @@ class TTest(SecureStatistic):
         df_bits = 2 * (2 * a_bits + 2 * d_bits + 2) + 2 * COUNT_BITS + 4
         ratio_bits = df_bits // 2 + 2 * COUNT_BITS  # any numerator or denominator below
         stype = exact_type(mpc, ratio_field_bits(ratio_bits))
-        small = mpc.SecInt(s_bits + COUNT_BITS + 2)  # for the sign of t: cheap comparisons
         shown = np.array([g for g in range(groups) if reported[g]])
         a, b = 2 * shown, 2 * shown + 1
-        n_small = pooled(mpc, small, summary.counts)
-        s_small = pooled(mpc, small, summary.moments["sum"])
+        n_small = functools.reduce(operator.add, site_counts)
+        s_small = inputs.pooled("sum")
         sign_of = s_small[a] * n_small[b] - s_small[b] * n_small[a]
         signs = await mpc.output(mpc.np_sgn(sign_of))
         n = pooled(mpc, stype, summary.counts)
