@@ -79,6 +79,9 @@ def _preload() -> None:
 
     import smpc.protocol
     import smpc.statistics  # noqa: F401
+    from smpc.mpyc_speedups import install
+
+    install()
 
 
 def _timed_out(job: Any, _: BaseException) -> int:

@@ -20,17 +20,18 @@ How, inside MPC (all vectorised over the pairs; a denominator shared by several 
 handled once):
 
 1. den = 0 is decided by one masked opening (the output is then None; nothing else opened);
-2. each den is normalised: its bits (`_decompose`), the first set bit (`_leading`) and
-   2**i with den·2**i in [2**(N−1), 2**N) (`_power_of_two`); N is the public bit bound;
+2. each den is normalised: its bits (`_decompose`), the first set bit one-hot (`_leading`),
+   moved to the big field (`convert`), gives 2**i with den·2**i in [2**(N−1), 2**N); N is
+   the public bit bound;
 3. a reciprocal w ≈ 2**(2P) / top of its top P = 122 bits (`shifted`, then six Newton steps
    from 2.9142 − 2b on [1/2, 1]: relative error 5e-69 before rounding);
 4. the quotient y' ≈ (num/den + 2**40)·2**64 (nonnegative in range) from the lifted numerator's
    top bits times w, within t + 2 units (`shifted` errs by less than t + 1);
 5. a range test, opened as one bit per ratio: ⌊y' / 2**105⌋ (approximately) in {0, …, t + 2},
    as a masked zero test of a product;
-6. in range, y' moves to a small field (`convert`): its sign, |y| + (t + 4) (a bias larger than
-   the error, so a value on the grid rounds to itself), that magnitude's leading bit, and its
-   top 25 bits by an exact floor (`floor_shift`) are computed there and opened: sign,
+6. in range, y' moves to a small field (`convert`): its sign, the bits of |y| + (t + 4) (a
+   bias larger than the error, so a value on the grid rounds to itself), that magnitude's
+   leading bit, and its top 25 bits (`rounded_units`) are computed there and opened: sign,
    mantissa and the shift.
 
 Randomness and bit-level work. MPyC's own random bits take a modular square root per bit
@@ -242,16 +243,16 @@ def _prefix_or(mpc: Any, bits: Any) -> Any:
 
 def _leading(mpc: Any, bits: Any) -> tuple[Any, Any]:
     """For bit vectors (least significant first) of length N: the leading zeros i (N for 0)
-    and 2**i (0 for 0). From the prefix OR o_j of the bits from the top down (`_prefix_or`),
-    both are linear: i = Σ_j (1 − o_j) and 2**i = Σ_j (o_j − o_(j−1))·2**j."""
+    and the one-hot vector of the leading one (at position N − 1 − i; all zeros for 0). From
+    the prefix OR o_j of the bits from the top down (`_prefix_or`), both are linear:
+    i = Σ_j (1 − o_j) and the one-hot's top-down entries o_j − o_(j−1)."""
     stype = type(bits).sectype
     width = bits.shape[-1]
     prefix = _prefix_or(mpc, np.flip(bits, axis=-1))  # from the top
     zero = stype.array(np.zeros((*prefix.shape[:-1], 1), dtype=object))
     before = mpc.np_concatenate((zero, prefix[..., :-1]), axis=-1)
-    powers = np.array([1 << j for j in range(width)], dtype=object)
     index = width - prefix.sum(axis=-1)
-    return index, ((prefix - before) * powers).sum(axis=-1)  # one-hot at the leading one
+    return index, np.flip(prefix - before, axis=-1)
 
 
 def _product_zero_candidates(values: Any, top: int) -> Any:
@@ -329,17 +330,27 @@ async def _decompose(mpc: Any, x: Any, bits: int, small: Any) -> Any:
     return p + carries - p * carries * 2
 
 
-async def _power_of_two(mpc: Any, exponent: Any, big: Any, bits: int) -> Any:
-    """2**e in the big field for a secret 0 ≤ e < 2**bits of the small one: e's bits, moved to
-    the big field, select the factors 2**(2**k) of a product tree."""
-    e_bits = await to_bits(mpc, exponent, bits)
-    moved = await convert(mpc, e_bits.reshape(-1), big, 1)
-    moved = moved.reshape(exponent.shape[0], bits)
-    factors = [1 + moved[:, k] * ((1 << (1 << k)) - 1) for k in range(bits)]
-    while len(factors) > 1:
-        pairs = [factors[j] * factors[j + 1] for j in range(0, len(factors) - 1, 2)]
-        factors = pairs + ([factors[-1]] if len(factors) % 2 else [])
-    return factors[0]
+async def _power_of_two(mpc: Any, one_hot: Any, big: Any) -> Any:
+    """2**i in the big field from the one-hot vector (small field, rows × N) of a leading bit
+    at position N − 1 − i. With i = c·a + b (c ≈ √N), the one-hot vectors of a and of b are
+    sums of the given one's entries (linear); only those ≈ 2√N bits are moved to the big
+    field (`convert`), where 2**i = (Σ_a [a]·2**(c·a))·(Σ_b [b]·2**b): one multiplication."""
+    rows, width = one_hot.shape
+    chunk = math.isqrt(width - 1) + 1
+    spans = -(-width // chunk)
+    index = np.array([width - 1 - j for j in range(width)])  # i at each position
+    high = np.zeros((width, spans), dtype=object)
+    low = np.zeros((width, chunk), dtype=object)
+    high[np.arange(width), index // chunk] = 1
+    low[np.arange(width), index % chunk] = 1
+    parts = mpc.np_hstack((one_hot @ high, one_hot @ low))
+    moved = await convert(mpc, parts.reshape(-1), big, 1)
+    moved = moved.reshape(rows, spans + chunk)
+    high_powers = np.array([1 << (chunk * a) for a in range(spans)], dtype=object)
+    low_powers = np.array([1 << b for b in range(chunk)], dtype=object)
+    return (moved[:, :spans] * high_powers).sum(axis=-1) * (moved[:, spans:] * low_powers).sum(
+        axis=-1
+    )
 
 
 async def _scaled_denominators(
@@ -349,8 +360,8 @@ async def _scaled_denominators(
     approximate reciprocal w ≈ 2**(2P) / top with top ≈ den·2**i / 2**(N−P) in [2**(P−1),
     2**P] (`shifted`, then Newton: w ← w·(2 − w·b) from 2.9142 − 2b on b ∈ [1/2, 1])."""
     big = type(denominators).sectype
-    leading, _ = _leading(mpc, await _decompose(mpc, denominators, bits, small))
-    scale = await _power_of_two(mpc, leading, big, bits.bit_length())
+    _, one_hot = _leading(mpc, await _decompose(mpc, denominators, bits, small))
+    scale = await _power_of_two(mpc, one_hot, big)
     p = PRECISION_BITS
     top = await shifted(mpc, denominators * scale, bits - p, bits + 1)
     w = int(NEWTON_START * (1 << p)) - top * 2
@@ -381,13 +392,30 @@ async def approximate_quotients(
 async def rounded_units(mpc: Any, y: Any, significant: int) -> tuple[Any, Any, Any]:
     """For y' ≈ (num/den + 2**B)·2**F below 2**(W+1)·(t + 3), in the small field: secret sign
     bits [num/den ≥ 0], mantissas q in [2**s, 2**(s+1)) and leading-zero counts i of
-    |y| + bias, so that |num / den| ≈ q · 2**(L − 1 − s − i − F)."""
+    |y| + bias, so that |num / den| ≈ q · 2**(L − 1 − s − i − F).
+
+    Both candidate magnitudes, y − 2**W + bias and 2**W − y + bias (each offset by 2**L to be
+    nonnegative), are decomposed together; the first one's bit L is the sign, which selects
+    the bits of |y| + bias (a sign within the bias of 0 picks a magnitude below the bias: the
+    result is 0.0 either way). The mantissa is the window of s + 1 bits under the leading one:
+    the one-hot leading bit times each position's window, summed (one multiplication)."""
     wide = RANGE_BITS + FINE_BITS
     limit = magnitude_bits(mpc.threshold)
-    sign = 1 - await negative(mpc, y - (1 << wide), limit)
-    magnitude = (y - (1 << wide)) * (sign * 2 - 1) + bias_units(mpc.threshold)  # |y| + bias
-    leading, power = _leading(mpc, await to_bits(mpc, magnitude, limit))
-    mantissa = await floor_shift(mpc, magnitude * power, limit - 1 - significant, limit)
+    bias = bias_units(mpc.threshold)
+    offset = (1 << limit) + bias
+    both = mpc.np_stack((y - (1 << wide) + offset, ((1 << wide) + offset) - y))
+    bits = await to_bits(mpc, both, limit + 1)
+    sign = bits[0, :, limit]
+    chosen = bits[1, :, :limit] + sign.reshape(-1, 1) * (bits[0, :, :limit] - bits[1, :, :limit])
+    leading, one_hot = _leading(mpc, chosen)
+    # windows[:, j] = Σ_m bit[j − s + m]·2**m: the s + 1 bits ending at position j
+    weights = np.zeros((limit, limit), dtype=object)
+    for j in range(limit):
+        for m in range(significant + 1):
+            if j - significant + m >= 0:
+                weights[j - significant + m, j] = 1 << m
+    windows = chosen @ weights
+    mantissa = (one_hot * windows).sum(axis=-1)
     return sign, mantissa, leading
 
 
