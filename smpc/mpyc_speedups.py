@@ -56,5 +56,5 @@ def install() -> bool:
         return False
     if source != _EXPECTED:
         return False
-    cls.__init__ = _array_init  # type: ignore[method-assign]
+    cls.__init__ = _array_init
     return True
