@@ -237,6 +237,36 @@ class EntryLimit:
     highest: int = 0
 
 
+@dataclass(frozen=True)
+class CrossLimit:
+    """What one site's Σ xᵢxⱼ of two terms with declared bounds must satisfy, per row of its
+    n, on the 2**-40 grid: low·n ≤ Σ xᵢxⱼ ≤ high·n (`at`: the entry's position in a group's
+    upper triangle); low and high are the least and greatest products of the padded bounds."""
+
+    at: int
+    low: int
+    high: int
+
+
+def cross_limits(limits: list[EntryLimit], terms: int) -> list[CrossLimit]:
+    """Per pair of terms in `limits` (of a design [1, terms…]), the limits of their cross
+    product: the corners' products of the padded bounds (each scaled 2**40, so a product is
+    divided by 2**40 once more), rounded outwards."""
+    index = symmetric_index(terms + 1)
+    out = []
+    for a, first in enumerate(limits):
+        for second in limits[a + 1 :]:
+            corners = [x * y for x in (first.low, first.high) for y in (second.low, second.high)]
+            out.append(
+                CrossLimit(
+                    at=int(index[first.term, second.term]),
+                    low=min(corners) // SCALE,
+                    high=-(-max(corners) // SCALE),
+                )
+            )
+    return out
+
+
 def entry_limits(schema: DatasetSchema, columns: list[Term]) -> list[EntryLimit]:
     """Per term with declared finite bounds (a 0/1 indicator or boolean: [0, 1]) of a design
     [1, terms…], its limits. Each bound is widened by 2**-20·max(1, |bound|) per row: room for

@@ -74,10 +74,12 @@ from smpc.statistics.design import (
     ENTRY_BITS,
     LOCAL_ENTRY_BITS,
     SCALE,
+    CrossLimit,
     EntryLimit,
     Indicator,
     Term,
     complete_rows,
+    cross_limits,
     design,
     encode_gram,
     entry_limits,
@@ -524,6 +526,11 @@ class GramStatistic(SecureStatistic):
         """The declared bounds every site's Gram entries are checked against (`check_inputs`)."""
         return entry_limits(self.schema, self.terms)
 
+    @cached_property
+    def cross_limits(self) -> list[CrossLimit]:
+        """The declared limits of every cross product of two bounded terms (`check_inputs`)."""
+        return cross_limits(self.limits, len(self.terms))
+
     def check_bits(self) -> int:
         """Bit length of `check_inputs`' comparisons: every honest difference is below it."""
         width = max([1, *(limit.width for limit in self.limits)])
@@ -550,6 +557,15 @@ class GramStatistic(SecureStatistic):
             square = public([lim.square for lim in limits])
             s, q, rows = gram[sums], gram[squares], n[groups]
             checks += [s - rows * low + 1, rows * high - s + 1, q + 1, rows * square - q + 1]
+        crosses = self.cross_limits
+        if crosses:
+            at = np.repeat(np.arange(size) * width, len(crosses)) + np.tile(
+                [cross.at for cross in crosses], size
+            ).astype(np.int64)
+            low = np.array([cross.low for cross in crosses] * size, dtype=object)
+            high = np.array([cross.high for cross in crosses] * size, dtype=object)
+            c, rows = gram[at], n[np.repeat(np.arange(size), len(crosses))]
+            checks += [c - rows * low + 1, rows * high - c + 1]
         return checks
 
     async def check_inputs(
@@ -562,8 +578,9 @@ class GramStatistic(SecureStatistic):
         """Every site's Gram entries within the declared bounds, per group, decided inside MPC
         before anything is opened: its constant entry is its n (scaled 2**40), and for each
         term with declared bounds [lo, hi] (a 0/1 term: [0, 1]) n·lo ≤ Σx ≤ n·hi and
-        0 ≤ Σx² ≤ n·max(lo², hi²), the bounds padded per row for rounding (`entry_limits`).
-        Each checked value is shown to be in [0, 2**check_bits) by the bits its
+        0 ≤ Σx² ≤ n·max(lo², hi²), and for two such terms n·min ≤ Σxᵢxⱼ ≤ n·max over the
+        products of their bounds, the bounds padded per row for rounding (`entry_limits`,
+        `cross_limits`). Each checked value is shown to be in [0, 2**check_bits) by the bits its
         site inputs (`smpc.ranges`); the challenge and one bit are opened; a failure is refused
         naming no site."""
         from smpc.ranges import all_in_range

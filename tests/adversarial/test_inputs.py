@@ -114,6 +114,10 @@ CORRELATION = {"statistic": "correlation", "columns": ["age", "weight"]}
         (CORRELATION, (0, 2), 10**5 << FRAC_BITS),
         # correlation: an age Σx² beyond n·18²
         (CORRELATION, (1, 1), 10**6 << FRAC_BITS),
+        # a cross product Σ age·weight beyond n·18·120 (each entry alone within its bounds)
+        (REGRESSION, (1, 3), 10**6 << FRAC_BITS),
+        # correlation: Σ age·weight negative, though both columns are declared nonnegative
+        (CORRELATION, (1, 2), -(10**5 << FRAC_BITS)),
     ],
 )
 def test_a_node_feeding_a_gram_matrix_outside_its_declared_bounds_is_refused(
