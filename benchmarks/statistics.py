@@ -107,7 +107,7 @@ PERTURBED = {
 # the models perturbed by a cell-key pseudo-row (`smpc.statistics.gram`): their twin computes
 # the same perturbed model exactly; the MPC rounds every opened ratio to 25 significant bits
 # (2**-24 relative; a p-value far in the tail moves a little more than its t statistic)
-MODELS = {"linear_regression", "correlation"}
+MODELS = {"linear_regression", "logistic_regression", "correlation"}
 TWIN_TOLERANCE = {"cell-key": 0.0, "model": 1e-5, "pooled": TOLERANCE}
 REL_FLOOR = 1e-9
 TARGET_ROWS, TARGET_PARTIES = 100_000, 5

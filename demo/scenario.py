@@ -40,7 +40,7 @@ NODE_MIN_COUNT = 5
 PERTURBED = {"count", "sum", "mean", "variance", "min", "max", "histogram", "crosstab", "quantile"}
 # the models whose Gram matrix carries a cell-key pseudo-row: their twin computes the perturbed
 # model exactly, and the MPC rounds every opened ratio to 25 significant bits
-MODELS = {"linear_regression", "correlation"}
+MODELS = {"linear_regression", "logistic_regression", "correlation"}
 MODEL_REL_TOL = 1e-5  # 2**-24 per ratio; a p-value far in the tail moves a little more
 REL_TOL = 1e-6
 # each hospital: per study on the cohort, and all studies together; a charge fits when basic

@@ -19,7 +19,9 @@ a masked value). Two fields of each row's 64-bit hash give two independent cell 
 - models (linear regression, correlation): a pseudo-row weight w = ω / 2⁹ · 2·magnitude with
   ω = 2·W + 1, W the eight bits 16–23 of key A (w uniform on (0, 2·magnitude), independent of
   p and u_a), and one corner bit per column from twelve bits of key B (bits 0–3 and 16–23; a
-  column takes the bit `sign_slot` of its name): its low (1) or high (0) corner.
+  column takes the bit `sign_slot` of its name): its low (1) or high (0) corner (a 0/1 column
+  is spread over its levels instead: `GramStatistic.corner_bounds`); logistic regression's
+  pseudo-observation residual from u_b.
 
 A released count is n + p (a cell with no row stays 0). A sum is Σx + u·magnitude·M, where M is
 the cell's largest |x| (a secure maximum over the parties' local maxima), rounded inside MPC to

@@ -311,14 +311,37 @@ class GramStatistic(SecureStatistic):
     @cached_property
     def corner_bounds(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per term: 1 where the pseudo-row's corner is the group's own smallest or largest
-        value (no declared bounds), else 0 and the declared bounds (padded, scaled 2**8)."""
+        value (no declared bounds), else 0 and the declared bounds (padded, scaled 2**8).
+
+        A 0/1 term is not set to 0 or 1 but spread (low = high): each indicator of a
+        categorical column with L levels gets 1/L (rounded to 1/256), a boolean (or an integer
+        declared within [0, 1]) 1/2. A corner at one level would perturb only that level's
+        equations: in a model with the column alone, the other levels' means (or fitted
+        probabilities) would be the data's own, and two selections that differ by one child of
+        such a level could be subtracted (tests/adversarial/test_models.py). Spread, the
+        pseudo-row moves every level, the first included, by w/L."""
         keep = np.ones(len(self.terms), dtype=object)
         low = np.zeros(len(self.terms), dtype=object)
         high = np.zeros(len(self.terms), dtype=object)
         for limit in self.limits:
             j = limit.term - 1
             keep[j], low[j], high[j] = 0, limit.lowest, limit.highest
+            spread = self.spread_corner(self.terms[j])
+            if spread is not None:
+                low[j] = high[j] = spread
         return keep, low, high
+
+    def spread_corner(self, term: Term) -> int | None:
+        """A 0/1 term's pseudo-row entry (scaled 2**8): 1/L for an indicator of a categorical
+        column of L levels, 1/2 for a boolean or an integer declared within [0, 1]; None for
+        any other term."""
+        spec = self.schema.column(term.column)
+        assert spec is not None
+        if term.level is not None:
+            return round((1 << LARGEST_SCALE_BITS) / len(spec.group_levels()))
+        if spec.type == "boolean" or (spec.type == "integer" and spec.min == 0 and spec.max == 1):
+            return 1 << (LARGEST_SCALE_BITS - 1)
+        return None
 
     @cached_property
     def free_terms(self) -> np.ndarray:
@@ -870,14 +893,26 @@ class GramStatistic(SecureStatistic):
     def plain_gram(self, summaries: list[LocalSummary], g: int) -> list[list[Fraction]]:
         """Group g's pooled Gram matrix plus its cell-key pseudo-row (`pseudo_rows`), in value
         units, exactly."""
+        k = len(self.names)
+        width = triangle_size(k)
+        index = symmetric_index(k)
+        total = [sum(s.vectors["gram"][g * width + e] for s in summaries) for e in range(width)]
+        omega, row = self.plain_pseudo_row(summaries, g)
+        factor = self.pseudo_row_factor()
+        return [
+            [
+                Fraction(total[index[i, j]] + omega * row[i] * row[j] * factor, SCALE)
+                for j in range(k)
+            ]
+            for i in range(k)
+        ]
+
+    def plain_pseudo_row(self, summaries: list[LocalSummary], g: int) -> tuple[int, list[int]]:
+        """`pseudo_rows` of group g in plaintext: ω and z̃ (scaled 2**8)."""
         from smpc.cellkey import plain_model_shift
         from smpc.protocol import plain_cell_keys
 
-        assert self.rules is not None
-        k = len(self.names)
-        width, size = triangle_size(k), len(self.layout.groups)
-        index = symmetric_index(k)
-        total = [sum(s.vectors["gram"][g * width + e] for s in summaries) for e in range(width)]
+        size = len(self.layout.groups)
         omega, signs = plain_model_shift(*plain_cell_keys(summaries, size, [g]))
         _, bound_low, bound_high = self.corner_bounds
         low, high = list(bound_low), list(bound_high)
@@ -889,14 +924,7 @@ class GramStatistic(SecureStatistic):
         row = [1 << LARGEST_SCALE_BITS]
         for j, term in enumerate(self.terms):
             row.append(low[j] if signs[sign_slot(term.name)] else high[j])
-        factor = self.pseudo_row_factor()
-        return [
-            [
-                Fraction(total[index[i, j]] + omega * row[i] * row[j] * factor, SCALE)
-                for j in range(k)
-            ]
-            for i in range(k)
-        ]
+        return omega, row
 
     def plain_values(
         self, gram: list[list[Fraction]], n: int, entry: dict[str, Any]

@@ -40,10 +40,14 @@ singular designs with one pooled message naming no term or value.
 
 from __future__ import annotations
 
+import functools
+import operator
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from smpc.cellkey import MAGNITUDE_BITS, key_sums, scale_factor
+from smpc.encoding import FRAC_BITS, KEY_BITS
 from smpc.exact import Singular, gauss_jordan, hadamard_bits
 from smpc.job import LocalSummary, PartyJob
 from smpc.rounded import open_rounded_ratios, ratio_field_bits
@@ -59,13 +63,16 @@ from smpc.statistics.design import (
     singular_refusal,
     symmetric_index,
 )
-from smpc.statistics.gram import GramOpened, GramStatistic, GroupOutcome
+from smpc.statistics.gram import GramOpened, GramStatistic, GroupOutcome, PseudoRow
 from tessera.errors import DisclosureRefused, QueryInvalid
 
 if TYPE_CHECKING:
     import pandas as pd
 
 MAX_ITERATIONS = 35
+# the pseudo-observation's residual is uniform on ±12·magnitude: (−3, 3) at the default 0.25,
+# the count perturbation's range
+RESIDUAL_PER_MAGNITUDE = 12
 TOLERANCE = 1e-8
 
 
@@ -97,7 +104,7 @@ class LogisticRegression(GramStatistic):
     )
     query: LogisticRegressionQuery
     model = True
-    cell_key = False  # its own protocol: no pseudo-row (docs/disclosure.md)
+    cell_key = True  # n + p, and a pseudo-row in the score equation (`fit`)
     row_rule = "the outcome must be 0 or 1 in every selected row"
 
     def parameters(self) -> int:
@@ -147,15 +154,17 @@ class LogisticRegression(GramStatistic):
         # An outcome other than 0/1 is not refused here (that would name this node): the
         # prelude counts such rows over all sites inside MPC (`row_violations`) and refuses
         # before the protocol uses any row.
-        data, groups = self.selected(frame)
+        data, groups, keys = self.keyed_selection(frame, keys=True)
         y = data[self.query.outcome].to_numpy(dtype=float)
         x = design(data, self.terms, constant=True)
         size = len(self.layout.groups)
         counts = np.bincount(groups, minlength=size)
         rows = np.column_stack([groups.astype(float), x, y])
-        vectors = {}
+        vectors = {"keys": key_sums(keys, groups, size)}
         if self.indicators:
             vectors["indicators"] = indicator_counts(data, groups, size, self.indicators)
+        if len(self.free_terms):
+            vectors["corners"] = self.corners(x[:, 1:][:, self.free_terms], groups, size)
         return LocalSummary(
             counts=[int(c) for c in counts], rows=LocalSummary.pack_rows(rows), vectors=vectors
         )
@@ -163,35 +172,67 @@ class LogisticRegression(GramStatistic):
     # ---- the secure part ----------------------------------------------------------------
 
     async def compute(self, mpc: Any, job: PartyJob) -> GramOpened:
+        from smpc.cellkey import perturbation
         from smpc.exact import exact_type
         from smpc.protocol import release
 
         threshold = self.threshold
         size = len(self.layout.groups)
-        counts, released = await release(mpc, self, job.summary.counts)
+        summary = job.summary
+        secint = mpc.SecInt(max(KEY_BITS, self.corner_bits() + 2))
+
+        def shared(values: list[int]) -> list[Any]:
+            return mpc.input(secint.array(np.array(values, dtype=object)))
+
+        site_counts = shared(summary.counts)
+        site_corners = shared(summary.vectors["corners"]) if len(self.free_terms) else []
+        counts, released = await release(mpc, self, summary.counts, secint, sites=site_counts)
         outcomes = [GroupOutcome(None) for _ in range(size)]
         shown = [g for g in range(size) if released[g]]
         if not shown:
             return GramOpened(threshold, outcomes)
-        opened = await mpc.output(counts[np.array(shown)])
-        for g, n in zip(shown, np.asarray(opened).ravel(), strict=True):
-            outcomes[g].n = int(n)
-        shown = await self.without_small_cells(mpc, job, counts, shown, outcomes)
+        pooled_keys = functools.reduce(operator.add, shared(summary.vectors["keys"]))
+        at = np.array(shown)
+        keys = mpc.np_concatenate((pooled_keys[:size][at], pooled_keys[size:][at]))
+        shift = perturbation(mpc, keys, len(shown))
+        sizes = await self.open_sizes(mpc, counts[at], shift.count)
+        for g, n in zip(shown, sizes, strict=True):
+            outcomes[g].n = n
+        fitted = await self.without_small_cells(mpc, job, counts, shown, outcomes)
+        solved = []
+        for g in fitted:  # too few rows for the model, by the published n
+            if (outcomes[g].n or 0) <= len(self.names):
+                outcomes[g].values = self.too_few(outcomes[g].n or 0)
+            else:
+                solved.append(g)
+        if not solved:
+            return GramOpened(threshold, outcomes)
         stype = exact_type(mpc, self.field_bits())
+        extra = await self.pseudo_rows(mpc, stype, secint, site_corners, shift, shown, solved)
+        residuals = await self.residuals(mpc, stype, shift, [shown.index(g) for g in solved])
         rows = job.summary.unpack_rows()
-        for g in shown:
+        for i, g in enumerate(solved):
             mine = rows[rows[:, 0] == g] if len(rows) else np.empty((0, len(self.names) + 2))
-            n = outcomes[g].n or 0
-            if n <= len(self.names):
-                outcomes[g].values = self.too_few(n)
-                continue
             try:
-                outcomes[g].values = await self.fit(mpc, stype, mine[:, 1:-1], mine[:, -1])
+                outcomes[g].values = await self.fit(
+                    mpc, stype, mine[:, 1:-1], mine[:, -1], extra[g], residuals[i : i + 1]
+                )
             except DisclosureRefused:
                 if not self.layout.group_columns:
                     raise
                 outcomes[g].values = self.empty_values()  # pooled: the same at every party
         return GramOpened(threshold, outcomes)
+
+    async def residuals(self, mpc: Any, stype: Any, shift: Any, at: list[int]) -> Any:
+        """The pseudo-row's residuals' numerators m_b = 2**12·u_b (key B's magnitude draw,
+        uniform on (−1, 1)) of the groups at `at`, moved to the exact field."""
+        from smpc.rounded import convert
+
+        offset = 1 << MAGNITUDE_BITS
+        moved = await convert(
+            mpc, shift.magnitude_b[np.array(at)] + offset, stype, MAGNITUDE_BITS + 1
+        )
+        return moved - offset
 
     async def _pooled_system(
         self, mpc: Any, stype: Any, x: np.ndarray, y: np.ndarray, beta: np.ndarray
@@ -218,12 +259,29 @@ class LogisticRegression(GramStatistic):
                 {"rule": "singular"},
             ) from None
 
-    async def fit(self, mpc: Any, stype: Any, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    async def fit(
+        self, mpc: Any, stype: Any, x: np.ndarray, y: np.ndarray, pseudo: PseudoRow, residual: Any
+    ) -> dict[str, Any]:
+        """Newton's method on the pooled score plus the cell-key pseudo-row's, g = r·z̃: a
+        pseudo-observation at the corner z̃ of `GramStatistic.pseudo_rows` whose residual
+        y − μ is fixed at r = 12·magnitude·u_b (u_b: key B's magnitude draw, uniform on
+        (−1, 1)): at the default magnitude 0.25 the count perturbation's range (−3, 3), so that
+        each level's fitted proportion moves about as much as its perturbed counts would. The
+        pooled Hessian is also the Jacobian of score + g: the estimate solves
+        Σ xᵢ(yᵢ − μᵢ) + g = 0, found as fast as without it. The standard errors come from
+        H + (w/4)·z̃z̃ᵀ at the estimate (the pseudo-row's weight w times the largest μ(1 − μ),
+        1/4)."""
         p = len(self.names)
+        # on the Gram scale 2**40, with z̃ scaled 2**8 (v), u_b = m_b / 2**12 and the magnitude
+        # in 1/256: an integer
+        assert self.rules is not None
+        scale = RESIDUAL_PER_MAGNITUDE * scale_factor(self.rules.magnitude)
+        offset = pseudo.v * residual * (scale << (FRAC_BITS - 16 - MAGNITUDE_BITS))
         beta = np.zeros(p)
         for iteration in range(1, MAX_ITERATIONS + 1):
             h, score = await self._pooled_system(mpc, stype, x, y, beta)
-            det, reduced = await self._eliminate(mpc, mpc.np_hstack((h, score.reshape(p, 1))))
+            augmented = mpc.np_hstack((h, (score + offset).reshape(p, 1)))
+            det, reduced = await self._eliminate(mpc, augmented)
             step = await open_rounded_ratios(
                 mpc, [reduced[j, 0] for j in range(p)], [det] * p, self.ratio_bits()
             )
@@ -235,6 +293,7 @@ class LogisticRegression(GramStatistic):
                 break
             if np.all(np.abs(delta) <= TOLERANCE):
                 h, _ = await self._pooled_system(mpc, stype, x, y, beta)
+                h = h + pseudo.outer(mpc) * stype.field(4).reciprocal()
                 identity = stype.array(np.eye(p, dtype=object))
                 det, reduced = await self._eliminate(mpc, mpc.np_hstack((h, identity)))
                 diagonal = [reduced[j, j] * SCALE for j in range(p)]
@@ -245,6 +304,107 @@ class LogisticRegression(GramStatistic):
             "outcome perfectly separated by a predictor?)",
             {"rule": "converged"},
         )
+
+    # ---- the exact mode's plaintext twin (tests only) ----------------------------------
+
+    def plain(self, summaries: list[LocalSummary], frames: list[pd.DataFrame]) -> Any:
+        """What `compute` opens, in plaintext from every party's summary: the same release, n
+        + p, the same small-cells and too-few rules, and the same pseudo-row (ω, z̃, u_b from
+        the same keys) in a float64 Newton iteration (`penalised_fit`). The MPC's values
+        differ by its rounding of every step and variance to 25 significant bits."""
+        if self.query.dp is not None:
+            return None
+        import pandas as pd
+
+        from smpc.protocol import plain_cell_perturbation, plain_release
+        from smpc.statistics.design import small_cells_refusal
+
+        rules = self.rules
+        assert rules is not None
+        size = len(self.layout.groups)
+        data, groups = self.selected(pd.concat(frames, ignore_index=True))
+        rows = np.vstack([s.unpack_rows().reshape(-1, len(self.names) + 2) for s in summaries])
+        outcomes = [GroupOutcome(None) for _ in range(size)]
+        shown = []
+        for g in range(size):
+            ok, n = plain_release(summaries, rules, g)
+            if ok:
+                p, _, _ = plain_cell_perturbation(summaries, size, [g])
+                outcomes[g].n = max(0, n + p)
+                shown.append(g)
+        for g in shown:
+            if not self.reference_cells_fine(data[groups == g], rules.threshold):
+                if not self.layout.group_columns:
+                    raise DisclosureRefused(
+                        small_cells_refusal(self.name, rules.threshold), {"rule": "cells"}
+                    )
+                outcomes[g].values = self.empty_values()
+        magnitude = scale_factor(rules.magnitude)
+        for g in shown:
+            if outcomes[g].values:  # small cells: null
+                continue
+            n = outcomes[g].n or 0
+            if n <= len(self.names):
+                outcomes[g].values = self.too_few(n)
+                continue
+            omega, row = self.plain_pseudo_row(summaries, g)
+            _, _, u_b = plain_cell_perturbation(summaries, size, [g])
+            z = np.array(row, dtype=float) / 256
+            w = omega * magnitude / 2**16
+            mine = rows[rows[:, 0] == g]
+            try:
+                outcomes[g].values = self.penalised_fit(
+                    mine[:, 1:-1],
+                    mine[:, -1],
+                    RESIDUAL_PER_MAGNITUDE * magnitude / 256 * u_b / 2**MAGNITUDE_BITS * z,
+                    w / 4 * z,
+                    z,
+                )
+            except DisclosureRefused:
+                if not self.layout.group_columns:
+                    raise
+                outcomes[g].values = self.empty_values()
+        return GramOpened(rules.threshold, outcomes)
+
+    def penalised_fit(
+        self, x: np.ndarray, y: np.ndarray, offset: np.ndarray, u: np.ndarray, v: np.ndarray
+    ) -> dict[str, Any]:
+        """`fit` in float64: Newton on score + offset, the errors from H + u·vᵀ."""
+        p = len(self.names)
+        beta = np.zeros(p)
+        for iteration in range(1, MAX_ITERATIONS + 1):
+            score, h = score_and_hessian(x, y, beta)
+            try:
+                delta = np.linalg.solve(h, score + offset)
+            except np.linalg.LinAlgError:
+                raise DisclosureRefused(singular_refusal(self.name), {"rule": "singular"}) from None
+            beta = beta + delta
+            if not np.all(np.isfinite(beta)) or np.any(np.abs(delta) >= 2.0**40):
+                break
+            if np.all(np.abs(delta) <= TOLERANCE):
+                _, h = score_and_hessian(x, y, beta)
+                variances = np.diag(np.linalg.inv(h + np.outer(u, v)))
+                return self.values(beta, [float(v) for v in variances], iteration)
+        raise DisclosureRefused(
+            f"logistic_regression did not converge in {MAX_ITERATIONS} iterations",
+            {"rule": "converged"},
+        )
+
+    def expected_error(self, rules: Any) -> dict[str, str]:
+        if self.query.dp is not None:
+            return super().expected_error(rules)
+        return {
+            "n": "at most ±3 (standard deviation 1.58): the count perturbation of the same rows",
+            "other keys": (
+                "the maximum-likelihood fit with one pseudo-observation added: at the low or "
+                "high declared bound of each column (a column without bounds: the group's own "
+                "smallest or largest value; a 0/1 column spread over its levels), with a "
+                "residual y − μ fixed at a value within ±"
+                f"{RESIDUAL_PER_MAGNITUDE * rules.magnitude:g} (12 × magnitude), "
+                "then rounded to 25 significant bits: each level's fitted proportion moves "
+                "about as much as its perturbed counts would"
+            ),
+        }
 
     def too_few(self, n: int) -> dict[str, Any]:
         p = len(self.names)

@@ -138,7 +138,8 @@ def test_b_binary_search_on_a_non_binary_outcome_learns_no_site() -> None:
     frames = [f.reset_index(drop=True) for f in split(base, 3)]
     at = frames[0].index[frames[0].age < 40][0]
     frames[0].loc[at, "died"] = 7
-    assert simulate(query, frames, min_count_floors=FLOORS)["n"] == int((base.age >= 40).sum())
+    n = simulate(query, frames, min_count_floors=FLOORS)["n"]
+    assert abs(n - int((base.age >= 40).sum())) <= 3  # n + p: the count perturbation
 
 
 def test_b_declared_bounds_beyond_0_1_refuse_a_logistic_outcome_at_the_query() -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from smpc import reference, simulate
 from smpc.secure import OUTPUT_PRECISION_BITS, count_base
+from smpc.statistics import reference_parties
 from tessera.errors import DisclosureRefused
 from tessera.schemas import ColumnSpec, DatasetSchema
 
@@ -126,12 +127,15 @@ def test_correlation_outputs_are_rounded_inside_mpc_not_exact_fractions() -> Non
     query = {"statistic": "correlation", "dataset": "d", "columns": ["z", "p"]}
     result = simulate(query, thirds(frame), BOOLEANS)
     r = result["matrix"][0][1]
-    exact = float(np.corrcoef(frame["z"], frame["p"].astype(float))[0, 1])
-    assert math.copysign(1, r) == math.copysign(1, exact)
+    # the value of the cell-key perturbed Gram matrix (its plaintext twin, in float64)
+    perturbed = reference_parties(query, thirds(frame), BOOLEANS)["matrix"][0][1]
+    assert math.copysign(1, r) == math.copysign(1, perturbed)
     opened = r * r  # the opened r², up to the square root's last bit
     mantissa, _ = math.frexp(opened)
     assert abs(mantissa * 2**25 - round(mantissa * 2**25)) < 1e-6  # 25 significant bits
-    assert exact * exact - opened < 2**-23 * exact * exact  # truncated toward zero
+    # truncated toward zero: below the perturbed matrix's r², by less than one unit of 2**-24
+    assert -1e-12 < perturbed * perturbed - opened < 2**-23 * perturbed * perturbed
+    exact = float(np.corrcoef(frame["z"], frame["p"].astype(float))[0, 1])
     assert opened != exact * exact
 
 

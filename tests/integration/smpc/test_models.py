@@ -29,6 +29,7 @@ from smpc.frames import uneven_shares as split
 from smpc.secure import OUTPUT_PRECISION_BITS, round_count
 from smpc.statistics import reference_parties
 from tessera.errors import QueryInvalid, TesseraError
+from tessera.schemas import DisclosureRules
 
 REL = 1e-6
 
@@ -224,15 +225,19 @@ def test_logistic_regression_matches_statsmodels_logit(randhie: pd.DataFrame, pa
         "outcome": "visited",
         "predictors": predictors,
     }
-    result = simulate(query, split(randhie, parties))
+    frames = split(randhie, parties)
+    result = simulate(query, frames)
     fit = sm.Logit(randhie.visited, sm.add_constant(randhie[predictors])).fit(
         method="newton", disp=False
     )
-    assert result["n"] == len(randhie)
-    close(result["coefficients"], dict(fit.params))
-    close(result["std_errors"], dict(fit.bse), rel=1e-4)
-    close(result["p_values"], dict(fit.pvalues), rel=1e-4)
+    # one pseudo-observation among 20 190 rows: every coefficient within a fraction of its
+    # standard error (measured: up to 0.31 SE), the errors within 1 %
+    near(result, fit, len(randhie))
+    for name, value in dict(fit.params).items():
+        assert abs(result["coefficients"][name] - value) <= 0.5 * fit.bse[name], name
+    close(result["std_errors"], dict(fit.bse), rel=1e-2)
     assert abs(result["iterations"] - fit.mle_retvals["iterations"]) <= 1
+    twin(result, query, frames)
 
 
 def test_logistic_regression_small_sample_spector() -> None:
@@ -245,10 +250,18 @@ def test_logistic_regression_small_sample_spector() -> None:
         "outcome": "GRADE",
         "predictors": ["GPA", "TUCE", "PSI"],
     }
-    result = simulate(query, split(data, 3))
+    frames = split(data, 3)
+    # 32 rows: the pseudo-observation's residual is within ±12·magnitude, ±3 by default, which
+    # on these 32 rows (no declared bounds: the corner is at the data's extremes) moves a
+    # slope by one or two standard errors, or pushes the fit to separation and a refusal, as
+    # a few patients more or less could. A hospital that fits models this small trades
+    # protection for accuracy with a lower magnitude: ±0.24 here
+    rules = DisclosureRules(magnitude=0.02)
+    result = simulate(query, frames, rules=rules)
     fit = sm.Logit(data.GRADE, sm.add_constant(data[["GPA", "TUCE", "PSI"]])).fit(disp=False)
-    close(result["coefficients"], dict(fit.params))
-    close(result["std_errors"], dict(fit.bse), rel=1e-4)
+    near(result, fit, len(data))
+    close(result["std_errors"], dict(fit.bse), rel=0.25)
+    twin(result, query, frames, rules=rules)
 
 
 def test_logistic_regression_perfect_separation_is_refused() -> None:
