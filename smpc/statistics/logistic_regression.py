@@ -41,7 +41,11 @@ singular designs with one pooled message naming no term or value.
 from __future__ import annotations
 
 import functools
+import math
 import operator
+from dataclasses import dataclass
+from fractions import Fraction
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -53,6 +57,7 @@ from smpc.job import LocalSummary, PartyJob
 from smpc.rounded import open_rounded_ratios, ratio_field_bits
 from smpc.statistics.base import number
 from smpc.statistics.design import (
+    BOUND_PAD_BITS,
     ENTRY_BITS,
     SCALE,
     RegressionQuery,
@@ -82,6 +87,16 @@ def score_and_hessian(x: np.ndarray, y: np.ndarray, beta: np.ndarray) -> tuple[n
     score = x.T @ (y - mu)
     hessian = (x * (mu * (1.0 - mu))[:, None]).T @ x
     return score, hessian
+
+
+@dataclass
+class SiteCounts:
+    """One group's count at every site (secure, 1-element arrays of `secint`) and this
+    party's own: the per-iteration input checks' n."""
+
+    secint: Any
+    counts: list[Any]
+    own: int
 
 
 class LogisticRegressionQuery(RegressionQuery):
@@ -179,7 +194,7 @@ class LogisticRegression(GramStatistic):
         threshold = self.threshold
         size = len(self.layout.groups)
         summary = job.summary
-        secint = mpc.SecInt(max(KEY_BITS, self.corner_bits() + 2))
+        secint = mpc.SecInt(max(KEY_BITS, self.corner_bits() + 2, self.check_bits()))
 
         def shared(values: list[int]) -> list[Any]:
             return mpc.input(secint.array(np.array(values, dtype=object)))
@@ -214,14 +229,83 @@ class LogisticRegression(GramStatistic):
         for i, g in enumerate(solved):
             mine = rows[rows[:, 0] == g] if len(rows) else np.empty((0, len(self.names) + 2))
             try:
+                sites = SiteCounts(secint, [c[g : g + 1] for c in site_counts], summary.counts[g])
                 outcomes[g].values = await self.fit(
-                    mpc, stype, mine[:, 1:-1], mine[:, -1], extra[g], residuals[i : i + 1]
+                    mpc, stype, mine[:, 1:-1], mine[:, -1], extra[g], residuals[i : i + 1], sites
                 )
             except DisclosureRefused:
                 if not self.layout.group_columns:
                     raise
                 outcomes[g].values = self.empty_values()  # pooled: the same at every party
         return GramOpened(threshold, outcomes)
+
+    @cached_property
+    def iteration_limits(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Where each checked entry of a site's [Hessian upper triangle, score] sits, and its
+        least and greatest value per row of the site (scaled 2**40, rounded outwards): a
+        Hessian entry Σ μ(1 − μ)·xⱼxₖ lies in ¼·[min(0, lo), max(0, hi)] of the product xⱼxₖ's
+        interval, a score entry Σ xⱼ(y − μ) within ±max|xⱼ|, for the constant and every term
+        with declared bounds (`entry_limits`, padded); other terms' entries are not checked."""
+        p = len(self.names)
+        pad = Fraction(1, 1 << BOUND_PAD_BITS)  # the constant, padded as the bounds are
+        bounds: dict[int, tuple[Fraction, Fraction]] = {0: (1 - pad, 1 + pad)}
+        for limit in self.limits:
+            bounds[limit.term] = (Fraction(limit.low, SCALE), Fraction(limit.high, SCALE))
+        index = symmetric_index(p)
+        at, lows, highs = [], [], []
+        for i in sorted(bounds):
+            for j in sorted(bounds):
+                if j < i:
+                    continue
+                (a, b), (c, d) = bounds[i], bounds[j]
+                products = [a * c, a * d, b * c, b * d]
+                low, high = min(products), max(products)
+                if i == j and a <= 0 <= b:
+                    low = Fraction(0)
+                at.append(int(index[i, j]))
+                lows.append(math.floor(min(Fraction(0), low / 4) * SCALE))
+                highs.append(math.ceil(max(Fraction(0), high / 4) * SCALE))
+        width = p * (p + 1) // 2
+        for j in sorted(bounds):
+            reach = max(abs(bounds[j][0]), abs(bounds[j][1]))
+            at.append(width + j)
+            lows.append(math.floor(-reach * SCALE))
+            highs.append(math.ceil(reach * SCALE))
+        return (
+            np.array(at, dtype=np.int64),
+            np.array(lows, dtype=object),
+            np.array(highs, dtype=object),
+        )
+
+    def iteration_checks(self, n: Any, values: Any) -> list[Any]:
+        """One site's checked values, each ≥ 0 when its Hessian and score are within the
+        declared bounds (`iteration_limits`): the same arithmetic on secure arrays or numpy."""
+        at, lows, highs = self.iteration_limits
+        rows = n[np.zeros(len(at), dtype=np.int64)]
+        chosen = values[at]
+        return [chosen - rows * lows + 1, rows * highs - chosen + 1]
+
+    async def check_iteration(self, mpc: Any, sites: SiteCounts, local: list[int]) -> None:
+        """Every site's Hessian and score at this iterate within the declared bounds, decided
+        inside MPC before the step is opened (`smpc.ranges`, as the Gram input checks); a
+        failure is refused naming no site."""
+        from smpc.ranges import all_in_range
+
+        secint = sites.secint
+        mine = np.array(local, dtype=object)
+        shared = mpc.input(secint.array(mine.copy()))
+        checks = [
+            mpc.np_concatenate(self.iteration_checks(n, v))
+            for n, v in zip(sites.counts, shared, strict=True)
+        ]
+        own = np.concatenate(self.iteration_checks(np.array([sites.own], dtype=object), mine))
+        if not await all_in_range(mpc, secint, checks, own, self.check_bits()):
+            raise DisclosureRefused(
+                f"{self.name}: a site's Hessian or score breaks the declared bounds of the "
+                "design's columns (checked inside MPC at every iteration against every site's "
+                "declared bounds together; which site is not revealed)",
+                {"rule": "inputs"},
+            )
 
     async def residuals(self, mpc: Any, stype: Any, shift: Any, at: list[int]) -> Any:
         """The pseudo-row's residuals' numerators m_b = 2**12·u_b (key B's magnitude draw,
@@ -235,7 +319,13 @@ class LogisticRegression(GramStatistic):
         return moved - offset
 
     async def _pooled_system(
-        self, mpc: Any, stype: Any, x: np.ndarray, y: np.ndarray, beta: np.ndarray
+        self,
+        mpc: Any,
+        stype: Any,
+        x: np.ndarray,
+        y: np.ndarray,
+        beta: np.ndarray,
+        sites: SiteCounts | None = None,
     ) -> tuple[Any, Any]:
         from smpc.protocol import pooled
 
@@ -244,6 +334,8 @@ class LogisticRegression(GramStatistic):
         local = encode_gram(hessian, self.name, self.names)
         local += [round(float(v) * SCALE) for v in score]
         total = pooled(mpc, stype, local)
+        if sites is not None:
+            await self.check_iteration(mpc, sites, local)
         width = p * (p + 1) // 2
         h = total[:width][symmetric_index(p).ravel()].reshape(p, p)
         return h, total[width:]
@@ -260,7 +352,14 @@ class LogisticRegression(GramStatistic):
             ) from None
 
     async def fit(
-        self, mpc: Any, stype: Any, x: np.ndarray, y: np.ndarray, pseudo: PseudoRow, residual: Any
+        self,
+        mpc: Any,
+        stype: Any,
+        x: np.ndarray,
+        y: np.ndarray,
+        pseudo: PseudoRow,
+        residual: Any,
+        sites: SiteCounts | None = None,
     ) -> dict[str, Any]:
         """Newton's method on the pooled score plus the cell-key pseudo-row's, g = r·z̃: a
         pseudo-observation at the corner z̃ of `GramStatistic.pseudo_rows` whose residual
@@ -279,7 +378,7 @@ class LogisticRegression(GramStatistic):
         offset = pseudo.v * residual * (scale << (FRAC_BITS - 16 - MAGNITUDE_BITS))
         beta = np.zeros(p)
         for iteration in range(1, MAX_ITERATIONS + 1):
-            h, score = await self._pooled_system(mpc, stype, x, y, beta)
+            h, score = await self._pooled_system(mpc, stype, x, y, beta, sites)
             augmented = mpc.np_hstack((h, (score + offset).reshape(p, 1)))
             det, reduced = await self._eliminate(mpc, augmented)
             step = await open_rounded_ratios(
@@ -292,7 +391,7 @@ class LogisticRegression(GramStatistic):
             if not np.all(np.isfinite(beta)):
                 break
             if np.all(np.abs(delta) <= TOLERANCE):
-                h, _ = await self._pooled_system(mpc, stype, x, y, beta)
+                h, _ = await self._pooled_system(mpc, stype, x, y, beta, sites)
                 h = h + pseudo.outer(mpc) * stype.field(4).reciprocal()
                 identity = stype.array(np.eye(p, dtype=object))
                 det, reduced = await self._eliminate(mpc, mpc.np_hstack((h, identity)))

@@ -231,3 +231,30 @@ def test_a_node_feeding_inconsistent_survival_counts_is_refused() -> None:
             run_with_summaries(query, summaries, schema=schema)
         assert_names_no_site(refused)
     assert run_with_summaries(query, honest, schema=schema)["n"] == 190  # honest: runs
+
+
+ICU_SCHEMA = DatasetSchema.model_validate(
+    {"columns": [*SCHEMA.model_dump()["columns"], {"name": "icu", "type": "boolean"}]}
+)
+LOGISTIC = {"statistic": "logistic_regression", "outcome": "icu", "predictors": ["age", "weight"]}
+
+
+def test_a_node_feeding_logistic_rows_outside_the_declared_bounds_is_refused(
+    cohort: list[pd.DataFrame],
+) -> None:
+    """Logistic regression keeps each node's rows in its party (the Hessian and score are
+    computed from them at every iterate): a node whose rows hold an age of 500 (declared
+    0–18) is caught by the per-iteration check of its Hessian and score, before any step is
+    opened, and the refusal names no site."""
+    rng = np.random.default_rng(8)
+    frames = [f.assign(icu=rng.random(len(f)) < 0.3) for f in cohort]
+    compiled = compile_query({"dataset": "d", **LOGISTIC}, ICU_SCHEMA)
+    summaries = [compiled.local_summary(frame) for frame in frames]
+    honest = run_with_summaries(LOGISTIC, summaries, schema=ICU_SCHEMA)
+    assert honest["coefficients"]["age"] is not None
+    rows = summaries[2].unpack_rows()
+    rows[0, 2] = 500.0  # [group, const, age, weight, icu]: one row's age beyond its bounds
+    summaries[2].rows = summaries[2].pack_rows(rows)
+    with pytest.raises(DisclosureRefused, match="Hessian or score breaks") as refused:
+        run_with_summaries(LOGISTIC, summaries, schema=ICU_SCHEMA)
+    assert_names_no_site(refused)
