@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import sys
 from pathlib import Path
 
@@ -188,6 +189,7 @@ def attacks(trials: int) -> None:
     `trials` draws of the nodes' row-key secrets (the plaintext twin: no MPC needed)."""
     from smpc.cellkey import new_secret
     from smpc.statistics import reference_parties
+    from tessera.errors import TesseraError
 
     frames = split(cohort(2400, 7), 3)
     for h, age in enumerate((201, 203, 205, 207, 209)):  # one child of each age, alone
@@ -195,7 +197,17 @@ def attacks(trials: int) -> None:
         frames[h % 3] = pd.concat([frames[h % 3], lone], ignore_index=True)
     data = pd.concat(frames, ignore_index=True)
     span = 120 - 2
-    missed = {"sum": 0, "mean": 0, "count": 0, "max": 0, "median": 0, "models": 0}
+    missed = {
+        "sum": 0,
+        "mean": 0,
+        "count": 0,
+        "max": 0,
+        "median": 0,
+        "models": 0,
+        "level": 0,
+        "logistic": 0,
+        "logistic_rounded": 0,
+    }
     for trial in range(trials):
         secrets = [new_secret() for _ in frames]
         age = 201 + 2 * (trial % 5)
@@ -241,6 +253,26 @@ def attacks(trials: int) -> None:
         (mean, count), (mean_without, _) = means
         guess = count * (mean - mean_without) + mean_without
         missed["models"] += abs(guess - truth) > 0.02 * span
+        # a model on sex alone: its constant is the girls' mean (or log-odds) per selection
+        girls = int(((data.age >= age) & (data.sex == "F")).sum())
+        for statistic, outcome in (("linear_regression", "weight"), ("logistic_regression", "icu")):
+            levels = []
+            for w in (at_least, above):
+                query = {"statistic": statistic, "outcome": outcome, "predictors": ["sex"]}
+                try:
+                    const = ask({**query, "where": w})["coefficients"]["const"]
+                except TesseraError:  # refused (e.g. separated): the attack gets nothing
+                    const = math.nan
+                logistic = statistic == "logistic_regression"
+                levels.append(1 / (1 + math.exp(-const)) if logistic else const)
+            guess = girls * (levels[0] - levels[1]) + levels[1]  # nan: a miss below
+            target = float(data[data.age == age][outcome].iloc[0])
+            if statistic == "linear_regression":
+                missed["level"] += not abs(guess - target) <= 0.02 * span
+            else:
+                missed["logistic"] += not abs(guess - target) <= 0.02
+                rounded = round(min(max(guess, 0.0), 1.0)) if math.isfinite(guess) else None
+                missed["logistic_rounded"] += rounded != target
     print(
         f"\nAttacks that miss (by more than 2 % of the declared range; a count: not exact), "
         f"per attempt, over {trials} draws of the row-key secrets"
@@ -253,6 +285,9 @@ def attacks(trials: int) -> None:
         "max": "max of a selection",
         "median": "median of a selection",
         "models": "two regressions (y on x, x on y) per selection: n·(ȳ − ȳ′) + ȳ′",
+        "level": "a regression on sex alone per selection: n_F·(const − const′) + const′",
+        "logistic": "the same with a logistic regression of the ICU flag (by 2 % of 0–1)",
+        "logistic_rounded": "the same, the estimate rounded to 0 or 1 (chance: 50 %)",
     }
     for key, label in names.items():
         print(f"| {label} | {100 * missed[key] / trials:.0f} % |")

@@ -318,7 +318,7 @@ class GramStatistic(SecureStatistic):
         declared within [0, 1]) 1/2. A corner at one level would perturb only that level's
         equations: in a model with the column alone, the other levels' means (or fitted
         probabilities) would be the data's own, and two selections that differ by one child of
-        such a level could be subtracted (tests/adversarial/test_models.py). Spread, the
+        such a level could be subtracted (tests/adversarial/test_levels.py). Spread, the
         pseudo-row moves every level, the first included, by w/L."""
         keep = np.ones(len(self.terms), dtype=object)
         low = np.zeros(len(self.terms), dtype=object)
