@@ -7,7 +7,8 @@ centred co-moments C_jk = n·Σx_j x_k − Σx_j·Σx_k are computed as secrets,
 only r_jk² = C_jk² / (C_jj·C_kk) is opened, rounded inside MPC to 25 significant bits
 (`smpc.rounded`), together with the bit [C_jk ≥ 0] (`open_nonnegative`); r_jk = ±√(r_jk²).
 In the `exact` mode the matrix is the Gram matrix plus its cell-key pseudo-row
-(`smpc.statistics.gram`). A constant column's row and column are null (numpy gives NaN): that
+(`smpc.statistics.gram`), and n is opened as n + p, the count perturbation of the same rows
+(as a `count` of them gets). A constant column's row and column are null (numpy gives NaN): that
 the column is constant (on the unperturbed matrix) is revealed, nothing else.
 
 Cost: local O(rows · k²); secure O(k²) multiplications and k(k−1)/2 sign bits of ~210-bit
@@ -38,7 +39,6 @@ from smpc.encoding import FRAC_BITS
 from smpc.job import PartyJob
 from smpc.query import QueryBase
 from smpc.rounded import open_rounded_ratios
-from smpc.secure import count_base, round_count, rounded_counts
 from smpc.statistics.base import number
 from smpc.statistics.design import ENTRY_BITS
 from smpc.statistics.gram import GramStatistic, GroupOutcome, PseudoRow
@@ -59,7 +59,6 @@ class CorrelationQuery(QueryBase):
 
 class Correlation(GramStatistic):
     name = "correlation"
-    n_published = "rounded inside MPC to the nearest multiple of max(5, T)"
     query_model = CorrelationQuery
     result_fields = {"columns": list[str], "matrix": list[list[float | None]]}
     query: CorrelationQuery
@@ -110,13 +109,6 @@ class Correlation(GramStatistic):
         k = len(self.query.columns)
         binary = set(self.binary())
         return [(j, m) for j in range(k) for m in range(j + 1, k) if j in binary or m in binary]
-
-    async def open_sizes(self, mpc: Any, counts: Any, shift: Any = None) -> list[int]:
-        """n is opened only rounded to a multiple of max(5, T) (inside MPC; no cell-key
-        perturbation on top)."""
-        base = count_base(self.threshold)
-        sizes = await mpc.output(rounded_counts(mpc, mpc.np_tolist(counts), base))
-        return [int(n) for n in sizes]
 
     async def screen(
         self,
@@ -221,9 +213,6 @@ class Correlation(GramStatistic):
             "matrix": [[number(v) for v in row] for row in matrix],
         }
 
-    def plain_size(self, n: int, p: int) -> int:
-        return round_count(n, count_base(self.threshold))
-
     def plain_values(self, gram: Any, n: int, entry: dict[str, Any]) -> dict[str, Any]:
         """`solve` in plaintext: r_jk = C_jk / √(C_jj·C_kk) from the perturbed matrix, where the
         pooled reference has a value (its nulls: small cells, constant columns)."""
@@ -262,8 +251,8 @@ class Correlation(GramStatistic):
         return {"columns": columns, "matrix": [[number(v) for v in row] for row in matrix]}
 
     def reference(self, frame: pd.DataFrame, min_count: int = 0) -> dict[str, Any]:
-        """numpy on the pooled rows, with the same rules: groups below T suppressed, n rounded
-        to a multiple of max(5, T), a pair with a binary column null when one of its pooled
+        """numpy on the pooled rows, with the same rules: groups below T suppressed, a pair with
+        a binary column null when one of its pooled
         2×2 cells (or one level of its binary column) is below T. With `dp`: numpy on the
         clipped rows, n exact (`GramStatistic.reference`)."""
         if self.query.dp is not None:
@@ -289,6 +278,5 @@ class Correlation(GramStatistic):
                     cells = [(x[:, b] == 1).sum(), (x[:, b] == 0).sum()]
                 if min(cells) < min_count:
                     values["matrix"][j][m] = values["matrix"][m][j] = None
-            n = round_count(len(sub), count_base(min_count))
-            entries.append({"n": n, **values})
+            entries.append({"n": len(sub), **values})
         return self.assemble(entries)

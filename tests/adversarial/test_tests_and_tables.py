@@ -111,9 +111,9 @@ def test_a_boolean_correlation_with_a_small_cell_is_suppressed() -> None:
     matrix = result["matrix"]
     assert matrix[0][1] is None and matrix[1][0] is None
     assert matrix[0][2] is not None and matrix[1][2] is not None
-    assert result["n"] == 70  # 72 rows, published rounded to a multiple of 5
+    assert abs(result["n"] - 72) <= 3  # 72 rows, published with the count perturbation
     expected = reference({**query, "min_count": 4}, frame, BOOLEANS)
-    assert expected["matrix"][0][1] is None and expected["n"] == 70
+    assert expected["matrix"][0][1] is None and expected["n"] == 72
 
 
 def test_correlation_outputs_are_rounded_inside_mpc_not_exact_fractions() -> None:

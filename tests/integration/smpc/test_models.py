@@ -300,8 +300,8 @@ def test_correlation_matches_numpy(diabetes: pd.DataFrame, parties: int) -> None
     frames = split(diabetes, parties)
     result = simulate(query, frames)
     expected = np.corrcoef(diabetes[columns].to_numpy(dtype=float), rowvar=False)
-    # n is published rounded to a multiple of max(5, T) (smpc.secure.round_count)
-    assert result["columns"] == columns and result["n"] == round_count(len(diabetes), 5)
+    # n is published with the count perturbation of the same rows (±3)
+    assert result["columns"] == columns and abs(result["n"] - len(diabetes)) <= 3
     assert np.abs(np.array(result["matrix"]) - expected).max() < 0.03  # the pseudo-row's move
     twin(result, query, frames)
 
