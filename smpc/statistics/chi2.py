@@ -5,10 +5,14 @@ Each party shares its crosstab counts (levels from the schema, sorted, as `cross
 
 Disclosure control, inside MPC: with T = max(min_count, every node's floor) ≥ 1, *every cell*
 of a table must hold at least T pooled rows (a 2×2 table's χ² and its margins pin down every
-cell, so a small cell behind a test would be disclosed); with T = 0, every row and column
-total must be positive (χ² is undefined otherwise). The cells are compared with T on shares
-and only one bit per table is opened. A table that fails is not tested: its entries are null
-(suppressed, like a crosstab cell), and nothing else is opened for it.
+cell, so a small cell behind a test would be disclosed), and every site's share of every cell
+must be 0 or at least that site's floor (DataSHIELD's nfilter.tab per site, as `release`:
+otherwise a site holding all but one of a cell's rows could read the others' one from χ²);
+with T = 0, every row and column total must be positive (χ² is undefined otherwise). The
+cells are compared on shares and only one bit per table is opened, after one bit that
+every site's counts are ≥ 0 and within the rows it declared (`check_counts`). A table that
+fails is not tested: its entries are null (suppressed, like a crosstab cell), and nothing
+else is opened for it.
 
 For a tested table, in secure fixed point with 96 fractional bits,
 
@@ -33,6 +37,8 @@ multiple of max(5, min_count); which tables were not tested (a cell below min_co
 
 from __future__ import annotations
 
+import functools
+import operator
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -67,19 +73,27 @@ class Chi2(Crosstab):
         return rows, columns
 
     async def compute(self, mpc: Any, job: PartyJob) -> PerGroup:
-        from smpc.protocol import pooled
+        from smpc.protocol import SITE_COUNT_BITS, at_least, check_counts, pooled
         from smpc.secure import count_base, floored_units, rounded_counts
 
         threshold = self.threshold
         r, c = self.shape
         groups = len(self.layout.groups)
         secint = mpc.SecInt(KEY_BITS)
-        counts = pooled(mpc, secint, job.summary.counts).reshape(groups, r * c)
+        # every site's counts: ≥ 0 and within its declared rows (one bit), then pooled
+        site_counts = mpc.input(secint.array(np.array(job.summary.counts, dtype=object)))
+        await check_counts(mpc, self, secint, site_counts)
+        counts = functools.reduce(operator.add, site_counts).reshape(groups, r * c)
         if threshold >= 1:  # every cell (hence every margin) reaches T
             flags = counts >= threshold
         else:  # no threshold: every row and column total is positive (χ² is defined)
             cells = counts.reshape(groups, r, c)
             flags = mpc.np_hstack((cells.sum(axis=2), cells.sum(axis=1))) >= 1
+        assert self.rules is not None
+        for site, floor in zip(site_counts, self.rules.floors, strict=True):
+            if floor > 1:  # each site's share of every cell is 0 or at least its floor
+                mine = site.reshape(groups, r * c)
+                flags = flags * at_least(mpc, mine * (mine - floor), 0, 2 * SITE_COUNT_BITS + 2)
         passes = mpc.np_prod(flags, axis=1)
         tested = [bool(int(v)) for v in np.asarray(await mpc.output(passes)).ravel()]
         outcome = PerGroup(threshold, [None] * groups)

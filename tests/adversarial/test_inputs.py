@@ -258,3 +258,34 @@ def test_a_node_feeding_logistic_rows_outside_the_declared_bounds_is_refused(
     with pytest.raises(DisclosureRefused, match="Hessian or score breaks") as refused:
         run_with_summaries(LOGISTIC, summaries, schema=ICU_SCHEMA)
     assert_names_no_site(refused)
+
+
+def test_chi2_counts_are_checked_too() -> None:
+    """χ²'s cell counts go through the same check: a negative cell (which would probe whether
+    the others' cell reaches T + k through the tested bit) and counts beyond a site's
+    declared rows are refused before anything is opened."""
+    schema = DatasetSchema.model_validate(
+        {
+            "columns": [
+                {"name": "a", "type": "categorical", "levels": ["x", "y"]},
+                {"name": "b", "type": "categorical", "levels": ["u", "v"]},
+            ]
+        }
+    )
+    rng = np.random.default_rng(4)
+    frames = [
+        pd.DataFrame({"a": rng.choice(["x", "y"], k), "b": rng.choice(["u", "v"], k)})
+        for k in (80, 60, 40)
+    ]
+    query = {"statistic": "chi2", "rows": "a", "columns": "b"}
+    compiled = compile_query({"dataset": "d", **query}, schema)
+    summaries = [compiled.local_summary(frame) for frame in frames]
+    assert run_with_summaries(query, summaries, schema=schema)["statistic"] is not None
+    summaries[1].counts[0] = -50
+    with pytest.raises(DisclosureRefused, match="negative") as refused:
+        run_with_summaries(query, summaries, schema=schema)
+    assert_names_no_site(refused)
+    summaries[1].counts[0] = 500
+    with pytest.raises(DisclosureRefused, match="row count it declared") as refused:
+        run_with_summaries(query, summaries, [80, 60, 40], schema=schema)
+    assert_names_no_site(refused)

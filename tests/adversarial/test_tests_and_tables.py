@@ -47,6 +47,30 @@ def test_a_2x2_chi2_with_a_cell_of_1_is_suppressed() -> None:
     assert result == reference(query, frame, CATEGORICAL)
 
 
+def test_a_chi2_cell_with_one_row_at_a_site_is_not_tested() -> None:
+    """(one site's view) The pooled cell (x, u) holds 6 rows, 5 of them at the first hospital
+    and 1 at the second: with every cell ≥ T the table would be tested, and the first hospital,
+    knowing its own 5, could read the second's single patient from χ² and the margins. Every
+    site's share of every cell must be 0 or at least its floor (3), decided inside MPC: the
+    table is not tested. With the single row moved to the first hospital it is."""
+    others = table_rows({("x", "v"): 30, ("y", "u"): 30, ("y", "v"): 30}, g="g0")
+    split = thirds(others)
+    query = {"statistic": "chi2", "dataset": "d", "rows": "a", "columns": "b"}
+
+    def run(at_first: int, at_second: int) -> dict:
+        frames = [
+            pd.concat([split[0], table_rows({("x", "u"): at_first}, g="g0")]),
+            pd.concat([split[1], table_rows({("x", "u"): at_second}, g="g0")]),
+            split[2],
+        ]
+        frames = [f.reset_index(drop=True) for f in frames]
+        return simulate(query, frames, CATEGORICAL, min_count_floors=[3, 3, 3])
+
+    assert run(5, 1) == {"n": None, "statistic": None, "p_value": None, "df": None}
+    tested = run(6, 0)
+    assert tested["statistic"] is not None and tested["df"] == 1
+
+
 def test_chi2_n_cannot_undo_a_crosstab_suppression() -> None:
     """(d) "count minus released cells": a crosstab of a × b suppresses the cell (x, u) of
     size s < T; chi2 of the same rows over a × g (every cell ≥ T) reports n. Five attempts
