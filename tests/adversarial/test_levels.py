@@ -14,11 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from smpc import simulate
-from smpc.statistics import reference_parties
 from tessera.schemas import DatasetSchema
 
-from .test_cells import FLOORS, SCHEMA, TARGETS, WEIGHT_RANGE, pooled
+from .test_cells import SCHEMA, TARGETS, WEIGHT_RANGE, over_secrets, pooled
 from .test_cells import cohort as cohort  # the module-scoped fixture, shared
 
 LEVEL_SCHEMA = DatasetSchema.model_validate(
@@ -69,35 +67,12 @@ def level_attack(
 def level_attempts(
     frames: list[pd.DataFrame], statistic: str, outcome: str
 ) -> list[tuple[float, float]]:
-    """100 attempts: the five targets with the frames' own row-key secrets (the first two
-    through `simulate`, checked against the plaintext twin, the others through the twin),
-    then with 19 other sets of hospital secrets through the twin."""
+    """100 attempts (`test_cells.over_secrets`: the first two through `simulate`)."""
 
-    def simulated(query: dict) -> dict:
-        result = simulate(query, frames, LEVEL_SCHEMA, min_count_floors=FLOORS)
-        twin = reference_parties(query, frames, LEVEL_SCHEMA, min_count_floors=FLOORS)
-        for name, value in twin["coefficients"].items():
-            assert result["coefficients"][name] == pytest.approx(value, rel=1e-5)
-        return result
+    def attack(age: int, fit: Any) -> tuple[float, float]:
+        return level_attack(frames, age, fit, statistic, outcome)
 
-    def own(query: dict) -> dict:
-        return reference_parties(query, frames, LEVEL_SCHEMA, min_count_floors=FLOORS)
-
-    attempts = [
-        level_attack(frames, age, simulated if k < 2 else own, statistic, outcome)
-        for k, age in enumerate(TARGETS)
-    ]
-    rng = np.random.default_rng(6)
-    for _ in range(19):
-        secrets = ["".join(rng.choice(list("abcdefghijklmnop"), 16)) for _ in range(3)]
-
-        def twin(query: dict, keys: list[str] = secrets) -> dict:
-            return reference_parties(
-                query, frames, LEVEL_SCHEMA, min_count_floors=FLOORS, key_secrets=keys
-            )
-
-        attempts += [level_attack(frames, age, twin, statistic, outcome) for age in TARGETS]
-    return attempts
+    return over_secrets(frames, LEVEL_SCHEMA, attack, 6)
 
 
 @pytest.mark.slow
