@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from smpc.encoding import KEY_BITS
-from smpc.job import PartyJob
+from smpc.job import LocalSummary, PartyJob
 from smpc.secure import OUTPUT_PRECISION_BITS, count_base, floor_to_grid, round_count
 from smpc.statistics.base import PerGroup, number
 from smpc.statistics.crosstab import Crosstab, CrosstabQuery
@@ -117,6 +117,39 @@ class Chi2(Crosstab):
         for g, size, unit in zip(shown, sizes, units, strict=True):
             value = max(round(float(unit)), 0) / (1 << OUTPUT_PRECISION_BITS)
             outcome.groups[g] = {"n": int(size), "statistic": value}
+        return outcome
+
+    def plain(self, summaries: list[LocalSummary], frames: list[pd.DataFrame]) -> Any:
+        """`compute` in plaintext from every party's counts (the tests' and the demo's twin):
+        the same rules (every cell ≥ T, or every margin > 0 with T = 0; each site's share of
+        every cell 0 or at least its floor), scipy's χ² of the pooled table rounded down to
+        2**-20, and n rounded as the MPC rounds it."""
+        if self.query.dp is not None:
+            return None
+        from scipy import stats
+
+        rules = self.rules
+        assert rules is not None
+        r, c = self.shape
+        width = r * c
+        outcome = PerGroup(rules.threshold, [None] * len(self.layout.groups))
+        for g in range(len(self.layout.groups)):
+            sites = [np.array(s.counts[g * width : (g + 1) * width]) for s in summaries]
+            table = np.sum(sites, axis=0).reshape(r, c)
+            if rules.threshold >= 1:
+                tested = bool((table >= rules.threshold).all())
+            else:
+                tested = bool((table.sum(axis=1) > 0).all() and (table.sum(axis=0) > 0).all())
+            for site, floor in zip(sites, rules.floors, strict=True):
+                if floor > 1:
+                    tested = tested and bool(((site == 0) | (site >= floor)).all())
+            if not tested:
+                continue
+            fit = stats.chi2_contingency(table, correction=False)
+            outcome.groups[g] = {
+                "n": round_count(int(table.sum()), count_base(rules.threshold)),
+                "statistic": max(floor_to_grid(float(fit.statistic)), 0.0),
+            }
         return outcome
 
     # ---- after the protocol -------------------------------------------------------------
