@@ -41,6 +41,8 @@ PERTURBED = {"count", "sum", "mean", "variance", "min", "max", "histogram", "cro
 # the models whose Gram matrix carries a cell-key pseudo-row: their twin computes the perturbed
 # model exactly, and the MPC rounds every opened ratio to 25 significant bits
 MODELS = {"linear_regression", "logistic_regression", "correlation"}
+# with the tests (the t-test's n perturbed, χ²'s per-site floors): their twin rounds nothing
+TWINNED = MODELS | {"ttest", "chi2"}
 MODEL_REL_TOL = 1e-5  # 2**-24 per ratio; a p-value far in the tail moves a little more
 REL_TOL = 1e-6
 # each hospital: per study on the cohort, and all studies together; a charge fits when basic
@@ -423,15 +425,10 @@ def run_queries(
             continue
         applied = done.get("min_count_applied") or NODE_MIN_COUNT
         plain = reference(query, pooled, declared, min_count=applied)
-        if "dp" not in body and body["statistic"] not in PERTURBED | MODELS:
-            # the tests: their plaintext twin from every node's rows (χ²'s per-site floors)
-            plain = reference_parties(
-                query, frames, declared, min_count_floors=floors, key_secrets=secrets
-            )
-        if "dp" in body or body["statistic"] not in PERTURBED | MODELS:
-            rows = compare(done["result"], plain)  # dp: within noise; tests: as computed
+        if "dp" in body or body["statistic"] not in PERTURBED | TWINNED:
+            rows = compare(done["result"], plain)  # dp: within noise
             twin_ok = True
-        elif body["statistic"] in MODELS:
+        elif body["statistic"] in TWINNED:
             twin = reference_parties(
                 query, frames, declared, min_count_floors=floors, key_secrets=secrets
             )
@@ -463,7 +460,7 @@ def run_queries(
         for r in rows:
             say(f"   {r.key:<{width}}  {show(r.secure):>16}  {show(r.plain):>16}  {r.verdict}")
             all_match &= r.match
-        if "dp" not in body and body["statistic"] in PERTURBED | MODELS:
+        if "dp" not in body and body["statistic"] in PERTURBED | TWINNED:
             verdict = "matches" if twin_ok else "DOES NOT MATCH"
             say(f"   the published perturbation, recomputed in plaintext: {verdict}")
             all_match &= twin_ok

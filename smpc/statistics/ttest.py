@@ -23,12 +23,14 @@ its declared row count (`release`).
 Cost: two secure comparisons per group and a constant number of rounds, independent of rows.
 Limits: |Σx²| of a party below about 7.7e25 (the fixed-point range); n below 2**30.
 
-n = n_a + n_b is opened only rounded, on shares, to the nearest multiple of max(5, T)
-(`smpc.secure.count_base`), so that it cannot be set against released counts to recover a
-suppressed one. Each level's n is compared with max(min_count, 2) inside MPC (one bit each).
+n = n_a + n_b is opened as n + p, p the cell-key count perturbation of the group's rows (the
+two levels' keys together: what a `count` of the same rows gets, `smpc.cellkey`), so that it
+cannot be set against released counts to recover a suppressed one. Each level's n is compared
+with max(min_count, 2) inside MPC (one bit each), with every site's share 0 or at least its
+floor (`release`).
 
-Reveals: per reported group t, df, the p-value and n = n_a + n_b rounded to a multiple of
-max(5, min_count); which groups are not reported (a level below max(min_count, 2) rows).
+Reveals: per reported group t, df, the p-value and n = n_a + n_b + p; which groups are not
+reported (a level below max(min_count, 2) rows).
 """
 
 from __future__ import annotations
@@ -41,9 +43,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from smpc.encoding import FRAC_BITS, MOMENT_BITS
-from smpc.job import PartyJob
+from smpc.job import LocalSummary, PartyJob
 from smpc.query import ColumnQuery
-from smpc.secure import count_base, round_count, rounded_counts
 from smpc.statistics.base import PerGroup, SecureStatistic, number
 from tessera.errors import QueryInvalid
 from tessera.schemas import ColumnName
@@ -65,7 +66,7 @@ class TTestQuery(ColumnQuery):
 
 class TTest(SecureStatistic):
     name = "ttest"
-    n_published = "rounded inside MPC to the nearest multiple of max(5, T)"
+    n_published = "at most ±3 (standard deviation 1.58): the count perturbation of the group's rows"
     query_model = TTestQuery
     numeric_column = True
     result_fields = {"statistic": float | None, "p_value": float | None, "df": float | None}
@@ -101,6 +102,7 @@ class TTest(SecureStatistic):
     # ---- the secure part ----------------------------------------------------------------
 
     async def compute(self, mpc: Any, job: PartyJob) -> PerGroup:
+        from smpc.cellkey import perturbation
         from smpc.exact import exact_type
         from smpc.protocol import SiteInputs, pooled, release
         from smpc.rounded import open_rounded_ratios, ratio_field_bits
@@ -155,16 +157,67 @@ class TTest(SecureStatistic):
         )
         ratios = await open_rounded_ratios(mpc, numerators, denominators, ratio_bits)
         t2, df = ratios[: len(shown)], ratios[len(shown) :]
-        base = count_base(threshold)
-        sizes = n_small[a] + n_small[b]
-        totals = await mpc.output(rounded_counts(mpc, mpc.np_tolist(sizes), base))
+        # n = n_a + n_b + p, p the count perturbation of the group's rows (both levels' keys
+        # together: what a `count` of the same rows gets)
+        keys = functools.reduce(
+            operator.add, mpc.input(small.array(np.array(summary.vectors["keys"], dtype=object)))
+        )
+        cells_n = len(summary.counts)
+        key_a, key_b = keys[:cells_n], keys[cells_n:]
+        shift = perturbation(
+            mpc, mpc.np_concatenate((key_a[a] + key_a[b], key_b[a] + key_b[b])), len(shown)
+        )
+        totals = await mpc.output(n_small[a] + n_small[b] + shift.count)
         sign_values = np.asarray(signs).ravel()
         for i, g in enumerate(shown):
             outcome.groups[g] = {
-                "n": int(totals[i]),
+                "n": max(0, int(totals[i])),
                 "t2": t2[i],
                 "sign": int(sign_values[i]),
                 "df": df[i],
+            }
+        return outcome
+
+    def plain(self, summaries: list[LocalSummary], frames: list[pd.DataFrame]) -> Any:
+        """`compute` in plaintext (the tests' and the demo's twin): the same release (both
+        levels ≥ max(T, 2), each site's count 0 or at least its floor), n + p from the same
+        keys, and scipy's Welch test on the pooled rows (the MPC rounds t² and df to 25
+        significant bits)."""
+        if self.query.dp is not None:
+            return None
+        import pandas as pd
+        from scipy import stats
+
+        from smpc.protocol import plain_cell_perturbation
+
+        rules = self.rules
+        assert rules is not None
+        size = len(summaries[0].counts)
+        data, cells = self.rows(pd.concat(frames, ignore_index=True))
+        values = data[self.query.column].to_numpy(dtype=float)
+        outcome = PerGroup(rules.threshold, [None] * len(self.layout.groups))
+        for g in range(len(self.layout.groups)):
+            sizes = []
+            for cell in (2 * g, 2 * g + 1):
+                sites = [s.counts[cell] for s in summaries]
+                floors = zip(sites, rules.floors, strict=True)
+                fine = all(v == 0 or v >= f or f <= 1 for v, f in floors)
+                if sum(sites) < max(rules.threshold, 2) or not fine:
+                    break
+                sizes.append(sum(sites))
+            if len(sizes) < 2:
+                continue
+            p, _, _ = plain_cell_perturbation(summaries, size, [2 * g, 2 * g + 1])
+            with np.errstate(invalid="ignore", divide="ignore"):
+                fit = stats.ttest_ind(
+                    values[cells == 2 * g], values[cells == 2 * g + 1], equal_var=False
+                )
+            t = float(fit.statistic)
+            outcome.groups[g] = {
+                "n": max(0, sum(sizes) + p),
+                "t2": t * t if np.isfinite(t) else None,
+                "sign": int(np.sign(t)) if np.isfinite(t) else 0,
+                "df": float(fit.df) if np.isfinite(fit.df) else None,
             }
         return outcome
 
@@ -209,7 +262,7 @@ class TTest(SecureStatistic):
             df = float(fit.df)
             entries.append(
                 {
-                    "n": round_count(len(a) + len(b), count_base(min_count)),
+                    "n": len(a) + len(b),
                     **self._values(statistic if np.isfinite(statistic) else None, df),
                 }
             )

@@ -331,11 +331,13 @@ def test_correlation_constant_column_is_null_and_groups(diabetes: pd.DataFrame) 
 @pytest.mark.parametrize("parties", [3, pytest.param(5, marks=pytest.mark.slow)])
 def test_ttest_matches_scipy_welch(diabetes: pd.DataFrame, parties: int) -> None:
     query = {"statistic": "ttest", "dataset": "diabetes", "column": "bmi", "group": "sex"}
-    result = simulate(query, split(diabetes, parties))
+    frames = split(diabetes, parties)
+    result = simulate(query, frames)
     female = diabetes.bmi[diabetes.sex == "female"]
     male = diabetes.bmi[diabetes.sex == "male"]
     fit = stats.ttest_ind(female, male, equal_var=False)
-    assert result["n"] == round_count(len(diabetes), 5)  # n rounded to a multiple of 5
+    assert abs(result["n"] - len(diabetes)) <= 3  # n + p: the count perturbation
+    twin(result, query, frames)
     close(result["statistic"], float(fit.statistic))
     close(result["p_value"], float(fit.pvalue))
     close(result["df"], float(fit.df))
@@ -354,7 +356,7 @@ def test_ttest_group_by_level_absent_at_one_site(randhie: pd.DataFrame) -> None:
     }
     schema = infer_schema([randhie])
     result = simulate(query, frames, schema=schema)
-    close(result, reference(query, pooled, schema))
+    twin(result, query, frames)
     poor = pooled[pooled.health == "poor"]
     fit = stats.ttest_ind(
         poor.mdvis[poor.chronic == "no"], poor.mdvis[poor.chronic == "yes"], equal_var=False
