@@ -106,14 +106,24 @@ async def release(
     await check_counts(mpc, statistic, secint, site_counts)
     counts = functools.reduce(operator.add, site_counts)
     threshold = rules.threshold if threshold is None else threshold
+    ok = release_flags(mpc, rules, counts, site_counts, threshold)
+    if ok is None:
+        return counts, [True] * len(local_counts)
+    return counts, [bool(int(f)) for f in np.asarray(await mpc.output(ok)).ravel()]
+
+
+def release_flags(
+    mpc: Any, rules: Any, counts: Any, site_counts: list[Any], threshold: int
+) -> Any | None:
+    """Secret bits, per cell: the pooled count reaches `threshold` (no test at 0) and every
+    site's count is 0 or at least that site's floor (c·(c − f) ≥ 0); None when no rule
+    applies."""
     ok = at_least(mpc, counts, threshold, COUNT_BITS) if threshold > 0 else None
     for c, floor in zip(site_counts, rules.floors, strict=True):
         if floor > 1:
             site_ok = at_least(mpc, c * (c - floor), 0, 2 * SITE_COUNT_BITS + 2)
             ok = site_ok if ok is None else ok * site_ok
-    if ok is None:
-        return counts, [True] * len(local_counts)
-    return counts, [bool(int(f)) for f in np.asarray(await mpc.output(ok)).ravel()]
+    return ok
 
 
 async def check_counts(
@@ -409,12 +419,14 @@ def plain_perturbation(key_a: int, key_b: int) -> tuple[int, int, int]:
     return a[0] + a[1] + 2 * (a[2] + a[3]) - 3, magnitude(a), magnitude(b)
 
 
-def plain_release(summaries: list[Any], rules: Any, cell: int) -> tuple[bool, int]:
+def plain_release(
+    summaries: list[Any], rules: Any, cell: int, threshold: int | None = None
+) -> tuple[bool, int]:
     """`release` of one cell in plaintext: whether it is released, and its pooled count."""
     sites = [s.counts[cell] for s in summaries]
     n = sum(sites)
     per_site = all(v == 0 or v >= f or f <= 1 for v, f in zip(sites, rules.floors, strict=True))
-    return n >= rules.threshold and per_site, n
+    return n >= (rules.threshold if threshold is None else threshold) and per_site, n
 
 
 def plain_cell_keys(summaries: list[Any], size: int, cells: list[int]) -> tuple[int, int]:

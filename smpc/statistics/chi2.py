@@ -73,7 +73,7 @@ class Chi2(Crosstab):
         return rows, columns
 
     async def compute(self, mpc: Any, job: PartyJob) -> PerGroup:
-        from smpc.protocol import SITE_COUNT_BITS, at_least, check_counts, pooled
+        from smpc.protocol import check_counts, pooled, release_flags
         from smpc.secure import count_base, floored_units, rounded_counts
 
         threshold = self.threshold
@@ -83,18 +83,16 @@ class Chi2(Crosstab):
         # every site's counts: ≥ 0 and within its declared rows (one bit), then pooled
         site_counts = mpc.input(secint.array(np.array(job.summary.counts, dtype=object)))
         await check_counts(mpc, self, secint, site_counts)
-        counts = functools.reduce(operator.add, site_counts).reshape(groups, r * c)
-        if threshold >= 1:  # every cell (hence every margin) reaches T
-            flags = counts >= threshold
-        else:  # no threshold: every row and column total is positive (χ² is defined)
+        pooled_counts = functools.reduce(operator.add, site_counts)
+        # every cell reaches T (hence every margin), each site's share 0 or at least its floor
+        flags = release_flags(mpc, self.rules, pooled_counts, site_counts, threshold)
+        counts = pooled_counts.reshape(groups, r * c)
+        passes = None if flags is None else mpc.np_prod(flags.reshape(groups, r * c), axis=1)
+        if threshold < 1:  # no threshold: every row and column total is positive (χ² defined)
             cells = counts.reshape(groups, r, c)
-            flags = mpc.np_hstack((cells.sum(axis=2), cells.sum(axis=1))) >= 1
-        assert self.rules is not None
-        for site, floor in zip(site_counts, self.rules.floors, strict=True):
-            if floor > 1:  # each site's share of every cell is 0 or at least its floor
-                mine = site.reshape(groups, r * c)
-                flags = flags * at_least(mpc, mine * (mine - floor), 0, 2 * SITE_COUNT_BITS + 2)
-        passes = mpc.np_prod(flags, axis=1)
+            margins = mpc.np_hstack((cells.sum(axis=2), cells.sum(axis=1))) >= 1
+            positive = mpc.np_prod(margins, axis=1)
+            passes = positive if passes is None else passes * positive
         tested = [bool(int(v)) for v in np.asarray(await mpc.output(passes)).ravel()]
         outcome = PerGroup(threshold, [None] * groups)
         shown = [g for g in range(groups) if tested[g]]
@@ -128,21 +126,21 @@ class Chi2(Crosstab):
             return None
         from scipy import stats
 
+        from smpc.protocol import plain_release
+
         rules = self.rules
         assert rules is not None
         r, c = self.shape
         width = r * c
         outcome = PerGroup(rules.threshold, [None] * len(self.layout.groups))
         for g in range(len(self.layout.groups)):
-            sites = [np.array(s.counts[g * width : (g + 1) * width]) for s in summaries]
-            table = np.sum(sites, axis=0).reshape(r, c)
-            if rules.threshold >= 1:
-                tested = bool((table >= rules.threshold).all())
-            else:
-                tested = bool((table.sum(axis=1) > 0).all() and (table.sum(axis=0) > 0).all())
-            for site, floor in zip(sites, rules.floors, strict=True):
-                if floor > 1:
-                    tested = tested and bool(((site == 0) | (site >= floor)).all())
+            cells = range(g * width, (g + 1) * width)
+            table = np.array([plain_release(summaries, rules, k, 0)[1] for k in cells])
+            table = table.reshape(r, c)
+            tested = all(plain_release(summaries, rules, k)[0] for k in cells)
+            if rules.threshold < 1:
+                margins = (table.sum(axis=1) > 0).all() and (table.sum(axis=0) > 0).all()
+                tested = tested and bool(margins)
             if not tested:
                 continue
             fit = stats.chi2_contingency(table, correction=False)

@@ -62,7 +62,6 @@ from smpc.cellkey import (
     LARGEST_SCALE_BITS,
     Perturbation,
     key_sums,
-    perturbation,
     scale_factor,
     sign_slot,
 )
@@ -419,7 +418,7 @@ class GramStatistic(SecureStatistic):
         if self.query.dp is not None:
             return await self.compute_noisy(mpc, job)
         from smpc.exact import exact_type
-        from smpc.protocol import pooled, release
+        from smpc.protocol import cell_perturbation, pooled, release
 
         threshold = self.threshold
         size = len(self.layout.groups)
@@ -448,10 +447,8 @@ class GramStatistic(SecureStatistic):
             return GramOpened(threshold, outcomes)
         shift = None
         if self.cell_key:
-            pooled_keys = functools.reduce(operator.add, shared(summary.vectors["keys"]))
-            at = np.array(shown)
-            keys = mpc.np_concatenate((pooled_keys[:size][at], pooled_keys[size:][at]))
-            shift = perturbation(mpc, keys, len(shown))
+            keys = summary.vectors["keys"]
+            shift = cell_perturbation(mpc, checked, keys, size, np.array(shown), False)
         sizes = await self.open_sizes(
             mpc, counts[np.array(shown)], None if shift is None else shift.count
         )

@@ -40,9 +40,7 @@ singular designs with one pooled message naming no term or value.
 
 from __future__ import annotations
 
-import functools
 import math
-import operator
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import cached_property
@@ -187,9 +185,8 @@ class LogisticRegression(GramStatistic):
     # ---- the secure part ----------------------------------------------------------------
 
     async def compute(self, mpc: Any, job: PartyJob) -> GramOpened:
-        from smpc.cellkey import perturbation
         from smpc.exact import exact_type
-        from smpc.protocol import release
+        from smpc.protocol import cell_perturbation, release
 
         threshold = self.threshold
         size = len(self.layout.groups)
@@ -206,10 +203,8 @@ class LogisticRegression(GramStatistic):
         shown = [g for g in range(size) if released[g]]
         if not shown:
             return GramOpened(threshold, outcomes)
-        pooled_keys = functools.reduce(operator.add, shared(summary.vectors["keys"]))
         at = np.array(shown)
-        keys = mpc.np_concatenate((pooled_keys[:size][at], pooled_keys[size:][at]))
-        shift = perturbation(mpc, keys, len(shown))
+        shift = cell_perturbation(mpc, secint, summary.vectors["keys"], size, at, False)
         sizes = await self.open_sizes(mpc, counts[at], shift.count)
         for g, n in zip(shown, sizes, strict=True):
             outcomes[g].n = n
@@ -425,10 +420,11 @@ class LogisticRegression(GramStatistic):
         rows = np.vstack([s.unpack_rows().reshape(-1, len(self.names) + 2) for s in summaries])
         outcomes = [GroupOutcome(None) for _ in range(size)]
         shown = []
+        u_b: dict[int, int] = {}  # per shown group, key B's magnitude draw (the residual's)
         for g in range(size):
             ok, n = plain_release(summaries, rules, g)
             if ok:
-                p, _, _ = plain_cell_perturbation(summaries, size, [g])
+                p, _, u_b[g] = plain_cell_perturbation(summaries, size, [g])
                 outcomes[g].n = max(0, n + p)
                 shown.append(g)
         for g in shown:
@@ -447,7 +443,6 @@ class LogisticRegression(GramStatistic):
                 outcomes[g].values = self.too_few(n)
                 continue
             omega, row = self.plain_pseudo_row(summaries, g)
-            _, _, u_b = plain_cell_perturbation(summaries, size, [g])
             z = np.array(row, dtype=float) / 256
             w = omega * magnitude / 2**16
             mine = rows[rows[:, 0] == g]
@@ -455,7 +450,7 @@ class LogisticRegression(GramStatistic):
                 outcomes[g].values = self.penalised_fit(
                     mine[:, 1:-1],
                     mine[:, -1],
-                    RESIDUAL_PER_MAGNITUDE * magnitude / 256 * u_b / 2**MAGNITUDE_BITS * z,
+                    RESIDUAL_PER_MAGNITUDE * magnitude / 256 * u_b[g] / 2**MAGNITUDE_BITS * z,
                     w / 4 * z,
                     z,
                 )

@@ -188,7 +188,7 @@ class TTest(SecureStatistic):
         import pandas as pd
         from scipy import stats
 
-        from smpc.protocol import plain_cell_perturbation
+        from smpc.protocol import plain_cell_perturbation, plain_release
 
         rules = self.rules
         assert rules is not None
@@ -197,16 +197,13 @@ class TTest(SecureStatistic):
         values = data[self.query.column].to_numpy(dtype=float)
         outcome = PerGroup(rules.threshold, [None] * len(self.layout.groups))
         for g in range(len(self.layout.groups)):
-            sizes = []
-            for cell in (2 * g, 2 * g + 1):
-                sites = [s.counts[cell] for s in summaries]
-                floors = zip(sites, rules.floors, strict=True)
-                fine = all(v == 0 or v >= f or f <= 1 for v, f in floors)
-                if sum(sites) < max(rules.threshold, 2) or not fine:
-                    break
-                sizes.append(sum(sites))
-            if len(sizes) < 2:
+            levels = [
+                plain_release(summaries, rules, cell, max(rules.threshold, 2))
+                for cell in (2 * g, 2 * g + 1)
+            ]
+            if not all(ok for ok, _ in levels):
                 continue
+            sizes = [n for _, n in levels]
             p, _, _ = plain_cell_perturbation(summaries, size, [2 * g, 2 * g + 1])
             with np.errstate(invalid="ignore", divide="ignore"):
                 fit = stats.ttest_ind(
