@@ -108,6 +108,9 @@ PERTURBED = {
 # the same perturbed model exactly; the MPC rounds every opened ratio to 25 significant bits
 # (2**-24 relative; a p-value far in the tail moves a little more than its t statistic)
 MODELS = {"linear_regression", "logistic_regression", "correlation"}
+# Kaplan–Meier's curves come from the same perturbed counts as its twin's; its log-rank
+# statistic is rounded to 2**-48 inside MPC (the twin's is lifelines')
+CURVES = {"kaplan_meier"}
 TWIN_TOLERANCE = {"cell-key": 0.0, "model": 1e-5, "pooled": TOLERANCE}
 REL_FLOOR = 1e-9
 TARGET_ROWS, TARGET_PARTIES = 100_000, 5
@@ -305,9 +308,12 @@ def largest_difference(
 
 def twin_kind(name: str) -> str:
     """The twin's kind: 'cell-key' where `reference_parties` is the exact perturbed result,
-    'model' where it is the perturbed model computed exactly (the MPC rounds to 25 bits)."""
+    'model' where it is the perturbed model or curve computed exactly (the MPC rounds its
+    ratios to 25 bits, the log-rank statistic to 2**-48)."""
     statistic = QUERIES[name]["statistic"]
-    return "cell-key" if statistic in PERTURBED else "model" if statistic in MODELS else "pooled"
+    if statistic in PERTURBED:
+        return "cell-key"
+    return "model" if statistic in MODELS | CURVES else "pooled"
 
 
 def accuracy(

@@ -25,11 +25,12 @@ import numpy as np
 
 
 async def prefix_lengths(
-    mpc: Any, values: Any, threshold: int, rows: int, length: int
+    mpc: Any, values: Any, threshold: int, rows: int, length: int, bits: int
 ) -> list[int]:
-    """Per row r of the secret `values` (flat, `rows` × `length`, each row non-increasing),
-    how many leading entries are ≥ `threshold`: a binary search per row, all rows probed in
-    one round each. Opens only the bit [entry ≥ threshold] at each probed point."""
+    """Per row r of the secret `values` (flat, `rows` × `length`, each row non-increasing,
+    |entry − threshold| < 2**bits), how many leading entries are ≥ `threshold`: a binary
+    search per row, all rows probed in one round each. Opens only the bit [entry ≥ threshold]
+    at each probed point."""
     low, high = [0] * rows, [length] * rows
     while True:
         active = [r for r in range(rows) if low[r] < high[r]]
@@ -37,9 +38,9 @@ async def prefix_lengths(
             return low
         middle = {r: (low[r] + high[r] + 1) // 2 for r in active}
         probe = np.array([r * length + middle[r] - 1 for r in active], dtype=int)
-        bits = await mpc.output(values[probe] >= threshold)
-        for r, bit in zip(active, np.asarray(bits).ravel(), strict=True):
-            if int(bit):
+        below = await mpc.output(mpc.np_sgn(values[probe] - threshold, l=bits, LT=True))
+        for r, bit in zip(active, np.asarray(below).ravel(), strict=True):
+            if not int(bit):
                 low[r] = middle[r]
             else:
                 high[r] = middle[r] - 1

@@ -230,7 +230,7 @@ def test_a_node_feeding_inconsistent_survival_counts_is_refused() -> None:
         with pytest.raises(DisclosureRefused, match="risk set") as refused:
             run_with_summaries(query, summaries, schema=schema)
         assert_names_no_site(refused)
-    assert run_with_summaries(query, honest, schema=schema)["n"] == 190  # honest: runs
+    assert abs(run_with_summaries(query, honest, schema=schema)["n"] - 190) <= 3  # honest: runs
 
 
 ICU_SCHEMA = DatasetSchema.model_validate(

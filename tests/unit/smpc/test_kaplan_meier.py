@@ -1,4 +1,5 @@
-"""Kaplan–Meier's plaintext pieces: refusals, local grid counts, curves from opened prefixes."""
+"""Kaplan–Meier's plaintext pieces: refusals, local grid counts, curves from opened counts, the
+`exact` mode's tree of perturbed node sums."""
 
 from __future__ import annotations
 
@@ -8,7 +9,15 @@ import pytest
 
 from smpc import local_summary, prepare
 from smpc.statistics import statistic_for
-from smpc.statistics.kaplan_meier import MAX_GRID, KaplanMeier, consistent_counts
+from smpc.statistics.kaplan_meier import (
+    MAX_GRID,
+    KaplanMeier,
+    consistent_counts,
+    node_perturbations,
+    node_sums,
+    step_estimates,
+    tree_nodes,
+)
 from tessera.errors import QueryInvalid
 from tessera.schemas import ColumnSpec, DatasetSchema
 
@@ -86,6 +95,14 @@ def test_each_party_shares_its_numbers_at_risk_and_events_per_grid_point() -> No
     #                        t = 2  3  4  5  6 | 2  3  4  5  6
     assert summary.vectors["at_risk"] == [4, 3, 3, 1, 1, 1, 1, 0, 0, 0]
     assert summary.vectors["events"] == [1, 0, 1, 0, 1, 0, 0, 0, 0, 0]
+    # the exact mode's keys: per group the 24-bit key sums (A, then B) and the plain sum of
+    # the rows' 64-bit keys; with `dp` none
+    assert len(summary.vectors["keys"]) == 4 and len(summary.vectors["key_totals"]) == 2
+    assert all(0 <= k < 2**24 for k in summary.vectors["keys"])
+    a, b = summary.vectors["key_totals"]  # arm a: 4 rows enter, arm b: 1 (two miss a value)
+    assert 0 < a < 4 * 2**64 and 0 < b < 2**64
+    noisy = prepare({**QUERY, "dp": {"epsilon": 1.0}}, declared())
+    assert "key_totals" not in local_summary(noisy, frame, declared()).vectors
 
 
 def test_a_curve_lists_time_zero_then_every_observed_time_of_the_prefix() -> None:
@@ -169,3 +186,36 @@ def test_the_dp_risk_sets_are_nearly_unbiased_unlike_clamped_cells() -> None:
         clamped.append(np.maximum(d, 0).sum() + np.maximum(c, 0).sum() - exact[0])
     assert np.abs(np.mean(errors, axis=0)).max() <= 3
     assert np.mean(clamped) > 20
+
+
+def test_the_tree_holds_every_dyadic_interval_once() -> None:
+    assert tree_nodes(1) == [(0, 1)]
+    assert tree_nodes(5) == [
+        *((i, i + 1) for i in range(5)),
+        (0, 2),
+        (2, 4),
+        (0, 4),
+        (0, 5),
+    ]
+    for grid in (2, 7, 53, 81, 1024, 2701):
+        nodes = tree_nodes(grid)
+        assert len(nodes) == len(set(nodes)) < 2 * grid
+        assert nodes[-1] == (0, grid)
+        # every step is in one node per level, at most ⌈log₂ grid⌉ + 1 of them
+        depth = [sum(a <= i < b for a, b in nodes) for i in range(grid)]
+        assert max(depth) <= (grid - 1).bit_length() + 1
+
+
+def test_node_sums_and_their_least_squares_inverse() -> None:
+    rng = np.random.default_rng(5)
+    cells = rng.integers(0, 4, size=(2, 37))
+    nodes = tree_nodes(37)
+    sums = node_sums(cells, nodes)
+    assert sums.tolist() == [[int(row[a:b].sum()) for a, b in nodes] for row in cells]
+    # exact node sums give the steps back; perturbed ones a consistent estimate
+    assert step_estimates(sums[0].tolist(), 37) == pytest.approx(cells[0].tolist(), abs=1e-6)
+    events, censored = node_perturbations(2**64 + 99, len(nodes))
+    assert events.tolist() != censored.tolist()
+    assert set(events.tolist()) | set(censored.tolist()) <= set(range(-3, 4))
+    estimate = np.array(step_estimates((sums[0] + events).tolist(), 37))
+    assert np.abs(estimate - cells[0]).max() < 3  # (this key's draw)
