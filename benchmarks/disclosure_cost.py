@@ -17,8 +17,8 @@ relative error of a mean and of a variance, mean |error| of a maximum and of a m
 of the declared range, mean |error| of an OLS slope in standard errors and of a correlation.
 
 Attacks: per attempt, how often the attacks of `tests/adversarial/test_cells.py` (differencing
-a sum, a mean, a count and two regressions; reading a child's value from a maximum or a
-median) miss by more
+a sum, a mean, a count, two regressions and two survival curves; reading a child's value from a
+maximum or a median) miss by more
 than 2 % of the declared range (a count: are not exact), over `--trials` draws of the nodes'
 row-key secrets, from the plaintext twin.
 """
@@ -45,9 +45,12 @@ SCHEMA = DatasetSchema.model_validate(
             {"name": "weight", "type": "float", "min": 2, "max": 120},
             {"name": "sex", "type": "categorical", "levels": ["F", "M"]},
             {"name": "icu", "type": "boolean"},
+            {"name": "stay", "type": "integer", "min": 0, "max": 60},
+            {"name": "died", "type": "boolean"},
         ]
     }
 )
+STAY_HIGH = 60
 QUERIES = {
     "count": {"statistic": "count", "group_by": ["sex"]},
     "mean": {"statistic": "mean", "column": "weight", "where": [["age", ">=", 24]]},
@@ -69,6 +72,7 @@ QUERIES = {
     "correlation": {"statistic": "correlation", "columns": ["age", "weight"]},
     "ttest": {"statistic": "ttest", "column": "weight", "group": "sex"},
     "chi2": {"statistic": "chi2", "rows": "sex", "columns": "icu"},
+    "kaplan_meier": {"statistic": "kaplan_meier", "time": "stay", "event": "died", "group": "sex"},
 }
 
 
@@ -81,6 +85,8 @@ def cohort(rows: int, seed: int) -> pd.DataFrame:
             "weight": np.round(3.5 + 0.25 * age + rng.normal(0, 3, rows), 1).clip(2, 120),
             "sex": rng.choice(["F", "M"], rows),
             "icu": rng.random(rows) < 0.2,
+            "stay": rng.integers(0, STAY_HIGH + 1, rows),
+            "died": rng.random(rows) < 0.3,
         }
     )
 
@@ -193,7 +199,16 @@ def attacks(trials: int) -> None:
 
     frames = split(cohort(2400, 7), 3)
     for h, age in enumerate((201, 203, 205, 207, 209)):  # one child of each age, alone
-        lone = pd.DataFrame({"age": [age], "weight": [40.0 + 7 * h], "sex": ["F"], "icu": [False]})
+        lone = pd.DataFrame(
+            {
+                "age": [age],
+                "weight": [40.0 + 7 * h],
+                "sex": ["F"],
+                "icu": [False],
+                "stay": [5 + 11 * h],
+                "died": [h % 2 == 0],
+            }
+        )
         frames[h % 3] = pd.concat([frames[h % 3], lone], ignore_index=True)
     data = pd.concat(frames, ignore_index=True)
     span = 120 - 2
@@ -207,6 +222,7 @@ def attacks(trials: int) -> None:
         "level": 0,
         "logistic": 0,
         "logistic_rounded": 0,
+        "survival": 0,
     }
     for trial in range(trials):
         secrets = [new_secret() for _ in frames]
@@ -273,6 +289,19 @@ def attacks(trials: int) -> None:
                 missed["logistic"] += not abs(guess - target) <= 0.02
                 rounded = round(min(max(guess, 0.0), 1.0)) if math.isfinite(guess) else None
                 missed["logistic_rounded"] += rounded != target
+        # two survival curves: the risk sets differ by one up to the child's stay (CUSUM)
+        risk = []
+        for w in (at_least, above):
+            curve = ask({"statistic": "kaplan_meier", "time": "stay", "event": "died", "where": w})
+            shown = curve["groups"]["all"]
+            on_grid = np.zeros(STAY_HIGH + 1)
+            for t in range(STAY_HIGH + 1):
+                later = [r for u, r in zip(shown["time"], shown["at_risk"], strict=True) if u >= t]
+                on_grid[t] = later[0] if later else 0
+            risk.append(on_grid)
+        guess = int(np.argmax(np.cumsum(risk[0] - risk[1] - 0.5)))
+        stay = int(data[data.age == age].stay.iloc[0])
+        missed["survival"] += abs(guess - stay) > 0.02 * STAY_HIGH
     print(
         f"\nAttacks that miss (by more than 2 % of the declared range; a count: not exact), "
         f"per attempt, over {trials} draws of the row-key secrets"
@@ -288,6 +317,7 @@ def attacks(trials: int) -> None:
         "level": "a regression on sex alone per selection: n_F·(const − const′) + const′",
         "logistic": "the same with a logistic regression of the ICU flag (by 2 % of 0–1)",
         "logistic_rounded": "the same, the estimate rounded to 0 or 1 (chance: 50 %)",
+        "survival": "two Kaplan–Meier curves per selection: the risk sets' change point (CUSUM)",
     }
     for key, label in names.items():
         print(f"| {label} | {100 * missed[key] / trials:.0f} % |")
