@@ -147,12 +147,22 @@ def cell_perturbation(
 ) -> Perturbation:
     """Every party inputs its key sums (`smpc.cellkey.key_sums`); the perturbations of the
     given cells, and with `whole` last that of the total n (its key: the sum of every cell's)."""
+    unions = [[int(c)] for c in cells] + ([list(range(size))] if whole else [])
+    return union_perturbation(mpc, secint, keys, size, unions)
+
+
+def union_perturbation(
+    mpc: Any, secint: Any, keys: list[int], size: int, unions: list[list[int]]
+) -> Perturbation:
+    """Every party inputs its key sums (`smpc.cellkey.key_sums`); the perturbation of each
+    union of cells, its key the sum of its cells' keys: what a `count` of their rows together
+    gets (a t-test's group: both levels)."""
     pooled_keys = functools.reduce(operator.add, mpc.input(_array(secint, keys)))
-    a, b = pooled_keys[:size][cells], pooled_keys[size:][cells]
-    if whole:
-        a = mpc.np_concatenate((a, mpc.np_sum(pooled_keys[:size], keepdims=True)))
-        b = mpc.np_concatenate((b, mpc.np_sum(pooled_keys[size:], keepdims=True)))
-    return perturbation(mpc, mpc.np_concatenate((a, b)), len(cells) + whole)
+    select = np.zeros((size, len(unions)), dtype=object)
+    for u, cells in enumerate(unions):
+        select[np.array(cells, dtype=int), u] = 1
+    both = mpc.np_concatenate((pooled_keys[:size] @ select, pooled_keys[size:] @ select))
+    return perturbation(mpc, both, len(unions))
 
 
 async def combine_cells(mpc: Any, statistic: SecureStatistic, job: PartyJob) -> Opened:

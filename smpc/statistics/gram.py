@@ -143,8 +143,6 @@ class GramStatistic(SecureStatistic):
     value_column = False
     constant: ClassVar[bool] = True
     model: ClassVar[bool] = False  # a regression: its indicators' small cells are checked
-    # the exact mode adds a cell-key pseudo-row to each group's Gram matrix (`pseudo_rows`)
-    cell_key: ClassVar[bool] = True
 
     # ---- what the design is -------------------------------------------------------------
 
@@ -291,7 +289,7 @@ class GramStatistic(SecureStatistic):
     def local_input(self, frame: pd.DataFrame) -> LocalSummary:
         if self.query.dp is not None:
             return self.noisy_input(frame)
-        data, groups, keys = self.keyed_selection(frame, keys=self.cell_key)
+        data, groups, keys = self.keyed_selection(frame, keys=True)
         z = design(data, self.terms, self.constant)
         size = len(self.layout.groups)
         counts = np.bincount(groups, minlength=size)
@@ -302,9 +300,9 @@ class GramStatistic(SecureStatistic):
         vectors = {"gram": gram}
         if self.indicators:
             vectors["indicators"] = indicator_counts(data, groups, size, self.indicators)
-        if self.cell_key:
-            vectors["keys"] = key_sums(keys, groups, size)
-            vectors["corners"] = self.corners(z[:, 1:][:, self.free_terms], groups, size)
+        # the exact mode's cell key: n + p, and a pseudo-row on each group's Gram matrix
+        vectors["keys"] = key_sums(keys, groups, size)
+        vectors["corners"] = self.corners(z[:, 1:][:, self.free_terms], groups, size)
         return LocalSummary(counts=[int(c) for c in counts], vectors=vectors)
 
     @cached_property
@@ -437,21 +435,16 @@ class GramStatistic(SecureStatistic):
         site_counts = shared(summary.counts)
         site_grams = shared(summary.vectors["gram"])
         # the corners of the terms without declared bounds (the others' are public)
-        free = self.cell_key and len(self.free_terms) > 0
-        site_corners = shared(summary.vectors["corners"]) if free else []
+        site_corners = shared(summary.vectors["corners"]) if len(self.free_terms) else []
         await self.check_inputs(mpc, job, site_counts, site_grams)
         counts, released = await release(mpc, self, summary.counts, checked, sites=site_counts)
         shown = [g for g in range(size) if released[g]]
         outcomes = [GroupOutcome(None) for _ in range(size)]
         if not shown:
             return GramOpened(threshold, outcomes)
-        shift = None
-        if self.cell_key:
-            keys = summary.vectors["keys"]
-            shift = cell_perturbation(mpc, checked, keys, size, np.array(shown), False)
-        sizes = await self.open_sizes(
-            mpc, counts[np.array(shown)], None if shift is None else shift.count
-        )
+        keys = summary.vectors["keys"]
+        shift = cell_perturbation(mpc, checked, keys, size, np.array(shown), False)
+        sizes = await self.open_sizes(mpc, counts[np.array(shown)], shift.count)
         for g, n in zip(shown, sizes, strict=True):
             outcomes[g].n = n
         index = symmetric_index(k).ravel()
@@ -464,9 +457,7 @@ class GramStatistic(SecureStatistic):
             return GramOpened(threshold, outcomes)
         stype = exact_type(mpc, self.field_bits())
         gram = pooled(mpc, stype, job.summary.vectors["gram"])
-        extra: dict[int, PseudoRow] = {}
-        if shift is not None:
-            extra = await self.pseudo_rows(mpc, stype, checked, site_corners, shift, shown, solved)
+        extra = await self.pseudo_rows(mpc, stype, checked, site_corners, shift, shown, solved)
         for g in solved:
             matrix = gram[g * width : (g + 1) * width][index].reshape(k, k)
             compare = None if small is None else small[g]
@@ -678,13 +669,10 @@ class GramStatistic(SecureStatistic):
                 opened.entries[g] = [decode_moment(v) for v in entries]
         return opened
 
-    async def open_sizes(self, mpc: Any, counts: Any, shift: Any = None) -> list[int]:
+    async def open_sizes(self, mpc: Any, counts: Any, shift: Any) -> list[int]:
         """The released groups' n as the result publishes them: n + p, p the group's cell-key
-        count perturbation (`smpc.cellkey`; the same as a `count` of the same rows gets), or
-        exactly where the statistic has no cell key."""
-        if shift is not None:
-            counts = counts + shift
-        return [max(0, int(n)) for n in np.asarray(await mpc.output(counts)).ravel()]
+        count perturbation (`smpc.cellkey`; the same as a `count` of the same rows gets)."""
+        return [max(0, int(n)) for n in np.asarray(await mpc.output(counts + shift)).ravel()]
 
     async def screen(
         self,
@@ -830,10 +818,10 @@ class GramStatistic(SecureStatistic):
 
     @property
     def perturbed(self) -> bool:
-        return self.cell_key
+        return True  # n + p and a cell-key pseudo-row on each group's Gram matrix
 
     def expected_error(self, rules: AppliedRules) -> dict[str, str]:
-        if self.query.dp is not None or not self.cell_key:
+        if self.query.dp is not None:
             return super().expected_error(rules)
         n = (
             self.n_published
@@ -859,7 +847,7 @@ class GramStatistic(SecureStatistic):
         cell-key perturbed Gram matrix (`plain_values`); which groups and outputs are null
         (small cells, constant columns) comes from the pooled `reference`. The MPC's values
         differ only by its rounding to 25 significant bits."""
-        if self.query.dp is not None or not self.cell_key:
+        if self.query.dp is not None:
             return None
         import pandas as pd
 

@@ -117,7 +117,6 @@ class LogisticRegression(GramStatistic):
     )
     query: LogisticRegressionQuery
     model = True
-    cell_key = True  # n + p, and a pseudo-row in the score equation (`fit`)
     row_rule = "the outcome must be 0 or 1 in every selected row"
 
     def parameters(self) -> int:

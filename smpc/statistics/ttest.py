@@ -102,9 +102,8 @@ class TTest(SecureStatistic):
     # ---- the secure part ----------------------------------------------------------------
 
     async def compute(self, mpc: Any, job: PartyJob) -> PerGroup:
-        from smpc.cellkey import perturbation
         from smpc.exact import exact_type
-        from smpc.protocol import SiteInputs, pooled, release
+        from smpc.protocol import SiteInputs, pooled, release, union_perturbation
         from smpc.rounded import open_rounded_ratios, ratio_field_bits
 
         threshold = self.threshold
@@ -159,14 +158,8 @@ class TTest(SecureStatistic):
         t2, df = ratios[: len(shown)], ratios[len(shown) :]
         # n = n_a + n_b + p, p the count perturbation of the group's rows (both levels' keys
         # together: what a `count` of the same rows gets)
-        keys = functools.reduce(
-            operator.add, mpc.input(small.array(np.array(summary.vectors["keys"], dtype=object)))
-        )
-        cells_n = len(summary.counts)
-        key_a, key_b = keys[:cells_n], keys[cells_n:]
-        shift = perturbation(
-            mpc, mpc.np_concatenate((key_a[a] + key_a[b], key_b[a] + key_b[b])), len(shown)
-        )
+        unions = [[2 * int(g), 2 * int(g) + 1] for g in shown]
+        shift = union_perturbation(mpc, small, summary.vectors["keys"], len(summary.counts), unions)
         totals = await mpc.output(n_small[a] + n_small[b] + shift.count)
         sign_values = np.asarray(signs).ravel()
         for i, g in enumerate(shown):
