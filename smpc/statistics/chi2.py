@@ -14,25 +14,22 @@ every site's counts are ≥ 0 and within the rows it declared (`check_counts`). 
 fails is not tested: its entries are null (suppressed, like a crosstab cell), and nothing
 else is opened for it.
 
-For a tested table, in secure fixed point with 96 fractional bits,
+For a tested table, the cells are opened with the cell-key perturbation (`smpc.cellkey`): each
+cell as n_ij + p_ij, p_ij from the cell's own key (exactly what a `crosstab` of the same rows
+shows for it: every cell of a tested table reaches T, so the crosstab releases them all), and
+n as n + p, p from the key of the table's rows (what a `count` of them shows). χ², its p-value
+and df = (r − 1)(c − 1) are scipy's `chi2_contingency(correction=False)` on the perturbed
+table, in plaintext. So χ² publishes nothing a crosstab and a count of the same rows do not:
+no exact rational, no exact n to set against a crosstab's released cells, and the same rows
+always give the same answer. A perturbed table with an empty row or column (possible only
+with T < 4) has no χ²: its statistic, p-value and df are null.
 
-    χ² = n·Σ_ij O_ij² · (1/R_i) · (1/C_j) − n,
+Cost: r·c secure comparisons per table (the rules), one key decomposition per cell and per
+tested table, one opening; a constant number of rounds. Limits: n below 2**30.
 
-with the reciprocals of the row and column totals taken on shares (MPyC's normalised Newton
-iteration; error below 2**-60 for n < 2**30). χ² is then rounded *down*, inside MPC and
-deterministically (an exact secure remainder), to a multiple of 2**-20
-(`smpc.secure.OUTPUT_PRECISION_BITS`), and only that multiple is opened: no exact rational,
-whose numerator and denominator would give the table's structure away. n is opened only
-rounded, on shares, to the nearest multiple of max(5, T) (`smpc.secure.count_base`), so that
-it cannot be set against a crosstab's released cells to recover a suppressed one. df =
-(r − 1)(c − 1) and the p-value (from the rounded χ²) follow in plaintext.
-
-Cost: r·c secure comparisons per table, r + c fixed-point reciprocals and one secure
-remainder per tested table, and one per reported n; a constant number of rounds.
-Limits: n below 2**30.
-
-Reveals: per tested table χ² (rounded down to 2**-20), its p-value and df, and n rounded to a
-multiple of max(5, min_count); which tables were not tested (a cell below min_count).
+Reveals: per tested table its perturbed cells (to the parties; the result shows χ², its
+p-value and df computed from them) and n + p; which tables were not tested (a cell below
+min_count, or a site's share below its floor).
 """
 
 from __future__ import annotations
@@ -45,15 +42,15 @@ import numpy as np
 
 from smpc.encoding import KEY_BITS
 from smpc.job import LocalSummary, PartyJob
-from smpc.secure import OUTPUT_PRECISION_BITS, count_base, floor_to_grid, round_count
 from smpc.statistics.base import PerGroup, number
 from smpc.statistics.crosstab import Crosstab, CrosstabQuery
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from smpc.disclosure import AppliedRules
+
 COUNT_BITS = 30
-FIXED_FRACTION_BITS = 96  # χ² is computed in secure fixed point with 96 fractional bits
 
 
 class Chi2Query(CrosstabQuery):
@@ -62,10 +59,24 @@ class Chi2Query(CrosstabQuery):
 
 class Chi2(Crosstab):
     name = "chi2"
-    n_published = "rounded inside MPC to the nearest multiple of max(5, T)"
+    n_published = "at most ±3 (standard deviation 1.58): the count perturbation of the same rows"
     query_model = Chi2Query
     supports_dp = False
     result_fields = {"statistic": float | None, "p_value": float | None, "df": int | None}
+
+    @property
+    def perturbed(self) -> bool:
+        """The cells χ² is computed from are perturbed, n is n + p."""
+        return True
+
+    def expected_error(self, rules: AppliedRules) -> dict[str, str]:
+        return {
+            "n": self.n_published,
+            "statistic, p_value": (
+                "scipy's χ² of the table whose every cell is moved by at most ±3 (standard "
+                "deviation 1.58): the cells a crosstab of the same rows shows"
+            ),
+        }
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -73,21 +84,24 @@ class Chi2(Crosstab):
         return rows, columns
 
     async def compute(self, mpc: Any, job: PartyJob) -> PerGroup:
-        from smpc.protocol import check_counts, pooled, release_flags
-        from smpc.secure import count_base, floored_units, rounded_counts
+        from smpc.protocol import at_least, check_counts, release_flags, union_perturbation
 
         threshold = self.threshold
         r, c = self.shape
         groups = len(self.layout.groups)
+        width = r * c
         secint = mpc.SecInt(KEY_BITS)
+        summary = job.summary
+        if len(summary.vectors.get("keys", ())) != 2 * groups * width:
+            raise ValueError(f"local summary's keys do not fit {groups} tables of {r}×{c}")
         # every site's counts: ≥ 0 and within its declared rows (one bit), then pooled
-        site_counts = mpc.input(secint.array(np.array(job.summary.counts, dtype=object)))
+        site_counts = mpc.input(secint.array(np.array(summary.counts, dtype=object)))
         await check_counts(mpc, self, secint, site_counts)
         pooled_counts = functools.reduce(operator.add, site_counts)
         # every cell reaches T (hence every margin), each site's share 0 or at least its floor
         flags = release_flags(mpc, self.rules, pooled_counts, site_counts, threshold)
-        counts = pooled_counts.reshape(groups, r * c)
-        passes = None if flags is None else mpc.np_prod(flags.reshape(groups, r * c), axis=1)
+        counts = pooled_counts.reshape(groups, width)
+        passes = None if flags is None else mpc.np_prod(flags.reshape(groups, width), axis=1)
         if threshold < 1:  # no threshold: every row and column total is positive (χ² defined)
             cells = counts.reshape(groups, r, c)
             margins = mpc.np_hstack((cells.sum(axis=2), cells.sum(axis=1))) >= 1
@@ -98,68 +112,76 @@ class Chi2(Crosstab):
         shown = [g for g in range(groups) if tested[g]]
         if not shown:
             return outcome
-        totals = counts[np.array(shown)].sum(axis=1)
-        base = count_base(threshold)
-        sizes = await mpc.output(rounded_counts(mpc, mpc.np_tolist(totals), base))
-        secfxp = mpc.SecFxp(2 * FIXED_FRACTION_BITS)
-        table = pooled(mpc, secfxp, job.summary.counts).reshape(groups, r, c)
-        statistics = []
-        for g in shown:
-            o = table[g]
-            rows, columns = o.sum(axis=1), o.sum(axis=0)
-            n = rows.sum()
-            inverses = mpc.np_divide(1, mpc.np_hstack((rows, columns)))
-            weighted = o * o * inverses[:r].reshape(r, 1) * inverses[r:].reshape(1, c)
-            statistics.append(n * weighted.sum() - n)
-        units = await mpc.output(floored_units(mpc, statistics))
-        for g, size, unit in zip(shown, sizes, units, strict=True):
-            value = max(round(float(unit)), 0) / (1 << OUTPUT_PRECISION_BITS)
-            outcome.groups[g] = {"n": int(size), "statistic": value}
+        # each tested table's cells + p (each cell's own key: what a crosstab of the same rows
+        # shows) and its n + p (the table's rows' key: what a count of them shows)
+        cells = [g * width + k for g in shown for k in range(width)]
+        tables = [list(range(g * width, (g + 1) * width)) for g in shown]
+        shift = union_perturbation(
+            mpc, secint, summary.vectors["keys"], groups * width, [[k] for k in cells] + tables
+        )
+        values = mpc.np_concatenate(
+            (pooled_counts[np.array(cells)], counts[np.array(shown)].sum(axis=1))
+        )
+        noise = shift.count
+        if threshold < 1:  # an empty cell stays 0, as in a crosstab
+            noise = noise * at_least(mpc, values, 1, COUNT_BITS + 2)
+        opened = [max(0, int(v)) for v in np.asarray(await mpc.output(values + noise)).ravel()]
+        for i, g in enumerate(shown):
+            table = opened[i * width : (i + 1) * width]
+            outcome.groups[g] = {"n": opened[len(cells) + i], "table": table}
         return outcome
 
     def plain(self, summaries: list[LocalSummary], frames: list[pd.DataFrame]) -> Any:
-        """`compute` in plaintext from every party's counts (the tests' and the demo's twin):
-        the same rules (every cell ≥ T, or every margin > 0 with T = 0; each site's share of
-        every cell 0 or at least its floor), scipy's χ² of the pooled table rounded down to
-        2**-20, and n rounded as the MPC rounds it."""
+        """`compute` in plaintext from every party's counts and key sums (the tests' and the
+        demo's twin): the same rules (every cell ≥ T, or every margin > 0 with T = 0; each
+        site's share of every cell 0 or at least its floor), the same perturbed cells and n."""
         if self.query.dp is not None:
             return None
-        from scipy import stats
-
-        from smpc.protocol import plain_release
+        from smpc.protocol import plain_cell_perturbation, plain_release
 
         rules = self.rules
         assert rules is not None
         r, c = self.shape
         width = r * c
+        size = len(self.layout.groups) * width
         outcome = PerGroup(rules.threshold, [None] * len(self.layout.groups))
         for g in range(len(self.layout.groups)):
-            cells = range(g * width, (g + 1) * width)
+            cells = list(range(g * width, (g + 1) * width))
             table = np.array([plain_release(summaries, rules, k, 0)[1] for k in cells])
-            table = table.reshape(r, c)
             tested = all(plain_release(summaries, rules, k)[0] for k in cells)
             if rules.threshold < 1:
-                margins = (table.sum(axis=1) > 0).all() and (table.sum(axis=0) > 0).all()
+                grid = table.reshape(r, c)
+                margins = (grid.sum(axis=1) > 0).all() and (grid.sum(axis=0) > 0).all()
                 tested = tested and bool(margins)
             if not tested:
                 continue
-            fit = stats.chi2_contingency(table, correction=False)
+
+            def moved(count: int, union: list[int]) -> int:
+                p, _, _ = plain_cell_perturbation(summaries, size, union)
+                return max(0, count + (p if rules.threshold >= 1 or count >= 1 else 0))
+
             outcome.groups[g] = {
-                "n": round_count(int(table.sum()), count_base(rules.threshold)),
-                "statistic": max(floor_to_grid(float(fit.statistic)), 0.0),
+                "n": moved(int(table.sum()), cells),
+                "table": [moved(int(v), [k]) for v, k in zip(table, cells, strict=True)],
             }
         return outcome
 
     # ---- after the protocol -------------------------------------------------------------
 
-    def _values(self, statistic: float) -> dict[str, Any]:
+    def _values(self, table: np.ndarray) -> dict[str, Any]:
+        """χ², its p-value and df of a table (scipy's `chi2_contingency`, no continuity
+        correction); all null where a row or column total is 0 (χ² is undefined there)."""
         from scipy import stats
 
         r, c = self.shape
+        grid = np.asarray(table, dtype=np.int64).reshape(r, c)
+        if not ((grid.sum(axis=1) > 0).all() and (grid.sum(axis=0) > 0).all()):
+            return self.empty_values()
         df = (r - 1) * (c - 1)
+        fit = stats.chi2_contingency(grid, correction=False)
         return {
-            "statistic": number(statistic),
-            "p_value": number(stats.chi2.sf(statistic, df)) if df > 0 else 1.0,
+            "statistic": number(float(fit.statistic)),
+            "p_value": number(float(fit.pvalue)) if df > 0 else 1.0,
             "df": df,
         }
 
@@ -169,15 +191,14 @@ class Chi2(Crosstab):
             if item is None:
                 entries.append({"n": None, **self.empty_values()})
             else:
-                entries.append({"n": item["n"], **self._values(float(item["statistic"]))})
+                entries.append({"n": item["n"], **self._values(np.array(item["table"]))})
         return self.assemble(entries)
 
     def empty_values(self) -> dict[str, Any]:
         return {"statistic": None, "p_value": None, "df": None}
 
     def reference(self, frame: pd.DataFrame, min_count: int = 0) -> dict[str, Any]:
-        from scipy import stats
-
+        """scipy on the pooled, unperturbed table, with the same rule (pooled counts only)."""
         _, cells = self.rows(frame)
         r, c = self.shape
         entries = []
@@ -193,8 +214,5 @@ class Chi2(Crosstab):
             if not tested:
                 entries.append({"n": None, **self.empty_values()})
                 continue
-            fit = stats.chi2_contingency(table, correction=False)
-            statistic = max(floor_to_grid(float(fit.statistic)), 0.0)
-            n = round_count(int(table.sum()), count_base(min_count))
-            entries.append({"n": n, **self._values(statistic)})
+            entries.append({"n": int(table.sum()), **self._values(table)})
         return self.assemble(entries)
