@@ -67,7 +67,7 @@ def level_attack(
 def level_attempts(
     frames: list[pd.DataFrame], statistic: str, outcome: str
 ) -> list[tuple[float, float]]:
-    """100 attempts (`test_cells.over_secrets`: the first two through `simulate`)."""
+    """100 attempts (`test_cells.over_secrets`: the first through `simulate`)."""
 
     def attack(age: int, fit: Any) -> tuple[float, float]:
         return level_attack(frames, age, fit, statistic, outcome)
