@@ -10,7 +10,8 @@ key is the sum of its rows' 64-bit keys (`smpc.cellkey.row_keys`), so from outsi
 or a node that lacks another site's rows' keys) it has at least 64 bits of entropy, and a
 brute force over keys is out of reach.
 
-Inside MPC, per bit (vectorised; three secure products in two rounds, and one opening):
+Inside MPC, per bit (vectorised; 2t + 1 secure products in t + 1 rounds, three in two with 3
+parties, and one opening):
 
 1. t + 1 parties each input w = s²·η**b for a random nonzero s and a random bit b of their own
    (η a public non-residue), uniform on the nonzero field with symbol (w | p) = (−1)**b, and that

@@ -86,8 +86,8 @@ secure comparisons for the truncation; about (3·S + G² + 3)·L_t secure produc
 log-rank tail, plus a few comparisons and reciprocals for the final G − 1 pivots. Measured:
 about 2·10⁶ such products take 6 s with 3 parties on two shared cores (a 10 000-day grid, four
 groups, T = 25). The `exact` mode's perturbation: 8 Legendre bits per node (4 for its events,
-4 for its censorings), fewer than 2·L nodes per released group, each bit three secure products
-(two rounds) and one opening in a 291-bit field: about 65 µs per bit with 3 parties here (a
+4 for its censorings), fewer than 2·L nodes per released group, each bit 2t + 1 secure products
+(t + 1 rounds) and one opening in a 291-bit field: about 65 µs per bit with 3 parties here (a
 2 701-day grid with three groups, 130 000 bits: about 8 s; a 53-week grid: 850 bits per group,
 under 0.1 s). Local work is O(rows + G·L). Rows enter only the parties' local counts.
 
