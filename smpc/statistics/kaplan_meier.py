@@ -237,9 +237,12 @@ def node_perturbations(key: int, nodes: int) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass
 class SurvivalOpened(Opened):
-    at_risk: list[list[int]] = field(default_factory=list)  # per group, its opened prefix
+    # per released group: `exact`, the perturbed node sums (`tree_nodes`) of its events and
+    # censorings; `dp`, its noisy events and censorings at every grid step; `at_risk`, the
+    # exact prefixes `exact_logrank` opens to the parties (kept there, never returned)
+    at_risk: list[list[int]] = field(default_factory=list)
     events: list[list[int]] = field(default_factory=list)
-    censored: list[list[int]] = field(default_factory=list)  # with `dp`: noisy, whole grid
+    censored: list[list[int]] = field(default_factory=list)
     logrank: tuple[float, int] | None = None  # (statistic, df)
 
 
@@ -511,11 +514,11 @@ class KaplanMeier(SecureStatistic):
     async def perturbed_counts(
         self, mpc: Any, secint: Any, job: PartyJob, at_risk: Any, events: Any, opened: Any
     ) -> None:
-        """The `exact` mode's curves: every released group's pooled events and censorings at
-        every grid step, each plus a perturbation p in {−3, …, 3} (the count law of
-        `smpc.cellkey`) from four Legendre bits of the group's key (`smpc.prf`), and the
-        group's n plus the cell-key perturbation a `count` of the same rows gets; only these
-        are opened (into `opened`)."""
+        """The `exact` mode's curves: every released group's pooled events and censorings
+        summed over each node of the tree (`tree_nodes`), each sum plus a perturbation p in
+        {−3, …, 3} (the count law of `smpc.cellkey`) from four Legendre bits of the group's key
+        (`smpc.prf`), and the group's n plus the cell-key perturbation a `count` of the same
+        rows gets; only these are opened (into `opened`)."""
         from smpc.protocol import at_least, cell_perturbation
 
         size, grid = self.layout.size, self.grid
