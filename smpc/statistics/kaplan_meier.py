@@ -235,6 +235,16 @@ def node_perturbations(key: int, nodes: int) -> tuple[np.ndarray, np.ndarray]:
     return noise[0::2], noise[1::2]
 
 
+def leaving(at_risk: Any, size: int, grid: int) -> Any:
+    """Per group and grid step, the rows that leave the risk set there (by an event or a
+    censoring): r_t − r_(t+1), r past the grid being 0. `at_risk` is flat (`size` × `grid`),
+    a secure array or a numpy one: the same local arithmetic on either."""
+    step = np.arange(size * grid)
+    last = step % grid == grid - 1
+    after = np.where(last, step, step + 1)
+    return at_risk - at_risk[after] * np.where(last, 0, 1).astype(object)
+
+
 @dataclass
 class SurvivalOpened(Opened):
     # per released group: `exact`, the perturbed node sums (`tree_nodes`) of its events and
@@ -536,12 +546,9 @@ class KaplanMeier(SecureStatistic):
         noise = bits.reshape(k * m * 2, COUNT_NOISE_BITS) @ COUNT_WEIGHTS - 3
         kinds = np.arange(k * m) * 2  # (group, node, kind) order: events, then censorings
 
-        step = np.arange(size * grid)
-        last = step % grid == grid - 1
-        after = np.where(last, step, step + 1)
-        leaving = at_risk - at_risk[after] * np.where(last, 0, 1).astype(object)
         index = (shown.reshape(-1, 1) * grid + np.arange(grid)).ravel()
-        cells = mpc.np_concatenate((events[index], (leaving - events)[index])).reshape(2 * k, grid)
+        censored = leaving(at_risk, size, grid) - events
+        cells = mpc.np_concatenate((events[index], censored[index])).reshape(2 * k, grid)
         sums = _secure_node_sums(mpc, secint, cells, nodes)  # rows: events of each group, then
         noisy_events = sums[:k].reshape(-1) + noise[kinds]  # censorings of each group
         noisy_censored = sums[k:].reshape(-1) + noise[kinds + 1]
@@ -586,21 +593,17 @@ class KaplanMeier(SecureStatistic):
         site_events = shared(job.summary.vectors["events"])
         declared = declared_rows(self.schema)
         limits = mpc.input(secint(declared))
-        step = np.arange(size * grid)
-        last = step % grid == grid - 1
-        after = np.where(last, step, step + 1)
-        keep = np.where(last, 0, 1).astype(object)
         firsts = np.arange(size) * grid
         checks = []
         for risk, events, limit in zip(site_risk, site_events, limits, strict=True):
-            leaving = risk - risk[after] * keep
+            censored = leaving(risk, size, grid) - events
             spare = limit - mpc.np_sum(risk[firsts])
-            checks.append(mpc.np_concatenate((leaving - events, events, mpc.np_fromlist([spare]))))
+            checks.append(mpc.np_concatenate((censored, events, mpc.np_fromlist([spare]))))
         # this party's own copy of the same values, for its bits (`smpc.ranges`)
         risk = np.array(job.summary.vectors["at_risk"], dtype=np.int64)
         events = np.array(job.summary.vectors["events"], dtype=np.int64)
-        leaving = risk - risk[after] * keep
-        own = np.concatenate((leaving - events, events, [declared - risk[firsts].sum()]))
+        censored = (leaving(risk, size, grid) - events).astype(np.int64)
+        own = np.concatenate((censored, events, [declared - risk[firsts].sum()]))
         if not await all_in_range(mpc, secint, checks, own, SITE_COUNT_BITS):
             what = (
                 "a risk set grows, an event count is negative or exceeds the rows leaving, or "
@@ -625,13 +628,9 @@ class KaplanMeier(SecureStatistic):
         secint = mpc.SecInt(max(MOMENT_BITS, bits + 2))
 
         at_risk, events = await self.checked_inputs(mpc, secint, job)
-        step = np.arange(cells)
-        last = step % grid == grid - 1
-        after = np.where(last, step, step + 1)
-        leaving = at_risk - at_risk[after] * np.where(last, 0, 1).astype(object)
         noise = discrete_laplace(mpc, secint, [spec] * (2 * cells))
         noisy_events = events + noise[:cells]
-        noisy_censored = leaving - events + noise[cells:]
+        noisy_censored = leaving(at_risk, size, grid) - events + noise[cells:]
         totals = mpc.np_sum((noisy_events + noisy_censored).reshape(size, grid), axis=1)
         threshold = self.threshold
         released = [True] * size
@@ -801,14 +800,15 @@ class KaplanMeier(SecureStatistic):
         )
         released = [bool(threshold <= 0 or at_risk[g, 0] >= threshold) for g in range(size)]
         opened = SurvivalOpened(threshold=threshold, released=released, counts=[None] * size)
-        leaving = at_risk - np.concatenate((at_risk[:, 1:], np.zeros((size, 1), np.int64)), 1)
+        censored = (leaving(at_risk.ravel(), size, grid) - events.ravel()).astype(np.int64)
+        censored = censored.reshape(size, grid)
         nodes = tree_nodes(grid)
         for g in range(size):
             if not released[g]:
                 continue
             key = sum(int(s.vectors["key_totals"][g]) for s in summaries)
             noise_events, noise_censored = node_perturbations(key, len(nodes))
-            sums = node_sums(np.stack((events[g], leaving[g] - events[g])), nodes)
+            sums = node_sums(np.stack((events[g], censored[g])), nodes)
             opened.events.append([int(v) for v in sums[0] + noise_events])
             opened.censored.append([int(v) for v in sums[1] + noise_censored])
             p, _, _ = plain_cell_perturbation(summaries, size, [g])
