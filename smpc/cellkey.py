@@ -135,6 +135,12 @@ class Perturbation:
     signs: Any = None  # per cell, the SIGN_BITS_AT bits of key B (a model term's corner: 1 low)
 
 
+def count_perturbation(bits: Any) -> Any:
+    """The count law p = b₀ + b₁ + 2·(b₂ + b₃) − 3 from the first `COUNT_NOISE_BITS` columns of
+    a matrix of bits: secure (inside MPC) or numpy (the plaintext twins) alike."""
+    return bits[:, 0] + bits[:, 1] + 2 * (bits[:, 2] + bits[:, 3]) - 3
+
+
 def _magnitude(bits: Any) -> Any:
     weights = np.array([2 * (1 << j) for j in range(MAGNITUDE_BITS)], dtype=object)
     window = bits[:, COUNT_NOISE_BITS : COUNT_NOISE_BITS + MAGNITUDE_BITS]
@@ -147,7 +153,7 @@ def perturbation(mpc: Any, pooled_keys: Any, size: int) -> Perturbation:
     bit decomposition."""
     bits = mpc.np_to_bits(pooled_keys, l=KEY_FIELD_BITS)
     a, b = bits[:size], bits[size:]
-    count = a[:, 0] + a[:, 1] + 2 * (a[:, 2] + a[:, 3]) - 3
+    count = count_perturbation(a)
     weights = np.array([2 * (1 << j) for j in range(WEIGHT_BITS)], dtype=object)
     weight = a[:, WEIGHT_AT : WEIGHT_AT + WEIGHT_BITS] @ weights + 1
     return Perturbation(

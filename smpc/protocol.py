@@ -38,6 +38,7 @@ from smpc.cellkey import (
     MAGNITUDE_SCALE_BITS,
     SUM_PRECISION_BITS,
     Perturbation,
+    count_perturbation,
     floor_bits,
     perturbation,
     scale_factor,
@@ -426,7 +427,7 @@ def plain_perturbation(key_a: int, key_b: int) -> tuple[int, int, int]:
         return sum(2 * (1 << j) * v for j, v in enumerate(window)) + 1 - (1 << MAGNITUDE_BITS)
 
     a, b = bits(key_a), bits(key_b)
-    return a[0] + a[1] + 2 * (a[2] + a[3]) - 3, magnitude(a), magnitude(b)
+    return int(count_perturbation(np.array([a]))[0]), magnitude(a), magnitude(b)
 
 
 def plain_release(

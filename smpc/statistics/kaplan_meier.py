@@ -149,7 +149,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from smpc import prf
-from smpc.cellkey import COUNT_NOISE_BITS, key_sums
+from smpc.cellkey import COUNT_NOISE_BITS, count_perturbation, key_sums
 from smpc.cells import CellLayout
 from smpc.dp import discrete_laplace
 from smpc.encoding import MOMENT_BITS
@@ -176,7 +176,6 @@ FIXED_BITS = 256  # its secure fixed point: 128 fractional bits (MPyC divides on
 OPENED_BITS = 48  # fractional bits of the statistic as opened
 PIVOT_FLOOR = 2.0**-40
 UNGROUPED = "all"
-COUNT_WEIGHTS = np.array([1, 1, 2, 2], dtype=object)  # p = b₀ + b₁ + 2·(b₂ + b₃) − 3
 
 
 def tree_nodes(grid: int) -> list[tuple[int, int]]:
@@ -231,7 +230,7 @@ def node_offsets(groups: int, nodes: int) -> np.ndarray:
 def node_perturbations(key: int, nodes: int) -> tuple[np.ndarray, np.ndarray]:
     """`perturbed_counts`' perturbations of one group in plaintext: (events', censorings')."""
     bits = prf.plain_bits(key, node_offsets(1, nodes)[0]).reshape(nodes * 2, COUNT_NOISE_BITS)
-    noise = bits @ np.array([1, 1, 2, 2]) - 3
+    noise = count_perturbation(bits)
     return noise[0::2], noise[1::2]
 
 
@@ -543,7 +542,7 @@ class KaplanMeier(SecureStatistic):
         nodes = tree_nodes(grid)
         m = len(nodes)
         bits = await prf.legendre_bits(mpc, keys[shown], node_offsets(k, m))
-        noise = bits.reshape(k * m * 2, COUNT_NOISE_BITS) @ COUNT_WEIGHTS - 3
+        noise = count_perturbation(bits.reshape(k * m * 2, COUNT_NOISE_BITS))
         kinds = np.arange(k * m) * 2  # (group, node, kind) order: events, then censorings
 
         index = (shown.reshape(-1, 1) * grid + np.arange(grid)).ravel()
