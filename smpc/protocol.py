@@ -79,6 +79,20 @@ def at_least(mpc: Any, values: Any, bound: int | Any, bits: int) -> Any:
     return 1 - mpc.np_sgn(values - bound, l=bits, LT=True)
 
 
+def moved_counts(mpc: Any, counts: Any, noise: Any, threshold: int, bits: int) -> Any:
+    """Secret counts plus their cell-key perturbation; with no threshold (T < 1) an empty
+    count stays 0 (one secure comparison each; |count| < 2**bits). Opened, each is floored at
+    0 (`plain_moved_count`)."""
+    if threshold < 1:
+        noise = noise * at_least(mpc, counts, 1, bits)
+    return counts + noise
+
+
+def plain_moved_count(n: int, p: int, threshold: int) -> int:
+    """`moved_counts` of one count in plaintext, floored at 0 as every opened count is."""
+    return max(0, n + (p if threshold >= 1 or n >= 1 else 0))
+
+
 def secure_max(mpc: Any, a: Any, b: Any, bits: int) -> Any:
     return a + (b - a) * at_least(mpc, b, a, bits)
 
@@ -202,10 +216,8 @@ async def combine_cells(mpc: Any, statistic: SecureStatistic, job: PartyJob) -> 
     n = counts[cells]
     if whole:
         n = mpc.np_concatenate((n, mpc.np_sum(counts, keepdims=True)))
-    noise = shift.count
-    if rules.threshold < 1:  # an empty cell stays 0
-        noise = noise * at_least(mpc, n, 1, COUNT_BITS)
-    shown = [int(v) for v in np.asarray(await mpc.output(n + noise)).ravel()]
+    moved = moved_counts(mpc, n, shift.count, rules.threshold, COUNT_BITS)
+    shown = [int(v) for v in np.asarray(await mpc.output(moved)).ravel()]
     for c, v in zip(cells, shown, strict=False):
         opened.counts[c] = max(0, v)
     if whole:
@@ -471,9 +483,7 @@ def plain_cells(statistic: SecureStatistic, summaries: list[Any], rules: Any) ->
         if not ok:
             continue
         p, u_a, u_b = plain_cell_perturbation(summaries, size, [c])
-        if rules.threshold < 1 and n < 1:
-            p = 0
-        opened.counts[c] = max(0, n + p)
+        opened.counts[c] = plain_moved_count(n, p, rules.threshold)
         if statistic.moments:
             largest = max(s.vectors["largest"][c] for s in summaries)
             magnitude = scale_factor(rules.magnitude)
@@ -503,5 +513,5 @@ def plain_cells(statistic: SecureStatistic, summaries: list[Any], rules: Any) ->
     if all(opened.released) and size:
         n = sum(sum(s.counts) for s in summaries)
         p, _, _ = plain_cell_perturbation(summaries, size, list(range(size)))
-        opened.total = max(0, n + (p if rules.threshold >= 1 or n >= 1 else 0))
+        opened.total = plain_moved_count(n, p, rules.threshold)
     return opened

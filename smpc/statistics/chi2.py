@@ -84,7 +84,7 @@ class Chi2(Crosstab):
         return rows, columns
 
     async def compute(self, mpc: Any, job: PartyJob) -> PerGroup:
-        from smpc.protocol import at_least, check_counts, release_flags, union_perturbation
+        from smpc.protocol import check_counts, moved_counts, release_flags, union_perturbation
 
         threshold = self.threshold
         r, c = self.shape
@@ -122,10 +122,8 @@ class Chi2(Crosstab):
         values = mpc.np_concatenate(
             (pooled_counts[np.array(cells)], counts[np.array(shown)].sum(axis=1))
         )
-        noise = shift.count
-        if threshold < 1:  # an empty cell stays 0, as in a crosstab
-            noise = noise * at_least(mpc, values, 1, COUNT_BITS + 2)
-        opened = [max(0, int(v)) for v in np.asarray(await mpc.output(values + noise)).ravel()]
+        moved = moved_counts(mpc, values, shift.count, threshold, COUNT_BITS + 2)
+        opened = [max(0, int(v)) for v in np.asarray(await mpc.output(moved)).ravel()]
         for i, g in enumerate(shown):
             table = opened[i * width : (i + 1) * width]
             outcome.groups[g] = {"n": opened[len(cells) + i], "table": table}
@@ -137,7 +135,7 @@ class Chi2(Crosstab):
         site's share of every cell 0 or at least its floor), the same perturbed cells and n."""
         if self.query.dp is not None:
             return None
-        from smpc.protocol import plain_cell_perturbation, plain_release
+        from smpc.protocol import plain_cell_perturbation, plain_moved_count, plain_release
 
         rules = self.rules
         assert rules is not None
@@ -158,7 +156,7 @@ class Chi2(Crosstab):
 
             def moved(count: int, union: list[int]) -> int:
                 p, _, _ = plain_cell_perturbation(summaries, size, union)
-                return max(0, count + (p if rules.threshold >= 1 or count >= 1 else 0))
+                return plain_moved_count(count, p, rules.threshold)
 
             outcome.groups[g] = {
                 "n": moved(int(table.sum()), cells),

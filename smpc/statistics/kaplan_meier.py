@@ -528,7 +528,7 @@ class KaplanMeier(SecureStatistic):
         {−3, …, 3} (the count law of `smpc.cellkey`) from four Legendre bits of the group's key
         (`smpc.prf`), and the group's n plus the cell-key perturbation a `count` of the same
         rows gets; only these are opened (into `opened`)."""
-        from smpc.protocol import at_least, cell_perturbation
+        from smpc.protocol import cell_perturbation, moved_counts
 
         size, grid = self.layout.size, self.grid
         shown = np.array([g for g in range(size) if opened.released[g]], dtype=int)
@@ -556,10 +556,8 @@ class KaplanMeier(SecureStatistic):
         n = at_risk[shown * grid]
         if whole:
             n = mpc.np_concatenate((n, mpc.np_sum(at_risk[np.arange(size) * grid], keepdims=True)))
-        count_noise = shift.count
-        if opened.threshold < 1:  # an empty group stays 0
-            count_noise = count_noise * at_least(mpc, n, 1, COUNT_BITS + 2)
-        both = mpc.np_concatenate((noisy_events, noisy_censored, n + count_noise))
+        moved = moved_counts(mpc, n, shift.count, opened.threshold, COUNT_BITS + 2)
+        both = mpc.np_concatenate((noisy_events, noisy_censored, moved))
         values = [int(v) for v in np.asarray(await mpc.output(both)).ravel()]
         half = k * m
         for j, g in enumerate(shown):
@@ -786,7 +784,7 @@ class KaplanMeier(SecureStatistic):
             return None
         import pandas as pd
 
-        from smpc.protocol import plain_cell_perturbation
+        from smpc.protocol import plain_cell_perturbation, plain_moved_count
 
         rules = self.rules
         assert rules is not None
@@ -811,12 +809,10 @@ class KaplanMeier(SecureStatistic):
             opened.events.append([int(v) for v in sums[0] + noise_events])
             opened.censored.append([int(v) for v in sums[1] + noise_censored])
             p, _, _ = plain_cell_perturbation(summaries, size, [g])
-            n = int(at_risk[g, 0])
-            opened.counts[g] = max(0, n + (p if threshold >= 1 or n >= 1 else 0))
+            opened.counts[g] = plain_moved_count(int(at_risk[g, 0]), p, threshold)
         if all(released):
             p, _, _ = plain_cell_perturbation(summaries, size, list(range(size)))
-            n = int(at_risk[:, 0].sum())
-            opened.total = max(0, n + (p if threshold >= 1 or n >= 1 else 0))
+            opened.total = plain_moved_count(int(at_risk[:, 0].sum()), p, threshold)
         compared = [g for g in range(size) if released[g] and at_risk[g, 0] > 0]
         if sum(released) >= 2 and len(compared) >= 2:
             opened.logrank = self.plain_logrank(pd.concat(frames, ignore_index=True), compared)
