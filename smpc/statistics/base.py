@@ -95,6 +95,10 @@ def number(value: float | Fraction | None) -> float | None:
     return out if math.isfinite(out) else None
 
 
+# a perturbed n, as the dry run describes it: what a `count` of the same rows shows
+N_PERTURBED = "at most ±3 (standard deviation 1.58): the count perturbation of the same rows"
+
+
 class SecureStatistic:
     """Base class; subclasses set `name` and the class attributes, and write `cell_values`.
 

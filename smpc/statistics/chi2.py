@@ -42,7 +42,7 @@ import numpy as np
 
 from smpc.encoding import KEY_BITS
 from smpc.job import LocalSummary, PartyJob
-from smpc.statistics.base import PerGroup, number
+from smpc.statistics.base import N_PERTURBED, PerGroup, number
 from smpc.statistics.crosstab import Crosstab, CrosstabQuery
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ class Chi2Query(CrosstabQuery):
 
 class Chi2(Crosstab):
     name = "chi2"
-    n_published = "at most ±3 (standard deviation 1.58): the count perturbation of the same rows"
+    n_published = N_PERTURBED
     query_model = Chi2Query
     supports_dp = False
     result_fields = {"statistic": float | None, "p_value": float | None, "df": int | None}

@@ -68,7 +68,7 @@ from smpc.cellkey import (
 from smpc.dp import GRID, NoiseSpec, column_bounds, product_sensitivity, sample
 from smpc.encoding import FRAC_BITS, decode_moment
 from smpc.job import LocalSummary, PartyJob
-from smpc.statistics.base import SecureStatistic
+from smpc.statistics.base import N_PERTURBED, SecureStatistic
 from smpc.statistics.design import (
     ENTRY_BITS,
     LOCAL_ENTRY_BITS,
@@ -823,13 +823,8 @@ class GramStatistic(SecureStatistic):
     def expected_error(self, rules: AppliedRules) -> dict[str, str]:
         if self.query.dp is not None:
             return super().expected_error(rules)
-        n = (
-            self.n_published
-            if self.n_published != "exact"
-            else "at most ±3 (standard deviation 1.58): the count perturbation of the same rows"
-        )
         return {
-            "n": n,
+            "n": N_PERTURBED,
             "other keys": (
                 "computed from the group's Gram matrix plus one pseudo-row of weight up to "
                 f"{2 * rules.magnitude:g} (2 × magnitude) at the low or high declared bound of "

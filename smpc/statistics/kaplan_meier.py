@@ -156,7 +156,14 @@ from smpc.encoding import MOMENT_BITS
 from smpc.job import LocalSummary, PartyJob
 from smpc.query import QueryBase
 from smpc.secure import look_up, prefix_lengths, quadratic_form, rounded_division, to_fixed
-from smpc.statistics.base import DPApplied, Opened, ResultModel, SecureStatistic, number
+from smpc.statistics.base import (
+    N_PERTURBED,
+    DPApplied,
+    Opened,
+    ResultModel,
+    SecureStatistic,
+    number,
+)
 from tessera.errors import QueryInvalid
 from tessera.schemas import ColumnName
 
@@ -320,7 +327,7 @@ class KaplanMeier(SecureStatistic):
         if self.query.dp is not None:
             return super().expected_error(rules)
         return {
-            "n": "at most ±3 (standard deviation 1.58): the count perturbation of the same rows",
+            "n": N_PERTURBED,
             "time, survival, at_risk": (
                 "from per-step event and censoring counts estimated from a tree of node sums "
                 "(every dyadic interval of the grid), each perturbed by at most ±3 (standard "

@@ -53,7 +53,7 @@ from smpc.encoding import FRAC_BITS, KEY_BITS
 from smpc.exact import Singular, gauss_jordan, hadamard_bits
 from smpc.job import LocalSummary, PartyJob
 from smpc.rounded import open_rounded_ratios, ratio_field_bits
-from smpc.statistics.base import number
+from smpc.statistics.base import N_PERTURBED, number
 from smpc.statistics.design import (
     BOUND_PAD_BITS,
     ENTRY_BITS,
@@ -487,7 +487,7 @@ class LogisticRegression(GramStatistic):
         if self.query.dp is not None:
             return super().expected_error(rules)
         return {
-            "n": "at most ±3 (standard deviation 1.58): the count perturbation of the same rows",
+            "n": N_PERTURBED,
             "other keys": (
                 "the maximum-likelihood fit with one pseudo-observation added: at the low or "
                 "high declared bound of each column (a column without bounds: the group's own "
