@@ -692,12 +692,12 @@ class KaplanMeier(SecureStatistic):
             groups[label] = curve
         logrank: dict[str, Any] = {"statistic": None, "p_value": None, "df": None}
         if opened.logrank is not None:
-            from scipy.special import chdtrc  # chi2.sf; scipy.stats takes 2 s to import
+            from smpc.statistics.tails import chi2_upper
 
             statistic, df = opened.logrank
             logrank = {
                 "statistic": number(statistic),
-                "p_value": number(chdtrc(df, statistic)),
+                "p_value": number(chi2_upper(statistic, df)),
                 "df": df,
             }
         return self.with_dp({"n": opened.total, "groups": groups, "logrank": logrank})

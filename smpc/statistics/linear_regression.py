@@ -288,7 +288,7 @@ class LinearRegression(GramStatistic):
         return self.empty_values()
 
     def values(self, beta: list[Any], se_sq: list[Any], r2: Any, n: int) -> dict[str, Any]:
-        from scipy import stats
+        from smpc.statistics.tails import t_two_sided
 
         names = self.coefficient_names
         df = n - len(names)
@@ -300,7 +300,7 @@ class LinearRegression(GramStatistic):
             if se is None or se == 0:
                 out["p_values"][name] = None
             else:
-                out["p_values"][name] = number(2 * stats.t.sf(abs(float(b)) / se, df))
+                out["p_values"][name] = number(t_two_sided(float(b) / se, df))
         out["r_squared"] = number(r2)
         return out
 

@@ -510,14 +510,14 @@ class LogisticRegression(GramStatistic):
         return self.empty_values()
 
     def values(self, beta: np.ndarray, variances: list[float], iterations: int) -> dict[str, Any]:
-        from scipy import stats
+        from smpc.statistics.tails import normal_two_sided
 
         out: dict[str, Any] = {"coefficients": {}, "std_errors": {}, "p_values": {}}
         for name, b, v in zip(self.names, beta, variances, strict=True):
             se = v**0.5 if v > 0 else None
             out["coefficients"][name] = number(b)
             out["std_errors"][name] = number(se)
-            out["p_values"][name] = None if se is None else number(2 * stats.norm.sf(abs(b) / se))
+            out["p_values"][name] = None if se is None else number(normal_two_sided(b / se))
         out["iterations"] = iterations
         return out
 

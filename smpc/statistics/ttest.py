@@ -215,11 +215,11 @@ class TTest(SecureStatistic):
 
     @staticmethod
     def _values(t: float | None, df: Fraction | float | None) -> dict[str, Any]:
-        from scipy import stats
+        from smpc.statistics.tails import t_two_sided
 
         if t is None or df is None:
             return {"statistic": None, "p_value": None, "df": number(df)}
-        p = 2 * stats.t.sf(abs(t), float(df))
+        p = t_two_sided(t, float(df))
         return {"statistic": number(t), "p_value": number(p), "df": number(df)}
 
     def finish(self, opened: PerGroup) -> dict[str, Any]:
