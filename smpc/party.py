@@ -35,6 +35,26 @@ def _mpyc_argv(job: Any) -> list[str]:
     return argv
 
 
+CONNECT_RETRY_S = 0.005  # MPyC itself waits 0.1 s before it tries a peer again
+CONNECT_PATIENCE_S = 2.0
+
+
+async def _connect_soon(connect: Any, *args: Any, **kwargs: Any) -> Any:
+    """`loop.create_connection` that tries again every 5 ms for up to 2 s while the peer is not
+    listening yet. Parties start within milliseconds of each other, and MPyC's own retry after
+    a refused connection sleeps 0.1 s, which every party then waits for: up to a tenth of a
+    second on every protocol run, half of a count's latency. A peer still not listening after
+    2 s falls back to MPyC's own retries (until the run's deadline)."""
+    deadline = time.monotonic() + CONNECT_PATIENCE_S
+    while True:
+        try:
+            return await connect(*args, **kwargs)
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(CONNECT_RETRY_S)
+
+
 async def _run(mpc: Any, job: Any) -> dict[str, Any]:
     from smpc.disclosure import prelude
     from smpc.statistics import compile_query
@@ -44,6 +64,7 @@ async def _run(mpc: Any, job: Any) -> dict[str, Any]:
     host = job.parties[job.party_id][0]
     loop = mpc._loop
     loop.create_server = functools.partial(loop.create_server, host=host)
+    loop.create_connection = functools.partial(_connect_soon, loop.create_connection)
     started = time.perf_counter()
     await mpc.start()
     try:
