@@ -104,10 +104,11 @@ PERTURBED = {
     "histogram",
     "crosstab",
 }
-# the models perturbed by a cell-key pseudo-row (`smpc.statistics.gram`): their twin computes
-# the same perturbed model exactly; the MPC rounds every opened ratio to 25 significant bits
-# (2**-24 relative; a p-value far in the tail moves a little more than its t statistic)
-MODELS = {"linear_regression", "logistic_regression", "correlation"}
+# the models and the t-test perturbed by a cell-key pseudo-row (`smpc.statistics.gram`,
+# `smpc.statistics.ttest`): their twin computes the same perturbed statistic exactly; the MPC
+# rounds every opened ratio to 25 significant bits (2**-24 relative; a p-value far in the tail
+# moves a little more than its t statistic)
+MODELS = {"linear_regression", "logistic_regression", "correlation", "ttest"}
 # Kaplan–Meier's curves come from the same perturbed counts as its twin's; its log-rank
 # statistic is rounded to 2**-48 inside MPC (the twin's is lifelines')
 CURVES = {"kaplan_meier"}

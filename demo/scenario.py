@@ -38,11 +38,11 @@ from synth.report import pair_trends_text
 NODE_MIN_COUNT = 5
 # the statistics the exact mode perturbs by cell key (their plaintext twin: reference_parties)
 PERTURBED = {"count", "sum", "mean", "variance", "min", "max", "histogram", "crosstab", "quantile"}
-# the models whose Gram matrix carries a cell-key pseudo-row: their twin computes the perturbed
-# model exactly, and the MPC rounds every opened ratio to 25 significant bits
-MODELS = {"linear_regression", "logistic_regression", "correlation"}
-# with the tests (the t-test's n perturbed, χ²'s per-site floors): their twin rounds nothing
-TWINNED = MODELS | {"ttest", "chi2"}
+# the models and the t-test, whose sums carry a cell-key pseudo-row: their twin computes the
+# perturbed statistic exactly, and the MPC rounds every opened ratio to 25 significant bits
+MODELS = {"linear_regression", "logistic_regression", "correlation", "ttest"}
+# with χ² (of the perturbed cells, with per-site floors)
+TWINNED = MODELS | {"chi2"}
 MODEL_REL_TOL = 1e-5  # 2**-24 per ratio; a p-value far in the tail moves a little more
 REL_TOL = 1e-6
 # each hospital: per study on the cohort, and all studies together; a charge fits when basic

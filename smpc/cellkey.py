@@ -63,6 +63,7 @@ SUM_PRECISION_BITS = 16  # opened sums are rounded down to multiples of 2**-16
 WEIGHT_AT = 16  # key A's bits 16–23: W, the pseudo-row weight's numerator ω = 2W + 1
 WEIGHT_BITS = 8
 SIGN_BITS_AT = (0, 1, 2, 3, 16, 17, 18, 19, 20, 21, 22, 23)  # key B's bits left for the signs
+CORNER_LIMIT_BITS = 33  # a pseudo-row's corner, scaled 2**8: |z| < 2**25; empty sites input ±2**33
 SECRET_LENGTH = 16  # SipHash's key: 16 characters (urlsafe base64 of 12 random bytes)
 
 
@@ -111,6 +112,25 @@ def sign_slot(name: str) -> int:
     """Which of key B's corner bits a model column's pseudo-row takes (by its name, so that a
     column gets the same corner in every design of the same rows)."""
     return zlib.crc32(name.encode("utf-8")) % len(SIGN_BITS_AT)
+
+
+def corners(z: np.ndarray, groups: np.ndarray, size: int) -> list[int]:
+    """Per group and column of `z` (rows × columns), this site's smallest and largest value
+    (scaled 2**8, rounded outwards): a pseudo-row's corners where no bounds are declared (the
+    models', the t-test's). A site without rows in a group inputs ±2**33, which loses every
+    secure min and max."""
+    empty = [1 << CORNER_LIMIT_BITS, -(1 << CORNER_LIMIT_BITS)]
+    out: list[int] = []
+    for g in range(size):
+        rows = z[groups == g]
+        for j in range(z.shape[1]):
+            if len(rows):
+                low = int(np.floor(np.ldexp(rows[:, j].min(), LARGEST_SCALE_BITS)))
+                high = int(np.ceil(np.ldexp(rows[:, j].max(), LARGEST_SCALE_BITS)))
+                out += [low, high]
+            else:
+                out += empty
+    return out
 
 
 def largest(values: np.ndarray, cells: np.ndarray, size: int) -> list[int]:

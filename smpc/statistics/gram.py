@@ -59,8 +59,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from smpc.cellkey import (
+    CORNER_LIMIT_BITS,
     LARGEST_SCALE_BITS,
     Perturbation,
+    corners,
     key_sums,
     scale_factor,
     sign_slot,
@@ -134,7 +136,6 @@ class NoisyGramOpened:
 
 
 ZERO = (-1, -1)  # an entry that is 0 by construction (two levels of one categorical)
-CORNER_LIMIT_BITS = 33  # a term's corner, scaled 2**8: |z| < 2**25; empty sites input ±2**33
 
 
 class GramStatistic(SecureStatistic):
@@ -302,7 +303,7 @@ class GramStatistic(SecureStatistic):
             vectors["indicators"] = indicator_counts(data, groups, size, self.indicators)
         # the exact mode's cell key: n + p, and a pseudo-row on each group's Gram matrix
         vectors["keys"] = key_sums(keys, groups, size)
-        vectors["corners"] = self.corners(z[:, 1:][:, self.free_terms], groups, size)
+        vectors["corners"] = corners(z[:, 1:][:, self.free_terms], groups, size)
         return LocalSummary(counts=[int(c) for c in counts], vectors=vectors)
 
     @cached_property
@@ -344,24 +345,6 @@ class GramStatistic(SecureStatistic):
     def free_terms(self) -> np.ndarray:
         """The terms without declared bounds: their corners are the group's own extremes."""
         return np.flatnonzero(self.corner_bounds[0])
-
-    def corners(self, z: np.ndarray, groups: np.ndarray, size: int) -> list[int]:
-        """Per group and term of `z` (the terms without declared bounds), this site's smallest
-        and largest value (scaled 2**8, rounded outwards): the pseudo-row's corners
-        (`pseudo_rows`). A site without rows in a group inputs ±2**33, which loses every
-        secure min and max."""
-        empty = [1 << CORNER_LIMIT_BITS, -(1 << CORNER_LIMIT_BITS)]
-        out: list[int] = []
-        for g in range(size):
-            rows = z[groups == g]
-            for j in range(z.shape[1]):
-                if len(rows):
-                    low = int(np.floor(np.ldexp(rows[:, j].min(), LARGEST_SCALE_BITS)))
-                    high = int(np.ceil(np.ldexp(rows[:, j].max(), LARGEST_SCALE_BITS)))
-                    out += [low, high]
-                else:
-                    out += empty
-        return out
 
     def keyed_selection(
         self, frame: pd.DataFrame, keys: bool

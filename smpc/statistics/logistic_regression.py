@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from smpc.cellkey import MAGNITUDE_BITS, key_sums, scale_factor
+from smpc.cellkey import MAGNITUDE_BITS, corners, key_sums, scale_factor
 from smpc.encoding import FRAC_BITS, KEY_BITS
 from smpc.exact import Singular, gauss_jordan, hadamard_bits
 from smpc.job import LocalSummary, PartyJob
@@ -176,7 +176,7 @@ class LogisticRegression(GramStatistic):
         if self.indicators:
             vectors["indicators"] = indicator_counts(data, groups, size, self.indicators)
         if len(self.free_terms):
-            vectors["corners"] = self.corners(x[:, 1:][:, self.free_terms], groups, size)
+            vectors["corners"] = corners(x[:, 1:][:, self.free_terms], groups, size)
         return LocalSummary(
             counts=[int(c) for c in counts], rows=LocalSummary.pack_rows(rows), vectors=vectors
         )

@@ -36,24 +36,63 @@ reported (a level below max(min_count, 2) rows).
 from __future__ import annotations
 
 import functools
+import math
 import operator
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from smpc.cellkey import CORNER_LIMIT_BITS, LARGEST_SCALE_BITS, corners, scale_factor, sign_slot
 from smpc.encoding import FRAC_BITS, MOMENT_BITS
 from smpc.job import LocalSummary, PartyJob
 from smpc.query import ColumnQuery
-from smpc.statistics.base import PerGroup, SecureStatistic, number
+from smpc.statistics.base import N_PERTURBED, PerGroup, SecureStatistic, number
 from tessera.errors import QueryInvalid
 from tessera.schemas import ColumnName
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from smpc.disclosure import AppliedRules
+
 COUNT_BITS = 30
 SUM_BITS = MOMENT_BITS + 4  # pooled over at most 16 parties
+KAPPA = 1 << 16  # the pseudo-row's weight w = ω·m / 2**16: every level's sums scaled by κ
+N_BITS = COUNT_BITS + 17  # κ·n + ω·m
+S_BITS = SUM_BITS + 17  # κ·Σx + ω·m·c (and κ·Σx²  + ω·m·c²), scaled 2**40
+A_BITS = 2 * S_BITS + 1  # N·Q·2**40 − S²
+D_BITS = 3 * N_BITS  # N²·(N − κ)
+DIFF_BITS = S_BITS + N_BITS + 1  # S_a·N_b − S_b·N_a
+_SPREAD = A_BITS + D_BITS + 1  # A_a·D_b + A_b·D_a
+RATIO_BITS = (
+    max(
+        2 * DIFF_BITS + 2 * D_BITS,  # t²'s numerator
+        4 * N_BITS + _SPREAD + 16,  # its denominator
+        2 * _SPREAD + 2 * N_BITS,  # df's numerator
+        2 * A_BITS + 2 * D_BITS + N_BITS + 17,  # its denominator
+    )
+    + 1
+)
+
+
+def welch_from_sums(
+    n_a: int, s_a: int, q_a: int, n_b: int, s_b: int, q_b: int
+) -> tuple[float | None, float | None, int]:
+    """t², df and the sign of t, exactly, from each level's κ·n + w, κ·Σx + w·c and
+    κ·Σx² + w·c² (sums scaled 2**40): what `TTest.compute` opens rounded (the twin's)."""
+    scale = 1 << FRAC_BITS
+    a_a, a_b = q_a * n_a * scale - s_a * s_a, q_b * n_b * scale - s_b * s_b
+    d_a, d_b = n_a * n_a * (n_a - KAPPA), n_b * n_b * (n_b - KAPPA)
+    diff = s_a * n_b - s_b * n_a
+    spread = a_a * d_b + a_b * d_a
+    t2_den = (n_a * n_b) ** 2 * spread * KAPPA
+    df_den = (a_a * a_a * d_b * d_b * (n_b - KAPPA) + a_b * a_b * d_a * d_a * (n_a - KAPPA)) * KAPPA
+    t2 = float(Fraction(diff * diff * d_a * d_b, t2_den)) if t2_den else None
+    df = (
+        float(Fraction(spread * spread * (n_a - KAPPA) * (n_b - KAPPA), df_den)) if df_den else None
+    )
+    return t2, df, 1 if diff >= 0 else -1
 
 
 class TTestQuery(ColumnQuery):
@@ -66,7 +105,7 @@ class TTestQuery(ColumnQuery):
 
 class TTest(SecureStatistic):
     name = "ttest"
-    n_published = "at most ±3 (standard deviation 1.58): the count perturbation of the group's rows"
+    n_published = N_PERTURBED
     query_model = TTestQuery
     numeric_column = True
     result_fields = {"statistic": float | None, "p_value": float | None, "df": float | None}
@@ -99,23 +138,52 @@ class TTest(SecureStatistic):
 
         return CellLayout.build([self.query.group], self.schema).group_codes(data)
 
+    # ---- the local part -----------------------------------------------------------------
+
+    def local_input(self, frame: pd.DataFrame) -> LocalSummary:
+        """The cell protocol's summary (counts, key sums, Σx, Σx², the largest |x|) and, for a
+        column without declared bounds, each cell's smallest and largest value (the pseudo-row's
+        corners, `corners`)."""
+        summary = super().local_input(frame)
+        if self.declared_bounds is None:
+            data, cells = self.rows(frame)
+            values = data[self.query.column].to_numpy(dtype=float)
+            summary.vectors["corners"] = corners(values.reshape(-1, 1), cells, self.layout.size)
+        return summary
+
+    def corner_bounds(self) -> tuple[int, int] | None:
+        """The declared bounds as the pseudo-row's corners (scaled 2**8, rounded outwards)."""
+        if self.declared_bounds is None:
+            return None
+        low, high = self.declared_bounds
+        return (
+            math.floor(math.ldexp(low, LARGEST_SCALE_BITS)),
+            math.ceil(math.ldexp(high, LARGEST_SCALE_BITS)),
+        )
+
     # ---- the secure part ----------------------------------------------------------------
 
     async def compute(self, mpc: Any, job: PartyJob) -> PerGroup:
         from smpc.exact import exact_type
-        from smpc.protocol import SiteInputs, pooled, release, union_perturbation
-        from smpc.rounded import open_rounded_ratios, ratio_field_bits
+        from smpc.protocol import (
+            SiteInputs,
+            pooled,
+            release,
+            secure_max,
+            secure_min,
+            union_perturbation,
+        )
+        from smpc.rounded import convert, open_nonnegative, open_rounded_ratios, ratio_field_bits
 
         threshold = self.threshold
         summary = job.summary
         groups = len(self.layout.groups)
+        size = len(summary.counts)
         # every site's n, Σx and Σx² of every cell within the column's declared bounds, decided
-        # inside MPC before anything (the release bits included) is opened; the same shares,
-        # pooled, then give the sign of t (cheap comparisons in this small field)
+        # inside MPC before anything (the release bits included) is opened
         small = mpc.SecInt(SUM_BITS + COUNT_BITS + 2)
         site_counts = mpc.input(small.array(np.array(summary.counts, dtype=object)))
-        cells = np.arange(len(summary.counts))
-        inputs = SiteInputs.of(mpc, small, self, job, cells, site_counts)
+        inputs = SiteInputs.of(mpc, small, self, job, np.arange(size), site_counts)
         await inputs.check(mpc, self)
         _, passes = await release(
             mpc, self, summary.counts, small, threshold=max(threshold, 2), sites=site_counts
@@ -124,49 +192,77 @@ class TTest(SecureStatistic):
         outcome = PerGroup(threshold, [None] * groups)
         if not any(reported):
             return outcome
-        s_bits = SUM_BITS
-        a_bits = 2 * s_bits + 1
-        d_bits = 3 * COUNT_BITS
-        df_bits = 2 * (2 * a_bits + 2 * d_bits + 2) + 2 * COUNT_BITS + 4
-        ratio_bits = df_bits // 2 + 2 * COUNT_BITS  # any numerator or denominator below
-        stype = exact_type(mpc, ratio_field_bits(ratio_bits))
         shown = np.array([g for g in range(groups) if reported[g]])
-        a, b = 2 * shown, 2 * shown + 1
-        n_small = functools.reduce(operator.add, site_counts)
-        s_small = inputs.pooled("sum")
-        sign_of = s_small[a] * n_small[b] - s_small[b] * n_small[a]
-        signs = await mpc.output(mpc.np_sgn(sign_of))
-        n = pooled(mpc, stype, summary.counts)
-        s = pooled(mpc, stype, summary.moments["sum"])
-        q = pooled(mpc, stype, summary.moments["sumsq"])
-        scale = 1 << FRAC_BITS
+        k = len(shown)
+        levels = np.concatenate([2 * shown, 2 * shown + 1])  # every a, then every b
+        # the cell keys: each level's pseudo-row (ω from key A, its corner bit from key B), and
+        # n = n_a + n_b + p with p the count perturbation of both levels' rows together
+        unions = [[int(c)] for c in levels] + [[2 * int(g), 2 * int(g) + 1] for g in shown]
+        shift = union_perturbation(mpc, small, summary.vectors["keys"], size, unions)
+        bounds = self.corner_bounds()
+        if bounds is None:
+            at = np.concatenate([2 * levels, 2 * levels + 1])
+            sites = mpc.input(small.array(np.array(summary.vectors["corners"], dtype=object)))
+            ends = [s[at] for s in sites]
+            bits = CORNER_LIMIT_BITS + 2
+            low = functools.reduce(
+                lambda x, y: secure_min(mpc, x, y, bits), [e[: 2 * k] for e in ends]
+            )
+            high = functools.reduce(
+                lambda x, y: secure_max(mpc, x, y, bits), [e[2 * k :] for e in ends]
+            )
+        else:
+            low, high = bounds
+        slot = sign_slot(self.query.column)
+        corner = high + shift.signs[: 2 * k, slot] * (low - high)
+        offset = 1 << CORNER_LIMIT_BITS
+        moved = await convert(
+            mpc,
+            mpc.np_concatenate((corner + offset, shift.weight[: 2 * k])),
+            exact_type(mpc, ratio_field_bits(RATIO_BITS)),
+            CORNER_LIMIT_BITS + 2,
+        )
+        stype = type(moved).sectype
+        c, omega = moved[: 2 * k] - offset, moved[2 * k :]
+        assert self.rules is not None
+        w = omega * scale_factor(self.rules.magnitude)  # w·2**16: the pseudo-row's weight
+        # each level with its pseudo-row, on the scale κ = 2**16 (n → N/κ, Σx → S/κ, …)
+        n = pooled(mpc, stype, summary.counts)[levels] * KAPPA + w
+        s = pooled(mpc, stype, summary.moments["sum"])[levels] * KAPPA + w * c * (
+            1 << (FRAC_BITS - LARGEST_SCALE_BITS)
+        )
+        q = pooled(mpc, stype, summary.moments["sumsq"])[levels] * KAPPA + w * c * c * (
+            1 << (FRAC_BITS - 2 * LARGEST_SCALE_BITS)
+        )
+        a, b = np.arange(k), np.arange(k, 2 * k)
         n_a, n_b = n[a], n[b]
-        a_a = q[a] * n_a * scale - s[a] * s[a]
-        a_b = q[b] * n_b * scale - s[b] * s[b]
-        d_a = n_a * n_a * (n_a - 1)
-        d_b = n_b * n_b * (n_b - 1)
+        centred = q * n * (1 << FRAC_BITS) - s * s  # ≥ 0: a weighted sample's
+        a_a, a_b = centred[a], centred[b]
+        d = n * n * (n - KAPPA)
+        d_a, d_b = d[a], d[b]
         diff = s[a] * n_b - s[b] * n_a
         spread = a_a * d_b + a_b * d_a
         n_ab = n_a * n_b
+        # t² and df each carry a factor κ in the denominator (`smpc.statistics.ttest` docs)
         numerators = mpc.np_tolist(diff * diff * d_a * d_b)
-        numerators += mpc.np_tolist(spread * spread * (n_a - 1) * (n_b - 1))
-        denominators = mpc.np_tolist(n_ab * n_ab * spread)
+        numerators += mpc.np_tolist(spread * spread * (n_a - KAPPA) * (n_b - KAPPA))
+        denominators = mpc.np_tolist(n_ab * n_ab * spread * KAPPA)
         denominators += mpc.np_tolist(
-            a_a * a_a * d_b * d_b * (n_b - 1) + a_b * a_b * d_a * d_a * (n_a - 1)
+            (a_a * a_a * d_b * d_b * (n_b - KAPPA) + a_b * a_b * d_a * d_a * (n_a - KAPPA)) * KAPPA
         )
-        ratios = await open_rounded_ratios(mpc, numerators, denominators, ratio_bits)
-        t2, df = ratios[: len(shown)], ratios[len(shown) :]
-        # n = n_a + n_b + p, p the count perturbation of the group's rows (both levels' keys
-        # together: what a `count` of the same rows gets)
-        unions = [[2 * int(g), 2 * int(g) + 1] for g in shown]
-        shift = union_perturbation(mpc, small, summary.vectors["keys"], len(summary.counts), unions)
-        totals = await mpc.output(n_small[a] + n_small[b] + shift.count)
-        sign_values = np.asarray(signs).ravel()
+        ratios = await open_rounded_ratios(mpc, numerators, denominators, RATIO_BITS)
+        t2, df = ratios[:k], ratios[k:]
+        positive = await open_nonnegative(mpc, diff, DIFF_BITS)
+        totals = await mpc.output(
+            functools.reduce(operator.add, site_counts)[2 * shown]
+            + functools.reduce(operator.add, site_counts)[2 * shown + 1]
+            + shift.count[2 * k :]
+        )
         for i, g in enumerate(shown):
             outcome.groups[g] = {
                 "n": max(0, int(totals[i])),
                 "t2": t2[i],
-                "sign": int(sign_values[i]),
+                "sign": 1 if positive[i] else -1,
                 "df": df[i],
             }
         return outcome
@@ -174,42 +270,67 @@ class TTest(SecureStatistic):
     def plain(self, summaries: list[LocalSummary], frames: list[pd.DataFrame]) -> Any:
         """`compute` in plaintext (the tests' and the demo's twin): the same release (both
         levels ≥ max(T, 2), each site's count 0 or at least its floor), n + p from the same
-        keys, and scipy's Welch test on the pooled rows (the MPC rounds t² and df to 25
-        significant bits)."""
+        keys, and Welch's test exactly on each level's sums with the same pseudo-row (the MPC
+        rounds t² and df to 25 significant bits)."""
         if self.query.dp is not None:
             return None
-        import pandas as pd
-        from scipy import stats
-
-        from smpc.protocol import plain_cell_perturbation, plain_release
+        from smpc.cellkey import plain_model_shift
+        from smpc.protocol import plain_cell_keys, plain_cell_perturbation, plain_release
 
         rules = self.rules
         assert rules is not None
         size = len(summaries[0].counts)
-        data, cells = self.rows(pd.concat(frames, ignore_index=True))
-        values = data[self.query.column].to_numpy(dtype=float)
         outcome = PerGroup(rules.threshold, [None] * len(self.layout.groups))
+        bounds = self.corner_bounds()
+        magnitude = scale_factor(rules.magnitude)
         for g in range(len(self.layout.groups)):
-            levels = [
-                plain_release(summaries, rules, cell, max(rules.threshold, 2))
-                for cell in (2 * g, 2 * g + 1)
-            ]
+            cells = (2 * g, 2 * g + 1)
+            levels = [plain_release(summaries, rules, c, max(rules.threshold, 2)) for c in cells]
             if not all(ok for ok, _ in levels):
                 continue
-            sizes = [n for _, n in levels]
-            p, _, _ = plain_cell_perturbation(summaries, size, [2 * g, 2 * g + 1])
-            with np.errstate(invalid="ignore", divide="ignore"):
-                fit = stats.ttest_ind(
-                    values[cells == 2 * g], values[cells == 2 * g + 1], equal_var=False
-                )
-            t = float(fit.statistic)
+            moments = []
+            for c in cells:
+                omega, signs = plain_model_shift(*plain_cell_keys(summaries, size, [c]))
+                if bounds is None:
+                    low = min(x.vectors["corners"][2 * c] for x in summaries)
+                    high = max(x.vectors["corners"][2 * c + 1] for x in summaries)
+                else:
+                    low, high = bounds
+                corner = low if signs[sign_slot(self.query.column)] else high
+                w = omega * magnitude
+                n = sum(x.counts[c] for x in summaries) * KAPPA + w
+                total = sum(x.moments["sum"][c] for x in summaries) * KAPPA
+                total += w * corner * (1 << (FRAC_BITS - LARGEST_SCALE_BITS))
+                square = sum(x.moments["sumsq"][c] for x in summaries) * KAPPA
+                square += w * corner * corner * (1 << (FRAC_BITS - 2 * LARGEST_SCALE_BITS))
+                moments.append((n, total, square))
+            t2, df, sign = welch_from_sums(*moments[0], *moments[1])
+            p, _, _ = plain_cell_perturbation(summaries, size, list(cells))
             outcome.groups[g] = {
-                "n": max(0, sum(sizes) + p),
-                "t2": t * t if np.isfinite(t) else None,
-                "sign": int(np.sign(t)) if np.isfinite(t) else 0,
-                "df": float(fit.df) if np.isfinite(fit.df) else None,
+                "n": max(0, sum(n for _, n in levels) + p),
+                "t2": t2,
+                "sign": sign,
+                "df": df,
             }
         return outcome
+
+    # ---- what the dry run says --------------------------------------------------------
+
+    @property
+    def perturbed(self) -> bool:
+        return True  # n + p, and a cell-key pseudo-row on each level's sums
+
+    def expected_error(self, rules: AppliedRules) -> dict[str, str]:
+        return {
+            "n": self.n_published,
+            "statistic, p_value, df": (
+                "Welch's test of the two levels, each with one pseudo-row of weight up to "
+                f"{2 * rules.magnitude:g} (2 × magnitude) at the low or high declared bound of "
+                f"{self.query.column!r} (without bounds: the level's own smallest or largest "
+                "value), t² and df rounded to 25 significant bits: like adding up to "
+                f"{2 * rules.magnitude:g} of a patient at a corner of the data to each level"
+            ),
+        }
 
     # ---- after the protocol -------------------------------------------------------------
 

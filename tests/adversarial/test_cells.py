@@ -398,3 +398,99 @@ def test_differencing_through_regressions_does_not_give_a_childs_weight(
     errors = over_secrets(cohort, SCHEMA, lambda age, fit: regression_attack(cohort, age, fit), 5)
     missed = sum(e > 0.02 * WEIGHT_RANGE for e in errors)
     assert missed >= 80, sorted(errors)
+
+
+def welch_with(others: pd.DataFrame, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Welch's t and df of F against M when one more F child of each weight in `weights`
+    joins the rows `others` (vectorised over the candidates)."""
+    a = others[others.sex == "F"].weight_kg.to_numpy()
+    b = others[others.sex == "M"].weight_kg.to_numpy()
+    m = len(a) + 1
+    total, squares = a.sum() + weights, (a**2).sum() + weights**2
+    e_a = (squares - total**2 / m) / (m - 1) / m
+    e_b = b.var(ddof=1) / len(b)
+    t = (total / m - b.mean()) / np.sqrt(e_a + e_b)
+    df = (e_a + e_b) ** 2 / (e_a**2 / (m - 1) + e_b**2 / (len(b) - 1))
+    return t, df
+
+
+def ttest_selection(age: int) -> list[list[Any]]:
+    """The children aged `age` − 40 to `age` months: the target the oldest, 500 in all."""
+    return [["age_months", ">=", age - 40], ["age_months", "<=", age]]
+
+
+def ttest_attack(cohort: list[pd.DataFrame], age: int, fit: Callable[[dict], dict]) -> float:
+    """The strongest differencing attacker: knows every selected child but the target (F,
+    aged `age`) exactly, sees the t-test of the selection with the target, and takes the
+    weight on the declared range whose t and df come closest (relative errors). Its error in
+    kg; infinite where the test is suppressed."""
+    data = pooled(cohort)
+    query = {
+        "statistic": "ttest",
+        "dataset": "d",
+        "column": "weight_kg",
+        "group": "sex",
+        "where": ttest_selection(age),
+    }
+    result = fit(query)
+    if result["statistic"] is None:
+        return float("inf")
+    rows = data[data.age_months.between(age - 40, age)]
+    grid = np.linspace(2, 120, 11_801)  # every 0.01 kg
+    t, df = welch_with(rows[rows.age_months != age], grid)
+    score = ((t - result["statistic"]) / max(abs(result["statistic"]), 0.1)) ** 2
+    score += ((df - result["df"]) / result["df"]) ** 2
+    truth = float(data[data.age_months == age].weight_kg.iloc[0])
+    return abs(float(grid[np.argmin(score)]) - truth)
+
+
+def test_a_ttest_does_not_give_a_childs_weight_to_one_who_knows_every_other_child(
+    cohort: list[pd.DataFrame],
+) -> None:
+    """Were t and df exact (scipy's Welch test, checked first), the attacker would read each
+    target's weight off them to the gram. Each level's sums carry a cell-key pseudo-row
+    (weight up to 2·magnitude at the low or high declared bound, by key) instead, so t and df
+    fit a range of weights. 100 attempts: the five targets with the frames' own row-key
+    secrets (through `simulate`, which must equal the plaintext twin up to the rounding of t²
+    and df to 25 bits, for the first), then with 19 other sets of hospital row-key secrets
+    through the twin; at least 80 must miss by more than 2 % of the declared range."""
+    from scipy import stats
+
+    data = pooled(cohort)
+
+    def exact(query: dict) -> dict:
+        rows = data[data.age_months.between(query["where"][0][2], query["where"][1][2])]
+        fit = stats.ttest_ind(
+            rows[rows.sex == "F"].weight_kg, rows[rows.sex == "M"].weight_kg, equal_var=False
+        )
+        return {"statistic": float(fit.statistic), "df": float(fit.df)}
+
+    assert all(ttest_attack(cohort, age, exact) < 0.011 for age in TARGETS)
+
+    def simulated(query: dict) -> dict:
+        result = simulate(query, cohort, SCHEMA, min_count_floors=FLOORS)
+        twin = reference_parties(query, cohort, SCHEMA, min_count_floors=FLOORS)
+        assert result["n"] == twin["n"]
+        for key in ("statistic", "df", "p_value"):
+            assert result[key] == pytest.approx(twin[key], rel=1e-6)
+        return result
+
+    def keyed(secrets: list[str] | None) -> Callable[[dict], dict]:
+        def fit(query: dict) -> dict:
+            return reference_parties(
+                query, cohort, SCHEMA, min_count_floors=FLOORS, key_secrets=secrets
+            )
+
+        return fit
+
+    errors = [
+        ttest_attack(cohort, age, simulated if k == 0 else keyed(None))
+        for k, age in enumerate(TARGETS)
+    ]
+    rng = np.random.default_rng(7)
+    for _ in range(19):
+        secrets = ["".join(rng.choice(list("abcdefghijklmnop"), 16)) for _ in range(3)]
+        errors += [ttest_attack(cohort, age, keyed(secrets)) for age in TARGETS]
+    suppressed = sum(e == float("inf") for e in errors)
+    assert suppressed <= 20, suppressed  # the attack is tried, not merely refused
+    assert sum(e > 0.02 * WEIGHT_RANGE for e in errors) >= 80, sorted(errors)

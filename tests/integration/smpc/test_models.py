@@ -336,10 +336,11 @@ def test_ttest_matches_scipy_welch(diabetes: pd.DataFrame, parties: int) -> None
     male = diabetes.bmi[diabetes.sex == "male"]
     fit = stats.ttest_ind(female, male, equal_var=False)
     assert abs(result["n"] - len(diabetes)) <= 3  # n + p: the count perturbation
-    twin(result, query, frames)
-    close(result["statistic"], float(fit.statistic))
-    close(result["p_value"], float(fit.pvalue))
-    close(result["df"], float(fit.df))
+    twin(result, query, frames)  # exactly the published perturbation, rounded
+    # each level's pseudo-row (weight up to 0.5 at a corner of its bmi) moves t a little
+    assert abs(result["statistic"] - float(fit.statistic)) < 0.1
+    assert abs(result["p_value"] - float(fit.pvalue)) < 0.02
+    assert abs(result["df"] - float(fit.df)) < 0.01 * float(fit.df)
 
 
 def test_ttest_group_by_level_absent_at_one_site(randhie: pd.DataFrame) -> None:
@@ -361,7 +362,7 @@ def test_ttest_group_by_level_absent_at_one_site(randhie: pd.DataFrame) -> None:
         poor.mdvis[poor.chronic == "no"], poor.mdvis[poor.chronic == "yes"], equal_var=False
     )
     (entry,) = [g for g in result["groups"] if g["group"]["health"] == "poor"]
-    close(entry["statistic"], float(fit.statistic))
+    assert abs(entry["statistic"] - float(fit.statistic)) < 0.1
 
 
 def test_ttest_needs_a_two_level_group(randhie: pd.DataFrame) -> None:
