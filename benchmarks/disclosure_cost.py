@@ -151,11 +151,11 @@ def accuracy(seeds: int) -> None:
     print(
         "| pooled n | |count error| | mean: rel. error | variance: rel. error "
         "| max: |error| / range | median: |error| / range | OLS slope: |error| / SE "
-        "| r: |error| |\n|---|---|---|---|---|---|---|---|"
+        "| r: |error| | Welch's t: |error| |\n|---|---|---|---|---|---|---|---|---|"
     )
     for n in (100, 1000, 10000):
         errors: dict[str, list[float]] = {
-            k: [] for k in ("count", "mean", "var", "max", "q", "slope", "r")
+            k: [] for k in ("count", "mean", "var", "max", "q", "slope", "r", "t")
         }
         for seed in range(seeds):
             frames = split(cohort(n, 100 + seed), 3)
@@ -183,11 +183,34 @@ def accuracy(seeds: int) -> None:
             )
             moved, truth = both(QUERIES["correlation"])
             errors["r"].append(abs(moved["matrix"][0][1] - truth["matrix"][0][1]))
+            moved, truth = both(QUERIES["ttest"])
+            errors["t"].append(abs(moved["statistic"] - truth["statistic"]))
         row = [f"{np.mean(errors['count']):.2f}"] + [
             f"{100 * np.mean(errors[k]):.2f} %" for k in ("mean", "var", "max", "q")
         ]
-        row += [f"{np.mean(errors['slope']):.2f}", f"{np.mean(errors['r']):.4f}"]
+        row += [f"{np.mean(errors[k]):.{d}f}" for k, d in (("slope", 2), ("r", 4), ("t", 3))]
         print(f"| {n} | " + " | ".join(row) + " |", flush=True)
+
+
+def welch_attack_error(others: pd.DataFrame, test: dict, truth: float) -> float:
+    """The full-knowledge attack on a t-test of weight by sex (the target a girl of weight
+    `truth`): the weight on the declared range whose Welch t and df, with `others`, come
+    closest to the published ones (relative errors); its error in kg, infinite when the test
+    is suppressed."""
+    if test["statistic"] is None:
+        return math.inf
+    a = others[others.sex == "F"].weight.to_numpy()
+    b = others[others.sex == "M"].weight.to_numpy()
+    grid = np.linspace(2, 120, 11_801)
+    m = len(a) + 1
+    total, squares = a.sum() + grid, (a**2).sum() + grid**2
+    e_a = (squares - total**2 / m) / (m - 1) / m
+    e_b = b.var(ddof=1) / len(b)
+    t = (total / m - b.mean()) / np.sqrt(e_a + e_b)
+    df = (e_a + e_b) ** 2 / (e_a**2 / (m - 1) + e_b**2 / (len(b) - 1))
+    score = ((t - test["statistic"]) / max(abs(test["statistic"]), 0.1)) ** 2
+    score += ((df - test["df"]) / test["df"]) ** 2
+    return abs(float(grid[np.argmin(score)]) - truth)
 
 
 def attacks(trials: int) -> None:
@@ -223,6 +246,7 @@ def attacks(trials: int) -> None:
         "logistic": 0,
         "logistic_rounded": 0,
         "survival": 0,
+        "ttest": 0,
     }
     for trial in range(trials):
         secrets = [new_secret() for _ in frames]
@@ -302,6 +326,11 @@ def attacks(trials: int) -> None:
         guess = int(np.argmax(np.cumsum(risk[0] - risk[1] - 0.5)))
         stay = int(data[data.age == age].stay.iloc[0])
         missed["survival"] += abs(guess - stay) > 0.02 * STAY_HIGH
+        # a t-test of weight by sex over ages a − 40 … a, the attacker knowing every other child
+        where = [["age", ">=", age - 40], ["age", "<=", age]]
+        test = ask({"statistic": "ttest", "column": "weight", "group": "sex", "where": where})
+        others = data[data.age.between(age - 40, age) & (data.age != age)]
+        missed["ttest"] += welch_attack_error(others, test, truth) > 0.02 * span
     print(
         f"\nAttacks that miss (by more than 2 % of the declared range; a count: not exact), "
         f"per attempt, over {trials} draws of the row-key secrets"
@@ -318,6 +347,7 @@ def attacks(trials: int) -> None:
         "logistic": "the same with a logistic regression of the ICU flag (by 2 % of 0–1)",
         "logistic_rounded": "the same, the estimate rounded to 0 or 1 (chance: 50 %)",
         "survival": "two Kaplan–Meier curves per selection: the risk sets' change point (CUSUM)",
+        "ttest": "a t-test, every other child known: the weight whose t and df fit best",
     }
     for key, label in names.items():
         print(f"| {label} | {100 * missed[key] / trials:.0f} % |")
