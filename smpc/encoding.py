@@ -9,25 +9,19 @@ Everything a party secret-shares is an integer:
   |v| < 2**(MOMENT_BITS - FRAC_BITS - 2) ≈ 7.7e25 (e.g. Σx² of 10⁷ rows with |x| ≤ 2·10⁹);
 - local extremes, as fixed-point integers like the moments (they are checked against the
   declared bounds and moved inside MPC, `smpc.protocol`);
-- a quantile search's values, as *order keys*: the IEEE-754 bits of a float64 mapped to a signed
-  64-bit integer whose order is the order of the floats, so the search finds a data value
-  exactly, not rounded to a fixed-point grid.
+- a quantile's values, as a histogram over 2**12 equal bins of the declared range
+  (`smpc.statistics.quantile`).
 """
 
 from __future__ import annotations
 
 import math
-import struct
 from fractions import Fraction
 
 FRAC_BITS = 40
 MOMENT_BITS = 128
-KEY_BITS = 66  # order keys span [-2**63, 2**63); comparisons need a little headroom
+KEY_BITS = 66  # the secure integers of counts, selections and the rules' vectors
 MOMENT_LIMIT = 2 ** (MOMENT_BITS - FRAC_BITS - 2)
-
-
-_SIGN = 1 << 63
-_MAGNITUDE = _SIGN - 1
 
 
 def encode_moment(value: float) -> int:
@@ -42,16 +36,3 @@ def encode_moment(value: float) -> int:
 
 def decode_moment(value: int) -> Fraction:
     return Fraction(value, 1 << FRAC_BITS)
-
-
-def order_key(value: float) -> int:
-    """Signed 64-bit integer with the same order as the float (exact, invertible)."""
-    bits = struct.unpack("<q", struct.pack("<d", float(value)))[0]
-    return bits if bits >= 0 else -(bits & _MAGNITUDE) - 1
-
-
-def from_order_key(key: int) -> float:
-    bits = key if key >= 0 else (-(key + 1)) | _SIGN
-    if bits >= _SIGN:
-        bits -= 1 << 64
-    return float(struct.unpack("<d", struct.pack("<q", bits))[0])

@@ -366,13 +366,6 @@ EXTREME_UNIT = MAGNITUDE_BITS + MAGNITUDE_SCALE_BITS  # u 2**12, noise 2**8
 EXTREME_DROP = FRAC_BITS + EXTREME_UNIT - SUM_PRECISION_BITS
 
 
-def range_shift(statistic: SecureStatistic, unit: int) -> float:
-    """u·noise·(declared range) for a public u (a quantile's: the parties know the exact
-    quantile from the search), rounded down to 2**-16 as the extremes' shift is inside MPC."""
-    moved = unit * extreme_step(statistic)
-    return float(Fraction(moved - moved % (1 << EXTREME_DROP), 1 << (FRAC_BITS + EXTREME_UNIT)))
-
-
 def extreme_step(statistic: SecureStatistic) -> int:
     """noise·(declared range) as a public integer: scaled 2**8 (noise) and 2**40 (range)."""
     assert statistic.rules is not None and statistic.declared_range is not None

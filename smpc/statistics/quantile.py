@@ -1,34 +1,38 @@
-"""`quantile`: exact pooled quantiles, as `numpy.quantile(pooled, q, method="inverted_cdf")`.
+"""`quantile`: pooled quantiles, as `numpy.quantile(pooled, q, method="inverted_cdf")`, found
+inside MPC on a fine grid of the declared range and published moved by cell key.
 
-The inverted-CDF quantile of level q over n pooled values is the k-th smallest value, with k
-the rank numpy derives from n and q (k = ceil(n·q), at least 1: q = 0 is the minimum, q = 1 the
-maximum). It is always one of the data values, so it is found exactly, by a secure search over
-the 64-bit *order keys* of float64 values (`smpc.encoding.order_key`, exact and invertible).
+The inverted-CDF quantile of level q over n pooled values is the value of rank k = max(1,
+⌈n·q⌉) (q as the decimal the analyst wrote: 0.2 is 1/5; numpy takes the same rank from its
+float product). A quantile needs the column's declared bounds [min, max].
 
-Protocol, per group of `group_by`:
+Protocol (`exact` mode), per group of `group_by`:
 
-1. the nodes' floors are opened and T = max(query `min_count`, every floor); each party shares
-   its row count per group, the pooled count is compared with T inside MPC, only that bit is
-   opened, and then the pooled n of each released group (n is part of the result). The ranks k
-   follow from the public n and q, in plaintext, exactly as numpy computes them;
-2. every wanted (group, k) is searched for at once. The answer x is the smallest key whose
-   pooled count of values ≤ x reaches k. Each round splits every item's current key interval
-   [lo, lo + 2^s) into K = 2^b parts (b = 1, 2, 4 or 8: the fewer items, the wider the split)
-   and tests the K − 1 cut points c: each party counts *its own* values ≤ c in its own party
-   process (from its own sorted column; the rows never leave the node), shares the counts, the
-   pooled counts are compared with k inside MPC and only the bit [pooled ≤ c count ≥ k] is
-   opened. The interval shrinks to the part holding x; after 64 / b rounds it is x itself.
+1. each party shares its row count per group, its cells' key sums and its histogram of the
+   group's values over 2^12 equal bins of [min, max] (values clipped to the bounds); no row
+   reaches the party process. The pooled count is compared with T inside MPC, every site's
+   count 0 or at least its floor (`release`), and only that bit is opened;
+2. for a released group and each level q = a/d, the bin holding rank k is found obliviously in
+   two stages of 2^6 positions: the cumulative counts C_j of the 64 coarse bins are tested,
+   C_j·d − a·n − [a = 0] ≥ 0 (that is C_j ≥ k, with the secret n), one secure comparison each;
+   the coarse bin is the number of failed tests and its one-hot vector the differences of
+   the passed ones; the one-hot vector times the histogram gives that bin's 64 fine counts
+   (one secret product per entry), whose cumulative counts from the rows below the bin are
+   tested the same way. The fine bin's index is secret;
+3. each level's result is that bin's midpoint, every level of the group moved by the same
+   u_b·noise·(max − min) (u_b from the group's key B, `smpc.cellkey`), rounded down to 2^-16
+   inside MPC, and n is opened as n + p (the count perturbation). Opened: those values only.
+   Not the exact quantile (a child's value), n, the bin, or the shift.
 
-Why the search reveals nothing more than the quantiles: the opened bit for cut point c is
-[x ≤ c], a function of the answer x alone, and the cut points of each round are a function of
-the previous bits. The whole transcript is therefore computed from the result (the quantile
-values and n) and could be simulated from it; no party's count, nor which site holds the
-quantile, is ever opened. Suppressed groups take no part in the search.
+Why a grid: the search of earlier versions cut the order keys of the values at public points
+and opened [quantile ≤ cut] each round, so every party learned each exact quantile (a data
+value, often one child's) and n. The grid's bin is 1/4096 of the declared range (0.03 kg on
+2–120 kg), far below the perturbation (up to a quarter of the range by default), and the
+result is never a data value. The same rows always give the same answer.
 
-Cost: with M distinct (group, k) items, 64 / b rounds of M·(2^b − 1) secure comparisons on
-integers of about log2(n) + 2 bits, plus one local binary search per cut point at each party
-(O(log rows)). Independent of the number of rows but for the local sort (O(rows·log rows)).
-Each round is a few network round trips: between hospitals, latency dominates.
+Cost: per group the 2^12 counts of each party's histogram (shared), and per level 128 secure
+comparisons of about 40 bits (more for a level of many decimal digits: 1/3 written as
+0.3333333333333333 is 3333333333333333/10^16), a 64 × 64 secret product and one rounding;
+a constant number of rounds. Independent of the number of rows.
 
 With `dp` (`{"epsilon": ε}`): no search and no rows. Each party shares its per-group row count
 and its histogram over 2^8 equal bins of the declared [min, max] (values clipped to it; the
@@ -49,20 +53,19 @@ groups are disjoint (parallel composition). The sampler's truncation adds at mos
 (1 + levels·m)·2^-64 to δ. Cost per (group, level): m one-sided noise samples (about 8 to 11
 coins each at ε_q ≤ 1), 3m − 1 secure comparisons in log2(m) + 1 rounds.
 
-Numeric limits: exact for every finite float64 (an infinite quantile is reported as null: JSON
-has no infinity); missing values are skipped. At most 99 levels q per query.
+Missing values are skipped. At most 99 levels q per query.
 
-Reveals: per released group the pooled n and each requested quantile (exact data values);
-which groups are suppressed (below `min_count`); the overall n only when no group is. With
-`dp`: per released group the noisy n and, per level, the index of the chosen bin (its
-midpoint is the result); which groups are suppressed (noisy n below `min_count`).
+Reveals: per released group n + p and each requested quantile as its fine bin's midpoint moved
+by the group's cell-key shift; which groups are suppressed (below `min_count`); the overall
+n + p only when no group is; with `min_count` 0, whether a released group is empty (one bit,
+its quantiles then null). With `dp`: per released group the noisy n and, per level, the index
+of the chosen bin (its midpoint is the result); which groups are suppressed (noisy n below
+`min_count`).
 """
 
 from __future__ import annotations
 
-import functools
 import math
-import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -73,7 +76,7 @@ from pydantic import Field, field_validator
 
 from smpc.disclosure import AppliedRules
 from smpc.dp import NoiseSpec, column_bounds, describe
-from smpc.encoding import MOMENT_BITS, from_order_key
+from smpc.encoding import FRAC_BITS, MOMENT_BITS, encode_moment
 from smpc.job import LocalSummary, PartyJob
 from smpc.query import ColumnQuery
 from smpc.statistics.base import Opened, SecureStatistic, number
@@ -82,10 +85,8 @@ from tessera.errors import QueryInvalid
 if TYPE_CHECKING:
     import pandas as pd
 
-KEY_SPACE_BITS = 64
-ROUND_COMPARISONS = 256  # the widest split whose comparisons per round stay within this
-_SIGN = np.int64(-(2**63))
-_MAGNITUDE = np.int64(2**63 - 1)
+GRID_BITS = 12  # the exact mode: each party shares its histogram over 2^12 bins of [min, max]
+STAGE_BITS = 4  # searched in three stages of 2^4 parts
 DP_GRID_BITS = 8  # with dp, each party shares its histogram over 2^8 equal bins of [min, max]
 DP_MIN_BITS = 4  # at least 2^4 candidate bins
 LEVEL_BITS = 16  # a level q not a multiple of 2^-16 is rounded to one (with dp)
@@ -93,36 +94,24 @@ COUNT_LIMIT_BITS = 34  # pooled counts < 2^34 (`smpc.protocol.COUNT_BITS`)
 MECHANISM = "discrete_laplace+report_noisy_max"
 
 
-def order_keys(values: np.ndarray) -> np.ndarray:
-    """`smpc.encoding.order_key` of every float64 in `values`, as int64 (vectorised)."""
-    bits = np.ascontiguousarray(values, dtype=np.float64).view(np.int64)
-    return np.where(bits >= 0, bits, -(bits & _MAGNITUDE) - 1).astype(np.int64)
+def level_fraction(q: float) -> tuple[int, int]:
+    """q as the fraction a/d of its shortest decimal form (0.2 is 1/5, not the binary
+    0.2000000000000000111), as the analyst wrote it."""
+    level = Fraction(repr(float(q)))
+    return level.numerator, level.denominator
 
 
-def inverted_cdf_rank(n: int, q: float) -> int:
-    """The 1-based rank numpy's `inverted_cdf` takes for level q of n values (n ≥ 1).
-
-    numpy computes the 0-based index from the float64 product ``n * q - 1``: itself when it is
-    whole, else the next integer; clipped to [0, n − 1]. Doing the same float arithmetic keeps
-    the result identical even where n·q is not exact in binary.
-    """
-    index = float(n) * float(q) - 1.0
-    below = math.floor(index)
-    position = below if index == below else below + 1
-    return min(max(position, 0), n - 1) + 1
+def grid_rank(n: int, q: float) -> int:
+    """The 1-based rank the exact mode finds for level q of n ≥ 1 values: max(1, ⌈n·q⌉) for
+    q's decimal fraction (`level_fraction`). numpy's `inverted_cdf` takes ⌈n·q⌉ from the
+    float product n·q − 1: the same rank but where that product rounds across an integer."""
+    a, d = level_fraction(q)
+    return max(1, -(-n * a // d))
 
 
 def quantile_key(q: float) -> str:
     """The result key of level q: Python's shortest repr of the float ("0.5", "1.0")."""
     return repr(float(q))
-
-
-def split_bits(items: int) -> int:
-    """Bits b per search round: the widest split whose M·(2^b − 1) comparisons fit a round."""
-    for bits in (8, 4, 2):
-        if items * ((1 << bits) - 1) <= ROUND_COMPARISONS:
-            return bits
-    return 1
 
 
 def candidate_bits(noisy_n: int) -> int:
@@ -132,12 +121,22 @@ def candidate_bits(noisy_n: int) -> int:
     return min(DP_GRID_BITS, max(DP_MIN_BITS, wanted))
 
 
-def grid_bins(values: np.ndarray, bounds: tuple[float, float]) -> np.ndarray:
-    """Each value's bin among the 2^DP_GRID_BITS equal bins of the declared [min, max]
-    (half-open, the last closed; values outside are clipped to the bounds first)."""
+def grid_bins(
+    values: np.ndarray, bounds: tuple[float, float], bits: int = DP_GRID_BITS
+) -> np.ndarray:
+    """Each value's bin among the 2^bits equal bins of the declared [min, max] (half-open, the
+    last closed; values outside are clipped to the bounds first)."""
     low, high = bounds
-    edges = low + (high - low) * np.arange(1, 1 << DP_GRID_BITS) / (1 << DP_GRID_BITS)
+    edges = low + (high - low) * np.arange(1, 1 << bits) / (1 << bits)
     return np.searchsorted(edges, np.clip(values, low, high), side="right").astype(np.int64)
+
+
+def grid_index(histogram: Sequence[int], q: float) -> int:
+    """The bin (0-based, of the fine grid) holding the rank-`grid_rank` value of a histogram
+    with n ≥ 1 rows: the first bin whose cumulative count reaches it."""
+    counts = np.asarray(histogram, dtype=np.int64)
+    rank = grid_rank(int(counts.sum()), q)
+    return int(np.searchsorted(np.cumsum(counts), rank, side="left"))
 
 
 @dataclass(frozen=True)
@@ -238,10 +237,6 @@ class Quantile(SecureStatistic):
     query_model = QuantileQuery
     numeric_column = True
     result_fields = {"quantiles": dict[str, float | None]}
-    intermediates = (
-        "the search's comparison bits, each [quantile ≤ a public cut point], all determined by "
-        "the quantiles themselves"
-    )
     query: QuantileQuery
 
     def __init__(self, query: Any, schema: Any) -> None:
@@ -295,15 +290,15 @@ class Quantile(SecureStatistic):
                 counts=[int(c) for c in counts], vectors={"bins": [int(c) for c in bins]}
             )
         data, cells, keys = self.keyed_rows(frame)
-        assert self.column is not None
+        assert self.column is not None and self.declared_bounds is not None
         size = self.layout.size
         counts = np.bincount(cells, minlength=size)
         values = data[self.column].to_numpy(dtype=float)
-        matrix = np.column_stack([cells.astype(float), values]) if len(values) else np.empty((0, 2))
+        fine = cells * (1 << GRID_BITS) + grid_bins(values, self.declared_bounds, GRID_BITS)
+        bins = np.bincount(fine, minlength=size << GRID_BITS)
         return LocalSummary(
             counts=[int(c) for c in counts],
-            rows=LocalSummary.pack_rows(matrix),
-            vectors={"keys": key_sums(keys, cells, size)},
+            vectors={"keys": key_sums(keys, cells, size), "grid": [int(c) for c in bins]},
         )
 
     def expected_error(self, rules: AppliedRules) -> dict[str, str]:
@@ -321,8 +316,9 @@ class Quantile(SecureStatistic):
             }
         return {
             "n": "at most ±3 (standard deviation 1.58)",
-            "quantiles": f"all moved by the same amount, at most ±{rules.noise:g} × "
-            f"{self.declared_range:g} (the declared range), per group",
+            "quantiles": f"each the midpoint of its bin of {self.declared_range:g}/4096, all "
+            f"moved by the same amount, at most ±{rules.noise:g} × {self.declared_range:g} (the "
+            "declared range), per group",
         }
 
     # ---- the secure part -------------------------------------------------------------------
@@ -334,42 +330,120 @@ class Quantile(SecureStatistic):
             raise ValueError(f"local summary has {len(summary.counts)} groups, layout needs {size}")
         if self.query.dp is not None:
             return await self._noisy(mpc, job)
-        from smpc.protocol import release
+        from smpc.cellkey import floor_bits
+        from smpc.protocol import (
+            EXTREME_DROP,
+            EXTREME_UNIT,
+            at_least,
+            cell_perturbation,
+            extreme_step,
+            moved_counts,
+            pooled,
+            release,
+        )
 
+        if len(summary.vectors.get("grid", ())) != size << GRID_BITS:
+            raise ValueError(f"local summary does not fit the layout's {size} groups")
         secint = mpc.SecInt(MOMENT_BITS)
         threshold = self.threshold
         counts, released = await release(mpc, self, summary.counts, secint)
         opened = QuantileOpened(threshold=threshold, released=released, counts=[None] * size)
-        shown = np.flatnonzero(released)
-        exact: dict[int, int] = {}  # the parties' exact n per shown group, to find the ranks
-        if shown.size:
-            values = await mpc.output(counts[shown])
-            exact = {int(g): int(v) for g, v in zip(shown, np.asarray(values).ravel(), strict=True)}
-
         levels = self.query.q
-        ranks: dict[tuple[int, int], None] = {}
-        for g in shown:
-            for q in levels if exact[int(g)] > 0 else ():
-                ranks[(int(g), inverted_cdf_rank(exact[int(g)], q))] = None
-        items = list(ranks)
-        largest = max(exact.values(), default=0)
-        keys = await self._search(mpc, items, summary, largest) if items else []
-        found = dict(zip(items, keys, strict=True))
         opened.values = [[None] * len(levels) for _ in range(size)]
+        shown = np.flatnonzero(released)
         if not shown.size:
             return opened
-        shift, moved = await self._perturbation(mpc, secint, summary, shown, counts, all(released))
+        whole = bool(all(released))
+        k = len(shown)
+        n = counts[shown]
+        nonempty = [True] * k  # T ≥ 1: every released group has rows
+        if threshold < 1:  # an empty released group: n 0 and null quantiles (one bit each)
+            bits = await mpc.output(at_least(mpc, n, 1, COUNT_LIMIT_BITS))
+            nonempty = [bool(int(v)) for v in np.asarray(bits).ravel()]
+        grid = pooled(mpc, secint, summary.vectors["grid"])
+        grid = grid.reshape((size, 1 << GRID_BITS))[shown]
+        index = self._grid_search(mpc, grid, n)  # (k, levels): secret fine-bin indices
+        shift = cell_perturbation(mpc, secint, summary.vectors["keys"], size, shown, whole)
+        total = mpc.np_sum(counts, keepdims=True)
+        sizes = mpc.np_concatenate((n, total)) if whole else n
+        # each level's bin midpoint, all of a group's moved by u_b·noise·(declared range), rounded
+        # down to 2**-16 inside MPC: the exact quantile, n and the shift are never opened
+        live = np.flatnonzero(nonempty)
+        low, step = self.grid_scale()
+        values = index[live] * (2 * step) + (low + step)
+        noise = shift.magnitude_b[live].reshape((len(live), 1)) * extreme_step(self)
+        moved = (values * (1 << EXTREME_UNIT) + noise).reshape(-1)
+        parts = [moved_counts(mpc, sizes, shift.count, threshold, COUNT_LIMIT_BITS)]
+        if live.size:
+            parts.append(await floor_bits(mpc, moved, EXTREME_DROP))
+        out = [int(v) for v in np.asarray(await mpc.output(mpc.np_concatenate(parts))).ravel()]
+        width = len(levels)
+        found = out[len(out) - len(live) * width :]
         for i, g in enumerate(shown):
-            n = exact[int(g)]
-            opened.counts[g] = max(0, n + shift[i]) if n else 0
-            if n:
-                opened.values[g] = [
-                    from_order_key(found[(int(g), inverted_cdf_rank(n, q))]) + moved[i]
-                    for q in levels
-                ]
-        if all(released):
-            opened.total = max(0, sum(exact.values()) + shift[-1])
+            opened.counts[g] = max(0, out[i])
+        for j, at in enumerate(live.tolist()):
+            opened.values[shown[at]] = [
+                float(Fraction(v, 1 << (FRAC_BITS + EXTREME_UNIT)))
+                for v in found[j * width : (j + 1) * width]
+            ]
+        if whole:
+            opened.total = max(0, out[k])
         return opened
+
+    def grid_scale(self) -> tuple[int, int]:
+        """The fine grid's low bound and half a bin, scaled 2**40 (the moment scale): bin i's
+        midpoint is low + (2i + 1)·half."""
+        assert self.declared_bounds is not None
+        low, high = (encode_moment(b) for b in self.declared_bounds)
+        return low, (high - low) // (1 << (GRID_BITS + 1))
+
+    def _grid_search(self, mpc: Any, grid: Any, n: Any) -> Any:
+        """Per group (rows of `grid`, its pooled fine histogram, and of `n`, its pooled count)
+        and level q: the fine bin holding the value of rank max(1, ⌈n·q⌉), secret. Three
+        stages of 2^4 positions (16 × 16 × 16 = 2^12 bins): at each, the cumulative counts of
+        the current block's 16 parts, from the rows below the block, are tested against the
+        rank, C·d − a·n − [a = 0] ≥ 0 for q = a/d (one secure comparison each, sized by d);
+        the part is the number of failed tests, and its one-hot vector (the differences of the
+        passed ones) times the block's counts is the next block. Nothing is opened."""
+        k, parts = grid.shape[0], 1 << STAGE_BITS
+        fractions = [level_fraction(q) for q in self.query.q]
+        levels = len(fractions)
+        cumulate = np.triu(np.ones((parts, parts), dtype=object))
+        stype = type(grid).sectype
+
+        def reached(upto: Any) -> Any:  # (k, levels, parts): cumulative count ≥ the rank
+            tests = []
+            for j, (a, d) in enumerate(fractions):
+                value = upto[:, j] * d - n.reshape((k, 1)) * a - (1 if a == 0 else 0)
+                bits = (d + a + 1).bit_length() + COUNT_LIMIT_BITS + 1
+                tests.append(1 - mpc.np_sgn(value, l=bits, LT=True))
+            return mpc.np_stack(tests, axis=1)
+
+        def one_hot(flags: Any) -> Any:
+            zero = stype.array(np.zeros((k, levels, 1), dtype=object))
+            return flags - mpc.np_concatenate((zero, flags[:, :, :-1]), axis=2)
+
+        # stage 1: the same 16 parts of the whole grid for every level of a group
+        first = grid.reshape((k, parts, -1))
+        counts = first.sum(axis=2)  # (k, 16)
+        upto = counts @ cumulate
+        flags = reached(mpc.np_stack([upto] * levels, axis=1))
+        index = parts - flags.sum(axis=2)
+        chosen = one_hot(flags)
+        below = (chosen * mpc.np_stack([upto - counts] * levels, axis=1)).sum(axis=2)
+        block = mpc.np_stack([mpc.np_matmul(chosen[g], first[g]) for g in range(k)])
+        for stage in range(1, GRID_BITS // STAGE_BITS):
+            split = block.reshape((k, levels, parts, -1))
+            counts = split.sum(axis=3)  # (k, levels, 16)
+            upto = counts @ cumulate + below.reshape((k, levels, 1))
+            flags = reached(upto)
+            index = index * parts + (parts - flags.sum(axis=2))
+            if stage + 1 < GRID_BITS // STAGE_BITS:
+                chosen = one_hot(flags)
+                below = (chosen * (upto - counts)).sum(axis=2)
+                weights = chosen.reshape((k, levels, parts, 1))
+                block = (split * mpc.np_concatenate([weights] * split.shape[3], axis=3)).sum(axis=2)
+        return index
 
     async def _noisy(self, mpc: Any, job: PartyJob) -> QuantileOpened:
         """The dp protocol: noisy n and release, then per level report-noisy-max over bins."""
@@ -446,76 +520,23 @@ class Quantile(SecureStatistic):
         scores = utilities.reshape((-1, m)) + noise.reshape((-1, m))
         return noisy_argmax(mpc, scores, width + 2)
 
-    async def _perturbation(
-        self,
-        mpc: Any,
-        secint: Any,
-        summary: LocalSummary,
-        shown: np.ndarray,
-        counts: Any,
-        whole: bool,
-    ) -> tuple[list[int], list[float]]:
-        """Per shown group the cell-key count perturbation and the shift of its quantiles,
-        u_b·noise·(declared range), rounded to 2**-16 (`smpc.cellkey`); the last count entry is
-        the total's when every group is shown. Opened: the parties know the exact quantiles and
-        n from the search, so these reveal only the perturbation, which the analyst never sees
-        apart from the result."""
-        from smpc.protocol import cell_perturbation, range_shift
-
-        size = self.layout.size
-        shift = cell_perturbation(mpc, secint, summary.vectors["keys"], size, shown, whole)
-        count = await mpc.output(shift.count)
-        units = await mpc.output(shift.magnitude_b[: len(shown)])
-        moved = [range_shift(self, int(u)) for u in np.asarray(units).ravel()]
-        return [int(c) for c in np.asarray(count).ravel()], moved
-
-    async def _search(
-        self, mpc: Any, items: list[tuple[int, int]], summary: LocalSummary, largest: int
-    ) -> list[int]:
-        """The order key of the k-th smallest pooled value of group g, for each (g, k)."""
-        own = summary.unpack_rows()
-        cells = own[:, 0].astype(np.int64) if own.size else np.empty(0, dtype=np.int64)
-        keys = order_keys(own[:, 1]) if own.size else np.empty(0, dtype=np.int64)
-        order = np.lexsort((keys, cells))
-        cells, keys = cells[order], keys[order]
-        bounds = np.searchsorted(cells, np.arange(self.layout.size + 1))
-        column = [keys[bounds[g] : bounds[g + 1]] for g in range(self.layout.size)]
-
-        cmp_type = mpc.SecInt(largest.bit_length() + 2)
-        bits = split_bits(len(items))
-        lows = [-(2 ** (KEY_SPACE_BITS - 1))] * len(items)
-        left = KEY_SPACE_BITS
-        while left > 0:
-            b = min(bits, left)
-            step = 1 << (left - b)
-            cuts = [j * step - 1 for j in range(1, 1 << b)]
-            local: list[int] = []
-            targets: list[int] = []
-            for (g, k), low in zip(items, lows, strict=True):
-                points = np.array([low + c for c in cuts], dtype=np.int64)
-                local.extend(int(c) for c in np.searchsorted(column[g], points, side="right"))
-                targets.extend([k] * len(cuts))
-            shares = mpc.input(cmp_type.array(np.array(local, dtype=object)))
-            pooled = functools.reduce(operator.add, shares)
-            reached = await mpc.output(pooled >= np.array(targets, dtype=object))
-            below = np.asarray(reached, dtype=np.int64).reshape(len(items), len(cuts))
-            lows = [
-                low + int(len(cuts) - row.sum()) * step
-                for low, row in zip(lows, below, strict=True)
-            ]
-            left -= b
-        return lows
-
     def plain(
         self, summaries: list[LocalSummary], frames: list[pd.DataFrame]
     ) -> QuantileOpened | None:
-        """`compute`'s opened values in plaintext (the tests' oracle); None with dp (the
-        selection's law is `selection_probabilities`)."""
-        from smpc.protocol import plain_cell_perturbation, plain_release, range_shift
+        """`compute`'s opened values in plaintext (the tests' oracle): the same pooled fine
+        histograms, bins, keys and rounding. None with dp (the selection's law is
+        `selection_probabilities`)."""
+        from smpc.protocol import (
+            EXTREME_DROP,
+            EXTREME_UNIT,
+            extreme_step,
+            plain_cell_perturbation,
+            plain_moved_count,
+            plain_release,
+        )
 
         if self.query.dp is not None:
             return None
-
         rules = self.rules
         assert rules is not None and self.declared_range is not None
         size = self.layout.size
@@ -523,7 +544,9 @@ class Quantile(SecureStatistic):
             threshold=rules.threshold, released=[False] * size, counts=[None] * size
         )
         opened.values = [[None] * len(self.query.q) for _ in range(size)]
-        rows = np.vstack([s.unpack_rows() for s in summaries] + [np.empty((0, 2))])
+        grid = np.sum([s.vectors["grid"] for s in summaries], axis=0).reshape(size, -1)
+        low, step = self.grid_scale()
+        drop = 1 << EXTREME_DROP
         exact = []
         for g in range(size):
             opened.released[g], n = plain_release(summaries, rules, g)
@@ -531,15 +554,18 @@ class Quantile(SecureStatistic):
                 continue
             exact.append(n)
             p, _, u_b = plain_cell_perturbation(summaries, size, [g])
-            opened.counts[g] = max(0, n + p) if n else 0
+            opened.counts[g] = plain_moved_count(n, p, rules.threshold)
             if n:
-                moved = range_shift(self, u_b)
-                values = rows[rows[:, 0] == g, 1]
-                found = np.quantile(values, self.query.q, method="inverted_cdf")
-                opened.values[g] = [float(v) + moved for v in found]
-        if all(opened.released):
+                values: list[float | None] = []
+                for q in self.query.q:
+                    value = low + step + 2 * step * grid_index(grid[g], q)
+                    moved = value * (1 << EXTREME_UNIT) + u_b * extreme_step(self)
+                    rounded = moved - moved % drop
+                    values.append(float(Fraction(rounded, 1 << (FRAC_BITS + EXTREME_UNIT))))
+                opened.values[g] = values
+        if all(opened.released) and size:
             p, _, _ = plain_cell_perturbation(summaries, size, list(range(size)))
-            opened.total = max(0, sum(exact) + p)
+            opened.total = plain_moved_count(sum(exact), p, rules.threshold)
         return opened
 
     # ---- after the protocol ----------------------------------------------------------------

@@ -11,8 +11,9 @@ With the default rules (`DisclosureRules`: magnitude and noise 0.25), per releas
 - a variance (n·Σx² − (Σx)² + u_b·0.25·M²·n) / (n'(n' − 1)), the numerator rounded down to
   2⁻¹⁶: so variance'·n'(n' − 1) is within 0.25·M²·n + 2⁻¹⁶ of n(n − 1)·variance;
 - a minimum or maximum moved by u_b·0.25·(declared max − min), rounded down to 2⁻¹⁶;
-- quantiles moved, all levels of a group together, by u_b·0.25·(declared max − min), rounded
-  down to 2⁻¹⁶.
+- quantiles: the midpoint of the fine-grid bin (2¹² bins of the declared range) holding each
+  level's value, all levels of a group moved together by u_b·0.25·(declared max − min),
+  rounded down to 2⁻¹⁶.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from smpc.statistics.quantile import GRID_BITS
 from tessera.errors import TesseraError
 
 COUNT_SHIFT = 3
@@ -107,21 +109,26 @@ def check_extreme(
 def check_quantiles(
     released: dict[str, float | None], expected: dict[str, float], bounds: tuple[float, float]
 ) -> None:
-    """Every level moved by the same shift s (the search itself is exact), |s| at most
-    noise·(declared range), then clamped to the declared bounds."""
+    """Every level is the midpoint of the fine-grid bin (2^12 bins of the declared range) that
+    holds the exact quantile, all moved by the same shift s, |s| at most noise·(declared
+    range), then clamped to the declared bounds: so each level's move from the exact value is
+    s within half a bin."""
     assert list(released) == list(expected)
     low, high = bounds
+    half = (high - low) / 2**GRID_BITS / 2
     inside = [k for k in expected if low < released[k] < high]  # type: ignore[operator]
     shifts = [released[k] - expected[k] for k in inside]  # type: ignore[operator]
-    scale = 1e-9 * (1 + max(abs(v) for v in expected.values()))
+    scale = 1e-9 * (1 + max(abs(v) for v in expected.values())) + half
     if shifts:
-        assert max(shifts) - min(shifts) <= scale
-        assert abs(shifts[0]) <= NOISE * (high - low) + ROUNDING + _SLACK, (shifts[0], bounds)
+        # each level's bin midpoint within half a bin of its value, and rounded on its own
+        assert max(shifts) - min(shifts) <= 2 * scale + ROUNDING, (shifts, half)
+        assert abs(shifts[0]) <= NOISE * (high - low) + ROUNDING + scale, (shifts[0], bounds)
     for k in expected:  # a level at a bound: moved beyond it by a shift within the limit
         if k not in inside:
             assert released[k] in (low, high)
             moved = (shifts[0] if shifts else released[k] - expected[k]) + expected[k]
-            assert (moved <= low + scale) if released[k] == low else (moved >= high - scale)
+            limit = 2 * scale + ROUNDING
+            assert (moved <= low + limit) if released[k] == low else (moved >= high - limit)
 
 
 def released_cells(
