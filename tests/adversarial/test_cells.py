@@ -494,3 +494,82 @@ def test_a_ttest_does_not_give_a_childs_weight_to_one_who_knows_every_other_chil
     suppressed = sum(e == float("inf") for e in errors)
     assert suppressed <= 20, suppressed  # the attack is tried, not merely refused
     assert sum(e > 0.02 * WEIGHT_RANGE for e in errors) >= 80, sorted(errors)
+
+
+_QUANTILE_TRANSCRIPT = """
+import asyncio, json, sys, types
+import numpy as np
+import pandas as pd
+from mpyc.runtime import mpc
+from smpc.disclosure import AppliedRules, DisclosureRules
+from smpc.statistics import compile_query
+from tessera.schemas import DatasetSchema
+
+opened = []
+original = mpc.output
+async def recording(x, *args, **kwargs):
+    value = await original(x, *args, **kwargs)
+    values = getattr(value, "value", value)
+    for v in np.asarray(values, dtype=object).ravel():
+        opened.append(int(getattr(v, "value", v)))
+    return value
+mpc.output = recording
+
+schema = DatasetSchema.model_validate(
+    {"columns": [{"name": "x", "type": "float", "min": 0, "max": 100}], "rows": 1000}
+)
+rng = np.random.default_rng(3)
+frame = pd.DataFrame({"x": np.round(rng.uniform(0, 100, 301), 3)})
+statistic = compile_query(
+    {"dataset": "d", "statistic": "quantile", "column": "x", "q": [0.1, 0.5, 0.9]}, schema
+)
+statistic.rules = AppliedRules.local(None, [5], [DisclosureRules()])
+summary = statistic.local_summary(frame)
+
+async def main():
+    await mpc.start()
+    result = await statistic.compute(mpc, types.SimpleNamespace(summary=summary))
+    await mpc.shutdown()
+    print(json.dumps({"opened": opened, "values": result.values[0], "n": result.counts[0]}))
+
+mpc.run(main())
+"""
+
+
+def test_a_quantile_opens_no_childs_value_and_no_exact_n_to_the_parties() -> None:
+    """Every value the protocol opens, recorded at `mpc.output` (one party, the same code): no
+    exact quantile of the 301 values, nor any data value, appears in any fixed-point scale the
+    protocol uses; the published quantiles are moved off the data and n only by its count
+    perturbation. (The search this replaced opened [quantile ≤ cut] for 8 cut points a round:
+    each party could read every exact quantile off it.)"""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    run = subprocess.run(
+        [sys.executable, "-c", _QUANTILE_TRANSCRIPT, "--no-log"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        timeout=120,
+        check=True,
+    )
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    opened = set(report["opened"])
+    # the recording sees the openings: the published values themselves (scaled 2**60)
+    assert all(round(v * 2**60) in opened for v in report["values"])
+    assert report["n"] in opened
+    assert 301 not in opened or report["n"] == 301  # the exact n only as n + 0
+    rng = np.random.default_rng(3)
+    data = np.round(rng.uniform(0, 100, 301), 3)
+    exact = np.quantile(data, [0.1, 0.5, 0.9], method="inverted_cdf")
+    scales = [2**16, 2**40, 2**60]  # the rounding grid, moments, moved extremes
+    forbidden = {round(float(v) * s) for v in data for s in scales}
+    assert not forbidden & opened
+    assert all(abs(v - e) > 2**-12 for v, e in zip(report["values"], exact, strict=True))
+    shifts = [v - e for v, e in zip(report["values"], exact, strict=True)]
+    assert max(shifts) - min(shifts) < 100 / 4096 + 2**-15  # one shift, half a bin each
+    assert abs(report["n"] - 301) <= 3
