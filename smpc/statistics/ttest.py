@@ -1,26 +1,40 @@
-"""`ttest`: Welch's two-sample t-test, as `scipy.stats.ttest_ind(a, b, equal_var=False)`.
+"""`ttest`: Welch's two-sample t-test, as `scipy.stats.ttest_ind(a, b, equal_var=False)`, of
+each level's rows plus a cell-key pseudo-row.
 
 `group` is a column with exactly two levels; `a` is the first level in schema order
 (booleans: False, then True), so the statistic is positive when a's mean is larger. Each
-party shares, per (group_by group × level), its row count, Σx and Σx² (fixed point). Inside MPC
-the counts are compared with max(min_count, 2) and only the comparison bits are opened; for a
-group where both levels pass, everything else is computed on secrets in an exact prime field
-(`smpc.exact`) from n, Σx, Σx² of each level:
+party shares, per (group_by group × level), its row count, Σx and Σx² (fixed point), the cells'
+key sums and, for a column without declared bounds, its smallest and largest value per cell.
+Inside MPC the counts are compared with max(min_count, 2) and only the comparison bits are
+opened; for a group where both levels pass, everything else is computed on secrets in an exact
+prime field (`smpc.exact`).
 
-    t² = (Σx_a·n_b − Σx_b·n_a)²·D_a·D_b / ((n_a·n_b)²·(A_a·D_b + A_b·D_a)),
-    df = (A_a·D_b + A_b·D_a)²·(n_a − 1)(n_b − 1) / (A_a²·D_b²·(n_b − 1) + A_b²·D_a²·(n_a − 1)),
+The pseudo-row (`smpc.cellkey`, as the models' in `smpc.statistics.gram`): each level gets one
+more "row" of weight w = ω·m/2¹⁶ (ω from the level's key A, m the policy's magnitude in 1/256:
+w uniform on (0, 2·magnitude)) at a corner c, the column's low or high declared bound by a bit
+of the level's key B (without declared bounds: the level's own smallest or largest value, a
+secure minimum and maximum over the sites). On the scale κ = 2¹⁶ each level's sums are
+N = κ·n + ω·m, S = κ·Σx + ω·m·c and Q = κ·Σx² + ω·m·c², and with A = N·Q − S² (≥ 0: a weighted
+sample's) and D = N²(N − κ):
 
-with A = n·Σx² − (Σx)² and D = n²(n − 1); t² and df are opened rounded inside MPC to 25
-significant bits (`smpc.rounded`) and the sign
-of t by one secure comparison; the p-value follows from t and df (Student's t, two-sided).
-Both levels constant: t is undefined and reported as null.
+    t² = (S_a·N_b − S_b·N_a)²·D_a·D_b / ((N_a·N_b)²·(A_a·D_b + A_b·D_a)·κ),
+    df = (A_a·D_b + A_b·D_a)²·(N_a − κ)(N_b − κ) / ((A_a²·D_b²·(N_b − κ) + A_b²·D_a²·(N_a − κ))·κ),
+
+Welch's formulas for the weighted levels (the factor κ of the substitution n = N/κ, …, left
+in the denominators). t² and df are opened rounded inside MPC to 25 significant bits
+(`smpc.rounded`) and the sign of t as one bit, [S_a·N_b ≥ S_b·N_a]; the p-value follows from t
+and df (Student's t, two-sided). Both levels constant, with their pseudo-rows: t is undefined
+and reported as null. The same rows always give the same test; one child more or less changes
+its level's key and with it the pseudo-row, so two tests whose selections differ by one child
+do not give that child's value (`tests/adversarial/test_cells.py`).
 
 Before anything is opened, every site's count, Σx and Σx² of every cell are checked inside MPC
 against the column's declared bounds (n·lo ≤ Σx ≤ n·hi, 0 ≤ Σx² ≤ n·max(lo², hi²): one bit
 opened, a failure refused naming no site; `smpc.protocol.SiteInputs`), and its counts against
 its declared row count (`release`).
 
-Cost: two secure comparisons per group and a constant number of rounds, independent of rows.
+Cost: a constant number of rounds, independent of rows: the release, the pseudo-rows' key bits
+and corners, two rounded ratios per group sharing one normalisation each, one sign bit.
 Limits: |Σx²| of a party below about 7.7e25 (the fixed-point range); n below 2**30.
 
 n = n_a + n_b is opened as n + p, p the cell-key count perturbation of the group's rows (the
@@ -29,8 +43,9 @@ cannot be set against released counts to recover a suppressed one. Each level's 
 with max(min_count, 2) inside MPC (one bit each), with every site's share 0 or at least its
 floor (`release`).
 
-Reveals: per reported group t, df, the p-value and n = n_a + n_b + p; which groups are not
-reported (a level below max(min_count, 2) rows).
+Reveals: per reported group t, df and the p-value of the levels with their cell-key
+pseudo-rows, and n = n_a + n_b + p; which groups are not reported (a level below
+max(min_count, 2) rows).
 """
 
 from __future__ import annotations
