@@ -157,6 +157,37 @@ async def check_counts(
         raise DisclosureRefused(inputs_refusal(statistic.name, what), {"rule": "inputs"})
 
 
+async def check_histograms(
+    mpc: Any,
+    statistic: SecureStatistic,
+    secint: Any,
+    site_counts: list[Any],
+    site_bins: list[Any],
+    own_bins: list[int] | None = None,
+) -> None:
+    """Every site's histogram (a block of bins per cell, in cell order) adds up, per cell, to
+    that site's count for the cell (the sum of the squared differences tested for 0), and with
+    `own_bins` (this party's own histogram) every bin is ≥ 0 (shown in [0, 2**30) by the bits
+    its site inputs, `smpc.ranges`: 30 inputs per bin, so for coarse histograms only): decided
+    inside MPC before anything of the statistic is opened. Opens one bit (and a random
+    challenge); a failure is refused naming no site."""
+    from smpc.ranges import all_in_range
+
+    cells = site_counts[0].shape[0]
+    fitting = True
+    if own_bins is not None:
+        own = np.array(own_bins, dtype=object)
+        fitting = await all_in_range(mpc, secint, site_bins, own, SITE_COUNT_BITS)
+    differences = [
+        b.reshape((cells, -1)).sum(axis=1) - c for b, c in zip(site_bins, site_counts, strict=True)
+    ]
+    squares = functools.reduce(operator.add, [mpc.np_sum(d * d) for d in differences])
+    adding_up = await mpc.is_zero_public(squares)
+    if not (fitting and adding_up):
+        what = "a histogram count is negative, or a histogram does not add up to its count"
+        raise DisclosureRefused(inputs_refusal(statistic.name, what), {"rule": "inputs"})
+
+
 def cell_perturbation(
     mpc: Any, secint: Any, keys: list[int], size: int, cells: np.ndarray, whole: bool
 ) -> Perturbation:
@@ -256,7 +287,9 @@ class SiteInputs:
             return [s[cells] for s in mpc.input(_array(secint, values))]
 
         moments = {name: shares(summary.moments[name]) for name in statistic.moments}
-        largest = shares(summary.vectors["largest"]) if statistic.moments else []
+        # the exact mode's magnitude perturbation needs each cell's largest |x| (dp: no)
+        exact = statistic.query.dp is None
+        largest = shares(summary.vectors["largest"]) if statistic.moments and exact else []
         extreme = shares(summary.vectors["extreme"]) if statistic.extreme is not None else []
         counts = [c[cells] for c in site_counts]
         return cls(cells, counts, moments, largest, extreme)
@@ -383,8 +416,10 @@ async def noisy_release(mpc: Any, counts: Any, threshold: int) -> list[bool]:
 async def combine_noisy_cells(mpc: Any, statistic: SecureStatistic, job: PartyJob) -> Opened:
     """The cell protocol with `dp`: noise on every pooled count (and Σx) before anything opens.
 
-    Opens the release bits of the noisy counts, then the released noisy counts and noisy sums;
-    never a noiseless value, never the noise.
+    First, as in the exact mode, every site's counts are checked against its declared rows
+    (`check_counts`) and its clipped sums against the column's bounds (`SiteInputs.check`),
+    inside MPC, one bit each. Then opens the release bits of the noisy counts, then the
+    released noisy counts and noisy sums; never a noiseless value, never the noise.
     """
     secint = mpc.SecInt(MOMENT_BITS)
     summary = job.summary
@@ -393,12 +428,16 @@ async def combine_noisy_cells(mpc: Any, statistic: SecureStatistic, job: PartyJo
         raise ValueError(f"local summary has {len(summary.counts)} cells, layout needs {size}")
     plan = statistic.noise
     names = list(plan)  # "count", then the statistic's sums ("sum", "sumsq")
+    site_counts = mpc.input(_array(secint, summary.counts))
+    inputs = SiteInputs.of(mpc, secint, statistic, job, np.arange(size), site_counts)
+    await check_counts(mpc, statistic, secint, site_counts)
+    await inputs.check(mpc, statistic)
     noise = discrete_laplace(mpc, secint, [plan[name] for name in names for _ in range(size)])
 
     threshold = statistic.threshold
-    values = {"count": pooled(mpc, secint, summary.counts)}
+    values = {"count": functools.reduce(operator.add, site_counts)}
     for name in names[1:]:
-        values[name] = pooled(mpc, secint, summary.moments[name])
+        values[name] = inputs.pooled(name)
     noisy = {name: values[name] + noise[k * size : (k + 1) * size] for k, name in enumerate(names)}
     released = await noisy_release(mpc, noisy["count"], threshold)
     open_cells = np.flatnonzero(released)

@@ -604,7 +604,8 @@ class GramStatistic(SecureStatistic):
         compared with T (one bit per group), the released groups' noisy values opened."""
         from smpc.dp import discrete_laplace
         from smpc.encoding import MOMENT_BITS
-        from smpc.protocol import noisy_release, pooled
+        from smpc.protocol import check_counts, noisy_release
+        from smpc.ranges import all_in_range
 
         secint = mpc.SecInt(MOMENT_BITS)
         size = len(self.layout.groups)
@@ -613,9 +614,28 @@ class GramStatistic(SecureStatistic):
         summary = job.summary
         if len(summary.counts) != size or len(summary.vectors["gram"]) != size * width:
             raise ValueError(f"local summary does not fit {size} groups of {width} entries")
+        # every site's counts within its declared rows and its clipped, centred sums within
+        # what its rows allow (`noisy_checks`), inside MPC before anything is opened
+        own_counts = np.array(summary.counts, dtype=object)
+        own_gram = np.array(summary.vectors["gram"], dtype=object)
+        site_counts = mpc.input(secint.array(own_counts.copy()))
+        site_grams = mpc.input(secint.array(own_gram.copy()))
+        await check_counts(mpc, self, secint, site_counts)
+        checks = [
+            mpc.np_concatenate(self.noisy_checks(n, g))
+            for n, g in zip(site_counts, site_grams, strict=True)
+        ]
+        own = np.concatenate(self.noisy_checks(own_counts, own_gram))
+        if not await all_in_range(mpc, secint, checks, own, self.noisy_check_bits()):
+            raise DisclosureRefused(
+                f"{self.name}: a site's inputs break the declared bounds of the design's columns "
+                "(its clipped sums checked inside MPC against what its rows allow; which site "
+                "is not revealed)",
+                {"rule": "inputs"},
+            )
         noise = discrete_laplace(mpc, secint, [specs[0]] * size + specs[1:] * size)
-        counts = pooled(mpc, secint, summary.counts) + noise[:size]
-        gram = pooled(mpc, secint, summary.vectors["gram"]) + noise[size:]
+        counts = functools.reduce(operator.add, site_counts) + noise[:size]
+        gram = functools.reduce(operator.add, site_grams) + noise[size:]
         threshold = self.threshold
         released = await noisy_release(mpc, counts, threshold)
         shown = np.flatnonzero(released)
@@ -630,6 +650,29 @@ class GramStatistic(SecureStatistic):
             block = values[at * width : (at + 1) * width]
             opened.entries[g] = [decode_moment(int(v)) for v in block]
         return opened
+
+    def noisy_checks(self, n: Any, gram: Any) -> list[Any]:
+        """One site's dp inputs as values ≥ 0 when honest: each entry Σzᵢzⱼ of clipped, centred
+        rows within ±n·δᵢⱼ (δ: one row's largest rounded product, `product_sensitivity`), and
+        each Σzᵢ² ≥ 0; the same arithmetic on secure arrays or numpy object arrays."""
+        pairs = self.dp_entries[1:]
+        size, width = len(self.layout.groups), len(pairs)
+        bound = np.array(
+            [product_sensitivity(self.reach[i], self.reach[j]) for i, j in pairs] * size,
+            dtype=object,
+        )
+        rows = n[np.repeat(np.arange(size), width)]
+        checks = [rows * bound - gram, rows * bound + gram]
+        squares = [g * width + e for g in range(size) for e, (i, j) in enumerate(pairs) if i == j]
+        if squares:
+            checks.append(gram[np.array(squares)])
+        return checks
+
+    def noisy_check_bits(self) -> int:
+        """Every honest `noisy_checks` value is below 2**this (n < 2**30)."""
+        pairs = self.dp_entries[1:]
+        largest = max(product_sensitivity(self.reach[i], self.reach[j]) for i, j in pairs)
+        return (largest << (MAX_ROWS.bit_length() + 1)).bit_length()
 
     def plain_noisy(
         self, summaries: list[LocalSummary], rng: np.random.Generator, threshold: int = 0

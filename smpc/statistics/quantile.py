@@ -65,7 +65,9 @@ of the chosen bin (its midpoint is the result); which groups are suppressed (noi
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -336,9 +338,9 @@ class Quantile(SecureStatistic):
             EXTREME_UNIT,
             at_least,
             cell_perturbation,
+            check_histograms,
             extreme_step,
             moved_counts,
-            pooled,
             release,
         )
 
@@ -346,7 +348,13 @@ class Quantile(SecureStatistic):
             raise ValueError(f"local summary does not fit the layout's {size} groups")
         secint = mpc.SecInt(MOMENT_BITS)
         threshold = self.threshold
-        counts, released = await release(mpc, self, summary.counts, secint)
+        site_counts = mpc.input(secint.array(np.array(summary.counts, dtype=object)))
+        site_grids = mpc.input(secint.array(np.array(summary.vectors["grid"], dtype=object)))
+        # each site's grid adds up to its counts (a bin's sign is not checked: 2^12 bins of 30
+        # bits each would triple the protocol; a node could only move the quantile within the
+        # declared range, as by lying about its rows)
+        await check_histograms(mpc, self, secint, site_counts, site_grids)
+        counts, released = await release(mpc, self, summary.counts, secint, sites=site_counts)
         opened = QuantileOpened(threshold=threshold, released=released, counts=[None] * size)
         levels = self.query.q
         opened.values = [[None] * len(levels) for _ in range(size)]
@@ -360,7 +368,7 @@ class Quantile(SecureStatistic):
         if threshold < 1:  # an empty released group: n 0 and null quantiles (one bit each)
             bits = await mpc.output(at_least(mpc, n, 1, COUNT_LIMIT_BITS))
             nonempty = [bool(int(v)) for v in np.asarray(bits).ravel()]
-        grid = pooled(mpc, secint, summary.vectors["grid"])
+        grid = functools.reduce(operator.add, site_grids)
         grid = grid.reshape((size, 1 << GRID_BITS))[shown]
         index = self._grid_search(mpc, grid, n)  # (k, levels): secret fine-bin indices
         shift = cell_perturbation(mpc, secint, summary.vectors["keys"], size, shown, whole)
@@ -448,15 +456,19 @@ class Quantile(SecureStatistic):
     async def _noisy(self, mpc: Any, job: PartyJob) -> QuantileOpened:
         """The dp protocol: noisy n and release, then per level report-noisy-max over bins."""
         from smpc.dp import discrete_laplace
-        from smpc.protocol import noisy_release, pooled
+        from smpc.protocol import check_counts, check_histograms, noisy_release
 
         size, fine = self.layout.size, 1 << DP_GRID_BITS
         summary = job.summary
         if len(summary.counts) != size or len(summary.vectors["bins"]) != size * fine:
             raise ValueError(f"local summary does not fit the layout's {size} groups")
         secint = mpc.SecInt(MOMENT_BITS)
-        counts = pooled(mpc, secint, summary.counts)
-        histograms = pooled(mpc, secint, summary.vectors["bins"]).reshape((size, fine))
+        site_counts = mpc.input(secint.array(np.array(summary.counts, dtype=object)))
+        site_bins = mpc.input(secint.array(np.array(summary.vectors["bins"], dtype=object)))
+        await check_counts(mpc, self, secint, site_counts)
+        await check_histograms(mpc, self, secint, site_counts, site_bins, summary.vectors["bins"])
+        counts = functools.reduce(operator.add, site_counts)
+        histograms = functools.reduce(operator.add, site_bins).reshape((size, fine))
         noisy = counts + discrete_laplace(mpc, secint, [self.noise["count"]] * size)
         threshold = self.threshold
         released = await noisy_release(mpc, noisy, threshold)

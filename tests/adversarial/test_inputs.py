@@ -289,3 +289,82 @@ def test_chi2_counts_are_checked_too() -> None:
     with pytest.raises(DisclosureRefused, match="row count it declared") as refused:
         run_with_summaries(query, summaries, [80, 60, 40], schema=schema)
     assert_names_no_site(refused)
+
+
+# ---- the dp mode: the same checks before any noisy value is opened -------------------------
+
+DP = {"dp": {"epsilon": 1.0}}
+
+
+@pytest.mark.parametrize(
+    ("query", "tamper", "message"),
+    [
+        # a mean's clipped Σx raised by 10⁵ kg: beyond n·120
+        (
+            {"statistic": "mean", "column": "weight", **DP},
+            lambda s: s.moments["sum"].__setitem__(0, s.moments["sum"][0] + (10**5 << FRAC_BITS)),
+            "declared bounds",
+        ),
+        # a variance's Σx² made negative
+        (
+            {"statistic": "variance", "column": "weight", **DP},
+            lambda s: s.moments["sumsq"].__setitem__(0, -(1 << FRAC_BITS)),
+            "declared bounds",
+        ),
+        # a count beyond the rows the site declares
+        (
+            {"statistic": "count", "group_by": ["sex"], **DP},
+            lambda s: s.counts.__setitem__(0, s.counts[0] + 500),
+            "row count it declared",
+        ),
+        # a dp quantile's histogram with a negative bin, compensated to keep its total
+        (
+            {"statistic": "quantile", "column": "weight", "q": [0.5], **DP},
+            lambda s: (
+                s.vectors["bins"].__setitem__(0, s.vectors["bins"][0] - 40),
+                s.vectors["bins"].__setitem__(200, s.vectors["bins"][200] + 40),
+            ),
+            "histogram",
+        ),
+        # a dp quantile's histogram that does not add up to the site's count
+        (
+            {"statistic": "quantile", "column": "weight", "q": [0.5], **DP},
+            lambda s: s.vectors["bins"].__setitem__(100, s.vectors["bins"][100] + 30),
+            "histogram",
+        ),
+        # a dp correlation's Σ age·weight (clipped, centred) beyond what n rows allow
+        (
+            {"statistic": "correlation", "columns": ["age", "weight"], **DP},
+            lambda s: s.vectors["gram"].__setitem__(3, s.vectors["gram"][3] + (10**7 << FRAC_BITS)),
+            "declared bounds",
+        ),
+        # the exact quantile's grid histogram that does not add up to the site's count
+        (
+            {"statistic": "quantile", "column": "weight", "q": [0.5]},
+            lambda s: s.vectors["grid"].__setitem__(2000, s.vectors["grid"][2000] + 30),
+            "histogram",
+        ),
+    ],
+    ids=[
+        "dp-mean",
+        "dp-variance",
+        "dp-count",
+        "dp-quantile-sign",
+        "dp-quantile-sum",
+        "dp-correlation",
+        "quantile-grid",
+    ],
+)
+def test_a_node_feeding_inputs_outside_its_declaration_is_refused_in_every_mode(
+    cohort: list[pd.DataFrame], query: dict, tamper: Any, message: str
+) -> None:
+    """The dp mode's protocols (and the exact quantile's histogram) check every site's inputs
+    inside MPC before any noisy value or release bit is opened, as the exact mode's cell
+    statistics do: counts against the declared rows, clipped sums against the bounds, a
+    histogram's bins ≥ 0 and adding up to the site's count. A failure names no site."""
+    summaries = summaries_of(query, cohort)
+    assert run_with_summaries(query, summaries, [300, 200, 150])["n"] is not None  # honest
+    tamper(summaries[1])
+    with pytest.raises(DisclosureRefused, match=message) as refused:
+        run_with_summaries(query, summaries, [300, 200, 150])
+    assert_names_no_site(refused)
