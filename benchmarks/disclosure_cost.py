@@ -197,17 +197,14 @@ def welch_attack_error(others: pd.DataFrame, test: dict, truth: float) -> float:
     `truth`): the weight on the declared range whose Welch t and df, with `others`, come
     closest to the published ones (relative errors); its error in kg, infinite when the test
     is suppressed."""
+    from smpc.statistics.ttest import welch_with_one_more
+
     if test["statistic"] is None:
         return math.inf
     a = others[others.sex == "F"].weight.to_numpy()
     b = others[others.sex == "M"].weight.to_numpy()
     grid = np.linspace(2, 120, 11_801)
-    m = len(a) + 1
-    total, squares = a.sum() + grid, (a**2).sum() + grid**2
-    e_a = (squares - total**2 / m) / (m - 1) / m
-    e_b = b.var(ddof=1) / len(b)
-    t = (total / m - b.mean()) / np.sqrt(e_a + e_b)
-    df = (e_a + e_b) ** 2 / (e_a**2 / (m - 1) + e_b**2 / (len(b) - 1))
+    t, df = welch_with_one_more(a, b, grid)
     score = ((t - test["statistic"]) / max(abs(test["statistic"]), 0.1)) ** 2
     score += ((df - test["df"]) / test["df"]) ** 2
     return abs(float(grid[np.argmin(score)]) - truth)

@@ -91,6 +91,21 @@ RATIO_BITS = (
 )
 
 
+def welch_with_one_more(
+    a: np.ndarray, b: np.ndarray, candidates: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Welch's t and df of `a` plus one more value against `b`, for every value in
+    `candidates` at once (plaintext): what an attacker who knows every other row solves for
+    the last one (`tests/adversarial/test_cells.py`, `benchmarks/disclosure_cost.py`)."""
+    m = len(a) + 1
+    total, squares = a.sum() + candidates, (a**2).sum() + candidates**2
+    e_a = (squares - total**2 / m) / (m - 1) / m
+    e_b = b.var(ddof=1) / len(b)
+    t = (total / m - b.mean()) / np.sqrt(e_a + e_b)
+    df = (e_a + e_b) ** 2 / (e_a**2 / (m - 1) + e_b**2 / (len(b) - 1))
+    return t, df
+
+
 def welch_from_sums(
     n_a: int, s_a: int, q_a: int, n_b: int, s_b: int, q_b: int
 ) -> tuple[float | None, float | None, int]:

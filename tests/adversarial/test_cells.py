@@ -403,15 +403,11 @@ def test_differencing_through_regressions_does_not_give_a_childs_weight(
 def welch_with(others: pd.DataFrame, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Welch's t and df of F against M when one more F child of each weight in `weights`
     joins the rows `others` (vectorised over the candidates)."""
+    from smpc.statistics.ttest import welch_with_one_more
+
     a = others[others.sex == "F"].weight_kg.to_numpy()
     b = others[others.sex == "M"].weight_kg.to_numpy()
-    m = len(a) + 1
-    total, squares = a.sum() + weights, (a**2).sum() + weights**2
-    e_a = (squares - total**2 / m) / (m - 1) / m
-    e_b = b.var(ddof=1) / len(b)
-    t = (total / m - b.mean()) / np.sqrt(e_a + e_b)
-    df = (e_a + e_b) ** 2 / (e_a**2 / (m - 1) + e_b**2 / (len(b) - 1))
-    return t, df
+    return welch_with_one_more(a, b, weights)
 
 
 def ttest_selection(age: int) -> list[list[Any]]:
