@@ -117,8 +117,9 @@ def sign_slot(name: str) -> int:
 def corners(z: np.ndarray, groups: np.ndarray, size: int) -> list[int]:
     """Per group and column of `z` (rows × columns), this site's smallest and largest value
     (scaled 2**8, rounded outwards): a pseudo-row's corners where no bounds are declared (the
-    models', the t-test's). A site without rows in a group inputs ±2**33, which loses every
-    secure min and max."""
+    models', the t-test's), each within ±(2**33 − 1) (a corner is only where the pseudo-row
+    sits: beyond |z| of 2**25 it stays at that limit). A site without rows in a group inputs
+    ±2**33, which loses every secure min and max."""
     empty = [1 << CORNER_LIMIT_BITS, -(1 << CORNER_LIMIT_BITS)]
     out: list[int] = []
     for g in range(size):
@@ -127,10 +128,16 @@ def corners(z: np.ndarray, groups: np.ndarray, size: int) -> list[int]:
             if len(rows):
                 low = int(np.floor(np.ldexp(rows[:, j].min(), LARGEST_SCALE_BITS)))
                 high = int(np.ceil(np.ldexp(rows[:, j].max(), LARGEST_SCALE_BITS)))
-                out += [low, high]
+                out += [corner_limited(low), corner_limited(high)]
             else:
                 out += empty
     return out
+
+
+def corner_limited(value: int) -> int:
+    """A corner (scaled 2**8) within ±(2**33 − 1): the range the protocols move corners in."""
+    limit = (1 << CORNER_LIMIT_BITS) - 1
+    return min(max(value, -limit), limit)
 
 
 def largest(values: np.ndarray, cells: np.ndarray, size: int) -> list[int]:

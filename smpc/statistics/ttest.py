@@ -58,7 +58,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from smpc.cellkey import CORNER_LIMIT_BITS, LARGEST_SCALE_BITS, corners, scale_factor, sign_slot
+from smpc.cellkey import (
+    CORNER_LIMIT_BITS,
+    LARGEST_SCALE_BITS,
+    corner_limited,
+    corners,
+    scale_factor,
+    sign_slot,
+)
 from smpc.encoding import FRAC_BITS, MOMENT_BITS
 from smpc.job import LocalSummary, PartyJob
 from smpc.query import ColumnQuery
@@ -182,13 +189,14 @@ class TTest(SecureStatistic):
         return summary
 
     def corner_bounds(self) -> tuple[int, int] | None:
-        """The declared bounds as the pseudo-row's corners (scaled 2**8, rounded outwards)."""
+        """The declared bounds as the pseudo-row's corners (scaled 2**8, rounded outwards, within
+        the corners' range: `cellkey.corner_limited`)."""
         if self.declared_bounds is None:
             return None
         low, high = self.declared_bounds
         return (
-            math.floor(math.ldexp(low, LARGEST_SCALE_BITS)),
-            math.ceil(math.ldexp(high, LARGEST_SCALE_BITS)),
+            corner_limited(math.floor(math.ldexp(low, LARGEST_SCALE_BITS))),
+            corner_limited(math.ceil(math.ldexp(high, LARGEST_SCALE_BITS))),
         )
 
     # ---- the secure part ----------------------------------------------------------------
