@@ -1,7 +1,8 @@
 """What a node hands its MPC party process, and what the party hands back.
 
 A `PartyJob` holds the validated query, the dataset schema (for the result's cell layout), the
-node's *local summary* (counts, fixed-point sums, order keys: never rows) and the network
+node's *local summary* (counts, fixed-point sums, histograms: rows only for logistic
+regression, below) and the network
 addresses of all parties. It travels as JSON on the party process's standard input; the
 `PartyOutcome` comes back as JSON on its standard output.
 """
@@ -23,12 +24,11 @@ class LocalSummary(BaseModel):
     """One party's private input to the protocol, laid out per result cell.
 
     `counts[c]` is the number of rows in cell c; `moments[name][c]` a fixed-point sum
-    (integer, scaled by 2**FRAC_BITS) such as Σx or Σx²; `extremes[c]` the order key of the
-    local minimum or maximum (a sentinel when the cell is empty here). `vectors` holds a
+    (integer, scaled by 2**FRAC_BITS) such as Σx or Σx². `vectors` holds a
     statistic's own integer inputs (e.g. a fixed-point Gram matrix, per-time event counts).
 
-    `rows` is for the few protocols that iterate over this party's own rows (logistic
-    regression, quantiles): base64 of a float64 `.npy` matrix of the *selected* rows and only the
+    `rows` is for the one protocol that iterates over this party's own rows (logistic
+    regression): base64 of a float64 `.npy` matrix of the *selected* rows and only the
     columns the statistic reads. It is handed to this node's own party process and is never
     sent anywhere else; the party process never secret-shares or opens it, only summaries of it.
     """
@@ -37,7 +37,6 @@ class LocalSummary(BaseModel):
 
     counts: list[int]
     moments: dict[str, list[int]] = {}
-    extremes: list[int] | None = None
     vectors: dict[str, list[int]] = {}
     rows: str | None = None
     # [rows in the dataset, rows the `where` selects, rows entering the statistic, selected rows
