@@ -489,14 +489,16 @@ class KaplanMeier(SecureStatistic):
             )
 
         at_risk, events = await self.checked_inputs(mpc, secint, job)
-        if threshold > 0:
-            lengths = await prefix_lengths(mpc, at_risk, threshold, size, grid, COUNT_BITS + 2)
-        else:
-            lengths = [grid] * size
-        opened = SurvivalOpened(
-            threshold=threshold, released=[b > 0 for b in lengths], counts=[None] * size
-        )
-        if sum(opened.released) >= 2:
+        released = [True] * size
+        if threshold > 0:  # a group is released when its n (the risk set at the grid's start)
+            n = at_risk[np.arange(size) * grid]  # reaches T: one bit each
+            below = await mpc.output(mpc.np_sgn(n - threshold, l=COUNT_BITS + 2, LT=True))
+            released = [not int(b) for b in np.asarray(below).ravel()]
+        opened = SurvivalOpened(threshold=threshold, released=released, counts=[None] * size)
+        if sum(released) >= 2:  # the log-rank test: where each exact risk set drops below T
+            lengths = [grid if r else 0 for r in released]
+            if threshold > 0:
+                lengths = await prefix_lengths(mpc, at_risk, threshold, size, grid, COUNT_BITS + 2)
             opened.logrank = await self.exact_logrank(mpc, secint, at_risk, events, lengths)
         if any(opened.released):
             await self.perturbed_counts(mpc, secint, job, at_risk, events, opened)

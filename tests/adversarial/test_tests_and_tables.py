@@ -337,3 +337,72 @@ def test_differencing_two_survival_curves_misses_the_patients_time() -> None:
             misses[name] += abs(guess - truth) > 0.02 * FLY_HIGH
     print(misses)
     assert all(m >= 80 for m in misses.values()), misses
+
+
+_SURVIVAL_SEARCH = """
+import json, sys, types
+import numpy as np
+import pandas as pd
+from mpyc.runtime import mpc
+import smpc.statistics.kaplan_meier as km
+from smpc.disclosure import AppliedRules, DisclosureRules
+from smpc.statistics import compile_query
+from tessera.schemas import DatasetSchema
+
+searched = []
+original = km.prefix_lengths
+async def recording(*args, **kwargs):
+    searched.append(True)
+    return await original(*args, **kwargs)
+km.prefix_lengths = recording
+
+schema = DatasetSchema.model_validate({"columns": [
+    {"name": "t", "type": "integer", "min": 0, "max": 40},
+    {"name": "died", "type": "boolean"},
+    {"name": "arm", "type": "categorical", "levels": ["a", "b"]},
+], "rows": 1000})
+rng = np.random.default_rng(8)
+frame = pd.DataFrame({"t": rng.integers(0, 41, 200), "died": rng.random(200) < 0.6,
+                      "arm": rng.choice(["a", "b"], 200)})
+query = {"dataset": "d", "statistic": "kaplan_meier", "time": "t", "event": "died"}
+if sys.argv[1] == "grouped":
+    query["group"] = "arm"
+statistic = compile_query(query, schema)
+statistic.rules = AppliedRules.local(None, [5], [DisclosureRules()])
+summary = statistic.local_summary(frame)
+
+async def main():
+    await mpc.start()
+    opened = await statistic.compute(mpc, types.SimpleNamespace(summary=summary))
+    await mpc.shutdown()
+    print(json.dumps({"searched": bool(searched), "logrank": opened.logrank is not None}))
+
+mpc.run(main())
+"""
+
+
+@pytest.mark.parametrize(("shape", "searched"), [("single", False), ("grouped", True)])
+def test_a_survival_curve_without_a_log_rank_test_opens_no_drop_point(
+    shape: str, searched: bool
+) -> None:
+    """Where each exact risk set drops below T is opened to the parties (a binary search) only
+    when a log-rank test needs the exact prefixes: for one released group, its release is one
+    bit, n ≥ T, and nothing about its times is opened beyond the perturbed node sums (one
+    party, the same code, with the search recorded)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    run = subprocess.run(
+        [sys.executable, "-c", _SURVIVAL_SEARCH, shape, "--no-log"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        timeout=120,
+        check=True,
+    )
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    assert report == {"searched": searched, "logrank": searched}
