@@ -75,16 +75,6 @@ def test_noise_is_discrete_laplace_on_the_count_and_the_sum_grids() -> None:
     assert 5 <= odd <= 35, "the lowest digit must be a fair-ish coin"
 
 
-@pytest.mark.slow
-def test_noise_law_over_a_thousand_samples_of_each_scale() -> None:
-    """The law by a chi-square test at two scales (1 000 samples each drawn inside MPC: about
-    half a minute; the mean and variance bounds scale with √n, see `check_discrete_laplace`)."""
-    specs = [NoiseSpec(1.0, 1), NoiseSpec(0.25, 2)]
-    wanted = [{"epsilon": s.epsilon, "sensitivity": s.sensitivity, "count": 1000} for s in specs]
-    for samples, spec in zip(draw(wanted), specs, strict=True):
-        check_discrete_laplace(samples, spec, p_min=1e-3)
-
-
 # ---- dp queries through simulate ---------------------------------------------------------
 
 
