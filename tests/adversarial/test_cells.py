@@ -538,34 +538,21 @@ def test_a_quantile_opens_no_childs_value_and_no_exact_n_to_the_parties() -> Non
     protocol uses; the published quantiles are moved off the data and n only by its count
     perturbation. (The search this replaced opened [quantile ≤ cut] for 8 cut points a round:
     each party could read every exact quantile off it.)"""
-    import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
+    from .one_party import report
 
-    root = Path(__file__).resolve().parents[2]
-    run = subprocess.run(
-        [sys.executable, "-c", _QUANTILE_TRANSCRIPT, "--no-log"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(root)},
-        timeout=120,
-        check=True,
-    )
-    report = json.loads(run.stdout.strip().splitlines()[-1])
-    opened = set(report["opened"])
+    transcript = report(_QUANTILE_TRANSCRIPT)
+    opened = set(transcript["opened"])
     # the recording sees the openings: the published values themselves (scaled 2**60)
-    assert all(round(v * 2**60) in opened for v in report["values"])
-    assert report["n"] in opened
-    assert 301 not in opened or report["n"] == 301  # the exact n only as n + 0
+    assert all(round(v * 2**60) in opened for v in transcript["values"])
+    assert transcript["n"] in opened
+    assert 301 not in opened or transcript["n"] == 301  # the exact n only as n + 0
     rng = np.random.default_rng(3)
     data = np.round(rng.uniform(0, 100, 301), 3)
     exact = np.quantile(data, [0.1, 0.5, 0.9], method="inverted_cdf")
     scales = [2**16, 2**40, 2**60]  # the rounding grid, moments, moved extremes
     forbidden = {round(float(v) * s) for v in data for s in scales}
     assert not forbidden & opened
-    assert all(abs(v - e) > 2**-12 for v, e in zip(report["values"], exact, strict=True))
-    shifts = [v - e for v, e in zip(report["values"], exact, strict=True)]
+    assert all(abs(v - e) > 2**-12 for v, e in zip(transcript["values"], exact, strict=True))
+    shifts = [v - e for v, e in zip(transcript["values"], exact, strict=True)]
     assert max(shifts) - min(shifts) < 100 / 4096 + 2**-15  # one shift, half a bin each
-    assert abs(report["n"] - 301) <= 3
+    assert abs(transcript["n"] - 301) <= 3

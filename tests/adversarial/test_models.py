@@ -14,11 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -28,7 +24,8 @@ from smpc import simulate
 from smpc.frames import uneven_shares as split
 from tessera.errors import TesseraError
 
-ROOT = Path(__file__).resolve().parents[2]
+from .one_party import report
+
 FLOORS = [5, 5, 5]  # every node's min_count floor (the node configuration's default)
 
 
@@ -231,17 +228,7 @@ mpc.run(main())
 def test_d_the_elimination_opens_a_masked_pivot_and_one_bit_per_step_never_a_tolerance(
     gram: list[list[int]], outcome: str, openings: list[int]
 ) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    run = subprocess.run(
-        [sys.executable, "-c", _ELIMINATION, json.dumps(gram), "--no-log"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=True,
-    )
-    report = json.loads(run.stdout.strip().splitlines()[-1])
-    assert report == {"opened": openings, "outcome": outcome}
+    assert report(_ELIMINATION, json.dumps(gram)) == {"opened": openings, "outcome": outcome}
 
 
 def test_d_no_opened_output_is_an_exact_rational() -> None:

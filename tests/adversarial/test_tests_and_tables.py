@@ -389,20 +389,6 @@ def test_a_survival_curve_without_a_log_rank_test_opens_no_drop_point(
     when a log-rank test needs the exact prefixes: for one released group, its release is one
     bit, n ≥ T, and nothing about its times is opened beyond the perturbed node sums (one
     party, the same code, with the search recorded)."""
-    import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
+    from .one_party import report
 
-    root = Path(__file__).resolve().parents[2]
-    run = subprocess.run(
-        [sys.executable, "-c", _SURVIVAL_SEARCH, shape, "--no-log"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(root)},
-        timeout=120,
-        check=True,
-    )
-    report = json.loads(run.stdout.strip().splitlines()[-1])
-    assert report == {"searched": searched, "logrank": searched}
+    assert report(_SURVIVAL_SEARCH, shape) == {"searched": searched, "logrank": searched}
