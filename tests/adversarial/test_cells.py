@@ -344,23 +344,30 @@ def regression_attack(cohort: list[pd.DataFrame], age: int, fit: Any) -> float:
     return abs(n * (mean - mean_without) + mean_without - truth)
 
 
+def coefficients(result: dict) -> dict:
+    return result["coefficients"]
+
+
 def over_secrets(
     frames: list[pd.DataFrame],
     schema: DatasetSchema,
     attack: Callable[[int, Callable[[dict], dict]], Any],
     seed: int,
+    outputs: Callable[[dict], dict] = coefficients,
+    rel: float = 1e-5,
 ) -> list[Any]:
-    """100 attempts of `attack(age, fit)` on a model query: the five targets with the frames'
-    own row-key secrets (the first through `simulate`, whose n and coefficients are checked
-    against the plaintext twin's, rounded to 25 bits; the others through the twin), then the
-    same five with 19 other sets of hospital row-key secrets through the twin."""
+    """100 attempts of `attack(age, fit)` on a model (or test) query: the five targets with the
+    frames' own row-key secrets (the first through `simulate`, whose n and `outputs` are
+    checked against the plaintext twin's within `rel`, the rounding to 25 bits; the others
+    through the twin), then the same five with 19 other sets of hospital row-key secrets
+    through the twin."""
 
     def simulated(query: dict) -> dict:
         result = simulate(query, frames, schema, min_count_floors=FLOORS)
         twin = reference_parties(query, frames, schema, min_count_floors=FLOORS)
         assert result["n"] == twin["n"]
-        for name, value in twin["coefficients"].items():
-            assert result["coefficients"][name] == pytest.approx(value, rel=1e-5)
+        for name, value in outputs(twin).items():
+            assert outputs(result)[name] == pytest.approx(value, rel=rel)
         return result
 
     def keyed(secrets: list[str] | None) -> Callable[[dict], dict]:
@@ -463,30 +470,14 @@ def test_a_ttest_does_not_give_a_childs_weight_to_one_who_knows_every_other_chil
 
     assert all(ttest_attack(cohort, age, exact) < 0.011 for age in TARGETS)
 
-    def simulated(query: dict) -> dict:
-        result = simulate(query, cohort, SCHEMA, min_count_floors=FLOORS)
-        twin = reference_parties(query, cohort, SCHEMA, min_count_floors=FLOORS)
-        assert result["n"] == twin["n"]
-        for key in ("statistic", "df", "p_value"):
-            assert result[key] == pytest.approx(twin[key], rel=1e-6)
-        return result
-
-    def keyed(secrets: list[str] | None) -> Callable[[dict], dict]:
-        def fit(query: dict) -> dict:
-            return reference_parties(
-                query, cohort, SCHEMA, min_count_floors=FLOORS, key_secrets=secrets
-            )
-
-        return fit
-
-    errors = [
-        ttest_attack(cohort, age, simulated if k == 0 else keyed(None))
-        for k, age in enumerate(TARGETS)
-    ]
-    rng = np.random.default_rng(7)
-    for _ in range(19):
-        secrets = ["".join(rng.choice(list("abcdefghijklmnop"), 16)) for _ in range(3)]
-        errors += [ttest_attack(cohort, age, keyed(secrets)) for age in TARGETS]
+    errors = over_secrets(
+        cohort,
+        SCHEMA,
+        lambda age, fit: ttest_attack(cohort, age, fit),
+        7,
+        outputs=lambda result: {k: result[k] for k in ("statistic", "df", "p_value")},
+        rel=1e-6,
+    )
     suppressed = sum(e == float("inf") for e in errors)
     assert suppressed <= 20, suppressed  # the attack is tried, not merely refused
     assert sum(e > 0.02 * WEIGHT_RANGE for e in errors) >= 80, sorted(errors)
