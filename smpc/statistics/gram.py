@@ -602,6 +602,7 @@ class GramStatistic(SecureStatistic):
     async def compute_noisy(self, mpc: Any, job: PartyJob) -> NoisyGramOpened:
         """With `dp`: noise drawn inside MPC on every pooled n and noised entry, the noisy n
         compared with T (one bit per group), the released groups' noisy values opened."""
+        from smpc.disclosure import inputs_refusal
         from smpc.dp import discrete_laplace
         from smpc.encoding import MOMENT_BITS
         from smpc.protocol import check_counts, noisy_release
@@ -627,12 +628,8 @@ class GramStatistic(SecureStatistic):
         ]
         own = np.concatenate(self.noisy_checks(own_counts, own_gram))
         if not await all_in_range(mpc, secint, checks, own, self.noisy_check_bits()):
-            raise DisclosureRefused(
-                f"{self.name}: a site's inputs break the declared bounds of the design's columns "
-                "(its clipped sums checked inside MPC against what its rows allow; which site "
-                "is not revealed)",
-                {"rule": "inputs"},
-            )
+            what = "its clipped sums exceed what its rows allow within the declared bounds"
+            raise DisclosureRefused(inputs_refusal(self.name, what), {"rule": "inputs"})
         noise = discrete_laplace(mpc, secint, [specs[0]] * size + specs[1:] * size)
         counts = functools.reduce(operator.add, site_counts) + noise[:size]
         gram = functools.reduce(operator.add, site_grams) + noise[size:]

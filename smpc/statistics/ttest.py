@@ -291,10 +291,9 @@ class TTest(SecureStatistic):
         ratios = await open_rounded_ratios(mpc, numerators, denominators, RATIO_BITS)
         t2, df = ratios[:k], ratios[k:]
         positive = await open_nonnegative(mpc, diff, DIFF_BITS)
+        pooled_counts = functools.reduce(operator.add, site_counts)
         totals = await mpc.output(
-            functools.reduce(operator.add, site_counts)[2 * shown]
-            + functools.reduce(operator.add, site_counts)[2 * shown + 1]
-            + shift.count[2 * k :]
+            pooled_counts[2 * shown] + pooled_counts[2 * shown + 1] + shift.count[2 * k :]
         )
         for i, g in enumerate(shown):
             outcome.groups[g] = {
