@@ -8,8 +8,9 @@ without the secret nobody can compute it, and the keys of different rows look in
 
 **Cell keys.** A cell's key is the sum of its rows' keys, over every site, modulo 2²⁴: each
 party inputs, per cell and per key field, the sum of its rows' 24-bit fields modulo 2²⁴, and the
-parties take the low 24 bits of the pooled sum inside MPC (`np_to_bits`; nothing is opened but
-a masked value). Two fields of each row's 64-bit hash give two independent cell keys, A and B.
+parties take the low 24 bits of the pooled sum inside MPC (`smpc.rounded.low_bits`; nothing is
+opened but a masked value). Two fields of each row's 64-bit hash give two independent cell
+keys, A and B.
 
 **Perturbations.** From the bits of a cell key, inside MPC (`Perturbation`):
 
@@ -48,6 +49,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from smpc.rounded import low_bits
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -178,7 +181,7 @@ def perturbation(mpc: Any, pooled_keys: Any, size: int) -> Perturbation:
     """The perturbations of `size` cells from their pooled key sums (a secure vector: the
     cells' key A sums, then their key B sums). Opens nothing but the masked value of MPyC's
     bit decomposition."""
-    bits = mpc.np_to_bits(pooled_keys, l=KEY_FIELD_BITS)
+    bits = low_bits(mpc, pooled_keys, KEY_FIELD_BITS)
     a, b = bits[:size], bits[size:]
     count = count_perturbation(a)
     weights = np.array([2 * (1 << j) for j in range(WEIGHT_BITS)], dtype=object)
@@ -206,6 +209,6 @@ def scale_factor(ratio: float) -> int:
 async def floor_bits(mpc: Any, values: Any, drop: int) -> Any:
     """values rounded down to a multiple of 2**drop, exactly (bit decomposition of the low
     `drop` bits; values may be negative)."""
-    low = mpc.np_to_bits(values, l=drop)
+    low = low_bits(mpc, values, drop)
     weights = np.array([1 << j for j in range(drop)], dtype=object)
     return values - low @ weights

@@ -28,7 +28,7 @@ handled once):
 4. the quotient y' ≈ (num/den + 2**40)·2**64 (nonnegative in range) from the lifted numerator's
    top bits times w, within t + 2 units (`shifted` errs by less than t + 1);
 5. a range test, opened as one bit per ratio: ⌊y' / 2**105⌋ (approximately) in {0, …, t + 2},
-   as a masked zero test of a product;
+   as a masked zero test of a product (skipped for a caller that knows |num| ≤ den);
 6. in range, y' moves to a small field (`convert`): its sign, the bits of |y| + (t + 4) (a
    bias larger than the error, so a value on the grid rounds to itself), that magnitude's
    leading bit, and its top 25 bits (`rounded_units`) are computed there and opened: sign,
@@ -37,17 +37,21 @@ handled once):
 Randomness and bit-level work. MPyC's own random bits take a modular square root per bit
 (about 1 ms in a 607-bit field, 0.2 s in a 4 423-bit one) and every operation on shares of a
 thousands-of-bits field costs hundreds of microseconds, so bit-level work happens in a field of
-about 180 bits (`small_type`) and this module draws its own randomness: a random bit is
-(1 + Π s_j)/2 for t + 1 parties' random signs s_j, input in both fields (its weighted sum in the
-big field is one dot product per row, `_paired_random_bits`); masks are sums of values that
-t + 1 parties input, each uniform on its range, so at least one honest term masks with
-`mpc.options.sec_param` bits of statistical margin. Comparisons and bit decompositions use
-carry circuits with recursive pairing (Brent–Kung): about 3 multiplications per bit in
-2·log₂(bits) rounds. Security as everywhere in Tessera: semi-honest parties, an honest
-majority, statistical masking.
+about 150 bits (`small_type`) and this module draws its own randomness: a random bit is
+(1 + Π s_j)/2 for t + 1 parties' random signs s_j; a row of random bits reaches the big field
+as a few chunks of their weighted sum (`_paired_random_bits`, `convert`), not bit by bit;
+masks are sums of values that t + 1 parties input, each uniform on its range, so at least one
+honest term masks with `mpc.options.sec_param` bits of statistical margin (the masks of
+`_masked_low` narrowed by log₂(t + 1) bits, as MPyC's own). Comparisons and bit decompositions
+use carry circuits with recursive pairing (Brent–Kung): about 3 multiplications per bit in
+2·log₂(bits) rounds, written on this party's shares (`_prefix_generate`, `_prefix_or`,
+`_carry_out_shares`) with one resharing per level instead of MPyC's per-slice coroutines.
+Security as everywhere in Tessera: semi-honest parties, an honest majority, statistical
+masking.
 
-Cost for 15 ratios over 3 denominators of 1 400 bits (a linear regression with 7 coefficients):
-about 3.6 s with 3 parties on this 2-core machine; most of it is the denominators' bits.
+Cost (this 2-core machine): 3 ratios over 3 distinct denominators of 425 bits about 0.15 s
+with 3 parties, 0.35 s with 5; most of it is the denominators' bits and the quotients' bits
+(`benchmarks/disclosure_cost.py` times whole statistics).
 """
 
 from __future__ import annotations
@@ -125,66 +129,110 @@ async def shifted(mpc: Any, x: Any, f: int, bits: int) -> Any:
 async def _masked_low(mpc: Any, x: Any, bits: int, total: int) -> tuple[Any, np.ndarray]:
     """Secret random bits r (shape x.shape + (bits,)) and the public low bits of
     c = x − r + 2**bits·(1 + Σσ_j), opened, for secret 0 ≤ x < 2**total and t + 1 parties'
-    σ_j uniform on [0, 2**(total − bits + k)): then x ≡ c + r (mod 2**bits)."""
+    σ_j, their sum below 2**(total − bits + k) (each summand's range narrowed by log₂(t + 1)
+    bits, as MPyC's own masks are): then x ≡ c + r (mod 2**bits). The field holds c when its
+    prime exceeds 2**(total + k + 1) (MPyC's SecInt(total) does)."""
     stype = type(x).sectype
     shape = (*x.shape, bits)
     r = random_bits(mpc, stype, shape)
     weights = np.array([1 << i for i in range(bits)], dtype=object)
     r_value = (r * weights).sum(axis=-1)
-    high = random_below(mpc, stype, x.shape, total - bits + mpc.options.sec_param)
+    spread = mpc.threshold.bit_length()  # t + 1 summands below 2**spread each
+    high = random_below(mpc, stype, x.shape, total - bits + mpc.options.sec_param - spread)
     c = await mpc.output(x - r_value + (high + 1) * (1 << bits))
     low = [v % (1 << bits) for v in _ints(c)]
     c_bits = np.array([[(v >> i) & 1 for i in range(bits)] for v in low], dtype=object)
     return r, c_bits.reshape(shape)
 
 
-def _carry_out(mpc: Any, g: Any, p: Any) -> Any:
-    """The carry out of an addition from its generate and propagate bits (last axis, least
-    significant first), by a balanced tree: log₂(bits) vectorised rounds."""
-    stype = type(g).sectype
-    while g.shape[-1] > 1:
-        if g.shape[-1] % 2:  # a neutral top position: generates nothing, propagates
-            pad = (*g.shape[:-1], 1)
-            g = mpc.np_concatenate((g, stype.array(np.zeros(pad, dtype=object))), axis=-1)
-            p = mpc.np_concatenate((p, stype.array(np.ones(pad, dtype=object))), axis=-1)
-        g_lo, g_hi, p_lo, p_hi = g[..., 0::2], g[..., 1::2], p[..., 0::2], p[..., 1::2]
-        products = mpc.np_multiply(mpc.np_stack((p_hi, p_hi)), mpc.np_stack((g_lo, p_lo)))
-        g, p = g_hi + products[0], products[1]
-    return g[..., 0]
+async def _shares(mpc: Any, x: Any) -> np.ndarray:
+    """This party's shares of a secure array (an object array of field values)."""
+    return (await mpc.gather(x)).value
 
 
-def _prefix_generate(mpc: Any, g: Any, p: Any) -> Any:
-    """Inclusive prefix generate bits (the carry out of positions 0..i, for each i) by the
-    recursive pairing prefix (Brent–Kung): about 3 multiplications per position in
-    2·log₂(bits) vectorised rounds."""
-    stype = type(g).sectype
-    width = g.shape[-1]
-    if width == 1:
-        return g
-    if width % 2:  # a neutral top position: generates nothing, propagates
-        pad = (*g.shape[:-1], 1)
-        g = mpc.np_concatenate((g, stype.array(np.zeros(pad, dtype=object))), axis=-1)
-        p = mpc.np_concatenate((p, stype.array(np.ones(pad, dtype=object))), axis=-1)
-    g_lo, g_hi, p_lo, p_hi = g[..., 0::2], g[..., 1::2], p[..., 0::2], p[..., 1::2]
-    if g_lo.shape[-1] > 1:
-        products = mpc.np_multiply(mpc.np_stack((p_hi, p_hi)), mpc.np_stack((g_lo, p_lo)))
-        pair_g, pair_p = g_hi + products[0], products[1]
-    else:
-        pair_g, pair_p = g_hi + p_hi * g_lo, p_hi  # p unused above the last level
-    prefix = _prefix_generate(mpc, pair_g, pair_p)  # through each pair's high position
-    # a low position 2k: its own generate, or the prefix through pair k − 1 propagated
-    carried = g_lo[..., 1:] + p_lo[..., 1:] * prefix[..., :-1]
-    low = mpc.np_concatenate((g_lo[..., :1], carried), axis=-1)
-    both = mpc.np_stack((low, prefix), axis=-1)  # interleave: 2k, 2k + 1
+def _secure(like: Any, shares: np.ndarray) -> Any:
+    """A secure array of `like`'s type holding the given shares."""
+    return type(like)(type(like).sectype.field.array(shares, check=False))
+
+
+async def _multiply(mpc: Any, field: Any, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Shares of the elementwise product of two shared arrays (one resharing)."""
+    product = field.array((a * b) % field.modulus, check=False)
+    return (await mpc._reshare(product)).value
+
+
+def _pad(shares: np.ndarray, value: int) -> np.ndarray:
+    """One more position on the last axis holding the public `value` (every share is it)."""
+    pad = np.full((*shares.shape[:-1], 1), value, dtype=object)
+    return np.concatenate((shares, pad), axis=-1)
+
+
+def _interleave(even: np.ndarray, odd: np.ndarray, width: int) -> np.ndarray:
+    """Positions 2k from `even` and 2k + 1 from `odd` along the last axis, cut to `width`."""
+    both = np.stack((even, odd), axis=-1)
     return both.reshape(*both.shape[:-2], -1)[..., :width]
 
 
-def _carries(mpc: Any, g: Any, p: Any) -> Any:
-    """The carry into every position (0 into the lowest)."""
-    stype = type(g).sectype
-    prefix = _prefix_generate(mpc, g, p)
-    zero = stype.array(np.zeros((*g.shape[:-1], 1), dtype=object))
-    return mpc.np_concatenate((zero, prefix[..., :-1]), axis=-1)
+# The circuits below work on this party's shares (object arrays modulo the field's prime) and
+# reshare only the products, one `mpc._reshare` per level: the same secure multiplications as
+# MPyC's array operations, without a coroutine for every slice, stack and concatenation.
+
+
+async def _carry_out_shares(mpc: Any, field: Any, g: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """The carry out of an addition from its generate and propagate bits (last axis, least
+    significant first), by a balanced tree: log₂(bits) resharings."""
+    modulus = field.modulus
+    while g.shape[-1] > 1:
+        if g.shape[-1] % 2:  # a neutral top position: generates nothing, propagates
+            g, p = _pad(g, 0), _pad(p, 1)
+        g_lo, g_hi, p_lo, p_hi = g[..., 0::2], g[..., 1::2], p[..., 0::2], p[..., 1::2]
+        products = await _multiply(mpc, field, np.stack((p_hi, p_hi)), np.stack((g_lo, p_lo)))
+        g, p = (g_hi + products[0]) % modulus, products[1]
+    return g[..., 0]
+
+
+async def _prefix_generate(mpc: Any, field: Any, g: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Inclusive prefix generate bits (the carry out of positions 0..i, for each i) by the
+    recursive pairing prefix (Brent–Kung): about 3 multiplications per position in
+    2·log₂(bits) resharings."""
+    modulus = field.modulus
+    width = g.shape[-1]
+    if width == 1:
+        return g
+    if width % 2:
+        g, p = _pad(g, 0), _pad(p, 1)
+    g_lo, g_hi, p_lo, p_hi = g[..., 0::2], g[..., 1::2], p[..., 0::2], p[..., 1::2]
+    if g_lo.shape[-1] > 1:
+        products = await _multiply(mpc, field, np.stack((p_hi, p_hi)), np.stack((g_lo, p_lo)))
+        pair_g, pair_p = (g_hi + products[0]) % modulus, products[1]
+    else:  # p is unused above the last level
+        pair_g, pair_p = (g_hi + await _multiply(mpc, field, p_hi, g_lo)) % modulus, p_hi
+    prefix = await _prefix_generate(mpc, field, pair_g, pair_p)  # through each pair's high
+    low = g_lo[..., :1]
+    if g_lo.shape[-1] > 1:  # a low position 2k: its own generate, or pair k − 1's propagated
+        carried = await _multiply(mpc, field, p_lo[..., 1:], prefix[..., :-1])
+        low = np.concatenate((low, (g_lo[..., 1:] + carried) % modulus), axis=-1)
+    return _interleave(low, prefix, width)
+
+
+async def _prefix_or(mpc: Any, field: Any, bits: np.ndarray) -> np.ndarray:
+    """o_i = b_0 ∨ … ∨ b_i along the last axis, by recursive pairing: about 2
+    multiplications per position in 2·log₂(bits) resharings."""
+    modulus = field.modulus
+    width = bits.shape[-1]
+    if width == 1:
+        return bits
+    if width % 2:
+        bits = _pad(bits, 0)
+    lo, hi = bits[..., 0::2], bits[..., 1::2]
+    pair = (lo + hi - await _multiply(mpc, field, lo, hi)) % modulus
+    prefix = await _prefix_or(mpc, field, pair)  # through each pair's high
+    low = lo[..., :1]
+    if lo.shape[-1] > 1:
+        a, b = prefix[..., :-1], lo[..., 1:]
+        both = (a + b - await _multiply(mpc, field, a, b)) % modulus
+        low = np.concatenate((low, both), axis=-1)
+    return _interleave(low, prefix, width)
 
 
 def _generate_propagate(r: Any, c_bits: np.ndarray) -> tuple[Any, Any]:
@@ -192,67 +240,66 @@ def _generate_propagate(r: Any, c_bits: np.ndarray) -> tuple[Any, Any]:
     return r * c_bits, r + c_bits - r * (2 * c_bits)
 
 
+async def _sum_bits(mpc: Any, r: Any, c_bits: np.ndarray) -> Any:
+    """The bits of secret bits r plus public bits c, modulo 2**bits (last axis, least
+    significant first): p_i ⊕ carry_i with the carries of `_prefix_generate`."""
+    field = type(r).sectype.field
+    g, p = _generate_propagate(r, c_bits)
+    g, p = await _shares(mpc, g), await _shares(mpc, p)
+    prefix = await _prefix_generate(mpc, field, g, p)
+    carries = np.concatenate((np.zeros((*g.shape[:-1], 1), dtype=object), prefix[..., :-1]), -1)
+    twice = await _multiply(mpc, field, p, carries)
+    return _secure(r, (p + carries - 2 * twice) % field.modulus)
+
+
+async def _carry_out(mpc: Any, r: Any, c_bits: np.ndarray) -> Any:
+    """The carry out of secret bits r plus public bits c (last axis)."""
+    field = type(r).sectype.field
+    g, p = _generate_propagate(r, c_bits)
+    g, p = await _shares(mpc, g), await _shares(mpc, p)
+    return _secure(r, await _carry_out_shares(mpc, field, g, p))
+
+
 async def to_bits(mpc: Any, x: Any, bits: int) -> Any:
     """The bits of secret 0 ≤ x < 2**bits, least significant first (shape x.shape + (bits,)):
     x = c + r with c public and r secret random bits (`_masked_low`), added on shares."""
     r, c_bits = await _masked_low(mpc, x, bits, bits)
-    g, p = _generate_propagate(r, c_bits)
-    carries = _carries(mpc, g, p)
-    return p + carries - p * carries * 2
+    return await _sum_bits(mpc, r, c_bits)
 
 
-async def floor_shift(mpc: Any, x: Any, f: int, bits: int) -> Any:
-    """⌊x / 2**f⌋ exactly, for secret 0 ≤ x < 2**bits: x less x mod 2**f, over 2**f, where
-    x mod 2**f = c + r − 2**f·carry_out(c + r)."""
+def low_bits(mpc: Any, x: Any, bits: int) -> Any:
+    """The low `bits` bits of each x of a secure integer array (x mod 2**bits, two's
+    complement for negative x), least significant first: what MPyC's `np_to_bits(x, l=bits)`
+    computes, by `_masked_low` and the carries of `_prefix_generate` (2·log₂(bits) resharings
+    instead of MPyC's ripple). For SecInt(L) values, |x| < 2**(L − 1), bits < L. Returns the
+    secure array at once (an MPyC coroutine)."""
+    from mpyc import asyncoro
+
     stype = type(x).sectype
-    r, c_bits = await _masked_low(mpc, x, f, bits)
-    g, p = _generate_propagate(r, c_bits)
-    weights = np.array([1 << i for i in range(f)], dtype=object)
-    low = (r * weights).sum(axis=-1) + (c_bits * weights).sum(axis=-1)
-    low = low - _carry_out(mpc, g, p) * (1 << f)
-    return (x - low) * stype.field(1 << f).reciprocal()
+    size = stype.bit_length
+
+    @asyncoro.mpc_coro
+    async def run():  # type: ignore[no-untyped-def]  # MPyC reads a return annotation
+        await asyncoro.returnType((stype.array, True, (*x.shape, bits)))
+        r, c_bits = await _masked_low(mpc, x + (1 << (size - 1)), bits, size)
+        return await mpc.gather(await _sum_bits(mpc, r, c_bits))
+
+    return run()
 
 
-async def negative(mpc: Any, x: Any, bits: int) -> Any:
-    """Secret bits [x < 0] for |x| < 2**bits: 1 − ⌊(x + 2**bits) / 2**bits⌋."""
-    return 1 - await floor_shift(mpc, x + (1 << bits), bits, bits + 1)
-
-
-def _scan(mpc: Any, x: Any, identity: int, combine: Any) -> Any:
-    """Inclusive prefixes along the last axis (index 0 upward) of an associative, commutative
-    operation on secret bits costing one multiplication (`combine`), by recursive pairing:
-    about 2 multiplications per position in 2·log₂ N vectorised rounds."""
-    stype = type(x).sectype
-    width = x.shape[-1]
-    if width == 1:
-        return x
-    if width % 2:
-        pad = np.full((*x.shape[:-1], 1), identity, dtype=object)
-        x = mpc.np_concatenate((x, stype.array(pad)), axis=-1)
-    lo, hi = x[..., 0::2], x[..., 1::2]
-    prefix = _scan(mpc, combine(lo, hi), identity, combine)  # through each pair's high
-    low = mpc.np_concatenate((lo[..., :1], combine(prefix[..., :-1], lo[..., 1:])), axis=-1)
-    both = mpc.np_stack((low, prefix), axis=-1)  # interleave: 2k, 2k + 1
-    return both.reshape(*both.shape[:-2], -1)[..., :width]
-
-
-def _prefix_or(mpc: Any, bits: Any) -> Any:
-    """o_i = b_0 ∨ … ∨ b_i along the last axis."""
-    return _scan(mpc, bits, 0, lambda a, b: a + b - a * b)
-
-
-def _leading(mpc: Any, bits: Any) -> tuple[Any, Any]:
+async def _leading(mpc: Any, bits: Any) -> tuple[Any, Any]:
     """For bit vectors (least significant first) of length N: the leading zeros i (N for 0)
     and the one-hot vector of the leading one (at position N − 1 − i; all zeros for 0). From
     the prefix OR o_j of the bits from the top down (`_prefix_or`), both are linear:
     i = Σ_j (1 − o_j) and the one-hot's top-down entries o_j − o_(j−1)."""
-    stype = type(bits).sectype
+    field = type(bits).sectype.field
     width = bits.shape[-1]
-    prefix = _prefix_or(mpc, np.flip(bits, axis=-1))  # from the top
-    zero = stype.array(np.zeros((*prefix.shape[:-1], 1), dtype=object))
-    before = mpc.np_concatenate((zero, prefix[..., :-1]), axis=-1)
-    index = width - prefix.sum(axis=-1)
-    return index, np.flip(prefix - before, axis=-1)
+    shares = np.flip(await _shares(mpc, bits), axis=-1)  # from the top
+    prefix = await _prefix_or(mpc, field, np.ascontiguousarray(shares))
+    before = np.concatenate((np.zeros((*prefix.shape[:-1], 1), dtype=object), prefix[..., :-1]), -1)
+    index = (width - prefix.sum(axis=-1)) % field.modulus
+    one_hot = np.flip((prefix - before) % field.modulus, axis=-1)
+    return _secure(bits, index), _secure(bits, np.ascontiguousarray(one_hot))
 
 
 def _product_zero_candidates(values: Any, top: int) -> Any:
@@ -283,35 +330,30 @@ async def convert(mpc: Any, x: Any, target: Any, bits: int) -> Any:
     return target.array(opened.reshape(x.shape)) - mask_target
 
 
-def _paired_random_bits(mpc: Any, small: Any, big: Any, shape: tuple[int, int]) -> tuple[Any, Any]:
-    """Secret random bits r (rows × bits) in the small field, and each row's Σ r_i·2**i in the
-    big one: t + 1 parties input the same random signs s_j in both fields; r = (1 + Π s_j)/2,
-    and Σ 2**i·Π_j s_ji is a product of the first t and a weighted dot product with the last
-    (one resharing per row and row, `mpc.np_matmul`)."""
+async def _paired_random_bits(
+    mpc: Any, small: Any, big: Any, shape: tuple[int, int]
+) -> tuple[Any, Any]:
+    """Secret random bits r (rows × bits) in the small field (`random_bits`), and each row's
+    Σ r_i·2**i in the big one: the row's bits are summed in chunks of `_chunk_bits` bits in the
+    small field (linear), each chunk moved to the big field (`convert`) and the chunks summed
+    there. The big field sees one value per chunk, not one per bit."""
     rows, width = shape
-    draws = np.array(
-        [2 * secrets.randbits(1) - 1 for _ in range(rows * width)], dtype=object
-    ).reshape(shape)
-    # (MPyC reduces an array it is given in place: each field gets its own copy)
-    small_parts = mpc.input(small.array(draws.copy()), senders=_senders(mpc))
-    big_parts = mpc.input(big.array(draws.copy()), senders=_senders(mpc))
-    product = small_parts[0]
-    for part in small_parts[1:]:
-        product = product * part
-    bits = (product + 1) * small.field(2).reciprocal()
-    head = big_parts[0]
-    for part in big_parts[1:-1]:
-        head = head * part
-    if len(big_parts) == 1:  # one party: its signs are the bits
-        signed = (head * np.array([1 << i for i in range(width)], dtype=object)).sum(axis=-1)
-    else:
-        weights = np.array([1 << i for i in range(width)], dtype=object)
-        weighted, last = head * weights, big_parts[-1]
-        signed = mpc.np_fromlist(
-            [mpc.np_matmul(weighted[j], last[j]) for j in range(rows)]  # one resharing each
-        )
-    value = (signed + ((1 << width) - 1)) * big.field(2).reciprocal()
-    return bits, value
+    bits = random_bits(mpc, small, shape)
+    chunk = _chunk_bits(mpc, small)
+    spans = -(-width // chunk)
+    weights = np.zeros((width, spans), dtype=object)
+    for i in range(width):
+        weights[i, i // chunk] = 1 << (i % chunk)
+    parts = await convert(mpc, (bits @ weights).reshape(-1), big, chunk)
+    scales = np.array([1 << (chunk * c) for c in range(spans)], dtype=object)
+    return bits, (parts.reshape(rows, spans) * scales).sum(axis=-1)
+
+
+def _chunk_bits(mpc: Any, small: Any) -> int:
+    """The widest x that `convert` moves out of the small field: x + Σρ_j, with t + 1 masks
+    below 2**(bits + k), stays below its prime."""
+    margin = mpc.options.sec_param + (mpc.threshold + 2).bit_length() + 1
+    return small.field.order.bit_length() - 1 - margin
 
 
 async def _decompose(mpc: Any, x: Any, bits: int, small: Any) -> Any:
@@ -320,14 +362,12 @@ async def _decompose(mpc: Any, x: Any, bits: int, small: Any) -> Any:
     big field and c's low bits added to r on shares in the small one."""
     big = type(x).sectype
     rows = x.shape[0]
-    r, r_value = _paired_random_bits(mpc, small, big, (rows, bits))
+    r, r_value = await _paired_random_bits(mpc, small, big, (rows, bits))
     high = random_below(mpc, big, x.shape, mpc.options.sec_param)
     c = await mpc.output(x - r_value + (high + 1) * (1 << bits))
     low = [v % (1 << bits) for v in _ints(c)]
     c_bits = np.array([[(v >> i) & 1 for i in range(bits)] for v in low], dtype=object)
-    g, p = _generate_propagate(r, c_bits)
-    carries = _carries(mpc, g, p)
-    return p + carries - p * carries * 2
+    return await _sum_bits(mpc, r, c_bits)
 
 
 async def _power_of_two(mpc: Any, one_hot: Any, big: Any) -> Any:
@@ -360,7 +400,7 @@ async def _scaled_denominators(
     approximate reciprocal w ≈ 2**(2P) / top with top ≈ den·2**i / 2**(N−P) in [2**(P−1),
     2**P] (`shifted`, then Newton: w ← w·(2 − w·b) from 2.9142 − 2b on b ∈ [1/2, 1])."""
     big = type(denominators).sectype
-    _, one_hot = _leading(mpc, await _decompose(mpc, denominators, bits, small))
+    _, one_hot = await _leading(mpc, await _decompose(mpc, denominators, bits, small))
     scale = await _power_of_two(mpc, one_hot, big)
     p = PRECISION_BITS
     top = await shifted(mpc, denominators * scale, bits - p, bits + 1)
@@ -372,10 +412,17 @@ async def _scaled_denominators(
 
 
 async def approximate_quotients(
-    mpc: Any, numerators: Any, denominators: Any, index: Sequence[int], bits: int, small: Any
+    mpc: Any,
+    numerators: Any,
+    denominators: Any,
+    index: Sequence[int],
+    bits: int,
+    small: Any,
+    range_test: bool = True,
 ) -> tuple[Any, Any]:
     """y' ≈ (num/den + 2**B)·2**F within t + 2 units, and per ratio a value that is zero iff
-    y' < 2**(W+1)·(t + 3) (roughly: |num/den| below 2**B), in the big field."""
+    y' < 2**(W+1)·(t + 3) (roughly: |num/den| below 2**B), in the big field (None without
+    `range_test`)."""
     pick = np.array(index)
     n_bits, p, wide = bits, PRECISION_BITS, RANGE_BITS + FINE_BITS
     scale, w = await _scaled_denominators(mpc, denominators, n_bits, small)
@@ -385,11 +432,15 @@ async def approximate_quotients(
     top = await shifted(mpc, lifted, n_bits - p, 2 * n_bits + RANGE_BITS + 2)
     shift = 2 * p - FINE_BITS
     y = await shifted(mpc, top * w[pick], shift, n_bits + RANGE_BITS + 2 * p + 4)
+    if not range_test:
+        return y, None
     coarse = await shifted(mpc, y, wide + 1, n_bits + RANGE_BITS + 2 * p + 4 - shift)
     return y, _product_zero_candidates(coarse, mpc.threshold + 2)
 
 
-async def rounded_units(mpc: Any, y: Any, significant: int) -> tuple[Any, Any, Any]:
+async def rounded_units(
+    mpc: Any, y: Any, significant: int, nonnegative: bool = False
+) -> tuple[Any, Any, Any]:
     """For y' ≈ (num/den + 2**B)·2**F below 2**(W+1)·(t + 3), in the small field: secret sign
     bits [num/den ≥ 0], mantissas q in [2**s, 2**(s+1)) and leading-zero counts i of
     |y| + bias, so that |num / den| ≈ q · 2**(L − 1 − s − i − F).
@@ -398,16 +449,24 @@ async def rounded_units(mpc: Any, y: Any, significant: int) -> tuple[Any, Any, A
     nonnegative), are decomposed together; the first one's bit L is the sign, which selects
     the bits of |y| + bias (a sign within the bias of 0 picks a magnitude below the bias: the
     result is 0.0 either way). The mantissa is the window of s + 1 bits under the leading one:
-    the one-hot leading bit times each position's window, summed (one multiplication)."""
+    the one-hot leading bit times each position's window, summed (one multiplication). With
+    `nonnegative` (every num ≥ 0, so y' > 2**W − t − 2): the first candidate alone, which is
+    positive without the offset, and the sign 1."""
+    stype = type(y).sectype
     wide = RANGE_BITS + FINE_BITS
     limit = magnitude_bits(mpc.threshold)
     bias = bias_units(mpc.threshold)
-    offset = (1 << limit) + bias
-    both = mpc.np_stack((y - (1 << wide) + offset, ((1 << wide) + offset) - y))
-    bits = await to_bits(mpc, both, limit + 1)
-    sign = bits[0, :, limit]
-    chosen = bits[1, :, :limit] + sign.reshape(-1, 1) * (bits[0, :, :limit] - bits[1, :, :limit])
-    leading, one_hot = _leading(mpc, chosen)
+    if nonnegative:
+        chosen = await to_bits(mpc, y - (1 << wide) + bias, limit)
+        sign = stype.array(np.ones(y.shape, dtype=object))
+    else:
+        offset = (1 << limit) + bias
+        both = mpc.np_stack((y - (1 << wide) + offset, ((1 << wide) + offset) - y))
+        bits = await to_bits(mpc, both, limit + 1)
+        sign = bits[0, :, limit]
+        upper, lower = bits[0, :, :limit], bits[1, :, :limit]
+        chosen = lower + sign.reshape(-1, 1) * (upper - lower)
+    leading, one_hot = await _leading(mpc, chosen)
     # windows[:, j] = Σ_m bit[j − s + m]·2**m: the s + 1 bits ending at position j
     weights = np.zeros((limit, limit), dtype=object)
     for j in range(limit):
@@ -419,23 +478,53 @@ async def rounded_units(mpc: Any, y: Any, significant: int) -> tuple[Any, Any, A
     return sign, mantissa, leading
 
 
-async def open_nonnegative(mpc: Any, values: Any, bits: int) -> list[bool]:
-    """Open only [x ≥ 0] for each x of a secure 1-D array of a big field with |x| < 2**bits:
-    y = x + 2**bits is masked, c = y − r + 2**bits·(1 + Σσ_j) opened, and the top bit of y,
+async def nonnegative_bits(mpc: Any, values: Any, bits: int) -> Any:
+    """Secret bits [x ≥ 0], in the small field (`small_type`), for each x of a secure 1-D
+    array of a big field with |x| < 2**bits: y = x + 2**bits is masked,
+    c = y − r + 2**bits·(1 + Σσ_j) opened, and the top bit of y,
     ⌊c / 2**bits⌋ − 1 − Σσ_j + carry(c mod 2**bits + r), is computed in the small field."""
     big = type(values).sectype
     small = small_type(mpc)
     rows = values.shape[0]
-    r, r_value = _paired_random_bits(mpc, small, big, (rows, bits))
+    r, r_value = await _paired_random_bits(mpc, small, big, (rows, bits))
     k = mpc.options.sec_param
     draws = np.array([secrets.randbits(k) for _ in range(rows)], dtype=object)
     high_big, _ = _input_sum(mpc, big, draws)
     high_small, _ = _input_sum(mpc, small, draws)
     c = _ints(await mpc.output(values + (1 << bits) - r_value + (high_big + 1) * (1 << bits)))
     c_bits = np.array([[(v >> i) & 1 for i in range(bits)] for v in c], dtype=object)
-    g, p = _generate_propagate(r, c_bits)
-    top = np.array([v >> bits for v in c], dtype=object) - 1 - high_small + _carry_out(mpc, g, p)
+    carry = await _carry_out(mpc, r, c_bits)
+    return np.array([v >> bits for v in c], dtype=object) - 1 - high_small + carry
+
+
+async def open_nonnegative(mpc: Any, values: Any, bits: int) -> list[bool]:
+    """Open only [x ≥ 0] for each x of a secure 1-D array of a big field with |x| < 2**bits
+    (`nonnegative_bits`)."""
+    top = await nonnegative_bits(mpc, values, bits)
     return [bool(v) for v in _ints(await mpc.output(top))]
+
+
+async def all_nonnegative(mpc: Any, values: Any, bits: int) -> bool:
+    """Open only whether every x of a secure 1-D array of a big field (|x| < 2**bits) is
+    ≥ 0: one masked zero test of the number of negative ones, not a bit per value."""
+    top = await nonnegative_bits(mpc, values, bits)
+    return bool(await mpc.is_zero_public(mpc.np_sum(1 - top)))
+
+
+def open_nonnegative_soon(mpc: Any, values: Any, bits: int) -> Any:
+    """`open_nonnegative` started at once as an MPyC coroutine (with its own program counter,
+    so every party numbers its messages alike), running alongside whatever the caller awaits
+    next; awaiting the result gives the list of bits."""
+    from asyncio import Future
+
+    from mpyc import asyncoro
+
+    @asyncoro.mpc_coro
+    async def run():  # type: ignore[no-untyped-def]  # MPyC reads a return annotation
+        await asyncoro.returnType(Future)
+        return await open_nonnegative(mpc, values, bits)
+
+    return run()
 
 
 def bias_units(threshold: int) -> int:
@@ -461,12 +550,17 @@ async def open_rounded_ratios(
     denominators: Sequence[Any],
     bits: int,
     significant: int = RATIO_BITS,
+    *,
+    at_most_one: bool = False,
+    nonnegative: bool = False,
 ) -> list[float | None]:
     """Open num_i / den_i rounded toward zero to `significant` + 1 significant bits: None where
     den_i = 0 or |num_i / den_i| ≥ about 2**RANGE_BITS, 0.0 below about 2**(5 − FINE_BITS).
     For secret integers with |num_i|, den_i < 2**bits and den_i ≥ 0 of one field type at least
     `ratio_field_bits(bits)` bits large. A denominator passed several times (the same secure
-    object) is decomposed once."""
+    object) is decomposed once. A caller that knows more says so, and the work it makes
+    unnecessary is skipped: `at_most_one` (every |num_i| ≤ den_i: no range test) and
+    `nonnegative` (every num_i ≥ 0: one candidate magnitude in `rounded_units`)."""
     if not numerators:
         return []
     stype = type(denominators[0])
@@ -488,15 +582,19 @@ async def open_rounded_ratios(
     dens = mpc.np_fromlist([unique[u] for u in used])
     index = [position[distinct[id(denominators[i])]] for i in kept]
     small = small_type(mpc)
-    y, outside = await approximate_quotients(mpc, nums, dens, index, bits, small)
+    y, outside = await approximate_quotients(
+        mpc, nums, dens, index, bits, small, range_test=not at_most_one
+    )
     # the range test first: nothing else is opened for a ratio out of range
-    far = [not z for z in await mpc.np_is_zero_public(outside)]
-    shown = [j for j in range(len(kept)) if not far[j]]
+    shown = list(range(len(kept)))
+    if outside is not None:
+        far = [not z for z in await mpc.np_is_zero_public(outside)]
+        shown = [j for j in shown if not far[j]]
     if not shown:
         return out
     limit = magnitude_bits(mpc.threshold)
     moved = await convert(mpc, y[np.array(shown)], small, limit)
-    sign, mantissa, leading = await rounded_units(mpc, moved, significant)
+    sign, mantissa, leading = await rounded_units(mpc, moved, significant, nonnegative)
     opened = await mpc.output(mpc.np_hstack((sign, mantissa, leading)))
     values = _ints(opened)
     k = len(shown)

@@ -163,7 +163,7 @@ class Correlation(GramStatistic):
         hidden: set[tuple[int, int]] | None = None,
         pseudo: PseudoRow | None = None,
     ) -> dict[str, Any]:
-        from smpc.rounded import open_nonnegative
+        from smpc.rounded import open_nonnegative_soon
 
         k = len(self.query.columns)
         hidden = hidden or set()
@@ -186,13 +186,17 @@ class Correlation(GramStatistic):
         ratios: list[float | None] = [None if c else 1.0 for c in constant]
         signs: list[int] = []
         if pairs:
+            # the sign of each r: [C_jk ≥ 0] opened alone (C_jk = 0 gives r = 0 either way),
+            # computed alongside the ratios
+            positive = open_nonnegative_soon(mpc, co[upper], self.co_moment_bits())
             squared = mpc.np_tolist(co[upper] * co[upper])
             products = mpc.np_tolist(co[first] * co[second])
             bits = 2 * self.co_moment_bits() + 1
-            ratios += await open_rounded_ratios(mpc, squared, products, bits)
-            # the sign of each r: [C_jk ≥ 0] opened alone (C_jk = 0 gives r = 0 either way)
-            positive = await open_nonnegative(mpc, co[upper], self.co_moment_bits())
-            signs = [1 if p else -1 for p in positive]
+            # 0 ≤ r² ≤ 1 (Cauchy–Schwarz on the perturbed Gram matrix, itself a Gram matrix)
+            ratios += await open_rounded_ratios(
+                mpc, squared, products, bits, at_most_one=True, nonnegative=True
+            )
+            signs = [1 if p else -1 for p in await positive]
         result: list[list[float | None]] = [[None] * k for _ in range(k)]
         for j in range(k):
             result[j][j] = None if ratios[j] is None else 1.0

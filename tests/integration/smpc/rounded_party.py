@@ -2,9 +2,13 @@
 
 Run as ``python rounded_party.py -I i --no-log -P host:port ...`` (one ``-P`` per party, or
 none for one party) with ``TESSERA_RATIOS`` set to a JSON object ``{"bits": N, "pairs":
-[[num, den], ...], "shared": [num, ...]}`` (numerators and denominators as decimal strings;
-`shared` numerators all divide one denominator, passed as one secure object, the last pair's).
-Prints one JSON line: the opened values (floats or null) in order.
+[[num, den], ...], "shared": [num, ...], "flags": {...}}`` (numerators and denominators as
+decimal strings; `shared` numerators all divide one denominator, passed as one secure object,
+the last pair's; `flags`, optional, are `open_rounded_ratios`' keyword options). Prints one
+JSON line: the opened values (floats or null) in order.
+
+With ``TESSERA_LOW_BITS`` set instead (``{"bits": l, "width": L, "values": [...]}``) it opens
+`smpc.rounded.low_bits` of the values (SecInt(L)) and prints the bits, one list per value.
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ def main() -> None:
     from smpc.exact import exact_type
     from smpc.rounded import open_rounded_ratios, ratio_field_bits
 
+    if "TESSERA_LOW_BITS" in os.environ:
+        print(json.dumps(mpc.run(low_bits(json.loads(os.environ["TESSERA_LOW_BITS"])))))
+        return
     task = json.loads(os.environ["TESSERA_RATIOS"])
     bits = int(task["bits"])
 
@@ -30,11 +37,26 @@ def main() -> None:
         if task["shared"]:
             numerators += [stype(int(n)) for n in task["shared"]]
             denominators += [denominators[-1]] * len(task["shared"])
-        out = await open_rounded_ratios(mpc, numerators, denominators, bits)
+        flags = task.get("flags", {})
+        out = await open_rounded_ratios(mpc, numerators, denominators, bits, **flags)
         await mpc.shutdown()
         return out
 
     print(json.dumps(mpc.run(run())))
+
+
+async def low_bits(task: dict) -> list[list[int]]:
+    import numpy as np
+    from mpyc.runtime import mpc
+
+    from smpc.rounded import low_bits
+
+    await mpc.start()
+    stype = mpc.SecInt(int(task["width"]))
+    values = stype.array(np.array([int(v) for v in task["values"]], dtype=object))
+    opened = await mpc.output(low_bits(mpc, values, int(task["bits"])))
+    await mpc.shutdown()
+    return [[int(b) for b in row] for row in np.asarray(opened).tolist()]
 
 
 if __name__ == "__main__":

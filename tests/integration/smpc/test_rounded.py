@@ -87,7 +87,9 @@ def run(task: dict[str, object], parties: int) -> list[float | None]:
     return outputs[0]
 
 
-@pytest.mark.parametrize(("parties", "bits", "count"), [(1, 300, 200), (3, 300, 30), (3, 900, 6)])
+@pytest.mark.parametrize(
+    ("parties", "bits", "count"), [(1, 300, 200), (3, 300, 30), (3, 900, 6), (5, 300, 8)]
+)
 def test_opened_ratios_are_the_exact_ratios_truncated_to_25_significant_bits(
     parties: int, bits: int, count: int
 ) -> None:
@@ -114,3 +116,35 @@ def test_the_same_ratios_open_the_same_values_every_time() -> None:
     first = run(task, 3)
     assert first == [truncated(Fraction(n, d)) for n, d in cases]
     assert run(task, 3) == first
+
+
+def test_what_a_caller_knows_skips_work_and_opens_the_same_values() -> None:
+    """`at_most_one` (no range test) and `nonnegative` (one candidate magnitude), as a
+    correlation's r² = C²/(C_jj·C_kk) uses them: the same truncated values, 1 and 0 included."""
+    rng = random.Random(5)
+    cases = [(0, 9), (9, 9), (1, 3), (2**40, 2**41 + 1), (1, 2**200), (3, 4)]
+    for _ in range(20):
+        den = rng.getrandbits(rng.randrange(2, 250)) | 1
+        cases.append((rng.randrange(den + 1), den))
+    task = {
+        "bits": 250,
+        "pairs": [[str(n), str(d)] for n, d in cases],
+        "shared": [],
+        "flags": {"at_most_one": True, "nonnegative": True},
+    }
+    opened = run(task, 3)
+    pairs_opened = zip(cases, opened, strict=True)
+    wrong = [(n, d, o) for (n, d), o in pairs_opened if not acceptable(o, n, d, 3)]
+    assert not wrong, wrong[:5]
+
+
+@pytest.mark.parametrize("parties", [3, 5])
+def test_low_bits_are_the_values_modulo_a_power_of_two(parties: int) -> None:
+    """`low_bits` (the cell keys' bits): x mod 2**l, two's complement for negative x, as
+    MPyC's `np_to_bits`, with the secure integers' whole range in use."""
+    width, bits = 66, 24
+    values = [0, 1, -1, 2**24 - 1, 2**24, 2**40 + 12345, -(2**64) + 7, 2**64 - 1, 5 << 30]
+    task = {"bits": bits, "width": width, "values": [str(v) for v in values]}
+    outputs = run_parties(PARTY, {"TESSERA_LOW_BITS": json.dumps(task)}, parties, timeout=120)
+    assert all(out == outputs[0] for out in outputs)
+    assert outputs[0] == [[(v % 2**bits) >> j & 1 for j in range(bits)] for v in values]
