@@ -132,13 +132,19 @@ def release_flags(
 ) -> Any | None:
     """Secret bits, per cell: the pooled count reaches `threshold` (no test at 0) and every
     site's count is 0 or at least that site's floor (c·(c − f) ≥ 0); None when no rule
-    applies."""
-    ok = at_least(mpc, counts, threshold, COUNT_BITS) if threshold > 0 else None
-    for c, floor in zip(site_counts, rules.floors, strict=True):
-        if floor > 1:
-            site_ok = at_least(mpc, c * (c - floor), 0, 2 * SITE_COUNT_BITS + 2)
-            ok = site_ok if ok is None else ok * site_ok
-    return ok
+    applies. The comparisons are one vectorised secure comparison, their AND a product tree."""
+    tests = [counts - threshold] if threshold > 0 else []
+    floors = zip(site_counts, rules.floors, strict=True)
+    tests += [c * (c - floor) for c, floor in floors if floor > 1]
+    if not tests:
+        return None
+    size = counts.shape[0]
+    flags = at_least(mpc, mpc.np_concatenate(tests), 0, 2 * SITE_COUNT_BITS + 2)
+    rows = [flags[i * size : (i + 1) * size] for i in range(len(tests))]
+    while len(rows) > 1:  # the AND of the rows, pairwise: ⌈log₂ rows⌉ rounds
+        paired = [a * b for a, b in zip(rows[0::2], rows[1::2], strict=False)]
+        rows = paired + ([rows[-1]] if len(rows) % 2 else [])
+    return rows[0]
 
 
 async def check_counts(
