@@ -155,16 +155,17 @@ async def gauss_jordan(
 
     Returns det(G) and adj(G)·B, both secret. Before pivot k the parties open the pivot d_k
     under a fresh secret random factor (uniformly random unless d_k = 0: it inverts the pivot
-    for the next step) and one bit, decided inside MPC (`smpc.rounded.open_nonnegative`): is the
-    tolerance d_k / (d_(k−1)·G_kk) = 1 − R² of column k on columns 0..k−1 (uncentred) at
-    least 1e-10? The tolerance itself is never opened. A zero pivot or a failed bit raises
+    for the next step). After the last step one bit is opened, decided inside MPC
+    (`smpc.rounded.all_nonnegative`): is every pivot's tolerance
+    d_k / (d_(k−1)·G_kk) = 1 − R² of column k on columns 0..k−1 (uncentred) at least 1e-10?
+    No tolerance, nor which one failed, is opened. A zero pivot or a failed bit raises
     `Singular`, which carries nothing (no column, no tolerance): the refusal names no term and
     no value. `entry_bits` bounds |G_ij| (it sizes the comparison; the field's size if None).
 
     Step k only reads column k of the left block again, so each step drops the column it has
     eliminated: the work is about size² · (size/2 + B's width) products in all.
     """
-    from smpc.rounded import open_nonnegative
+    from smpc.rounded import all_nonnegative
 
     stype = type(matrix).sectype
     p = stype.field.order
@@ -175,6 +176,7 @@ async def gauss_jordan(
     diagonal = [matrix[k, k] for k in range(size)]
     inverse: Any = None  # the previous pivot's inverse, kept secret
     previous: Any = None
+    margins = []
     for k in range(size):
         pivot = matrix[k, 0]  # column 0 is always the current pivot column
         scaled_diagonal = diagonal[k] if inverse is None else previous * diagonal[k]
@@ -184,10 +186,7 @@ async def gauss_jordan(
         u = int(await mpc.output(mask * pivot)) % p
         if u == 0:
             raise Singular
-        margin = pivot * TOLERANCE_FACTOR - scaled_diagonal
-        (tolerable,) = await open_nonnegative(mpc, mpc.np_fromlist([margin]), bits)
-        if not tolerable:
-            raise Singular
+        margins.append(pivot * TOLERANCE_FACTOR - scaled_diagonal)
         row = matrix[k, 1:]
         column = matrix[:, 0]
         updated = matrix[:, 1:] * pivot - mpc.np_outer(column, row)
@@ -196,6 +195,9 @@ async def gauss_jordan(
         matrix = mpc.np_update(updated, k, row)  # the pivot row stays as it was
         inverse = mask * stype.field(pow(u, -1, p))
         previous = pivot
+    # every margin's comparison at once; awaited, so a refusal leaves no exchange pending
+    if not await all_nonnegative(mpc, mpc.np_fromlist(margins), bits):
+        raise Singular
     return previous, matrix
 
 

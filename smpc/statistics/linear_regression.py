@@ -40,7 +40,7 @@ t on n − p degrees of freedom; R² is 1 − RSS/TSS of the noisy statistics, w
 
 Reveals: per released group n, the coefficients, their standard errors and R² (p-values follow
 from them), rounded to 25 significant bits; which groups are suppressed or have a small cell.
-Intermediate, to the parties only: per elimination step one bit, whether the predictor's
+Intermediate, to the parties only: per elimination one bit, whether every predictor's
 tolerance (1 − R² of that column on the constant and the earlier predictors, uncentred) is at
 least 1e-10, used to refuse singular designs; no tolerance appears in any message or result.
 With `dp`: per released group the noisy n and the noisy Gram entries (everything in the result

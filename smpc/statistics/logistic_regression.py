@@ -33,7 +33,7 @@ first); local sums of products below 2**50 ≈ 1.1e15.
 
 Reveals: per released group n, the coefficients, standard errors (p-values follow) and the
 number of iterations; which groups are suppressed or have a small cell. Intermediates: every
-Newton iterate β_k, and, to the parties only, one bit per elimination step (the tolerance, 1 − R²
+Newton iterate β_k, and, to the parties only, one bit per elimination (every tolerance, 1 − R²
 of a column of the weighted design on the earlier ones, is at least 1e-10), used to refuse
 singular designs with one pooled message naming no term or value.
 """
