@@ -438,9 +438,7 @@ async def approximate_quotients(
     return y, _product_zero_candidates(coarse, mpc.threshold + 2)
 
 
-async def rounded_units(
-    mpc: Any, y: Any, significant: int, nonnegative: bool = False
-) -> tuple[Any, Any, Any]:
+async def rounded_units(mpc: Any, y: Any, significant: int) -> tuple[Any, Any, Any]:
     """For y' ≈ (num/den + 2**B)·2**F below 2**(W+1)·(t + 3), in the small field: secret sign
     bits [num/den ≥ 0], mantissas q in [2**s, 2**(s+1)) and leading-zero counts i of
     |y| + bias, so that |num / den| ≈ q · 2**(L − 1 − s − i − F).
@@ -449,23 +447,16 @@ async def rounded_units(
     nonnegative), are decomposed together; the first one's bit L is the sign, which selects
     the bits of |y| + bias (a sign within the bias of 0 picks a magnitude below the bias: the
     result is 0.0 either way). The mantissa is the window of s + 1 bits under the leading one:
-    the one-hot leading bit times each position's window, summed (one multiplication). With
-    `nonnegative` (every num ≥ 0, so y' > 2**W − t − 2): the first candidate alone, which is
-    positive without the offset, and the sign 1."""
-    stype = type(y).sectype
+    the one-hot leading bit times each position's window, summed (one multiplication)."""
     wide = RANGE_BITS + FINE_BITS
     limit = magnitude_bits(mpc.threshold)
     bias = bias_units(mpc.threshold)
-    if nonnegative:
-        chosen = await to_bits(mpc, y - (1 << wide) + bias, limit)
-        sign = stype.array(np.ones(y.shape, dtype=object))
-    else:
-        offset = (1 << limit) + bias
-        both = mpc.np_stack((y - (1 << wide) + offset, ((1 << wide) + offset) - y))
-        bits = await to_bits(mpc, both, limit + 1)
-        sign = bits[0, :, limit]
-        upper, lower = bits[0, :, :limit], bits[1, :, :limit]
-        chosen = lower + sign.reshape(-1, 1) * (upper - lower)
+    offset = (1 << limit) + bias
+    both = mpc.np_stack((y - (1 << wide) + offset, ((1 << wide) + offset) - y))
+    bits = await to_bits(mpc, both, limit + 1)
+    sign = bits[0, :, limit]
+    upper, lower = bits[0, :, :limit], bits[1, :, :limit]
+    chosen = lower + sign.reshape(-1, 1) * (upper - lower)
     leading, one_hot = await _leading(mpc, chosen)
     # windows[:, j] = Σ_m bit[j − s + m]·2**m: the s + 1 bits ending at position j
     weights = np.zeros((limit, limit), dtype=object)
@@ -476,6 +467,23 @@ async def rounded_units(
     windows = chosen @ weights
     mantissa = (one_hot * windows).sum(axis=-1)
     return sign, mantissa, leading
+
+
+async def grid_units(mpc: Any, y: Any, grid: int) -> Any:
+    """For y' ≈ (num/den + 2**B)·2**F below 2**L (L = `magnitude_bits`), in the small field:
+    q = ⌊(y' + bias) / 2**(F − grid)⌋ exactly, so that q·2**-grid − 2**B is num/den rounded
+    down to the grid 2**-grid (after the bias, as in `rounded_units`). The low F − grid bits
+    of y' + bias are not decomposed: their sum is c + r less 2**(F − grid) times the carry
+    out (`_masked_low`, `_carry_out`: log₂ of those bits in resharings)."""
+    stype = type(y).sectype
+    drop = FINE_BITS - grid
+    limit = magnitude_bits(mpc.threshold)
+    z = y + bias_units(mpc.threshold)
+    r, c_bits = await _masked_low(mpc, z, drop, limit)
+    weights = np.array([1 << i for i in range(drop)], dtype=object)
+    low = (r * weights).sum(axis=-1) + (c_bits * weights).sum(axis=-1)
+    low = low - await _carry_out(mpc, r, c_bits) * (1 << drop)
+    return (z - low) * stype.field(1 << drop).reciprocal()
 
 
 async def nonnegative_bits(mpc: Any, values: Any, bits: int) -> Any:
@@ -552,17 +560,21 @@ async def open_rounded_ratios(
     significant: int = RATIO_BITS,
     *,
     at_most_one: bool = False,
-    nonnegative: bool = False,
+    grid: int | None = None,
 ) -> list[float | None]:
     """Open num_i / den_i rounded toward zero to `significant` + 1 significant bits: None where
     den_i = 0 or |num_i / den_i| ≥ about 2**RANGE_BITS, 0.0 below about 2**(5 − FINE_BITS).
+    With `grid` (at most FINE_BITS − 8) the published precision is absolute instead: each
+    ratio rounded down (toward −∞) to a multiple of 2**-grid after the bias β, in range
+    (`grid_units`: no leading bit, no mantissa; cheaper).
     For secret integers with |num_i|, den_i < 2**bits and den_i ≥ 0 of one field type at least
     `ratio_field_bits(bits)` bits large. A denominator passed several times (the same secure
-    object) is decomposed once. A caller that knows more says so, and the work it makes
-    unnecessary is skipped: `at_most_one` (every |num_i| ≤ den_i: no range test) and
-    `nonnegative` (every num_i ≥ 0: one candidate magnitude in `rounded_units`)."""
+    object) is decomposed once. A caller that knows every |num_i| ≤ den_i says so
+    (`at_most_one`), and the range test is skipped."""
     if not numerators:
         return []
+    if grid is not None and not 0 <= grid <= FINE_BITS - 8:
+        raise ValueError(f"a grid of 2**-{grid} is finer than the quotient's 2**-{FINE_BITS - 8}")
     stype = type(denominators[0])
     need = ratio_field_bits(bits) + mpc.options.sec_param - 30
     if stype.field.order.bit_length() < need:
@@ -594,7 +606,12 @@ async def open_rounded_ratios(
         return out
     limit = magnitude_bits(mpc.threshold)
     moved = await convert(mpc, y[np.array(shown)], small, limit)
-    sign, mantissa, leading = await rounded_units(mpc, moved, significant, nonnegative)
+    if grid is not None:
+        units = _ints(await mpc.output(await grid_units(mpc, moved, grid)))
+        for j, q in zip(shown, units, strict=True):
+            out[kept[j]] = math.ldexp(q - (1 << (RANGE_BITS + grid)), -grid)
+        return out
+    sign, mantissa, leading = await rounded_units(mpc, moved, significant)
     opened = await mpc.output(mpc.np_hstack((sign, mantissa, leading)))
     values = _ints(opened)
     k = len(shown)

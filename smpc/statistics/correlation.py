@@ -4,7 +4,7 @@ Each party shares its fixed-point Gram matrix of [1, columns…] per group
 (`smpc.statistics.gram`); rows with a missing value in any of the columns are dropped
 (listwise, like `numpy.corrcoef` on complete rows). Inside MPC, in an exact prime field, the
 centred co-moments C_jk = n·Σx_j x_k − Σx_j·Σx_k are computed as secrets, and for every pair
-only r_jk² = C_jk² / (C_jj·C_kk) is opened, rounded inside MPC to 25 significant bits
+only r_jk² = C_jk² / (C_jj·C_kk) is opened, rounded down inside MPC to a multiple of 2**-32
 (`smpc.rounded`), together with the bit [C_jk ≥ 0] (`open_nonnegative`); r_jk = ±√(r_jk²).
 In the `exact` mode the matrix is the Gram matrix plus its cell-key pseudo-row
 (`smpc.statistics.gram`), and n is opened as n + p, the count perturbation of the same rows
@@ -47,6 +47,8 @@ from tessera.schemas import ColumnName
 
 if TYPE_CHECKING:
     import pandas as pd
+
+R_SQUARED_GRID_BITS = 32  # r² is opened rounded down to a multiple of 2**-32
 
 
 class CorrelationQuery(QueryBase):
@@ -194,7 +196,7 @@ class Correlation(GramStatistic):
             bits = 2 * self.co_moment_bits() + 1
             # 0 ≤ r² ≤ 1 (Cauchy–Schwarz on the perturbed Gram matrix, itself a Gram matrix)
             ratios += await open_rounded_ratios(
-                mpc, squared, products, bits, at_most_one=True, nonnegative=True
+                mpc, squared, products, bits, at_most_one=True, grid=R_SQUARED_GRID_BITS
             )
             signs = [1 if p else -1 for p in await positive]
         result: list[list[float | None]] = [[None] * k for _ in range(k)]

@@ -14,7 +14,7 @@ it). The protocol per group:
    public β, its score Xᵀ(y − μ) and Hessian XᵀWX (W = μ(1 − μ)), rounds them to the 2⁻⁴⁰
    fixed-point grid and secret-shares them; the pooled Hessian and score stay secret; the
    Newton step Δ = H⁻¹·score is computed inside MPC by fraction-free Gauss–Jordan in an exact
-   prime field and only Δ is opened, rounded inside MPC to 25 significant bits
+   prime field and only Δ is opened, rounded down inside MPC to a multiple of 2**-40
    (`smpc.rounded`); β ← β + Δ;
 3. iterations stop, as statsmodels', once every |Δ_j| ≤ 1e-8 (at most 35 iterations; a design
    that does not converge — e.g. perfect separation — is refused with a clear error);
@@ -77,6 +77,7 @@ MAX_ITERATIONS = 35
 # the count perturbation's range
 RESIDUAL_PER_MAGNITUDE = 12
 TOLERANCE = 1e-8
+STEP_GRID_BITS = 40  # each Newton step is opened rounded down to a multiple of 2**-40
 
 
 def score_and_hessian(x: np.ndarray, y: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -375,8 +376,9 @@ class LogisticRegression(GramStatistic):
             h, score = await self._pooled_system(mpc, stype, x, y, beta, sites)
             augmented = mpc.np_hstack((h, (score + offset).reshape(p, 1)))
             det, reduced = await self._eliminate(mpc, augmented)
+            numerators = [reduced[j, 0] for j in range(p)]
             step = await open_rounded_ratios(
-                mpc, [reduced[j, 0] for j in range(p)], [det] * p, self.ratio_bits()
+                mpc, numerators, [det] * p, self.ratio_bits(), grid=STEP_GRID_BITS
             )
             if any(v is None for v in step):  # a step beyond 2**40: it diverges
                 break
@@ -404,7 +406,7 @@ class LogisticRegression(GramStatistic):
         """What `compute` opens, in plaintext from every party's summary: the same release, n
         + p, the same small-cells and too-few rules, and the same pseudo-row (ω, z̃, u_b from
         the same keys) in a float64 Newton iteration (`penalised_fit`). The MPC's values
-        differ by its rounding of every step and variance to 25 significant bits."""
+        differ by its rounding of every step (to 2**-40) and variance (to 25 significant bits)."""
         if self.query.dp is not None:
             return None
         import pandas as pd

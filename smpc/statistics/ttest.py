@@ -211,7 +211,12 @@ class TTest(SecureStatistic):
             secure_min,
             union_perturbation,
         )
-        from smpc.rounded import convert, open_nonnegative, open_rounded_ratios, ratio_field_bits
+        from smpc.rounded import (
+            convert,
+            open_nonnegative_soon,
+            open_rounded_ratios,
+            ratio_field_bits,
+        )
 
         threshold = self.threshold
         summary = job.summary
@@ -288,9 +293,10 @@ class TTest(SecureStatistic):
         denominators += mpc.np_tolist(
             (a_a * a_a * d_b * d_b * (n_b - KAPPA) + a_b * a_b * d_a * d_a * (n_a - KAPPA)) * KAPPA
         )
+        positive = open_nonnegative_soon(mpc, diff, DIFF_BITS)  # alongside the ratios
         ratios = await open_rounded_ratios(mpc, numerators, denominators, RATIO_BITS)
         t2, df = ratios[:k], ratios[k:]
-        positive = await open_nonnegative(mpc, diff, DIFF_BITS)
+        signs = await positive
         pooled_counts = functools.reduce(operator.add, site_counts)
         totals = await mpc.output(
             pooled_counts[2 * shown] + pooled_counts[2 * shown + 1] + shift.count[2 * k :]
@@ -299,7 +305,7 @@ class TTest(SecureStatistic):
             outcome.groups[g] = {
                 "n": max(0, int(totals[i])),
                 "t2": t2[i],
-                "sign": 1 if positive[i] else -1,
+                "sign": 1 if signs[i] else -1,
                 "df": df[i],
             }
         return outcome

@@ -118,24 +118,43 @@ def test_the_same_ratios_open_the_same_values_every_time() -> None:
     assert run(task, 3) == first
 
 
-def test_what_a_caller_knows_skips_work_and_opens_the_same_values() -> None:
-    """`at_most_one` (no range test) and `nonnegative` (one candidate magnitude), as a
-    correlation's r² = C²/(C_jj·C_kk) uses them: the same truncated values, 1 and 0 included."""
-    rng = random.Random(5)
-    cases = [(0, 9), (9, 9), (1, 3), (2**40, 2**41 + 1), (1, 2**200), (3, 4)]
-    for _ in range(20):
+def on_grid(opened: float | None, num: int, den: int, grid: int, parties: int) -> bool:
+    """`grid`: num/den + β rounded down to a multiple of 2**-grid, β as in `acceptable` (as
+    the nearest float: beyond 2**(53 − grid) a multiple of 2**-grid has more bits than one)."""
+    ratio = Fraction(num, den)
+    beta = Fraction(2 * ((parties - 1) // 2) + 6, 2**64)
+    down = {float(math.floor(v * 2**grid) / Fraction(2**grid)) for v in (ratio, ratio + beta)}
+    return opened in down
+
+
+@pytest.mark.parametrize("parties", [3, 5])
+def test_a_grid_opens_each_ratio_rounded_down_to_its_multiples(parties: int) -> None:
+    """`grid` (a logistic regression's steps, a correlation's r²): num/den rounded down to a
+    multiple of 2**-grid inside MPC, negative values toward −∞; with `at_most_one` (r² ≤ 1)
+    the range test is skipped and 0 and 1 open as themselves."""
+    rng = random.Random(5 + parties)
+    bounded = [(0, 9), (9, 9), (1, 3), (2**40, 2**41 + 1), (1, 2**200), (3, 4), (2**31 + 1, 2**32)]
+    for _ in range(12):
         den = rng.getrandbits(rng.randrange(2, 250)) | 1
-        cases.append((rng.randrange(den + 1), den))
-    task = {
-        "bits": 250,
-        "pairs": [[str(n), str(d)] for n, d in cases],
-        "shared": [],
-        "flags": {"at_most_one": True, "nonnegative": True},
-    }
-    opened = run(task, 3)
-    pairs_opened = zip(cases, opened, strict=True)
-    wrong = [(n, d, o) for (n, d), o in pairs_opened if not acceptable(o, n, d, 3)]
-    assert not wrong, wrong[:5]
+        bounded.append((rng.randrange(den + 1), den))
+    signed = [(-1, 3), (-(2**50), 7), (10**12 + 1, 3), (-5, 2**45), (7, 0), (2**45, 1)]
+    for cases, flags, grid in ((bounded, {"at_most_one": True}, 32), (signed, {}, 40)):
+        task = {
+            "bits": 250,
+            "pairs": [[str(n), str(d)] for n, d in cases],
+            "shared": [],
+            "flags": {**flags, "grid": grid},
+        }
+        opened = run(task, parties)
+        wrong = []
+        for (n, d), o in zip(cases, opened, strict=True):
+            if d == 0 or abs(Fraction(n, d)) >= 2**44:
+                fine = o is None
+            else:
+                fine = on_grid(o, n, d, grid, parties)
+            if not fine:
+                wrong.append((n, d, o))
+        assert not wrong, wrong[:5]
 
 
 @pytest.mark.parametrize("parties", [3, 5])
