@@ -39,7 +39,8 @@ NODE_MIN_COUNT = 5
 # the statistics the exact mode perturbs by cell key (their plaintext twin: reference_parties)
 PERTURBED = {"count", "sum", "mean", "variance", "min", "max", "histogram", "crosstab", "quantile"}
 # the models and the t-test, whose sums carry a cell-key pseudo-row: their twin computes the
-# perturbed statistic exactly, and the MPC rounds every opened ratio to 25 significant bits
+# perturbed statistic exactly, and the MPC rounds every opened ratio to 25 significant bits (a
+# correlation's r² to a multiple of 2**-32, as its twin does too)
 MODELS = {"linear_regression", "logistic_regression", "correlation", "ttest"}
 # with χ² (of the perturbed cells, with per-site floors)
 TWINNED = MODELS | {"chi2"}

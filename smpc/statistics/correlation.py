@@ -220,8 +220,9 @@ class Correlation(GramStatistic):
         }
 
     def plain_values(self, gram: Any, n: int, entry: dict[str, Any]) -> dict[str, Any]:
-        """`solve` in plaintext: r_jk = C_jk / √(C_jj·C_kk) from the perturbed matrix, where the
-        pooled reference has a value (its nulls: small cells, constant columns)."""
+        """`solve` in plaintext: r_jk = C_jk / √(C_jj·C_kk) from the perturbed matrix, r² rounded
+        down to a multiple of 2**-32 as the MPC opens it, where the pooled reference has a value
+        (its nulls: small cells, constant columns)."""
         k = len(self.query.columns)
         size, sums = gram[0][0], [gram[0][j + 1] for j in range(k)]
         co = [[size * gram[j + 1][m + 1] - sums[j] * sums[m] for m in range(k)] for j in range(k)]
@@ -231,7 +232,8 @@ class Correlation(GramStatistic):
                 matrix[j][j] = 1.0
             for m in range(j + 1, k):
                 if matrix[j][m] is not None:
-                    r2 = co[j][m] ** 2 / (co[j][j] * co[m][m])
+                    r2 = co[j][m] ** 2 / (co[j][j] * co[m][m])  # a Fraction
+                    r2 = math.floor(r2 * 2**R_SQUARED_GRID_BITS) / 2**R_SQUARED_GRID_BITS
                     sign = 1 if co[j][m] >= 0 else -1
                     matrix[j][m] = matrix[m][j] = number(sign * math.sqrt(float(r2)))
         return {"columns": list(self.query.columns), "matrix": matrix}
