@@ -190,10 +190,11 @@ class Correlation(GramStatistic):
         if pairs:
             # the sign of each r: [C_jk ≥ 0] opened alone (C_jk = 0 gives r = 0 either way),
             # computed alongside the ratios
-            positive = open_nonnegative_soon(mpc, co[upper], self.co_moment_bits())
+            co_bits = self.pair_bits(n, pairs)
+            positive = open_nonnegative_soon(mpc, co[upper], co_bits)
             squared = mpc.np_tolist(co[upper] * co[upper])
             products = mpc.np_tolist(co[first] * co[second])
-            bits = 2 * self.co_moment_bits() + 1
+            bits = 2 * co_bits + 1
             # 0 ≤ r² ≤ 1 (Cauchy–Schwarz on the perturbed Gram matrix, itself a Gram matrix)
             ratios += await open_rounded_ratios(
                 mpc, squared, products, bits, at_most_one=True, grid=R_SQUARED_GRID_BITS
@@ -206,6 +207,25 @@ class Correlation(GramStatistic):
             value = None if r2 is None else sign * math.sqrt(float(r2))
             result[j][m] = result[m][j] = number(value)
         return {"columns": list(self.query.columns), "matrix": result}
+
+    def pair_bits(self, n: int, pairs: list[tuple[int, int]]) -> int:
+        """A public bound, in bits, on every |C_jk| of the given pairs: from the declared
+        bounds and the opened n where every column has both (|C_jk| ≤ A_j·A_k with
+        A_j = n′·(max |x_j| + 1)·2**40, n′ = n + 3 (the count perturbation) + 2 (the pseudo-row's
+        weight, below 2·magnitude ≤ 2) + 1), otherwise the generic `co_moment_bits`. The
+        comparisons and the denominators' bits are sized by it: fewer bits, less work. It
+        holds for checked inputs (every site's sums within its declared bounds)."""
+        generic = self.co_moment_bits()
+        scale = []
+        for name in self.query.columns:
+            spec = self.schema.column(name)
+            assert spec is not None
+            if spec.min is None or spec.max is None:
+                return generic
+            largest = math.ceil(max(abs(spec.min), abs(spec.max))) + 1
+            scale.append(((n + 6) * largest) << FRAC_BITS)
+        widest = max(scale[j] * scale[m] for j, m in pairs)
+        return min(generic, widest.bit_length() + 1)
 
     def noisy_values(self, gram: Any, n: int) -> dict[str, Any]:
         """Pearson's r from the positive definite noisy Gram matrix (post-processing): the

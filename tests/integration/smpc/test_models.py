@@ -324,6 +324,28 @@ def test_correlation_constant_column_is_null_and_groups(diabetes: pd.DataFrame) 
     twin(result, query, frames)
 
 
+def test_correlation_at_the_declared_extremes() -> None:
+    """The ratio and sign comparisons are sized by the declared bounds and the opened n
+    (`Correlation.pair_bits`): data at the bounds, where the co-moments are largest (half the
+    rows at each end of a symmetric range), still give numpy's r and the twin's."""
+    rng = np.random.default_rng(11)
+    n = 600
+    x = np.where(np.arange(n) % 2 == 0, -5.0, 5.0)
+    data = pd.DataFrame(
+        {
+            "x": x,
+            "y": np.clip(x + rng.normal(0, 3, n), -5, 5).round(3),
+            "z": np.where(rng.random(n) < 0.5, 0.0, 1000.0),
+        }
+    )
+    query = {"statistic": "correlation", "dataset": "d", "columns": ["x", "y", "z"]}
+    frames = split(data, 3)
+    result = simulate(query, frames)
+    expected = np.corrcoef(data[["x", "y", "z"]].to_numpy(), rowvar=False)
+    assert np.abs(np.array(result["matrix"]) - expected).max() < 0.03
+    twin(result, query, frames)
+
+
 # ---- Welch's t-test -------------------------------------------------------------------------
 
 
