@@ -11,8 +11,10 @@ In the `exact` mode the matrix is the Gram matrix plus its cell-key pseudo-row
 (as a `count` of them gets). A constant column's row and column are null (numpy gives NaN): that
 the column is constant (on the unperturbed matrix) is revealed, nothing else.
 
-Cost: local O(rows · k²); secure O(k²) multiplications and k(k−1)/2 sign bits of ~210-bit
-values, a constant number of rounds. Limits: at most 50 columns; local sums of products below
+Cost: local O(rows · k²); secure O(k²) multiplications, k(k−1)/2 sign bits and rounded
+ratios, a constant number of rounds; the comparisons are sized by the declared bounds and the
+opened n where every column has bounds (`pair_bits`: about 120 bits for 3 000 rows of values
+below 2**8), else by the generic 192. Limits: at most 50 columns; local sums of products below
 2**50 ≈ 1.1e15.
 
 With `dp` (noisy sufficient statistics, `smpc.statistics.gram`): every column needs declared
