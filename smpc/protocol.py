@@ -132,19 +132,15 @@ def release_flags(
 ) -> Any | None:
     """Secret bits, per cell: the pooled count reaches `threshold` (no test at 0) and every
     site's count is 0 or at least that site's floor (c·(c − f) ≥ 0); None when no rule
-    applies. The comparisons are one vectorised secure comparison, their AND a product tree."""
+    applies. The comparisons are one vectorised secure comparison, their AND MPyC's product
+    tree (`np_prod`)."""
     tests = [counts - threshold] if threshold > 0 else []
     floors = zip(site_counts, rules.floors, strict=True)
     tests += [c * (c - floor) for c, floor in floors if floor > 1]
     if not tests:
         return None
-    size = counts.shape[0]
     flags = at_least(mpc, mpc.np_concatenate(tests), 0, 2 * SITE_COUNT_BITS + 2)
-    rows = [flags[i * size : (i + 1) * size] for i in range(len(tests))]
-    while len(rows) > 1:  # the AND of the rows, pairwise: ⌈log₂ rows⌉ rounds
-        paired = [a * b for a, b in zip(rows[0::2], rows[1::2], strict=False)]
-        rows = paired + ([rows[-1]] if len(rows) % 2 else [])
-    return rows[0]
+    return mpc.np_prod(flags.reshape(len(tests), counts.shape[0]), axis=0)
 
 
 async def check_counts(
