@@ -179,8 +179,8 @@ def _magnitude(bits: Any) -> Any:
 
 def perturbation(mpc: Any, pooled_keys: Any, size: int) -> Perturbation:
     """The perturbations of `size` cells from their pooled key sums (a secure vector: the
-    cells' key A sums, then their key B sums). Opens nothing but the masked value of MPyC's
-    bit decomposition."""
+    cells' key A sums, then their key B sums). Opens nothing but the masked value of the bit
+    decomposition (`smpc.rounded.low_bits`)."""
     bits = low_bits(mpc, pooled_keys, KEY_FIELD_BITS)
     a, b = bits[:size], bits[size:]
     count = count_perturbation(a)

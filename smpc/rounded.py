@@ -270,8 +270,9 @@ async def to_bits(mpc: Any, x: Any, bits: int) -> Any:
 def low_bits(mpc: Any, x: Any, bits: int) -> Any:
     """The low `bits` bits of each x of a secure integer array (x mod 2**bits, two's
     complement for negative x), least significant first: what MPyC's `np_to_bits(x, l=bits)`
-    computes, by `_masked_low` and the carries of `_prefix_generate` (2·log₂(bits) resharings
-    instead of MPyC's ripple). For SecInt(L) values, |x| < 2**(L − 1), bits < L. Returns the
+    computes, by `_masked_low` and the carries of `_prefix_generate` (random bits from t + 1
+    parties' signs, not MPyC's modular square roots; one resharing per level, not a coroutine
+    per slice). For SecInt(L) values, |x| < 2**(L − 1), bits < L. Returns the
     secure array at once (an MPyC coroutine)."""
     from mpyc import asyncoro
 
