@@ -32,3 +32,31 @@ def test_an_unknown_constructor_is_left_alone(monkeypatch) -> None:
     monkeypatch.setattr(finfields.FiniteFieldArray, "__init__", other)
     assert not mpyc_speedups.install()
     assert finfields.FiniteFieldArray.__init__ is other
+
+
+def test_the_split_gives_shares_that_recombine_to_the_secrets() -> None:
+    from mpyc import thresha
+
+    assert mpyc_speedups.install()
+    assert thresha.np_random_split is mpyc_speedups._np_random_split
+    field = finfields.GF(2**127 - 1)
+    secrets = np.array([0, 1, 2**126, 12345], dtype=object)
+    for t, m in ((1, 3), (2, 5), (3, 7)):
+        shares = thresha.np_random_split(field, field.array(secrets), t, m)
+        assert shares.shape == (m, len(secrets))
+        # any t + 1 parties recombine the secrets; the shares differ from call to call
+        for chosen in (range(t + 1), range(m - t - 1, m)):
+            back = thresha.np_recombine(field, [(i + 1, shares[i]) for i in chosen])
+            assert [int(v) for v in back.value] == [int(v) for v in secrets]
+        again = thresha.np_random_split(field, field.array(secrets), t, m)
+        assert (shares[1:] != again[1:]).any()
+
+
+def test_coefficients_cover_the_field_evenly() -> None:
+    p = 2**61 - 1
+    draws = mpyc_speedups.uniform_below(p, 20_000)
+    assert all(0 <= int(v) < p for v in draws)
+    # eight equal slices of [0, p): each about 2 500 draws (a 6-sigma band)
+    counts = np.bincount([int(v) * 8 // p for v in draws], minlength=8)
+    assert (abs(counts - 2500) < 6 * 47).all()
+    assert len(set(int(v) for v in draws)) == 20_000
