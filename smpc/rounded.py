@@ -521,19 +521,11 @@ async def all_nonnegative(mpc: Any, values: Any, bits: int) -> bool:
 
 
 def open_nonnegative_soon(mpc: Any, values: Any, bits: int) -> Any:
-    """`open_nonnegative` started at once as an MPyC coroutine (with its own program counter,
-    so every party numbers its messages alike), running alongside whatever the caller awaits
-    next; awaiting the result gives the list of bits."""
-    from asyncio import Future
+    """`open_nonnegative` started at once (`smpc.soon`), running alongside whatever the caller
+    awaits next; awaiting the result gives the list of bits."""
+    from smpc.soon import soon
 
-    from mpyc import asyncoro
-
-    @asyncoro.mpc_coro
-    async def run():  # type: ignore[no-untyped-def]  # MPyC reads a return annotation
-        await asyncoro.returnType(Future)
-        return await open_nonnegative(mpc, values, bits)
-
-    return run()
+    return soon(lambda: open_nonnegative(mpc, values, bits))
 
 
 def bias_units(threshold: int) -> int:
