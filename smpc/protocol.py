@@ -6,9 +6,11 @@ lock step, each a constant number of rounds, independent of the number of rows):
 1. every party inputs its policy floor; the floors are opened (they are public policy) and the
    threshold is T = max(query.min_count, every floor), so no query can lower a node's floor;
 2. every party inputs its per-cell counts; every site's are checked inside MPC to be ≥ 0 and
-   to sum to at most its declared row count (`check_counts`: one bit opened); the pooled counts
-   are summed locally on shares;
-3. if T > 0, the comparison `pooled >= T` is computed on shares and only its bit is opened;
+   to sum to at most its declared row count (`check_counts`: a range proof, one bit opened);
+   the pooled counts are summed locally on shares;
+3. if T > 0, the comparison `pooled >= T` is computed on shares, each site with a floor
+   inputs its own cells' floor bits (0 or at least its floor), and only the AND per cell is
+   opened;
 4. for released cells only: the pooled counts and moments are opened, and the extremes are
    combined with m − 1 vectorised secure comparisons before only the winner is opened;
 5. the overall count is opened only if no cell was suppressed.
@@ -111,50 +113,73 @@ async def release(
 ) -> tuple[Any, list[bool]]:
     """Every party inputs its per-cell counts; the pooled counts (secret) and which cells are
     released: the pooled count reaches `threshold` (default T) and every site's count is 0 or
-    at least that site's own floor (c·(c − f) ≥ 0: DataSHIELD's nfilter.tab at every site).
-    Decided on shares; only one bit per cell is opened, after `check_counts` opened its one
-    bit. Counts are below 2**30 per site (the comparisons are sized for it: `SITE_COUNT_BITS`)."""
+    at least that site's own floor (DataSHIELD's nfilter.tab at every site). Decided on
+    shares; only one bit per cell is opened, after `check_counts` opened its one bit. Counts
+    are below 2**30 per site (`SITE_COUNT_BITS`, which `check_counts` shows)."""
     rules = statistic.rules
     assert rules is not None
     secint = secint or mpc.SecInt(KEY_BITS)
     site_counts = sites or mpc.input(_array(secint, local_counts))
-    await check_counts(mpc, statistic, secint, site_counts)
     counts = functools.reduce(operator.add, site_counts)
     threshold = rules.threshold if threshold is None else threshold
-    ok = release_flags(mpc, rules, counts, site_counts, threshold)
+    # computed alongside the check (the comparison sees a linear function of the inputs
+    # only), opened after it passes
+    ok = release_flags(mpc, rules, counts, local_counts, secint, threshold)
+    await check_counts(mpc, statistic, secint, site_counts, local_counts)
     if ok is None:
         return counts, [True] * len(local_counts)
     return counts, [bool(int(f)) for f in np.asarray(await mpc.output(ok)).ravel()]
 
 
 def release_flags(
-    mpc: Any, rules: Any, counts: Any, site_counts: list[Any], threshold: int
+    mpc: Any, rules: Any, counts: Any, own_counts: list[int], secint: Any, threshold: int
 ) -> Any | None:
-    """Secret bits, per cell: the pooled count reaches `threshold` (no test at 0) and every
-    site's count is 0 or at least that site's floor (c·(c − f) ≥ 0); None when no rule
-    applies. The comparisons are one vectorised secure comparison, their AND MPyC's product
-    tree (`np_prod`)."""
-    tests = [counts - threshold] if threshold > 0 else []
-    floors = zip(site_counts, rules.floors, strict=True)
-    tests += [c * (c - floor) for c, floor in floors if floor > 1]
+    """Secret bits, per cell: the pooled count reaches `threshold` (one secure comparison; no
+    test at 0) and every site's count is 0 or at least that site's floor. A site's floor
+    protects that site's own rows, so each site with a floor above 1 decides its bits on its
+    own counts, as a DataSHIELD server applies nfilter.tab to its own table, and inputs them
+    secretly: a site that lied would give up only its own rows' protection. The AND of all
+    is MPyC's product tree (`np_prod`); None when no rule applies. `counts` are the pooled
+    counts of checked site counts (each below 2**30)."""
+    size = counts.shape[0]
+    tests = []
+    if threshold > 0:
+        bits = SITE_COUNT_BITS + len(mpc.parties).bit_length() + 1
+        tests.append(at_least(mpc, counts, threshold, bits))
+    senders = [i for i, floor in enumerate(rules.floors) if floor > 1]
+    if senders:
+        floor = rules.floors[mpc.pid] if mpc.pid in senders else 0
+        own = [int(c == 0 or c >= floor) for c in own_counts]
+        tests += mpc.input(_array(secint, own), senders=senders)
     if not tests:
         return None
-    flags = at_least(mpc, mpc.np_concatenate(tests), 0, 2 * SITE_COUNT_BITS + 2)
-    return mpc.np_prod(flags.reshape(len(tests), counts.shape[0]), axis=0)
+    if len(tests) == 1:
+        return tests[0]
+    return mpc.np_prod(mpc.np_vstack(tests).reshape(len(tests), size), axis=0)
 
 
 async def check_counts(
-    mpc: Any, statistic: SecureStatistic, secint: Any, site_counts: list[Any]
+    mpc: Any,
+    statistic: SecureStatistic,
+    secint: Any,
+    site_counts: list[Any],
+    own_counts: list[int],
 ) -> None:
-    """Every site's counts are ≥ 0 and sum to at most the row count it declared for the
-    dataset (`smpc.disclosure.declared_rows`; each party inputs its own), decided inside MPC
-    before anything about the counts is opened. One bit is opened; a failure is refused
-    naming no site."""
-    limits = mpc.input(secint(declared_rows(statistic.schema)))
-    spare = [limit - mpc.np_sum(c) for c, limit in zip(site_counts, limits, strict=True)]
-    values = mpc.np_concatenate((*site_counts, mpc.np_fromlist(spare)))
-    below = mpc.np_sgn(values, l=SITE_COUNT_BITS + 2, LT=True)
-    if not await mpc.is_zero_public(mpc.np_sum(below)):
+    """Every site's counts are in [0, 2**30) and sum to at most the row count it declared for
+    the dataset (`smpc.disclosure.declared_rows`; each party inputs its own), decided inside
+    MPC before anything about the counts is opened: each site shows its counts and its spare
+    rows (declared − Σ counts) in range by the bits it inputs (`smpc.ranges`). The challenge
+    and one bit are opened; a failure is refused naming no site."""
+    from smpc.ranges import all_in_range
+
+    declared = declared_rows(statistic.schema)
+    limits = mpc.input(secint(declared))
+    values = [
+        mpc.np_concatenate((c, mpc.np_fromlist([limit - mpc.np_sum(c)])))
+        for c, limit in zip(site_counts, limits, strict=True)
+    ]
+    own = np.array([*(int(c) for c in own_counts), declared - sum(int(c) for c in own_counts)])
+    if not await all_in_range(mpc, secint, values, own.astype(object), SITE_COUNT_BITS):
         what = "a count is negative, or the counts exceed the row count it declared"
         raise DisclosureRefused(inputs_refusal(statistic.name, what), {"rule": "inputs"})
 
@@ -432,7 +457,7 @@ async def combine_noisy_cells(mpc: Any, statistic: SecureStatistic, job: PartyJo
     names = list(plan)  # "count", then the statistic's sums ("sum", "sumsq")
     site_counts = mpc.input(_array(secint, summary.counts))
     inputs = SiteInputs.of(mpc, secint, statistic, job, np.arange(size), site_counts)
-    await check_counts(mpc, statistic, secint, site_counts)
+    await check_counts(mpc, statistic, secint, site_counts, summary.counts)
     await inputs.check(mpc, statistic)
     noise = discrete_laplace(mpc, secint, [plan[name] for name in names for _ in range(size)])
 

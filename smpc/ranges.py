@@ -44,29 +44,29 @@ def bit_matrix(values: np.ndarray, bits: int) -> np.ndarray:
     return np.array([[(v >> j) & 1 for j in range(bits)] for v in numbers], dtype=np.int64)
 
 
-async def all_in_range(
-    mpc: Any, secint: Any, values: list[Any], own: np.ndarray, bits: int
-) -> bool:
-    """Whether every party's secret `values` (a list over the parties of equal-length secure
-    1-D arrays, already input) lies in [0, 2**bits). `own` is this party's plaintext copy of its
-    own values (what it input; a value outside the range is input as 0s, so it fails).
-    Opens the challenge and one bit (module docstring)."""
+async def all_in_range(mpc: Any, secint: Any, values: Any, own: np.ndarray, bits: int) -> bool:
+    """Whether every party's secret `values` lies in [0, 2**bits): a list over the parties of
+    equal-length secure 1-D arrays, already input, or one secure array of shape (parties, L)
+    with party i's values in row i. `own` is this party's plaintext copy of its own values
+    (what it input; a value outside the range is input as 0s, so it fails). Opens the
+    challenge and one bit (module docstring); the parties' terms are computed as one vector
+    (a single inner product reshared)."""
     size = len(own)
     if size == 0:
         return True
     fitting = [v if 0 <= v < 1 << bits else 0 for v in (int(x) for x in np.asarray(own))]
     local = bit_matrix(np.array(fitting, dtype=object), bits).ravel().astype(object)
     site_bits = mpc.input(secint.array(local))
+    parties = len(site_bits)
+    every = mpc.np_concatenate(values) if isinstance(values, list) else values.reshape(-1)
+    b = mpc.np_concatenate(site_bits) if parties > 1 else site_bits[0]
     rho = int(await mpc.output(mpc._random(secint)))
     rng = np.random.default_rng(rho % (1 << 128))
     weights = np.array([1 << j for j in range(bits)], dtype=object)
-    total: Any = None
-    for x, b in zip(values, site_bits, strict=True):
-        c = rng.integers(0, 1 << COEFFICIENT_BITS, size * bits, dtype=np.int64).astype(object)
-        d = rng.integers(0, 1 << COEFFICIENT_BITS, size, dtype=np.int64).astype(object)
-        squares = (b * c) @ b
-        linear = mpc.np_sum(b * c)
-        decomposed = b.reshape(size, bits) @ weights
-        term = squares - linear + mpc.np_sum((x - decomposed) * d)
-        total = term if total is None else total + term
+    c = rng.integers(0, 1 << COEFFICIENT_BITS, parties * size * bits, dtype=np.int64)
+    d = rng.integers(0, 1 << COEFFICIENT_BITS, parties * size, dtype=np.int64)
+    c, d = c.astype(object), d.astype(object)
+    weighted = b * c
+    decomposed = b.reshape(parties * size, bits) @ weights
+    total = weighted @ b - mpc.np_sum(weighted) + mpc.np_sum((every - decomposed) * d)
     return bool(await mpc.is_zero_public(total))

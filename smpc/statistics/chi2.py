@@ -94,12 +94,10 @@ class Chi2(Crosstab):
         summary = job.summary
         if len(summary.vectors.get("keys", ())) != 2 * groups * width:
             raise ValueError(f"local summary's keys do not fit {groups} tables of {r}×{c}")
-        # every site's counts: ≥ 0 and within its declared rows (one bit), then pooled
         site_counts = mpc.input(secint.array(np.array(summary.counts, dtype=object)))
-        await check_counts(mpc, self, secint, site_counts)
         pooled_counts = functools.reduce(operator.add, site_counts)
         # every cell reaches T (hence every margin), each site's share 0 or at least its floor
-        flags = release_flags(mpc, self.rules, pooled_counts, site_counts, threshold)
+        flags = release_flags(mpc, self.rules, pooled_counts, summary.counts, secint, threshold)
         counts = pooled_counts.reshape(groups, width)
         passes = None if flags is None else mpc.np_prod(flags.reshape(groups, width), axis=1)
         if threshold < 1:  # no threshold: every row and column total is positive (χ² defined)
@@ -107,6 +105,9 @@ class Chi2(Crosstab):
             margins = mpc.np_hstack((cells.sum(axis=2), cells.sum(axis=1))) >= 1
             positive = mpc.np_prod(margins, axis=1)
             passes = positive if passes is None else passes * positive
+        # every site's counts: ≥ 0 and within its declared rows (one bit), checked before the
+        # release bits (computed alongside: linear in the inputs) are opened
+        await check_counts(mpc, self, secint, site_counts, summary.counts)
         tested = [bool(int(v)) for v in np.asarray(await mpc.output(passes)).ravel()]
         outcome = PerGroup(threshold, [None] * groups)
         shown = [g for g in range(groups) if tested[g]]

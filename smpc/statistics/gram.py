@@ -531,9 +531,9 @@ class GramStatistic(SecureStatistic):
         return FRAC_BITS + MAX_ROWS.bit_length() + 2 * width + 3
 
     def input_checks(self, n: Any, gram: Any) -> list[Any]:
-        """One site's checked values, each ≥ 0 when its inputs are within the declared bounds
-        (`check_inputs`); the same arithmetic on secure arrays (every site's) or on numpy
-        object arrays (this party's own copy, for its bits)."""
+        """A site's checked values, each ≥ 0 when its inputs are within the declared bounds
+        (`check_inputs`), along the last axis; the same arithmetic on secure arrays (every
+        site's, one row each) or on numpy object arrays (this party's own copy, for its bits)."""
         size, width = len(self.layout.groups), triangle_size(len(self.names))
         limits = self.limits
         starts = np.repeat(np.arange(size) * width, len(limits))
@@ -544,12 +544,12 @@ class GramStatistic(SecureStatistic):
         def public(values: list[int]) -> np.ndarray:
             return np.array(values * size, dtype=object)
 
-        constant = gram[np.arange(size) * width]
+        constant = gram[..., np.arange(size) * width]
         checks = [constant - n * SCALE + 1, n * SCALE - constant + 1]
         if limits:
             low, high = public([lim.low for lim in limits]), public([lim.high for lim in limits])
             square = public([lim.square for lim in limits])
-            s, q, rows = gram[sums], gram[squares], n[groups]
+            s, q, rows = gram[..., sums], gram[..., squares], n[..., groups]
             checks += [s - rows * low + 1, rows * high - s + 1, q + 1, rows * square - q + 1]
         crosses = self.cross_limits
         if crosses:
@@ -558,7 +558,7 @@ class GramStatistic(SecureStatistic):
             ).astype(np.int64)
             low = np.array([cross.low for cross in crosses] * size, dtype=object)
             high = np.array([cross.high for cross in crosses] * size, dtype=object)
-            c, rows = gram[at], n[np.repeat(np.arange(size), len(crosses))]
+            c, rows = gram[..., at], n[..., np.repeat(np.arange(size), len(crosses))]
             checks += [c - rows * low + 1, rows * high - c + 1]
         return checks
 
@@ -586,11 +586,9 @@ class GramStatistic(SecureStatistic):
                 np.array(summary.vectors["gram"], dtype=object),
             )
         )
-        checks = [
-            mpc.np_concatenate(self.input_checks(n, gram))
-            for n, gram in zip(site_counts, site_grams, strict=True)
-        ]
-        passed = await all_in_range(mpc, type(checks[0]).sectype, checks, own, self.check_bits())
+        counts, grams = mpc.np_vstack(site_counts), mpc.np_vstack(site_grams)
+        checks = mpc.np_concatenate(self.input_checks(counts, grams), axis=1)
+        passed = await all_in_range(mpc, type(checks).sectype, checks, own, self.check_bits())
         if not passed:
             raise DisclosureRefused(
                 f"{self.name}: a site's inputs break the declared bounds of the design's columns "
@@ -621,7 +619,7 @@ class GramStatistic(SecureStatistic):
         own_gram = np.array(summary.vectors["gram"], dtype=object)
         site_counts = mpc.input(secint.array(own_counts.copy()))
         site_grams = mpc.input(secint.array(own_gram.copy()))
-        await check_counts(mpc, self, secint, site_counts)
+        await check_counts(mpc, self, secint, site_counts, summary.counts)
         checks = [
             mpc.np_concatenate(self.noisy_checks(n, g))
             for n, g in zip(site_counts, site_grams, strict=True)

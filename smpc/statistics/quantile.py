@@ -465,7 +465,7 @@ class Quantile(SecureStatistic):
         secint = mpc.SecInt(MOMENT_BITS)
         site_counts = mpc.input(secint.array(np.array(summary.counts, dtype=object)))
         site_bins = mpc.input(secint.array(np.array(summary.vectors["bins"], dtype=object)))
-        await check_counts(mpc, self, secint, site_counts)
+        await check_counts(mpc, self, secint, site_counts, summary.counts)
         await check_histograms(mpc, self, secint, site_counts, site_bins, summary.vectors["bins"])
         counts = functools.reduce(operator.add, site_counts)
         histograms = functools.reduce(operator.add, site_bins).reshape((size, fine))
