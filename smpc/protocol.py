@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import math
 import operator
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -110,12 +111,15 @@ async def release(
     secint: Any = None,
     threshold: int | None = None,
     sites: list[Any] | None = None,
+    pending: Sequence[tuple[Any, DisclosureRefused]] = (),
 ) -> tuple[Any, list[bool]]:
     """Every party inputs its per-cell counts; the pooled counts (secret) and which cells are
     released: the pooled count reaches `threshold` (default T) and every site's count is 0 or
     at least that site's own floor (DataSHIELD's nfilter.tab at every site). Decided on
     shares; only one bit per cell is opened, after `check_counts` opened its one bit. Counts
-    are below 2**30 per site (`SITE_COUNT_BITS`, which `check_counts` shows)."""
+    are below 2**30 per site (`SITE_COUNT_BITS`, which `check_counts` shows). `pending`:
+    the caller's own input checks, started alongside (`smpc.soon`: futures of a bool) with
+    the refusal each raises; all are awaited before anything is refused or opened."""
     rules = statistic.rules
     assert rules is not None
     secint = secint or mpc.SecInt(KEY_BITS)
@@ -125,7 +129,13 @@ async def release(
     # computed alongside the check (the comparison sees a linear function of the inputs
     # only), opened after it passes
     ok = release_flags(mpc, rules, counts, local_counts, secint, threshold)
-    await check_counts(mpc, statistic, secint, site_counts, local_counts)
+    fitting = await counts_in_range(mpc, statistic, secint, site_counts, local_counts)
+    verdicts = [await future for future, _ in pending]
+    if not fitting:
+        raise counts_refusal(statistic)
+    for passed, (_, refusal) in zip(verdicts, pending, strict=True):
+        if not passed:
+            raise refusal
     if ok is None:
         return counts, [True] * len(local_counts)
     return counts, [bool(int(f)) for f in np.asarray(await mpc.output(ok)).ravel()]
@@ -158,18 +168,17 @@ def release_flags(
     return mpc.np_prod(mpc.np_vstack(tests).reshape(len(tests), size), axis=0)
 
 
-async def check_counts(
+async def counts_in_range(
     mpc: Any,
     statistic: SecureStatistic,
     secint: Any,
     site_counts: list[Any],
     own_counts: list[int],
-) -> None:
-    """Every site's counts are in [0, 2**30) and sum to at most the row count it declared for
-    the dataset (`smpc.disclosure.declared_rows`; each party inputs its own), decided inside
-    MPC before anything about the counts is opened: each site shows its counts and its spare
-    rows (declared − Σ counts) in range by the bits it inputs (`smpc.ranges`). The challenge
-    and one bit are opened; a failure is refused naming no site."""
+) -> bool:
+    """Whether every site's counts are in [0, 2**30) and sum to at most the row count it
+    declared for the dataset (`smpc.disclosure.declared_rows`; each party inputs its own):
+    each site shows its counts and its spare rows (declared − Σ counts) in range by the bits it
+    inputs (`smpc.ranges`). The challenge and one bit are opened."""
     from smpc.ranges import all_in_range
 
     declared = declared_rows(statistic.schema)
@@ -179,9 +188,25 @@ async def check_counts(
         for c, limit in zip(site_counts, limits, strict=True)
     ]
     own = np.array([*(int(c) for c in own_counts), declared - sum(int(c) for c in own_counts)])
-    if not await all_in_range(mpc, secint, values, own.astype(object), SITE_COUNT_BITS):
-        what = "a count is negative, or the counts exceed the row count it declared"
-        raise DisclosureRefused(inputs_refusal(statistic.name, what), {"rule": "inputs"})
+    return await all_in_range(mpc, secint, values, own.astype(object), SITE_COUNT_BITS)
+
+
+def counts_refusal(statistic: SecureStatistic) -> DisclosureRefused:
+    what = "a count is negative, or the counts exceed the row count it declared"
+    return DisclosureRefused(inputs_refusal(statistic.name, what), {"rule": "inputs"})
+
+
+async def check_counts(
+    mpc: Any,
+    statistic: SecureStatistic,
+    secint: Any,
+    site_counts: list[Any],
+    own_counts: list[int],
+) -> None:
+    """`counts_in_range`, decided inside MPC before anything about the counts is opened; a
+    failure is refused naming no site."""
+    if not await counts_in_range(mpc, statistic, secint, site_counts, own_counts):
+        raise counts_refusal(statistic)
 
 
 async def check_histograms(

@@ -2,7 +2,7 @@
 
 Each party secret-shares, per group, its row count and the upper triangle of its fixed-point
 Gram matrix (see `smpc.statistics.design`). Before anything is opened, every site's entries are
-checked inside MPC against the declared bounds (`check_inputs`: its n, Σx and Σx² of each
+checked inside MPC against the declared bounds (`inputs_in_range`: its n, Σx and Σx² of each
 bounded term; one bit opened, a failure refused naming no site). Then the counts are pooled
 and compared with the threshold T (only the comparison bit is opened; a group below T reveals
 nothing else); for released groups the group's n is opened and its Gram matrix is pooled, as
@@ -400,6 +400,7 @@ class GramStatistic(SecureStatistic):
             return await self.compute_noisy(mpc, job)
         from smpc.exact import exact_type
         from smpc.protocol import cell_perturbation, pooled, release
+        from smpc.soon import soon
 
         threshold = self.threshold
         size = len(self.layout.groups)
@@ -419,15 +420,26 @@ class GramStatistic(SecureStatistic):
         site_grams = shared(summary.vectors["gram"])
         # the corners of the terms without declared bounds (the others' are public)
         site_corners = shared(summary.vectors["corners"]) if len(self.free_terms) else []
-        await self.check_inputs(mpc, job, site_counts, site_grams)
-        counts, released = await release(mpc, self, summary.counts, checked, sites=site_counts)
+        # started at once, all alongside the counts' checks and release bits (each sees linear
+        # functions of the inputs only): the inputs' check and every group's perturbation
+        inputs = soon(lambda: self.inputs_in_range(mpc, job, site_counts, site_grams))
+        shift = cell_perturbation(
+            mpc, checked, summary.vectors["keys"], size, np.arange(size), False
+        )
+        counts, released = await release(
+            mpc,
+            self,
+            summary.counts,
+            checked,
+            sites=site_counts,
+            pending=[(inputs, self.inputs_refusal())],
+        )
         shown = [g for g in range(size) if released[g]]
         outcomes = [GroupOutcome(None) for _ in range(size)]
         if not shown:
             return GramOpened(threshold, outcomes)
-        keys = summary.vectors["keys"]
-        shift = cell_perturbation(mpc, checked, keys, size, np.array(shown), False)
-        sizes = await self.open_sizes(mpc, counts[np.array(shown)], shift.count)
+        at = np.array(shown)
+        sizes = await self.open_sizes(mpc, counts[at], shift.count[at])
         for g, n in zip(shown, sizes, strict=True):
             outcomes[g].n = n
         index = symmetric_index(k).ravel()
@@ -440,7 +452,7 @@ class GramStatistic(SecureStatistic):
             return GramOpened(threshold, outcomes)
         stype = exact_type(mpc, self.field_bits())
         gram = pooled(mpc, stype, job.summary.vectors["gram"])
-        extra = await self.pseudo_rows(mpc, stype, checked, site_corners, shift, shown, solved)
+        extra = await self.pseudo_rows(mpc, stype, checked, site_corners, shift, solved)
         for g in solved:
             matrix = gram[g * width : (g + 1) * width][index].reshape(k, k)
             compare = None if small is None else small[g]
@@ -461,7 +473,6 @@ class GramStatistic(SecureStatistic):
         secint: Any,
         site_corners: list[Any],
         shift: Perturbation,
-        shown: list[int],
         solved: list[int],
     ) -> dict[int, PseudoRow]:
         """Per solved group, the cell-key pseudo-row w·z̃z̃ᵀ (`smpc.cellkey`) on the Gram
@@ -469,14 +480,15 @@ class GramStatistic(SecureStatistic):
         of term j, by its corner bit of key B: the declared bounds, or for a term without them
         the group's smallest and largest zⱼ (a secure minimum and maximum over the sites,
         scaled 2**8); w = ω·m / 2**16 (ω = 2W + 1 from key A, m the policy's magnitude in
-        1/256: w is uniform on (0, 2·magnitude)). Opens only masked values (`convert`)."""
+        1/256: w is uniform on (0, 2·magnitude)); `shift` holds every group's perturbation.
+        Opens only masked values (`convert`)."""
         from smpc.protocol import secure_max, secure_min
         from smpc.rounded import convert
 
         assert self.rules is not None
         k = len(self.names)
         terms = k - 1
-        at = np.array([shown.index(g) for g in solved])
+        at = np.array(solved)
         # a term with declared bounds takes them as its corners (public, no comparison), the
         # others the group's own extremes (secure minimum and maximum over the sites)
         keep, bound_low, bound_high = (np.tile(v, len(solved)) for v in self.corner_bounds)
@@ -517,22 +529,22 @@ class GramStatistic(SecureStatistic):
 
     @cached_property
     def limits(self) -> list[EntryLimit]:
-        """The declared bounds every site's Gram entries are checked against (`check_inputs`)."""
+        """The declared bounds every site's Gram entries are checked against (`inputs_in_range`)."""
         return entry_limits(self.schema, self.terms)
 
     @cached_property
     def cross_limits(self) -> list[CrossLimit]:
-        """The declared limits of every cross product of two bounded terms (`check_inputs`)."""
+        """The declared limits of every cross product of two bounded terms (`inputs_in_range`)."""
         return cross_limits(self.limits, len(self.terms))
 
     def check_bits(self) -> int:
-        """Bit length of `check_inputs`' comparisons: every honest difference is below it."""
+        """Bit length of `inputs_in_range`' comparisons: every honest difference is below it."""
         width = max([1, *(limit.width for limit in self.limits)])
         return FRAC_BITS + MAX_ROWS.bit_length() + 2 * width + 3
 
     def input_checks(self, n: Any, gram: Any) -> list[Any]:
         """A site's checked values, each ≥ 0 when its inputs are within the declared bounds
-        (`check_inputs`), along the last axis; the same arithmetic on secure arrays (every
+        (`inputs_in_range`), along the last axis; the same arithmetic on secure arrays (every
         site's, one row each) or on numpy object arrays (this party's own copy, for its bits)."""
         size, width = len(self.layout.groups), triangle_size(len(self.names))
         limits = self.limits
@@ -562,21 +574,21 @@ class GramStatistic(SecureStatistic):
             checks += [c - rows * low + 1, rows * high - c + 1]
         return checks
 
-    async def check_inputs(
+    async def inputs_in_range(
         self,
         mpc: Any,
         job: PartyJob,
         site_counts: list[Any],
         site_grams: list[Any],
-    ) -> None:
-        """Every site's Gram entries within the declared bounds, per group, decided inside MPC
-        before anything is opened: its constant entry is its n (scaled 2**40), and for each
-        term with declared bounds [lo, hi] (a 0/1 term: [0, 1]) n·lo ≤ Σx ≤ n·hi and
-        0 ≤ Σx² ≤ n·max(lo², hi²), and for two such terms n·min ≤ Σxᵢxⱼ ≤ n·max over the
-        products of their bounds, the bounds padded per row for rounding (`entry_limits`,
-        `cross_limits`). Each checked value is shown to be in [0, 2**check_bits) by the bits its
-        site inputs (`smpc.ranges`); the challenge and one bit are opened; a failure is refused
-        naming no site."""
+    ) -> bool:
+        """Whether every site's Gram entries are within the declared bounds, per group, decided
+        inside MPC before anything is opened (`compute` refuses with `inputs_refusal`): its
+        constant entry is its n (scaled 2**40), and for each term with declared bounds
+        [lo, hi] (a 0/1 term: [0, 1]) n·lo ≤ Σx ≤ n·hi and 0 ≤ Σx² ≤ n·max(lo², hi²), and for
+        two such terms n·min ≤ Σxᵢxⱼ ≤ n·max over the products of their bounds, the bounds
+        padded per row for rounding (`entry_limits`, `cross_limits`). Each checked value is
+        shown to be in [0, 2**check_bits) by the bits its site inputs (`smpc.ranges`); the
+        challenge and one bit are opened."""
         from smpc.ranges import all_in_range
 
         summary = job.summary
@@ -588,14 +600,16 @@ class GramStatistic(SecureStatistic):
         )
         counts, grams = mpc.np_vstack(site_counts), mpc.np_vstack(site_grams)
         checks = mpc.np_concatenate(self.input_checks(counts, grams), axis=1)
-        passed = await all_in_range(mpc, type(checks).sectype, checks, own, self.check_bits())
-        if not passed:
-            raise DisclosureRefused(
-                f"{self.name}: a site's inputs break the declared bounds of the design's columns "
-                "(its Gram matrix checked inside MPC against every site's declared bounds "
-                "together; which site is not revealed)",
-                {"rule": "inputs"},
-            )
+        return await all_in_range(mpc, type(checks).sectype, checks, own, self.check_bits())
+
+    def inputs_refusal(self) -> DisclosureRefused:
+        """What a failed `inputs_in_range` refuses with: naming no site."""
+        return DisclosureRefused(
+            f"{self.name}: a site's inputs break the declared bounds of the design's columns "
+            "(its Gram matrix checked inside MPC against every site's declared bounds "
+            "together; which site is not revealed)",
+            {"rule": "inputs"},
+        )
 
     async def compute_noisy(self, mpc: Any, job: PartyJob) -> NoisyGramOpened:
         """With `dp`: noise drawn inside MPC on every pooled n and noised entry, the noisy n

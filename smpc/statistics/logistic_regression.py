@@ -198,14 +198,17 @@ class LogisticRegression(GramStatistic):
 
         site_counts = shared(summary.counts)
         site_corners = shared(summary.vectors["corners"]) if len(self.free_terms) else []
+        # every group's perturbation, computed alongside the counts' checks (linear inputs)
+        shift = cell_perturbation(
+            mpc, secint, summary.vectors["keys"], size, np.arange(size), False
+        )
         counts, released = await release(mpc, self, summary.counts, secint, sites=site_counts)
         outcomes = [GroupOutcome(None) for _ in range(size)]
         shown = [g for g in range(size) if released[g]]
         if not shown:
             return GramOpened(threshold, outcomes)
         at = np.array(shown)
-        shift = cell_perturbation(mpc, secint, summary.vectors["keys"], size, at, False)
-        sizes = await self.open_sizes(mpc, counts[at], shift.count)
+        sizes = await self.open_sizes(mpc, counts[at], shift.count[at])
         for g, n in zip(shown, sizes, strict=True):
             outcomes[g].n = n
         fitted = await self.without_small_cells(mpc, job, counts, shown, outcomes)
@@ -218,8 +221,8 @@ class LogisticRegression(GramStatistic):
         if not solved:
             return GramOpened(threshold, outcomes)
         stype = exact_type(mpc, self.field_bits())
-        extra = await self.pseudo_rows(mpc, stype, secint, site_corners, shift, shown, solved)
-        residuals = await self.residuals(mpc, stype, shift, [shown.index(g) for g in solved])
+        extra = await self.pseudo_rows(mpc, stype, secint, site_corners, shift, solved)
+        residuals = await self.residuals(mpc, stype, shift, solved)
         rows = job.summary.unpack_rows()
         for i, g in enumerate(solved):
             mine = rows[rows[:, 0] == g] if len(rows) else np.empty((0, len(self.names) + 2))
