@@ -23,12 +23,13 @@ handled once):
 2. each den is normalised: its bits (`_decompose`), the first set bit one-hot (`_leading`),
    moved to the big field (`convert`), gives 2**i with den·2**i in [2**(N−1), 2**N); N is
    the public bit bound;
-3. a reciprocal w ≈ 2**(2P) / top of its top P = 122 bits (`shifted`, then six Newton steps
-   from 2.9142 − 2b on [1/2, 1]: relative error 5e-69 before rounding);
+3. a reciprocal w ≈ 2**(2P) / top of its top P = 122 bits (`shifted`, then five Newton steps
+   from 2.9142 − 2b on [1/2, 1]: relative error 7e-35 before rounding, where 2**-110 would
+   do; `Precision` lets a caller with smaller ratios or a coarser unit work with fewer);
 4. the quotient y' ≈ (num/den + 2**40)·2**64 (nonnegative in range) from the lifted numerator's
    top bits times w, within t + 2 units (`shifted` errs by less than t + 1);
 5. a range test, opened as one bit per ratio: ⌊y' / 2**105⌋ (approximately) in {0, …, t + 2},
-   as a masked zero test of a product (skipped for a caller that knows |num| ≤ den);
+   as a masked zero test of a product;
 6. in range, y' moves to a small field (`convert`): its sign, the bits of |y| + (t + 4) (a
    bias larger than the error, so a value on the grid rounds to itself), that magnitude's
    leading bit, and its top 25 bits (`rounded_units`) are computed there and opened: sign,
@@ -59,6 +60,7 @@ from __future__ import annotations
 import math
 import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -66,9 +68,50 @@ import numpy as np
 RATIO_BITS = 24  # an opened ratio keeps s + 1 = 25 significant bits (truncated toward zero)
 RANGE_BITS = 40  # |ratio| < 2**40 ≈ 1.1e12 is reported (beyond it, null)
 FINE_BITS = 64  # the approximate quotient's unit: 2**-64 (25 significant bits down to 2**-39)
-PRECISION_BITS = RANGE_BITS + FINE_BITS + 18  # P: the top bits the reciprocal works with
-NEWTON_STEPS = 6  # relative error 0.0858 → 7e-3 → 5e-5 → 3e-9 → 9e-18 → 7e-35 → 5e-69 on [1/2, 1]
 NEWTON_START = 2.9142135623731  # 1 + √2 + 1/2: the best linear start for 1/b, b ∈ [1/2, 1]
+NEWTON_START_ERROR = 0.0858  # its largest relative error on [1/2, 1]; each step squares it
+
+
+@dataclass(frozen=True)
+class Precision:
+    """What a caller's ratios need: |ratio| below about 2**range_bits, the approximate quotient
+    in units of 2**-fine_bits. The reciprocal then works with P = range + fine + 18 top bits
+    and as many Newton steps as bring its relative error below 2**-(range + fine + 6) (the
+    quotient within a unit of 2**-fine before the shifts' own errors): 5 steps by default
+    (7e-35 against 2**-110), 4 for a correlation's r² ≤ 1 on a 2**-32 grid. A smaller
+    precision is a smaller field and fewer rounds."""
+
+    range_bits: int = RANGE_BITS
+    fine_bits: int = FINE_BITS
+
+    @property
+    def wide(self) -> int:
+        return self.range_bits + self.fine_bits
+
+    @property
+    def precision_bits(self) -> int:
+        return self.wide + 18
+
+    @property
+    def newton_steps(self) -> int:
+        error, steps = NEWTON_START_ERROR, 0
+        while error > 2.0 ** -(self.wide + 6):
+            error, steps = error * error, steps + 1
+        return steps
+
+    def magnitude_bits(self, threshold: int) -> int:
+        """Bits of |y| + bias where the range test passes: y' < 2**(W + 1)·(t + 3)."""
+        return self.wide + 1 + (threshold + 3).bit_length()
+
+    def field_bits(self, bits: int) -> int:
+        """The field size `open_rounded_ratios` needs for ratios of `bits`-bit integers
+        (MPyC's statistical margin at its default of 30 bits included)."""
+        return max(
+            2 * bits + self.range_bits + 40, bits + self.range_bits + 3 * self.precision_bits + 40
+        )
+
+
+DEFAULT_PRECISION = Precision()
 
 
 def _ints(opened: Any) -> list[int]:
@@ -395,7 +438,7 @@ async def _power_of_two(mpc: Any, one_hot: Any, big: Any) -> Any:
 
 
 async def _scaled_denominators(
-    mpc: Any, denominators: Any, bits: int, small: Any
+    mpc: Any, denominators: Any, bits: int, small: Any, precision: Precision
 ) -> tuple[Any, Any]:
     """For nonzero denominators below 2**bits: 2**i with den·2**i in [2**(N−1), 2**N), and an
     approximate reciprocal w ≈ 2**(2P) / top with top ≈ den·2**i / 2**(N−P) in [2**(P−1),
@@ -403,10 +446,10 @@ async def _scaled_denominators(
     big = type(denominators).sectype
     _, one_hot = await _leading(mpc, await _decompose(mpc, denominators, bits, small))
     scale = await _power_of_two(mpc, one_hot, big)
-    p = PRECISION_BITS
+    p = precision.precision_bits
     top = await shifted(mpc, denominators * scale, bits - p, bits + 1)
     w = int(NEWTON_START * (1 << p)) - top * 2
-    for _ in range(NEWTON_STEPS):
+    for _ in range(precision.newton_steps):
         error = (1 << (2 * p + 1)) - w * top  # 2**(2P)·(2 − w·b), w scaled 2**P
         w = await shifted(mpc, w * error, 2 * p, 3 * p + 4)
     return scale, w
@@ -419,27 +462,27 @@ async def approximate_quotients(
     index: Sequence[int],
     bits: int,
     small: Any,
-    range_test: bool = True,
+    precision: Precision = DEFAULT_PRECISION,
 ) -> tuple[Any, Any]:
     """y' ≈ (num/den + 2**B)·2**F within t + 2 units, and per ratio a value that is zero iff
-    y' < 2**(W+1)·(t + 3) (roughly: |num/den| below 2**B), in the big field (None without
-    `range_test`)."""
+    y' < 2**(W+1)·(t + 3) (roughly: |num/den| below 2**B), in the big field."""
     pick = np.array(index)
-    n_bits, p, wide = bits, PRECISION_BITS, RANGE_BITS + FINE_BITS
-    scale, w = await _scaled_denominators(mpc, denominators, n_bits, small)
+    n_bits, p, wide = bits, precision.precision_bits, precision.wide
+    lift, fine = precision.range_bits, precision.fine_bits
+    scale, w = await _scaled_denominators(mpc, denominators, n_bits, small, precision)
     # the numerator lifted to be nonnegative in range, scaled with its denominator's 2**i
     # (the product is below 2**(2N + B + 1))
-    lifted = (numerators + denominators[pick] * (1 << RANGE_BITS)) * scale[pick]
-    top = await shifted(mpc, lifted, n_bits - p, 2 * n_bits + RANGE_BITS + 2)
-    shift = 2 * p - FINE_BITS
-    y = await shifted(mpc, top * w[pick], shift, n_bits + RANGE_BITS + 2 * p + 4)
-    if not range_test:
-        return y, None
-    coarse = await shifted(mpc, y, wide + 1, n_bits + RANGE_BITS + 2 * p + 4 - shift)
+    lifted = (numerators + denominators[pick] * (1 << lift)) * scale[pick]
+    top = await shifted(mpc, lifted, n_bits - p, 2 * n_bits + lift + 2)
+    shift = 2 * p - fine
+    y = await shifted(mpc, top * w[pick], shift, n_bits + lift + 2 * p + 4)
+    coarse = await shifted(mpc, y, wide + 1, n_bits + lift + 2 * p + 4 - shift)
     return y, _product_zero_candidates(coarse, mpc.threshold + 2)
 
 
-async def rounded_units(mpc: Any, y: Any, significant: int) -> tuple[Any, Any, Any]:
+async def rounded_units(
+    mpc: Any, y: Any, significant: int, precision: Precision = DEFAULT_PRECISION
+) -> tuple[Any, Any, Any]:
     """For y' ≈ (num/den + 2**B)·2**F below 2**(W+1)·(t + 3), in the small field: secret sign
     bits [num/den ≥ 0], mantissas q in [2**s, 2**(s+1)) and leading-zero counts i of
     |y| + bias, so that |num / den| ≈ q · 2**(L − 1 − s − i − F).
@@ -449,8 +492,8 @@ async def rounded_units(mpc: Any, y: Any, significant: int) -> tuple[Any, Any, A
     the bits of |y| + bias (a sign within the bias of 0 picks a magnitude below the bias: the
     result is 0.0 either way). The mantissa is the window of s + 1 bits under the leading one:
     the one-hot leading bit times each position's window, summed (one multiplication)."""
-    wide = RANGE_BITS + FINE_BITS
-    limit = magnitude_bits(mpc.threshold)
+    wide = precision.wide
+    limit = precision.magnitude_bits(mpc.threshold)
     bias = bias_units(mpc.threshold)
     offset = (1 << limit) + bias
     both = mpc.np_stack((y - (1 << wide) + offset, ((1 << wide) + offset) - y))
@@ -470,15 +513,15 @@ async def rounded_units(mpc: Any, y: Any, significant: int) -> tuple[Any, Any, A
     return sign, mantissa, leading
 
 
-async def grid_units(mpc: Any, y: Any, grid: int) -> Any:
-    """For y' ≈ (num/den + 2**B)·2**F below 2**L (L = `magnitude_bits`), in the small field:
-    q = ⌊(y' + bias) / 2**(F − grid)⌋ exactly, so that q·2**-grid − 2**B is num/den rounded
-    down to the grid 2**-grid (after the bias, as in `rounded_units`). The low F − grid bits
-    of y' + bias are not decomposed: their sum is c + r less 2**(F − grid) times the carry
-    out (`_masked_low`, `_carry_out`: log₂ of those bits in resharings)."""
+async def grid_units(mpc: Any, y: Any, grid: int, precision: Precision = DEFAULT_PRECISION) -> Any:
+    """For y' ≈ (num/den + 2**B)·2**F below 2**L (L = `Precision.magnitude_bits`), in the
+    small field: q = ⌊(y' + bias) / 2**(F − grid)⌋ exactly, so that q·2**-grid − 2**B is
+    num/den rounded down to the grid 2**-grid (after the bias, as in `rounded_units`). The low
+    F − grid bits of y' + bias are not decomposed: their sum is c + r less 2**(F − grid) times
+    the carry out (`_masked_low`, `_carry_out`: log₂ of those bits in resharings)."""
     stype = type(y).sectype
-    drop = FINE_BITS - grid
-    limit = magnitude_bits(mpc.threshold)
+    drop = precision.fine_bits - grid
+    limit = precision.magnitude_bits(mpc.threshold)
     z = y + bias_units(mpc.threshold)
     r, c_bits = await _masked_low(mpc, z, drop, limit)
     weights = np.array([1 << i for i in range(drop)], dtype=object)
@@ -534,15 +577,10 @@ def bias_units(threshold: int) -> int:
     return threshold + 4
 
 
-def magnitude_bits(threshold: int) -> int:
-    """Bits of |y| + bias where the range test passes: y' < 2**(W + 1)·(t + 3)."""
-    return RANGE_BITS + FINE_BITS + 1 + (threshold + 3).bit_length()
-
-
 def ratio_field_bits(bits: int) -> int:
     """The field size `open_rounded_ratios` needs for ratios of `bits`-bit integers (MPyC's
     statistical margin at its default of 30 bits included)."""
-    return max(2 * bits + RANGE_BITS + 40, bits + RANGE_BITS + 3 * PRECISION_BITS + 40)
+    return DEFAULT_PRECISION.field_bits(bits)
 
 
 async def open_rounded_ratios(
@@ -552,24 +590,25 @@ async def open_rounded_ratios(
     bits: int,
     significant: int = RATIO_BITS,
     *,
-    at_most_one: bool = False,
     grid: int | None = None,
+    precision: Precision = DEFAULT_PRECISION,
 ) -> list[float | None]:
     """Open num_i / den_i rounded toward zero to `significant` + 1 significant bits: None where
     den_i = 0 or |num_i / den_i| ≥ about 2**RANGE_BITS, 0.0 below about 2**(5 − FINE_BITS).
     With `grid` (at most FINE_BITS − 8) the published precision is absolute instead: each
     ratio rounded down (toward −∞) to a multiple of 2**-grid after the bias β, in range
-    (`grid_units`: no leading bit, no mantissa; cheaper).
+    (`grid_units`: no leading bit, no mantissa; cheaper). A caller whose ratios are smaller
+    or need a coarser unit gives its `precision` (and a field of `precision.field_bits`).
     For secret integers with |num_i|, den_i < 2**bits and den_i ≥ 0 of one field type at least
-    `ratio_field_bits(bits)` bits large. A denominator passed several times (the same secure
-    object) is decomposed once. A caller that knows every |num_i| ≤ den_i says so
-    (`at_most_one`), and the range test is skipped."""
+    `precision.field_bits(bits)` bits large. A denominator passed several times (the same
+    secure object) is decomposed once."""
     if not numerators:
         return []
-    if grid is not None and not 0 <= grid <= FINE_BITS - 8:
-        raise ValueError(f"a grid of 2**-{grid} is finer than the quotient's 2**-{FINE_BITS - 8}")
+    fine = precision.fine_bits
+    if grid is not None and not 0 <= grid <= fine - 8:
+        raise ValueError(f"a grid of 2**-{grid} is finer than the quotient's 2**-{fine - 8}")
     stype = type(denominators[0])
-    need = ratio_field_bits(bits) + mpc.options.sec_param - 30
+    need = precision.field_bits(bits) + mpc.options.sec_param - 30
     if stype.field.order.bit_length() < need:
         raise ValueError(f"a {need}-bit field is needed for ratios of {bits}-bit integers")
     distinct: dict[int, int] = {}
@@ -588,29 +627,27 @@ async def open_rounded_ratios(
     index = [position[distinct[id(denominators[i])]] for i in kept]
     small = small_type(mpc)
     y, outside = await approximate_quotients(
-        mpc, nums, dens, index, bits, small, range_test=not at_most_one
+        mpc, nums, dens, index, bits, small, precision=precision
     )
     # the range test first: nothing else is opened for a ratio out of range
-    shown = list(range(len(kept)))
-    if outside is not None:
-        far = [not z for z in await mpc.np_is_zero_public(outside)]
-        shown = [j for j in shown if not far[j]]
+    far = [not z for z in await mpc.np_is_zero_public(outside)]
+    shown = [j for j in range(len(kept)) if not far[j]]
     if not shown:
         return out
-    limit = magnitude_bits(mpc.threshold)
+    limit = precision.magnitude_bits(mpc.threshold)
     moved = await convert(mpc, y[np.array(shown)], small, limit)
     if grid is not None:
-        units = _ints(await mpc.output(await grid_units(mpc, moved, grid)))
+        units = _ints(await mpc.output(await grid_units(mpc, moved, grid, precision)))
         for j, q in zip(shown, units, strict=True):
-            out[kept[j]] = math.ldexp(q - (1 << (RANGE_BITS + grid)), -grid)
+            out[kept[j]] = math.ldexp(q - (1 << (precision.range_bits + grid)), -grid)
         return out
-    sign, mantissa, leading = await rounded_units(mpc, moved, significant)
+    sign, mantissa, leading = await rounded_units(mpc, moved, significant, precision)
     opened = await mpc.output(mpc.np_hstack((sign, mantissa, leading)))
     values = _ints(opened)
     k = len(shown)
-    zero_band = math.ldexp(2 * bias_units(mpc.threshold) + 1, -FINE_BITS)
+    zero_band = math.ldexp(2 * bias_units(mpc.threshold) + 1, -fine)
     for j, s_bit, q, i in zip(shown, values[:k], values[k : 2 * k], values[2 * k :], strict=True):
-        magnitude = math.ldexp(q, limit - 1 - significant - i - FINE_BITS)
+        magnitude = math.ldexp(q, limit - 1 - significant - i - fine)
         if magnitude < zero_band:  # within the approximation's error of 0: 0 exactly
             out[kept[j]] = 0.0
         else:

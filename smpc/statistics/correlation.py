@@ -40,7 +40,7 @@ from pydantic import Field
 from smpc.encoding import FRAC_BITS
 from smpc.job import PartyJob
 from smpc.query import QueryBase
-from smpc.rounded import open_rounded_ratios
+from smpc.rounded import Precision, open_rounded_ratios
 from smpc.statistics.base import number
 from smpc.statistics.design import ENTRY_BITS
 from smpc.statistics.gram import GramStatistic, GroupOutcome, PseudoRow
@@ -51,6 +51,9 @@ if TYPE_CHECKING:
     import pandas as pd
 
 R_SQUARED_GRID_BITS = 32  # r² is opened rounded down to a multiple of 2**-32
+# r² ≤ 1 (with the range test's margin), its quotient in units of 2**-40: a smaller field and
+# fewer Newton steps than the default ratios' (`smpc.rounded.Precision`)
+R_SQUARED_PRECISION = Precision(range_bits=1, fine_bits=R_SQUARED_GRID_BITS + 8)
 
 
 class CorrelationQuery(QueryBase):
@@ -87,9 +90,17 @@ class Correlation(GramStatistic):
         return 2 * ENTRY_BITS + 2
 
     def field_bits(self) -> int:
-        from smpc.rounded import ratio_field_bits
+        """Ratios r² = C_jk² / (C_jj·C_kk) of the generic co-moments' size."""
+        return R_SQUARED_PRECISION.field_bits(2 * self.co_moment_bits() + 1)
 
-        return ratio_field_bits(2 * self.co_moment_bits() + 1)  # r² = C_jk² / (C_jj·C_kk)
+    def solve_field_bits(self, sizes: list[int]) -> int:
+        """Sized by the declared bounds and the opened sizes where every column has both
+        (`pair_bits` over every pair; public values only), else `field_bits`; at least the
+        pooled Gram entries' own size."""
+        k = len(self.query.columns)
+        pairs = [(j, m) for j in range(k) for m in range(j + 1, k)]
+        bits = max(self.pair_bits(n, pairs) for n in sizes)
+        return max(R_SQUARED_PRECISION.field_bits(2 * bits + 1), self.co_moment_bits() + 2)
 
     def compare_bits(self) -> int:
         """The small field holds the pooled Gram matrix for the cells' comparisons (counts
@@ -197,9 +208,16 @@ class Correlation(GramStatistic):
             squared = mpc.np_tolist(co[upper] * co[upper])
             products = mpc.np_tolist(co[first] * co[second])
             bits = 2 * co_bits + 1
-            # 0 ≤ r² ≤ 1 (Cauchy–Schwarz on the perturbed Gram matrix, itself a Gram matrix)
+            # r² ≤ 1 on a Gram matrix (Cauchy–Schwarz), range-tested all the same: a site's
+            # matrix is not checked to be one (positive semi-definite), and a ratio beyond
+            # the precision's range is null, never opened
             ratios += await open_rounded_ratios(
-                mpc, squared, products, bits, at_most_one=True, grid=R_SQUARED_GRID_BITS
+                mpc,
+                squared,
+                products,
+                bits,
+                grid=R_SQUARED_GRID_BITS,
+                precision=R_SQUARED_PRECISION,
             )
             signs = [1 if p else -1 for p in await positive]
         result: list[list[float | None]] = [[None] * k for _ in range(k)]

@@ -391,6 +391,11 @@ class GramStatistic(SecureStatistic):
 
     # ---- the secure part ----------------------------------------------------------------
 
+    def solve_field_bits(self, sizes: list[int]) -> int:
+        """The exact field's size for groups of these opened sizes: `field_bits` unless a
+        statistic can size it by public values."""
+        return self.field_bits()
+
     def field_bits(self) -> int:
         """Bits of the largest |numerator| · denominator the statistic opens."""
         raise NotImplementedError
@@ -450,7 +455,7 @@ class GramStatistic(SecureStatistic):
         solved, hidden = await self.screen(mpc, job, counts, small, shown, outcomes)
         if not solved:
             return GramOpened(threshold, outcomes)
-        stype = exact_type(mpc, self.field_bits())
+        stype = exact_type(mpc, self.solve_field_bits([outcomes[g].n or 0 for g in solved]))
         gram = pooled(mpc, stype, job.summary.vectors["gram"])
         extra = await self.pseudo_rows(mpc, stype, checked, site_corners, shift, solved)
         for g in solved:

@@ -4,8 +4,9 @@ Run as ``python rounded_party.py -I i --no-log -P host:port ...`` (one ``-P`` pe
 none for one party) with ``TESSERA_RATIOS`` set to a JSON object ``{"bits": N, "pairs":
 [[num, den], ...], "shared": [num, ...], "flags": {...}}`` (numerators and denominators as
 decimal strings; `shared` numerators all divide one denominator, passed as one secure object,
-the last pair's; `flags`, optional, are `open_rounded_ratios`' keyword options). Prints one
-JSON line: the opened values (floats or null) in order.
+the last pair's; `flags`, optional, are `open_rounded_ratios`' keyword options, `precision`
+given as [range_bits, fine_bits]). Prints one JSON line: the opened values (floats or null)
+in order.
 
 With ``TESSERA_LOW_BITS`` set instead (``{"bits": l, "width": L, "values": [...]}``) it opens
 `smpc.rounded.low_bits` of the values (SecInt(L)) and prints the bits, one list per value.
@@ -21,7 +22,7 @@ def main() -> None:
     from mpyc.runtime import mpc
 
     from smpc.exact import exact_type
-    from smpc.rounded import open_rounded_ratios, ratio_field_bits
+    from smpc.rounded import DEFAULT_PRECISION, Precision, open_rounded_ratios
 
     if "TESSERA_LOW_BITS" in os.environ:
         print(json.dumps(mpc.run(low_bits(json.loads(os.environ["TESSERA_LOW_BITS"])))))
@@ -29,15 +30,19 @@ def main() -> None:
     task = json.loads(os.environ["TESSERA_RATIOS"])
     bits = int(task["bits"])
 
+    flags = dict(task.get("flags", {}))
+    if "precision" in flags:
+        flags["precision"] = Precision(*flags["precision"])
+    precision = flags.get("precision", DEFAULT_PRECISION)
+
     async def run() -> list[float | None]:
         await mpc.start()
-        stype = exact_type(mpc, ratio_field_bits(bits))
+        stype = exact_type(mpc, precision.field_bits(bits))
         numerators = [stype(int(n)) for n, _ in task["pairs"]]
         denominators = [stype(int(d)) for _, d in task["pairs"]]
         if task["shared"]:
             numerators += [stype(int(n)) for n in task["shared"]]
             denominators += [denominators[-1]] * len(task["shared"])
-        flags = task.get("flags", {})
         out = await open_rounded_ratios(mpc, numerators, denominators, bits, **flags)
         await mpc.shutdown()
         return out

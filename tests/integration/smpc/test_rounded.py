@@ -118,11 +118,14 @@ def test_the_same_ratios_open_the_same_values_every_time() -> None:
     assert run(task, 3) == first
 
 
-def on_grid(opened: float | None, num: int, den: int, grid: int, parties: int) -> bool:
-    """`grid`: num/den + β rounded down to a multiple of 2**-grid, β as in `acceptable` (as
-    the nearest float: beyond 2**(53 − grid) a multiple of 2**-grid has more bits than one)."""
+def on_grid(
+    opened: float | None, num: int, den: int, grid: int, parties: int, fine: int = 64
+) -> bool:
+    """`grid`: num/den + β rounded down to a multiple of 2**-grid, β as in `acceptable` in
+    units of 2**-fine (as the nearest float: beyond 2**(53 − grid) a multiple of 2**-grid has
+    more bits than one)."""
     ratio = Fraction(num, den)
-    beta = Fraction(2 * ((parties - 1) // 2) + 6, 2**64)
+    beta = Fraction(2 * ((parties - 1) // 2) + 6, 2**fine)
     down = {float(math.floor(v * 2**grid) / Fraction(2**grid)) for v in (ratio, ratio + beta)}
     return opened in down
 
@@ -130,15 +133,18 @@ def on_grid(opened: float | None, num: int, den: int, grid: int, parties: int) -
 @pytest.mark.parametrize("parties", [3, 5])
 def test_a_grid_opens_each_ratio_rounded_down_to_its_multiples(parties: int) -> None:
     """`grid` (a logistic regression's steps, a correlation's r²): num/den rounded down to a
-    multiple of 2**-grid inside MPC, negative values toward −∞; with `at_most_one` (r² ≤ 1)
-    the range test is skipped and 0 and 1 open as themselves."""
+    multiple of 2**-grid inside MPC, negative values toward −∞; at a correlation's precision
+    (ratios up to about 1, units of 2**-40) 0 and 1 open as themselves, and a ratio far
+    beyond its range is null."""
     rng = random.Random(5 + parties)
     bounded = [(0, 9), (9, 9), (1, 3), (2**40, 2**41 + 1), (1, 2**200), (3, 4), (2**31 + 1, 2**32)]
     for _ in range(12):
         den = rng.getrandbits(rng.randrange(2, 250)) | 1
         bounded.append((rng.randrange(den + 1), den))
+    bounded += [(2**20, 1), (2**200, 3)]  # far beyond the correlation's range: null
     signed = [(-1, 3), (-(2**50), 7), (10**12 + 1, 3), (-5, 2**45), (7, 0), (2**45, 1)]
-    for cases, flags, grid in ((bounded, {"at_most_one": True}, 32), (signed, {}, 40)):
+    correlation = {"precision": [1, 40]}
+    for cases, flags, grid in ((bounded, correlation, 32), (signed, {}, 40)):
         task = {
             "bits": 250,
             "pairs": [[str(n), str(d)] for n, d in cases],
@@ -147,11 +153,12 @@ def test_a_grid_opens_each_ratio_rounded_down_to_its_multiples(parties: int) -> 
         }
         opened = run(task, parties)
         wrong = []
+        limit, unit = (2**10, 40) if flags else (2**44, 64)
         for (n, d), o in zip(cases, opened, strict=True):
-            if d == 0 or abs(Fraction(n, d)) >= 2**44:
+            if d == 0 or abs(Fraction(n, d)) >= limit:
                 fine = o is None
             else:
-                fine = on_grid(o, n, d, grid, parties)
+                fine = on_grid(o, n, d, grid, parties, unit)
             if not fine:
                 wrong.append((n, d, o))
         assert not wrong, wrong[:5]
