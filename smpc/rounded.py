@@ -449,10 +449,61 @@ async def _scaled_denominators(
     p = precision.precision_bits
     top = await shifted(mpc, denominators * scale, bits - p, bits + 1)
     w = int(NEWTON_START * (1 << p)) - top * 2
-    for _ in range(precision.newton_steps):
-        error = (1 << (2 * p + 1)) - w * top  # 2**(2P)·(2 − w·b), w scaled 2**P
-        w = await shifted(mpc, w * error, 2 * p, 3 * p + 4)
-    return scale, w
+    return scale, await _newton(mpc, top, w, p, precision.newton_steps, 4)
+
+
+async def _newton(mpc: Any, top: Any, w: Any, p: int, steps: int, spare: int) -> Any:
+    """Newton's iteration w ← w·(2 − w·b) for w ≈ 2**(2P) / top (b = top / 2**P, w scaled
+    2**P) from the start w; w stays below 2**(P + spare − 2)."""
+    for _ in range(steps):
+        error = (1 << (2 * p + 1)) - w * top  # 2**(2P)·(2 − w·b)
+        w = await shifted(mpc, w * error, 2 * p, 3 * p + spare)
+    return w
+
+
+RECIPROCAL_BITS = 80  # P of `risk_reciprocals`: relative error about 2**-76
+# linear starts α − β·b for 1/b with β a multiple of 1/16: on [1/2, 1] (β = 1.875, α = 2.8125,
+# relative error 0.0625) and on [1/16, 1] (β = 5.8125, α = 6.1758, relative error 0.64);
+# seven steps bring both below 2**-80
+_STARTS = ((2.8125, 30), (6.17578125, 93))
+_RECIPROCAL_STEPS = 7
+
+
+async def risk_reciprocals(mpc: Any, risk: Any, bits: int, scale: int) -> tuple[Any, Any]:
+    """For secret integers 0 ≤ r < 2**bits of a secure integer array (a survival table's
+    pooled risk sets): u ≈ 2**scale / r and y ≈ 2**scale / (r²·(r − 1)), each within a
+    relative error of about 2**-74, u = 0 where r = 0 and y = 0 where r ≤ 1. Needs
+    scale ≥ P + 3·bits and a field of at least 3P + 8 + k bits (P = `RECIPROCAL_BITS`).
+
+    r is normalised as the ratios' denominators are (`_decompose`, `_leading`,
+    `_power_of_two`): R = r·2**i in [2**(bits−1), 2**bits), and q = r²(r − 1) with the same
+    2**(3i): q' = R²·(R − 2**i), in [2**(3·bits − 4), 2**(3·bits)) for r ≥ 2. Both reciprocals
+    then take Newton's iteration in one vector from linear starts (`_STARTS`); an r of 0 (or
+    1, for y) gets a stand-in in range, and its result is multiplied by 0. Opens only masked
+    values."""
+    p = RECIPROCAL_BITS
+    if scale < p + 3 * bits:
+        raise ValueError(f"a scale of 2**{scale} is below 2**{p + 3 * bits}")
+    big = type(risk).sectype
+    small = small_type(mpc)
+    size = risk.shape[0]
+    _, one_hot = await _leading(mpc, await _decompose(mpc, risk, bits, small))
+    nonzero = one_hot.sum(axis=-1)  # [r ≥ 1]: the one-hot's position 0 is r's lowest bit
+    flags = await convert(mpc, mpc.np_concatenate((nonzero, nonzero - one_hot[:, 0])), big, 1)
+    positive, several = flags[:size], flags[size:]  # [r ≥ 1], [r ≥ 2]
+    power = await _power_of_two(mpc, one_hot, big)
+    normal = risk * power
+    top_u = normal * (1 << (p - bits)) + (1 - positive) * (1 << (p - 1))
+    cubed = normal * normal * (normal - power) + (1 - several) * (1 << (3 * bits - 1))
+    top_q = await shifted(mpc, cubed, 3 * bits - p, 3 * bits + 1)
+    top = mpc.np_concatenate((top_u, top_q))
+    alpha = np.array([int(a * (1 << p)) for a, _ in _STARTS for _ in range(size)], dtype=object)
+    beta = np.array([b for _, b in _STARTS for _ in range(size)], dtype=object)
+    w = alpha - await shifted(mpc, top * beta, 4, p + 8)
+    w = await _newton(mpc, top, w, p, _RECIPROCAL_STEPS, 8)
+    u = w[:size] * power * (1 << (scale - p - bits)) * positive
+    y = w[size:] * (power * power * power) * (1 << (scale - p - 3 * bits)) * several
+    return u, y
 
 
 async def approximate_quotients(

@@ -339,7 +339,7 @@ def test_differencing_two_survival_curves_misses_the_patients_time() -> None:
     assert all(m >= 80 for m in misses.values()), misses
 
 
-_SURVIVAL_SEARCH = """
+_SURVIVAL_TRANSCRIPT = """
 import json, sys, types
 import numpy as np
 import pandas as pd
@@ -349,12 +349,23 @@ from smpc.disclosure import AppliedRules, DisclosureRules
 from smpc.statistics import compile_query
 from tessera.schemas import DatasetSchema
 
-searched = []
-original = km.prefix_lengths
-async def recording(*args, **kwargs):
-    searched.append(True)
-    return await original(*args, **kwargs)
-km.prefix_lengths = recording
+# every value opened while the log-rank test runs, as text
+inside, opened_values = [False], []
+output = mpc.output
+async def recording(x, *args, **kwargs):
+    value = await output(x, *args, **kwargs)
+    if inside[0]:
+        opened_values.extend(str(v) for v in np.asarray(value, dtype=object).ravel())
+    return value
+mpc.output = recording
+logrank = km.KaplanMeier.secure_logrank
+async def watched(*args, **kwargs):
+    inside[0] = True
+    try:
+        return await logrank(*args, **kwargs)
+    finally:
+        inside[0] = False
+km.KaplanMeier.secure_logrank = watched
 
 schema = DatasetSchema.model_validate({"columns": [
     {"name": "t", "type": "integer", "min": 0, "max": 40},
@@ -375,20 +386,31 @@ async def main():
     await mpc.start()
     opened = await statistic.compute(mpc, types.SimpleNamespace(summary=summary))
     await mpc.shutdown()
-    print(json.dumps({"searched": bool(searched), "logrank": opened.logrank is not None}))
+    print(json.dumps({"logrank": opened.logrank is not None, "opened": opened_values}))
 
 mpc.run(main())
 """
 
 
-@pytest.mark.parametrize(("shape", "searched"), [("single", False), ("grouped", True)])
-def test_a_survival_curve_without_a_log_rank_test_opens_no_drop_point(
-    shape: str, searched: bool
-) -> None:
-    """Where each exact risk set drops below T is opened to the parties (a binary search) only
-    when a log-rank test needs the exact prefixes: for one released group, its release is one
-    bit, n ≥ T, and nothing about its times is opened beyond the perturbed node sums (one
-    party, the same code, with the search recorded)."""
+@pytest.mark.parametrize("shape", ["single", "grouped"])
+def test_a_survival_curve_opens_no_risk_set_and_no_drop_point(shape: str) -> None:
+    """The log-rank test computes every term inside MPC: while it runs, the parties open only
+    masked values, the covariance's regularity bit and the rounded statistic; no exact number
+    at risk or of events, and no drop point below T. One party, the same code, every
+    `mpc.output` recorded, twice on the same rows: every value opened but the bit and, last,
+    the statistic (its last bit rounded at random by MPyC's truncation) differs between the
+    runs, so none is a function of the rows alone, or is 0 in both (MPyC's comparisons in the
+    final pivots open a zero test of a product with a random sign in it: 0 about half of the
+    time, whatever the rows). A single curve runs no test."""
     from .one_party import report
 
-    assert report(_SURVIVAL_SEARCH, shape) == {"searched": searched, "logrank": searched}
+    first, again = (report(_SURVIVAL_TRANSCRIPT, shape) for _ in range(2))
+    assert first["logrank"] == again["logrank"] == (shape == "grouped")
+    if shape == "single":
+        assert first["opened"] == again["opened"] == []
+        return
+    one, two = first["opened"], again["opened"]
+    assert len(one) == len(two) > 100
+    same = [i for i, (a, b) in enumerate(zip(one[:-1], two[:-1], strict=True)) if a == b != "0"]
+    assert len(same) == 1 and float(one[same[0]]) == 1.0
+    assert float(one[-1]) == pytest.approx(float(two[-1]), rel=1e-12)

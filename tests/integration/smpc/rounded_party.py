@@ -10,6 +10,9 @@ in order.
 
 With ``TESSERA_LOW_BITS`` set instead (``{"bits": l, "width": L, "values": [...]}``) it opens
 `smpc.rounded.low_bits` of the values (SecInt(L)) and prints the bits, one list per value.
+With ``TESSERA_RECIPROCALS`` (``{"bits": b, "scale": F, "values": [...]}``) it opens
+`smpc.rounded.risk_reciprocals` of the values (in `smpc.prf.field_type`, as a survival table's
+risk sets) and prints [u, y] as decimal strings, one pair per value.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ def main() -> None:
 
     if "TESSERA_LOW_BITS" in os.environ:
         print(json.dumps(mpc.run(low_bits(json.loads(os.environ["TESSERA_LOW_BITS"])))))
+        return
+    if "TESSERA_RECIPROCALS" in os.environ:
+        print(json.dumps(mpc.run(reciprocals(json.loads(os.environ["TESSERA_RECIPROCALS"])))))
         return
     task = json.loads(os.environ["TESSERA_RATIOS"])
     bits = int(task["bits"])
@@ -62,6 +68,24 @@ async def low_bits(task: dict) -> list[list[int]]:
     opened = await mpc.output(low_bits(mpc, values, int(task["bits"])))
     await mpc.shutdown()
     return [[int(b) for b in row] for row in np.asarray(opened).tolist()]
+
+
+async def reciprocals(task: dict) -> list[list[str]]:
+    import numpy as np
+    from mpyc.runtime import mpc
+
+    from smpc.prf import field_type
+    from smpc.rounded import risk_reciprocals
+
+    await mpc.start()
+    secint = field_type(mpc)
+    values = secint.array(np.array([int(v) for v in task["values"]], dtype=object))
+    u, y = await risk_reciprocals(mpc, values, int(task["bits"]), int(task["scale"]))
+    opened = await mpc.output(mpc.np_hstack((u, y)))
+    await mpc.shutdown()
+    out = [str(int(v)) for v in np.asarray(opened).ravel()]
+    half = len(out) // 2
+    return [[a, b] for a, b in zip(out[:half], out[half:], strict=True)]
 
 
 if __name__ == "__main__":

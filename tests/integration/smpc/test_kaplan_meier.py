@@ -22,7 +22,6 @@ import pytest
 from smpc import reference, simulate
 from smpc.frames import uneven_shares as split
 from smpc.statistics import reference_parties
-from tessera.errors import QueryInvalid
 from tessera.schemas import ColumnSpec, DatasetSchema
 
 REL = 1e-6
@@ -240,14 +239,6 @@ def test_one_group_has_no_logrank_test_and_no_events_no_statistic() -> None:
     assert list(ungrouped["groups"]) == ["all"]
     assert abs(ungrouped["groups"]["all"]["n"] - len(flies)) <= 3
     assert ungrouped["logrank"]["statistic"] is None
-
-
-def test_a_logrank_too_costly_for_the_floors_is_refused_before_any_count_is_opened() -> None:
-    declared = schema("day", 9999, "dead", {"arm": ["a", "b"]})
-    frame = pd.DataFrame({"day": [5, 70, 300], "dead": [1, 0, 1], "arm": ["a", "b", "a"]})
-    query = {"statistic": "kaplan_meier", "dataset": "d", "time": "day", "event": "dead"}
-    with pytest.raises(QueryInvalid, match="with min_count 60, 2 groups and 10000 time points"):
-        simulate({**query, "group": "arm"}, [frame] * 3, declared, min_count_floors=[0, 60, 0])
 
 
 # ---- dp: noisy per-step counts --------------------------------------------------------------
