@@ -53,6 +53,10 @@ masking.
 Cost (this 2-core machine): 3 ratios over 3 distinct denominators of 425 bits about 0.15 s
 with 3 parties, 0.35 s with 5; most of it is the denominators' bits and the quotients' bits
 (`benchmarks/disclosure_cost.py` times whole statistics).
+
+The same normalisation and Newton iteration give `risk_reciprocals`: secret fixed-point
+reciprocals 2**F / r and 2**F / (r²(r − 1)) of many small secret integers at once (a survival
+table's pooled risk sets, for the log-rank terms), nothing opened but masked values.
 """
 
 from __future__ import annotations

@@ -138,7 +138,9 @@ def test_dp_output_follows_the_declared_domain_not_the_rows() -> None:
     model = synth.train(frame, "mst", metadata=declared, epsilon=5.0, iters=100)
     sample = model.sample(500, seed=2)
     assert (sample["x"] == 0).mean() > 0.9  # a spike at the bound stays a spike
-    assert sample["x"].between(0, 100).all()
+    # within the declared bounds; missing where the noisy missing cell made x nullable (the
+    # rows have none, but that decision is the noise's, once in a few hundred fits)
+    assert sample["x"].dropna().between(0, 100).all()
     assert list(sample["c"].cat.categories) == ["a", "b"]
 
 
