@@ -82,8 +82,9 @@ class Precision:
     in units of 2**-fine_bits. The reciprocal then works with P = range + fine + 18 top bits
     and as many Newton steps as bring its relative error below 2**-(range + fine + 6) (the
     quotient within a unit of 2**-fine before the shifts' own errors): 5 steps by default
-    (7e-35 against 2**-110), 4 for a correlation's r² ≤ 1 on a 2**-32 grid. A smaller
-    precision is a smaller field and fewer rounds."""
+    (7e-35 against 2**-110). A smaller range is a smaller field (a correlation's r²: range
+    2**1, 607 bits instead of 1 279); a coarser unit, fewer steps, but a bias of (t + 4) units
+    that is a larger share of a published grid."""
 
     range_bits: int = RANGE_BITS
     fine_bits: int = FINE_BITS
