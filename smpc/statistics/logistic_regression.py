@@ -276,11 +276,12 @@ class LogisticRegression(GramStatistic):
         )
 
     def iteration_checks(self, n: Any, values: Any) -> list[Any]:
-        """One site's checked values, each ≥ 0 when its Hessian and score are within the
-        declared bounds (`iteration_limits`): the same arithmetic on secure arrays or numpy."""
+        """A site's checked values, each ≥ 0 when its Hessian and score are within the
+        declared bounds (`iteration_limits`), along the last axis: the same arithmetic on
+        secure arrays (every site's, one row each) or numpy (this party's own)."""
         at, lows, highs = self.iteration_limits
-        rows = n[np.zeros(len(at), dtype=np.int64)]
-        chosen = values[at]
+        rows = n[..., np.zeros(len(at), dtype=np.int64)]
+        chosen = values[..., at]
         return [chosen - rows * lows + 1, rows * highs - chosen + 1]
 
     async def check_iteration(self, mpc: Any, sites: SiteCounts, local: list[int]) -> None:
@@ -292,10 +293,8 @@ class LogisticRegression(GramStatistic):
         secint = sites.secint
         mine = np.array(local, dtype=object)
         shared = mpc.input(secint.array(mine.copy()))
-        checks = [
-            mpc.np_concatenate(self.iteration_checks(n, v))
-            for n, v in zip(sites.counts, shared, strict=True)
-        ]
+        counts, values = mpc.np_vstack(sites.counts), mpc.np_vstack(shared)
+        checks = mpc.np_concatenate(self.iteration_checks(counts, values), axis=1)
         own = np.concatenate(self.iteration_checks(np.array([sites.own], dtype=object), mine))
         if not await all_in_range(mpc, secint, checks, own, self.check_bits()):
             raise DisclosureRefused(
