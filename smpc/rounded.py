@@ -442,15 +442,20 @@ async def _power_of_two(mpc: Any, one_hot: Any, big: Any) -> Any:
     )
 
 
+async def _normalised(mpc: Any, x: Any, bits: int, small: Any) -> tuple[Any, Any]:
+    """For secret 0 ≤ x < 2**bits: the one-hot vector of x's leading one (small field, all
+    zeros for 0) and 2**i with x·2**i in [2**(bits−1), 2**bits) in x's field (0 for 0)."""
+    _, one_hot = await _leading(mpc, await _decompose(mpc, x, bits, small))
+    return one_hot, await _power_of_two(mpc, one_hot, type(x).sectype)
+
+
 async def _scaled_denominators(
     mpc: Any, denominators: Any, bits: int, small: Any, precision: Precision
 ) -> tuple[Any, Any]:
     """For nonzero denominators below 2**bits: 2**i with den·2**i in [2**(N−1), 2**N), and an
     approximate reciprocal w ≈ 2**(2P) / top with top ≈ den·2**i / 2**(N−P) in [2**(P−1),
     2**P] (`shifted`, then Newton: w ← w·(2 − w·b) from 2.9142 − 2b on b ∈ [1/2, 1])."""
-    big = type(denominators).sectype
-    _, one_hot = await _leading(mpc, await _decompose(mpc, denominators, bits, small))
-    scale = await _power_of_two(mpc, one_hot, big)
+    _, scale = await _normalised(mpc, denominators, bits, small)
     p = precision.precision_bits
     top = await shifted(mpc, denominators * scale, bits - p, bits + 1)
     w = int(NEWTON_START * (1 << p)) - top * 2
@@ -480,9 +485,9 @@ async def risk_reciprocals(mpc: Any, risk: Any, bits: int, scale: int) -> tuple[
     relative error of about 2**-74, u = 0 where r = 0 and y = 0 where r ≤ 1. Needs
     scale ≥ P + 3·bits and a field of at least 3P + 8 + k bits (P = `RECIPROCAL_BITS`).
 
-    r is normalised as the ratios' denominators are (`_decompose`, `_leading`,
-    `_power_of_two`): R = r·2**i in [2**(bits−1), 2**bits), and q = r²(r − 1) with the same
-    2**(3i): q' = R²·(R − 2**i), in [2**(3·bits − 4), 2**(3·bits)) for r ≥ 2. Both reciprocals
+    r is normalised as the ratios' denominators are (`_normalised`): R = r·2**i in
+    [2**(bits−1), 2**bits), and q = r²(r − 1) with the same 2**(3i): q' = R²·(R − 2**i), in
+    [2**(3·bits − 4), 2**(3·bits)) for r ≥ 2. Both reciprocals
     then take Newton's iteration in one vector from linear starts (`_STARTS`); an r of 0 (or
     1, for y) gets a stand-in in range, and its result is multiplied by 0. Opens only masked
     values."""
@@ -492,11 +497,10 @@ async def risk_reciprocals(mpc: Any, risk: Any, bits: int, scale: int) -> tuple[
     big = type(risk).sectype
     small = small_type(mpc)
     size = risk.shape[0]
-    _, one_hot = await _leading(mpc, await _decompose(mpc, risk, bits, small))
+    one_hot, power = await _normalised(mpc, risk, bits, small)
     nonzero = one_hot.sum(axis=-1)  # [r ≥ 1]: the one-hot's position 0 is r's lowest bit
     flags = await convert(mpc, mpc.np_concatenate((nonzero, nonzero - one_hot[:, 0])), big, 1)
     positive, several = flags[:size], flags[size:]  # [r ≥ 1], [r ≥ 2]
-    power = await _power_of_two(mpc, one_hot, big)
     normal = risk * power
     top_u = normal * (1 << (p - bits)) + (1 - positive) * (1 << (p - 1))
     cubed = normal * normal * (normal - power) + (1 - several) * (1 << (3 * bits - 1))
