@@ -639,10 +639,8 @@ class GramStatistic(SecureStatistic):
         site_counts = mpc.input(secint.array(own_counts.copy()))
         site_grams = mpc.input(secint.array(own_gram.copy()))
         await check_counts(mpc, self, secint, site_counts, summary.counts)
-        checks = [
-            mpc.np_concatenate(self.noisy_checks(n, g))
-            for n, g in zip(site_counts, site_grams, strict=True)
-        ]
+        counts, grams = mpc.np_vstack(site_counts), mpc.np_vstack(site_grams)
+        checks = mpc.np_concatenate(self.noisy_checks(counts, grams), axis=1)
         own = np.concatenate(self.noisy_checks(own_counts, own_gram))
         if not await all_in_range(mpc, secint, checks, own, self.noisy_check_bits()):
             what = "its clipped sums exceed what its rows allow within the declared bounds"
@@ -666,20 +664,21 @@ class GramStatistic(SecureStatistic):
         return opened
 
     def noisy_checks(self, n: Any, gram: Any) -> list[Any]:
-        """One site's dp inputs as values ≥ 0 when honest: each entry Σzᵢzⱼ of clipped, centred
-        rows within ±n·δᵢⱼ (δ: one row's largest rounded product, `product_sensitivity`), and
-        each Σzᵢ² ≥ 0; the same arithmetic on secure arrays or numpy object arrays."""
+        """A site's dp inputs as values ≥ 0 when honest, along the last axis: each entry Σzᵢzⱼ
+        of clipped, centred rows within ±n·δᵢⱼ (δ: one row's largest rounded product,
+        `product_sensitivity`), and each Σzᵢ² ≥ 0; the same arithmetic on secure arrays (every
+        site's, one row each) or numpy object arrays (this party's own)."""
         pairs = self.dp_entries[1:]
         size, width = len(self.layout.groups), len(pairs)
         bound = np.array(
             [product_sensitivity(self.reach[i], self.reach[j]) for i, j in pairs] * size,
             dtype=object,
         )
-        rows = n[np.repeat(np.arange(size), width)]
+        rows = n[..., np.repeat(np.arange(size), width)]
         checks = [rows * bound - gram, rows * bound + gram]
         squares = [g * width + e for g in range(size) for e, (i, j) in enumerate(pairs) if i == j]
         if squares:
-            checks.append(gram[np.array(squares)])
+            checks.append(gram[..., np.array(squares)])
         return checks
 
     def noisy_check_bits(self) -> int:
