@@ -12,15 +12,17 @@ c_(i,j), d_i ∈ [0, 2**62) (numpy's PCG64 seeded by ρ). Then
 
     Z = Σ_party Σ_(i,j) c·(b² − b) + Σ_party Σ_i d·(x_i − Σ_j 2**j·b_(i,j))
 
-is computed on shares (Σ c·b² is one secure inner product: one resharing for the whole batch)
-and only [Z = 0] is opened. If every bit is 0 or 1 and every x equals its bits, Z = 0. If not,
-Z is a non-zero linear form in the coefficients, chosen after the inputs were fixed, and
-Z = 0 with probability at most 2**-62. A value that passes is an integer in [0, 2**bits)
-(the field is far larger than 2**(bits + 1)), so it was non-negative.
+is computed on each party's shares (Σ c·b² as a sharing of degree 2t, re-randomised by a
+pseudorandom sharing of zero and opened at once: `_is_zero`). If every bit is 0 or 1 and every
+x equals its bits, Z = 0. If not, Z is a non-zero linear form in the coefficients, chosen after
+the inputs were fixed, and Z = 0 with probability at most 2**-62. A value that passes is an
+integer in [0, 2**bits) (the field is far larger than 2**(bits + 1)), so it was non-negative.
 
-Opens: the challenge ρ (random, independent of every input) and one bit.
-Cost per party: N·bits inputs, about 3·N·bits local products and one resharing, against N
-secure comparisons.
+Opens: the challenge ρ (random, independent of every input) and Z, which is 0 in an honest run
+and otherwise a function of the dishonest parties' own inputs only: every honest party's terms
+are exactly 0, and each party's values must be functions of its own inputs (and public
+values), as every caller's are. Cost per party: N·bits inputs, about 3·N·bits local products,
+three rounds (the inputs, the challenge, Z), against N secure comparisons.
 """
 
 from __future__ import annotations
@@ -62,11 +64,39 @@ async def all_in_range(mpc: Any, secint: Any, values: Any, own: np.ndarray, bits
     b = mpc.np_concatenate(site_bits) if parties > 1 else site_bits[0]
     rho = int(await mpc.output(mpc._random(secint)))
     rng = np.random.default_rng(rho % (1 << 128))
-    weights = np.array([1 << j for j in range(bits)], dtype=object)
     c = rng.integers(0, 1 << COEFFICIENT_BITS, parties * size * bits, dtype=np.int64)
     d = rng.integers(0, 1 << COEFFICIENT_BITS, parties * size, dtype=np.int64)
     c, d = c.astype(object), d.astype(object)
-    weighted = b * c
-    decomposed = b.reshape(parties * size, bits) @ weights
-    total = weighted @ b - mpc.np_sum(weighted) + mpc.np_sum((every - decomposed) * d)
-    return bool(await mpc.is_zero_public(total))
+    return await _is_zero(mpc, secint, b, every, c, d, bits)
+
+
+async def _is_zero(
+    mpc: Any, secint: Any, b: Any, every: Any, c: np.ndarray, d: np.ndarray, bits: int
+) -> bool:
+    """[Z = 0] for Z = Σ c·(b² − b) + Σ d·(x − Σ_j 2**j·b_j), opened in one round: Z is
+    computed on this party's shares (the products b² are a sharing of degree 2t, never
+    reshared), re-randomised by a pseudorandom sharing of zero of the same degree (PRSS, as
+    MPyC's own zero test in small fields) and opened at threshold 2t. Z itself is opened, not
+    Z times a random: every honest party's terms are exactly 0, so Z is a function of the
+    inputs of the parties that broke the range (and the public coefficients) alone, and an
+    honest run opens 0. Without PRSS keys: MPyC's `is_zero_public` of the reshared Z."""
+    field = secint.field
+    weights = np.array([1 << j for j in range(bits)], dtype=object)
+    if mpc.options.no_prss:
+        weighted = b * c
+        decomposed = b.reshape(-1, bits) @ weights
+        total = weighted @ b - mpc.np_sum(weighted) + mpc.np_sum((every - decomposed) * d)
+        return bool(await mpc.is_zero_public(total))
+    from mpyc import thresha
+
+    shares = (await mpc.gather(b)).value
+    values = (await mpc.gather(every)).value
+    weighted = shares * c
+    linear = values - shares.reshape(-1, bits) @ weights
+    local = int((weighted * shares).sum()) - int(weighted.sum()) + int((linear * d).sum())
+    m = len(mpc.parties)
+    (zero,) = thresha.pseudorandom_share_zero(
+        field, m, mpc.pid, mpc.prfs(field.order), mpc._prss_uci(), 1
+    )
+    opened = await mpc.output(field(local) + zero, threshold=2 * mpc.threshold)
+    return bool(opened == 0)
