@@ -52,6 +52,7 @@ __all__ = [
     "prelude",
 ]
 
+_POOLED_BITS = MAX_ROWS.bit_length()  # a site's selection counts are below 2**30
 _SCALE = 1_000_000  # ratios travel as integers in millionths (DisclosureRules.vector)
 
 
@@ -128,7 +129,7 @@ async def prelude(mpc: Any, statistic: SecureStatistic, job: PartyJob) -> Applie
 
     - inputs rule, decided first: every site's selection is consistent and within the row
       count it declared for the dataset (`selection_declared`); the other rules' bits are
-      opened multiplied by it, so they show nothing when it fails;
+      computed alongside and opened only when it passed, so they show nothing when it fails;
     - row rule: no selected row at any site breaks the statistic's own row rule (an outcome
       not 0/1, a time off the grid): the pooled number of such rows is 0;
     - subset rule (with `where`): the selection and its complement each hold ≥ subset_min rows;
@@ -137,6 +138,8 @@ async def prelude(mpc: Any, statistic: SecureStatistic, job: PartyJob) -> Applie
     - model rule: the model's parameters ≤ glm_ratio · n.
     """
     from smpc.encoding import KEY_BITS
+    from smpc.protocol import at_least
+    from smpc.soon import soon
 
     rules = await agree_rules(mpc, job, statistic.query.min_count)
     levels = statistic.level_count()
@@ -149,26 +152,46 @@ async def prelude(mpc: Any, statistic: SecureStatistic, job: PartyJob) -> Applie
     secint = mpc.SecInt(KEY_BITS)
     selection = job.summary.selection or [0, 0, 0, 0]
     shares = mpc.input(secint.array(np.array(selection, dtype=object)))
-    inputs = selection_declared(mpc, secint, shares, declared_rows(statistic.schema))
+    inputs = soon(lambda: selection_declared(mpc, secint, shares, selection, statistic.schema))
     rows, selected, entering, broken = functools.reduce(operator.add, shares)
-    bits = [broken < 1]
-    names = ["rows"]
+    # the rows rule is a zero test of the pooled broken rows; every other rule is
+    # [value ≥ bound] on the pooled selection: one vectorised comparison, its bits computed
+    # alongside the inputs' check; nothing is opened unless that check passed
+    values, bounds, names = [], [], []
     if statistic.query.where:
-        bits.append((selected >= rules.subset_min) * (rows - selected >= rules.subset_min))
+        values += [selected, rows - selected]
+        bounds += [rules.subset_min, rules.subset_min]
         names.append("subset")
     if levels > 1:
-        bits.append(entering >= math.ceil(levels / rules.levels_density))
+        values.append(entering)
+        bounds.append(math.ceil(levels / rules.levels_density))
         names.append("levels")
     parameters = statistic.parameters()
     if parameters:
-        bits.append(entering >= math.ceil(parameters / rules.glm_ratio))
+        values.append(entering)
+        bounds.append(math.ceil(parameters / rules.glm_ratio))
         names.append("model")
-    # each rule's bit is opened only as [inputs fine]·bit: a site feeding an inconsistent
-    # selection learns no rule's outcome on it
-    opened = await mpc.output([inputs, *(inputs * bit for bit in bits)])
-    for name, bit in zip(["inputs", *names], opened, strict=True):
-        if not int(bit):
-            raise DisclosureRefused(_REFUSALS[name](statistic, rules), {"rule": name})
+    bits = None
+    if values:
+        # checked pooled counts are below 2**width; a bound beyond it is clamped to it (a
+        # count fails it either way), so |value − bound| ≤ 2**width
+        width = _POOLED_BITS + len(mpc.parties).bit_length()
+        clamped = np.array([min(b, 1 << width) for b in bounds], dtype=object)
+        bits = at_least(mpc, mpc.np_fromlist(values), clamped, width + 1)
+        if "subset" in names:  # the selection and its complement: one rule, both must hold
+            bits = mpc.np_concatenate((bits[:1] * bits[1:2], bits[2:]))
+    if not await inputs:
+        if bits is not None:  # every party ends the comparisons it started, nothing opened
+            await mpc.gather(bits)
+        raise DisclosureRefused(_REFUSALS["inputs"](statistic, rules), {"rule": "inputs"})
+    if not await mpc.is_zero_public(broken):
+        if bits is not None:
+            await mpc.gather(bits)
+        raise DisclosureRefused(_REFUSALS["rows"](statistic, rules), {"rule": "rows"})
+    if bits is not None:
+        for name, bit in zip(names, await mpc.output(bits), strict=True):
+            if not int(bit):
+                raise DisclosureRefused(_REFUSALS[name](statistic, rules), {"rule": name})
     statistic.rules = rules
     return rules
 
@@ -179,17 +202,27 @@ def declared_rows(schema: DatasetSchema) -> int:
     return MAX_ROWS if schema.rows is None else schema.rows
 
 
-def selection_declared(mpc: Any, secint: Any, sites: list[Any], declared: int) -> Any:
-    """The secret bit "every site's `selection` is consistent and within its declared rows":
-    per site 0 ≤ broken ≤ entering ≤ selected ≤ rows ≤ that site's declared row count (each
-    party inputs its own `declared_rows`; nothing is opened here)."""
+async def selection_declared(
+    mpc: Any, secint: Any, sites: list[Any], own: list[int], schema: DatasetSchema
+) -> bool:
+    """Whether every site's `selection` is consistent and within its declared rows: per site
+    0 ≤ broken ≤ entering ≤ selected ≤ rows ≤ that site's declared row count (each party
+    inputs its own `declared_rows`), each difference shown in [0, 2**30) by the bits its site
+    inputs (`smpc.ranges`). Opens the challenge and one bit."""
+    from smpc.ranges import all_in_range
+
+    declared = declared_rows(schema)
     limits = mpc.input(secint(declared))
-    checks = []
-    for site, limit in zip(sites, limits, strict=True):
-        rows, selected, entering, broken = (site[k] for k in range(4))
-        checks += [limit - rows, rows - selected, selected - entering, entering - broken, broken]
-    below = mpc.np_sgn(mpc.np_fromlist(checks), l=MAX_ROWS.bit_length() + 2, LT=True)
-    return mpc.prod([1 - b for b in mpc.np_tolist(below)])
+
+    def differences(limit: Any, rows: Any, selected: Any, entering: Any, broken: Any) -> list[Any]:
+        return [limit - rows, rows - selected, selected - entering, entering - broken, broken]
+
+    values = [
+        mpc.np_fromlist(differences(limit, *(site[k] for k in range(4))))
+        for site, limit in zip(sites, limits, strict=True)
+    ]
+    mine = np.array(differences(declared, *own), dtype=object)
+    return await all_in_range(mpc, secint, values, mine, _POOLED_BITS)
 
 
 def inputs_refusal(name: str, what: str) -> str:
