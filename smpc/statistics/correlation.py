@@ -212,7 +212,10 @@ class Correlation(GramStatistic):
             bits = 2 * co_bits + 1
             # r² ≤ 1 on a Gram matrix (Cauchy–Schwarz), range-tested all the same: a site's
             # matrix is not checked to be one (positive semi-definite), and a ratio beyond
-            # the precision's range is null, never opened
+            # the precision's range is null, never opened. No zero test of C_jj·C_kk: the
+            # pseudo-row's weight is positive, so a column that is not constant (tested
+            # above) has C_jj > 0 on the perturbed matrix too (C_jj is Σ_(a<b) w_a·w_b·
+            # (x_a − x_b)² over the weighted rows)
             ratios += await open_rounded_ratios(
                 mpc,
                 squared,
@@ -220,13 +223,15 @@ class Correlation(GramStatistic):
                 bits,
                 grid=R_SQUARED_GRID_BITS,
                 precision=R_SQUARED_PRECISION,
+                nonzero=True,
             )
             signs = [1 if p else -1 for p in await positive]
         result: list[list[float | None]] = [[None] * k for _ in range(k)]
         for j in range(k):
             result[j][j] = None if ratios[j] is None else 1.0
         for (j, m), r2, sign in zip(pairs, ratios[k:], signs, strict=True):
-            value = None if r2 is None else sign * math.sqrt(float(r2))
+            # a negative r² only from a site's matrix that is no Gram matrix: null
+            value = None if r2 is None or r2 < 0 else sign * math.sqrt(float(r2))
             result[j][m] = result[m][j] = number(value)
         return {"columns": list(self.query.columns), "matrix": result}
 
