@@ -24,12 +24,9 @@ handled once):
 2. each den is normalised: its bits (`_decompose`), the first set bit one-hot (`_leading`),
    moved to the big field (`convert`), gives 2**i with den·2**i in [2**(N−1), 2**N); N is
    the public bit bound;
-3. a reciprocal w ≈ 2**(2P) / top of its top P = 122 bits (`shifted_product`, then five
-   Newton steps from 2.9142 − 2b on [1/2, 1]: relative error 7e-35 before rounding, where
-   2**-110 would do; `Precision` lets a caller with smaller ratios or a coarser unit work
-   with fewer); a product followed by a truncation is opened as a sharing of degree 2t with
-   a pseudorandom zero sharing added, never reshared first (`shifted_product`: one round
-   each, not two);
+3. a reciprocal w ≈ 2**(2P) / top of its top P = 122 bits (`shifted`, then five Newton steps
+   from 2.9142 − 2b on [1/2, 1]: relative error 7e-35 before rounding, where 2**-110 would
+   do; `Precision` lets a caller with smaller ratios or a coarser unit work with fewer);
 4. the quotient y' ≈ (num/den + 2**40)·2**64 (nonnegative in range) from the lifted numerator's
    top bits times w, within t + 2 units (`shifted` errs by less than t + 1);
 5. a range test, opened as one bit per ratio: ⌊y' / 2**105⌋ (approximately) in {0, …, t + 2},
@@ -51,7 +48,6 @@ honest term masks with `mpc.options.sec_param` bits of statistical margin (the m
 use carry circuits with recursive pairing (Brent–Kung): about 3 multiplications per bit in
 2·log₂(bits) rounds, written on this party's shares (`_prefix_generate`, `_prefix_or`,
 `_carry_out_shares`) with one resharing per level instead of MPyC's per-slice coroutines.
-A truncation's two masks are one input (`_shift_masks`).
 Security as everywhere in Tessera: semi-honest parties, an honest majority, statistical
 masking.
 
@@ -164,19 +160,6 @@ def random_below(mpc: Any, stype: Any, shape: tuple[int, ...], bits: int) -> Any
     return total
 
 
-def _shift_masks(
-    mpc: Any, stype: Any, shape: tuple[int, ...], f: int, bits: int
-) -> tuple[Any, Any]:
-    """The masks of `shifted`, in one input: Σ_j σ_j and R = Σ_j (σ_j·2**f + ρ_j) over t + 1
-    parties' draws, σ_j uniform on [0, 2**(bits + k − f)) and ρ_j on [0, 2**f)."""
-    size = int(np.prod(shape))
-    width = bits + mpc.options.sec_param - f
-    high = [secrets.randbits(width) for _ in range(size)]
-    both = np.array(high + [(h << f) + secrets.randbits(f) for h in high], dtype=object)
-    total, _ = _input_sum(mpc, stype, both.reshape(2, *shape))
-    return total[0], total[1]
-
-
 async def shifted(mpc: Any, x: Any, f: int, bits: int) -> Any:
     """x / 2**f for secret 0 ≤ x < 2**bits, with an error in (−1, t + 1): the parties open
     x + R for a secret mask R = Σ_j (σ_j·2**f + ρ_j) of t + 1 parties' inputs, σ_j uniform on
@@ -184,38 +167,12 @@ async def shifted(mpc: Any, x: Any, f: int, bits: int) -> Any:
     stype = type(x).sectype
     if f <= 0:
         return x * (1 << -f)
-    high, mask = _shift_masks(mpc, stype, x.shape, f, bits)
-    opened = await mpc.output(x + mask)
+    k = mpc.options.sec_param
+    high = random_below(mpc, stype, x.shape, bits + k - f)
+    low = random_below(mpc, stype, x.shape, f)
+    opened = await mpc.output(x + high * (1 << f) + low)
     top = np.array([v >> f for v in _ints(opened)], dtype=object)
     return stype.array(top.reshape(x.shape)) - high
-
-
-async def shifted_product(
-    mpc: Any, a: Any, b: Any, f: int, bits: int, plus: Any | None = None
-) -> Any:
-    """`shifted` of the elementwise a·b + plus (0 ≤ a·b + plus < 2**bits; `plus` a secure
-    array or None), one round fewer: the product is never reshared. Each party adds its shares
-    of a and b multiplied (a sharing of degree 2t), of the mask and of a pseudorandom sharing
-    of zero of degree 2t (PRSS), and the parties open a·b + R at threshold 2t (2t < m in an
-    honest majority); the zero sharing makes the opened shares a random sharing of a·b + R, so
-    they show nothing else (as MPyC's own zero test in small fields does). Without PRSS keys:
-    `shifted` of the reshared product."""
-    if f <= 0 or mpc.options.no_prss or 2 * mpc.threshold >= len(mpc.parties):
-        return await shifted(mpc, a * b if plus is None else a * b + plus, f, bits)
-    from mpyc import thresha
-
-    stype = type(a).sectype
-    field = stype.field
-    high, mask = _shift_masks(mpc, stype, a.shape, f, bits)
-    mask = await _shares(mpc, mask if plus is None else mask + plus)
-    product = (await _shares(mpc, a)) * (await _shares(mpc, b))
-    zero = thresha.np_pseudorandom_share_0(
-        field, len(mpc.parties), mpc.pid, mpc.prfs(field.order), mpc._prss_uci(), a.size
-    )
-    local = (product + mask + zero.value.reshape(a.shape)) % field.modulus
-    opened = await mpc.output(field.array(local, check=False), threshold=2 * mpc.threshold)
-    top = np.array([v >> f for v in _ints(opened)], dtype=object)
-    return stype.array(top.reshape(a.shape)) - high
 
 
 async def _masked_low(mpc: Any, x: Any, bits: int, total: int) -> tuple[Any, np.ndarray]:
@@ -498,13 +455,12 @@ async def _scaled_denominators(
 ) -> tuple[Any, Any]:
     """For nonzero denominators below 2**bits: 2**i with den·2**i in [2**(N−1), 2**N), and an
     approximate reciprocal w ≈ 2**(2P) / top with top ≈ den·2**i / 2**(N−P) in [2**(P−1),
-    2**P] (`shifted_product`, then Newton: w ← w·(2 − w·b) from 2.9142 − 2b on b ∈ [1/2, 1])."""
+    2**P] (`shifted`, then Newton: w ← w·(2 − w·b) from 2.9142 − 2b on b ∈ [1/2, 1])."""
     _, scale = await _normalised(mpc, denominators, bits, small)
     p = precision.precision_bits
-    top = await shifted_product(mpc, denominators, scale, bits - p, bits + 1)
+    top = await shifted(mpc, denominators * scale, bits - p, bits + 1)
     w = int(NEWTON_START * (1 << p)) - top * 2
-    w = await _newton(mpc, top, w, p, precision.newton_steps, 4)
-    return scale, w
+    return scale, await _newton(mpc, top, w, p, precision.newton_steps, 4)
 
 
 async def _newton(mpc: Any, top: Any, w: Any, p: int, steps: int, spare: int) -> Any:
@@ -512,7 +468,7 @@ async def _newton(mpc: Any, top: Any, w: Any, p: int, steps: int, spare: int) ->
     2**P) from the start w; w stays below 2**(P + spare − 2)."""
     for _ in range(steps):
         error = (1 << (2 * p + 1)) - w * top  # 2**(2P)·(2 − w·b)
-        w = await shifted_product(mpc, w, error, 2 * p, 3 * p + spare)
+        w = await shifted(mpc, w * error, 2 * p, 3 * p + spare)
     return w
 
 
@@ -548,10 +504,8 @@ async def risk_reciprocals(mpc: Any, risk: Any, bits: int, scale: int) -> tuple[
     positive, several = flags[:size], flags[size:]  # [r ≥ 1], [r ≥ 2]
     normal = risk * power
     top_u = normal * (1 << (p - bits)) + (1 - positive) * (1 << (p - 1))
-    stand_in = (1 - several) * (1 << (3 * bits - 1))  # for r ≤ 1: R²·(R − 2**i) + 2**(3·bits − 1)
-    top_q = await shifted_product(
-        mpc, normal * normal, normal - power, 3 * bits - p, 3 * bits + 1, plus=stand_in
-    )
+    cubed = normal * normal * (normal - power) + (1 - several) * (1 << (3 * bits - 1))
+    top_q = await shifted(mpc, cubed, 3 * bits - p, 3 * bits + 1)
     top = mpc.np_concatenate((top_u, top_q))
     alpha = np.array([int(a * (1 << p)) for a, _ in _STARTS for _ in range(size)], dtype=object)
     beta = np.array([b for _, b in _STARTS for _ in range(size)], dtype=object)
@@ -579,10 +533,10 @@ async def approximate_quotients(
     scale, w = await _scaled_denominators(mpc, denominators, n_bits, small, precision)
     # the numerator lifted to be nonnegative in range, scaled with its denominator's 2**i
     # (the product is below 2**(2N + B + 1))
-    lifted = numerators + denominators[pick] * (1 << lift)
-    top = await shifted_product(mpc, lifted, scale[pick], n_bits - p, 2 * n_bits + lift + 2)
+    lifted = (numerators + denominators[pick] * (1 << lift)) * scale[pick]
+    top = await shifted(mpc, lifted, n_bits - p, 2 * n_bits + lift + 2)
     shift = 2 * p - fine
-    y = await shifted_product(mpc, top, w[pick], shift, n_bits + lift + 2 * p + 4)
+    y = await shifted(mpc, top * w[pick], shift, n_bits + lift + 2 * p + 4)
     coarse = await shifted(mpc, y, wide + 1, n_bits + lift + 2 * p + 4 - shift)
     return y, _product_zero_candidates(coarse, mpc.threshold + 2)
 

@@ -12,10 +12,7 @@ With ``TESSERA_LOW_BITS`` set instead (``{"bits": l, "width": L, "values": [...]
 `smpc.rounded.low_bits` of the values (SecInt(L)) and prints the bits, one list per value.
 With ``TESSERA_RECIPROCALS`` (``{"bits": b, "scale": F, "values": [...]}``) it opens
 `smpc.rounded.risk_reciprocals` of the values (in `smpc.prf.field_type`, as a survival table's
-risk sets) and prints [u, y] as decimal strings, one pair per value. With
-``TESSERA_SHIFTED`` (``{"f": f, "bits": b, "width": L, "triples": [[a, b, plus], ...]}``) it
-opens `smpc.rounded.shifted_product` of the triples (SecInt(L)) and prints the results as
-decimal strings.
+risk sets) and prints [u, y] as decimal strings, one pair per value.
 """
 
 from __future__ import annotations
@@ -35,9 +32,6 @@ def main() -> None:
         return
     if "TESSERA_RECIPROCALS" in os.environ:
         print(json.dumps(mpc.run(reciprocals(json.loads(os.environ["TESSERA_RECIPROCALS"])))))
-        return
-    if "TESSERA_SHIFTED" in os.environ:
-        print(json.dumps(mpc.run(shifted(json.loads(os.environ["TESSERA_SHIFTED"])))))
         return
     task = json.loads(os.environ["TESSERA_RATIOS"])
     bits = int(task["bits"])
@@ -92,26 +86,6 @@ async def reciprocals(task: dict) -> list[list[str]]:
     out = [str(int(v)) for v in np.asarray(opened).ravel()]
     half = len(out) // 2
     return [[a, b] for a, b in zip(out[:half], out[half:], strict=True)]
-
-
-async def shifted(task: dict) -> list[str]:
-    import numpy as np
-    from mpyc.runtime import mpc
-
-    from smpc.rounded import shifted_product
-
-    await mpc.start()
-    stype = mpc.SecInt(int(task["width"]))
-
-    def column(i: int) -> object:
-        return stype.array(np.array([int(t[i]) for t in task["triples"]], dtype=object))
-
-    out = await shifted_product(
-        mpc, column(0), column(1), int(task["f"]), int(task["bits"]), plus=column(2)
-    )
-    opened = await mpc.output(out)
-    await mpc.shutdown()
-    return [str(int(v)) for v in np.asarray(opened).ravel()]
 
 
 if __name__ == "__main__":

@@ -197,27 +197,3 @@ def test_risk_reciprocals_are_within_their_relative_error(parties: int) -> None:
             if abs(got - want) > want * Fraction(1, 2**70) + 1:
                 wrong.append((r, got, float(want)))
     assert not wrong, wrong[:5]
-
-
-@pytest.mark.parametrize("parties", [1, 3, 5])
-def test_a_shifted_product_is_the_product_over_a_power_of_two(parties: int) -> None:
-    """`shifted_product` (the Newton steps' and quotients' truncations, the product opened at
-    threshold 2t without a resharing): ⌊(a·b + plus) / 2**f⌋ within (−1, t + 1), with the
-    whole declared range in use; one party (no PRSS threshold to spare) takes `shifted`."""
-    f, bits, width = 40, 120, 200
-    rng = random.Random(parties)
-    triples = [(0, 0, 0), (1, 1, 0), (2**60 - 1, 2**60 - 1, 0), (3, 5, 2**119 - 16)]
-    for _ in range(12):
-        a = rng.getrandbits(rng.randrange(1, 60))
-        b = rng.getrandbits(rng.randrange(1, 60))
-        triples.append((a, b, rng.getrandbits(rng.randrange(1, 100))))
-    task = {"f": f, "bits": bits, "width": width, "triples": [[str(v) for v in t] for t in triples]}
-    outputs = run_parties(PARTY, {"TESSERA_SHIFTED": json.dumps(task)}, parties, timeout=120)
-    assert all(out == outputs[0] for out in outputs)
-    t = (parties - 1) // 2
-    wrong = [
-        (a, b, c, got)
-        for (a, b, c), got in zip(triples, outputs[0], strict=True)
-        if not -1 < int(got) - Fraction(a * b + c, 2**f) < t + 1
-    ]
-    assert not wrong, wrong[:5]
