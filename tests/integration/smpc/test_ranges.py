@@ -47,6 +47,28 @@ def test_bits_that_do_not_add_up_or_are_not_bits_fail() -> None:
     assert check({"values": VALUES, "bits": 10, "forged": {"0": [1, 1]}}) == [False] * 3
 
 
+def test_a_failed_check_opens_only_the_cheating_partys_own_deviation() -> None:
+    """The check opens a random challenge ρ and Z itself (one round, `smpc.ranges._is_zero`):
+    every honest party's terms are exactly 0, so Z is the cheating party's own deviation. Party
+    1 inputs −5 and the bits of 5; Z must be d·(−5 − 5) for its value's coefficient d drawn
+    from ρ, whatever the honest parties hold (two runs with different honest values)."""
+    bits = 10
+    for honest in (VALUES, [[9, 9, 9, 9], VALUES[1], [100, 200, 300, 400]]):
+        values = [row.copy() for row in honest]
+        values[1] = [-5, 0, 0, 512]
+        task = {"values": values, "bits": bits, "claimed": {"1": [5, 0, 0, 512]}, "record": True}
+        outcomes = check(task)
+        assert all(not o["passed"] for o in outcomes)
+        assert all(o["opened"] == outcomes[0]["opened"] for o in outcomes)
+        rho, z = (int(v) for v in outcomes[0]["opened"])
+        rng = np.random.default_rng(rho % (1 << 128))
+        size = len(values[0])
+        rng.integers(0, 1 << 62, 3 * size * bits, dtype=np.int64)  # the bits' coefficients c
+        d = rng.integers(0, 1 << 62, 3 * size, dtype=np.int64)
+        modulus = int(outcomes[0]["modulus"])
+        assert z % modulus == (-10 * int(d[size])) % modulus
+
+
 def test_one_party_alone() -> None:
     assert check({"values": [[1, 2, 3]], "bits": 2}, parties=1) == [True]
     assert check({"values": [[1, 2, 4]], "bits": 2}, parties=1) == [False]
