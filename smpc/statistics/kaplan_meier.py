@@ -892,7 +892,8 @@ async def _logrank(
     E_a = Σ d·r_a / r and V_ac = Σ d(r − d)·r_a·(δ_ac·r − r_c) / (r²(r − 1)) with the
     reciprocals 2**F / r and 2**F / (r²(r − 1)) from `smpc.rounded.risk_reciprocals`
     (F = `LOGRANK_SCALE`); Z = O − E and V are rounded to 2**-64 and the quadratic form
-    Zᵀ V⁻¹ Z of the first G − 1 groups taken in secure fixed point (`quadratic_form`)."""
+    Zᵀ V⁻¹ Z of the first G − 1 groups taken as one rounded ratio for two groups
+    (`_two_groups`), in secure fixed point for more (`quadratic_form`)."""
     from smpc.rounded import risk_reciprocals
 
     groups = len(compared)
@@ -911,6 +912,8 @@ async def _logrank(
     v_all = _diagonal_fix(mpc, moments, rows, groups)
     size = groups - 1
     width = COUNT_BITS + LOGRANK_SCALE + 4
+    if size == 1:  # two groups: Z²/V as one rounded ratio of exact integers
+        return await _two_groups(mpc, z_all[0], v_all[0, 0], width)
     z_fx = to_fixed(mpc, z_all[:size], LOGRANK_SCALE, width, FRACTION_BITS, FIXED_BITS)
     v_fx = to_fixed(
         mpc, v_all[:size, :size].reshape(-1), LOGRANK_SCALE, width, FRACTION_BITS, FIXED_BITS
@@ -922,6 +925,40 @@ async def _logrank(
     dropped = FIXED_BITS // 2 - OPENED_BITS
     rounded = await mpc.output(mpc.trunc(statistic, f=dropped))
     return math.ldexp(float(rounded), dropped), size
+
+
+async def _two_groups(mpc: Any, z: Any, v: Any, width: int) -> tuple[float, int] | None:
+    """Z²/V of two groups (|Z|, V < 2**width in units of 2**-F, F = `LOGRANK_SCALE`): both
+    truncated to units of 2**-64 (`shifted`, an error below t + 1 units), the bit [V ≥
+    `PIVOT_FLOOR`] opened (`open_nonnegative`; the statistic is null below it, as the general
+    form's pivot rule), then z²/(v·2**64) opened rounded to 25 significant bits inside MPC
+    (`open_rounded_ratios`, in an exact field the integers are moved to): no division in
+    secure fixed point (MPyC's, with a 256-bit fixed point, took most of the protocol)."""
+    from smpc.exact import exact_type
+    from smpc.rounded import (
+        DEFAULT_PRECISION,
+        convert,
+        open_nonnegative,
+        open_rounded_ratios,
+        shifted,
+    )
+
+    drop = LOGRANK_SCALE - FRACTION_BITS
+    top = width - drop + 1  # |z|, v < 2**top in units of 2**-64 (the truncation's error too)
+    offset = 1 << width
+    pair = await shifted(mpc, mpc.np_fromlist([z + offset, v + offset]), drop, width + 1)
+    pair = pair - (offset >> drop)
+    floor = int(PIVOT_FLOOR * 2**FRACTION_BITS)
+    if not (await open_nonnegative(mpc, pair[1:] - floor, top + 1))[0]:
+        return None
+    bits = 2 * top + 1  # z² and v·2**64 (v·2**64 < 2**(top + 64) ≤ 2**bits)
+    stype = exact_type(mpc, DEFAULT_PRECISION.field_bits(bits))
+    lift = 1 << top
+    moved = await convert(mpc, pair + lift, stype, top + 1) - lift
+    (statistic,) = await open_rounded_ratios(
+        mpc, [moved[0] * moved[0]], [moved[1] * (1 << FRACTION_BITS)], bits, nonzero=True
+    )
+    return None if statistic is None else (statistic, 1)
 
 
 def _diagonal_fix(mpc: Any, moments: Any, rows: Any, groups: int) -> Any:
