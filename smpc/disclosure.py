@@ -208,7 +208,8 @@ async def selection_declared(
     """Whether every site's `selection` is consistent and within its declared rows: per site
     0 ≤ broken ≤ entering ≤ selected ≤ rows ≤ that site's declared row count (each party
     inputs its own `declared_rows`), each difference shown in [0, 2**30) by the bits its site
-    inputs (`smpc.ranges`). Opens the challenge and one bit."""
+    inputs (`smpc.ranges`). Opens the challenge and the check value (0 unless a site's
+    selection breaks its declaration)."""
     from smpc.ranges import all_in_range
 
     declared = declared_rows(schema)
