@@ -66,11 +66,13 @@ Protocol (all parties in lock step):
    reciprocals 2^F/r and 2^F/(r²(r − 1)) (F = `LOGRANK_SCALE` = 192) computed for every grid
    point at once (`smpc.rounded.risk_reciprocals`: r's bits and leading one, then Newton's
    iteration; relative error about 2^-74, 0 where r = 0 or r ≤ 1). The observed minus
-   expected events Z and the covariance V are rounded to 2^-64 and the quadratic form
-   Zᵀ V⁻¹ Z of the first G − 1 groups is taken in secure fixed point with 128 fractional bits,
-   by Gaussian elimination with one secure reciprocal per pivot (a pivot below 2^-40 counts
-   as singular: one secret bit, opened). The statistic is rounded to 2^-48 inside MPC before
-   it is opened, so no more of it is revealed than a float carries. No number at risk, no
+   expected events Z and the covariance V are rounded to 2^-64. With two groups the
+   statistic Z²/V is one ratio of exact integers opened rounded to 25 significant bits inside
+   MPC (`smpc.rounded.open_rounded_ratios`; V below 2^-40 counts as singular: one secret bit,
+   opened). With more, the quadratic form Zᵀ V⁻¹ Z of the first G − 1 groups is taken in
+   secure fixed point with 128 fractional bits, by Gaussian elimination with one secure
+   reciprocal per pivot (a pivot below 2^-40 counts as singular), and rounded to 2^-48
+   inside MPC before it is opened. No number at risk, no
    event count and no point where a risk set drops below T is opened to anyone;
 5. the perturbed node sums of every released group (events and censorings over the whole grid)
    and each group's n + p (and the total's, when no group is suppressed) are opened; the curves
@@ -92,8 +94,9 @@ under 0.1 s). Local work is O(rows + G·L). Rows enter only the parties' local c
 Numeric limits: times are whole numbers in [min, max], at most `MAX_GRID` (10 000: 27 years
 of days) grid points; at most 2^32 rows pooled. Counts, times and numbers at risk are exact;
 survival estimates are float64 products (relative error about 1e-15 per step); the log-rank
-statistic is within about 2^-48 of its exact value (plus n·2^-74 from the reciprocals, and
-2^-60 times the condition number of V); the tests see relative errors near 1e-15.
+statistic is within a relative 2^-24 of its exact value with two groups (25 significant
+bits), within about 2^-48 with more (plus n·2^-74 from the reciprocals, and 2^-60 times the
+condition number of V).
 
 Differential privacy (`dp`: {epsilon, delta}). Each row leaves its group's risk set at exactly
 one grid step, as an event or as a censoring, so the per-step event and censoring counts of all
@@ -936,10 +939,10 @@ async def _two_groups(mpc: Any, z: Any, v: Any, width: int) -> tuple[float, int]
     secure fixed point (MPyC's, with a 256-bit fixed point, took most of the protocol)."""
     from smpc.exact import exact_type
     from smpc.rounded import (
-        DEFAULT_PRECISION,
         convert,
         open_nonnegative,
         open_rounded_ratios,
+        ratio_field_bits,
         shifted,
     )
 
@@ -952,7 +955,7 @@ async def _two_groups(mpc: Any, z: Any, v: Any, width: int) -> tuple[float, int]
     if not (await open_nonnegative(mpc, pair[1:] - floor, top + 1))[0]:
         return None
     bits = 2 * top + 1  # z² and v·2**64 (v·2**64 < 2**(top + 64) ≤ 2**bits)
-    stype = exact_type(mpc, DEFAULT_PRECISION.field_bits(bits))
+    stype = exact_type(mpc, ratio_field_bits(bits))
     lift = 1 << top
     moved = await convert(mpc, pair + lift, stype, top + 1) - lift
     (statistic,) = await open_rounded_ratios(
