@@ -93,6 +93,9 @@ class Node(Base):
     api_key_hash: Mapped[str] = mapped_column(String(64))
     agent_version: Mapped[str | None] = mapped_column(String(64))
     policy: Mapped[dict[str, Any] | None] = mapped_column()
+    # the node's long-term certificate, registered at its first hello (`tessera node init`)
+    identity_certificate: Mapped[str | None] = mapped_column(Text)
+    identity_fingerprint: Mapped[str | None] = mapped_column(String(71))
     last_seen_at: Mapped[datetime | None] = mapped_column()
     budget_reported_at: Mapped[datetime | None] = mapped_column()  # its last ledger report
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

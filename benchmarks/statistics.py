@@ -84,7 +84,7 @@ import smpc  # noqa: E402
 from smpc.frames import uneven_shares as split  # noqa: E402
 from smpc.simulation import free_ports  # noqa: E402
 from smpc.statistics import reference_parties  # noqa: E402
-from smpc.tls import PartyTLS, install, new_identity  # noqa: E402
+from smpc.tls import install, local_parties  # noqa: E402
 from tessera.errors import TesseraError  # noqa: E402
 from tessera.schemas import ColumnSpec, DatasetSchema  # noqa: E402
 
@@ -427,8 +427,7 @@ def run_naive(
     inputs = naive_inputs(kind, frames)
     sizes = [len(x) for x in inputs]
     addresses = [f"127.0.0.1:{port}" for port in free_ports(len(frames))]
-    identities = [new_identity(i) for i in range(len(frames))]
-    certificates = [cert for _, cert in identities]
+    material = local_parties(len(frames), "benchmark")
     with tempfile.TemporaryDirectory(prefix="tessera-naive-") as tmp:
         procs = []
         started = time.perf_counter()
@@ -436,7 +435,7 @@ def run_naive(
             folder = Path(tmp) / f"party_{i}"
             folder.mkdir()
             np.save(folder / "rows.npy", rows, allow_pickle=False)
-            install(PartyTLS(key_pem=identities[i][0], certificates=certificates), i, folder)
+            install(material[i], i, folder)
             argv = [sys.executable, str(ROOT / "naive_party.py"), "-I", str(i), "--ssl"]
             argv += ["--no-log", *itertools.chain.from_iterable(["-P", a] for a in addresses)]
             job = {"kind": kind, "data": str(folder / "rows.npy"), "sizes": sizes, "bits": bits}

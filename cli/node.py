@@ -176,3 +176,99 @@ def audit_verify(config: Path = ConfigOption) -> None:
     typer.echo(json.dumps({"path": str(settings.audit_path), **report.to_dict()}))
     if not report.ok:
         raise typer.Exit(1)
+
+
+@app.command("init")
+@reports_errors
+def init(config: Path = ConfigOption) -> None:
+    """Make this node's long-term key (once), in work_dir/identity/; print its fingerprint.
+
+    The key never leaves the node. Read the fingerprint to each peer hospital out of band
+    (phone, signed letter); each of them runs `tessera node trust` with it.
+    """
+    from node_agent.config import NodeSettings
+    from node_agent.identity import NodeIdentity, identity_dir
+    from tessera.fingerprints import grouped
+
+    settings = NodeSettings.load(config)
+    identity = NodeIdentity.create(settings.work_dir, settings.name)
+    typer.echo(f"node {settings.name}: identity made in {identity_dir(settings.work_dir)}")
+    typer.echo(f"fingerprint: {grouped(identity.fingerprint)}")
+
+
+@app.command("fingerprint")
+@reports_errors
+def show_fingerprint(
+    config: Path = ConfigOption,
+    plain: bool = typer.Option(False, "--plain", help="Print it as one word (for scripts)."),
+) -> None:
+    """Print this node's fingerprint (what its peers' stewards must confirm)."""
+    from node_agent.config import NodeSettings
+    from node_agent.identity import NodeIdentity
+    from tessera.fingerprints import grouped
+
+    settings = NodeSettings.load(config)
+    fp = NodeIdentity.load(settings.work_dir, settings.name).fingerprint
+    typer.echo(fp if plain else f"node {settings.name}: {grouped(fp)}")
+
+
+@app.command("trust")
+@reports_errors
+def trust(
+    config: Path = ConfigOption,
+    node: str = typer.Option(..., "--node", help="The peer node's name (as enrolled)."),
+    fingerprint: str = typer.Option(
+        ..., "--fingerprint", help="The peer's fingerprint, as its hospital read it to you."
+    ),
+) -> None:
+    """Compute with a peer node: trust its key (confirmed with its hospital out of band).
+
+    Takes effect at the next query; nothing is sent to the coordinator.
+    """
+    from node_agent.config import NodeSettings
+    from node_agent.identity import TrustedPeers
+    from tessera.errors import InvalidRequest
+    from tessera.fingerprints import grouped
+
+    settings = NodeSettings.load(config)
+    if node == settings.name:
+        raise InvalidRequest(f"{node} is this node: a node does not trust itself as a peer")
+    peers = TrustedPeers(settings.work_dir).trust(node, fingerprint)
+    typer.echo(f"node {settings.name} now computes with {node} ({grouped(peers[node])})")
+
+
+@app.command("distrust")
+@reports_errors
+def distrust(
+    config: Path = ConfigOption,
+    node: str = typer.Option(..., "--node", help="The peer's node name."),
+) -> None:
+    """Stop computing with a peer node (from the next query on)."""
+    from node_agent.config import NodeSettings
+    from node_agent.identity import TrustedPeers
+
+    settings = NodeSettings.load(config)
+    TrustedPeers(settings.work_dir).distrust(node)
+    typer.echo(f"node {settings.name} no longer computes with {node}")
+
+
+@app.command("peers")
+@reports_errors
+def peers(
+    config: Path = ConfigOption,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+) -> None:
+    """The peer nodes this node computes with, and their fingerprints."""
+    from node_agent.config import NodeSettings
+    from node_agent.identity import TrustedPeers
+    from tessera.fingerprints import grouped
+
+    settings = NodeSettings.load(config)
+    trusted = TrustedPeers(settings.work_dir).read()
+    if as_json:
+        typer.echo(json.dumps(trusted, indent=2))
+        return
+    if not trusted:
+        typer.echo("no trusted peers: this node computes with nobody (`tessera node trust`)")
+    for name, fp in trusted.items():
+        typer.echo(f"{name}: {grouped(fp)}")

@@ -21,6 +21,7 @@ from typing import IO, Any
 
 import httpx
 
+from node_agent.identity import NodeIdentity, TrustedPeers
 from tessera.errors import ProtocolFailed
 from tessera.schemas import DatasetSchema
 
@@ -132,6 +133,21 @@ def node_config(spec: NodeSpec, coordinator_url: str, api_key: str, work_dir: Pa
     return "\n".join(lines) + "\n"
 
 
+def introduce(nodes: dict[str, Path]) -> None:
+    """What `tessera node init` and `tessera node trust` do, for nodes on one machine: each
+    node (name → work_dir) gets an identity if it has none, and trusts every other's key."""
+    for name, work_dir in nodes.items():
+        if not NodeIdentity.exists(work_dir):
+            NodeIdentity.create(work_dir, name)
+    keys = {name: NodeIdentity.load(d, name).fingerprint for name, d in nodes.items()}
+    for name, work_dir in nodes.items():
+        trusted = TrustedPeers(work_dir)
+        known = trusted.read()
+        for other, fp in keys.items():
+            if other != name and known.get(other) != fp:
+                trusted.trust(other, fp)
+
+
 @dataclass
 class Process:
     name: str
@@ -225,15 +241,36 @@ class Network:
             time.sleep(0.1)
         raise ProtocolFailed(f"the coordinator did not answer within {timeout:.0f} s")
 
-    def start_node(self, spec: NodeSpec, api_key: str) -> Process:
+    def start_node(self, spec: NodeSpec, api_key: str, *, introduce: bool = True) -> Process:
+        """Write the node's configuration, make its identity on first start (what `tessera
+        node init` does) and, with `introduce`, have it and every node started before trust
+        each other's keys (what the hospitals' stewards do out of band, `tessera node
+        trust`); then start its agent."""
         work_dir = self.root / spec.name
         work_dir.mkdir(exist_ok=True)
         config = work_dir / "node.toml"
         config.write_text(node_config(spec, self.url, api_key, work_dir))
         config.chmod(0o600)
+        if not NodeIdentity.exists(work_dir):
+            NodeIdentity.create(work_dir, spec.name)
+        if introduce:
+            self.introduce(spec.name)
         proc = self._spawn(spec.name, _cli("node", "run", "--config", str(config)), {})
         self.nodes[spec.name] = proc
         return proc
+
+    def fingerprint(self, name: str) -> str:
+        return NodeIdentity.load(self.root / name, name).fingerprint
+
+    def introduce(self, name: str) -> None:
+        """Node `name` and every other node of this network with an identity trust each
+        other (each side's own list: `node_agent.identity.TrustedPeers`)."""
+        nodes = {
+            d.name: d
+            for d in sorted(self.root.iterdir())
+            if d.is_dir() and (d.name == name or NodeIdentity.exists(d))
+        }
+        introduce(nodes)
 
     def stop(self) -> None:
         """SIGTERM every process at once, then wait for each (SIGKILL after 10 s)."""

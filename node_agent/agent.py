@@ -2,7 +2,9 @@
 and run synthesis jobs (`node_agent.synthesis`).
 
 Each task runs in its own thread, so queries can overlap; each gets its own MPC port from the
-node's range and a fresh TLS identity (key and self-signed certificate, `smpc.tls`). What
+node's range and a fresh TLS key with a certificate issued by the node's long-term key
+(`node_agent.identity`, `smpc.tls`); the run goes ahead only with parties whose keys the
+hospital trusts (`node_agent.peers`). What
 leaves the node: its declared schemas and policy summary (at start), its accept/refuse
 decisions (with the reason), the MPC address and certificate of each run, progress notes,
 failure codes, the *opened pooled* result of each protocol, and its privacy ledger (the zCDP
@@ -37,6 +39,8 @@ from node_agent.budget import PrivacyLedger, Spent
 from node_agent.config import NodeSettings
 from node_agent.coordinator_client import AgentStopping, Backoff, CoordinatorClient
 from node_agent.datasets import DatasetCache
+from node_agent.identity import NodeIdentity, TrustedPeers
+from node_agent.peers import check_parties, run_id
 from node_agent.policy import Policy
 from node_agent.ports import PortPool
 from node_agent.synthesis import SynthesisService
@@ -116,6 +120,8 @@ class NodeAgent:
         self.cache = DatasetCache()
         self.ports = PortPool(settings.listen_host, *settings.port_range)
         self.audit: AuditLog | None = None
+        self._identity: NodeIdentity | None = None
+        self.trusted = TrustedPeers(settings.work_dir)
         self.registered = threading.Event()
         self._seen: set[int] = set()
         self._threads: dict[int, threading.Thread] = {}
@@ -137,10 +143,24 @@ class NodeAgent:
         """Load every dataset and check it against its declared schema (rows per dataset)."""
         return {ds.name: len(self.cache.get(ds)) for ds in self.settings.datasets}
 
+    @property
+    def identity(self) -> NodeIdentity:
+        """The node's long-term key (`tessera node init`), loaded once."""
+        if self._identity is None:
+            self._identity = NodeIdentity.load(self.settings.work_dir, self.settings.name)
+        return self._identity
+
     def register(self) -> None:
-        """Say hello (version, policy summary) and register every dataset the policy serves."""
+        """Say hello (version, policy summary, long-term certificate) and register every
+        dataset the policy serves."""
         started = time.perf_counter()
-        self.client.hello(NodeHello(agent_version=__version__, policy=self.policy.summary()))
+        self.client.hello(
+            NodeHello(
+                agent_version=__version__,
+                policy=self.policy.summary(),
+                identity_certificate=self.identity.certificate_pem,
+            )
+        )
         served = [ds for ds in self.settings.datasets if self.policy.serves(ds.name)]
         for ds in served:
             self.client.register_dataset(ds.name, ds.schema_)
@@ -166,6 +186,8 @@ class NodeAgent:
         restore = self._install_signals() if install_signal_handlers else {}
         try:
             self._claim_work_dir()
+            _ = self.identity  # `tessera node init` made it: no run without the node's key
+            self.trusted.read()  # a damaged trust list stops the start, not the first query
             _ = self.row_key_secret  # made at the first start, before any task
             self.audit = AuditLog(self.settings.audit_path)
             self.ledger  # noqa: B018 -- open it now: an unusable ledger stops the start
@@ -575,15 +597,21 @@ class NodeAgent:
 
     def _prepare(self, task: TaskOut, statistic: SecureStatistic) -> _Prepared:
         """Compute the local summary of the checked query (on the cached frame), and make this
-        run's TLS identity (a fresh key; its certificate goes with the acceptance)."""
-        from smpc.tls import new_identity
+        run's TLS identity (a fresh key, its certificate issued by the node's long-term key
+        for this run; the certificate goes with the acceptance)."""
+        from smpc.tls import issue_run_certificate
 
         ds = self.settings.dataset(task.dataset)
         assert ds is not None  # the policy refused unknown datasets
         statistic.key_secret = self.row_key_secret
         frame = self.cache.get(ds)
         summary = statistic.local_summary(frame)
-        key_pem, certificate = new_identity(task.party_id)
+        key_pem, certificate = issue_run_certificate(
+            self.identity.key_pem,
+            self.identity.certificate_pem,
+            task.party_id,
+            run_id(task.query_id),
+        )
         query = statistic.query
         return _Prepared(
             query.to_json(), ds, summary, key_pem, certificate, query.dp, ds.declared(len(frame))
@@ -623,16 +651,17 @@ class NodeAgent:
         if timeout <= 0:
             raise ProtocolFailed("the query's deadline passed before the protocol started")
         parties = sorted(start.parties, key=lambda p: p.party_id)
-        if [p.party_id for p in parties] != list(range(task.n_parties)):
-            raise ProtocolFailed("the coordinator's party list does not match the task")
-        if parties[task.party_id].certificate != prepared.certificate:
-            raise ProtocolFailed("the coordinator relayed another certificate for this node")
-        unsigned = [p.node for p in parties if not p.certificate]
-        if unsigned:
-            raise ProtocolFailed(
-                f"party node(s) {', '.join(unsigned)} sent no TLS certificate; this node runs "
-                "MPC only over mutually authenticated TLS"
-            )
+        check_parties(
+            parties,
+            party_id=task.party_id,
+            n_parties=task.n_parties,
+            own_name=self.settings.name,
+            own_identity=self.identity.certificate_pem,
+            own_certificate=prepared.certificate,
+            trusted=self.trusted.read(),
+            run=run_id(task.query_id),
+            production=self.settings.environment == "production",
+        )
         job = PartyJob(
             query=prepared.query,
             dataset_schema=prepared.schema or prepared.dataset.schema_,
@@ -649,6 +678,8 @@ class NodeAgent:
             tls=PartyTLS(
                 key_pem=prepared.key_pem,
                 certificates=[p.certificate or "" for p in parties],
+                authorities=[p.identity_certificate or "" for p in parties],
+                run_id=run_id(task.query_id),
             ),
         )
         return (self._run_party or run_party)(job)

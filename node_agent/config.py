@@ -313,6 +313,8 @@ class NodeSettings(BaseSettings):
     )
 
     name: str = Field(min_length=1, max_length=64)
+    # "production": the coordinator only over https://, and no loopback peer addresses
+    environment: Literal["local", "production"] = "local"
     coordinator_url: str = Field(pattern=r"^https?://\S+$")
     api_key: SecretStr | None = None
     api_key_file: Path | None = None
@@ -357,6 +359,11 @@ class NodeSettings(BaseSettings):
         if unknown:
             raise ValueError(
                 f"policy.dp_budgets names dataset(s) not declared here: {', '.join(unknown)}"
+            )
+        if self.environment == "production" and not self.coordinator_url.startswith("https://"):
+            raise ValueError(
+                "coordinator_url must be https:// in production (the API key and every task "
+                'travel on it); http:// is for environment = "local" only'
             )
         if self.api_key is None:
             if self.api_key_file is None:

@@ -14,58 +14,25 @@ relays: the coordinator cannot substitute or add a party.
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
 import json
 import os
-import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tessera.errors import ConfigInvalid, InvalidRequest
+from tessera.fingerprints import PATTERN as FINGERPRINT
+from tessera.fingerprints import fingerprint, normalise
 
 KEY_FILE = "node_key.pem"
 CERT_FILE = "node_cert.pem"
 TRUST_FILE = "trusted_peers.json"
-FINGERPRINT = re.compile(r"^sha256:[0-9a-f]{64}$")
 VALID_YEARS = 10
 
 
 def identity_dir(work_dir: Path) -> Path:
     return work_dir / "identity"
-
-
-def fingerprint(certificate_pem: str) -> str:
-    """`sha256:<hex>` of the certificate's public key (SubjectPublicKeyInfo, DER)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-
-    cert = x509.load_pem_x509_certificate(certificate_pem.encode())
-    spki = cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return "sha256:" + hashlib.sha256(spki).hexdigest()
-
-
-def normalise_fingerprint(text: str) -> str:
-    """Accept `sha256:` + hex in either case, with or without `:`/space separators."""
-    body = text.strip().lower().removeprefix("sha256:")
-    body = re.sub(r"[\s:]", "", body)
-    value = f"sha256:{body}"
-    if not FINGERPRINT.match(value):
-        raise InvalidRequest(
-            f"{text!r} is not a node fingerprint (sha256: followed by 64 hex digits, as "
-            "`tessera node fingerprint` prints it)"
-        )
-    return value
-
-
-def grouped(fp: str) -> str:
-    """A fingerprint as people read it aloud: groups of four hex digits."""
-    body = fp.removeprefix("sha256:")
-    return "sha256:" + " ".join(body[i : i + 4] for i in range(0, len(body), 4))
 
 
 @dataclass(frozen=True)
@@ -83,10 +50,7 @@ class NodeIdentity:
     @classmethod
     def create(cls, work_dir: Path, name: str) -> NodeIdentity:
         """Make the identity; refuse if one exists (a new key is a new node to its peers)."""
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.x509.oid import NameOID
+        from smpc.tls import new_authority
 
         folder = identity_dir(work_dir)
         if (folder / KEY_FILE).exists():
@@ -95,40 +59,7 @@ class NodeIdentity:
                 "to replace it, move the folder away and have every peer trust the new one)"
             )
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"Tessera node {name}")])
-        now = dt.datetime.now(dt.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=365 * VALID_YEARS))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .sign(key, hashes.SHA256())
-        )
-        key_pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ).decode()
-        cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+        key_pem, cert_pem = new_authority(f"Tessera node {name}", days=365 * VALID_YEARS)
         _write_private(folder / KEY_FILE, key_pem)
         (folder / CERT_FILE).write_text(cert_pem)
         return cls(name, key_pem, cert_pem)
@@ -224,7 +155,7 @@ class TrustedPeers:
         if not name or len(name) > 64:
             raise InvalidRequest("a peer's node name has 1 to 64 characters")
         peers = self.read()
-        peers[name] = normalise_fingerprint(fp)
+        peers[name] = normalise(fp)
         self._write(peers)
         return peers
 

@@ -5,6 +5,12 @@ addresses, no logging) are placed in `sys.argv` here before that import. The par
 on its own address (MPyC by itself would bind every interface). The outcome is written to
 stdout as one line ``TESSERA-OUTCOME {json}``; failures as ``TESSERA-ERROR {json}`` and exit 1.
 
+With TLS (every run between nodes), the party first checks every party's run certificate
+against that party's node key (`smpc.tls.install`), checks each connection's peer against the
+party id it connects as (`smpc.peers.pin`), and, once connected, that every party holds the
+same run, query, schema and parties (`smpc.peers.agree`): a refusal (code `peer_refused`, or
+`protocol_failed` naming the differing parties) comes before any share is sent.
+
 The process imports its libraries *before* reading the job, so a launcher can start it ahead
 of time and keep it waiting on stdin: the protocol then starts in milliseconds, not 0.4 s.
 """
@@ -40,12 +46,35 @@ CONNECT_PATIENCE_S = 2.0
 
 
 async def _connect_soon(connect: Any, *args: Any, **kwargs: Any) -> Any:
+    """Dial a peer (`_connect_retrying`); stop the run, naming the peer, when its certificate
+    fails verification or when a peer that dialled us was refused (`smpc.peers`)."""
+    import ssl
+
+    from smpc.peers import RefusedPeer, refused
+
+    if refused() is not None:  # a peer that connected to us was refused: stop dialling
+        raise RefusedPeer(refused())
+    try:
+        return await _connect_retrying(connect, *args, **kwargs)
+    except ssl.SSLCertVerificationError as exc:
+        # The peer at that address is not who the run says (MPyC would retry until the
+        # deadline): stop now, naming it.
+        name = kwargs.get("server_hostname") or "a peer"
+        raise RefusedPeer(
+            f"refused {name} at {args[1] if len(args) > 1 else '?'}:"
+            f"{args[2] if len(args) > 2 else '?'}: its certificate {exc.verify_message}"
+        ) from None
+
+
+async def _connect_retrying(connect: Any, *args: Any, **kwargs: Any) -> Any:
     """`loop.create_connection` that tries again every 5 ms for up to 2 s while the peer is not
     listening yet. Parties start within milliseconds of each other, and MPyC's own retry after
     a refused connection sleeps 0.1 s, which every party then waits for: up to a tenth of a
     second on every protocol run, half of a count's latency. A peer still not listening after
     2 s falls back to MPyC's own retries (until the run's deadline)."""
     deadline = time.monotonic() + CONNECT_PATIENCE_S
+    from smpc.peers import RefusedPeer, refused
+
     while True:
         try:
             return await connect(*args, **kwargs)
@@ -53,10 +82,13 @@ async def _connect_soon(connect: Any, *args: Any, **kwargs: Any) -> Any:
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(CONNECT_RETRY_S)
+            if refused() is not None:
+                raise RefusedPeer(refused()) from None
 
 
 async def _run(mpc: Any, job: Any) -> dict[str, Any]:
     from smpc.disclosure import prelude
+    from smpc.peers import agree, pin
     from smpc.statistics import compile_query
     from tessera.errors import DisclosureRefused
 
@@ -65,9 +97,13 @@ async def _run(mpc: Any, job: Any) -> dict[str, Any]:
     loop = mpc._loop
     loop.create_server = functools.partial(loop.create_server, host=host)
     loop.create_connection = functools.partial(_connect_soon, loop.create_connection)
+    if job.tls is not None:
+        pin(mpc, job.tls)
     started = time.perf_counter()
     await mpc.start()
     try:
+        if job.tls is not None:
+            await agree(mpc, job)
         await prelude(mpc, statistic, job)
         opened = await statistic.compute(mpc, job)
     except DisclosureRefused:
@@ -116,6 +152,7 @@ def _timed_out(job: Any, _: BaseException) -> int:
 
 def main() -> int:
     from smpc.job import PartyJob
+    from smpc.peers import RefusedPeer
 
     _preload()
     try:
@@ -129,13 +166,20 @@ def main() -> int:
         if job.tls is not None:
             from smpc.tls import install
 
-            install(job.tls, job.party_id, Path(workspace.name))
+            try:
+                install(job.tls, job.party_id, Path(workspace.name))
+            except ValueError as exc:  # refused before any connection is made
+                raise RefusedPeer(str(exc)) from None
             os.chdir(workspace.name)  # MPyC reads .config/ relative to the working directory
         from mpyc.runtime import mpc
 
         outcome = mpc.run(asyncio.wait_for(_run(mpc, job), timeout=job.timeout_s))
     except (TimeoutError, asyncio.CancelledError) as exc:
         return _timed_out(job, exc)
+    except RefusedPeer as exc:
+        message = f"party {job.party_id}: {exc}"
+        print(ERROR + json.dumps({"code": "peer_refused", "message": message}), flush=True)
+        return 1
     except RuntimeError as exc:
         if "Event loop stopped before Future completed" not in str(exc):
             raise

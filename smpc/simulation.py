@@ -20,7 +20,7 @@ from smpc.frames import infer_schema
 from smpc.job import PartyJob
 from smpc.runner import start_parties, wait_party
 from smpc.statistics import compile_query
-from smpc.tls import PartyTLS, new_identity
+from smpc.tls import local_parties
 from tessera.errors import ProtocolFailed, QueryInvalid
 from tessera.schemas import DatasetSchema, DisclosureRules
 
@@ -101,8 +101,7 @@ def simulate(
         statistic.key_secret = secret
         summaries.append(statistic.local_summary(frame))
     addresses = [("127.0.0.1", port) for port in free_ports(len(parties))]
-    identities = [new_identity(i) for i in range(len(parties))] if tls else []
-    certificates = [cert for _, cert in identities]
+    material = local_parties(len(parties), "simulation") if tls else []
     jobs = [
         PartyJob(
             query=statistic.query.to_json(),
@@ -113,7 +112,7 @@ def simulate(
             min_count_floor=floors[i],
             rules=rules[i],
             timeout_s=timeout_s,
-            tls=PartyTLS(key_pem=identities[i][0], certificates=certificates) if tls else None,
+            tls=material[i] if tls else None,
         )
         for i, (summary, frame) in enumerate(zip(summaries, parties, strict=True))
     ]

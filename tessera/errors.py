@@ -97,6 +97,14 @@ class ProtocolFailed(TesseraError):
     code = "protocol_failed"
 
 
+class PeerRefused(ProtocolFailed):
+    """A node refused a protocol run's party: not a peer its hospital trusts, a certificate its
+    node key did not issue for this run, an address it will not dial, or a peer claiming
+    another party id."""
+
+    code = "peer_refused"
+
+
 class ConfigInvalid(TesseraError):
     """A settings or configuration file that cannot be used."""
 
@@ -125,6 +133,7 @@ ERRORS_BY_CODE: dict[str, type[TesseraError]] = {
         BudgetExceeded,
         TooLarge,
         ProtocolFailed,
+        PeerRefused,
         ConfigInvalid,
         DataInvalid,
     )

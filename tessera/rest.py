@@ -158,6 +158,11 @@ class NodeOut(View):
     organisation_id: int
     agent_version: str | None
     policy: NodePolicySummary | None = Field(description="As the node last published it.")
+    identity_fingerprint: str | None = Field(
+        None,
+        description="The fingerprint of the node's long-term key, as the node registered it "
+        "(`tessera node init` prints it; each hospital trusts its peers' fingerprints itself).",
+    )
     last_seen_at: datetime | None
     created_at: datetime
 

@@ -281,6 +281,12 @@ class NodeHello(Strict):
 
     agent_version: str
     policy: NodePolicySummary = NodePolicySummary()
+    identity_certificate: str | None = Field(
+        None,
+        max_length=8192,
+        description="PEM certificate of the node's long-term key (registered once; a node "
+        "that later shows another is refused until an administrator resets its identity)",
+    )
 
 
 class TaskOut(BaseModel):
@@ -311,7 +317,8 @@ class PartyAddress(BaseModel):
     node: str
     host: str
     port: int
-    certificate: str | None = None
+    certificate: str | None = None  # this run's TLS certificate, issued by the node's key
+    identity_certificate: str | None = None  # the node's long-term certificate (its key)
 
 
 class TaskStart(BaseModel):

@@ -78,6 +78,21 @@ def rotate_node_key(node_id: int, admin: AdminUser, db: SessionDep) -> dict[str,
     return {**network.node_view(node), "api_key": key}
 
 
+@router.post(
+    "/nodes/{node_id}/reset-identity",
+    tags=["nodes"],
+    response_model=NodeOut,
+    responses=errors(401, 403, 404, 422),
+)
+def reset_node_identity(node_id: int, admin: AdminUser, db: SessionDep) -> dict[str, Any]:
+    """Forget the node's registered long-term key: its next start registers the key it shows
+    (after `tessera node init` on a new host). Its peers compute with it again only once their
+    own hospitals trust the new fingerprint."""
+    node = network.reset_identity(db, node_id, f"user:{admin.username}")
+    db.commit()
+    return network.node_view(node)
+
+
 # ---- node agents ----------------------------------------------------------------------------
 
 
@@ -87,10 +102,13 @@ def get_my_node(node: CurrentNode) -> dict[str, Any]:
     return network.node_view(node)
 
 
-@router.post("/nodes/me/hello", tags=["nodes"], response_model=NodeOut, responses=NODE)
+@router.post(
+    "/nodes/me/hello", tags=["nodes"], response_model=NodeOut, responses=errors(401, 403, 409, 422)
+)
 def say_hello(body: NodeHello, node: CurrentNode, db: SessionDep) -> dict[str, Any]:
-    """A node agent starting: its version and the summary of its policy (the coordinator plans
-    with it; the node still decides)."""
+    """A node agent starting: its version, the summary of its policy (the coordinator plans
+    with it; the node still decides) and its long-term certificate (registered at the first
+    hello; another one later is a 409 until an administrator resets the node's identity)."""
     view = network.node_view(network.hello(db, node, body))
     db.commit()
     return view

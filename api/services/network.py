@@ -13,7 +13,8 @@ from api import audit, clock
 from api.models import Dataset, Node, Organisation
 from api.pagination import PageRequest
 from api.security import api_key_matches, new_api_key, split_api_key
-from tessera.errors import Conflict, NotFound, Unauthorized
+from tessera.errors import Conflict, InvalidRequest, NotFound, Unauthorized
+from tessera.fingerprints import fingerprint
 from tessera.schemas import DatasetSchema, NodeHello, NodePolicySummary
 
 SEEN_RESOLUTION = timedelta(seconds=5)
@@ -93,6 +94,7 @@ def node_view(node: Node) -> dict[str, Any]:
         "organisation_id": node.organisation_id,
         "agent_version": node.agent_version,
         "policy": node.policy,
+        "identity_fingerprint": node.identity_fingerprint,
         "last_seen_at": node.last_seen_at,
         "created_at": node.created_at,
     }
@@ -108,7 +110,47 @@ def published_policy(node: Node) -> NodePolicySummary:
         return NodePolicySummary()
 
 
+def _identity(certificate: str) -> str:
+    """The fingerprint of a node's long-term certificate; 422 unless it is a CA certificate
+    with an elliptic-curve key (what `tessera node init` makes)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    try:
+        cert = x509.load_pem_x509_certificate(certificate.encode())
+        ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except (ValueError, x509.ExtensionNotFound):
+        raise InvalidRequest(
+            "identity_certificate is not a node's CA certificate (PEM)",
+            {"errors": [{"loc": ["body", "identity_certificate"], "msg": "invalid"}]},
+        ) from None
+    if not ca or not isinstance(cert.public_key(), ec.EllipticCurvePublicKey):
+        raise InvalidRequest(
+            "identity_certificate is not a node's CA certificate (PEM)",
+            {"errors": [{"loc": ["body", "identity_certificate"], "msg": "invalid"}]},
+        )
+    return fingerprint(certificate)
+
+
 def hello(db: Session, node: Node, message: NodeHello) -> Node:
+    """A node agent starting. Its identity is registered at the first hello that carries one;
+    a later hello with another identity is refused (409) until an administrator resets it:
+    the API key alone cannot swap the key the node's peers see."""
+    identity: dict[str, Any] = {}
+    if message.identity_certificate is not None:
+        fp = _identity(message.identity_certificate)
+        if node.identity_fingerprint is None:
+            node.identity_certificate = message.identity_certificate
+            node.identity_fingerprint = fp
+            identity = {"identity_registered": fp}
+        elif node.identity_fingerprint != fp:
+            raise Conflict(
+                f"node {node.name} is registered with identity {node.identity_fingerprint}, "
+                f"not {fp}; if its key was replaced on purpose, an administrator resets it "
+                f"(POST /nodes/{node.id}/reset-identity) and every peer hospital trusts the "
+                "new fingerprint",
+                {"registered": node.identity_fingerprint, "presented": fp},
+            )
     node.agent_version = message.agent_version
     node.policy = message.policy.model_dump()
     audit.record(
@@ -118,7 +160,19 @@ def hello(db: Session, node: Node, message: NodeHello) -> Node:
         f"node:{node.name}",
         agent_version=message.agent_version,
         policy=node.policy,
+        **identity,
     )
+    return node
+
+
+def reset_identity(db: Session, node_id: int, actor: str) -> Node:
+    """Forget a node's registered identity; its next hello registers the one it shows."""
+    node = db.get(Node, node_id)
+    if node is None:
+        raise NotFound(f"no node {node_id}", {"node_id": node_id})
+    previous = node.identity_fingerprint
+    node.identity_certificate = node.identity_fingerprint = None
+    audit.record(db, actor, "node.identity_reset", f"node:{node.name}", previous=previous)
     return node
 
 

@@ -421,7 +421,7 @@ def start_info(db: Session, node: Node, task_id: int) -> TaskStart:
     if query.status != "running":
         return TaskStart(start=False, status="pending")
     parties = db.execute(
-        select(Task, Node.name)
+        select(Task, Node.name, Node.identity_certificate)
         .join(Node, Node.id == Task.node_id)
         .where(Task.query_id == query.id)
         .order_by(Task.party_id)
@@ -437,8 +437,9 @@ def start_info(db: Session, node: Node, task_id: int) -> TaskStart:
                 host=t.mpc_host or "",
                 port=t.mpc_port or 0,
                 certificate=t.mpc_certificate,
+                identity_certificate=identity,
             )
-            for t, name in parties
+            for t, name, identity in parties
         ],
     )
 

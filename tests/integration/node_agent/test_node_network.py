@@ -30,7 +30,7 @@ import pandas as pd
 import pytest
 import sqlalchemy
 
-from demo.network import Network
+from demo.network import Network, introduce
 from node_agent.config import NodeSettings
 from node_agent.datasets import DatasetCache
 from smpc.statistics import reference_parties
@@ -235,6 +235,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             ("node-d", "csv", 'min_count = 5\nallowed_statistics = ["count"]', cohort(120, 4)),
         ]
         orgs, keys, frames = {}, {}, {}
+        work_dirs: dict[str, Path] = {}
         for name, source, policy, frame in specs:
             org = admin.create_organisation(f"Hospital {name[-1].upper()}")
             orgs[name] = org["id"]
@@ -251,6 +252,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 port=free_port_block(20),
                 log_format="json" if name == "node-c" else "text",
             )
+            work_dirs[name] = root / name / "state"
+            introduce(work_dirs)  # its key, and trust with the nodes before it
             agents[name] = Agent(name, config, root / f"{name}.log")
             agents[name].start()
         for agent in agents.values():

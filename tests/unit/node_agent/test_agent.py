@@ -12,7 +12,11 @@ import pandas as pd
 import pytest
 
 from node_agent.agent import NodeAgent, running
+from node_agent.identity import NodeIdentity, TrustedPeers
+from node_agent.peers import run_id
+from smpc.tls import issue_run_certificate, new_authority
 from tessera.errors import Conflict, ProtocolFailed, TesseraError, Unauthorized
+from tessera.fingerprints import fingerprint
 from tessera.privacy import rho_budget
 from tessera.schemas import (
     BudgetSpent,
@@ -42,6 +46,9 @@ class FakeCoordinator:
         self.report_error: Exception | None = None
         self.on_reconnect = None
         self.lock = threading.Lock()
+        self.identity: str | None = None  # the node's long-term certificate, from its hello
+        # two peers' node keys (trusted by the node under test: see the `node` fixture)
+        self.peer_keys = {i: new_authority(f"Tessera node peer-{i}") for i in (0, 2)}
 
     def _record(self, name: str, *args: Any) -> None:
         with self.lock:
@@ -52,7 +59,22 @@ class FakeCoordinator:
 
     def hello(self, message: Any) -> dict[str, Any]:
         self._record("hello", message)
+        self.identity = message.identity_certificate
         return {}
+
+    def peer(self, party_id: int, query_id: int) -> PartyAddress:
+        """Peer `party_id` as a coordinator relays it: its run certificate issued by its node
+        key for the query's run."""
+        key, authority = self.peer_keys[party_id]
+        _, cert = issue_run_certificate(key, authority, party_id, run_id(query_id))
+        return PartyAddress(
+            party_id=party_id,
+            node=f"peer-{party_id}",
+            host="127.0.0.1",
+            port=30000 + party_id,
+            certificate=cert,
+            identity_certificate=authority,
+        )
 
     def register_dataset(self, name: str, schema: Any) -> None:
         self._record("register_dataset", name)
@@ -92,22 +114,17 @@ class FakeCoordinator:
             return TaskStart(start=False, status="pending")
         mine = self.accepted[task_id]
         peers = [
+            self.peer(0, 5),
             PartyAddress(
-                party_id=i,
-                node=f"peer-{i}",
-                host="127.0.0.1",
-                port=30000 + i,
-                certificate=f"CERT-{i}",
-            )
-            for i in range(3)
+                party_id=1,
+                node="node-a",
+                host=mine.mpc_host,
+                port=mine.mpc_port,
+                certificate=mine.mpc_certificate,
+                identity_certificate=self.identity,
+            ),
+            self.peer(2, 5),
         ]
-        peers[1] = PartyAddress(
-            party_id=1,
-            node="node-a",
-            host=mine.mpc_host,
-            port=mine.mpc_port,
-            certificate=mine.mpc_certificate,
-        )
         return TaskStart(
             start=True,
             status="running",
@@ -173,6 +190,13 @@ def node(configs):  # type: ignore[no-untyped-def]
         settings = configs.settings(text)
         fake = FakeCoordinator()
         agent = NodeAgent(settings, client=fake, run_party=party or FakeParty())  # type: ignore[arg-type]
+        if NodeIdentity.exists(settings.work_dir):  # a second agent on the same folder
+            identity = NodeIdentity.load(settings.work_dir, settings.name)
+        else:
+            identity = NodeIdentity.create(settings.work_dir, settings.name)
+        fake.identity = identity.certificate_pem  # as if it had said hello
+        for i, (_, authority) in fake.peer_keys.items():
+            TrustedPeers(settings.work_dir).trust(f"peer-{i}", fingerprint(authority))
         return agent, fake
 
     return build
@@ -223,7 +247,9 @@ def test_a_task_runs_and_only_the_opened_result_is_sent(node) -> None:
     assert job.min_count_floor == 7
     assert 25 < job.timeout_s <= 30
     assert job.summary.counts == [6]
-    assert job.tls.certificates == ["CERT-0", accepted.mpc_certificate, "CERT-2"]
+    assert job.tls.certificates[1] == accepted.mpc_certificate
+    assert job.tls.authorities[1] == agent.identity.certificate_pem
+    assert job.tls.run_id == "query-5"
     assert "PRIVATE KEY" in job.tls.key_pem
     result = next(args for name, args in fake.calls if name == "result")
     assert result == (
@@ -306,8 +332,8 @@ def test_a_missing_certificate_stops_the_run(node) -> None:
     fake.start = without_certificates  # type: ignore[method-assign]
     agent.handle(make_task())
     name, (_, code, message) = fake.calls[-1]
-    assert (name, code) == ("fail", "protocol_failed")
-    assert "sent no TLS certificate" in message
+    assert (name, code) == ("fail", "peer_refused")
+    assert "party 2 (node peer-2) sent no certificate" in message
 
 
 def test_overlapping_tasks_get_their_own_ports(node) -> None:
