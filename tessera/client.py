@@ -150,6 +150,11 @@ class TesseraClient:
         )
         return self._call("POST", "/studies", rest.StudyOut, json=body)
 
+    def reset_node_identity(self, node_id: int) -> dict[str, Any]:
+        """Forget a node's registered long-term key (its next start registers the one it
+        shows)."""
+        return self._call("POST", f"/nodes/{node_id}/reset-identity", rest.NodeOut)
+
     def rotate_node_key(self, node_id: int) -> dict[str, Any]:
         """A new API key for the node (in the answer's `api_key`); the old one stops working."""
         return self._call("POST", f"/nodes/{node_id}/rotate-key", rest.NodeWithKey)

@@ -150,3 +150,45 @@ def test_help(command, tessera_cli) -> None:
     done = tessera_cli("node", *command, "--help")
     assert done.returncode == 0, done.stderr
     assert "--config" in done.stdout or "Commands" in done.stdout
+
+
+def test_init_fingerprint_trust_peers_and_distrust(configs, tessera_cli) -> None:
+    configs.cohort().to_csv(configs.root / "cohort.csv", index=False)
+    config = str(configs.write(configs.node_toml(configs.dataset())))
+    done = tessera_cli("node", "init", "--config", config)
+    assert done.returncode == 0, done.stderr
+    key = configs.root / "identity" / "node_key.pem"
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert "PRIVATE KEY" not in done.stdout
+    plain = tessera_cli("node", "fingerprint", "--config", config, "--plain").stdout.strip()
+    assert plain.startswith("sha256:") and len(plain) == 71
+    assert plain.removeprefix("sha256:")[:4] in done.stdout  # printed in groups of four
+    again = tessera_cli("node", "init", "--config", config)
+    assert again.returncode == 2 and "already has an identity" in again.stderr
+    assert tessera_cli("node", "peers", "--config", config).stdout.startswith("no trusted peers")
+
+    peer = "SHA256:" + ":".join(["ab12"] * 16)  # as read aloud, in any case and grouping
+    done = tessera_cli(
+        "node", "trust", "--config", config, "--node", "node-b", "--fingerprint", peer
+    )
+    assert done.returncode == 0, done.stderr
+    listed = json.loads(tessera_cli("node", "peers", "--config", config, "--json").stdout)
+    assert listed == {"node-b": "sha256:" + "ab12" * 16}
+    bad = tessera_cli(
+        "node", "trust", "--config", config, "--node", "node-c", "--fingerprint", "ab"
+    )
+    assert bad.returncode == 2 and "is not a node fingerprint" in bad.stderr
+    self_trust = tessera_cli(
+        "node", "trust", "--config", config, "--node", "node-a", "--fingerprint", plain
+    )
+    assert self_trust.returncode == 2 and "is this node" in self_trust.stderr
+    assert tessera_cli("node", "distrust", "--config", config, "--node", "node-b").returncode == 0
+    assert json.loads(tessera_cli("node", "peers", "--config", config, "--json").stdout) == {}
+
+
+def test_an_agent_without_an_identity_does_not_start(configs, tessera_cli) -> None:
+    configs.cohort().to_csv(configs.root / "cohort.csv", index=False)
+    config = str(configs.write(configs.node_toml(configs.dataset())))
+    done = tessera_cli("node", "run", "--config", config)
+    assert done.returncode == 2
+    assert "has no identity" in done.stderr and "tessera node init" in done.stderr

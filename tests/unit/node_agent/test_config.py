@@ -103,6 +103,11 @@ BAD = [
     ('levels = ["F", "M"]', 'levels = ["F", "F"]', "categorical column 'sex' has repeated levels"),
     ('"http://127.0.0.1:8000"', '"ftp://x"', ": coordinator_url: String should match"),
     ('api_key = "key-123"', 'api_key = "key-123"\nspeed = 3', ": speed: unknown key"),
+    (
+        'api_key = "key-123"',
+        'api_key = "key-123"\nenvironment = "production"',
+        "coordinator_url must be https:// in production",
+    ),
     ("[policy]\n", "[policy]\nmin_count = 2.5\n", ": policy.min_count: Input should be a valid"),
     ("[policy]\n", "[policy]\ndp_epsilon_budget = -1\n", ": policy.dp_epsilon_budget: Input"),
     ("[policy]\n", "[policy]\ndp_delta_budget = 1e-6\n", "dp_delta_budget needs dp_epsilon_budget"),
