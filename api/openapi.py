@@ -38,6 +38,7 @@ DESCRIPTIONS = {
     409: "Conflicts with the resource's state (or a privacy budget).",
     413: "The upload is larger than the coordinator accepts.",
     422: "Invalid input: body, query parameters (unknown ones included) or path.",
+    429: "Too many failed logins: wait the `Retry-After` header's seconds.",
     502: "A node or a protocol failed.",
     503: "Not ready.",
 }
