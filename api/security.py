@@ -2,9 +2,9 @@
 
 Passwords: argon2id with explicit parameters (OWASP's 19 MiB, two passes, one lane), so a
 hash costs a known amount of memory; and at most `password_hash_concurrency` hashes are
-computed at once in a process (a bounded semaphore), so N parallel logins hold at most that
-many times 19 MiB, however large N. A hash made with older parameters still verifies and is
-made again at the next successful login (`needs_rehash`).
+computed at once in a process (on that many dedicated threads), so N parallel logins hold at
+most that many times 19 MiB, however large N. A hash made with older parameters still
+verifies and is made again at the next successful login (`needs_rehash`).
 
 Node API keys and refresh tokens are 32 random bytes, so a single SHA-256 is the right hash for
 them (argon2's cost protects low-entropy passwords, not random tokens); they are stored hashed
@@ -19,6 +19,9 @@ import hashlib
 import hmac
 import secrets
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -29,31 +32,38 @@ ARGON2_PARALLELISM = 1
 _hasher = PasswordHasher(
     time_cost=ARGON2_TIME_COST, memory_cost=ARGON2_MEMORY_KIB, parallelism=ARGON2_PARALLELISM
 )
+T = TypeVar("T")
 KEY_PREFIX = "tn_"
 REFRESH_PREFIX = "tr_"
 
 
 class HashGate:
-    """At most `limit` password hashes computed at once in this process; the others wait."""
+    """Password hashes run on `limit` dedicated threads, so at most `limit` run at once and
+    only those threads' allocator arenas ever hold argon2's buffers (a hash on each request
+    thread would leave a 19 MiB buffer cached in every thread's arena); the callers wait."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._slots = threading.BoundedSemaphore(limit)
+        self._pool = ThreadPoolExecutor(max_workers=limit, thread_name_prefix="argon2")
         self._lock = threading.Lock()
         self.active = 0
         self.peak = 0  # the most hashes ever computed at once (tests read it)
 
-    def __enter__(self) -> HashGate:
-        self._slots.acquire()
+    def run(self, work: Callable[..., T], *args: Any) -> T:
+        return self._pool.submit(self._counted, work, *args).result()
+
+    def _counted(self, work: Callable[..., T], *args: Any) -> T:
         with self._lock:
             self.active += 1
             self.peak = max(self.peak, self.active)
-        return self
+        try:
+            return work(*args)
+        finally:
+            with self._lock:
+                self.active -= 1
 
-    def __exit__(self, *exc: object) -> None:
-        with self._lock:
-            self.active -= 1
-        self._slots.release()
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
 
 
 _gate = HashGate(4)
@@ -63,7 +73,8 @@ def set_hash_concurrency(limit: int) -> None:
     """Size the process's gate (the coordinator does at start, from its settings)."""
     global _gate
     if limit != _gate.limit:
-        _gate = HashGate(limit)
+        old, _gate = _gate, HashGate(limit)
+        old.close()
 
 
 def hash_gate() -> HashGate:
@@ -71,8 +82,7 @@ def hash_gate() -> HashGate:
 
 
 def hash_password(password: str) -> str:
-    with _gate:
-        return _hasher.hash(password)
+    return _gate.run(_hasher.hash, password)
 
 
 @functools.cache
@@ -81,12 +91,15 @@ def dummy_hash() -> str:
     return hash_password(secrets.token_urlsafe(16))
 
 
+def _verify(password_hash: str, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
 def verify_password(password_hash: str, password: str) -> bool:
-    with _gate:
-        try:
-            return _hasher.verify(password_hash, password)
-        except (VerificationError, InvalidHashError):
-            return False
+    return _gate.run(_verify, password_hash, password)
 
 
 def needs_rehash(password_hash: str) -> bool:

@@ -18,7 +18,7 @@ import secrets
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api import audit, clock
@@ -167,12 +167,12 @@ def refresh(db: Session, token: str) -> tuple[User, UserSession, str]:
         raise Unauthorized(
             "this refresh token was used before: the session is revoked; log in again"
         )
+    if user.disabled_at is not None:
+        raise Unauthorized("this account is disabled")
     if session.revoked_at is not None:
         raise Unauthorized("this session has ended; log in again")
     if session.expires_at <= now:
         raise Unauthorized("this session has expired; log in again")
-    if user.disabled_at is not None:
-        raise Unauthorized("this account is disabled")
     row.used_at = now
     fresh, hashed = new_refresh_token()
     db.add(RefreshToken(session_id=session.id, token_hash=hashed, created_at=now))
@@ -263,15 +263,18 @@ def set_disabled(db: Session, admin: User | None, user_id: int, disabled: bool) 
 
 def revoke_sessions(db: Session, user: User, reason: str, keep: str | None = None) -> int:
     """Revoke every live session of the user (but `keep`); how many."""
-    stmt = (
-        update(UserSession)
-        .where(UserSession.user_id == user.id, UserSession.revoked_at.is_(None))
-        .values(revoked_at=clock.now(db), revoked_reason=reason)
-        .execution_options(synchronize_session="fetch")
-    )
-    if keep is not None:
-        stmt = stmt.where(UserSession.id != keep)
-    return int(db.execute(stmt).rowcount or 0)  # type: ignore[attr-defined]
+    live = db.scalars(
+        select(UserSession).where(
+            UserSession.user_id == user.id,
+            UserSession.revoked_at.is_(None),
+            UserSession.id != (keep or ""),
+        )
+    ).all()
+    now = clock.now(db)
+    for session in live:
+        _revoke(session, now, reason)
+    db.flush()
+    return len(live)
 
 
 def _revoke(session: UserSession, now: datetime, reason: str) -> None:
