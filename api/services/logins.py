@@ -89,8 +89,8 @@ def _row(db: Session, key: str, now: datetime) -> LoginThrottle:
 def reserve(db: Session, username: str, address: str | None, policy: LoginPolicy) -> None:
     """Count one attempt against the username and the address, and commit; `RateLimited`
     (nothing counted) while either is locked out."""
-    now = clock.now(db)
-    rows = [_row(db, key, now) for key in keys(username, address)]
+    rows = [_row(db, key, clock.now(db)) for key in keys(username, address)]
+    now = clock.now(db)  # read once the rows are ours: no earlier than any lock they hold
     for row in rows:
         if row.locked_until is None and row.last_failure_at < now - timedelta(
             seconds=policy.window_s
