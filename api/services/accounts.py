@@ -18,7 +18,7 @@ import secrets
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from api import audit, clock
@@ -275,6 +275,26 @@ def revoke_sessions(db: Session, user: User, reason: str, keep: str | None = Non
         _revoke(session, now, reason)
     db.flush()
     return len(live)
+
+
+def forget_ended_sessions(db: Session, keep_s: float = 86400.0) -> int:
+    """Delete the sessions (and their refresh tokens) that ended more than `keep_s` ago;
+    returns how many. Their audit events stay."""
+    cutoff = clock.now(db) - timedelta(seconds=keep_s)
+    ended = select(UserSession.id).where(
+        (UserSession.expires_at < cutoff) | (UserSession.revoked_at < cutoff)
+    )
+    db.execute(
+        delete(RefreshToken)
+        .where(RefreshToken.session_id.in_(ended))
+        .execution_options(synchronize_session=False)
+    )
+    result = db.execute(
+        delete(UserSession)
+        .where(UserSession.id.in_(ended))
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 def _revoke(session: UserSession, now: datetime, reason: str) -> None:

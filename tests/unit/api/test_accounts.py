@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from api import security
 from api.clock import FakeClock
-from api.models import AuditEvent, LoginThrottle, User
+from api.models import AuditEvent, LoginThrottle, RefreshToken, User, UserSession
 from api.services import accounts
 from api.services.logins import LoginPolicy
 from api.settings import CoordinatorSettings
@@ -143,6 +143,22 @@ def test_a_session_ends_at_its_lifetime(db: Session, alice: User, clock: FakeClo
     clock.advance(3601)
     with pytest.raises(Unauthorized, match="expired"):
         accounts.refresh(db, token)
+
+
+def test_ended_sessions_are_forgotten_a_day_later(
+    db: Session, alice: User, clock: FakeClock
+) -> None:
+    ended, _ = accounts.start_session(db, alice, 3600)
+    accounts.start_session(db, alice, 60)
+    live, live_refresh = accounts.start_session(db, alice, 10 * 86400)
+    accounts.refresh(db, live_refresh)
+    accounts.logout(db, alice, ended.id)
+    assert accounts.forget_ended_sessions(db) == 0
+    clock.advance(86400 + 61)
+    assert accounts.forget_ended_sessions(db) == 2
+    db.expire_all()
+    assert [s.id for s in db.scalars(select(UserSession))] == [live.id]
+    assert len(db.scalars(select(RefreshToken)).all()) == 2, "the live session's, used and new"
 
 
 def test_logout_ends_the_session_and_only_it(db: Session, alice: User) -> None:
