@@ -304,3 +304,18 @@ def test_security_headers_on_every_answer(coordinator: Coordinator) -> None:
     )
     for src in ("/docs-assets/swagger-ui-bundle.js", "/docs-assets/swagger-ui.css"):
         assert src in docs.text  # what the page loads is same-origin, which its policy allows
+
+
+def test_a_cli_command_renews_its_token_and_logs_out_when_it_ends(
+    coordinator: Coordinator,
+) -> None:
+    from cli.query import connect
+
+    new_user(coordinator, "vic")
+    with connect(coordinator.url, "vic", PASSWORD) as client:
+        refresh_token = client.refresh_token
+        time.sleep(2.5)  # longer than the access token lives
+        assert client.me()["username"] == "vic"
+        latest = client.refresh_token
+        assert latest != refresh_token
+    assert refresh(coordinator, latest).status_code == 401, "the command's session ended"
