@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import Depends, FastAPI
 from sqlalchemy.exc import IntegrityError
@@ -13,14 +14,26 @@ from sqlalchemy.exc import IntegrityError
 from api import errors, openapi
 from api.db import Database
 from api.deps import known_parameters
+from api.middleware import FORM_OVERHEAD, BodyLimit, SecurityHeaders
 from api.migrate import upgrade
 from api.notify import Notifier
 from api.routes import accounts, nodes, operations, studies, synthesis
 from api.scheduler import sweep_forever
+from api.security import set_hash_concurrency
 from api.services.accounts import ensure_admin
 from api.settings import CoordinatorSettings
+from api.tokens import LocalTokens, signing_key
 
 log = logging.getLogger("tessera.coordinator")
+
+
+class Coordinator(FastAPI):
+    """FastAPI whose every answer, a last-resort 500 included, carries the security headers."""
+
+    production: bool = False
+
+    def build_middleware_stack(self) -> Any:
+        return SecurityHeaders(super().build_middleware_stack(), self.production)
 
 
 def create_app(settings: CoordinatorSettings | None = None) -> FastAPI:
@@ -28,6 +41,9 @@ def create_app(settings: CoordinatorSettings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        tokens = LocalTokens(signing_key(settings), settings.token_ttl_s)
+        app.state.tokens, app.state.verifiers = tokens, [tokens]
+        set_hash_concurrency(settings.password_hash_concurrency)
         database = Database(settings.database_url)
         upgrade(database.engine)
         if settings.bootstrap_admin_username and settings.bootstrap_admin_password:
@@ -55,7 +71,7 @@ def create_app(settings: CoordinatorSettings | None = None) -> FastAPI:
                 await sweeper
             database.dispose()
 
-    app = FastAPI(
+    app = Coordinator(
         title="Tessera coordinator",
         version="0.1.0",
         description="Schedules secure multi-party statistics across hospitals; publishes only "
@@ -66,7 +82,13 @@ def create_app(settings: CoordinatorSettings | None = None) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
+    app.production = settings.environment == "production"
     app.state.settings = settings
+    app.add_middleware(
+        BodyLimit,
+        max_body_bytes=settings.max_body_bytes,
+        upload_max_bytes=2 * settings.release_max_bytes + FORM_OVERHEAD,
+    )
     errors.install(app)
     openapi.install(app)
     for module in (operations, accounts, nodes, studies, synthesis):

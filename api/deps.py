@@ -15,9 +15,11 @@ from api.db import Database
 from api.models import Node, User
 from api.notify import Notifier
 from api.pagination import PageRequest, page_request
-from api.security import KEY_PREFIX, read_token
-from api.services import accounts, network
+from api.security import KEY_PREFIX
+from api.services import network
+from api.services.logins import LoginPolicy
 from api.settings import CoordinatorSettings
+from api.tokens import LocalTokens, TokenVerifier, verify
 from tessera.errors import Forbidden, InvalidRequest, Unauthorized
 
 _bearer = HTTPBearer(auto_error=False)
@@ -53,18 +55,53 @@ def _token(credentials: HTTPAuthorizationCredentials | None) -> str:
     return credentials.credentials
 
 
-def current_user(db: SessionDep, settings: SettingsDep, credentials: Credentials) -> User:
+def get_tokens(request: Request) -> LocalTokens:
+    return request.app.state.tokens
+
+
+def get_verifiers(request: Request) -> list[TokenVerifier]:
+    return request.app.state.verifiers
+
+
+def get_login_policy(settings: SettingsDep) -> LoginPolicy:
+    return LoginPolicy.of(settings)
+
+
+def client_address(request: Request) -> str | None:
+    """The client's address as the server sees it (behind a proxy: run uvicorn with
+    `--proxy-headers` and `--forwarded-allow-ips` so that this is the real client)."""
+    return request.client.host if request.client else None
+
+
+TokensDep = Annotated[LocalTokens, Depends(get_tokens)]
+LoginPolicyDep = Annotated[LoginPolicy, Depends(get_login_policy)]
+AddressDep = Annotated[str | None, Depends(client_address)]
+
+
+def current_user(
+    db: SessionDep,
+    credentials: Credentials,
+    verifiers: Annotated[list[TokenVerifier], Depends(get_verifiers)],
+) -> User:
+    """The user of the bearer token: whichever verifier recognises the token decides (the
+    coordinator's own access tokens today; another issuer's can plug in beside them)."""
     token = _token(credentials)
     if token.startswith(KEY_PREFIX):
         raise Forbidden("node API keys cannot use user routes")
-    user = accounts.get_user(db, read_token(token, settings.jwt_secret.get_secret_value()))
-    if user is None:
-        raise Unauthorized("the user of this token no longer exists")
+    user = verify(verifiers, db, token)
     db.commit()  # end the read transaction: long-polls must not hold a connection
     return user
 
 
 CurrentUser = Annotated[User, Depends(current_user)]
+
+
+def current_session_id(_: CurrentUser, tokens: TokensDep, credentials: Credentials) -> str:
+    """The login session of the caller's own access token (`sid`)."""
+    return str(tokens.claims(_token(credentials))["sid"])
+
+
+SessionIdDep = Annotated[str, Depends(current_session_id)]
 
 
 def admin_user(user: CurrentUser) -> User:

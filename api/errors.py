@@ -23,6 +23,7 @@ from tessera.errors import (
     PolicyDenied,
     ProtocolFailed,
     QueryInvalid,
+    RateLimited,
     TesseraError,
     TooLarge,
     Unauthorized,
@@ -45,6 +46,7 @@ STATUS: dict[type[TesseraError], int] = {
     BudgetExceeded: 409,
     DisclosureSuppressed: 409,
     TooLarge: 413,
+    RateLimited: 429,
     ProtocolFailed: 502,
     ConfigInvalid: 500,
     TesseraError: 500,
@@ -66,6 +68,7 @@ _HTTP_CODES = {
     413: "too_large",
     415: "unsupported_media_type",
     422: "invalid_request",
+    429: "rate_limited",
 }
 
 
@@ -83,6 +86,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(TesseraError)
     async def tessera_error(_: Request, exc: TesseraError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+        if isinstance(exc, RateLimited):
+            headers = {"Retry-After": str(exc.details.get("retry_after_s", 1))}
         return JSONResponse(exc.to_dict(), status_code=status_of(exc), headers=headers)
 
     @app.exception_handler(RequestValidationError)

@@ -36,8 +36,9 @@ DESCRIPTIONS = {
     403: "Authenticated but not allowed (role, or a node's published policy).",
     404: "No such resource, or not visible to the caller.",
     409: "Conflicts with the resource's state (or a privacy budget).",
-    413: "The upload is larger than the coordinator accepts.",
+    413: "The request body is larger than the coordinator accepts (1 MiB, or an upload's limit).",
     422: "Invalid input: body, query parameters (unknown ones included) or path.",
+    429: "Too many failed logins: wait the `Retry-After` header's seconds.",
     502: "A node or a protocol failed.",
     503: "Not ready.",
 }
@@ -100,6 +101,7 @@ def install(app: FastAPI) -> None:
             for name, schema in registry_components().items():
                 schemas.setdefault(name, schema)
             _errors_as_json(spec)
+            _body_limit_documented(spec)
             app.openapi_schema = spec
         return app.openapi_schema
 
@@ -144,6 +146,16 @@ def _errors_as_json(spec: dict[str, Any]) -> None:
                 content = response.get("content", {})
                 if status >= "400" and content and "application/json" not in content:
                     response["content"] = {"application/json": next(iter(content.values()))}
+
+
+def _body_limit_documented(spec: dict[str, Any]) -> None:
+    """Every operation that takes a body may answer 413: the body limit (`api.middleware`)
+    stands before every route."""
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    for operations in spec["paths"].values():
+        for operation in operations.values():
+            if "requestBody" in operation and "413" not in operation["responses"]:
+                operation["responses"]["413"] = {"description": DESCRIPTIONS[413], "content": error}
 
 
 _CAMEL = re.compile(r"^[a-z]+(?:[A-Z][a-z0-9]*)*$")

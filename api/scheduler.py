@@ -1,6 +1,6 @@
 """The sweeper: fails queries and synthesis jobs that missed their deadline, every
 `sweep_interval_s`; and, once a minute, forgets the idempotency keys older than
-`idempotency_ttl_s`.
+`idempotency_ttl_s` and the login sessions that ended more than a day ago.
 
 Safe with several coordinator replicas: each overdue query (job) is failed by a conditional
 update in its own transaction (`queries.expire`, `synthesis.expire`), so exactly one replica
@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.db import Database
 from api.notify import Notifier
-from api.services import idempotency, queries, synthesis
+from api.services import accounts, idempotency, queries, synthesis
 
 log = logging.getLogger("tessera.coordinator")
 
@@ -33,6 +33,7 @@ async def sweep_forever(
         try:
             if time.monotonic() - forgotten_at >= FORGET_EVERY_S:
                 await run_in_threadpool(forget_idempotency_keys, database, idempotency_ttl_s)
+                await run_in_threadpool(forget_ended_sessions, database)
                 forgotten_at = time.monotonic()
             for query_id, node_ids in await run_in_threadpool(sweep_once, database):
                 notifier.notify(f"query:{query_id}", *(f"node:{n}" for n in node_ids))
@@ -47,6 +48,12 @@ def forget_idempotency_keys(database: Database, ttl_s: float) -> int:
     """Delete the idempotency keys older than `ttl_s`; returns how many."""
     with database.session() as db:
         return idempotency.forget_older_than(db, ttl_s)
+
+
+def forget_ended_sessions(database: Database) -> int:
+    """Delete the login sessions that ended more than a day ago; returns how many."""
+    with database.session() as db:
+        return accounts.forget_ended_sessions(db)
 
 
 def sweep_once(database: Database) -> list[tuple[int, list[int]]]:

@@ -1,8 +1,15 @@
-"""Credentials: argon2 password hashes, JWT access tokens, node API keys.
+"""Credentials: argon2 password hashes, refresh tokens, node API keys.
 
-Node API keys are 32 random bytes, so a single SHA-256 is the right hash for them (argon2's
-cost protects low-entropy passwords, not random tokens); they are stored hashed and compared in
-constant time. A key reads `tn_<key id>.<secret>`: the id finds the row, the secret proves it.
+Passwords: argon2id with explicit parameters (OWASP's 19 MiB, two passes, one lane), so a
+hash costs a known amount of memory; and at most `password_hash_concurrency` hashes are
+computed at once in a process (on that many dedicated threads), so N parallel logins hold at
+most that many times 19 MiB, however large N. A hash made with older parameters still
+verifies and is made again at the next successful login (`needs_rehash`).
+
+Node API keys and refresh tokens are 32 random bytes, so a single SHA-256 is the right hash for
+them (argon2's cost protects low-entropy passwords, not random tokens); they are stored hashed
+and compared in constant time. A key reads `tn_<key id>.<secret>`: the id finds the row, the
+secret proves it.
 """
 
 from __future__ import annotations
@@ -11,59 +18,109 @@ import functools
 import hashlib
 import hmac
 import secrets
-from datetime import UTC, datetime, timedelta
-from typing import Any
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
-import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from tessera.errors import Unauthorized
-
-_hasher = PasswordHasher()
+ARGON2_MEMORY_KIB = 19 * 1024
+ARGON2_TIME_COST = 2
+ARGON2_PARALLELISM = 1
+_hasher = PasswordHasher(
+    time_cost=ARGON2_TIME_COST, memory_cost=ARGON2_MEMORY_KIB, parallelism=ARGON2_PARALLELISM
+)
+T = TypeVar("T")
 KEY_PREFIX = "tn_"
+REFRESH_PREFIX = "tr_"
+
+
+class HashGate:
+    """Password hashes run on `limit` dedicated threads, so at most `limit` run at once and
+    only those threads' allocator arenas ever hold argon2's buffers (a hash on each request
+    thread would leave a 19 MiB buffer cached in every thread's arena); the callers wait."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._pool = ThreadPoolExecutor(max_workers=limit, thread_name_prefix="argon2")
+        self._lock = threading.Lock()
+        self.active = 0
+        self.peak = 0  # the most hashes ever computed at once (tests read it)
+
+    def run(self, work: Callable[..., T], *args: Any) -> T:
+        return self._pool.submit(self._counted, work, *args).result()
+
+    def _counted(self, work: Callable[..., T], *args: Any) -> T:
+        with self._lock:
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+        try:
+            return work(*args)
+        finally:
+            with self._lock:
+                self.active -= 1
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+
+
+_gate = HashGate(4)
+
+
+def set_hash_concurrency(limit: int) -> None:
+    """Size the process's gate (the coordinator does at start, from its settings)."""
+    global _gate
+    if limit != _gate.limit:
+        old, _gate = _gate, HashGate(limit)
+        old.close()
+
+
+def hash_gate() -> HashGate:
+    return _gate
 
 
 def hash_password(password: str) -> str:
-    return _hasher.hash(password)
+    return _gate.run(_hasher.hash, password)
 
 
 @functools.cache
 def dummy_hash() -> str:
     """A hash to verify against when the user does not exist (same time as a wrong password)."""
-    return _hasher.hash(secrets.token_urlsafe(16))
+    return hash_password(secrets.token_urlsafe(16))
 
 
-def verify_password(password_hash: str, password: str) -> bool:
+def _verify(password_hash: str, password: str) -> bool:
     try:
         return _hasher.verify(password_hash, password)
     except (VerificationError, InvalidHashError):
         return False
 
 
-def issue_token(user_id: int, secret: str, ttl_s: int) -> str:
-    now = datetime.now(UTC)
-    claims = {"sub": str(user_id), "iat": now, "exp": now + timedelta(seconds=ttl_s), "typ": "user"}
-    return jwt.encode(claims, secret, algorithm="HS256")
+def verify_password(password_hash: str, password: str) -> bool:
+    return _gate.run(_verify, password_hash, password)
 
 
-def read_token(token: str, secret: str) -> int:
+def needs_rehash(password_hash: str) -> bool:
+    """Whether a (verified) hash was made with other parameters than today's."""
     try:
-        claims: dict[str, Any] = jwt.decode(token, secret, algorithms=["HS256"])
-    except jwt.ExpiredSignatureError:
-        raise Unauthorized("the access token has expired; log in again") from None
-    except jwt.InvalidTokenError:
-        raise Unauthorized("invalid access token") from None
-    if claims.get("typ") != "user":
-        raise Unauthorized("invalid access token")
-    return int(claims["sub"])
+        return _hasher.check_needs_rehash(password_hash)
+    except InvalidHashError:
+        return True
+
+
+def new_refresh_token() -> tuple[str, str]:
+    """(token to hand out once, hash to store)."""
+    token = REFRESH_PREFIX + secrets.token_urlsafe(32)
+    return token, digest(token)
 
 
 def new_api_key() -> tuple[str, str, str]:
     """(key id, full key to show once, hash to store)."""
     key_id = secrets.token_hex(8)
     secret = secrets.token_urlsafe(32)
-    return key_id, f"{KEY_PREFIX}{key_id}.{secret}", _digest(secret)
+    return key_id, f"{KEY_PREFIX}{key_id}.{secret}", digest(secret)
 
 
 def split_api_key(key: str) -> tuple[str, str] | None:
@@ -74,8 +131,8 @@ def split_api_key(key: str) -> tuple[str, str] | None:
 
 
 def api_key_matches(stored_hash: str, secret: str) -> bool:
-    return hmac.compare_digest(stored_hash, _digest(secret))
+    return hmac.compare_digest(stored_hash, digest(secret))
 
 
-def _digest(secret: str) -> str:
+def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()

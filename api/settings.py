@@ -1,8 +1,14 @@
 """The coordinator's settings: environment variables `TESSERA_*` or a TOML file.
 
 Precedence, lowest first: defaults, the TOML file, environment variables, explicit overrides
-(command-line options). In `production` the development JWT secret, a short one, and a
-placeholder bootstrap administrator password are refused.
+(command-line options).
+
+No signing key is written in the source. The key that signs access tokens is
+`TESSERA_JWT_SECRET` (at least 32 characters), or the contents of `jwt_secret_file`, or else
+(outside production) a random key the coordinator creates on its first start in `data_dir`
+(`jwt-signing.key`, mode 0600) and reads on every later start. In `production` the key must be
+given (several replicas must share one: configuration or a shared file), and a placeholder
+bootstrap administrator password is refused.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDic
 from tessera.errors import ConfigInvalid
 from tessera.settings import ENV_PREFIX, read_toml
 
-DEV_JWT_SECRET = "tessera-local-development-only"
+MIN_JWT_SECRET = 32
 PLACEHOLDER_PASSWORDS = frozenset(
     {"admin", "administrator", "changeme", "change-me", "changethis", "password", "tessera"}
 )
@@ -34,8 +40,24 @@ class CoordinatorSettings(BaseSettings):
 
     environment: Literal["local", "production"] = "local"
     database_url: str = "sqlite:///./tessera.db"
-    jwt_secret: SecretStr = SecretStr(DEV_JWT_SECRET)
-    token_ttl_s: int = Field(3600, gt=0)
+    # the signing key of access tokens; None: `jwt_secret_file`, else one kept in `data_dir`
+    jwt_secret: SecretStr | None = None
+    jwt_secret_file: Path | None = None
+    # where the coordinator keeps its own files; None: the SQLite file's directory, or ./
+    data_dir: Path | None = None
+    token_ttl_s: int = Field(900, gt=0, le=86400)  # access tokens
+    refresh_token_ttl_s: int = Field(12 * 3600, gt=0)  # a login's lifetime, refreshes included
+    # logins: failures before a lockout, per username and per client address; the first
+    # lockout's length (doubling with each further failure, up to the max)
+    login_max_failures: int = Field(5, ge=1)
+    login_max_failures_per_address: int = Field(20, ge=1)
+    login_lockout_s: float = Field(30.0, gt=0)
+    login_lockout_max_s: float = Field(900.0, gt=0)
+    login_failure_window_s: float = Field(3600.0, gt=0)  # failures older than this are forgotten
+    # password hashes verified at once (each argon2 verification holds ~19 MiB)
+    password_hash_concurrency: int = Field(4, ge=1, le=64)
+    # the largest request body, except a node's release upload (release_max_bytes per file)
+    max_body_bytes: int = Field(2**20, gt=0)
     bootstrap_admin_username: str | None = None
     bootstrap_admin_password: SecretStr | None = None
     accept_timeout_s: float = Field(30.0, gt=0)
@@ -60,11 +82,14 @@ class CoordinatorSettings(BaseSettings):
         secret = password.get_secret_value() if password is not None else None
         if secret is not None and len(secret) < 8:
             raise ValueError("the bootstrap admin password needs at least 8 characters")
+        if self.jwt_secret is not None and len(self.jwt_secret.get_secret_value()) < MIN_JWT_SECRET:
+            raise ValueError(f"TESSERA_JWT_SECRET must be at least {MIN_JWT_SECRET} characters")
         if self.environment == "production":
-            if self.jwt_secret.get_secret_value() == DEV_JWT_SECRET:
-                raise ValueError("set TESSERA_JWT_SECRET: the default is for local use only")
-            if len(self.jwt_secret.get_secret_value()) < 32:
-                raise ValueError("TESSERA_JWT_SECRET must be at least 32 characters")
+            if self.jwt_secret is None and self.jwt_secret_file is None:
+                raise ValueError(
+                    "set TESSERA_JWT_SECRET (or TESSERA_JWT_SECRET_FILE, a file every replica "
+                    "shares) in production"
+                )
             if secret is not None and (
                 secret.lower() in PLACEHOLDER_PASSWORDS
                 or secret == self.bootstrap_admin_username
@@ -75,6 +100,15 @@ class CoordinatorSettings(BaseSettings):
                     f"{MIN_PRODUCTION_PASSWORD} characters, not a placeholder) in production"
                 )
         return self
+
+    def resolved_data_dir(self) -> Path:
+        """`data_dir`, or the directory of a SQLite database file, or the working directory."""
+        if self.data_dir is not None:
+            return self.data_dir
+        prefix, _, path = self.database_url.partition(":///")
+        if prefix.startswith("sqlite") and path and not path.startswith(":memory:"):
+            return Path(path).parent
+        return Path(".")
 
     @classmethod
     def load(cls, path: Path | None = None, **overrides: Any) -> CoordinatorSettings:

@@ -110,3 +110,27 @@ def create_study(
             db, name, description, organisation_id, dataset, list(member), ACTOR
         )
         typer.echo(json.dumps(studies.study_view(db, study), default=str, indent=2))
+
+
+@app.command("disable-user")
+@reports_errors
+def disable_user(username: str, config: Path | None = ConfigOption) -> None:
+    """Disable a user: their sessions end at once and they cannot log in."""
+    from api.services import accounts
+
+    with _db(config) as db:
+        user = accounts.set_disabled(db, None, accounts.find_user(db, username).id, True)
+        db.commit()
+        typer.echo(f"disabled user {user.username}")
+
+
+@app.command("enable-user")
+@reports_errors
+def enable_user(username: str, config: Path | None = ConfigOption) -> None:
+    """Enable a disabled user again."""
+    from api.services import accounts
+
+    with _db(config) as db:
+        user = accounts.set_disabled(db, None, accounts.find_user(db, username).id, False)
+        db.commit()
+        typer.echo(f"enabled user {user.username}")

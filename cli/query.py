@@ -5,6 +5,10 @@ its JSON), or dry-run a query to see who would take part and what it would revea
 command logs in with `--coordinator`, `--user` and `--password` (or `TESSERA_COORDINATOR_URL`,
 `TESSERA_USER`, `TESSERA_PASSWORD`; without either, the password is prompted for on a
 terminal). The password is never printed. Every failure is one line on stderr and exit code 2.
+
+No token is kept on disk: each command logs in, holds its access and refresh tokens in memory
+(the client renews the short-lived access token by itself, so a long `--wait` never meets an
+expiry), and logs out when it ends.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import json
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 
@@ -22,7 +26,7 @@ import typer
 from cli.errors import reports_errors
 from cli.simulate import read_json
 from cli.tables import render_budget, render_pairs, render_result
-from tessera.errors import InvalidRequest, NotFound, ProtocolFailed
+from tessera.errors import InvalidRequest, NotFound, ProtocolFailed, TesseraError
 
 app = typer.Typer(
     help="Submit queries to a coordinator, read their results, dry-run them, see the budget.",
@@ -78,6 +82,9 @@ def connect(coordinator: str, user: str, password: str | None) -> Iterator[Any]:
             raise ProtocolFailed(
                 f"the server at {coordinator} did not answer as a Tessera coordinator"
             ) from None
+        finally:
+            with suppress(TesseraError):
+                client.logout()  # the command's session ends with it
     finally:
         client.close()
 

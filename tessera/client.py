@@ -5,11 +5,17 @@ one is an `InvalidRequest` before anything is sent), every answer is checked aga
 (an answer that does not fit is a `ProtocolFailed`), and lists are walked page by page. Methods
 return the answers' JSON (dicts and lists). Errors come back as the `tessera.errors` exception
 the coordinator named, with the HTTP status it came with in `http_status`.
+
+After `login` the client renews its short-lived access token by itself with the refresh
+token: shortly before the access token expires, and once more if a call is answered 401 (the
+call is then sent again). A session lasts until its refresh tokens' end (`refresh_expires_in`
+at login, 12 h by default) or `logout`. Tokens live in this object's memory only.
 """
 
 from __future__ import annotations
 
 import functools
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -18,16 +24,27 @@ import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from tessera import rest
-from tessera.errors import InvalidRequest, ProtocolFailed, error_from_dict
+from tessera.errors import InvalidRequest, ProtocolFailed, Unauthorized, error_from_dict
 from tessera.schemas import SynthesisSpec
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+RENEW_MARGIN = 0.2  # renew when this share of the access token's lifetime is left
+NO_RENEWAL = frozenset({"/auth/token", "/auth/refresh"})
 
 
 class TesseraClient:
-    def __init__(self, base_url: str, token: str | None = None, timeout: float = 40.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        timeout: float = 40.0,
+        refresh_token: str | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = token
+        self.refresh_token = refresh_token
+        self._renew_at: float | None = None  # monotonic time to renew the access token
+        self._renewal = threading.Lock()
         self._http = httpx.Client(base_url=f"{self.base_url}/api/v1", timeout=timeout)
 
     def close(self) -> None:
@@ -67,14 +84,28 @@ class TesseraClient:
             query["cursor"] = body["next_cursor"]
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        renewable = path not in NO_RENEWAL and self.refresh_token is not None
+        if renewable and self._renew_at is not None and time.monotonic() >= self._renew_at:
+            self._renew(self.token)
+        sent_with = self.token
+        response = self._send(method, path, kwargs)
+        if response.status_code == 401 and renewable:
+            self._renew(sent_with)
+            response = self._send(method, path, kwargs)
+        return self._checked_status(response)
+
+    def _send(self, method: str, path: str, kwargs: dict[str, Any]) -> httpx.Response:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        headers.update(kwargs.pop("headers", None) or {})
+        headers.update(kwargs.get("headers") or {})
+        rest_of = {k: v for k, v in kwargs.items() if k != "headers"}
         try:
-            response = self._http.request(method, path, headers=headers, **kwargs)
+            return self._http.request(method, path, headers=headers, **rest_of)
         except httpx.HTTPError as exc:
             raise ProtocolFailed(
                 f"cannot reach the coordinator at {self.base_url}: {exc}"
             ) from None
+
+    def _checked_status(self, response: httpx.Response) -> httpx.Response:
         if response.status_code >= 400:
             try:
                 body = response.json()
@@ -91,7 +122,52 @@ class TesseraClient:
         body = self._call(
             "POST", "/auth/token", rest.Token, data={"username": username, "password": password}
         )
-        self.token = body["access_token"]
+        self._keep(body)
+
+    def _keep(self, body: dict[str, Any]) -> None:
+        self.token, self.refresh_token = body["access_token"], body["refresh_token"]
+        self._renew_at = time.monotonic() + body["expires_in"] * (1 - RENEW_MARGIN)
+
+    def _renew(self, stale: str | None) -> None:
+        """A new access token from the refresh token (once, however many threads ask for it
+        with the same stale token)."""
+        with self._renewal:
+            if self.token != stale or self.refresh_token is None:
+                return  # another thread renewed it meanwhile, or the client logged out
+            try:
+                body = self._call(
+                    "POST", "/auth/refresh", rest.Token, json={"refresh_token": self.refresh_token}
+                )
+            except Unauthorized:
+                self.token = self.refresh_token = self._renew_at = None
+                raise
+            self._keep(body)
+
+    def refresh(self) -> None:
+        """Renew the access token now (the client also does by itself when it is due)."""
+        self._renew(self.token)
+
+    def logout(self) -> None:
+        """End the session at the coordinator: its access and refresh tokens stop working."""
+        if self.token is None:
+            return
+        try:
+            self._call("POST", "/auth/logout", rest.LoggedOut)
+        finally:
+            self.token = self.refresh_token = self._renew_at = None
+
+    def change_password(self, old_password: str, new_password: str) -> dict[str, Any]:
+        """Change your password; your other sessions end (`sessions_revoked`)."""
+        body = _body(rest.PasswordChange, old_password=old_password, new_password=new_password)
+        return self._call("POST", "/users/me/password", rest.PasswordChanged, json=body)
+
+    def disable_user(self, user_id: int) -> dict[str, Any]:
+        """Disable a user (admin): their tokens stop working, they cannot log in."""
+        return self._call("POST", f"/users/{user_id}/disable", rest.UserOut)
+
+    def enable_user(self, user_id: int) -> dict[str, Any]:
+        """Enable a disabled user again (admin)."""
+        return self._call("POST", f"/users/{user_id}/enable", rest.UserOut)
 
     def me(self) -> dict[str, Any]:
         return self._call("GET", "/users/me", rest.UserOut)

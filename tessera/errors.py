@@ -79,6 +79,12 @@ class Forbidden(TesseraError):
     code = "forbidden"
 
 
+class RateLimited(TesseraError):
+    """Too many attempts (failed logins): wait `details["retry_after_s"]` seconds."""
+
+    code = "rate_limited"
+
+
 class BudgetExceeded(Conflict):
     """A differential-privacy query would spend more epsilon or delta than a node has left."""
 
@@ -130,6 +136,7 @@ ERRORS_BY_CODE: dict[str, type[TesseraError]] = {
         Conflict,
         Unauthorized,
         Forbidden,
+        RateLimited,
         BudgetExceeded,
         TooLarge,
         ProtocolFailed,

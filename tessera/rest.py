@@ -106,9 +106,31 @@ class Page(View, Generic[T]):
 
 
 class Token(View):
+    """A short-lived access token and the refresh token that renews it (one use each: the
+    answer to a refresh carries the next one)."""
+
     access_token: str
     token_type: Literal["bearer"]
-    expires_in: int
+    expires_in: int = Field(description="Seconds the access token is valid.")
+    refresh_token: str = Field(description="Exchange it at /auth/refresh for the next pair.")
+    refresh_expires_in: int = Field(description="Seconds until the session ends: log in again.")
+
+
+class RefreshRequest(Body):
+    refresh_token: str = Field(min_length=1, max_length=200)
+
+
+class LoggedOut(View):
+    status: Literal["logged_out"]
+
+
+class PasswordChange(Body):
+    old_password: str = Field(min_length=1, max_length=256)
+    new_password: str = Field(min_length=8, max_length=256)
+
+
+class PasswordChanged(View):
+    sessions_revoked: int = Field(description="Other sessions of the user that were ended.")
 
 
 class NewUser(Body):
@@ -124,6 +146,7 @@ class UserOut(View):
     role: Role
     organisation_id: int | None
     created_at: datetime
+    disabled: bool = False
 
 
 class UserPage(Page[UserOut]):
@@ -508,6 +531,7 @@ __all__ = [
     "ErrorDetails",
     "FieldError",
     "Health",
+    "LoggedOut",
     "MemberRef",
     "NewNode",
     "NewOrganisation",
@@ -520,9 +544,12 @@ __all__ = [
     "OrganisationPage",
     "OrganisationRef",
     "Page",
+    "PasswordChange",
+    "PasswordChanged",
     "QueryOut",
     "QueryPage",
     "Ready",
+    "RefreshRequest",
     "RegisteredDataset",
     "ReleaseOut",
     "ReleasePage",

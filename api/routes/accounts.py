@@ -6,16 +6,33 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, status
 from fastapi.security import OAuth2PasswordRequestForm
+from sqlalchemy.orm import Session
 
-from api.deps import AdminUser, CurrentUser, PageDep, SessionDep, SettingsDep
+from api import clock
+from api.deps import (
+    AddressDep,
+    AdminUser,
+    CurrentUser,
+    LoginPolicyDep,
+    PageDep,
+    SessionDep,
+    SessionIdDep,
+    SettingsDep,
+    TokensDep,
+)
+from api.models import User, UserSession
 from api.openapi import errors
-from api.security import issue_token as sign_token
 from api.services import accounts, network
+from api.tokens import LocalTokens
 from tessera.rest import (
+    LoggedOut,
     NewOrganisation,
     NewUser,
     OrganisationOut,
     OrganisationPage,
+    PasswordChange,
+    PasswordChanged,
+    RefreshRequest,
     Role,
     Token,
     UserOut,
@@ -25,21 +42,78 @@ from tessera.rest import (
 router = APIRouter()
 
 
-@router.post("/auth/token", tags=["auth"], response_model=Token, responses=errors(401, 422))
-def issue_token(
-    form: Annotated[OAuth2PasswordRequestForm, Depends()], db: SessionDep, settings: SettingsDep
+def _token_answer(
+    user: User, session: UserSession, refresh_token: str, tokens: LocalTokens, db: Session
 ) -> dict[str, Any]:
-    """Exchange a username and password (form fields) for a bearer token."""
-    try:
-        user = accounts.authenticate(db, form.username, form.password)
-    finally:
-        db.commit()  # the audit record of a failed login must survive the 401
-    secret = settings.jwt_secret.get_secret_value()
+    left = (session.expires_at - clock.now(db)).total_seconds()
     return {
-        "access_token": sign_token(user.id, secret, settings.token_ttl_s),
+        "access_token": tokens.issue(user.id, session.id),
         "token_type": "bearer",
-        "expires_in": settings.token_ttl_s,
+        "expires_in": tokens.ttl_s,
+        "refresh_token": refresh_token,
+        "refresh_expires_in": max(0, int(left)),
     }
+
+
+@router.post(
+    "/auth/token", tags=["auth"], response_model=Token, responses=errors(401, 403, 422, 429)
+)
+def issue_token(
+    form: Annotated[OAuth2PasswordRequestForm, Depends()],
+    db: SessionDep,
+    settings: SettingsDep,
+    tokens: TokensDep,
+    policy: LoginPolicyDep,
+    address: AddressDep,
+) -> dict[str, Any]:
+    """Exchange a username and password (form fields) for a short-lived access token and a
+    refresh token. Repeated failures lock the username (and the client address) out for a
+    while: 429 with `Retry-After`."""
+    user = accounts.authenticate(db, form.username, form.password, address, policy)
+    session, refresh_token = accounts.start_session(db, user, settings.refresh_token_ttl_s)
+    answer = _token_answer(user, session, refresh_token, tokens, db)
+    db.commit()
+    return answer
+
+
+@router.post("/auth/refresh", tags=["auth"], response_model=Token, responses=errors(401, 422))
+def refresh_token(body: RefreshRequest, db: SessionDep, tokens: TokensDep) -> dict[str, Any]:
+    """Exchange a refresh token for a new access token and the next refresh token (each
+    refresh token works once; using one twice ends its session)."""
+    user, session, fresh = accounts.refresh(db, body.refresh_token)
+    return _token_answer(user, session, fresh, tokens, db)
+
+
+@router.post(
+    "/auth/logout", tags=["auth"], response_model=LoggedOut, responses=errors(401, 403, 422)
+)
+def logout(user: CurrentUser, session_id: SessionIdDep, db: SessionDep) -> dict[str, Any]:
+    """End this login: its access token and its refresh tokens stop working at once."""
+    accounts.logout(db, user, session_id)
+    db.commit()
+    return {"status": "logged_out"}
+
+
+@router.post(
+    "/users/me/password",
+    tags=["users"],
+    response_model=PasswordChanged,
+    responses=errors(401, 403, 422, 429),
+)
+def change_password(
+    body: PasswordChange,
+    user: CurrentUser,
+    session_id: SessionIdDep,
+    db: SessionDep,
+    policy: LoginPolicyDep,
+    address: AddressDep,
+) -> dict[str, Any]:
+    """Change your password (the current one proves it is you); your other sessions end."""
+    revoked = accounts.change_password(
+        db, user, session_id, body.old_password, body.new_password, address, policy
+    )
+    db.commit()
+    return {"sessions_revoked": revoked}
 
 
 @router.get("/users/me", tags=["users"], response_model=UserOut, responses=errors(401, 403, 422))
@@ -79,6 +153,32 @@ def list_users(
     """Every user (admin), a page at a time."""
     users, cursor = accounts.list_users(db, page, role)
     return {"items": [accounts.user_view(u) for u in users], "next_cursor": cursor}
+
+
+@router.post(
+    "/users/{user_id}/disable",
+    tags=["users"],
+    response_model=UserOut,
+    responses=errors(401, 403, 404, 409, 422),
+)
+def disable_user(user_id: int, admin: AdminUser, db: SessionDep) -> dict[str, Any]:
+    """Disable a user (admin): their tokens stop working at once and they cannot log in."""
+    user = accounts.set_disabled(db, admin, user_id, disabled=True)
+    db.commit()
+    return accounts.user_view(user)
+
+
+@router.post(
+    "/users/{user_id}/enable",
+    tags=["users"],
+    response_model=UserOut,
+    responses=errors(401, 403, 404, 422),
+)
+def enable_user(user_id: int, admin: AdminUser, db: SessionDep) -> dict[str, Any]:
+    """Enable a disabled user again (admin); they log in afresh."""
+    user = accounts.set_disabled(db, admin, user_id, disabled=False)
+    db.commit()
+    return accounts.user_view(user)
 
 
 @router.post(

@@ -19,6 +19,7 @@ from api.db import Database
 from api.migrate import upgrade
 from api.models import Base, utcnow
 from api.pagination import PageRequest
+from api.security import hash_password
 from api.services import accounts, network
 from tessera.errors import ConfigInvalid
 
@@ -66,8 +67,11 @@ def test_production_refuses_default_secrets(monkeypatch: pytest.MonkeyPatch) -> 
     )
     assert fine.environment == "production"
     assert SECRET not in repr(fine) and "a long and real password" not in repr(fine)
+    assert CoordinatorSettings.load(jwt_secret_file="/run/secrets/jwt").jwt_secret is None
     monkeypatch.setenv("TESSERA_ENVIRONMENT", "local")
-    assert CoordinatorSettings.load().jwt_secret.get_secret_value()  # the dev default, locally
+    assert CoordinatorSettings.load().jwt_secret is None  # no key in the source: one is made
+    with pytest.raises(ConfigInvalid, match="at least 32 characters"):
+        CoordinatorSettings.load(jwt_secret="short")
     with pytest.raises(ConfigInvalid, match="query_timeout_s"):
         CoordinatorSettings.load(accept_timeout_s=60, query_timeout_s=30)
 
@@ -163,6 +167,18 @@ def add_node_as_of_0003(db: Session, name: str, organisation_id: int) -> None:
     audit.record(db, "test", "node.created", f"node:{name}", organisation_id=organisation_id)
 
 
+def add_user_as_of_0002(db: Session, username: str, password: str) -> None:
+    """A user as the schema of 0002 held it (no `disabled_at` yet)."""
+    db.execute(
+        sqlalchemy.text(
+            "INSERT INTO users (username, password_hash, role, created_at) "
+            "VALUES (:name, :hash, 'researcher', :at)"
+        ),
+        {"name": username, "hash": hash_password(password), "at": utcnow()},
+    )
+    audit.record(db, "test", "user.created", f"user:{username}", role="researcher")
+
+
 def test_upgrading_keeps_the_data_and_the_audit_chain(database_url: str) -> None:
     database = Database(database_url)
     try:
@@ -170,7 +186,7 @@ def test_upgrading_keeps_the_data_and_the_audit_chain(database_url: str) -> None
         with database.session() as db:
             org = network.create_organisation(db, "Hospital A", "test")
             add_node_as_of_0003(db, "node-a", org.id)
-            accounts.create_user(db, "alice", "alice-password", "researcher", actor="test")
+            add_user_as_of_0002(db, "alice", "alice-password")
         upgrade(database.engine)
         with database.session() as db:
             assert verify(db) == {"ok": True, "entries": 3, "first_bad_id": None}

@@ -39,6 +39,8 @@ def tessera(db: Path, *args: str, stdin: str = "", env: dict[str, str] | None = 
         ["admin", "create-organisation"],
         ["admin", "create-node"],
         ["admin", "create-study"],
+        ["admin", "disable-user"],
+        ["admin", "enable-user"],
         ["coordinator"],
         ["coordinator", "serve"],
     ],
@@ -86,6 +88,24 @@ def test_an_operator_sets_up_a_study_from_the_shell(tmp_path: Path) -> None:
         "node.created",
         "study.created",
     ]
+
+
+def test_an_operator_disables_and_enables_a_user(tmp_path: Path) -> None:
+    db = tmp_path / "coordinator.db"
+    made = tessera(db, "admin", "create-user", "rita", "--password-stdin", stdin="rita-password\n")
+    assert made.returncode == 0, made.stderr
+    off = tessera(db, "admin", "disable-user", "rita")
+    assert off.returncode == 0 and off.stdout == "disabled user rita\n", off.stderr
+    on = tessera(db, "admin", "enable-user", "rita")
+    assert on.returncode == 0 and on.stdout == "enabled user rita\n", on.stderr
+    ghost = tessera(db, "admin", "disable-user", "ghost")
+    assert ghost.returncode == 2 and ghost.stderr == "error: no user 'ghost'\n"
+    engine = sqlalchemy.create_engine(f"sqlite:///{db}")
+    with engine.connect() as conn:
+        actions = conn.execute(sqlalchemy.text("SELECT action FROM audit_events")).scalars().all()
+        disabled = conn.execute(sqlalchemy.text("SELECT disabled_at FROM users")).scalar()
+    engine.dispose()
+    assert actions == ["user.created", "user.disabled", "user.enabled"] and disabled is None
 
 
 def test_serve_reports_an_unusable_database_in_one_line(tmp_path: Path) -> None:

@@ -67,8 +67,10 @@ def test_health_is_open_everything_else_needs_auth(setup: Setup) -> None:
 
 def test_tokens_are_signed_and_expire(setup: Setup, coordinator: Coordinator) -> None:
     me = setup.researcher.me()
+    assert setup.researcher.token is not None
+    live = jwt.decode(setup.researcher.token, options={"verify_signature": False})
     now = datetime.now(UTC)
-    claims = {"sub": str(me["id"]), "typ": "user", "iat": now - timedelta(hours=2)}
+    claims = {**live, "iat": now - timedelta(hours=2)}
     expired = jwt.encode(
         {**claims, "exp": now - timedelta(hours=1)}, coordinator.jwt_secret, algorithm="HS256"
     )
@@ -82,6 +84,9 @@ def test_tokens_are_signed_and_expire(setup: Setup, coordinator: Coordinator) ->
         {**claims, "exp": now + timedelta(hours=1)}, coordinator.jwt_secret, algorithm="HS256"
     )
     assert api(setup, "GET", "/users/me", token=valid).json()["username"] == me["username"]
+    without = {k: v for k, v in claims.items() if k != "exp"}
+    no_exp = jwt.encode(without, coordinator.jwt_secret, algorithm="HS256")
+    assert api(setup, "GET", "/users/me", token=no_exp).status_code == 401, "exp is required"
 
 
 def test_login(setup: Setup) -> None:
@@ -101,7 +106,8 @@ def test_login(setup: Setup) -> None:
         "/auth/token",
         data={"username": setup.researcher_name, "password": "rita-password"},
     ).json()
-    assert good["token_type"] == "bearer" and good["expires_in"] == 3600
+    assert good["token_type"] == "bearer" and good["expires_in"] == 900
+    assert good["refresh_token"].startswith("tr_") and good["refresh_expires_in"] > 3600
     assert jwt.decode(good["access_token"], options={"verify_signature": False})["sub"] == str(
         setup.researcher.me()["id"]
     )
@@ -420,7 +426,9 @@ def test_the_audit_chain_verifies_and_detects_tampering(
     expected = {"user.created", "node.created", "dataset.registered", "study.created"}
     assert expected | {"query.submitted", "login", "login.failed", "node.hello"} <= actions
     failed = [e for e in events if e["action"] == "login.failed"][-1]
-    assert failed["subject"] == f"user:{setup.researcher_name}" and failed["details"] == {}
+    assert failed["subject"] == f"user:{setup.researcher_name}" and failed["details"] == {
+        "address": "127.0.0.1"
+    }
     assert "not-the-password" not in str(events)
     first = setup.admin.audit_page(limit=1)
     assert [e["id"] for e in first["items"]] == [events[0]["id"]] and first["next_cursor"]
