@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from fastapi import Depends, FastAPI
 from sqlalchemy.exc import IntegrityError
 
-from api import errors, openapi
+from api import audit, errors, openapi
 from api.db import Database
 from api.deps import known_parameters
 from api.migrate import upgrade
@@ -19,6 +19,7 @@ from api.routes import accounts, nodes, operations, studies, synthesis
 from api.scheduler import sweep_forever
 from api.services.accounts import ensure_admin
 from api.settings import CoordinatorSettings
+from api.signing import CoordinatorKey
 
 log = logging.getLogger("tessera.coordinator")
 
@@ -28,8 +29,11 @@ def create_app(settings: CoordinatorSettings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        database = Database(settings.database_url)
+        signer = CoordinatorKey.for_settings(settings.signing_key_file, settings.database_url)
+        database = Database(settings.database_url, signer=signer)
         upgrade(database.engine)
+        with database.session() as db:
+            audit.seal_legacy(db)
         if settings.bootstrap_admin_username and settings.bootstrap_admin_password:
             try:
                 with database.session() as db:
@@ -46,7 +50,11 @@ def create_app(settings: CoordinatorSettings | None = None) -> FastAPI:
         sweeper = asyncio.create_task(
             sweep_forever(database, notifier, settings.sweep_interval_s, settings.idempotency_ttl_s)
         )
-        log.info("coordinator ready (database: %s)", database.engine.url.render_as_string())
+        log.info(
+            "coordinator ready (database: %s; signing key %s)",
+            database.engine.url.render_as_string(),
+            signer.fingerprint,
+        )
         try:
             yield
         finally:
