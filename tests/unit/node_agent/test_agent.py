@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from api.signing import CoordinatorKey
 from node_agent.agent import NodeAgent, running
 from tessera.errors import Conflict, ProtocolFailed, TesseraError, Unauthorized
 from tessera.privacy import rho_budget
@@ -25,11 +26,18 @@ from tessera.schemas import (
     TaskStart,
 )
 
+COORDINATOR_KEY = CoordinatorKey.generate()  # signs the tasks of `make_task`
+
 
 class FakeCoordinator:
     """Plays the coordinator's node API in memory and records every call the agent makes."""
 
     base_url = "http://coordinator.test"
+    audit_head = None
+    key = COORDINATOR_KEY
+
+    def coordinator_key(self) -> str:
+        return self.key.public_pem
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
@@ -65,7 +73,7 @@ class FakeCoordinator:
     def budget_reports(self) -> list[Any]:
         return [args[0] for name, args in self.calls if name == "report_budget"]
 
-    def tasks(self, wait: float) -> list[TaskOut]:
+    def tasks(self, wait: float, audit_head: Any = None) -> list[TaskOut]:
         if self.poll_error is not None:
             raise self.poll_error
         with self.lock:
@@ -150,8 +158,11 @@ class FakeParty:
         return PartyOutcome(result={"count": 42, "n": 42}, min_count_applied=7, seconds=0.25)
 
 
-def make_task(task_id: int = 11, query: dict[str, Any] | None = None) -> TaskOut:
-    return TaskOut(
+def make_task(
+    task_id: int = 11, query: dict[str, Any] | None = None, key: CoordinatorKey | None = None
+) -> TaskOut:
+    """A task as the coordinator sends it: signed by `key` (the fake coordinator's)."""
+    task = TaskOut(
         id=task_id,
         query_id=5,
         study_id=9,
@@ -160,7 +171,19 @@ def make_task(task_id: int = 11, query: dict[str, Any] | None = None) -> TaskOut
         dataset="cohort",
         query={"dataset": "cohort", **(query or {"statistic": "count"})},
         deadline=datetime.now(UTC) + timedelta(seconds=30),
+        researcher_id=3,
+        researcher="rita",
+        submitted_at=datetime.now(UTC),
     )
+    task.signature = (key or COORDINATOR_KEY).sign_statement(task.statement())
+    return task
+
+
+def changed(task: TaskOut, update: dict[str, Any]) -> TaskOut:
+    """The task with other fields, as the coordinator would have signed it."""
+    other = task.model_copy(update=update)
+    other.signature = COORDINATOR_KEY.sign_statement(other.statement())
+    return other
 
 
 @pytest.fixture
@@ -508,7 +531,7 @@ def test_an_over_budget_dp_task_is_refused_naming_what_is_left(node) -> None:
 def test_a_study_has_its_own_allocation_of_the_dataset_total(node) -> None:
     agent, fake = node(policy="dp_epsilon_budget = 1.0\ndp_epsilon_total = 1.5")
     agent.handle(dp_task(11, 0.7))  # 0.7 of the study's 1 (basic composition)
-    other_study = dp_task(12, 0.7).model_copy(update={"study_id": 10})
+    other_study = changed(dp_task(12, 0.7), {"study_id": 10})
     agent.handle(other_study)  # 1.4 of the total's 1.5
     assert fake.names().count("result") == 2 and "reject" not in fake.names()
     agent.handle(dp_task(13, 0.31))  # over study 9's allocation (and the total)
@@ -522,9 +545,9 @@ def test_the_dataset_total_caps_every_study_and_the_refusal_says_so(node) -> Non
     with running(agent):
         fake.queue.append(dp_task(11, 0.7))
         wait_for(lambda: fake.names().count("result") == 1)
-        fake.queue.append(dp_task(12, 0.7).model_copy(update={"study_id": 10}))
+        fake.queue.append(changed(dp_task(12, 0.7), {"study_id": 10}))
         wait_for(lambda: fake.names().count("result") == 2)
-        fake.queue.append(dp_task(13, 0.2).model_copy(update={"study_id": 11}))
+        fake.queue.append(changed(dp_task(13, 0.2), {"study_id": 11}))
         wait_for(lambda: "reject" in fake.names())
     charges = [
         e
@@ -569,7 +592,7 @@ def test_a_dp_query_is_refused_where_no_budget_is_set(node) -> None:
 
 def test_a_dp_task_without_its_study_is_refused(node) -> None:
     agent, fake = node(policy="dp_epsilon_budget = 1.0")
-    agent.handle(dp_task(11, 0.1).model_copy(update={"study_id": None}))
+    agent.handle(changed(dp_task(11, 0.1), {"study_id": None}))
     [(name, (_, reason))] = fake.calls
     assert (name, reason) == (
         "reject",
