@@ -57,7 +57,9 @@ def test_operator_bootstraps_a_coordinator(tmp_path: Path) -> None:
 
     verified = tessera(db, "audit", "verify")
     assert verified.returncode == 0, verified.stderr
-    assert json.loads(verified.stdout) == {"ok": True, "entries": 3, "first_bad_id": None}
+    report = json.loads(verified.stdout)
+    assert (report["ok"], report["entries"], report["first_bad_id"]) == (True, 3, None)
+    assert report["signed"] == 3 and report["legacy_unsigned"] == 0
 
     with engine.begin() as conn:
         conn.execute(sqlalchemy.text("DELETE FROM audit_events WHERE id = 2"))

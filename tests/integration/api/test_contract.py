@@ -52,6 +52,7 @@ def test_health_is_open_everything_else_needs_auth(setup: Setup) -> None:
         ("GET", "/metrics"),
         ("GET", "/audit"),
         ("GET", "/audit/verify"),
+        ("GET", "/audit/node-heads"),
         ("GET", "/nodes/me/tasks"),
         ("GET", "/queries/1"),
         ("POST", f"/studies/{setup.study_id}/queries"),

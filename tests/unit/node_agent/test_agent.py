@@ -13,7 +13,9 @@ import pytest
 
 from api.signing import CoordinatorKey
 from node_agent.agent import NodeAgent, running
-from tessera.errors import Conflict, ProtocolFailed, TesseraError, Unauthorized
+from node_agent.audit_log import AuditLog, verify
+from node_agent.identity import verify_signature
+from tessera.errors import ConfigInvalid, Conflict, ProtocolFailed, TesseraError, Unauthorized
 from tessera.privacy import rho_budget
 from tessera.schemas import (
     BudgetSpent,
@@ -617,3 +619,128 @@ def test_a_budget_report_the_coordinator_refuses_does_not_stop_the_node(node, ca
         wait_for(lambda: "result" in fake.names())
     assert fake.names().count("report_budget") == 1 and "result" in fake.names()
     assert "could not report the privacy ledger: coordinator answered 404" in caplog.text
+
+
+# ---- signed tasks, the pinned coordinator key, the cross-anchors -------------------------------
+
+
+def _refusal(fake: FakeCoordinator) -> str:
+    [(name, (_, reason))] = fake.calls
+    assert name == "reject"
+    return str(reason)
+
+
+def test_a_task_with_a_tampered_query_is_refused_and_audited(node) -> None:
+    """A coordinator double (or anyone on the path) that alters a signed task's query."""
+    agent, fake = node()
+    agent.audit = AuditLog(agent.settings.audit_path, agent.identity)
+    task = make_task()
+    tampered = task.model_copy(update={"query": {**task.query, "statistic": "sum"}})
+    tampered.query["column"] = "weight"
+
+    agent.handle(tampered)
+
+    assert "not the pinned coordinator key's" in _refusal(fake)
+    assert audit_actions(agent) == [("task.received", "received"), ("task.refused", "refused")]
+
+
+def test_a_task_signed_by_another_key_is_refused(node) -> None:
+    agent, fake = node()
+    agent.handle(make_task(key=CoordinatorKey.generate()))
+    assert "not the pinned coordinator key's" in _refusal(fake)
+
+
+def test_an_unsigned_task_is_refused(node) -> None:
+    agent, fake = node()
+    agent.handle(make_task().model_copy(update={"signature": None}))
+    assert _refusal(fake).startswith("the task carries no coordinator signature")
+
+
+def test_a_signed_task_runs_and_its_statement_and_researcher_are_audited(node) -> None:
+    from tessera.signing import statement_hash
+
+    agent, fake = node()
+    agent.audit = AuditLog(agent.settings.audit_path, agent.identity)
+    task = make_task()
+    agent.handle(task)
+    assert "result" in fake.names()
+    received = json.loads(agent.settings.audit_path.read_text().splitlines()[0])
+    assert received["action"] == "task.received"
+    assert received["statement_hash"] == statement_hash(task.statement())
+    assert (received["researcher"], received["researcher_id"]) == ("rita", 3)
+    assert verify(agent.settings.audit_path, agent.identity.certificate_pem).signed == len(
+        agent.settings.audit_path.read_text().splitlines()
+    )
+
+
+def test_the_coordinator_key_is_trusted_on_first_use_and_a_change_is_refused(node) -> None:
+    from node_agent.coordinator_key import pinned_path
+
+    agent, fake = node()
+    agent.pin_coordinator_key()
+    assert pinned_path(agent.settings.work_dir).read_text() == COORDINATOR_KEY.public_pem
+    fake.key = CoordinatorKey.generate()
+    with pytest.raises(ConfigInvalid, match="signing key changed"):
+        agent.pin_coordinator_key()
+    with pytest.raises(ConfigInvalid, match="signing key changed"), running(agent):
+        pass  # registration refuses it: the agent does not start
+
+
+def test_a_configured_coordinator_key_must_match(node) -> None:
+    agent, _ = node(top=f'coordinator_key = "{CoordinatorKey.generate().fingerprint}"')
+    with pytest.raises(ConfigInvalid, match="not the configured coordinator_key"):
+        agent.pin_coordinator_key()
+    good, _ = node(top=f'coordinator_key = "{COORDINATOR_KEY.fingerprint.upper()}"')
+    assert good.pin_coordinator_key() == COORDINATOR_KEY.public_pem
+
+
+def test_the_coordinator_head_is_recorded_when_it_changes_only(node) -> None:
+    from tessera.signing import audit_message
+
+    agent, _ = node()
+    agent.audit = AuditLog(agent.settings.audit_path, agent.identity)
+    agent.pin_coordinator_key()
+
+    def head(seq: int, key: CoordinatorKey = COORDINATOR_KEY) -> tuple[int, str, str]:
+        chain_hash = f"{seq:064x}"
+        return seq, chain_hash, key.sign(audit_message(chain_hash))
+
+    for h in (head(5), head(5), head(5), head(7), head(7)):
+        agent.note_coordinator_head(h)
+    agent.note_coordinator_head(head(8, CoordinatorKey.generate()))
+    agent.note_coordinator_head(head(6))
+    entries = [json.loads(line) for line in agent.settings.audit_path.read_text().splitlines()]
+    assert [(e["coordinator_seq"], e["outcome"]) for e in entries] == [
+        (5, "recorded"),
+        (7, "recorded"),
+        (8, "invalid"),
+        (6, "went_back"),
+    ]
+
+
+def test_the_node_sends_its_signed_log_head_with_each_poll(node) -> None:
+    from tessera.signing import node_audit_message, unb64
+
+    agent, fake = node()
+    sent: list[Any] = []
+    plain = fake.tasks
+
+    def tasks(wait: float, audit_head: Any = None) -> list[TaskOut]:
+        sent.append(audit_head)
+        return plain(wait)
+
+    fake.tasks = tasks  # type: ignore[method-assign]
+    fake.queue.append(make_task())
+    with running(agent):
+        deadline = time.monotonic() + 5
+        while "result" not in fake.names() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.1)
+    heads = [h for h in sent if h is not None]
+    assert heads, "the node sent its head"
+    entries, last_hash, sig = heads[-1]
+    lines = [json.loads(line) for line in agent.settings.audit_path.read_text().splitlines()]
+    assert lines[entries - 1]["hash"] == last_hash
+    raw = unb64(sig)
+    assert raw is not None
+    assert verify_signature(agent.identity.certificate_pem, node_audit_message(last_hash), raw)
