@@ -276,7 +276,7 @@ def node_heads(
     db: Session, page: PageRequest, node: str | None = None
 ) -> tuple[list[dict[str, Any]], str | None]:
     """The node log heads received, oldest first (of one node, if named)."""
-    stmt = select(NodeAuditHead, Node.name).join(Node, Node.id == NodeAuditHead.node_id)
+    stmt: Any = select(NodeAuditHead, Node.name).join(Node, Node.id == NodeAuditHead.node_id)
     if node is not None:
         stmt = stmt.where(Node.name == node)
     rows, cursor = page.page(

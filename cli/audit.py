@@ -56,8 +56,8 @@ def verify(
         from cli.admin import _db
 
         with _db(config) as db:
-            report = audit.verify(db)
-        _finish(report)
+            local = audit.verify(db)
+        _finish(local)
         return
     if coordinator is not None and not token:
         raise InvalidRequest("--coordinator needs --token (an admin's access token)")
