@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -169,10 +170,13 @@ async def poll_tasks(
 
 
 def _keep_node_head(database: Database, node_id: int, head: tuple[int, str, str]) -> None:
-    with database.session() as db:
-        node = db.get(Node, node_id)
-        if node is not None:
-            audit.record_node_head(db, node, *head)
+    try:
+        with database.session() as db:
+            node = db.get(Node, node_id)
+            if node is not None:
+                audit.record_node_head(db, node, *head)
+    except IntegrityError:
+        pass  # the same head, kept by a concurrent poll (another replica) a moment ago
 
 
 def _chain_head(database: Database) -> dict[str, Any] | None:
