@@ -252,3 +252,27 @@ def test_a_rewritten_and_re_signed_node_log_is_caught_by_the_coordinators_record
     finally:
         shutil.move(kept, path)
     assert trails.verify("node-c")[0] == 0
+
+
+def test_the_poll_carries_the_signed_chain_head_and_refuses_a_malformed_node_head(
+    trails: Trails,
+) -> None:
+    import httpx
+
+    from tessera.signing import audit_message, parse_head, verify_ed25519
+
+    key = NodeSettings.load(trails.configs["node-a"]).key
+    published = httpx.get(f"{trails.net.url}/api/v1/coordinator/key").json()
+    assert published["fingerprint"] == CoordinatorKey.load(trails.net.root / KEY_FILE).fingerprint
+    poll = f"{trails.net.url}/api/v1/nodes/me/tasks"
+    headers = {"Authorization": f"Bearer {key}"}
+    answer = httpx.get(poll, headers=headers, params={"wait": 0})
+    assert answer.status_code == 200 and answer.json() == []
+    head = parse_head(answer.headers["Tessera-Audit-Head"])
+    assert head is not None
+    assert verify_ed25519(published["public_key_pem"], audit_message(head[1]), head[2])
+    bad = httpx.get(
+        poll, headers={**headers, "Tessera-Audit-Head": "many:entries"}, params={"wait": 0}
+    )
+    assert bad.status_code == 422
+    assert bad.json()["error"]["details"]["header"] == "Tessera-Audit-Head"
