@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import Depends, FastAPI
 from sqlalchemy.exc import IntegrityError
 
-from api import errors, openapi
+from api import audit, errors, openapi
 from api.db import Database
 from api.deps import known_parameters
 from api.middleware import FORM_OVERHEAD, BodyLimit, SecurityHeaders
@@ -22,6 +22,7 @@ from api.scheduler import sweep_forever
 from api.security import set_hash_concurrency
 from api.services.accounts import ensure_admin
 from api.settings import CoordinatorSettings
+from api.signing import CoordinatorKey
 from api.tokens import LocalTokens, signing_key
 
 log = logging.getLogger("tessera.coordinator")
@@ -44,8 +45,11 @@ def create_app(settings: CoordinatorSettings | None = None) -> FastAPI:
         tokens = LocalTokens(signing_key(settings), settings.token_ttl_s)
         app.state.tokens, app.state.verifiers = tokens, [tokens]
         set_hash_concurrency(settings.password_hash_concurrency)
-        database = Database(settings.database_url)
+        signer = CoordinatorKey.for_settings(settings.signing_key_file, settings.database_url)
+        database = Database(settings.database_url, signer=signer)
         upgrade(database.engine)
+        with database.session() as db:
+            audit.seal_legacy(db)
         if settings.bootstrap_admin_username and settings.bootstrap_admin_password:
             try:
                 with database.session() as db:
@@ -62,7 +66,11 @@ def create_app(settings: CoordinatorSettings | None = None) -> FastAPI:
         sweeper = asyncio.create_task(
             sweep_forever(database, notifier, settings.sweep_interval_s, settings.idempotency_ttl_s)
         )
-        log.info("coordinator ready (database: %s)", database.engine.url.render_as_string())
+        log.info(
+            "coordinator ready (database: %s; signing key %s)",
+            database.engine.url.render_as_string(),
+            signer.fingerprint,
+        )
         try:
             yield
         finally:

@@ -70,12 +70,23 @@ def write_lock(db: Session) -> None:
         db.execute(text("UPDATE audit_events SET id = id WHERE 0 = 1"))
 
 
+SIGNER_KEY = "tessera.signer"
+
+
 class Database:
-    def __init__(self, url: str, clock: Clock | None = None) -> None:
+    """Sessions carry the clock and the coordinator's signing key (`api.signing`; a key of
+    this process's own when none is given, as for an in-memory test database)."""
+
+    def __init__(self, url: str, clock: Clock | None = None, signer: Any = None) -> None:
+        from api.signing import CoordinatorKey
+
         self.engine = make_engine(url)
         self.clock: Clock = clock or SYSTEM
+        self.signer: CoordinatorKey = signer or CoordinatorKey.generate()
         self.sessions = sessionmaker(
-            self.engine, expire_on_commit=False, info={INFO_KEY: self.clock}
+            self.engine,
+            expire_on_commit=False,
+            info={INFO_KEY: self.clock, SIGNER_KEY: self.signer},
         )
 
     @contextmanager

@@ -384,7 +384,8 @@ class IdempotencyKey(Base):
 
 
 class AuditEvent(Base):
-    """Append-only, hash-chained: hash = sha256(prev_hash + canonical JSON of the event)."""
+    """Append-only, hash-chained: hash = sha256(prev_hash + canonical JSON of the event);
+    `signature` is the coordinator key's over the hash (NULL: an event from before signing)."""
 
     __tablename__ = "audit_events"
 
@@ -396,3 +397,21 @@ class AuditEvent(Base):
     details: Mapped[dict[str, Any]] = mapped_column()
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64), unique=True)
+    signature: Mapped[str | None] = mapped_column(Text)
+
+
+class NodeAuditHead(Base):
+    """A node's audit log head as the node sent it with a poll (entries, last hash, the node
+    key's signature of that entry): kept so that a node log rewritten later is caught."""
+
+    __tablename__ = "node_audit_heads"
+    __table_args__ = (
+        UniqueConstraint("node_id", "entries", "last_hash", name="uq_node_audit_heads_head"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id"), index=True)
+    entries: Mapped[int] = mapped_column(Integer)
+    last_hash: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column()

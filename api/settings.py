@@ -73,6 +73,9 @@ class CoordinatorSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     log_format: Literal["text", "json"] = "text"
+    # the Ed25519 key that signs audit events and tasks (api.signing); made beside the SQLite
+    # file if not given; required in production (every replica signs with the same key)
+    signing_key_file: Path | None = None
 
     @model_validator(mode="after")
     def _coherent_and_no_default_secrets_in_production(self) -> CoordinatorSettings:
@@ -98,6 +101,11 @@ class CoordinatorSettings(BaseSettings):
                 raise ValueError(
                     "set TESSERA_BOOTSTRAP_ADMIN_PASSWORD to a real password (at least "
                     f"{MIN_PRODUCTION_PASSWORD} characters, not a placeholder) in production"
+                )
+            if self.signing_key_file is None:
+                raise ValueError(
+                    "set TESSERA_SIGNING_KEY_FILE in production: every replica signs the audit "
+                    "trail and the tasks with that one key"
                 )
         return self
 

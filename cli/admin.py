@@ -27,10 +27,12 @@ def _db(config: Path | None) -> Iterator[Any]:
     from api.db import Database
     from api.migrate import check_and_upgrade
     from api.settings import CoordinatorSettings
+    from api.signing import CoordinatorKey
 
-    url = CoordinatorSettings.load(config).database_url
+    settings = CoordinatorSettings.load(config)
+    url = settings.database_url
     check_and_upgrade(url)
-    database = Database(url)
+    database = Database(url, signer=CoordinatorKey.for_settings(settings.signing_key_file, url))
     try:
         with database.session() as db:
             yield db

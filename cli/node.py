@@ -167,12 +167,15 @@ def _rho_view(spent: Any, limit: Any) -> dict[str, Any]:
 @app.command("audit-verify")
 @reports_errors
 def audit_verify(config: Path = ConfigOption) -> None:
-    """Check the node's audit hash chain (work_dir/audit.jsonl); exit 1 if it is broken."""
+    """Check the node's audit hash chain (work_dir/audit.jsonl) and its signatures by the
+    node's key; exit 1 if it is broken."""
     from node_agent.audit_log import verify
     from node_agent.config import NodeSettings
+    from node_agent.identity import CERT_FILE, identity_dir
 
     settings = NodeSettings.load(config)
-    report = verify(settings.audit_path)
+    cert = identity_dir(settings.work_dir) / CERT_FILE
+    report = verify(settings.audit_path, cert.read_text() if cert.exists() else None)
     typer.echo(json.dumps({"path": str(settings.audit_path), **report.to_dict()}))
     if not report.ok:
         raise typer.Exit(1)

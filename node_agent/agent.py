@@ -12,6 +12,13 @@ rho spent per study and dataset, and the (epsilon, delta) it amounts to). The lo
 and the TLS key go only to the node's own party process (on its standard input); rows never
 leave the process that read them.
 
+Every task must carry the coordinator's signature of its statement (who asked, in which study,
+for which query; `tessera.signing`), checked with the coordinator key the node pinned
+(`node_agent.coordinator_key`): a task unsigned, or signed by another key, or whose fields
+differ from what was signed, is refused and audited. The node's audit log is signed by its own
+key; with each poll the node sends its log head and records the coordinator's signed chain head
+when it changed, so neither side can rewrite its log alone (`tessera audit verify`).
+
 A query with `dp` (and a DP synthesis job) is charged to its study's allocation of the
 dataset's privacy budget when the node accepts it, and refused if that would exceed the
 allocation or the dataset's total over all studies (`node_agent.budget`); after each charge the
@@ -38,6 +45,7 @@ from node_agent.audit_log import AuditLog
 from node_agent.budget import PrivacyLedger, Spent
 from node_agent.config import NodeSettings
 from node_agent.coordinator_client import AgentStopping, Backoff, CoordinatorClient
+from node_agent.coordinator_key import pin
 from node_agent.datasets import DatasetCache
 from node_agent.identity import NodeIdentity, TrustedPeers
 from node_agent.peers import check_parties, run_id
@@ -65,6 +73,7 @@ from tessera.schemas import (
     TaskResult,
     TaskStart,
 )
+from tessera.signing import audit_message, statement_hash, statement_message, verify_ed25519
 
 if TYPE_CHECKING:
     from smpc import LocalSummary, PartyJob, PartyOutcome
@@ -122,6 +131,8 @@ class NodeAgent:
         self.audit: AuditLog | None = None
         self._identity: NodeIdentity | None = None
         self.trusted = TrustedPeers(settings.work_dir)
+        self.coordinator_key_pem: str | None = None  # pinned at registration
+        self._coordinator_head: tuple[int, str, str] | None = None  # last recorded
         self.registered = threading.Event()
         self._seen: set[int] = set()
         self._threads: dict[int, threading.Thread] = {}
@@ -145,15 +156,30 @@ class NodeAgent:
 
     @property
     def identity(self) -> NodeIdentity:
-        """The node's long-term key (`tessera node init`), loaded once."""
+        """The node's long-term key (`tessera node init`), loaded once: it issues each run's
+        TLS certificate and signs the node's audit log."""
         if self._identity is None:
             self._identity = NodeIdentity.load(self.settings.work_dir, self.settings.name)
         return self._identity
 
+    def pin_coordinator_key(self) -> str:
+        """Check the coordinator's signing key against the pinned one (`ConfigInvalid`, logged,
+        if it changed) and keep it: every task's signature is checked with it."""
+        try:
+            pem = pin(
+                self.settings.work_dir, self.client.coordinator_key(), self.settings.coordinator_key
+            )
+        except ConfigInvalid as exc:
+            _event(logging.ERROR, "coordinator.key_refused", "%s", exc.message, **exc.details)
+            raise
+        self.coordinator_key_pem = pem
+        return pem
+
     def register(self) -> None:
-        """Say hello (version, policy summary, long-term certificate) and register every
-        dataset the policy serves."""
+        """Pin the coordinator's key; say hello (version, policy summary, long-term
+        certificate) and register every dataset the policy serves."""
         started = time.perf_counter()
+        self.pin_coordinator_key()
         self.client.hello(
             NodeHello(
                 agent_version=__version__,
@@ -189,7 +215,7 @@ class NodeAgent:
             _ = self.identity  # `tessera node init` made it: no run without the node's key
             self.trusted.read()  # a damaged trust list stops the start, not the first query
             _ = self.row_key_secret  # made at the first start, before any task
-            self.audit = AuditLog(self.settings.audit_path)
+            self.audit = AuditLog(self.settings.audit_path, self.identity)
             self.ledger  # noqa: B018 -- open it now: an unusable ledger stops the start
             rows = self.check_datasets()
             _event(
@@ -220,8 +246,10 @@ class NodeAgent:
             try:
                 if self._reconnected.is_set():
                     self.register()
-                tasks = self.client.tasks(self.settings.poll_wait_s)
+                head = self.audit.head() if self.audit is not None else None
+                tasks = self.client.tasks(self.settings.poll_wait_s, audit_head=head)
                 backoff.reset()
+                self.note_coordinator_head(self.client.audit_head)
             except (AgentStopping, Unauthorized):
                 if self.stopping.is_set():
                     return
@@ -243,6 +271,40 @@ class NodeAgent:
                 if task.id not in self._seen:
                     self._seen.add(task.id)
                     self._start_task(task)
+
+    def note_coordinator_head(self, head: tuple[int, str, str] | None) -> None:
+        """Record the coordinator's signed audit chain head in the node's log when it changed
+        (a head signed by another key, or one that went back, is recorded as such and logged)."""
+        if head is None or head == self._coordinator_head:
+            return
+        seq, chain_hash, signature = head
+        last = self._coordinator_head
+        pem = self.coordinator_key_pem
+        if pem is None or not verify_ed25519(pem, audit_message(chain_hash), signature):
+            outcome = "invalid"
+        elif last is not None and seq < last[0]:
+            outcome = "went_back"
+        else:
+            outcome = "recorded"
+        self._coordinator_head = head
+        self._audit(
+            "coordinator.head",
+            outcome,
+            coordinator_seq=seq,
+            coordinator_hash=chain_hash,
+            coordinator_sig=signature,
+        )
+        if outcome != "recorded":
+            _event(
+                logging.WARNING,
+                "coordinator.head_" + outcome,
+                "the coordinator's audit chain head %d is %s",
+                seq,
+                "not signed by its pinned key"
+                if outcome == "invalid"
+                else f"behind the one it showed before ({last[0] if last else '?'})",
+                seq=seq,
+            )
 
     def _start_task(self, task: TaskOut) -> None:
         thread = threading.Thread(
@@ -487,7 +549,16 @@ class NodeAgent:
         statistic = str(task.query.get("statistic"))
         ids = {"task": task.id, "query": task.query_id}
         subject = {**ids, "study": task.study_id, "statistic": statistic, "dataset": task.dataset}
-        self._audit("task.received", "received", party_id=task.party_id, **subject)
+        statement = task.statement()
+        self._audit(
+            "task.received",
+            "received",
+            party_id=task.party_id,
+            statement_hash=statement_hash(statement),
+            researcher=task.researcher,
+            researcher_id=task.researcher_id,
+            **subject,
+        )
         _event(
             logging.INFO,
             "task.received",
@@ -500,6 +571,10 @@ class NodeAgent:
             task.n_parties,
             **subject,
         )
+        unsigned = self._signature_problem(task, statement)
+        if unsigned is not None:
+            self._refuse(task, subject, unsigned)
+            return
         decision = self.policy.decide(task)
         if decision.statistic is None:
             self._refuse(task, subject, decision.refusal or "refused")
@@ -569,6 +644,24 @@ class NodeAgent:
         finally:
             if port is not None:
                 self.ports.release(port)
+
+    def _signature_problem(self, task: TaskOut, statement: dict[str, Any]) -> str | None:
+        """Why the task is not the coordinator's word (None if it is): its statement, rebuilt
+        from the task's own fields, must carry the pinned key's signature."""
+        if task.signature is None:
+            return "the task carries no coordinator signature: this node runs signed tasks only"
+        pem = self.coordinator_key_pem
+        if pem is None:
+            try:
+                pem = self.pin_coordinator_key()
+            except TesseraError as exc:
+                return f"this node cannot check the task's signature: {exc.message}"
+        if not verify_ed25519(pem, statement_message(statement), task.signature):
+            return (
+                "the task's signature is not the pinned coordinator key's over this task "
+                "(altered, or not sent by the coordinator)"
+            )
+        return None
 
     def _refuse(self, task: TaskOut, subject: dict[str, Any], reason: str, **fields: Any) -> None:
         ids = {"task": task.id, "query": task.query_id}

@@ -323,6 +323,9 @@ class NodeSettings(BaseSettings):
     mpc_ports: str = "21000-21099"
     work_dir: Path = Path(".")
     poll_wait_s: float = Field(25.0, gt=0, le=120)
+    # the coordinator's signing key fingerprint (`sha256:...`, from its operator out of band);
+    # unset: trusted on first use and kept in work_dir/identity/coordinator_key.pem
+    coordinator_key: str | None = None
     log_format: Literal["text", "json"] = "text"
     policy: PolicyConfig = PolicyConfig()
     datasets: list[DatasetConfig] = Field(min_length=1)
@@ -338,6 +341,22 @@ class NodeSettings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The file's values come in as init arguments; the environment overrides them.
         return (env_settings, init_settings)
+
+    @field_validator("coordinator_key")
+    @classmethod
+    def _fingerprint(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from node_agent.identity import normalise_fingerprint
+        from tessera.errors import InvalidRequest
+
+        try:
+            return normalise_fingerprint(value)
+        except InvalidRequest:
+            raise ValueError(
+                f"{value!r} is not a key fingerprint (sha256: and 64 hex digits, as "
+                "GET /api/v1/coordinator/key gives it)"
+            ) from None
 
     @field_validator("mpc_ports", mode="before")
     @classmethod

@@ -34,8 +34,11 @@ from tessera.schemas import (
     TaskResult,
     TaskStart,
 )
+from tessera.signing import format_head, parse_head
 
 log = logging.getLogger("tessera.node")
+
+AUDIT_HEAD = "Tessera-Audit-Head"
 
 FIRST_BACKOFF_S = 0.2
 MAX_BACKOFF_S = 10.0
@@ -104,6 +107,7 @@ class CoordinatorClient:
         self._stop = stop or threading.Event()
         self.on_reconnect = on_reconnect
         self.retries = 0
+        self.audit_head: tuple[int, str, str] | None = None  # the coordinator's, last poll
         self._backoff = backoff
         self._connect_timeout_s = connect_timeout_s
 
@@ -111,7 +115,13 @@ class CoordinatorClient:
         self._http.close()
 
     def _call(
-        self, method: str, path: str, retry: bool = True, wait: float = 0.0, **kwargs: Any
+        self,
+        method: str,
+        path: str,
+        retry: bool = True,
+        wait: float = 0.0,
+        answer_headers: dict[str, str] | None = None,
+        **kwargs: Any,
     ) -> Any:
         backoff = self._backoff()
         timeout = (
@@ -150,6 +160,8 @@ class CoordinatorClient:
             self.on_reconnect()
         if response.status_code >= 400:
             raise _error(response)
+        if answer_headers is not None:
+            answer_headers.update(response.headers)
         return response.json() if response.content else None
 
     # ---- registration ---------------------------------------------------------------------
@@ -171,9 +183,32 @@ class CoordinatorClient:
 
     # ---- tasks ----------------------------------------------------------------------------
 
-    def tasks(self, wait: float, retry: bool = True) -> list[TaskOut]:
-        """New tasks for this node; a long-poll of up to `wait` seconds (`[]` if none)."""
-        body = self._call("GET", "/nodes/me/tasks", retry=retry, wait=wait, params={"wait": wait})
+    def coordinator_key(self) -> str:
+        """The coordinator's public signing key (PEM) as it publishes it (the node pins it)."""
+        body = self._call("GET", "/coordinator/key")
+        pem = body.get("public_key_pem") if isinstance(body, dict) else None
+        if not isinstance(pem, str):
+            raise TesseraError("the coordinator published no signing key")
+        return pem
+
+    def tasks(
+        self, wait: float, retry: bool = True, audit_head: tuple[int, str, str] | None = None
+    ) -> list[TaskOut]:
+        """New tasks for this node; a long-poll of up to `wait` seconds (`[]` if none). Sends
+        the node's audit log head, if given; keeps the coordinator's (`audit_head`)."""
+        headers = {} if audit_head is None else {AUDIT_HEAD: format_head(*audit_head)}
+        answered: dict[str, str] = {}
+        body = self._call(
+            "GET",
+            "/nodes/me/tasks",
+            retry=retry,
+            wait=wait,
+            answer_headers=answered,
+            params={"wait": wait},
+            headers=headers,
+        )
+        lowered = {k.lower(): v for k, v in answered.items()}
+        self.audit_head = parse_head(lowered.get(AUDIT_HEAD.lower()))
         return [TaskOut.model_validate(t) for t in body or []]
 
     def accept(self, task_id: int, body: TaskAccept) -> None:

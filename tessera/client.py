@@ -269,7 +269,8 @@ class TesseraClient:
         return self._call("GET", "/audit", rest.AuditPage, params=params)
 
     def audit_verify(self) -> dict[str, Any]:
-        """`{"ok", "entries", "first_bad_id"}`: the coordinator walks its audit hash chain."""
+        """`{"ok", "entries", "first_bad_id", "problem", "signed", "legacy_unsigned", ...}`: the
+        coordinator walks its audit hash chain and checks each event's signature."""
         return self._call("GET", "/audit/verify", rest.AuditVerification)
 
     # ---- queries --------------------------------------------------------------------------

@@ -506,25 +506,64 @@ class AuditEvent(View):
     action: str
     subject: str
     details: dict[str, Any]
+    prev_hash: str | None = None
     hash: str
+    signature: str | None = None  # the coordinator key's over `hash`; None: before signing
 
 
 class AuditPage(Page[AuditEvent]):
     pass
 
 
+class AuditHead(View):
+    seq: int  # the event's id
+    hash: str
+    signature: str | None
+
+
 class AuditVerification(View):
     ok: bool
     entries: int
     first_bad_id: int | None
+    problem: str | None = None
+    signed: int = 0
+    legacy_unsigned: int = 0  # events from before signing, covered by the first signed one
+    key_fingerprint: str | None = None
+    head: AuditHead | None = None
+
+
+class CoordinatorKeyOut(View):
+    """The coordinator's public signing key: nodes and auditors pin its fingerprint."""
+
+    algorithm: str = "Ed25519"
+    public_key_pem: str
+    fingerprint: str
+
+
+class NodeAuditHeadOut(View):
+    """A node's audit log head as it sent it: its entry count, last hash and the node key's
+    signature of that entry."""
+
+    id: int
+    node: str
+    entries: int
+    last_hash: str
+    signature: str
+    received_at: datetime
+
+
+class NodeAuditHeadPage(Page[NodeAuditHeadOut]):
+    pass
 
 
 __all__ = [
     "Ack",
     "AuditEvent",
+    "AuditHead",
     "AuditPage",
     "AuditVerification",
     "BudgetReportAck",
+    "CoordinatorKeyOut",
     "DatasetRef",
     "DryRun",
     "ErrorBody",
@@ -537,6 +576,8 @@ __all__ = [
     "NewOrganisation",
     "NewStudy",
     "NewUser",
+    "NodeAuditHeadOut",
+    "NodeAuditHeadPage",
     "NodeOut",
     "NodePage",
     "NodeWithKey",

@@ -290,7 +290,8 @@ class NodeHello(Strict):
 
 
 class TaskOut(BaseModel):
-    """A task as a node receives it: its share of the work for one query."""
+    """A task as a node receives it: its share of the work for one query, and the coordinator's
+    signature of its statement (`tessera.signing.task_statement`: these fields and who asked)."""
 
     id: int
     query_id: int
@@ -300,6 +301,28 @@ class TaskOut(BaseModel):
     dataset: str
     query: dict[str, Any]
     deadline: datetime
+    researcher_id: int | None = None  # the researcher the coordinator authenticated
+    researcher: str | None = None  # ... their username
+    submitted_at: datetime | None = None
+    signature: str | None = None  # Ed25519 by the coordinator key, base64; None: unsigned
+
+    def statement(self) -> dict[str, Any]:
+        """The statement the signature must cover, rebuilt from this task's own fields."""
+        from tessera.signing import task_statement
+
+        return task_statement(
+            query_id=self.query_id,
+            task_id=self.id,
+            party_id=self.party_id,
+            n_parties=self.n_parties,
+            study_id=self.study_id,
+            dataset=self.dataset,
+            query=self.query,
+            researcher_id=self.researcher_id,
+            researcher=self.researcher,
+            submitted_at=self.submitted_at,
+            deadline=self.deadline,
+        )
 
 
 class TaskAccept(Strict):

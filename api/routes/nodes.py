@@ -4,17 +4,20 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, status
+from fastapi import APIRouter, Header, Query, Request, Response, status
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from api import audit
 from api.db import Database
 from api.deps import AdminUser, CurrentNode, NotifierDep, PageDep, SessionDep, WaitParam
 from api.models import Node, Task
 from api.notify import Notifier, long_poll
 from api.openapi import errors
 from api.services import budget, network, queries
+from tessera.errors import InvalidRequest
 from tessera.rest import Ack, BudgetReportAck, NewNode, NodeOut, NodePage, NodeWithKey
 from tessera.rest import RegisteredDataset as RegisteredDatasetOut
 from tessera.schemas import (
@@ -30,6 +33,7 @@ from tessera.schemas import (
     TaskResult,
     TaskStart,
 )
+from tessera.signing import format_head, parse_head
 
 router = APIRouter()
 NODE = errors(401, 403, 422)  # what every node-agent route can answer
@@ -139,10 +143,36 @@ def report_budget(body: NodeBudgetReport, node: CurrentNode, db: SessionDep) -> 
     return answer
 
 
+AUDIT_HEAD = "Tessera-Audit-Head"  # "<seq>:<hash>:<signature>", both ways
+
+
 @router.get("/nodes/me/tasks", tags=["tasks"], response_model=list[TaskOut], responses=NODE)
-async def poll_tasks(request: Request, node: CurrentNode, wait: float = WaitParam) -> list[TaskOut]:
-    """This node's new tasks; with `wait`, a long-poll that answers as soon as one arrives."""
+async def poll_tasks(
+    request: Request,
+    response: Response,
+    node: CurrentNode,
+    wait: float = WaitParam,
+    node_head: Annotated[
+        str | None,
+        Header(
+            alias=AUDIT_HEAD,
+            description="The node's audit log head: `<entries>:<last hash>:<its signature>`.",
+        ),
+    ] = None,
+) -> list[TaskOut]:
+    """This node's new tasks (each with the coordinator's signature of its statement); with
+    `wait`, a long-poll that answers as soon as one arrives. The node may send its audit log
+    head (kept: `GET /audit/node-heads`); the answer's `Tessera-Audit-Head` header is the
+    coordinator's signed audit chain head, which the node records."""
     node_id = node.id
+    if node_head is not None:
+        head = parse_head(node_head)
+        if head is None:
+            raise InvalidRequest(
+                f"{AUDIT_HEAD} must be `<entries>:<last hash>:<signature>`",
+                {"header": AUDIT_HEAD},
+            )
+        await run_in_threadpool(_keep_node_head, request.app.state.db, node_id, head)
 
     def check() -> list[TaskOut] | None:
         with request.app.state.db.session() as db:
@@ -150,7 +180,26 @@ async def poll_tasks(request: Request, node: CurrentNode, wait: float = WaitPara
             tasks = queries.offer_tasks(db, me)
         return tasks or None
 
-    return await long_poll(request, wait, f"node:{node_id}", check) or []
+    tasks = await long_poll(request, wait, f"node:{node_id}", check) or []
+    chain = await run_in_threadpool(_chain_head, request.app.state.db)
+    if chain is not None and chain["signature"] is not None:
+        response.headers[AUDIT_HEAD] = format_head(chain["seq"], chain["hash"], chain["signature"])
+    return tasks
+
+
+def _keep_node_head(database: Database, node_id: int, head: tuple[int, str, str]) -> None:
+    try:
+        with database.session() as db:
+            node = db.get(Node, node_id)
+            if node is not None:
+                audit.record_node_head(db, node, *head)
+    except IntegrityError:
+        pass  # the same head, kept by a concurrent poll (another replica) a moment ago
+
+
+def _chain_head(database: Database) -> dict[str, Any] | None:
+    with database.session() as db:
+        return audit.head(db)
 
 
 @router.post("/tasks/{task_id}/accept", tags=["tasks"], response_model=Ack, responses=TASK)

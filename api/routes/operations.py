@@ -15,7 +15,14 @@ from api.deps import AdminUser, PageDep, SessionDep
 from api.openapi import errors
 from api.services.metrics import prometheus_text
 from tessera.errors import error_body
-from tessera.rest import AuditPage, AuditVerification, Health, Ready
+from tessera.rest import (
+    AuditPage,
+    AuditVerification,
+    CoordinatorKeyOut,
+    Health,
+    NodeAuditHeadPage,
+    Ready,
+)
 
 log = logging.getLogger("tessera.coordinator")
 
@@ -73,5 +80,38 @@ def list_audit_events(
     responses=errors(401, 403, 422),
 )
 def verify_audit(_: AdminUser, db: SessionDep) -> dict[str, Any]:
-    """Walk the hash chain: ok, or the first event that does not fit."""
+    """Walk the hash chain and check every event's signature by the coordinator key: ok, or
+    the first event that does not fit and why. Events from before signing are counted as
+    `legacy_unsigned` (the first signed event's hash covers them)."""
     return audit.verify(db)
+
+
+@router.get(
+    "/audit/node-heads",
+    tags=["audit"],
+    response_model=NodeAuditHeadPage,
+    responses=errors(401, 403, 422),
+)
+def list_node_audit_heads(
+    _: AdminUser,
+    db: SessionDep,
+    page: PageDep,
+    node: Annotated[str | None, Query(description="Only this node's.", max_length=64)] = None,
+) -> dict[str, Any]:
+    """The node audit log heads the nodes sent with their polls, oldest first: `tessera audit
+    verify` checks that each still matches the node's log."""
+    heads, cursor = audit.node_heads(db, page, node)
+    return {"items": heads, "next_cursor": cursor}
+
+
+@router.get(
+    "/coordinator/key",
+    tags=["audit"],
+    response_model=CoordinatorKeyOut,
+    responses=errors(422),
+)
+def coordinator_key(request: Request) -> dict[str, Any]:
+    """The coordinator's public signing key and its fingerprint (public: no login). Nodes pin
+    it; it signs every audit event and every task."""
+    key = request.app.state.db.signer
+    return {"public_key_pem": key.public_pem, "fingerprint": key.fingerprint}

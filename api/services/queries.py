@@ -44,6 +44,7 @@ from tessera.schemas import (
     TaskResult,
     TaskStart,
 )
+from tessera.signing import statement_hash, task_statement
 
 if TYPE_CHECKING:
     from smpc.query import QueryBase
@@ -171,8 +172,16 @@ def submit(db: Session, study: Study, user: User, raw: Any, settings: Coordinato
     )
     db.add(record)
     db.flush()
-    for party_id, (node, _) in enumerate(registered):
-        db.add(Task(query_id=record.id, node_id=node.id, party_id=party_id, status="pending"))
+    tasks = [
+        Task(query_id=record.id, node_id=node.id, party_id=party_id, status="pending")
+        for party_id, (node, _) in enumerate(registered)
+    ]
+    db.add_all(tasks)
+    db.flush()
+    statements = {
+        str(task.party_id): statement_hash(_statement(record, task, len(tasks), user))
+        for task in tasks
+    }
     audit.record(
         db,
         f"user:{user.username}",
@@ -182,9 +191,29 @@ def submit(db: Session, study: Study, user: User, raw: Any, settings: Coordinato
         statistic=statistic,
         dataset=query.dataset,
         nodes=[n.name for n, _ in registered],
+        researcher_id=user.id,
+        researcher=user.username,
+        statements=statements,
     )
     db.flush()
     return record
+
+
+def _statement(query: Query, task: Task, n_parties: int, user: User | None) -> dict[str, Any]:
+    """The statement the coordinator signs for a task (`tessera.signing.task_statement`)."""
+    return task_statement(
+        query_id=query.id,
+        task_id=task.id,
+        party_id=task.party_id,
+        n_parties=n_parties,
+        study_id=query.study_id,
+        dataset=query.dataset,
+        query=query.query,
+        researcher_id=None if user is None else user.id,
+        researcher=None if user is None else user.username,
+        submitted_at=query.created_at,
+        deadline=query.deadline,
+    )
 
 
 def dry_run(db: Session, study: Study, user: User, raw: Any) -> dict[str, Any]:
@@ -369,6 +398,8 @@ def offer_tasks(db: Session, node: Node) -> list[TaskOut]:
         if task.status != "pending" or query.status != "pending":
             continue
         task.status = "offered"
+        researcher = db.get(User, query.submitted_by)
+        statement = _statement(query, task, len(query.tasks), researcher)
         out.append(
             TaskOut(
                 id=task.id,
@@ -379,6 +410,10 @@ def offer_tasks(db: Session, node: Node) -> list[TaskOut]:
                 dataset=query.dataset,
                 query=query.query,
                 deadline=query.deadline,
+                researcher_id=statement["researcher_id"],
+                researcher=statement["researcher"],
+                submitted_at=query.created_at,
+                signature=audit.signer(db).sign_statement(statement),
             )
         )
     db.flush()

@@ -57,7 +57,9 @@ def test_operator_bootstraps_a_coordinator(tmp_path: Path) -> None:
 
     verified = tessera(db, "audit", "verify")
     assert verified.returncode == 0, verified.stderr
-    assert json.loads(verified.stdout) == {"ok": True, "entries": 3, "first_bad_id": None}
+    report = json.loads(verified.stdout)
+    assert (report["ok"], report["entries"], report["first_bad_id"]) == (True, 3, None)
+    assert report["signed"] == 3 and report["legacy_unsigned"] == 0
 
     with engine.begin() as conn:
         conn.execute(sqlalchemy.text("DELETE FROM audit_events WHERE id = 2"))
@@ -72,3 +74,47 @@ def test_bad_configuration_is_one_line(tmp_path: Path) -> None:
     done = tessera(tmp_path / "x.db", "admin", "create-organisation", "A", "--config", str(bad))
     assert done.returncode == 2 and "is not valid TOML" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_audit_verify_catches_a_chain_recomputed_without_the_key(tmp_path: Path) -> None:
+    """An attacker with the database but not the signing key deletes (or edits) an event and
+    recomputes every hash with plain SHA-256: the CLI names the first event whose signature
+    does not fit."""
+    from api import audit
+    from api.models import AuditEvent
+
+    db = tmp_path / "coordinator.db"
+    for name in ("A", "B", "C"):
+        assert tessera(db, "admin", "create-organisation", f"Hospital {name}").returncode == 0
+    engine = sqlalchemy.create_engine(f"sqlite:///{db}")
+
+    def rewrite(change: str) -> None:
+        from sqlalchemy.orm import Session
+
+        with Session(engine) as s:
+            if change == "delete":
+                s.execute(sqlalchemy.delete(AuditEvent).where(AuditEvent.id == 2))
+            else:
+                s.execute(
+                    sqlalchemy.update(AuditEvent)
+                    .where(AuditEvent.id == 2)
+                    .values(subject="organisation:99")
+                )
+            prev = audit.GENESIS
+            for e in s.scalars(sqlalchemy.select(AuditEvent).order_by(AuditEvent.id)):
+                e.prev_hash = prev
+                e.hash = prev = audit._digest(prev, e.at, e.actor, e.action, e.subject, e.details)
+            s.commit()
+
+    saved = db.read_bytes()
+    for change, first_bad in (("delete", 3), ("edit", 2)):  # event 1 still verifies
+        rewrite(change)
+        broken = tessera(db, "audit", "verify")
+        report = json.loads(broken.stdout)
+        assert broken.returncode == 1, report
+        assert (report["first_bad_id"], report["entries"]) == (first_bad, 1)
+        assert report["problem"] == "its signature is not the coordinator key's"
+        engine.dispose()
+        db.write_bytes(saved)
+        assert tessera(db, "audit", "verify").returncode == 0
+    engine.dispose()

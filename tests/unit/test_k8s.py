@@ -54,6 +54,10 @@ def test_the_coordinator_probes_point_at_real_routes() -> None:
         assert container[probe]["httpGet"]["path"] in routes
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["TESSERA_ENVIRONMENT"] == "production"
+    # every replica signs the audit trail and the tasks with one mounted key
+    key = Path(env["TESSERA_SIGNING_KEY_FILE"])
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert mounts.get(str(key.parent)) == "signing"
 
 
 def test_the_node_config_map_lets_stewards_release_synthetic_data(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy
@@ -64,6 +66,7 @@ def test_production_refuses_default_secrets(monkeypatch: pytest.MonkeyPatch) -> 
         jwt_secret=SECRET,
         bootstrap_admin_username="admin",
         bootstrap_admin_password="a long and real password",
+        signing_key_file="/run/secrets/tessera/signing_key.pem",
     )
     assert fine.environment == "production"
     assert SECRET not in repr(fine) and "a long and real password" not in repr(fine)
@@ -179,17 +182,56 @@ def add_user_as_of_0002(db: Session, username: str, password: str) -> None:
     audit.record(db, "test", "user.created", f"user:{username}", role="researcher")
 
 
-def test_upgrading_keeps_the_data_and_the_audit_chain(database_url: str) -> None:
+def record_before_signing(
+    db: Session, actor: str, action: str, subject: str, **details: Any
+) -> None:
+    """`audit.record` as it was before revision 0011: the hash chain, no signature column."""
+    prev = db.scalar(sqlalchemy.text("SELECT hash FROM audit_events ORDER BY id DESC LIMIT 1"))
+    prev = prev or audit.GENESIS
+    at = utcnow()
+    clean = json.loads(audit.canonical(details))
+    db.execute(
+        sqlalchemy.text(
+            "INSERT INTO audit_events (at, actor, action, subject, details, prev_hash, hash) "
+            "VALUES (:at, :actor, :action, :subject, :details, :prev, :hash)"
+        ),
+        {
+            "at": at,
+            "actor": actor,
+            "action": action,
+            "subject": subject,
+            "details": json.dumps(clean),
+            "prev": prev,
+            "hash": audit._digest(prev, at, actor, action, subject, clean),
+        },
+    )
+
+
+def test_upgrading_keeps_the_data_and_the_audit_chain(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events written before signing stay verifiable: the first start after the upgrade seals
+    them under a signed event, and verify counts them as legacy (not as signed)."""
     database = Database(database_url)
     try:
         upgrade(database.engine, "0002")
-        with database.session() as db:
+        with monkeypatch.context() as patched, database.session() as db:
+            patched.setattr(audit, "record", record_before_signing)
             org = network.create_organisation(db, "Hospital A", "test")
             add_node_as_of_0003(db, "node-a", org.id)
             add_user_as_of_0002(db, "alice", "alice-password")
         upgrade(database.engine)
         with database.session() as db:
-            assert verify(db) == {"ok": True, "entries": 3, "first_bad_id": None}
+            unsealed = verify(db)
+            assert (unsealed["ok"], unsealed["first_bad_id"]) == (False, 3)
+            assert "ends with unsigned events" in unsealed["problem"]
+            sealed = audit.seal_legacy(db)
+            assert sealed is not None and sealed.details["legacy_events"] == 3
+            assert audit.seal_legacy(db) is None  # once
+        with database.session() as db:
+            answer = verify(db)
+            assert (answer["ok"], answer["entries"], answer["first_bad_id"]) == (True, 4, None)
+            assert (answer["legacy_unsigned"], answer["signed"]) == (3, 1)
             nodes, _ = network.list_nodes(db, PageRequest())
             assert [n.name for n in nodes] == ["node-a"]
             assert accounts.authenticate(db, "alice", "alice-password").username == "alice"

@@ -15,6 +15,7 @@ import httpx
 import pytest
 import sqlalchemy
 
+from api import audit
 from api.db import Database
 from api.migrate import upgrade
 from api.services import network
@@ -22,7 +23,7 @@ from tessera.errors import BudgetExceeded, Forbidden, NotFound, PolicyDenied, Un
 from tessera.privacy import rho_budget
 
 from .conftest import DATASET, Backend, FakeNode, Setup, logged_in
-from .test_app import add_node_as_of_0003
+from .test_app import add_node_as_of_0003, record_before_signing
 
 BUDGET = {"dp_budget": {"epsilon": 1.0, "delta": 1e-6}}
 # A node's ledger keeps two accountants (node_agent.budget): basic composition (sums of epsilon
@@ -377,11 +378,14 @@ def test_a_node_key_cannot_read_a_study_budget_through_the_client(setup: Setup) 
         client.study_budget(setup.study_id)
 
 
-def test_the_budget_migration_keeps_the_nodes(backend: Backend) -> None:
+def test_the_budget_migration_keeps_the_nodes(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
     database = Database(backend.new_database())
     try:
         upgrade(database.engine, "0003")
-        with database.session() as db:
+        with monkeypatch.context() as patched, database.session() as db:
+            patched.setattr(audit, "record", record_before_signing)
             org = network.create_organisation(db, "Hospital A", "test")
             add_node_as_of_0003(db, "node-a", org.id)
         upgrade(database.engine)

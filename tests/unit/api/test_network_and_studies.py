@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from sqlalchemy import delete, update
 
@@ -131,7 +133,9 @@ def test_the_audit_chain_verifies_after_the_operations(make, db, net, clock) -> 
 
     answer = audit.verify(db)
 
-    assert answer == {"ok": True, "entries": len(make.events()), "first_bad_id": None}
+    assert _outcome(answer) == (True, len(make.events()), None)
+    assert answer["signed"] == len(make.events()) and answer["legacy_unsigned"] == 0
+    assert answer["head"]["seq"] == make.events()[-1].id
     assert make.events()[-1].at == clock.now()
 
 
@@ -145,11 +149,7 @@ def test_an_edited_event_breaks_the_chain_from_there(make, db, net) -> None:
     )
     db.expire_all()
 
-    assert audit.verify(db) == {
-        "ok": False,
-        "entries": submitted.id - 1,
-        "first_bad_id": submitted.id,
-    }
+    assert _outcome(audit.verify(db)) == (False, submitted.id - 1, submitted.id)
 
 
 def test_a_deleted_event_breaks_the_chain_at_the_next(make, db, net) -> None:
@@ -158,4 +158,8 @@ def test_a_deleted_event_breaks_the_chain_at_the_next(make, db, net) -> None:
     db.execute(delete(AuditEvent).where(AuditEvent.id == gone.id))
     db.expire_all()
 
-    assert audit.verify(db) == {"ok": False, "entries": 3, "first_bad_id": events[4].id}
+    assert _outcome(audit.verify(db)) == (False, 3, events[4].id)
+
+
+def _outcome(answer: dict[str, Any]) -> tuple[bool, int, int | None]:
+    return answer["ok"], answer["entries"], answer["first_bad_id"]

@@ -11,11 +11,13 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from api.signing import CoordinatorKey
 from node_agent.agent import NodeAgent, running
-from node_agent.identity import NodeIdentity, TrustedPeers
+from node_agent.audit_log import AuditLog, verify
+from node_agent.identity import NodeIdentity, TrustedPeers, verify_signature
 from node_agent.peers import run_id
 from smpc.tls import issue_run_certificate, new_authority
-from tessera.errors import Conflict, ProtocolFailed, TesseraError, Unauthorized
+from tessera.errors import ConfigInvalid, Conflict, ProtocolFailed, TesseraError, Unauthorized
 from tessera.fingerprints import fingerprint
 from tessera.privacy import rho_budget
 from tessera.schemas import (
@@ -29,11 +31,18 @@ from tessera.schemas import (
     TaskStart,
 )
 
+COORDINATOR_KEY = CoordinatorKey.generate()  # signs the tasks of `make_task`
+
 
 class FakeCoordinator:
     """Plays the coordinator's node API in memory and records every call the agent makes."""
 
     base_url = "http://coordinator.test"
+    audit_head = None
+    key = COORDINATOR_KEY
+
+    def coordinator_key(self) -> str:
+        return self.key.public_pem
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
@@ -87,7 +96,7 @@ class FakeCoordinator:
     def budget_reports(self) -> list[Any]:
         return [args[0] for name, args in self.calls if name == "report_budget"]
 
-    def tasks(self, wait: float) -> list[TaskOut]:
+    def tasks(self, wait: float, audit_head: Any = None) -> list[TaskOut]:
         if self.poll_error is not None:
             raise self.poll_error
         with self.lock:
@@ -167,8 +176,11 @@ class FakeParty:
         return PartyOutcome(result={"count": 42, "n": 42}, min_count_applied=7, seconds=0.25)
 
 
-def make_task(task_id: int = 11, query: dict[str, Any] | None = None) -> TaskOut:
-    return TaskOut(
+def make_task(
+    task_id: int = 11, query: dict[str, Any] | None = None, key: CoordinatorKey | None = None
+) -> TaskOut:
+    """A task as the coordinator sends it: signed by `key` (the fake coordinator's)."""
+    task = TaskOut(
         id=task_id,
         query_id=5,
         study_id=9,
@@ -177,7 +189,19 @@ def make_task(task_id: int = 11, query: dict[str, Any] | None = None) -> TaskOut
         dataset="cohort",
         query={"dataset": "cohort", **(query or {"statistic": "count"})},
         deadline=datetime.now(UTC) + timedelta(seconds=30),
+        researcher_id=3,
+        researcher="rita",
+        submitted_at=datetime.now(UTC),
     )
+    task.signature = (key or COORDINATOR_KEY).sign_statement(task.statement())
+    return task
+
+
+def changed(task: TaskOut, update: dict[str, Any]) -> TaskOut:
+    """The task with other fields, as the coordinator would have signed it."""
+    other = task.model_copy(update=update)
+    other.signature = COORDINATOR_KEY.sign_statement(other.statement())
+    return other
 
 
 @pytest.fixture
@@ -534,7 +558,7 @@ def test_an_over_budget_dp_task_is_refused_naming_what_is_left(node) -> None:
 def test_a_study_has_its_own_allocation_of_the_dataset_total(node) -> None:
     agent, fake = node(policy="dp_epsilon_budget = 1.0\ndp_epsilon_total = 1.5")
     agent.handle(dp_task(11, 0.7))  # 0.7 of the study's 1 (basic composition)
-    other_study = dp_task(12, 0.7).model_copy(update={"study_id": 10})
+    other_study = changed(dp_task(12, 0.7), {"study_id": 10})
     agent.handle(other_study)  # 1.4 of the total's 1.5
     assert fake.names().count("result") == 2 and "reject" not in fake.names()
     agent.handle(dp_task(13, 0.31))  # over study 9's allocation (and the total)
@@ -548,9 +572,9 @@ def test_the_dataset_total_caps_every_study_and_the_refusal_says_so(node) -> Non
     with running(agent):
         fake.queue.append(dp_task(11, 0.7))
         wait_for(lambda: fake.names().count("result") == 1)
-        fake.queue.append(dp_task(12, 0.7).model_copy(update={"study_id": 10}))
+        fake.queue.append(changed(dp_task(12, 0.7), {"study_id": 10}))
         wait_for(lambda: fake.names().count("result") == 2)
-        fake.queue.append(dp_task(13, 0.2).model_copy(update={"study_id": 11}))
+        fake.queue.append(changed(dp_task(13, 0.2), {"study_id": 11}))
         wait_for(lambda: "reject" in fake.names())
     charges = [
         e
@@ -595,7 +619,7 @@ def test_a_dp_query_is_refused_where_no_budget_is_set(node) -> None:
 
 def test_a_dp_task_without_its_study_is_refused(node) -> None:
     agent, fake = node(policy="dp_epsilon_budget = 1.0")
-    agent.handle(dp_task(11, 0.1).model_copy(update={"study_id": None}))
+    agent.handle(changed(dp_task(11, 0.1), {"study_id": None}))
     [(name, (_, reason))] = fake.calls
     assert (name, reason) == (
         "reject",
@@ -620,3 +644,128 @@ def test_a_budget_report_the_coordinator_refuses_does_not_stop_the_node(node, ca
         wait_for(lambda: "result" in fake.names())
     assert fake.names().count("report_budget") == 1 and "result" in fake.names()
     assert "could not report the privacy ledger: coordinator answered 404" in caplog.text
+
+
+# ---- signed tasks, the pinned coordinator key, the cross-anchors -------------------------------
+
+
+def _refusal(fake: FakeCoordinator) -> str:
+    [(name, (_, reason))] = fake.calls
+    assert name == "reject"
+    return str(reason)
+
+
+def test_a_task_with_a_tampered_query_is_refused_and_audited(node) -> None:
+    """A coordinator double (or anyone on the path) that alters a signed task's query."""
+    agent, fake = node()
+    agent.audit = AuditLog(agent.settings.audit_path, agent.identity)
+    task = make_task()
+    tampered = task.model_copy(update={"query": {**task.query, "statistic": "sum"}})
+    tampered.query["column"] = "weight"
+
+    agent.handle(tampered)
+
+    assert "not the pinned coordinator key's" in _refusal(fake)
+    assert audit_actions(agent) == [("task.received", "received"), ("task.refused", "refused")]
+
+
+def test_a_task_signed_by_another_key_is_refused(node) -> None:
+    agent, fake = node()
+    agent.handle(make_task(key=CoordinatorKey.generate()))
+    assert "not the pinned coordinator key's" in _refusal(fake)
+
+
+def test_an_unsigned_task_is_refused(node) -> None:
+    agent, fake = node()
+    agent.handle(make_task().model_copy(update={"signature": None}))
+    assert _refusal(fake).startswith("the task carries no coordinator signature")
+
+
+def test_a_signed_task_runs_and_its_statement_and_researcher_are_audited(node) -> None:
+    from tessera.signing import statement_hash
+
+    agent, fake = node()
+    agent.audit = AuditLog(agent.settings.audit_path, agent.identity)
+    task = make_task()
+    agent.handle(task)
+    assert "result" in fake.names()
+    received = json.loads(agent.settings.audit_path.read_text().splitlines()[0])
+    assert received["action"] == "task.received"
+    assert received["statement_hash"] == statement_hash(task.statement())
+    assert (received["researcher"], received["researcher_id"]) == ("rita", 3)
+    assert verify(agent.settings.audit_path, agent.identity.certificate_pem).signed == len(
+        agent.settings.audit_path.read_text().splitlines()
+    )
+
+
+def test_the_coordinator_key_is_trusted_on_first_use_and_a_change_is_refused(node) -> None:
+    from node_agent.coordinator_key import pinned_path
+
+    agent, fake = node()
+    agent.pin_coordinator_key()
+    assert pinned_path(agent.settings.work_dir).read_text() == COORDINATOR_KEY.public_pem
+    fake.key = CoordinatorKey.generate()
+    with pytest.raises(ConfigInvalid, match="signing key changed"):
+        agent.pin_coordinator_key()
+    with pytest.raises(ConfigInvalid, match="signing key changed"), running(agent):
+        pass  # registration refuses it: the agent does not start
+
+
+def test_a_configured_coordinator_key_must_match(node) -> None:
+    agent, _ = node(top=f'coordinator_key = "{CoordinatorKey.generate().fingerprint}"')
+    with pytest.raises(ConfigInvalid, match="not the configured coordinator_key"):
+        agent.pin_coordinator_key()
+    good, _ = node(top=f'coordinator_key = "{COORDINATOR_KEY.fingerprint.upper()}"')
+    assert good.pin_coordinator_key() == COORDINATOR_KEY.public_pem
+
+
+def test_the_coordinator_head_is_recorded_when_it_changes_only(node) -> None:
+    from tessera.signing import audit_message
+
+    agent, _ = node()
+    agent.audit = AuditLog(agent.settings.audit_path, agent.identity)
+    agent.pin_coordinator_key()
+
+    def head(seq: int, key: CoordinatorKey = COORDINATOR_KEY) -> tuple[int, str, str]:
+        chain_hash = f"{seq:064x}"
+        return seq, chain_hash, key.sign(audit_message(chain_hash))
+
+    for h in (head(5), head(5), head(5), head(7), head(7)):
+        agent.note_coordinator_head(h)
+    agent.note_coordinator_head(head(8, CoordinatorKey.generate()))
+    agent.note_coordinator_head(head(6))
+    entries = [json.loads(line) for line in agent.settings.audit_path.read_text().splitlines()]
+    assert [(e["coordinator_seq"], e["outcome"]) for e in entries] == [
+        (5, "recorded"),
+        (7, "recorded"),
+        (8, "invalid"),
+        (6, "went_back"),
+    ]
+
+
+def test_the_node_sends_its_signed_log_head_with_each_poll(node) -> None:
+    from tessera.signing import node_audit_message, unb64
+
+    agent, fake = node()
+    sent: list[Any] = []
+    plain = fake.tasks
+
+    def tasks(wait: float, audit_head: Any = None) -> list[TaskOut]:
+        sent.append(audit_head)
+        return plain(wait)
+
+    fake.tasks = tasks  # type: ignore[method-assign]
+    fake.queue.append(make_task())
+    with running(agent):
+        deadline = time.monotonic() + 5
+        while "result" not in fake.names() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.1)
+    heads = [h for h in sent if h is not None]
+    assert heads, "the node sent its head"
+    entries, last_hash, sig = heads[-1]
+    lines = [json.loads(line) for line in agent.settings.audit_path.read_text().splitlines()]
+    assert lines[entries - 1]["hash"] == last_hash
+    raw = unb64(sig)
+    assert raw is not None
+    assert verify_signature(agent.identity.certificate_pem, node_audit_message(last_hash), raw)

@@ -88,3 +88,86 @@ def test_audit_verify_command(configs, tmp_path, tessera_cli) -> None:
     assert done.returncode == 1
     report = json.loads(done.stdout)
     assert report["ok"] is False and report["first_bad_line"] == 1
+
+
+# ---- signed by the node's key ------------------------------------------------------------------
+
+
+def signed_log(tmp_path, n: int = 4):  # type: ignore[no-untyped-def]
+    from node_agent.identity import NodeIdentity
+
+    identity = NodeIdentity.create(tmp_path, "node-a")
+    log = AuditLog(tmp_path / "audit.jsonl", identity)
+    for i in range(n):
+        log.record("task.received", "received", task=i, query=10 + i)
+    return log, identity
+
+
+def rechain(entries: list[dict]) -> list[dict]:
+    """What a node operator without the key can do: recompute every hash (not the sigs)."""
+    from node_agent.audit_log import _digest
+
+    prev = GENESIS
+    for e in entries:
+        body = {k: v for k, v in e.items() if k not in ("prev_hash", "hash", "sig")}
+        e["prev_hash"], e["hash"] = prev, _digest(prev, body)
+        prev = e["hash"]
+    return entries
+
+
+def test_signed_entries_verify_with_the_node_certificate(tmp_path) -> None:
+    log, identity = signed_log(tmp_path)
+    report = verify(log.path, identity.certificate_pem)
+    assert report.ok and (report.signed, report.legacy_unsigned) == (4, 0)
+    assert log.head() == (4, report.last_hash, lines(log.path)[-1]["sig"])
+    other = signed_log(tmp_path / "other")[1]
+    wrong = verify(log.path, other.certificate_pem)
+    assert (wrong.ok, wrong.first_bad_line) == (False, 1)
+    assert wrong.problem == "signature is not the node key's"
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [lambda e: e.pop(1), lambda e: e[2].update(outcome="refused"), lambda e: e.pop()],
+)
+def test_a_recomputed_chain_without_the_key_is_caught(tmp_path, tamper) -> None:
+    log, identity = signed_log(tmp_path)
+    entries = lines(log.path)
+    tamper(entries)
+    log.path.write_text("".join(json.dumps(e) + "\n" for e in rechain(entries)))
+    assert verify(log.path).ok, "the plain chain alone passes"
+    report = verify(log.path, identity.certificate_pem)
+    if len(entries) == 3 and entries[-1]["task"] == 2:  # the last line cut off: still valid
+        assert report.ok and report.entries == 3  # caught by the coordinator's record
+    else:
+        assert not report.ok and report.problem == "signature is not the node key's"
+
+
+def test_legacy_entries_are_sealed_and_cannot_follow_signed_ones(tmp_path) -> None:
+    from node_agent.identity import NodeIdentity
+
+    path = filled(tmp_path, 3).path  # written before the node had a key
+    identity = NodeIdentity.create(tmp_path, "node-a")
+    unsealed = verify(path, identity.certificate_pem)
+    assert not unsealed.ok and "ends with unsigned entries" in unsealed.problem
+
+    log = AuditLog(path, identity)  # the agent starting with its key seals them
+
+    assert lines(path)[-1]["action"] == "audit.signing_started"
+    report = verify(path, identity.certificate_pem)
+    assert report.ok and (report.legacy_unsigned, report.signed) == (3, 1)
+    log.record("task.received", "received", task=9)
+    AuditLog(path).record("task.received", "received", task=10)  # no key: unsigned
+    late = verify(path, identity.certificate_pem)
+    assert (late.ok, late.first_bad_line, late.problem) == (
+        False,
+        6,
+        "unsigned, after signing began",
+    )
+    assert verify(path).problem == "unsigned, after signing began"
+
+
+def test_fields_cannot_overwrite_the_chain(tmp_path) -> None:
+    log = AuditLog(tmp_path / "audit.jsonl")
+    with pytest.raises(ValueError, match="chain's own"):
+        log.record("x", "y", hash="0" * 64)

@@ -128,3 +128,22 @@ def test_backoff_doubles_with_jitter_up_to_the_cap() -> None:
     assert all(0.1 <= d <= 10.0 for d in delays)
     real.reset()
     assert real.next_delay() <= 0.2
+
+
+def test_the_poll_sends_the_node_head_and_keeps_the_coordinators() -> None:
+    head = f"12:{'a' * 64}:c2lnbmF0dXJl"
+    coordinator = Coordinator(httpx.Response(200, json=[], headers={"Tessera-Audit-Head": head}))
+    c = client(coordinator)
+    assert c.tasks(0.0, audit_head=(5, "b" * 64, "bm9kZQ==")) == []
+    assert coordinator.requests[0].headers["Tessera-Audit-Head"] == f"5:{'b' * 64}:bm9kZQ=="
+    assert c.audit_head == (12, "a" * 64, "c2lnbmF0dXJl")
+    coordinator.answers = [httpx.Response(200, json=[], headers={"Tessera-Audit-Head": "junk"})]
+    c.tasks(0.0)
+    assert "Tessera-Audit-Head" not in coordinator.requests[1].headers
+    assert c.audit_head is None, "a malformed head is not kept"
+
+
+def test_the_coordinator_key_is_fetched_as_published() -> None:
+    coordinator = Coordinator(ok({"public_key_pem": "PEM", "fingerprint": "sha256:x"}))
+    assert client(coordinator).coordinator_key() == "PEM"
+    assert coordinator.requests[0].url.path == "/api/v1/coordinator/key"

@@ -1,0 +1,140 @@
+"""What the coordinator signs, and how anyone checks it: the coordinator's Ed25519 key by its
+fingerprint, the signature of an audit chain head, and the signed statement of a task.
+
+The coordinator holds the private key (`api.signing`); nodes and auditors hold only the public
+key (pinned by fingerprint) and call the functions here. Every signed message starts with a
+domain tag, so a signature made for one purpose is never valid for another.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+AUDIT_EVENT = b"tessera-audit-event-v1\n"  # the coordinator signs an event's chain hash
+NODE_AUDIT_ENTRY = b"tessera-node-audit-entry-v1\n"  # a node signs its log entry's hash
+TASK_STATEMENT = b"tessera-task-statement-v1\n"  # the coordinator signs a task's statement
+
+
+def canonical(value: Any) -> str:
+    """Canonical JSON: sorted keys, no spaces, non-ASCII kept as is."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def utc_text(at: datetime) -> str:
+    """One text per instant, whatever zone or backend it came through (naive means UTC)."""
+    if at.tzinfo is not None:
+        at = at.astimezone(UTC).replace(tzinfo=None)
+    return at.isoformat(timespec="microseconds")
+
+
+def public_key_fingerprint(public_pem: str) -> str:
+    """`sha256:<hex>` of the public key (SubjectPublicKeyInfo, DER), as nodes pin it."""
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_public_key(public_pem.encode())
+    spki = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return "sha256:" + hashlib.sha256(spki).hexdigest()
+
+
+def b64(signature: bytes) -> str:
+    return base64.b64encode(signature).decode("ascii")
+
+
+def unb64(text: str) -> bytes | None:
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        return None
+
+
+def verify_ed25519(public_pem: str, message: bytes, signature: str | None) -> bool:
+    """Whether `signature` (base64) is the Ed25519 signature of `message` by this key."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    raw = unb64(signature) if signature else None
+    if raw is None:
+        return False
+    key = serialization.load_pem_public_key(public_pem.encode())
+    if not isinstance(key, Ed25519PublicKey):
+        return False
+    try:
+        key.verify(raw, message)
+    except InvalidSignature:
+        return False
+    return True
+
+
+def audit_message(chain_hash: str) -> bytes:
+    return AUDIT_EVENT + chain_hash.encode("ascii")
+
+
+def node_audit_message(entry_hash: str) -> bytes:
+    return NODE_AUDIT_ENTRY + entry_hash.encode("ascii")
+
+
+def task_statement(
+    *,
+    query_id: int,
+    task_id: int,
+    party_id: int,
+    n_parties: int,
+    study_id: int | None,
+    dataset: str,
+    query: dict[str, Any],
+    researcher_id: int | None,
+    researcher: str | None,
+    submitted_at: datetime | None,
+    deadline: datetime,
+) -> dict[str, Any]:
+    """What the coordinator vouches for when it sends a task: who asked (the researcher it
+    authenticated), in which study, for which query, and the task's place in the run."""
+    return {
+        "query_id": query_id,
+        "task_id": task_id,
+        "party_id": party_id,
+        "n_parties": n_parties,
+        "study_id": study_id,
+        "dataset": dataset,
+        "query": json.loads(canonical(query)),
+        "researcher_id": researcher_id,
+        "researcher": researcher,
+        "submitted_at": None if submitted_at is None else utc_text(submitted_at),
+        "deadline": utc_text(deadline),
+    }
+
+
+def statement_message(statement: dict[str, Any]) -> bytes:
+    return TASK_STATEMENT + canonical(statement).encode()
+
+
+def statement_hash(statement: dict[str, Any]) -> str:
+    """SHA-256 (hex) of the signed message: what the `query.submitted` event and the node's
+    `task.received` entry both record."""
+    return hashlib.sha256(statement_message(statement)).hexdigest()
+
+
+def parse_head(text: str | None) -> tuple[int, str, str] | None:
+    """`"<seq>:<hash>:<signature>"` (an audit chain head in a header), or None if malformed."""
+    if not text:
+        return None
+    parts = text.strip().split(":")
+    if len(parts) != 3 or not parts[0].isdigit() or len(parts[1]) != 64:
+        return None
+    try:
+        int(parts[1], 16)
+    except ValueError:
+        return None
+    return int(parts[0]), parts[1], parts[2]
+
+
+def format_head(seq: int, chain_hash: str, signature: str) -> str:
+    return f"{seq}:{chain_hash}:{signature}"
