@@ -347,11 +347,11 @@ class NodeSettings(BaseSettings):
     def _fingerprint(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        from node_agent.identity import normalise_fingerprint
         from tessera.errors import InvalidRequest
+        from tessera.fingerprints import normalise
 
         try:
-            return normalise_fingerprint(value)
+            return normalise(value)
         except InvalidRequest:
             raise ValueError(
                 f"{value!r} is not a key fingerprint (sha256: and 64 hex digits, as "

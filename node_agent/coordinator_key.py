@@ -14,8 +14,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from node_agent.identity import grouped, identity_dir
+from node_agent.identity import identity_dir
 from tessera.errors import ConfigInvalid
+from tessera.fingerprints import grouped
 from tessera.signing import public_key_fingerprint
 
 KEY_FILE = "coordinator_key.pem"

@@ -105,23 +105,6 @@ class NodeIdentity:
         return signature
 
 
-def verify_signature(certificate_pem: str, data: bytes, signature: bytes) -> bool:
-    """Whether `signature` is the certificate's key's ECDSA signature of `data`."""
-    from cryptography import x509
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    public = x509.load_pem_x509_certificate(certificate_pem.encode()).public_key()
-    if not isinstance(public, ec.EllipticCurvePublicKey):
-        return False
-    try:
-        public.verify(signature, data, ec.ECDSA(hashes.SHA256()))
-    except InvalidSignature:
-        return False
-    return True
-
-
 def _write_private(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:

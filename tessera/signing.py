@@ -73,6 +73,27 @@ def verify_ed25519(public_pem: str, message: bytes, signature: str | None) -> bo
     return True
 
 
+def verify_ecdsa(certificate_pem: str, data: bytes, signature: bytes) -> bool:
+    """Whether `signature` is the ECDSA P-256/SHA-256 signature of `data` by the key of
+    `certificate_pem` (a node's long-term certificate)."""
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    try:
+        public = x509.load_pem_x509_certificate(certificate_pem.encode()).public_key()
+    except ValueError:
+        return False
+    if not isinstance(public, ec.EllipticCurvePublicKey):
+        return False
+    try:
+        public.verify(signature, data, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        return False
+    return True
+
+
 def audit_message(chain_hash: str) -> bytes:
     return AUDIT_EVENT + chain_hash.encode("ascii")
 

@@ -33,7 +33,7 @@ from tessera.schemas import (
     TaskResult,
     TaskStart,
 )
-from tessera.signing import format_head, parse_head
+from tessera.signing import format_head, node_audit_message, parse_head, unb64, verify_ecdsa
 
 router = APIRouter()
 NODE = errors(401, 403, 422)  # what every node-agent route can answer
@@ -170,6 +170,15 @@ async def poll_tasks(
         if head is None:
             raise InvalidRequest(
                 f"{AUDIT_HEAD} must be `<entries>:<last hash>:<signature>`",
+                {"header": AUDIT_HEAD},
+            )
+        raw = unb64(head[2])
+        if node.identity_certificate is not None and (
+            raw is None
+            or not verify_ecdsa(node.identity_certificate, node_audit_message(head[1]), raw)
+        ):
+            raise InvalidRequest(
+                f"{AUDIT_HEAD} is not signed by this node's registered key",
                 {"header": AUDIT_HEAD},
             )
         await run_in_threadpool(_keep_node_head, request.app.state.db, node_id, head)

@@ -276,3 +276,12 @@ def test_the_poll_carries_the_signed_chain_head_and_refuses_a_malformed_node_hea
     )
     assert bad.status_code == 422
     assert bad.json()["error"]["details"]["header"] == "Tessera-Audit-Head"
+    # a head signed by another key than the node's registered one is not kept
+    from smpc.tls import new_authority
+    from tessera.signing import b64, node_audit_message
+
+    other = NodeIdentity("node-a", *new_authority("Tessera node node-a"))
+    forged = f"99:{'ab' * 32}:{b64(other.sign(node_audit_message('ab' * 32)))}"
+    refused = httpx.get(poll, headers={**headers, "Tessera-Audit-Head": forged}, params={"wait": 0})
+    assert refused.status_code == 422
+    assert "not signed by this node's registered key" in refused.json()["error"]["message"]
