@@ -127,8 +127,11 @@ class DatasetDPConfig(BaseModel):
 class SynthesisPolicyConfig(BaseModel):
     """What this node lets a generator do (`[policy.synthesis]`; absent: it trains none).
 
-    `stewards` are the names that may approve or reject a candidate (`tessera steward ...
-    --as NAME`); `approvals_required` of them must approve before anything is uploaded.
+    `stewards` is a table of the people who may approve or reject a candidate, each by name and
+    Ed25519 public key (`[policy.synthesis.stewards]`, `ada = "ed25519:..."`, the line
+    `tessera steward keygen` prints); a decision counts only as a signature by that key
+    (`tessera steward approve JOB --key FILE`), and one key counts once.
+    `approvals_required` distinct stewards must approve before anything is uploaded.
     `holdout_min` is the smallest share of rows a request may hold out for evaluation.
     `device` is where torch generators train (`auto`: CUDA when present); at most
     `max_concurrent_jobs` jobs train at once (the others wait, their deadlines running).
@@ -145,7 +148,7 @@ class SynthesisPolicyConfig(BaseModel):
     default_delta: float = Field(1e-6, gt=0, lt=1e-3)
     max_rows: int | None = Field(None, ge=1)
     max_training_seconds: float | None = Field(None, gt=0)
-    stewards: list[str] = Field(min_length=1)
+    stewards: dict[str, str] = Field(min_length=1)
     approvals_required: int = Field(1, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_concurrent_jobs: int = Field(1, ge=1, le=16)  # workers training at once
@@ -165,15 +168,40 @@ class SynthesisPolicyConfig(BaseModel):
             )
         return list(dict.fromkeys(value))
 
+    @field_validator("stewards", mode="before")
+    @classmethod
+    def _names_need_keys(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            names = ", ".join(str(v) for v in value) or "none"
+            raise ValueError(
+                f"stewards lists names only ({names}); each steward now signs with their own "
+                "key: have each run `tessera steward keygen --out DIR --name NAME` and list "
+                'them as a table, [policy.synthesis.stewards] NAME = "ed25519:..." (no '
+                "candidate is released by names alone)"
+            )
+        return value
+
     @field_validator("stewards")
     @classmethod
-    def _steward_names(cls, value: list[str]) -> list[str]:
-        for name in value:
+    def _steward_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        from tessera.stewards import KeyInvalid, normal_key
+
+        keys: dict[str, str] = {}
+        for name, text in value.items():
             if not name.strip() or len(name) > 64 or name != name.strip():
                 raise ValueError(f"steward name {name!r} must be 1-64 characters, no outer spaces")
-        if len(set(value)) != len(value):
-            raise ValueError("a steward is named twice")
-        return value
+            try:
+                key = normal_key(text)
+            except KeyInvalid as exc:
+                raise ValueError(f"steward {name!r}: {exc}") from None
+            if key in keys.values():
+                other = next(n for n, k in keys.items() if k == key)
+                raise ValueError(
+                    f"stewards {other!r} and {name!r} share one public key; each steward needs "
+                    "their own (one key counts once)"
+                )
+            keys[name] = key
+        return keys
 
     @field_validator("gates")
     @classmethod
@@ -216,6 +244,7 @@ class SynthesisPolicyConfig(BaseModel):
             max_epsilon=self.max_epsilon,
             max_rows=self.max_rows,
             approvals_required=self.approvals_required,
+            stewards=dict(self.stewards),
         )
 
 
