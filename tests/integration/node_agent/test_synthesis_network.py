@@ -293,7 +293,8 @@ def test_approved_gated_and_rejected_candidates(world: World) -> None:
     assert "node-b gated: release gate(s) failed: min_fidelity" in status.stdout
     assert "node-c rejected: rejected by dee" in status.stdout
     listed = tessera("synth", "releases", "--study", "synth", env=env)
-    assert listed.returncode == 0 and "node-a" in listed.stdout and "ada, bob" in listed.stdout
+    assert listed.returncode == 0 and "node-a" in listed.stdout
+    assert "ada (SHA256:" in listed.stdout and "bob (SHA256:" in listed.stdout
     out = world.net.root / "download.parquet"
     fetched = tessera(
         "synth",
