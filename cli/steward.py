@@ -1,5 +1,7 @@
-"""`tessera steward keygen|list|show|approve|reject`: a hospital's data stewards decide on the
-synthetic datasets their node has trained, on the node's own host, each with their own key.
+"""`tessera steward keygen|list|show|approve|reject|queries|approve-query|reject-query`: a
+hospital's data stewards decide on the synthetic datasets their node has trained, and (with
+`approval = "manual"`) on the query shapes it has not seen, on the node's own host, each with
+their own key.
 
 `keygen` makes a steward's Ed25519 key pair: the private key in a file only its owner may read
 (PEM, encrypted with a passphrase from `TESSERA_STEWARD_PASSPHRASE` or a prompt unless
@@ -13,6 +15,8 @@ candidate's data, card and report hashes, the job and the node (`tessera.steward
 key (`--as NAME`, optional, must agree). The running node agent verifies the signature within a
 second, records it in the node's audit log, and uploads a candidate once `approvals_required`
 distinct stewards' keys approved it. Read the report (`show` prints its path) before approving.
+`queries` lists the queries the node holds for a steward; `approve-query ID [--remember]` and
+`reject-query ID --reason` sign a decision on one (`node_agent.query_approval`).
 Every failure is one line on stderr and exit code 2.
 """
 
@@ -33,6 +37,7 @@ if TYPE_CHECKING:
 
     from node_agent.candidates import Candidate, CandidateStore
     from node_agent.config import NodeSettings
+    from node_agent.query_approval import QueryQueue
 
 app = typer.Typer(
     help="Make a steward's key; review, approve or reject (signed) the synthetic datasets this "
@@ -409,3 +414,145 @@ def reject(
         raise InvalidRequest("a rejection needs a --reason")
     name, _ = _sign(config, job, key, steward, "reject", reason[:2000])
     typer.echo(f"candidate {job}: rejected by {name}; nothing of it will be uploaded")
+
+
+# ---- manual query approval ------------------------------------------------------------------
+
+
+def _queue(config: Path) -> tuple[NodeSettings, QueryQueue]:
+    from node_agent.config import NodeSettings
+    from node_agent.query_approval import QueryQueue
+
+    settings = NodeSettings.load(config)
+    path = settings.query_approvals_path
+    if not path.exists():
+        raise InvalidRequest(f"no query has waited for a steward at this node ({path})")
+    return settings, QueryQueue(path)
+
+
+def _query_steward(settings: NodeSettings, public: str, name: str | None) -> str:
+    from tessera.stewards import fingerprint
+
+    stewards = settings.policy.query_stewards
+    listed = [n for n, k in stewards.items() if k == public]
+    if not listed:
+        raise PolicyDenied(
+            f"this key ({fingerprint(public)}) is no query steward's of node {settings.name} "
+            f"(stewards: {', '.join(stewards) or 'none'})"
+        )
+    if name is not None and name != listed[0]:
+        raise PolicyDenied(
+            f"node {settings.name}'s policy lists this key for steward {listed[0]!r}, not {name!r}"
+        )
+    return listed[0]
+
+
+@app.command("queries")
+@reports_errors
+def queries(
+    config: Path = ConfigOption,
+    everything: bool = typer.Option(False, "--all", help="Every held query and how it ended."),
+    as_json: bool = JsonOption,
+) -> None:
+    """The queries waiting for a steward's approval of their shape (policy approval =
+    "manual"): each one's statistic, columns, grouping and filtered columns, and the query."""
+    _, queue = _queue(config)
+    held = queue.list(None if everything else ("waiting",))
+    views = [
+        {
+            "id": h.task_id,
+            "query": h.query_id,
+            "study": h.study_id,
+            "status": h.status,
+            "shape": h.shape,
+            "shape_sha256": h.shape_sha256,
+            "text": h.query,
+            "waiting_until": h.deadline.isoformat(),
+            "reason": h.reason,
+            "decisions": [
+                {"steward": d.steward, "decision": d.decision, "remember": d.remember}
+                for d in h.decisions
+            ],
+        }
+        for h in held
+    ]
+    if as_json:
+        typer.echo(json.dumps(views, indent=2, default=str))
+        return
+    if not views:
+        typer.echo("no query waits for a steward" + ("" if everything else " (--all: every one)"))
+        return
+    for v in views:
+        shape = v["shape"]
+        typer.echo(
+            f"{v['id']:>5}  {v['status']:<8} {shape['statistic']} on {shape['dataset']}: "
+            f"columns {', '.join(shape['columns']) or '-'}; group_by "
+            f"{', '.join(shape['group_by']) or '-'}; where on {', '.join(shape['where']) or '-'}"
+            f"  (query {v['query']}, study {v['study']}, until {v['waiting_until']})"
+        )
+        typer.echo(f"       {json.dumps(v['text'], sort_keys=True)}")
+
+
+def _sign_query(
+    config: Path,
+    query_id: int,
+    key_path: Path,
+    name: str | None,
+    decision: str,
+    remember: bool,
+    reason: str,
+) -> str:
+    from node_agent.query_approval import signed_query_decision
+    from tessera.stewards import public_key_text
+
+    settings, queue = _queue(config)
+    private = load_key(key_path, settings)
+    steward = _query_steward(settings, public_key_text(private.public_key()), name)
+    held = queue.get(query_id)
+    if held.status != "waiting":
+        raise Conflict(f"query {query_id} is {held.status}, not waiting")
+    signed = signed_query_decision(
+        private,
+        held,
+        node=settings.name,
+        steward=steward,
+        decision=decision,
+        remember=remember,
+        reason=reason,
+    )
+    queue.decide(signed)
+    return steward
+
+
+@app.command("approve-query")
+@reports_errors
+def approve_query(
+    query_id: int = typer.Argument(..., help="The held query's id (from `queries`)."),
+    config: Path = ConfigOption,
+    key: Path = KeyOption,
+    steward: str | None = StewardOption,
+    remember: bool = typer.Option(
+        False, "--remember", help="Also approve every later query of this shape at this node."
+    ),
+    reason: str = typer.Option("", help="A note kept with the decision (optional)."),
+) -> None:
+    """Sign your approval of a held query: the node takes part in it within a second."""
+    name = _sign_query(config, query_id, key, steward, "approve", remember, reason[:2000])
+    tail = "; later queries of this shape go ahead without asking" if remember else ""
+    typer.echo(f"query {query_id}: approved by {name}{tail}")
+
+
+@app.command("reject-query")
+@reports_errors
+def reject_query(
+    query_id: int = typer.Argument(..., help="The held query's id (from `queries`)."),
+    config: Path = ConfigOption,
+    key: Path = KeyOption,
+    steward: str | None = StewardOption,
+    reason: str = typer.Option(..., help="Why (told the coordinator with the refusal)."),
+) -> None:
+    """Sign your rejection of a held query: the node refuses it, with your reason."""
+    if not reason.strip():
+        raise InvalidRequest("a rejection needs a --reason")
+    name = _sign_query(config, query_id, key, steward, "reject", False, reason[:2000])
+    typer.echo(f"query {query_id}: rejected by {name}; the node refuses it")

@@ -240,3 +240,59 @@ def signed_decision(
         **signed,
         signature=sign(private, message),
     )
+
+
+# ---- query approvals (a node's policy `approval = "manual"`) -------------------------------
+
+QUERY_STATEMENT_TYPE = "tessera.query-decision.v1"
+
+
+def query_shape(query: Any) -> dict[str, Any]:
+    """What a steward approves of a query when they approve its shape: the statistic, the
+    dataset, the statistic's own columns (in their roles' order), the grouping columns and the
+    columns filtered on, never a constant (`where` values, `q`, `bins`, `min_count`, `dp`).
+    `query` is a compiled query (`smpc.query.QueryBase`)."""
+    return {
+        "statistic": query.statistic,
+        "dataset": query.dataset,
+        "columns": list(query.statistic_columns()),
+        "group_by": list(query.group_by),
+        "where": sorted({c.column for c in query.where}),
+    }
+
+
+def digest(value: Any) -> str:
+    """SHA-256 of a value's canonical JSON."""
+    return hashlib.sha256(canonical_json(value)).hexdigest()
+
+
+def query_statement(
+    *,
+    node: str,
+    task_id: int,
+    query_sha256: str,
+    shape_sha256: str,
+    steward: str,
+    key: str,
+    decision: str,
+    remember: bool,
+    at: datetime,
+    reason: str,
+) -> bytes:
+    """The exact bytes a steward signs to approve or reject one held query (and, with
+    `remember`, every later query of the same shape at this node)."""
+    return canonical_json(
+        {
+            "type": QUERY_STATEMENT_TYPE,
+            "node": node,
+            "task_id": int(task_id),
+            "query_sha256": query_sha256,
+            "shape_sha256": shape_sha256,
+            "steward": steward,
+            "key": normal_key(key),
+            "decision": decision,
+            "remember": bool(remember),
+            "at": timestamp(at),
+            "reason": reason,
+        }
+    )
