@@ -79,6 +79,11 @@ class NodeSpec:
     # `[policy.disclosure]` (tessera.schemas.DisclosureRules: `mode` "exact" or "dp" and the
     # rules), for every dataset of the node; None: the defaults (exact).
     disclosure: dict[str, Any] | None = None
+    # Manual approval of query shapes (`approval = "manual"`, `approval_timeout_s`) and the
+    # stewards who give it (`[policy.stewards]`: name -> public key); None: not set (auto).
+    approval: str | None = None
+    approval_timeout_s: float | None = None
+    stewards: dict[str, str] | None = None
 
 
 def node_config(spec: NodeSpec, coordinator_url: str, api_key: str, work_dir: Path) -> str:
@@ -104,8 +109,13 @@ def node_config(spec: NodeSpec, coordinator_url: str, api_key: str, work_dir: Pa
             "dp_delta_budget": spec.dp_delta_budget,
             "dp_epsilon_total": spec.dp_epsilon_total,
             "dp_delta_total": spec.dp_delta_total,
+            "approval": spec.approval,
+            "approval_timeout_s": spec.approval_timeout_s,
         }
     )
+    if spec.stewards:
+        lines += ["", "[policy.stewards]"]
+        lines += [f"{json.dumps(n)} = {json.dumps(k)}" for n, k in spec.stewards.items()]
     if spec.disclosure is not None:
         lines += ["", "[policy.disclosure]", *_toml_table(spec.disclosure)]
     if spec.synthesis is not None:
