@@ -407,14 +407,18 @@ def releases(
         return
     typer.echo(
         f"{'release':>7}  {'node':<16} {'dataset':<20} {'generator':<16} {'rows':>7}  "
-        f"{'epsilon':>7}  {'fidelity':>8}  approved by"
+        f"{'epsilon':>7}  {'fidelity':>8}  signed by (key fingerprint)"
     )
     for r in listed:
         card = r["card"]
         eps = f"{card['epsilon']:g}" if card.get("epsilon") is not None else "-"
         fidelity = card.get("metrics", {}).get("fidelity", {}).get("score")
         fid = f"{fidelity:.3f}" if fidelity is not None else "-"
-        approvers = ", ".join(a["steward"] for a in card.get("approvals", []))
+        prints = {x["steward"]: x.get("fingerprint") for x in r.get("signed_by", [])}
+        approvers = ", ".join(
+            f"{a['steward']} ({prints[a['steward']]})" if prints.get(a["steward"]) else a["steward"]
+            for a in card.get("approvals", [])
+        )
         typer.echo(
             f"{r['id']:>7}  {r['node']:<16} {r['dataset']:<20} {card['generator']:<16} "
             f"{r['rows']:>7}  {eps:>7}  {fid:>8}  {approvers}"

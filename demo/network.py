@@ -6,6 +6,7 @@ Used by `tessera demo`, the end-to-end tests and the latency benchmark. Everythi
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -72,12 +73,17 @@ class NodeSpec:
     dp_delta_budget: float | None = None
     dp_epsilon_total: float | None = None
     dp_delta_total: float | None = None
-    # `[policy.synthesis]` (docs/node-agent.md), its `gates` a table of their own; None: the
-    # node trains no generator.
+    # `[policy.synthesis]` (docs/node-agent.md), its `gates` and `stewards` (name -> public
+    # key) tables of their own; None: the node trains no generator.
     synthesis: dict[str, Any] | None = None
     # `[policy.disclosure]` (tessera.schemas.DisclosureRules: `mode` "exact" or "dp" and the
     # rules), for every dataset of the node; None: the defaults (exact).
     disclosure: dict[str, Any] | None = None
+    # Manual approval of query shapes (`approval = "manual"`, `approval_timeout_s`) and the
+    # stewards who give it (`[policy.stewards]`: name -> public key); None: not set (auto).
+    approval: str | None = None
+    approval_timeout_s: float | None = None
+    stewards: dict[str, str] | None = None
 
 
 def node_config(spec: NodeSpec, coordinator_url: str, api_key: str, work_dir: Path) -> str:
@@ -103,16 +109,26 @@ def node_config(spec: NodeSpec, coordinator_url: str, api_key: str, work_dir: Pa
             "dp_delta_budget": spec.dp_delta_budget,
             "dp_epsilon_total": spec.dp_epsilon_total,
             "dp_delta_total": spec.dp_delta_total,
+            "approval": spec.approval,
+            "approval_timeout_s": spec.approval_timeout_s,
         }
     )
+    if spec.stewards:
+        lines += ["", "[policy.stewards]"]
+        lines += [f"{json.dumps(n)} = {json.dumps(k)}" for n, k in spec.stewards.items()]
     if spec.disclosure is not None:
         lines += ["", "[policy.disclosure]", *_toml_table(spec.disclosure)]
     if spec.synthesis is not None:
         rules = dict(spec.synthesis)
         gates = rules.pop("gates", None)
+        keyed = isinstance(rules.get("stewards"), dict)  # name -> public key
+        stewards = rules.pop("stewards") if keyed else None
         lines += ["", "[policy.synthesis]", *_toml_table(rules)]
         if gates:
             lines += ["", "[policy.synthesis.gates]", *_toml_table(gates)]
+        if stewards:
+            lines += ["", "[policy.synthesis.stewards]"]
+            lines += [f"{json.dumps(name)} = {json.dumps(key)}" for name, key in stewards.items()]
     for ds in spec.datasets:
         lines += ["", "[[datasets]]"]
         lines += _toml_table(

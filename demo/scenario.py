@@ -12,10 +12,13 @@ result reports, and the study's remaining budget at each hospital is printed at 
 
 Then the statistician requests a synthetic copy of the cohort: each hospital trains the default
 generator on its own rows, evaluates it against rows it held out, applies its release gates,
-and holds the candidate for its data steward. In the demo a demo steward approves every
-candidate that passed its gates at once, with `tessera steward approve`, and says so: in a real
-network a person reads the report first. The release cards are printed, and each release's
-data is downloaded and checked against the hash on its card.
+and holds the candidate for its data steward. In the demo a demo steward, whose key pair
+`tessera steward keygen` made in the demo's temporary folder (outside every node's work_dir)
+and whose public key every hospital's policy lists, signs an approval of every candidate that
+passed its gates at once, with `tessera steward approve --key`, and says so: in a real network
+a person reads the report first, with their own passphrase-protected key. The release cards
+are printed, each naming who signed it, and each release's data is downloaded and checked
+against the hash on its card.
 """
 
 from __future__ import annotations
@@ -59,9 +62,8 @@ SYNTHESIS = {
     "target": "icu_admission",
     "seed": 7,
 }
-SYNTHESIS_POLICY = {
+SYNTHESIS_POLICY = {  # and `stewards`: the demo steward's public key (`steward_key`)
     "generators": ["cart", "gaussian_copula", "mst"],
-    "stewards": [DEMO_STEWARD],
     "approvals_required": 1,
     "max_rows": 10_000,
 }
@@ -248,10 +250,38 @@ def show(value: Any) -> str:
     return str(value)
 
 
+def steward_key(root: Path) -> str:
+    """Make the demo steward's key pair in `root`/stewards with `tessera steward keygen`
+    (unencrypted: the demo signs unattended); its public key."""
+    import subprocess
+
+    from demo.network import cli_command
+
+    made = subprocess.run(
+        cli_command(
+            "steward",
+            "keygen",
+            "--out",
+            str(root / "stewards"),
+            "--name",
+            DEMO_STEWARD,
+            "--no-passphrase",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if made.returncode != 0:
+        raise RuntimeError(f"tessera steward keygen failed: {made.stderr.strip()}")
+    return made.stdout.splitlines()[0]
+
+
 def write_sources(root: Path) -> list[NodeSpec]:
-    """Each demo hospital's data in a different kind of source."""
+    """Each demo hospital's data in a different kind of source; every hospital's policy lists
+    the demo steward's public key."""
     import sqlalchemy
 
+    synthesis = SYNTHESIS_POLICY | {"stewards": {DEMO_STEWARD: steward_key(root)}}
     frames = cohorts()
     declared = schema()
     specs = []
@@ -281,7 +311,7 @@ def write_sources(root: Path) -> list[NodeSpec]:
                 min_count=NODE_MIN_COUNT,
                 dp_epsilon_budget=DP_EPSILON_BUDGET,
                 dp_epsilon_total=DP_EPSILON_TOTAL,
-                synthesis=SYNTHESIS_POLICY,
+                synthesis=synthesis,
             )
         )
     return specs
@@ -552,8 +582,8 @@ def run_synthesis(client: Any, study_id: int, net: Network, say: Callable[[str],
             str(job["id"]),
             "--config",
             str(config),
-            "--as",
-            DEMO_STEWARD,
+            "--key",
+            str(net.root / "stewards" / f"{DEMO_STEWARD}.key"),
             "--reason",
             "auto-approved by the demo",
         )
@@ -564,7 +594,8 @@ def run_synthesis(client: Any, study_id: int, net: Network, say: Callable[[str],
             continue
         say(
             f"   {job['node']}: gates passed; auto-approved by the demo steward "
-            f"'{DEMO_STEWARD}' (demo only: a hospital's data steward reads the report first)"
+            f"'{DEMO_STEWARD}', signed with their key (demo only: a hospital's data steward "
+            "reads the report first)"
         )
     view = client.wait_synthesis(made["id"], timeout=120, until="done")
     releases = {r["id"]: r for r in client.releases(study_id)}
@@ -592,8 +623,10 @@ def release_card_lines(release: dict[str, Any]) -> list[str]:
     card = release["card"]
     metrics = card["metrics"]
     fidelity, utility, privacy = metrics["fidelity"], metrics["utility"], metrics["privacy"]
+    prints = {s["steward"]: s["fingerprint"] for s in release.get("signed_by", [])}
     approvals = ", ".join(
-        f"{a['steward']} ({a.get('reason') or 'approved'})" for a in card["approvals"]
+        f"{a['steward']} ({a.get('reason') or 'approved'}; key {prints.get(a['steward'], '?')})"
+        for a in card["approvals"]
     )
     lines = [
         f"-- Release #{release['id']} from {release['node']}: {release['dataset']}, "
@@ -623,7 +656,7 @@ def release_card_lines(release: dict[str, Any]) -> list[str]:
         f"{privacy['mia_advantage']:.3f}",
         "   gates            "
         + ", ".join(f"{g['name']} {'passed' if g['passed'] else 'FAILED'}" for g in card["gates"]),
-        f"   approved by      {approvals}",
+        f"   signed by        {approvals}",
         f"   sha256           {release['sha256']} (Parquet)",
     ]
     return lines

@@ -51,6 +51,7 @@ from node_agent.identity import NodeIdentity, TrustedPeers
 from node_agent.peers import check_parties, run_id
 from node_agent.policy import Policy
 from node_agent.ports import PortPool
+from node_agent.query_approval import QueryApprovals
 from node_agent.synthesis import SynthesisService
 from tessera import __version__
 from tessera.errors import (
@@ -147,6 +148,7 @@ class NodeAgent:
         self.synthesis = SynthesisService(
             settings, self.client, self.policy, self._audit, self.stopping, self.charge_synthesis
         )
+        self.query_approvals = QueryApprovals(settings, self._audit, self._tell, self.stopping)
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -578,6 +580,10 @@ class NodeAgent:
         decision = self.policy.decide(task)
         if decision.statistic is None:
             self._refuse(task, subject, decision.refusal or "refused")
+            return
+        held = self.query_approvals.check(task, decision.statistic.query)  # manual approval
+        if held is not None:
+            self._refuse(task, subject, held)
             return
         port: int | None = None
         try:

@@ -6,18 +6,22 @@ The node agent writes a candidate when a synthesis job starts and updates it as 
              -> gated (a release gate failed: no steward is asked, nothing is uploaded)
     awaiting_review -> rejected (one steward's rejection is enough)      any -> failed
 
-The data stewards decide with `tessera steward approve|reject` on the node's host, which
-writes a decision here; the agent sees it within a second, records it in the node's audit
-log, and acts: a rejection is reported (nothing is uploaded), the `approvals_required`-th
-approval makes the candidate `approved`, and the agent uploads it. A candidate stays
-`approved` until the upload succeeded, so a restarted agent finishes it.
+The data stewards decide with `tessera steward approve|reject --key FILE` on the node's host,
+which writes a signed decision here; the agent sees it within a second, checks its signature
+against the policy's keys, records it in the node's audit log, and acts: a rejection is
+reported (nothing is uploaded), the `approvals_required`-th distinct key's approval makes the
+candidate `approved`, and the agent uploads it. A candidate stays `approved` until the upload
+succeeded, so a restarted agent finishes it.
 
-Access to this file is access to the decisions: it lives in the node's work_dir, which only
-the node's operator and its stewards can reach on the hospital's host.
+This file is not trusted: whoever can write the node's work_dir can write it. A decision counts
+only by its signature (`tessera.stewards`), checked by the agent on every use, and the agent
+re-hashes the data, card and report before uploading them. Decisions recorded before schema 2
+(unsigned, table `decisions`) are not read.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from contextlib import AbstractContextManager
@@ -26,11 +30,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from node_agent.sqlite_store import open_schema, transaction
 from tessera.errors import Conflict, NotFound
-from tessera.schemas import StewardDecision
+from tessera.schemas import ReleaseContent, StewardDecision
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STATUSES = ("training", "awaiting_review", "gated", "approved", "released", "rejected", "failed")
 OPEN = ("training", "awaiting_review", "approved")
 
@@ -53,12 +59,17 @@ CREATE TABLE IF NOT EXISTS candidates (
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS decisions (
+CREATE TABLE IF NOT EXISTS steward_decisions (
     job_id INTEGER NOT NULL REFERENCES candidates (job_id),
     steward TEXT NOT NULL,
     decision TEXT NOT NULL CHECK (decision IN ('approve', 'reject')),
     reason TEXT NOT NULL DEFAULT '',
     at TEXT NOT NULL,
+    key TEXT NOT NULL,
+    data_sha256 TEXT NOT NULL,
+    card_sha256 TEXT NOT NULL,
+    report_sha256 TEXT NOT NULL,
+    signature TEXT NOT NULL,
     audited INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (job_id, steward)
 )
@@ -96,6 +107,20 @@ class Candidate:
     @property
     def rejections(self) -> list[StewardDecision]:
         return [d for d in self.decisions if d.decision == "reject"]
+
+    def content(self) -> ReleaseContent:
+        """The release card as the stewards sign it (its draft and gates, no approvals)."""
+        assert self.card is not None and self.gates is not None
+        return ReleaseContent.model_validate({**self.card, "gates": self.gates})
+
+    def hashes(self) -> dict[str, str]:
+        """What a steward signs of this candidate as it is on disk now: the SHA-256 of the
+        data file and of the report, and the card's digest."""
+        return {
+            "data_sha256": hashlib.sha256(self.data_path.read_bytes()).hexdigest(),
+            "card_sha256": self.content().digest(),
+            "report_sha256": hashlib.sha256(self.report_path.read_bytes()).hexdigest(),
+        }
 
     @property
     def report_path(self) -> Path:
@@ -191,42 +216,57 @@ class CandidateStore:
                 (status, error, release_id, _now(), job_id),
             )
 
-    def unaudited(self) -> list[tuple[int, StewardDecision]]:
-        """Decisions the agent has not recorded in its audit log yet, oldest first."""
+    def unaudited(self) -> list[tuple[int, str, StewardDecision | None]]:
+        """Decisions the agent has not recorded in its audit log yet, oldest first: (job,
+        steward, the decision, or None where the row does not read as a signed decision)."""
         with self._transaction() as conn:
             rows = conn.execute(
-                "SELECT * FROM decisions WHERE audited = 0 ORDER BY at, job_id, steward"
+                "SELECT * FROM steward_decisions WHERE audited = 0 ORDER BY at, job_id, steward"
             ).fetchall()
-        return [(int(r["job_id"]), _decision(r)) for r in rows]
+        return [(int(r["job_id"]), str(r["steward"]), _decision(r)) for r in rows]
 
     def mark_audited(self, job_id: int, steward: str) -> None:
         with self._transaction() as conn:
             conn.execute(
-                "UPDATE decisions SET audited = 1 WHERE job_id = ? AND steward = ?",
+                "UPDATE steward_decisions SET audited = 1 WHERE job_id = ? AND steward = ?",
                 (job_id, steward),
             )
 
     # ---- the stewards' side ---------------------------------------------------------------
 
-    def decide(self, job_id: int, steward: str, decision: str, reason: str = "") -> Candidate:
-        """Record one steward's decision on a candidate awaiting review."""
-        if decision not in ("approve", "reject"):
-            raise ValueError(decision)
+    def decide(self, job_id: int, decision: StewardDecision) -> Candidate:
+        """Record one steward's signed decision on a candidate awaiting review (once per
+        steward, and once per key)."""
+        steward = decision.steward
         with self._transaction() as conn:
             self._expect(conn, job_id, ("awaiting_review",))
             before = conn.execute(
-                "SELECT decision FROM decisions WHERE job_id = ? AND steward = ?",
-                (job_id, steward),
+                "SELECT steward, decision FROM steward_decisions WHERE job_id = ? "
+                "AND (steward = ? OR key = ?)",
+                (job_id, steward, decision.key),
             ).fetchone()
             if before is not None:
+                who = steward if before["steward"] == steward else f"this key (as {before[0]})"
                 raise Conflict(
-                    f"{steward} already decided on candidate {job_id} ({before['decision']})",
+                    f"{who} already decided on candidate {job_id} ({before['decision']})",
                     {"job_id": job_id, "steward": steward},
                 )
             conn.execute(
-                "INSERT INTO decisions (job_id, steward, decision, reason, at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (job_id, steward, decision, reason, _now()),
+                "INSERT INTO steward_decisions (job_id, steward, decision, reason, at, key, "
+                "data_sha256, card_sha256, report_sha256, signature) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    job_id,
+                    steward,
+                    decision.decision,
+                    decision.reason,
+                    decision.at.isoformat(),
+                    decision.key,
+                    decision.data_sha256,
+                    decision.card_sha256,
+                    decision.report_sha256,
+                    decision.signature,
+                ),
             )
         return self.get(job_id)
 
@@ -258,18 +298,26 @@ class CandidateStore:
             )
 
 
-def _decision(row: sqlite3.Row) -> StewardDecision:
-    return StewardDecision(
-        steward=row["steward"],
-        decision=row["decision"],
-        at=datetime.fromisoformat(row["at"]),
-        reason=row["reason"],
-    )
+def _decision(row: sqlite3.Row) -> StewardDecision | None:
+    try:
+        return StewardDecision(
+            steward=row["steward"],
+            decision=row["decision"],
+            at=datetime.fromisoformat(row["at"]),
+            reason=row["reason"],
+            key=row["key"],
+            data_sha256=row["data_sha256"],
+            card_sha256=row["card_sha256"],
+            report_sha256=row["report_sha256"],
+            signature=row["signature"],
+        )
+    except (ValidationError, ValueError, TypeError):
+        return None
 
 
 def _candidate(conn: sqlite3.Connection, row: sqlite3.Row) -> Candidate:
     decisions = conn.execute(
-        "SELECT * FROM decisions WHERE job_id = ? ORDER BY at, steward", (row["job_id"],)
+        "SELECT * FROM steward_decisions WHERE job_id = ? ORDER BY at, steward", (row["job_id"],)
     ).fetchall()
     return Candidate(
         job_id=row["job_id"],
@@ -288,5 +336,5 @@ def _candidate(conn: sqlite3.Connection, row: sqlite3.Row) -> Candidate:
         error=row["error"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
-        decisions=tuple(_decision(d) for d in decisions),
+        decisions=tuple(d for d in map(_decision, decisions) if d is not None),
     )

@@ -124,11 +124,37 @@ class DatasetDPConfig(BaseModel):
         return DPBudget(epsilon=self.epsilon, delta=self.delta or 0.0)
 
 
+def steward_keys(value: dict[str, str]) -> dict[str, str]:
+    """A stewards table (name -> `ed25519:` public key) checked: names 1-64 characters, keys
+    that parse (in their canonical form), and no key under two names (one key counts once)."""
+    from tessera.stewards import KeyInvalid, normal_key
+
+    keys: dict[str, str] = {}
+    for name, text in value.items():
+        if not name.strip() or len(name) > 64 or name != name.strip():
+            raise ValueError(f"steward name {name!r} must be 1-64 characters, no outer spaces")
+        try:
+            key = normal_key(text)
+        except KeyInvalid as exc:
+            raise ValueError(f"steward {name!r}: {exc}") from None
+        if key in keys.values():
+            other = next(n for n, k in keys.items() if k == key)
+            raise ValueError(
+                f"stewards {other!r} and {name!r} share one public key; each steward needs "
+                "their own (one key counts once)"
+            )
+        keys[name] = key
+    return keys
+
+
 class SynthesisPolicyConfig(BaseModel):
     """What this node lets a generator do (`[policy.synthesis]`; absent: it trains none).
 
-    `stewards` are the names that may approve or reject a candidate (`tessera steward ...
-    --as NAME`); `approvals_required` of them must approve before anything is uploaded.
+    `stewards` is a table of the people who may approve or reject a candidate, each by name and
+    Ed25519 public key (`[policy.synthesis.stewards]`, `ada = "ed25519:..."`, the line
+    `tessera steward keygen` prints); a decision counts only as a signature by that key
+    (`tessera steward approve JOB --key FILE`), and one key counts once.
+    `approvals_required` distinct stewards must approve before anything is uploaded.
     `holdout_min` is the smallest share of rows a request may hold out for evaluation.
     `device` is where torch generators train (`auto`: CUDA when present); at most
     `max_concurrent_jobs` jobs train at once (the others wait, their deadlines running).
@@ -145,7 +171,7 @@ class SynthesisPolicyConfig(BaseModel):
     default_delta: float = Field(1e-6, gt=0, lt=1e-3)
     max_rows: int | None = Field(None, ge=1)
     max_training_seconds: float | None = Field(None, gt=0)
-    stewards: list[str] = Field(min_length=1)
+    stewards: dict[str, str] = Field(min_length=1)
     approvals_required: int = Field(1, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_concurrent_jobs: int = Field(1, ge=1, le=16)  # workers training at once
@@ -165,15 +191,23 @@ class SynthesisPolicyConfig(BaseModel):
             )
         return list(dict.fromkeys(value))
 
+    @field_validator("stewards", mode="before")
+    @classmethod
+    def _names_need_keys(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            names = ", ".join(str(v) for v in value) or "none"
+            raise ValueError(
+                f"stewards lists names only ({names}); each steward now signs with their own "
+                "key: have each run `tessera steward keygen --out DIR --name NAME` and list "
+                'them as a table, [policy.synthesis.stewards] NAME = "ed25519:..." (no '
+                "candidate is released by names alone)"
+            )
+        return value
+
     @field_validator("stewards")
     @classmethod
-    def _steward_names(cls, value: list[str]) -> list[str]:
-        for name in value:
-            if not name.strip() or len(name) > 64 or name != name.strip():
-                raise ValueError(f"steward name {name!r} must be 1-64 characters, no outer spaces")
-        if len(set(value)) != len(value):
-            raise ValueError("a steward is named twice")
-        return value
+    def _steward_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        return steward_keys(value)
 
     @field_validator("gates")
     @classmethod
@@ -216,6 +250,7 @@ class SynthesisPolicyConfig(BaseModel):
             max_epsilon=self.max_epsilon,
             max_rows=self.max_rows,
             approvals_required=self.approvals_required,
+            stewards=dict(self.stewards),
         )
 
 
@@ -241,12 +276,48 @@ class PolicyConfig(BaseModel):
     disclosure: DisclosureRules = DisclosureRules()
     dataset_disclosure: dict[str, DisclosureRules] = {}
     synthesis: SynthesisPolicyConfig | None = None  # None: this node trains no generator
+    # Manual approval of query shapes (node_agent.query_approval): "manual" holds a task whose
+    # shape no steward of this node approved before until one does, or `approval_timeout_s`
+    # passes (then it is refused). Per dataset in `dataset_approval`; the stewards who decide
+    # are `[policy.stewards]` (name -> public key), else `[policy.synthesis.stewards]`.
+    approval: Literal["auto", "manual"] = "auto"
+    dataset_approval: dict[str, Literal["auto", "manual"]] = {}
+    approval_timeout_s: float = Field(3600.0, gt=0, le=30 * 86400)
+    stewards: dict[str, str] = {}
+
+    @field_validator("stewards")
+    @classmethod
+    def _steward_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        return steward_keys(value)
 
     @model_validator(mode="after")
     def _delta_needs_epsilon(self) -> PolicyConfig:
         if self.dp_delta_budget is not None and self.dp_epsilon_budget is None:
             raise ValueError("dp_delta_budget needs dp_epsilon_budget")
         return self
+
+    @model_validator(mode="after")
+    def _manual_needs_stewards(self) -> PolicyConfig:
+        manual = self.approval == "manual" or "manual" in self.dataset_approval.values()
+        if manual and not self.query_stewards:
+            raise ValueError(
+                'approval = "manual" needs stewards to approve queries: list them with their '
+                'public keys in [policy.stewards] (NAME = "ed25519:...", from `tessera steward '
+                "keygen`)"
+            )
+        return self
+
+    def approval_mode(self, dataset: str) -> str:
+        """ "auto" or "manual": whether a query on `dataset` needs a steward's approval of its
+        shape."""
+        return self.dataset_approval.get(dataset, self.approval)
+
+    @property
+    def query_stewards(self) -> dict[str, str]:
+        """Who approves queries: `[policy.stewards]`, else the synthesis stewards."""
+        if self.stewards:
+            return dict(self.stewards)
+        return dict(self.synthesis.stewards) if self.synthesis is not None else {}
 
     @property
     def dp_budget(self) -> DPBudget | None:
@@ -426,6 +497,11 @@ class NodeSettings(BaseSettings):
     def candidates_path(self) -> Path:
         """The candidate store (SQLite): candidates and the stewards' decisions."""
         return self.synthesis_dir / "candidates.sqlite3"
+
+    @property
+    def query_approvals_path(self) -> Path:
+        """The steward queue of held queries and the stewards' signed decisions (SQLite)."""
+        return self.work_dir / "query_approvals.sqlite3"
 
     @property
     def ledger_path(self) -> Path:

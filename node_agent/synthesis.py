@@ -10,10 +10,13 @@ upload only what they approved.
   the candidate's release gates: a candidate that failed one is `gated`, never offered, and
   nothing of it leaves the node;
 - a reviewer looks at the candidate store every second: each steward decision made with
-  `tessera steward` is written to the node's audit log; one rejection rejects the candidate
-  (the coordinator keeps only that record); the policy's `approvals_required`-th approval makes
-  it `approved`, and the reviewer uploads the release card, the synthetic Parquet and the
-  report. Only then does synthetic data leave the node.
+  `tessera steward` is checked (a signature by the key the policy lists for that steward,
+  over this node, this job and the candidate's hashes: `tessera.stewards`) and written to the
+  node's audit log, or logged as not counting; one signed rejection rejects the candidate (the
+  coordinator keeps only that record); signed approvals by `approvals_required` distinct keys
+  make it `approved`, and the reviewer re-hashes the data, card and report, refuses if any
+  changed since an approval, and uploads the release card with the signatures, the synthetic
+  Parquet and the report. Only then does synthetic data leave the node.
 
 What leaves the node for a job: its decision and reason, progress (stages, epochs, losses),
 the gates' names, values and thresholds, the stewards' decisions, and for an approved
@@ -44,11 +47,13 @@ from tessera.errors import BudgetExceeded, Conflict, ProtocolFailed, TesseraErro
 from tessera.schemas import (
     GateOutcome,
     ReleaseCard,
+    StewardDecision,
     SynthesisCandidate,
     SynthesisJobOut,
     SynthesisProgress,
     SynthesisRejection,
 )
+from tessera.stewards import decision_refusal, distinct_keys, fingerprint
 
 if TYPE_CHECKING:
     from node_agent.config import NodeSettings
@@ -402,33 +407,81 @@ class SynthesisService:
             except Exception:  # the reviewer must outlive one bad candidate
                 log.exception("reviewing synthesis candidates failed; again in 1 s")
 
+    def _stewards(self) -> dict[str, str]:
+        rules = self.settings.policy.synthesis
+        return dict(rules.stewards) if rules is not None else {}
+
+    def _required(self, candidate: Candidate) -> int:
+        """Approvals needed: the policy's now, never fewer than the candidate was trained
+        under (the store is writable by whoever can write work_dir; the policy rules)."""
+        rules = self.settings.policy.synthesis
+        policy = rules.approvals_required if rules is not None else 1
+        return max(policy, candidate.approvals_required or 1)
+
+    def _refusal(
+        self, job_id: int, decision: StewardDecision, hashes: dict[str, str] | None = None
+    ) -> str | None:
+        return decision_refusal(
+            decision,
+            node=self.settings.name,
+            job_id=job_id,
+            stewards=self._stewards(),
+            hashes=hashes,
+        )
+
+    def _signed(self, candidate: Candidate, decisions: list[StewardDecision]) -> list[Any]:
+        """The decisions whose signatures verify, one per key."""
+        return distinct_keys(d for d in decisions if self._refusal(candidate.job_id, d) is None)
+
     def review_once(self) -> None:
-        """Audit new decisions; reject, approve and upload what they decide."""
-        for job_id, decision in self.store.unaudited():
-            done = {"approve": "approved", "reject": "rejected"}[decision.decision]
-            self.audit(
-                f"steward.{done}",
-                done,
-                job=job_id,
-                steward=decision.steward,
-                reason=decision.reason or None,
+        """Audit new decisions (and those that do not count, with why); reject, approve and
+        upload what verified signatures decide."""
+        for job_id, steward, decision in self.store.unaudited():
+            refusal = (
+                "it does not read as a signed decision"
+                if decision is None
+                else self._refusal(job_id, decision)
             )
-            self.store.mark_audited(job_id, decision.steward)
+            if decision is not None and refusal is None:
+                done = {"approve": "approved", "reject": "rejected"}[decision.decision]
+                self.audit(
+                    f"steward.{done}",
+                    done,
+                    job=job_id,
+                    steward=steward,
+                    key=fingerprint(decision.key),
+                    reason=decision.reason or None,
+                )
+            else:
+                self.audit(
+                    "steward.refused", "refused", job=job_id, steward=steward, reason=refusal
+                )
+                _event(
+                    logging.WARNING,
+                    "steward.refused",
+                    "synthesis job %d: a decision as steward %r does not count: %s",
+                    job_id,
+                    steward,
+                    refusal,
+                    job=job_id,
+                )
+            self.store.mark_audited(job_id, steward)
         for candidate in self.store.list(("awaiting_review", "approved")):
             if candidate.status == "awaiting_review":
-                if candidate.rejections:
-                    self._reject(candidate)
+                rejections = self._signed(candidate, candidate.rejections)
+                if rejections:
+                    self._reject(candidate, rejections)
                     continue
-                if len(candidate.approvals) < (candidate.approvals_required or 1):
+                if len(self._signed(candidate, candidate.approvals)) < self._required(candidate):
                     continue
                 self.store.set_status(candidate.job_id, "approved", expect=("awaiting_review",))
                 candidate = self.store.get(candidate.job_id)
             self._upload(candidate)
 
-    def _reject(self, candidate: Candidate) -> None:
+    def _reject(self, candidate: Candidate, rejections: list[StewardDecision]) -> None:
         self.store.set_status(candidate.job_id, "rejected", expect=("awaiting_review",))
         candidate.data_path.unlink(missing_ok=True)  # never uploaded, not kept
-        stewards = [d.steward for d in candidate.rejections]
+        stewards = [d.steward for d in rejections]
         self.audit("synthesis.rejected", "rejected", job=candidate.job_id, stewards=stewards)
         _event(
             logging.INFO,
@@ -438,22 +491,42 @@ class SynthesisService:
             ", ".join(stewards),
             job=candidate.job_id,
         )
-        self._tell(
-            "reject_synthesis",
-            candidate.job_id,
-            SynthesisRejection(decisions=list(candidate.decisions)),
-        )
+        decisions = self._signed(candidate, list(candidate.decisions))  # what verifies
+        self._tell("reject_synthesis", candidate.job_id, SynthesisRejection(decisions=decisions))
 
     def _upload(self, candidate: Candidate) -> None:
+        """Upload an approved candidate, after re-hashing its data, card and report: each
+        counted approval must have signed exactly these (else nothing is uploaded)."""
         assert candidate.card is not None and candidate.gates is not None
         data = candidate.data_path.read_bytes()
         if hashlib.sha256(data).hexdigest() != candidate.card["sha256"]:
             self._fail_candidate(candidate, "data_changed", "the candidate's data file changed")
             return
-        card = ReleaseCard.model_validate(
-            {**candidate.card, "gates": candidate.gates, "approvals": candidate.approvals}
-        )
         report = candidate.report_path.read_bytes()
+        content = candidate.content()
+        now = {
+            "data_sha256": hashlib.sha256(data).hexdigest(),
+            "card_sha256": content.digest(),
+            "report_sha256": hashlib.sha256(report).hexdigest(),
+        }
+        approvals = self._signed(candidate, candidate.approvals)
+        for approval in approvals:
+            changed = self._refusal(candidate.job_id, approval, now)
+            if changed is not None:
+                self._fail_candidate(candidate, "data_changed", f"{changed}; nothing uploaded")
+                return
+        if len(approvals) < self._required(candidate):
+            self.store.set_status(candidate.job_id, "awaiting_review", expect=("approved",))
+            self.audit(
+                "synthesis.unapproved",
+                "awaiting_review",
+                job=candidate.job_id,
+                reason=f"{len(approvals)} verified approval(s) of {self._required(candidate)}",
+            )
+            return
+        card = ReleaseCard.model_validate(
+            {**content.model_dump(mode="json"), "approvals": approvals}
+        )
         try:
             release = self.client.release(candidate.job_id, card, data, report)
         except Conflict as exc:
@@ -478,6 +551,7 @@ class SynthesisService:
             sha256=card.sha256,
             rows=card.rows,
             approvals=[a.steward for a in card.approvals],
+            keys=[fingerprint(a.key) for a in card.approvals],
         )
         _event(
             logging.INFO,

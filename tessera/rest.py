@@ -467,6 +467,12 @@ class ReleaseLinks(View):
     report: str
 
 
+class ReleaseSigner(View):
+    steward: str
+    fingerprint: str | None = Field(description="SHA256 fingerprint of the steward's key.")
+    at: datetime
+
+
 class ReleaseOut(View):
     id: int
     study_id: int
@@ -480,6 +486,10 @@ class ReleaseOut(View):
     parquet_bytes: int
     report_sha256: str
     card: dict[str, Any] = Field(description="The ReleaseCard the node uploaded.")
+    signed_by: list[ReleaseSigner] = Field(
+        default_factory=list,
+        description="The stewards whose signed approvals the coordinator verified.",
+    )
     created_at: datetime
     links: ReleaseLinks
 

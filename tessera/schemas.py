@@ -22,6 +22,8 @@ Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 COLUMN_PATTERN = r"^[^\x00-\x1f\x7f\s](?:[^\x00-\x1f\x7f]*[^\x00-\x1f\x7f\s])?$"
 ColumnName = Annotated[str, Field(pattern=COLUMN_PATTERN, max_length=128)]
 ColumnType = Literal["float", "integer", "boolean", "categorical"]
+# A steward's Ed25519 public key in its one-line text form (tessera.stewards)
+StewardKey = Annotated[str, Field(pattern=r"^ed25519:[A-Za-z0-9+/]{43}=$")]
 
 
 class Strict(BaseModel):
@@ -150,6 +152,9 @@ class SynthesisPolicySummary(Strict):
     max_epsilon: float | None = None  # a DP generator's epsilon may not exceed this
     max_rows: int | None = None
     approvals_required: int = Field(1, ge=1)
+    # Each steward's name and public key (`ed25519:<base64>`): the coordinator verifies the
+    # signed approvals of a release against these, and counts one key once.
+    stewards: dict[str, StewardKey] = Field(default_factory=dict, max_length=64)
 
     def refusal(self, spec: SynthesisSpec) -> str | None:
         """Why this policy refuses `spec` ("policy does not allow generator ..."), or None.
@@ -493,13 +498,25 @@ class SynthesisCandidate(Strict):
         return all(g.passed for g in self.gates)
 
 
+SHA256 = r"^[0-9a-f]{64}$"
+
+
 class StewardDecision(Strict):
-    """One data steward's decision on a candidate, as recorded at the node."""
+    """One data steward's decision on a candidate, signed with the steward's own key.
+
+    `signature` is the steward's Ed25519 signature (base64) over the canonical statement of
+    every other field, the node's name and the job id (`tessera.stewards.statement`): the
+    hashes of the exact data, card and report the steward decided on."""
 
     steward: str = Field(min_length=1, max_length=64)
     decision: Literal["approve", "reject"]
     at: datetime
     reason: str = Field("", max_length=2000)
+    key: StewardKey
+    data_sha256: str = Field(pattern=SHA256)
+    card_sha256: str = Field(pattern=SHA256)
+    report_sha256: str = Field(pattern=SHA256)
+    signature: str = Field(pattern=r"^[A-Za-z0-9+/]{86}==$")
 
 
 class SynthesisRejection(Strict):
@@ -509,10 +526,9 @@ class SynthesisRejection(Strict):
     decisions: list[StewardDecision] = Field(min_length=1)
 
 
-class ReleaseCard(Strict):
-    """What the node uploads with an approved synthetic dataset (the multipart field `card` of
-    `POST /synthesis-jobs/{id}/release`, beside the files `data` (Parquet) and `report`
-    (HTML)). `sha256` is the hash of the Parquet bytes, checked on upload."""
+class ReleaseContent(Strict):
+    """A release card without its approvals: what the stewards sign the hash of
+    (`tessera.stewards.card_sha256` of its JSON form)."""
 
     generator: str
     generator_license: str
@@ -523,7 +539,6 @@ class ReleaseCard(Strict):
     delta: float | None = None
     metrics: dict[str, Any]  # `synth.evaluate`'s report
     gates: list[GateOutcome]
-    approvals: list[StewardDecision] = Field(min_length=1)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     device: str = Field(max_length=32)
     fit_seconds: float = Field(ge=0)
@@ -533,6 +548,23 @@ class ReleaseCard(Strict):
     holdout_rows: int | None = Field(None, ge=1)
     seed: int | None = None
     target: str | None = None
+
+    def digest(self) -> str:
+        """The card's hash as stewards sign it (without approvals; JSON types)."""
+        import json
+
+        from tessera.stewards import card_sha256
+
+        return card_sha256(json.loads(self.model_dump_json(exclude={"approvals"})))
+
+
+class ReleaseCard(ReleaseContent):
+    """What the node uploads with an approved synthetic dataset (the multipart field `card` of
+    `POST /synthesis-jobs/{id}/release`, beside the files `data` (Parquet) and `report`
+    (HTML)). `sha256` is the hash of the Parquet bytes, checked on upload; `approvals` are the
+    stewards' signed decisions, each over this card's `digest()`, the data and the report."""
+
+    approvals: list[StewardDecision] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _approvals(self) -> ReleaseCard:

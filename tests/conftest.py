@@ -118,6 +118,78 @@ def tessera_cli() -> Callable[..., Done]:
     return run
 
 
+# ---- data stewards' keys --------------------------------------------------------------------
+
+
+class StewardKeys:
+    """Deterministic Ed25519 keys for test stewards (a name's key is derived from the name), the
+    `[policy.synthesis.stewards]` table that lists them, and their signed decisions."""
+
+    def private(self, name: str) -> Any:
+        import hashlib
+
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        seed = hashlib.sha256(f"tessera test steward {name}".encode()).digest()
+        return Ed25519PrivateKey.from_private_bytes(seed)
+
+    def public(self, name: str) -> str:
+        from tessera.stewards import public_key_text
+
+        return public_key_text(self.private(name).public_key())
+
+    def table(self, *names: str, keys: dict[str, str] | None = None) -> str:
+        """TOML lines of a `[policy.synthesis.stewards]` table (`keys`: name -> key owner)."""
+        owners = keys or {n: n for n in names}
+        return "".join(f'"{n}" = "{self.public(owners[n])}"\n' for n in names)
+
+    def write(self, name: str, folder: Any) -> Any:
+        """The name's private key as an unencrypted PEM file (mode 0600) in `folder`."""
+        from cryptography.hazmat.primitives.serialization import (
+            Encoding,
+            NoEncryption,
+            PrivateFormat,
+        )
+
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{name}.key"
+        pem = self.private(name).private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+        path.write_bytes(pem)
+        path.chmod(0o600)
+        return path
+
+    def decision(
+        self,
+        name: str,
+        *,
+        node: str,
+        job_id: int,
+        hashes: dict[str, str],
+        decision: str = "approve",
+        reason: str = "",
+        signer: str | None = None,
+        at: Any = None,
+    ) -> Any:
+        """`name`'s decision, signed with `signer`'s key (default: their own)."""
+        from tessera.stewards import signed_decision
+
+        return signed_decision(
+            self.private(signer or name),
+            node=node,
+            job_id=job_id,
+            steward=name,
+            decision=decision,
+            hashes=hashes,
+            reason=reason,
+            at=at,
+        )
+
+
+@pytest.fixture(scope="session")
+def stewards() -> StewardKeys:
+    return StewardKeys()
+
+
 # ---- the REST contract: every answer a test receives is checked against /openapi.json -------
 
 

@@ -48,6 +48,7 @@ from tessera.errors import Conflict, InvalidRequest, NotFound, PolicyDenied
 from tessera.schemas import (
     DatasetSchema,
     ReleaseCard,
+    StewardDecision,
     SynthesisCandidate,
     SynthesisJobOut,
     SynthesisProgress,
@@ -55,6 +56,7 @@ from tessera.schemas import (
     SynthesisSpec,
     TaskFailure,
 )
+from tessera.stewards import decision_refusal, distinct_keys, fingerprint
 
 TERMINAL = ("gated", "released", "rejected", "refused", "failed")
 AT_REST = (*TERMINAL, "awaiting_review")  # nothing more happens without a steward
@@ -75,6 +77,8 @@ def published_refusal(node: Node, spec: SynthesisSpec) -> str | None:
     reason = policy.refusal(spec)
     if reason is not None:
         return f"its {reason}"
+    if not policy.stewards:
+        return "its policy publishes no steward keys, so no release of it could be verified"
     return published.disclosure_refusal(spec.dataset, spec.differentially_private, "synthesis")
 
 
@@ -350,6 +354,7 @@ def reject(db: Session, node: Node, job_id: int, body: SynthesisRejection) -> Sy
     job = _own_job(db, node, job_id, ("awaiting_review",))
     if not any(d.decision == "reject" for d in body.decisions):
         raise InvalidRequest("a rejection names at least one steward who rejected")
+    _verified(node, job, body.decisions, None)
     job.status, job.error_code = "rejected", "steward_rejected"
     job.error_message = "rejected by " + ", ".join(
         d.steward for d in body.decisions if d.decision == "reject"
@@ -412,14 +417,21 @@ def publish(
         )
     if card.rows != spec.rows:
         raise InvalidRequest(f"the request asked for {spec.rows} rows, the card has {card.rows}")
-    needed = job.approvals_required or 1
-    if len(card.approvals) < needed:
-        raise InvalidRequest(
-            f"{len(card.approvals)} approval(s); this node's policy requires {needed}",
-            {"approvals": len(card.approvals), "required": needed},
-        )
     if not report.lstrip().lower().startswith(b"<!doctype html"):
         raise InvalidRequest("the report is not an HTML document")
+    hashes = {
+        "data_sha256": card.sha256,
+        "card_sha256": card.digest(),
+        "report_sha256": hashlib.sha256(report).hexdigest(),
+    }
+    signers = _verified(node, job, card.approvals, hashes)
+    needed = max(job.approvals_required or 1, _published_stewards(node)[1])
+    if len(signers) < needed:
+        raise InvalidRequest(
+            f"{len(signers)} distinct steward key(s) approved; this node's policy requires "
+            f"{needed} (one key counts once)",
+            {"approvals": len(signers), "required": needed},
+        )
     csv = parquet_to_csv(data)
     release = Release(
         job_id=job.id,
@@ -453,9 +465,45 @@ def publish(
         rows=rows,
         sha256=card.sha256,
         approvals=[a.steward for a in card.approvals],
+        keys=[fingerprint(a.key) for a in card.approvals],
     )
     db.flush()
     return release
+
+
+def _published_stewards(node: Node) -> tuple[dict[str, str], int]:
+    """The stewards' public keys the node published at its last hello, and its
+    approvals_required; none published: nothing it sends is signed by a known key."""
+    policy = published_policy(node).synthesis
+    if policy is None or not policy.stewards:
+        raise Conflict(
+            f"node {node.name} published no steward keys (its policy's "
+            "[policy.synthesis.stewards]): no decision of it can be verified",
+            {"node": node.name},
+        )
+    return dict(policy.stewards), policy.approvals_required
+
+
+def _verified(
+    node: Node,
+    job: SynthesisJob,
+    decisions: list[StewardDecision],
+    hashes: dict[str, str] | None,
+) -> list[StewardDecision]:
+    """The decisions, one per key, after checking every one against the keys the node
+    published (`tessera.stewards.decision_refusal`, the rule the node applies too); 422 naming
+    the first that does not verify."""
+    stewards, _ = _published_stewards(node)
+    for decision in decisions:
+        refusal = decision_refusal(
+            decision, node=node.name, job_id=job.id, stewards=stewards, hashes=hashes
+        )
+        if refusal is not None:
+            raise InvalidRequest(
+                f"a steward decision does not verify: {refusal}",
+                {"job_id": job.id, "steward": decision.steward},
+            )
+    return distinct_keys(decisions)
 
 
 def _parquet_shape(data: bytes) -> tuple[int, list[str]]:
@@ -502,6 +550,18 @@ def list_releases(
     return page.page(db.scalars(page.apply(stmt, Release.id)).all(), lambda r: r.id)
 
 
+def signers(card: dict[str, Any]) -> list[dict[str, Any]]:
+    """Who signed a release: each approving steward's name, key fingerprint and time."""
+    out = []
+    for a in card.get("approvals", []):
+        try:
+            print_ = fingerprint(a["key"])
+        except (KeyError, ValueError):
+            print_ = None  # a release published before signed approvals
+        out.append({"steward": a["steward"], "fingerprint": print_, "at": a["at"]})
+    return out
+
+
 def release_view(release: Release) -> dict[str, Any]:
     return {
         "id": release.id,
@@ -516,6 +576,7 @@ def release_view(release: Release) -> dict[str, Any]:
         "parquet_bytes": release.parquet_bytes,
         "report_sha256": release.report_sha256,
         "card": release.card,
+        "signed_by": signers(release.card),
         "created_at": release.created_at,
         "links": {
             "parquet": f"/api/v1/releases/{release.id}/data?format=parquet",

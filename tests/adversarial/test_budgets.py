@@ -66,7 +66,11 @@ class Stub:
     on_reconnect = None
 
 
-SYNTHESIS = '[policy.synthesis]\ngenerators = ["cart", "mst"]\nstewards = ["sam"]\n'
+SAM = "ed25519:82Kfgyj9sP6AzunyERvWyt/BiU8K/XxhwDF31RaAzEc="  # a steward's public key
+SYNTHESIS = (
+    '[policy.synthesis]\ngenerators = ["cart", "mst"]\n'
+    f'[policy.synthesis.stewards]\nsam = "{SAM}"\n'
+)
 
 
 def test_the_same_count_is_not_answered_exactly_beside_its_dp_version(tmp_path: Path) -> None:

@@ -207,7 +207,11 @@ def test_a_failed_request_is_not_remembered_and_a_bad_key_is_refused(setup: Setu
 
 def test_a_retried_synthesis_request_is_made_once(setup: Setup) -> None:
     policy = {
-        "synthesis": {"generators": ["cart"], "approvals_required": 1},
+        "synthesis": {
+            "generators": ["cart"],
+            "approvals_required": 1,
+            "stewards": {"sam": "ed25519:82Kfgyj9sP6AzunyERvWyt/BiU8K/XxhwDF31RaAzEc="},
+        },
     }
     for node in setup.nodes:
         node.ok("POST", "/nodes/me/hello", json={"agent_version": "t", "policy": policy})

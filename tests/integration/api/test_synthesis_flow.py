@@ -9,7 +9,6 @@ import io
 import json
 import re
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -18,10 +17,26 @@ import pytest
 
 from tessera.client import TesseraClient
 from tessera.errors import InvalidRequest, NotFound, PolicyDenied
+from tessera.schemas import ReleaseContent
+from tessera.stewards import fingerprint
 
 from .conftest import DATASET, RESEARCHER_PASSWORD, FakeNode, Setup
 
-POLICY = {"generators": ["cart", "mst"], "max_epsilon": 5.0, "max_rows": 1000}
+# the `stewards` fixture's keys of sam and sue (tests/conftest.py StewardKeys)
+KEYS = {
+    "sam": "ed25519:82Kfgyj9sP6AzunyERvWyt/BiU8K/XxhwDF31RaAzEc=",
+    "sue": "ed25519:84WHVfF+gbkgDsCtWRnAmP8I1EukG8k3PS1ifn9o0rY=",
+}
+POLICY = {"generators": ["cart", "mst"], "max_epsilon": 5.0, "max_rows": 1000, "stewards": KEYS}
+STEWARDS: Any = None  # tests/conftest.py's StewardKeys, set for every test
+
+
+@pytest.fixture(autouse=True)
+def _stewards(stewards: Any) -> None:
+    global STEWARDS
+    STEWARDS = stewards
+
+
 SPEC = {"dataset": DATASET, "generator": "cart", "rows": 40, "target": "icu_admission"}
 GATES = [{"name": "min_fidelity", "passed": True, "value": 0.93, "threshold": 0.75}]
 
@@ -45,7 +60,16 @@ def synthetic(rows: int = 40) -> bytes:
     return buffer.getvalue()
 
 
-def card(data: bytes, **changes: Any) -> dict[str, Any]:
+def card(
+    data: bytes,
+    job_id: int,
+    node: str,
+    approvals: tuple[str, ...] = ("sam",),
+    report: bytes | None = None,
+    **changes: Any,
+) -> dict[str, Any]:
+    """A release card for `data` (with `changes`), approved by `approvals`, each signing the
+    card, data and report for job `job_id` at `node`, as `tessera steward approve` does."""
     body = {
         "generator": "cart",
         "generator_license": "Apache-2.0",
@@ -56,16 +80,23 @@ def card(data: bytes, **changes: Any) -> dict[str, Any]:
         "delta": None,
         "metrics": {"fidelity": {"score": 0.93}},
         "gates": GATES,
-        "approvals": [
-            {"steward": "sam", "decision": "approve", "at": datetime.now(UTC).isoformat()}
-        ],
         "sha256": hashlib.sha256(data).hexdigest(),
         "device": "cpu",
         "fit_seconds": 0.4,
         "training_rows": 160,
         "holdout_rows": 40,
     }
-    return body | changes
+    body |= {k: v for k, v in changes.items() if k != "approvals"}
+    hashes = {
+        "data_sha256": hashlib.sha256(data).hexdigest(),
+        "card_sha256": ReleaseContent.model_validate(body).digest(),
+        "report_sha256": hashlib.sha256(REPORT if report is None else report).hexdigest(),
+    }
+    signed = [
+        STEWARDS.decision(s, node=node, job_id=job_id, hashes=hashes).model_dump(mode="json")
+        for s in approvals
+    ]
+    return body | {"approvals": changes.get("approvals", signed)}
 
 
 REPORT = b"<!doctype html><html><body>report</body></html>"
@@ -170,11 +201,18 @@ def test_an_approved_candidate_is_published_and_downloadable(setup: Setup) -> No
     assert view["jobs"][0]["gates"][0]["name"] == "min_fidelity"
 
     data = synthetic()
-    response = upload(node, job["id"], data, card(data))
+    response = upload(node, job["id"], data, card(data, job["id"], node.name))
     assert response.status_code == 200, response.text
     release = response.json()
     assert release["rows"] == 40 and release["sha256"] == hashlib.sha256(data).hexdigest()
     assert release["card"]["approvals"][0]["steward"] == "sam"
+    assert release["signed_by"] == [
+        {
+            "steward": "sam",
+            "fingerprint": fingerprint(KEYS["sam"]),
+            "at": release["card"]["approvals"][0]["at"],
+        }
+    ]
 
     done = setup.researcher.get_synthesis(made["id"])
     assert done["status"] == "done" and done["jobs"][0]["status"] == "released"
@@ -189,7 +227,8 @@ def test_an_approved_candidate_is_published_and_downloadable(setup: Setup) -> No
         pd.read_csv(io.BytesIO(csv)), pd.read_parquet(io.BytesIO(data)), check_dtype=False
     )
     assert setup.researcher.release_report(release["id"]) == REPORT
-    assert upload(node, job["id"], data, card(data)).status_code == 409, "published once"
+    again = upload(node, job["id"], data, card(data, job["id"], node.name))
+    assert again.status_code == 409, "published once"
     metrics = setup.http.get(
         f"{setup.url}/api/v1/metrics", headers={"Authorization": f"Bearer {setup.admin.token}"}
     ).text
@@ -225,9 +264,7 @@ def test_an_upload_that_does_not_match_its_card_or_request_is_refused(
     made = setup.researcher.request_synthesis(setup.study_id, SPEC)
     job = to_review(node)
     data = synthetic(data_rows)
-    body = card(data) | changes
-    if "sha256" not in changes:
-        body["sha256"] = hashlib.sha256(data).hexdigest()
+    body = card(data, job["id"], node.name, **changes)
     response = upload(node, job["id"], data, body)
     assert response.status_code == status, response.text
     assert message in response.json()["error"]["message"]
@@ -241,12 +278,18 @@ def test_uploads_beyond_the_size_limit_and_too_few_approvals_are_refused(setup: 
     setup.researcher.request_synthesis(setup.study_id, SPEC)
     job = to_review(node, approvals=2)
     data = synthetic()
-    response = upload(node, job["id"], data, card(data))
+    response = upload(node, job["id"], data, card(data, job["id"], node.name))
     assert response.status_code == 422
     assert "this node's policy requires 2" in response.json()["error"]["message"]
-    big = upload(node, job["id"], data, card(data), report=b"<!doctype html>" + b"x" * 300_000)
+    big = upload(
+        node,
+        job["id"],
+        data,
+        card(data, job["id"], node.name),
+        report=b"<!doctype html>" + b"x" * 300_000,
+    )
     assert big.status_code == 413 and big.json()["error"]["code"] == "too_large"
-    assert upload(node, job["id"], b"", card(data)).status_code == 422
+    assert upload(node, job["id"], b"", card(data, job["id"], node.name)).status_code == 422
 
 
 def test_gated_rejected_refused_and_failed_jobs_publish_nothing(setup: Setup) -> None:
@@ -269,12 +312,14 @@ def test_gated_rejected_refused_and_failed_jobs_publish_nothing(setup: Setup) ->
         f"/synthesis-jobs/{rejected['id']}/candidate",
         json={"gates": GATES, "approvals_required": 1},
     )
-    decision = {
-        "steward": "sam",
-        "decision": "reject",
-        "at": datetime.now(UTC).isoformat(),
-        "reason": "too few rows for age over 15",
-    }
+    decision = STEWARDS.decision(
+        "sam",
+        node=b.name,
+        job_id=rejected["id"],
+        hashes={"data_sha256": "1" * 64, "card_sha256": "2" * 64, "report_sha256": "3" * 64},
+        decision="reject",
+        reason="too few rows for age over 15",
+    ).model_dump(mode="json")
     b.ok("POST", f"/synthesis-jobs/{rejected['id']}/reject", json={"decisions": [decision]})
     c.ok("POST", f"/synthesis-jobs/{refused['id']}/refuse", json={"reason": "not today"})
     view = setup.researcher.wait_synthesis(made["id"], timeout=10, until="done")
@@ -290,7 +335,7 @@ def test_gated_rejected_refused_and_failed_jobs_publish_nothing(setup: Setup) ->
     assert jobs[c.name]["error"]["message"] == "not today"
     data = synthetic()
     for node, job in ((a, gated), (b, rejected), (c, refused)):
-        response = upload(node, job["id"], data, card(data))
+        response = upload(node, job["id"], data, card(data, job["id"], node.name))
         assert response.status_code == 409, response.text
     assert setup.researcher.releases(setup.study_id) == []
     actions = audit_actions(setup)
@@ -305,7 +350,7 @@ def test_nodes_and_people_see_only_their_own(setup: Setup, coordinator: Any) -> 
     response = b.call("POST", f"/synthesis-jobs/{job['id']}/accept")
     assert response.status_code == 404, "another node's job does not exist for it"
     data = synthetic()
-    release = upload(a, job["id"], data, card(data)).json()
+    release = upload(a, job["id"], data, card(data, job["id"], a.name)).json()
     setup.admin.create_user("olga", RESEARCHER_PASSWORD, role="researcher")
     outsider = TesseraClient(setup.url)
     outsider.login("olga", RESEARCHER_PASSWORD)

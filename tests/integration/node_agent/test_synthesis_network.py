@@ -43,6 +43,8 @@ SPEC = {
     "target": "icu_admission",
     "seed": 11,
 }
+# each node's stewards get their key pairs from `tessera steward keygen` (in keys/, outside
+# every work_dir), and the policies list their public keys
 POLICIES: dict[str, dict[str, Any]] = {
     "node-a": {
         "generators": ["cart", "mst"],
@@ -53,6 +55,7 @@ POLICIES: dict[str, dict[str, Any]] = {
     "node-b": {"generators": ["cart"], "stewards": ["cy"], "gates": {"min_fidelity": 0.999}},
     "node-c": {"generators": ["cart"], "stewards": ["dee"]},
 }
+PEOPLE = ("ada", "bob", "cy", "dee", "mallory")  # mallory: listed by no node
 
 
 def tessera(
@@ -77,8 +80,18 @@ class World:
     def config(self, node: str) -> Path:
         return self.net.root / node / "node.toml"
 
-    def steward(self, node: str, *args: str) -> subprocess.CompletedProcess[str]:
-        return tessera("steward", *args, "--config", self.config(node))
+    def steward(
+        self, node: str, *args: str, key: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """`tessera steward ARGS` at `node`, signing with `key`'s key file where given."""
+        signing = ("--key", str(self.key(key))) if key else ()
+        return tessera("steward", *args, *signing, "--config", self.config(node))
+
+    def key(self, person: str) -> Path:
+        return self.net.root / "keys" / f"{person}.key"
+
+    def store(self, node: str) -> Path:
+        return self.net.root / node / "synthesis" / "candidates.sqlite3"
 
     def audit(self, node: str) -> list[dict[str, Any]]:
         path = self.net.root / node / "audit.jsonl"
@@ -93,8 +106,16 @@ def world(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         net.start_coordinator(database_url=database_url, sweep_interval_s=0.2)
         admin = TesseraClient(net.url)
         admin.login("admin", net.admin_password)
+        public = {}
+        for person in PEOPLE:
+            made = tessera(
+                "steward", "keygen", "--out", root / "keys", "--name", person, "--no-passphrase"
+            )
+            assert made.returncode == 0, made.stderr
+            public[person] = made.stdout.splitlines()[0]
         orgs = []
-        for (name, rules), hospital in zip(POLICIES.items(), HOSPITALS, strict=True):
+        for (name, listed), hospital in zip(POLICIES.items(), HOSPITALS, strict=True):
+            rules = listed | {"stewards": {p: public[p] for p in listed["stewards"]}}
             path = root / f"{name}.csv"
             cohort(hospital).to_csv(path, index=False)
             org = admin.create_organisation(f"Hospital {name[-1].upper()}")
@@ -125,6 +146,51 @@ def world(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         yield World(net, researcher, study["id"], backend)
     finally:
         net.stop()
+
+
+def forge_approval(world: World, node: str, job_id: int, as_steward: str, signer: str) -> None:
+    """What one person with write access to the node's work_dir can do: write an approval as
+    another steward into the candidate store, signed with their own key but naming the
+    steward's public key."""
+    import sqlite3
+    from datetime import UTC, datetime
+
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    from node_agent.config import NodeSettings
+    from tessera.stewards import sign
+
+    rules = NodeSettings.load(world.config(node)).policy.synthesis
+    assert rules is not None
+    with sqlite3.connect(world.store(node)) as conn:
+        row = conn.execute(
+            "SELECT data_sha256, card_sha256, report_sha256 FROM steward_decisions "
+            "WHERE job_id = ?",
+            (job_id,),
+        ).fetchone()
+        private = load_pem_private_key(world.key(signer).read_bytes(), None)
+        conn.execute(
+            "INSERT INTO steward_decisions (job_id, steward, decision, reason, at, key, "
+            "data_sha256, card_sha256, report_sha256, signature) VALUES (?, ?, 'approve', '', "
+            "?, ?, ?, ?, ?, ?)",
+            (
+                job_id,
+                as_steward,
+                datetime.now(UTC).isoformat(),
+                rules.stewards[as_steward],
+                *row,
+                sign(private, b"anything"),  # type: ignore[arg-type]
+            ),
+        )
+
+
+def unforge(world: World, node: str, job_id: int, steward: str) -> None:
+    import sqlite3
+
+    with sqlite3.connect(world.store(node)) as conn:
+        conn.execute(
+            "DELETE FROM steward_decisions WHERE job_id = ? AND steward = ?", (job_id, steward)
+        )
 
 
 def wait_at_rest(world: World, request_id: int, timeout: float = 240) -> dict[str, Any]:
@@ -170,20 +236,25 @@ def test_approved_gated_and_rejected_candidates(world: World) -> None:
     assert "fidelity" in shown.stdout and "report: " in shown.stdout
     report = Path(shown.stdout.rsplit("report: ", 1)[1].strip())
     assert report.read_text().startswith("<!doctype html>")
-    intruder = world.steward("node-c", "approve", job_c, "--as", "mallory")
-    assert intruder.returncode == 2 and "'mallory' is not a steward" in intruder.stderr
-    rejected = world.steward("node-c", "reject", job_c, "--as", "dee", "--reason", "too small")
+    intruder = world.steward("node-c", "approve", job_c, key="mallory")
+    assert intruder.returncode == 2 and "is no steward's of node node-c" in intruder.stderr
+    rejected = world.steward("node-c", "reject", job_c, "--reason", "too small", key="dee")
     assert rejected.returncode == 0, rejected.stderr
 
-    # Hospital A: one approval of the two it needs, then the second.
+    # Hospital A: one approval of the two it needs; one forged in the store (as bob, signed by
+    # mallory's key) does not count; then bob's own.
     job_a = str(jobs["node-a"]["id"])
-    first = world.steward("node-a", "approve", job_a, "--as", "ada")
+    first = world.steward("node-a", "approve", job_a, key="ada")
     assert first.returncode == 0 and "1 more approval(s) needed" in first.stdout
-    twice = world.steward("node-a", "approve", job_a, "--as", "ada")
+    twice = world.steward("node-a", "approve", job_a, key="ada")
     assert twice.returncode == 2 and "ada already decided" in twice.stderr
-    time.sleep(2)  # the agent sees one approval: nothing is uploaded yet
+    forge_approval(world, "node-a", int(job_a), as_steward="bob", signer="mallory")
+    time.sleep(2)  # the agent sees one approval and a forgery: nothing is uploaded yet
     assert world.researcher.releases(world.study) == []
-    second = world.steward("node-a", "approve", job_a, "--as", "bob", "--reason", "report read")
+    refused = [e for e in world.audit("node-a") if e["action"] == "steward.refused"]
+    assert refused and "'bob''s signature does not verify" in json.dumps(refused[-1])
+    unforge(world, "node-a", int(job_a), "bob")
+    second = world.steward("node-a", "approve", job_a, "--reason", "report read", key="bob")
     assert second.returncode == 0 and "the node agent uploads it now" in second.stdout
 
     view = world.researcher.wait_synthesis(made["id"], timeout=60, until="done")
@@ -198,6 +269,8 @@ def test_approved_gated_and_rejected_candidates(world: World) -> None:
     card = release["card"]
     assert card["generator"] == "cart" and card["rows"] == ROWS and card["epsilon"] is None
     assert [a["steward"] for a in card["approvals"]] == ["ada", "bob"]
+    assert [s["steward"] for s in release["signed_by"]] == ["ada", "bob"]
+    assert all(s["fingerprint"].startswith("SHA256:") for s in release["signed_by"])
     assert card["training_rows"] == 960 and card["holdout_rows"] == 240
     assert card["metrics"]["utility"]["target"] == "icu_admission"
     parquet = world.researcher.release_data(release["id"], "parquet")
@@ -220,7 +293,8 @@ def test_approved_gated_and_rejected_candidates(world: World) -> None:
     assert "node-b gated: release gate(s) failed: min_fidelity" in status.stdout
     assert "node-c rejected: rejected by dee" in status.stdout
     listed = tessera("synth", "releases", "--study", "synth", env=env)
-    assert listed.returncode == 0 and "node-a" in listed.stdout and "ada, bob" in listed.stdout
+    assert listed.returncode == 0 and "node-a" in listed.stdout
+    assert "ada (SHA256:" in listed.stdout and "bob (SHA256:" in listed.stdout
     out = world.net.root / "download.parquet"
     fetched = tessera(
         "synth",
@@ -271,6 +345,38 @@ def test_approved_gated_and_rejected_candidates(world: World) -> None:
         assert verified.returncode == 0 and json.loads(verified.stdout)["ok"]
 
 
+def test_data_swapped_after_an_approval_is_never_uploaded(world: World) -> None:
+    """Someone with write access to node-a's work_dir replaces the candidate's data after ada
+    approved it, and rewrites the card's hash in the store to match; bob then approves what he
+    sees. ada signed other bytes: the node refuses to upload, and nothing is published."""
+    import sqlite3
+
+    made = world.researcher.request_synthesis(world.study, SPEC | {"seed": 12})
+    job = jobs_by_node(wait_at_rest(world, made["id"]))["node-a"]
+    assert job["status"] == "awaiting_review", job
+    first = world.steward("node-a", "approve", str(job["id"]), key="ada")
+    assert first.returncode == 0, first.stderr
+    folder = world.net.root / "node-a" / "synthesis" / f"job-{job['id']}"
+    frame = pd.read_parquet(folder / "synthetic.parquet")
+    frame.iloc[0, 0] = frame.iloc[1, 0]  # one value changed
+    frame.to_parquet(folder / "synthetic.parquet", index=False)
+    swapped = hashlib.sha256((folder / "synthetic.parquet").read_bytes()).hexdigest()
+    with sqlite3.connect(world.store("node-a")) as conn:
+        [(raw,)] = conn.execute("SELECT card FROM candidates WHERE job_id = ?", (job["id"],))
+        conn.execute(
+            "UPDATE candidates SET card = ? WHERE job_id = ?",
+            (json.dumps(json.loads(raw) | {"sha256": swapped}), job["id"]),
+        )
+    second = world.steward("node-a", "approve", str(job["id"]), key="bob")
+    assert second.returncode == 0, second.stderr
+    view = world.researcher.wait_synthesis(made["id"], timeout=60, until="done")
+    failed = jobs_by_node(view)["node-a"]
+    assert failed["status"] == "failed" and failed["release_id"] is None
+    assert failed["error"]["code"] == "data_changed"
+    assert "'ada' signed other data than this candidate's" in failed["error"]["message"]
+    assert all(r["request_id"] != made["id"] for r in world.researcher.releases(world.study))
+
+
 @pytest.mark.slow  # trains mst at every node
 def test_a_differentially_private_release(world: World) -> None:
     if world.backend != "sqlite":
@@ -288,7 +394,7 @@ def test_a_differentially_private_release(world: World) -> None:
     job = jobs_by_node(wait_at_rest(world, made["id"]))["node-a"]
     assert job["status"] == "awaiting_review", job
     for steward in ("ada", "bob"):
-        done = world.steward("node-a", "approve", str(job["id"]), "--as", steward)
+        done = world.steward("node-a", "approve", str(job["id"]), key=steward)
         assert done.returncode == 0, done.stderr
     view = world.researcher.wait_synthesis(made["id"], timeout=60, until="done")
     release = world.researcher.release(jobs_by_node(view)["node-a"]["release_id"])

@@ -57,7 +57,8 @@ def test_a_missing_study_and_a_hidden_one_read_the_same(make, db, net) -> None:
 
 
 def test_a_non_member_does_not_see_a_synthesis_request(make, db, settings) -> None:
-    allows = {"synthesis": {"generators": ["cart"]}}
+    sam = "ed25519:82Kfgyj9sP6AzunyERvWyt/BiU8K/XxhwDF31RaAzEc="
+    allows = {"synthesis": {"generators": ["cart"], "stewards": {"sam": sam}}}
     syn = make.network(policies=[allows, allows, allows])
     record = synthesis.request(
         db, syn.study, syn.researcher, SynthesisSpec(dataset="cohort", rows=10), settings

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -16,6 +17,7 @@ from tessera.errors import Conflict, InvalidRequest, NotFound, PolicyDenied
 from tessera.schemas import (
     GateOutcome,
     ReleaseCard,
+    ReleaseContent,
     StewardDecision,
     SynthesisCandidate,
     SynthesisProgress,
@@ -24,7 +26,19 @@ from tessera.schemas import (
     TaskFailure,
 )
 
-ALLOWS = {"synthesis": {"generators": ["cart", "mst"], "max_epsilon": 2.0, "max_rows": 1000}}
+# the `stewards` fixture's keys of sam and sue (tests/conftest.py StewardKeys)
+KEYS = {
+    "sam": "ed25519:82Kfgyj9sP6AzunyERvWyt/BiU8K/XxhwDF31RaAzEc=",
+    "sue": "ed25519:84WHVfF+gbkgDsCtWRnAmP8I1EukG8k3PS1ifn9o0rY=",
+}
+ALLOWS = {
+    "synthesis": {
+        "generators": ["cart", "mst"],
+        "max_epsilon": 2.0,
+        "max_rows": 1000,
+        "stewards": KEYS,
+    }
+}
 SPEC = SynthesisSpec(dataset="cohort", generator="cart", rows=3)
 FRAME = pd.DataFrame({"age": [4, 50, 71], "sex": ["F", "M", "F"]})
 REPORT = b"<!DOCTYPE html><html><body>report</body></html>"
@@ -36,11 +50,38 @@ def _parquet(frame: pd.DataFrame = FRAME) -> bytes:
     return buffer.getvalue()
 
 
-def _decision(steward: str, decision: str = "approve") -> StewardDecision:
-    return StewardDecision(steward=steward, decision=decision, at="2030-01-01T10:00:00Z")
+STEWARDS: Any = None  # tests/conftest.py's StewardKeys, set for every test
 
 
-def _card(data: bytes, approvals: tuple[str, ...] = ("sam", "sue"), **changes) -> ReleaseCard:
+@pytest.fixture(autouse=True)
+def _stewards(stewards: Any) -> None:
+    global STEWARDS
+    STEWARDS = stewards
+
+
+def _decision(
+    steward: str, decision: str = "approve", job_id: int = 0, hashes: dict | None = None
+) -> StewardDecision:
+    """`steward`'s decision signed for job `job_id` at h1 (over made-up hashes by default)."""
+    made_up = {"data_sha256": "1" * 64, "card_sha256": "2" * 64, "report_sha256": "3" * 64}
+    return STEWARDS.decision(
+        steward,
+        node="h1",
+        job_id=job_id,
+        hashes=hashes or made_up,
+        decision=decision,
+        at=datetime(2030, 1, 1, 10, tzinfo=UTC),
+    )
+
+
+def _card(
+    data: bytes,
+    approvals: tuple[str, ...] = ("sam", "sue"),
+    job_id: int = 0,
+    report: bytes = REPORT,
+    **changes,
+) -> ReleaseCard:
+    """A card for `data`, approved by `approvals`, each signing it for job `job_id` at h1."""
     fields = {
         "generator": "cart",
         "generator_license": "MIT",
@@ -49,12 +90,18 @@ def _card(data: bytes, approvals: tuple[str, ...] = ("sam", "sue"), **changes) -
         "columns": ["age", "sex"],
         "metrics": {},
         "gates": [],
-        "approvals": [_decision(s) for s in approvals],
         "sha256": hashlib.sha256(data).hexdigest(),
         "device": "cpu",
         "fit_seconds": 1.5,
     }
-    return ReleaseCard(**{**fields, **changes})
+    content = ReleaseContent(**{**fields, **changes})
+    hashes = {
+        "data_sha256": hashlib.sha256(data).hexdigest(),
+        "card_sha256": content.digest(),
+        "report_sha256": hashlib.sha256(report).hexdigest(),
+    }
+    signed = [_decision(s, job_id=job_id, hashes=hashes) for s in approvals]
+    return ReleaseCard(**content.model_dump(), approvals=signed)
 
 
 def _gate(name: str, passed: bool) -> GateOutcome:
@@ -114,9 +161,14 @@ def _awaiting_review(db, syn, settings, approvals_required: int = 2):
             SPEC,
             "its policy allows up to 2 synthetic rows, not 3",
         ),
+        (
+            {"synthesis": {"generators": ["cart"]}},
+            SPEC,
+            "its policy publishes no steward keys, so no release of it could be verified",
+        ),
         (ALLOWS, SPEC, None),
     ],
-    ids=["no-synthesis", "generator", "dp-required", "epsilon", "rows", "allowed"],
+    ids=["no-synthesis", "generator", "dp-required", "epsilon", "rows", "no-keys", "allowed"],
 )
 def test_published_refusal_gives_the_rule_that_refuses(policy, spec, reason) -> None:
     assert synthesis.published_refusal(Node(name="n", policy=policy), spec) == reason
@@ -231,11 +283,13 @@ def test_a_candidate_passing_every_gate_awaits_review(make, db, syn, settings) -
 
 def test_a_rejection_names_the_stewards_who_rejected(make, db, syn, settings) -> None:
     job = _awaiting_review(db, syn, settings)
-    approvals_only = SynthesisRejection(decisions=[_decision("sam")])
+    approvals_only = SynthesisRejection(decisions=[_decision("sam", job_id=job.id)])
     with pytest.raises(InvalidRequest, match="names at least one steward who rejected"):
         synthesis.reject(db, syn.nodes[0], job.id, approvals_only)
 
-    body = SynthesisRejection(decisions=[_decision("sam"), _decision("sue", "reject")])
+    body = SynthesisRejection(
+        decisions=[_decision("sam", job_id=job.id), _decision("sue", "reject", job_id=job.id)]
+    )
     synthesis.reject(db, syn.nodes[0], job.id, body)
 
     assert (job.status, job.error_code, job.error_message) == (
@@ -266,7 +320,7 @@ def test_publish_refuses_data_that_does_not_hash_to_the_card(db, syn, settings) 
     data = _parquet()
 
     with pytest.raises(InvalidRequest, match="does not hash to the card's sha256"):
-        synthesis.publish(db, syn.nodes[0], job.id, _card(data), data + b"x", REPORT)
+        synthesis.publish(db, syn.nodes[0], job.id, _card(data, job_id=job.id), data + b"x", REPORT)
     assert job.status == "awaiting_review"
 
 
@@ -275,7 +329,7 @@ def test_publish_refuses_data_that_is_not_parquet(db, syn, settings) -> None:
     data = b"age,sex\n4,F\n"
 
     with pytest.raises(InvalidRequest, match="the data is not a Parquet file"):
-        synthesis.publish(db, syn.nodes[0], job.id, _card(data), data, REPORT)
+        synthesis.publish(db, syn.nodes[0], job.id, _card(data, job_id=job.id), data, REPORT)
 
 
 @pytest.mark.parametrize(
@@ -291,7 +345,7 @@ def test_publish_refuses_data_unlike_the_card(db, syn, settings, frame, says) ->
     data = _parquet(frame)
 
     with pytest.raises(InvalidRequest) as caught:
-        synthesis.publish(db, syn.nodes[0], job.id, _card(data), data, REPORT)
+        synthesis.publish(db, syn.nodes[0], job.id, _card(data, job_id=job.id), data, REPORT)
     assert says in str(caught.value)
 
 
@@ -299,8 +353,10 @@ def test_publish_refuses_too_few_approvals(db, syn, settings) -> None:
     job = _awaiting_review(db, syn, settings, approvals_required=2)
     data = _parquet()
 
-    with pytest.raises(InvalidRequest, match="1 approval\\(s\\); this node's policy requires 2"):
-        synthesis.publish(db, syn.nodes[0], job.id, _card(data, ("sam",)), data, REPORT)
+    with pytest.raises(InvalidRequest, match="1 distinct steward key\\(s\\) approved; this node's"):
+        synthesis.publish(
+            db, syn.nodes[0], job.id, _card(data, ("sam",), job_id=job.id), data, REPORT
+        )
 
 
 def test_publish_refuses_a_report_that_is_not_html(db, syn, settings) -> None:
@@ -308,13 +364,13 @@ def test_publish_refuses_a_report_that_is_not_html(db, syn, settings) -> None:
     data = _parquet()
 
     with pytest.raises(InvalidRequest, match="the report is not an HTML document"):
-        synthesis.publish(db, syn.nodes[0], job.id, _card(data), data, b"%PDF-1.7")
+        synthesis.publish(db, syn.nodes[0], job.id, _card(data, job_id=job.id), data, b"%PDF-1.7")
 
 
 def test_publish_stores_the_release_and_its_files(make, db, syn, settings) -> None:
     job = _awaiting_review(db, syn, settings)
     data = _parquet()
-    card = _card(data)
+    card = _card(data, job_id=job.id)
 
     release = synthesis.publish(db, syn.nodes[0], job.id, card, data, REPORT)
 

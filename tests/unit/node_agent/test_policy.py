@@ -134,7 +134,8 @@ DP_MODE = """dp_epsilon_budget = 1.0
 dp_delta_budget = 1e-6
 [policy.synthesis]
 generators = ["cart", "mst"]
-stewards = ["sam"]
+[policy.synthesis.stewards]
+sam = "ed25519:82Kfgyj9sP6AzunyERvWyt/BiU8K/XxhwDF31RaAzEc="
 [policy.dataset_disclosure.cohort]
 mode = "dp"
 """
