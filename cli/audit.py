@@ -175,8 +175,8 @@ def cross_check(
 ) -> dict[str, Any]:
     """The cross-anchors between the coordinator's chain (`events`, as `/audit` serves them)
     and one node's log (`entries`, as written): see the module."""
-    from node_agent.identity import verify_signature
     from tessera.signing import audit_message, node_audit_message, unb64, verify_ed25519
+    from tessera.signing import verify_ecdsa as verify_signature
 
     problems: list[str] = []
     by_id = {e["id"]: e for e in events}

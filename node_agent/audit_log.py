@@ -70,7 +70,7 @@ def read_entries(path: Path) -> list[dict[str, Any]]:
 def verify(path: Path, certificate_pem: str | None = None) -> Verification:
     """Walk the chain from the start; the first line that does not chain, or (given the node's
     certificate) whose signature is not the node key's, is reported."""
-    from node_agent.identity import verify_signature
+    from tessera.signing import verify_ecdsa as verify_signature
 
     prev, count, signed, legacy = GENESIS, 0, 0, 0
     sig: str | None = None

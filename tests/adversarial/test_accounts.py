@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 import api.settings
 from api import CoordinatorSettings, create_app
 from api.middleware import SecurityHeaders
+from api.signing import CoordinatorKey
 from api.tokens import KEY_FILE
 
 OLD_CONSTANT = "tessera-local-development-only"  # in api/settings.py until issue 12
@@ -154,9 +155,11 @@ def test_a_release_report_cannot_run_script_and_production_pins_https(tmp_path: 
     )
     policy = dict(headers)[b"content-security-policy"].decode()
     assert "sandbox" in policy and "script-src" not in policy and "default-src 'none'" in policy
-    production = settings_for(tmp_path, environment="production", jwt_secret="p" * 40).model_copy(
-        update={"bootstrap_admin_password": None}
-    )
+    key_file = tmp_path / "signing_key.pem"
+    CoordinatorKey.load_or_create(key_file)  # as an operator provisions it
+    production = settings_for(
+        tmp_path, environment="production", jwt_secret="p" * 40, signing_key_file=key_file
+    ).model_copy(update={"bootstrap_admin_password": None})
     with TestClient(create_app(production)) as http:
         answer = http.get("/api/v1/healthz")
     assert answer.headers["strict-transport-security"].startswith("max-age=")

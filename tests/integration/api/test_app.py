@@ -70,7 +70,8 @@ def test_production_refuses_default_secrets(monkeypatch: pytest.MonkeyPatch) -> 
     )
     assert fine.environment == "production"
     assert SECRET not in repr(fine) and "a long and real password" not in repr(fine)
-    assert CoordinatorSettings.load(jwt_secret_file="/run/secrets/jwt").jwt_secret is None
+    keys = {"signing_key_file": "/run/secrets/tessera/signing_key.pem"}
+    assert CoordinatorSettings.load(jwt_secret_file="/run/secrets/jwt", **keys).jwt_secret is None
     monkeypatch.setenv("TESSERA_ENVIRONMENT", "local")
     assert CoordinatorSettings.load().jwt_secret is None  # no key in the source: one is made
     with pytest.raises(ConfigInvalid, match="at least 32 characters"):

@@ -14,7 +14,7 @@ import pytest
 from api.signing import CoordinatorKey
 from node_agent.agent import NodeAgent, running
 from node_agent.audit_log import AuditLog, verify
-from node_agent.identity import NodeIdentity, TrustedPeers, verify_signature
+from node_agent.identity import NodeIdentity, TrustedPeers
 from node_agent.peers import run_id
 from smpc.tls import issue_run_certificate, new_authority
 from tessera.errors import ConfigInvalid, Conflict, ProtocolFailed, TesseraError, Unauthorized
@@ -745,6 +745,7 @@ def test_the_coordinator_head_is_recorded_when_it_changes_only(node) -> None:
 
 def test_the_node_sends_its_signed_log_head_with_each_poll(node) -> None:
     from tessera.signing import node_audit_message, unb64
+    from tessera.signing import verify_ecdsa as verify_signature
 
     agent, fake = node()
     sent: list[Any] = []
