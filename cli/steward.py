@@ -463,6 +463,7 @@ def queries(
             "id": h.task_id,
             "query": h.query_id,
             "study": h.study_id,
+            "researcher": h.researcher,
             "status": h.status,
             "shape": h.shape,
             "shape_sha256": h.shape_sha256,
@@ -488,7 +489,8 @@ def queries(
             f"{v['id']:>5}  {v['status']:<8} {shape['statistic']} on {shape['dataset']}: "
             f"columns {', '.join(shape['columns']) or '-'}; group_by "
             f"{', '.join(shape['group_by']) or '-'}; where on {', '.join(shape['where']) or '-'}"
-            f"  (query {v['query']}, study {v['study']}, until {v['waiting_until']})"
+            f"  (query {v['query']} by {v['researcher'] or 'an unnamed researcher'}, study "
+            f"{v['study']}, until {v['waiting_until']})"
         )
         typer.echo(f"       {json.dumps(v['text'], sort_keys=True)}")
 

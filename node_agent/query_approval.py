@@ -61,6 +61,7 @@ CREATE TABLE IF NOT EXISTS held_queries (
     task_id INTEGER PRIMARY KEY,
     query_id INTEGER NOT NULL,
     study_id INTEGER,
+    researcher TEXT,
     dataset TEXT NOT NULL,
     statistic TEXT NOT NULL,
     query TEXT NOT NULL,
@@ -110,6 +111,7 @@ class HeldQuery:
     task_id: int
     query_id: int
     study_id: int | None
+    researcher: str | None  # as the coordinator signed it in the task
     dataset: str
     statistic: str
     query: dict[str, Any]
@@ -139,13 +141,14 @@ class QueryQueue:
     ) -> HeldQuery:
         with self._transaction() as conn:
             conn.execute(
-                "INSERT OR IGNORE INTO held_queries (task_id, query_id, study_id, dataset, "
-                "statistic, query, shape, query_sha256, shape_sha256, status, created_at, "
-                "deadline) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'waiting', ?, ?)",
+                "INSERT OR IGNORE INTO held_queries (task_id, query_id, study_id, researcher, "
+                "dataset, statistic, query, shape, query_sha256, shape_sha256, status, "
+                "created_at, deadline) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'waiting', ?, ?)",
                 (
                     task.id,
                     task.query_id,
                     task.study_id,
+                    task.researcher,
                     task.dataset,
                     str(query.get("statistic")),
                     json.dumps(query),
@@ -241,6 +244,7 @@ def _held(conn: sqlite3.Connection, row: sqlite3.Row) -> HeldQuery:
         task_id=row["task_id"],
         query_id=row["query_id"],
         study_id=row["study_id"],
+        researcher=row["researcher"],
         dataset=row["dataset"],
         statistic=row["statistic"],
         query=json.loads(row["query"]),

@@ -139,6 +139,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 def test_a_query_waits_for_a_steward_and_its_shape_is_remembered(world: World) -> None:
     first = world.submit({"statistic": "count", "where": [["sex", "==", "F"]]})
     held = world.held()
+    assert held["researcher"] == "rita"  # as the coordinator signed it in the task
     assert held["query"] == first and held["shape"] == {
         "statistic": "count",
         "dataset": DATASET,

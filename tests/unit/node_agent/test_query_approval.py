@@ -42,6 +42,7 @@ def task(query: dict[str, Any], task_id: int = 1, seconds: float = 60) -> TaskOu
         dataset="cohort",
         query={"dataset": "cohort", **query},
         deadline=datetime.now(UTC) + timedelta(seconds=seconds),
+        researcher="rita",
     )
 
 
@@ -161,6 +162,7 @@ def test_a_held_query_goes_on_when_a_steward_approves_and_its_shape_is_remembere
     listed = tessera_cli("steward", "queries", "--config", str(config))
     assert listed.returncode == 0, listed.stderr
     assert "    1  waiting  mean on cohort: columns age; group_by -; where on sex" in listed.stdout
+    assert "(query 11 by rita, study 1" in listed.stdout
     assert '"where": [["sex", "==", "F"]]' in listed.stdout, "the steward sees the query"
     ok = tessera_cli(
         "steward", "approve-query", "1", "-c", str(config), "-k", str(ada), "--remember"
