@@ -41,6 +41,17 @@ def test_the_node_config_map_is_a_valid_node_configuration(
     assert {p["containerPort"] for p in container["ports"]} == service_ports
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     assert str(settings.work_dir) in mounts and not mounts[str(settings.work_dir)].get("readOnly")
+    assert settings.environment == "production"
+    # the node's key is made once, by the init container, in the same writable volume
+    [init] = docs["Deployment/tessera-node"]["spec"]["template"]["spec"]["initContainers"]
+    script = " ".join(init["args"])
+    key = f"{settings.work_dir}/identity/node_key.pem"
+    assert (
+        f"test -f {key}" in script and "tessera node init --config /etc/tessera/node.toml" in script
+    )
+    init_mounts = {m["mountPath"]: m for m in init["volumeMounts"]}
+    assert init_mounts[str(settings.work_dir)]["name"] == mounts[str(settings.work_dir)]["name"]
+    assert not init_mounts[str(settings.work_dir)].get("readOnly")
 
 
 def test_the_coordinator_probes_point_at_real_routes() -> None:
