@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from api import audit
 from api.models import AuditEvent
 from api.signing import KEY_FILE, CoordinatorKey
-from demo.network import Network
+from demo.network import Network, introduce
 from node_agent.agent import NodeAgent, running
 from node_agent.audit_log import GENESIS, _digest, read_entries
 from node_agent.config import NodeSettings
@@ -127,6 +127,7 @@ def trails(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trails]:
             orgs.append(org["id"])
             key = admin.create_node(name, org["id"])["api_key"]
             configs[name] = write_config(root, name, net.url, key, 23000 + 10 * i)
+        introduce({n: root / n / "state" for n in NODES})  # tessera node init, node trust
         agents = [NodeAgent(NodeSettings.load(configs[n]), run_party=stand_in_party) for n in NODES]
         admin.create_user("rita", "rita-password", role="researcher")
         study = admin.create_study(
