@@ -379,3 +379,13 @@ def oidc_provider() -> Iterator[OidcProvider]:
         yield provider
     finally:
         provider.close()
+
+
+@pytest.fixture(scope="module")
+def module_oidc_provider() -> Iterator[OidcProvider]:
+    """One provider for a module's tests (a coordinator started once per module trusts it)."""
+    provider = OidcProvider()
+    try:
+        yield provider
+    finally:
+        provider.close()
