@@ -13,7 +13,9 @@ accepted only if all of these hold, else 401:
 The JWKS is fetched with a bounded timeout, kept `oidc_jwks_ttl_s`, and fetched again at once
 when a token names a `kid` it does not hold (the provider rotated its keys), but never more
 often than every `oidc_jwks_min_refetch_s` and by one thread at a time: a flood of tokens with
-made-up `kid`s costs the provider at most one fetch per interval.
+made-up `kid`s costs the provider at most one fetch per interval. Keys older than their TTL
+are never used: while the provider cannot be reached after that, tokens are refused (fast:
+one attempt per interval), rather than trusting keys it may have withdrawn.
 
 The user is the one whose (issuer, `sub`) the token names, made on its first use (an external
 user: no password, no local login); never a user found by name, so a provider's user cannot
@@ -97,7 +99,8 @@ class Jwks:
         self._now = monotonic
         self._lock = threading.Lock()
         self._keys: dict[str, dict[str, Any]] = {}
-        self._fetched_at: float | None = None
+        self._fetched_at: float | None = None  # the last successful fetch
+        self._tried_at: float | None = None  # the last attempt
         self.fetches = 0  # how many times the JWKS was fetched (tests read it)
 
     def close(self) -> None:
@@ -106,18 +109,25 @@ class Jwks:
     def key(self, kid: str) -> dict[str, Any]:
         """The JWK of `kid`, fetching the JWKS if it is stale or lacks the kid."""
         with self._lock:  # one fetch at a time; the others wait and use its answer
-            fresh = self._fetched_at is not None and self._now() - self._fetched_at < self.ttl_s
-            if not fresh or (kid not in self._keys and self._may_refetch()):
-                self._fetch()
+            now = self._now()
+            due = self._tried_at is None or now - self._tried_at >= self.min_refetch_s
+            if (not self._fresh(now) or kid not in self._keys) and due:
+                self._fetch(now)
+            if not self._fresh(now):
+                raise Unauthorized(
+                    "cannot verify the token: the identity provider's keys are unavailable"
+                )
             found = self._keys.get(kid)
         if found is None:
             raise Unauthorized("the token's signing key is not one of the identity provider's")
         return found
 
-    def _may_refetch(self) -> bool:
-        return self._fetched_at is None or self._now() - self._fetched_at >= self.min_refetch_s
+    def _fresh(self, now: float) -> bool:
+        return self._fetched_at is not None and now - self._fetched_at < self.ttl_s
 
-    def _fetch(self) -> None:
+    def _fetch(self, now: float) -> None:
+        """Fetch the JWKS; on failure keep the keys held (until their TTL ends) and log."""
+        self._tried_at = now
         try:
             url = self.jwks_url or self._discover()
             answer = self._get(url)
@@ -126,15 +136,11 @@ class Jwks:
                 raise ValueError("the JWKS has no 'keys' list")
         except (httpx.HTTPError, ValueError) as exc:
             log.warning("cannot fetch the identity provider's keys: %s", exc)
-            if self._fetched_at is not None:
-                self._fetched_at = self._now()  # keep the old keys; do not retry at once
-            raise Unauthorized(
-                "cannot verify the token: the identity provider's keys are unavailable"
-            ) from None
+            return
         self._keys = {
             str(k["kid"]): k for k in keys if isinstance(k, dict) and isinstance(k.get("kid"), str)
         }
-        self._fetched_at = self._now()
+        self._fetched_at = now
         self.fetches += 1
 
     def _discover(self) -> str:
