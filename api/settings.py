@@ -9,6 +9,10 @@ No signing key is written in the source. The key that signs access tokens is
 (`jwt-signing.key`, mode 0600) and reads on every later start. In `production` the key must be
 given (several replicas must share one: configuration or a shared file), and a placeholder
 bootstrap administrator password is refused.
+
+OIDC login (`oidc_*`, see api/oidc.py and docs/api.md) needs an issuer and an audience; only
+RS256 and ES256 can be allowed, and in `production` the issuer and the JWKS URL must be
+`https://`.
 """
 
 from __future__ import annotations
