@@ -263,6 +263,16 @@ class OidcVerifier:
             select(User).where(User.auth_provider == self.issuer, User.subject == subject)
         ).first()
         holder = db.scalars(select(User).where(User.username == username)).first()
+        if (
+            user is None
+            and holder is not None
+            and (holder.auth_provider, holder.subject)
+            == (
+                self.issuer,
+                subject,
+            )
+        ):
+            user = holder  # made by a concurrent request between the two reads
         if holder is not None and holder is not user:
             audit.record(
                 db,

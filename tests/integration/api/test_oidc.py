@@ -137,6 +137,22 @@ def test_the_cli_and_the_client_use_a_provider_token(
         client.me()
 
 
+def test_parallel_first_uses_make_one_user(coordinator: Coordinator, provider: Any) -> None:
+    """Eight requests with a new user's first tokens at once: all served, one user made."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    tokens = [provider.token("kc-crowd", jti=str(n)) for n in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda t: me(coordinator, t), tokens))
+    assert [a.status_code for a in answers] == [200] * 8, [a.text[:300] for a in answers if a.status_code != 200]
+    assert len({a.json()["id"] for a in answers}) == 1
+    with admin(coordinator) as client:
+        made = [e for e in client.audit("user.provisioned") if e["subject"] == "user:kc-crowd"]
+        logins = [e for e in client.audit("login") if e["subject"] == "user:kc-crowd"]
+    assert len(made) == 1
+    assert len(logins) == 8  # each token's first use
+
+
 def test_the_provider_rotates_its_keys(coordinator: Coordinator, provider: Any) -> None:
     """A token under a new kid works after one refetch; a token of a withdrawn key does not."""
     old = provider.token("kc-rot")
