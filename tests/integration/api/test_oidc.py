@@ -144,7 +144,9 @@ def test_parallel_first_uses_make_one_user(coordinator: Coordinator, provider: A
     tokens = [provider.token("kc-crowd", jti=str(n)) for n in range(8)]
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda t: me(coordinator, t), tokens))
-    assert [a.status_code for a in answers] == [200] * 8, [a.text[:300] for a in answers if a.status_code != 200]
+    assert [a.status_code for a in answers] == [200] * 8, [
+        a.text[:300] for a in answers if a.status_code != 200
+    ]
     assert len({a.json()["id"] for a in answers}) == 1
     with admin(coordinator) as client:
         made = [e for e in client.audit("user.provisioned") if e["subject"] == "user:kc-crowd"]
