@@ -125,6 +125,9 @@ def test_the_cli_and_the_client_use_a_provider_token(
     done = tessera_cli("query", "budget", "--study", study, "--token", token, "--json", env=url)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == budget
+    done = tessera_cli("synth", "releases", "--study", study, "--json", env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == []
     # neither a token nor a username: one line, exit 2
     done = tessera_cli("query", "budget", "--study", study, env=url)
     assert done.returncode == 2 and "--token" in done.stderr
