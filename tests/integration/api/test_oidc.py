@@ -73,6 +73,8 @@ def test_a_provider_token_gives_its_role_and_its_studies(
     with admin(coordinator) as client:
         users = {u["username"]: u for u in client.users()}
         assert users["rita.kc"]["role"] == "researcher"
+        assert users["rita.kc"]["provider"] == provider.issuer
+        assert users["admin"]["provider"] == "local"
         events = client.audit("user.provisioned")
         assert any(e["subject"] == "user:rita.kc" for e in events)
 
