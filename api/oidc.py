@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -40,7 +41,7 @@ from typing import Any
 
 import httpx
 import jwt
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -53,7 +54,7 @@ log = logging.getLogger("tessera.coordinator.oidc")
 
 ROLE_RANK = {"researcher": 0, "steward": 1, "admin": 2}
 KEY_TYPES = {"RS": "RSA", "ES": "EC"}
-MAX_USERNAME = 64
+USERNAME = re.compile(r"[A-Za-z0-9_.@-]{2,64}")  # as a local username (tessera.rest.NewUser)
 SEEN_TOKENS = 10_000  # tokens whose first use was audited (per process)
 NO_PASSWORD = "!external"  # not an argon2 hash: no password ever verifies against it
 
@@ -241,11 +242,14 @@ class OidcVerifier:
     # ---- claims -> user ----------------------------------------------------------------
 
     def _username(self, claims: dict[str, Any]) -> str:
+        """The username claim (else `sub`), held to local usernames' alphabet: no look-alike
+        of another account's name (Unicode homoglyphs, spaces) can be made."""
         value = claim(claims, self.settings.oidc_username_claim) or claims["sub"]
-        name = str(value)
-        if not 0 < len(name) <= MAX_USERNAME:
-            raise Unauthorized(f"the token's username is not 1 to {MAX_USERNAME} characters")
-        return name
+        if not isinstance(value, str) or not USERNAME.fullmatch(value):
+            raise Unauthorized(
+                "the token's username must be 2 to 64 characters of A-Z a-z 0-9 _ . @ -"
+            )
+        return value
 
     def _role(self, claims: dict[str, Any]) -> str | None:
         granted = _as_list(claim(claims, self.settings.oidc_role_claim))
@@ -262,18 +266,16 @@ class OidcVerifier:
         user = db.scalars(
             select(User).where(User.auth_provider == self.issuer, User.subject == subject)
         ).first()
-        holder = db.scalars(select(User).where(User.username == username)).first()
-        if (
-            user is None
-            and holder is not None
-            and (holder.auth_provider, holder.subject)
-            == (
-                self.issuer,
-                subject,
+        # usernames that differ only in case name the same person to a reader of the audit log
+        namesakes = db.scalars(
+            select(User).where(func.lower(User.username) == username.lower())
+        ).all()
+        if user is None:  # made by a concurrent request between the two reads?
+            user = next(
+                (u for u in namesakes if (u.auth_provider, u.subject) == (self.issuer, subject)),
+                None,
             )
-        ):
-            user = holder  # made by a concurrent request between the two reads
-        if holder is not None and holder is not user:
+        if any(u is not user for u in namesakes):
             audit.record(
                 db,
                 "system:oidc",

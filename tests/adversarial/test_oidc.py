@@ -192,15 +192,20 @@ def test_a_provider_user_cannot_take_over_a_local_account(coordinator: Coordinat
         provider.token("admin", **admin_role),  # sub and preferred_username both "admin"
         provider.token("s-other", preferred_username="admin", **admin_role),
         provider.token("admin", preferred_username=None, **admin_role),
+        provider.token("s-upper", preferred_username="ADMIN", **admin_role),
     ]
     for token in attempts:
         assert "another account" in refused(coordinator.get("/users/me", token))
+    look_alikes = ["\u0430dmin", "admin ", "ad\u200bmin", "x" * 65]  # Cyrillic a, space, ZWSP
+    for name in look_alikes:
+        token = provider.token("s-alike", preferred_username=name, **admin_role)
+        assert "username must be" in refused(coordinator.get("/users/me", token))
     me = coordinator.get("/users/me", coordinator.admin_token()).json()
     assert me["username"] == "admin" and me["id"] == 1
     assert coordinator.users().count("admin") == 1
     events = coordinator.get("/audit", coordinator.admin_token()).json()["items"]
     refusals = [e for e in events if e["action"] == "oidc.refused"]
-    assert len(refusals) == 3
+    assert len(refusals) == 4
     assert all(e["details"]["reason"] == "username_taken" for e in refusals)
 
 
