@@ -17,6 +17,7 @@ from api.deps import known_parameters
 from api.middleware import FORM_OVERHEAD, BodyLimit, SecurityHeaders
 from api.migrate import upgrade
 from api.notify import Notifier
+from api.oidc import OidcVerifier
 from api.routes import accounts, nodes, operations, studies, synthesis
 from api.scheduler import sweep_forever
 from api.security import set_hash_concurrency
@@ -43,7 +44,9 @@ def create_app(settings: CoordinatorSettings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         tokens = LocalTokens(signing_key(settings), settings.token_ttl_s)
-        app.state.tokens, app.state.verifiers = tokens, [tokens]
+        provider = OidcVerifier(settings) if settings.oidc_issuer is not None else None
+        app.state.tokens, app.state.oidc = tokens, provider
+        app.state.verifiers = [tokens] if provider is None else [tokens, provider]
         set_hash_concurrency(settings.password_hash_concurrency)
         signer = CoordinatorKey.for_settings(settings.signing_key_file, settings.database_url)
         database = Database(settings.database_url, signer=signer)
@@ -78,6 +81,8 @@ def create_app(settings: CoordinatorSettings | None = None) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
             database.dispose()
+            if provider is not None:
+                provider.close()
 
     app = Coordinator(
         title="Tessera coordinator",

@@ -12,7 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from api.db import Database
-from api.models import Node, User
+from api.models import LOCAL_PROVIDER, Node, User
 from api.notify import Notifier
 from api.pagination import PageRequest, page_request
 from api.security import KEY_PREFIX
@@ -96,8 +96,14 @@ def current_user(
 CurrentUser = Annotated[User, Depends(current_user)]
 
 
-def current_session_id(_: CurrentUser, tokens: TokensDep, credentials: Credentials) -> str:
-    """The login session of the caller's own access token (`sid`)."""
+def current_session_id(user: CurrentUser, tokens: TokensDep, credentials: Credentials) -> str:
+    """The login session of the caller's own access token (`sid`). A user of an identity
+    provider has no session here: the provider keeps it (and their password)."""
+    if user.auth_provider != LOCAL_PROVIDER:
+        raise Forbidden(
+            "your login and password are your identity provider's: log out or change your "
+            "password there"
+        )
     return str(tokens.claims(_token(credentials))["sid"])
 
 

@@ -71,9 +71,18 @@ class Organisation(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+LOCAL_PROVIDER = "local"
+
+
 class User(Base):
+    """A person. `auth_provider` is "local" (a password here) or the issuer of an OIDC
+    provider; an external user is known by (issuer, `subject`) and has no password."""
+
     __tablename__ = "users"
-    __table_args__ = (CheckConstraint(one_of("role", ROLES), name="ck_users_role"),)
+    __table_args__ = (
+        CheckConstraint(one_of("role", ROLES), name="ck_users_role"),
+        UniqueConstraint("auth_provider", "subject", name="uq_users_provider_subject"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     username: Mapped[str] = mapped_column(String(64), unique=True)
@@ -82,6 +91,10 @@ class User(Base):
     organisation_id: Mapped[int | None] = mapped_column(ForeignKey("organisations.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     disabled_at: Mapped[datetime | None] = mapped_column()  # set: no login, no token works
+    auth_provider: Mapped[str] = mapped_column(
+        String(255), default=LOCAL_PROVIDER, server_default=LOCAL_PROVIDER
+    )
+    subject: Mapped[str | None] = mapped_column(String(255))  # the provider's `sub`
 
 
 class UserSession(Base):

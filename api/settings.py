@@ -9,12 +9,17 @@ No signing key is written in the source. The key that signs access tokens is
 (`jwt-signing.key`, mode 0600) and reads on every later start. In `production` the key must be
 given (several replicas must share one: configuration or a shared file), and a placeholder
 bootstrap administrator password is refused.
+
+OIDC login (`oidc_*`, see api/oidc.py and docs/api.md) needs an issuer and an audience; only
+RS256 and ES256 can be allowed, and in `production` the issuer and the JWKS URL must be
+`https://`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
@@ -76,6 +81,30 @@ class CoordinatorSettings(BaseSettings):
     # the Ed25519 key that signs audit events and tasks (api.signing); made beside the SQLite
     # file if not given; required in production (every replica signs with the same key)
     signing_key_file: Path | None = None
+    # OIDC login (api/oidc.py): bearer tokens an identity provider (Keycloak, ...) signed.
+    # None: off. Its JWKS is `oidc_jwks_url`, else the `jwks_uri` of the issuer's discovery
+    # document (`{issuer}/.well-known/openid-configuration`).
+    oidc_issuer: str | None = None
+    oidc_audience: str | None = None
+    oidc_jwks_url: str | None = None
+    # claims as dotted paths into the token (Keycloak: `realm_access.roles`)
+    oidc_username_claim: str = "preferred_username"
+    oidc_role_claim: str = "roles"
+    # provider role -> Tessera role; a token granting none of these roles is refused
+    oidc_role_map: dict[str, Literal["admin", "researcher", "steward"]] = Field(
+        default_factory=lambda: {"admin": "admin", "researcher": "researcher"}
+    )
+    # a claim listing the names (or ids) of the studies the user is a member of; None: the
+    # administrators keep OIDC users' memberships, as for local users
+    oidc_study_claim: str | None = None
+    oidc_algorithms: list[Literal["RS256", "ES256"]] = Field(
+        default_factory=lambda: ["RS256", "ES256"], min_length=1
+    )
+    oidc_leeway_s: float = Field(30.0, ge=0, le=300)  # clock skew allowed on exp, nbf, iat
+    oidc_jwks_ttl_s: float = Field(300.0, gt=0)  # how long a fetched JWKS is used
+    # the least time between two fetches of the JWKS (an unknown `kid` asks for one)
+    oidc_jwks_min_refetch_s: float = Field(10.0, ge=0)
+    oidc_http_timeout_s: float = Field(5.0, gt=0, le=60)
 
     @model_validator(mode="after")
     def _coherent_and_no_default_secrets_in_production(self) -> CoordinatorSettings:
@@ -87,6 +116,7 @@ class CoordinatorSettings(BaseSettings):
             raise ValueError("the bootstrap admin password needs at least 8 characters")
         if self.jwt_secret is not None and len(self.jwt_secret.get_secret_value()) < MIN_JWT_SECRET:
             raise ValueError(f"TESSERA_JWT_SECRET must be at least {MIN_JWT_SECRET} characters")
+        self._check_oidc()
         if self.environment == "production":
             if self.jwt_secret is None and self.jwt_secret_file is None:
                 raise ValueError(
@@ -108,6 +138,21 @@ class CoordinatorSettings(BaseSettings):
                     "trail and the tasks with that one key"
                 )
         return self
+
+    def _check_oidc(self) -> None:
+        if self.oidc_issuer is None:
+            return
+        if not self.oidc_audience:
+            raise ValueError("OIDC needs oidc_audience (the client id tokens are issued for)")
+        for name in ("oidc_issuer", "oidc_jwks_url"):
+            url = getattr(self, name)
+            if url is None:
+                continue
+            parts = urlsplit(url)
+            if parts.scheme not in ("https", "http") or not parts.netloc:
+                raise ValueError(f"{name} must be an https:// URL, not {url!r}")
+            if parts.scheme == "http" and self.environment == "production":
+                raise ValueError(f"{name} must be https:// in production (not {url!r})")
 
     def resolved_data_dir(self) -> Path:
         """`data_dir`, or the directory of a SQLite database file, or the working directory."""

@@ -6,6 +6,10 @@ command logs in with `--coordinator`, `--user` and `--password` (or `TESSERA_COO
 `TESSERA_USER`, `TESSERA_PASSWORD`; without either, the password is prompted for on a
 terminal). The password is never printed. Every failure is one line on stderr and exit code 2.
 
+Where the coordinator accepts an identity provider's tokens (OIDC), `--token` (or
+`TESSERA_TOKEN`) replaces the username and password: the token is sent as it is and never
+renewed here (the provider renews it: get a fresh one from it when it expires).
+
 No token is kept on disk: each command logs in, holds its access and refresh tokens in memory
 (the client renews the short-lived access token by itself, so a long `--wait` never meets an
 expiry), and logs out when it ends.
@@ -42,13 +46,23 @@ CoordinatorOption = typer.Option(
     envvar="TESSERA_COORDINATOR_URL",
     help="The coordinator's URL, e.g. https://tessera.example.org.",
 )
-UserOption = typer.Option(..., "--user", envvar="TESSERA_USER", help="Your username.")
+UserOption = typer.Option(
+    None, "--user", envvar="TESSERA_USER", help="Your username (unless you give --token)."
+)
 PasswordOption = typer.Option(
     None,
     "--password",
     envvar="TESSERA_PASSWORD",
     show_default=False,
     help="Your password (prefer the environment variable; prompted for on a terminal).",
+)
+TokenOption = typer.Option(
+    None,
+    "--token",
+    envvar="TESSERA_TOKEN",
+    show_default=False,
+    help="An access token from your identity provider (OIDC) instead of --user/--password "
+    "(prefer the environment variable). It is not renewed: get a fresh one from the provider.",
 )
 StudyOption = typer.Option(..., "--study", "-s", help="The study: its id or its name.")
 JsonOption = typer.Option(False, "--json", help="Print the raw JSON instead of a table.")
@@ -61,11 +75,30 @@ TimeoutOption = typer.Option(
 
 
 @contextmanager
-def connect(coordinator: str, user: str, password: str | None) -> Iterator[Any]:
+def connect(
+    coordinator: str, user: str | None, password: str | None, token: str | None = None
+) -> Iterator[Any]:
     """A logged-in `TesseraClient`; a coordinator that answers something other than Tessera's
-    JSON is reported in one line like any other error."""
+    JSON is reported in one line like any other error. With a `token` (an identity provider's
+    access token) the client sends it as it is: no login, no renewal, no logout here."""
     from tessera.client import TesseraClient
 
+    if token:
+        client = TesseraClient(coordinator, token=token)
+        try:
+            yield client
+        except ValueError:
+            raise ProtocolFailed(
+                f"the server at {coordinator} did not answer as a Tessera coordinator"
+            ) from None
+        finally:
+            client.close()
+        return
+    if not user:
+        raise InvalidRequest(
+            "no credentials: give --user (or TESSERA_USER) and a password, or an identity "
+            "provider's token with --token (or TESSERA_TOKEN)"
+        )
     if password is None:
         if not sys.stdin.isatty():
             raise InvalidRequest(
@@ -247,15 +280,16 @@ def submit(
     as_json: bool = JsonOption,
     timeout: float = TimeoutOption,
     coordinator: str = CoordinatorOption,
-    user: str = UserOption,
+    user: str | None = UserOption,
     password: str | None = PasswordOption,
+    token: str | None = TokenOption,
 ) -> None:
     """Submit a query; wait for the nodes (progress on stderr) and print the result.
 
     With --no-wait, print the query's id (or its JSON view with --json) and return at once.
     """
     query = read_query(query_file)
-    with connect(coordinator, user, password) as client:
+    with connect(coordinator, user, password, token) as client:
         view = client.submit_query(study_id(client, study), query)
         if not wait:
             typer.echo(json.dumps(view, indent=2) if as_json else str(view["id"]))
@@ -276,11 +310,12 @@ def result(
     as_json: bool = JsonOption,
     timeout: float = TimeoutOption,
     coordinator: str = CoordinatorOption,
-    user: str = UserOption,
+    user: str | None = UserOption,
     password: str | None = PasswordOption,
+    token: str | None = TokenOption,
 ) -> None:
     """Print a finished query's result as a table (or --json); --wait for one still running."""
-    with connect(coordinator, user, password) as client:
+    with connect(coordinator, user, password, token) as client:
         view = wait_for(client, query_id, timeout) if wait else client.get_query(query_id)
         print_result(view, as_json)
 
@@ -292,8 +327,9 @@ def dry_run(
     study: str = StudyOption,
     as_json: bool = JsonOption,
     coordinator: str = CoordinatorOption,
-    user: str = UserOption,
+    user: str | None = UserOption,
     password: str | None = PasswordOption,
+    token: str | None = TokenOption,
 ) -> None:
     """Check a query as submission would, without running it.
 
@@ -301,7 +337,7 @@ def dry_run(
     reveal and the epsilon it would spend. Nothing is created.
     """
     query = read_query(query_file)
-    with connect(coordinator, user, password) as client:
+    with connect(coordinator, user, password, token) as client:
         answer = client.dry_run_query(study_id(client, study), query)
     if as_json:
         typer.echo(json.dumps(answer, indent=2))
@@ -315,11 +351,12 @@ def budget(
     study: str = StudyOption,
     as_json: bool = JsonOption,
     coordinator: str = CoordinatorOption,
-    user: str = UserOption,
+    user: str | None = UserOption,
     password: str | None = PasswordOption,
+    token: str | None = TokenOption,
 ) -> None:
     """Print the study's differential-privacy budget: per dataset and node, what was spent, the
     limit and what is left (as each node last reported), and what the study can still spend."""
-    with connect(coordinator, user, password) as client:
+    with connect(coordinator, user, password, token) as client:
         answer = client.study_budget(study_id(client, study))
     typer.echo(json.dumps(answer, indent=2) if as_json else render_budget(answer))

@@ -5,9 +5,10 @@ on one table on this machine, samples, evaluates against held-out rows, and writ
 synthetic table and its report; nothing leaves the machine.
 
 Against a coordinator (logged in as `tessera query` is: `--coordinator`, `--user`,
-`--password` or `TESSERA_*`): `request` asks a study's nodes to synthesise a dataset,
-`status` shows where a request stands, `releases` lists a study's published releases and
-`download` fetches one's data and report, checked against their hashes.
+`--password`, or `--token` from an identity provider, or `TESSERA_*`): `request` asks a
+study's nodes to synthesise a dataset, `status` shows where a request stands, `releases`
+lists a study's published releases and `download` fetches one's data and report, checked
+against their hashes.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from cli.query import (
     PasswordOption,
     Progress,
     StudyOption,
+    TokenOption,
     UserOption,
     connect,
     study_id,
@@ -342,8 +344,9 @@ def request(
     timeout: float = typer.Option(3600.0, min=0, help="Seconds to wait."),
     as_json: bool = JsonOption,
     coordinator: str = CoordinatorOption,
-    user: str = UserOption,
+    user: str | None = UserOption,
     password: str | None = PasswordOption,
+    token: str | None = TokenOption,
 ) -> None:
     """Ask the study's nodes to synthesise a dataset; wait until each has a candidate for its
     stewards (or ended). Releases appear once the hospitals' stewards approve them."""
@@ -357,7 +360,7 @@ def request(
     for key, value in (("epsilon", epsilon), ("delta", delta), ("target", target), ("seed", seed)):
         if value is not None:
             spec[key] = value
-    with connect(coordinator, user, password) as client:
+    with connect(coordinator, user, password, token) as client:
         view = client.request_synthesis(study_id(client, study), spec)
         if wait:
             view = _wait_request(client, view["id"], timeout)
@@ -374,11 +377,12 @@ def status(
     timeout: float = typer.Option(3600.0, min=0, help="Seconds to wait."),
     as_json: bool = JsonOption,
     coordinator: str = CoordinatorOption,
-    user: str = UserOption,
+    user: str | None = UserOption,
     password: str | None = PasswordOption,
+    token: str | None = TokenOption,
 ) -> None:
     """Where a synthesis request stands: each node's job, gates, decisions and release."""
-    with connect(coordinator, user, password) as client:
+    with connect(coordinator, user, password, token) as client:
         view = (
             _wait_request(client, request_id, timeout) if wait else client.get_synthesis(request_id)
         )
@@ -393,11 +397,12 @@ def releases(
     study: str = StudyOption,
     as_json: bool = JsonOption,
     coordinator: str = CoordinatorOption,
-    user: str = UserOption,
+    user: str | None = UserOption,
     password: str | None = PasswordOption,
+    token: str | None = TokenOption,
 ) -> None:
     """The study's published synthetic datasets, with their generator, epsilon and scores."""
-    with connect(coordinator, user, password) as client:
+    with connect(coordinator, user, password, token) as client:
         listed = client.releases(study_id(client, study))
     if as_json:
         typer.echo(json.dumps(listed, indent=2, default=str))
@@ -432,13 +437,14 @@ def download(
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the data (.csv/.parquet)."),
     report_path: Path | None = typer.Option(None, "--report", help="Also write the report."),
     coordinator: str = CoordinatorOption,
-    user: str = UserOption,
+    user: str | None = UserOption,
     password: str | None = PasswordOption,
+    token: str | None = TokenOption,
 ) -> None:
     """Download a release's data (as CSV, or Parquet by extension) and optionally its report;
     each checked against the hash the coordinator states, written under a temporary name."""
     fmt = "parquet" if out.suffix.lower() in (".parquet", ".pq") else "csv"
-    with connect(coordinator, user, password) as client:
+    with connect(coordinator, user, password, token) as client:
         data = client.release_data(release_id, fmt)
         report = client.release_report(release_id) if report_path is not None else None
     for path, content in ((out, data), (report_path, report)):

@@ -10,6 +10,12 @@ After `login` the client renews its short-lived access token by itself with the 
 token: shortly before the access token expires, and once more if a call is answered 401 (the
 call is then sent again). A session lasts until its refresh tokens' end (`refresh_expires_in`
 at login, 12 h by default) or `logout`. Tokens live in this object's memory only.
+
+A token obtained elsewhere, such as an identity provider's (OIDC) access token where the
+coordinator accepts them, is given as `TesseraClient(url, token=...)` (the CLI's `--token`
+or `TESSERA_TOKEN`): it is sent as it is and never renewed here; the provider renews it, so
+make a new client (or set `client.token`) with the next one. `logout` does not apply to it:
+the provider ends its sessions.
 """
 
 from __future__ import annotations

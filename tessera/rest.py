@@ -147,6 +147,9 @@ class UserOut(View):
     organisation_id: int | None
     created_at: datetime
     disabled: bool = False
+    provider: str = Field(
+        "local", description="'local' (a password here) or the issuer of the user's OIDC provider"
+    )
 
 
 class UserPage(Page[UserOut]):

@@ -312,3 +312,152 @@ def _answers_keep_the_contract() -> Iterator[None]:
     contract = the_contract()
     problems = [p for e in received if (p := contract.problem(e)) is not None]
     assert not problems, "answers that break /openapi.json:\n" + "\n".join(problems[:10])
+
+
+# ---- a local OpenID Connect provider (tests of OIDC login) ----------------------------------
+
+
+class OidcProvider:
+    """A tiny identity provider on 127.0.0.1: it serves its discovery document and its JWKS
+    (RSA keys made here) as Keycloak does under `/realms/<realm>`, and mints tokens.
+
+    `jwks_fetches` counts the JWKS requests; `rotate()` makes a new key (new `kid`) and
+    publishes it alone, as a provider does when it rotates its keys."""
+
+    AUDIENCE = "tessera"
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        provider = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                realm = "/realms/test"
+                if self.path == f"{realm}/.well-known/openid-configuration":
+                    body: Any = {
+                        "issuer": provider.issuer,
+                        "jwks_uri": f"{provider.issuer}/protocol/openid-connect/certs",
+                        "id_token_signing_alg_values_supported": ["RS256"],
+                    }
+                elif self.path == f"{realm}/protocol/openid-connect/certs":
+                    provider.jwks_fetches += 1
+                    body = provider.jwks()
+                else:
+                    self.send_error(404)
+                    return
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.issuer = f"http://127.0.0.1:{self._server.server_address[1]}/realms/test"
+        self.jwks_fetches = 0
+        self.keys: dict[str, Any] = {}  # kid -> private key
+        self.published: list[str] = []
+        self.kid = self.rotate(keep_old=False)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    @staticmethod
+    def new_key() -> Any:
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    def rotate(self, keep_old: bool = False) -> str:
+        """A new signing key: its kid, published (with the old ones if `keep_old`)."""
+        kid = f"key-{secrets.token_hex(4)}"
+        self.keys[kid] = self.new_key()
+        self.published = [*self.published, kid] if keep_old else [kid]
+        self.kid = kid
+        return kid
+
+    def jwks(self) -> dict[str, Any]:
+        from jwt.algorithms import RSAAlgorithm
+
+        keys = []
+        for kid in self.published:
+            jwk = json.loads(RSAAlgorithm.to_jwk(self.keys[kid].public_key()))
+            keys.append({**jwk, "kid": kid, "use": "sig", "alg": "RS256"})
+        return {"keys": keys}
+
+    def public_pem(self, kid: str | None = None) -> bytes:
+        from cryptography.hazmat.primitives import serialization
+
+        return bytes(
+            self.keys[kid or self.kid]
+            .public_key()
+            .public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+
+    def claims(self, subject: str, **extra: Any) -> dict[str, Any]:
+        """Claims as Keycloak writes them (realm roles under `realm_access.roles`)."""
+        import time
+
+        now = int(time.time())
+        base: dict[str, Any] = {
+            "iss": self.issuer,
+            "aud": self.AUDIENCE,
+            "sub": subject,
+            "iat": now,
+            "exp": now + 300,
+            "preferred_username": subject,
+            "realm_access": {"roles": ["tessera-researcher"]},
+        }
+        return {k: v for k, v in {**base, **extra}.items() if v is not None}
+
+    def token(
+        self, subject: str = "s-0001", *, kid: str | None = None, key: Any = None, **extra: Any
+    ) -> str:
+        """A token the provider signs (or `key`, an attacker's, under the provider's kid)."""
+        import jwt
+
+        kid = kid or self.kid
+        return jwt.encode(
+            self.claims(subject, **extra), key or self.keys[kid], "RS256", headers={"kid": kid}
+        )
+
+    def settings(self, **extra: Any) -> dict[str, Any]:
+        """Coordinator settings for this provider (Keycloak's claim layout)."""
+        return {
+            "oidc_issuer": self.issuer,
+            "oidc_audience": self.AUDIENCE,
+            "oidc_role_claim": "realm_access.roles",
+            "oidc_role_map": {"tessera-admin": "admin", "tessera-researcher": "researcher"},
+            "oidc_study_claim": "tessera_studies",
+            "oidc_jwks_min_refetch_s": 0,
+            **extra,
+        }
+
+
+@pytest.fixture
+def oidc_provider() -> Iterator[OidcProvider]:
+    provider = OidcProvider()
+    try:
+        yield provider
+    finally:
+        provider.close()
+
+
+@pytest.fixture(scope="module")
+def module_oidc_provider() -> Iterator[OidcProvider]:
+    """One provider for a module's tests (a coordinator started once per module trusts it)."""
+    provider = OidcProvider()
+    try:
+        yield provider
+    finally:
+        provider.close()

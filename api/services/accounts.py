@@ -321,6 +321,7 @@ def user_view(user: User) -> dict[str, Any]:
         "organisation_id": user.organisation_id,
         "created_at": user.created_at,
         "disabled": user.disabled_at is not None,
+        "provider": user.auth_provider,
     }
 
 
