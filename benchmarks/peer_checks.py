@@ -134,8 +134,12 @@ def main() -> None:
     for _ in range(args.rounds):
         for label, path in (("before", args.alternate), ("this checkout", ROOT)):
             env = {**os.environ, "PYTHONPATH": str(path)}
-            argv = [sys.executable, __file__, "--repeat", str(args.repeat), "--json"]
-            done = subprocess.run(argv, env=env, capture_output=True, text=True, check=True)
+            argv = [sys.executable, str(Path(__file__).resolve()), "--repeat", str(args.repeat)]
+            # run in that checkout: party processes start with `python -m`, which reads the
+            # working directory first
+            done = subprocess.run(
+                [*argv, "--json"], env=env, cwd=path, capture_output=True, text=True, check=True
+            )
             for key, value in json.loads(done.stdout.strip().splitlines()[-1]).items():
                 results[label].setdefault(key, []).append(value)
     print(f"median of {args.repeat} runs per round, range over {args.rounds} rounds")

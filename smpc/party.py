@@ -126,6 +126,9 @@ def _preload() -> None:
     """Import everything but `mpyc.runtime` before the job arrives (a warm process waits here)."""
     import ssl  # noqa: F401
 
+    import cryptography.exceptions
+    import cryptography.hazmat.primitives.asymmetric.ec
+    import cryptography.hazmat.primitives.serialization
     import cryptography.x509  # noqa: F401
     import gmpy2  # noqa: F401
     import mpyc.asyncoro
@@ -134,8 +137,10 @@ def _preload() -> None:
     import mpyc.thresha  # noqa: F401
     import numpy  # noqa: F401
 
+    import smpc.peers
     import smpc.protocol
-    import smpc.statistics  # noqa: F401
+    import smpc.statistics
+    import smpc.tls  # noqa: F401
     from smpc.mpyc_speedups import install
 
     install()
