@@ -335,7 +335,15 @@ def build_network(root: Path, say: Callable[[str], None]) -> tuple[Network, Any,
             node = admin.create_node(spec.name, org["id"])
             net.start_node(spec, node["api_key"])
             rows = len(cohorts()[spec.name])
-            say(f"node agent    {spec.name:<11} {rows:>5} rows  ({spec.datasets[0].source})")
+            fp = net.fingerprint(spec.name).removeprefix("sha256:")
+            say(
+                f"node agent    {spec.name:<11} {rows:>5} rows  ({spec.datasets[0].source}), "
+                f"key sha256:{fp[:16]}..."
+            )
+        say(
+            "trust         each hospital made its own key (tessera node init) and trusts the "
+            "others' fingerprints (tessera node trust); nodes compute with no one else"
+        )
         password = "demo-" + net.admin_password
         admin.create_user("statistician", password, role="researcher")
         study = admin.create_study(

@@ -64,11 +64,10 @@ def normal_key(text: str) -> str:
 
 
 def fingerprint(text: str) -> str:
-    """A short, stable name of a public key for people to compare out of band:
-    `SHA256:` and the first 16 bytes of the SHA-256 of the raw key, in hex pairs."""
-    raw = parse_public_key(text).public_bytes(Encoding.Raw, PublicFormat.Raw)
-    digest = hashlib.sha256(raw).hexdigest()[:32]
-    return "SHA256:" + ":".join(digest[i : i + 4] for i in range(0, 32, 4))
+    """A stable name of a public key for people to compare out of band: `sha256:` and the
+    SHA-256 of the key's SubjectPublicKeyInfo in hex, as for node and coordinator keys."""
+    spki = parse_public_key(text).public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return "sha256:" + hashlib.sha256(spki).hexdigest()
 
 
 def canonical_json(value: Any) -> bytes:

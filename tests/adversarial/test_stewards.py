@@ -403,7 +403,7 @@ def test_the_coordinator_refuses_a_forged_signature(published: Coordinator, stew
     posing = signed(stewards, "bob", job, data, card, signer="mallory")  # her key, bob's name
     refused(
         published.upload(job, data, card, [ada, posing]),
-        "'bob' signed with key SHA256:",
+        "'bob' signed with key sha256:",
     )
     assert published.status(job) == "awaiting_review"
     assert published.researcher.releases(published.study) == []
@@ -489,7 +489,7 @@ def test_the_coordinator_refuses_data_swapped_after_the_approvals(
     assert answer.status_code == 200, answer.text
     release = answer.json()
     assert [s["steward"] for s in release["signed_by"]] == ["ada", "bob"]
-    assert all(s["fingerprint"].startswith("SHA256:") for s in release["signed_by"])
+    assert all(s["fingerprint"].startswith("sha256:") for s in release["signed_by"])
 
 
 def test_a_node_that_publishes_no_keys_releases_nothing(

@@ -270,7 +270,7 @@ def test_approved_gated_and_rejected_candidates(world: World) -> None:
     assert card["generator"] == "cart" and card["rows"] == ROWS and card["epsilon"] is None
     assert [a["steward"] for a in card["approvals"]] == ["ada", "bob"]
     assert [s["steward"] for s in release["signed_by"]] == ["ada", "bob"]
-    assert all(s["fingerprint"].startswith("SHA256:") for s in release["signed_by"])
+    assert all(s["fingerprint"].startswith("sha256:") for s in release["signed_by"])
     assert card["training_rows"] == 960 and card["holdout_rows"] == 240
     assert card["metrics"]["utility"]["target"] == "icu_admission"
     parquet = world.researcher.release_data(release["id"], "parquet")
@@ -294,7 +294,7 @@ def test_approved_gated_and_rejected_candidates(world: World) -> None:
     assert "node-c rejected: rejected by dee" in status.stdout
     listed = tessera("synth", "releases", "--study", "synth", env=env)
     assert listed.returncode == 0 and "node-a" in listed.stdout
-    assert "ada (SHA256:" in listed.stdout and "bob (SHA256:" in listed.stdout
+    assert "ada (sha256:" in listed.stdout and "bob (sha256:" in listed.stdout
     out = world.net.root / "download.parquet"
     fetched = tessera(
         "synth",

@@ -309,7 +309,7 @@ def test_the_steward_commands_on_the_store(configs, tessera_cli, stewards, tmp_p
     twice = tessera_cli("steward", "reject", "5", "-c", str(path), "-k", str(ada), "--reason", "x")
     assert twice.returncode == 2 and "ada already decided on candidate 5" in twice.stderr
     shown = tessera_cli("steward", "show", "5", "--config", str(path))
-    assert "ada (SHA256:" in shown.stdout and "approved at" in shown.stdout
+    assert "ada (sha256:" in shown.stdout and "approved at" in shown.stdout
     missing = tessera_cli("steward", "approve", "8", "--config", str(path), "--key", str(bob))
     assert missing.returncode == 2 and "no candidate 8 at this node" in missing.stderr
     assert "Traceback" not in missing.stderr + outsider.stderr
