@@ -149,6 +149,9 @@ class Node(Base):
     # the node's long-term certificate, registered at its first hello (`tessera node init`)
     identity_certificate: Mapped[str | None] = mapped_column(Text)
     identity_fingerprint: Mapped[str | None] = mapped_column(String(71))
+    # the one-time token that registers the node's key (SHA-256; cleared once used)
+    enrolment_token_hash: Mapped[str | None] = mapped_column(String(64))
+    enrolment_expires_at: Mapped[datetime | None] = mapped_column()
     last_seen_at: Mapped[datetime | None] = mapped_column()
     budget_reported_at: Mapped[datetime | None] = mapped_column()  # its last ledger report
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -75,6 +75,8 @@ class CoordinatorSettings(BaseSettings):
     release_max_bytes: int = Field(512 * 2**20, gt=0, le=2**30)
     # how long a POST's Idempotency-Key is remembered (a retry later than this creates anew)
     idempotency_ttl_s: float = Field(86400.0, gt=0)
+    # how long a node's one-time enrolment token (which registers its key) stays usable
+    enrolment_ttl_s: float = Field(7 * 86400.0, gt=0)
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     log_format: Literal["text", "json"] = "text"

@@ -103,7 +103,7 @@ def bench_rest(frames: list[pd.DataFrame], repeats: int) -> dict[str, list[float
                     f"Site {i}",
                     [DataSource(DATASET, "parquet", declared, path=str(path))],
                 )
-                net.start_node(spec, node["api_key"])
+                net.start_node(spec, node["api_key"], node["enrolment_token"])
             admin.create_user("bench", "bench-password-1", role="researcher")
             study = admin.create_study(
                 "bench", organisation_ids=org_ids, datasets=[DATASET], members=["bench"]

@@ -85,12 +85,17 @@ def create_organisation(name: str, config: Path | None = ConfigOption) -> None:
 @app.command("create-node")
 @reports_errors
 def create_node(name: str, organisation_id: int, config: Path | None = ConfigOption) -> None:
-    """Enrol a node; prints its API key once (store it in the node's configuration)."""
+    """Enrol a node; prints its one-time enrolment token and its API key once (both go in the
+    node's configuration: the token registers the node's key at its first start)."""
     from api.services import network
+    from api.settings import CoordinatorSettings
 
+    ttl_s = CoordinatorSettings.load(config).enrolment_ttl_s
     with _db(config) as db:
         node, key = network.create_node(db, name, organisation_id, ACTOR)
+        token = network.issue_enrolment(db, node, ttl_s)
         typer.echo(f"created node {node.name}, id {node.id}")
+        typer.echo(f"enrolment token (shown once, one use, {ttl_s / 86400:g} days): {token}")
         typer.echo(f"API key (shown once): {key}")
 
 

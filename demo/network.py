@@ -86,7 +86,13 @@ class NodeSpec:
     stewards: dict[str, str] | None = None
 
 
-def node_config(spec: NodeSpec, coordinator_url: str, api_key: str, work_dir: Path) -> str:
+def node_config(
+    spec: NodeSpec,
+    coordinator_url: str,
+    api_key: str,
+    work_dir: Path,
+    enrolment_token: str | None = None,
+) -> str:
     """The node's TOML configuration file (see docs/node-agent.md)."""
     port = free_port()
     lines = _toml_table(
@@ -94,6 +100,7 @@ def node_config(spec: NodeSpec, coordinator_url: str, api_key: str, work_dir: Pa
             "name": spec.name,
             "coordinator_url": coordinator_url,
             "api_key": api_key,
+            "enrolment_token": enrolment_token,
             "mpc_host": "127.0.0.1",
             "mpc_ports": f"{port}-{port + 9}" if port < 65000 else "21000-21009",
             "work_dir": str(work_dir),
@@ -257,15 +264,23 @@ class Network:
             time.sleep(0.1)
         raise ProtocolFailed(f"the coordinator did not answer within {timeout:.0f} s")
 
-    def start_node(self, spec: NodeSpec, api_key: str, *, introduce: bool = True) -> Process:
-        """Write the node's configuration, make its identity on first start (what `tessera
-        node init` does) and, with `introduce`, have it and every node started before trust
+    def start_node(
+        self,
+        spec: NodeSpec,
+        api_key: str,
+        enrolment_token: str | None = None,
+        *,
+        introduce: bool = True,
+    ) -> Process:
+        """Write the node's configuration (with the API key and the one-time enrolment token
+        `POST /nodes` answered), make its identity on first start (what `tessera node init`
+        does) and, with `introduce`, have it and every node started before trust
         each other's keys (what the hospitals' stewards do out of band, `tessera node
         trust`); then start its agent."""
         work_dir = self.root / spec.name
         work_dir.mkdir(exist_ok=True)
         config = work_dir / "node.toml"
-        config.write_text(node_config(spec, self.url, api_key, work_dir))
+        config.write_text(node_config(spec, self.url, api_key, work_dir, enrolment_token))
         config.chmod(0o600)
         if not NodeIdentity.exists(work_dir):
             NodeIdentity.create(work_dir, spec.name)

@@ -333,7 +333,7 @@ def build_network(root: Path, say: Callable[[str], None]) -> tuple[Network, Any,
             org = admin.create_organisation(spec.organisation)
             org_ids.append(org["id"])
             node = admin.create_node(spec.name, org["id"])
-            net.start_node(spec, node["api_key"])
+            net.start_node(spec, node["api_key"], node["enrolment_token"])
             rows = len(cohorts()[spec.name])
             fp = net.fingerprint(spec.name).removeprefix("sha256:")
             say(

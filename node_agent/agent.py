@@ -187,6 +187,11 @@ class NodeAgent:
                 agent_version=__version__,
                 policy=self.policy.summary(),
                 identity_certificate=self.identity.certificate_pem,
+                enrolment_token=(
+                    token.get_secret_value()
+                    if (token := self.settings.enrolment_token) is not None
+                    else None
+                ),
             )
         )
         served = [ds for ds in self.settings.datasets if self.policy.serves(ds.name)]

@@ -389,6 +389,9 @@ class NodeSettings(BaseSettings):
     coordinator_url: str = Field(pattern=r"^https?://\S+$")
     api_key: SecretStr | None = None
     api_key_file: Path | None = None
+    # the one-time token that registers the node's key at its first start (from enrolment, or
+    # from an administrator's reset of its identity); not needed once the key is registered
+    enrolment_token: SecretStr | None = None
     mpc_host: str = Field("127.0.0.1", min_length=1)
     mpc_bind_host: str | None = None  # where the party listens, if not at mpc_host (NAT, LB)
     mpc_ports: str = "21000-21099"

@@ -233,9 +233,9 @@ class TesseraClient:
         return self._call("POST", "/studies", rest.StudyOut, json=body)
 
     def reset_node_identity(self, node_id: int) -> dict[str, Any]:
-        """Forget a node's registered long-term key (its next start registers the one it
-        shows)."""
-        return self._call("POST", f"/nodes/{node_id}/reset-identity", rest.NodeOut)
+        """Forget a node's registered long-term key; the answer's `enrolment_token` lets the
+        node's next start register the one it shows."""
+        return self._call("POST", f"/nodes/{node_id}/reset-identity", rest.NodeWithEnrolment)
 
     def rotate_node_key(self, node_id: int) -> dict[str, Any]:
         """A new API key for the node (in the answer's `api_key`); the old one stops working."""

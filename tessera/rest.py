@@ -195,6 +195,18 @@ class NodeOut(View):
 
 class NodeWithKey(NodeOut):
     api_key: str = Field(description="Shown in this answer only: hand it to the node operator.")
+    enrolment_token: str | None = Field(
+        None,
+        description="At enrolment: the one-time token that registers the node's long-term key "
+        "at its first start (shown once; expires after enrolment_ttl_s).",
+    )
+
+
+class NodeWithEnrolment(NodeOut):
+    enrolment_token: str = Field(
+        description="Shown in this answer only: the one-time token that registers the node's "
+        "new long-term key at its next start."
+    )
 
 
 class NodePage(Page[NodeOut]):
@@ -593,6 +605,7 @@ __all__ = [
     "NodeAuditHeadPage",
     "NodeOut",
     "NodePage",
+    "NodeWithEnrolment",
     "NodeWithKey",
     "OrganisationOut",
     "OrganisationPage",

@@ -292,6 +292,12 @@ class NodeHello(Strict):
         description="PEM certificate of the node's long-term key (registered once; a node "
         "that later shows another is refused until an administrator resets its identity)",
     )
+    enrolment_token: str | None = Field(
+        None,
+        max_length=128,
+        description="The one-time token the administrator received with the node (or with a "
+        "reset of its identity): needed only to register the long-term key",
+    )
 
 
 class TaskOut(BaseModel):

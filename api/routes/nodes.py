@@ -12,13 +12,29 @@ from starlette.concurrency import run_in_threadpool
 
 from api import audit
 from api.db import Database
-from api.deps import AdminUser, CurrentNode, NotifierDep, PageDep, SessionDep, WaitParam
+from api.deps import (
+    AdminUser,
+    CurrentNode,
+    NotifierDep,
+    PageDep,
+    SessionDep,
+    SettingsDep,
+    WaitParam,
+)
 from api.models import Node, Task
 from api.notify import Notifier, long_poll
 from api.openapi import errors
 from api.services import budget, network, queries
 from tessera.errors import InvalidRequest
-from tessera.rest import Ack, BudgetReportAck, NewNode, NodeOut, NodePage, NodeWithKey
+from tessera.rest import (
+    Ack,
+    BudgetReportAck,
+    NewNode,
+    NodeOut,
+    NodePage,
+    NodeWithEnrolment,
+    NodeWithKey,
+)
 from tessera.rest import RegisteredDataset as RegisteredDatasetOut
 from tessera.schemas import (
     DatasetSchema,
@@ -50,11 +66,16 @@ TASK = errors(401, 403, 404, 409, 422)  # ... and one on a task
     response_model=NodeWithKey,
     responses=errors(401, 403, 404, 409, 422),
 )
-def create_node(body: NewNode, admin: AdminUser, db: SessionDep) -> dict[str, Any]:
-    """Enrol a node. The API key is in this answer only: hand it to the hospital's operator."""
+def create_node(
+    body: NewNode, admin: AdminUser, db: SessionDep, settings: SettingsDep
+) -> dict[str, Any]:
+    """Enrol a node. The API key and the one-time enrolment token (which registers the node's
+    long-term key at its first start) are in this answer only: hand them to the hospital's
+    operator."""
     node, key = network.create_node(db, body.name, body.organisation_id, f"user:{admin.username}")
+    enrolment = network.issue_enrolment(db, node, settings.enrolment_ttl_s)
     db.commit()
-    return {**network.node_view(node), "api_key": key}
+    return {**network.node_view(node), "api_key": key, "enrolment_token": enrolment}
 
 
 @router.get("/nodes", tags=["nodes"], response_model=NodePage, responses=errors(401, 403, 422))
@@ -85,16 +106,20 @@ def rotate_node_key(node_id: int, admin: AdminUser, db: SessionDep) -> dict[str,
 @router.post(
     "/nodes/{node_id}/reset-identity",
     tags=["nodes"],
-    response_model=NodeOut,
+    response_model=NodeWithEnrolment,
     responses=errors(401, 403, 404, 422),
 )
-def reset_node_identity(node_id: int, admin: AdminUser, db: SessionDep) -> dict[str, Any]:
-    """Forget the node's registered long-term key: its next start registers the key it shows
-    (after `tessera node init` on a new host). Its peers compute with it again only once their
-    own hospitals trust the new fingerprint."""
+def reset_node_identity(
+    node_id: int, admin: AdminUser, db: SessionDep, settings: SettingsDep
+) -> dict[str, Any]:
+    """Forget the node's registered long-term key and issue a new one-time enrolment token (in
+    this answer only): the node's next start with it registers the key it shows (after
+    `tessera node init` on a new host). Its peers compute with it again only once their own
+    hospitals trust the new fingerprint."""
     node = network.reset_identity(db, node_id, f"user:{admin.username}")
+    enrolment = network.issue_enrolment(db, node, settings.enrolment_ttl_s)
     db.commit()
-    return network.node_view(node)
+    return {**network.node_view(node), "enrolment_token": enrolment}
 
 
 # ---- node agents ----------------------------------------------------------------------------
@@ -107,7 +132,10 @@ def get_my_node(node: CurrentNode) -> dict[str, Any]:
 
 
 @router.post(
-    "/nodes/me/hello", tags=["nodes"], response_model=NodeOut, responses=errors(401, 403, 409, 422)
+    "/nodes/me/hello",
+    tags=["nodes"],
+    response_model=NodeOut,
+    responses=errors(401, 403, 409, 413, 422),
 )
 def say_hello(body: NodeHello, node: CurrentNode, db: SessionDep) -> dict[str, Any]:
     """A node agent starting: its version, the summary of its policy (the coordinator plans

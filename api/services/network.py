@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import secrets
 from datetime import timedelta
 from typing import Any
 
@@ -13,7 +16,7 @@ from api import audit, clock
 from api.models import Dataset, Node, Organisation
 from api.pagination import PageRequest
 from api.security import api_key_matches, new_api_key, split_api_key
-from tessera.errors import Conflict, InvalidRequest, NotFound, Unauthorized
+from tessera.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthorized
 from tessera.fingerprints import fingerprint
 from tessera.schemas import DatasetSchema, NodeHello, NodePolicySummary
 
@@ -53,6 +56,39 @@ def create_node(db: Session, name: str, organisation_id: int, actor: str) -> tup
     db.flush()
     audit.record(db, actor, "node.created", f"node:{name}", organisation_id=organisation_id)
     return node, key
+
+
+ENROLMENT_PREFIX = "te_"
+
+
+def issue_enrolment(db: Session, node: Node, ttl_s: float) -> str:
+    """A new one-time token that registers the node's long-term key at its first hello (shown
+    once, stored hashed; any earlier one stops working)."""
+    token = ENROLMENT_PREFIX + secrets.token_urlsafe(32)
+    node.enrolment_token_hash = _token_hash(token)
+    node.enrolment_expires_at = clock.now(db) + timedelta(seconds=ttl_s)
+    return token
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _enrolment_refusal(db: Session, node: Node, token: str | None) -> str | None:
+    """Why `token` does not register this node's key now; None if it does."""
+    if node.enrolment_token_hash is None:
+        return (
+            "no enrolment token is outstanding for it (an administrator issues one with "
+            f"POST /nodes/{node.id}/reset-identity)"
+        )
+    if token is None:
+        return "its hello carries no enrolment token (set enrolment_token in node.toml)"
+    if not hmac.compare_digest(node.enrolment_token_hash, _token_hash(token)):
+        return "the enrolment token is not the one issued for it"
+    expires = node.enrolment_expires_at
+    if expires is not None and clock.now(db) > expires:
+        return "its enrolment token has expired (an administrator issues a new one)"
+    return None
 
 
 def rotate_key(db: Session, node_id: int, actor: str) -> tuple[Node, str]:
@@ -133,15 +169,27 @@ def _identity(certificate: str) -> str:
 
 
 def hello(db: Session, node: Node, message: NodeHello) -> Node:
-    """A node agent starting. Its identity is registered at the first hello that carries one;
-    a later hello with another identity is refused (409) until an administrator resets it:
-    the API key alone cannot swap the key the node's peers see."""
+    """A node agent starting. Its identity is registered at the first hello that carries one
+    with the node's one-time enrolment token (403 without it); a later hello with another
+    identity is refused (409) until an administrator resets it and issues a new token: the
+    API key alone can neither register nor swap the key the coordinator shows."""
     identity: dict[str, Any] = {}
     if message.identity_certificate is not None:
         fp = _identity(message.identity_certificate)
         if node.identity_fingerprint is None:
+            refusal = _enrolment_refusal(db, node, message.enrolment_token)
+            if refusal is not None:
+                audit.record(
+                    db, f"node:{node.name}", "node.identity_refused", f"node:{node.name}", key=fp
+                )
+                db.commit()  # the refusal stays on record
+                raise Forbidden(
+                    f"node {node.name} cannot register its key {fp}: {refusal}",
+                    {"presented": fp},
+                )
             node.identity_certificate = message.identity_certificate
             node.identity_fingerprint = fp
+            node.enrolment_token_hash = node.enrolment_expires_at = None  # used: once
             identity = {"identity_registered": fp}
         elif node.identity_fingerprint != fp:
             raise Conflict(
@@ -166,7 +214,8 @@ def hello(db: Session, node: Node, message: NodeHello) -> Node:
 
 
 def reset_identity(db: Session, node_id: int, actor: str) -> Node:
-    """Forget a node's registered identity; its next hello registers the one it shows."""
+    """Forget a node's registered identity; its next hello with the new enrolment token
+    (`issue_enrolment`) registers the one it shows."""
     node = db.get(Node, node_id)
     if node is None:
         raise NotFound(f"no node {node_id}", {"node_id": node_id})

@@ -7,6 +7,7 @@ another party id, an impostor at a swapped address) are in tests/integration/smp
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from collections.abc import Iterator
@@ -198,8 +199,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             )
             org = admin.create_organisation(spec.organisation)
             orgs.append(org["id"])
-            key = admin.create_node(name, org["id"])["api_key"]
-            net.start_node(spec, key, introduce=name != "sybil")
+            node = admin.create_node(name, org["id"])
+            net.start_node(
+                spec, node["api_key"], node["enrolment_token"], introduce=name != "sybil"
+            )
         for name in HONEST:  # the sybil's operator trusts every honest node
             TrustedPeers(net.root / "sybil").trust(name, net.fingerprint(name))
         admin.create_user("rita", "rita-password", role="researcher")
@@ -208,6 +211,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         )
         researcher = TesseraClient(net.url)
         researcher.login("rita", "rita-password")
+        deadline = time.monotonic() + 30
+        while sum(len(d["nodes"]) for d in researcher.study_datasets(study["id"])) < 4:
+            assert time.monotonic() < deadline, "the four nodes did not register the dataset"
+            time.sleep(0.1)
         yield World(net=net, admin=admin, researcher=researcher, study=study["id"])
     finally:
         net.stop()
@@ -230,16 +237,34 @@ def _submit(world: World) -> dict[str, Any]:
 
 
 @pytest.mark.slow
-def test_a_sybil_enrolled_by_the_administrator_is_refused_by_every_honest_node(
+def test_a_sybil_enrolled_by_the_administrator_is_refused_and_no_honest_node_computes(
     world: World,
 ) -> None:
+    """Each honest node checks the party list when the start signal reaches it: the first to
+    check refuses and the query fails, so a node polling later finds the query over (and
+    abandons its task) instead of refusing it itself; no honest node starts its party. (That
+    every honest node refuses the same list is `test_a_sybil_node_nobody_trusts_is_refused`.)"""
     outcome = _submit(world)
     assert outcome["status"] == "failed", outcome
-    for name in HONEST:
-        audit = (world.net.root / name / "audit.jsonl").read_text()
-        assert '"code":"peer_refused"' in audit.replace(" ", ""), name
-        assert "node sybil" in audit and "not one this hospital trusts" in audit, name
     assert "peer_refused" in str(outcome.get("error")), outcome
+    refused = 0
+    for name in HONEST:
+        entries = [
+            json.loads(line)
+            for line in (world.net.root / name / "audit.jsonl").read_text().splitlines()
+        ]
+        mine = [e for e in entries if e.get("query") == outcome["id"]]
+        actions = {e["action"] for e in mine}
+        assert "result.opened" not in actions, name
+        failed = [e for e in mine if e["action"] == "task.failed"]
+        if failed:
+            assert failed[0]["code"] == "peer_refused", failed
+            assert "node sybil" in failed[0]["reason"], failed
+            assert "not one this hospital trusts" in failed[0]["reason"], failed
+            refused += 1
+        else:
+            assert "task.abandoned" in actions, (name, actions)
+    assert refused >= 1
 
     # once every honest hospital has confirmed the fourth node's key out of band, it computes
     fp = world.net.fingerprint("sybil")
@@ -274,4 +299,23 @@ def test_a_node_showing_another_key_than_it_registered_is_refused(world: World) 
     assert answer.status_code == 409, answer.text
     assert "reset-identity" in answer.json()["error"]["message"]
     reset = world.admin.reset_node_identity(node["id"])
-    assert reset["identity_fingerprint"] is None
+    assert reset["identity_fingerprint"] is None and reset["enrolment_token"].startswith("te_")
+    # the API key alone cannot register a key either: only with the new one-time token
+    no_token = httpx.post(
+        f"{world.net.url}/api/v1/nodes/me/hello",
+        headers={"Authorization": f"Bearer {key}"},
+        json={"agent_version": "x", "identity_certificate": other},
+    )
+    assert no_token.status_code == 403, no_token.text
+    assert "no enrolment token" in no_token.json()["error"]["message"]
+    registered = httpx.post(
+        f"{world.net.url}/api/v1/nodes/me/hello",
+        headers={"Authorization": f"Bearer {key}"},
+        json={
+            "agent_version": "x",
+            "identity_certificate": other,
+            "enrolment_token": reset["enrolment_token"],
+        },
+    )
+    assert registered.status_code == 200, registered.text
+    assert registered.json()["identity_fingerprint"] == fingerprint(other)

@@ -83,7 +83,8 @@ class World:
             (root / name / "row_keys.secret").write_text(f"secret-of-{name}"[:16].ljust(16, "0"))
             org = admin.create_organisation(spec.organisation)
             orgs.append(org["id"])
-            self.net.start_node(spec, admin.create_node(name, org["id"])["api_key"])
+            node = admin.create_node(name, org["id"])
+            self.net.start_node(spec, node["api_key"], node["enrolment_token"])
         admin.create_user("eve", "eve-password", role="researcher")
         study = admin.create_study(
             "growth", organisation_ids=orgs, datasets=[DATASET], members=["eve"]

@@ -90,7 +90,7 @@ def shell(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shell]:
             org = admin.create_organisation(spec.organisation)
             org_ids.append(org["id"])
             node = admin.create_node(spec.name, org["id"])
-            net.start_node(spec, node["api_key"])
+            net.start_node(spec, node["api_key"], node["enrolment_token"])
         admin.create_user(USER, PASSWORD, role="researcher")
         study = admin.create_study(
             STUDY, organisation_ids=org_ids, datasets=[DATASET], members=[USER]

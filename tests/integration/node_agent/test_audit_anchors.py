@@ -98,13 +98,14 @@ class Trails:
             engine.dispose()
 
 
-def write_config(root: Path, name: str, url: str, key: str, port: int) -> Path:
+def write_config(root: Path, name: str, url: str, key: str, port: int, enrolment: str) -> Path:
     folder = root / name
     folder.mkdir()
     (folder / "cohort.csv").write_text("age,sex\n3,F\n10,M\n7,F\n")
     config = folder / "node.toml"
     config.write_text(
         f'name = "{name}"\ncoordinator_url = "{url}"\napi_key = "{key}"\n'
+        f'enrolment_token = "{enrolment}"\n'
         f'mpc_ports = "{port}-{port + 9}"\nwork_dir = "state"\npoll_wait_s = 1\n\n'
         '[[datasets]]\nname = "cohort"\nsource = "csv"\npath = "cohort.csv"\n'
         'columns = [\n  { name = "age", type = "integer", min = 0, max = 18 },\n'
@@ -125,8 +126,10 @@ def trails(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trails]:
         for i, name in enumerate(NODES):
             org = admin.create_organisation(f"Hospital {name}")
             orgs.append(org["id"])
-            key = admin.create_node(name, org["id"])["api_key"]
-            configs[name] = write_config(root, name, net.url, key, 23000 + 10 * i)
+            node = admin.create_node(name, org["id"])
+            configs[name] = write_config(
+                root, name, net.url, node["api_key"], 23000 + 10 * i, node["enrolment_token"]
+            )
         introduce({n: root / n / "state" for n in NODES})  # tessera node init, node trust
         agents = [NodeAgent(NodeSettings.load(configs[n]), run_party=stand_in_party) for n in NODES]
         admin.create_user("rita", "rita-password", role="researcher")

@@ -137,8 +137,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             )
             org = admin.create_organisation(spec.organisation)
             orgs.append(org["id"])
-            keys[name] = admin.create_node(name, org["id"])["api_key"]
-            net.start_node(spec, keys[name])
+            node = admin.create_node(name, org["id"])
+            keys[name] = node["api_key"]
+            net.start_node(spec, keys[name], node["enrolment_token"])
         admin.create_user("rita", "rita-password", role="researcher")
         studies = [
             admin.create_study(label, organisation_ids=orgs, datasets=[DATASET], members=["rita"])

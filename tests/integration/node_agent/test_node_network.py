@@ -181,6 +181,7 @@ def write_node(
     policy: str,
     port: int,
     log_format: str = "text",
+    enrolment_token: str = "",
 ) -> Path:
     """The node's folder: its data in `source` form and a node.toml with relative paths."""
     folder = root / name
@@ -204,6 +205,7 @@ def write_node(
         f'name = "{name}"\n'
         f'coordinator_url = "{url}"\n'
         'api_key_file = "node.key"\n'
+        f'enrolment_token = "{enrolment_token}"\n'
         f'mpc_ports = "{port}-{port + 19}"\n'
         'work_dir = "state"\n'
         "poll_wait_s = 5\n"
@@ -239,7 +241,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         for name, source, policy, frame in specs:
             org = admin.create_organisation(f"Hospital {name[-1].upper()}")
             orgs[name] = org["id"]
-            keys[name] = admin.create_node(name, org["id"])["api_key"]
+            node = admin.create_node(name, org["id"])
+            keys[name] = node["api_key"]
             frames[name] = frame
             config = write_node(
                 root,
@@ -251,6 +254,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 policy,
                 port=free_port_block(20),
                 log_format="json" if name == "node-c" else "text",
+                enrolment_token=node["enrolment_token"],
             )
             work_dirs[name] = root / name / "state"
             introduce(work_dirs)  # its key, and trust with the nodes before it

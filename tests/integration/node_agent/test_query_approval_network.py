@@ -110,7 +110,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             cohort(150 + 40 * i, i).to_csv(path, index=False)
             org = admin.create_organisation(f"Hospital {name[-1].upper()}")
             orgs.append(org["id"])
-            key = admin.create_node(name, org["id"])["api_key"]
+            node = admin.create_node(name, org["id"])
             manual = name == "node-c"
             spec = NodeSpec(
                 name,
@@ -120,7 +120,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 approval_timeout_s=TIMEOUT_S if manual else None,
                 stewards=public if manual else None,
             )
-            net.start_node(spec, key)
+            net.start_node(spec, node["api_key"], node["enrolment_token"])
         admin.create_user("rita", "rita-password", role="researcher")
         study = admin.create_study(
             "reviewed", organisation_ids=orgs, datasets=[DATASET], members=["rita"]

@@ -120,7 +120,7 @@ def world(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             cohort(hospital).to_csv(path, index=False)
             org = admin.create_organisation(f"Hospital {name[-1].upper()}")
             orgs.append(org["id"])
-            key = admin.create_node(name, org["id"])["api_key"]
+            node = admin.create_node(name, org["id"])
             spec = NodeSpec(
                 name,
                 org["name"],
@@ -129,7 +129,7 @@ def world(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                 # node-a trains mst: its charges go to the dataset's ledger (total on by default)
                 dp_epsilon_budget=1.5 if "mst" in rules["generators"] else None,
             )
-            net.start_node(spec, key)
+            net.start_node(spec, node["api_key"], node["enrolment_token"])
         admin.create_user("rita", "rita-password", role="researcher")
         study = admin.create_study(
             "synth", organisation_ids=orgs, datasets=[DATASET], members=["rita"]

@@ -11,8 +11,10 @@ from api import audit
 from api.models import AuditEvent
 from api.pagination import PageRequest
 from api.services import metrics, network, queries, studies, synthesis
-from tessera.errors import NotFound, Unauthorized
-from tessera.schemas import DatasetSchema, SynthesisSpec
+from smpc.tls import new_authority
+from tessera.errors import Conflict, Forbidden, NotFound, Unauthorized
+from tessera.fingerprints import fingerprint
+from tessera.schemas import DatasetSchema, NodeHello, SynthesisSpec
 
 # ---- visibility -------------------------------------------------------------------------
 
@@ -122,6 +124,46 @@ def test_a_wrong_key_is_unauthorized(make, db) -> None:
 
     with pytest.raises(Unauthorized, match="invalid node API key"):
         network.authenticate_node(db, key[:-1] + ("A" if key[-1] != "A" else "B"))
+
+
+# ---- node identities -----------------------------------------------------------------------
+
+
+def test_a_nodes_key_is_registered_once_with_its_one_time_enrolment_token(make, db, clock) -> None:
+    org = make.organisation("hospital")
+    node, _ = network.create_node(db, "h1", org, "user:admin")
+    token = network.issue_enrolment(db, node, ttl_s=3600)
+    first = new_authority("Tessera node h1")[1]
+
+    def hello(cert: str, with_token: str | None) -> None:
+        message = NodeHello(
+            agent_version="t", identity_certificate=cert, enrolment_token=with_token
+        )
+        network.hello(db, node, message)
+
+    with pytest.raises(Forbidden, match="carries no enrolment token"):
+        hello(first, None)  # the API key alone does not register a key
+    with pytest.raises(Forbidden, match="not the one issued for it"):
+        hello(first, token[:-1] + ("A" if token[-1] != "A" else "B"))
+    hello(first, token)
+    assert node.identity_fingerprint == fingerprint(first)
+    assert node.enrolment_token_hash is None  # used: once
+    hello(first, None)  # the registered key needs no token again
+    hello(first, token)  # ... and a spent one changes nothing
+    with pytest.raises(Conflict, match="reset-identity"):
+        hello(new_authority("Tessera node h1")[1], token)
+
+    network.reset_identity(db, node.id, "user:admin")
+    fresh = network.issue_enrolment(db, node, ttl_s=3600)
+    second = new_authority("Tessera node h1")[1]
+    with pytest.raises(Forbidden, match="not the one issued for it"):
+        hello(second, token)  # the first token is spent
+    clock.advance(3601)
+    with pytest.raises(Forbidden, match="has expired"):
+        hello(second, fresh)
+    network.hello(db, node, NodeHello(agent_version="t"))  # a hello without a key: as before
+    refused = [e.action for e in make.events()].count("node.identity_refused")
+    assert refused == 4
 
 
 # ---- the audit chain --------------------------------------------------------------------
