@@ -34,14 +34,12 @@ from typing import TYPE_CHECKING, Any
 from node_agent.sqlite_store import open_schema, transaction
 from tessera.errors import Conflict, NotFound
 from tessera.stewards import (
-    KeyInvalid,
     digest,
     fingerprint,
-    normal_key,
     query_shape,
     query_statement,
     sign,
-    verify,
+    signature_refusal,
 )
 
 if TYPE_CHECKING:
@@ -311,15 +309,17 @@ def query_decision_refusal(
     """Why a decision on `held` does not count (None: it does): its steward must be listed
     with the key it names, and its signature verify over this node, task, and the query's and
     shape's hashes recomputed from the held query."""
-    listed = stewards.get(d.steward)
-    if listed is None:
-        return f"{d.steward!r} is not a steward of node {node}"
-    if held.query_sha256 != digest(held.query) or held.shape_sha256 != digest(held.shape):
+    if d.steward in stewards and (
+        held.query_sha256 != digest(held.query) or held.shape_sha256 != digest(held.shape)
+    ):
         return f"held query {held.task_id} does not hash to what was held"
-    try:
-        if normal_key(d.key) != normal_key(listed):
-            return f"{d.steward!r} signed with key {fingerprint(d.key)}, not their listed key"
-        message = query_statement(
+    return signature_refusal(
+        d.steward,
+        d.key,
+        d.signature,
+        node=node,
+        stewards=stewards,
+        statement=lambda: query_statement(
             node=node,
             task_id=held.task_id,
             query_sha256=held.query_sha256,
@@ -330,12 +330,9 @@ def query_decision_refusal(
             remember=d.remember,
             at=d.at,
             reason=d.reason,
-        )
-    except KeyInvalid as exc:
-        return f"{d.steward!r}'s decision does not parse: {exc}"
-    if not verify(listed, d.signature, message):
-        return f"{d.steward!r}'s signature does not verify with their key"
-    return None
+        ),
+        not_listed_key=lambda _: "their listed key",
+    )
 
 
 Audit = Callable[..., None]

@@ -8,22 +8,29 @@ from __future__ import annotations
 
 import hashlib
 import re
+from typing import Any
 
 from tessera.errors import InvalidRequest
 
 PATTERN = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
-def fingerprint(certificate_pem: str) -> str:
-    """`sha256:<hex>` of the certificate's public key; `ValueError` if it is no certificate."""
-    from cryptography import x509
+def of_key(public_key: Any) -> str:
+    """`sha256:<hex>` of a public key object's SubjectPublicKeyInfo (DER): the one form of
+    every key's fingerprint (node, coordinator and steward keys)."""
     from cryptography.hazmat.primitives import serialization
 
-    cert = x509.load_pem_x509_certificate(certificate_pem.encode())
-    spki = cert.public_key().public_bytes(
+    spki = public_key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     return "sha256:" + hashlib.sha256(spki).hexdigest()
+
+
+def fingerprint(certificate_pem: str) -> str:
+    """The fingerprint of a certificate's public key; `ValueError` if it is no certificate."""
+    from cryptography import x509
+
+    return of_key(x509.load_pem_x509_certificate(certificate_pem.encode()).public_key())
 
 
 def normalise(text: str) -> str:

@@ -33,14 +33,13 @@ def utc_text(at: datetime) -> str:
 
 
 def public_key_fingerprint(public_pem: str) -> str:
-    """`sha256:<hex>` of the public key (SubjectPublicKeyInfo, DER), as nodes pin it."""
+    """The fingerprint of a public key in PEM (`tessera.fingerprints.of_key`), as nodes pin
+    it."""
     from cryptography.hazmat.primitives import serialization
 
-    key = serialization.load_pem_public_key(public_pem.encode())
-    spki = key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return "sha256:" + hashlib.sha256(spki).hexdigest()
+    from tessera.fingerprints import of_key
+
+    return of_key(serialization.load_pem_public_key(public_pem.encode()))
 
 
 def b64(signature: bytes) -> str:

@@ -23,13 +23,15 @@ import base64
 import binascii
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from tessera.fingerprints import of_key
 
 PREFIX = "ed25519:"
 STATEMENT_TYPE = "tessera.steward-decision.v1"
@@ -64,10 +66,9 @@ def normal_key(text: str) -> str:
 
 
 def fingerprint(text: str) -> str:
-    """A stable name of a public key for people to compare out of band: `sha256:` and the
-    SHA-256 of the key's SubjectPublicKeyInfo in hex, as for node and coordinator keys."""
-    spki = parse_public_key(text).public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-    return "sha256:" + hashlib.sha256(spki).hexdigest()
+    """A stable name of a public key for people to compare out of band, in the one form of
+    every key's fingerprint (`tessera.fingerprints.of_key`)."""
+    return of_key(parse_public_key(text))
 
 
 def canonical_json(value: Any) -> bytes:
@@ -139,6 +140,36 @@ def verify(key: str, signature: str, message: bytes) -> bool:
     return True
 
 
+def signature_refusal(
+    steward: str,
+    key: str,
+    signature: str,
+    *,
+    node: str,
+    stewards: Mapping[str, str],
+    statement: Callable[[], bytes],
+    not_listed_key: Callable[[str], str],
+) -> str | None:
+    """Why a steward's signed decision does not count, or None: the steward must be listed in
+    `stewards` (name -> public key) with the key the decision names, and the signature be
+    that key's over `statement()` (built inside the check, so a field that does not parse is
+    a refusal). `not_listed_key(listed)` says what the named key is not. The one rule of every
+    steward decision: on a release (`decision_refusal`) and on a held query
+    (`node_agent.query_approval`)."""
+    listed = stewards.get(steward)
+    if listed is None:
+        return f"{steward!r} is not a steward of node {node}"
+    try:
+        if normal_key(key) != normal_key(listed):
+            return f"{steward!r} signed with key {fingerprint(key)}, not {not_listed_key(listed)}"
+        message = statement()
+    except KeyInvalid as exc:
+        return f"{steward!r}'s decision does not parse: {exc}"
+    if not verify(listed, signature, message):
+        return f"{steward!r}'s signature does not verify with their key"
+    return None
+
+
 def decision_refusal(
     decision: Any,
     *,
@@ -154,16 +185,13 @@ def decision_refusal(
     job. With `hashes` (`data_sha256`, `card_sha256`, `report_sha256` of what is uploaded now),
     it must also have signed exactly those. The one statement of the rule: the node applies it
     to its own policy, the coordinator to the keys the node published."""
-    listed = stewards.get(decision.steward)
-    if listed is None:
-        return f"{decision.steward!r} is not a steward of node {node}"
-    try:
-        if normal_key(decision.key) != normal_key(listed):
-            return (
-                f"{decision.steward!r} signed with key {fingerprint(decision.key)}, not the "
-                f"key node {node} lists for them ({fingerprint(listed)})"
-            )
-        message = statement(
+    refusal = signature_refusal(
+        decision.steward,
+        decision.key,
+        decision.signature,
+        node=node,
+        stewards=stewards,
+        statement=lambda: statement(
             node=node,
             job_id=job_id,
             steward=decision.steward,
@@ -174,11 +202,11 @@ def decision_refusal(
             data_sha256=decision.data_sha256,
             card_sha256=decision.card_sha256,
             report_sha256=decision.report_sha256,
-        )
-    except KeyInvalid as exc:
-        return f"{decision.steward!r}'s decision does not parse: {exc}"
-    if not verify(listed, decision.signature, message):
-        return f"{decision.steward!r}'s signature does not verify with their key"
+        ),
+        not_listed_key=lambda listed: f"the key node {node} lists for them ({fingerprint(listed)})",
+    )
+    if refusal is not None:
+        return refusal
     for field, value in (hashes or {}).items():
         if getattr(decision, field) != value:
             what = field.removesuffix("_sha256")
