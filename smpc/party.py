@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,13 +87,24 @@ async def _connect_retrying(connect: Any, *args: Any, **kwargs: Any) -> Any:
                 raise RefusedPeer(refused()) from None
 
 
-async def _run(mpc: Any, job: Any) -> dict[str, Any]:
+Body = Callable[[Any, Any], Awaitable[dict[str, Any]]]
+
+
+async def _statistic(mpc: Any, job: Any) -> dict[str, Any]:
+    """A query's protocol: the disclosure prelude, the statistic, its finished result."""
     from smpc.disclosure import prelude
-    from smpc.peers import agree, pin
     from smpc.statistics import compile_query
-    from tessera.errors import DisclosureRefused
 
     statistic = compile_query(job.query, job.dataset_schema)
+    await prelude(mpc, statistic, job)
+    opened = await statistic.compute(mpc, job)
+    return {"result": statistic.finish(opened), "min_count_applied": opened.threshold}
+
+
+async def _run(mpc: Any, job: Any, body: Body = _statistic) -> dict[str, Any]:
+    from smpc.peers import agree, pin
+    from tessera.errors import DisclosureRefused
+
     host = job.parties[job.party_id][0]
     loop = mpc._loop
     loop.create_server = functools.partial(loop.create_server, host=host)
@@ -104,8 +116,7 @@ async def _run(mpc: Any, job: Any) -> dict[str, Any]:
     try:
         if job.tls is not None:
             await agree(mpc, job)
-        await prelude(mpc, statistic, job)
-        opened = await statistic.compute(mpc, job)
+        outcome = await body(mpc, job)
     except DisclosureRefused:
         await mpc.shutdown()  # a pooled outcome every party reached: end together, then refuse
         raise
@@ -115,11 +126,7 @@ async def _run(mpc: Any, job: Any) -> dict[str, Any]:
                 peer.protocol.close_connection()
         raise
     await mpc.shutdown()
-    return {
-        "result": statistic.finish(opened),
-        "min_count_applied": opened.threshold,
-        "seconds": time.perf_counter() - started,
-    }
+    return {**outcome, "seconds": time.perf_counter() - started}
 
 
 def _preload() -> None:
@@ -155,13 +162,15 @@ def _timed_out(job: Any, _: BaseException) -> int:
     return 1
 
 
-def main() -> int:
+def main(job_model: Any = None, body: Body = _statistic) -> int:
+    """Read a job (a `PartyJob` unless another model is given) on stdin, run `body` as this
+    party once the parties are connected and agreed, print the outcome."""
     from smpc.job import PartyJob
     from smpc.peers import RefusedPeer
 
     _preload()
     try:
-        job = PartyJob.model_validate_json(sys.stdin.read())
+        job = (job_model or PartyJob).model_validate_json(sys.stdin.read())
     except Exception as exc:
         print(ERROR + json.dumps({"code": "invalid_request", "message": str(exc)}), flush=True)
         return 1
@@ -178,7 +187,7 @@ def main() -> int:
             os.chdir(workspace.name)  # MPyC reads .config/ relative to the working directory
         from mpyc.runtime import mpc
 
-        outcome = mpc.run(asyncio.wait_for(_run(mpc, job), timeout=job.timeout_s))
+        outcome = mpc.run(asyncio.wait_for(_run(mpc, job, body), timeout=job.timeout_s))
     except (TimeoutError, asyncio.CancelledError) as exc:
         return _timed_out(job, exc)
     except RefusedPeer as exc:

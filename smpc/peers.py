@@ -48,7 +48,11 @@ def digest(job: Any) -> str:
     body = {
         "run": tls.run_id if tls is not None else None,
         "query": job.query,
-        "columns": [c.model_dump(mode="json") for c in job.dataset_schema.columns],
+        "columns": (
+            [c.model_dump(mode="json") for c in job.dataset_schema.columns]
+            if getattr(job, "dataset_schema", None) is not None
+            else None
+        ),
         "parties": len(job.parties),
         "nodes": [fingerprint(a) for a in tls.authorities] if tls is not None else None,
     }

@@ -37,9 +37,9 @@ def _die_with_parent() -> None:
         pass
 
 
-def _spawn() -> subprocess.Popen[str]:
+def _spawn(module: str = "smpc.party") -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "smpc.party"],
+        [sys.executable, "-m", module],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -177,25 +177,55 @@ def wait_party(proc: Any, job: PartyJob) -> PartyOutcome:
 
 
 def _outcome(stdout: str, stderr: str, returncode: int, job: PartyJob) -> PartyOutcome:
+    return PartyOutcome.model_validate(parse_outcome(stdout, stderr, returncode, job.party_id))
+
+
+def parse_outcome(stdout: str, stderr: str, returncode: int, party_id: int) -> dict[str, Any]:
+    """A party process's outcome line, or its error raised as the `TesseraError` it names."""
     for line in reversed(stdout.splitlines()):
         if line.startswith(OUTCOME) and returncode == 0:
-            return PartyOutcome.model_validate_json(line[len(OUTCOME) :])
+            outcome: dict[str, Any] = json.loads(line[len(OUTCOME) :])
+            return outcome
         if line.startswith(ERROR):
             body: dict[str, Any] = json.loads(line[len(ERROR) :])
             cls = ERRORS_BY_CODE.get(body.get("code", ""), ProtocolFailed)
             if cls is TesseraError:
                 cls = ProtocolFailed
-            details = {} if cls is DisclosureRefused else {"party_id": job.party_id}
+            details = {} if cls is DisclosureRefused else {"party_id": party_id}
             error = cls(body.get("message", "party failed"), details)
             error.code = body.get("code", error.code)
             raise error
     tail = stderr.strip().splitlines()[-1:] or ["no output"]
     raise ProtocolFailed(
-        f"party {job.party_id} exited with status {returncode}: {tail[0]}",
-        {"party_id": job.party_id},
+        f"party {party_id} exited with status {returncode}: {tail[0]}",
+        {"party_id": party_id},
     )
 
 
 def run_party(job: PartyJob) -> PartyOutcome:
     """Run one party of the protocol to the end (blocking); raise `ProtocolFailed` if it fails."""
     return wait_party(start_party(job), job)
+
+
+def start_program(module: str, payload: str) -> subprocess.Popen[str]:
+    """Start ``python -m module`` as a party process (a program built on `smpc.party.main`
+    with its own job model) and hand it `payload` on stdin; returns at once."""
+    proc = _spawn(module)
+    assert proc.stdin is not None
+    proc.stdin.write(payload)
+    proc.stdin.close()
+    proc.stdin = None
+    return proc
+
+
+def wait_program(proc: subprocess.Popen[str], timeout_s: float, party_id: int) -> dict[str, Any]:
+    """Wait for a party started by `start_program` (killed a second past `timeout_s`)."""
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout_s + 1.0)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise ProtocolFailed(
+            f"party {party_id} did not finish within {timeout_s:.0f} s", {"party_id": party_id}
+        ) from None
+    return parse_outcome(stdout, stderr, proc.returncode, party_id)

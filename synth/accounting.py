@@ -11,6 +11,11 @@ Mechanisms, on the add/remove-one-record neighbouring relation:
 - the Gaussian mechanism with L2 sensitivity Δ and noise σ is ρ = Δ² / (2σ²)-zCDP;
 - the exponential mechanism with parameter ε (utility sensitivity Δ, probabilities
   ∝ exp(ε·u / (2Δ))) is ε²/8-zCDP (Cesar and Rogers, 2021);
+- the distributed discrete Gaussian mechanism (a pooled measurement, `synth.pooled`): each of
+  m parties adds discrete Gaussian noise of variance parameter s² to its integer counts, and a
+  coalition of up to t parties knows its own; the other h = m − t parties' noise makes adding
+  the sum ρ = Δ²/(2·h·s²) + τ·d/4 -zCDP, τ the Kairouz–Liu–Steinke slack of `smpc.noise`
+  (d cells);
 - zCDP composes by adding ρ.
 
 The conversion from ρ-zCDP to (ε, δ)-DP is the tight one of Canonne, Kamath and Steinke
@@ -24,8 +29,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from fractions import Fraction
 from typing import Any
 
+from smpc.noise import honest, share_variance, sum_rho
 from tessera.errors import InvalidRequest
 
 _BISECTIONS = 200
@@ -109,12 +116,17 @@ def exponential_rho(epsilon: float) -> float:
 class Spend:
     """One mechanism run: what it measured, how, with which parameter, and its ρ."""
 
-    mechanism: str  # "gaussian" or "exponential"
+    mechanism: str  # "gaussian", "exponential" or "distributed-gaussian"
     measured: str  # e.g. "marginal age" or "select pair 3"
     rho: float
     sigma: float | None = None  # gaussian: the noise scale
     epsilon: float | None = None  # exponential: its parameter
     sensitivity: float = 1.0
+    # distributed-gaussian: each party's variance parameter (a fraction, as text), the parties
+    # whose noise a coalition does not know, and the cells of the measurement
+    share_variance: str | None = None
+    honest_parties: int | None = None
+    cells: int | None = None
 
 
 @dataclass
@@ -148,6 +160,31 @@ class ZCDPAccountant:
         self._spend(Spend("gaussian", measured, rho, sigma=sigma, sensitivity=sensitivity))
         return sigma
 
+    def distributed_gaussian(
+        self, measured: str, rho: float, parties: int, cells: int
+    ) -> tuple[Fraction, float]:
+        """Record a pooled measurement of `cells` counts (sensitivity 1) by `parties` parties,
+        each adding its own discrete Gaussian share (`smpc.noise`), spending at most `rho`.
+        Returns each party's variance parameter and σ, the scale the honest parties' noise
+        alone reaches. The spend records what it actually costs (a share never goes below
+        `smpc.noise.MIN_SHARE_SIGMA`, so it may cost less than `rho`)."""
+        sigma = gaussian_sigma(rho)
+        variance = share_variance(sigma, parties)
+        shares = honest(parties)
+        spent = sum_rho(variance, shares, cells)
+        self._spend(
+            Spend(
+                "distributed-gaussian",
+                measured,
+                spent,
+                sigma=math.sqrt(shares * float(variance)),
+                share_variance=str(variance),
+                honest_parties=shares,
+                cells=cells,
+            )
+        )
+        return variance, math.sqrt(shares * float(variance))
+
     def exponential(self, measured: str, rho: float, sensitivity: float = 1.0) -> float:
         """Record an exponential-mechanism selection spending `rho`; returns its ε."""
         epsilon = exponential_epsilon(rho)
@@ -171,6 +208,13 @@ def rho_of_spends(spends: list[dict[str, Any]]) -> float:
             total += gaussian_rho(s["sigma"], s.get("sensitivity", 1.0))
         elif s["mechanism"] == "exponential":
             total += exponential_rho(s["epsilon"])
+        elif s["mechanism"] == "distributed-gaussian":
+            total += sum_rho(
+                Fraction(s["share_variance"]),
+                s["honest_parties"],
+                s["cells"],
+                s.get("sensitivity", 1.0),
+            )
         else:
             raise ValueError(f"unknown mechanism {s['mechanism']!r}")
     return total

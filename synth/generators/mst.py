@@ -42,14 +42,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Coroutine
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 
-from synth.accounting import ZCDPAccountant, epsilon_for, rho_for
+from synth.accounting import ZCDPAccountant, epsilon_for, gaussian_sigma, rho_for
 from synth.base import Synthesizer, TrainingProgress, register
 from synth.metadata import Column, TableMetadata
 from tessera.errors import InvalidRequest
@@ -57,6 +58,120 @@ from tessera.errors import InvalidRequest
 DEFAULT_DELTA = 1e-6
 DEFAULT_SHARES = (0.5, 0.1, 0.4)  # one-way marginals, selection, two-way marginals
 THRESHOLD_SIGMAS = 3.0  # a cell counts as present when its noisy count reaches this many σ
+SELECTIONS = ("exponential", "measured")
+
+
+@dataclass(frozen=True)
+class Request:
+    """One noisy histogram to measure: each row's cell, the number of cells, the ρ to spend."""
+
+    label: str
+    codes: np.ndarray
+    cells: int
+    rho: float
+
+
+class Measurer(Protocol):
+    """What adds the noise to MST's histograms and keeps the accounts (`MST.measure`)."""
+
+    accounting: ZCDPAccountant
+
+    def opened_sd(self, rho: float) -> float:
+        """The standard deviation of the noise in a measurement that spends `rho`."""
+
+    async def measure(self, requests: list[Request]) -> list[tuple[np.ndarray, float]]:
+        """Each request's noisy counts and their noise's standard deviation."""
+
+
+class LocalMeasurer:
+    """One table, the Gaussian mechanism: exact counts plus N(0, σ²) per cell."""
+
+    def __init__(self, accounting: ZCDPAccountant, rng: np.random.Generator) -> None:
+        self.accounting = accounting
+        self.rng = rng
+
+    def opened_sd(self, rho: float) -> float:
+        return gaussian_sigma(rho)
+
+    async def measure(self, requests: list[Request]) -> list[tuple[np.ndarray, float]]:
+        out = []
+        for r in requests:
+            sigma = self.accounting.gaussian(r.label, r.rho)
+            counts = np.bincount(r.codes, minlength=r.cells).astype(float)
+            out.append((counts + self.rng.normal(0, sigma, r.cells), sigma))
+        return out
+
+
+@dataclass
+class PairMeasurement:
+    """A noisy two-way table of a pair, over the groups its columns' coarse cells fall in."""
+
+    pair: tuple[str, str]
+    noisy: np.ndarray
+    sd: float
+    groups_a: np.ndarray
+    groups_b: np.ndarray
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pair": list(self.pair),
+            "noisy": self.noisy.tolist(),
+            "sd": self.sd,
+            "groups_a": self.groups_a.tolist(),
+            "groups_b": self.groups_b.tolist(),
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> PairMeasurement:
+        return cls(
+            (raw["pair"][0], raw["pair"][1]),
+            np.asarray(raw["noisy"], dtype=float),
+            float(raw["sd"]),
+            np.asarray(raw["groups_a"], dtype=np.int64),
+            np.asarray(raw["groups_b"], dtype=np.int64),
+        )
+
+
+@dataclass
+class Measurements:
+    """Everything MST measured (noisy, post-processed): what the model is fitted on. Holds no
+    row and no exact count, so it may leave the parties that measured it."""
+
+    encodings: list[Encoding]
+    one_way: dict[str, tuple[np.ndarray, float]]  # coarse noisy counts and their noise sd
+    two_way: list[PairMeasurement]
+    edges: list[tuple[str, str]]
+    accounting: ZCDPAccountant
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "encodings": [e.to_json() for e in self.encodings],
+            "one_way": {k: [v.tolist(), sd] for k, (v, sd) in self.one_way.items()},
+            "two_way": [m.to_json() for m in self.two_way],
+            "edges": [list(e) for e in self.edges],
+            "accounting": self.accounting.to_json(),
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any], metadata: TableMetadata) -> Measurements:
+        by_name = {c.name: c for c in metadata.columns}
+        return cls(
+            [_encoding_from_json(e, by_name) for e in raw["encodings"]],
+            {k: (np.asarray(v, dtype=float), float(sd)) for k, (v, sd) in raw["one_way"].items()},
+            [PairMeasurement.from_json(m) for m in raw["two_way"]],
+            [(a, b) for a, b in raw["edges"]],
+            ZCDPAccountant.from_json(raw["accounting"]),
+        )
+
+
+def drive(coroutine: Coroutine[Any, Any, Any]) -> Any:
+    """Run a coroutine that never waits on anything (the local measurer's): no event loop."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return done.value
+    coroutine.close()
+    raise RuntimeError("the measurement waited on something outside MPC")
 
 
 @dataclass
@@ -198,7 +313,7 @@ class MST(Synthesizer):
     name = "mst"
     license = "Apache-2.0"
     differentially_private = True
-    param_names = ("epsilon", "delta", "bins", "fine_bins", "shares", "iters")
+    param_names = ("epsilon", "delta", "bins", "fine_bins", "shares", "iters", "selection")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -217,14 +332,27 @@ class MST(Synthesizer):
             raise InvalidRequest("shares are three positive fractions of rho summing to 1")
         self.shares = shares
         self.iters = int(self.params.get("iters", 1000))
+        self.selection = str(self.params.get("selection", "exponential"))
+        if self.selection not in SELECTIONS:
+            raise InvalidRequest(f"selection is one of {', '.join(SELECTIONS)}")
         self.encodings: list[Encoding] = []
         self.accounting: ZCDPAccountant | None = None
         self.cliques: list[tuple[str, ...]] = []
         self._model: Any = None
+        self.parties: int | None = None  # pooled (`synth.pooled`): the parties it was measured by
+        self.default_seed: int | None = None  # pooled: the seed `sample` uses when given none
 
     # ---- training -------------------------------------------------------------------------
 
     def _fit(self, frame: pd.DataFrame) -> None:
+        self.check_declared()
+        rng = np.random.default_rng()  # DP noise: fresh OS entropy, never a fixed seed
+        accounting = ZCDPAccountant(rho_for(self.target_epsilon, self.target_delta))
+        measured = drive(self.measure(frame, LocalMeasurer(accounting, rng), rng))
+        self.fit_measurements(measured)
+
+    def check_declared(self) -> None:
+        """Refuse a column without a declared domain (nothing of it is read off the rows)."""
         assert self.metadata is not None
         undeclared = [c.name for c in self.metadata.columns if not c.declared]
         if undeclared:
@@ -234,76 +362,169 @@ class MST(Synthesizer):
                 "(give the dataset schema, e.g. --schema)",
                 {"columns": undeclared},
             )
-        rng = np.random.default_rng()  # DP noise: fresh OS entropy, never a fixed seed
-        rho = rho_for(self.target_epsilon, self.target_delta)
-        accounting = ZCDPAccountant(rho)
+
+    async def measure(
+        self, frame: pd.DataFrame, measurer: Measurer, rng: np.random.Generator | None = None
+    ) -> Measurements:
+        """Every noisy measurement MST makes of `frame` (steps 1 to 5 of the module doc).
+
+        The `measurer` adds the noise and keeps the accounts: `LocalMeasurer` on one table;
+        `synth.pooled`'s on secret-shared sums over every party's table, where every party
+        runs this same code on its own rows and opens the same noisy sums, so every decision
+        taken between measurements (grids, compression, groups, the tree) is the same at
+        every party. Selection is by the exponential mechanism on exact scores
+        (`selection="exponential"`, one table only) or by post-processing noisy pair tables
+        (`"measured"`)."""
+        assert self.metadata is not None
+        accounting = measurer.accounting
+        rho = accounting.budget
         columns = list(self.metadata.columns)
         d = len(columns)
         pair_count = d - 1
         one_way = rho if pair_count == 0 else rho * self.shares[0]
 
         self.report(TrainingProgress("measuring", f"{d} one-way marginals"))
+        order = sorted(columns, key=lambda c: fine_grid(c, self.fine_bins).fine)
+        codes: dict[str, np.ndarray] = {}
         measured: dict[str, tuple[Encoding, np.ndarray, float]] = {}
-        codes = {}
-        n_hat: float | None = None
         # The column with the fewest public cells first: its noisy total is the row count
         # that sizes the other columns' grids (post-processing; zCDP composes adaptively).
-        for c in sorted(columns, key=lambda c: fine_grid(c, self.fine_bins).fine):
-            sigma = accounting.gaussian(f"one-way marginal {c.name}", one_way / d)
-            cells_cap = (
-                self.fine_bins if n_hat is None else grid_cells(n_hat, sigma, self.fine_bins)
-            )
-            encoding = fine_grid(c, cells_cap)
-            fine = encoding.fine
-            cells = fine_codes(encoding, frame[c.name])
-            noisy = np.bincount(cells, minlength=fine) + rng.normal(0, sigma, fine)
-            if n_hat is None:
-                n_hat = max(float(noisy.sum()), 1.0)
-            encoding.coarse_of_fine = compress(encoding, noisy, sigma, self.bins)
-            encoding.fine_weights = norm_sub(noisy)
-            codes[c.name] = cells
-            measured[c.name] = (encoding, noisy, sigma)
+        n_hat: float | None = None
+        for batch in ([order[0]], order[1:]):
+            requests = []
+            for c in batch:
+                spread = measurer.opened_sd(one_way / d)
+                cells_cap = (
+                    self.fine_bins if n_hat is None else grid_cells(n_hat, spread, self.fine_bins)
+                )
+                encoding = fine_grid(c, cells_cap)
+                codes[c.name] = fine_codes(encoding, frame[c.name])
+                requests.append(
+                    Request(f"one-way marginal {c.name}", codes[c.name], encoding.fine, one_way / d)
+                )
+                measured[c.name] = (encoding, np.empty(0), spread)
+            for c, (noisy, sd) in zip(batch, await measurer.measure(requests), strict=True):
+                encoding = measured[c.name][0]
+                if n_hat is None:
+                    n_hat = max(float(noisy.sum()), 1.0)
+                encoding.coarse_of_fine = compress(encoding, noisy, sd, self.bins)
+                encoding.fine_weights = norm_sub(noisy)
+                measured[c.name] = (encoding, noisy, sd)
         encodings = [measured[c.name][0] for c in columns]
 
         coarse = {e.column.name: _coarse_codes(e, codes[e.column.name]) for e in encodings}
-        domain_sizes = {e.column.name: e.coarse for e in encodings}
         one_way_coarse = {}
         for c in columns:
-            e, noisy, sigma = measured[c.name]
+            e, noisy, sd = measured[c.name]
             assert e.coarse_of_fine is not None
             keep = e.coarse_of_fine >= 0
             vector = np.bincount(e.coarse_of_fine[keep], weights=noisy[keep], minlength=e.coarse)
             width = max(1.0, float(keep.sum()) / e.coarse)
-            one_way_coarse[c.name] = (vector, sigma * math.sqrt(width))
+            one_way_coarse[c.name] = (vector, sd * math.sqrt(width))
 
         edges: list[tuple[str, str]] = []
-        two_way = []
+        two_way: list[PairMeasurement] = []
         if pair_count:
-            sigma_2 = math.sqrt(pair_count / (2 * rho * self.shares[2]))
             n_hat = float(np.median([max(v.sum(), 1.0) for v, _ in one_way_coarse.values()]))
-            groups = {
-                name: pair_groups(vector, _pair_cells(n_hat, sigma_2, self.bins))
-                for name, (vector, _) in one_way_coarse.items()
-            }
             self.report(TrainingProgress("selecting", f"a tree of {pair_count} pairs"))
-            edges = self._select(
-                coarse, groups, one_way_coarse, n_hat, rho * self.shares[1], accounting, rng
-            )
-            self.report(TrainingProgress("measuring", f"{len(edges)} two-way marginals"))
-            for a, b in edges:
-                sigma = accounting.gaussian(
-                    f"two-way marginal {a} x {b}", rho * self.shares[2] / len(edges)
+            if self.selection == "exponential":
+                if rng is None:
+                    raise ValueError("selection by the exponential mechanism needs an rng")
+                groups = self._groups(
+                    one_way_coarse, n_hat, measurer.opened_sd(rho * self.shares[2] / pair_count)
                 )
-                counts = _joint(groups[a][coarse[a]], groups[b][coarse[b]], groups[a], groups[b])
-                noisy = counts + rng.normal(0, sigma, counts.shape)
-                two_way.append(((a, b), noisy, sigma, _aggregation(groups[a], groups[b])))
+                edges = self._select(
+                    coarse, groups, one_way_coarse, n_hat, rho * self.shares[1], accounting, rng
+                )
+            else:
+                edges, tables = await self._select_measured(
+                    coarse, one_way_coarse, n_hat, rho * self.shares[1], measurer
+                )
+                two_way += [t for t in tables if t.pair in edges]
+            self.report(TrainingProgress("measuring", f"{len(edges)} two-way marginals"))
+            share = rho * self.shares[2] / len(edges)
+            groups = self._groups(one_way_coarse, n_hat, measurer.opened_sd(share))
+            requests = [
+                _pair_request(f"two-way marginal {a} x {b}", coarse, groups, a, b, share)
+                for a, b in edges
+            ]
+            for (a, b), (noisy, sd) in zip(edges, await measurer.measure(requests), strict=True):
+                shape = (int(groups[a].max()) + 1, int(groups[b].max()) + 1)
+                two_way.append(
+                    PairMeasurement((a, b), noisy.reshape(shape), sd, groups[a], groups[b])
+                )
+        return Measurements(encodings, one_way_coarse, two_way, edges, accounting)
 
+    def _groups(
+        self, one_way: dict[str, tuple[np.ndarray, float]], n_hat: float, spread: float
+    ) -> dict[str, np.ndarray]:
+        cells = _pair_cells(n_hat, spread, self.bins)
+        return {name: pair_groups(vector, cells) for name, (vector, _) in one_way.items()}
+
+    async def _select_measured(
+        self,
+        coarse: dict[str, np.ndarray],
+        one_way: dict[str, tuple[np.ndarray, float]],
+        n_hat: float,
+        rho: float,
+        measurer: Measurer,
+    ) -> tuple[list[tuple[str, str]], list[PairMeasurement]]:
+        """The spanning tree from noisy tables of every pair (Gaussian, `rho` split equally),
+        chosen by post-processing: each pair scores the L1 distance between its noisy table and
+        the independent model's prediction, less what the noise alone adds on average; the
+        tree is the maximum spanning tree of those scores (Kruskal). The noisy tables are
+        measurements like any other: the tree's own are used again in estimation."""
+        names = list(coarse)
+        pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
+        share = rho / len(pairs)
+        spread = measurer.opened_sd(share)
+        groups = self._groups(one_way, n_hat, spread)
+        probabilities = {}
+        for name, (vector, _) in one_way.items():
+            grouped = np.bincount(groups[name], weights=norm_sub(vector))
+            probabilities[name] = grouped / max(grouped.sum(), 1e-12)
+        requests = [
+            _pair_request(f"selection table {a} x {b}", coarse, groups, a, b, share)
+            for a, b in pairs
+        ]
+        tables, scores = [], {}
+        for (a, b), (noisy, sd) in zip(pairs, await measurer.measure(requests), strict=True):
+            shape = (len(probabilities[a]), len(probabilities[b]))
+            table = noisy.reshape(shape)
+            predicted = n_hat * np.outer(probabilities[a], probabilities[b])
+            scores[(a, b)] = (
+                float(np.abs(table - predicted).sum()) - sd * math.sqrt(2 / math.pi) * table.size
+            )
+            tables.append(PairMeasurement((a, b), table, sd, groups[a], groups[b]))
+        component = {name: name for name in names}
+
+        def root(x: str) -> str:
+            while component[x] != x:
+                x = component[x]
+            return x
+
+        chosen: list[tuple[str, str]] = []
+        for pair in sorted(pairs, key=lambda e: -scores[e]):
+            if root(pair[0]) != root(pair[1]):
+                chosen.append(pair)
+                component[root(pair[0])] = root(pair[1])
+        return chosen, tables
+
+    def fit_measurements(self, measured: Measurements) -> None:
+        """Step 6: the graphical model from every noisy measurement (post-processing)."""
+        assert self.metadata is not None
         self.report(TrainingProgress("estimating", f"graphical model, {self.iters} iterations"))
-        self._model = _estimate(domain_sizes, one_way_coarse, two_way, self.iters)
-        self.encodings, self.accounting, self.cliques = encodings, accounting, list(edges)
-        self.epsilon = epsilon_for(accounting.spent, self.target_delta)
+        sizes = {e.column.name: e.coarse for e in measured.encodings}
+        two_way = [
+            (m.pair, m.noisy, m.sd, _aggregation(m.groups_a, m.groups_b)) for m in measured.two_way
+        ]
+        self._model = _estimate(sizes, measured.one_way, two_way, self.iters)
+        self.encodings = measured.encodings
+        self.accounting = measured.accounting
+        self.cliques = list(measured.edges)
+        self.epsilon = epsilon_for(measured.accounting.spent, self.target_delta)
         self.delta = self.target_delta
-        self.metadata = _dp_nullability(self.metadata, encodings)
+        self.metadata = _dp_nullability(self.metadata, measured.encodings)
 
     def _select(
         self,
@@ -350,6 +571,8 @@ class MST(Synthesizer):
     # ---- sampling -------------------------------------------------------------------------
 
     def _sample(self, n: int, seed: int | None) -> pd.DataFrame:
+        if seed is None:
+            seed = self.default_seed
         state = np.random.get_state()
         try:
             np.random.seed(seed if seed is not None else np.random.default_rng().integers(2**31))
@@ -381,6 +604,8 @@ class MST(Synthesizer):
             "edges": [list(e) for e in self.cliques],
             "encodings": [e.to_json() for e in self.encodings],
             "accounting": self.accounting.to_json(),
+            "parties": self.parties,
+            "default_seed": self.default_seed,
         }
         (folder / "mst.json").write_text(json.dumps(state))
 
@@ -388,19 +613,11 @@ class MST(Synthesizer):
         assert self.metadata is not None
         state = json.loads((folder / "mst.json").read_text())
         by_name = {c.name: c for c in self.metadata.columns}
-        self.encodings = [
-            Encoding(
-                by_name[raw["column"]],
-                raw["fine"],
-                None if raw["edges"] is None else np.asarray(raw["edges"], dtype=float),
-                bool(raw.get("points", False)),
-                np.asarray(raw["coarse_of_fine"], dtype=np.int64),
-                np.asarray(raw["fine_weights"], dtype=float),
-            )
-            for raw in state["encodings"]
-        ]
+        self.encodings = [_encoding_from_json(raw, by_name) for raw in state["encodings"]]
         self.cliques = [tuple(e) for e in state["edges"]]
         self.accounting = ZCDPAccountant.from_json(state["accounting"])
+        self.parties = state.get("parties")
+        self.default_seed = state.get("default_seed")
         with np.load(folder / "potentials.npz", allow_pickle=False) as stored:
             tables = {tuple(k.split("|")): stored[k] for k in stored.files}
         self._model = _markov_random_field(
@@ -419,6 +636,31 @@ def _positive(value: Any, name: str) -> float:
     if not (number > 0 and math.isfinite(number)):
         raise InvalidRequest(f"{name} must be positive")
     return number
+
+
+def _encoding_from_json(raw: dict[str, Any], by_name: dict[str, Column]) -> Encoding:
+    return Encoding(
+        by_name[raw["column"]],
+        raw["fine"],
+        None if raw["edges"] is None else np.asarray(raw["edges"], dtype=float),
+        bool(raw.get("points", False)),
+        np.asarray(raw["coarse_of_fine"], dtype=np.int64),
+        np.asarray(raw["fine_weights"], dtype=float),
+    )
+
+
+def _pair_request(
+    label: str,
+    coarse: dict[str, np.ndarray],
+    groups: dict[str, np.ndarray],
+    a: str,
+    b: str,
+    rho: float,
+) -> Request:
+    """The histogram of a pair's grouped coarse cells, as one flat vector (row-major)."""
+    size_b = int(groups[b].max()) + 1
+    size = (int(groups[a].max()) + 1) * size_b
+    return Request(label, groups[a][coarse[a]] * size_b + groups[b][coarse[b]], size, rho)
 
 
 def _coarse_codes(encoding: Encoding, cells: np.ndarray) -> np.ndarray:

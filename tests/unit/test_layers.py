@@ -18,7 +18,7 @@ PACKAGES = ("tessera", "smpc", "synth", "api", "node_agent", "cli", "demo")
 ALLOWED = {
     "tessera": set(),
     "smpc": {"tessera"},
-    "synth": {"tessera"},
+    "synth": {"smpc", "tessera"},
     "api": {"smpc", "synth", "tessera"},
     "node_agent": {"smpc", "synth", "tessera"},
     "cli": {"api", "node_agent", "smpc", "synth", "tessera", "demo"},
