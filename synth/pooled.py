@@ -250,7 +250,14 @@ def train_pooled(
                     other.kill()
     if errors:
         raise errors[0]
-    return fit_pooled(query, agreed(outcomes), len(frames), seed)
+    model = fit_pooled(query, agreed(outcomes), len(frames), seed)
+    model.measurement = {
+        "parties": len(frames),
+        "cells": outcomes[0]["cells"],
+        "rounds": outcomes[0]["rounds"],
+        "seconds": max(o["measure_seconds"] for o in outcomes),
+    }
+    return model
 
 
 def agreed(outcomes: list[dict[str, Any]]) -> dict[str, Any]:

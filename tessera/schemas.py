@@ -152,6 +152,7 @@ class SynthesisPolicySummary(Strict):
     max_epsilon: float | None = None  # a DP generator's epsilon may not exceed this
     max_rows: int | None = None
     approvals_required: int = Field(1, ge=1)
+    pooled: bool = False  # takes part in pooled syntheses (its rows measured by MPC)
     # Each steward's name and public key (`ed25519:<base64>`): the coordinator verifies the
     # signed approvals of a release against these, and counts one key once.
     stewards: dict[str, StewardKey] = Field(default_factory=dict, max_length=64)
@@ -171,6 +172,8 @@ class SynthesisPolicySummary(Strict):
             return f"policy allows epsilon up to {limit:g}, not {spec.epsilon:g}"
         if self.max_rows is not None and spec.rows > self.max_rows:
             return f"policy allows up to {self.max_rows} synthetic rows, not {spec.rows}"
+        if spec.scope == "pooled" and not self.pooled:
+            return "policy takes no pooled synthesis (synthesis.pooled is false)"
         return None
 
 
@@ -425,11 +428,14 @@ class NodeBudgetReport(Strict):
 
 # ---- synthetic data -----------------------------------------------------------------------
 
+POOLED_GENERATORS = ("mst",)  # the generators a pooled synthesis can measure by MPC
+
 SynthesisJobStatus = Literal[
     "pending",  # created, not yet offered to its node
     "offered",  # the node took it from its long-poll
     "training",  # the node accepted it: holding out, training, sampling, evaluating
     "awaiting_review",  # the candidate passed every release gate: the stewards decide
+    "approved",  # pooled: this node's stewards approved; waiting for every other node's
     "gated",  # the candidate failed a release gate: never offered, nothing uploaded
     "released",  # approved by enough stewards: data and report uploaded, a release published
     "rejected",  # a steward rejected it: nothing uploaded
@@ -451,6 +457,22 @@ class SynthesisSpec(Strict):
     holdout: float = Field(0.2, ge=0.05, le=0.5)  # share of rows held out for evaluation
     target: ColumnName | None = None  # the column the utility metric predicts
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    # "local": each node trains on its own rows and releases its own dataset; "pooled": one
+    # generator measured by MPC over every participating node's rows (`synth.pooled`), one
+    # dataset released when every node's stewards approved it
+    scope: Literal["local", "pooled"] = "local"
+
+    @model_validator(mode="after")
+    def _pooled(self) -> SynthesisSpec:
+        if self.scope == "pooled":
+            if self.generator not in POOLED_GENERATORS:
+                raise ValueError(
+                    f"a pooled synthesis uses generator {', '.join(POOLED_GENERATORS)}, "
+                    f"not {self.generator!r}"
+                )
+            if self.epsilon is None:
+                raise ValueError("a pooled synthesis is differentially private: give epsilon")
+        return self
 
     @property
     def differentially_private(self) -> bool:
@@ -469,6 +491,9 @@ class SynthesisJobOut(BaseModel):
     requested_by: str
     spec: SynthesisSpec
     deadline: datetime  # training, sampling and evaluation must be done by then
+    # pooled: this node's party id in the measurement and the number of parties
+    party_id: int | None = None
+    n_parties: int | None = None
 
 
 class SynthesisProgress(Strict):
@@ -498,10 +523,26 @@ class SynthesisCandidate(Strict):
 
     gates: list[GateOutcome]
     approvals_required: int = Field(1, ge=1)
+    # pooled: the SHA-256 of the shared candidate's Parquet bytes (every node must hold the
+    # same), and of the opened measurements it was fitted on
+    candidate_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    measurement_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
 
     @property
     def passed(self) -> bool:
         return all(g.passed for g in self.gates)
+
+
+class PooledApproval(BaseModel):
+    """The coordinator's answer to a pooled node's approval (`POST /synthesis-jobs/{id}/release`
+    without `data`): its job is `approved`; `waiting_for` names the nodes whose stewards have
+    not approved yet; `data_wanted` is true once every node approved (the node then posts the
+    same request with `data`, and the release is published)."""
+
+    status: SynthesisJobStatus
+    waiting_for: list[str] = []
+    data_wanted: bool = False
+    release_id: int | None = None
 
 
 SHA256 = r"^[0-9a-f]{64}$"
@@ -554,6 +595,11 @@ class ReleaseContent(Strict):
     holdout_rows: int | None = Field(None, ge=1)
     seed: int | None = None
     target: str | None = None
+    # pooled: the nodes whose rows were measured (in party order), and the hash of the opened
+    # measurements the candidate was fitted on
+    scope: Literal["local", "pooled"] = "local"
+    parties: list[str] | None = None
+    measurement_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
 
     def digest(self) -> str:
         """The card's hash as stewards sign it (without approvals; JSON types)."""

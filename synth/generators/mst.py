@@ -341,6 +341,7 @@ class MST(Synthesizer):
         self._model: Any = None
         self.parties: int | None = None  # pooled (`synth.pooled`): the parties it was measured by
         self.default_seed: int | None = None  # pooled: the seed `sample` uses when given none
+        self.measurement: dict[str, Any] | None = None  # pooled: cells, rounds, MPC seconds
 
     # ---- training -------------------------------------------------------------------------
 
