@@ -52,7 +52,7 @@ from node_agent.peers import check_parties, run_id
 from node_agent.policy import Policy
 from node_agent.ports import PortPool
 from node_agent.query_approval import QueryApprovals
-from node_agent.synthesis import SynthesisService
+from node_agent.synthesis import MPCContext, SynthesisService
 from tessera import __version__
 from tessera.errors import (
     BudgetExceeded,
@@ -146,7 +146,13 @@ class NodeAgent:
         self._budget_changed = threading.Event()
         self._reporter: threading.Thread | None = None
         self.synthesis = SynthesisService(
-            settings, self.client, self.policy, self._audit, self.stopping, self.charge_synthesis
+            settings,
+            self.client,
+            self.policy,
+            self._audit,
+            self.stopping,
+            self.charge_synthesis,
+            MPCContext(self.ports, lambda: self.identity, self.trusted),
         )
         self.query_approvals = QueryApprovals(settings, self._audit, self._tell, self.stopping)
 

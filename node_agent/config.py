@@ -161,6 +161,10 @@ class SynthesisPolicyConfig(BaseModel):
     `max_training_seconds` is checked when training returns: a generator that trained longer
     fails its job instead of going on to sampling. `gates` are the release gates every candidate
     must pass (the fields of `synth.gates.ReleaseGates`; absent ones keep its defaults).
+    `pooled` lets this node's training rows take part in pooled syntheses: MST's noisy
+    marginals measured by MPC with at least two other nodes (`synth.pooled`), charged to this
+    node's privacy budget, one candidate evaluated against this node's own held-out rows and
+    released only when every node's stewards approved it.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -177,6 +181,7 @@ class SynthesisPolicyConfig(BaseModel):
     max_concurrent_jobs: int = Field(1, ge=1, le=16)  # workers training at once
     holdout_min: float = Field(0.1, ge=0.05, le=0.5)
     gates: dict[str, float | bool | None] = {}
+    pooled: bool = False
 
     @field_validator("generators")
     @classmethod
@@ -250,6 +255,7 @@ class SynthesisPolicyConfig(BaseModel):
             max_epsilon=self.max_epsilon,
             max_rows=self.max_rows,
             approvals_required=self.approvals_required,
+            pooled=self.pooled,
             stewards=dict(self.stewards),
         )
 

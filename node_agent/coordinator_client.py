@@ -244,8 +244,21 @@ class CoordinatorClient:
         )
         return [SynthesisJobOut.model_validate(j) for j in body or []]
 
-    def accept_synthesis(self, job_id: int) -> None:
-        self._call("POST", f"/synthesis-jobs/{job_id}/accept")
+    def accept_synthesis(self, job_id: int, body: TaskAccept | None = None) -> None:
+        """Accept a job; a pooled one says where this node's MPC party will listen."""
+        if body is None:
+            self._call("POST", f"/synthesis-jobs/{job_id}/accept")
+        else:
+            self._call(
+                "POST", f"/synthesis-jobs/{job_id}/accept", json=body.model_dump(exclude_none=True)
+            )
+
+    def synthesis_start(self, job_id: int, wait: float) -> TaskStart:
+        """A pooled job: wait up to `wait` seconds for every node to accept (the parties)."""
+        body = self._call(
+            "GET", f"/synthesis-jobs/{job_id}/start", wait=wait, params={"wait": wait}
+        )
+        return TaskStart.model_validate(body)
 
     def refuse_synthesis(self, job_id: int, reason: str) -> None:
         body = TaskRefusal(reason=reason[:2000]).model_dump()
@@ -271,13 +284,16 @@ class CoordinatorClient:
         body = TaskFailure(code=code[:64] or "error", message=message[:2000] or code).model_dump()
         self._call("POST", f"/synthesis-jobs/{job_id}/fail", json=body)
 
-    def release(self, job_id: int, card: ReleaseCard, data: bytes, report: bytes) -> dict[str, Any]:
+    def release(
+        self, job_id: int, card: ReleaseCard, data: bytes | None, report: bytes
+    ) -> dict[str, Any]:
         """Upload an approved candidate (multipart: card, data, report); retried like every
-        call, so an upload survives a coordinator restart."""
-        files = {
-            "data": ("synthetic.parquet", data, "application/vnd.apache.parquet"),
-            "report": ("report.html", report, "text/html"),
-        }
+        call, so an upload survives a coordinator restart. A pooled job's approval goes
+        without `data` first (the answer is a `PooledApproval`), and with it once every node
+        approved."""
+        files = {"report": ("report.html", report, "text/html")}
+        if data is not None:
+            files["data"] = ("synthetic.parquet", data, "application/vnd.apache.parquet")
         return dict(
             self._call(
                 "POST",

@@ -38,6 +38,12 @@ def run_id(query_id: int) -> str:
     return f"query-{query_id}"
 
 
+def synthesis_run_id(request_id: int) -> str:
+    """The run id of a pooled synthesis's measurement: a namespace of its own, so a run
+    certificate issued for query N is never valid for synthesis request N."""
+    return f"synthesis-{request_id}"
+
+
 def address_problem(host: str, port: int, production: bool) -> str | None:
     """Why this node will not dial `host:port`; None if it will."""
     if not 1 <= port <= 65535:

@@ -141,6 +141,13 @@ class Policy:
             return reason
         if spec.holdout < rules.holdout_min:
             return f"policy holds out at least {rules.holdout_min:.0%} of the rows for evaluation"
+        if spec.scope == "pooled" and (
+            job.party_id is None or job.n_parties is None or job.n_parties < MIN_PARTIES
+        ):
+            return (
+                f"a pooled synthesis needs at least {MIN_PARTIES} parties and this node's "
+                "party id in the job"
+            )
         if spec.target is not None and ds.schema_.column(spec.target) is None:
             return f"target {spec.target!r} is not a declared column of {spec.dataset!r}"
         unknown = sorted(set(spec.params) - set(cls.param_names) - {"epsilon", "delta"})

@@ -36,12 +36,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from node_agent.candidates import Candidate, CandidateStore
 from node_agent.coordinator_client import AgentStopping, Backoff, CoordinatorClient
+from node_agent.peers import check_parties, synthesis_run_id
 from node_agent.policy import Policy
 from tessera.errors import BudgetExceeded, Conflict, ProtocolFailed, TesseraError, Unauthorized
 from tessera.schemas import (
@@ -52,20 +54,35 @@ from tessera.schemas import (
     SynthesisJobOut,
     SynthesisProgress,
     SynthesisRejection,
+    TaskAccept,
+    TaskStart,
 )
 from tessera.stewards import decision_refusal, distinct_keys, fingerprint
 
 if TYPE_CHECKING:
     from node_agent.config import NodeSettings
+    from node_agent.identity import NodeIdentity, TrustedPeers
+    from node_agent.ports import PortPool
 
 log = logging.getLogger("tessera.node")
 
 REVIEW_INTERVAL_S = 1.0
 PROGRESS_INTERVAL_S = 1.0
+POOLED_RETRY_S = 2.0  # a pooled approval waiting for other nodes is sent again this often
 WORKER = [sys.executable, "-m", "node_agent.synthesis_worker"]
 
 Audit = Callable[..., None]
 Charge = Callable[[SynthesisJobOut, float, float], "BudgetExceeded | None"]
+
+
+@dataclass(frozen=True)
+class MPCContext:
+    """What a pooled job's party needs of the node agent: its port pool, its long-term key
+    (issues the run's certificate) and its trusted peers."""
+
+    ports: PortPool
+    identity: Callable[[], NodeIdentity]
+    trusted: TrustedPeers
 
 
 def _event(level: int, event: str, message: str, *args: Any, **fields: Any) -> None:
@@ -81,8 +98,10 @@ class SynthesisService:
         audit: Audit,
         stopping: threading.Event,
         charge: Charge | None = None,
+        mpc: MPCContext | None = None,
     ) -> None:
         self.settings = settings
+        self.mpc = mpc  # what a pooled job's MPC party needs of the agent
         self.charge = charge  # charges a DP job's rho to the privacy ledger (the agent's)
         self.client = client
         self.policy = policy
@@ -95,6 +114,8 @@ class SynthesisService:
         self._workers: dict[int, subprocess.Popen[bytes]] = {}
         self._workers_lock = threading.Lock()
         self._seen: set[int] = set()
+        self._pooled_asked: dict[int, float] = {}  # pooled approvals: when last sent
+        self._pooled_told: set[int] = set()
 
     @property
     def store(self) -> CandidateStore:
@@ -221,12 +242,17 @@ class SynthesisService:
         ):
             return  # known from an earlier offer
         started = time.perf_counter()
+        port: int | None = None
         try:
-            self.client.accept_synthesis(job.id)
-            self.audit("synthesis.accepted", "accepted", **subject)
+            pooled: dict[str, Any] | None = None
+            if job.spec.scope == "pooled":
+                port, pooled = self._join(job, subject)
+            else:
+                self.client.accept_synthesis(job.id)
+                self.audit("synthesis.accepted", "accepted", **subject)
             with self._slots:
                 self._progress(job.id, SynthesisProgress(stage="starting", message="worker"))
-                outcome = self._train(job, folder)
+                outcome = self._train(job, folder, pooled)
             gates = [GateOutcome.model_validate(g) for g in outcome["gates"]]
             rules = self.settings.policy.synthesis
             assert rules is not None  # decide_synthesis refused otherwise
@@ -253,9 +279,15 @@ class SynthesisService:
                 job=job.id,
                 status=status,
             )
+            card = outcome["card"]
             self.client.synthesis_candidate(
                 job.id,
-                SynthesisCandidate(gates=gates, approvals_required=rules.approvals_required),
+                SynthesisCandidate(
+                    gates=gates,
+                    approvals_required=rules.approvals_required,
+                    candidate_sha256=card["sha256"] if pooled else None,
+                    measurement_sha256=card.get("measurement_sha256") if pooled else None,
+                ),
             )
         except Conflict as exc:  # the coordinator ended the job (deadline, or failed)
             self.store.set_status(job.id, "failed", error=exc.message)
@@ -267,6 +299,84 @@ class SynthesisService:
         except Exception as exc:  # never let a job thread die silently
             log.exception("synthesis job %d: unexpected %s", job.id, type(exc).__name__)
             self._failed(job.id, subject, "node_error", f"node error: {type(exc).__name__}")
+        finally:
+            if port is not None and self.mpc is not None:
+                self.mpc.ports.release(port)
+
+    def _join(self, job: SynthesisJobOut, subject: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """A pooled job: make this run's TLS identity, accept with where this node's party
+        will listen, wait until every node accepted, and check every party against this
+        node's own trusted peers (`node_agent.peers.check_parties`) before any share is sent.
+        Returns the port taken and what the worker's party process needs."""
+        from smpc.tls import PartyTLS, issue_run_certificate
+
+        if self.mpc is None or job.party_id is None or job.n_parties is None:
+            raise ProtocolFailed("this node cannot take part in a pooled synthesis")
+        run = synthesis_run_id(job.request_id)
+        identity = self.mpc.identity()
+        key_pem, certificate = issue_run_certificate(
+            identity.key_pem, identity.certificate_pem, job.party_id, run
+        )
+        port = self.mpc.ports.take()
+        try:
+            self.client.accept_synthesis(
+                job.id,
+                TaskAccept(
+                    mpc_host=self.settings.mpc_host, mpc_port=port, mpc_certificate=certificate
+                ),
+            )
+            self.audit(
+                "synthesis.accepted", "accepted", party_id=job.party_id, mpc_port=port, **subject
+            )
+            self._progress(job.id, SynthesisProgress(stage="waiting", message="for every node"))
+            start = self._wait_for_start(job)
+            parties = sorted(start.parties, key=lambda p: p.party_id)
+            check_parties(
+                parties,
+                party_id=job.party_id,
+                n_parties=job.n_parties,
+                own_name=self.settings.name,
+                own_identity=identity.certificate_pem,
+                own_certificate=certificate,
+                trusted=self.mpc.trusted.read(),
+                run=run,
+                production=self.settings.environment == "production",
+            )
+        except BaseException:
+            self.mpc.ports.release(port)
+            raise
+        deadline = start.deadline or job.deadline
+        pooled = {
+            "party_id": job.party_id,
+            # our own entry is where our party listens; the others', where we reach them
+            "parties": [
+                [self.settings.listen_host if p.party_id == job.party_id else p.host, p.port]
+                for p in parties
+            ],
+            "names": [p.node for p in parties],
+            "timeout_s": max(1.0, (deadline - datetime.now(UTC)).total_seconds() - 5.0),
+            "tls": PartyTLS(
+                key_pem=key_pem,
+                certificates=[p.certificate or "" for p in parties],
+                authorities=[p.identity_certificate or "" for p in parties],
+                run_id=run,
+            ).model_dump(mode="json"),
+        }
+        return port, pooled
+
+    def _wait_for_start(self, job: SynthesisJobOut) -> TaskStart:
+        """Long-poll until every node of a pooled job accepted; `Conflict` if it failed."""
+        while True:
+            if self.stopping.is_set():
+                raise AgentStopping()
+            left = (job.deadline - datetime.now(UTC)).total_seconds()
+            if left <= 0:
+                raise ProtocolFailed("the job's deadline passed before every node accepted")
+            start = self.client.synthesis_start(job.id, min(left, self.settings.poll_wait_s))
+            if start.start:
+                return start
+            if start.status == "failed":
+                raise Conflict("the pooled synthesis failed before it started")
 
     def _charge(self, job: SynthesisJobOut) -> str | None:
         """Charge a differentially private job's rho to its study's allocation of the dataset's
@@ -282,6 +392,10 @@ class SynthesisService:
         rules = self.settings.policy.synthesis
         assert rules is not None and spec.epsilon is not None  # decided before this
         delta = spec.delta or rules.default_delta
+        if spec.scope == "pooled":  # every node must measure with the same delta
+            from synth.generators.mst import DEFAULT_DELTA
+
+            delta = spec.delta or DEFAULT_DELTA
         rho = rho_for(spec.epsilon, delta)
         if self.charge is None:
             return "this node keeps no privacy ledger for synthesis"
@@ -303,7 +417,9 @@ class SynthesisService:
         )
         self._tell("fail_synthesis", job_id, code, message)
 
-    def _train(self, job: SynthesisJobOut, folder: Path) -> dict[str, Any]:
+    def _train(
+        self, job: SynthesisJobOut, folder: Path, pooled: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """Run the worker process until it answers or the job's deadline; relay progress."""
         rules = self.settings.policy.synthesis
         assert rules is not None
@@ -322,6 +438,7 @@ class SynthesisService:
             "max_training_seconds": rules.max_training_seconds,
             "gates": rules.gates,
             "node": self.settings.name,
+            "pooled": pooled,  # a pooled job: the run's parties and this node's TLS material
         }
         folder.mkdir(parents=True, exist_ok=True)
         left = (job.deadline - datetime.now(UTC)).total_seconds()
@@ -528,11 +645,18 @@ class SynthesisService:
             {**content.model_dump(mode="json"), "approvals": approvals}
         )
         try:
-            release = self.client.release(candidate.job_id, card, data, report)
+            if card.scope == "pooled":
+                release = self._pooled_release(candidate, card, data, report)
+                if release is None:
+                    return  # waiting for other nodes' stewards
+            else:
+                release = self.client.release(candidate.job_id, card, data, report)
         except Conflict as exc:
             if exc.details.get("status") == "released":  # our earlier upload got there
                 self.store.set_status(candidate.job_id, "released", expect=("approved",))
                 return
+            if card.scope == "pooled":  # another node's gates or stewards stopped it
+                candidate.data_path.unlink(missing_ok=True)
             self._fail_candidate(candidate, "upload_refused", exc.message, tell=False)
             return
         except AgentStopping:
@@ -540,14 +664,15 @@ class SynthesisService:
         except TesseraError as exc:
             self._fail_candidate(candidate, "upload_refused", exc.message)
             return
+        release_id = release.get("id", release.get("release_id"))
         self.store.set_status(
-            candidate.job_id, "released", expect=("approved",), release_id=release["id"]
+            candidate.job_id, "released", expect=("approved",), release_id=release_id
         )
         self.audit(
             "release.uploaded",
             "released",
             job=candidate.job_id,
-            release=release["id"],
+            release=release_id,
             sha256=card.sha256,
             rows=card.rows,
             approvals=[a.steward for a in card.approvals],
@@ -556,12 +681,40 @@ class SynthesisService:
         _event(
             logging.INFO,
             "release.uploaded",
-            "synthesis job %d released as release %d",
+            "synthesis job %d released as release %s",
             candidate.job_id,
-            release["id"],
+            release_id,
             job=candidate.job_id,
-            release=release["id"],
+            release=release_id,
         )
+
+    def _pooled_release(
+        self, candidate: Candidate, card: ReleaseCard, data: bytes, report: bytes
+    ) -> dict[str, Any] | None:
+        """A pooled candidate: send this node's approvals, card and report (not the data);
+        the data goes only once the coordinator says every node's stewards approved. None
+        while other nodes have not (asked again every `POOLED_RETRY_S`)."""
+        last = self._pooled_asked.get(candidate.job_id, 0.0)
+        if time.monotonic() - last < POOLED_RETRY_S:
+            return None
+        self._pooled_asked[candidate.job_id] = time.monotonic()
+        answer = self.client.release(candidate.job_id, card, None, report)
+        if answer.get("data_wanted"):
+            answer = self.client.release(candidate.job_id, card, data, report)
+        if answer.get("id") is None and answer.get("release_id") is None:
+            waiting = answer.get("waiting_for") or []
+            if candidate.job_id not in self._pooled_told:
+                self._pooled_told.add(candidate.job_id)
+                self.audit(
+                    "synthesis.approval_sent",
+                    "approved",
+                    job=candidate.job_id,
+                    approvals=[a.steward for a in card.approvals],
+                    waiting_for=waiting,
+                )
+            return None
+        self._pooled_asked.pop(candidate.job_id, None)
+        return answer
 
     def _fail_candidate(
         self, candidate: Candidate, code: str, message: str, tell: bool = True

@@ -78,6 +78,8 @@ def run(job_input: dict[str, Any]) -> dict[str, Any]:
 
     emit("progress", {"stage": "loading", "message": f"dataset {dataset.name}"})
     frame = load(dataset)
+    if job_input.get("pooled") is not None:
+        return run_pooled(job_input, job, dataset, frame, folder, gates)
     metadata = synth.TableMetadata.from_schema(dataset.schema_, frame)
     frame = frame[metadata.names]
     train, holdout = split_holdout(frame, spec.holdout, seed=spec.seed, target=spec.target)
@@ -153,6 +155,115 @@ def run(job_input: dict[str, Any]) -> dict[str, Any]:
         metadata=model.metadata,
         title=f"Synthetic {dataset.name} at {job_input.get('node', 'this node')} "
         f"({model.name}), job {job.id}",
+        card={k: v for k, v in card.items() if k != "metrics"},
+        gates=outcomes,
+        min_count=int(job_input.get("min_count", 0)),
+    )
+    if all(g["passed"] for g in outcomes):
+        partial = folder / "synthetic.parquet.partial"
+        partial.write_bytes(data)
+        partial.replace(folder / "synthetic.parquet")
+    return {"card": card, "gates": outcomes}
+
+
+def run_pooled(
+    job_input: dict[str, Any],
+    job: Any,
+    dataset: Any,
+    frame: Any,
+    folder: Path,
+    gates: Any,
+) -> dict[str, Any]:
+    """A pooled job: hold out, measure by MPC with the other nodes (this node's party process
+    reads the training rows; only noisy sums are opened), receive the candidate the fitter
+    sampled, and evaluate it against this node's own held-out rows and gates."""
+    import base64
+
+    import pandas as pd
+
+    import synth
+    from smpc.runner import start_program, wait_program
+    from smpc.tls import PartyTLS
+    from synth.generators.mst import DEFAULT_DELTA
+    from synth.holdout import split_holdout
+    from synth.pooled import (
+        MeasurementJob,
+        measurement_query,
+        measurement_sha256,
+        rows_of,
+    )
+    from synth.report import write_report
+
+    spec = job.spec
+    pooled = job_input["pooled"]
+    # The declared schema alone (never the rows): every node must build the same measurement.
+    metadata = synth.TableMetadata.from_schema(dataset.schema_)
+    frame = frame[metadata.names]
+    train, holdout = split_holdout(frame, spec.holdout, seed=spec.seed, target=spec.target)
+    emit(
+        "progress",
+        {"stage": "holding out", "message": f"{spec.holdout:.0%} of the rows for evaluation"},
+    )
+    query = measurement_query(
+        metadata, float(spec.epsilon), spec.delta or DEFAULT_DELTA, dict(spec.params)
+    )
+    party = MeasurementJob(
+        query=query,
+        rows=rows_of(train, metadata),
+        party_id=pooled["party_id"],
+        parties=[tuple(p) for p in pooled["parties"]],
+        timeout_s=pooled["timeout_s"],
+        tls=PartyTLS.model_validate(pooled["tls"]),
+        candidate_rows=spec.rows,
+        seed=spec.seed,
+        fitter=0,
+    )
+    emit(
+        "progress",
+        {"stage": "measuring", "message": f"by MPC with {len(party.parties) - 1} other nodes"},
+    )
+    proc = start_program("synth.pooled", party.model_dump_json())
+    outcome = wait_program(proc, party.timeout_s, party.party_id)
+    candidate = outcome["candidate"]
+    data = base64.b64decode(candidate["parquet"])
+    if hashlib.sha256(data).hexdigest() != candidate["sha256"]:
+        raise TesseraError("the pooled candidate does not match its hash")
+    synthetic = pd.read_parquet(io.BytesIO(data))
+    emit("progress", {"stage": "evaluating", "message": "against this node's held-out rows"})
+    evaluation = synth.evaluate(
+        train, synthetic, holdout, target=spec.target, metadata=metadata, seed=spec.seed or 0
+    )
+    outcomes = [g.model_dump(mode="json") for g in gates.apply(evaluation, candidate["epsilon"])]
+    generator = synth.generator_class(spec.generator)
+    card = {
+        "generator": spec.generator,
+        "generator_license": generator.license,
+        "params": candidate["params"],
+        "rows": len(synthetic),
+        "columns": list(synthetic.columns),
+        "epsilon": candidate["epsilon"],
+        "delta": candidate["delta"],
+        "metrics": public_metrics(evaluation, True),
+        "sha256": candidate["sha256"],
+        "device": candidate["device"],
+        "fit_seconds": candidate["fit_seconds"],
+        "training_rows": None,
+        "holdout_rows": None,
+        "seed": spec.seed,
+        "target": spec.target,
+        "scope": "pooled",
+        "parties": list(pooled["names"]),
+        "measurement_sha256": measurement_sha256(outcome["measurements"]),
+    }
+    emit("progress", {"stage": "reporting", "message": "report.html"})
+    write_report(
+        folder / "report.html",
+        card["metrics"],
+        train,
+        synthetic,
+        metadata=metadata,
+        title=f"Pooled synthetic {dataset.name} ({', '.join(pooled['names'])}), evaluated at "
+        f"{job_input.get('node', 'this node')}, job {job.id}",
         card={k: v for k, v in card.items() if k != "metrics"},
         gates=outcomes,
         min_count=int(job_input.get("min_count", 0)),

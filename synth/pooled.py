@@ -37,7 +37,10 @@ cohort (integrity is outside the semi-honest model).
 
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
+import io
 import json
 import operator
 import sys
@@ -56,10 +59,10 @@ from synth.base import Synthesizer, TrainingProgress
 from synth.generators.mst import MST, Measurements, Request
 from synth.metadata import TableMetadata
 from tessera.errors import InvalidRequest, ProtocolFailed
+from tessera.schemas import POOLED_GENERATORS
 
 MIN_PARTIES = 3
 MAX_PARTIES = 16
-POOLED_GENERATORS = ("mst",)
 COUNT_BITS = 64  # secure integers for noisy pooled counts: far beyond any table
 
 
@@ -76,6 +79,12 @@ class MeasurementJob(BaseModel):
     parties: list[tuple[str, int]] = Field(min_length=MIN_PARTIES, max_length=MAX_PARTIES)
     timeout_s: float = Field(300.0, gt=0)
     tls: PartyTLS | None = None
+    # In the network: once measured, party `fitter` fits the model, samples `candidate_rows`
+    # rows (with `seed`) and sends the candidate to every party over the run's authenticated
+    # channels; no one else holds it before every hospital's stewards approved it.
+    candidate_rows: int | None = Field(None, ge=1, le=1_000_000)
+    seed: int | None = None
+    fitter: int = Field(0, ge=0)
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows)
@@ -171,12 +180,52 @@ async def measure_as_party(mpc: Any, job: MeasurementJob) -> dict[str, Any]:
     measurer = SecureMeasurer(mpc, accounting)
     started = time.perf_counter()
     measured = await model.measure(frame, measurer)
-    return {
+    outcome: dict[str, Any] = {
         "measurements": measured.to_json(),
         "cells": measurer.cells_opened,
         "rounds": measurer.rounds,
         "measure_seconds": round(time.perf_counter() - started, 3),
     }
+    if job.candidate_rows is not None:
+        outcome["candidate"] = await _shared_candidate(mpc, job, outcome["measurements"])
+    return outcome
+
+
+async def _shared_candidate(
+    mpc: Any, job: MeasurementJob, measurements: dict[str, Any]
+) -> dict[str, Any]:
+    """The fitter fits and samples; every party receives the same Parquet bytes (checked by
+    hash against what the fitter says it sent)."""
+    assert job.candidate_rows is not None
+    mine: dict[str, Any] | None = None
+    if mpc.pid == job.fitter:
+        model = fit_pooled(job.query, measurements, len(job.parties), job.seed)
+        synthetic = model.sample(job.candidate_rows, seed=job.seed)
+        buffer = io.BytesIO()
+        synthetic.to_parquet(buffer, index=False)
+        data = buffer.getvalue()
+        mine = {
+            "parquet": base64.b64encode(data).decode("ascii"),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "fit_seconds": model.fit_seconds or 0.0,
+            "epsilon": model.epsilon,
+            "delta": model.delta,
+            "params": model.params,
+            "device": model.device,
+        }
+    received = (await mpc.transfer(mine))[job.fitter]
+    if not isinstance(received, dict):
+        raise ProtocolFailed(f"party {job.fitter} sent no candidate")
+    data = base64.b64decode(received["parquet"])
+    if hashlib.sha256(data).hexdigest() != received["sha256"]:
+        raise ProtocolFailed(f"the candidate from party {job.fitter} does not match its hash")
+    return dict(received)
+
+
+def measurement_sha256(measurements: dict[str, Any]) -> str:
+    """The hash of opened measurements (canonical JSON): what the nodes compare."""
+    text = json.dumps(measurements, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def fit_pooled(
@@ -221,6 +270,11 @@ def train_pooled(
         raise InvalidRequest(
             f"a pooled synthesizer needs {MIN_PARTIES} to {MAX_PARTIES} data frames (an honest "
             f"majority needs at least 3 parties), got {len(frames)}"
+        )
+    if generator not in POOLED_GENERATORS:
+        raise InvalidRequest(
+            f"a pooled synthesizer is one of: {', '.join(POOLED_GENERATORS)}, not {generator!r}",
+            {"generator": generator},
         )
     query = measurement_query(metadata, epsilon, delta, params)
     pooled_model(query)  # refuse a bad request before any process starts
