@@ -66,6 +66,16 @@ SYNTHESIS_POLICY = {  # and `stewards`: the demo steward's public key (`steward_
     "generators": ["cart", "gaussian_copula", "mst"],
     "approvals_required": 1,
     "max_rows": 10_000,
+    "pooled": True,
+}
+POOLED_SYNTHESIS = {  # one cohort of all three hospitals' patients: MST measured by MPC
+    "dataset": DATASET,
+    "generator": "mst",
+    "rows": 2000,
+    "epsilon": 1.0,
+    "target": "icu_admission",
+    "seed": 7,
+    "scope": "pooled",
 }
 
 QUERIES: list[tuple[str, dict[str, Any]]] = [
@@ -392,6 +402,7 @@ def run_demo(keep: bool = False, say: Callable[[str], None] = print) -> bool:
             all_match = run_queries(client, study_id, pooled, declared, say, net)
             show_budget(client, study_id, say)
             released = run_synthesis(client, study_id, net, say)
+            pooled_release = run_pooled_synthesis(client, study_id, net, say)
         finally:
             net.stop()
     finally:
@@ -406,14 +417,14 @@ def run_demo(keep: bool = False, say: Callable[[str], None] = print) -> bool:
         f"{len(HOSPITALS)} synthetic releases published"
         if released
         else "NOT every hospital released synthetic data"
-    )
+    ) + ("; a pooled synthetic cohort published" if pooled_release else "; NO pooled cohort")
     say(
         f"{outcome}; {synthetic}; total {time.perf_counter() - started:.1f} s; every process "
         "stopped"
     )
     if keep:
         say(f"logs and data kept in {root}")
-    return all_match and released
+    return all_match and released and pooled_release
 
 
 def node_views(net: Network) -> tuple[list[pd.DataFrame], list[str]]:
@@ -565,9 +576,6 @@ def run_synthesis(client: Any, study_id: int, net: Network, say: Callable[[str],
     its gates, print every release card; True if every hospital published a release whose
     data matches its card's hash."""
     import hashlib
-    import subprocess
-
-    from demo.network import cli_command
 
     t0 = time.perf_counter()
     made = client.request_synthesis(study_id, SYNTHESIS)
@@ -577,6 +585,74 @@ def run_synthesis(client: Any, study_id: int, net: Network, say: Callable[[str],
     )
     view = client.wait_synthesis(made["id"], timeout=300)
     say(f"   trained, sampled and evaluated at each hospital in {time.perf_counter() - t0:.1f} s")
+    ok = approve_every_candidate(view, net, say)
+    view = client.wait_synthesis(made["id"], timeout=120, until="done")
+    releases = {r["id"]: r for r in client.releases(study_id)}
+    say("")
+    for job in view["jobs"]:
+        release = releases.get(job.get("release_id"))
+        if release is None:
+            say(f"   {job['node']}: no release ({job['status']})")
+            ok = False
+            continue
+        data = client.release_data(release["id"], "csv")
+        matches = hashlib.sha256(data).hexdigest() == release["csv_sha256"]
+        ok &= matches and release["rows"] == SYNTHESIS["rows"]
+        for line in release_card_lines(release):
+            say(line)
+        say(
+            f"   downloaded as CSV: {len(data)} bytes, sha256 {'matches' if matches else 'DIFFERS'}"
+        )
+        say("")
+    return ok
+
+
+def run_pooled_synthesis(
+    client: Any, study_id: int, net: Network, say: Callable[[str], None]
+) -> bool:
+    """Request one synthetic cohort of every hospital's patients (MST measured by MPC), let
+    the demo steward approve it at each hospital, print its card; True if it was published
+    and its data matches its hash."""
+    import hashlib
+
+    spec = POOLED_SYNTHESIS
+    t0 = time.perf_counter()
+    made = client.request_synthesis(study_id, spec)
+    say(
+        f"== Pooled synthetic cohort: {spec['generator']} at epsilon {spec['epsilon']:g}, its "
+        f"noisy marginals measured by MPC over all {len(HOSPITALS)} hospitals, {spec['rows']} "
+        f"rows (request #{made['id']})"
+    )
+    view = client.wait_synthesis(made["id"], timeout=300)
+    say(
+        f"   measured, fitted once, and evaluated at each hospital against its own held-out "
+        f"rows in {time.perf_counter() - t0:.1f} s"
+    )
+    ok = approve_every_candidate(view, net, say)
+    view = client.wait_synthesis(made["id"], timeout=120, until="done")
+    ids = {job.get("release_id") for job in view["jobs"]} - {None}
+    releases = [r for r in client.releases(study_id) if r["id"] in ids]
+    say("")
+    if len(releases) != 1:
+        states = ", ".join(f"{j['node']}: {j['status']}" for j in view["jobs"])
+        say(f"   no pooled release ({states})")
+        return False
+    release = releases[0]
+    data = client.release_data(release["id"], "csv")
+    matches = hashlib.sha256(data).hexdigest() == release["csv_sha256"]
+    for line in pooled_card_lines(release):
+        say(line)
+    say(f"   downloaded as CSV: {len(data)} bytes, sha256 {'matches' if matches else 'DIFFERS'}")
+    say("")
+    return ok and matches and release["rows"] == spec["rows"]
+
+
+def approve_every_candidate(view: dict[str, Any], net: Network, say: Callable[[str], None]) -> bool:
+    """The demo steward approves every job's candidate that passed its gates, at its node."""
+    import subprocess
+
+    from demo.network import cli_command
+
     ok = True
     for job in view["jobs"]:
         if job["status"] != "awaiting_review":
@@ -605,25 +681,37 @@ def run_synthesis(client: Any, study_id: int, net: Network, say: Callable[[str],
             f"'{DEMO_STEWARD}', signed with their key (demo only: a hospital's data steward "
             "reads the report first)"
         )
-    view = client.wait_synthesis(made["id"], timeout=120, until="done")
-    releases = {r["id"]: r for r in client.releases(study_id)}
-    say("")
-    for job in view["jobs"]:
-        release = releases.get(job.get("release_id"))
-        if release is None:
-            say(f"   {job['node']}: no release ({job['status']})")
-            ok = False
-            continue
-        data = client.release_data(release["id"], "csv")
-        matches = hashlib.sha256(data).hexdigest() == release["csv_sha256"]
-        ok &= matches and release["rows"] == SYNTHESIS["rows"]
-        for line in release_card_lines(release):
-            say(line)
-        say(
-            f"   downloaded as CSV: {len(data)} bytes, sha256 {'matches' if matches else 'DIFFERS'}"
-        )
-        say("")
     return ok
+
+
+def pooled_card_lines(release: dict[str, Any]) -> list[str]:
+    """A pooled release card as the demo prints it: the shared part, then every hospital's
+    own evaluation, verdict and signed approvals."""
+    card = release["card"]
+    lines = [
+        f"-- Release #{release['id']}, pooled over {', '.join(card.get('parties') or [])}: "
+        f"{release['dataset']}, {release['rows']} synthetic rows",
+        f"   generator        {card['generator']} ({card['generator_license']}), its marginals "
+        f"measured by MPC; fit {card['fit_seconds']:.1f} s on the opened noisy marginals only",
+        f"   epsilon          {card['epsilon']:g} (delta {card['delta']:g}), charged at every "
+        "hospital; no hospital's row count is on the card",
+    ]
+    for node in card.get("nodes", []):
+        metrics = node["metrics"]
+        fidelity, privacy = metrics["fidelity"], metrics["privacy"]
+        verdict = node.get("verdict") or metrics.get("verdict") or {}
+        signers = ", ".join(a["steward"] for a in node.get("approvals", []))
+        lines.append(
+            f"   {node['node']:<16} "
+            + (f"verdict {verdict.get('verdict')}; " if verdict else "")
+            + f"fidelity {fidelity['score']:.3f} vs its own rows; exact copies "
+            f"{privacy['exact_match_rate']:.2%} (its unseen rows: "
+            f"{privacy['exact_match_rate_holdout']:.2%}); gates "
+            + ("passed" if all(g["passed"] for g in node["gates"]) else "FAILED")
+            + f"; approved by {signers or 'nobody'}"
+        )
+    lines.append(f"   sha256           {release['sha256']} (Parquet)")
+    return lines
 
 
 def release_card_lines(release: dict[str, Any]) -> list[str]:
