@@ -22,6 +22,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from tessera.schemas import QueryStatus, SynthesisJobStatus, TaskStatus
 
+
 def one_of(column: str, values: tuple[str, ...]) -> str:
     """A CHECK constraint's condition: `column` holds one of `values`."""
     return f"{column} IN ({', '.join(repr(v) for v in values)})"
