@@ -270,7 +270,7 @@ def accept_synthesis_job(
     response_model=TaskStart,
     responses=JOB,
 )
-async def synthesis_job_start(
+async def await_synthesis_job_start(
     request: Request, job_id: int, node: CurrentNode, wait: float = WaitParam
 ) -> TaskStart:
     """A pooled job's go: `start` false (`pending`) until every node of the request accepted,
