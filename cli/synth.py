@@ -430,24 +430,30 @@ def releases(
         f"{'epsilon':>7}  {'fidelity':>8}  signed by (key fingerprint)"
     )
     for r in listed:
-        card = r["card"]
-        eps = f"{card['epsilon']:g}" if card.get("epsilon") is not None else "-"
-        fid = "-"
-        node = r["node"]
-        if r.get("scope") == "pooled":
-            node = f"pooled ({', '.join(r.get('parties') or [])})"
-            approvers = "; ".join(
-                f"{part['node']}: {_approvers(part['approvals'], r, part['node'])}"
-                for part in card.get("nodes", [])
-            )
-        else:
-            fidelity = card.get("metrics", {}).get("fidelity", {}).get("score")
-            fid = f"{fidelity:.3f}" if fidelity is not None else "-"
-            approvers = _approvers(card.get("approvals", []), r, None)
-        typer.echo(
-            f"{r['id']:>7}  {node:<16} {r['dataset']:<20} {card['generator']:<16} "
-            f"{r['rows']:>7}  {eps:>7}  {fid:>8}  {approvers}"
+        typer.echo(release_line(r))
+
+
+def release_line(r: dict[str, Any]) -> str:
+    """One release's row: its node (`pooled (a, b, c)` for a pooled one), dataset, generator,
+    rows, epsilon, fidelity (a local release's) and who signed (every node's, pooled)."""
+    card = r["card"]
+    eps = f"{card['epsilon']:g}" if card.get("epsilon") is not None else "-"
+    fid = "-"
+    node = r["node"]
+    if r.get("scope") == "pooled":
+        node = f"pooled ({', '.join(r.get('parties') or [])})"
+        approvers = "; ".join(
+            f"{part['node']}: {_approvers(part['approvals'], r, part['node'])}"
+            for part in card.get("nodes", [])
         )
+    else:
+        fidelity = card.get("metrics", {}).get("fidelity", {}).get("score")
+        fid = f"{fidelity:.3f}" if fidelity is not None else "-"
+        approvers = _approvers(card.get("approvals", []), r, None)
+    return (
+        f"{r['id']:>7}  {node:<16} {r['dataset']:<20} {card['generator']:<16} "
+        f"{r['rows']:>7}  {eps:>7}  {fid:>8}  {approvers}"
+    )
 
 
 def _approvers(approvals: list[dict[str, Any]], release: dict[str, Any], node: str | None) -> str:

@@ -281,7 +281,7 @@ async def await_synthesis_job_start(
         me = db.get(Node, node_id)
         assert me is not None
         first = synthesis.start_info(db, me, job_id)
-        request_id = db.get(SynthesisJob, job_id).request_id  # type: ignore[union-attr]
+        request_id = synthesis.request_of(db, job_id)
     if first.start or first.status == "failed":
         return first
     last = first
@@ -289,7 +289,9 @@ async def await_synthesis_job_start(
     def check() -> TaskStart | None:
         nonlocal last
         with database.session() as db:
-            last = synthesis.start_info(db, db.get(Node, node_id), job_id)  # type: ignore[arg-type]
+            me = db.get(Node, node_id)
+            assert me is not None
+            last = synthesis.start_info(db, me, job_id)
         return last if last.start or last.status == "failed" else None
 
     return await long_poll(request, wait, f"synthesis:{request_id}", check) or last
@@ -395,7 +397,7 @@ async def upload_release(
             me = db.get(Node, node_id)
             assert me is not None
             done = synthesis.upload(db, me, job_id, parsed, content, page)
-            request_id = db.get(SynthesisJob, job_id).request_id  # type: ignore[union-attr]
+            request_id = synthesis.request_of(db, job_id)
             if isinstance(done, PooledApproval):
                 answer: Any = JSONResponse(done.model_dump(mode="json"), status.HTTP_202_ACCEPTED)
             else:

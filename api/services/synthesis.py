@@ -365,6 +365,13 @@ def _node_job(db: Session, node: Node, job_id: int) -> SynthesisJob:
     return found
 
 
+def request_of(db: Session, job_id: int) -> int:
+    """The id of the request job `job_id` is part of (the job exists)."""
+    request_id = db.scalar(select(SynthesisJob.request_id).where(SynthesisJob.id == job_id))
+    assert request_id is not None
+    return request_id
+
+
 def _pooled(job: SynthesisJob) -> bool:
     return job.request.scope == "pooled"
 
@@ -560,7 +567,7 @@ def _same_candidate(db: Session, job: SynthesisJob, body: SynthesisCandidate) ->
     message = (
         f"node {job.node.name} reported candidate {body.candidate_sha256[:12]}… from "
         f"measurements {body.measurement_sha256[:12]}…; the request's are "
-        f"{record.candidate_sha256[:12]}… from {record.measurement_sha256[:12]}…"
+        f"{(record.candidate_sha256 or '')[:12]}… from {(record.measurement_sha256 or '')[:12]}…"
     )
     for open_job in record.jobs:
         if open_job.status in TERMINAL:
@@ -846,7 +853,7 @@ def publish_pooled(
     cards = [ReleaseCard.model_validate(j.card) for j in jobs]
     first = cards[0]
     shared = first.model_dump(mode="json", include=set(SHARED) | {"device", "fit_seconds"})
-    nodes = [
+    nodes: list[dict[str, Any]] = [
         {
             "node": j.node.name,
             "metrics": c.metrics,
