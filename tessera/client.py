@@ -332,8 +332,9 @@ class TesseraClient:
         self, study_id: int, spec: dict[str, Any], idempotency_key: str | None = None
     ) -> dict[str, Any]:
         """Ask the study's nodes to synthesise a dataset (a `SynthesisSpec`: dataset,
-        generator, rows, params, epsilon, holdout, target, seed, scope: `local` or `pooled`); returns the request with one
-        job per node that takes part, and the nodes `skipped` by their published policy. With
+        generator, rows, params, epsilon, holdout, target, seed, scope `local` or `pooled`);
+        returns the request with one job per node that takes part, and the nodes `skipped` by
+        their published policy. With
         an `idempotency_key`, a retry returns the first answer and requests nothing twice."""
         body = _body(SynthesisSpec, **spec)
         return self._call(

@@ -67,5 +67,5 @@ def test_a_pooled_release_names_its_nodes_and_every_nodes_signers() -> None:
 
     line = release_line(release)
 
-    assert line.split("  ")[1].startswith("pooled (a, b)")
+    assert line.startswith("      4  pooled (a, b)  ")
     assert line.endswith("a: sam (sha256:aa); b: sam (sha256:bb), sue (sha256:cc)")
