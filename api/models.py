@@ -22,16 +22,20 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from tessera.schemas import QueryStatus, SynthesisJobStatus, TaskStatus
 
+
+def one_of(column: str, values: tuple[str, ...]) -> str:
+    """A CHECK constraint's condition: `column` holds one of `values`."""
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
 ROLES = ("admin", "researcher", "steward")
 QUERY_STATUSES: tuple[str, ...] = get_args(QueryStatus)
 TASK_STATUSES: tuple[str, ...] = get_args(TaskStatus)
 SYNTHESIS_JOB_STATUSES: tuple[str, ...] = get_args(SynthesisJobStatus)
 RELEASE_FILE_KINDS = ("data", "report")
-
-
-def one_of(column: str, values: tuple[str, ...]) -> str:
-    """A CHECK constraint's condition: `column` holds one of `values`."""
-    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+# a pooled release keeps every node's report, as `report:<node name>`
+RELEASE_FILE_KIND = f"{one_of('kind', RELEASE_FILE_KINDS)} OR kind LIKE 'report:%'"
+SYNTHESIS_SCOPES = ("local", "pooled")
 
 
 def utcnow() -> datetime:
@@ -294,9 +298,14 @@ class NodeDatasetBudget(Base):
 
 class SynthesisRequest(Base):
     """A researcher's request that nodes of a study each train a generator on their own copy
-    of a dataset and, if their stewards approve, release synthetic data."""
+    of a dataset and, if their stewards approve, release synthetic data (scope `local`), or
+    that they measure one generator together by MPC and release its one dataset once every
+    node's stewards approved it (scope `pooled`)."""
 
     __tablename__ = "synthesis_requests"
+    __table_args__ = (
+        CheckConstraint(one_of("scope", SYNTHESIS_SCOPES), name="ck_synthesis_requests_scope"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
@@ -306,6 +315,10 @@ class SynthesisRequest(Base):
     spec: Mapped[dict[str, Any]] = mapped_column()  # the validated `SynthesisSpec`
     # nodes of the study with the dataset whose published policy refused it up front
     skipped: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    scope: Mapped[str] = mapped_column(String(8), default="local", server_default="local")
+    # pooled: the hashes the first node's candidate report set (every node must report them)
+    candidate_sha256: Mapped[str | None] = mapped_column(String(64))
+    measurement_sha256: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     jobs: Mapped[list[SynthesisJob]] = relationship(
@@ -337,6 +350,16 @@ class SynthesisJob(Base):
     decisions: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON(none_as_null=True))
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
+    # pooled: the party id (node-id order) and where the node's MPC party listens, with this
+    # run's certificate (as a query task's); at approval, the node's card (with its stewards'
+    # approvals) and report, kept until the release is published
+    party_id: Mapped[int | None] = mapped_column(Integer)
+    mpc_host: Mapped[str | None] = mapped_column(String(255))
+    mpc_port: Mapped[int | None] = mapped_column(Integer)
+    mpc_certificate: Mapped[str | None] = mapped_column(Text)
+    card: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    report: Mapped[bytes | None] = mapped_column(LargeBinary)
+    report_sha256: Mapped[str | None] = mapped_column(String(64))
     deadline: Mapped[datetime] = mapped_column()  # to reach awaiting_review (or an end) by
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
@@ -347,9 +370,13 @@ class SynthesisJob(Base):
 
 class Release(Base):
     """A published synthetic dataset: the card the node uploaded (generator, metrics, gates,
-    approvals, epsilon) and the hashes of what is served. The files are in `release_files`."""
+    approvals, epsilon) and the hashes of what is served. The files are in `release_files`.
+
+    A pooled release belongs to its request: `job_id` and `node_id` are party 0's, the card
+    holds every node's part (`nodes`), and `report_sha256` is party 0's report's."""
 
     __tablename__ = "releases"
+    __table_args__ = (CheckConstraint(one_of("scope", SYNTHESIS_SCOPES), name="ck_releases_scope"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("synthesis_jobs.id"), unique=True)
@@ -363,23 +390,23 @@ class Release(Base):
     parquet_bytes: Mapped[int] = mapped_column(Integer)
     report_sha256: Mapped[str] = mapped_column(String(64))  # of the HTML report
     rows: Mapped[int] = mapped_column(Integer)
+    scope: Mapped[str] = mapped_column(String(8), default="local", server_default="local")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     node: Mapped[Node] = relationship()
 
 
 class ReleaseFile(Base):
-    """A release's data (Parquet, as uploaded) or its report (HTML)."""
+    """A release's data (Parquet, as uploaded) or its report (HTML); a pooled release's
+    reports are `report:<node name>`, one per node."""
 
     __tablename__ = "release_files"
-    __table_args__ = (
-        CheckConstraint(one_of("kind", RELEASE_FILE_KINDS), name="ck_release_files_kind"),
-    )
+    __table_args__ = (CheckConstraint(RELEASE_FILE_KIND, name="ck_release_files_kind"),)
 
     release_id: Mapped[int] = mapped_column(
         ForeignKey("releases.id", ondelete="CASCADE"), primary_key=True
     )
-    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(80), primary_key=True)
     content: Mapped[bytes] = mapped_column(LargeBinary)
 
 

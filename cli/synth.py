@@ -278,8 +278,10 @@ _AT_REST = ("awaiting_review", "gated", "released", "rejected", "refused", "fail
 
 
 def job_line(job: dict[str, Any]) -> str:
-    """`hospital-a training (epoch 12/300, loss 0.812)` or `hospital-b gated: ...`."""
-    text = f"{job['node']} {job['status']}"
+    """`hospital-a training (epoch 12/300, loss 0.812)` or `hospital-b gated: ...`; a pooled
+    job's node with its party id, `hospital-a [party 0] approved`."""
+    party = f" [party {job['party_id']}]" if job.get("party_id") is not None else ""
+    text = f"{job['node']}{party} {job['status']}"
     progress = job.get("progress") or {}
     if job["status"] == "training" and progress:
         if progress.get("epoch") is not None and progress.get("epochs"):
@@ -295,14 +297,18 @@ def job_line(job: dict[str, Any]) -> str:
 
 
 def request_lines(view: dict[str, Any]) -> list[str]:
+    pooled = view.get("scope") == "pooled"
+    rows = f"{view['spec']['rows']} rows " + ("pooled over every node" if pooled else "per node")
     lines = [
-        f"synthesis {view['id']}: {view['generator']} on {view['dataset']}, "
-        f"{view['spec']['rows']} rows per node — {view['status']}"
+        f"synthesis {view['id']}: {view['generator']} on {view['dataset']}, {rows} — "
+        f"{view['status']}"
     ]
     for job in view["jobs"]:
         tail = ""
         if job["status"] == "awaiting_review":
             tail = f" — awaiting {job['approvals_required']} steward approval(s) at the node"
+        if job["status"] == "approved":
+            tail = " — its stewards approved; waiting for the other nodes'"
         if job.get("release_id"):
             tail = f" — release {job['release_id']}"
         lines.append(f"  {job_line(job)}{tail}")
@@ -332,7 +338,9 @@ def _wait_request(client: Any, request_id: int, timeout: float) -> dict[str, Any
 def request(
     study: str = StudyOption,
     dataset: str = typer.Option(..., help="The dataset every node of the study registered."),
-    rows: int = typer.Option(..., "--rows", "-n", min=1, help="Synthetic rows per node."),
+    rows: int = typer.Option(
+        ..., "--rows", "-n", min=1, help="Synthetic rows per node (pooled: in all)."
+    ),
     generator: str = typer.Option("cart", "--generator", "-g", help="The generator."),
     epsilon: float | None = typer.Option(None, help="Epsilon of a DP generator (mst)."),
     delta: float | None = typer.Option(None, help="Delta of a DP generator (node default)."),
@@ -340,6 +348,12 @@ def request(
     target: str | None = typer.Option(None, help="The column the utility metric predicts."),
     seed: int | None = typer.Option(None, help="Seed of the split and the sampling."),
     param: list[str] = typer.Option([], "--param", "-p", help="key=value (repeatable)."),
+    pooled: bool = typer.Option(
+        False,
+        "--pooled",
+        help="One generator (mst, with --epsilon) measured by MPC over every node's rows: one "
+        "release, once every node's stewards approved it (at least 3 nodes).",
+    ),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until every node is at rest."),
     timeout: float = typer.Option(3600.0, min=0, help="Seconds to wait."),
     as_json: bool = JsonOption,
@@ -356,6 +370,7 @@ def request(
         "rows": rows,
         "holdout": holdout,
         "params": _params(param),
+        "scope": "pooled" if pooled else "local",
     }
     for key, value in (("epsilon", epsilon), ("delta", delta), ("target", target), ("seed", seed)):
         if value is not None:
@@ -415,19 +430,44 @@ def releases(
         f"{'epsilon':>7}  {'fidelity':>8}  signed by (key fingerprint)"
     )
     for r in listed:
-        card = r["card"]
-        eps = f"{card['epsilon']:g}" if card.get("epsilon") is not None else "-"
+        typer.echo(release_line(r))
+
+
+def release_line(r: dict[str, Any]) -> str:
+    """One release's row: its node (`pooled (a, b, c)` for a pooled one), dataset, generator,
+    rows, epsilon, fidelity (a local release's) and who signed (every node's, pooled)."""
+    card = r["card"]
+    eps = f"{card['epsilon']:g}" if card.get("epsilon") is not None else "-"
+    fid = "-"
+    node = r["node"]
+    if r.get("scope") == "pooled":
+        node = f"pooled ({', '.join(r.get('parties') or [])})"
+        approvers = "; ".join(
+            f"{part['node']}: {_approvers(part['approvals'], r, part['node'])}"
+            for part in card.get("nodes", [])
+        )
+    else:
         fidelity = card.get("metrics", {}).get("fidelity", {}).get("score")
         fid = f"{fidelity:.3f}" if fidelity is not None else "-"
-        prints = {x["steward"]: x.get("fingerprint") for x in r.get("signed_by", [])}
-        approvers = ", ".join(
-            f"{a['steward']} ({prints[a['steward']]})" if prints.get(a["steward"]) else a["steward"]
-            for a in card.get("approvals", [])
-        )
-        typer.echo(
-            f"{r['id']:>7}  {r['node']:<16} {r['dataset']:<20} {card['generator']:<16} "
-            f"{r['rows']:>7}  {eps:>7}  {fid:>8}  {approvers}"
-        )
+        approvers = _approvers(card.get("approvals", []), r, None)
+    return (
+        f"{r['id']:>7}  {node:<16} {r['dataset']:<20} {card['generator']:<16} "
+        f"{r['rows']:>7}  {eps:>7}  {fid:>8}  {approvers}"
+    )
+
+
+def _approvers(approvals: list[dict[str, Any]], release: dict[str, Any], node: str | None) -> str:
+    """`sam (SHA256:…), sue` — each approving steward with the key fingerprint the coordinator
+    verified (of `node`'s stewards, for a pooled release)."""
+    prints = {
+        x["steward"]: x.get("fingerprint")
+        for x in release.get("signed_by", [])
+        if node is None or x.get("node") == node
+    }
+    return ", ".join(
+        f"{a['steward']} ({prints[a['steward']]})" if prints.get(a["steward"]) else a["steward"]
+        for a in approvals
+    )
 
 
 @app.command("download")
@@ -436,6 +476,9 @@ def download(
     release_id: int = typer.Argument(..., help="The release's id."),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the data (.csv/.parquet)."),
     report_path: Path | None = typer.Option(None, "--report", help="Also write the report."),
+    node: str | None = typer.Option(
+        None, "--node", help="A pooled release's: this node's report (default: the first's)."
+    ),
     coordinator: str = CoordinatorOption,
     user: str | None = UserOption,
     password: str | None = PasswordOption,
@@ -446,7 +489,7 @@ def download(
     fmt = "parquet" if out.suffix.lower() in (".parquet", ".pq") else "csv"
     with connect(coordinator, user, password, token) as client:
         data = client.release_data(release_id, fmt)
-        report = client.release_report(release_id) if report_path is not None else None
+        report = client.release_report(release_id, node) if report_path is not None else None
     for path, content in ((out, data), (report_path, report)):
         if path is not None and content is not None:
             partial = path.with_name(path.name + ".partial")

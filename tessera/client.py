@@ -332,8 +332,9 @@ class TesseraClient:
         self, study_id: int, spec: dict[str, Any], idempotency_key: str | None = None
     ) -> dict[str, Any]:
         """Ask the study's nodes to synthesise a dataset (a `SynthesisSpec`: dataset,
-        generator, rows, params, epsilon, holdout, target, seed); returns the request with one
-        job per node that takes part, and the nodes `skipped` by their published policy. With
+        generator, rows, params, epsilon, holdout, target, seed, scope `local` or `pooled`);
+        returns the request with one job per node that takes part, and the nodes `skipped` by
+        their published policy. With
         an `idempotency_key`, a retry returns the first answer and requests nothing twice."""
         body = _body(SynthesisSpec, **spec)
         return self._call(
@@ -389,9 +390,11 @@ class TesseraClient:
         response = self._request("GET", f"/releases/{release_id}/data", params={"format": fmt})
         return _checked(response)
 
-    def release_report(self, release_id: int) -> bytes:
-        """A release's evaluation report (HTML bytes)."""
-        return _checked(self._request("GET", f"/releases/{release_id}/report"))
+    def release_report(self, release_id: int, node: str | None = None) -> bytes:
+        """A release's evaluation report (HTML bytes); a pooled release's `node`'s (default:
+        the first node's)."""
+        params = {"node": node} if node is not None else None
+        return _checked(self._request("GET", f"/releases/{release_id}/report", params=params))
 
 
 @functools.cache

@@ -442,6 +442,7 @@ class JobProgress(View):
 class SynthesisJobView(View):
     id: int
     node: str
+    party_id: int | None = Field(None, description="Pooled: the node's party id.")
     status: SynthesisJobStatus
     progress: JobProgress | None
     gates: list[GateOutcome] | None
@@ -465,6 +466,7 @@ class SynthesisRequestOut(View):
     dataset: str
     generator: str
     spec: SynthesisSpec
+    scope: Literal["local", "pooled"] = "local"
     status: SynthesisRequestStatus
     at_rest: bool = Field(description="Every job ended or awaits its stewards.")
     jobs: list[SynthesisJobView]
@@ -486,21 +488,30 @@ class ReleaseSigner(View):
     steward: str
     fingerprint: str | None = Field(description="SHA256 fingerprint of the steward's key.")
     at: datetime
+    node: str | None = Field(None, description="The node whose steward signed.")
 
 
 class ReleaseOut(View):
     id: int
     study_id: int
     request_id: int
-    job_id: int
-    node: str
+    job_id: int = Field(description="The job that published it (pooled: party 0's).")
+    node: str = Field(description="The node that published it (pooled: party 0's).")
     dataset: str
     rows: int
     sha256: str
     csv_sha256: str
     parquet_bytes: int
-    report_sha256: str
-    card: dict[str, Any] = Field(description="The ReleaseCard the node uploaded.")
+    report_sha256: str = Field(description="Of the report (pooled: the first node's).")
+    scope: Literal["local", "pooled"] = "local"
+    parties: list[str] = Field(
+        default_factory=list,
+        description="The nodes whose rows it was made from (pooled: every party, in order).",
+    )
+    card: dict[str, Any] = Field(
+        description="The ReleaseCard the node uploaded; pooled: the candidate's shared part "
+        "and `nodes`, each node's metrics, gates, report and card hashes and approvals."
+    )
     signed_by: list[ReleaseSigner] = Field(
         default_factory=list,
         description="The stewards whose signed approvals the coordinator verified.",

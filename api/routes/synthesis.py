@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile, status
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -33,6 +34,7 @@ from tessera.rest import (
     SynthesisRequestPage,
 )
 from tessera.schemas import (
+    PooledApproval,
     ReleaseCard,
     SynthesisCandidate,
     SynthesisJobOut,
@@ -40,8 +42,10 @@ from tessera.schemas import (
     SynthesisRejection,
     SynthesisRequestStatus,
     SynthesisSpec,
+    TaskAccept,
     TaskFailure,
     TaskRefusal,
+    TaskStart,
 )
 
 router = APIRouter()
@@ -197,12 +201,20 @@ def download_release_data(
         **READ,
     },
 )
-def download_release_report(release_id: int, user: CurrentUser, db: SessionDep) -> Response:
-    """The release's evaluation report (self-contained HTML)."""
+def download_release_report(
+    release_id: int,
+    user: CurrentUser,
+    db: SessionDep,
+    node: Annotated[
+        str | None,
+        Query(description="A pooled release's: this node's report (default: the first node's)."),
+    ] = None,
+) -> Response:
+    """The release's evaluation report (self-contained HTML); a pooled release has one per node."""
     release = synthesis.visible_release(db, release_id, user)
-    content, media, name = synthesis.download(db, release, user, "report")
+    content, media, name = synthesis.download(db, release, user, "report", node)
     db.commit()
-    return _file(content, media, name, release.report_sha256)
+    return _file(content, media, name, hashlib.sha256(content).hexdigest())
 
 
 def _file(content: bytes, media: str, name: str, digest: str) -> Response:
@@ -240,10 +252,49 @@ async def poll_synthesis_jobs(
     "/synthesis-jobs/{job_id}/accept", tags=["synthesis-jobs"], response_model=Ack, responses=JOB
 )
 def accept_synthesis_job(
-    job_id: int, node: CurrentNode, db: SessionDep, notifier: NotifierDep
+    job_id: int,
+    node: CurrentNode,
+    db: SessionDep,
+    notifier: NotifierDep,
+    body: TaskAccept | None = None,
 ) -> dict[str, Any]:
-    _changed(db, notifier, synthesis.accept(db, node, job_id))
+    """Take the job. A pooled job's body is required: where the node's MPC party listens and
+    this run's certificate (as a query task's acceptance); then wait for the go (`/start`)."""
+    _changed(db, notifier, synthesis.accept(db, node, job_id, body))
     return {"status": "training"}
+
+
+@router.get(
+    "/synthesis-jobs/{job_id}/start",
+    tags=["synthesis-jobs"],
+    response_model=TaskStart,
+    responses=JOB,
+)
+async def await_synthesis_job_start(
+    request: Request, job_id: int, node: CurrentNode, wait: float = WaitParam
+) -> TaskStart:
+    """A pooled job's go: `start` false (`pending`) until every node of the request accepted,
+    then every party's address in party order; `failed` once the request failed. With `wait`,
+    a long-poll."""
+    database, node_id = request.app.state.db, node.id
+    with database.session() as db:
+        me = db.get(Node, node_id)
+        assert me is not None
+        first = synthesis.start_info(db, me, job_id)
+        request_id = synthesis.request_of(db, job_id)
+    if first.start or first.status == "failed":
+        return first
+    last = first
+
+    def check() -> TaskStart | None:
+        nonlocal last
+        with database.session() as db:
+            me = db.get(Node, node_id)
+            assert me is not None
+            last = synthesis.start_info(db, me, job_id)
+        return last if last.start or last.status == "failed" else None
+
+    return await long_poll(request, wait, f"synthesis:{request_id}", check) or last
 
 
 @router.post(
@@ -303,18 +354,32 @@ def fail_synthesis_job(
     "/synthesis-jobs/{job_id}/release",
     tags=["synthesis-jobs"],
     response_model=ReleaseOut,
-    responses=errors(401, 403, 404, 409, 413, 422),
+    responses={
+        201: {"model": ReleaseOut, "description": "Pooled: the data published the release."},
+        202: {
+            "model": PooledApproval,
+            "description": "Pooled, without data: the node's approval is recorded.",
+        },
+        **errors(401, 403, 404, 409, 413, 422),
+    },
 )
 async def upload_release(
     request: Request,
     job_id: int,
     node: CurrentNode,
     card: str = Form(..., description="The ReleaseCard, as JSON"),
-    data: UploadFile = File(..., description="The synthetic data (Parquet)"),
     report: UploadFile = File(..., description="The evaluation report (HTML)"),
-) -> dict[str, Any]:
+    data: UploadFile | None = File(
+        None, description="The synthetic data (Parquet); a pooled job's approval has none"
+    ),
+) -> Any:
     """Upload an approved candidate: the card, the data (its hash must match the card's) and
-    the report. Publishes the release."""
+    the report. Publishes the release (200).
+
+    A pooled job's upload without `data` is its node's approval: 202 with `PooledApproval`
+    (the nodes still waited for; `data_wanted` once every node approved). With `data`, once
+    every node approved, it publishes the request's one release: 201 with the release; 409
+    (nothing stored) while a node is waited for."""
     settings = request.app.state.settings
     try:
         parsed = ReleaseCard.model_validate_json(card)
@@ -323,19 +388,25 @@ async def upload_release(
         where = ".".join(str(p) for p in first["loc"]) or "card"
         message = str(first["msg"]).removeprefix("Value error, ")
         raise InvalidRequest(f"invalid release card: {where}: {message}") from None
-    content = await _read(data, settings.release_max_bytes, "data")
+    content = None if data is None else await _read(data, settings.release_max_bytes, "data")
     page = await _read(report, settings.release_max_bytes, "report")
     node_id = node.id
 
-    def store() -> dict[str, Any]:
+    def store() -> Any:
         with request.app.state.db.session() as db:
             me = db.get(Node, node_id)
             assert me is not None
-            release = synthesis.publish(db, me, job_id, parsed, content, page)
-            view = synthesis.release_view(release)
-            request_id = release.request_id
+            done = synthesis.upload(db, me, job_id, parsed, content, page)
+            request_id = synthesis.request_of(db, job_id)
+            if isinstance(done, PooledApproval):
+                answer: Any = JSONResponse(done.model_dump(mode="json"), status.HTTP_202_ACCEPTED)
+            else:
+                view = ReleaseOut.model_validate(synthesis.release_view(done))
+                answer = view.model_dump(mode="json")
+                if done.scope == "pooled":
+                    answer = JSONResponse(answer, status.HTTP_201_CREATED)
         request.app.state.notifier.notify(f"synthesis:{request_id}")
-        return view
+        return answer
 
     return await run_in_threadpool(store)
 

@@ -65,26 +65,43 @@ def _nodes_phrase(names: list[str]) -> str:
 
 def _agreed_schema(query: Any, registered: list[tuple[Node, Any]]) -> DatasetSchema:
     """The schema all nodes agree on for the columns the query reads, or 409 naming the split."""
+    return agreed_schema(query.dataset, query.referenced_columns(), registered)
+
+
+def agreed_schema(
+    dataset: str,
+    columns: list[str] | None,
+    registered: list[tuple[Node, Any]],
+    exact: bool = False,
+) -> DatasetSchema:
+    """The first node's schema once every node declares `columns` of `dataset` alike (None:
+    every column any node declares), or 409 naming the nodes that differ. Alike is the same
+    type and levels; `exact`, the same declaration in every field (bounds included), as a
+    generator that models every column's domain needs."""
     schemas = [(node, DatasetSchema.model_validate(ds.schema)) for node, ds in registered]
-    for name in query.referenced_columns():
+    if columns is None:
+        columns = list(dict.fromkeys(name for _, s in schemas for name in s.names))
+    for name in columns:
         specs = [(node.name, s.column(name)) for node, s in schemas]
         missing = [n for n, spec in specs if spec is None]
         if missing and len(missing) < len(specs):
             raise Conflict(
-                f"column {name!r} of dataset {query.dataset!r} is not declared by "
+                f"column {name!r} of dataset {dataset!r} is not declared by "
                 f"{_nodes_phrase(missing)}",
                 {"column": name, "nodes": missing},
             )
         declared: dict[str, list[str]] = {}
         for node_name, spec in specs:
             if spec is not None:
-                kind = spec.type + (f" {spec.levels}" if spec.levels else "")
+                if exact:
+                    kind = spec.model_dump_json(exclude_none=True)
+                else:
+                    kind = spec.type + (f" {spec.levels}" if spec.levels else "")
                 declared.setdefault(kind, []).append(node_name)
         if len(declared) > 1:
             split = "; ".join(f"{_nodes_phrase(n)}: {kind}" for kind, n in declared.items())
             raise Conflict(
-                f"the nodes declare column {name!r} of dataset {query.dataset!r} differently "
-                f"({split})",
+                f"the nodes declare column {name!r} of dataset {dataset!r} differently ({split})",
                 {"column": name, "declared": declared},
             )
     return schemas[0][1]
@@ -455,28 +472,35 @@ def start_info(db: Session, node: Node, task_id: int) -> TaskStart:
     _refuse_if_over(query)
     if query.status != "running":
         return TaskStart(start=False, status="pending")
-    parties = db.execute(
-        select(Task, Node.name, Node.identity_certificate)
-        .join(Node, Node.id == Task.node_id)
-        .where(Task.query_id == query.id)
-        .order_by(Task.party_id)
-    ).all()
     return TaskStart(
         start=True,
         status="running",
         deadline=query.deadline,
-        parties=[
-            PartyAddress(
-                party_id=t.party_id,
-                node=name,
-                host=t.mpc_host or "",
-                port=t.mpc_port or 0,
-                certificate=t.mpc_certificate,
-                identity_certificate=identity,
-            )
-            for t, name, identity in parties
-        ],
+        parties=party_addresses(db, Task, Task.query_id == query.id),
     )
+
+
+def party_addresses(db: Session, part: Any, where: Any) -> list[PartyAddress]:
+    """Every party's address for the go, ordered by party id: its host, port and run
+    certificate as it accepted (`part` is `Task`, or `SynthesisJob` for a pooled synthesis,
+    `where` selects the run's), with its node's name and long-term identity certificate."""
+    rows = db.execute(
+        select(part, Node.name, Node.identity_certificate)
+        .join(Node, Node.id == part.node_id)
+        .where(where)
+        .order_by(part.party_id)
+    ).all()
+    return [
+        PartyAddress(
+            party_id=p.party_id,
+            node=name,
+            host=p.mpc_host or "",
+            port=p.mpc_port or 0,
+            certificate=p.mpc_certificate,
+            identity_certificate=identity,
+        )
+        for p, name, identity in rows
+    ]
 
 
 def _close_tasks(query: Query) -> None:

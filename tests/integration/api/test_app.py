@@ -240,3 +240,55 @@ def test_upgrading_keeps_the_data_and_the_audit_chain(
             db.execute(sqlalchemy.text("UPDATE users SET role = 'superuser'"))
     finally:
         database.dispose()
+
+
+def test_upgrading_from_0014_keeps_synthesis_requests_jobs_and_releases(database_url: str) -> None:
+    """0015 (pooled synthesis) adds columns and widens constraints: what 0014 held stays, local
+    by default, and the statuses and file kinds it adds are taken."""
+    engine = sqlalchemy.create_engine(database_url)
+    at = utcnow()
+    rows = [
+        "INSERT INTO organisations (id, name, created_at) VALUES (1, 'org', :at)",
+        "INSERT INTO nodes (id, name, organisation_id, api_key_id, api_key_hash, created_at) "
+        "VALUES (1, 'h1', 1, 'k1', 'x', :at)",
+        "INSERT INTO users (id, username, password_hash, role, created_at) "
+        "VALUES (1, 'rita', '!', 'researcher', :at)",
+        "INSERT INTO studies (id, name, description, created_at) VALUES (1, 's', '', :at)",
+        "INSERT INTO synthesis_requests (id, study_id, requested_by, dataset, generator, spec, "
+        "skipped, created_at) VALUES (1, 1, 1, 'cohort', 'cart', '{}', '[]', :at)",
+        "INSERT INTO synthesis_jobs (id, request_id, node_id, status, deadline, created_at, "
+        "updated_at) VALUES (1, 1, 1, 'released', :at, :at, :at)",
+        "INSERT INTO releases (id, job_id, request_id, study_id, node_id, dataset, card, sha256, "
+        "csv_sha256, parquet_bytes, report_sha256, rows, created_at) VALUES "
+        "(1, 1, 1, 1, 1, 'cohort', '{}', 'a', 'b', 3, 'c', 3, :at)",
+        "INSERT INTO release_files (release_id, kind, content) VALUES (1, 'report', :blob)",
+    ]
+    try:
+        upgrade(engine, "0014")
+        with engine.begin() as conn:
+            for sql in rows:
+                conn.execute(sqlalchemy.text(sql), {"at": at, "blob": b"<!doctype html>"})
+        upgrade(engine)
+        with engine.begin() as conn:
+            scope = conn.execute(sqlalchemy.text("SELECT scope FROM synthesis_requests")).all()
+            job = conn.execute(sqlalchemy.text("SELECT status, party_id FROM synthesis_jobs"))
+            release = conn.execute(sqlalchemy.text("SELECT scope, rows FROM releases")).all()
+            kinds = conn.execute(sqlalchemy.text("SELECT kind FROM release_files")).all()
+            assert (scope, job.all(), release, kinds) == (
+                [("local",)],
+                [("released", None)],
+                [("local", 3)],
+                [("report",)],
+            )
+            conn.execute(sqlalchemy.text("UPDATE synthesis_jobs SET status = 'approved'"))
+            conn.execute(
+                sqlalchemy.text(
+                    "INSERT INTO release_files (release_id, kind, content) "
+                    "VALUES (1, 'report:h1', :blob)"
+                ),
+                {"blob": b"<!doctype html>"},
+            )
+        with pytest.raises(sqlalchemy.exc.IntegrityError), engine.begin() as conn:
+            conn.execute(sqlalchemy.text("UPDATE release_files SET kind = 'model'"))
+    finally:
+        engine.dispose()

@@ -103,6 +103,7 @@ MATRIX: dict[tuple[str, str], str] = {
     ("GET", "/releases/{release_id}/report"): "study",
     ("GET", "/nodes/me/synthesis-jobs"): "node",
     ("POST", "/synthesis-jobs/{job_id}/accept"): "node",
+    ("GET", "/synthesis-jobs/{job_id}/start"): "node",
     ("POST", "/synthesis-jobs/{job_id}/refuse"): "node",
     ("POST", "/synthesis-jobs/{job_id}/progress"): "node",
     ("POST", "/synthesis-jobs/{job_id}/candidate"): "node",
@@ -220,7 +221,7 @@ def test_every_operation_has_an_entry_and_every_entry_an_operation(coordinator: 
         f"operations without an authorisation rule: {found - set(MATRIX)}"
     )
     assert not set(MATRIX) - found, f"rules for operations that do not exist: {set(MATRIX) - found}"
-    assert len(MATRIX) == 60
+    assert len(MATRIX) == 61
 
 
 def _expected(rule: str, caller: str) -> bool:

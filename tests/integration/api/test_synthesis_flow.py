@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from tessera.client import TesseraClient
-from tessera.errors import InvalidRequest, NotFound, PolicyDenied
+from tessera.errors import Conflict, InvalidRequest, NotFound, PolicyDenied
 from tessera.schemas import ReleaseContent
 from tessera.stewards import fingerprint
 
@@ -211,8 +211,10 @@ def test_an_approved_candidate_is_published_and_downloadable(setup: Setup) -> No
             "steward": "sam",
             "fingerprint": fingerprint(KEYS["sam"]),
             "at": release["card"]["approvals"][0]["at"],
+            "node": node.name,
         }
     ]
+    assert (release["scope"], release["parties"]) == ("local", [node.name])
 
     done = setup.researcher.get_synthesis(made["id"])
     assert done["status"] == "done" and done["jobs"][0]["status"] == "released"
@@ -379,3 +381,174 @@ def test_a_job_nobody_trains_fails_at_its_deadline(replica_setup: Setup) -> None
     assert "did not finish training within 2 s" in job["error"]["message"]
     late = setup.nodes[0].call("POST", f"/synthesis-jobs/{job['id']}/accept")
     assert late.status_code == 409
+
+
+# ---- pooled synthesis -------------------------------------------------------------------
+
+POOLED_SPEC = SPEC | {"generator": "mst", "epsilon": 1.0, "scope": "pooled"}
+MEASURED = "4" * 64
+
+
+def pooled_card(data: bytes, job_id: int, node: str, parties: list[str]) -> dict[str, Any]:
+    """`node`'s card of the pooled candidate `data`, its own metrics, approved by sam."""
+    return card(
+        data,
+        job_id,
+        node,
+        report=node_report(node),
+        generator="mst",
+        epsilon=1.0,
+        scope="pooled",
+        parties=parties,
+        measurement_sha256=MEASURED,
+        metrics={"fidelity": {"score": 0.9}, "node": node},
+        training_rows=None,
+        holdout_rows=None,
+    )
+
+
+def node_report(node: str) -> bytes:
+    return f"<!doctype html><html><body>{node}</body></html>".encode()
+
+
+def approve(node: FakeNode, job_id: int, body: dict[str, Any], data: bytes | None = None):
+    files = {"report": ("r.html", node_report(node.name))}
+    if data is not None:
+        files["data"] = ("s.parquet", data)
+    return node.call(
+        "POST", f"/synthesis-jobs/{job_id}/release", data={"card": json.dumps(body)}, files=files
+    )
+
+
+def pooled_jobs(setup: Setup) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A pooled request every node allows, and each node's job as offered (node order)."""
+    for node in setup.nodes:
+        allow_synthesis(node, POLICY | {"pooled": True})
+    made = setup.researcher.request_synthesis(setup.study_id, POOLED_SPEC)
+    return made, [take_job(node) for node in setup.nodes]
+
+
+def test_a_pooled_synthesis_measures_approves_and_publishes_once(setup: Setup) -> None:
+    made, jobs = pooled_jobs(setup)
+    names = [n.name for n in setup.nodes]
+    assert made["scope"] == "pooled" and [j["party_id"] for j in made["jobs"]] == [0, 1, 2]
+    by_party = sorted(zip(jobs, setup.nodes, strict=True), key=lambda jn: jn[0]["party_id"])
+    parties = [n.name for _, n in by_party]
+    assert sorted(parties) == sorted(names)
+    assert {(j["n_parties"], j["spec"]["scope"]) for j in jobs} == {(3, "pooled")}
+
+    first_job, first = by_party[0]
+    refused = first.call("POST", f"/synthesis-jobs/{first_job['id']}/accept")
+    assert refused.status_code == 422 and "MPC address" in refused.text
+    for port, (job, node) in enumerate(by_party[:2], start=31000):
+        address = {"mpc_host": "127.0.0.1", "mpc_port": port, "mpc_certificate": "PEM"}
+        node.ok("POST", f"/synthesis-jobs/{job['id']}/accept", json=address)
+    start = f"/synthesis-jobs/{first_job['id']}/start"
+    assert first.ok("GET", start, params={"wait": 0.2}) == {
+        "start": False,
+        "status": "pending",
+        "parties": [],
+        "deadline": None,
+    }
+    last_job, last = by_party[2]
+    address = {"mpc_host": "127.0.0.1", "mpc_port": 31002}
+    last.ok("POST", f"/synthesis-jobs/{last_job['id']}/accept", json=address)
+    go = first.ok("GET", start, params={"wait": 5})
+    assert (go["start"], go["status"]) == (True, "running")
+    assert [(p["party_id"], p["node"], p["port"]) for p in go["parties"]] == [
+        (i, name, 31000 + i) for i, name in enumerate(parties)
+    ]
+    assert go["parties"][0]["certificate"] == "PEM"
+    assert first.call("GET", f"/synthesis-jobs/{last_job['id']}/start").status_code == 404
+
+    data = synthetic()
+    candidate = {
+        "gates": GATES,
+        "candidate_sha256": hashlib.sha256(data).hexdigest(),
+        "measurement_sha256": MEASURED,
+    }
+    for job, node in by_party:
+        answer = node.ok("POST", f"/synthesis-jobs/{job['id']}/candidate", json=candidate)
+        assert answer == {"status": "awaiting_review"}
+    cards = {n.name: pooled_card(data, j["id"], n.name, parties) for j, n in by_party}
+
+    answer = approve(first, first_job["id"], cards[first.name])
+    assert answer.status_code == 202, answer.text
+    assert answer.json() == {
+        "status": "approved",
+        "waiting_for": parties[1:],
+        "data_wanted": False,
+        "release_id": None,
+    }
+    assert approve(first, first_job["id"], cards[first.name]).json() == answer.json()
+    early = approve(last, last_job["id"], cards[last.name], data)
+    assert early.status_code == 409 and "waits for the approval of" in early.text
+    assert setup.researcher.releases(setup.study_id) == []
+    view = setup.researcher.get_synthesis(made["id"])
+    assert [j["status"] for j in view["jobs"]] == ["approved", "awaiting_review", "awaiting_review"]
+    for job, node in by_party[1:]:
+        answer = approve(node, job["id"], cards[node.name])
+        assert answer.status_code == 202, answer.text
+    assert answer.json()["data_wanted"] is True
+
+    published = approve(last, last_job["id"], cards[last.name], data)
+    assert published.status_code == 201, published.text
+    release = published.json()
+    assert (release["scope"], release["parties"], release["node"]) == (
+        "pooled",
+        parties,
+        parties[0],
+    )
+    assert release["sha256"] == hashlib.sha256(data).hexdigest()
+    assert [p["node"] for p in release["card"]["nodes"]] == parties
+    assert [(s["node"], s["steward"]) for s in release["signed_by"]] == [
+        (n, "sam") for n in parties
+    ]
+    again = approve(first, first_job["id"], cards[first.name], data)
+    assert again.status_code == 409 and again.json()["error"]["details"]["status"] == "released"
+
+    view = setup.researcher.get_synthesis(made["id"])
+    assert view["status"] == "done"
+    assert {(j["status"], j["release_id"]) for j in view["jobs"]} == {("released", release["id"])}
+    listed = setup.researcher.releases(setup.study_id)
+    assert [r["id"] for r in listed] == [release["id"]]
+    for name in parties:
+        assert setup.researcher.release_report(release["id"], name) == node_report(name)
+    assert setup.researcher.release_report(release["id"]) == node_report(parties[0])
+    with pytest.raises(NotFound, match="has no report of node 'nowhere'"):
+        setup.researcher.release_report(release["id"], "nowhere")
+    assert setup.researcher.release_data(release["id"], "parquet") == data
+    assert "release.published" in audit_actions(setup)
+
+
+def test_a_refusal_blocks_every_node_of_a_pooled_synthesis(setup: Setup) -> None:
+    made, jobs = pooled_jobs(setup)
+    by_party = sorted(zip(jobs, setup.nodes, strict=True), key=lambda jn: jn[0]["party_id"])
+    (job0, node0), (job1, node1), (job2, node2) = by_party
+    node0.ok("POST", f"/synthesis-jobs/{job0['id']}/accept", json={"mpc_host": "h", "mpc_port": 1})
+
+    node1.ok("POST", f"/synthesis-jobs/{job1['id']}/refuse", json={"reason": "no budget"})
+
+    start = node0.ok("GET", f"/synthesis-jobs/{job0['id']}/start", params={"wait": 5})
+    assert (start["start"], start["status"]) == (False, "failed")
+    late = node2.call(
+        "POST", f"/synthesis-jobs/{job2['id']}/accept", json={"mpc_host": "h", "mpc_port": 2}
+    )
+    assert late.status_code == 409
+    error = late.json()["error"]
+    assert error["details"]["status"] == "failed" and error["details"]["code"] == "pooled_blocked"
+    assert f"node {node1.name} refused: no budget" in error["message"]
+    view = setup.researcher.get_synthesis(made["id"])
+    assert view["status"] == "done"
+    assert sorted(j["status"] for j in view["jobs"]) == ["failed", "failed", "refused"]
+
+
+def test_a_pooled_synthesis_needs_three_nodes(setup: Setup) -> None:
+    allow_synthesis(setup.nodes[0], POLICY | {"pooled": True})
+    allow_synthesis(setup.nodes[1], POLICY | {"pooled": True})
+    allow_synthesis(setup.nodes[2], POLICY)
+
+    with pytest.raises(Conflict, match="a pooled synthesis needs at least 3 nodes") as caught:
+        setup.researcher.request_synthesis(setup.study_id, POOLED_SPEC)
+    assert caught.value.http_status == 409
+    assert [s["node"] for s in caught.value.details["skipped"]] == [setup.nodes[2].name]
