@@ -51,8 +51,11 @@ MODEL_REL_TOL = 1e-5  # 2**-24 per ratio; a p-value far in the tail moves a litt
 REL_TOL = 1e-6
 # each hospital: per study on the cohort, and all studies together; a charge fits when basic
 # composition (sums of epsilon) or zCDP (rho, at delta 1e-6) is within them (node_agent.budget)
-DP_EPSILON_BUDGET = 2.0
+DP_EPSILON_BUDGET = 3.0
 DP_EPSILON_TOTAL = 5.0
+# the pooled synthesis (MST) is (epsilon, delta)-DP with delta 1e-6: the limits admit a delta
+DP_DELTA_BUDGET = 1e-5
+DP_DELTA_TOTAL = 1e-5
 NOISE_TAIL = 10  # a dp value is "within noise" when |error| <= 10 noise scales (P ~ e^-10)
 DEMO_STEWARD = "demo-steward"
 SYNTHESIS = {
@@ -320,7 +323,9 @@ def write_sources(root: Path) -> list[NodeSpec]:
                 [source],
                 min_count=NODE_MIN_COUNT,
                 dp_epsilon_budget=DP_EPSILON_BUDGET,
+                dp_delta_budget=DP_DELTA_BUDGET,
                 dp_epsilon_total=DP_EPSILON_TOTAL,
+                dp_delta_total=DP_DELTA_TOTAL,
                 synthesis=synthesis,
             )
         )

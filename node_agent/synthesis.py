@@ -280,7 +280,7 @@ class SynthesisService:
                 status=status,
             )
             card = outcome["card"]
-            self.client.synthesis_candidate(
+            answer = self.client.synthesis_candidate(
                 job.id,
                 SynthesisCandidate(
                     gates=gates,
@@ -289,7 +289,10 @@ class SynthesisService:
                     measurement_sha256=card.get("measurement_sha256") if pooled else None,
                 ),
             )
+            if answer.get("status") == "failed":  # pooled: the nodes' candidates differ
+                raise Conflict("the coordinator failed the job: the nodes' candidates differ")
         except Conflict as exc:  # the coordinator ended the job (deadline, or failed)
+            (folder / "synthetic.parquet").unlink(missing_ok=True)
             self.store.set_status(job.id, "failed", error=exc.message)
             self.audit("synthesis.abandoned", "abandoned", reason=exc.message, **subject)
         except AgentStopping:
@@ -700,7 +703,12 @@ class SynthesisService:
         self._pooled_asked[candidate.job_id] = time.monotonic()
         answer = self.client.release(candidate.job_id, card, None, report)
         if answer.get("data_wanted"):
-            answer = self.client.release(candidate.job_id, card, data, report)
+            try:
+                answer = self.client.release(candidate.job_id, card, data, report)
+            except Conflict as exc:
+                if "waiting_for" not in exc.details:
+                    raise
+                return None  # another node's approval was withdrawn meanwhile: ask again
         if answer.get("id") is None and answer.get("release_id") is None:
             waiting = answer.get("waiting_for") or []
             if candidate.job_id not in self._pooled_told:

@@ -780,7 +780,6 @@ def _approve(db: Session, node: Node, job: SynthesisJob, card: ReleaseCard, repo
         "sha256": record.candidate_sha256,
         "measurement_sha256": record.measurement_sha256,
         "parties": parties,
-        "epsilon": spec.epsilon,
     }
     for field, value in expected.items():
         if getattr(card, field) != value:
@@ -789,6 +788,15 @@ def _approve(db: Session, node: Node, job: SynthesisJob, card: ReleaseCard, repo
                 f"{value!r}",
                 {"job_id": job.id, "field": field},
             )
+    # the epsilon the measurement spent (converted back from its recorded rho): at most the
+    # epsilon asked for, never more
+    asked = float(spec.epsilon or 0.0)
+    if card.epsilon is None or not 0 < card.epsilon <= asked * (1 + 1e-9):
+        raise InvalidRequest(
+            f"the card's epsilon is {card.epsilon!r}; the pooled request asked for {asked:g} "
+            "(a release may spend at most that)",
+            {"job_id": job.id, "field": "epsilon"},
+        )
     for other in record.jobs:
         if other.id != job.id and other.card is not None:
             theirs = {k: other.card.get(k) for k in SHARED}

@@ -700,7 +700,7 @@ def test_data_that_is_not_the_pooled_candidate_is_refused(db, pool, settings) ->
         ({"parties": ["h2", "h1", "h3"]}, "the card's parties is"),
         ({"sha256": "6" * 64}, "the card's sha256 is"),
         ({"measurement_sha256": "7" * 64}, "the card's measurement_sha256 is"),
-        ({"epsilon": 0.5}, "the card's epsilon is 0.5"),
+        ({"epsilon": 1.5}, "the card's epsilon is 1.5"),
         ({"scope": "local"}, "the card's scope is 'local'"),
         ({"rows": 4}, "the request asked for 3 rows, the card has 4"),
     ],
