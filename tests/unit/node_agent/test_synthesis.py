@@ -65,8 +65,15 @@ OTHER = {"data_sha256": "1" * 64, "card_sha256": "2" * 64, "report_sha256": "3" 
 GATES = [{"name": "min_fidelity", "passed": True, "value": 0.9, "threshold": 0.8, "message": ""}]
 
 
+VERDICT = {
+    "verdict": "needs attention",
+    "reasons": ["Utility was tested on only 10 real rows: too few to tell."],
+}
+
+
 def card(data: bytes) -> dict[str, Any]:
     return {
+        "verdict": VERDICT,
         "generator": "cart",
         "generator_license": "Apache-2.0",
         "params": {},
@@ -286,10 +293,11 @@ def test_the_steward_commands_on_the_store(configs, tessera_cli, stewards, tmp_p
     store = CandidateStore(configs.root / "state" / "synthesis" / "candidates.sqlite3")
     add_candidate(store, configs.root / "state" / "synthesis" / "job-5")
     listed = tessera_cli("steward", "list", "--config", str(path))
-    assert listed.returncode == 0 and "    5  awaiting_review" in listed.stdout
+    assert listed.returncode == 0 and "    5  awaiting_review  needs attention" in listed.stdout
     assert "0/2" in listed.stdout and "rita" in listed.stdout
     shown = tessera_cli("steward", "show", "5", "--config", str(path))
     assert "gate min_fidelity: passed" in shown.stdout and "report: " in shown.stdout
+    assert "verdict: NEEDS ATTENTION\n    - Utility was tested on only 10 real rows" in shown.stdout
     outsider = tessera_cli("steward", "approve", "5", "--config", str(path), "--key", str(eve))
     assert outsider.returncode == 2
     assert "is no steward's of node node-a (stewards: ada, bob, cy)" in outsider.stderr
