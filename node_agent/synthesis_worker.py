@@ -132,7 +132,7 @@ def run(job_input: dict[str, Any]) -> dict[str, Any]:
     metrics = public_metrics(evaluation, dp)
     # Judged on what the card publishes: a DP release's verdict names no row count either.
     verdict = judge(metrics, outcomes)
-    card = {
+    card: dict[str, Any] = {
         "verdict": verdict,
         "generator": model.name,
         "generator_license": model.license,

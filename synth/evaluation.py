@@ -392,11 +392,11 @@ def _auc_intervals(
         gap = None if real is None or synth is None else real - synth
         return real, synth, gap
 
-    trtr, tstr, gap = bootstrap(statistics, len(y_test), rng)
+    trtr_ci, tstr_ci, gap_ci = bootstrap(statistics, len(y_test), rng)
     return {
-        "trtr": rounded(trtr),
-        "tstr": rounded(tstr),
-        "gap": rounded(gap),
+        "trtr": rounded(trtr_ci),
+        "tstr": rounded(tstr_ci),
+        "gap": rounded(gap_ci),
         "method": f"bootstrap over the test rows ({BOOTSTRAP_ROUNDS})",
     }
 

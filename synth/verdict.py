@@ -62,12 +62,12 @@ _GATE_WORDS = {
 def verdict(evaluation: Mapping[str, Any], gates: Sequence[Any] | None = None) -> dict[str, Any]:
     """The verdict of one evaluation and its gates' outcomes (`GateOutcome`s or their JSON
     form; None when no gate was applied). See the module doc."""
-    outcomes = [_as_dict(g) for g in gates] if gates is not None else None
-    failed = [g for g in outcomes or [] if not g.get("passed")]
+    outcomes = [_as_dict(g) for g in gates or []]
+    failed = [g for g in outcomes if not g.get("passed")]
     if failed:
         return {"verdict": "fail", "reasons": [_failure(g) for g in failed]}
     reasons = list(uncertainties(evaluation, outcomes).values())
-    if outcomes is None or not outcomes:
+    if not outcomes:
         reasons.insert(0, "No release gate was applied: nothing was checked against a limit.")
     if reasons:
         return {"verdict": "needs attention", "reasons": reasons}
