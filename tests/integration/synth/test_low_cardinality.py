@@ -37,5 +37,5 @@ def test_the_default_generator_passes_the_default_gates_on_rossi(seed: int) -> N
 def test_the_previous_defaults_fail_there() -> None:
     evaluation, outcomes = gated(load_rossi(), 2, min_samples_leaf=30, drop_unique_copies=False)
     failed = {g.name for g in outcomes if not g.passed}
-    assert {"exact_match_margin", "max_mia_advantage"} <= failed
+    assert {"exact_match_margin", "dcr_not_below_holdout"} <= failed
     assert verdict(evaluation, outcomes)["verdict"] == "fail"
