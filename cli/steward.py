@@ -228,6 +228,8 @@ def _summary(c: Candidate) -> dict[str, Any]:
         "generator": c.generator,
         "requested_by": c.requested_by,
         "status": c.status,
+        "verdict": (card.get("verdict") or {}).get("verdict"),
+        "reasons": (card.get("verdict") or {}).get("reasons", []),
         "rows": card.get("rows"),
         "epsilon": card.get("epsilon"),
         "fidelity": fidelity.get("score"),
@@ -281,14 +283,15 @@ def list_candidates(
     if not candidates:
         typer.echo("no candidate awaits review" + ("" if everything else " (--all: every one)"))
         return
-    head = f"{'job':>5}  {'status':<16} {'dataset':<20} {'generator':<16} {'rows':>7}  "
-    typer.echo(head + f"{'fidelity':>8}  approvals  requested by")
+    head = f"{'job':>5}  {'status':<16} {'verdict':<15} {'dataset':<20} {'generator':<16} "
+    typer.echo(head + f"{'rows':>7}  {'fidelity':>8}  approvals  requested by")
     for c in candidates:
         s = _summary(c)
         approvals = f"{len(c.approvals)}/{c.approvals_required or '-'}"
         typer.echo(
-            f"{c.job_id:>5}  {c.status:<16} {c.dataset:<20} {c.generator:<16} "
-            f"{_num(s['rows']):>7}  {_num(s['fidelity']):>8}  {approvals:<9}  {c.requested_by}"
+            f"{c.job_id:>5}  {c.status:<16} {s['verdict'] or '-':<15} {c.dataset:<20} "
+            f"{c.generator:<16} {_num(s['rows']):>7}  {_num(s['fidelity']):>8}  "
+            f"{approvals:<9}  {c.requested_by}"
         )
 
 
@@ -309,6 +312,11 @@ def show(
         return
     lines = [
         f"candidate {s['job']} (request {s['request']}, study {s['study']}): {s['status']}",
+        *(
+            [f"  verdict: {s['verdict'].upper()}"] + [f"    - {r}" for r in s["reasons"]]
+            if s["verdict"]
+            else []
+        ),
         f"  dataset {s['dataset']}, generator {s['generator']}, {_num(s['rows'])} rows, "
         f"requested by {s['requested_by']}",
     ]

@@ -729,9 +729,16 @@ def release_card_lines(release: dict[str, Any]) -> list[str]:
         f"{a['steward']} ({a.get('reason') or 'approved'}; key {prints.get(a['steward'], '?')})"
         for a in card["approvals"]
     )
+    verdict = card.get("verdict") or {}
     lines = [
         f"-- Release #{release['id']} from {release['node']}: {release['dataset']}, "
         f"{release['rows']} synthetic rows",
+        *(
+            [f"   verdict          {verdict['verdict'].upper()}"]
+            + [f"                    - {reason}" for reason in verdict.get("reasons", [])]
+            if verdict
+            else []
+        ),
         f"   generator        {card['generator']} ({card['generator_license']}), "
         f"{card['device']}, fit {card['fit_seconds']:.1f} s on {card['training_rows']} rows, "
         f"{card['holdout_rows']} held out",

@@ -12,7 +12,8 @@ and writes into the folder:
     report.json         the same as JSON
 
 Its standard output is one JSON object per line: `{"progress": {...}}` while it works, then
-`{"done": {"card": ..., "gates": [...]}}` or `{"error": {"code", "message"}}`. Those lines hold
+`{"done": {"card": ..., "gates": [...]}}` (the card opens with its verdict: pass, needs
+attention or fail, and why, `synth.verdict`) or `{"error": {"code", "message"}}`. Those lines hold
 stages, epochs, losses and aggregate metrics, never a value of a row. The trained model is not
 kept: nothing needs it after sampling, and a model can hold training values.
 
@@ -67,6 +68,7 @@ def run(job_input: dict[str, Any]) -> dict[str, Any]:
     from synth.gates import ReleaseGates
     from synth.holdout import split_holdout
     from synth.report import write_report
+    from synth.verdict import verdict as judge
     from tessera.schemas import SynthesisJobOut
 
     job = SynthesisJobOut.model_validate(job_input["job"])
@@ -129,7 +131,11 @@ def run(job_input: dict[str, Any]) -> dict[str, Any]:
     buffer = io.BytesIO()
     synthetic.to_parquet(buffer, index=False)
     data = buffer.getvalue()
-    card = {
+    metrics = public_metrics(evaluation, dp)
+    # Judged on what the card publishes: a DP release's verdict names no row count either.
+    verdict = judge(metrics, outcomes)
+    card: dict[str, Any] = {
+        "verdict": verdict,
         "generator": model.name,
         "generator_license": model.license,
         "params": model.params,
@@ -137,7 +143,7 @@ def run(job_input: dict[str, Any]) -> dict[str, Any]:
         "columns": list(synthetic.columns),
         "epsilon": model.epsilon,
         "delta": model.delta,
-        "metrics": public_metrics(evaluation, dp),
+        "metrics": metrics,
         "sha256": hashlib.sha256(data).hexdigest(),
         "device": model.device,
         "fit_seconds": model.fit_seconds or 0.0,
@@ -155,9 +161,10 @@ def run(job_input: dict[str, Any]) -> dict[str, Any]:
         metadata=model.metadata,
         title=f"Synthetic {dataset.name} at {job_input.get('node', 'this node')} "
         f"({model.name}), job {job.id}",
-        card={k: v for k, v in card.items() if k != "metrics"},
+        card={k: v for k, v in card.items() if k not in ("metrics", "verdict")},
         gates=outcomes,
         min_count=int(job_input.get("min_count", 0)),
+        verdict=verdict,
     )
     if all(g["passed"] for g in outcomes):
         partial = folder / "synthetic.parquet.partial"

@@ -130,6 +130,8 @@ class Synthesizer(ABC):
             self.metadata = TableMetadata.from_frame(frame)
         checked = self.metadata.check(frame)
         self.metadata = self.metadata.with_missing_rates(checked)
+        if not self.differentially_private:  # decimals are read off the rows: not under ε
+            self.metadata = self.metadata.with_decimals(checked)
         self.report(TrainingProgress("preparing", f"{len(checked)} rows, {checked.shape[1]} cols"))
         started = time.perf_counter()
         self._fit(checked)
@@ -140,7 +142,9 @@ class Synthesizer(ABC):
         return self
 
     def sample(self, n: int, seed: int | None = None) -> pd.DataFrame:
-        """`n` synthetic rows with the training table's columns, order and dtypes."""
+        """`n` synthetic rows with the training table's columns, order and dtypes, each value
+        as precise as the column's (`TableMetadata.restore`: integers whole, floats to the
+        decimals their training values carry, within the bounds), for every generator."""
         if not self._fitted or self.metadata is None:
             raise InvalidRequest(f"generator {self.name!r} is not trained yet")
         if not isinstance(n, int) or n < 1:

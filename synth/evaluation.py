@@ -45,7 +45,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from synth.confidence import (
+    BOOTSTRAP_ROUNDS,
+    LEVEL,
+    Z,
+    auc_interval,
+    bootstrap,
+    delong,
+    delong_paired,
+    median_ratio_interval,
+    rounded,
+    wilson,
+)
 from synth.metadata import Column, TableMetadata
+from synth.rows import canonical as _canonical
+from synth.rows import row_keys
 from tessera.errors import InvalidRequest
 
 FIDELITY_ROWS = 20_000
@@ -86,6 +100,7 @@ def evaluate(
     synthetic = _canonical(synthetic[names], metadata)
     holdout = _canonical(holdout[names], metadata)
     rng = np.random.default_rng(seed)
+    ci_rng = np.random.default_rng([seed, 1])  # bootstrap resamples only
     seconds: dict[str, float] = {}
 
     started = time.perf_counter()
@@ -96,7 +111,7 @@ def evaluate(
 
     started = time.perf_counter()
     utility = (
-        utility_scores(real, synthetic, holdout, target, metadata, rng, utility_rows)
+        utility_scores(real, synthetic, holdout, target, metadata, rng, utility_rows, ci_rng=ci_rng)
         if target is not None
         else {"target": None}
     )
@@ -106,7 +121,16 @@ def evaluate(
     reference = _subsample(real, reference_rows, rng)
     priv_synth = _subsample(synthetic, privacy_rows, rng)
     priv_holdout = _subsample(holdout, privacy_rows, rng)
-    privacy = privacy_scores(reference, priv_synth, priv_holdout, synthetic, metadata, rng)
+    privacy = privacy_scores(
+        reference,
+        priv_synth,
+        priv_holdout,
+        synthetic,
+        metadata,
+        rng,
+        ci_rng=ci_rng,
+        attack_members=privacy_rows,
+    )
     seconds["privacy"] = round(time.perf_counter() - started, 3)
 
     return {
@@ -228,8 +252,11 @@ def utility_scores(
     metadata: TableMetadata,
     rng: np.random.Generator,
     max_rows: int = UTILITY_ROWS,
+    ci_rng: np.random.Generator | None = None,
 ) -> dict[str, Any]:
-    """TSTR against TRTR for `target`, tested on the holdout rows (see the module doc)."""
+    """TSTR against TRTR for `target`, tested on the holdout rows (see the module doc);
+    `ci_rng` draws the bootstrap resamples (its own generator, so that the intervals leave
+    the subsamples drawn from `rng` as they were)."""
     column = metadata.column(target)
     task = utility_task(column, real[target])
     features = [c for c in metadata.columns if c.name != target]
@@ -244,27 +271,186 @@ def utility_scores(
         "test_rows": len(test),
     }
     if len(test) < 2:
-        return {**out, "tstr": None, "trtr": None, "gap": None, "note": "too few test rows"}
+        return {
+            **out,
+            "tstr": None,
+            "trtr": None,
+            "gap": None,
+            "note": "too few test rows",
+            "ci": {"trtr": None, "tstr": None, "gap": None, "level": LEVEL, "method": "none"},
+        }
+    ci_rng = ci_rng if ci_rng is not None else np.random.default_rng(0)
     train_real = _subsample(real[real[target].notna()], max_rows, rng)
     train_synth = _subsample(synthetic[synthetic[target].notna()], max_rows, rng)
     if task == "classification":
         labels = sorted(map(str, pd.concat([train_real[target], test[target]]).unique()))
-        trtr = _classifier_auc(train_real, test, target, features, labels)
-        tstr = _classifier_auc(train_synth, test, target, features, labels)
+        y_test = test[target].astype(str).to_numpy()
+        p_real = _classifier_proba(train_real, test, target, features, labels)
+        p_synth = _classifier_proba(train_synth, test, target, features, labels)
+        trtr = _auc(y_test, p_real, labels)
+        tstr = _auc(y_test, p_synth, labels)
+        ci = _auc_intervals(y_test, p_real, p_synth, labels, ci_rng)
         real_rate = _class_rates(train_real[target], labels)
         synth_rate = _class_rates(train_synth[target], labels)
         out |= {"target_rate_real": real_rate, "target_rate_synthetic": synth_rate}
+        # Chance for the metric: a model that ranks at random scores an AUC of 0.5.
+        chance = 0.5
     else:
-        trtr = _regressor_r2(train_real, test, target, features)
-        tstr = _regressor_r2(train_synth, test, target, features)
+        y = test[target].astype(float).to_numpy()
+        pred_real = _regressor_predictions(train_real, test, target, features)
+        pred_synth = _regressor_predictions(train_synth, test, target, features)
+        trtr, tstr = _r2(y, pred_real), _r2(y, pred_synth)
+        ci = _r2_intervals(y, pred_real, pred_synth, ci_rng)
         out |= {
             "target_mean_real": round(float(train_real[target].mean()), 6),
             "target_mean_synthetic": (
                 round(float(train_synth[target].mean()), 6) if len(train_synth) else None
             ),
         }
+        chance = 0.0  # predicting the mean scores an R² of 0
     gap = None if tstr is None or trtr is None else round(trtr - tstr, 4)
-    return {**out, "tstr": tstr, "trtr": trtr, "gap": gap}
+    ci |= {"level": LEVEL}
+    return {**out, "tstr": tstr, "trtr": trtr, "gap": gap, "chance": chance, "ci": ci}
+
+
+def _classifier_proba(
+    train: pd.DataFrame, test: pd.DataFrame, target: str, features: list[Column], labels: list[str]
+) -> np.ndarray | None:
+    """Each test row's probability of each of `labels`; None when the training rows hold one
+    class of the target (such a table predicts nothing)."""
+    y_train = train[target].astype(str).to_numpy()
+    if len(set(y_train)) < 2:
+        return None
+    from threadpoolctl import threadpool_limits
+
+    model = _model("classification")
+    with warnings.catch_warnings(), threadpool_limits(MODEL_THREADS):
+        warnings.simplefilter("ignore")
+        model.fit(_features(train, features), y_train)
+        proba = model.predict_proba(_features(test, features))
+    classes = list(model.classes_)
+    full = np.zeros((len(test), len(labels)))
+    for i, label in enumerate(labels):
+        if label in classes:
+            full[:, i] = proba[:, classes.index(label)]
+    return full
+
+
+def _auc(y_test: np.ndarray, proba: np.ndarray | None, labels: list[str]) -> float | None:
+    """ROC AUC of `proba` on the test rows (macro one-vs-rest beyond two classes); None when
+    the test rows hold one class, 0.5 when the model predicts nothing."""
+    value = _raw_auc(y_test, proba, labels)
+    return None if value is None else round(value, 4)
+
+
+def _raw_auc(y_test: np.ndarray, proba: np.ndarray | None, labels: list[str]) -> float | None:
+    from sklearn.metrics import roc_auc_score
+
+    present = sorted(set(y_test))
+    if len(present) < 2:
+        return None  # AUC needs both classes among the test rows
+    if proba is None:
+        return 0.5
+    if len(present) == 2 and len(labels) == 2:
+        return float(roc_auc_score(y_test, proba[:, 1], labels=labels))
+    keep = [labels.index(p) for p in present]
+    scores = proba[:, keep]
+    scores = scores / np.clip(scores.sum(axis=1, keepdims=True), 1e-12, None)
+    return float(roc_auc_score(y_test, scores, labels=present, multi_class="ovr", average="macro"))
+
+
+def _auc_intervals(
+    y_test: np.ndarray,
+    p_real: np.ndarray | None,
+    p_synth: np.ndarray | None,
+    labels: list[str],
+    rng: np.random.Generator,
+) -> dict[str, Any]:
+    """95 % intervals of TRTR, TSTR and their gap over the test rows: DeLong's (paired for the
+    gap) for a binary target, the paired bootstrap beyond two classes."""
+    present = sorted(set(y_test))
+    if len(present) < 2:
+        return {"trtr": None, "tstr": None, "gap": None, "method": "none: one class tested"}
+    if len(present) == 2 and len(labels) == 2:
+        positive = y_test == labels[1]
+        constant = np.full(len(y_test), 0.5)
+        real = p_real[:, 1] if p_real is not None else constant
+        synth = p_synth[:, 1] if p_synth is not None else constant
+        a_real, a_synth, se_real, se_synth, se_gap = delong_paired(real, synth, positive)
+        gap = a_real - a_synth
+        return {
+            "trtr": rounded(auc_interval(a_real, se_real)),
+            "tstr": rounded(auc_interval(a_synth, se_synth)),
+            "gap": rounded((gap - Z * se_gap, gap + Z * se_gap)),
+            "method": "DeLong",
+        }
+
+    def statistics(rows: np.ndarray) -> tuple[float | None, ...]:
+        sub = y_test[rows]
+        real = _raw_auc(sub, None if p_real is None else p_real[rows], labels)
+        synth = _raw_auc(sub, None if p_synth is None else p_synth[rows], labels)
+        gap = None if real is None or synth is None else real - synth
+        return real, synth, gap
+
+    trtr_ci, tstr_ci, gap_ci = bootstrap(statistics, len(y_test), rng)
+    return {
+        "trtr": rounded(trtr_ci),
+        "tstr": rounded(tstr_ci),
+        "gap": rounded(gap_ci),
+        "method": f"bootstrap over the test rows ({BOOTSTRAP_ROUNDS})",
+    }
+
+
+def _regressor_predictions(
+    train: pd.DataFrame, test: pd.DataFrame, target: str, features: list[Column]
+) -> np.ndarray | None:
+    if len(train) < 2:
+        return None
+    from threadpoolctl import threadpool_limits
+
+    model = _model("regression")
+    with warnings.catch_warnings(), threadpool_limits(MODEL_THREADS):
+        warnings.simplefilter("ignore")
+        model.fit(_features(train, features), train[target].astype(float))
+        return np.asarray(model.predict(_features(test, features)), dtype=float)
+
+
+def _raw_r2(y: np.ndarray, predicted: np.ndarray | None) -> float | None:
+    if predicted is None:
+        return None
+    total = float(((y - y.mean()) ** 2).sum())
+    if total == 0:
+        return None
+    return 1.0 - float(((y - predicted) ** 2).sum()) / total
+
+
+def _r2(y: np.ndarray, predicted: np.ndarray | None) -> float | None:
+    from sklearn.metrics import r2_score
+
+    if predicted is None:
+        return None
+    return round(float(r2_score(y, predicted)), 4)
+
+
+def _r2_intervals(
+    y: np.ndarray,
+    pred_real: np.ndarray | None,
+    pred_synth: np.ndarray | None,
+    rng: np.random.Generator,
+) -> dict[str, Any]:
+    def statistics(rows: np.ndarray) -> tuple[float | None, ...]:
+        sub = y[rows]
+        real = _raw_r2(sub, None if pred_real is None else pred_real[rows])
+        synth = _raw_r2(sub, None if pred_synth is None else pred_synth[rows])
+        return real, synth, None if real is None or synth is None else real - synth
+
+    trtr, tstr, gap = bootstrap(statistics, len(y), rng)
+    return {
+        "trtr": rounded(trtr),
+        "tstr": rounded(tstr),
+        "gap": rounded(gap),
+        "method": f"bootstrap over the test rows ({BOOTSTRAP_ROUNDS})",
+    }
 
 
 def _features(frame: pd.DataFrame, features: list[Column]) -> pd.DataFrame:
@@ -297,57 +483,6 @@ def _model(kind: str) -> Any:
     return cls(max_iter=200, learning_rate=0.1, categorical_features="from_dtype", random_state=0)
 
 
-def _classifier_auc(
-    train: pd.DataFrame, test: pd.DataFrame, target: str, features: list[Column], labels: list[str]
-) -> float | None:
-    from sklearn.metrics import roc_auc_score
-
-    y_test = test[target].astype(str).to_numpy()
-    present = sorted(set(y_test))
-    if len(present) < 2:
-        return None  # AUC needs both classes among the test rows
-    y_train = train[target].astype(str).to_numpy()
-    if len(set(y_train)) < 2:
-        return 0.5  # a table with one class of the target predicts nothing
-    from threadpoolctl import threadpool_limits
-
-    model = _model("classification")
-    with warnings.catch_warnings(), threadpool_limits(MODEL_THREADS):
-        warnings.simplefilter("ignore")
-        model.fit(_features(train, features), y_train)
-        proba = model.predict_proba(_features(test, features))
-    classes = list(model.classes_)
-    full = np.zeros((len(test), len(labels)))
-    for i, label in enumerate(labels):
-        if label in classes:
-            full[:, i] = proba[:, classes.index(label)]
-    if len(present) == 2 and len(labels) == 2:
-        return round(float(roc_auc_score(y_test, full[:, 1], labels=labels)), 4)
-    keep = [labels.index(p) for p in present]
-    scores = full[:, keep]
-    scores = scores / np.clip(scores.sum(axis=1, keepdims=True), 1e-12, None)
-    return round(
-        float(roc_auc_score(y_test, scores, labels=present, multi_class="ovr", average="macro")), 4
-    )
-
-
-def _regressor_r2(
-    train: pd.DataFrame, test: pd.DataFrame, target: str, features: list[Column]
-) -> float | None:
-    from sklearn.metrics import r2_score
-
-    if len(train) < 2:
-        return None
-    from threadpoolctl import threadpool_limits
-
-    model = _model("regression")
-    with warnings.catch_warnings(), threadpool_limits(MODEL_THREADS):
-        warnings.simplefilter("ignore")
-        model.fit(_features(train, features), train[target].astype(float))
-        predicted = model.predict(_features(test, features))
-    return round(float(r2_score(test[target].astype(float), predicted)), 4)
-
-
 def _class_rates(values: pd.Series, labels: list[str]) -> dict[str, float]:
     text = values.astype(str)
     n = max(len(text), 1)
@@ -364,8 +499,11 @@ def privacy_scores(
     all_synthetic: pd.DataFrame,
     metadata: TableMetadata,
     rng: np.random.Generator,
+    ci_rng: np.random.Generator | None = None,
+    attack_members: int = PRIVACY_ROWS,
 ) -> dict[str, Any]:
-    """Exact copies, DCR and the membership-inference attack (see the module doc).
+    """Exact copies, DCR and the membership-inference attack (see the module doc), each with
+    its 95 % interval (`ci`; `synth.confidence`).
     `reference` are the training rows compared against; `all_synthetic` every synthetic row
     (exact copies are counted over all of them, the rest on the subsamples)."""
     train_keys = set(row_keys(reference, metadata))
@@ -380,15 +518,20 @@ def privacy_scores(
     median_s, median_h = float(np.median(dcr_synth)), float(np.median(dcr_holdout))
     closer = _closer_p_value(dcr_synth, dcr_holdout)
 
-    # The attack: members (training rows) against non-members (holdout rows), as many of
-    # each; the closer a row's nearest synthetic record, the likelier "member".
-    m = min(len(holdout), len(reference))
-    members = ref[rng.choice(len(reference), size=m, replace=False)]
-    outsiders = holdout_embedded[rng.choice(len(holdout), size=m, replace=False)]
+    # The attack: members (training rows) against non-members (holdout rows); the closer a
+    # row's nearest synthetic record, the likelier "member". Every holdout row takes part,
+    # and up to `attack_members` training rows (the AUC does not depend on the balance, and
+    # more members narrow its interval).
+    n_members = min(len(reference), max(attack_members, len(holdout)))
+    members = ref[np.sort(rng.choice(len(reference), size=n_members, replace=False))]
     to_synthetic = NearestIndex(synth_embedded)
-    auc = _auc_smaller_is_positive(
-        to_synthetic.distances(members), to_synthetic.distances(outsiders)
-    )
+    member_distances = to_synthetic.distances(members)
+    outsider_distances = to_synthetic.distances(holdout_embedded)
+    auc, auc_se = delong(-member_distances, -outsider_distances)
+    auc_ci = auc_interval(auc, auc_se)
+    ci_rng = ci_rng if ci_rng is not None else np.random.default_rng(0)
+    n_synth, n_holdout = len(all_synthetic), len(holdout)
+    copies_synth, copies_holdout = round(exact * n_synth), round(exact_holdout * n_holdout)
 
     top = max(float(np.quantile(np.concatenate([dcr_synth, dcr_holdout]), 0.99)), 1e-9)
     edges = np.linspace(0.0, top, DCR_BINS + 1)
@@ -403,7 +546,21 @@ def privacy_scores(
         "dcr_closer_p_value": round(closer, 6),
         "mia_auc": round(auc, 4),
         "mia_advantage": round(max(0.0, 2 * auc - 1), 4),
-        "mia_rows": m,
+        "mia_rows": n_holdout,  # non-members (holdout rows) in the attack
+        "mia_members": n_members,
+        "ci": {
+            "level": LEVEL,
+            "exact_match_rate": rounded(wilson(copies_synth, n_synth), 6),
+            "exact_match_rate_holdout": rounded(wilson(copies_holdout, n_holdout), 6),
+            "dcr_median_ratio": rounded(median_ratio_interval(dcr_synth, dcr_holdout, ci_rng)),
+            "mia_auc": rounded(auc_ci),
+            "mia_advantage": rounded((max(0.0, 2 * auc_ci[0] - 1), max(0.0, 2 * auc_ci[1] - 1))),
+            "methods": {
+                "exact_match_rate": "Wilson",
+                "dcr_median_ratio": f"bootstrap of both samples ({BOOTSTRAP_ROUNDS})",
+                "mia_auc": "DeLong",
+            },
+        },
         "dcr_histogram": {
             "edges": [round(float(e), 6) for e in edges],
             "synthetic": np.histogram(np.clip(dcr_synth, 0, top), edges)[0].tolist(),
@@ -420,20 +577,6 @@ def _closer_p_value(synthetic: np.ndarray, holdout: np.ndarray) -> float:
     if np.all(synthetic == synthetic[0]) and np.all(holdout == synthetic[0]):
         return 1.0  # identical distances: no evidence either way
     return float(mannwhitneyu(synthetic, holdout, alternative="less").pvalue)
-
-
-def row_keys(frame: pd.DataFrame, metadata: TableMetadata) -> list[int]:
-    """One hash per row over its canonical values (numbers to 9 decimals, missing as such):
-    equal keys are equal rows."""
-    parts = {}
-    for c in metadata.columns:
-        s = frame[c.name]
-        if c.is_numeric:
-            parts[c.name] = s.astype(float).round(9).map(lambda v: "" if pd.isna(v) else repr(v))
-        else:
-            parts[c.name] = s.map(lambda v: "" if v is None or pd.isna(v) else f"={v}")
-    canonical = pd.DataFrame(parts)
-    return pd.util.hash_pandas_object(canonical, index=False).tolist()
 
 
 class GowerEmbedding:
@@ -504,33 +647,6 @@ def _auc_smaller_is_positive(positives: np.ndarray, negatives: np.ndarray) -> fl
 
 
 # ---- shared -------------------------------------------------------------------------------
-
-
-def _canonical(frame: pd.DataFrame, metadata: TableMetadata) -> pd.DataFrame:
-    """Numbers as float, categoricals and booleans as text or None: comparable across tables."""
-    out = {}
-    for c in metadata.columns:
-        s = frame[c.name]
-        if c.is_numeric:
-            out[c.name] = pd.to_numeric(s, errors="coerce").astype(float)
-        elif c.kind == "boolean":
-            out[c.name] = s.map(_bool_text).astype(object)
-        else:
-            out[c.name] = s.map(lambda v: None if v is None or pd.isna(v) else str(v)).astype(
-                object
-            )
-    return pd.DataFrame(out).reset_index(drop=True)
-
-
-def _bool_text(value: Any) -> str | None:
-    if value is None or (not isinstance(value, str) and pd.isna(value)):
-        return None
-    text = str(value).strip().lower()
-    if text in ("true", "1", "1.0", "yes"):
-        return "True"
-    if text in ("false", "0", "0.0", "no"):
-        return "False"
-    return None
 
 
 def _subsample(frame: pd.DataFrame, n: int, rng: np.random.Generator) -> pd.DataFrame:

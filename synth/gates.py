@@ -12,9 +12,18 @@ not find them closer at that level). That last gate is a test rather than a comp
 medians because the holdout's own DCR varies by about ±10 % between splits of a few hundred
 rows: a faithful generator's median lands below the holdout's about half the time, by chance,
 while one that memorises (TVAE's: 1/50 of it) is found out at any sample size. A plain ratio of
-medians is there too (`min_dcr_ratio`, off by default; 1.0 is "not below"). The
-membership-inference, validity, utility and differential-privacy gates are off unless the
-policy sets them.
+medians is there too (`min_dcr_ratio`, off by default; 1.0 is "not below").
+
+The membership-inference gate is on by default (`max_mia_advantage` 0.1): the attack of
+`synth.evaluate` may tell training rows from real unseen rows at most that much better than a
+coin (advantage 2·AUC − 1; 0.1 is an AUC of 0.55). On a few hundred holdout rows the attack's
+estimate moves by about ±0.1 by chance alone, so, like the DCR gate, this one is a test: it
+fails a candidate when the advantage is shown to exceed the limit, i.e. the low end of its
+95 % interval lies above it. Where the interval straddles the limit the gate passes and the
+verdict (`synth.verdict`) says the holdout was too small to tell ("needs attention"); only an
+interval wholly below the limit lets the verdict pass. An evaluation without intervals is held
+to the estimate alone. The validity, utility and differential-privacy gates are off
+unless the policy sets them.
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ class ReleaseGates:
     exact_match_margin: float | None = 0.01  # copies <= the holdout's rate + this
     dcr_alpha: float | None = 0.01  # "synthetic closer than holdout" not significant at this
     min_dcr_ratio: float | None = None  # DCR median: synthetic >= this * holdout's
-    max_mia_advantage: float | None = None
+    max_mia_advantage: float | None = 0.1  # unless chance explains it (the module doc)
     min_validity: float | None = None
     max_utility_gap: float | None = None  # TRTR - TSTR, when the request names a target
     dp_required: bool = False
@@ -121,12 +130,29 @@ class ReleaseGates:
                 )
             )
         if self.max_mia_advantage is not None:
-            out.append(
-                _at_most("max_mia_advantage", privacy.get("mia_advantage"), self.max_mia_advantage)
-            )
+            out.append(_mia(privacy, self.max_mia_advantage))
         if self.max_utility_gap is not None and utility.get("target") is not None:
             out.append(_at_most("max_utility_gap", utility.get("gap"), self.max_utility_gap))
         return out
+
+
+def _mia(privacy: dict[str, Any], limit: float) -> GateOutcome:
+    """Fails when the attack's advantage is shown to exceed `limit`: the low end of its 95 %
+    interval lies above it (the estimate alone when the evaluation gives no interval)."""
+    advantage = privacy.get("mia_advantage")
+    interval = (privacy.get("ci") or {}).get("mia_advantage")
+    what = f"membership attack advantage not shown to exceed {limit:g}"
+    if advantage is None or interval is None:
+        return _at_most("max_mia_advantage", advantage, limit, what)
+    low, high = float(interval[0]), float(interval[1])
+    return GateOutcome(
+        name="max_mia_advantage",
+        passed=low <= limit,
+        value=float(advantage),
+        threshold=limit,
+        message=f"{what} (low end of its 95 % interval at most the limit): {float(advantage):.4g} "
+        f"(95 % interval {low:.3g}–{high:.3g})",
+    )
 
 
 def passed(outcomes: list[GateOutcome]) -> bool:

@@ -9,8 +9,10 @@ registered (`from_schema`, the declared types, categorical levels and bounds win
 rows happen to show); `schema` gives its columns back as a `DatasetSchema`. It checks a training
 frame (`check`: the kernel's conformer, `tessera.columns.conform`), and turns what a generator
 produced back into the real table's shape (`restore`): the same columns in the same order,
-integers rounded, values clipped to the declared bounds, categoricals as pandas categoricals
-with the declared levels, booleans as booleans, and missing values where the column allows them.
+integers rounded, floats rounded to the decimals their training values carry (`decimals`,
+learned by `with_decimals`), values clipped to the declared bounds, categoricals as pandas
+categoricals with the declared levels, booleans as booleans, and missing values where the
+column allows them.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ class Column:
     # True when min/max (and levels) come from a declared schema, not from the rows: only
     # then is the domain public, as a differentially private generator needs it to be.
     declared: bool = False
+    # The decimals a float column's values carry (`decimals_of`): synthetic values are rounded
+    # to them. None: not known, or more than `MAX_DECIMALS` (a continuous column), not rounded.
+    decimals: int | None = None
 
     @property
     def name(self) -> str:
@@ -75,6 +80,7 @@ class Column:
             "nullable": self.nullable,
             "missing_rate": self.missing_rate,
             "declared": self.declared,
+            "decimals": self.decimals,
         }
 
     @classmethod
@@ -94,6 +100,7 @@ class Column:
             nullable=bool(raw.get("nullable", False)),
             missing_rate=float(raw.get("missing_rate", 0.0)),
             declared=bool(raw.get("declared", False)),
+            decimals=_decimals_field(raw.get("decimals")),
         )
 
 
@@ -141,6 +148,19 @@ class TableMetadata:
         for c in self.columns:
             missing = float(frame[c.name].isna().mean()) if len(frame) else 0.0
             columns.append(replace(c, nullable=c.nullable or missing > 0, missing_rate=missing))
+        return TableMetadata(tuple(columns))
+
+    def with_decimals(self, frame: pd.DataFrame) -> TableMetadata:
+        """The same columns, each float column with the decimals its values in `frame` carry
+        (`decimals_of`); integers have none by their type. What this learns from the rows is a
+        fact of the schema (a weight recorded to 0.1 kg), not of a patient, but it is read
+        off the rows: a differentially private generator does not call it (its ε does not
+        cover it), so its float output is not rounded."""
+        columns = []
+        for c in self.columns:
+            if c.kind == "float" and c.name in frame.columns:
+                c = replace(c, decimals=decimals_of(frame[c.name]))
+            columns.append(c)
         return TableMetadata(tuple(columns))
 
     # ---- reading ------------------------------------------------------------------------
@@ -198,6 +218,31 @@ class TableMetadata:
         return pd.DataFrame(out).reset_index(drop=True)
 
 
+MAX_DECIMALS = 6  # a column with more decimals than this is continuous: not rounded
+
+
+def decimals_of(series: pd.Series) -> int | None:
+    """The fewest decimals (0 to `MAX_DECIMALS`) that every value of a numeric column is
+    written with (12.5 and 3.25: 2); None when there is no value or more decimals."""
+    values = pd.to_numeric(series, errors="coerce").dropna().to_numpy(dtype=float)
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return None
+    tolerance = 1e-9 * np.maximum(1.0, np.abs(values))
+    for digits in range(MAX_DECIMALS + 1):
+        if np.all(np.abs(np.round(values, digits) - values) <= tolerance):
+            return digits
+    return None
+
+
+def _decimals_field(raw: Any) -> int | None:
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw <= MAX_DECIMALS:
+        raise InvalidRequest(f"a saved column's decimals must be 0 to {MAX_DECIMALS}, not {raw!r}")
+    return raw
+
+
 def _with_missing(column: Column, series: pd.Series) -> Column:
     missing = float(series.isna().mean()) if len(series) else 0.0
     return replace(column, nullable=missing > 0, missing_rate=missing)
@@ -229,6 +274,8 @@ def _restored(c: Column, series: pd.Series) -> pd.Series:
             return mapped.astype("boolean")
         return mapped.fillna(False).astype(bool)
     values = pd.to_numeric(series, errors="coerce").astype(float)
+    if c.kind == "float" and c.decimals is not None:
+        values = values.round(c.decimals)
     if c.min is not None or c.max is not None:
         values = values.clip(lower=c.min, upper=c.max)
     if c.kind == "integer":

@@ -8,10 +8,13 @@ or category share of the real rows that counts fewer than `min_count` rows is no
 plot says how many were withheld), and correlations are shown only over at least `min_count`
 rows. Nothing in it is a row.
 
-Sections: the card (generator, parameters, ε, rows), the release gates, fidelity (scores, per
-column shapes), per-column distributions real vs synthetic, correlation heatmaps side by side,
-utility bars (TRTR vs TSTR), privacy (exact copies, DCR histograms of synthetic and holdout
-rows, the membership-inference attack).
+Sections, in the order a data protection officer needs them: the verdict (pass / needs
+attention / fail, with its reasons in plain words: `synth.verdict`), what the release is
+(generator, rows, ε), what the figures mean (a short glossary), the release gates, fidelity,
+per-column distributions real vs synthetic, correlation heatmaps side by side, utility (TRTR vs
+TSTR with 95 % intervals; a warning in place of the bars when the test rows cannot tell),
+privacy (exact copies, DCR, the membership-inference attack, each with its interval and
+baseline), and last the technical details (hash, device, parameters, sample sizes).
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ import numpy as np
 import pandas as pd
 
 from synth.metadata import Column, TableMetadata
+from synth.verdict import uncertainties
+from synth.verdict import verdict as judge
 
 HISTOGRAM_BINS = 20
 MAX_PLOTTED_COLUMNS = 60
@@ -44,14 +49,25 @@ def write_report(
     card: dict[str, Any] | None = None,
     gates: list[dict[str, Any]] | None = None,
     min_count: int = 0,
+    verdict: dict[str, Any] | None = None,
 ) -> tuple[Path, Path]:
     """Write the HTML report at `path` and its JSON beside it; returns both paths. Each is
-    written under a temporary name and renamed, so neither is ever half-written."""
+    written under a temporary name and renamed, so neither is ever half-written. `verdict`
+    defaults to `synth.verdict.verdict(evaluation, gates)`."""
     path = Path(path)
     metadata = metadata or TableMetadata.from_frame(real)
-    body = render(evaluation, real, synthetic, metadata, title, card or {}, gates, min_count)
+    verdict = verdict or judge(evaluation, gates)
+    body = render(
+        evaluation, real, synthetic, metadata, title, card or {}, gates, min_count, verdict
+    )
     json_path = path.with_suffix(".json")
-    document = {"title": title, "card": card or {}, "gates": gates, "evaluation": evaluation}
+    document = {
+        "title": title,
+        "verdict": verdict,
+        "card": card or {},
+        "gates": gates,
+        "evaluation": evaluation,
+    }
     for target, text in ((path, body), (json_path, json.dumps(document, indent=2, default=str))):
         partial = target.with_name(target.name + ".partial")
         partial.write_text(text, encoding="utf-8")
@@ -68,12 +84,16 @@ def render(
     card: dict[str, Any],
     gates: list[dict[str, Any]] | None,
     min_count: int,
+    verdict: dict[str, Any] | None = None,
 ) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
-    parts = [f"<h1>{_e(title)}</h1>"]
+    verdict = verdict or judge(evaluation, gates)
+    warnings = uncertainties(evaluation, gates)
+    parts = [f"<h1>{_e(title)}</h1>", _verdict(verdict)]
     parts.append(_section("Release card", _key_values(_card_rows(card))))
+    parts.append(_section("What the figures mean", GLOSSARY))
     if gates is not None:
         parts.append(_section("Release gates", _gates_table(gates)))
     parts.append(_section("Fidelity", _fidelity(evaluation.get("fidelity", {}))))
@@ -91,11 +111,10 @@ def render(
     )
     parts.append(_section("Correlations", _correlations(real, synthetic, metadata, min_count)))
     utility = evaluation.get("utility", {})
-    parts.append(_section("Utility", _utility(utility)))
-    parts.append(_section("Privacy", _privacy(evaluation.get("privacy", {}))))
-    sizes = evaluation.get("sizes", {})
+    parts.append(_section("Utility", _utility(utility, warnings.get("utility"))))
+    parts.append(_section("Privacy", _privacy(evaluation.get("privacy", {}), warnings)))
     parts.append(
-        _section("Sample sizes", f"<pre>{_e(json.dumps(sizes, indent=1, default=str))}</pre>")
+        _section("Technical details", _technical(card, evaluation.get("sizes", {}), evaluation))
     )
     style = (
         "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
@@ -103,7 +122,11 @@ def render(
         "padding:.25em .6em;text-align:left}th{background:#f3f3f3}.pass{color:#1a7f37}"
         ".fail{color:#b42318;font-weight:bold}img{max-width:100%}.grid{display:flex;"
         "flex-wrap:wrap;gap:8px}.grid img{width:340px}figure{margin:0}"
-        "figcaption{font-size:.85em;color:#555}"
+        "figcaption{font-size:.85em;color:#555}.verdict{padding:.8em 1.2em;border-radius:6px;"
+        "margin:1em 0}.verdict h2{margin:.1em 0 .4em}.v-pass{background:#e6f4ea;border:2px solid "
+        "#1a7f37}.v-needs-attention{background:#fff4e5;border:2px solid #b54708}.v-fail{"
+        "background:#fde8e7;border:2px solid #b42318}.warn{background:#fff4e5;border-left:4px "
+        "solid #b54708;padding:.4em .8em}.muted{color:#888}dt{font-weight:bold;margin-top:.4em}"
     )
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"
@@ -116,13 +139,103 @@ def render(
 # ---- sections -----------------------------------------------------------------------------
 
 
+VERDICT_WORDS = {
+    "pass": "Pass",
+    "needs attention": "Needs attention",
+    "fail": "Fail",
+}
+# The card's fields a reader needs first; the rest (hash, device, parameters, ...) are
+# technical details, at the end.
+SUMMARY_FIELDS = {
+    "generator": "generator",
+    "rows": "synthetic rows",
+    "columns": "columns",
+    "target": "outcome column (utility)",
+    "epsilon": "differential privacy ε",
+    "delta": "differential privacy δ",
+    "training_rows": "real rows trained on",
+    "holdout_rows": "real rows held out (never seen by the generator)",
+}
+
+GLOSSARY = (
+    "<dl>"
+    "<dt>Fidelity</dt><dd>How closely the synthetic data resemble the real data: each "
+    "column's distribution and how pairs of columns vary together, from 0 (nothing alike) to "
+    "1 (indistinguishable). Random noise scores about 0.6.</dd>"
+    "<dt>TRTR and TSTR (utility)</dt><dd>A model is trained on the real rows (Train Real) or "
+    "on the synthetic rows (Train Synthetic), and both are tested on real rows the generator "
+    "never saw (Test Real). If TSTR is close to TRTR, the synthetic data serve analyses about "
+    "as well as the real data. A model that guesses scores 0.5 (AUC) or 0 (R²).</dd>"
+    "<dt>Exact copies</dt><dd>The share of synthetic rows identical to a real training row. "
+    "Real rows the generator never saw (the holdout) can also repeat training rows when "
+    "columns have few values: that share is the baseline, not zero.</dd>"
+    "<dt>DCR (distance to the closest record)</dt><dd>How far each row lies from its most "
+    "similar real training row. Synthetic rows should lie no closer than real unseen rows do; "
+    "closer means the generator memorised patients.</dd>"
+    "<dt>Membership attack</dt><dd>An attacker who holds a real patient's row guesses whether "
+    "it was used for training, by how close a synthetic row lies to it. Its advantage is 0 "
+    "when it does no better than a coin toss and 1 when it always knows.</dd>"
+    "<dt>95 % interval</dt><dd>The range in which the figure would fall with other patients "
+    "in the same numbers: a wide interval means the sample is too small to be sure.</dd>"
+    "<dt>ε and δ (differential privacy)</dt><dd>A mathematical bound on how much the "
+    "synthetic data can depend on any one patient: the smaller ε, the stronger the "
+    "protection (1 or less is strong); δ is the small chance the bound does not hold. Only "
+    "differentially private generators have them.</dd>"
+    "</dl>"
+)
+
+
+def _verdict(verdict: dict[str, Any]) -> str:
+    value = str(verdict.get("verdict", ""))
+    reasons = "".join(f"<li>{_e(r)}</li>" for r in verdict.get("reasons", []))
+    css = "v-" + value.replace(" ", "-")
+    return (
+        f"<div class='verdict {css}'><h2>Verdict: {_e(VERDICT_WORDS.get(value, value))}</h2>"
+        f"<ul>{reasons}</ul></div>"
+    )
+
+
 def _card_rows(card: dict[str, Any]) -> list[tuple[str, Any]]:
-    rows = []
-    for key, value in card.items():
-        if isinstance(value, dict | list):
-            value = json.dumps(value, default=str)
-        rows.append((key, value))
+    rows: list[tuple[str, Any]] = []
+    for key, label in SUMMARY_FIELDS.items():
+        if key not in card or (card[key] is None and key in ("epsilon", "delta", "target")):
+            continue
+        value = card[key]
+        if key == "columns" and isinstance(value, list):
+            value = f"{len(value)}: {', '.join(map(str, value))}"
+        rows.append((label, "withheld (differentially private)" if value is None else value))
     return rows
+
+
+def _technical(card: dict[str, Any], sizes: dict[str, Any], evaluation: dict[str, Any]) -> str:
+    rows: list[tuple[str, Any]] = []
+    for key, value in card.items():
+        if key in SUMMARY_FIELDS:
+            continue
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} = {v}" for k, v in value.items()) or "none"
+        elif isinstance(value, list):
+            value = ", ".join(map(str, value))
+        rows.append((key.replace("_", " "), value))
+    labels = {
+        "real": "real training rows evaluated",
+        "synthetic": "synthetic rows evaluated",
+        "holdout": "holdout rows evaluated",
+    }
+    for key, value in sizes.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v}" for k, v in value.items())
+        elif isinstance(value, list):
+            value = " real / ".join(map(str, value)) + " synthetic"
+        rows.append((labels.get(key, key.replace("_", " ")), value))
+    seconds = evaluation.get("seconds") or {}
+    if seconds:
+        rows.append(("evaluation seconds", ", ".join(f"{k} {v:.2f}" for k, v in seconds.items())))
+    return (
+        "<p>For the record: what identifies this release and how it was computed. The same "
+        "figures, and every one above, are in the JSON file beside this report.</p>"
+        + _key_values(rows)
+    )
 
 
 def _gates_table(gates: list[dict[str, Any]]) -> str:
@@ -278,19 +391,20 @@ def _correlations(
     )
 
 
-def _utility(utility: dict[str, Any]) -> str:
+def _utility(utility: dict[str, Any], warning: str | None = None) -> str:
     if not utility or utility.get("target") is None:
         return "<p>No target column was named: utility was not measured.</p>"
     import matplotlib.pyplot as plt
 
+    ci = utility.get("ci") or {}
     rows = [
         ("target", utility["target"]),
         ("task", utility.get("task")),
         ("metric", utility.get("metric")),
         ("model", utility.get("model")),
-        ("train real, test real (TRTR)", utility.get("trtr")),
-        ("train synthetic, test real (TSTR)", utility.get("tstr")),
-        ("gap (TRTR - TSTR)", utility.get("gap")),
+        ("train real, test real (TRTR)", _with_ci(utility.get("trtr"), ci.get("trtr"))),
+        ("train synthetic, test real (TSTR)", _with_ci(utility.get("tstr"), ci.get("tstr"))),
+        ("gap (TRTR - TSTR)", _with_ci(utility.get("gap"), ci.get("gap"))),
         ("test rows (holdout)", utility.get("test_rows")),
     ]
     for key in (
@@ -302,6 +416,11 @@ def _utility(utility: dict[str, Any]) -> str:
         if key in utility:
             rows.append((key.replace("_", " "), utility[key]))
     trtr, tstr = utility.get("trtr"), utility.get("tstr")
+    if warning:  # the figures are kept for the record, but not presented as a result
+        return (
+            f"<p class='warn'><b>Not meaningful here.</b> {_e(warning)}</p>"
+            f"<div class='muted'>{_key_values(rows)}</div>"
+        )
     image = ""
     if trtr is not None and tstr is not None:
         fig, ax = plt.subplots(figsize=(4, 2.6), dpi=90)
@@ -314,20 +433,37 @@ def _utility(utility: dict[str, Any]) -> str:
     return _key_values(rows) + image
 
 
-def _privacy(privacy: dict[str, Any]) -> str:
+def _privacy(privacy: dict[str, Any], warnings: dict[str, str] | None = None) -> str:
     import matplotlib.pyplot as plt
 
+    ci = privacy.get("ci") or {}
     rows = [
-        ("synthetic rows copying a training row", privacy.get("exact_match_rate")),
-        ("holdout rows copying a training row (baseline)", privacy.get("exact_match_rate_holdout")),
+        (
+            "synthetic rows copying a training row",
+            _with_ci(privacy.get("exact_match_rate"), ci.get("exact_match_rate")),
+        ),
+        (
+            "holdout rows copying a training row (baseline)",
+            _with_ci(privacy.get("exact_match_rate_holdout"), ci.get("exact_match_rate_holdout")),
+        ),
         ("DCR median, synthetic", privacy.get("dcr_synthetic_median")),
         ("DCR median, holdout (baseline)", privacy.get("dcr_holdout_median")),
         ("DCR 5th percentile, synthetic", privacy.get("dcr_synthetic_p5")),
         ("DCR 5th percentile, holdout", privacy.get("dcr_holdout_p5")),
-        ("DCR median ratio synthetic / holdout", privacy.get("dcr_median_ratio")),
-        ("membership attack ROC AUC", privacy.get("mia_auc")),
-        ("membership attack advantage (2 AUC - 1)", privacy.get("mia_advantage")),
-        ("rows per side in the attack", privacy.get("mia_rows")),
+        (
+            "DCR median ratio synthetic / holdout",
+            _with_ci(privacy.get("dcr_median_ratio"), ci.get("dcr_median_ratio")),
+        ),
+        ("DCR test: p-value of 'synthetic closer'", privacy.get("dcr_closer_p_value")),
+        ("membership attack ROC AUC", _with_ci(privacy.get("mia_auc"), ci.get("mia_auc"))),
+        (
+            "membership attack advantage (2 AUC - 1)",
+            _with_ci(privacy.get("mia_advantage"), ci.get("mia_advantage")),
+        ),
+        (
+            "rows in the attack: training / unseen",
+            f"{_num(privacy.get('mia_members'))} / {_num(privacy.get('mia_rows'))}",
+        ),
     ]
     hist = privacy.get("dcr_histogram")
     image = ""
@@ -347,9 +483,14 @@ def _privacy(privacy: dict[str, Any]) -> str:
         "<p>Holdout rows are real rows the generator never saw: synthetic rows should be no "
         "closer to the training rows than they are, and copy training rows no more often. "
         "The attack guesses that a real row was in training when a synthetic row lies close "
-        "to it; an advantage near 0 means it cannot tell.</p>"
+        "to it; an advantage near 0 means it cannot tell. Intervals are 95 %.</p>"
     )
-    return explain + _key_values(rows) + image
+    notes = "".join(
+        f"<p class='warn'>{_e(warnings[key])}</p>"
+        for key in ("exact_copies", "dcr", "mia")
+        if warnings and key in warnings
+    )
+    return explain + notes + _key_values(rows) + image
 
 
 # ---- html helpers -------------------------------------------------------------------------
@@ -384,6 +525,15 @@ def pair_trends_text(fidelity: dict[str, Any]) -> str:
         f"{fidelity['column_pair_trends']:.3f} over the {scored} of {total} pairs associated "
         f"in the real rows{every_text}"
     )
+
+
+def _with_ci(value: Any, interval: Any) -> str:
+    """A figure with its 95 % interval, as text ("0.52 (0.41–0.63)")."""
+    if value is None:
+        return "–"
+    if not interval:
+        return _num(value)
+    return f"{_num(value)} (95 % interval {_num(interval[0])}–{_num(interval[1])})"
 
 
 def _num(value: Any) -> str:

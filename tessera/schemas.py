@@ -573,10 +573,21 @@ class SynthesisRejection(Strict):
     decisions: list[StewardDecision] = Field(min_length=1)
 
 
+class Verdict(Strict):
+    """The verdict on a candidate in plain words (`synth.verdict`): pass, needs attention
+    (nothing failed, but something cannot be told), or fail (a gate failed), and why."""
+
+    verdict: Literal["pass", "needs attention", "fail"]
+    reasons: list[str] = Field(default_factory=list, max_length=50)
+
+
 class ReleaseContent(Strict):
     """A release card without its approvals: what the stewards sign the hash of
-    (`tessera.stewards.card_sha256` of its JSON form)."""
+    (`tessera.stewards.card_sha256` of its JSON form). `verdict` comes first: what a data
+    protection officer reads before any figure (None on cards made before it existed, and
+    then left out of the hash, so their signatures still verify)."""
 
+    verdict: Verdict | None = None
     generator: str
     generator_license: str
     params: dict[str, Any]
@@ -607,7 +618,8 @@ class ReleaseContent(Strict):
 
         from tessera.stewards import card_sha256
 
-        return card_sha256(json.loads(self.model_dump_json(exclude={"approvals"})))
+        exclude = {"approvals"} | ({"verdict"} if self.verdict is None else set())
+        return card_sha256(json.loads(self.model_dump_json(exclude=exclude)))
 
 
 class ReleaseCard(ReleaseContent):

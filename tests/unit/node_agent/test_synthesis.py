@@ -5,6 +5,7 @@ restart, and `tessera steward` on the store."""
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import threading
 from pathlib import Path
@@ -16,7 +17,8 @@ from node_agent.candidates import CandidateStore
 from node_agent.policy import Policy
 from node_agent.synthesis import SynthesisService
 from tessera.errors import ConfigInvalid, Conflict, NotFound
-from tessera.schemas import ReleaseCard, SynthesisRejection
+from tessera.schemas import ReleaseCard, ReleaseContent, SynthesisRejection
+from tessera.stewards import card_sha256
 
 POLICY = """
 [policy.synthesis]
@@ -65,8 +67,15 @@ OTHER = {"data_sha256": "1" * 64, "card_sha256": "2" * 64, "report_sha256": "3" 
 GATES = [{"name": "min_fidelity", "passed": True, "value": 0.9, "threshold": 0.8, "message": ""}]
 
 
+VERDICT = {
+    "verdict": "needs attention",
+    "reasons": ["Utility was tested on only 10 real rows: too few to tell."],
+}
+
+
 def card(data: bytes) -> dict[str, Any]:
     return {
+        "verdict": VERDICT,
         "generator": "cart",
         "generator_license": "Apache-2.0",
         "params": {},
@@ -286,10 +295,11 @@ def test_the_steward_commands_on_the_store(configs, tessera_cli, stewards, tmp_p
     store = CandidateStore(configs.root / "state" / "synthesis" / "candidates.sqlite3")
     add_candidate(store, configs.root / "state" / "synthesis" / "job-5")
     listed = tessera_cli("steward", "list", "--config", str(path))
-    assert listed.returncode == 0 and "    5  awaiting_review" in listed.stdout
+    assert listed.returncode == 0 and "    5  awaiting_review  needs attention" in listed.stdout
     assert "0/2" in listed.stdout and "rita" in listed.stdout
     shown = tessera_cli("steward", "show", "5", "--config", str(path))
     assert "gate min_fidelity: passed" in shown.stdout and "report: " in shown.stdout
+    assert "verdict: NEEDS ATTENTION\n    - Utility was tested on only 10 real rows" in shown.stdout
     outsider = tessera_cli("steward", "approve", "5", "--config", str(path), "--key", str(eve))
     assert outsider.returncode == 2
     assert "is no steward's of node node-a (stewards: ada, bob, cy)" in outsider.stderr
@@ -360,3 +370,21 @@ def test_a_steward_key_is_private_and_never_in_the_work_dir(
     assert there.returncode == 2 and "inside the node's work_dir" in there.stderr
     ok = tessera_cli("steward", "approve", "5", "-c", str(path), "-k", str(key))
     assert ok.returncode == 0 and "approved by ada" in ok.stdout
+
+
+def test_the_card_opens_with_its_verdict_and_its_hash_covers_it() -> None:
+    with_verdict = ReleaseContent.model_validate({**card(b"x"), "gates": GATES})
+    assert next(iter(with_verdict.model_dump())) == "verdict"
+    assert with_verdict.verdict is not None and with_verdict.verdict.verdict == "needs attention"
+    changed = with_verdict.model_copy(
+        update={"verdict": with_verdict.verdict.model_copy(update={"verdict": "pass"})}
+    )
+    assert changed.digest() != with_verdict.digest()
+    # A card made before verdicts hashes as it did then: its signatures still verify.
+    before = {k: v for k, v in card(b"x").items() if k != "verdict"} | {"gates": GATES}
+    old = ReleaseContent.model_validate(before)
+    fields = json.loads(old.model_dump_json())
+    assert fields.pop("verdict") is None
+    assert old.digest() == card_sha256(fields)  # the card's fields as they were: no verdict
+    with pytest.raises(ValueError, match="verdict"):
+        ReleaseContent.model_validate({**before, "verdict": {"verdict": "fine", "reasons": []}})

@@ -148,9 +148,10 @@ def test_gates_are_validated_and_can_be_switched_off() -> None:
         ReleaseGates(min_fidelity=1.5)
     with pytest.raises(ValueError, match="dp_required must be true or false"):
         ReleaseGates(dp_required="yes")  # type: ignore[arg-type]
-    none = ReleaseGates(min_fidelity=None, exact_match_margin=None, dcr_alpha=None)
+    off = {"min_fidelity": None, "exact_match_margin": None, "dcr_alpha": None}
+    none = ReleaseGates(**off, max_mia_advantage=None)
     assert none.apply({}, epsilon=None) == []
-    dp = ReleaseGates(dp_required=True, min_fidelity=None, exact_match_margin=None, dcr_alpha=None)
+    dp = ReleaseGates(dp_required=True, **off, max_mia_advantage=None)
     assert not dp.apply({}, epsilon=None)[0].passed
     assert dp.apply({}, epsilon=1.0)[0].passed
     gates = ReleaseGates(max_mia_advantage=0.1, min_dcr_ratio=1.0)
