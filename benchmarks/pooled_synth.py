@@ -116,7 +116,19 @@ def quality(args: argparse.Namespace) -> list[dict[str, Any]]:
                     }
                     log(row)
                     rows.append(row)
+                    release_memory()
     return rows
+
+
+def release_memory() -> None:
+    """JAX keeps every program mbi compiled: drop them between fits (a long run otherwise
+    grows until the machine has no memory left)."""
+    import gc
+
+    import jax
+
+    jax.clear_caches()
+    gc.collect()
 
 
 def timing(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -141,6 +153,7 @@ def timing(args: argparse.Namespace) -> list[dict[str, Any]]:
             }
             log(row)
             rows.append(row)
+            release_memory()
     return rows
 
 
