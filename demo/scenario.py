@@ -701,14 +701,19 @@ def pooled_card_lines(release: dict[str, Any]) -> list[str]:
         f"   epsilon          {card['epsilon']:g} (delta {card['delta']:g}), charged at every "
         "hospital; no hospital's row count is on the card",
     ]
+    overall = card.get("verdict")
+    if overall:  # every hospital's, the worst winning; each reason names its hospital
+        lines[1:1] = [f"   verdict          {overall['verdict'].upper()}"] + [
+            f"                    - {reason}" for reason in overall.get("reasons", [])
+        ]
     for node in card.get("nodes", []):
         metrics = node["metrics"]
         fidelity, privacy = metrics["fidelity"], metrics["privacy"]
-        verdict = node.get("verdict") or metrics.get("verdict") or {}
+        verdict = node.get("verdict") or {}
         signers = ", ".join(a["steward"] for a in node.get("approvals", []))
         lines.append(
             f"   {node['node']:<16} "
-            + (f"verdict {verdict.get('verdict')}; " if verdict else "")
+            + (f"verdict {verdict['verdict'].upper()}; " if verdict else "")
             + f"fidelity {fidelity['score']:.3f} vs its own rows; exact copies "
             f"{privacy['exact_match_rate']:.2%} (its unseen rows: "
             f"{privacy['exact_match_rate_holdout']:.2%}); gates "

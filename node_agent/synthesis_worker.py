@@ -67,8 +67,6 @@ def run(job_input: dict[str, Any]) -> dict[str, Any]:
     from node_agent.datasets import load
     from synth.gates import ReleaseGates
     from synth.holdout import split_holdout
-    from synth.report import write_report
-    from synth.verdict import verdict as judge
     from tessera.schemas import SynthesisJobOut
 
     job = SynthesisJobOut.model_validate(job_input["job"])
@@ -130,27 +128,66 @@ def run(job_input: dict[str, Any]) -> dict[str, Any]:
 
     buffer = io.BytesIO()
     synthetic.to_parquet(buffer, index=False)
-    data = buffer.getvalue()
+    fields = {
+        "generator": model.name,
+        "generator_license": model.license,
+        "params": model.params,
+        "epsilon": model.epsilon,
+        "delta": model.delta,
+        "device": model.device,
+        "fit_seconds": model.fit_seconds or 0.0,
+        "training_rows": None if dp else len(train),
+        "holdout_rows": None if dp else len(holdout),
+    }
+    title = (
+        f"Synthetic {dataset.name} at {job_input.get('node', 'this node')} "
+        f"({model.name}), job {job.id}"
+    )
+    return candidate(
+        job_input,
+        folder,
+        title,
+        fields,
+        evaluation,
+        outcomes,
+        dp,
+        train,
+        synthetic,
+        model.metadata,
+        buffer.getvalue(),
+    )
+
+
+def candidate(
+    job_input: dict[str, Any],
+    folder: Path,
+    title: str,
+    fields: dict[str, Any],
+    evaluation: dict[str, Any],
+    outcomes: list[dict[str, Any]],
+    dp: bool,
+    train: Any,
+    synthetic: Any,
+    metadata: Any,
+    data: bytes,
+) -> dict[str, Any]:
+    """The card (its verdict first), the report, and the data when every gate passed."""
+    from synth.report import write_report
+    from synth.verdict import verdict as judge
+
+    spec = job_input["job"]["spec"]
     metrics = public_metrics(evaluation, dp)
     # Judged on what the card publishes: a DP release's verdict names no row count either.
     verdict = judge(metrics, outcomes)
     card: dict[str, Any] = {
         "verdict": verdict,
-        "generator": model.name,
-        "generator_license": model.license,
-        "params": model.params,
+        **fields,
         "rows": len(synthetic),
         "columns": list(synthetic.columns),
-        "epsilon": model.epsilon,
-        "delta": model.delta,
         "metrics": metrics,
         "sha256": hashlib.sha256(data).hexdigest(),
-        "device": model.device,
-        "fit_seconds": model.fit_seconds or 0.0,
-        "training_rows": None if dp else len(train),
-        "holdout_rows": None if dp else len(holdout),
-        "seed": spec.seed,
-        "target": spec.target,
+        "seed": spec.get("seed"),
+        "target": spec.get("target"),
     }
     emit("progress", {"stage": "reporting", "message": "report.html"})
     write_report(
@@ -158,9 +195,8 @@ def run(job_input: dict[str, Any]) -> dict[str, Any]:
         card["metrics"],
         train,
         synthetic,
-        metadata=model.metadata,
-        title=f"Synthetic {dataset.name} at {job_input.get('node', 'this node')} "
-        f"({model.name}), job {job.id}",
+        metadata=metadata,
+        title=title,
         card={k: v for k, v in card.items() if k not in ("metrics", "verdict")},
         gates=outcomes,
         min_count=int(job_input.get("min_count", 0)),
@@ -199,7 +235,6 @@ def run_pooled(
         measurement_sha256,
         rows_of,
     )
-    from synth.report import write_report
 
     spec = job.spec
     pooled = job_input["pooled"]
@@ -231,55 +266,50 @@ def run_pooled(
     )
     proc = start_program("synth.pooled", party.model_dump_json())
     outcome = wait_program(proc, party.timeout_s, party.party_id)
-    candidate = outcome["candidate"]
-    data = base64.b64decode(candidate["parquet"])
-    if hashlib.sha256(data).hexdigest() != candidate["sha256"]:
+    candidate_made = outcome["candidate"]
+    data = base64.b64decode(candidate_made["parquet"])
+    if hashlib.sha256(data).hexdigest() != candidate_made["sha256"]:
         raise TesseraError("the pooled candidate does not match its hash")
     synthetic = pd.read_parquet(io.BytesIO(data))
     emit("progress", {"stage": "evaluating", "message": "against this node's held-out rows"})
     evaluation = synth.evaluate(
         train, synthetic, holdout, target=spec.target, metadata=metadata, seed=spec.seed or 0
     )
-    outcomes = [g.model_dump(mode="json") for g in gates.apply(evaluation, candidate["epsilon"])]
+    outcomes = [
+        g.model_dump(mode="json") for g in gates.apply(evaluation, candidate_made["epsilon"])
+    ]
     generator = synth.generator_class(spec.generator)
-    card = {
+    fields = {
         "generator": spec.generator,
         "generator_license": generator.license,
-        "params": candidate["params"],
-        "rows": len(synthetic),
-        "columns": list(synthetic.columns),
-        "epsilon": candidate["epsilon"],
-        "delta": candidate["delta"],
-        "metrics": public_metrics(evaluation, True),
-        "sha256": candidate["sha256"],
-        "device": candidate["device"],
-        "fit_seconds": candidate["fit_seconds"],
+        "params": candidate_made["params"],
+        "epsilon": candidate_made["epsilon"],
+        "delta": candidate_made["delta"],
+        "device": candidate_made["device"],
+        "fit_seconds": candidate_made["fit_seconds"],
         "training_rows": None,
         "holdout_rows": None,
-        "seed": spec.seed,
-        "target": spec.target,
         "scope": "pooled",
         "parties": list(pooled["names"]),
         "measurement_sha256": measurement_sha256(outcome["measurements"]),
     }
-    emit("progress", {"stage": "reporting", "message": "report.html"})
-    write_report(
-        folder / "report.html",
-        card["metrics"],
+    title = (
+        f"Pooled synthetic {dataset.name} ({', '.join(pooled['names'])}), evaluated at "
+        f"{job_input.get('node', 'this node')}, job {job.id}"
+    )
+    return candidate(
+        job_input,
+        folder,
+        title,
+        fields,
+        evaluation,
+        outcomes,
+        True,
         train,
         synthetic,
-        metadata=metadata,
-        title=f"Pooled synthetic {dataset.name} ({', '.join(pooled['names'])}), evaluated at "
-        f"{job_input.get('node', 'this node')}, job {job.id}",
-        card={k: v for k, v in card.items() if k != "metrics"},
-        gates=outcomes,
-        min_count=int(job_input.get("min_count", 0)),
+        metadata,
+        data,
     )
-    if all(g["passed"] for g in outcomes):
-        partial = folder / "synthetic.parquet.partial"
-        partial.write_bytes(data)
-        partial.replace(folder / "synthetic.parquet")
-    return {"card": card, "gates": outcomes}
 
 
 def main() -> int:

@@ -833,6 +833,15 @@ def _approval_answer(job: SynthesisJob) -> PooledApproval:
     return PooledApproval(status=job.status, waiting_for=waiting, data_wanted=not waiting)
 
 
+def _overall_verdict(nodes: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The release's verdict: every hospital's, the worst winning (`synth.verdict.combine`),
+    each reason naming its hospital."""
+    from synth.verdict import combine
+
+    judged = {n["node"]: n["verdict"] for n in nodes if n.get("verdict") is not None}
+    return combine(judged) if judged else None
+
+
 def publish_pooled(
     db: Session, node: Node, job_id: int, card: ReleaseCard, data: bytes, report: bytes
 ) -> Release:
@@ -864,6 +873,7 @@ def publish_pooled(
     nodes: list[dict[str, Any]] = [
         {
             "node": j.node.name,
+            "verdict": c.verdict.model_dump(mode="json") if c.verdict is not None else None,
             "metrics": c.metrics,
             "gates": [g.model_dump(mode="json") for g in c.gates],
             "report_sha256": j.report_sha256,
@@ -881,7 +891,7 @@ def publish_pooled(
         study_id=record.study_id,
         node_id=jobs[0].node_id,
         dataset=record.dataset,
-        card={**shared, "nodes": nodes},
+        card={"verdict": _overall_verdict(nodes), **shared, "nodes": nodes},
         sha256=first.sha256,
         csv_sha256=hashlib.sha256(csv).hexdigest(),
         parquet_bytes=len(data),
