@@ -52,7 +52,7 @@ import pandas as pd
 
 from synth.accounting import ZCDPAccountant, epsilon_for, gaussian_sigma, rho_for
 from synth.base import Synthesizer, TrainingProgress, register
-from synth.metadata import Column, TableMetadata
+from synth.metadata import MAX_DECIMALS, Column, TableMetadata
 from tessera.errors import InvalidRequest
 
 DEFAULT_DELTA = 1e-6
@@ -525,7 +525,7 @@ class MST(Synthesizer):
         self.cliques = list(measured.edges)
         self.epsilon = epsilon_for(measured.accounting.spent, self.target_delta)
         self.delta = self.target_delta
-        self.metadata = _dp_nullability(self.metadata, measured.encodings)
+        self.metadata = _dp_decimals(_dp_nullability(self.metadata, measured.encodings))
 
     def _select(
         self,
@@ -840,6 +840,21 @@ def _decode(encoding: Encoding, coarse: np.ndarray, rng: np.random.Generator) ->
         values[fine == interior + 1] = edges[-1]
     values[missing] = np.nan
     return pd.Series(values)
+
+
+def _dp_decimals(metadata: TableMetadata) -> TableMetadata:
+    """Each float column's decimals from its declared range alone (never the rows, which ε
+    does not cover): a synthetic value is drawn uniformly within a fine cell of about
+    (max − min) / `fine_bins`, so digits below a thousandth of that range carry nothing. A
+    weight declared 0.5 to 150 kg is written with one decimal, not fifteen."""
+    columns = []
+    for c in metadata.columns:
+        if c.kind == "float" and c.min is not None and c.max is not None and c.max > c.min:
+            step = (float(c.max) - float(c.min)) / 1000.0
+            decimals = min(MAX_DECIMALS, max(0, math.ceil(-math.log10(step))))
+            c = replace(c, decimals=decimals)
+        columns.append(c)
+    return TableMetadata(tuple(columns))
 
 
 def _dp_nullability(metadata: TableMetadata, encodings: list[Encoding]) -> TableMetadata:
