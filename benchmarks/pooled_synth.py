@@ -65,10 +65,7 @@ SIZES = (1_000, 10_000, 100_000)
 def split(frame: pd.DataFrame, fractions: tuple[float, ...], seed: int) -> list[pd.DataFrame]:
     order = np.random.default_rng(seed).permutation(len(frame))
     bounds = np.round(np.cumsum((0.0, *fractions)) * len(frame)).astype(int)
-    return [
-        frame.iloc[order[a:b]].reset_index(drop=True)
-        for a, b in itertools.pairwise(bounds)
-    ]
+    return [frame.iloc[order[a:b]].reset_index(drop=True) for a, b in itertools.pairwise(bounds)]
 
 
 def fidelity(union: pd.DataFrame, synthetic: pd.DataFrame, metadata: TableMetadata) -> float:
@@ -166,9 +163,7 @@ def quality_table(rows: list[dict[str, Any]]) -> str:
     keys = sorted({(r["table"], r["parties"], r["epsilon"]) for r in rows})
     for table, parties, epsilon in keys:
         group = [
-            r
-            for r in rows
-            if (r["table"], r["parties"], r["epsilon"]) == (table, parties, epsilon)
+            r for r in rows if (r["table"], r["parties"], r["epsilon"]) == (table, parties, epsilon)
         ]
         pooled = statistics.fmean(r["pooled"] for r in group)
         central = statistics.fmean(r["central"] for r in group)
