@@ -68,11 +68,18 @@ def test_decimals_survive_save_and_load_and_bad_ones_are_refused(tmp_path: Path)
 
 
 def test_a_dp_generator_learns_no_decimals_from_the_rows() -> None:
+    """`mst` rounds a float column to a thousandth of its declared range, whatever the rows
+    carry: weights recorded to 0.001 kg still come out to 0.1 kg (declared 0.5 to 150)."""
     demo = cohort(HOSPITALS[2])
+    demo["weight_kg"] = demo["weight_kg"] + 0.001  # three decimals in the rows
     model = synth.train(
         demo, "mst", metadata=TableMetadata.from_schema(schema(), demo), epsilon=1.0, iters=50
     )
-    assert all(c.decimals is None for c in model.metadata.columns)
+    decimals = {c.name: c.decimals for c in model.metadata.columns}
+    assert decimals["weight_kg"] == 1 and decimals["height_cm"] == 1  # ranges 149.5 and 180
+    assert all(d is None for n, d in decimals.items() if n not in ("weight_kg", "height_cm"))
+    weights = model.sample(200, seed=1)["weight_kg"].dropna()
+    assert np.allclose(weights, weights.round(1))
 
 
 def test_cart_leaves_out_copies_of_rows_seen_once_in_training() -> None:
