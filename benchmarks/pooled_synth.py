@@ -87,7 +87,7 @@ def quality(args: argparse.Namespace) -> list[dict[str, Any]]:
         union = load()
         metadata = TableMetadata.from_schema(schema)
         for parties in args.parties:
-            for epsilon in EPSILONS:
+            for epsilon in args.epsilons:
                 for repeat in range(args.repeats):
                     parts = split(union, SPLITS[parties], seed=repeat)
                     params = {"epsilon": epsilon, "delta": DELTA, "iters": args.iters}
@@ -156,9 +156,9 @@ def timing(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def quality_table(rows: list[dict[str, Any]]) -> str:
     out = [
-        "| table | parties | ε | pooled | central | sites' mean | pooled − central | "
-        "pooled > sites | within 0.03 |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| table | parties | ε | runs | pooled | central | sites' mean | pooled − central "
+        "(± se) | pooled > sites | within 0.03 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     keys = sorted({(r["table"], r["parties"], r["epsilon"]) for r in rows})
     for table, parties, epsilon in keys:
@@ -168,9 +168,12 @@ def quality_table(rows: list[dict[str, Any]]) -> str:
         pooled = statistics.fmean(r["pooled"] for r in group)
         central = statistics.fmean(r["central"] for r in group)
         sites = statistics.fmean(r["sites"] for r in group)
+        gaps = [r["pooled"] - r["central"] for r in group]  # paired: the same split
+        se = statistics.stdev(gaps) / len(gaps) ** 0.5 if len(gaps) > 1 else float("nan")
         out.append(
-            f"| {table} | {parties} | {epsilon:g} | {pooled:.3f} | {central:.3f} | {sites:.3f} | "
-            f"{pooled - central:+.3f} | {'yes' if pooled > sites else 'no'} | "
+            f"| {table} | {parties} | {epsilon:g} | {len(group)} | {pooled:.3f} | {central:.3f} "
+            f"| {sites:.3f} | {pooled - central:+.3f} (± {se:.3f}) | "
+            f"{'yes' if pooled > sites else 'no'} | "
             f"{'yes' if pooled >= central - 0.03 else 'no'} |"
         )
     return "\n".join(out)
@@ -215,8 +218,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.sizes = [int(s) for s in args.sizes.split(",")]
     if not (args.quality or args.timing):
         args.quality = args.timing = True
+    args.epsilons = list(EPSILONS)
     if args.smoke:
-        args.tables, args.parties, args.repeats = ["gbsg2"], [3], 1
+        args.tables, args.parties, args.repeats, args.epsilons = ["gbsg2"], [3], 1, [1.0]
         args.sizes, args.iters = [1_000], 100
     return args
 
