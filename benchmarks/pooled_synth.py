@@ -1,7 +1,8 @@
 """The pooled synthesizer against central MST and the sites' own: fidelity, and the MPC cost.
 
 Quality (`--quality`, the default): each real packaged table (`gbsg2`, 686 rows, lifelines;
-`randhie`, 20 190 rows, statsmodels; their declared schemas are benchmarks/synth.py's) is
+`randhie`, 20 190 rows, statsmodels; their declared schemas are benchmarks/synth.py's; `fair`,
+6 366 survey answers, statsmodels, its schema here) is
 shuffled and split *unevenly* over 3 parties (50/30/20 %) or 5 (35/25/20/12/8 %). At each ε
 (δ = 1e-6) and repeat, it trains:
 
@@ -17,7 +18,8 @@ rows). MST's noise is fresh OS entropy on every run, so the numbers vary; `--rep
 Timing (`--timing`): the pooled measurement alone (the parties' MPC, from connection to the last
 opened sum, the slowest party's) and the whole `train_pooled` call (process start, measurement,
 fitting), at 1 000, 10 000 and 100 000 pooled rows (randhie's rows drawn with replacement), with
-3 and 5 parties, at ε = 1.
+3 and 5 parties, at ε = 1; and the worst case of a 10-column table, every column with 32
+values (`--wide-rows`, 100 000 rows, ε = 20: every selection table keeps its 1 024 cells).
 
 Run: `.venv/bin/python benchmarks/pooled_synth.py [--quality] [--timing] [--repeats 2]
 [--tables gbsg2,randhie] [--smoke] [--out PATH]`. Prints Markdown tables; writes the raw numbers
@@ -53,8 +55,39 @@ from synth import train  # noqa: E402
 from synth.evaluation import fidelity_scores  # noqa: E402
 from synth.metadata import TableMetadata  # noqa: E402
 from synth.pooled import train_pooled  # noqa: E402
+from tessera.schemas import ColumnSpec, DatasetSchema  # noqa: E402
 
-TABLES = {"gbsg2": (load_gbsg2, GBSG2_SCHEMA), "randhie": (load_randhie, RANDHIE_SCHEMA)}
+# statsmodels `fair`: 6 366 answers to a 1974 magazine survey on marriage, few values a column;
+# bounds as a survey codebook would declare them
+FAIR_SCHEMA = DatasetSchema(
+    columns=[
+        ColumnSpec(name="rate_marriage", type="integer", min=1, max=5),
+        ColumnSpec(name="age", type="float", min=17, max=45),
+        ColumnSpec(name="yrs_married", type="float", min=0, max=25),
+        ColumnSpec(name="children", type="float", min=0, max=6),
+        ColumnSpec(name="religious", type="integer", min=1, max=4),
+        ColumnSpec(name="educ", type="integer", min=9, max=20),
+        ColumnSpec(name="occupation", type="integer", min=1, max=6),
+        ColumnSpec(name="occupation_husb", type="integer", min=1, max=6),
+        ColumnSpec(name="affairs", type="float", min=0, max=60),
+    ]
+)
+
+
+def load_fair() -> pd.DataFrame:
+    import statsmodels.api as sm
+
+    frame = sm.datasets.fair.load_pandas().data.copy()
+    for name in ("rate_marriage", "religious", "educ", "occupation", "occupation_husb"):
+        frame[name] = frame[name].astype(int)
+    return frame[FAIR_SCHEMA.names].reset_index(drop=True)
+
+
+TABLES = {
+    "gbsg2": (load_gbsg2, GBSG2_SCHEMA),
+    "randhie": (load_randhie, RANDHIE_SCHEMA),
+    "fair": (load_fair, FAIR_SCHEMA),
+}
 SPLITS = {3: (0.5, 0.3, 0.2), 5: (0.35, 0.25, 0.2, 0.12, 0.08)}
 EPSILONS = (1.0, 5.0)
 DELTA = 1e-6
@@ -154,6 +187,48 @@ def timing(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+WIDE_COLUMNS, WIDE_LEVELS = 10, 32
+
+
+def wide_timing(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The issue's worst case: 10 columns of 32 values each, so that every one of the 45 pair
+    tables MST measures for its selection has 32 x 32 = 1 024 cells (epsilon 20 and 100 000
+    rows let MST keep every cell): about 47 000 noisy cells opened."""
+    schema = DatasetSchema(
+        columns=[
+            ColumnSpec(name=f"c{i}", type="integer", min=0, max=WIDE_LEVELS - 1)
+            for i in range(WIDE_COLUMNS)
+        ]
+    )
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {c.name: rng.integers(0, WIDE_LEVELS, args.wide_rows) for c in schema.columns}
+    )
+    metadata = TableMetadata.from_schema(schema)
+    rows = []
+    for parties in args.parties:
+        parts = split(frame, (1 / parties,) * parties, seed=1)
+        started = time.perf_counter()
+        model = train_pooled(
+            parts, metadata=metadata, epsilon=20.0, iters=args.iters, bins=WIDE_LEVELS
+        )
+        wall = time.perf_counter() - started
+        stats = model.measurement or {}
+        row = {
+            "rows": args.wide_rows,
+            "table": f"{WIDE_COLUMNS} columns x {WIDE_LEVELS} values",
+            "parties": parties,
+            "measure_seconds": stats.get("seconds"),
+            "cells": stats.get("cells"),
+            "rounds": stats.get("rounds"),
+            "train_pooled_seconds": round(wall, 2),
+        }
+        log(row)
+        rows.append(row)
+        release_memory()
+    return rows
+
+
 def quality_table(rows: list[dict[str, Any]]) -> str:
     out = [
         "| table | parties | ε | runs | pooled | central | sites' mean | pooled − central "
@@ -185,8 +260,9 @@ def timing_table(rows: list[dict[str, Any]]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
+        label = f"{r['rows']:,}" + (f" ({r['table']})" if "table" in r else "")
         out.append(
-            f"| {r['rows']:,} | {r['parties']} | {r['measure_seconds']:.2f} | {r['cells']:,} | "
+            f"| {label} | {r['parties']} | {r['measure_seconds']:.2f} | {r['cells']:,} | "
             f"{r['rounds']} | {r['train_pooled_seconds']:.1f} |"
         )
     return "\n".join(out)
@@ -201,10 +277,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quality", action="store_true")
     parser.add_argument("--timing", action="store_true")
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--tables", default="gbsg2,randhie")
+    parser.add_argument("--tables", default="gbsg2,randhie,fair")
     parser.add_argument("--parties", default="3,5")
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)))
     parser.add_argument("--iters", type=int, default=1000)
+    parser.add_argument(
+        "--wide-rows", type=int, default=100_000, help="rows of the 10 x 32 table (0: skip it)"
+    )
     parser.add_argument("--smoke", action="store_true", help="one small run of each part")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "pooled_synth.json")
     args = parser.parse_args(argv)
@@ -221,7 +300,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.epsilons = list(EPSILONS)
     if args.smoke:
         args.tables, args.parties, args.repeats, args.epsilons = ["gbsg2"], [3], 1, [1.0]
-        args.sizes, args.iters = [1_000], 100
+        args.sizes, args.iters, args.wide_rows = [1_000], 100, 0
     return args
 
 
@@ -233,7 +312,7 @@ def main(argv: list[str] | None = None) -> None:
         print("## Fidelity: pooled MST vs central MST vs the sites' own\n")
         print(quality_table(report["quality"]) + "\n")
     if args.timing:
-        report["timing"] = timing(args)
+        report["timing"] = timing(args) + (wide_timing(args) if args.wide_rows else [])
         print("## The pooled measurement's cost\n")
         print(timing_table(report["timing"]) + "\n")
     args.out.parent.mkdir(parents=True, exist_ok=True)
