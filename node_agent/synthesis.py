@@ -246,13 +246,18 @@ class SynthesisService:
         try:
             pooled: dict[str, Any] | None = None
             if job.spec.scope == "pooled":
-                port, pooled = self._join(job, subject)
+                # A worker slot first, then accept: the other nodes' parties never wait on a
+                # party that is queued behind this node's other jobs.
+                with self._slots:
+                    port, pooled = self._join(job, subject)
+                    self._progress(job.id, SynthesisProgress(stage="measuring", message="MPC"))
+                    outcome = self._train(job, folder, pooled)
             else:
                 self.client.accept_synthesis(job.id)
                 self.audit("synthesis.accepted", "accepted", **subject)
-            with self._slots:
-                self._progress(job.id, SynthesisProgress(stage="starting", message="worker"))
-                outcome = self._train(job, folder, pooled)
+                with self._slots:
+                    self._progress(job.id, SynthesisProgress(stage="starting", message="worker"))
+                    outcome = self._train(job, folder)
             gates = [GateOutcome.model_validate(g) for g in outcome["gates"]]
             rules = self.settings.policy.synthesis
             assert rules is not None  # decide_synthesis refused otherwise
