@@ -69,6 +69,7 @@ log = logging.getLogger("tessera.node")
 REVIEW_INTERVAL_S = 1.0
 PROGRESS_INTERVAL_S = 1.0
 POOLED_RETRY_S = 2.0  # a pooled approval waiting for other nodes is sent again this often
+POOLED_PARTY_TIMEOUT_S = 900.0  # a pooled measurement's party (measure, fit, share) at most
 WORKER = [sys.executable, "-m", "node_agent.synthesis_worker"]
 
 Audit = Callable[..., None]
@@ -362,7 +363,12 @@ class SynthesisService:
                 for p in parties
             ],
             "names": [p.node for p in parties],
-            "timeout_s": max(1.0, (deadline - datetime.now(UTC)).total_seconds() - 5.0),
+            # the measurement takes seconds and the fit minutes: a peer that died is not waited
+            # for until the job's deadline (an hour by default)
+            "timeout_s": min(
+                POOLED_PARTY_TIMEOUT_S,
+                max(1.0, (deadline - datetime.now(UTC)).total_seconds() - 5.0),
+            ),
             "tls": PartyTLS(
                 key_pem=key_pem,
                 certificates=[p.certificate or "" for p in parties],
