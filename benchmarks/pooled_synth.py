@@ -168,23 +168,30 @@ def timing(args: argparse.Namespace) -> list[dict[str, Any]]:
     for size in args.sizes:
         frame = base.iloc[np.random.default_rng(size).integers(0, len(base), size)]
         for parties in args.parties:
-            parts = split(frame.reset_index(drop=True), (1 / parties,) * parties, seed=1)
-            started = time.perf_counter()
-            model = train_pooled(parts, metadata=metadata, epsilon=1.0, iters=args.iters)
-            wall = time.perf_counter() - started
-            stats = model.measurement or {}
-            row = {
-                "rows": size,
-                "parties": parties,
-                "measure_seconds": stats.get("seconds"),
-                "cells": stats.get("cells"),
-                "rounds": stats.get("rounds"),
-                "train_pooled_seconds": round(wall, 2),
-            }
-            log(row)
-            rows.append(row)
-            release_memory()
+            rows.append(timed(frame.reset_index(drop=True), parties, metadata, iters=args.iters))
     return rows
+
+
+def timed(
+    frame: pd.DataFrame, parties: int, metadata: TableMetadata, **params: Any
+) -> dict[str, Any]:
+    """One `train_pooled` over `frame` split evenly: its measurement's cost and its wall time."""
+    parts = split(frame, (1 / parties,) * parties, seed=1)
+    started = time.perf_counter()
+    model = train_pooled(parts, metadata=metadata, **{"epsilon": 1.0, **params})
+    wall = time.perf_counter() - started
+    stats = model.measurement or {}
+    row = {
+        "rows": len(frame),
+        "parties": parties,
+        "measure_seconds": stats.get("seconds"),
+        "cells": stats.get("cells"),
+        "rounds": stats.get("rounds"),
+        "train_pooled_seconds": round(wall, 2),
+    }
+    log(row)
+    release_memory()
+    return row
 
 
 WIDE_COLUMNS, WIDE_LEVELS = 10, 32
@@ -192,8 +199,9 @@ WIDE_COLUMNS, WIDE_LEVELS = 10, 32
 
 def wide_timing(args: argparse.Namespace) -> list[dict[str, Any]]:
     """The issue's worst case: 10 columns of 32 values each, so that every one of the 45 pair
-    tables MST measures for its selection has 32 x 32 = 1 024 cells (epsilon 20 and 100 000
-    rows let MST keep every cell): about 47 000 noisy cells opened."""
+    tables MST measures for its selection could have 32 x 32 = 1 024 cells; at epsilon 20 and
+    100 000 rows MST keeps about 480 of them (its noise-sized groups): about 24 000 noisy cells
+    opened."""
     schema = DatasetSchema(
         columns=[
             ColumnSpec(name=f"c{i}", type="integer", min=0, max=WIDE_LEVELS - 1)
@@ -205,28 +213,14 @@ def wide_timing(args: argparse.Namespace) -> list[dict[str, Any]]:
         {c.name: rng.integers(0, WIDE_LEVELS, args.wide_rows) for c in schema.columns}
     )
     metadata = TableMetadata.from_schema(schema)
-    rows = []
-    for parties in args.parties:
-        parts = split(frame, (1 / parties,) * parties, seed=1)
-        started = time.perf_counter()
-        model = train_pooled(
-            parts, metadata=metadata, epsilon=20.0, iters=args.iters, bins=WIDE_LEVELS
-        )
-        wall = time.perf_counter() - started
-        stats = model.measurement or {}
-        row = {
-            "rows": args.wide_rows,
-            "table": f"{WIDE_COLUMNS} columns x {WIDE_LEVELS} values",
-            "parties": parties,
-            "measure_seconds": stats.get("seconds"),
-            "cells": stats.get("cells"),
-            "rounds": stats.get("rounds"),
-            "train_pooled_seconds": round(wall, 2),
+    label = f"{WIDE_COLUMNS} columns x {WIDE_LEVELS} values"
+    return [
+        {
+            **timed(frame, parties, metadata, epsilon=20.0, iters=args.iters, bins=WIDE_LEVELS),
+            "table": label,
         }
-        log(row)
-        rows.append(row)
-        release_memory()
-    return rows
+        for parties in args.parties
+    ]
 
 
 def quality_table(rows: list[dict[str, Any]]) -> str:

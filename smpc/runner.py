@@ -229,3 +229,20 @@ def wait_program(proc: subprocess.Popen[str], timeout_s: float, party_id: int) -
             f"party {party_id} did not finish within {timeout_s:.0f} s", {"party_id": party_id}
         ) from None
     return parse_outcome(stdout, stderr, proc.returncode, party_id)
+
+
+def wait_all(procs: list[Any], wait: Any) -> list[Any]:
+    """Every party's outcome (`wait(i, proc)`); when one fails, the others still running are
+    killed (they would wait for it until their deadline) and the first failure is raised."""
+    outcomes, errors = [], []
+    for i, proc in enumerate(procs):
+        try:
+            outcomes.append(wait(i, proc))
+        except ProtocolFailed as exc:
+            errors.append(exc)
+            for other in procs:
+                if other.poll() is None:
+                    other.kill()
+    if errors:
+        raise errors[0]
+    return outcomes

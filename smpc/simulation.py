@@ -18,7 +18,7 @@ import pandas as pd
 from smpc.cellkey import frame_secret
 from smpc.frames import infer_schema
 from smpc.job import PartyJob
-from smpc.runner import start_parties, wait_party
+from smpc.runner import start_parties, wait_all, wait_party
 from smpc.statistics import compile_query
 from smpc.tls import local_parties
 from tessera.errors import ProtocolFailed, QueryInvalid
@@ -117,17 +117,7 @@ def simulate(
         for i, (summary, frame) in enumerate(zip(summaries, parties, strict=True))
     ]
     procs = start_parties(jobs)
-    outcomes, errors = [], []
-    for proc, job in zip(procs, jobs, strict=True):
-        try:
-            outcomes.append(wait_party(proc, job))
-        except ProtocolFailed as exc:
-            errors.append(exc)
-            for other in procs:
-                if other.poll() is None:
-                    other.kill()
-    if errors:
-        raise errors[0]
+    outcomes = wait_all(procs, lambda i, proc: wait_party(proc, jobs[i]))
     results = {json.dumps(o.result, sort_keys=True) for o in outcomes}
     if len(results) != 1:
         raise ProtocolFailed("the parties opened different results", {"results": sorted(results)})

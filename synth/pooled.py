@@ -262,7 +262,7 @@ def train_pooled(
     measurements taken by secure sums of noisy counts (the module doc), the model fitted once
     on what was opened. `seed` makes sampling without a seed reproducible; the privacy noise
     is never seeded (each party's comes from the operating system)."""
-    from smpc.runner import start_program, wait_program
+    from smpc.runner import start_program, wait_all, wait_program
     from smpc.simulation import free_ports
     from smpc.tls import local_parties
 
@@ -293,17 +293,7 @@ def train_pooled(
         for i in range(len(frames))
     ]
     procs = [start_program("synth.pooled", job.model_dump_json()) for job in jobs]
-    outcomes, errors = [], []
-    for i, proc in enumerate(procs):
-        try:
-            outcomes.append(wait_program(proc, timeout_s, i))
-        except ProtocolFailed as exc:
-            errors.append(exc)
-            for other in procs:
-                if other.poll() is None:
-                    other.kill()
-    if errors:
-        raise errors[0]
+    outcomes = wait_all(procs, lambda i, proc: wait_program(proc, timeout_s, i))
     model = fit_pooled(query, agreed(outcomes), len(frames), seed)
     model.measurement = {
         "parties": len(frames),

@@ -480,10 +480,7 @@ class MST(Synthesizer):
         share = rho / len(pairs)
         spread = measurer.opened_sd(share)
         groups = self._groups(one_way, n_hat, spread)
-        probabilities = {}
-        for name, (vector, _) in one_way.items():
-            grouped = np.bincount(groups[name], weights=norm_sub(vector))
-            probabilities[name] = grouped / max(grouped.sum(), 1e-12)
+        probabilities = _group_shares(one_way, groups)
         requests = [
             _pair_request(f"selection table {a} x {b}", coarse, groups, a, b, share)
             for a, b in pairs
@@ -497,18 +494,8 @@ class MST(Synthesizer):
                 float(np.abs(table - predicted).sum()) - sd * math.sqrt(2 / math.pi) * table.size
             )
             tables.append(PairMeasurement((a, b), table, sd, groups[a], groups[b]))
-        component = {name: name for name in names}
-
-        def root(x: str) -> str:
-            while component[x] != x:
-                x = component[x]
-            return x
-
-        chosen: list[tuple[str, str]] = []
-        for pair in sorted(pairs, key=lambda e: -scores[e]):
-            if root(pair[0]) != root(pair[1]):
-                chosen.append(pair)
-                component[root(pair[0])] = root(pair[1])
+        forest = _Forest(names)
+        chosen = [pair for pair in sorted(pairs, key=lambda e: -scores[e]) if forest.join(*pair)]
         return chosen, tables
 
     def fit_measurements(self, measured: Measurements) -> None:
@@ -539,34 +526,25 @@ class MST(Synthesizer):
     ) -> list[tuple[str, str]]:
         """The spanning tree, one edge per exponential-mechanism draw (see the module doc)."""
         names = list(coarse)
-        probabilities = {}
-        for name, (vector, _) in one_way.items():
-            grouped = np.bincount(groups[name], weights=norm_sub(vector))
-            probabilities[name] = grouped / max(grouped.sum(), 1e-12)
+        probabilities = _group_shares(one_way, groups)
         scores = {}
         for i, a in enumerate(names):
             for b in names[i + 1 :]:
                 counts = _joint(groups[a][coarse[a]], groups[b][coarse[b]], groups[a], groups[b])
                 predicted = n_hat * np.outer(probabilities[a], probabilities[b])
                 scores[(a, b)] = float(np.abs(counts - predicted).sum())
-        component = {name: name for name in names}
-
-        def root(x: str) -> str:
-            while component[x] != x:
-                x = component[x]
-            return x
-
+        forest = _Forest(names)
         chosen: list[tuple[str, str]] = []
         rounds = len(names) - 1
         for r in range(rounds):
-            candidates = [e for e in scores if root(e[0]) != root(e[1])]
+            candidates = [e for e in scores if forest.root(e[0]) != forest.root(e[1])]
             epsilon = accounting.exponential(f"select pair {r + 1} of {rounds}", rho / rounds)
             utility = np.array([scores[e] for e in candidates])
             logits = epsilon * (utility - utility.max()) / 2.0  # sensitivity 1
             weights = np.exp(logits)
             pick = candidates[int(rng.choice(len(candidates), p=weights / weights.sum()))]
             chosen.append(pick)
-            component[root(pick[0])] = root(pick[1])
+            forest.join(*pick)
         return chosen
 
     # ---- sampling -------------------------------------------------------------------------
@@ -637,6 +615,38 @@ def _positive(value: Any, name: str) -> float:
     if not (number > 0 and math.isfinite(number)):
         raise InvalidRequest(f"{name} must be positive")
     return number
+
+
+def _group_shares(
+    one_way: dict[str, tuple[np.ndarray, float]], groups: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Each column's noisy share of the rows in each of its groups (post-processing): what
+    the independent model predicts a pair's table from."""
+    shares = {}
+    for name, (vector, _) in one_way.items():
+        grouped = np.bincount(groups[name], weights=norm_sub(vector))
+        shares[name] = grouped / max(grouped.sum(), 1e-12)
+    return shares
+
+
+class _Forest:
+    """The columns joined so far by a spanning tree's edges (union-find)."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.parent = {name: name for name in names}
+
+    def root(self, x: str) -> str:
+        while self.parent[x] != x:
+            x = self.parent[x]
+        return x
+
+    def join(self, a: str, b: str) -> bool:
+        """Join the trees of `a` and `b`; False when they already are one (a cycle)."""
+        ra, rb = self.root(a), self.root(b)
+        if ra == rb:
+            return False
+        self.parent[ra] = rb
+        return True
 
 
 def _encoding_from_json(raw: dict[str, Any], by_name: dict[str, Column]) -> Encoding:
