@@ -17,7 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from tessera.errors import ConfigInvalid
-from tessera.signing import audit_message, b64, public_key_fingerprint, statement_message
+from tessera.signing import (
+    audit_message,
+    b64,
+    public_key_fingerprint,
+    statement_message,
+    synthesis_message,
+)
 
 KEY_FILE = "coordinator_signing_key.pem"
 
@@ -127,6 +133,9 @@ class CoordinatorKey:
 
     def sign_statement(self, statement: dict[str, Any]) -> str:
         return self.sign(statement_message(statement))
+
+    def sign_synthesis(self, statement: dict[str, Any]) -> str:
+        return self.sign(synthesis_message(statement))
 
 
 def default_key_path(database_url: str) -> Path | None:

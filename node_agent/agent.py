@@ -74,7 +74,13 @@ from tessera.schemas import (
     TaskResult,
     TaskStart,
 )
-from tessera.signing import audit_message, statement_hash, statement_message, verify_ed25519
+from tessera.signing import (
+    audit_message,
+    statement_hash,
+    statement_message,
+    synthesis_message,
+    verify_ed25519,
+)
 
 if TYPE_CHECKING:
     from smpc import LocalSummary, PartyJob, PartyOutcome
@@ -153,6 +159,7 @@ class NodeAgent:
             self.stopping,
             self.charge_synthesis,
             MPCContext(self.ports, lambda: self.identity, self.trusted),
+            self._job_signature_problem,
         )
         self.query_approvals = QueryApprovals(settings, self._audit, self._tell, self.stopping)
 
@@ -665,17 +672,26 @@ class NodeAgent:
     def _signature_problem(self, task: TaskOut, statement: dict[str, Any]) -> str | None:
         """Why the task is not the coordinator's word (None if it is): its statement, rebuilt
         from the task's own fields, must carry the pinned key's signature."""
-        if task.signature is None:
-            return "the task carries no coordinator signature: this node runs signed tasks only"
+        return self._unsigned(task.signature, statement_message(statement), "task")
+
+    def _job_signature_problem(self, job: SynthesisJobOut) -> str | None:
+        """The same for a synthesis job (its own statement and domain tag)."""
+        return self._unsigned(job.signature, synthesis_message(job.statement()), "synthesis job")
+
+    def _unsigned(self, signature: str | None, message: bytes, what: str) -> str | None:
+        if signature is None:
+            return (
+                f"the {what} carries no coordinator signature: this node runs signed {what}s only"
+            )
         pem = self.coordinator_key_pem
         if pem is None:
             try:
                 pem = self.pin_coordinator_key()
             except TesseraError as exc:
-                return f"this node cannot check the task's signature: {exc.message}"
-        if not verify_ed25519(pem, statement_message(statement), task.signature):
+                return f"this node cannot check the {what}'s signature: {exc.message}"
+        if not verify_ed25519(pem, message, signature):
             return (
-                "the task's signature is not the pinned coordinator key's over this task "
+                f"the {what}'s signature is not the pinned coordinator key's over this {what} "
                 "(altered, or not sent by the coordinator)"
             )
         return None

@@ -57,6 +57,7 @@ from tessera.schemas import (
     TaskAccept,
     TaskStart,
 )
+from tessera.signing import synthesis_message
 from tessera.stewards import decision_refusal, distinct_keys, fingerprint
 
 if TYPE_CHECKING:
@@ -100,9 +101,12 @@ class SynthesisService:
         stopping: threading.Event,
         charge: Charge | None = None,
         mpc: MPCContext | None = None,
+        verify: Callable[[SynthesisJobOut], str | None] | None = None,
     ) -> None:
         self.settings = settings
         self.mpc = mpc  # what a pooled job's MPC party needs of the agent
+        # why a job is not the coordinator's signed word (the agent's check; None: not checked)
+        self.verify = verify
         self.charge = charge  # charges a DP job's rho to the privacy ledger (the agent's)
         self.client = client
         self.policy = policy
@@ -204,7 +208,14 @@ class SynthesisService:
             "requested_by": job.requested_by,
         }
         self.audit(
-            "synthesis.received", "received", rows=spec.rows, epsilon=spec.epsilon, **subject
+            "synthesis.received",
+            "received",
+            rows=spec.rows,
+            epsilon=spec.epsilon,
+            scope=spec.scope,
+            party_id=job.party_id,
+            statement_sha256=hashlib.sha256(synthesis_message(job.statement())).hexdigest(),
+            **subject,
         )
         _event(
             logging.INFO,
@@ -217,7 +228,11 @@ class SynthesisService:
             job.requested_by,
             **subject,
         )
-        reason = self.policy.decide_synthesis(job) or self._charge(job)
+        reason = (
+            (self.verify(job) if self.verify is not None else None)
+            or self.policy.decide_synthesis(job)
+            or self._charge(job)
+        )
         if reason is not None:
             self.audit("synthesis.refused", "refused", reason=reason, **subject)
             _event(

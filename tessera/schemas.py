@@ -494,6 +494,23 @@ class SynthesisJobOut(BaseModel):
     # pooled: this node's party id in the measurement and the number of parties
     party_id: int | None = None
     n_parties: int | None = None
+    # the coordinator's Ed25519 signature over `statement()` (`tessera.signing`)
+    signature: str | None = None
+
+    def statement(self) -> dict[str, Any]:
+        """The statement the signature must cover, rebuilt from this job's own fields."""
+        from tessera.signing import synthesis_statement
+
+        return synthesis_statement(
+            job_id=self.id,
+            request_id=self.request_id,
+            study_id=self.study_id,
+            requested_by=self.requested_by,
+            spec=self.spec.model_dump(mode="json"),
+            deadline=self.deadline,
+            party_id=self.party_id,
+            n_parties=self.n_parties,
+        )
 
 
 class SynthesisProgress(Strict):

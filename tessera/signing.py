@@ -18,6 +18,8 @@ from typing import Any
 AUDIT_EVENT = b"tessera-audit-event-v1\n"  # the coordinator signs an event's chain hash
 NODE_AUDIT_ENTRY = b"tessera-node-audit-entry-v1\n"  # a node signs its log entry's hash
 TASK_STATEMENT = b"tessera-task-statement-v1\n"  # the coordinator signs a task's statement
+# ... and a synthesis job's (its own tag: a task's signature is never a job's)
+SYNTHESIS_STATEMENT = b"tessera-synthesis-statement-v1\n"
 
 
 def canonical(value: Any) -> str:
@@ -130,6 +132,36 @@ def task_statement(
         "submitted_at": None if submitted_at is None else utc_text(submitted_at),
         "deadline": utc_text(deadline),
     }
+
+
+def synthesis_statement(
+    *,
+    job_id: int,
+    request_id: int,
+    study_id: int,
+    requested_by: str,
+    spec: dict[str, Any],
+    deadline: datetime,
+    party_id: int | None,
+    n_parties: int | None,
+) -> dict[str, Any]:
+    """What the coordinator vouches for when it offers a synthesis job: who asked, in which
+    study, for what (the whole spec: generator, epsilon, rows, scope, ...), and for a pooled
+    job this node's place among the parties."""
+    return {
+        "job_id": job_id,
+        "request_id": request_id,
+        "study_id": study_id,
+        "requested_by": requested_by,
+        "spec": json.loads(canonical(spec)),
+        "deadline": utc_text(deadline),
+        "party_id": party_id,
+        "n_parties": n_parties,
+    }
+
+
+def synthesis_message(statement: dict[str, Any]) -> bytes:
+    return SYNTHESIS_STATEMENT + canonical(statement).encode()
 
 
 def statement_message(statement: dict[str, Any]) -> bytes:

@@ -419,18 +419,19 @@ def offer_jobs(db: Session, node: Node) -> list[SynthesisJobOut]:
             continue
         job.status = "offered"
         record = job.request
-        out.append(
-            SynthesisJobOut(
-                id=job.id,
-                request_id=record.id,
-                study_id=record.study_id,
-                requested_by=record.user.username,
-                spec=SynthesisSpec.model_validate(record.spec),
-                deadline=job.deadline,
-                party_id=job.party_id,
-                n_parties=len(record.jobs) if record.scope == "pooled" else None,
-            )
+        offer = SynthesisJobOut(
+            id=job.id,
+            request_id=record.id,
+            study_id=record.study_id,
+            requested_by=record.user.username,
+            spec=SynthesisSpec.model_validate(record.spec),
+            deadline=job.deadline,
+            party_id=job.party_id,
+            n_parties=len(record.jobs) if record.scope == "pooled" else None,
         )
+        # signed like a query task: the node runs the coordinator's word only
+        offer.signature = audit.signer(db).sign_synthesis(offer.statement())
+        out.append(offer)
     db.flush()
     return out
 

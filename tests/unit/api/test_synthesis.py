@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from sqlalchemy import select
 
+from api import audit
 from api.models import Node, Release, ReleaseFile
 from api.pagination import PageRequest
 from api.services import synthesis
@@ -29,6 +30,7 @@ from tessera.schemas import (
     TaskAccept,
     TaskFailure,
 )
+from tessera.signing import statement_message, synthesis_message, verify_ed25519
 
 # the `stewards` fixture's keys of sam and sue (tests/conftest.py StewardKeys)
 KEYS = {
@@ -542,6 +544,14 @@ def test_a_pooled_request_gives_party_ids_in_node_order(make, db, pool, settings
     ]
     (offered,) = synthesis.offer_jobs(db, pool.nodes[1])
     assert (offered.party_id, offered.n_parties, offered.spec.scope) == (1, 3, "pooled")
+    # signed as a query task is, under its own tag: spec, party id and party count included
+    public = audit.signer(db).public_pem
+    assert verify_ed25519(public, synthesis_message(offered.statement()), offered.signature)
+    assert offered.statement()["spec"]["epsilon"] == 1.0
+    for update in ({"party_id": 0}, {"n_parties": 2}):
+        altered = offered.model_copy(update=update)
+        assert not verify_ed25519(public, synthesis_message(altered.statement()), offered.signature)
+    assert not verify_ed25519(public, statement_message(offered.statement()), offered.signature)
     view = synthesis.request_view(db, record)
     assert view["scope"] == "pooled" and [j["party_id"] for j in view["jobs"]] == [0, 1, 2]
     (event,) = make.events("synthesis.requested")

@@ -25,6 +25,8 @@ from tessera.schemas import (
     DatasetSpent,
     NodeBudgetReport,
     PartyAddress,
+    SynthesisJobOut,
+    SynthesisSpec,
     TaskAccept,
     TaskOut,
     TaskResult,
@@ -770,3 +772,56 @@ def test_the_node_sends_its_signed_log_head_with_each_poll(node) -> None:
     raw = unb64(sig)
     assert raw is not None
     assert verify_signature(agent.identity.certificate_pem, node_audit_message(last_hash), raw)
+
+
+# ---- signed synthesis jobs ------------------------------------------------------------------
+
+
+def make_job(key: CoordinatorKey | None = None, **spec: Any) -> SynthesisJobOut:
+    """A pooled synthesis job as the coordinator offers it: signed by `key` (its own tag)."""
+    job = SynthesisJobOut(
+        id=21,
+        request_id=4,
+        study_id=9,
+        requested_by="rita",
+        spec=SynthesisSpec(
+            dataset="cohort", generator="mst", rows=10, epsilon=1.0, scope="pooled", **spec
+        ),
+        deadline=datetime.now(UTC) + timedelta(seconds=30),
+        party_id=1,
+        n_parties=3,
+    )
+    job.signature = (key or COORDINATOR_KEY).sign_synthesis(job.statement())
+    return job
+
+
+def _job_refusal(agent: NodeAgent, fake: FakeCoordinator, job: SynthesisJobOut) -> str:
+    told: list[str] = []
+    fake.refuse_synthesis = lambda job_id, reason: told.append(reason)  # type: ignore[attr-defined]
+    agent.synthesis.handle(job)
+    [reason] = told
+    return reason
+
+
+def test_a_synthesis_job_is_run_only_on_the_coordinators_signed_word(node) -> None:
+    agent, fake = node()
+    unsigned = make_job().model_copy(update={"signature": None})
+    assert _job_refusal(agent, fake, unsigned).startswith(
+        "the synthesis job carries no coordinator signature"
+    )
+    # a larger epsilon, or another party id, than the coordinator signed
+    job = make_job()
+    for update in (
+        {"spec": job.spec.model_copy(update={"epsilon": 5.0})},
+        {"party_id": 0},
+    ):
+        altered = job.model_copy(update=update)
+        assert "not the pinned coordinator key's" in _job_refusal(agent, fake, altered)
+    assert "not the pinned coordinator key's" in _job_refusal(
+        agent, fake, make_job(key=CoordinatorKey.generate())
+    )
+    # a task's signature (another domain tag) over the same statement is not a job's
+    as_task = job.model_copy(update={"signature": COORDINATOR_KEY.sign_statement(job.statement())})
+    assert "not the pinned coordinator key's" in _job_refusal(agent, fake, as_task)
+    # the coordinator's own signature passes: what refuses it now is this node's policy
+    assert "allows no synthesis" in _job_refusal(agent, fake, make_job())
