@@ -249,12 +249,18 @@ def test_a_sybil_enrolled_by_the_administrator_is_refused_and_no_honest_node_com
     assert "peer_refused" in str(outcome.get("error")), outcome
     refused = 0
     for name in HONEST:
-        entries = [
-            json.loads(line)
-            for line in (world.net.root / name / "audit.jsonl").read_text().splitlines()
-        ]
-        mine = [e for e in entries if e.get("query") == outcome["id"]]
-        actions = {e["action"] for e in mine}
+        # a node still long-polling for the go learns that the query is over on its next poll
+        deadline = time.monotonic() + 15
+        while True:
+            entries = [
+                json.loads(line)
+                for line in (world.net.root / name / "audit.jsonl").read_text().splitlines()
+            ]
+            mine = [e for e in entries if e.get("query") == outcome["id"]]
+            actions = {e["action"] for e in mine}
+            if actions & {"task.failed", "task.abandoned"} or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         assert "result.opened" not in actions, name
         failed = [e for e in mine if e["action"] == "task.failed"]
         if failed:
