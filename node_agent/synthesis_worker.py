@@ -66,7 +66,6 @@ def run(job_input: dict[str, Any]) -> dict[str, Any]:
     from node_agent.config import DatasetConfig
     from node_agent.datasets import load
     from synth.gates import ReleaseGates
-    from synth.holdout import split_holdout
     from tessera.schemas import SynthesisJobOut
 
     job = SynthesisJobOut.model_validate(job_input["job"])
@@ -82,11 +81,7 @@ def run(job_input: dict[str, Any]) -> dict[str, Any]:
         return run_pooled(job_input, job, dataset, frame, folder, gates)
     metadata = synth.TableMetadata.from_schema(dataset.schema_, frame)
     frame = frame[metadata.names]
-    train, holdout = split_holdout(frame, spec.holdout, seed=spec.seed, target=spec.target)
-    emit(
-        "progress",
-        {"stage": "holding out", "message": f"{spec.holdout:.0%} of the rows for evaluation"},
-    )
+    train, holdout = hold_out(frame, spec)
     params = dict(spec.params)
     dp = spec.differentially_private
     if dp:
@@ -209,6 +204,18 @@ def candidate(
     return {"card": card, "gates": outcomes}
 
 
+def hold_out(frame: Any, spec: Any) -> tuple[Any, Any]:
+    """The training rows and the rows held out for evaluation (`synth.holdout`)."""
+    from synth.holdout import split_holdout
+
+    train, holdout = split_holdout(frame, spec.holdout, seed=spec.seed, target=spec.target)
+    emit(
+        "progress",
+        {"stage": "holding out", "message": f"{spec.holdout:.0%} of the rows for evaluation"},
+    )
+    return train, holdout
+
+
 def run_pooled(
     job_input: dict[str, Any],
     job: Any,
@@ -228,7 +235,6 @@ def run_pooled(
     from smpc.runner import start_program, wait_program
     from smpc.tls import PartyTLS
     from synth.generators.mst import DEFAULT_DELTA
-    from synth.holdout import split_holdout
     from synth.pooled import (
         MeasurementJob,
         measurement_query,
@@ -241,11 +247,7 @@ def run_pooled(
     # The declared schema alone (never the rows): every node must build the same measurement.
     metadata = synth.TableMetadata.from_schema(dataset.schema_)
     frame = frame[metadata.names]
-    train, holdout = split_holdout(frame, spec.holdout, seed=spec.seed, target=spec.target)
-    emit(
-        "progress",
-        {"stage": "holding out", "message": f"{spec.holdout:.0%} of the rows for evaluation"},
-    )
+    train, holdout = hold_out(frame, spec)
     query = measurement_query(
         metadata, float(spec.epsilon), spec.delta or DEFAULT_DELTA, dict(spec.params)
     )

@@ -143,7 +143,7 @@ def start_parties(jobs: list[PartyJob]) -> list[Any]:
     else:
         procs = warm_parties().take(len(jobs))
     for proc, job in zip(procs, jobs, strict=True):
-        _hand_over(proc, job)
+        _hand_over(proc, job.model_dump_json(by_alias=True))
     return procs
 
 
@@ -152,9 +152,9 @@ def start_party(job: PartyJob) -> Any:
     return start_parties([job])[0]
 
 
-def _hand_over(proc: Any, job: PartyJob) -> None:
+def _hand_over(proc: Any, payload: str) -> None:
     assert proc.stdin is not None
-    proc.stdin.write(job.model_dump_json(by_alias=True))
+    proc.stdin.write(payload)
     proc.stdin.close()
     proc.stdin = None  # handed over; `communicate` must not touch it again
 
@@ -162,22 +162,24 @@ def _hand_over(proc: Any, job: PartyJob) -> None:
 def wait_party(proc: Any, job: PartyJob) -> PartyOutcome:
     """Wait for a started party; kill it past its deadline (plus a grace second)."""
     try:
-        stdout, stderr = proc.communicate(timeout=job.timeout_s + 1.0)
+        return PartyOutcome.model_validate(wait_program(proc, job.timeout_s, job.party_id))
+    finally:
+        if not isinstance(proc, ForkedParty):
+            warm_parties().refill_soon()
+
+
+def wait_program(proc: Any, timeout_s: float, party_id: int) -> dict[str, Any]:
+    """A started party's outcome (`parse_outcome`; a `start_program` party's, or any other's),
+    the process killed a second past `timeout_s`."""
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout_s + 1.0)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.communicate()
         raise ProtocolFailed(
-            f"party {job.party_id} did not finish within {job.timeout_s:.0f} s",
-            {"party_id": job.party_id},
+            f"party {party_id} did not finish within {timeout_s:.0f} s", {"party_id": party_id}
         ) from None
-    finally:
-        if not isinstance(proc, ForkedParty):
-            warm_parties().refill_soon()
-    return _outcome(stdout, stderr, proc.returncode, job)
-
-
-def _outcome(stdout: str, stderr: str, returncode: int, job: PartyJob) -> PartyOutcome:
-    return PartyOutcome.model_validate(parse_outcome(stdout, stderr, returncode, job.party_id))
+    return parse_outcome(stdout, stderr, proc.returncode, party_id)
 
 
 def parse_outcome(stdout: str, stderr: str, returncode: int, party_id: int) -> dict[str, Any]:
@@ -211,24 +213,8 @@ def start_program(module: str, payload: str) -> subprocess.Popen[str]:
     """Start ``python -m module`` as a party process (a program built on `smpc.party.main`
     with its own job model) and hand it `payload` on stdin; returns at once."""
     proc = _spawn(module)
-    assert proc.stdin is not None
-    proc.stdin.write(payload)
-    proc.stdin.close()
-    proc.stdin = None
+    _hand_over(proc, payload)
     return proc
-
-
-def wait_program(proc: subprocess.Popen[str], timeout_s: float, party_id: int) -> dict[str, Any]:
-    """Wait for a party started by `start_program` (killed a second past `timeout_s`)."""
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout_s + 1.0)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        raise ProtocolFailed(
-            f"party {party_id} did not finish within {timeout_s:.0f} s", {"party_id": party_id}
-        ) from None
-    return parse_outcome(stdout, stderr, proc.returncode, party_id)
 
 
 def wait_all(procs: list[Any], wait: Any) -> list[Any]:

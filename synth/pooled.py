@@ -41,7 +41,6 @@ import base64
 import functools
 import hashlib
 import io
-import json
 import operator
 import sys
 import time
@@ -60,6 +59,7 @@ from synth.generators.mst import MST, Measurements, Request
 from synth.metadata import TableMetadata
 from tessera.errors import InvalidRequest, ProtocolFailed
 from tessera.schemas import POOLED_GENERATORS
+from tessera.signing import canonical
 
 MIN_PARTIES = 3
 MAX_PARTIES = 16
@@ -224,8 +224,7 @@ async def _shared_candidate(
 
 def measurement_sha256(measurements: dict[str, Any]) -> str:
     """The hash of opened measurements (canonical JSON): what the nodes compare."""
-    text = json.dumps(measurements, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
+    return hashlib.sha256(canonical(measurements).encode()).hexdigest()
 
 
 def fit_pooled(
@@ -306,8 +305,7 @@ def train_pooled(
 
 def agreed(outcomes: list[dict[str, Any]]) -> dict[str, Any]:
     """The measurements every party opened; they must be one and the same."""
-    texts = {json.dumps(o["measurements"], sort_keys=True) for o in outcomes}
-    if len(texts) != 1:
+    if len({measurement_sha256(o["measurements"]) for o in outcomes}) != 1:
         raise ProtocolFailed("the parties opened different measurements")
     measurements: dict[str, Any] = outcomes[0]["measurements"]
     return measurements
