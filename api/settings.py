@@ -81,10 +81,10 @@ class CoordinatorSettings(BaseSettings):
     # pending or running at once, per researcher and per study; query submissions accepted
     # per researcher in any 60 s; synthesis requests still computing per researcher; and one
     # query's estimated cost (smpc.cost): result cells and secure comparisons
-    max_concurrent_queries_per_researcher: int = Field(4, ge=1)
-    max_queries_per_minute: int = Field(60, ge=1)
-    max_concurrent_queries_per_study: int = Field(16, ge=1)
-    max_concurrent_synthesis_per_researcher: int = Field(2, ge=1)
+    max_concurrent_queries_per_researcher: int = Field(8, ge=1)
+    max_queries_per_minute: int = Field(120, ge=1)
+    max_concurrent_queries_per_study: int = Field(32, ge=1)
+    max_concurrent_synthesis_per_researcher: int = Field(4, ge=1)
     max_query_cells: int = Field(10_000, ge=1)
     max_query_comparisons: int = Field(250_000, ge=1)
     # the Retry-After given when a concurrency limit is reached (a query usually takes 1–3 s)

@@ -59,10 +59,10 @@ _RESEARCHER_LOCK = 0x7E55B
 class Limits:
     """The coordinator's limits (`CoordinatorSettings.max_*`)."""
 
-    researcher_concurrent: int = 4
-    researcher_per_minute: int = 60
-    study_concurrent: int = 16
-    researcher_synthesis: int = 2
+    researcher_concurrent: int = 8
+    researcher_per_minute: int = 120
+    study_concurrent: int = 32
+    researcher_synthesis: int = 4
     cells: int = 10_000
     comparisons: int = 250_000
     retry_after_s: int = 2
