@@ -119,7 +119,10 @@ def _refuse(error: RateLimited, action: str, study: Study, user: User) -> RateLi
     """Log the refusal (one line: who, which study, which limit) and return the error."""
     fields = {"user": user.username, "study": study.name, "limit": error.details["limit"]}
     log.info(
-        "%s %s %s", f"user:{user.username}", action, fields["limit"],
+        "%s %s %s",
+        f"user:{user.username}",
+        action,
+        fields["limit"],
         extra={"event": action, "fields": fields},
     )
     return error

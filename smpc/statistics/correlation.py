@@ -37,10 +37,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from pydantic import Field
 
+from smpc.cost import rounded_ratios
 from smpc.encoding import FRAC_BITS
 from smpc.job import PartyJob
 from smpc.query import QueryBase
-from smpc.cost import rounded_ratios
 from smpc.rounded import Precision, open_rounded_ratios
 from smpc.statistics.base import number
 from smpc.statistics.design import ENTRY_BITS
@@ -96,9 +96,7 @@ class Correlation(GramStatistic):
         with one), a zero test per column, and per pair its sign bit and its rounded r²
         (one numerator, one denominator)."""
         binary = set(self.binary())
-        screened = sum(
-            4 if j in binary and m in binary else 2 for j, m in self.small_cells()
-        )
+        screened = sum(4 if j in binary and m in binary else 2 for j, m in self.small_cells())
         k = len(self.query.columns)
         pairs = self.opened_per_group()
         return screened + k + pairs + rounded_ratios(pairs, pairs)

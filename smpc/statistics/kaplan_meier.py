@@ -492,11 +492,7 @@ class KaplanMeier(SecureStatistic):
             logrank = 2 * grid + search + final
         legendre = groups * nodes * 2 * COUNT_NOISE_BITS
         compared = (
-            prelude_comparisons(self)
-            + groups
-            + logrank
-            + key_decompositions(groups + 1)
-            + legendre
+            prelude_comparisons(self) + groups + logrank + key_decompositions(groups + 1) + legendre
         )
         return QueryCost(groups * (1 + 2 * nodes), compared)
 

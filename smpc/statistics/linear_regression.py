@@ -51,8 +51,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from smpc.exact import Singular, gauss_jordan, hadamard_bits
 from smpc.cost import rounded_ratios
+from smpc.exact import Singular, gauss_jordan, hadamard_bits
 from smpc.rounded import open_rounded_ratios
 from smpc.statistics.base import number
 from smpc.statistics.design import (

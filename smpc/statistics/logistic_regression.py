@@ -49,10 +49,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from smpc.cellkey import MAGNITUDE_BITS, corners, key_sums, scale_factor
+from smpc.cost import NEWTON_STEPS_ESTIMATE, rounded_ratios
 from smpc.encoding import FRAC_BITS, KEY_BITS
 from smpc.exact import Singular, gauss_jordan, hadamard_bits
 from smpc.job import LocalSummary, PartyJob
-from smpc.cost import NEWTON_STEPS_ESTIMATE, rounded_ratios
 from smpc.rounded import open_rounded_ratios, ratio_field_bits
 from smpc.statistics.base import N_PERTURBED, number
 from smpc.statistics.design import (

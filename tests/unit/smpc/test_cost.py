@@ -74,7 +74,7 @@ def test_the_issues_histogram_has_48_000_cells() -> None:
                 {"name": "x", "type": "float", "min": 0, "max": 1000},
                 *(
                     {"name": f"g{i}", "type": "categorical", "levels": levels}
-                    for i, levels in enumerate([["a", "b"], ["a", "b"], ["a", "b", "c"], ["a", "b", "c", "d"]])
+                    for i, levels in enumerate([list("ab"), list("ab"), list("abc"), list("abcd")])
                 ),
             ]
         }
