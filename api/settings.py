@@ -77,6 +77,18 @@ class CoordinatorSettings(BaseSettings):
     idempotency_ttl_s: float = Field(86400.0, gt=0)
     # how long a node's one-time enrolment token (which registers its key) stays usable
     enrolment_ttl_s: float = Field(7 * 86400.0, gt=0)
+    # work one researcher and one study may ask of the nodes (api/services/limits.py): queries
+    # pending or running at once, per researcher and per study; query submissions accepted
+    # per researcher in any 60 s; synthesis requests still computing per researcher; and one
+    # query's estimated cost (smpc.cost): result cells and secure comparisons
+    max_concurrent_queries_per_researcher: int = Field(8, ge=1)
+    max_queries_per_minute: int = Field(120, ge=1)
+    max_concurrent_queries_per_study: int = Field(32, ge=1)
+    max_concurrent_synthesis_per_researcher: int = Field(4, ge=1)
+    max_query_cells: int = Field(10_000, ge=1)
+    max_query_comparisons: int = Field(250_000, ge=1)
+    # the Retry-After given when a concurrency limit is reached (a query usually takes 1–3 s)
+    concurrency_retry_after_s: int = Field(2, ge=1, le=3600)
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     log_format: Literal["text", "json"] = "text"

@@ -29,7 +29,7 @@ from api import audit, clock
 from api.db import write_lock
 from api.models import Dataset, Node, Query, Study, Task, User
 from api.pagination import PageRequest
-from api.services import budget
+from api.services import budget, limits
 from api.services.network import published_policy
 from api.services.studies import is_member, registered_nodes, study_nodes
 from api.settings import CoordinatorSettings
@@ -47,6 +47,7 @@ from tessera.schemas import (
 from tessera.signing import statement_hash, task_statement
 
 if TYPE_CHECKING:
+    from smpc.cost import QueryCost
     from smpc.query import QueryBase
     from smpc.statistics import SecureStatistic
 
@@ -124,6 +125,10 @@ class Plan:
     def nodes(self) -> list[Node]:
         return [node for node, _ in self.registered]
 
+    def cost(self) -> QueryCost:
+        """The query's estimated cost among its parties (`smpc.cost`)."""
+        return self.statistic.cost(len(self.registered))
+
     def min_count_applied(self) -> int:
         """The threshold every party will apply: the query's, raised to each node's floor."""
         from smpc.query import applied_threshold
@@ -175,6 +180,9 @@ def submit(db: Session, study: Study, user: User, raw: Any, settings: Coordinato
     node-id order."""
     planned = plan(db, study, raw)
     query, registered, statistic = planned.query, planned.registered, planned.query.statistic
+    bounds = limits.Limits.of(settings)
+    limits.check_cost(planned.cost(), bounds)
+    limits.admit_query(db, study, user, bounds)
     now = clock.now(db)
     record = Query(
         study_id=study.id,
@@ -233,15 +241,25 @@ def _statement(query: Query, task: Task, n_parties: int, user: User | None) -> d
     )
 
 
-def dry_run(db: Session, study: Study, user: User, raw: Any) -> dict[str, Any]:
+def dry_run(
+    db: Session,
+    study: Study,
+    user: User,
+    raw: Any,
+    settings: CoordinatorSettings | None = None,
+) -> dict[str, Any]:
     """What submitting `raw` would do, and what it would reveal, without creating anything:
-    the same checks as `submit` (and the same errors), then the nodes of the study with whether
-    each would take part, the threshold every party would apply, and the disclosure the
-    statistic declares. Recorded in the audit log as `query.dry_run`."""
+    the same checks as `submit` (and the same errors, the per-query cost limits included),
+    then the nodes of the study with whether each would take part, the threshold every party
+    would apply, the disclosure the statistic declares, the query's cost and the limits with
+    the researcher's own use of them. Recorded in the audit log as `query.dry_run`."""
     from smpc.disclosure import AppliedRules
     from smpc.statistics import disclosure  # (smpc.disclosure is the rules module)
 
     planned = plan(db, study, raw)
+    bounds = limits.Limits.of(settings) if settings is not None else limits.Limits()
+    cost = planned.cost()
+    limits.check_cost(cost, bounds)
     policies = [published_policy(node) for node in planned.nodes]
     rules = AppliedRules.local(
         planned.query.min_count,
@@ -279,6 +297,8 @@ def dry_run(db: Session, study: Study, user: User, raw: Any) -> dict[str, Any]:
         "delta": reveals["delta"],
         "rules": reveals["rules"],
         "expected_error": reveals["expected_error"],
+        "cost": cost.to_json(),
+        "limits": {**bounds.describe(), **limits.usage(db, user)},
     }
     audit.record(
         db,

@@ -37,13 +37,22 @@ SCHEMA: dict[str, Any] = {
     ]
 }
 RESEARCHER_PASSWORD = "rita-password"
+# the tests share one researcher and leave queries pending: the limits are the limits tests'
+LIMITS_OFF = {
+    "max_concurrent_queries_per_researcher": 10_000,
+    "max_queries_per_minute": 100_000,
+    "max_concurrent_queries_per_study": 10_000,
+    "max_concurrent_synthesis_per_researcher": 10_000,
+}
 MAIN_SETTINGS = {
+    **LIMITS_OFF,
     "accept_timeout_s": 20,
     "query_timeout_s": 40,
     "sweep_interval_s": 1.0,  # its deadlines are long: the replicas test expiry
     "release_max_bytes": 200_000,
 }
 SHORT_SETTINGS = {
+    **LIMITS_OFF,
     "accept_timeout_s": 2,
     "query_timeout_s": 4,
     "sweep_interval_s": 0.2,
