@@ -68,6 +68,8 @@ class CoordinatorSettings(BaseSettings):
     accept_timeout_s: float = Field(30.0, gt=0)
     query_timeout_s: float = Field(120.0, gt=0)
     long_poll_max_s: float = Field(30.0, ge=0)
+    # a waiting long-poll re-checks the database this often even without news (api/notify.py)
+    long_poll_recheck_s: float = Field(2.0, gt=0, le=60)
     sweep_interval_s: float = Field(0.5, gt=0)
     # a synthesis job must reach its stewards' review (or end) this long after its request
     synthesis_timeout_s: float = Field(3600.0, gt=0)

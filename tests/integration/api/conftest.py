@@ -118,6 +118,16 @@ def backend(
         made.drop_all()
 
 
+@pytest.fixture(scope="session")
+def pg_backend(pg_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+    """PostgreSQL databases only, for the tests about PostgreSQL itself."""
+    made = Backend("postgres", tmp_path_factory.mktemp("api-pg-only"), pg_server)
+    try:
+        yield made
+    finally:
+        made.drop_all()
+
+
 # ---- coordinator processes --------------------------------------------------------------
 
 
