@@ -86,6 +86,8 @@ async def long_poll(
     with notifier.subscription(topic) as news:
         while True:
             news.clear()  # a notification from here on triggers the next check
+            if await request.is_disconnected():
+                return None  # nobody to answer: take nothing (a task offered here is lost)
             answer = await run_in_threadpool(check)
             left = deadline - time.monotonic()
             if answer is not None or left <= 0 or await request.is_disconnected():

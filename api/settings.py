@@ -71,6 +71,9 @@ class CoordinatorSettings(BaseSettings):
     # a waiting long-poll re-checks the database this often even without news (api/notify.py)
     long_poll_recheck_s: float = Field(2.0, gt=0, le=60)
     sweep_interval_s: float = Field(0.5, gt=0)
+    # a node agent whose task long-poll's connection closed, and that has not polled again
+    # this long after, fails the queries waiting for it (api/routes/nodes.py)
+    node_gone_grace_s: float = Field(3.0, gt=0, le=300)
     # a synthesis job must reach its stewards' review (or end) this long after its request
     synthesis_timeout_s: float = Field(3600.0, gt=0)
     # the largest synthetic dataset (Parquet) and report a node may upload, each

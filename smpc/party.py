@@ -30,6 +30,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from smpc import liveness
+
 OUTCOME = "TESSERA-OUTCOME "
 ERROR = "TESSERA-ERROR "
 
@@ -132,20 +134,30 @@ async def _run(mpc: Any, job: Any, body: Body = _statistic) -> dict[str, Any]:
     if job.tls is not None:
         pin(mpc, job.tls)
         _run_authorities_only()
+    peers = liveness.watch(mpc)
     started = time.perf_counter()
-    await mpc.start()
+    try:
+        await asyncio.wait_for(mpc.start(), liveness.START_TIMEOUT_S)
+    except TimeoutError:
+        raise liveness.PeerLost(
+            liveness.missing(mpc),
+            f"before the protocol: no connection within {liveness.START_TIMEOUT_S:.0f} s",
+        ) from None
     try:
         if job.tls is not None:
-            await agree(mpc, job)
-        outcome = await body(mpc, job)
+            await liveness.guarded(peers, agree(mpc, job))
+        outcome = await liveness.guarded(peers, body(mpc, job))
     except DisclosureRefused:
+        peers.closing = True
         await mpc.shutdown()  # a pooled outcome every party reached: end together, then refuse
         raise
     except BaseException:
+        peers.closing = True
         for peer in mpc.parties:
             if peer.pid != mpc.pid and peer.protocol is not None:
                 peer.protocol.close_connection()
         raise
+    peers.closing = True
     await mpc.shutdown()
     return {**outcome, "seconds": time.perf_counter() - started}
 
@@ -255,6 +267,10 @@ def main(job_model: Any = None, body: Body = _statistic) -> int:
     except RefusedPeer as exc:
         message = f"party {job.party_id}: {exc}"
         print(ERROR + json.dumps({"code": "peer_refused", "message": message}), flush=True)
+        return 1
+    except liveness.PeerLost as exc:
+        error = {"code": "peer_lost", "message": f"party {job.party_id}: {exc}"}
+        print(ERROR + json.dumps({**error, "parties": exc.party_ids, "when": exc.when}), flush=True)
         return 1
     except RuntimeError as exc:
         if "Event loop stopped before Future completed" not in str(exc):

@@ -126,6 +126,13 @@ class PeerRefused(ProtocolFailed):
     code = "peer_refused"
 
 
+class PeerLost(ProtocolFailed):
+    """A party of a protocol run went away: its connection closed mid-protocol, or it never
+    connected. `details["parties"]` are the party ids lost (the node agent names their nodes)."""
+
+    code = "peer_lost"
+
+
 class ConfigInvalid(TesseraError):
     """A settings or configuration file that cannot be used."""
 
@@ -158,6 +165,7 @@ ERRORS_BY_CODE: dict[str, type[TesseraError]] = {
         TooLarge,
         ProtocolFailed,
         PeerRefused,
+        PeerLost,
         ConfigInvalid,
         DataInvalid,
     )

@@ -387,6 +387,8 @@ class TaskResult(Strict):
 class TaskFailure(Strict):
     code: str = Field(min_length=1, max_length=64)
     message: str = Field(min_length=1, max_length=2000)
+    # with code `peer_lost`: the other nodes of the run this node lost (`smpc.liveness`)
+    lost_nodes: list[str] = Field(default_factory=list, max_length=64)
 
 
 # ---- privacy budget -----------------------------------------------------------------------

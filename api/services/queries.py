@@ -562,6 +562,15 @@ def fail(db: Session, node: Node, task_id: int, body: TaskFailure) -> None:
         code=body.code,
         message=body.message,
     )
+    lost = [t for t in query.tasks if t.node.name in body.lost_nodes and t.id != task.id]
+    if body.code == "peer_lost" and lost:
+        # the node reporting is not the one to blame: name the nodes it lost first
+        names = [t.node.name for t in lost]
+        for t in lost:
+            t.error_code, t.error_message = "peer_lost", f"lost (seen by {node.name})"
+        message = f"{_nodes_phrase(names)} lost (node {node.name}: {body.message})"
+        fail_query(db, query, body.code, message)
+        return
     fail_query(db, query, body.code, f"node {node.name}: {body.message}")
 
 
@@ -660,6 +669,55 @@ def overdue_queries(db: Session, now: datetime | None = None) -> list[int]:
     return list(db.scalars(select(Query.id).where(_overdue(now)).order_by(Query.id)))
 
 
+def node_gone(db: Session, node_id: int, polled_at: datetime) -> list[tuple[int, list[int]]]:
+    """Fail every unfinished query that waits for node `node_id`, if the node has not polled
+    since `polled_at` (its poll's connection closed then): the query names it and what it last
+    did. Returns (query id, its nodes' ids) of each query failed, for the long-polls to wake."""
+    node = db.get(Node, node_id)
+    if node is None or (node.last_poll_at is not None and node.last_poll_at > polled_at):
+        return []  # back already (its new poll noted it)
+    open_ids = db.scalars(
+        select(Task.query_id)
+        .join(Query, Query.id == Task.query_id)
+        .where(
+            Task.node_id == node_id,
+            Task.status.in_((*NOT_ACCEPTED, "accepted", "running")),
+            Query.status.in_(("pending", "running")),
+        )
+        .order_by(Task.query_id)
+    ).all()
+    ended = []
+    for query_id in open_ids:
+        query = lock_query(db, query_id)
+        if query.status in TERMINAL:
+            continue
+        mine = [t for t in query.tasks if t.node_id == node_id]
+        if not mine or mine[0].status not in (*NOT_ACCEPTED, "accepted", "running"):
+            continue
+        step = last_step(mine[0])
+        mine[0].error_code, mine[0].error_message = "node_lost", f"went away ({step})"
+        message = (
+            f"node {node.name} went away: its connection to the coordinator closed and it did "
+            f"not come back (it had {step})"
+        )
+        fail_query(db, query, "node_lost", message)
+        ended.append((query.id, [t.node_id for t in query.tasks]))
+    return ended
+
+
+def last_step(task: Task) -> str:
+    """What a node last did with its task, as the coordinator saw it (for a missed deadline)."""
+    if task.status == "pending":
+        return "never fetched the task"
+    if task.status == "offered":
+        if task.progress_stage == "queued":
+            return "fetched the task and queued it behind its other protocols"
+        return "fetched the task, then sent nothing"
+    if task.progress_stage:
+        return f"accepted; last reported stage {task.progress_stage!r}"
+    return "accepted, then sent nothing"
+
+
 def expire(db: Session, query_id: int, now: datetime | None = None) -> Query | None:
     """Fail one query if it is still past its deadline, naming the nodes it waited for.
 
@@ -690,8 +748,10 @@ def expire(db: Session, query_id: int, now: datetime | None = None) -> Query | N
         what = f"did not report a result within {seconds:g} s"
     names = [t.node.name for t in late]
     message = f"{_nodes_phrase(names)} {what}" if names else f"the query {what}"
+    if late:
+        message += " (" + "; ".join(f"{t.node.name}: {last_step(t)}" for t in late) + ")"
     for t in late:
-        t.error_code, t.error_message = "timeout", what
+        t.error_code, t.error_message = "timeout", f"{what} ({last_step(t)})"
     query.error_message = message
     _close_tasks(query)
     audit.record(db, "system", "query.failed", f"query:{query.id}", code="timeout", message=message)
