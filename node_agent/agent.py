@@ -756,7 +756,7 @@ class NodeAgent:
             code=code,
             seconds=_seconds(started),
         )
-        self._tell("fail", task.id, code, message, lost_nodes)
+        self._tell("fail", task.id, code, message, *([lost_nodes] if lost_nodes else []))
 
     def _prepare(self, task: TaskOut, statistic: SecureStatistic) -> _Prepared:
         """Compute the local summary of the checked query (on the cached frame), and make this

@@ -33,10 +33,13 @@ def test_a_node_that_never_accepts_times_the_query_out(replica_setup: Setup) -> 
         node.accept(task)
     done = setup.researcher.wait_query(query["id"], timeout=ACCEPT_S + 3)
     assert done["status"] == "failed" and done["result"] is None
-    message = f"node {setup.nodes[2].name} did not accept within {ACCEPT_S} s"
+    name = setup.nodes[2].name
+    message = f"node {name} did not accept within {ACCEPT_S} s ({name}: never fetched the task)"
     assert done["error"] == {"code": "timeout", "message": message}
     assert [t["status"] for t in done["tasks"]] == ["cancelled"] * 3
-    assert done["tasks"][2]["error"] == f"did not accept within {ACCEPT_S} s"
+    assert (
+        done["tasks"][2]["error"] == f"did not accept within {ACCEPT_S} s (never fetched the task)"
+    )
     late = setup.nodes[1].call("GET", f"/tasks/{tasks[1]['id']}/start")
     assert late.status_code == 409 and message in late.json()["error"]["message"]
     assert setup.nodes[2].ok("GET", "/nodes/me/tasks") == []
@@ -48,8 +51,11 @@ def test_nodes_that_never_look_are_named_together(replica_setup: Setup) -> None:
     query = setup.submit(COUNT)
     setup.nodes[0].accept(setup.nodes[0].take_task())
     done = setup.researcher.wait_query(query["id"], timeout=ACCEPT_S + 3)
-    names = f"{setup.nodes[1].name}, {setup.nodes[2].name}"
-    assert done["error"]["message"] == f"nodes {names} did not accept within {ACCEPT_S} s"
+    one, two = setup.nodes[1].name, setup.nodes[2].name
+    assert done["error"]["message"] == (
+        f"nodes {one}, {two} did not accept within {ACCEPT_S} s "
+        f"({one}: never fetched the task; {two}: never fetched the task)"
+    )
 
 
 def test_a_silent_party_times_out_and_late_results_are_refused(replica_setup: Setup) -> None:
@@ -60,7 +66,11 @@ def test_a_silent_party_times_out_and_late_results_are_refused(replica_setup: Se
         assert node.post_result(task, RESULT).status_code == 200
     done = setup.researcher.wait_query(query["id"], timeout=QUERY_S + 3)
     assert done["status"] == "failed" and done["result"] is None
-    message = f"node {setup.nodes[2].name} did not report a result within {QUERY_S} s"
+    name = setup.nodes[2].name
+    message = (
+        f"node {name} did not report a result within {QUERY_S} s "
+        f"({name}: accepted, then sent nothing)"
+    )
     assert done["error"] == {"code": "timeout", "message": message}
     late = setup.nodes[2].post_result(tasks[2], RESULT)
     assert late.status_code == 409 and late.json()["error"]["code"] == "conflict"

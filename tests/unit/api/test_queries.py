@@ -260,7 +260,10 @@ def test_a_pending_query_past_its_accept_deadline_expires_naming_the_late_nodes(
 
     assert expired is query
     assert (query.status, query.error_code) == ("failed", "timeout")
-    assert query.error_message == "nodes h1, h3 did not accept within 30 s"
+    assert query.error_message == (
+        "nodes h1, h3 did not accept within 30 s (h1: never fetched the task; "
+        "h3: never fetched the task)"
+    )
     assert query.finished_at == at
     assert [t.status for t in query.tasks] == ["cancelled", "cancelled", "cancelled"]
     assert [t.error_code for t in query.tasks] == ["timeout", None, "timeout"]
@@ -278,7 +281,10 @@ def test_a_running_query_past_its_deadline_expires_naming_the_silent_nodes(
 
     clock.advance(2)
     assert queries.expire(db, query.id) is query
-    assert query.error_message == "nodes h1, h3 did not report a result within 120 s"
+    assert query.error_message == (
+        "nodes h1, h3 did not report a result within 120 s (h1: accepted, then sent nothing; "
+        "h3: accepted, then sent nothing)"
+    )
     assert query.result is None
 
 
