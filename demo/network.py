@@ -271,16 +271,19 @@ class Network:
         enrolment_token: str | None = None,
         *,
         introduce: bool = True,
+        coordinator_url: str | None = None,
     ) -> Process:
         """Write the node's configuration (with the API key and the one-time enrolment token
         `POST /nodes` answered), make its identity on first start (what `tessera node init`
         does) and, with `introduce`, have it and every node started before trust
         each other's keys (what the hospitals' stewards do out of band, `tessera node
-        trust`); then start its agent."""
+        trust`); then start its agent. `coordinator_url`: where the node reaches the
+        coordinator, if not directly (a proxy in a fault test)."""
         work_dir = self.root / spec.name
         work_dir.mkdir(exist_ok=True)
         config = work_dir / "node.toml"
-        config.write_text(node_config(spec, self.url, api_key, work_dir, enrolment_token))
+        url = coordinator_url or self.url
+        config.write_text(node_config(spec, url, api_key, work_dir, enrolment_token))
         config.chmod(0o600)
         if not NodeIdentity.exists(work_dir):
             NodeIdentity.create(work_dir, spec.name)
