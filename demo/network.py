@@ -237,8 +237,11 @@ class Network:
         )
         return Process(name, popen, log_path, log)
 
-    def start_coordinator(self, database_url: str | None = None, **settings: Any) -> None:
-        """Start (or restart) the coordinator and wait until it answers."""
+    def start_coordinator(
+        self, database_url: str | None = None, ready_timeout_s: float = 30.0, **settings: Any
+    ) -> None:
+        """Start (or restart) the coordinator and wait (up to `ready_timeout_s`) until it
+        answers."""
         if not self.settings:
             self.settings = {
                 "TESSERA_DATABASE_URL": database_url or f"sqlite:///{self.root / 'coordinator.db'}",
@@ -249,7 +252,7 @@ class Network:
             self.settings |= {f"TESSERA_{k.upper()}": str(v) for k, v in settings.items()}
         argv = _cli("coordinator", "serve", "--host", "127.0.0.1", "--port", str(self.port))
         self.coordinator = self._spawn("coordinator", argv, self.settings)
-        self.wait_ready(self.coordinator)
+        self.wait_ready(self.coordinator, ready_timeout_s)
 
     def wait_ready(self, proc: Process, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout

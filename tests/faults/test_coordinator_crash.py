@@ -30,7 +30,7 @@ def crash_and_restart(world: World) -> None:
     world.net.coordinator.kill()  # SIGKILL: no shutdown, requests cut mid-way
     world.net.coordinator.log.close()
     time.sleep(1.0)
-    world.net.start_coordinator()
+    world.net.start_coordinator(ready_timeout_s=90)  # a loaded CI machine starts slowly
 
 
 def settled(world: World, query_id: int, submitted_at: float) -> dict[str, Any]:
