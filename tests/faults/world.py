@@ -85,6 +85,7 @@ def network(
     try:
         net.start_coordinator(
             database_url=database_url,
+            ready_timeout_s=90,  # a loaded CI machine starts it slowly
             accept_timeout_s=ACCEPT_TIMEOUT_S,
             query_timeout_s=QUERY_TIMEOUT_S,
             sweep_interval_s=0.2,
