@@ -427,6 +427,27 @@ class IdempotencyKey(Base):
     created_at: Mapped[datetime] = mapped_column(index=True)
 
 
+class NodeReply(Base):
+    """The first answer to a node's step on a task or synthesis job (`subject`: `task:<id>` or
+    `synthesis_job:<id>`; `step`: accept, result, ...), with its request's fingerprint: a
+    retry of the same request is answered this again, and changes nothing twice
+    (`api.services.idempotency.node_step`; kept `idempotency_ttl_s`)."""
+
+    __tablename__ = "node_replies"
+    __table_args__ = (
+        UniqueConstraint("node_id", "subject", "step", name="uq_node_replies_node_subject_step"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id"))
+    subject: Mapped[str] = mapped_column(String(64))
+    step: Mapped[str] = mapped_column(String(32))
+    request_hash: Mapped[str] = mapped_column(String(64))  # the step and its canonical body
+    status_code: Mapped[int] = mapped_column(Integer)
+    response: Mapped[dict[str, Any] | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(index=True)
+
+
 class AuditEvent(Base):
     """Append-only, hash-chained: hash = sha256(prev_hash + canonical JSON of the event);
     `signature` is the coordinator key's over the hash (NULL: an event from before signing)."""

@@ -240,8 +240,11 @@ class Network:
         )
         return Process(name, popen, log_path, log)
 
-    def start_coordinator(self, database_url: str | None = None, **settings: Any) -> None:
-        """Start (or restart) the coordinator and wait until it answers."""
+    def start_coordinator(
+        self, database_url: str | None = None, ready_timeout_s: float = 30.0, **settings: Any
+    ) -> None:
+        """Start (or restart) the coordinator and wait (up to `ready_timeout_s`) until it
+        answers."""
         if not self.settings:
             self.settings = {
                 "TESSERA_DATABASE_URL": database_url or f"sqlite:///{self.root / 'coordinator.db'}",
@@ -252,7 +255,7 @@ class Network:
             self.settings |= {f"TESSERA_{k.upper()}": str(v) for k, v in settings.items()}
         argv = _cli("coordinator", "serve", "--host", "127.0.0.1", "--port", str(self.port))
         self.coordinator = self._spawn("coordinator", argv, self.settings)
-        self.wait_ready(self.coordinator)
+        self.wait_ready(self.coordinator, ready_timeout_s)
 
     def wait_ready(self, proc: Process, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -274,16 +277,19 @@ class Network:
         enrolment_token: str | None = None,
         *,
         introduce: bool = True,
+        coordinator_url: str | None = None,
     ) -> Process:
         """Write the node's configuration (with the API key and the one-time enrolment token
         `POST /nodes` answered), make its identity on first start (what `tessera node init`
         does) and, with `introduce`, have it and every node started before trust
         each other's keys (what the hospitals' stewards do out of band, `tessera node
-        trust`); then start its agent."""
+        trust`); then start its agent. `coordinator_url`: where the node reaches the
+        coordinator, if not directly (a proxy in a fault test)."""
         work_dir = self.root / spec.name
         work_dir.mkdir(exist_ok=True)
         config = work_dir / "node.toml"
-        config.write_text(node_config(spec, self.url, api_key, work_dir, enrolment_token))
+        url = coordinator_url or self.url
+        config.write_text(node_config(spec, url, api_key, work_dir, enrolment_token))
         config.chmod(0o600)
         if not NodeIdentity.exists(work_dir):
             NodeIdentity.create(work_dir, spec.name)

@@ -1,9 +1,16 @@
 """The node's HTTP client of the coordinator: outbound requests only, retried with backoff.
 
-Connection errors and 5xx answers are retried with exponential backoff and full jitter (capped
-at 10 s) until the call succeeds or the agent stops, so a node rides out a coordinator restart.
-4xx answers are the coordinator's word and come back as the `tessera.errors` exception it
-named. The API key goes in a header and is never logged; neither are request bodies.
+Transport failures (connection refused or reset, a timeout, a reply lost when the connection
+closed before it came) and 5xx answers are retried with exponential backoff and full jitter
+(capped at 10 s; longer if a 503 asks so in `Retry-After`), so a node rides out a coordinator
+restart. Retrying a POST is safe: the coordinator answers a node's repeated step on a task or
+synthesis job with its first answer (`Idempotent-Replayed: true`) and changes nothing twice,
+so a replay is this call's success. A step on a query task, or on a synthesis job before its
+candidate, is retried until the task's (job's) deadline, which the coordinator enforces itself
+(at least `MIN_RETRY_S`); progress notes for `PROGRESS_RETRY_S` (they must not hold up the
+protocol); everything else until it succeeds or the agent stops. 4xx answers are the
+coordinator's word and come back as the `tessera.errors` exception it named. The API key goes
+in a header and is never logged; neither are request bodies.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import logging
 import random
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -39,9 +47,13 @@ from tessera.signing import format_head, parse_head
 log = logging.getLogger("tessera.node")
 
 AUDIT_HEAD = "Tessera-Audit-Head"
+REPLAYED = "Idempotent-Replayed"  # the coordinator's mark of a first answer given again
 
 FIRST_BACKOFF_S = 0.2
 MAX_BACKOFF_S = 10.0
+MIN_RETRY_S = 30.0  # a step past its deadline is still tried this long (its failure report)
+PROGRESS_RETRY_S = 3.0
+FORGET_DEADLINE_AFTER = timedelta(hours=1)
 
 
 class CoordinatorUnreachable(TesseraError):
@@ -95,6 +107,7 @@ class CoordinatorClient:
         on_reconnect: Callable[[], None] | None = None,
         transport: httpx.BaseTransport | None = None,
         backoff: Callable[[], Backoff] = Backoff,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._read_timeout_s = read_timeout_s
@@ -110,6 +123,11 @@ class CoordinatorClient:
         self.audit_head: tuple[int, str, str] | None = None  # the coordinator's, last poll
         self._backoff = backoff
         self._connect_timeout_s = connect_timeout_s
+        self._now = now
+        self.replays = 0  # answers the coordinator gave again to a retried step
+        # the deadline of each task and synthesis job offered: its steps are retried until then
+        self._deadlines: dict[tuple[str, int], datetime] = {}
+        self._deadlines_lock = threading.Lock()
 
     def close(self) -> None:
         self._http.close()
@@ -121,8 +139,12 @@ class CoordinatorClient:
         retry: bool = True,
         wait: float = 0.0,
         answer_headers: dict[str, str] | None = None,
+        give_up_at: datetime | None = None,
         **kwargs: Any,
     ) -> Any:
+        """One call, retried on a transport failure or a 5xx (not with `retry` false) until it
+        is answered, the agent stops (`AgentStopping`) or `give_up_at` passes
+        (`CoordinatorUnreachable`)."""
         backoff = self._backoff()
         timeout = (
             httpx.Timeout(self._read_timeout_s + wait, connect=self._connect_timeout_s)
@@ -132,18 +154,27 @@ class CoordinatorClient:
         if timeout is not None:
             kwargs["timeout"] = timeout
         while True:
+            asked_delay = 0.0
             try:
                 response = self._http.request(method, path, **kwargs)
                 if response.status_code < 500:
                     break
                 problem = f"it answered {response.status_code}"
+                asked_delay = _retry_after(response)
             except httpx.HTTPError as exc:
                 problem = f"{type(exc).__name__}"
             if self._stop.is_set():
                 raise AgentStopping(f"coordinator unreachable ({problem}) while stopping")
             if not retry:
                 raise CoordinatorUnreachable(f"coordinator unreachable: {problem}")
-            delay = backoff.next_delay()
+            delay = max(backoff.next_delay(), asked_delay)
+            if give_up_at is not None:
+                left = (give_up_at - self._now()).total_seconds()
+                if left <= 0:
+                    raise CoordinatorUnreachable(
+                        f"coordinator unreachable ({problem}) until the step's deadline"
+                    )
+                delay = min(delay, left)
             self.retries += 1
             log.warning(
                 "coordinator unreachable (%s %s: %s); retrying in %.1f s",
@@ -160,9 +191,43 @@ class CoordinatorClient:
             self.on_reconnect()
         if response.status_code >= 400:
             raise _error(response)
+        if response.headers.get(REPLAYED) == "true":
+            self.replays += 1
+            log.info(
+                "the coordinator had taken %s %s already: its first answer stands",
+                method,
+                path,
+                extra={"event": "coordinator.replayed"},
+            )
         if answer_headers is not None:
             answer_headers.update(response.headers)
         return response.json() if response.content else None
+
+    def _keep_deadline(self, kind: str, subject_id: int, deadline: datetime) -> None:
+        with self._deadlines_lock:
+            now = self._now()
+            for key, at in list(self._deadlines.items()):
+                if now - at > FORGET_DEADLINE_AFTER:
+                    del self._deadlines[key]
+            self._deadlines[(kind, subject_id)] = deadline
+
+    def _until_deadline(self, kind: str, subject_id: int) -> datetime | None:
+        """When to stop retrying a step on the task (job): its deadline, but at least
+        `MIN_RETRY_S` from now; None (until the agent stops) when it was not offered to this
+        client (the agent restarted since)."""
+        with self._deadlines_lock:
+            deadline = self._deadlines.get((kind, subject_id))
+        if deadline is None:
+            return None
+        return max(deadline, self._now() + timedelta(seconds=MIN_RETRY_S))
+
+    def _task_post(self, task_id: int, step: str, body: dict[str, Any]) -> Any:
+        return self._call(
+            "POST",
+            f"/tasks/{task_id}/{step}",
+            give_up_at=self._until_deadline("task", task_id),
+            json=body,
+        )
 
     # ---- registration ---------------------------------------------------------------------
 
@@ -209,10 +274,13 @@ class CoordinatorClient:
         )
         lowered = {k.lower(): v for k, v in answered.items()}
         self.audit_head = parse_head(lowered.get(AUDIT_HEAD.lower()))
-        return [TaskOut.model_validate(t) for t in body or []]
+        tasks = [TaskOut.model_validate(t) for t in body or []]
+        for task in tasks:
+            self._keep_deadline("task", task.id, task.deadline)
+        return tasks
 
     def accept(self, task_id: int, body: TaskAccept) -> None:
-        self._call("POST", f"/tasks/{task_id}/accept", json=body.model_dump(exclude_none=True))
+        self._task_post(task_id, "accept", body.model_dump(exclude_none=True))
 
     def start(self, task_id: int, wait: float) -> TaskStart:
         """Wait up to `wait` seconds for the go; `Conflict` if the query is over."""
@@ -220,16 +288,16 @@ class CoordinatorClient:
         return TaskStart.model_validate(body)
 
     def reject(self, task_id: int, reason: str) -> None:
-        body = TaskRefusal(reason=reason[:2000]).model_dump()
-        self._call("POST", f"/tasks/{task_id}/reject", json=body)
+        self._task_post(task_id, "reject", TaskRefusal(reason=reason[:2000]).model_dump())
 
     def progress(self, task_id: int, stage: str, message: str = "") -> None:
-        """Best effort: not retried (a lost progress note must not hold up the protocol)."""
+        """Best effort: retried for `PROGRESS_RETRY_S` only (a lost progress note must not hold
+        up the protocol)."""
         body = TaskProgress(stage=stage[:64], message=message[:2000]).model_dump()
-        self._call("POST", f"/tasks/{task_id}/progress", retry=False, json=body)
+        self._call("POST", f"/tasks/{task_id}/progress", give_up_at=self._soon(), json=body)
 
     def result(self, task_id: int, body: TaskResult) -> None:
-        self._call("POST", f"/tasks/{task_id}/result", json=body.model_dump(mode="json"))
+        self._task_post(task_id, "result", body.model_dump(mode="json"))
 
     def fail(
         self, task_id: int, code: str, message: str, lost_nodes: list[str] | None = None
@@ -237,7 +305,10 @@ class CoordinatorClient:
         body = TaskFailure(
             code=code[:64] or "error", message=message[:2000] or code, lost_nodes=lost_nodes or []
         ).model_dump()
-        self._call("POST", f"/tasks/{task_id}/fail", json=body)
+        self._task_post(task_id, "fail", body)
+
+    def _soon(self) -> datetime:
+        return self._now() + timedelta(seconds=PROGRESS_RETRY_S)
 
     # ---- synthesis jobs -------------------------------------------------------------------
 
@@ -246,16 +317,25 @@ class CoordinatorClient:
         body = self._call(
             "GET", "/nodes/me/synthesis-jobs", retry=retry, wait=wait, params={"wait": wait}
         )
-        return [SynthesisJobOut.model_validate(j) for j in body or []]
+        jobs = [SynthesisJobOut.model_validate(j) for j in body or []]
+        for job in jobs:
+            self._keep_deadline("synthesis_job", job.id, job.deadline)
+        return jobs
+
+    def _job_post(self, job_id: int, step: str, until_deadline: bool, **kwargs: Any) -> Any:
+        """A step on a synthesis job: one before its candidate is retried until the job's
+        deadline (the coordinator fails the job then), a later one until it is answered."""
+        give_up_at = self._until_deadline("synthesis_job", job_id) if until_deadline else None
+        return self._call(
+            "POST", f"/synthesis-jobs/{job_id}/{step}", give_up_at=give_up_at, **kwargs
+        )
 
     def accept_synthesis(self, job_id: int, body: TaskAccept | None = None) -> None:
         """Accept a job; a pooled one says where this node's MPC party will listen."""
         if body is None:
-            self._call("POST", f"/synthesis-jobs/{job_id}/accept")
+            self._job_post(job_id, "accept", True)
         else:
-            self._call(
-                "POST", f"/synthesis-jobs/{job_id}/accept", json=body.model_dump(exclude_none=True)
-            )
+            self._job_post(job_id, "accept", True, json=body.model_dump(exclude_none=True))
 
     def synthesis_start(self, job_id: int, wait: float) -> TaskStart:
         """A pooled job: wait up to `wait` seconds for every node to accept (the parties)."""
@@ -266,34 +346,36 @@ class CoordinatorClient:
 
     def refuse_synthesis(self, job_id: int, reason: str) -> None:
         body = TaskRefusal(reason=reason[:2000]).model_dump()
-        self._call("POST", f"/synthesis-jobs/{job_id}/refuse", json=body)
+        self._job_post(job_id, "refuse", True, json=body)
 
     def synthesis_progress(self, job_id: int, body: SynthesisProgress) -> None:
-        """Best effort: not retried (a lost progress note must not hold up training)."""
+        """Best effort: retried for `PROGRESS_RETRY_S` only (a lost progress note must not hold
+        up training)."""
         self._call(
-            "POST", f"/synthesis-jobs/{job_id}/progress", retry=False, json=body.model_dump()
+            "POST",
+            f"/synthesis-jobs/{job_id}/progress",
+            give_up_at=self._soon(),
+            json=body.model_dump(),
         )
 
     def synthesis_candidate(self, job_id: int, body: SynthesisCandidate) -> dict[str, Any]:
-        return dict(
-            self._call(
-                "POST", f"/synthesis-jobs/{job_id}/candidate", json=body.model_dump(mode="json")
-            )
-        )
+        return dict(self._job_post(job_id, "candidate", True, json=body.model_dump(mode="json")))
 
     def reject_synthesis(self, job_id: int, body: SynthesisRejection) -> None:
-        self._call("POST", f"/synthesis-jobs/{job_id}/reject", json=body.model_dump(mode="json"))
+        self._job_post(job_id, "reject", False, json=body.model_dump(mode="json"))
 
     def fail_synthesis(self, job_id: int, code: str, message: str) -> None:
+        """Retried until answered: a job awaiting its stewards has no deadline to end it."""
         body = TaskFailure(code=code[:64] or "error", message=message[:2000] or code).model_dump()
-        self._call("POST", f"/synthesis-jobs/{job_id}/fail", json=body)
+        self._job_post(job_id, "fail", False, json=body)
 
     def release(
         self, job_id: int, card: ReleaseCard, data: bytes | None, report: bytes
     ) -> dict[str, Any]:
-        """Upload an approved candidate (multipart: card, data, report); retried like every
-        call, so an upload survives a coordinator restart. A pooled job's approval goes
-        without `data` first (the answer is a `PooledApproval`), and with it once every node
+        """Upload an approved candidate (multipart: card, data, report); retried until answered,
+        so an upload survives a coordinator restart (a retried upload that was published is
+        answered its release again). A pooled job's approval goes without `data` first (the
+        answer is a `PooledApproval`, the request's state now), and with it once every node
         approved."""
         files = {"report": ("report.html", report, "text/html")}
         if data is not None:
@@ -306,6 +388,14 @@ class CoordinatorClient:
                 files=files,
             )
         )
+
+
+def _retry_after(response: httpx.Response) -> float:
+    """The seconds a 503's `Retry-After` asks for (capped at `MAX_BACKOFF_S`), else 0."""
+    try:
+        return min(MAX_BACKOFF_S, max(0.0, float(response.headers.get("retry-after", 0))))
+    except ValueError:  # an HTTP date: the backoff decides
+        return 0.0
 
 
 def _error(response: httpx.Response) -> TesseraError:

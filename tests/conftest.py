@@ -72,6 +72,16 @@ def drop_pg_database(admin_url: str, name: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture
+def fresh_pg_url(pg_server: str) -> Iterator[str]:
+    """A PostgreSQL database of this test's own (dropped after it)."""
+    url, name = fresh_pg_database(pg_server)
+    try:
+        yield url
+    finally:
+        drop_pg_database(pg_server, name)
+
+
 @pytest.fixture(
     scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 )

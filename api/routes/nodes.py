@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
+from pydantic import BaseModel
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -26,7 +28,7 @@ from api.deps import (
 from api.models import Node, Task
 from api.notify import Notifier, long_poll
 from api.openapi import errors
-from api.services import budget, network, queries
+from api.services import budget, idempotency, network, queries
 from tessera.errors import InvalidRequest
 from tessera.rest import (
     Ack,
@@ -286,11 +288,18 @@ def _chain_head(database: Database) -> dict[str, Any] | None:
 @router.post("/tasks/{task_id}/accept", tags=["tasks"], response_model=Ack, responses=TASK)
 def accept_task(
     task_id: int, body: TaskAccept, node: CurrentNode, db: SessionDep, notifier: NotifierDep
-) -> dict[str, Any]:
-    """Accept a task, giving this run's MPC address (and certificate); 409 if the query is over."""
-    queries.accept(db, node, task_id, body)
+) -> Any:
+    """Accept a task, giving this run's MPC address (and certificate); 409 if the query is over.
+    The same acceptance again is answered as the first (`Idempotent-Replayed: true`); another
+    one is a 409."""
+
+    def work() -> dict[str, Any]:
+        queries.accept(db, node, task_id, body)
+        return {"status": "accepted"}
+
+    answer = _task_step(db, node, task_id, "accept", body, work)
     _commit_and_wake(db, notifier, task_id)
-    return {"status": "accepted"}
+    return idempotency.respond(answer)
 
 
 @router.get("/tasks/{task_id}/start", tags=["tasks"], response_model=TaskStart, responses=TASK)
@@ -314,42 +323,86 @@ async def await_task_start(
 @router.post("/tasks/{task_id}/reject", tags=["tasks"], response_model=Ack, responses=TASK)
 def refuse_task(
     task_id: int, body: TaskRefusal, node: CurrentNode, db: SessionDep, notifier: NotifierDep
-) -> dict[str, Any]:
+) -> Any:
     """The node's policy refuses the task, with the rule's reason: the query fails."""
-    queries.reject(db, node, task_id, body.reason)
+
+    def work() -> dict[str, Any]:
+        queries.reject(db, node, task_id, body.reason)
+        return {"status": "refused"}
+
+    answer = _task_step(db, node, task_id, "reject", body, work)
     _commit_and_wake(db, notifier, task_id)
-    return {"status": "refused"}
+    return idempotency.respond(answer)
 
 
 @router.post("/tasks/{task_id}/fail", tags=["tasks"], response_model=Ack, responses=TASK)
 def fail_task(
     task_id: int, body: TaskFailure, node: CurrentNode, db: SessionDep, notifier: NotifierDep
-) -> dict[str, Any]:
+) -> Any:
     """The node could not complete its part: the query fails."""
-    queries.fail(db, node, task_id, body)
+
+    def work() -> dict[str, Any]:
+        queries.fail(db, node, task_id, body)
+        return {"status": "failed"}
+
+    answer = _task_step(db, node, task_id, "fail", body, work)
     _commit_and_wake(db, notifier, task_id)
-    return {"status": "failed"}
+    return idempotency.respond(answer)
 
 
 @router.post("/tasks/{task_id}/progress", tags=["tasks"], response_model=Ack, responses=TASK)
 def report_task_progress(
     task_id: int, body: TaskProgress, node: CurrentNode, db: SessionDep
-) -> dict[str, Any]:
-    """A stage of the node's work on the task (shown to the researcher)."""
-    queries.progress(db, node, task_id, body.stage, body.message)
+) -> Any:
+    """A stage of the node's work on the task (shown to the researcher). The same note as the
+    last changes nothing; a newer one is recorded."""
+
+    def work() -> dict[str, Any]:
+        queries.progress(db, node, task_id, body.stage, body.message)
+        return {"status": "ok"}
+
+    answer = _task_step(db, node, task_id, "progress", body, work, repeatable=True)
     db.commit()
-    return {"status": "ok"}
+    return idempotency.respond(answer)
 
 
 @router.post("/tasks/{task_id}/result", tags=["tasks"], response_model=Ack, responses=TASK)
 def post_task_result(
     task_id: int, body: TaskResult, node: CurrentNode, db: SessionDep, notifier: NotifierDep
-) -> dict[str, Any]:
+) -> Any:
     """The party's opened, pooled result; the query succeeds once every party posted the same
-    one. A result not of its statistic's shape fails the task and the query (`failed`)."""
-    outcome = queries.post_result(db, node, task_id, body)
+    one. A result not of its statistic's shape fails the task and the query (`failed`). The
+    same result again is answered as the first; another one is a 409."""
+
+    def work() -> dict[str, Any]:
+        return {"status": queries.post_result(db, node, task_id, body)}
+
+    answer = _task_step(db, node, task_id, "result", body, work)
     _commit_and_wake(db, notifier, task_id)
-    return {"status": outcome}
+    return idempotency.respond(answer)
+
+
+def _task_step(
+    db: Session,
+    node: Node,
+    task_id: int,
+    step: str,
+    body: BaseModel,
+    work: Callable[[], dict[str, Any]],
+    repeatable: bool = False,
+) -> idempotency.Answer:
+    """A node's step on its task, once (`idempotency.node_step`): a retry is answered the
+    first answer, under the task's query lock."""
+    return idempotency.node_step(
+        db,
+        node,
+        ("task", task_id),
+        step,
+        body.model_dump(mode="json"),
+        lambda: queries.lock_task(db, node, task_id),
+        lambda: idempotency.Answer(status.HTTP_200_OK, work()),
+        repeatable=repeatable,
+    )
 
 
 def _query_of(database: Database, task_id: int) -> int:

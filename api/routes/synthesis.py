@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile, status
 from fastapi.responses import JSONResponse, Response
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -257,11 +258,15 @@ def accept_synthesis_job(
     db: SessionDep,
     notifier: NotifierDep,
     body: TaskAccept | None = None,
-) -> dict[str, Any]:
+) -> Any:
     """Take the job. A pooled job's body is required: where the node's MPC party listens and
-    this run's certificate (as a query task's acceptance); then wait for the go (`/start`)."""
-    _changed(db, notifier, synthesis.accept(db, node, job_id, body))
-    return {"status": "training"}
+    this run's certificate (as a query task's acceptance); then wait for the go (`/start`).
+    The same acceptance again is answered as the first; another one is a 409."""
+
+    def work() -> SynthesisJob:
+        return synthesis.accept(db, node, job_id, body)
+
+    return _job_step(db, notifier, node, job_id, "accept", body, work, {"status": "training"})
 
 
 @router.get(
@@ -302,9 +307,11 @@ async def await_synthesis_job_start(
 )
 def refuse_synthesis_job(
     job_id: int, body: TaskRefusal, node: CurrentNode, db: SessionDep, notifier: NotifierDep
-) -> dict[str, Any]:
-    _changed(db, notifier, synthesis.refuse(db, node, job_id, body.reason))
-    return {"status": "refused"}
+) -> Any:
+    def work() -> SynthesisJob:
+        return synthesis.refuse(db, node, job_id, body.reason)
+
+    return _job_step(db, notifier, node, job_id, "refuse", body, work, {"status": "refused"})
 
 
 @router.post(
@@ -312,9 +319,15 @@ def refuse_synthesis_job(
 )
 def report_synthesis_progress(
     job_id: int, body: SynthesisProgress, node: CurrentNode, db: SessionDep, notifier: NotifierDep
-) -> dict[str, Any]:
-    _changed(db, notifier, synthesis.progress(db, node, job_id, body))
-    return {"status": "ok"}
+) -> Any:
+    """The same note as the last changes nothing; a newer one is recorded."""
+
+    def work() -> SynthesisJob:
+        return synthesis.progress(db, node, job_id, body)
+
+    return _job_step(
+        db, notifier, node, job_id, "progress", body, work, {"status": "ok"}, repeatable=True
+    )
 
 
 @router.post(
@@ -322,12 +335,14 @@ def report_synthesis_progress(
 )
 def submit_synthesis_candidate(
     job_id: int, body: SynthesisCandidate, node: CurrentNode, db: SessionDep, notifier: NotifierDep
-) -> dict[str, Any]:
-    """The candidate's release gates: every one passed, it awaits the stewards; else gated."""
-    job = synthesis.candidate(db, node, job_id, body)
-    answer = {"status": job.status}
-    _changed(db, notifier, job)
-    return answer
+) -> Any:
+    """The candidate's release gates: every one passed, it awaits the stewards; else gated.
+    The same candidate again is answered as the first; another one is a 409."""
+
+    def work() -> SynthesisJob:
+        return synthesis.candidate(db, node, job_id, body)
+
+    return _job_step(db, notifier, node, job_id, "candidate", body, work, None)
 
 
 @router.post(
@@ -335,9 +350,11 @@ def submit_synthesis_candidate(
 )
 def reject_synthesis_job(
     job_id: int, body: SynthesisRejection, node: CurrentNode, db: SessionDep, notifier: NotifierDep
-) -> dict[str, Any]:
-    _changed(db, notifier, synthesis.reject(db, node, job_id, body))
-    return {"status": "rejected"}
+) -> Any:
+    def work() -> SynthesisJob:
+        return synthesis.reject(db, node, job_id, body)
+
+    return _job_step(db, notifier, node, job_id, "reject", body, work, {"status": "rejected"})
 
 
 @router.post(
@@ -345,9 +362,46 @@ def reject_synthesis_job(
 )
 def fail_synthesis_job(
     job_id: int, body: TaskFailure, node: CurrentNode, db: SessionDep, notifier: NotifierDep
-) -> dict[str, Any]:
-    _changed(db, notifier, synthesis.fail(db, node, job_id, body))
-    return {"status": "failed"}
+) -> Any:
+    def work() -> SynthesisJob:
+        return synthesis.fail(db, node, job_id, body)
+
+    return _job_step(db, notifier, node, job_id, "fail", body, work, {"status": "failed"})
+
+
+def _job_step(
+    db: Session,
+    notifier: Notifier,
+    node: Node,
+    job_id: int,
+    step: str,
+    body: BaseModel | None,
+    work: Callable[[], SynthesisJob],
+    answer: dict[str, Any] | None,
+    repeatable: bool = False,
+) -> JSONResponse:
+    """A node's step on its job, once (`idempotency.node_step`: a retry is answered the first
+    answer, under the job's lock), committed, then whoever long-polls on its request woken.
+    The answer is `answer`, or (None) the job's status after the step."""
+
+    def run() -> idempotency.Answer:
+        job = work()
+        return idempotency.Answer(status.HTTP_200_OK, answer or {"status": job.status})
+
+    done = idempotency.node_step(
+        db,
+        node,
+        ("synthesis_job", job_id),
+        step,
+        None if body is None else body.model_dump(mode="json"),
+        lambda: synthesis.lock_own_job(db, node, job_id),
+        run,
+        repeatable=repeatable,
+    )
+    request_id = synthesis.request_of(db, job_id)
+    db.commit()
+    notifier.notify(f"synthesis:{request_id}")
+    return idempotency.respond(done)
 
 
 @router.post(
@@ -396,17 +450,38 @@ async def upload_release(
         with request.app.state.db.session() as db:
             me = db.get(Node, node_id)
             assert me is not None
-            done = synthesis.upload(db, me, job_id, parsed, content, page)
-            request_id = synthesis.request_of(db, job_id)
-            if isinstance(done, PooledApproval):
-                answer: Any = JSONResponse(done.model_dump(mode="json"), status.HTTP_202_ACCEPTED)
-            else:
+
+            def publish() -> idempotency.Answer:
+                done = synthesis.upload(db, me, job_id, parsed, content, page)
+                if isinstance(done, PooledApproval):
+                    return idempotency.Answer(
+                        status.HTTP_202_ACCEPTED, done.model_dump(mode="json")
+                    )
                 view = ReleaseOut.model_validate(synthesis.release_view(done))
-                answer = view.model_dump(mode="json")
-                if done.scope == "pooled":
-                    answer = JSONResponse(answer, status.HTTP_201_CREATED)
+                code = status.HTTP_201_CREATED if done.scope == "pooled" else status.HTTP_200_OK
+                return idempotency.Answer(code, view.model_dump(mode="json"))
+
+            if content is None:  # an approval: the same again changes nothing, says what now
+                answer = publish()
+            else:
+                fingerprint = {
+                    "card": parsed.model_dump(mode="json"),
+                    "data_sha256": hashlib.sha256(content).hexdigest(),
+                    "report_sha256": hashlib.sha256(page).hexdigest(),
+                }
+                answer = idempotency.node_step(
+                    db,
+                    me,
+                    ("synthesis_job", job_id),
+                    "release",
+                    fingerprint,
+                    lambda: synthesis.lock_own_job(db, me, job_id),
+                    publish,
+                )
+            request_id = synthesis.request_of(db, job_id)
+            db.commit()
         request.app.state.notifier.notify(f"synthesis:{request_id}")
-        return answer
+        return idempotency.respond(answer)
 
     return await run_in_threadpool(store)
 
@@ -424,10 +499,3 @@ async def _read(upload: UploadFile, limit: int, what: str) -> bytes:
     if not size:
         raise InvalidRequest(f"the {what} is empty")
     return b"".join(chunks)
-
-
-def _changed(db: Session, notifier: Notifier, job: SynthesisJob) -> None:
-    """Commit a job's change, then wake whoever long-polls on its request."""
-    request_id = job.request_id
-    db.commit()
-    notifier.notify(f"synthesis:{request_id}")

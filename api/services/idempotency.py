@@ -9,6 +9,11 @@ with its work and the retry runs afresh. Only successful answers are kept: an er
 replayed, the request can be corrected and sent again with the same key. A key used again for
 another request (another operation or another body) is a 409. Keys are kept
 `idempotency_ttl_s` (a day by default), then forgotten by the sweeper.
+
+A node agent's steps on its tasks and synthesis jobs (accept, result, ...) are idempotent
+without a key (`node_step`): the request's fingerprint is kept with the first successful answer
+per node, subject and step, so a node that retries after a lost reply (or a coordinator that
+crashed between its commit and its reply) is answered the same and nothing happens twice.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from api import audit, clock
 from api.db import write_lock
-from api.models import IdempotencyKey, User
+from api.models import IdempotencyKey, Node, NodeReply, User
 from tessera.errors import Conflict, InvalidRequest
 
 HEADER = "Idempotency-Key"
@@ -113,8 +118,62 @@ def once(
     return answer
 
 
+def node_step(
+    db: Session,
+    node: Node,
+    subject: tuple[str, int],
+    step: str,
+    body: Any,
+    lock: Callable[[], Any],
+    work: Callable[[], Answer],
+    repeatable: bool = False,
+) -> Answer:
+    """Run a node's `step` on `subject` (`("task", id)` or `("synthesis_job", id)`) once: the
+    same request again (the same step and canonical body) is answered as the first was, and
+    `work` does not run. Another request for a step already answered is a 409, unless the
+    step is `repeatable` (progress: the newer one is recorded). Errors are not kept: a request
+    that failed changed nothing and may be sent again.
+
+    `lock` takes the subject's lock (404 for another node's subject) and returns it: every
+    request on one subject is then serialized, so the lookup and the claim cannot race. `work`
+    must not commit; the caller commits."""
+    locked = lock()
+    fingerprint = _fingerprint(step, body)
+    kind, subject_id = subject
+    key = f"{kind}:{subject_id}"
+    row = db.scalars(
+        select(NodeReply).where(
+            NodeReply.node_id == node.id, NodeReply.subject == key, NodeReply.step == step
+        )
+    ).first()
+    if row is not None and row.request_hash == fingerprint:
+        return Answer(row.status_code, row.response, replayed=True)
+    if row is not None and not repeatable:
+        what = f"{kind.replace('_', ' ')} {subject_id}"
+        raise Conflict(
+            f"{what} already took another {step} from node {node.name} (the first one stands; "
+            "a retry must repeat the first request exactly)",
+            {
+                f"{kind}_id": subject_id,
+                "step": step,
+                "status": getattr(locked, "status", None),
+            },
+        )
+    answer = work()
+    now = clock.now(db)
+    if row is None:
+        row = NodeReply(node_id=node.id, subject=key, step=step, created_at=now)
+        db.add(row)
+    row.request_hash, row.created_at = fingerprint, now
+    row.status_code, row.response = answer.status_code, answer.body  # JSON-ready already
+    db.flush()
+    return answer
+
+
 def forget_older_than(db: Session, ttl_s: float, now: datetime | None = None) -> int:
-    """Delete the keys claimed more than `ttl_s` ago; returns how many."""
+    """Delete the keys claimed, and the node replies kept, more than `ttl_s` ago; returns
+    how many."""
     cutoff = (now or clock.now(db)) - timedelta(seconds=ttl_s)
-    result = db.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < cutoff))
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    keys = db.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < cutoff))
+    replies = db.execute(delete(NodeReply).where(NodeReply.created_at < cutoff))
+    return int(keys.rowcount or 0) + int(replies.rowcount or 0)  # type: ignore[attr-defined]

@@ -172,7 +172,9 @@ def hello(db: Session, node: Node, message: NodeHello) -> Node:
     """A node agent starting. Its identity is registered at the first hello that carries one
     with the node's one-time enrolment token (403 without it); a later hello with another
     identity is refused (409) until an administrator resets it and issues a new token: the
-    API key alone can neither register nor swap the key the coordinator shows."""
+    API key alone can neither register nor swap the key the coordinator shows. A hello that
+    changes nothing (a retry after a lost reply, or a reconnect) records nothing: the audit log's
+    `node.hello` entries are the versions and policies the node published, each once in a row."""
     identity: dict[str, Any] = {}
     if message.identity_certificate is not None:
         fp = _identity(message.identity_certificate)
@@ -199,8 +201,11 @@ def hello(db: Session, node: Node, message: NodeHello) -> Node:
                 "new fingerprint",
                 {"registered": node.identity_fingerprint, "presented": fp},
             )
+    policy = message.policy.model_dump()
+    if not identity and (node.agent_version, node.policy) == (message.agent_version, policy):
+        return node  # the same hello again (a retry, a reconnect): nothing new to record
     node.agent_version = message.agent_version
-    node.policy = message.policy.model_dump()
+    node.policy = policy
     audit.record(
         db,
         f"node:{node.name}",

@@ -406,6 +406,11 @@ def _locked_task(db: Session, node: Node, task_id: int) -> tuple[Task, Query]:
     return task, lock_query(db, task.query_id)
 
 
+def lock_task(db: Session, node: Node, task_id: int) -> Task:
+    """A node's own task, its query (and so the task) locked until this transaction ends."""
+    return _locked_task(db, node, task_id)[0]
+
+
 def _refuse_if_over(query: Query) -> None:
     if query.status in TERMINAL:
         reason = query.error_message or f"query {query.id} has {query.status}"

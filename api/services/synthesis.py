@@ -367,6 +367,12 @@ def _node_job(db: Session, node: Node, job_id: int) -> SynthesisJob:
     return found
 
 
+def lock_own_job(db: Session, node: Node, job_id: int) -> SynthesisJob:
+    """A node's own job, locked (`lock_job`) until this transaction ends, in any state."""
+    _node_job(db, node, job_id)
+    return lock_job(db, job_id)
+
+
 def request_of(db: Session, job_id: int) -> int:
     """The id of the request job `job_id` is part of (the job exists)."""
     request_id = db.scalar(select(SynthesisJob.request_id).where(SynthesisJob.id == job_id))

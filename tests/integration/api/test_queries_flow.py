@@ -283,3 +283,90 @@ def test_the_submitted_query_is_stored_normalised(setup: Setup, statistic: str) 
     assert query["query"]["where"] == []
     task = setup.nodes[0].take_task()
     assert task["query"] == query["query"]
+
+
+# ---- a node's retries: the first answer again, nothing twice ------------------------------
+
+
+def audit_of(setup: Setup, query_id: int, action: str) -> list[dict[str, Any]]:
+    return [e for e in setup.admin.audit(action) if e["subject"] == f"query:{query_id}"]
+
+
+def test_a_retried_step_is_answered_its_first_answer_and_changes_nothing(setup: Setup) -> None:
+    """A node that lost the reply sends the same request again: the same status and body
+    (marked `Idempotent-Replayed`), no second audit entry, no second transition; another
+    request for the same step is a 409 saying so."""
+    query = setup.submit(COUNT)
+    tasks = [node.take_task() for node in setup.nodes]
+    accept = {"mpc_host": "127.0.0.1", "mpc_port": 30100}
+    for node, task in zip(setup.nodes, tasks, strict=True):
+        first = node.call("POST", f"/tasks/{task['id']}/accept", json=accept)
+        again = node.call("POST", f"/tasks/{task['id']}/accept", json=accept)
+        assert (again.status_code, again.json()) == (first.status_code, first.json())
+        assert first.status_code == 200 and "idempotent-replayed" not in first.headers
+        assert again.headers["idempotent-replayed"] == "true"
+    assert setup.researcher.get_query(query["id"])["status"] == "running"
+    assert len(audit_of(setup, query["id"], "task.accepted")) == 3
+    assert len(audit_of(setup, query["id"], "query.started")) == 1
+    node, task = setup.nodes[0], tasks[0]
+    other = node.call("POST", f"/tasks/{task['id']}/accept", json={**accept, "mpc_port": 30101})
+    assert other.status_code == 409
+    assert other.json()["error"]["message"] == (
+        f"task {task['id']} already took another accept from node {node.name} (the first one "
+        "stands; a retry must repeat the first request exactly)"
+    )
+    assert other.json()["error"]["details"]["status"] == "running"
+
+    # progress: the same note again is nothing new, a newer one is recorded
+    for stage in ("mpc", "mpc", "opening"):
+        node.ok("POST", f"/tasks/{task['id']}/progress", json={"stage": stage})
+    assert setup.researcher.get_query(query["id"])["tasks"][0]["stage"] == "opening"
+
+    for node, task in zip(setup.nodes, tasks, strict=True):
+        assert node.post_result(task, RESULT).json() == {"status": "done"}
+        again = node.post_result(task, RESULT)
+        assert again.status_code == 200 and again.json() == {"status": "done"}
+        assert again.headers["idempotent-replayed"] == "true"
+    done = setup.researcher.get_query(query["id"])
+    assert done["status"] == "succeeded" and done["result"] == RESULT
+    assert len(audit_of(setup, query["id"], "result.opened")) == 1
+    changed = setup.nodes[1].post_result(tasks[1], {"n": 11, "count": 11})
+    assert changed.status_code == 409 and "already took another result" in changed.text
+    assert setup.researcher.get_query(query["id"])["result"] == RESULT
+    late = setup.nodes[2].call("POST", f"/tasks/{tasks[2]['id']}/progress", json={"stage": "x"})
+    assert late.status_code == 409, "a newer note after the end is still refused"
+
+
+@pytest.mark.parametrize("step", ["reject", "fail"])
+def test_a_retried_refusal_or_failure_fails_the_query_once(setup: Setup, step: str) -> None:
+    query = setup.submit(COUNT)
+    tasks = setup.accept_all() if step == "fail" else [n.take_task() for n in setup.nodes]
+    body = {"reason": "not today"} if step == "reject" else {"code": "x", "message": "peer gone"}
+    node, task = setup.nodes[1], tasks[1]
+    answers = [node.call("POST", f"/tasks/{task['id']}/{step}", json=body) for _ in range(3)]
+    assert {(a.status_code, a.text) for a in answers} == {(200, answers[0].text)}
+    assert [a.headers.get("idempotent-replayed") for a in answers] == [None, "true", "true"]
+    assert setup.researcher.get_query(query["id"])["status"] == "failed"
+    assert len(audit_of(setup, query["id"], "query.failed")) == 1
+    assert (
+        len(audit_of(setup, query["id"], f"task.{'refused' if step == 'reject' else 'failed'}"))
+        == 1
+    )
+    other = node.call("POST", f"/tasks/{task['id']}/{step}", json={**body, "code": "y"})
+    if step == "fail":
+        assert other.status_code == 409 and "already took another fail" in other.text
+
+
+def test_simultaneous_retries_of_one_step_run_it_once(setup: Setup) -> None:
+    """A retry that arrives while the first request still runs waits for it (the task's
+    lock), then is answered as it was."""
+    query = setup.submit(COUNT)
+    tasks = [node.take_task() for node in setup.nodes]
+    node, task = setup.nodes[0], tasks[0]
+    body = {"mpc_host": "127.0.0.1", "mpc_port": 30200}
+    answers = in_parallel(
+        *(lambda: node.call("POST", f"/tasks/{task['id']}/accept", json=body) for _ in range(4))
+    )
+    assert {(a.status_code, a.text) for a in answers} == {(200, '{"status":"accepted"}')}
+    assert sorted(a.headers.get("idempotent-replayed", "") for a in answers) == [""] + ["true"] * 3
+    assert len(audit_of(setup, query["id"], "task.accepted")) == 1

@@ -552,3 +552,125 @@ def test_a_pooled_synthesis_needs_three_nodes(setup: Setup) -> None:
         setup.researcher.request_synthesis(setup.study_id, POOLED_SPEC)
     assert caught.value.http_status == 409
     assert [s["node"] for s in caught.value.details["skipped"]] == [setup.nodes[2].name]
+
+
+# ---- a node's retries: the first answer again, nothing twice ------------------------------
+
+
+def twice(node: FakeNode, path: str, body: Any = None) -> Any:
+    """Post the same request twice (the first reply lost): both answers alike, the second a
+    replay; returns the answer."""
+    first = node.call("POST", path, json=body)
+    again = node.call("POST", path, json=body)
+    assert first.status_code == 200, first.text
+    assert (again.status_code, again.json()) == (first.status_code, first.json())
+    assert again.headers["idempotent-replayed"] == "true"
+    return first.json()
+
+
+def job_audit(setup: Setup, job_id: int, action: str) -> list[dict[str, Any]]:
+    return [e for e in setup.admin.audit(action) if e["subject"] == f"synthesis_job:{job_id}"]
+
+
+def test_retried_synthesis_steps_and_upload_change_nothing_twice(setup: Setup) -> None:
+    node = setup.nodes[0]
+
+    def hellos() -> int:
+        return sum(e["actor"] == f"node:{node.name}" for e in setup.admin.audit("node.hello"))
+
+    allow_synthesis(node)
+    before = hellos()
+    allow_synthesis(node)
+    assert hellos() == before, "the same hello again (a retry) records nothing"
+    setup.researcher.request_synthesis(setup.study_id, SPEC)
+    job = take_job(node)
+    path = f"/synthesis-jobs/{job['id']}"
+    assert twice(node, f"{path}/accept") == {"status": "training"}
+    progress = {"stage": "training", "message": "", "epoch": 3, "epochs": 10, "loss": 0.5}
+    twice(node, f"{path}/progress", progress)
+    node.ok("POST", f"{path}/progress", json=progress | {"epoch": 4})
+    candidate = {"gates": GATES, "approvals_required": 1}
+    assert twice(node, f"{path}/candidate", candidate) == {"status": "awaiting_review"}
+    other = node.call("POST", f"{path}/candidate", json=candidate | {"approvals_required": 2})
+    assert other.status_code == 409 and "already took another candidate" in other.text
+    assert other.json()["error"]["details"]["status"] == "awaiting_review"
+    assert len(job_audit(setup, job["id"], "synthesis.accepted")) == 1
+    assert len(job_audit(setup, job["id"], "synthesis.awaiting_review")) == 1
+
+    data = synthetic()
+    body = card(data, job["id"], node.name)
+    first, again = upload(node, job["id"], data, body), upload(node, job["id"], data, body)
+    assert first.status_code == 200, first.text
+    assert (again.status_code, again.json()) == (200, first.json())
+    assert again.headers["idempotent-replayed"] == "true"
+    assert [r["id"] for r in setup.researcher.releases(setup.study_id)] == [first.json()["id"]]
+    published = [
+        e
+        for e in setup.admin.audit("release.published")
+        if e["subject"] == f"release:{first.json()['id']}"
+    ]
+    assert len(published) == 1
+    changed = upload(node, job["id"], data, body, report=REPORT.replace(b"report", b"other"))
+    assert changed.status_code == 409 and "already took another release" in changed.text
+    assert changed.json()["error"]["details"]["status"] == "released"
+
+
+def test_retried_refusal_rejection_and_failure_are_answered_alike(setup: Setup) -> None:
+    for node in setup.nodes:
+        allow_synthesis(node)
+    setup.researcher.request_synthesis(setup.study_id, SPEC)
+    refused, rejected, failed = (take_job(n) for n in setup.nodes)
+    a, b, c = setup.nodes
+    assert twice(a, f"/synthesis-jobs/{refused['id']}/refuse", {"reason": "no"}) == {
+        "status": "refused"
+    }
+    b.ok("POST", f"/synthesis-jobs/{rejected['id']}/accept")
+    b.ok("POST", f"/synthesis-jobs/{rejected['id']}/candidate", json={"gates": GATES})
+    decision = STEWARDS.decision(
+        "sam",
+        node=b.name,
+        job_id=rejected["id"],
+        hashes={"data_sha256": "1" * 64, "card_sha256": "2" * 64, "report_sha256": "3" * 64},
+        decision="reject",
+    ).model_dump(mode="json")
+    rejection = {"decisions": [decision]}
+    assert twice(b, f"/synthesis-jobs/{rejected['id']}/reject", rejection) == {"status": "rejected"}
+    c.ok("POST", f"/synthesis-jobs/{failed['id']}/accept")
+    failure = {"code": "node_error", "message": "out of memory"}
+    assert twice(c, f"/synthesis-jobs/{failed['id']}/fail", failure) == {"status": "failed"}
+    for job, action in (
+        (refused, "synthesis.refused"),
+        (rejected, "synthesis.rejected"),
+        (failed, "synthesis.failed"),
+    ):
+        assert len(job_audit(setup, job["id"], action)) == 1, action
+
+
+def test_a_pooled_approval_and_upload_retried_publish_once(setup: Setup) -> None:
+    """An approval without data sent again changes nothing and answers the request's state
+    now (nodes poll with it); the data upload sent again is answered its release again."""
+    _, jobs = pooled_jobs(setup)
+    by_party = sorted(zip(jobs, setup.nodes, strict=True), key=lambda jn: jn[0]["party_id"])
+    parties = [n.name for _, n in by_party]
+    data = synthetic()
+    candidate = {
+        "gates": GATES,
+        "candidate_sha256": hashlib.sha256(data).hexdigest(),
+        "measurement_sha256": MEASURED,
+    }
+    for port, (job, node) in enumerate(by_party, start=31000):
+        twice(node, f"/synthesis-jobs/{job['id']}/accept", {"mpc_host": "h", "mpc_port": port})
+        twice(node, f"/synthesis-jobs/{job['id']}/candidate", candidate)
+    cards = {n.name: pooled_card(data, j["id"], n.name, parties) for j, n in by_party}
+    for job, node in by_party:
+        answers = [approve(node, job["id"], cards[node.name]) for _ in range(2)]
+        assert [a.status_code for a in answers] == [202, 202]
+        assert len(job_audit(setup, job["id"], "synthesis.approved")) == 1
+    assert answers[1].json()["data_wanted"] is True
+    job, node = by_party[1]
+    first = approve(node, job["id"], cards[node.name], data)
+    again = approve(node, job["id"], cards[node.name], data)
+    assert first.status_code == 201, first.text
+    assert (again.status_code, again.json()) == (201, first.json())
+    assert again.headers["idempotent-replayed"] == "true"
+    assert [r["id"] for r in setup.researcher.releases(setup.study_id)] == [first.json()["id"]]

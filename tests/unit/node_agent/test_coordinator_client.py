@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
 
 from node_agent.coordinator_client import (
     MAX_BACKOFF_S,
+    MIN_RETRY_S,
+    PROGRESS_RETRY_S,
     AgentStopping,
     Backoff,
     CoordinatorClient,
@@ -102,10 +105,27 @@ def test_connection_errors_and_5xx_are_retried_then_it_reconnects(caplog) -> Non
     assert KEY not in caplog.text
 
 
-def test_no_retry_when_asked_or_when_stopping() -> None:
+class Clock:
+    """A clock that moves `step` seconds each time it is read."""
+
+    def __init__(self, step: float) -> None:
+        self.at = datetime(2026, 12, 8, 12, 0, tzinfo=UTC)
+        self.step = timedelta(seconds=step)
+
+    def __call__(self) -> datetime:
+        self.at += self.step
+        return self.at
+
+
+def test_progress_is_retried_briefly_and_nothing_when_stopping() -> None:
     down = httpx.ConnectError("refused")
+    coordinator = Coordinator(down)
+    c = client(coordinator, now=Clock(step=1.0))
+    with pytest.raises(CoordinatorUnreachable, match="until the step's deadline"):
+        c.progress(1, "mpc")
+    assert 2 <= len(coordinator.requests) <= PROGRESS_RETRY_S + 1
     with pytest.raises(CoordinatorUnreachable, match="coordinator unreachable: ConnectError"):
-        client(Coordinator(down)).progress(1, "mpc")
+        client(Coordinator(down)).tasks(wait=0, retry=False)
     import threading
 
     stop = threading.Event()
@@ -114,6 +134,57 @@ def test_no_retry_when_asked_or_when_stopping() -> None:
         client(Coordinator(down), stop=stop).result(
             1, TaskResult(result={"count": 3}, min_count_applied=5, seconds=0.1)
         )
+
+
+def task_offer(task_id: int, deadline: datetime) -> dict[str, Any]:
+    return {
+        "id": task_id,
+        "query_id": 2,
+        "party_id": 1,
+        "n_parties": 3,
+        "dataset": "cohort",
+        "query": {"statistic": "count", "dataset": "cohort"},
+        "deadline": deadline.isoformat(),
+    }
+
+
+def test_a_lost_reply_is_retried_and_the_replayed_first_answer_is_success(caplog) -> None:
+    caplog.set_level(logging.INFO)
+    lost = httpx.RemoteProtocolError("Server disconnected without sending a response.")
+    replay = httpx.Response(
+        200, json={"status": "accepted"}, headers={"Idempotent-Replayed": "true"}
+    )
+    coordinator = Coordinator(lost, replay)
+    c = client(coordinator)
+    c.accept(4, TaskAccept(mpc_host="127.0.0.1", mpc_port=21000))
+    first, retry = coordinator.requests
+    assert first.content == retry.content, "a retry repeats the request exactly"
+    assert c.retries == 1 and c.replays == 1
+    assert "its first answer stands" in caplog.text
+
+
+def test_a_task_step_is_retried_until_the_task_deadline_then_given_up() -> None:
+    clock = Clock(step=0.0)
+    deadline = clock.at + timedelta(seconds=MIN_RETRY_S + 60)
+    down = httpx.ConnectError("refused")
+    coordinator = Coordinator(ok([task_offer(4, deadline)]), down)
+    c = client(coordinator, now=clock)
+    [task] = c.tasks(wait=0)
+    clock.step = timedelta(seconds=10)
+    with pytest.raises(CoordinatorUnreachable, match="until the step's deadline"):
+        c.result(task.id, TaskResult(result={"count": 3}, min_count_applied=5, seconds=0.1))
+    tries = len(coordinator.requests) - 1
+    assert 7 <= tries <= 10, tries  # about (MIN_RETRY_S + 60) / 10 s of retries, then none
+    assert clock.at >= deadline
+
+
+def test_a_503_is_retried_after_the_delay_it_asks_for(caplog) -> None:
+    caplog.set_level(logging.INFO)
+    busy = httpx.Response(503, json={}, headers={"Retry-After": "1"})
+    coordinator = Coordinator(busy, ok({"status": "refused"}))
+    client(coordinator).reject(4, "no")
+    assert len(coordinator.requests) == 2
+    assert "it answered 503); retrying in 1.0 s" in caplog.text
 
 
 def test_backoff_doubles_with_jitter_up_to_the_cap() -> None:
