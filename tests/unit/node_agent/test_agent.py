@@ -369,9 +369,10 @@ def test_overlapping_tasks_get_their_own_ports(node) -> None:
     for t in threads:
         t.start()
     deadline = time.monotonic() + 10
-    while len(agent.ports.in_use) < 3 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    while len(fake.accepted) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)  # a task takes its slot and port before it accepts
     assert len({a.mpc_port for a in fake.accepted.values()}) == 3
+    assert len(agent.ports.in_use) == 3
     hold.set()
     for t in threads:
         t.join(10)
