@@ -44,6 +44,7 @@ from tessera.errors import (
     Unavailable,
     error_body,
 )
+from tessera.limits import MAX_REPORTED_ERRORS, validation_message
 
 log = logging.getLogger("tessera.coordinator")
 
@@ -127,11 +128,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [
-            {
-                "loc": _location(e.get("loc", ())),
-                "msg": str(e.get("msg", "")).removeprefix("Value error, "),
-            }
-            for e in exc.errors()
+            {"loc": _location(e.get("loc", ())), "msg": validation_message(e)}
+            for e in exc.errors()[:MAX_REPORTED_ERRORS]
         ]
         if any(e.get("type") == "json_invalid" for e in exc.errors()):
             message = "the request body is not valid JSON"

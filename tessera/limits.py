@@ -16,6 +16,7 @@ purpose needs (a study's description is shown in every listing).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field
@@ -79,3 +80,13 @@ JsonObject = Annotated[dict[str, Any], AfterValidator(_checked)]
 MAX_CONDITIONS = 100
 MAX_IN_VALUES = 1000
 MAX_VALUE_LENGTH = 256
+
+MAX_REPORTED_ERRORS = 20  # field errors listed in one answer
+
+
+def validation_message(error: Mapping[str, Any]) -> str:
+    """A pydantic error's message for a person: a NUL byte named as such, no "Value error, "."""
+    context = error.get("ctx") or {}
+    if error.get("type") == "string_pattern_mismatch" and context.get("pattern") == NUL_FREE:
+        return "contains a NUL byte"
+    return str(error.get("msg", "")).removeprefix("Value error, ")

@@ -12,6 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from api import audit
 from api.deps import AdminUser, PageDep, SessionDep, label_query
+from api.errors import RETRY_AFTER_S
 from api.openapi import errors
 from api.services.metrics import prometheus_text
 from tessera.errors import error_body
@@ -43,7 +44,11 @@ def readiness(request: Request) -> Any:
             db.execute(text("SELECT 1"))
     except SQLAlchemyError as exc:
         log.warning("not ready: the database does not answer (%s)", type(exc).__name__)
-        return JSONResponse(error_body("not_ready", "the database does not answer"), 503)
+        return JSONResponse(
+            error_body("not_ready", "the database does not answer"),
+            503,
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
     return {"status": "ready"}
 
 

@@ -82,7 +82,7 @@ async def query_body(request: Request) -> Any:
         raise InvalidRequest("the request body is not valid JSON") from None
     except RecursionError:
         raise InvalidRequest(
-            f"the request body is nested more than {MAX_JSON_DEPTH} levels deep"
+            f"the request body is nested too deeply (a query needs {MAX_JSON_DEPTH} levels at most)"
         ) from None
 
 
