@@ -79,7 +79,9 @@ def create_app(settings: CoordinatorSettings | None = None) -> FastAPI:
         app.state.verifiers = [tokens] if provider is None else [tokens, provider]
         set_hash_concurrency(settings.password_hash_concurrency)
         signer = CoordinatorKey.for_settings(settings.signing_key_file, settings.database_url)
-        database = Database(settings.database_url, signer=signer)
+        database = Database(
+            settings.database_url, signer=signer, busy_timeout_s=settings.sqlite_busy_timeout_s
+        )
         upgrade(database.engine)
         with database.session() as db:
             audit.seal_legacy(db)

@@ -45,6 +45,8 @@ class CoordinatorSettings(BaseSettings):
 
     environment: Literal["local", "production"] = "local"
     database_url: str = "sqlite:///./tessera.db"
+    # SQLite: how long a request waits for another writer's lock before it is answered 503
+    sqlite_busy_timeout_s: float = Field(30.0, gt=0, le=600)
     # the signing key of access tokens; None: `jwt_secret_file`, else one kept in `data_dir`
     jwt_secret: SecretStr | None = None
     jwt_secret_file: Path | None = None
