@@ -141,7 +141,9 @@ def install(app: FastAPI) -> None:
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "error")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
-        return JSONResponse(error_body(code, message), exc.status_code, headers=exc.headers)
+        details = getattr(exc, "details", None)  # api.middleware.BodyTooLarge's limit
+        body = error_body(code, message, details)
+        return JSONResponse(body, exc.status_code, headers=exc.headers)
 
     async def database_unreachable(request: Request, exc: Exception) -> JSONResponse:
         log.warning(

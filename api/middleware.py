@@ -54,6 +54,15 @@ DOCS_PATHS = ("/docs", "/redoc", "/docs/oauth2-redirect")
 HSTS = "max-age=31536000; includeSubDomains"
 
 
+class BodyTooLarge(HTTPException):
+    """Raised as a streamed body passes its limit: the route's body reader lets HTTP errors
+    through as they are, and the error handler answers 413 with the limit in its details."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, _limit_text(limit))
+        self.details = {"limit": limit}
+
+
 class BodyLimit:
     """413 for a request body beyond its route's limit, before the body is read.
 
@@ -118,8 +127,7 @@ class BodyLimit:
                     broken = await self.allowed(scope, seen, limit)
                     checked = True
                 if broken is not None:
-                    # the route's body reader re-raises HTTP errors as they are: a 413 answer
-                    raise HTTPException(413, _limit_text(broken))
+                    raise BodyTooLarge(broken)
             return message
 
         await self.app(scope, counted, send)

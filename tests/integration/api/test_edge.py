@@ -11,14 +11,18 @@ hundreds of levels deep; `group_by` naming one column four times; a 10 MB study 
 from __future__ import annotations
 
 import json
+import select
+import socket
+import threading
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import httpx
-import pytest
 
 from tessera.limits import MAX_CONDITIONS, MAX_ID, MAX_JSON_DEPTH
 
-from .conftest import DATASET, Setup
+from .conftest import DATASET, Coordinator, Setup
 
 BEYOND = [MAX_ID + 1, 2**63, 2**64 + 1]
 
@@ -248,3 +252,106 @@ def test_where_beyond_the_limit_is_refused_before_it_is_parsed(setup: Setup) -> 
         "query_invalid",
     )
     unharmed(setup, researcher)
+
+
+# ---- bodies: refused before authentication, before they are read --------------------------
+
+
+def peak_memory_mb(coordinator: Coordinator) -> float:
+    """The coordinator process's peak resident memory (VmHWM), in MB."""
+    status = Path(f"/proc/{coordinator.popen.pid}/status").read_text()
+    line = next(x for x in status.splitlines() if x.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+
+def send_huge(url: str, path: str, size: int, chunked: bool) -> str:
+    """POST a body of `size` bytes without credentials over a raw socket, sending until the
+    server answers; the answer's status line and body. With `Content-Length` the server answers
+    (and closes) after the headers: 64 KiB are sent, no more."""
+    parts = urlparse(url)
+    framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {size}"
+    piece = b" " * 65536
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as conn:
+        conn.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: {parts.hostname}\r\n".encode()
+            + f"Content-Type: application/json\r\n{framing}\r\n\r\n".encode()
+        )
+        if not chunked:
+            conn.sendall(piece)
+        sent = 0
+        while chunked and sent < size and not select.select([conn], [], [], 0)[0]:
+            conn.sendall(b"10000\r\n" + piece + b"\r\n")
+            sent += len(piece)
+        answer = b""
+        while b"}}" not in answer:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    assert sent <= 32 * 2**20, "the server read on past the limit (and the socket buffers)"
+    head, _, body = answer.decode(errors="replace").partition("\r\n\r\n")
+    return head.split("\r\n", 1)[0] + " " + body
+
+
+def test_four_100_mb_bodies_at_once_cost_the_coordinator_nothing(
+    coordinator: Coordinator, setup: Setup
+) -> None:
+    before = peak_memory_mb(coordinator)
+    answers: list[str] = []
+    sends = [
+        threading.Thread(
+            target=lambda chunked=chunked, path=path: answers.append(
+                send_huge(coordinator.url, path, 100 * 10**6, chunked)
+            )
+        )
+        for chunked in (False, True)
+        for path in (f"/api/v1/studies/{setup.study_id}/queries", "/api/v1/tasks/1/result")
+    ]
+    for thread in sends:
+        thread.start()
+    for thread in sends:
+        thread.join(60)
+    assert len(answers) == 4
+    for answer in answers:
+        error = json.loads(answer[answer.index("{") :])["error"]
+        if answer.split()[1] == "401":  # a query's body is read after its credentials
+            assert error["code"] == "unauthorized", answer
+            continue
+        assert answer.split()[1] == "413" and error["code"] == "too_large", answer[:300]
+        # the general limit, or a node report's (a node's route; 100 MB is beyond both)
+        assert error["details"]["limit"] in (2**20, 16 * 2**20), answer
+    assert peak_memory_mb(coordinator) - before < 50  # nothing was read or parsed
+    unharmed(setup, setup.researcher.token)
+
+
+def test_a_node_report_beyond_1_mib_needs_a_valid_node_key(setup: Setup) -> None:
+    entries = [
+        {
+            "study_id": 10**9 + i,  # studies this coordinator does not know: kept aside
+            "dataset": DATASET,
+            "epsilon_spent": 0.5,
+            "delta_spent": 0,
+            "charges": 1,
+        }
+        for i in range(12_000)
+    ]
+    report = json.dumps({"entries": entries, "dataset_totals": []}).encode()
+    assert len(report) > 2**20
+    headers = {"Content-Type": "application/json"}
+    node = setup.nodes[0]
+    for token in (None, setup.researcher.token, "tn_abc.forged", node.key[:-2] + "xx"):
+        answer = api(setup, "PUT", "/nodes/me/budget", token, content=report, headers=headers)
+        message = refused(answer, 413, "too_large")
+        assert str(2**20) in message
+    accepted = node.call("PUT", "/nodes/me/budget", content=report, headers=headers)
+    assert accepted.status_code == 200, accepted.text
+    assert len(accepted.json()["ignored_study_ids"]) == 12_000
+    # chunked (no Content-Length): the key is checked when the body passes 1 MiB
+    chunks = [report[i : i + 65536] for i in range(0, len(report), 65536)]
+    streamed = node.call("PUT", "/nodes/me/budget", content=iter(chunks), headers=headers)
+    assert streamed.status_code == 200, streamed.text
+    unauthenticated = api(
+        setup, "PUT", "/nodes/me/budget", None, content=iter(chunks), headers=headers
+    )
+    refused(unauthenticated, 413, "too_large")
+    unharmed(setup, setup.researcher.token)
