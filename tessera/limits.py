@@ -38,7 +38,7 @@ SECRET_LENGTH = 256  # a password
 MAX_REFS = 1000
 
 MAX_JSON_DEPTH = 32
-MAX_JSON_ITEMS = 100_000
+MAX_JSON_ITEMS = 2_000_000  # a result: 40 Kaplan-Meier curves of 10 000 points, 3 series each
 
 
 def json_problem(value: Any, max_depth: int = MAX_JSON_DEPTH) -> str | None:
