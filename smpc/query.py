@@ -56,6 +56,13 @@ class Condition(BaseModel):
         if not isinstance(raw, list | tuple) or len(raw) != 3:
             raise ValueError("each where condition is a [column, op, value] triple")
         column, op, value = raw
+        values = value if isinstance(value, list) else [value]
+        if len(values) > MAX_IN_VALUES:
+            raise ValueError(f"'in' takes at most {MAX_IN_VALUES} values, not {len(values)}")
+        if any(isinstance(v, str) and ("\x00" in v or len(v) > MAX_VALUE_LENGTH) for v in values):
+            raise ValueError(
+                f"a where value is a text of at most {MAX_VALUE_LENGTH} characters, without NUL"
+            )
         cond = cls.model_validate({"column": column, "op": op, "value": value})
         if cond.op == "in" and not isinstance(cond.value, list):
             raise ValueError(f"'in' on {column!r} needs a list of values")

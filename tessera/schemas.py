@@ -174,7 +174,7 @@ class SynthesisPolicySummary(Strict):
     pooled: bool = False  # takes part in pooled syntheses (its rows measured by MPC)
     # Each steward's name and public key (`ed25519:<base64>`): the coordinator verifies the
     # signed approvals of a release against these, and counts one key once.
-    stewards: dict[str, StewardKey] = Field(default_factory=dict, max_length=64)
+    stewards: dict[Label, StewardKey] = Field(default_factory=dict, max_length=64)
 
     def refusal(self, spec: SynthesisSpec) -> str | None:
         """Why this policy refuses `spec` ("policy does not allow generator ..."), or None.
@@ -311,13 +311,13 @@ class NodeHello(Strict):
 
     agent_version: Text = Field(max_length=LABEL_LENGTH)
     policy: NodePolicySummary = NodePolicySummary()
-    identity_certificate: str | None = Field(
+    identity_certificate: Text | None = Field(
         None,
         max_length=8192,
         description="PEM certificate of the node's long-term key (registered once; a node "
         "that later shows another is refused until an administrator resets its identity)",
     )
-    enrolment_token: str | None = Field(
+    enrolment_token: Text | None = Field(
         None,
         max_length=128,
         description="The one-time token the administrator received with the node (or with a "
@@ -642,18 +642,18 @@ class ReleaseContent(Strict):
     metrics: JsonObject  # `synth.evaluate`'s report
     gates: list[GateOutcome] = Field(max_length=MAX_GATES)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    device: str = Field(max_length=32)
-    fit_seconds: float = Field(ge=0)
+    device: Text = Field(max_length=32)
+    fit_seconds: float = Field(ge=0, allow_inf_nan=False)
     # The exact row counts are a hospital's own aggregate: a differentially private release
     # withholds them (None), as its guarantee does not cover them.
     training_rows: int | None = Field(None, ge=1)
     holdout_rows: int | None = Field(None, ge=1)
-    seed: int | None = None
-    target: str | None = None
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    target: Annotated[Text, Field(max_length=128)] | None = None
     # pooled: the nodes whose rows were measured (in party order), and the hash of the opened
     # measurements the candidate was fitted on
     scope: Literal["local", "pooled"] = "local"
-    parties: list[str] | None = None
+    parties: list[Label] | None = Field(None, max_length=MAX_POLICY_ENTRIES)
     measurement_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
 
     def digest(self) -> str:
