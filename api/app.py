@@ -25,7 +25,7 @@ from api.middleware import (
     bearer_token,
 )
 from api.migrate import upgrade
-from api.notify import Notifier
+from api.notify import Broadcast, Notifier
 from api.oidc import OidcVerifier
 from api.routes import accounts, nodes, operations, studies, synthesis
 from api.scheduler import sweep_forever
@@ -97,6 +97,8 @@ def create_app(settings: CoordinatorSettings | None = None) -> FastAPI:
                 pass  # another replica created the administrator at the same moment
         notifier = Notifier()
         notifier.bind(asyncio.get_running_loop())
+        if database.engine.dialect.name == "postgresql":  # other replicas' news, at once
+            notifier.broadcast = Broadcast(settings.database_url, notifier).start()
         app.state.db, app.state.notifier = database, notifier
         sweeper = asyncio.create_task(
             sweep_forever(database, notifier, settings.sweep_interval_s, settings.idempotency_ttl_s)
@@ -112,6 +114,8 @@ def create_app(settings: CoordinatorSettings | None = None) -> FastAPI:
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
+            if notifier.broadcast is not None:
+                await asyncio.to_thread(notifier.broadcast.stop)
             database.dispose()
             if provider is not None:
                 provider.close()

@@ -157,6 +157,7 @@ class Node(Base):
     enrolment_token_hash: Mapped[str | None] = mapped_column(String(64))
     enrolment_expires_at: Mapped[datetime | None] = mapped_column()
     last_seen_at: Mapped[datetime | None] = mapped_column()
+    last_poll_at: Mapped[datetime | None] = mapped_column()  # its agent's last task poll
     budget_reported_at: Mapped[datetime | None] = mapped_column()  # its last ledger report
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

@@ -39,7 +39,8 @@ DESCRIPTIONS = {
     409: "Conflicts with the resource's state (or a privacy budget).",
     413: "The request body is larger than the coordinator accepts (1 MiB, or an upload's limit).",
     422: "Invalid input: body, query parameters (unknown ones included) or path.",
-    429: "Too many failed logins: wait the `Retry-After` header's seconds.",
+    429: "Too many requests (failed logins; queries or synthesis requests running at once, "
+    "or submitted per minute): wait the `Retry-After` header's seconds.",
     502: "A node or a protocol failed.",
     503: "The database does not answer: try again after `Retry-After` seconds.",
 }

@@ -73,7 +73,12 @@ class CoordinatorSettings(BaseSettings):
     accept_timeout_s: float = Field(30.0, gt=0)
     query_timeout_s: float = Field(120.0, gt=0)
     long_poll_max_s: float = Field(30.0, ge=0)
+    # a waiting long-poll re-checks the database this often even without news (api/notify.py)
+    long_poll_recheck_s: float = Field(2.0, gt=0, le=60)
     sweep_interval_s: float = Field(0.5, gt=0)
+    # a node agent whose task long-poll's connection closed, and that has not polled again
+    # this long after, fails the queries waiting for it (api/routes/nodes.py)
+    node_gone_grace_s: float = Field(3.0, gt=0, le=300)
     # a synthesis job must reach its stewards' review (or end) this long after its request
     synthesis_timeout_s: float = Field(3600.0, gt=0)
     # the largest synthetic dataset (Parquet) and report a node may upload, each
@@ -82,6 +87,18 @@ class CoordinatorSettings(BaseSettings):
     idempotency_ttl_s: float = Field(86400.0, gt=0)
     # how long a node's one-time enrolment token (which registers its key) stays usable
     enrolment_ttl_s: float = Field(7 * 86400.0, gt=0)
+    # work one researcher and one study may ask of the nodes (api/services/limits.py): queries
+    # pending or running at once, per researcher and per study; query submissions accepted
+    # per researcher in any 60 s; synthesis requests still computing per researcher; and one
+    # query's estimated cost (smpc.cost): result cells and secure comparisons
+    max_concurrent_queries_per_researcher: int = Field(8, ge=1)
+    max_queries_per_minute: int = Field(120, ge=1)
+    max_concurrent_queries_per_study: int = Field(32, ge=1)
+    max_concurrent_synthesis_per_researcher: int = Field(4, ge=1)
+    max_query_cells: int = Field(10_000, ge=1)
+    max_query_comparisons: int = Field(250_000, ge=1)
+    # the Retry-After given when a concurrency limit is reached (a query usually takes 1–3 s)
+    concurrency_retry_after_s: int = Field(2, ge=1, le=3600)
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     log_format: Literal["text", "json"] = "text"

@@ -263,6 +263,23 @@ def dry_run_pairs(answer: dict[str, Any]) -> list[tuple[str, Any]]:
         ("epsilon", answer["epsilon"]),
         ("delta", answer["delta"]),
     ]
+    cost, limits = answer.get("cost"), answer.get("limits")
+    if cost and limits:
+        pairs += [
+            (
+                "cost",
+                f"{cost['cells']:,} cells (at most {limits['max_cells']:,}), "
+                f"{cost['comparisons']:,} secure comparisons (at most "
+                f"{limits['max_comparisons']:,})",
+            ),
+            (
+                "your queries",
+                f"{limits['concurrent_queries']} pending or running (at most "
+                f"{limits['max_concurrent_queries_per_researcher']}), "
+                f"{limits['queries_last_minute']} submitted in the last minute (at most "
+                f"{limits['max_queries_per_minute']})",
+            ),
+        ]
     return pairs
 
 

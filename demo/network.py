@@ -84,6 +84,8 @@ class NodeSpec:
     approval: str | None = None
     approval_timeout_s: float | None = None
     stewards: dict[str, str] | None = None
+    # MPC protocols the node runs at once (None: the default, 4)
+    max_concurrent_protocols: int | None = None
 
 
 def node_config(
@@ -105,6 +107,7 @@ def node_config(
             "mpc_ports": f"{port}-{port + 9}" if port < 65000 else "21000-21009",
             "work_dir": str(work_dir),
             "poll_wait_s": 10,
+            "max_concurrent_protocols": spec.max_concurrent_protocols,
         }
     )
     lines += ["", "[policy]"]

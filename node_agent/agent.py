@@ -52,12 +52,14 @@ from node_agent.peers import check_parties, run_id
 from node_agent.policy import Policy
 from node_agent.ports import PortPool
 from node_agent.query_approval import QueryApprovals
+from node_agent.slots import ProtocolSlots
 from node_agent.synthesis import MPCContext, SynthesisService
 from tessera import __version__
 from tessera.errors import (
     BudgetExceeded,
     ConfigInvalid,
     Conflict,
+    PeerLost,
     ProtocolFailed,
     TesseraError,
     Unauthorized,
@@ -135,6 +137,7 @@ class NodeAgent:
         self.policy = Policy(settings.policy, settings.datasets)
         self.cache = DatasetCache()
         self.ports = PortPool(settings.listen_host, *settings.port_range)
+        self.slots = ProtocolSlots(settings.max_concurrent_protocols, self.ports)
         self.audit: AuditLog | None = None
         self._identity: NodeIdentity | None = None
         self.trusted = TrustedPeers(settings.work_dir)
@@ -605,13 +608,13 @@ class NodeAgent:
             return
         port: int | None = None
         try:
+            port = self._protocol_slot(task)
             prepared = self._prepare(task, decision.statistic)
             if prepared.dp is not None:
                 over = self._charge(task, prepared.dp, subject)
                 if over is not None:
                     self._refuse(task, subject, over.message, **over.details)
                     return
-            port = self.ports.take()
             accept = TaskAccept(
                 mpc_host=self.settings.mpc_host,
                 mpc_port=port,
@@ -661,13 +664,41 @@ class NodeAgent:
             self._audit("task.abandoned", "abandoned", reason=exc.message, **subject)
             _event(logging.INFO, "task.abandoned", "task %d: %s", task.id, exc.message, **ids)
         except TesseraError as exc:
-            self._failed(task, subject, exc.code, exc.message, started)
+            lost = exc.details.get("nodes") if isinstance(exc, PeerLost) else None
+            self._failed(task, subject, exc.code, exc.message, started, lost)
         except Exception as exc:  # never let a task thread die silently
             log.exception("task %d: unexpected %s", task.id, type(exc).__name__)
             self._failed(task, subject, "node_error", f"node error: {type(exc).__name__}", started)
         finally:
             if port is not None:
-                self.ports.release(port)
+                self.slots.release(port)
+
+    def _protocol_slot(self, task: TaskOut) -> int:
+        """Wait for one of the node's protocol slots, in the coordinator's order (lowest query
+        first); the MPC port the party will listen on. A task that has to wait tells the
+        coordinator once (stage `queued`); it gives up when the query's deadline passes."""
+        if not self.slots.free_now():
+            _event(
+                logging.INFO,
+                "task.queued",
+                "task %d (query %d): queued, %d protocols running, %d waiting",
+                task.id,
+                task.query_id,
+                self.slots.running,
+                self.slots.waiting,
+                task=task.id,
+                query=task.query_id,
+            )
+            self._tell("progress", task.id, "queued", "waiting for a protocol slot at this node")
+
+        def give_up() -> str | None:
+            if self.stopping.is_set():
+                return "the node agent is stopping"
+            if datetime.now(UTC) >= task.deadline:
+                return "the query's deadline passed while it waited for a protocol slot"
+            return None
+
+        return self.slots.take((task.query_id, task.id), give_up)
 
     def _signature_problem(self, task: TaskOut, statement: dict[str, Any]) -> str | None:
         """Why the task is not the coordinator's word (None if it is): its statement, rebuilt
@@ -703,7 +734,13 @@ class NodeAgent:
         self._tell("reject", task.id, reason)
 
     def _failed(
-        self, task: TaskOut, subject: dict[str, Any], code: str, message: str, started: float
+        self,
+        task: TaskOut,
+        subject: dict[str, Any],
+        code: str,
+        message: str,
+        started: float,
+        lost_nodes: list[str] | None = None,
     ) -> None:
         self._audit("task.failed", "failed", code=code, reason=message, **subject)
         _event(
@@ -719,7 +756,7 @@ class NodeAgent:
             code=code,
             seconds=_seconds(started),
         )
-        self._tell("fail", task.id, code, message)
+        self._tell("fail", task.id, code, message, lost_nodes)
 
     def _prepare(self, task: TaskOut, statistic: SecureStatistic) -> _Prepared:
         """Compute the local summary of the checked query (on the cached frame), and make this
@@ -808,7 +845,17 @@ class NodeAgent:
                 run_id=run_id(task.query_id),
             ),
         )
-        return (self._run_party or run_party)(job)
+        try:
+            return (self._run_party or run_party)(job)
+        except PeerLost as exc:  # name the nodes behind the party ids
+            ids = exc.details.get("parties") or []
+            lost = [p for p in parties if p.party_id in ids]
+            names = ", ".join(f"node {p.node} (party {p.party_id})" for p in lost)
+            when = exc.details.get("when") or "mid-protocol"
+            raise PeerLost(
+                f"lost {names or 'a party'} {when}",
+                {"parties": ids, "nodes": [p.node for p in lost]},
+            ) from None
 
     def _audit(self, action: str, outcome: str, **fields: Any) -> None:
         if self.audit is not None:

@@ -401,6 +401,9 @@ class NodeSettings(BaseSettings):
     mpc_host: str = Field("127.0.0.1", min_length=1)
     mpc_bind_host: str | None = None  # where the party listens, if not at mpc_host (NAT, LB)
     mpc_ports: str = "21000-21099"
+    # MPC protocols this node runs at once (one port each); the others wait in the
+    # coordinator's order (node_agent/slots.py)
+    max_concurrent_protocols: int = Field(4, ge=1, le=64)
     work_dir: Path = Path(".")
     poll_wait_s: float = Field(25.0, gt=0, le=120)
     # the coordinator's signing key fingerprint (`sha256:...`, from its operator out of band);

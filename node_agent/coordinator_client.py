@@ -231,8 +231,12 @@ class CoordinatorClient:
     def result(self, task_id: int, body: TaskResult) -> None:
         self._call("POST", f"/tasks/{task_id}/result", json=body.model_dump(mode="json"))
 
-    def fail(self, task_id: int, code: str, message: str) -> None:
-        body = TaskFailure(code=code[:64] or "error", message=message[:2000] or code).model_dump()
+    def fail(
+        self, task_id: int, code: str, message: str, lost_nodes: list[str] | None = None
+    ) -> None:
+        body = TaskFailure(
+            code=code[:64] or "error", message=message[:2000] or code, lost_nodes=lost_nodes or []
+        ).model_dump()
         self._call("POST", f"/tasks/{task_id}/fail", json=body)
 
     # ---- synthesis jobs -------------------------------------------------------------------

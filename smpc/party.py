@@ -1,9 +1,10 @@
 """One MPC party as its own process: ``python -m smpc.party`` with a `PartyJob` on stdin.
 
-MPyC parses `sys.argv` when `mpyc.runtime` is imported, so the runtime's options (party id,
-addresses, no logging) are placed in `sys.argv` here before that import. The party listens only
-on its own address (MPyC by itself would bind every interface). The outcome is written to
-stdout as one line ``TESSERA-OUTCOME {json}``; failures as ``TESSERA-ERROR {json}`` and exit 1.
+MPyC parses `sys.argv` when `mpyc.runtime` is imported; the run's runtime is built from the
+job's own command line (party id, addresses, no logging) by `mpyc.runtime.setup`. The party
+listens only on its own address (MPyC by itself would bind every interface). The outcome is
+written to stdout as one line ``TESSERA-OUTCOME {json}``; failures as ``TESSERA-ERROR {json}``
+and exit 1.
 
 With TLS (every run between nodes), the party first checks every party's run certificate
 against that party's node key (`smpc.tls.install`), checks each connection's peer against the
@@ -28,6 +29,8 @@ import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+
+from smpc import liveness
 
 OUTCOME = "TESSERA-OUTCOME "
 ERROR = "TESSERA-ERROR "
@@ -131,46 +134,99 @@ async def _run(mpc: Any, job: Any, body: Body = _statistic) -> dict[str, Any]:
     if job.tls is not None:
         pin(mpc, job.tls)
         _run_authorities_only()
+    peers = liveness.watch(mpc)
     started = time.perf_counter()
-    await mpc.start()
+    try:
+        await asyncio.wait_for(mpc.start(), liveness.START_TIMEOUT_S)
+    except TimeoutError:
+        raise liveness.PeerLost(
+            liveness.missing(mpc),
+            f"before the protocol: no connection within {liveness.START_TIMEOUT_S:.0f} s",
+        ) from None
     try:
         if job.tls is not None:
-            await agree(mpc, job)
-        outcome = await body(mpc, job)
+            await liveness.guarded(peers, agree(mpc, job))
+        outcome = await liveness.guarded(peers, body(mpc, job))
     except DisclosureRefused:
+        peers.closing = True
         await mpc.shutdown()  # a pooled outcome every party reached: end together, then refuse
         raise
     except BaseException:
+        peers.closing = True
         for peer in mpc.parties:
             if peer.pid != mpc.pid and peer.protocol is not None:
                 peer.protocol.close_connection()
         raise
+    peers.closing = True
     await mpc.shutdown()
     return {**outcome, "seconds": time.perf_counter() - started}
 
 
 def _preload() -> None:
-    """Import everything but `mpyc.runtime` before the job arrives (a warm process waits here)."""
+    """Import everything a run needs before the job arrives (a warm process waits here).
+
+    `mpyc.runtime` builds a runtime from `sys.argv` when it is imported: here it is imported
+    with a neutral command line (one party, no logging), and `_runtime` builds the run's own
+    runtime from the job's command line (`mpyc.runtime.setup`, which also points MPyC's other
+    modules at it). What a forked party still imported or built itself before this (MPyC's
+    runtime and the modules it imports, `numpy.random`, which numpy imports lazily and every
+    child re-seeds, the query parser) cost each party about 40 ms of CPU a run."""
+    import configparser  # noqa: F401
+    import encodings.idna  # noqa: F401
     import ssl  # noqa: F401
+    import statistics  # noqa: F401
 
     import cryptography.exceptions
+    import cryptography.hazmat.backends.openssl.backend
     import cryptography.hazmat.primitives.asymmetric.ec
     import cryptography.hazmat.primitives.serialization
     import cryptography.x509  # noqa: F401
     import gmpy2  # noqa: F401
     import mpyc.asyncoro
     import mpyc.finfields
+    import mpyc.mpctools
+    import mpyc.random
+    import mpyc.secgroups
+    import mpyc.seclists
+    import mpyc.secpols
     import mpyc.sectypes
-    import mpyc.thresha  # noqa: F401
-    import numpy  # noqa: F401
+    import mpyc.statistics
+    import mpyc.thresha
+    import numpy.random  # noqa: F401
 
+    import smpc.job
     import smpc.peers
     import smpc.protocol
+    import smpc.ranges
+    import smpc.runner
+    import smpc.soon
     import smpc.statistics
-    import smpc.tls  # noqa: F401
+    import smpc.tls
     from smpc.mpyc_speedups import install
 
     install()
+    smpc.statistics._query_adapter()  # pydantic builds it once
+    if "mpyc.runtime" not in sys.modules:
+        argv, sys.argv = sys.argv, ["tessera-party", "--no-log"]
+        try:
+            import mpyc.runtime  # a one-party runtime, replaced by `_runtime`
+        finally:
+            sys.argv = argv
+        # That runtime made an event loop: never share it (its epoll instance) with the
+        # processes forked from here. Each run's runtime makes its own.
+        loop = mpyc.runtime.mpc._loop
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
+def _runtime(job: Any) -> Any:
+    """The run's MPyC runtime, from the job's command line (`_mpyc_argv`)."""
+    import mpyc.runtime
+
+    sys.argv = _mpyc_argv(job)
+    mpc = mpyc.runtime.setup()
+    mpyc.runtime.mpc = mpc
+    return mpc
 
 
 def _timed_out(job: Any, _: BaseException) -> int:
@@ -194,7 +250,6 @@ def main(job_model: Any = None, body: Body = _statistic) -> int:
     except Exception as exc:
         print(ERROR + json.dumps({"code": "invalid_request", "message": str(exc)}), flush=True)
         return 1
-    sys.argv = _mpyc_argv(job)
     workspace = tempfile.TemporaryDirectory(prefix="tessera-party-")
     try:
         if job.tls is not None:
@@ -205,14 +260,17 @@ def main(job_model: Any = None, body: Body = _statistic) -> int:
             except ValueError as exc:  # refused before any connection is made
                 raise RefusedPeer(str(exc)) from None
             os.chdir(workspace.name)  # MPyC reads .config/ relative to the working directory
-        from mpyc.runtime import mpc
-
+        mpc = _runtime(job)
         outcome = mpc.run(asyncio.wait_for(_run(mpc, job, body), timeout=job.timeout_s))
     except (TimeoutError, asyncio.CancelledError) as exc:
         return _timed_out(job, exc)
     except RefusedPeer as exc:
         message = f"party {job.party_id}: {exc}"
         print(ERROR + json.dumps({"code": "peer_refused", "message": message}), flush=True)
+        return 1
+    except liveness.PeerLost as exc:
+        error = {"code": "peer_lost", "message": f"party {job.party_id}: {exc}"}
+        print(ERROR + json.dumps({**error, "parties": exc.party_ids, "when": exc.when}), flush=True)
         return 1
     except RuntimeError as exc:
         if "Event loop stopped before Future completed" not in str(exc):

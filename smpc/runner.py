@@ -193,7 +193,10 @@ def parse_outcome(stdout: str, stderr: str, returncode: int, party_id: int) -> d
             cls = ERRORS_BY_CODE.get(body.get("code", ""), ProtocolFailed)
             if cls is TesseraError:
                 cls = ProtocolFailed
-            details = {} if cls is DisclosureRefused else {"party_id": party_id}
+            details: dict[str, Any] = {} if cls is DisclosureRefused else {"party_id": party_id}
+            if isinstance(body.get("parties"), list):  # the parties lost (`smpc.liveness`)
+                details["parties"] = [p for p in body["parties"] if isinstance(p, int)]
+                details["when"] = str(body.get("when", ""))
             error = cls(body.get("message", "party failed"), details)
             error.code = body.get("code", error.code)
             raise error

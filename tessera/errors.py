@@ -80,9 +80,24 @@ class Forbidden(TesseraError):
 
 
 class RateLimited(TesseraError):
-    """Too many attempts (failed logins): wait `details["retry_after_s"]` seconds."""
+    """Too many attempts (failed logins, query submissions): wait `details["retry_after_s"]`
+    seconds."""
 
     code = "rate_limited"
+
+
+class TooManyQueries(RateLimited):
+    """A researcher or a study has as many queries (or synthesis requests) running as the
+    coordinator allows at once: retry after `details["retry_after_s"]` seconds."""
+
+    code = "too_many_queries"
+
+
+class QueryTooCostly(QueryInvalid):
+    """A query whose cost (`smpc.cost`: cells, secure comparisons) exceeds the coordinator's
+    per-query limit: it will never be accepted as it stands (`details` names the limit)."""
+
+    code = "query_too_costly"
 
 
 class BudgetExceeded(Conflict):
@@ -117,6 +132,13 @@ class PeerRefused(ProtocolFailed):
     code = "peer_refused"
 
 
+class PeerLost(ProtocolFailed):
+    """A party of a protocol run went away: its connection closed mid-protocol, or it never
+    connected. `details["parties"]` are the party ids lost (the node agent names their nodes)."""
+
+    code = "peer_lost"
+
+
 class ConfigInvalid(TesseraError):
     """A settings or configuration file that cannot be used."""
 
@@ -143,11 +165,14 @@ ERRORS_BY_CODE: dict[str, type[TesseraError]] = {
         Unauthorized,
         Forbidden,
         RateLimited,
+        TooManyQueries,
+        QueryTooCostly,
         BudgetExceeded,
         TooLarge,
         Unavailable,
         ProtocolFailed,
         PeerRefused,
+        PeerLost,
         ConfigInvalid,
         DataInvalid,
     )

@@ -420,6 +420,28 @@ class DryRunNode(View):
     )
 
 
+class QueryCostView(View):
+    """A query's estimated cost among the parties that would take part (`smpc.cost`)."""
+
+    cells: int = Field(description="values the protocol computes for the result and may open")
+    comparisons: int = Field(
+        description="secure comparisons and their equivalents (bit decompositions, noise "
+        "coins, PRF bits, rounded ratios): the work that dominates a run"
+    )
+
+
+class QueryLimitsView(View):
+    """The coordinator's limits on queries, and the caller's own current use of them."""
+
+    max_cells: int
+    max_comparisons: int
+    max_concurrent_queries_per_researcher: int
+    max_concurrent_queries_per_study: int
+    max_queries_per_minute: int
+    concurrent_queries: int = Field(description="the caller's queries pending or running")
+    queries_last_minute: int = Field(description="the caller's submissions in the last 60 s")
+
+
 class DryRun(View):
     valid: bool
     statistic: str
@@ -438,6 +460,8 @@ class DryRun(View):
     expected_error: dict[str, str] = Field(
         description="per result key, how far a released value may be from the exact one"
     )
+    cost: QueryCostView
+    limits: QueryLimitsView
 
 
 # ---- synthesis and releases ----------------------------------------------------------------

@@ -409,6 +409,8 @@ class TaskResult(Strict):
 class TaskFailure(Strict):
     code: Text = Field(min_length=1, max_length=LABEL_LENGTH)
     message: Text = Field(min_length=1, max_length=MESSAGE_LENGTH)
+    # with code `peer_lost`: the other nodes of the run this node lost (`smpc.liveness`)
+    lost_nodes: list[Label] = Field(default_factory=list, max_length=64)
 
 
 # ---- privacy budget -----------------------------------------------------------------------

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Request, Response, status
-from sqlalchemy import select
+from fastapi import APIRouter, Header, Query, Request, Response, status
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from api import audit
+from api import audit, clock
 from api.db import Database
 from api.deps import (
     AdminUser,
@@ -219,11 +221,53 @@ async def poll_tasks(
             tasks = queries.offer_tasks(db, me)
         return tasks or None
 
+    database = request.app.state.db
+    polled_at = await run_in_threadpool(_polling, database, node_id)
     tasks = await long_poll(request, wait, f"node:{node_id}", check) or []
+    if not tasks and await request.is_disconnected():
+        # The agent left mid-poll (its process died, or its network): unless it polls again
+        # within the grace period, the queries it takes part in cannot finish.
+        watch = _gone_unless_back(request.app, node_id, polled_at)
+        _watching.add(asyncio.get_running_loop().create_task(watch))
     chain = await run_in_threadpool(_chain_head, request.app.state.db)
     if chain is not None and chain["signature"] is not None:
         response.headers[AUDIT_HEAD] = format_head(chain["seq"], chain["hash"], chain["signature"])
     return tasks
+
+
+_watching: set[asyncio.Task[None]] = set()  # node departures being watched (kept referenced)
+
+
+def _polling(database: Database, node_id: int) -> datetime:
+    """Note that the node polls now (`last_poll_at`, on every poll: how a departure learns of
+    a return, on any replica); the time noted."""
+    with database.session() as db:
+        now = clock.now(db)
+        db.execute(update(Node).where(Node.id == node_id).values(last_poll_at=now))
+        db.commit()
+    return now
+
+
+async def _gone_unless_back(app: Any, node_id: int, polled_at: datetime) -> None:
+    """After `node_gone_grace_s`, fail the unfinished queries of a node that has not polled
+    again since its poll's connection closed, naming it and what it last did."""
+    try:
+        await asyncio.sleep(app.state.settings.node_gone_grace_s)
+        ended = await run_in_threadpool(_node_gone, app.state.db, node_id, polled_at)
+        notifier: Notifier = app.state.notifier
+        for query_id, node_ids in ended:
+            notifier.notify(f"query:{query_id}", *(f"node:{n}" for n in node_ids))
+    finally:
+        _watching.discard(asyncio.current_task())
+
+
+def _node_gone(
+    database: Database, node_id: int, polled_at: datetime
+) -> list[tuple[int, list[int]]]:
+    with database.session() as db:
+        ended = queries.node_gone(db, node_id, polled_at)
+        db.commit()
+    return ended
 
 
 def _keep_node_head(database: Database, node_id: int, head: tuple[int, str, str]) -> None:

@@ -199,7 +199,7 @@ def get_study_budget(study_id: IdPath, user: CurrentUser, db: SessionDep) -> dic
     status_code=status.HTTP_201_CREATED,
     tags=["queries"],
     response_model=QueryOut,
-    responses=errors(401, 403, 404, 409, 422),
+    responses=errors(401, 403, 404, 409, 422, 429),
     openapi_extra=QUERY_BODY,
 )
 def submit_query(
@@ -236,12 +236,15 @@ def submit_query(
     responses=errors(401, 403, 404, 409, 422),
     openapi_extra=QUERY_BODY,
 )
-def dry_run_query(study_id: IdPath, user: CurrentUser, db: SessionDep, body: QueryBody) -> Any:
+def dry_run_query(
+    study_id: IdPath, user: CurrentUser, db: SessionDep, settings: SettingsDep, body: QueryBody
+) -> Any:
     """Check a query as submission would, and say what running it would reveal, which nodes
-    would take part and the threshold they would apply; nothing is created. An invalid query
-    gets the very error its submission would."""
+    would take part, the threshold they would apply, what it would cost (cells, secure
+    comparisons) and the limits; nothing is created. An invalid query, or one beyond the
+    per-query limits, gets the very error its submission would."""
     study = studies.visible_study(db, study_id, user)
-    answer = queries.dry_run(db, study, user, body)
+    answer = queries.dry_run(db, study, user, body, settings)
     db.commit()
     return answer
 

@@ -64,7 +64,7 @@ JOB = errors(401, 403, 404, 409, 422)  # a node reporting on one of its jobs
     status_code=status.HTTP_201_CREATED,
     tags=["synthesis"],
     response_model=SynthesisRequestOut,
-    responses=errors(401, 403, 404, 409, 422),
+    responses=errors(401, 403, 404, 409, 422, 429),
 )
 def request_synthesis(
     study_id: IdPath,

@@ -29,7 +29,7 @@ from api import audit, clock
 from api.db import write_lock
 from api.models import Dataset, Node, Query, Study, Task, User
 from api.pagination import PageRequest
-from api.services import budget
+from api.services import budget, limits
 from api.services.network import published_policy
 from api.services.studies import is_member, registered_nodes, study_nodes
 from api.settings import CoordinatorSettings
@@ -47,6 +47,7 @@ from tessera.schemas import (
 from tessera.signing import statement_hash, task_statement
 
 if TYPE_CHECKING:
+    from smpc.cost import QueryCost
     from smpc.query import QueryBase
     from smpc.statistics import SecureStatistic
 
@@ -124,6 +125,10 @@ class Plan:
     def nodes(self) -> list[Node]:
         return [node for node, _ in self.registered]
 
+    def cost(self) -> QueryCost:
+        """The query's estimated cost among its parties (`smpc.cost`)."""
+        return self.statistic.cost(len(self.registered))
+
     def min_count_applied(self) -> int:
         """The threshold every party will apply: the query's, raised to each node's floor."""
         from smpc.query import applied_threshold
@@ -175,6 +180,9 @@ def submit(db: Session, study: Study, user: User, raw: Any, settings: Coordinato
     node-id order."""
     planned = plan(db, study, raw)
     query, registered, statistic = planned.query, planned.registered, planned.query.statistic
+    bounds = limits.Limits.of(settings)
+    limits.check_cost(planned.cost(), bounds)
+    limits.admit_query(db, study, user, bounds)
     now = clock.now(db)
     record = Query(
         study_id=study.id,
@@ -233,15 +241,25 @@ def _statement(query: Query, task: Task, n_parties: int, user: User | None) -> d
     )
 
 
-def dry_run(db: Session, study: Study, user: User, raw: Any) -> dict[str, Any]:
+def dry_run(
+    db: Session,
+    study: Study,
+    user: User,
+    raw: Any,
+    settings: CoordinatorSettings | None = None,
+) -> dict[str, Any]:
     """What submitting `raw` would do, and what it would reveal, without creating anything:
-    the same checks as `submit` (and the same errors), then the nodes of the study with whether
-    each would take part, the threshold every party would apply, and the disclosure the
-    statistic declares. Recorded in the audit log as `query.dry_run`."""
+    the same checks as `submit` (and the same errors, the per-query cost limits included),
+    then the nodes of the study with whether each would take part, the threshold every party
+    would apply, the disclosure the statistic declares, the query's cost and the limits with
+    the researcher's own use of them. Recorded in the audit log as `query.dry_run`."""
     from smpc.disclosure import AppliedRules
     from smpc.statistics import disclosure  # (smpc.disclosure is the rules module)
 
     planned = plan(db, study, raw)
+    bounds = limits.Limits.of(settings) if settings is not None else limits.Limits()
+    cost = planned.cost()
+    limits.check_cost(cost, bounds)
     policies = [published_policy(node) for node in planned.nodes]
     rules = AppliedRules.local(
         planned.query.min_count,
@@ -279,6 +297,8 @@ def dry_run(db: Session, study: Study, user: User, raw: Any) -> dict[str, Any]:
         "delta": reveals["delta"],
         "rules": reveals["rules"],
         "expected_error": reveals["expected_error"],
+        "cost": cost.to_json(),
+        "limits": {**bounds.describe(), **limits.usage(db, user)},
     }
     audit.record(
         db,
@@ -542,6 +562,15 @@ def fail(db: Session, node: Node, task_id: int, body: TaskFailure) -> None:
         code=body.code,
         message=body.message,
     )
+    lost = [t for t in query.tasks if t.node.name in body.lost_nodes and t.id != task.id]
+    if body.code == "peer_lost" and lost:
+        # the node reporting is not the one to blame: name the nodes it lost first
+        names = [t.node.name for t in lost]
+        for t in lost:
+            t.error_code, t.error_message = "peer_lost", f"lost (seen by {node.name})"
+        message = f"{_nodes_phrase(names)} lost (node {node.name}: {body.message})"
+        fail_query(db, query, body.code, message)
+        return
     fail_query(db, query, body.code, f"node {node.name}: {body.message}")
 
 
@@ -640,6 +669,55 @@ def overdue_queries(db: Session, now: datetime | None = None) -> list[int]:
     return list(db.scalars(select(Query.id).where(_overdue(now)).order_by(Query.id)))
 
 
+def node_gone(db: Session, node_id: int, polled_at: datetime) -> list[tuple[int, list[int]]]:
+    """Fail every unfinished query that waits for node `node_id`, if the node has not polled
+    since `polled_at` (its poll's connection closed then): the query names it and what it last
+    did. Returns (query id, its nodes' ids) of each query failed, for the long-polls to wake."""
+    node = db.get(Node, node_id)
+    if node is None or (node.last_poll_at is not None and node.last_poll_at > polled_at):
+        return []  # back already (its new poll noted it)
+    open_ids = db.scalars(
+        select(Task.query_id)
+        .join(Query, Query.id == Task.query_id)
+        .where(
+            Task.node_id == node_id,
+            Task.status.in_((*NOT_ACCEPTED, "accepted", "running")),
+            Query.status.in_(("pending", "running")),
+        )
+        .order_by(Task.query_id)
+    ).all()
+    ended = []
+    for query_id in open_ids:
+        query = lock_query(db, query_id)
+        if query.status in TERMINAL:
+            continue
+        mine = [t for t in query.tasks if t.node_id == node_id]
+        if not mine or mine[0].status not in (*NOT_ACCEPTED, "accepted", "running"):
+            continue
+        step = last_step(mine[0])
+        mine[0].error_code, mine[0].error_message = "node_lost", f"went away ({step})"
+        message = (
+            f"node {node.name} went away: its connection to the coordinator closed and it did "
+            f"not come back (it had {step})"
+        )
+        fail_query(db, query, "node_lost", message)
+        ended.append((query.id, [t.node_id for t in query.tasks]))
+    return ended
+
+
+def last_step(task: Task) -> str:
+    """What a node last did with its task, as the coordinator saw it (for a missed deadline)."""
+    if task.status == "pending":
+        return "never fetched the task"
+    if task.status == "offered":
+        if task.progress_stage == "queued":
+            return "fetched the task and queued it behind its other protocols"
+        return "fetched the task, then sent nothing"
+    if task.progress_stage:
+        return f"accepted; last reported stage {task.progress_stage!r}"
+    return "accepted, then sent nothing"
+
+
 def expire(db: Session, query_id: int, now: datetime | None = None) -> Query | None:
     """Fail one query if it is still past its deadline, naming the nodes it waited for.
 
@@ -670,8 +748,10 @@ def expire(db: Session, query_id: int, now: datetime | None = None) -> Query | N
         what = f"did not report a result within {seconds:g} s"
     names = [t.node.name for t in late]
     message = f"{_nodes_phrase(names)} {what}" if names else f"the query {what}"
+    if late:
+        message += " (" + "; ".join(f"{t.node.name}: {last_step(t)}" for t in late) + ")"
     for t in late:
-        t.error_code, t.error_message = "timeout", what
+        t.error_code, t.error_message = "timeout", f"{what} ({last_step(t)})"
     query.error_message = message
     _close_tasks(query)
     audit.record(db, "system", "query.failed", f"query:{query.id}", code="timeout", message=message)

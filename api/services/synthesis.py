@@ -57,6 +57,7 @@ from api.models import (
     User,
 )
 from api.pagination import PageRequest
+from api.services import limits
 from api.services.network import published_policy
 from api.services.queries import MIN_PARTIES, agreed_schema, party_addresses
 from api.services.studies import is_member, registered_nodes
@@ -161,6 +162,7 @@ def request(
             + "; ".join(f"{s['node']}: {s['reason']}" for s in skipped),
             {"skipped": skipped},
         )
+    limits.admit_synthesis(db, study, user, limits.Limits.of(settings))
     now = clock.now(db)
     record = SynthesisRequest(
         study_id=study.id,

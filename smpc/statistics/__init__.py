@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
     from smpc.disclosure import AppliedRules
 
+from smpc.cost import QueryCost
 from smpc.job import LocalSummary
 from smpc.query import QueryBase, applied_threshold, check_query, describe_validation
 from smpc.statistics.base import Opened, SecureStatistic
@@ -124,6 +125,16 @@ def prepare(raw: dict[str, Any] | QueryBase, schema: DatasetSchema) -> QueryBase
     return compile_query(raw, schema).query
 
 
+def query_cost(
+    raw: dict[str, Any] | QueryBase | SecureStatistic, schema: DatasetSchema, parties: int
+) -> QueryCost:
+    """A query's estimated cost among `parties` parties (`smpc.cost`: cells and secure
+    comparisons), from the query and the declared schema alone; `QueryInvalid` for a query the
+    schema or the library would refuse."""
+    statistic = raw if isinstance(raw, SecureStatistic) else compile_query(raw, schema)
+    return statistic.cost(parties)
+
+
 def local_summary(
     query: QueryBase | SecureStatistic, frame: pd.DataFrame, schema: DatasetSchema
 ) -> LocalSummary:
@@ -220,6 +231,7 @@ __all__ = [
     "local_summary",
     "parse_query",
     "prepare",
+    "query_cost",
     "reference",
     "reference_parties",
     "result_type",

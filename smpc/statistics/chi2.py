@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from smpc.cost import QueryCost, key_decompositions, prelude_comparisons
 from smpc.encoding import KEY_BITS
 from smpc.job import LocalSummary, PartyJob
 from smpc.statistics.base import N_PERTURBED, PerGroup, number
@@ -82,6 +83,17 @@ class Chi2(Crosstab):
     def shape(self) -> tuple[int, int]:
         rows, columns = (len(levels) for levels in self.table.levels)
         return rows, columns
+
+    def cost(self, parties: int) -> QueryCost:
+        """For G tables of r × c cells. Cells: per table its perturbed cells (opened to the
+        parties, χ² follows from them) and n. Comparisons: the prelude's, one release
+        comparison per cell (without a threshold, one per row and column total instead), and
+        the cell keys of every cell and every table."""
+        groups = len(self.layout.groups)
+        r, c = self.shape
+        cells = groups * r * c
+        compared = prelude_comparisons(self) + cells + key_decompositions(cells + groups)
+        return QueryCost(cells + groups, compared)
 
     async def compute(self, mpc: Any, job: PartyJob) -> PerGroup:
         from smpc.protocol import check_counts, moved_counts, release_flags, union_perturbation

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from pydantic import Field
 
+from smpc.cost import rounded_ratios
 from smpc.encoding import FRAC_BITS
 from smpc.job import PartyJob
 from smpc.query import QueryBase
@@ -84,6 +85,21 @@ class Correlation(GramStatistic):
                 raise QueryInvalid(
                     f"correlation: column {name!r} is {spec.type}, not numeric", {"column": name}
                 )
+
+    def opened_per_group(self) -> int:
+        """r of every pair of columns (the diagonal is 1 by definition)."""
+        k = len(self.query.columns)
+        return k * (k - 1) // 2
+
+    def solve_comparisons(self) -> int:
+        """The screen's comparisons (4 cells of a pair of binary columns, 2 levels of a pair
+        with one), a zero test per column, and per pair its sign bit and its rounded r²
+        (one numerator, one denominator)."""
+        binary = set(self.binary())
+        screened = sum(4 if j in binary and m in binary else 2 for j, m in self.small_cells())
+        k = len(self.query.columns)
+        pairs = self.opened_per_group()
+        return screened + k + pairs + rounded_ratios(pairs, pairs)
 
     def design_columns(self) -> list[str]:
         return list(self.query.columns)

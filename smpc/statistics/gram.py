@@ -67,6 +67,7 @@ from smpc.cellkey import (
     scale_factor,
     sign_slot,
 )
+from smpc.cost import QueryCost, key_decompositions, noise_coins, prelude_comparisons
 from smpc.dp import GRID, NoiseSpec, column_bounds, product_sensitivity, sample
 from smpc.encoding import FRAC_BITS, decode_moment
 from smpc.job import LocalSummary, PartyJob
@@ -465,6 +466,32 @@ class GramStatistic(SecureStatistic):
                 mpc, matrix, outcomes[g].n or 0, compare, hidden.get(g, set()), extra.get(g)
             )
         return GramOpened(threshold, outcomes)
+
+    def cost(self, parties: int) -> QueryCost:
+        """Cells: per group n and `opened_per_group`. Comparisons, `exact` mode: the
+        prelude's, per group its release, its cell keys, a model's small-cells rule (each
+        indicator with and without, `design.small_cells`), the corners of each term without
+        declared bounds (a secure minimum and maximum over the m sites) and the statistic's
+        own `solve_comparisons`. With `dp`: the noise of n and every noised entry, and one
+        release comparison per group."""
+        groups = len(self.layout.groups)
+        cells = groups * (1 + self.opened_per_group())
+        if self.query.dp is not None:
+            noise = sum(noise_coins(spec, groups) for spec in self.noise.values())
+            return QueryCost(cells, prelude_comparisons(self) + noise + groups)
+        small = 2 * len(self.indicators)
+        corners = 2 * (parties - 1) * len(self.free_terms)
+        per_group = 1 + small + corners + self.solve_comparisons()
+        compared = prelude_comparisons(self) + key_decompositions(groups) + groups * per_group
+        return QueryCost(cells, compared)
+
+    def opened_per_group(self) -> int:
+        """The values a solved group opens, n aside."""
+        raise NotImplementedError
+
+    def solve_comparisons(self) -> int:
+        """A solved group's comparisons in `solve` (`smpc.cost`)."""
+        raise NotImplementedError
 
     def corner_bits(self) -> int:
         """Bits of the comparisons between sites' corners (scaled 2**8): |z|² < 2**50 makes

@@ -148,6 +148,13 @@ import numpy as np
 from smpc import prf
 from smpc.cellkey import COUNT_NOISE_BITS, count_perturbation, key_sums
 from smpc.cells import CellLayout
+from smpc.cost import (
+    QueryCost,
+    key_decompositions,
+    noise_coins,
+    prelude_comparisons,
+    rounded_ratios,
+)
 from smpc.dp import discrete_laplace
 from smpc.encoding import MOMENT_BITS
 from smpc.job import LocalSummary, PartyJob
@@ -461,6 +468,33 @@ class KaplanMeier(SecureStatistic):
         return summary
 
     # ---- the secure part -------------------------------------------------------------------
+
+    def cost(self, parties: int) -> QueryCost:
+        """For G groups on a grid of L points (N = `tree_nodes(L)`, fewer than 2L). Cells: per
+        group n and its perturbed node sums of events and censorings (2N); with `dp` its noisy
+        per-step events and censorings (2L). Comparisons, `exact` mode: the prelude's, one
+        release comparison per group, with two groups or more the log-rank test (the bits and
+        leading one of the L pooled risk sets, a binary search of about log₂ L + 1 probes per
+        group, and the statistic's rounded ratio and singularity bit, or a pivot test and
+        reciprocal for each of G − 1 pivots), the cell keys of every group and the total, and
+        8 Legendre bits per node and group (`smpc.prf`). With `dp`: the noise of 2·G·L
+        counts and one release comparison per group."""
+        groups, grid = self.layout.size, self.grid
+        if self.query.dp is not None:
+            noise = noise_coins(self.noise["count"], 2 * groups * grid)
+            cells = groups * (1 + 2 * grid)
+            return QueryCost(cells, prelude_comparisons(self) + noise + groups)
+        nodes = len(tree_nodes(grid))
+        logrank = 0
+        if groups >= 2:
+            search = groups * (math.ceil(math.log2(grid)) + 1 if grid > 1 else 1)
+            final = rounded_ratios(1, 1) + 1 if groups == 2 else 2 * (groups - 1)
+            logrank = 2 * grid + search + final
+        legendre = groups * nodes * 2 * COUNT_NOISE_BITS
+        compared = (
+            prelude_comparisons(self) + groups + logrank + key_decompositions(groups + 1) + legendre
+        )
+        return QueryCost(groups * (1 + 2 * nodes), compared)
 
     async def compute(self, mpc: Any, job: PartyJob) -> SurvivalOpened:
         size, grid = self.layout.size, self.grid

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
+from smpc.cost import rounded_ratios
 from smpc.exact import Singular, gauss_jordan, hadamard_bits
 from smpc.rounded import open_rounded_ratios
 from smpc.statistics.base import number
@@ -92,6 +93,16 @@ class LinearRegression(GramStatistic):
 
     def parameters(self) -> int:
         return len(self.coefficient_names)
+
+    def opened_per_group(self) -> int:
+        """p coefficients, p standard errors and R²."""
+        return 2 * self.parameters() + 1
+
+    def solve_comparisons(self) -> int:
+        """A zero test per Gauss–Jordan pivot, then 2p + 1 rounded ratios over three
+        denominators (det, the standard errors', R²'s)."""
+        p = self.parameters()
+        return p + rounded_ratios(2 * p + 1, 3)
 
     def validate(self) -> None:
         q = self.query

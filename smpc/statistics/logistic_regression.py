@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from smpc.cellkey import MAGNITUDE_BITS, corners, key_sums, scale_factor
+from smpc.cost import NEWTON_STEPS_ESTIMATE, rounded_ratios
 from smpc.encoding import FRAC_BITS, KEY_BITS
 from smpc.exact import Singular, gauss_jordan, hadamard_bits
 from smpc.job import LocalSummary, PartyJob
@@ -122,6 +123,17 @@ class LogisticRegression(GramStatistic):
 
     def parameters(self) -> int:
         return len(self.names)
+
+    def opened_per_group(self) -> int:
+        """p coefficients and p standard errors, and the p values of every Newton iterate
+        (`NEWTON_STEPS_ESTIMATE` of them)."""
+        return 2 * self.parameters() + NEWTON_STEPS_ESTIMATE * self.parameters()
+
+    def solve_comparisons(self) -> int:
+        """Per Newton step (`NEWTON_STEPS_ESTIMATE`) and for the final covariance: a zero
+        test per pivot and p rounded ratios over one denominator."""
+        p = self.parameters()
+        return (NEWTON_STEPS_ESTIMATE + 1) * (p + rounded_ratios(p, 1))
 
     def row_violations(self, data: pd.DataFrame) -> int:
         y = data[self.query.outcome].to_numpy(dtype=float)

@@ -76,6 +76,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
+from smpc.cost import QueryCost, key_decompositions, noise_coins, prelude_comparisons
 from smpc.disclosure import AppliedRules
 from smpc.dp import NoiseSpec, column_bounds, describe
 from smpc.encoding import FRAC_BITS, MOMENT_BITS, encode_moment
@@ -324,6 +325,29 @@ class Quantile(SecureStatistic):
             f"moved by the same amount, at most ±{rules.noise:g} × {self.declared_range:g} (the "
             "declared range), per group",
         }
+
+    def cost(self, parties: int) -> QueryCost:
+        """Cells: per group n and one value per level. Comparisons, `exact` mode: the
+        prelude's, one release comparison per group, the cell keys of every group and the
+        total, per (group, level) 16 comparisons in each of the search's three stages and one
+        rounding. With `dp`: the count's noise and release per group, and per (group,
+        distinct level) report-noisy-max over at most 2^8 candidate bins m: 2m sign tests of
+        the utilities' excesses, m one-sided noise samples and a tournament of m − 1."""
+        groups, levels = self.layout.size, len(self.query.q)
+        cells = groups * (1 + levels)
+        if self.query.dp is not None:
+            m = 1 << DP_GRID_BITS
+            selection = sum(
+                groups * (3 * m - 1 + noise_coins(spec, m, one_sided=True))
+                for name, spec in self.noise.items()
+                if name != "count"
+            )
+            count = noise_coins(self.noise["count"], groups) + groups
+            return QueryCost(cells, prelude_comparisons(self) + count + selection)
+        stages = GRID_BITS // STAGE_BITS
+        search = groups * levels * (stages * (1 << STAGE_BITS) + 1)
+        compared = prelude_comparisons(self) + groups + key_decompositions(groups + 1) + search
+        return QueryCost(cells, compared)
 
     # ---- the secure part -------------------------------------------------------------------
 

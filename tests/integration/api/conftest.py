@@ -37,13 +37,22 @@ SCHEMA: dict[str, Any] = {
     ]
 }
 RESEARCHER_PASSWORD = "rita-password"
+# the tests share one researcher and leave queries pending: the limits are the limits tests'
+LIMITS_OFF = {
+    "max_concurrent_queries_per_researcher": 10_000,
+    "max_queries_per_minute": 100_000,
+    "max_concurrent_queries_per_study": 10_000,
+    "max_concurrent_synthesis_per_researcher": 10_000,
+}
 MAIN_SETTINGS = {
+    **LIMITS_OFF,
     "accept_timeout_s": 20,
     "query_timeout_s": 40,
     "sweep_interval_s": 1.0,  # its deadlines are long: the replicas test expiry
     "release_max_bytes": 200_000,
 }
 SHORT_SETTINGS = {
+    **LIMITS_OFF,
     "accept_timeout_s": 2,
     "query_timeout_s": 4,
     "sweep_interval_s": 0.2,
@@ -103,6 +112,16 @@ def backend(
     root = tmp_path_factory.mktemp(f"api-{request.param}")
     pg = request.getfixturevalue("pg_server") if request.param == "postgres" else None
     made = Backend(request.param, root, pg)
+    try:
+        yield made
+    finally:
+        made.drop_all()
+
+
+@pytest.fixture(scope="session")
+def pg_backend(pg_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+    """PostgreSQL databases only, for the tests about PostgreSQL itself."""
+    made = Backend("postgres", tmp_path_factory.mktemp("api-pg-only"), pg_server)
     try:
         yield made
     finally:

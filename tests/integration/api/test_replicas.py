@@ -8,9 +8,11 @@ import threading
 import time
 from typing import Any
 
+import pytest
+
 from tessera.client import TesseraClient
 
-from .conftest import SHORT_SETTINGS, Coordinator, Setup
+from .conftest import SHORT_SETTINGS, Backend, Coordinator, Setup, _people, build, start_coordinator
 
 COUNT = {"statistic": "count"}
 RESULT = {"n": 7, "count": 7}
@@ -122,3 +124,47 @@ def test_a_query_runs_across_replicas(
     assert via_second.wait_query(query["id"], timeout=5)["result"] == RESULT
     assert setup.researcher.get_query(query["id"])["status"] == "succeeded"
     assert setup.admin.audit_verify()["ok"] is True
+
+
+@pytest.mark.postgres
+def test_replicas_on_postgresql_wake_each_others_long_polls_at_once(
+    pg_backend: Backend,
+) -> None:
+    """On PostgreSQL a change through one replica wakes the other's long-polls through
+    LISTEN/NOTIFY (`api.notify.Broadcast`), not by the periodic re-check: with the re-check
+    set to a minute, a node's long-poll on the second replica still sees a task submitted
+    through the first long before its wait ends."""
+    url = pg_backend.new_database()
+    settings = {**SHORT_SETTINGS, "long_poll_recheck_s": 60, "long_poll_max_s": 60}
+    first = start_coordinator(pg_backend.root, url, **settings)
+    try:
+        second = start_coordinator(
+            pg_backend.root,
+            url,
+            jwt_secret=first.jwt_secret,
+            admin_password=first.admin_password,
+            **settings,
+        )
+        try:
+            with _people(first.url, first.admin_password) as people:
+                setup = build(first.url, people)
+                for node in setup.nodes:
+                    node.url = second.url
+                polled: list[Any] = []
+                poller = threading.Thread(
+                    target=lambda: polled.append(
+                        setup.nodes[0].ok("GET", "/nodes/me/tasks", params={"wait": 45})
+                    )
+                )
+                poller.start()
+                time.sleep(1.0)  # the long-poll has made its first check and waits
+                began = time.monotonic()
+                setup.submit(COUNT)  # through the first replica
+                poller.join(timeout=50)
+                waited = time.monotonic() - began
+                assert polled and polled[0], "the long-poll on the other replica saw no task"
+                assert waited < 30, f"woken after {waited:.1f} s: by the re-check, not the news"
+        finally:
+            second.stop()
+    finally:
+        first.stop()
