@@ -10,21 +10,32 @@ from typing import Any
 
 from fastapi import Depends, FastAPI
 from sqlalchemy.exc import IntegrityError
+from starlette.concurrency import run_in_threadpool
 
 from api import audit, errors, openapi
 from api.db import Database
 from api.deps import known_parameters
-from api.middleware import FORM_OVERHEAD, BodyLimit, SecurityHeaders
+from api.middleware import (
+    FORM_OVERHEAD,
+    NODE_REPORTS,
+    UPLOAD,
+    BodyLimit,
+    LastResort,
+    SecurityHeaders,
+    bearer_token,
+)
 from api.migrate import upgrade
 from api.notify import Broadcast, Notifier
 from api.oidc import OidcVerifier
 from api.routes import accounts, nodes, operations, studies, synthesis
 from api.scheduler import sweep_forever
-from api.security import set_hash_concurrency
+from api.security import KEY_PREFIX, set_hash_concurrency
+from api.services import network
 from api.services.accounts import ensure_admin
 from api.settings import CoordinatorSettings
 from api.signing import CoordinatorKey
 from api.tokens import LocalTokens, signing_key
+from tessera.errors import TesseraError
 
 log = logging.getLogger("tessera.coordinator")
 
@@ -38,6 +49,25 @@ class Coordinator(FastAPI):
         return SecurityHeaders(super().build_middleware_stack(), self.production)
 
 
+async def node_authenticated(scope: Any) -> bool:
+    """Whether a request carries a valid node API key (a body beyond the general limit needs
+    one): checked against the database before the body is read."""
+    token = bearer_token(scope)
+    if token is None or not token.startswith(KEY_PREFIX):
+        return False
+    database: Database = scope["app"].state.db
+
+    def check() -> bool:
+        try:
+            with database.session() as db:
+                network.authenticate_node(db, token)
+        except TesseraError:
+            return False
+        return True
+
+    return await run_in_threadpool(check)
+
+
 def create_app(settings: CoordinatorSettings | None = None) -> FastAPI:
     settings = settings or CoordinatorSettings()
 
@@ -49,7 +79,9 @@ def create_app(settings: CoordinatorSettings | None = None) -> FastAPI:
         app.state.verifiers = [tokens] if provider is None else [tokens, provider]
         set_hash_concurrency(settings.password_hash_concurrency)
         signer = CoordinatorKey.for_settings(settings.signing_key_file, settings.database_url)
-        database = Database(settings.database_url, signer=signer)
+        database = Database(
+            settings.database_url, signer=signer, busy_timeout_s=settings.sqlite_busy_timeout_s
+        )
         upgrade(database.engine)
         with database.session() as db:
             audit.seal_legacy(db)
@@ -104,8 +136,13 @@ def create_app(settings: CoordinatorSettings | None = None) -> FastAPI:
     app.add_middleware(
         BodyLimit,
         max_body_bytes=settings.max_body_bytes,
-        upload_max_bytes=2 * settings.release_max_bytes + FORM_OVERHEAD,
+        large=[
+            (UPLOAD, 2 * settings.release_max_bytes + FORM_OVERHEAD),
+            (NODE_REPORTS, max(settings.node_report_max_bytes, settings.max_body_bytes)),
+        ],
+        authenticated=node_authenticated,
     )
+    app.add_middleware(LastResort)  # outermost: around the body limit's own database check
     errors.install(app)
     openapi.install(app)
     for module in (operations, accounts, nodes, studies, synthesis):

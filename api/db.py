@@ -33,12 +33,12 @@ def is_in_memory(url: str) -> bool:
     return url.startswith("sqlite") and url.split("?")[0].split("://", 1)[1] in ("", "/:memory:")
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, busy_timeout_s: float = SQLITE_BUSY_TIMEOUT_MS / 1000) -> Engine:
     # hide_parameters: a database error in the log never quotes a bound value
     kwargs: dict[str, Any] = {"pool_pre_ping": True, "hide_parameters": True}
     sqlite = url.startswith("sqlite")
     if sqlite:
-        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": busy_timeout_s}
     if is_in_memory(url):
         kwargs["poolclass"] = StaticPool  # one connection, or each would see its own database
     engine = create_engine(url, **kwargs)
@@ -49,7 +49,7 @@ def make_engine(url: str) -> Engine:
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")  # durable at each WAL checkpoint
-            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute(f"PRAGMA busy_timeout={round(busy_timeout_s * 1000)}")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 
@@ -77,10 +77,16 @@ class Database:
     """Sessions carry the clock and the coordinator's signing key (`api.signing`; a key of
     this process's own when none is given, as for an in-memory test database)."""
 
-    def __init__(self, url: str, clock: Clock | None = None, signer: Any = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        clock: Clock | None = None,
+        signer: Any = None,
+        busy_timeout_s: float = SQLITE_BUSY_TIMEOUT_MS / 1000,
+    ) -> None:
         from api.signing import CoordinatorKey
 
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, busy_timeout_s)
         self.clock: Clock = clock or SYSTEM
         self.signer: CoordinatorKey = signer or CoordinatorKey.generate()
         self.sessions = sessionmaker(

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated, Any
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -21,6 +21,7 @@ from api.services.logins import LoginPolicy
 from api.settings import CoordinatorSettings
 from api.tokens import LocalTokens, TokenVerifier, verify
 from tessera.errors import Forbidden, InvalidRequest, Unauthorized
+from tessera.limits import LABEL_LENGTH, MAX_ID, NUL_FREE
 
 _bearer = HTTPBearer(auto_error=False)
 
@@ -39,8 +40,24 @@ def get_session(request: Request) -> Iterator[Session]:
         yield db
 
 
+IdPath = Annotated[int, Path(ge=1, le=MAX_ID, description="An id (1 to 2^31 - 1).")]
+
+
+def id_query(description: str) -> Any:
+    """A query parameter that is an id: 1 to 2^31 - 1."""
+    return Query(ge=1, le=MAX_ID, description=description)
+
+
+def label_query(description: str) -> Any:
+    """A query parameter that is a name (a node's, a statistic's, an action's)."""
+    return Query(max_length=LABEL_LENGTH, pattern=NUL_FREE, description=description)
+
+
 WaitParam = Query(
-    0.0, ge=0, description="Long-poll: seconds to wait for news (capped at long_poll_max_s)."
+    0.0,
+    ge=0,
+    le=3600,
+    description="Long-poll: seconds to wait for news (capped at long_poll_max_s).",
 )
 PageDep = Annotated[PageRequest, Depends(page_request)]
 SettingsDep = Annotated[CoordinatorSettings, Depends(get_settings)]

@@ -1,5 +1,11 @@
 """One place that turns every error into `{"error": {"code", "message", "details"}}` with the
-HTTP status the coordinator gives its code (`STATUS`)."""
+HTTP status the coordinator gives its code (`STATUS`).
+
+The database's own errors: one that says it cannot be reached (a lost or refused connection,
+a pool with no connection to give, SQLite's locked or unreadable file) is **503** `unavailable`
+with `Retry-After`; a value it refuses to store (out of its integer range, too long, a NUL
+byte) is **422**: the edge validates these first, this is the net below it. Anything else
+unexpected is a JSON **500** that keeps the connection open (`LastResort`)."""
 
 from __future__ import annotations
 
@@ -9,6 +15,14 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import (
+    DataError,
+    DBAPIError,
+    DisconnectionError,
+    InterfaceError,
+    OperationalError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tessera.errors import (
@@ -27,8 +41,10 @@ from tessera.errors import (
     TesseraError,
     TooLarge,
     Unauthorized,
+    Unavailable,
     error_body,
 )
+from tessera.limits import MAX_REPORTED_ERRORS, validation_message
 
 log = logging.getLogger("tessera.coordinator")
 
@@ -48,6 +64,7 @@ STATUS: dict[type[TesseraError], int] = {
     TooLarge: 413,
     RateLimited: 429,
     ProtocolFailed: 502,
+    Unavailable: 503,
     ConfigInvalid: 500,
     TesseraError: 500,
 }
@@ -71,6 +88,24 @@ _HTTP_CODES = {
     429: "rate_limited",
 }
 
+RETRY_AFTER_S = 5  # a database that does not answer: when to try again
+# the database's errors that mean it cannot be reached (or has no connection to spare)
+UNREACHABLE: tuple[type[Exception], ...] = (
+    OperationalError,
+    InterfaceError,
+    DisconnectionError,
+    PoolTimeout,
+)
+
+
+def unavailable() -> JSONResponse:
+    """503: the database does not answer."""
+    error = Unavailable(
+        "the coordinator's database does not answer; try again shortly",
+        {"retry_after_s": RETRY_AFTER_S},
+    )
+    return JSONResponse(error.to_dict(), 503, headers={"Retry-After": str(RETRY_AFTER_S)})
+
 
 def _location(loc: tuple[Any, ...] | list[Any]) -> list[str | int]:
     """A field's path as segments; a body field's path starts inside the body."""
@@ -93,11 +128,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [
-            {
-                "loc": _location(e.get("loc", ())),
-                "msg": str(e.get("msg", "")).removeprefix("Value error, "),
-            }
-            for e in exc.errors()
+            {"loc": _location(e.get("loc", ())), "msg": validation_message(e)}
+            for e in exc.errors()[:MAX_REPORTED_ERRORS]
         ]
         if any(e.get("type") == "json_invalid" for e in exc.errors()):
             message = "the request body is not valid JSON"
@@ -109,7 +141,42 @@ def install(app: FastAPI) -> None:
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "error")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
-        return JSONResponse(error_body(code, message), exc.status_code, headers=exc.headers)
+        details = getattr(exc, "details", None)  # api.middleware.BodyTooLarge's limit
+        body = error_body(code, message, details)
+        return JSONResponse(body, exc.status_code, headers=exc.headers)
+
+    async def database_unreachable(request: Request, exc: Exception) -> JSONResponse:
+        log.warning(
+            "the database does not answer (%s) on %s %s",
+            type(exc).__name__,
+            request.method,
+            request.url.path,
+        )
+        return unavailable()
+
+    for kind in UNREACHABLE:
+        app.add_exception_handler(kind, database_unreachable)
+
+    @app.exception_handler(DataError)
+    async def refused_by_database(request: Request, exc: DataError) -> JSONResponse:
+        # the value is not quoted: it may be data (the engine hides bound parameters too)
+        log.warning("the database refused a value on %s %s", request.method, request.url.path)
+        message = "a value does not fit the database (out of range, too long, or a NUL byte)"
+        return JSONResponse(error_body("invalid_request", message), 422)
+
+    @app.exception_handler(DBAPIError)
+    async def database_error(request: Request, exc: DBAPIError) -> JSONResponse:
+        if exc.connection_invalidated:
+            return await database_unreachable(request, exc)
+        log.error(
+            "database error %s on %s %s",
+            type(exc).__name__,
+            request.method,
+            request.url.path,
+            exc_info=exc,
+        )
+        body = error_body("internal_error", "internal error; see the coordinator log")
+        return JSONResponse(body, 500)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

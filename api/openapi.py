@@ -32,6 +32,7 @@ from tessera.rest import ErrorBody
 
 ASSETS_URL = "/docs-assets"
 DESCRIPTIONS = {
+    400: "The body cannot be parsed (malformed, or nested too deeply).",
     401: "Not authenticated: no, an invalid or an expired bearer token.",
     403: "Authenticated but not allowed (role, or a node's published policy).",
     404: "No such resource, or not visible to the caller.",
@@ -41,7 +42,7 @@ DESCRIPTIONS = {
     429: "Too many requests (failed logins; queries or synthesis requests running at once, "
     "or submitted per minute): wait the `Retry-After` header's seconds.",
     502: "A node or a protocol failed.",
-    503: "Not ready.",
+    503: "The database does not answer: try again after `Retry-After` seconds.",
 }
 TAGS = [
     {"name": "auth", "description": "Bearer tokens for users."},
@@ -102,7 +103,7 @@ def install(app: FastAPI) -> None:
             for name, schema in registry_components().items():
                 schemas.setdefault(name, schema)
             _errors_as_json(spec)
-            _body_limit_documented(spec)
+            _edge_errors_documented(spec)
             app.openapi_schema = spec
         return app.openapi_schema
 
@@ -149,14 +150,27 @@ def _errors_as_json(spec: dict[str, Any]) -> None:
                     response["content"] = {"application/json": next(iter(content.values()))}
 
 
-def _body_limit_documented(spec: dict[str, Any]) -> None:
-    """Every operation that takes a body may answer 413: the body limit (`api.middleware`)
-    stands before every route."""
+# operations that answer without the database
+NO_DATABASE = frozenset({"health", "coordinatorKey"})
+
+
+def _edge_errors_documented(spec: dict[str, Any]) -> None:
+    """What the edge may answer on any operation: 400 and 413 where it takes a body (a body
+    that cannot be parsed; the body limit, `api.middleware`, stands before every route), and
+    503 with `Retry-After` wherever the database is used (it does not answer)."""
     error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    retry = {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}}}
     for operations in spec["paths"].values():
         for operation in operations.values():
-            if "requestBody" in operation and "413" not in operation["responses"]:
-                operation["responses"]["413"] = {"description": DESCRIPTIONS[413], "content": error}
+            responses = operation["responses"]
+            wanted = [400, 413] if "requestBody" in operation else []
+            if operation["operationId"] not in NO_DATABASE:
+                wanted.append(503)
+            for status in wanted:
+                if str(status) not in responses:
+                    responses[str(status)] = {"description": DESCRIPTIONS[status], "content": error}
+                if status == 503:
+                    responses["503"]["headers"] = retry
 
 
 _CAMEL = re.compile(r"^[a-z]+(?:[A-Z][a-z0-9]*)*$")

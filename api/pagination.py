@@ -17,6 +17,7 @@ from fastapi import Query
 from sqlalchemy import Select
 
 from tessera.errors import InvalidRequest
+from tessera.limits import MAX_ID
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -31,9 +32,12 @@ def decode_cursor(cursor: str) -> int:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         kind, _, value = text.partition(":")
-        if kind != "after" or not value.isdigit():
+        if kind != "after" or not value.isascii() or not value.isdigit():
             raise ValueError(cursor)
-        return int(value)
+        after = int(value)
+        if after > MAX_ID:
+            raise ValueError(cursor)
+        return after
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise InvalidRequest(
             "cursor is not one this coordinator gave out",

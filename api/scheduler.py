@@ -16,6 +16,7 @@ import time
 from starlette.concurrency import run_in_threadpool
 
 from api.db import Database
+from api.errors import UNREACHABLE
 from api.notify import Notifier
 from api.services import accounts, idempotency, queries, synthesis
 
@@ -39,6 +40,8 @@ async def sweep_forever(
                 notifier.notify(f"query:{query_id}", *(f"node:{n}" for n in node_ids))
             for request_id in await run_in_threadpool(sweep_synthesis_once, database):
                 notifier.notify(f"synthesis:{request_id}")
+        except UNREACHABLE as exc:  # an outage: one line each sweep, no traceback
+            log.warning("sweep: the database does not answer (%s); retrying", type(exc).__name__)
         except Exception:  # the sweeper must outlive a database hiccup
             log.exception("sweep failed; retrying")
         await asyncio.sleep(interval)

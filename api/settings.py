@@ -45,6 +45,8 @@ class CoordinatorSettings(BaseSettings):
 
     environment: Literal["local", "production"] = "local"
     database_url: str = "sqlite:///./tessera.db"
+    # SQLite: how long a request waits for another writer's lock before it is answered 503
+    sqlite_busy_timeout_s: float = Field(30.0, gt=0, le=600)
     # the signing key of access tokens; None: `jwt_secret_file`, else one kept in `data_dir`
     jwt_secret: SecretStr | None = None
     jwt_secret_file: Path | None = None
@@ -61,8 +63,11 @@ class CoordinatorSettings(BaseSettings):
     login_failure_window_s: float = Field(3600.0, gt=0)  # failures older than this are forgotten
     # password hashes verified at once (each argon2 verification holds ~19 MiB)
     password_hash_concurrency: int = Field(4, ge=1, le=64)
-    # the largest request body, except a node's release upload (release_max_bytes per file)
+    # the largest request body (refused before authentication and before it is read), except
+    # a node's release upload (release_max_bytes per file) and its big reports (below)
     max_body_bytes: int = Field(2**20, gt=0)
+    # a node's query result, dataset schema or privacy ledger (only with a valid node API key)
+    node_report_max_bytes: int = Field(16 * 2**20, gt=0, le=2**30)
     bootstrap_admin_username: str | None = None
     bootstrap_admin_password: SecretStr | None = None
     accept_timeout_s: float = Field(30.0, gt=0)

@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from tessera.errors import QueryInvalid
+from tessera.limits import MAX_CONDITIONS, MAX_IN_VALUES, MAX_VALUE_LENGTH, NUL_FREE
 from tessera.schemas import (
     COLUMN_PATTERN,
     MAX_THRESHOLD,
@@ -32,7 +33,8 @@ from tessera.schemas import (
     Name,
 )
 
-Scalar = float | int | str | bool
+Value = Annotated[str, Field(pattern=NUL_FREE, max_length=MAX_VALUE_LENGTH)]
+Scalar = float | int | Value | bool
 Op = Literal["==", "!=", "<", "<=", ">", ">=", "in"]
 
 
@@ -43,7 +45,7 @@ class Condition(BaseModel):
 
     column: ColumnName
     op: Op
-    value: Scalar | list[Scalar]
+    value: Scalar | Annotated[list[Scalar], Field(max_length=MAX_IN_VALUES)]
 
     @classmethod
     def from_triple(cls, raw: Any) -> Condition:
@@ -54,6 +56,13 @@ class Condition(BaseModel):
         if not isinstance(raw, list | tuple) or len(raw) != 3:
             raise ValueError("each where condition is a [column, op, value] triple")
         column, op, value = raw
+        values = value if isinstance(value, list) else [value]
+        if len(values) > MAX_IN_VALUES:
+            raise ValueError(f"'in' takes at most {MAX_IN_VALUES} values, not {len(values)}")
+        if any(isinstance(v, str) and ("\x00" in v or len(v) > MAX_VALUE_LENGTH) for v in values):
+            raise ValueError(
+                f"a where value is a text of at most {MAX_VALUE_LENGTH} characters, without NUL"
+            )
         cond = cls.model_validate({"column": column, "op": op, "value": value})
         if cond.op == "in" and not isinstance(cond.value, list):
             raise ValueError(f"'in' on {column!r} needs a list of values")
@@ -62,10 +71,16 @@ class Condition(BaseModel):
         return cond
 
 
-_SCALAR_SCHEMA = {"type": ["number", "string", "boolean"]}
+_SCALAR_SCHEMA = {
+    "anyOf": [
+        {"type": ["number", "boolean"]},
+        {"type": "string", "pattern": NUL_FREE, "maxLength": MAX_VALUE_LENGTH},
+    ]
+}
 WHERE_SCHEMA = {
     "type": "array",
     "default": [],
+    "maxItems": MAX_CONDITIONS,
     "description": "Filters, combined with AND: each a [column, op, value] triple; `in` takes "
     "a list of values. Categorical columns compare with ==, != and in to their levels, boolean "
     "columns with ==, != and in to true/false.",
@@ -76,7 +91,12 @@ WHERE_SCHEMA = {
         "prefixItems": [
             {"type": "string", "pattern": COLUMN_PATTERN, "maxLength": 128},
             {"enum": list(get_args(Op))},
-            {"anyOf": [_SCALAR_SCHEMA, {"type": "array", "items": _SCALAR_SCHEMA}]},
+            {
+                "anyOf": [
+                    _SCALAR_SCHEMA,
+                    {"type": "array", "items": _SCALAR_SCHEMA, "maxItems": MAX_IN_VALUES},
+                ]
+            },
         ],
     },
 }
@@ -100,7 +120,8 @@ class QueryBase(BaseModel):
     group_by: list[ColumnName] = Field(
         default_factory=list,
         max_length=4,
-        description="Categorical or boolean columns: the result is given per group.",
+        description="Categorical or boolean columns, each once: the result is given per group.",
+        json_schema_extra={"uniqueItems": True},
     )
     min_count: int | None = Field(
         None,
@@ -117,6 +138,8 @@ class QueryBase(BaseModel):
             return []
         if not isinstance(raw, list):
             raise ValueError("where is a list of [column, op, value] triples")
+        if len(raw) > MAX_CONDITIONS:  # before a single condition is parsed
+            raise ValueError(f"where has at most {MAX_CONDITIONS} conditions, not {len(raw)}")
         return [Condition.from_triple(c) for c in raw]
 
     @field_validator("group_by", mode="before")
@@ -127,6 +150,14 @@ class QueryBase(BaseModel):
         if isinstance(raw, str):
             return [raw]
         return raw
+
+    @field_validator("group_by")
+    @classmethod
+    def _each_once(cls, names: list[str]) -> list[str]:
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"group_by names a column more than once: {', '.join(repeated)}")
+        return names
 
     def referenced_columns(self) -> list[str]:
         """Every column the query reads (filters, grouping and the statistic's own)."""

@@ -112,6 +112,12 @@ class TooLarge(TesseraError):
     code = "too_large"
 
 
+class Unavailable(TesseraError):
+    """A dependency of the service (its database) does not answer: try again later."""
+
+    code = "unavailable"
+
+
 class ProtocolFailed(TesseraError):
     """An MPC protocol run did not complete: a party refused, crashed, timed out or disagreed."""
 
@@ -163,6 +169,7 @@ ERRORS_BY_CODE: dict[str, type[TesseraError]] = {
         QueryTooCostly,
         BudgetExceeded,
         TooLarge,
+        Unavailable,
         ProtocolFailed,
         PeerRefused,
         PeerLost,

@@ -19,6 +19,14 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
+from tessera.limits import (
+    DESCRIPTION_LENGTH,
+    MAX_REFS,
+    NAME_LENGTH,
+    SECRET_LENGTH,
+    Id,
+    Text,
+)
 from tessera.schemas import (
     DatasetSchema,
     DisclosureRules,
@@ -34,6 +42,8 @@ from tessera.schemas import (
 )
 
 Role = Literal["admin", "researcher", "steward"]
+USERNAME_PATTERN = r"^[A-Za-z0-9_.@-]{2,64}$"
+Username = Annotated[str, Field(pattern=USERNAME_PATTERN)]
 
 # Fields whose schema is the statistics registry's (components the coordinator's spec defines)
 QueryJSON = Annotated[
@@ -117,7 +127,7 @@ class Token(View):
 
 
 class RefreshRequest(Body):
-    refresh_token: str = Field(min_length=1, max_length=200)
+    refresh_token: Text = Field(min_length=1, max_length=200)
 
 
 class LoggedOut(View):
@@ -125,8 +135,8 @@ class LoggedOut(View):
 
 
 class PasswordChange(Body):
-    old_password: str = Field(min_length=1, max_length=256)
-    new_password: str = Field(min_length=8, max_length=256)
+    old_password: Text = Field(min_length=1, max_length=SECRET_LENGTH)
+    new_password: Text = Field(min_length=8, max_length=SECRET_LENGTH)
 
 
 class PasswordChanged(View):
@@ -134,10 +144,10 @@ class PasswordChanged(View):
 
 
 class NewUser(Body):
-    username: str = Field(pattern=r"^[A-Za-z0-9_.@-]{2,64}$")
-    password: str = Field(min_length=8, max_length=256)
+    username: str = Field(pattern=USERNAME_PATTERN)
+    password: Text = Field(min_length=8, max_length=SECRET_LENGTH)
     role: Role = "researcher"
-    organisation_id: int | None = None
+    organisation_id: Id | None = None
 
 
 class UserOut(View):
@@ -157,7 +167,7 @@ class UserPage(Page[UserOut]):
 
 
 class NewOrganisation(Body):
-    name: str = Field(min_length=1, max_length=200)
+    name: Text = Field(min_length=1, max_length=NAME_LENGTH)
 
 
 class OrganisationOut(View):
@@ -175,7 +185,7 @@ class OrganisationPage(Page[OrganisationOut]):
 
 class NewNode(Body):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{2,64}$")
-    organisation_id: int
+    organisation_id: Id
 
 
 class NodeOut(View):
@@ -236,20 +246,22 @@ class Ack(View):
 
 
 class NewStudy(Body):
-    name: str = Field(min_length=1, max_length=200)
-    description: str = ""
-    organisation_ids: list[int] = []
-    datasets: list[Name] = []
-    members: list[int | str] = Field(default=[], description="User ids or usernames.")
+    name: Text = Field(min_length=1, max_length=NAME_LENGTH)
+    description: Text = Field("", max_length=DESCRIPTION_LENGTH)
+    organisation_ids: list[Id] = Field(default=[], max_length=MAX_REFS)
+    datasets: list[Name] = Field(default=[], max_length=MAX_REFS)
+    members: list[Id | Username] = Field(
+        default=[], max_length=MAX_REFS, description="User ids or usernames."
+    )
 
 
 class MemberRef(Body):
-    user_id: int | None = None
-    username: str | None = None
+    user_id: Id | None = None
+    username: Username | None = None
 
 
 class OrganisationRef(Body):
-    organisation_id: int
+    organisation_id: Id
 
 
 class DatasetRef(Body):

@@ -13,6 +13,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from tessera.limits import (
+    LABEL_LENGTH,
+    MAX_ID,
+    MESSAGE_LENGTH,
+    NAME_LENGTH,
+    Id,
+    JsonObject,
+    Text,
+)
 from tessera.privacy import rho_budget
 
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"  # a dataset's name (it appears in URLs)
@@ -22,8 +31,17 @@ Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 COLUMN_PATTERN = r"^[^\x00-\x1f\x7f\s](?:[^\x00-\x1f\x7f]*[^\x00-\x1f\x7f\s])?$"
 ColumnName = Annotated[str, Field(pattern=COLUMN_PATTERN, max_length=128)]
 ColumnType = Literal["float", "integer", "boolean", "categorical"]
+Level = Annotated[str, Field(pattern=r"^[^\x00]*$", max_length=256)]  # a categorical level
+MAX_COLUMNS = 5000
+MAX_LEVELS = 10_000
 # A steward's Ed25519 public key in its one-line text form (tessera.stewards)
 StewardKey = Annotated[str, Field(pattern=r"^ed25519:[A-Za-z0-9+/]{43}=$")]
+
+
+Label = Annotated[Text, Field(max_length=LABEL_LENGTH)]  # a generator's, a statistic's name
+MAX_POLICY_ENTRIES = 1000  # statistics or datasets named in a node's policy
+MAX_PARAMS = 100  # a generator's parameters
+MAX_GATES = 100  # release gates of a candidate
 
 
 class Strict(BaseModel):
@@ -40,10 +58,10 @@ class ColumnSpec(Strict):
 
     name: ColumnName
     type: ColumnType
-    levels: list[str] | None = None
-    min: float | None = None
-    max: float | None = None
-    description: str = ""
+    levels: list[Level] | None = Field(None, max_length=MAX_LEVELS)
+    min: float | None = Field(None, allow_inf_nan=False)
+    max: float | None = Field(None, allow_inf_nan=False)
+    description: Text = Field("", max_length=MESSAGE_LENGTH)
 
     @model_validator(mode="after")
     def _levels_for_categoricals(self) -> ColumnSpec:
@@ -88,7 +106,7 @@ class DatasetSchema(Strict):
     every site's selected rows and per-cell counts are checked against its own declaration
     before anything is opened (`smpc.disclosure.prelude`, `smpc.protocol.release`)."""
 
-    columns: list[ColumnSpec] = Field(min_length=1)
+    columns: list[ColumnSpec] = Field(min_length=1, max_length=MAX_COLUMNS)
     rows: int | None = Field(None, ge=0, le=MAX_ROWS)
 
     @model_validator(mode="after")
@@ -147,15 +165,16 @@ class SynthesisPolicySummary(Strict):
     """What a node publishes of its synthesis policy, so the coordinator can refuse early (the
     node still decides)."""
 
-    generators: list[str]  # the generators it allows
+    generators: list[Label] = Field(max_length=64)  # the generators it allows
     dp_required: bool = False
-    max_epsilon: float | None = None  # a DP generator's epsilon may not exceed this
-    max_rows: int | None = None
-    approvals_required: int = Field(1, ge=1)
+    # a DP generator's epsilon may not exceed this
+    max_epsilon: float | None = Field(None, allow_inf_nan=False)
+    max_rows: int | None = Field(None, ge=0, le=MAX_ID)
+    approvals_required: int = Field(1, ge=1, le=64)
     pooled: bool = False  # takes part in pooled syntheses (its rows measured by MPC)
     # Each steward's name and public key (`ed25519:<base64>`): the coordinator verifies the
     # signed approvals of a release against these, and counts one key once.
-    stewards: dict[str, StewardKey] = Field(default_factory=dict, max_length=64)
+    stewards: dict[Label, StewardKey] = Field(default_factory=dict, max_length=64)
 
     def refusal(self, spec: SynthesisSpec) -> str | None:
         """Why this policy refuses `spec` ("policy does not allow generator ..."), or None.
@@ -215,13 +234,16 @@ class NodePolicySummary(Strict):
     """What a node publishes of its policy so the coordinator can plan (the node still decides)."""
 
     min_count: int = Field(0, ge=0, le=MAX_THRESHOLD)
-    allowed_statistics: list[str] | None = None  # None: every statistic
+    # None: every statistic
+    allowed_statistics: list[Label] | None = Field(None, max_length=MAX_POLICY_ENTRIES)
     disclosure: DisclosureRules = DisclosureRules()  # every dataset's, unless its own is set
-    dataset_disclosure: dict[str, DisclosureRules] = {}
+    dataset_disclosure: dict[Name, DisclosureRules] = Field({}, max_length=MAX_POLICY_ENTRIES)
     dp_budget: DPBudget | None = None  # per study and dataset; None: no DP query is accepted
-    dp_dataset_budgets: dict[str, DPBudget] = {}  # a dataset's own budget, instead of dp_budget
+    # a dataset's own budget, instead of dp_budget
+    dp_dataset_budgets: dict[Name, DPBudget] = Field({}, max_length=MAX_POLICY_ENTRIES)
     dp_total: DPTotal | None = None  # per dataset, over all studies; None: no such cap
-    dp_dataset_totals: dict[str, DPTotal] = {}  # a dataset's own total, instead of dp_total
+    # a dataset's own total, instead of dp_total
+    dp_dataset_totals: dict[Name, DPTotal] = Field({}, max_length=MAX_POLICY_ENTRIES)
     synthesis: SynthesisPolicySummary | None = None  # None: this node trains no generator
 
     def dp_limit(self, dataset: str) -> DPBudget | None:
@@ -287,15 +309,15 @@ QueryStatus = Literal["pending", "running", "succeeded", "failed"]
 class NodeHello(Strict):
     """Sent by a node agent when it starts: its version and published policy."""
 
-    agent_version: str
+    agent_version: Text = Field(max_length=LABEL_LENGTH)
     policy: NodePolicySummary = NodePolicySummary()
-    identity_certificate: str | None = Field(
+    identity_certificate: Text | None = Field(
         None,
         max_length=8192,
         description="PEM certificate of the node's long-term key (registered once; a node "
         "that later shows another is refused until an administrator resets its identity)",
     )
-    enrolment_token: str | None = Field(
+    enrolment_token: Text | None = Field(
         None,
         max_length=128,
         description="The one-time token the administrator received with the node (or with a "
@@ -342,9 +364,9 @@ class TaskOut(BaseModel):
 class TaskAccept(Strict):
     """A node accepts a task and says where its MPC party will listen."""
 
-    mpc_host: str = Field(min_length=1, max_length=255)
+    mpc_host: Text = Field(min_length=1, max_length=255)
     mpc_port: int = Field(ge=1, le=65535)
-    mpc_certificate: str | None = Field(
+    mpc_certificate: Text | None = Field(
         None, max_length=8192, description="PEM certificate of this run's MPC identity"
     )
 
@@ -368,27 +390,27 @@ class TaskStart(BaseModel):
 
 
 class TaskRefusal(Strict):
-    reason: str = Field(min_length=1, max_length=2000)
+    reason: Text = Field(min_length=1, max_length=MESSAGE_LENGTH)
 
 
 class TaskProgress(Strict):
-    stage: str = Field(min_length=1, max_length=64)
-    message: str = Field("", max_length=2000)
+    stage: Text = Field(min_length=1, max_length=LABEL_LENGTH)
+    message: Text = Field("", max_length=MESSAGE_LENGTH)
 
 
 class TaskResult(Strict):
     """A party's opened, pooled result: the same for every party of a successful run."""
 
-    result: dict[str, Any]
-    min_count_applied: int = Field(ge=0)
-    seconds: float = Field(ge=0)
+    result: JsonObject
+    min_count_applied: int = Field(ge=0, le=MAX_THRESHOLD)
+    seconds: float = Field(ge=0, allow_inf_nan=False)
 
 
 class TaskFailure(Strict):
-    code: str = Field(min_length=1, max_length=64)
-    message: str = Field(min_length=1, max_length=2000)
+    code: Text = Field(min_length=1, max_length=LABEL_LENGTH)
+    message: Text = Field(min_length=1, max_length=MESSAGE_LENGTH)
     # with code `peer_lost`: the other nodes of the run this node lost (`smpc.liveness`)
-    lost_nodes: list[str] = Field(default_factory=list, max_length=64)
+    lost_nodes: list[Label] = Field(default_factory=list, max_length=64)
 
 
 # ---- privacy budget -----------------------------------------------------------------------
@@ -400,11 +422,11 @@ class BudgetSpent(Strict):
     `delta_spent`) and zCDP's sum of their rho (`rho_spent`; None from an older node, whose
     epsilon and delta were rho converted)."""
 
-    study_id: int
+    study_id: Id
     dataset: Name
     epsilon_spent: float = Field(ge=0, allow_inf_nan=False)
     delta_spent: float = Field(ge=0, allow_inf_nan=False)
-    charges: int = Field(ge=0)
+    charges: int = Field(ge=0, le=MAX_ID)
     rho_spent: float | None = Field(None, ge=0, allow_inf_nan=False)  # None: an older node
 
 
@@ -415,7 +437,7 @@ class DatasetSpent(Strict):
     dataset: Name
     epsilon_spent: float = Field(ge=0, allow_inf_nan=False)
     delta_spent: float = Field(ge=0, allow_inf_nan=False)
-    charges: int = Field(ge=0)
+    charges: int = Field(ge=0, le=MAX_ID)
     rho_spent: float | None = Field(None, ge=0, allow_inf_nan=False)
 
 
@@ -451,9 +473,10 @@ class SynthesisSpec(Strict):
     """What a researcher asks each node to synthesise (`POST /studies/{id}/synthesis`)."""
 
     dataset: Name
-    generator: str = "cart"
+    generator: Label = "cart"
     rows: int = Field(ge=1, le=1_000_000)
-    params: dict[str, Any] = Field(default_factory=dict)  # the generator's own (epochs, ...)
+    # the generator's own (epochs, ...)
+    params: JsonObject = Field(default_factory=dict, max_length=MAX_PARAMS)
     epsilon: float | None = Field(None, gt=0, le=100, allow_inf_nan=False)  # DP generators
     delta: float | None = Field(None, gt=0, lt=1e-3)  # DP generators; None: the node's default
     holdout: float = Field(0.2, ge=0.05, le=0.5)  # share of rows held out for evaluation
@@ -519,29 +542,29 @@ class SynthesisProgress(Strict):
     """Training progress (`POST /synthesis-jobs/{id}/progress`): a stage, and for generators
     trained in epochs, the epoch and its loss. Never a value of the data."""
 
-    stage: str = Field(min_length=1, max_length=64)
-    message: str = Field("", max_length=2000)
-    epoch: int | None = Field(None, ge=0)
-    epochs: int | None = Field(None, ge=0)
+    stage: Text = Field(min_length=1, max_length=LABEL_LENGTH)
+    message: Text = Field("", max_length=MESSAGE_LENGTH)
+    epoch: int | None = Field(None, ge=0, le=MAX_ID)
+    epochs: int | None = Field(None, ge=0, le=MAX_ID)
     loss: float | None = Field(None, allow_inf_nan=False)
 
 
 class GateOutcome(Strict):
     """One release gate applied to a candidate: the metric, its value, the threshold."""
 
-    name: str = Field(min_length=1, max_length=64)
+    name: Text = Field(min_length=1, max_length=LABEL_LENGTH)
     passed: bool
     value: float | None = Field(None, allow_inf_nan=False)
     threshold: float | None = Field(None, allow_inf_nan=False)
-    message: str = Field("", max_length=2000)
+    message: Text = Field("", max_length=MESSAGE_LENGTH)
 
 
 class SynthesisCandidate(Strict):
     """The node's candidate is ready (`POST /synthesis-jobs/{id}/candidate`): the gates it was
     held to. All passed: it awaits its stewards. One failed: it is gated and never offered."""
 
-    gates: list[GateOutcome]
-    approvals_required: int = Field(1, ge=1)
+    gates: list[GateOutcome] = Field(max_length=MAX_GATES)
+    approvals_required: int = Field(1, ge=1, le=64)
     # pooled: the SHA-256 of the shared candidate's Parquet bytes (every node must hold the
     # same), and of the opened measurements it was fitted on
     candidate_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
@@ -574,10 +597,10 @@ class StewardDecision(Strict):
     every other field, the node's name and the job id (`tessera.stewards.statement`): the
     hashes of the exact data, card and report the steward decided on."""
 
-    steward: str = Field(min_length=1, max_length=64)
+    steward: Text = Field(min_length=1, max_length=LABEL_LENGTH)
     decision: Literal["approve", "reject"]
     at: datetime
-    reason: str = Field("", max_length=2000)
+    reason: Text = Field("", max_length=MESSAGE_LENGTH)
     key: StewardKey
     data_sha256: str = Field(pattern=SHA256)
     card_sha256: str = Field(pattern=SHA256)
@@ -589,7 +612,7 @@ class SynthesisRejection(Strict):
     """A steward rejected the candidate (`POST /synthesis-jobs/{id}/reject`): nothing is
     uploaded, the coordinator keeps only this record."""
 
-    decisions: list[StewardDecision] = Field(min_length=1)
+    decisions: list[StewardDecision] = Field(min_length=1, max_length=64)
 
 
 class Verdict(Strict):
@@ -597,7 +620,9 @@ class Verdict(Strict):
     (nothing failed, but something cannot be told), or fail (a gate failed), and why."""
 
     verdict: Literal["pass", "needs attention", "fail"]
-    reasons: list[str] = Field(default_factory=list, max_length=50)
+    reasons: list[Annotated[Text, Field(max_length=MESSAGE_LENGTH)]] = Field(
+        default_factory=list, max_length=50
+    )
 
 
 class ReleaseContent(Strict):
@@ -607,28 +632,30 @@ class ReleaseContent(Strict):
     then left out of the hash, so their signatures still verify)."""
 
     verdict: Verdict | None = None
-    generator: str
-    generator_license: str
-    params: dict[str, Any]
-    rows: int = Field(ge=1)
-    columns: list[str] = Field(min_length=1)
-    epsilon: float | None = None  # the epsilon this release spent (None: not DP)
-    delta: float | None = None
-    metrics: dict[str, Any]  # `synth.evaluate`'s report
-    gates: list[GateOutcome]
+    generator: Label
+    generator_license: Text = Field(max_length=NAME_LENGTH)
+    params: JsonObject
+    rows: int = Field(ge=1, le=MAX_ID)
+    columns: list[Annotated[Text, Field(max_length=128)]] = Field(
+        min_length=1, max_length=MAX_COLUMNS
+    )
+    epsilon: float | None = Field(None, allow_inf_nan=False)  # what it spent (None: not DP)
+    delta: float | None = Field(None, allow_inf_nan=False)
+    metrics: JsonObject  # `synth.evaluate`'s report
+    gates: list[GateOutcome] = Field(max_length=MAX_GATES)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    device: str = Field(max_length=32)
-    fit_seconds: float = Field(ge=0)
+    device: Text = Field(max_length=32)
+    fit_seconds: float = Field(ge=0, allow_inf_nan=False)
     # The exact row counts are a hospital's own aggregate: a differentially private release
     # withholds them (None), as its guarantee does not cover them.
     training_rows: int | None = Field(None, ge=1)
     holdout_rows: int | None = Field(None, ge=1)
-    seed: int | None = None
-    target: str | None = None
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    target: Annotated[Text, Field(max_length=128)] | None = None
     # pooled: the nodes whose rows were measured (in party order), and the hash of the opened
     # measurements the candidate was fitted on
     scope: Literal["local", "pooled"] = "local"
-    parties: list[str] | None = None
+    parties: list[Label] | None = Field(None, max_length=MAX_POLICY_ENTRIES)
     measurement_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
 
     def digest(self) -> str:
@@ -647,7 +674,7 @@ class ReleaseCard(ReleaseContent):
     (HTML)). `sha256` is the hash of the Parquet bytes, checked on upload; `approvals` are the
     stewards' signed decisions, each over this card's `digest()`, the data and the report."""
 
-    approvals: list[StewardDecision] = Field(min_length=1)
+    approvals: list[StewardDecision] = Field(min_length=1, max_length=64)
 
     @model_validator(mode="after")
     def _approvals(self) -> ReleaseCard:

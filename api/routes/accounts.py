@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, status
-from fastapi.security import OAuth2PasswordRequestForm
+from fastapi import APIRouter, Depends, Form, Query, status
 from sqlalchemy.orm import Session
 
 from api import clock
@@ -13,6 +12,7 @@ from api.deps import (
     AddressDep,
     AdminUser,
     CurrentUser,
+    IdPath,
     LoginPolicyDep,
     PageDep,
     SessionDep,
@@ -24,6 +24,7 @@ from api.models import User, UserSession
 from api.openapi import errors
 from api.services import accounts, network
 from api.tokens import LocalTokens
+from tessera.limits import NUL_FREE, SECRET_LENGTH
 from tessera.rest import (
     LoggedOut,
     NewOrganisation,
@@ -40,6 +41,24 @@ from tessera.rest import (
 )
 
 router = APIRouter()
+
+
+class LoginForm:
+    """The OAuth2 password grant's form (as `OAuth2PasswordRequestForm`), its fields bounded
+    and free of NUL bytes."""
+
+    def __init__(
+        self,
+        username: Annotated[str, Form(min_length=1, max_length=255, pattern=NUL_FREE)],
+        password: Annotated[str, Form(min_length=1, max_length=SECRET_LENGTH, pattern=NUL_FREE)],
+        grant_type: Annotated[str | None, Form(pattern="^password$")] = None,
+        scope: Annotated[str, Form(max_length=1000, pattern=NUL_FREE)] = "",
+        client_id: Annotated[str | None, Form(max_length=255, pattern=NUL_FREE)] = None,
+        client_secret: Annotated[str | None, Form(max_length=255, pattern=NUL_FREE)] = None,
+    ) -> None:
+        self.username, self.password = username, password
+        self.grant_type, self.scopes = grant_type, scope.split()
+        self.client_id, self.client_secret = client_id, client_secret
 
 
 def _token_answer(
@@ -59,7 +78,7 @@ def _token_answer(
     "/auth/token", tags=["auth"], response_model=Token, responses=errors(401, 403, 422, 429)
 )
 def issue_token(
-    form: Annotated[OAuth2PasswordRequestForm, Depends()],
+    form: Annotated[LoginForm, Depends()],
     db: SessionDep,
     settings: SettingsDep,
     tokens: TokensDep,
@@ -161,7 +180,7 @@ def list_users(
     response_model=UserOut,
     responses=errors(401, 403, 404, 409, 422),
 )
-def disable_user(user_id: int, admin: AdminUser, db: SessionDep) -> dict[str, Any]:
+def disable_user(user_id: IdPath, admin: AdminUser, db: SessionDep) -> dict[str, Any]:
     """Disable a user (admin): their tokens stop working at once and they cannot log in."""
     user = accounts.set_disabled(db, admin, user_id, disabled=True)
     db.commit()
@@ -174,7 +193,7 @@ def disable_user(user_id: int, admin: AdminUser, db: SessionDep) -> dict[str, An
     response_model=UserOut,
     responses=errors(401, 403, 404, 422),
 )
-def enable_user(user_id: int, admin: AdminUser, db: SessionDep) -> dict[str, Any]:
+def enable_user(user_id: IdPath, admin: AdminUser, db: SessionDep) -> dict[str, Any]:
     """Enable a disabled user again (admin); they log in afresh."""
     user = accounts.set_disabled(db, admin, user_id, disabled=False)
     db.commit()

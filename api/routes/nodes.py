@@ -7,7 +7,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi import APIRouter, Header, Request, Response, status
 from pydantic import BaseModel
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -19,11 +19,13 @@ from api.db import Database
 from api.deps import (
     AdminUser,
     CurrentNode,
+    IdPath,
     NotifierDep,
     PageDep,
     SessionDep,
     SettingsDep,
     WaitParam,
+    id_query,
 )
 from api.models import Node, Task
 from api.notify import Notifier, long_poll
@@ -87,7 +89,7 @@ def list_nodes(
     _: AdminUser,
     db: SessionDep,
     page: PageDep,
-    organisation_id: Annotated[int | None, Query(description="Only this organisation's.")] = None,
+    organisation_id: Annotated[int | None, id_query("Only this organisation's.")] = None,
 ) -> dict[str, Any]:
     """Every enrolled node (admin), a page at a time."""
     nodes, cursor = network.list_nodes(db, page, organisation_id)
@@ -100,7 +102,7 @@ def list_nodes(
     response_model=NodeWithKey,
     responses=errors(401, 403, 404, 422),
 )
-def rotate_node_key(node_id: int, admin: AdminUser, db: SessionDep) -> dict[str, Any]:
+def rotate_node_key(node_id: IdPath, admin: AdminUser, db: SessionDep) -> dict[str, Any]:
     """A new API key for the node (in this answer only); the old one stops working."""
     node, key = network.rotate_key(db, node_id, f"user:{admin.username}")
     db.commit()
@@ -114,7 +116,7 @@ def rotate_node_key(node_id: int, admin: AdminUser, db: SessionDep) -> dict[str,
     responses=errors(401, 403, 404, 422),
 )
 def reset_node_identity(
-    node_id: int, admin: AdminUser, db: SessionDep, settings: SettingsDep
+    node_id: IdPath, admin: AdminUser, db: SessionDep, settings: SettingsDep
 ) -> dict[str, Any]:
     """Forget the node's registered long-term key and issue a new one-time enrolment token (in
     this answer only): the node's next start with it registers the key it shows (after
@@ -287,7 +289,7 @@ def _chain_head(database: Database) -> dict[str, Any] | None:
 
 @router.post("/tasks/{task_id}/accept", tags=["tasks"], response_model=Ack, responses=TASK)
 def accept_task(
-    task_id: int, body: TaskAccept, node: CurrentNode, db: SessionDep, notifier: NotifierDep
+    task_id: IdPath, body: TaskAccept, node: CurrentNode, db: SessionDep, notifier: NotifierDep
 ) -> Any:
     """Accept a task, giving this run's MPC address (and certificate); 409 if the query is over.
     The same acceptance again is answered as the first (`Idempotent-Replayed: true`); another
@@ -304,7 +306,7 @@ def accept_task(
 
 @router.get("/tasks/{task_id}/start", tags=["tasks"], response_model=TaskStart, responses=TASK)
 async def await_task_start(
-    request: Request, task_id: int, node: CurrentNode, wait: float = WaitParam
+    request: Request, task_id: IdPath, node: CurrentNode, wait: float = WaitParam
 ) -> TaskStart:
     """Long-poll for the go: every party's address once all nodes accepted; 409 if failed."""
     node_id = node.id
@@ -322,7 +324,7 @@ async def await_task_start(
 
 @router.post("/tasks/{task_id}/reject", tags=["tasks"], response_model=Ack, responses=TASK)
 def refuse_task(
-    task_id: int, body: TaskRefusal, node: CurrentNode, db: SessionDep, notifier: NotifierDep
+    task_id: IdPath, body: TaskRefusal, node: CurrentNode, db: SessionDep, notifier: NotifierDep
 ) -> Any:
     """The node's policy refuses the task, with the rule's reason: the query fails."""
 
@@ -337,7 +339,7 @@ def refuse_task(
 
 @router.post("/tasks/{task_id}/fail", tags=["tasks"], response_model=Ack, responses=TASK)
 def fail_task(
-    task_id: int, body: TaskFailure, node: CurrentNode, db: SessionDep, notifier: NotifierDep
+    task_id: IdPath, body: TaskFailure, node: CurrentNode, db: SessionDep, notifier: NotifierDep
 ) -> Any:
     """The node could not complete its part: the query fails."""
 
@@ -352,7 +354,7 @@ def fail_task(
 
 @router.post("/tasks/{task_id}/progress", tags=["tasks"], response_model=Ack, responses=TASK)
 def report_task_progress(
-    task_id: int, body: TaskProgress, node: CurrentNode, db: SessionDep
+    task_id: IdPath, body: TaskProgress, node: CurrentNode, db: SessionDep
 ) -> Any:
     """A stage of the node's work on the task (shown to the researcher). The same note as the
     last changes nothing; a newer one is recorded."""
@@ -368,7 +370,7 @@ def report_task_progress(
 
 @router.post("/tasks/{task_id}/result", tags=["tasks"], response_model=Ack, responses=TASK)
 def post_task_result(
-    task_id: int, body: TaskResult, node: CurrentNode, db: SessionDep, notifier: NotifierDep
+    task_id: IdPath, body: TaskResult, node: CurrentNode, db: SessionDep, notifier: NotifierDep
 ) -> Any:
     """The party's opened, pooled result; the query succeeds once every party posted the same
     one. A result not of its statistic's shape fails the task and the query (`failed`). The

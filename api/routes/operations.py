@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from api import audit
-from api.deps import AdminUser, PageDep, SessionDep
+from api.deps import AdminUser, PageDep, SessionDep, label_query
+from api.errors import RETRY_AFTER_S
 from api.openapi import errors
 from api.services.metrics import prometheus_text
 from tessera.errors import error_body
@@ -43,7 +44,11 @@ def readiness(request: Request) -> Any:
             db.execute(text("SELECT 1"))
     except SQLAlchemyError as exc:
         log.warning("not ready: the database does not answer (%s)", type(exc).__name__)
-        return JSONResponse(error_body("not_ready", "the database does not answer"), 503)
+        return JSONResponse(
+            error_body("not_ready", "the database does not answer"),
+            503,
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
     return {"status": "ready"}
 
 
@@ -66,7 +71,7 @@ def list_audit_events(
     _: AdminUser,
     db: SessionDep,
     page: PageDep,
-    action: Annotated[str | None, Query(description="Only events of this action.")] = None,
+    action: Annotated[str | None, label_query("Only events of this action.")] = None,
 ) -> dict[str, Any]:
     """The audit log, oldest first, a page at a time."""
     events, cursor = audit.events(db, page, action)
@@ -96,7 +101,7 @@ def list_node_audit_heads(
     _: AdminUser,
     db: SessionDep,
     page: PageDep,
-    node: Annotated[str | None, Query(description="Only this node's.", max_length=64)] = None,
+    node: Annotated[str | None, label_query("Only this node's.")] = None,
 ) -> dict[str, Any]:
     """The node audit log heads the nodes sent with their polls, oldest first: `tessera audit
     verify` checks that each still matches the node's log."""

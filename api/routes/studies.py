@@ -10,16 +10,19 @@ from fastapi import Query as QueryParam
 from api.deps import (
     AdminUser,
     CurrentUser,
+    IdPath,
     NotifierDep,
     PageDep,
     SessionDep,
     SettingsDep,
     WaitParam,
+    label_query,
 )
 from api.notify import long_poll
 from api.openapi import errors
 from api.services import budget, idempotency, queries, studies
 from tessera.errors import InvalidRequest
+from tessera.limits import MAX_JSON_DEPTH, NUL_FREE
 from tessera.rest import (
     DatasetRef,
     DryRun,
@@ -65,6 +68,7 @@ IdempotencyKey = Annotated[
         description="Send the same key with a retried POST: it answers what the first did and "
         "creates, or spends, nothing twice.",
         max_length=255,
+        pattern=NUL_FREE,
     ),
 ]
 
@@ -76,6 +80,10 @@ async def query_body(request: Request) -> Any:
         return await request.json()
     except ValueError:
         raise InvalidRequest("the request body is not valid JSON") from None
+    except RecursionError:
+        raise InvalidRequest(
+            f"the request body is nested too deeply (a query needs {MAX_JSON_DEPTH} levels at most)"
+        ) from None
 
 
 QueryBody = Annotated[Any, Depends(query_body)]
@@ -111,7 +119,7 @@ def list_studies(user: CurrentUser, db: SessionDep, page: PageDep) -> dict[str, 
 
 
 @router.get("/studies/{study_id}", tags=["studies"], response_model=StudyOut, responses=STUDY)
-def get_study(study_id: int, user: CurrentUser, db: SessionDep) -> dict[str, Any]:
+def get_study(study_id: IdPath, user: CurrentUser, db: SessionDep) -> dict[str, Any]:
     return studies.study_view(db, studies.visible_study(db, study_id, user))
 
 
@@ -119,7 +127,7 @@ def get_study(study_id: int, user: CurrentUser, db: SessionDep) -> dict[str, Any
     "/studies/{study_id}/members", tags=["studies"], response_model=StudyOut, responses=STUDY
 )
 def add_study_member(
-    study_id: int, body: MemberRef, admin: AdminUser, db: SessionDep
+    study_id: IdPath, body: MemberRef, admin: AdminUser, db: SessionDep
 ) -> dict[str, Any]:
     """Add a member by user id or username (admin)."""
     study = studies.visible_study(db, study_id, admin)
@@ -141,7 +149,7 @@ def add_study_member(
     responses=STUDY,
 )
 def add_study_organisation(
-    study_id: int, body: OrganisationRef, admin: AdminUser, db: SessionDep
+    study_id: IdPath, body: OrganisationRef, admin: AdminUser, db: SessionDep
 ) -> dict[str, Any]:
     """Add an organisation, whose nodes then take part (admin)."""
     study = studies.visible_study(db, study_id, admin)
@@ -154,7 +162,7 @@ def add_study_organisation(
     "/studies/{study_id}/datasets", tags=["studies"], response_model=StudyOut, responses=STUDY
 )
 def add_study_dataset(
-    study_id: int, body: DatasetRef, admin: AdminUser, db: SessionDep
+    study_id: IdPath, body: DatasetRef, admin: AdminUser, db: SessionDep
 ) -> dict[str, Any]:
     """Add a dataset the study may query (admin)."""
     study = studies.visible_study(db, study_id, admin)
@@ -170,7 +178,9 @@ def add_study_dataset(
     response_model_exclude_none=True,  # each schema as its node registered it
     responses=STUDY,
 )
-def list_study_datasets(study_id: int, user: CurrentUser, db: SessionDep) -> list[dict[str, Any]]:
+def list_study_datasets(
+    study_id: IdPath, user: CurrentUser, db: SessionDep
+) -> list[dict[str, Any]]:
     """Each dataset of the study: which nodes registered it, their declared schemas."""
     return studies.datasets_view(db, studies.visible_study(db, study_id, user))
 
@@ -178,7 +188,7 @@ def list_study_datasets(study_id: int, user: CurrentUser, db: SessionDep) -> lis
 @router.get(
     "/studies/{study_id}/budget", tags=["studies"], response_model=StudyBudget, responses=STUDY
 )
-def get_study_budget(study_id: int, user: CurrentUser, db: SessionDep) -> dict[str, Any]:
+def get_study_budget(study_id: IdPath, user: CurrentUser, db: SessionDep) -> dict[str, Any]:
     """Per dataset of the study, each node's differential-privacy budget: limit, spent and
     remaining epsilon and delta, as the node last reported; and the least remaining of all."""
     return budget.study_budget(db, studies.visible_study(db, study_id, user))
@@ -193,7 +203,7 @@ def get_study_budget(study_id: int, user: CurrentUser, db: SessionDep) -> dict[s
     openapi_extra=QUERY_BODY,
 )
 def submit_query(
-    study_id: int,
+    study_id: IdPath,
     user: CurrentUser,
     db: SessionDep,
     settings: SettingsDep,
@@ -227,7 +237,7 @@ def submit_query(
     openapi_extra=QUERY_BODY,
 )
 def dry_run_query(
-    study_id: int, user: CurrentUser, db: SessionDep, settings: SettingsDep, body: QueryBody
+    study_id: IdPath, user: CurrentUser, db: SessionDep, settings: SettingsDep, body: QueryBody
 ) -> Any:
     """Check a query as submission would, and say what running it would reveal, which nodes
     would take part, the threshold they would apply, what it would cost (cells, secure
@@ -243,12 +253,12 @@ def dry_run_query(
     "/studies/{study_id}/queries", tags=["queries"], response_model=QueryPage, responses=STUDY
 )
 def list_queries(
-    study_id: int,
+    study_id: IdPath,
     user: CurrentUser,
     db: SessionDep,
     page: PageDep,
     status: Annotated[QueryStatus | None, QueryParam(description="Only this status.")] = None,
-    statistic: Annotated[str | None, QueryParam(description="Only this statistic.")] = None,
+    statistic: Annotated[str | None, label_query("Only this statistic.")] = None,
 ) -> dict[str, Any]:
     """The study's queries, oldest first, a page at a time."""
     study = studies.visible_study(db, study_id, user)
@@ -258,7 +268,7 @@ def list_queries(
 
 @router.get("/queries/{query_id}", tags=["queries"], response_model=QueryOut, responses=STUDY)
 async def get_query(
-    request: Request, query_id: int, user: CurrentUser, wait: float = WaitParam
+    request: Request, query_id: IdPath, user: CurrentUser, wait: float = WaitParam
 ) -> dict[str, Any]:
     """A query's status, per-node progress and, once succeeded, its result. With `wait`, a
     long-poll that answers as soon as the query ends."""

@@ -15,11 +15,13 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import (
     CurrentNode,
     CurrentUser,
+    IdPath,
     NotifierDep,
     PageDep,
     SessionDep,
     SettingsDep,
     WaitParam,
+    label_query,
 )
 from api.models import Node, SynthesisJob
 from api.notify import Notifier, long_poll
@@ -35,6 +37,7 @@ from tessera.rest import (
     SynthesisRequestPage,
 )
 from tessera.schemas import (
+    NAME_PATTERN,
     PooledApproval,
     ReleaseCard,
     SynthesisCandidate,
@@ -65,7 +68,7 @@ JOB = errors(401, 403, 404, 409, 422)  # a node reporting on one of its jobs
     responses=errors(401, 403, 404, 409, 422, 429),
 )
 def request_synthesis(
-    study_id: int,
+    study_id: IdPath,
     body: SynthesisSpec,
     user: CurrentUser,
     db: SessionDep,
@@ -100,7 +103,7 @@ def request_synthesis(
     responses=READ,
 )
 def list_synthesis_requests(
-    study_id: int,
+    study_id: IdPath,
     user: CurrentUser,
     db: SessionDep,
     page: PageDep,
@@ -122,7 +125,7 @@ def list_synthesis_requests(
     responses=READ,
 )
 async def get_synthesis_request(
-    request: Request, request_id: int, user: CurrentUser, wait: float = WaitParam
+    request: Request, request_id: IdPath, user: CurrentUser, wait: float = WaitParam
 ) -> dict[str, Any]:
     """A request and each node's job: progress, gates, decisions, release. With `wait`, a
     long-poll that answers as soon as every job is at rest (ended, or awaiting its
@@ -143,12 +146,14 @@ async def get_synthesis_request(
     "/studies/{study_id}/releases", tags=["releases"], response_model=ReleasePage, responses=READ
 )
 def list_releases(
-    study_id: int,
+    study_id: IdPath,
     user: CurrentUser,
     db: SessionDep,
     page: PageDep,
-    dataset: Annotated[str | None, Query(description="Only this dataset's.")] = None,
-    node: Annotated[str | None, Query(description="Only this node's.")] = None,
+    dataset: Annotated[
+        str | None, Query(description="Only this dataset's.", pattern=NAME_PATTERN)
+    ] = None,
+    node: Annotated[str | None, label_query("Only this node's.")] = None,
 ) -> dict[str, Any]:
     """The study's published synthetic datasets, each with its release card."""
     study = studies.visible_study(db, study_id, user)
@@ -157,7 +162,7 @@ def list_releases(
 
 
 @router.get("/releases/{release_id}", tags=["releases"], response_model=ReleaseOut, responses=READ)
-def get_release(release_id: int, user: CurrentUser, db: SessionDep) -> dict[str, Any]:
+def get_release(release_id: IdPath, user: CurrentUser, db: SessionDep) -> dict[str, Any]:
     return synthesis.release_view(synthesis.visible_release(db, release_id, user))
 
 
@@ -177,7 +182,7 @@ def get_release(release_id: int, user: CurrentUser, db: SessionDep) -> dict[str,
     },
 )
 def download_release_data(
-    release_id: int,
+    release_id: IdPath,
     user: CurrentUser,
     db: SessionDep,
     format: str = Query("csv", pattern="^(csv|parquet)$", description="csv or parquet"),
@@ -203,12 +208,12 @@ def download_release_data(
     },
 )
 def download_release_report(
-    release_id: int,
+    release_id: IdPath,
     user: CurrentUser,
     db: SessionDep,
     node: Annotated[
         str | None,
-        Query(description="A pooled release's: this node's report (default: the first node's)."),
+        label_query("A pooled release's: this node's report (default: the first node's)."),
     ] = None,
 ) -> Response:
     """The release's evaluation report (self-contained HTML); a pooled release has one per node."""
@@ -253,7 +258,7 @@ async def poll_synthesis_jobs(
     "/synthesis-jobs/{job_id}/accept", tags=["synthesis-jobs"], response_model=Ack, responses=JOB
 )
 def accept_synthesis_job(
-    job_id: int,
+    job_id: IdPath,
     node: CurrentNode,
     db: SessionDep,
     notifier: NotifierDep,
@@ -276,7 +281,7 @@ def accept_synthesis_job(
     responses=JOB,
 )
 async def await_synthesis_job_start(
-    request: Request, job_id: int, node: CurrentNode, wait: float = WaitParam
+    request: Request, job_id: IdPath, node: CurrentNode, wait: float = WaitParam
 ) -> TaskStart:
     """A pooled job's go: `start` false (`pending`) until every node of the request accepted,
     then every party's address in party order; `failed` once the request failed. With `wait`,
@@ -306,7 +311,7 @@ async def await_synthesis_job_start(
     "/synthesis-jobs/{job_id}/refuse", tags=["synthesis-jobs"], response_model=Ack, responses=JOB
 )
 def refuse_synthesis_job(
-    job_id: int, body: TaskRefusal, node: CurrentNode, db: SessionDep, notifier: NotifierDep
+    job_id: IdPath, body: TaskRefusal, node: CurrentNode, db: SessionDep, notifier: NotifierDep
 ) -> Any:
     def work() -> SynthesisJob:
         return synthesis.refuse(db, node, job_id, body.reason)
@@ -318,7 +323,11 @@ def refuse_synthesis_job(
     "/synthesis-jobs/{job_id}/progress", tags=["synthesis-jobs"], response_model=Ack, responses=JOB
 )
 def report_synthesis_progress(
-    job_id: int, body: SynthesisProgress, node: CurrentNode, db: SessionDep, notifier: NotifierDep
+    job_id: IdPath,
+    body: SynthesisProgress,
+    node: CurrentNode,
+    db: SessionDep,
+    notifier: NotifierDep,
 ) -> Any:
     """The same note as the last changes nothing; a newer one is recorded."""
 
@@ -334,7 +343,11 @@ def report_synthesis_progress(
     "/synthesis-jobs/{job_id}/candidate", tags=["synthesis-jobs"], response_model=Ack, responses=JOB
 )
 def submit_synthesis_candidate(
-    job_id: int, body: SynthesisCandidate, node: CurrentNode, db: SessionDep, notifier: NotifierDep
+    job_id: IdPath,
+    body: SynthesisCandidate,
+    node: CurrentNode,
+    db: SessionDep,
+    notifier: NotifierDep,
 ) -> Any:
     """The candidate's release gates: every one passed, it awaits the stewards; else gated.
     The same candidate again is answered as the first; another one is a 409."""
@@ -349,7 +362,11 @@ def submit_synthesis_candidate(
     "/synthesis-jobs/{job_id}/reject", tags=["synthesis-jobs"], response_model=Ack, responses=JOB
 )
 def reject_synthesis_job(
-    job_id: int, body: SynthesisRejection, node: CurrentNode, db: SessionDep, notifier: NotifierDep
+    job_id: IdPath,
+    body: SynthesisRejection,
+    node: CurrentNode,
+    db: SessionDep,
+    notifier: NotifierDep,
 ) -> Any:
     def work() -> SynthesisJob:
         return synthesis.reject(db, node, job_id, body)
@@ -361,7 +378,7 @@ def reject_synthesis_job(
     "/synthesis-jobs/{job_id}/fail", tags=["synthesis-jobs"], response_model=Ack, responses=JOB
 )
 def fail_synthesis_job(
-    job_id: int, body: TaskFailure, node: CurrentNode, db: SessionDep, notifier: NotifierDep
+    job_id: IdPath, body: TaskFailure, node: CurrentNode, db: SessionDep, notifier: NotifierDep
 ) -> Any:
     def work() -> SynthesisJob:
         return synthesis.fail(db, node, job_id, body)
@@ -373,7 +390,7 @@ def _job_step(
     db: Session,
     notifier: Notifier,
     node: Node,
-    job_id: int,
+    job_id: IdPath,
     step: str,
     body: BaseModel | None,
     work: Callable[[], SynthesisJob],
@@ -419,7 +436,7 @@ def _job_step(
 )
 async def upload_release(
     request: Request,
-    job_id: int,
+    job_id: IdPath,
     node: CurrentNode,
     card: str = Form(..., description="The ReleaseCard, as JSON"),
     report: UploadFile = File(..., description="The evaluation report (HTML)"),
