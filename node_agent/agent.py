@@ -634,7 +634,6 @@ class NodeAgent:
                 **ids,
             )
             start = self._wait_for_start(task)
-            self._tell("progress", task.id, "mpc", f"party {task.party_id} of {task.n_parties}")
             outcome = self._party(task, prepared, start)
             self.client.result(
                 task.id,

@@ -92,7 +92,7 @@ def request_synthesis(
     operation = f"POST /studies/{study_id}/synthesis"
     answer = idempotency.once(db, user, idempotency_key, operation, spec, work)
     db.commit()
-    notifier.notify(*(f"node:{n}" for n in nodes))
+    notifier.notify(*(f"jobs:{n}" for n in nodes))  # not `node:`: that wakes the task polls
     return idempotency.respond(answer)
 
 
@@ -251,7 +251,7 @@ async def poll_synthesis_jobs(
             jobs = synthesis.offer_jobs(db, db.get(Node, node_id))
         return jobs or None
 
-    return await long_poll(request, wait, f"node:{node_id}", check) or []
+    return await long_poll(request, wait, f"jobs:{node_id}", check) or []
 
 
 @router.post(

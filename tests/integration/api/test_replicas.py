@@ -69,7 +69,7 @@ def test_a_silent_party_times_out_and_late_results_are_refused(replica_setup: Se
     name = setup.nodes[2].name
     message = (
         f"node {name} did not report a result within {QUERY_S} s "
-        f"({name}: accepted, then sent nothing)"
+        f"({name}: accepted and was given the go to run its MPC party)"
     )
     assert done["error"] == {"code": "timeout", "message": message}
     late = setup.nodes[2].post_result(tasks[2], RESULT)

@@ -282,8 +282,8 @@ def test_a_running_query_past_its_deadline_expires_naming_the_silent_nodes(
     clock.advance(2)
     assert queries.expire(db, query.id) is query
     assert query.error_message == (
-        "nodes h1, h3 did not report a result within 120 s (h1: accepted, then sent nothing; "
-        "h3: accepted, then sent nothing)"
+        "nodes h1, h3 did not report a result within 120 s (h1: accepted and was given the go "
+        "to run its MPC party; h3: accepted and was given the go to run its MPC party)"
     )
     assert query.result is None
 

@@ -257,7 +257,7 @@ def test_a_task_runs_and_only_the_opened_result_is_sent(node) -> None:
 
     names = [n for n in fake.names() if n != "report_budget"]  # sent from its own thread
     assert names[:3] == ["hello", "register_dataset", "accept"]
-    assert names[3:] == ["start", "start", "progress", "result", "close"]
+    assert names[3:] == ["start", "start", "result", "close"]  # the coordinator sets stage mpc
     assert fake.budget_reports() == [NodeBudgetReport(entries=[])]
     [job] = party.jobs
     low, high = agent.settings.port_range
