@@ -230,8 +230,6 @@ class QuantileQuery(ColumnQuery):
     def _in_unit_interval(cls, q: list[float]) -> list[float]:
         if any(not 0 <= v <= 1 for v in q):
             raise ValueError("quantile levels q must lie in [0, 1]")
-        if len({quantile_key(v) for v in q}) != len(q):
-            raise ValueError("a quantile level is listed twice (each is one key of the result)")
         return q
 
 

@@ -101,10 +101,6 @@ def test_a_lost_accept_reply(world: World) -> None:
     assert_once(world, run_with_a_lost_reply(world, r"/api/v1/tasks/\d+/accept"))
 
 
-def test_a_lost_progress_reply(world: World) -> None:
-    assert_once(world, run_with_a_lost_reply(world, r"/api/v1/tasks/\d+/progress"))
-
-
 def test_a_lost_result_reply(world: World) -> None:
     assert_once(world, run_with_a_lost_reply(world, r"/api/v1/tasks/\d+/result"))
 
@@ -146,6 +142,20 @@ def test_a_lost_synthesis_accept_reply(world: World) -> None:
     made = world.researcher.request_synthesis(world.study, SYNTHESIS)
     job = job_of(world, made["id"])
     assert world.proxy is not None
+    lost_then_replayed(world.proxy, path)
+    assert job["status"] == "awaiting_review", job
+    synthesis_once(world, job["id"], "synthesis.accepted", "synthesis.awaiting_review")
+
+
+def test_a_lost_synthesis_progress_reply(world: World) -> None:
+    """A progress note whose reply is lost is sent again and answered as a replay; the job
+    goes on to review once. (A query task's only progress note is `queued`, sent when its
+    node's protocol slots are all busy; the coordinator sets `mpc` itself.)"""
+    path = r"/api/v1/synthesis-jobs/\d+/progress"
+    drop(world, path)
+    made = world.researcher.request_synthesis(world.study, SYNTHESIS)
+    job = job_of(world, made["id"])
+    assert world.proxy is not None and world.proxy.armed() == 0, "no reply was lost"
     lost_then_replayed(world.proxy, path)
     assert job["status"] == "awaiting_review", job
     synthesis_once(world, job["id"], "synthesis.accepted", "synthesis.awaiting_review")
