@@ -213,16 +213,19 @@ def coordinator(backend: Backend) -> Iterator[Coordinator]:
 
 @pytest.fixture(scope="session")
 def replicas(backend: Backend) -> Iterator[tuple[Coordinator, Coordinator]]:
-    """Two replicas of one coordinator (same database, same signing key), short deadlines."""
+    """Two replicas of one coordinator (same database, same signing key), short deadlines. On
+    SQLite a replica learns of the other's changes only by re-checking, so the re-check is
+    short too (the deadlines leave no room for the default 2 s)."""
     url = backend.new_database()
-    first = start_coordinator(backend.root, url, **SHORT_SETTINGS)
+    settings = {**SHORT_SETTINGS, "long_poll_recheck_s": 0.25}
+    first = start_coordinator(backend.root, url, **settings)
     try:
         second = start_coordinator(
             backend.root,
             url,
             jwt_secret=first.jwt_secret,
             admin_password=first.admin_password,
-            **SHORT_SETTINGS,
+            **settings,
         )
     except BaseException:
         first.stop()
