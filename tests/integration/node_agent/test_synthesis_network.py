@@ -205,6 +205,18 @@ def jobs_by_node(view: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {j["node"]: j for j in view["jobs"]}
 
 
+def wait_job_ended(world: World, request_id: int, node: str, timeout: float) -> dict[str, Any]:
+    """`node`'s job of the request once it ended (released, rejected or failed), whatever the
+    other nodes' jobs do; the job as it is after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        view = world.researcher.get_synthesis(request_id, wait=max(0.0, min(5.0, left)))
+        job = jobs_by_node(view)[node]
+        if job["status"] in ("released", "rejected", "failed", "refused", "gated") or left <= 0:
+            return job
+
+
 def test_approved_gated_and_rejected_candidates(world: World) -> None:
     made = world.researcher.request_synthesis(world.study, SPEC)
     assert sorted(j["node"] for j in made["jobs"]) == ["node-a", "node-b", "node-c"]
@@ -369,8 +381,8 @@ def test_data_swapped_after_an_approval_is_never_uploaded(world: World) -> None:
         )
     second = world.steward("node-a", "approve", str(job["id"]), key="bob")
     assert second.returncode == 0, second.stderr
-    view = world.researcher.wait_synthesis(made["id"], timeout=60, until="done")
-    failed = jobs_by_node(view)["node-a"]
+    # node-a's job ends; the others' stay awaiting review (nobody decides them here)
+    failed = wait_job_ended(world, made["id"], "node-a", timeout=60)
     assert failed["status"] == "failed" and failed["release_id"] is None
     assert failed["error"]["code"] == "data_changed"
     assert "'ada' signed other data than this candidate's" in failed["error"]["message"]
