@@ -84,16 +84,31 @@ async def long_poll(
     deadline = time.monotonic() + min(wait, settings.long_poll_max_s)
     recheck = settings.long_poll_recheck_s
     with notifier.subscription(topic) as news:
-        while True:
-            news.clear()  # a notification from here on triggers the next check
-            if await request.is_disconnected():
-                return None  # nobody to answer: take nothing (a task offered here is lost)
-            answer = await run_in_threadpool(check)
-            left = deadline - time.monotonic()
-            if answer is not None or left <= 0 or await request.is_disconnected():
-                return answer
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(news.wait(), min(left, recheck))
+        # The client leaving wakes the wait too: the poll ends at once (a node agent that
+        # stops, a coordinator shutting down waits for no abandoned poll).
+        gone = asyncio.create_task(_disconnected(request, news))
+        try:
+            while True:
+                news.clear()  # a notification from here on triggers the next check
+                if gone.done():
+                    return None  # nobody to answer: take nothing (a task offered here is lost)
+                answer = await run_in_threadpool(check)
+                left = deadline - time.monotonic()
+                if answer is not None or left <= 0 or gone.done():
+                    return answer
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(news.wait(), min(left, recheck))
+        finally:
+            gone.cancel()
+
+
+async def _disconnected(request: Request, wake: asyncio.Event) -> None:
+    """Return once the client of `request` (a GET: no body to read) disconnected, and set
+    `wake`. The server answers every later receive with the disconnect as well, so
+    `request.is_disconnected()` still sees it afterwards."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    wake.set()
 
 
 class Broadcast:

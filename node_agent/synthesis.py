@@ -68,6 +68,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("tessera.node")
 
 REVIEW_INTERVAL_S = 1.0
+POLLER = "synthesis-poller"  # the thread long-polling for jobs
 PROGRESS_INTERVAL_S = 1.0
 POOLED_RETRY_S = 2.0  # a pooled approval waiting for other nodes is sent again this often
 POOLED_PARTY_TIMEOUT_S = 900.0  # a pooled measurement's party (measure, fit, share) at most
@@ -133,13 +134,16 @@ class SynthesisService:
     def start(self) -> None:
         """Recover from the last run, then start the poller and the reviewer."""
         self._recover()
-        for target, name in ((self._poll, "synthesis-poller"), (self._review, "reviewer")):
+        for target, name in ((self._poll, POLLER), (self._review, "reviewer")):
             thread = threading.Thread(target=target, daemon=True, name=name)
             thread.start()
             self._threads.append(thread)
 
     def stop(self, grace_s: float = 5.0) -> None:
-        """Kill running workers (their jobs fail), then wait for the threads."""
+        """Kill running workers (their jobs fail), then wait for the threads: not for the
+        poller, which may be inside a long-poll of up to `poll_wait_s` and has nothing to
+        finish (it takes no new job once stopping; the process's exit ends its request, and
+        the coordinator offers nothing on a poll whose client left)."""
         with self._workers_lock:
             workers = list(self._workers.values())
         for proc in workers:
@@ -147,7 +151,8 @@ class SynthesisService:
                 proc.kill()
         deadline = time.monotonic() + grace_s
         for thread in self._threads:
-            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+            if thread.name != POLLER:
+                thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
     def _recover(self) -> None:
         for candidate in self.store.list(("training",)):
@@ -184,6 +189,10 @@ class SynthesisService:
                 )
                 self.stopping.wait(delay)
                 continue
+            if self.stopping.is_set():  # offered as the agent stops: fail them now, not at
+                for job in jobs:  # their deadline (nobody here will train them)
+                    self._tell("fail_synthesis", job.id, "node_stopping", "the node agent stopped")
+                return
             for job in jobs:
                 if job.id in self._seen:
                     continue
