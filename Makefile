@@ -11,7 +11,7 @@ TORCH_VERSION ?= 2.13.0
 
 # Test workers (pytest-xdist): one per core; a test module stays on one worker (its networks).
 TEST_WORKERS ?= 2
-PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25
 
 .PHONY: demo test test-fast lint typecheck bench clean
 

@@ -34,12 +34,18 @@ def _pg_available() -> str | None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A module naming `SLOW_BACKENDS` runs on those database backends in the slow tier only."""
+    """A module naming `SLOW_BACKENDS` runs on those database backends in the slow tier only.
+
+    Modules with a slow test run first (otherwise in their order): with the test workers
+    (`-n`, one module to a worker), a long module collected last would run alone at the end
+    while the other workers idle; started first, the short modules fill in around it."""
     for item in items:
         slow = getattr(item.module, "SLOW_BACKENDS", ()) if hasattr(item, "module") else ()
         callspec = getattr(item, "callspec", None)
         if slow and callspec is not None and callspec.params.get("database_url") in slow:
             item.add_marker(pytest.mark.slow)
+    slow_modules = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow_modules)
 
 
 @pytest.fixture(scope="session")
