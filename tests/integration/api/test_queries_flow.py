@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -113,6 +114,23 @@ def test_long_polls_answer_as_soon_as_there_is_news(setup: Setup) -> None:
     watcher.join(timeout=10)
     assert not watcher.is_alive(), "the query long-poll did not answer when the query ended"
     assert waited[0]["status"] == "failed"
+
+
+def test_a_long_poll_whose_node_left_takes_nothing(setup: Setup) -> None:
+    """A node's long-poll whose connection closed (the agent stopped, or its network) ends
+    there: a task that arrives afterwards is not taken by it (it would be lost), and the
+    node's next poll gets it."""
+    node = setup.nodes[0]
+    host, port = node.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as raw:
+        raw.sendall(
+            f"GET /api/v1/nodes/me/tasks?wait=20 HTTP/1.1\r\nHost: {host}\r\n"
+            f"Authorization: Bearer {node.key}\r\n\r\n".encode()
+        )
+        time.sleep(0.3)  # the poll is waiting: then its client goes
+    query = setup.submit(COUNT)
+    task = node.take_task()
+    assert task["query_id"] == query["id"]
 
 
 def test_an_empty_long_poll_waits_then_answers_nothing(setup: Setup) -> None:
