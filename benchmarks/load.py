@@ -39,24 +39,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
+from query_latency import MIX, percentile  # noqa: E402
+from query_latency import QUERIES as LATENCY_QUERIES  # noqa: E402
+
 from demo.cohort import DATASET, DemoHospital, cohort, schema  # noqa: E402
 from demo.network import DataSource, Network, NodeSpec  # noqa: E402
 
-QUERIES: list[dict[str, Any]] = [
-    {"statistic": "count", "dataset": DATASET},
-    {"statistic": "mean", "dataset": DATASET, "column": "weight_kg"},
-]
-MIX = (0.15, 0.25, 0.15, 0.15, 0.2, 0.1)
+QUERIES: list[dict[str, Any]] = [LATENCY_QUERIES["count"], LATENCY_QUERIES["mean"]]
 PASSWORD = "load-password-1"
 POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    k = max(0, min(len(ordered) - 1, round(q * (len(ordered) - 1))))
-    return ordered[k]
 
 
 @contextmanager

@@ -51,6 +51,9 @@ def frames_for(nodes: int, rows: int) -> list[pd.DataFrame]:
 
 
 def percentile(values: list[float], q: float) -> float:
+    """The `q` quantile of `values` (the nearest rank); NaN for none."""
+    if not values:
+        return float("nan")
     ordered = sorted(values)
     k = max(0, min(len(ordered) - 1, round(q * (len(ordered) - 1))))
     return ordered[k]

@@ -115,6 +115,20 @@ def _lock(db: Session, study: Study, user: User) -> None:
     db.execute(select(func.pg_advisory_xact_lock(_RESEARCHER_LOCK, user.id)))
 
 
+def _over(
+    error: type[RateLimited],
+    message: str,
+    limit: str,
+    maximum: int,
+    retry_after_s: int,
+    current: int | None = None,
+) -> RateLimited:
+    """The 429 for `limit`: its details name the limit, its maximum, the caller's own current
+    count where there is one (never another researcher's), and when to retry."""
+    own = {} if current is None else {"current": current}
+    return error(message, {"limit": limit, "max": maximum, **own, "retry_after_s": retry_after_s})
+
+
 def _refuse(error: RateLimited, action: str, study: Study, user: User) -> RateLimited:
     """Log the refusal (one line: who, which study, which limit) and return the error."""
     fields = {"user": user.username, "study": study.name, "limit": error.details["limit"]}
@@ -140,16 +154,15 @@ def admit_query(db: Session, study: Study, user: User, limits: Limits) -> None:
     )
     if own is not None and own >= limits.researcher_concurrent:
         raise _refuse(
-            TooManyQueries(
+            _over(
+                TooManyQueries,
                 f"you have {own} queries pending or running; at most "
                 f"{limits.researcher_concurrent} at once (max_concurrent_queries_per_researcher): "
                 f"retry in {limits.retry_after_s} s or once one finishes",
-                {
-                    "limit": "max_concurrent_queries_per_researcher",
-                    "max": limits.researcher_concurrent,
-                    "current": own,
-                    "retry_after_s": limits.retry_after_s,
-                },
+                "max_concurrent_queries_per_researcher",
+                limits.researcher_concurrent,
+                limits.retry_after_s,
+                current=own,
             ),
             "query.limited",
             study,
@@ -162,15 +175,14 @@ def admit_query(db: Session, study: Study, user: User, limits: Limits) -> None:
     )
     if in_study is not None and in_study >= limits.study_concurrent:
         raise _refuse(
-            TooManyQueries(
+            _over(
+                TooManyQueries,
                 f"study {study.name!r} has as many queries pending or running as the coordinator "
                 f"allows ({limits.study_concurrent}, max_concurrent_queries_per_study): retry in "
                 f"{limits.retry_after_s} s",
-                {
-                    "limit": "max_concurrent_queries_per_study",
-                    "max": limits.study_concurrent,
-                    "retry_after_s": limits.retry_after_s,
-                },
+                "max_concurrent_queries_per_study",
+                limits.study_concurrent,
+                limits.retry_after_s,
             ),
             "query.limited",
             study,
@@ -191,16 +203,15 @@ def admit_query(db: Session, study: Study, user: User, limits: Limits) -> None:
         wait = (leaves + timedelta(seconds=RATE_WINDOW_S) - now).total_seconds()
         retry_after = max(1, math.ceil(wait))
         raise _refuse(
-            RateLimited(
+            _over(
+                RateLimited,
                 f"you submitted {len(recent)} queries in the last {RATE_WINDOW_S} s; at most "
                 f"{limits.researcher_per_minute} (max_queries_per_minute): retry in "
                 f"{retry_after} s",
-                {
-                    "limit": "max_queries_per_minute",
-                    "max": limits.researcher_per_minute,
-                    "current": len(recent),
-                    "retry_after_s": retry_after,
-                },
+                "max_queries_per_minute",
+                limits.researcher_per_minute,
+                retry_after,
+                current=len(recent),
             ),
             "query.limited",
             study,
@@ -222,16 +233,15 @@ def admit_synthesis(db: Session, study: Study, user: User, limits: Limits) -> No
     )
     if computing is not None and computing >= limits.researcher_synthesis:
         raise _refuse(
-            TooManyQueries(
+            _over(
+                TooManyQueries,
                 f"you have {computing} synthesis requests still computing; at most "
                 f"{limits.researcher_synthesis} at once "
                 "(max_concurrent_synthesis_per_researcher): retry once one reaches review",
-                {
-                    "limit": "max_concurrent_synthesis_per_researcher",
-                    "max": limits.researcher_synthesis,
-                    "current": computing,
-                    "retry_after_s": limits.retry_after_s,
-                },
+                "max_concurrent_synthesis_per_researcher",
+                limits.researcher_synthesis,
+                limits.retry_after_s,
+                current=computing,
             ),
             "synthesis.limited",
             study,
