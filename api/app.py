@@ -80,7 +80,11 @@ def create_app(settings: CoordinatorSettings | None = None) -> FastAPI:
         set_hash_concurrency(settings.password_hash_concurrency)
         signer = CoordinatorKey.for_settings(settings.signing_key_file, settings.database_url)
         database = Database(
-            settings.database_url, signer=signer, busy_timeout_s=settings.sqlite_busy_timeout_s
+            settings.database_url,
+            signer=signer,
+            busy_timeout_s=settings.sqlite_busy_timeout_s,
+            pool_size=settings.database_pool_size,
+            max_overflow=settings.database_max_overflow,
         )
         upgrade(database.engine)
         with database.session() as db:

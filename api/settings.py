@@ -47,6 +47,10 @@ class CoordinatorSettings(BaseSettings):
     database_url: str = "sqlite:///./tessera.db"
     # SQLite: how long a request waits for another writer's lock before it is answered 503
     sqlite_busy_timeout_s: float = Field(30.0, gt=0, le=600)
+    # database connections each replica keeps open, and how many more it may open at a busy
+    # moment (closed again after use); on PostgreSQL count them against `max_connections`
+    database_pool_size: int = Field(20, ge=1, le=500)
+    database_max_overflow: int = Field(20, ge=0, le=500)
     # the signing key of access tokens; None: `jwt_secret_file`, else one kept in `data_dir`
     jwt_secret: SecretStr | None = None
     jwt_secret_file: Path | None = None
