@@ -147,6 +147,21 @@ def database_url(backend: Backend) -> str:
     return backend.new_database()
 
 
+def test_the_coordinator_keeps_its_database_connections(database_url: str) -> None:
+    """A connection given back to the pool stays open up to `database_pool_size` (beyond it,
+    the pool closes it: on PostgreSQL a new server process for every request past the fifth,
+    with SQLAlchemy's default size, under load)."""
+    settings = CoordinatorSettings(
+        database_url=database_url, database_pool_size=8, database_max_overflow=2
+    )
+    with TestClient(create_app(settings)) as client:
+        engine = client.app.state.db.engine  # type: ignore[attr-defined]
+        at_once = [engine.connect() for _ in range(10)]  # the pool and its overflow
+        for connection in at_once:
+            connection.close()
+        assert engine.pool.checkedin() == 8
+
+
 def test_the_migrations_build_exactly_the_models(database_url: str) -> None:
     engine = sqlalchemy.create_engine(database_url)
     try:
