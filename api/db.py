@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from api.clock import INFO_KEY, SYSTEM, Clock
+from api.settings import POOL_OVERFLOW, POOL_SIZE
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -31,10 +32,6 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 def is_in_memory(url: str) -> bool:
     """An in-memory SQLite URL (`sqlite://`, `sqlite:///:memory:`)."""
     return url.startswith("sqlite") and url.split("?")[0].split("://", 1)[1] in ("", "/:memory:")
-
-
-POOL_SIZE = 20  # connections kept open (the default of `database_pool_size`)
-POOL_OVERFLOW = 20  # opened beyond those when needed, closed when given back
 
 
 def make_engine(

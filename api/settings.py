@@ -27,6 +27,9 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDic
 from tessera.errors import ConfigInvalid
 from tessera.settings import ENV_PREFIX, read_toml
 
+POOL_SIZE = 20  # database connections kept open (`database_pool_size`)
+POOL_OVERFLOW = 20  # opened beyond those when needed, closed when given back
+
 MIN_JWT_SECRET = 32
 PLACEHOLDER_PASSWORDS = frozenset(
     {"admin", "administrator", "changeme", "change-me", "changethis", "password", "tessera"}
@@ -49,8 +52,8 @@ class CoordinatorSettings(BaseSettings):
     sqlite_busy_timeout_s: float = Field(30.0, gt=0, le=600)
     # database connections each replica keeps open, and how many more it may open at a busy
     # moment (closed again after use); on PostgreSQL count them against `max_connections`
-    database_pool_size: int = Field(20, ge=1, le=500)
-    database_max_overflow: int = Field(20, ge=0, le=500)
+    database_pool_size: int = Field(POOL_SIZE, ge=1, le=500)
+    database_max_overflow: int = Field(POOL_OVERFLOW, ge=0, le=500)
     # the signing key of access tokens; None: `jwt_secret_file`, else one kept in `data_dir`
     jwt_secret: SecretStr | None = None
     jwt_secret_file: Path | None = None
