@@ -23,6 +23,12 @@ and otherwise a function of the dishonest parties' own inputs only: every honest
 are exactly 0, and each party's values must be functions of its own inputs (and public
 values), as every caller's are. Cost per party: N·bits inputs, about 3·N·bits local products,
 three rounds (the inputs, the challenge, Z), against N secure comparisons.
+
+Opening Z is right only where an honest party's values are always in range (counts, selection
+sizes: by construction). Where an honest party's own data can break the range (a sum outside a
+column's declared bounds), Z would be a function of that party's inputs, so `private=True`
+opens only [Z = 0], as MPyC's `is_zero_public` (one more multiplication and a random mask): one
+bit, whatever the inputs.
 """
 
 from __future__ import annotations
@@ -46,13 +52,17 @@ def bit_matrix(values: np.ndarray, bits: int) -> np.ndarray:
     return np.array([[(v >> j) & 1 for j in range(bits)] for v in numbers], dtype=np.int64)
 
 
-async def all_in_range(mpc: Any, secint: Any, values: Any, own: np.ndarray, bits: int) -> bool:
+async def all_in_range(
+    mpc: Any, secint: Any, values: Any, own: np.ndarray, bits: int, *, private: bool = False
+) -> bool:
     """Whether every party's secret `values` lies in [0, 2**bits): a list over the parties of
     equal-length secure 1-D arrays, already input, or one secure array of shape (parties, L)
     with party i's values in row i. `own` is this party's plaintext copy of its own values
     (what it input; a value outside the range is input as 0s, so it fails). Opens the
-    challenge and one bit (module docstring); the parties' terms are computed as one vector
-    (a single inner product reshared)."""
+    challenge and Z (module docstring), or with `private` only whether Z is 0; the parties'
+    terms are computed as one vector (a single inner product reshared)."""
+    if bits + 1 >= secint.field.order.bit_length():
+        raise ValueError(f"a range of 2**{bits} does not fit the field of {secint.__name__}")
     size = len(own)
     if size == 0:
         return True
@@ -67,11 +77,18 @@ async def all_in_range(mpc: Any, secint: Any, values: Any, own: np.ndarray, bits
     c = rng.integers(0, 1 << COEFFICIENT_BITS, parties * size * bits, dtype=np.int64)
     d = rng.integers(0, 1 << COEFFICIENT_BITS, parties * size, dtype=np.int64)
     c, d = c.astype(object), d.astype(object)
-    return await _is_zero(mpc, secint, b, every, c, d, bits)
+    return await _is_zero(mpc, secint, b, every, c, d, bits, private)
 
 
 async def _is_zero(
-    mpc: Any, secint: Any, b: Any, every: Any, c: np.ndarray, d: np.ndarray, bits: int
+    mpc: Any,
+    secint: Any,
+    b: Any,
+    every: Any,
+    c: np.ndarray,
+    d: np.ndarray,
+    bits: int,
+    private: bool = False,
 ) -> bool:
     """[Z = 0] for Z = Σ c·(b² − b) + Σ d·(x − Σ_j 2**j·b_j), opened in one round: Z is
     computed on this party's shares (the products b² are a sharing of degree 2t, never
@@ -79,10 +96,11 @@ async def _is_zero(
     MPyC's own zero test in small fields) and opened at threshold 2t. Z itself is opened, not
     Z times a random: every honest party's terms are exactly 0, so Z is a function of the
     inputs of the parties that broke the range (and the public coefficients) alone, and an
-    honest run opens 0. Without PRSS keys: MPyC's `is_zero_public` of the reshared Z."""
+    honest run opens 0. Without PRSS keys, or `private`: MPyC's `is_zero_public` of the
+    reshared Z, which opens one bit."""
     field = secint.field
     weights = np.array([1 << j for j in range(bits)], dtype=object)
-    if mpc.options.no_prss:
+    if mpc.options.no_prss or private:
         weighted = b * c
         decomposed = b.reshape(-1, bits) @ weights
         total = weighted @ b - mpc.np_sum(weighted) + mpc.np_sum((every - decomposed) * d)

@@ -364,28 +364,26 @@ class SecureStatistic:
         """The cell protocol's cost (`smpc.cost`) among `parties` parties: cells are the
         layout's cells times the values each opens (its count, and its Σx, centred Σx² or
         extreme). Comparisons, `exact` mode (`smpc.protocol.combine_cells`): the prelude's,
-        one release comparison per cell, the cell keys of every cell and the total, each
-        site's inputs against the declared bounds (two per moment, one for the largest |x|,
-        two for an extreme, per cell), the largest |x| and the extreme across the sites
-        (m − 1 each per cell) and one rounding per opened sum, second moment and extreme.
-        With `dp` (`combine_noisy_cells`): the prelude's, the inputs' checks, the noise's
-        coins and one release comparison per cell."""
+        one release comparison per cell, the cell keys of every cell and the total, the
+        largest |x| and the extreme across the sites (m − 1 each per cell) and one rounding
+        per opened sum, second moment and extreme. With `dp` (`combine_noisy_cells`): the
+        prelude's, the noise's coins and one release comparison per cell. Each site's inputs
+        are shown within the declared bounds by bits that site inputs (`SiteInputs.check`,
+        `smpc.ranges`), not by comparisons."""
         cells = self.layout.size
         moments = len(self.moments)
         extreme = self.extreme is not None
         opened = cells * (1 + moments + extreme)
-        bounds = 2 * moments
         if self.query.dp is not None:
             noise = sum(noise_coins(spec, cells) for spec in self.noise.values())
-            compared = prelude_comparisons(self) + parties * cells * bounds + noise + cells
+            compared = prelude_comparisons(self) + noise + cells
             return QueryCost(opened, compared)
-        checks = bounds + bool(moments) + 2 * extreme
         across = (parties - 1) * (bool(moments) + extreme)
         compared = (
             prelude_comparisons(self)
             + cells
             + key_decompositions(cells + 1)
-            + cells * (parties * checks + across + moments + extreme)
+            + cells * (across + moments + extreme)
         )
         return QueryCost(opened, compared)
 

@@ -204,17 +204,16 @@ class TTest(SecureStatistic):
 
     def cost(self, parties: int) -> QueryCost:
         """For G groups of two levels (2G cells). Cells: per group n, t and df. Comparisons:
-        the prelude's; every site's n, Σx, Σx² and largest |x| of every level against the
-        declared bounds (five per level and site); one release comparison per level; the cell
-        keys of each level and each group (3G unions); without declared bounds, the corners
-        (a secure minimum and maximum per level over the m sites); per group two rounded
-        ratios (t², df) and one sign bit."""
+        the prelude's (every site's n, Σx, Σx² and largest |x| of every level are shown within
+        the declared bounds by bits the site inputs: `smpc.ranges`); one release comparison per
+        level; the cell keys of each level and each group (3G unions); without declared
+        bounds, the corners (a secure minimum and maximum per level over the m sites); per
+        group two rounded ratios (t², df) and one sign bit."""
         groups = len(self.layout.groups)
         levels = 2 * groups
         corners = 0 if self.declared_bounds is not None else 2 * (parties - 1) * levels
         compared = (
             prelude_comparisons(self)
-            + parties * levels * 5
             + levels
             + key_decompositions(3 * groups)
             + corners

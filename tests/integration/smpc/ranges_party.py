@@ -2,9 +2,10 @@
 
 Run as ``python ranges_party.py -I i --no-log -P host:port ...`` with ``TESSERA_RANGES`` set to
 a JSON object ``{"values": [[...], ...], "bits": B, "claimed": {party: [...]}, "forged":
-{party: [value index, bit index]}}``: party i inputs values[i]; where `claimed` names it, it
-derives its bits from the claimed values instead (bits that do not add up to its input); where
-`forged` names it, it moves weight within its bits so they still add up but one is a 2.
+{party: [value index, bit index]}, "private": false}``: party i inputs values[i]; where
+`claimed` names it, it derives its bits from the claimed values instead (bits that do not add
+up to its input); where `forged` names it, it moves weight within its bits so they still add
+up but one is a 2; `private` opens only whether Z is 0.
 Prints one JSON line: whether every value passed; with ``"record": true`` in the task, an
 object of that outcome (``passed``) and every value the check opened (``opened``: the
 challenge, then Z, as decimal strings of their residues) and the field's ``modulus``.
@@ -54,7 +55,8 @@ def main() -> None:
                 return future
 
             mpc.output = recording  # type: ignore[method-assign]
-        passed = await ranges.all_in_range(mpc, secint, shares, own, bits)
+        private = bool(task.get("private"))
+        passed = await ranges.all_in_range(mpc, secint, shares, own, bits, private=private)
         await mpc.shutdown()
         if task.get("record"):
             return {"passed": passed, "opened": opened, "modulus": str(secint.field.modulus)}

@@ -69,6 +69,31 @@ def test_a_failed_check_opens_only_the_cheating_partys_own_deviation() -> None:
         assert z % modulus == (-10 * int(d[size])) % modulus
 
 
+def test_a_private_check_opens_one_bit_not_a_partys_deviation() -> None:
+    """With `private` (a party's own data may break the range: `SiteInputs.check`), what is
+    opened after the challenge is Z times a fresh random mask: 0 exactly when every value
+    passed, otherwise a random field element, never d·(deviation) as the plain check opens."""
+    bits = 10
+    assert check({"values": VALUES, "bits": bits, "private": True}) == [True] * 3
+    values = [row.copy() for row in VALUES]
+    values[1] = [-5, 0, 0, 512]
+    task = {"values": values, "bits": bits, "claimed": {"1": [5, 0, 0, 512]}, "record": True}
+    masked = []
+    for _ in range(2):
+        outcomes = check({**task, "private": True})
+        assert all(not o["passed"] for o in outcomes)
+        assert all(o["opened"] == outcomes[0]["opened"] for o in outcomes)
+        rho, z = (int(v) for v in outcomes[0]["opened"][:2])
+        rng = np.random.default_rng(rho % (1 << 128))
+        size = len(values[0])
+        rng.integers(0, 1 << 62, 3 * size * bits, dtype=np.int64)
+        d = rng.integers(0, 1 << 62, 3 * size, dtype=np.int64)
+        modulus = int(outcomes[0]["modulus"])
+        assert z % modulus not in (0, (-10 * int(d[size])) % modulus)
+        masked.append(z)
+    assert masked[0] != masked[1]
+
+
 def test_one_party_alone() -> None:
     assert check({"values": [[1, 2, 3]], "bits": 2}, parties=1) == [True]
     assert check({"values": [[1, 2, 4]], "bits": 2}, parties=1) == [False]

@@ -99,15 +99,15 @@ def test_cell_statistics_by_hand(parties: int) -> None:
     assert query_cost(query("count", group_by=["sex", "ward"]), SCHEMA, m) == QueryCost(
         6, 1 + 6 + 14
     )
-    # mean of 3 cells with where: prelude 2 + 1, release 3, keys 8, per cell: inputs
-    # m·(2 + 1), the largest |x| across m − 1, one rounding
+    # mean of 3 cells with where: prelude 2 + 1, release 3, keys 8, per cell the largest
+    # |x| across m − 1 and one rounding (the inputs' bounds are range proofs, not comparisons)
     mean = query_cost(query("mean", group_by=["ward"], where=[["t", ">", 3]]), SCHEMA, m)
-    assert mean == QueryCost(3 * 2, 3 + 3 + 8 + 3 * (m * 3 + (m - 1) + 1))
-    # variance, one cell: inputs m·5, largest m − 1, two roundings
-    assert query_cost(query("variance"), SCHEMA, m) == QueryCost(3, 1 + 4 + m * 5 + m - 1 + 2)
-    # max of 2 cells (levels rule): inputs m·2 per cell, the extreme across m − 1, one rounding
+    assert mean == QueryCost(3 * 2, 3 + 3 + 8 + 3 * ((m - 1) + 1))
+    # variance, one cell: largest m − 1, two roundings
+    assert query_cost(query("variance"), SCHEMA, m) == QueryCost(3, 1 + 4 + m - 1 + 2)
+    # max of 2 cells (levels rule): the extreme across m − 1, one rounding per cell
     assert query_cost(query("max", group_by=["sex"]), SCHEMA, m) == QueryCost(
-        4, 1 + 2 + 6 + 2 * (2 * m + m - 1 + 1)
+        4, 1 + 2 + 6 + 2 * (m - 1 + 1)
     )
     # crosstab: 6 cells (its axes are not grouping columns: no levels rule)
     assert query_cost(query("crosstab"), SCHEMA, m) == QueryCost(6, 6 + 14)
@@ -170,9 +170,9 @@ def test_models_count_their_ratios() -> None:
 
 
 def test_ttest_and_chi2_by_hand() -> None:
-    # ttest, one group of two levels: levels rule 1, inputs 3·2·5, release 2, keys 2·3,
-    # two ratios of one numerator and one denominator each, one sign bit
-    assert query_cost(query("ttest"), SCHEMA, 3) == QueryCost(3, 1 + 30 + 2 + 6 + 4 + 1)
+    # ttest, one group of two levels: levels rule 1, release 2, keys 2·3, two ratios of one
+    # numerator and one denominator each, one sign bit (the inputs' bounds: range proofs)
+    assert query_cost(query("ttest"), SCHEMA, 3) == QueryCost(3, 1 + 2 + 6 + 4 + 1)
     # chi2, one 2 × 3 table: release 6, keys of 6 cells and the table
     assert query_cost(query("chi2"), SCHEMA, 3) == QueryCost(7, 6 + 14)
 
