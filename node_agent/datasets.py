@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 
 from node_agent.config import DatasetConfig
+from smpc.cellkey import unchanging
 from tessera.columns import conform
 from tessera.errors import ConfigInvalid, DataInvalid
 
@@ -156,7 +157,7 @@ class DatasetCache:
             )
             if entry is not None and fresh and entry.version == version:
                 return entry.frame
-            frame = load(ds)
+            frame = unchanging(load(ds))  # never written to: its row keys are kept
             with self._guard:
                 self.reads += 1
             self._entries[ds.name] = _Entry(version, now, frame)

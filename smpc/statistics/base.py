@@ -252,12 +252,20 @@ class SecureStatistic:
 
     def row_keys(self, frame: pd.DataFrame) -> np.ndarray:
         """Every row's secret key, in the frame's order, from all its declared columns."""
-        from smpc.cellkey import frame_secret, row_keys
+        from smpc.cellkey import frame_secret, remembered_row_keys, row_keys
         from smpc.frames import conform
 
         secret = self.key_secret or frame_secret(frame)
         present = [name for name in self.schema.names if name in frame.columns]
-        return row_keys(conform(frame, self.schema, present), secret)
+        # the keys depend on the declared columns' names, types and levels (conform), not on
+        # bounds or the declared row count
+        declared = [c.model_dump_json() for c in self.schema.columns if c.name in frame.columns]
+        return remembered_row_keys(
+            frame,
+            secret,
+            "\n".join(declared),
+            lambda: row_keys(conform(frame, self.schema, present), secret),
+        )
 
     def level_count(self) -> int:
         """The largest number of levels of a grouping or categorical column the statistic
