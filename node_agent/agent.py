@@ -620,7 +620,7 @@ class NodeAgent:
                 mpc_port=port,
                 mpc_certificate=prepared.certificate,
             )
-            self.client.accept(task.id, accept)
+            go = self._accept(task, accept)
             self._audit("task.accepted", "accepted", mpc_port=port, **subject)
             _event(
                 logging.INFO,
@@ -633,7 +633,7 @@ class NodeAgent:
                 seconds=_seconds(started),
                 **ids,
             )
-            start = self._wait_for_start(task)
+            start = go if go is not None else self._wait_for_start(task)
             outcome = self._party(task, prepared, start)
             self.client.result(
                 task.id,
@@ -778,6 +778,23 @@ class NodeAgent:
         return _Prepared(
             query.to_json(), ds, summary, key_pem, certificate, query.dp, ds.declared(len(frame))
         )
+
+    def _accept(self, task: TaskOut, accept: TaskAccept) -> TaskStart | None:
+        """Accept, waiting in the same request for the go (up to `poll_wait_s`, within the
+        deadline): the go, or None (then `_wait_for_start`). Meanwhile the task counts as
+        waiting for its go: a shutdown fails it, which ends the wait at once."""
+        with self._waiting_lock:
+            self._waiting.add(task.id)
+        try:
+            left = (task.deadline - datetime.now(UTC)).total_seconds()
+            go = self.client.accept(task.id, accept, max(0.0, min(left, self.settings.poll_wait_s)))
+            with self._waiting_lock:
+                if task.id not in self._waiting:  # failed by `shutdown` meanwhile
+                    raise Conflict("the node agent stopped before the protocol")
+        finally:
+            with self._waiting_lock:
+                self._waiting.discard(task.id)
+        return go if go is not None and go.start else None
 
     def _wait_for_start(self, task: TaskOut) -> TaskStart:
         """Long-poll for the go until every party accepted; `Conflict` if the query failed."""

@@ -279,8 +279,19 @@ class CoordinatorClient:
             self._keep_deadline("task", task.id, task.deadline)
         return tasks
 
-    def accept(self, task_id: int, body: TaskAccept) -> None:
-        self._task_post(task_id, "accept", body.model_dump(exclude_none=True))
+    def accept(self, task_id: int, body: TaskAccept, wait: float = 0.0) -> TaskStart | None:
+        """Accept a task; with `wait`, wait up to that long for the go as well (one request
+        instead of an accept and a start long-poll): the go, or None if it has not come."""
+        answer = self._call(
+            "POST",
+            f"/tasks/{task_id}/accept",
+            wait=wait,
+            give_up_at=self._until_deadline("task", task_id),
+            params={"wait": wait} if wait else None,
+            json=body.model_dump(exclude_none=True),
+        )
+        start = answer.get("start") if isinstance(answer, dict) else None
+        return TaskStart.model_validate(start) if start else None
 
     def start(self, task_id: int, wait: float) -> TaskStart:
         """Wait up to `wait` seconds for the go; `Conflict` if the query is over."""

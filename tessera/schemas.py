@@ -389,6 +389,15 @@ class TaskStart(BaseModel):
     deadline: datetime | None = None
 
 
+class TaskAccepted(BaseModel):
+    """Answer to an acceptance: `accepted`, and with `wait`, the go if every node accepted
+    within it (`start`; null when not waited for or not yet given: long-poll
+    `GET /tasks/{id}/start`)."""
+
+    status: str
+    start: TaskStart | None = None
+
+
 class TaskRefusal(Strict):
     reason: Text = Field(min_length=1, max_length=MESSAGE_LENGTH)
 

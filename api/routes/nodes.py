@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Collection
+from dataclasses import replace
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -31,7 +32,7 @@ from api.models import Node, Query, Task
 from api.notify import Notifier, long_poll
 from api.openapi import errors
 from api.services import budget, idempotency, network, queries
-from tessera.errors import InvalidRequest
+from tessera.errors import Conflict, InvalidRequest
 from tessera.rest import (
     Ack,
     BudgetReportAck,
@@ -48,6 +49,7 @@ from tessera.schemas import (
     NodeBudgetReport,
     NodeHello,
     TaskAccept,
+    TaskAccepted,
     TaskFailure,
     TaskOut,
     TaskProgress,
@@ -287,30 +289,47 @@ def _chain_head(database: Database) -> dict[str, Any] | None:
         return audit.head(db)
 
 
-@router.post("/tasks/{task_id}/accept", tags=["tasks"], response_model=Ack, responses=TASK)
-def accept_task(
-    task_id: IdPath, body: TaskAccept, node: CurrentNode, db: SessionDep, notifier: NotifierDep
+@router.post("/tasks/{task_id}/accept", tags=["tasks"], response_model=TaskAccepted, responses=TASK)
+async def accept_task(
+    request: Request,
+    task_id: IdPath,
+    body: TaskAccept,
+    node: CurrentNode,
+    db: SessionDep,
+    notifier: NotifierDep,
+    wait: float = WaitParam,
 ) -> Any:
     """Accept a task, giving this run's MPC address (and certificate); 409 if the query is over.
     The same acceptance again is answered as the first (`Idempotent-Replayed: true`); another
-    one is a 409."""
+    one is a 409. With `wait`, the answer also waits (a long-poll) for the go, as
+    `GET /tasks/{id}/start` would: `start` holds it once every node accepted, or is null if
+    the wait ran out or the query ended meanwhile (then that long-poll says how)."""
+    node_id = node.id
 
     def work() -> dict[str, Any]:
         queries.accept(db, node, task_id, body)
         return {"status": "accepted"}
 
-    answer = _task_step(db, node, task_id, "accept", body, work)
-    _commit_and_wake(db, notifier, task_id, GO_OR_END)
-    return idempotency.respond(answer)
+    def step() -> tuple[idempotency.Answer, int]:
+        answer = _task_step(db, node, task_id, "accept", body, work)
+        return answer, _commit_and_wake(db, notifier, task_id, GO_OR_END)
+
+    answer, query_id = await run_in_threadpool(step)
+    if wait <= 0 or answer.status_code != status.HTTP_200_OK:
+        return idempotency.respond(answer)
+    try:
+        start = await _go(request, node_id, task_id, query_id, wait)
+    except Conflict:  # the query ended while this node waited: its start long-poll says how
+        start = None
+    reply = {**answer.body, "start": start.model_dump(mode="json") if start else None}
+    return idempotency.respond(replace(answer, body=reply))
 
 
-@router.get("/tasks/{task_id}/start", tags=["tasks"], response_model=TaskStart, responses=TASK)
-async def await_task_start(
-    request: Request, task_id: IdPath, node: CurrentNode, wait: float = WaitParam
-) -> TaskStart:
-    """Long-poll for the go: every party's address once all nodes accepted; 409 if failed."""
-    node_id = node.id
-    query_id = await run_in_threadpool(_query_of, request.app.state.db, task_id)
+async def _go(
+    request: Request, node_id: int, task_id: int, query_id: int, wait: float
+) -> TaskStart | None:
+    """Wait up to `wait` for the go of a node's task: every party's address once all nodes
+    accepted; None if the wait ran out; `Conflict` once the query is over."""
 
     def check() -> TaskStart | None:
         with request.app.state.db.session() as db:
@@ -318,7 +337,16 @@ async def await_task_start(
             info = queries.start_info(db, me, task_id)
         return info if info.start else None
 
-    answer = await long_poll(request, wait, f"query:{query_id}", check)
+    return await long_poll(request, wait, f"query:{query_id}", check)
+
+
+@router.get("/tasks/{task_id}/start", tags=["tasks"], response_model=TaskStart, responses=TASK)
+async def await_task_start(
+    request: Request, task_id: IdPath, node: CurrentNode, wait: float = WaitParam
+) -> TaskStart:
+    """Long-poll for the go: every party's address once all nodes accepted; 409 if failed."""
+    query_id = await run_in_threadpool(_query_of, request.app.state.db, task_id)
+    answer = await _go(request, node.id, task_id, query_id, wait)
     return answer or TaskStart(start=False, status="pending")
 
 
@@ -420,12 +448,12 @@ GO_OR_END = frozenset({"running", *queries.TERMINAL})
 
 def _commit_and_wake(
     db: Session, notifier: Notifier, task_id: int, wake_when: Collection[str]
-) -> None:
+) -> int:
     """Commit a task's change, then wake everyone long-polling on its query if the query is
     now in one of `wake_when`. A step that leaves the query as its waiters saw it (an accept
     before the last, a result before the last) wakes nobody: each wake re-runs the
     researcher's check and every waiting node's, for nothing (their periodic re-checks cover
-    a notification lost anyway)."""
+    a notification lost anyway). Returns the query's id."""
     query_id, status = db.execute(
         select(Query.id, Query.status)
         .join(Task, Task.query_id == Query.id)
@@ -434,3 +462,4 @@ def _commit_and_wake(
     db.commit()
     if status in wake_when:
         notifier.notify(f"query:{query_id}")
+    return int(query_id)

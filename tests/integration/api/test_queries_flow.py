@@ -237,6 +237,61 @@ def test_a_node_failing_mid_protocol_fails_the_query(setup: Setup) -> None:
         assert response.status_code == 409, path
 
 
+def test_an_accept_that_waits_answers_with_the_go(setup: Setup) -> None:
+    """`POST /tasks/{id}/accept?wait=s`: the accept and the start long-poll in one request."""
+    setup.submit({"statistic": "count"})
+    tasks = [node.take_task() for node in setup.nodes]
+    body = {"mpc_host": "127.0.0.1", "mpc_port": 32000}
+
+    def accept(i: int, wait: float) -> Any:
+        node, task = setup.nodes[i], tasks[i]
+        return node.ok("POST", f"/tasks/{task['id']}/accept", params={"wait": wait}, json=body)
+
+    # the go has not come within the wait: accepted, no start (the node long-polls /start)
+    started = time.monotonic()
+    assert accept(0, 0.3) == {"status": "accepted", "start": None}
+    assert time.monotonic() - started >= 0.25
+    waiting: list[Any] = []
+    second = threading.Thread(target=lambda: waiting.append(accept(1, 10)))
+    second.start()
+    time.sleep(0.3)
+    assert second.is_alive(), "the second node waits in its accept"
+    last = accept(2, 10)  # the last acceptance gives the go: at once
+    second.join(timeout=5)
+    for answer in (last, waiting[0]):
+        assert answer["status"] == "accepted" and answer["start"]["start"] is True
+        assert [p["party_id"] for p in answer["start"]["parties"]] == [0, 1, 2]
+    # the same acceptance again: the first answer, and the go with it
+    replay = setup.nodes[0].call(
+        "POST", f"/tasks/{tasks[0]['id']}/accept", params={"wait": 1}, json=body
+    )
+    assert replay.status_code == 200 and replay.headers["Idempotent-Replayed"] == "true"
+    assert replay.json()["start"]["start"] is True
+
+
+def test_an_accept_waiting_for_a_go_that_never_comes_answers_accepted(setup: Setup) -> None:
+    query = setup.submit({"statistic": "count"})
+    tasks = [node.take_task() for node in setup.nodes]
+    body = {"mpc_host": "127.0.0.1", "mpc_port": 32000}
+    answers: list[Any] = []
+    node, task = setup.nodes[0], tasks[0]
+    waiting = threading.Thread(
+        target=lambda: answers.append(
+            node.call("POST", f"/tasks/{task['id']}/accept", params={"wait": 10}, json=body)
+        )
+    )
+    waiting.start()
+    time.sleep(0.3)
+    setup.nodes[2].ok("POST", f"/tasks/{tasks[2]['id']}/reject", json={"reason": "policy"})
+    waiting.join(timeout=5)
+    assert not waiting.is_alive(), "the query's end ends the wait"
+    assert answers[0].status_code == 200
+    assert answers[0].json() == {"status": "accepted", "start": None}
+    # the node's start long-poll then says why
+    assert node.call("GET", f"/tasks/{task['id']}/start").status_code == 409
+    assert setup.researcher.get_query(query["id"])["status"] == "failed"
+
+
 def test_a_result_before_the_start_is_refused(setup: Setup) -> None:
     setup.submit(COUNT)
     task = setup.nodes[0].take_task()

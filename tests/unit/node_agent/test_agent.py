@@ -52,6 +52,7 @@ class FakeCoordinator:
         self.accepted: dict[int, TaskAccept] = {}
         self.start_error: Exception | None = None
         self.not_yet = 1  # start answers "not yet" this many times per task
+        self.go_on_accept = False  # the accept's answer carries the go (when it waits)
         self.start_wait_s = 0.0
         self.poll_error: Exception | None = None
         self.report_error: Exception | None = None
@@ -111,9 +112,11 @@ class FakeCoordinator:
         time.sleep(0.05)  # no synthesis here (tests/unit/node_agent/test_synthesis.py)
         return []
 
-    def accept(self, task_id: int, body: TaskAccept) -> None:
-        self._record("accept", task_id, body)
+    def accept(self, task_id: int, body: TaskAccept, wait: float = 0.0) -> TaskStart | None:
+        """Like the coordinator: with `wait` and `go_on_accept`, the go comes with the answer."""
+        self._record("accept", task_id, body, wait)
         self.accepted[task_id] = body
+        return self._go(task_id) if wait and self.go_on_accept else None
 
     def start(self, task_id: int, wait: float) -> TaskStart:
         self._record("start", task_id)
@@ -123,6 +126,9 @@ class FakeCoordinator:
             self.not_yet -= 1
             time.sleep(self.start_wait_s)
             return TaskStart(start=False, status="pending")
+        return self._go(task_id)
+
+    def _go(self, task_id: int) -> TaskStart:
         mine = self.accepted[task_id]
         peers = [
             self.peer(0, 5),
@@ -438,6 +444,17 @@ def test_stopping_fails_the_tasks_still_waiting_for_their_start(node) -> None:
     assert fails == [(11, "node_stopping", "the node agent stopped")]
     assert "result" not in fake.names()
     assert fake.names()[-1] == "close"
+
+
+def test_the_go_that_comes_with_the_accept_is_used_without_a_start_poll(node) -> None:
+    party = FakeParty()
+    agent, fake = node(party=party)
+    fake.go_on_accept = True
+    agent.handle(make_task())
+    [accepted] = [args for name, args in fake.calls if name == "accept"]
+    assert accepted[2] > 0  # the accept waited for the go
+    assert "start" not in fake.names()
+    assert len(party.jobs) == 1 and fake.names()[-1] == "result"
 
 
 def test_behind_nat_it_advertises_mpc_host_and_listens_on_mpc_bind_host(node) -> None:
