@@ -113,6 +113,9 @@ class _Prepared:
     schema: DatasetSchema | None = None  # as declared to the party process (`rows` set)
 
 
+QUEUED_NOTICE_S = 5.0  # a task waiting this long for a protocol slot tells the coordinator
+
+
 def _seconds(since: float) -> float:
     return round(time.perf_counter() - since, 3)
 
@@ -674,8 +677,13 @@ class NodeAgent:
 
     def _protocol_slot(self, task: TaskOut) -> int:
         """Wait for one of the node's protocol slots, in the coordinator's order (lowest query
-        first); the MPC port the party will listen on. A task that has to wait tells the
-        coordinator once (stage `queued`); it gives up when the query's deadline passes."""
+        first); the MPC port the party will listen on. A task that is still waiting after
+        `QUEUED_NOTICE_S` tells the coordinator once (stage `queued`): under load most waits
+        are shorter, and a note for each was a quarter of a query's requests. It gives up
+        when the query's deadline passes."""
+        notice: threading.Timer | None = None
+        told = threading.Lock()  # held while the note is sent: the accept comes after it
+        taken = False
         if not self.slots.free_now():
             _event(
                 logging.INFO,
@@ -688,7 +696,20 @@ class NodeAgent:
                 task=task.id,
                 query=task.query_id,
             )
-            self._tell("progress", task.id, "queued", "waiting for a protocol slot at this node")
+
+            def tell() -> None:
+                with told:
+                    if not taken:
+                        self._tell(
+                            "progress",
+                            task.id,
+                            "queued",
+                            "waiting for a protocol slot at this node",
+                        )
+
+            notice = threading.Timer(QUEUED_NOTICE_S, tell)
+            notice.daemon = True
+            notice.start()
 
         def give_up() -> str | None:
             if self.stopping.is_set():
@@ -697,7 +718,13 @@ class NodeAgent:
                 return "the query's deadline passed while it waited for a protocol slot"
             return None
 
-        return self.slots.take((task.query_id, task.id), give_up)
+        try:
+            return self.slots.take((task.query_id, task.id), give_up)
+        finally:
+            if notice is not None:
+                notice.cancel()
+                with told:  # a note being sent goes out before the task moves on
+                    taken = True
 
     def _signature_problem(self, task: TaskOut, statement: dict[str, Any]) -> str | None:
         """Why the task is not the coordinator's word (None if it is): its statement, rebuilt

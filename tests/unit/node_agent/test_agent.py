@@ -386,6 +386,34 @@ def test_overlapping_tasks_get_their_own_ports(node) -> None:
     assert agent.ports.in_use == frozenset()
 
 
+@pytest.mark.parametrize("notice_s, told", [(0.2, True), (30.0, False)])
+def test_a_task_tells_it_is_queued_only_once_it_waited(node, monkeypatch, notice_s, told) -> None:
+    """One protocol slot, held by a first task for 1 s: the second task waits for it, and
+    tells the coordinator (stage `queued`, once) only when the wait outlasts the notice."""
+    import node_agent.agent as agent_module
+
+    monkeypatch.setattr(agent_module, "QUEUED_NOTICE_S", notice_s)
+    hold = threading.Event()
+    agent, fake = node(party=FakeParty(hold=hold), top="max_concurrent_protocols = 1")
+    fake.not_yet = 0
+    first = threading.Thread(target=agent.handle, args=(make_task(1),))
+    first.start()
+    wait_for(lambda: 1 in fake.accepted)
+    second = threading.Thread(target=agent.handle, args=(make_task(2),))
+    second.start()
+    time.sleep(1.0)
+    assert 2 not in fake.accepted, "the second task waits for the slot"
+    hold.set()
+    for t in (first, second):
+        t.join(10)
+    notes = [args for name, args in fake.calls if name == "progress"]
+    assert notes == ([(2, "queued")] if told else [])
+    assert fake.names().count("result") == 2
+    if told:  # the note came before the task's accept
+        names = [(name, args[0]) for name, args in fake.calls if name in ("progress", "accept")]
+        assert names.index(("progress", 2)) < names.index(("accept", 2))
+
+
 def test_the_cached_frame_serves_every_task(node) -> None:
     agent, _ = node()
     for i in range(4):
