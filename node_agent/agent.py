@@ -149,7 +149,7 @@ class NodeAgent:
         self.registered = threading.Event()
         self._seen: set[int] = set()
         self._threads: dict[int, threading.Thread] = {}
-        self._waiting: set[int] = set()  # accepted tasks waiting for the start signal
+        self._waiting: set[int] = set()  # tasks from their accept until their go
         self._waiting_lock = threading.Lock()
         self._lock_file: IO[str] | None = None
         self._ledger: PrivacyLedger | None = None
@@ -623,20 +623,21 @@ class NodeAgent:
                 mpc_port=port,
                 mpc_certificate=prepared.certificate,
             )
-            go = self._accept(task, accept)
-            self._audit("task.accepted", "accepted", mpc_port=port, **subject)
-            _event(
-                logging.INFO,
-                "task.accepted",
-                "task %d: accepted, MPC port %d (%.2f s)",
-                task.id,
-                port,
-                _seconds(started),
-                port=port,
-                seconds=_seconds(started),
-                **ids,
-            )
-            start = go if go is not None else self._wait_for_start(task)
+            with self._awaiting_go(task):
+                go = self._accept(task, accept)
+                self._audit("task.accepted", "accepted", mpc_port=port, **subject)
+                _event(
+                    logging.INFO,
+                    "task.accepted",
+                    "task %d: accepted, MPC port %d (%.2f s)",
+                    task.id,
+                    port,
+                    _seconds(started),
+                    port=port,
+                    seconds=_seconds(started),
+                    **ids,
+                )
+                start = self._wait_for_start(task, go)
             outcome = self._party(task, prepared, start)
             self.client.result(
                 task.id,
@@ -806,47 +807,45 @@ class NodeAgent:
             query.to_json(), ds, summary, key_pem, certificate, query.dp, ds.declared(len(frame))
         )
 
+    @contextlib.contextmanager
+    def _awaiting_go(self, task: TaskOut) -> Iterator[None]:
+        """From its accept until its go the task counts as waiting: a shutdown fails it
+        meanwhile (its query then fails at once, which ends any wait for the go)."""
+        with self._waiting_lock:
+            self._waiting.add(task.id)
+        try:
+            yield
+        finally:
+            with self._waiting_lock:
+                self._waiting.discard(task.id)
+
+    def _still_awaited(self, task: TaskOut) -> None:
+        """`Conflict` if `shutdown` failed the task while it waited for its go."""
+        with self._waiting_lock:
+            if task.id not in self._waiting:
+                raise Conflict("the node agent stopped before the protocol")
+
     def _accept(self, task: TaskOut, accept: TaskAccept) -> TaskStart | None:
         """Accept, waiting in the same request for the go (up to `poll_wait_s`, within the
-        deadline): the go, or None (then `_wait_for_start`). Meanwhile the task counts as
-        waiting for its go: a shutdown fails it, which ends the wait at once."""
-        with self._waiting_lock:
-            self._waiting.add(task.id)
-        try:
-            left = (task.deadline - datetime.now(UTC)).total_seconds()
-            go = self.client.accept(task.id, accept, max(0.0, min(left, self.settings.poll_wait_s)))
-            with self._waiting_lock:
-                if task.id not in self._waiting:  # failed by `shutdown` meanwhile
-                    raise Conflict("the node agent stopped before the protocol")
-        finally:
-            with self._waiting_lock:
-                self._waiting.discard(task.id)
+        deadline): the go, or None if it has not come (then `_wait_for_start`)."""
+        left = (task.deadline - datetime.now(UTC)).total_seconds()
+        go = self.client.accept(task.id, accept, max(0.0, min(left, self.settings.poll_wait_s)))
         return go if go is not None and go.start else None
 
-    def _wait_for_start(self, task: TaskOut) -> TaskStart:
-        """Long-poll for the go until every party accepted; `Conflict` if the query failed."""
-        with self._waiting_lock:
-            self._waiting.add(task.id)
-        try:
-            while True:
-                with self._waiting_lock:
-                    told = task.id not in self._waiting  # `shutdown` failed it already
-                if told:
-                    raise Conflict("the node agent stopped before the protocol")
-                if self.stopping.is_set():
-                    raise ProtocolFailed("the node agent is stopping")
-                left = (task.deadline - datetime.now(UTC)).total_seconds()
-                if left <= 0:
-                    raise ProtocolFailed("the query's deadline passed before every node accepted")
-                start = self.client.start(task.id, min(left, self.settings.poll_wait_s))
-                if start.start:
-                    with self._waiting_lock:
-                        if task.id not in self._waiting:  # failed by `shutdown` meanwhile
-                            raise Conflict("the node agent stopped before the protocol")
-                    return start
-        finally:
-            with self._waiting_lock:
-                self._waiting.discard(task.id)
+    def _wait_for_start(self, task: TaskOut, go: TaskStart | None = None) -> TaskStart:
+        """The go (`go` if the accept brought it), else long-poll for it until every party
+        accepted; `Conflict` if the query failed or `shutdown` failed the task meanwhile."""
+        while go is None:
+            self._still_awaited(task)
+            if self.stopping.is_set():
+                raise ProtocolFailed("the node agent is stopping")
+            left = (task.deadline - datetime.now(UTC)).total_seconds()
+            if left <= 0:
+                raise ProtocolFailed("the query's deadline passed before every node accepted")
+            start = self.client.start(task.id, min(left, self.settings.poll_wait_s))
+            go = start if start.start else None
+        self._still_awaited(task)
+        return go
 
     def _party(self, task: TaskOut, prepared: _Prepared, start: TaskStart) -> PartyOutcome:
         from smpc import PartyJob, run_party
